@@ -1,0 +1,1 @@
+//! dhurandhar-checkpoint (under construction)

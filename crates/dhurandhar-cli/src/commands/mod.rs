@@ -1,0 +1,13 @@
+//! One module per command. Each exposes clap `Args` and a `run` function.
+
+pub mod analyze;
+pub mod delta;
+pub mod devices;
+pub mod eval;
+pub mod generate;
+pub mod inspect;
+pub mod kv;
+pub mod kv_capture;
+pub mod mmap_profile;
+pub mod models;
+pub mod pack;

@@ -1,0 +1,9 @@
+//! `dhurandhar models` (not built yet).
+
+/// Not built yet.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`models` is not built yet")
+}

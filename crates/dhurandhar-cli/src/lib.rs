@@ -1,0 +1,102 @@
+//! The `dhurandhar` command-line adapter. Every command parses its flags, calls a
+//! library crate and renders a table or JSON; no analysis logic lives here.
+
+pub mod commands;
+pub mod output;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Put large language models on devices where they have no right to fit.
+#[derive(Debug, Parser)]
+#[command(name = "dhurandhar", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Plan: peak memory breakdown at a context length and per-device feasibility.
+    Analyze(commands::analyze::Args),
+    /// List the built-in models.
+    Models(commands::models::Args),
+    /// List the built-in device profiles and memory budget presets.
+    Devices(commands::devices::Args),
+    /// KV-cache compression: benchmark, compare codecs, measure speed, capture real KV.
+    Kv(commands::kv::Args),
+    /// Measure mmap / flash read throughput and peak RSS (cold means page cache dropped).
+    MmapProfile(commands::mmap_profile::Args),
+    /// Compress a checkpoint into a .dhp pack (lossless or quantized base + sparse residual).
+    Pack(commands::pack::PackArgs),
+    /// Restore a .dhp pack to safetensors.
+    Unpack(commands::pack::UnpackArgs),
+    /// Check every checksum of a .dhp pack.
+    Verify(commands::pack::VerifyArgs),
+    /// Per-tensor statistics of a .dhp pack.
+    PackStats(commands::pack::StatsArgs),
+    /// Lossless delta between two checkpoints (`delta BASE NEW -o D`, `delta apply BASE D -o NEW`).
+    Delta(commands::delta::Args),
+    /// List the tensors of a checkpoint grouped by component.
+    Inspect(commands::inspect::Args),
+    /// Generate text from a GGUF model on the CPU.
+    Generate(commands::generate::Args),
+    /// Perplexity of a GGUF model on a text, with an exact and a compressed KV cache.
+    Eval(commands::eval::Args),
+}
+
+/// Run a parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    use commands::*;
+    match cli.command {
+        Command::Analyze(a) => analyze::run(a),
+        Command::Models(a) => models::run(a),
+        Command::Devices(a) => devices::run(a),
+        Command::Kv(a) => kv::run(a),
+        Command::MmapProfile(a) => mmap_profile::run(a),
+        Command::Pack(a) => pack::run_pack(a),
+        Command::Unpack(a) => pack::run_unpack(a),
+        Command::Verify(a) => pack::run_verify(a),
+        Command::PackStats(a) => pack::run_stats(a),
+        Command::Delta(a) => delta::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Eval(a) => eval::run(a),
+    }
+}
+
+/// Parse `args` and run, turning errors into a message on stderr and exit code 1.
+/// Alias binaries (the Python tool's command names) call [`finish`] with their own result.
+pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    finish(run(cli))
+}
+
+/// Report an error (with its cause chain) and pick the exit code.
+pub fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed stdout (e.g. `| head`) is not a failure worth a message.
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

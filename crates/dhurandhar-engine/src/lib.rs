@@ -1,0 +1,1 @@
+//! dhurandhar-engine (under construction)

@@ -1,0 +1,1 @@
+//! dhurandhar-kv (under construction)

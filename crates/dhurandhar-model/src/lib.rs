@@ -1,0 +1,16 @@
+//! The model contract.
+//!
+//! [`ModelArchitecture`] is the single description of a model that the planner, the KV
+//! codecs, the profiler and the engine consume. It is plain data, validated once on
+//! construction ([`ModelArchitecture::validate`]), and carries nothing that needs I/O:
+//! callers read YAML/JSON/checkpoints and hand the text or numbers in.
+//!
+//! Field names follow the Python tool's YAML profiles so existing profiles load as-is.
+
+mod arch;
+mod error;
+mod layers;
+
+pub use arch::{LayerTypeName, ModelArchitecture};
+pub use error::ModelError;
+pub use layers::{AttentionKind, KvSource, LayerSpec};

@@ -1,0 +1,1 @@
+//! dhurandhar-pack (under construction)

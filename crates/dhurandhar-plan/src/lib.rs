@@ -1,0 +1,1 @@
+//! dhurandhar-plan (under construction)

@@ -1,0 +1,1 @@
+//! dhurandhar-profile (under construction)
