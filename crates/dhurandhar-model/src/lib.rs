@@ -10,7 +10,9 @@
 mod arch;
 mod error;
 mod layers;
+mod weights;
 
 pub use arch::{LayerTypeName, ModelArchitecture};
 pub use error::ModelError;
 pub use layers::{AttentionKind, KvSource, LayerSpec};
+pub use weights::ComponentBytes;

@@ -1,0 +1,38 @@
+use serde::{Deserialize, Serialize};
+
+/// Exact weight bytes by component, read from a real checkpoint's tensor table.
+///
+/// When present, the planner uses these instead of estimating from the architecture.
+/// Bytes are the stored tensor bytes (quantized blocks and their scales included).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentBytes {
+    /// Token-embedding matrix.
+    pub token_embeddings: u64,
+    /// Per-layer embedding table plus its projection.
+    pub ple: u64,
+    /// Attention, dense FFN and norm tensors of every decoder layer (routed experts excluded).
+    pub decoder_layers: u64,
+    /// Routed and shared MoE expert tensors.
+    pub experts: u64,
+    /// Untied LM head (0 when tied).
+    pub lm_head: u64,
+    pub vision_encoder: u64,
+    pub audio_encoder: u64,
+    /// Final norm, rope tables and anything not classified above.
+    pub other: u64,
+    /// Where the numbers came from (checkpoint path).
+    pub source: String,
+}
+
+impl ComponentBytes {
+    pub fn total(&self) -> u64 {
+        self.token_embeddings
+            + self.ple
+            + self.decoder_layers
+            + self.experts
+            + self.lm_head
+            + self.vision_encoder
+            + self.audio_encoder
+            + self.other
+    }
+}
