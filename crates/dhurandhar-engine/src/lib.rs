@@ -1,1 +1,57 @@
-//! dhurandhar-engine (under construction)
+//! CPU inference on GGUF models for devices where memory is the constraint.
+//!
+//! Weights stay in their stored (quantized) form inside a read-only memory map of the
+//! GGUF file; matrix products dequantize block by block inside the dot product or use
+//! integer dot products against 8-bit activations, so the model is never expanded to
+//! f32. On top of that: a llama/qwen2-family forward pass, the GGUF's own byte-level BPE
+//! tokenizer, sampling, a KV cache that can capture its tensors or run them through a
+//! `dhurandhar_kv` codec as they are written, and perplexity / KL evaluation.
+
+pub mod bench;
+pub mod cache;
+pub mod eval;
+pub mod kernels;
+pub mod model;
+pub mod quant;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use cache::{CacheCodec, Capture, KvCache};
+pub use eval::{evaluate, CodecResult, EvalReport, PassMetrics};
+pub use model::{Logits, Model, ModelConfig, RopeStyle, Session};
+pub use quant::QType;
+pub use sampling::Sampler;
+pub use tokenizer::Tokenizer;
+
+use thiserror::Error;
+
+/// Everything that can go wrong loading or running a model.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Checkpoint(#[from] dhurandhar_checkpoint::CheckpointError),
+    #[error("{path}: {message}")]
+    Model { path: String, message: String },
+    #[error("cannot map {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("KV codec: {0}")]
+    Codec(#[from] dhurandhar_kv::KvError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Peak resident set size of this process (`VmHWM`), in bytes, where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

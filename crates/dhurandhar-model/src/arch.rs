@@ -17,6 +17,9 @@ pub enum LayerTypeName {
 fn default_one() -> u32 {
     1
 }
+fn default_two() -> f64 {
+    2.0
+}
 fn default_32() -> u32 {
     32
 }
@@ -64,7 +67,7 @@ pub struct ModelArchitecture {
     /// Dense FFN width.
     pub intermediate_size: u64,
     /// Per-layer FFN width override; length must equal `num_hidden_layers`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub intermediate_size_per_layer: Option<Vec<u64>>,
     /// FFN width of the shared-KV tail layers (Gemma 4 E2B doubles it); 0 = `intermediate_size`.
     #[serde(default)]
@@ -99,7 +102,7 @@ pub struct ModelArchitecture {
     #[serde(default = "default_true")]
     pub last_layer_global: bool,
     /// Explicit per-layer types, overriding the ratio pattern and SSM placement.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub layer_types: Option<Vec<LayerTypeName>>,
     /// The last N layers reuse an earlier layer's KV: no KV bytes, no K/V projections.
     #[serde(default)]
@@ -153,6 +156,10 @@ pub struct ModelArchitecture {
     /// Convolution state elements per SSM layer.
     #[serde(default)]
     pub mamba_conv_state_dim: u64,
+    /// Mamba inner width as a multiple of `hidden_size` (sizes the mixer's in/out
+    /// projections, ≈ 3·expand·hidden² parameters per SSM layer).
+    #[serde(default = "default_two")]
+    pub mamba_expand: f64,
 
     // ---- encoders ----
     /// Vision encoder footprint in MiB at its shipped precision (fixed, not re-quantized).
@@ -193,8 +200,70 @@ pub struct ModelArchitecture {
     #[serde(default)]
     pub published_embeddings_gb: f64,
     /// Where the constants came from (config.json URL, checkpoint path, ...).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
     pub source: String,
+}
+
+/// The YAML defaults for every optional field; the required ones (name, sizes, heads)
+/// are empty/zero, so the value does not validate until they are set. Lets code build an
+/// architecture with `ModelArchitecture { name: .., ..Default::default() }`.
+impl Default for ModelArchitecture {
+    fn default() -> Self {
+        ModelArchitecture {
+            name: String::new(),
+            family: String::new(),
+            param_count_b: 0.0,
+            active_param_count_b: 0.0,
+            num_hidden_layers: 0,
+            num_attention_layers: 0,
+            hidden_size: 0,
+            intermediate_size: 0,
+            intermediate_size_per_layer: None,
+            shared_kv_intermediate_size: 0,
+            vocab_size: 0,
+            num_attention_heads: 0,
+            num_key_value_heads: 0,
+            head_dim: 0,
+            global_head_dim: 0,
+            num_global_key_value_heads: 0,
+            kv_unified: false,
+            global_kv_unified: false,
+            local_to_global_ratio: 0,
+            sliding_window: 0,
+            last_layer_global: true,
+            layer_types: None,
+            shared_kv_last_n_layers: 0,
+            embeddings_tied: true,
+            has_ple: false,
+            ple_hidden_size: 0,
+            ple_vocab_size: 0,
+            is_moe: false,
+            num_experts: 1,
+            num_active_experts: 1,
+            expert_intermediate_size: 0,
+            num_shared_experts: 0,
+            shared_expert_intermediate_size: 0,
+            num_moe_layers: 0,
+            has_mamba: false,
+            mamba_state_dim: 0,
+            mamba_num_layers: 0,
+            mamba_state_dtype_bits: 32,
+            mamba_conv_state_dim: 0,
+            mamba_expand: 2.0,
+            vision_encoder_mb: 0.0,
+            audio_encoder_mb: 0.0,
+            vision_encoder_params_b: 0.0,
+            audio_encoder_params_b: 0.0,
+            unified_modality_params_b: 0.0,
+            weight_dtype_bits: 16.0,
+            kv_dtype_bits: 16.0,
+            max_context_tokens: 128_000,
+            runtime_overhead_mb: 128.0,
+            published_decoder_gb: 0.0,
+            published_embeddings_gb: 0.0,
+            source: String::new(),
+        }
+    }
 }
 
 impl ModelArchitecture {
@@ -206,7 +275,10 @@ impl ModelArchitecture {
                 message: e.to_string(),
             })?;
         arch.fill_defaults();
-        arch.validate()?;
+        arch.validate().map_err(|e| ModelError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
         Ok(arch)
     }
 
@@ -218,7 +290,10 @@ impl ModelArchitecture {
                 message: e.to_string(),
             })?;
         arch.fill_defaults();
-        arch.validate()?;
+        arch.validate().map_err(|e| ModelError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
         Ok(arch)
     }
 
@@ -227,14 +302,15 @@ impl ModelArchitecture {
         if self.num_attention_layers == 0 {
             self.num_attention_layers = match &self.layer_types {
                 Some(t) => t.iter().filter(|k| **k != LayerTypeName::Ssm).count() as u32,
-                None if self.has_mamba && self.mamba_num_layers > 0 => self
-                    .num_hidden_layers
-                    .saturating_sub(self.mamba_num_layers),
+                None if self.has_mamba && self.mamba_num_layers > 0 => {
+                    self.num_hidden_layers.saturating_sub(self.mamba_num_layers)
+                }
                 None => self.num_hidden_layers,
             };
         }
         if self.has_mamba && self.mamba_num_layers == 0 {
-            self.mamba_num_layers = self.num_hidden_layers - self.num_attention_layers.min(self.num_hidden_layers);
+            self.mamba_num_layers =
+                self.num_hidden_layers - self.num_attention_layers.min(self.num_hidden_layers);
         }
         if self.active_param_count_b == 0.0 {
             self.active_param_count_b = self.param_count_b;
@@ -246,7 +322,11 @@ impl ModelArchitecture {
         let m = self.name.as_str();
         let bad = |field, reason: String| Err(ModelError::invalid(m, field, reason));
         if self.name.trim().is_empty() {
-            return Err(ModelError::invalid("<unnamed>", "name", "must not be empty"));
+            return Err(ModelError::invalid(
+                "<unnamed>",
+                "name",
+                "must not be empty",
+            ));
         }
         macro_rules! positive {
             ($($f:ident),*) => {$(
@@ -263,11 +343,65 @@ impl ModelArchitecture {
             head_dim,
             max_context_tokens
         );
+        // Upper bounds keep every product in the memory math far from u64 overflow and
+        // stop a typo (an extra zero or ten) from allocating per-layer tables of absurd size.
+        macro_rules! at_most {
+            ($($f:ident <= $max:expr),*) => {$(
+                if self.$f as u64 > ($max as u64) {
+                    return bad(stringify!($f), format!("({}) is implausibly large (limit {})", self.$f, $max as u64));
+                }
+            )*};
+        }
+        at_most!(
+            num_hidden_layers <= 4096,
+            hidden_size <= 1 << 20,
+            intermediate_size <= 1 << 22,
+            vocab_size <= 1 << 24,
+            num_attention_heads <= 4096,
+            num_key_value_heads <= 4096,
+            head_dim <= 65536,
+            global_head_dim <= 65536,
+            num_experts <= 65536,
+            expert_intermediate_size <= 1 << 22,
+            shared_kv_intermediate_size <= 1 << 22,
+            ple_hidden_size <= 1 << 20,
+            ple_vocab_size <= 1 << 24,
+            sliding_window <= 1u64 << 40,
+            max_context_tokens <= 1u64 << 40,
+            mamba_state_dim <= 1u64 << 32,
+            mamba_conv_state_dim <= 1u64 << 32
+        );
+        if let Some(v) = &self.intermediate_size_per_layer {
+            if let Some(x) = v.iter().find(|x| **x == 0 || **x > 1 << 22) {
+                return bad(
+                    "intermediate_size_per_layer",
+                    format!("has an entry {x} outside 1..=4194304"),
+                );
+            }
+        }
+        if !(self.mamba_expand.is_finite() && self.mamba_expand <= 64.0) {
+            return bad(
+                "mamba_expand",
+                format!("must be a number in [0, 64], got {}", self.mamba_expand),
+            );
+        }
+        if self.has_mamba && self.mamba_state_dim == 0 {
+            return bad(
+                "mamba_state_dim",
+                "must be > 0 when has_mamba is true".into(),
+            );
+        }
         if !(self.param_count_b.is_finite() && self.param_count_b > 0.0) {
-            return bad("param_count_b", format!("must be a positive number, got {}", self.param_count_b));
+            return bad(
+                "param_count_b",
+                format!("must be a positive number, got {}", self.param_count_b),
+            );
         }
         if !(self.active_param_count_b.is_finite() && self.active_param_count_b >= 0.0) {
-            return bad("active_param_count_b", "must be a non-negative number".into());
+            return bad(
+                "active_param_count_b",
+                "must be a non-negative number".into(),
+            );
         }
         if self.active_param_count_b > self.param_count_b * (1.0 + 1e-9) {
             return bad(
@@ -307,7 +441,8 @@ impl ModelArchitecture {
                 ),
             );
         }
-        if self.local_to_global_ratio > 0 && self.sliding_window == 0 && self.layer_types.is_none() {
+        if self.local_to_global_ratio > 0 && self.sliding_window == 0 && self.layer_types.is_none()
+        {
             return bad(
                 "sliding_window",
                 "must be set when local_to_global_ratio > 0".into(),
@@ -328,11 +463,17 @@ impl ModelArchitecture {
             if attn != self.num_attention_layers {
                 return bad(
                     "num_attention_layers",
-                    format!("({}) disagrees with layer_types ({attn} attention layers)", self.num_attention_layers),
+                    format!(
+                        "({}) disagrees with layer_types ({attn} attention layers)",
+                        self.num_attention_layers
+                    ),
                 );
             }
             if types.contains(&LayerTypeName::SlidingAttention) && self.sliding_window == 0 {
-                return bad("sliding_window", "must be set when layer_types has sliding_attention".into());
+                return bad(
+                    "sliding_window",
+                    "must be set when layer_types has sliding_attention".into(),
+                );
             }
         }
         if let Some(ffn) = &self.intermediate_size_per_layer {
@@ -347,7 +488,9 @@ impl ModelArchitecture {
                 );
             }
         }
-        if self.shared_kv_last_n_layers >= self.num_attention_layers && self.shared_kv_last_n_layers > 0 {
+        if self.shared_kv_last_n_layers >= self.num_attention_layers
+            && self.shared_kv_last_n_layers > 0
+        {
             return bad(
                 "shared_kv_last_n_layers",
                 format!(
@@ -378,7 +521,10 @@ impl ModelArchitecture {
         }
         if self.has_mamba {
             if self.mamba_state_dim == 0 {
-                return bad("mamba_state_dim", "must be > 0 when has_mamba is true".into());
+                return bad(
+                    "mamba_state_dim",
+                    "must be > 0 when has_mamba is true".into(),
+                );
             }
             if self.mamba_num_layers > self.num_hidden_layers {
                 return bad("mamba_num_layers", "exceeds num_hidden_layers".into());
@@ -397,6 +543,7 @@ impl ModelArchitecture {
             ("audio_encoder_params_b", self.audio_encoder_params_b),
             ("unified_modality_params_b", self.unified_modality_params_b),
             ("runtime_overhead_mb", self.runtime_overhead_mb),
+            ("mamba_expand", self.mamba_expand),
             ("published_decoder_gb", self.published_decoder_gb),
             ("published_embeddings_gb", self.published_embeddings_gb),
         ] {

@@ -271,7 +271,10 @@ mamba_state_dim: 1024
     fn unknown_field_is_named_with_location() {
         let err = ModelArchitecture::from_yaml_str("name: a\nfamilly: b\n", "m.yaml").unwrap_err();
         let s = err.to_string();
-        assert!(s.contains("m.yaml") && s.contains("familly") && s.contains("line"), "{s}");
+        assert!(
+            s.contains("m.yaml") && s.contains("familly") && s.contains("line"),
+            "{s}"
+        );
     }
 
     #[test]

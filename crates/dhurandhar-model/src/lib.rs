@@ -10,6 +10,7 @@
 mod arch;
 mod error;
 mod layers;
+pub mod registry;
 mod weights;
 
 pub use arch::{LayerTypeName, ModelArchitecture};

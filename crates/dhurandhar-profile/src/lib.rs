@@ -1,1 +1,43 @@
-//! dhurandhar-profile (under construction)
+//! Measure how fast a memory-mapped table (a PLE table, an embedding, any tensor read from
+//! flash at decode time) can really be read, and how much memory the process holds.
+//!
+//! "Cold" here means the table's pages are not in the page cache: they are dropped with
+//! `posix_fadvise(POSIX_FADV_DONTNEED)` (after unmapping and flushing) and `mincore()` checks
+//! the result before every cold run. `madvise(MADV_DONTNEED)` on a shared file mapping only
+//! drops this process's page-table entries, so it is never used for that. When eviction does
+//! not work, no cold number is reported.
+//!
+//! Typical use:
+//! ```no_run
+//! use dhurandhar_profile::*;
+//! let g = TableGeometry::new(TableKind::PerLayerEmbedding, 26_214, 30, 128)?;
+//! let path = default_cache_dir().join(DEFAULT_FILE_NAME);
+//! ensure_test_file(&path, g.total_bytes(), &mut |_, _| {})?;
+//! let p = Profiler::open(&path, 0, g)?;
+//! let r = p.run(Pattern::RandomDecode, Mode::Cold, &RunOptions::default(), &mut |_, _| {})?;
+//! let v = evaluate_throughput(&[r], 15.0, DEFAULT_WARN_MARGIN)?;
+//! println!("{:?}", v.verdict);
+//! # Ok::<(), ProfileError>(())
+//! ```
+
+mod error;
+mod geometry;
+mod histogram;
+mod memory;
+mod probe;
+mod profile;
+mod rng;
+pub mod sys;
+mod testfile;
+mod verdict;
+
+pub use error::ProfileError;
+pub use geometry::{TableGeometry, TableKind, MAX_SCALE, MIN_TEST_FILE_BYTES};
+pub use histogram::Histogram;
+pub use memory::{
+    evaluate_budget, Budget, BudgetVerdict, GateVerdict, MemorySnapshot, BUDGET_PRESETS,
+};
+pub use probe::MemoryProbe;
+pub use profile::{Advice, Eviction, Mode, Pattern, PatternResult, Profiler, RunOptions};
+pub use testfile::{default_cache_dir, ensure_test_file, FileOutcome, DEFAULT_FILE_NAME};
+pub use verdict::{evaluate_throughput, ThroughputVerdict, DEFAULT_WARN_MARGIN, HOST_CAVEAT};

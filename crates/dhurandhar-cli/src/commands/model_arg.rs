@@ -1,6 +1,12 @@
-//! Resolving `--model`: a registry slug, a YAML profile, or a real checkpoint (not built yet).
+//! Resolving `--model`: a registry slug, a YAML profile, or a real checkpoint.
+//!
+//! Every command that takes a model goes through [`resolve_model`], so a slug, a
+//! profile and a checkpoint behave the same everywhere.
 
-use dhurandhar_model::{ComponentBytes, ModelArchitecture};
+use std::path::Path;
+
+use anyhow::Context;
+use dhurandhar_model::{registry, ComponentBytes, ModelArchitecture};
 
 /// A model as a command sees it.
 #[derive(Debug, Clone)]
@@ -12,6 +18,89 @@ pub struct ResolvedModel {
     pub origin: String,
 }
 
+/// Resolve `spec`, in this order:
+/// 1. a built-in slug (`gemma4-e2b`, case-insensitive);
+/// 2. a path ending in `.yaml`/`.yml`: a profile with the Python tool's field names
+///    (errors name the file, the line and the field);
+/// 3. any other existing file or directory (`.gguf`, `.safetensors`, `config.json`, a
+///    model directory): read by `dhurandhar_checkpoint::load_model`, which also gives the
+///    exact weight bytes per component;
+/// 4. otherwise an error that lists the nearest built-in names.
 pub fn resolve_model(spec: &str) -> anyhow::Result<ResolvedModel> {
-    anyhow::bail!("cannot resolve model `{spec}` yet")
+    let spec = spec.trim();
+    if spec.is_empty() {
+        anyhow::bail!("--model is empty; give a built-in name (see `dhurandhar models`) or a path");
+    }
+    if let Some(arch) = registry::get(spec) {
+        return Ok(ResolvedModel {
+            arch,
+            weights: None,
+            origin: "built-in".to_string(),
+        });
+    }
+    let path = Path::new(spec);
+    let is_yaml = matches!(
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
+        Some("yaml" | "yml")
+    );
+    if is_yaml {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read model profile {}", path.display()))?;
+        let arch = ModelArchitecture::from_yaml_str(&text, &path.display().to_string())?;
+        return Ok(ResolvedModel {
+            arch,
+            weights: None,
+            origin: path.display().to_string(),
+        });
+    }
+    if path.exists() {
+        let (arch, weights) = dhurandhar_checkpoint::load_model(path)
+            .with_context(|| format!("cannot read a model from {}", path.display()))?;
+        return Ok(ResolvedModel {
+            arch,
+            weights: Some(weights),
+            origin: path.display().to_string(),
+        });
+    }
+    let suggestions = registry::suggest(spec);
+    let hint = if suggestions.is_empty() {
+        format!("built-in models: {}", registry::names().join(", "))
+    } else {
+        format!("did you mean: {}?", suggestions.join(", "))
+    };
+    anyhow::bail!(
+        "unknown model `{spec}`: not a built-in name and no such file ({hint}). \
+         Use `dhurandhar models` for the list, or pass a .yaml profile or a checkpoint path"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slug_resolves_to_builtin() {
+        let m = resolve_model("gemma4-e2b").unwrap();
+        assert_eq!(m.arch.name, "gemma4-e2b");
+        assert_eq!(m.origin, "built-in");
+        assert!(m.weights.is_none());
+    }
+
+    #[test]
+    fn unknown_slug_suggests() {
+        let e = resolve_model("gemma4-e3b").unwrap_err().to_string();
+        assert!(
+            e.contains("did you mean") && e.contains("gemma4-e2b"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_yaml_names_the_file() {
+        let e = format!("{:#}", resolve_model("/nonexistent/m.yaml").unwrap_err());
+        assert!(e.contains("/nonexistent/m.yaml"), "{e}");
+    }
 }

@@ -1,9 +1,135 @@
-//! `dhurandhar models` (not built yet).
+//! `dhurandhar models`: the built-in model registry.
 
-/// Not built yet.
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
+use dhurandhar_model::{registry, ModelArchitecture};
+use serde::Serialize;
+
+use crate::output::print_json;
+
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Print `{"models": [...]}` with every field of every built-in model.
+    #[arg(long)]
+    pub json: bool,
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`models` is not built yet")
+    /// Print the YAML profile of one built-in model (a starting point for your own).
+    #[arg(long, value_name = "NAME")]
+    pub show: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ModelsJson {
+    models: Vec<ModelArchitecture>,
+}
+
+fn features(m: &ModelArchitecture) -> String {
+    let mut f = Vec::new();
+    if m.local_to_global_ratio > 0 || m.layer_types.is_some() {
+        f.push(format!(
+            "sliding {}:{} w{}",
+            m.local_to_global_ratio.max(1),
+            1,
+            m.sliding_window
+        ));
+    }
+    if m.shared_kv_last_n_layers > 0 {
+        f.push(format!("shared-KV x{}", m.shared_kv_last_n_layers));
+    }
+    if m.has_ple {
+        f.push(format!("PLE {}", m.ple_hidden_size));
+    }
+    if m.is_moe {
+        f.push(format!("MoE {}/{}", m.num_active_experts, m.num_experts));
+    }
+    if m.has_mamba {
+        f.push(format!("SSM x{}", m.mamba_num_layers));
+    }
+    if !m.embeddings_tied {
+        f.push("untied".into());
+    }
+    f.join(", ")
+}
+
+/// The models table.
+pub fn render(models: &[ModelArchitecture]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(120)
+        .set_header(vec![
+            "Model",
+            "Family",
+            "Params",
+            "Layers",
+            "Hidden",
+            "Heads Q/KV",
+            "head_dim",
+            "Max ctx",
+            "Features",
+        ]);
+    for m in models {
+        let hd = if m.global_head_dim() != m.head_dim {
+            format!("{}/{}", m.head_dim, m.global_head_dim())
+        } else {
+            m.head_dim.to_string()
+        };
+        let layers = if m.num_attention_layers != m.num_hidden_layers {
+            format!("{} ({} attn)", m.num_hidden_layers, m.num_attention_layers)
+        } else {
+            m.num_hidden_layers.to_string()
+        };
+        let params = if m.is_moe {
+            format!("{}B ({}B act)", m.param_count_b, m.active_param_count_b)
+        } else {
+            format!("{}B", m.param_count_b)
+        };
+        t.add_row(vec![
+            Cell::new(&m.name),
+            Cell::new(&m.family),
+            Cell::new(params).set_alignment(CellAlignment::Right),
+            Cell::new(layers).set_alignment(CellAlignment::Right),
+            Cell::new(m.hidden_size).set_alignment(CellAlignment::Right),
+            Cell::new(format!(
+                "{}/{}",
+                m.num_attention_heads, m.num_key_value_heads
+            ))
+            .set_alignment(CellAlignment::Right),
+            Cell::new(hd).set_alignment(CellAlignment::Right),
+            Cell::new(m.max_context_tokens).set_alignment(CellAlignment::Right),
+            Cell::new(features(m)),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(name) = &args.show {
+        let Some(y) = registry::yaml(name) else {
+            let s = registry::suggest(name);
+            anyhow::bail!(
+                "unknown model `{name}`{}",
+                if s.is_empty() {
+                    format!(" (built-in: {})", registry::names().join(", "))
+                } else {
+                    format!(", did you mean: {}?", s.join(", "))
+                }
+            );
+        };
+        std::io::stdout().lock().write_all(y.as_bytes())?;
+        return Ok(());
+    }
+    let models = registry::all();
+    if args.json {
+        return print_json(&ModelsJson { models });
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", render(&models))?;
+    writeln!(
+        out,
+        "{} built-in models. Use one with `dhurandhar analyze --model NAME`, or pass a YAML profile \
+         (`dhurandhar models --show gemma4-e2b` prints one to start from).",
+        models.len()
+    )?;
+    Ok(())
 }

@@ -1,0 +1,440 @@
+//! safetensors header reader (single files and sharded checkpoints). Only the JSON
+//! header is read — through a memory map — so planning never touches the weights.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::CheckpointError;
+use crate::mmap::map_file;
+
+/// Largest header the reference implementation accepts; a larger length is an attack
+/// or corruption, not a model.
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// A safetensors element type.
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dtype {
+    BOOL,
+    U8,
+    I8,
+    F8_E5M2,
+    F8_E4M3,
+    F8_E8M0,
+    I16,
+    U16,
+    F16,
+    BF16,
+    I32,
+    U32,
+    F32,
+    F64,
+    I64,
+    U64,
+    C64,
+    F4,
+    F6_E2M3,
+    F6_E3M2,
+}
+
+impl Dtype {
+    const ALL: [Dtype; 20] = [
+        Dtype::BOOL,
+        Dtype::U8,
+        Dtype::I8,
+        Dtype::F8_E5M2,
+        Dtype::F8_E4M3,
+        Dtype::F8_E8M0,
+        Dtype::I16,
+        Dtype::U16,
+        Dtype::F16,
+        Dtype::BF16,
+        Dtype::I32,
+        Dtype::U32,
+        Dtype::F32,
+        Dtype::F64,
+        Dtype::I64,
+        Dtype::U64,
+        Dtype::C64,
+        Dtype::F4,
+        Dtype::F6_E2M3,
+        Dtype::F6_E3M2,
+    ];
+
+    /// The header spelling (`"F32"`, `"BF16"`, ...).
+    pub fn name(self) -> &'static str {
+        use Dtype::*;
+        match self {
+            BOOL => "BOOL",
+            U8 => "U8",
+            I8 => "I8",
+            F8_E5M2 => "F8_E5M2",
+            F8_E4M3 => "F8_E4M3",
+            F8_E8M0 => "F8_E8M0",
+            I16 => "I16",
+            U16 => "U16",
+            F16 => "F16",
+            BF16 => "BF16",
+            I32 => "I32",
+            U32 => "U32",
+            F32 => "F32",
+            F64 => "F64",
+            I64 => "I64",
+            U64 => "U64",
+            C64 => "C64",
+            F4 => "F4",
+            F6_E2M3 => "F6_E2M3",
+            F6_E3M2 => "F6_E3M2",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|d| d.name() == s)
+    }
+
+    /// Bits per element (sub-byte types pack several elements per byte).
+    pub fn bits(self) -> u64 {
+        use Dtype::*;
+        match self {
+            F4 => 4,
+            F6_E2M3 | F6_E3M2 => 6,
+            BOOL | U8 | I8 | F8_E5M2 | F8_E4M3 | F8_E8M0 => 8,
+            I16 | U16 | F16 | BF16 => 16,
+            I32 | U32 | F32 => 32,
+            F64 | I64 | U64 | C64 => 64,
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One tensor of a safetensors file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: Dtype,
+    /// Row-major (PyTorch) order: the last dimension varies fastest.
+    pub shape: Vec<u64>,
+    /// Absolute file offset of the first byte.
+    pub offset: u64,
+    pub n_bytes: u64,
+}
+
+impl TensorInfo {
+    pub fn n_elements(&self) -> u64 {
+        self.shape.iter().fold(1u64, |a, &d| a.saturating_mul(d))
+    }
+}
+
+/// A parsed safetensors header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SafetensorsFile {
+    /// Absolute offset of the data section (8 + header length).
+    pub data_offset: u64,
+    tensors: Vec<TensorInfo>,
+    metadata: BTreeMap<String, String>,
+}
+
+fn jerr(origin: &str, msg: impl Into<String>) -> CheckpointError {
+    CheckpointError::json(origin, msg)
+}
+
+fn parse_shape(
+    origin: &str,
+    name: &str,
+    v: &serde_json::Value,
+) -> Result<Vec<u64>, CheckpointError> {
+    let arr = v
+        .as_array()
+        .ok_or_else(|| jerr(origin, format!("tensor `{name}`: `shape` is not a list")))?;
+    arr.iter()
+        .map(|d| {
+            d.as_u64().ok_or_else(|| {
+                jerr(
+                    origin,
+                    format!("tensor `{name}`: shape entry {d} is not a non-negative integer"),
+                )
+            })
+        })
+        .collect()
+}
+
+impl SafetensorsFile {
+    /// Parse from the file's bytes (at least the 8-byte length and the header; tensor
+    /// ranges are checked against `bytes.len()`, so pass the whole mapped file).
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<Self, CheckpointError> {
+        let file_len = bytes.len() as u64;
+        let Some(len_bytes) = bytes.get(..8) else {
+            return Err(CheckpointError::malformed(
+                origin,
+                0,
+                format!("truncated: a safetensors file starts with an 8-byte header length, the file has {file_len} bytes"),
+            ));
+        };
+        let mut lb = [0u8; 8];
+        lb.copy_from_slice(len_bytes);
+        let header_len = u64::from_le_bytes(lb);
+        if header_len > MAX_HEADER_BYTES {
+            return Err(CheckpointError::malformed(
+                origin,
+                0,
+                format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit (not a safetensors file?)"),
+            ));
+        }
+        if header_len > file_len - 8 {
+            return Err(CheckpointError::malformed(
+                origin,
+                8,
+                format!(
+                    "truncated: header length is {header_len} but only {} bytes follow",
+                    file_len - 8
+                ),
+            ));
+        }
+        let data_offset = 8 + header_len;
+        let header = &bytes[8..data_offset as usize];
+        let text = std::str::from_utf8(header).map_err(|e| {
+            CheckpointError::malformed(
+                origin,
+                8 + e.valid_up_to() as u64,
+                "header is not valid UTF-8",
+            )
+        })?;
+        let root: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            jerr(
+                origin,
+                format!("header (bytes 8..{data_offset}) is not valid JSON: {e}"),
+            )
+        })?;
+        let obj = root
+            .as_object()
+            .ok_or_else(|| jerr(origin, "header is not a JSON object"))?;
+        let data_len = file_len - data_offset;
+        let mut tensors = Vec::with_capacity(obj.len());
+        let mut metadata = BTreeMap::new();
+        for (name, v) in obj {
+            if name == "__metadata__" {
+                let m = v
+                    .as_object()
+                    .ok_or_else(|| jerr(origin, "`__metadata__` is not an object"))?;
+                for (k, val) in m {
+                    let s = val.as_str().ok_or_else(|| {
+                        jerr(origin, format!("`__metadata__.{k}` is not a string"))
+                    })?;
+                    metadata.insert(k.clone(), s.to_string());
+                }
+                continue;
+            }
+            let t = v
+                .as_object()
+                .ok_or_else(|| jerr(origin, format!("tensor `{name}` is not an object")))?;
+            let dtype_s = t
+                .get("dtype")
+                .and_then(|d| d.as_str())
+                .ok_or_else(|| jerr(origin, format!("tensor `{name}` has no string `dtype`")))?;
+            let dtype = Dtype::from_name(dtype_s).ok_or_else(|| {
+                CheckpointError::unsupported(
+                    origin,
+                    format!("tensor `{name}` has unknown dtype `{dtype_s}`"),
+                )
+            })?;
+            let shape = parse_shape(
+                origin,
+                name,
+                t.get("shape")
+                    .ok_or_else(|| jerr(origin, format!("tensor `{name}` has no `shape`")))?,
+            )?;
+            let offs = t
+                .get("data_offsets")
+                .and_then(|o| o.as_array())
+                .filter(|o| o.len() == 2)
+                .ok_or_else(|| {
+                    jerr(
+                        origin,
+                        format!("tensor `{name}`: `data_offsets` is not a [begin, end] pair"),
+                    )
+                })?;
+            let (Some(begin), Some(end)) = (offs[0].as_u64(), offs[1].as_u64()) else {
+                return Err(jerr(
+                    origin,
+                    format!("tensor `{name}`: `data_offsets` are not non-negative integers"),
+                ));
+            };
+            if begin > end || end > data_len {
+                return Err(CheckpointError::malformed(
+                    origin,
+                    data_offset.saturating_add(begin),
+                    format!(
+                        "tensor `{name}` data_offsets [{begin}, {end}] fall outside the {data_len}-byte data section"
+                    ),
+                ));
+            }
+            let expected = shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .and_then(|n| n.checked_mul(dtype.bits()))
+                .filter(|bits| bits % 8 == 0)
+                .map(|bits| bits / 8);
+            if expected != Some(end - begin) {
+                return Err(CheckpointError::malformed(
+                    origin,
+                    data_offset + begin,
+                    format!(
+                        "tensor `{name}` ({dtype_s} {shape:?}) should take {} bytes but data_offsets span {}",
+                        expected.map_or("an impossible number of".to_string(), |e| e.to_string()),
+                        end - begin
+                    ),
+                ));
+            }
+            tensors.push(TensorInfo {
+                name: name.clone(),
+                dtype,
+                shape,
+                offset: data_offset + begin,
+                n_bytes: end - begin,
+            });
+        }
+        tensors.sort_by(|a, b| (a.offset, &a.name).cmp(&(b.offset, &b.name)));
+        // Overlapping tensors mean a corrupt or hostile header.
+        for w in tensors.windows(2) {
+            if w[0].offset + w[0].n_bytes > w[1].offset {
+                return Err(CheckpointError::malformed(
+                    origin,
+                    w[1].offset,
+                    format!("tensors `{}` and `{}` overlap", w[0].name, w[1].name),
+                ));
+            }
+        }
+        Ok(SafetensorsFile {
+            data_offset,
+            tensors,
+            metadata,
+        })
+    }
+
+    /// Memory-map `path` and parse its header.
+    pub fn open(path: &Path) -> Result<Self, CheckpointError> {
+        let map = map_file(path)?;
+        Self::parse(&map, &path.display().to_string())
+    }
+
+    /// Tensors sorted by file offset.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// `__metadata__` string pairs.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    pub fn total_tensor_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.n_bytes).sum()
+    }
+}
+
+/// A checkpoint split over several safetensors files by `model.safetensors.index.json`.
+#[derive(Debug, Clone)]
+pub struct ShardedSafetensors {
+    /// The index file.
+    pub index: PathBuf,
+    /// Every shard named by the index, in name order, with its header.
+    pub shards: Vec<(PathBuf, SafetensorsFile)>,
+    /// The index's `metadata` object (e.g. `total_size`), as JSON.
+    pub metadata: serde_json::Value,
+}
+
+impl ShardedSafetensors {
+    /// Read an index and the headers of all the shards it names. Every tensor of the
+    /// weight map must be in the shard it is mapped to.
+    pub fn open(index: &Path) -> Result<Self, CheckpointError> {
+        let origin = index.display().to_string();
+        let text = std::fs::read_to_string(index).map_err(|e| CheckpointError::io(index, e))?;
+        let (metadata, weight_map) = parse_index(&text, &origin)?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut files: Vec<&str> = weight_map.values().map(|s| s.as_str()).collect();
+        files.sort_unstable();
+        files.dedup();
+        let mut shards = Vec::with_capacity(files.len());
+        for f in files {
+            if f.contains("..") || Path::new(f).is_absolute() {
+                return Err(jerr(
+                    &origin,
+                    format!("shard name `{f}` points outside the checkpoint directory"),
+                ));
+            }
+            let p = dir.join(f);
+            let st = SafetensorsFile::open(&p)?;
+            shards.push((p, st));
+        }
+        for (tensor, file) in &weight_map {
+            let shard = shards
+                .iter()
+                .find(|(p, _)| {
+                    p.file_name().and_then(|n| n.to_str())
+                        == Path::new(file).file_name().and_then(|n| n.to_str())
+                })
+                .map(|(_, s)| s);
+            if shard.and_then(|s| s.tensor(tensor)).is_none() {
+                return Err(jerr(
+                    &origin,
+                    format!(
+                        "weight_map puts `{tensor}` in `{file}`, but that shard has no such tensor"
+                    ),
+                ));
+            }
+        }
+        Ok(ShardedSafetensors {
+            index: index.to_path_buf(),
+            shards,
+            metadata,
+        })
+    }
+
+    /// Every tensor with the shard that holds it.
+    pub fn tensors(&self) -> impl Iterator<Item = (&Path, &TensorInfo)> {
+        self.shards
+            .iter()
+            .flat_map(|(p, s)| s.tensors().iter().map(move |t| (p.as_path(), t)))
+    }
+
+    pub fn total_tensor_bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|(_, s)| s.total_tensor_bytes())
+            .sum()
+    }
+}
+
+/// Parse an index file: `(metadata, weight_map)`.
+pub fn parse_index(
+    text: &str,
+    origin: &str,
+) -> Result<(serde_json::Value, BTreeMap<String, String>), CheckpointError> {
+    let root: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| jerr(origin, format!("not valid JSON: {e}")))?;
+    let wm = root
+        .get("weight_map")
+        .and_then(|w| w.as_object())
+        .ok_or_else(|| jerr(origin, "no `weight_map` object"))?;
+    let mut out = BTreeMap::new();
+    for (k, v) in wm {
+        let f = v
+            .as_str()
+            .ok_or_else(|| jerr(origin, format!("weight_map entry `{k}` is not a file name")))?;
+        out.insert(k.clone(), f.to_string());
+    }
+    let metadata = root
+        .get("metadata")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    Ok((metadata, out))
+}

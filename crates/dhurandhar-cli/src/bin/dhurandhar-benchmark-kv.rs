@@ -1,0 +1,66 @@
+//! `dhurandhar-benchmark-kv`: the Python tool's command name and flags, mapped onto
+//! `dhurandhar kv bench --codec turbo` (its "TurboQuant" was the sign + residual codec).
+//!
+//! Differences by design: the footprint follows the residual bits actually stored
+//! (the Python tool printed the same footprint for every value), sliding layers are
+//! capped at their window and shared-KV layers cost nothing; the heavy-tail
+//! distribution has outlier channels, not per-element outliers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use dhurandhar_cli::commands::kv;
+
+/// KV-cache quality and footprint for a model (alias of `dhurandhar kv bench --codec turbo`).
+#[derive(Debug, Parser)]
+#[command(name = "dhurandhar-benchmark-kv", version)]
+struct Cli {
+    /// Built-in model name, YAML profile, or checkpoint.
+    #[arg(long, default_value = kv::DEFAULT_MODEL)]
+    model: String,
+    #[arg(long, default_value_t = 32768)]
+    seq_len: u64,
+    /// Residual bits of the sign + residual TurboQuant (2..8).
+    #[arg(long, default_value_t = 4)]
+    residual_bits: u32,
+    /// gaussian, gaussian_heavy_tail (= outlier-channels), low-rank, imbalanced-norms.
+    #[arg(long, default_value = "gaussian_heavy_tail")]
+    distribution: String,
+    /// Tokens per KV head in the quality block.
+    #[arg(long, default_value_t = 2048)]
+    samples: usize,
+    /// Print JSON instead of the tables.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report here.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let c = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let args = kv::BenchArgs {
+        model: c.model,
+        seq_len: c.seq_len,
+        codec: "turbo".to_string(),
+        bits: c.residual_bits,
+        distribution: c.distribution,
+        samples: c.samples,
+        queries: 64,
+        seed: 0,
+        json: c.json,
+        json_out: c.json_out,
+    };
+    dhurandhar_cli::finish(kv::run_bench(args))
+}

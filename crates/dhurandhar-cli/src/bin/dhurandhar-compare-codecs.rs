@@ -1,0 +1,67 @@
+//! `dhurandhar-compare-codecs`: the Python tool's command name and flags, mapped onto
+//! `dhurandhar kv compare` with every codec.
+//!
+//! Differences by design: all ten codecs (not three), keys *and* values, bits per value
+//! measured from the encoded bytes, SpectralQuant calibrated on held-out samples.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use dhurandhar_cli::commands::kv;
+
+/// Side-by-side KV codec sweep (alias of `dhurandhar kv compare`).
+#[derive(Debug, Parser)]
+#[command(name = "dhurandhar-compare-codecs", version)]
+struct Cli {
+    #[arg(long, default_value_t = 256)]
+    head_dim: usize,
+    #[arg(long, default_value_t = 4)]
+    num_kv_heads: usize,
+    #[arg(long, default_value_t = 2048)]
+    seq_len: usize,
+    /// Bit budgets, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,6,8")]
+    bits: Vec<u32>,
+    /// gaussian, gaussian_heavy_tail (= outlier-channels), low-rank, imbalanced-norms.
+    #[arg(long, default_value = "gaussian_heavy_tail")]
+    distribution: String,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    /// Print JSON instead of the tables.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let c = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let args = kv::CompareArgs {
+        head_dim: c.head_dim,
+        num_kv_heads: c.num_kv_heads,
+        seq_len: c.seq_len,
+        bits: c.bits,
+        codecs: vec!["all".to_string()],
+        data: "synthetic".to_string(),
+        distribution: c.distribution,
+        tensor: None,
+        layer: vec![],
+        queries: 64,
+        amortize_tokens: None,
+        no_timing: false,
+        seed: 0,
+        json: c.json,
+        json_out: c.json_out,
+    };
+    dhurandhar_cli::finish(kv::run_compare(args))
+}

@@ -1,0 +1,101 @@
+//! Throughput and memory measurement: prefill and decode tokens/s at a given thread
+//! count, and peak RSS. Used by `dhurandhar generate --bench`.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::model::{Logits, Model};
+use crate::sampling::argmax;
+use crate::EngineError;
+
+/// One benchmark configuration's result (best of `repeats`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub threads: usize,
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    /// Prefill tokens per second of process CPU time (all threads): on a machine shared
+    /// with other work this shows the speed the code would reach uncontended.
+    pub prefill_tokens_per_cpu_s: f64,
+    pub decode_tokens_per_cpu_s: f64,
+    pub repeats: usize,
+}
+
+/// User + system CPU seconds of this process so far.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass; no other invariants.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut ru) != 0 {
+            return 0.0;
+        }
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    }
+}
+
+/// Prefill `prompt` in one pass, then decode `decode` tokens greedily (no stop token),
+/// `repeats` times; keep the fastest run of each phase.
+pub fn bench(
+    model: &Model,
+    prompt: &[u32],
+    decode: usize,
+    threads: usize,
+    repeats: usize,
+) -> Result<BenchResult, EngineError> {
+    if prompt.is_empty() {
+        return Err(EngineError::Invalid("benchmark prompt is empty".into()));
+    }
+    let mut best_prefill = 0f64;
+    let mut best_decode = 0f64;
+    let mut best_prefill_cpu = 0f64;
+    let mut best_decode_cpu = 0f64;
+    for _ in 0..repeats.max(1) {
+        let mut s = model.session(threads, None)?;
+        // Touch the weights once so page-ins are not counted as compute.
+        model
+            .session(1, None)?
+            .forward(&prompt[..1], Logits::Last, None)?;
+        let (t0, c0) = (Instant::now(), cpu_seconds());
+        let mut logits = s.prefill(prompt, 256)?;
+        let (tp, cp) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+        best_prefill = best_prefill.max(prompt.len() as f64 / tp);
+        best_prefill_cpu = best_prefill_cpu.max(prompt.len() as f64 / cp.max(1e-9));
+        let (t1, c1) = (Instant::now(), cpu_seconds());
+        for _ in 0..decode {
+            let tok = argmax(&logits);
+            logits = s.forward(&[tok], Logits::Last, None)?;
+        }
+        let (td, cd) = (t1.elapsed().as_secs_f64(), cpu_seconds() - c1);
+        if decode > 0 {
+            best_decode = best_decode.max(decode as f64 / td);
+            best_decode_cpu = best_decode_cpu.max(decode as f64 / cd.max(1e-9));
+        }
+    }
+    Ok(BenchResult {
+        threads,
+        prompt_tokens: prompt.len(),
+        decode_tokens: decode,
+        prefill_tokens_per_s: best_prefill,
+        decode_tokens_per_s: best_decode,
+        prefill_tokens_per_cpu_s: best_prefill_cpu,
+        decode_tokens_per_cpu_s: best_decode_cpu,
+        repeats: repeats.max(1),
+    })
+}
+
+/// Tokens of a neutral English prompt, repeated until it has `n` tokens.
+pub fn synthetic_prompt(model: &Model, n: usize) -> Vec<u32> {
+    let base = model.tokenizer.encode(
+        "The history of the region is long and varied. Farmers, merchants and sailors \
+         settled along the river, built towns and markets, and traded grain, wool and \
+         timber with their neighbours across the sea. ",
+    );
+    if base.is_empty() {
+        return Vec::new();
+    }
+    base.iter().copied().cycle().take(n).collect()
+}

@@ -1,0 +1,248 @@
+//! The KV cache, with two hooks: capture (copy Q/K/V out as they are produced) and a
+//! codec path (every K/V token group of every KV head is encoded and decoded by a
+//! `dhurandhar_kv` codec as soon as it is complete, so attention reads what a
+//! compressed cache would return; a trailing partial group stays exact, like a real
+//! implementation would keep it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dhurandhar_kv::{KvCodec, KvRole};
+
+use crate::EngineError;
+
+/// A codec applied to the cache: one codec per layer (layers may share one).
+#[derive(Clone)]
+pub struct CacheCodec {
+    pub label: String,
+    per_layer: Vec<Arc<dyn KvCodec>>,
+    /// Encoded bytes and value counts, for the measured bits per value.
+    pub stats: CodecStats,
+}
+
+/// Bytes produced by the codec, per role.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CodecStats {
+    pub key_bytes: u64,
+    pub key_values: u64,
+    pub value_bytes: u64,
+    pub value_values: u64,
+}
+
+impl CodecStats {
+    /// Bits per stored value over keys and values, from the encoded bytes.
+    pub fn bits_per_value(&self) -> Option<f64> {
+        let v = self.key_values + self.value_values;
+        (v > 0).then(|| (self.key_bytes + self.value_bytes) as f64 * 8.0 / v as f64)
+    }
+}
+
+impl CacheCodec {
+    /// The same codec for every layer.
+    pub fn shared(label: &str, codec: Arc<dyn KvCodec>, n_layers: usize) -> Self {
+        CacheCodec {
+            label: label.to_string(),
+            per_layer: vec![codec; n_layers],
+            stats: CodecStats::default(),
+        }
+    }
+
+    /// One codec per layer (e.g. calibrated per layer).
+    pub fn per_layer(label: &str, codecs: Vec<Arc<dyn KvCodec>>) -> Self {
+        CacheCodec {
+            label: label.to_string(),
+            per_layer: codecs,
+            stats: CodecStats::default(),
+        }
+    }
+}
+
+/// K/V for one layer, `[pos][kv_head][head_dim]`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LayerKv {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    /// Positions `< enc_k` (`enc_v`) hold decoded codec output.
+    pub enc_k: usize,
+    pub enc_v: usize,
+}
+
+/// The KV cache of one sequence.
+pub struct KvCache {
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub(crate) layers: Vec<LayerKv>,
+    pub(crate) codec: Option<CacheCodec>,
+    pub(crate) len: usize,
+}
+
+impl KvCache {
+    pub fn new(
+        n_layers: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        codec: Option<CacheCodec>,
+    ) -> Self {
+        KvCache {
+            n_kv_heads,
+            head_dim,
+            layers: vec![LayerKv::default(); n_layers],
+            codec,
+            len: 0,
+        }
+    }
+
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held by the cache's f32 buffers.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| (l.k.len() + l.v.len()) * 4)
+            .sum()
+    }
+
+    /// The codec in use, if any.
+    pub fn codec(&self) -> Option<&CacheCodec> {
+        self.codec.as_ref()
+    }
+
+    /// Token groups of the codec (1 when exact).
+    pub(crate) fn groups(&self, layer: usize) -> (usize, usize) {
+        match &self.codec {
+            Some(c) => {
+                let k = &c.per_layer[layer];
+                (
+                    k.token_group(KvRole::Key).max(1),
+                    k.token_group(KvRole::Value).max(1),
+                )
+            }
+            None => (1, 1),
+        }
+    }
+
+    /// Encode + decode, in place, every complete group of `layer` not yet encoded.
+    pub(crate) fn encode_complete(&mut self, layer: usize, upto: usize) -> Result<(), EngineError> {
+        let Some(codec) = self.codec.as_mut() else {
+            return Ok(());
+        };
+        let c = codec.per_layer[layer].clone();
+        let (hd, nkv) = (self.head_dim, self.n_kv_heads);
+        let l = &mut self.layers[layer];
+        for role in [KvRole::Key, KvRole::Value] {
+            let g = c.token_group(role).max(1);
+            let (buf, enc) = match role {
+                KvRole::Key => (&mut l.k, &mut l.enc_k),
+                KvRole::Value => (&mut l.v, &mut l.enc_v),
+            };
+            let mut x = vec![0f32; g * hd];
+            let mut y = vec![0f32; g * hd];
+            while *enc + g <= upto {
+                for h in 0..nkv {
+                    for t in 0..g {
+                        let src = ((*enc + t) * nkv + h) * hd;
+                        x[t * hd..(t + 1) * hd].copy_from_slice(&buf[src..src + hd]);
+                    }
+                    let bytes = c.encode(role, &x)?;
+                    c.decode(role, &bytes, &mut y)?;
+                    match role {
+                        KvRole::Key => {
+                            codec.stats.key_bytes += bytes.len() as u64;
+                            codec.stats.key_values += (g * hd) as u64;
+                        }
+                        KvRole::Value => {
+                            codec.stats.value_bytes += bytes.len() as u64;
+                            codec.stats.value_values += (g * hd) as u64;
+                        }
+                    }
+                    for t in 0..g {
+                        let dst = ((*enc + t) * nkv + h) * hd;
+                        buf[dst..dst + hd].copy_from_slice(&y[t * hd..(t + 1) * hd]);
+                    }
+                }
+                *enc += g;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-layer tensors copied out during a forward pass.
+#[derive(Debug, Default, Clone)]
+pub struct CaptureLayer {
+    /// Queries after RoPE, `[tokens][n_heads][head_dim]`.
+    pub q: Vec<f32>,
+    /// Keys after RoPE, `[tokens][n_kv_heads][head_dim]`.
+    pub k: Vec<f32>,
+    /// Keys before RoPE.
+    pub k_pre_rope: Vec<f32>,
+    /// Values.
+    pub v: Vec<f32>,
+}
+
+/// Everything captured from a run.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    pub layers: Vec<CaptureLayer>,
+    pub n_tokens: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Capture {
+    pub fn new(n_layers: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Self {
+        Capture {
+            layers: vec![CaptureLayer::default(); n_layers],
+            n_tokens: 0,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        }
+    }
+
+    /// Serialize as safetensors: f32 `layers.{i}.{k,k_pre_rope,v}` `[tokens, n_kv_heads,
+    /// head_dim]` and `layers.{i}.q` `[tokens, n_heads, head_dim]`, with `metadata`
+    /// (plus the geometry) in `__metadata__`.
+    pub fn to_safetensors(&self, metadata: &[(&str, String)]) -> Result<Vec<u8>, EngineError> {
+        use safetensors::tensor::{Dtype, TensorView};
+        let to_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let kv_shape = vec![self.n_tokens, self.n_kv_heads, self.head_dim];
+        let q_shape = vec![self.n_tokens, self.n_heads, self.head_dim];
+        for (i, l) in self.layers.iter().enumerate() {
+            owned.push((format!("layers.{i}.k"), kv_shape.clone(), to_bytes(&l.k)));
+            owned.push((
+                format!("layers.{i}.k_pre_rope"),
+                kv_shape.clone(),
+                to_bytes(&l.k_pre_rope),
+            ));
+            owned.push((format!("layers.{i}.v"), kv_shape.clone(), to_bytes(&l.v)));
+            owned.push((format!("layers.{i}.q"), q_shape.clone(), to_bytes(&l.q)));
+        }
+        let mut views = Vec::with_capacity(owned.len());
+        for (name, shape, bytes) in &owned {
+            let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map_err(|e| EngineError::Invalid(format!("tensor {name}: {e}")))?;
+            views.push((name.clone(), view));
+        }
+        let mut meta: HashMap<String, String> = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        meta.insert("n_layers".into(), self.layers.len().to_string());
+        meta.insert("n_tokens".into(), self.n_tokens.to_string());
+        meta.insert("head_dim".into(), self.head_dim.to_string());
+        meta.insert("n_kv_heads".into(), self.n_kv_heads.to_string());
+        meta.insert("n_heads".into(), self.n_heads.to_string());
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| EngineError::Invalid(format!("safetensors: {e}")))
+    }
+}

@@ -1,0 +1,796 @@
+//! Matrix-vector kernels over quantized weights.
+//!
+//! Q8_0 / Q4_0 / Q4_1 weights are multiplied against activations quantized to 8-bit
+//! blocks ([`Q8Acts`]) with integer dot products (AVX2 `maddubs` when the CPU has it,
+//! a portable loop otherwise). Other types are dequantized one block at a time into a
+//! stack buffer and dotted with f32 activations. Either way the weights stay in their
+//! stored form.
+
+use rayon::prelude::*;
+
+use crate::quant::{dequantize_block, f16_at, Q8Acts, QType, QK, QK_K};
+use crate::EngineError;
+
+/// A row-major quantized matrix borrowed from the mapped file: `rows` rows of `cols`
+/// values (ggml shape `[cols, rows]`).
+#[derive(Debug, Clone, Copy)]
+pub struct QMatrix<'a> {
+    pub qtype: QType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> QMatrix<'a> {
+    /// Wrap `data`, checking that its length matches the shape exactly.
+    pub fn new(
+        qtype: QType,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self, EngineError> {
+        let rb = qtype.row_bytes(cols)?;
+        if rb.checked_mul(rows) != Some(data.len()) {
+            return Err(EngineError::Shape(format!(
+                "{} matrix {rows}x{cols} needs {} bytes, got {}",
+                qtype.name(),
+                rb.saturating_mul(rows),
+                data.len()
+            )));
+        }
+        Ok(QMatrix {
+            qtype,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.data.len() / self.rows.max(1)
+    }
+
+    /// Row `r` as raw bytes.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Dequantize row `r` (e.g. an embedding lookup).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), EngineError> {
+        if r >= self.rows {
+            return Err(EngineError::Shape(format!(
+                "row {r} out of range ({} rows)",
+                self.rows
+            )));
+        }
+        crate::quant::dequantize_row(self.qtype, self.row(r), out)
+    }
+
+    /// Whether this type multiplies against 8-bit quantized activations.
+    pub fn uses_q8(&self) -> bool {
+        matches!(self.qtype, QType::Q8_0 | QType::Q4_0 | QType::Q4_1)
+    }
+}
+
+/// Activations prepared for one weight matrix: 8-bit blocks or plain f32.
+pub enum Acts<'a> {
+    Q8(&'a Q8Acts),
+    F32(&'a [f32]),
+}
+
+/// Which SIMD path to use, decided once per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simd {
+    Avx2,
+    Portable,
+}
+
+/// The best kernel set this CPU supports.
+pub fn simd() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static S: OnceLock<Simd> = OnceLock::new();
+        *S.get_or_init(|| {
+            if std::env::var_os("DHURANDHAR_NO_SIMD").is_none()
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                Simd::Avx2
+            } else {
+                Simd::Portable
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Simd::Portable
+    }
+}
+
+// ---------------------------------------------------------------- portable kernels
+
+fn dot_q8_0_portable(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
+    let nb = a.cols / QK;
+    let qs = &a.qs[a_row * a.cols..];
+    let ds = &a.d[a_row * nb..];
+    let mut acc = 0f32;
+    for b in 0..nb {
+        let blk = &w[b * 34..b * 34 + 34];
+        let mut s = 0i32;
+        for j in 0..QK {
+            s += (blk[2 + j] as i8 as i32) * qs[b * QK + j] as i32;
+        }
+        acc += f16_at(blk, 0) * ds[b] * s as f32;
+    }
+    acc
+}
+
+/// Q4_0 and Q4_1 share a kernel: Q4_0 is Q4_1 with offset `-8·d`.
+fn dot_q4_portable(w: &[u8], a: &Q8Acts, a_row: usize, q4_1: bool) -> f32 {
+    let nb = a.cols / QK;
+    let ts = if q4_1 { 20 } else { 18 };
+    let qs = &a.qs[a_row * a.cols..];
+    let ds = &a.d[a_row * nb..];
+    let ss = &a.s[a_row * nb..];
+    let mut acc = 0f32;
+    for b in 0..nb {
+        let blk = &w[b * ts..b * ts + ts];
+        let d = f16_at(blk, 0);
+        let (m, q) = if q4_1 {
+            (f16_at(blk, 2), &blk[4..20])
+        } else {
+            (-8.0 * d, &blk[2..18])
+        };
+        let qa = &qs[b * QK..b * QK + QK];
+        let mut s = 0i32;
+        for j in 0..16 {
+            s += (q[j] & 0xF) as i32 * qa[j] as i32 + (q[j] >> 4) as i32 * qa[j + 16] as i32;
+        }
+        acc += d * ds[b] * s as f32 + m * ss[b];
+    }
+    acc
+}
+
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent accumulators so the compiler can vectorise without fast-math.
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    s
+}
+
+/// Dequantize block by block and dot with f32 activations (any type).
+fn dot_dequant(t: QType, w: &[u8], x: &[f32]) -> f32 {
+    if t == QType::F32 {
+        let mut acc = 0f32;
+        for (c, xs) in w.chunks_exact(4 * 64).zip(x.chunks(64)) {
+            let mut buf = [0f32; 64];
+            for (o, b) in buf.iter_mut().zip(c.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            acc += dot_f32(&buf[..xs.len()], xs);
+        }
+        let done = w.len() / (4 * 64) * 64;
+        for (i, b) in w[done * 4..].chunks_exact(4).enumerate() {
+            acc += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * x[done + i];
+        }
+        return acc;
+    }
+    let bs = t.block_size();
+    let ts = t.type_size();
+    if bs == 1 {
+        // F16 / BF16: dequantize 64 values at a time.
+        let mut acc = 0f32;
+        for (c, xs) in w.chunks(2 * 64).zip(x.chunks(64)) {
+            let mut buf = [0f32; 64];
+            for (o, b) in buf.iter_mut().zip(c.chunks_exact(2)) {
+                dequantize_block(t, b, std::slice::from_mut(o));
+            }
+            acc += dot_f32(&buf[..xs.len()], xs);
+        }
+        return acc;
+    }
+    let mut buf = [0f32; QK_K];
+    let mut acc = 0f32;
+    for (b, xs) in w.chunks_exact(ts).zip(x.chunks_exact(bs)) {
+        dequantize_block(t, b, &mut buf[..bs]);
+        acc += dot_f32(&buf[..bs], xs);
+    }
+    acc
+}
+
+// ---------------------------------------------------------------- AVX2 kernels
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use crate::quant::{Q8Acts, QK};
+
+    /// Bytes ahead of the current block to prefetch.
+    const PREFETCH: usize = 640;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_to_f32(p: *const u8) -> f32 {
+        let bits = (p as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Σ over blocks of d_w·d_a·Σ(q_w·q_a) for Q8_0 weights.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `w` holds `a.cols/32` Q8_0 blocks and
+    /// `a_row < a.rows()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
+        let nb = a.cols / QK;
+        debug_assert!(w.len() >= nb * 34 && a.qs.len() >= (a_row + 1) * a.cols);
+        let wp = w.as_ptr();
+        let qp = a.qs.as_ptr().add(a_row * a.cols);
+        let dp = a.d.as_ptr().add(a_row * nb);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut b = 0;
+        while b + 1 < nb {
+            let blk0 = wp.add(b * 34);
+            let blk1 = wp.add((b + 1) * 34);
+            _mm_prefetch::<_MM_HINT_T0>(blk0.add(PREFETCH) as *const i8);
+            let w0 = _mm256_loadu_si256(blk0.add(2) as *const __m256i);
+            let w1 = _mm256_loadu_si256(blk1.add(2) as *const __m256i);
+            let a0 = _mm256_loadu_si256(qp.add(b * QK) as *const __m256i);
+            let a1 = _mm256_loadu_si256(qp.add((b + 1) * QK) as *const __m256i);
+            let p0 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(a0, w0)),
+                ones,
+            );
+            let p1 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(a1, w1)),
+                ones,
+            );
+            let d0 = _mm256_set1_ps(f16_to_f32(blk0) * *dp.add(b));
+            let d1 = _mm256_set1_ps(f16_to_f32(blk1) * *dp.add(b + 1));
+            acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(p0), acc0);
+            acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(p1), acc1);
+            b += 2;
+        }
+        if b < nb {
+            let blk0 = wp.add(b * 34);
+            let w0 = _mm256_loadu_si256(blk0.add(2) as *const __m256i);
+            let a0 = _mm256_loadu_si256(qp.add(b * QK) as *const __m256i);
+            let p0 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(a0, w0)),
+                ones,
+            );
+            let d0 = _mm256_set1_ps(f16_to_f32(blk0) * *dp.add(b));
+            acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(p0), acc0);
+        }
+        hsum(_mm256_add_ps(acc0, acc1))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn nibbles(q: *const u8) -> __m256i {
+        let m4 = _mm_set1_epi8(0xF);
+        let v = _mm_loadu_si128(q as *const __m128i);
+        let lo = _mm_and_si128(v, m4);
+        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// Q4_1 (or Q4_0 with offset −8·d) weights against 8-bit activations.
+    ///
+    /// # Safety
+    /// As [`dot_q8_0`], with `w` holding Q4_1 (20-byte) or Q4_0 (18-byte) blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4(w: &[u8], a: &Q8Acts, a_row: usize, q4_1: bool) -> f32 {
+        let nb = a.cols / QK;
+        let ts = if q4_1 { 20 } else { 18 };
+        let qoff = if q4_1 { 4 } else { 2 };
+        debug_assert!(w.len() >= nb * ts && a.qs.len() >= (a_row + 1) * a.cols);
+        let wp = w.as_ptr();
+        let qp = a.qs.as_ptr().add(a_row * a.cols);
+        let dp = a.d.as_ptr().add(a_row * nb);
+        let sp = a.s.as_ptr().add(a_row * nb);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut macc = 0f32;
+        let mut b = 0;
+        while b + 1 < nb {
+            let blk0 = wp.add(b * ts);
+            let blk1 = wp.add((b + 1) * ts);
+            // Stream ahead: rows are read once per token, straight from DRAM.
+            _mm_prefetch::<_MM_HINT_T0>(blk0.add(PREFETCH) as *const i8);
+            let w0 = nibbles(blk0.add(qoff));
+            let w1 = nibbles(blk1.add(qoff));
+            let a0 = _mm256_loadu_si256(qp.add(b * QK) as *const __m256i);
+            let a1 = _mm256_loadu_si256(qp.add((b + 1) * QK) as *const __m256i);
+            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, a0), ones);
+            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w1, a1), ones);
+            let dw0 = f16_to_f32(blk0);
+            let dw1 = f16_to_f32(blk1);
+            acc0 = _mm256_fmadd_ps(
+                _mm256_set1_ps(dw0 * *dp.add(b)),
+                _mm256_cvtepi32_ps(p0),
+                acc0,
+            );
+            acc1 = _mm256_fmadd_ps(
+                _mm256_set1_ps(dw1 * *dp.add(b + 1)),
+                _mm256_cvtepi32_ps(p1),
+                acc1,
+            );
+            let (m0, m1) = if q4_1 {
+                (f16_to_f32(blk0.add(2)), f16_to_f32(blk1.add(2)))
+            } else {
+                (-8.0 * dw0, -8.0 * dw1)
+            };
+            macc += m0 * *sp.add(b) + m1 * *sp.add(b + 1);
+            b += 2;
+        }
+        if b < nb {
+            let blk0 = wp.add(b * ts);
+            let w0 = nibbles(blk0.add(qoff));
+            let a0 = _mm256_loadu_si256(qp.add(b * QK) as *const __m256i);
+            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, a0), ones);
+            let dw0 = f16_to_f32(blk0);
+            acc0 = _mm256_fmadd_ps(
+                _mm256_set1_ps(dw0 * *dp.add(b)),
+                _mm256_cvtepi32_ps(p0),
+                acc0,
+            );
+            let m0 = if q4_1 {
+                f16_to_f32(blk0.add(2))
+            } else {
+                -8.0 * dw0
+            };
+            macc += m0 * *sp.add(b);
+        }
+        hsum(_mm256_add_ps(acc0, acc1)) + macc
+    }
+
+    /// Four activation rows `a_row..a_row+4` against one Q8_0 / Q4_0 / Q4_1 weight row:
+    /// the weight block is unpacked once and reused (prefill).
+    ///
+    /// # Safety
+    /// As [`dot_q4`]; `a_row + 4 <= a.rows()`; `kind` is 0 = Q8_0, 1 = Q4_0, 2 = Q4_1.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_x4(w: &[u8], a: &Q8Acts, a_row: usize, kind: u8) -> [f32; 4] {
+        let nb = a.cols / QK;
+        let ts = match kind {
+            0 => 34,
+            1 => 18,
+            _ => 20,
+        };
+        debug_assert!(w.len() >= nb * ts && a.qs.len() >= (a_row + 4) * a.cols);
+        let wp = w.as_ptr();
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut macc = [0f32; 4];
+        for b in 0..nb {
+            let blk = wp.add(b * ts);
+            let dw = f16_to_f32(blk);
+            let (wq, sign, m) = match kind {
+                0 => {
+                    let w0 = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                    (_mm256_sign_epi8(w0, w0), Some(w0), 0.0)
+                }
+                1 => (nibbles(blk.add(2)), None, -8.0 * dw),
+                _ => (nibbles(blk.add(4)), None, f16_to_f32(blk.add(2))),
+            };
+            for (i, (acc, macc)) in acc.iter_mut().zip(macc.iter_mut()).enumerate() {
+                let row = a_row + i;
+                let qa =
+                    _mm256_loadu_si256(a.qs.as_ptr().add(row * a.cols + b * QK) as *const __m256i);
+                let qa = match sign {
+                    Some(w0) => _mm256_sign_epi8(qa, w0),
+                    None => qa,
+                };
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, qa), ones);
+                let da = *a.d.get_unchecked(row * nb + b);
+                *acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), _mm256_cvtepi32_ps(p), *acc);
+                if kind != 0 {
+                    *macc += m * *a.s.get_unchecked(row * nb + b);
+                }
+            }
+        }
+        [
+            hsum(acc[0]) + macc[0],
+            hsum(acc[1]) + macc[1],
+            hsum(acc[2]) + macc[2],
+            hsum(acc[3]) + macc[3],
+        ]
+    }
+
+    /// f32 dot product.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `a.len() == b.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(acc0, acc1));
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
+    }
+
+    /// `y += a·x` over f32 slices.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `x.len() == y.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            let r = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+            _mm256_storeu_ps(py.add(i), r);
+            i += 8;
+        }
+        while i < n {
+            *py.add(i) += a * *px.add(i);
+            i += 1;
+        }
+    }
+}
+
+/// f32 dot product (SIMD when available).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd() == Simd::Avx2 {
+        // SAFETY: simd() checked avx2/fma/f16c at runtime.
+        return unsafe { avx2::dot_f32(a, b) };
+    }
+    dot_f32(a, b)
+}
+
+/// `y += a·x` (SIMD when available).
+#[inline]
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    debug_assert_eq!(x.len(), y.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd() == Simd::Avx2 {
+        // SAFETY: simd() checked avx2/fma/f16c at runtime.
+        return unsafe { avx2::axpy(a, x, y) };
+    }
+    for (o, v) in y.iter_mut().zip(x) {
+        *o += a * v;
+    }
+}
+
+/// Dot product of weight row `w` (of matrix type `t`) with activation row `a_row`.
+#[inline]
+fn row_dot(t: QType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Simd) -> f32 {
+    match acts {
+        Acts::Q8(a) => {
+            #[cfg(target_arch = "x86_64")]
+            if s == Simd::Avx2 {
+                // SAFETY: simd() checked the features; shapes were checked by matmul().
+                unsafe {
+                    return match t {
+                        QType::Q8_0 => avx2::dot_q8_0(w, a, a_row),
+                        QType::Q4_1 => avx2::dot_q4(w, a, a_row, true),
+                        _ => avx2::dot_q4(w, a, a_row, false),
+                    };
+                }
+            }
+            let _ = s;
+            match t {
+                QType::Q8_0 => dot_q8_0_portable(w, a, a_row),
+                QType::Q4_1 => dot_q4_portable(w, a, a_row, true),
+                _ => dot_q4_portable(w, a, a_row, false),
+            }
+        }
+        Acts::F32(x) => {
+            let xr = &x[a_row * cols..(a_row + 1) * cols];
+            if t == QType::F32 && s == Simd::Avx2 {
+                // Aligned or not, F32 weights are little-endian f32s; reinterpret safely.
+                if let Ok(wf) = bytemuck_f32(w) {
+                    return dot(wf, xr);
+                }
+            }
+            dot_dequant(t, w, xr)
+        }
+    }
+}
+
+/// View little-endian bytes as f32 when aligned (always true on little-endian hosts for
+/// GGUF data, which is 32-byte aligned).
+fn bytemuck_f32(w: &[u8]) -> Result<&[f32], ()> {
+    if cfg!(target_endian = "little") && (w.as_ptr() as usize) % 4 == 0 && w.len() % 4 == 0 {
+        // SAFETY: alignment and length checked above; every bit pattern is a valid f32.
+        Ok(unsafe { std::slice::from_raw_parts(w.as_ptr() as *const f32, w.len() / 4) })
+    } else {
+        Err(())
+    }
+}
+
+/// Raw pointer wrapper so disjoint output tiles can be written from rayon workers.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every worker writes a disjoint set of indices (distinct row ranges).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `out[t][r] = Σ_c W[r][c] · x[t][c]` for `t` in activation rows, `r` in matrix rows.
+///
+/// `out` is `n_tokens × w.rows`. Rows are split across the current rayon pool when
+/// `parallel` is set.
+pub fn matmul(
+    w: &QMatrix<'_>,
+    acts: &Acts<'_>,
+    out: &mut [f32],
+    parallel: bool,
+) -> Result<(), EngineError> {
+    let n_tok = match acts {
+        Acts::Q8(a) => {
+            if a.cols != w.cols {
+                return Err(EngineError::Shape(format!(
+                    "activations have {} columns, matrix has {}",
+                    a.cols, w.cols
+                )));
+            }
+            a.rows()
+        }
+        Acts::F32(x) => {
+            if w.cols == 0 || x.len() % w.cols != 0 {
+                return Err(EngineError::Shape(format!(
+                    "activation length {} is not a multiple of {}",
+                    x.len(),
+                    w.cols
+                )));
+            }
+            x.len() / w.cols
+        }
+    };
+    if matches!(acts, Acts::Q8(_)) != w.uses_q8() {
+        return Err(EngineError::Shape(format!(
+            "{} weights got the wrong activation format",
+            w.qtype.name()
+        )));
+    }
+    if out.len() != n_tok * w.rows {
+        return Err(EngineError::Shape(format!(
+            "output has {} values, expected {}",
+            out.len(),
+            n_tok * w.rows
+        )));
+    }
+    let s = simd();
+    let rows = w.rows;
+    let cols = w.cols;
+    let optr = OutPtr(out.as_mut_ptr());
+    let tile = |r0: usize, r1: usize| {
+        let p = optr;
+        for r in r0..r1 {
+            let wr = w.row(r);
+            let mut t = 0;
+            #[cfg(target_arch = "x86_64")]
+            if let (Simd::Avx2, Acts::Q8(a)) = (s, acts) {
+                let kind = match w.qtype {
+                    QType::Q8_0 => 0,
+                    QType::Q4_0 => 1,
+                    _ => 2,
+                };
+                while t + 4 <= n_tok {
+                    // SAFETY: features checked by simd(); t + 4 <= rows of `a`.
+                    let v = unsafe { avx2::dot_x4(wr, a, t, kind) };
+                    for (i, v) in v.into_iter().enumerate() {
+                        // SAFETY: as below.
+                        unsafe { *p.0.add((t + i) * rows + r) = v };
+                    }
+                    t += 4;
+                }
+            }
+            while t < n_tok {
+                let v = row_dot(w.qtype, wr, acts, t, cols, s);
+                // SAFETY: t < n_tok and r < rows, so the index is in bounds; row ranges
+                // of different workers are disjoint.
+                unsafe { *p.0.add(t * rows + r) = v };
+                t += 1;
+            }
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if !parallel || threads <= 1 || rows < 64 {
+        tile(0, rows);
+    } else {
+        // A few chunks per thread balances load without much scheduling overhead.
+        let chunk = rows.div_ceil(threads * 4).max(16);
+        let n_chunks = rows.div_ceil(chunk);
+        (0..n_chunks).into_par_iter().for_each(|c| {
+            let r0 = c * chunk;
+            tile(r0, (r0 + chunk).min(rows));
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    fn rng_vals(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in x.chunks(32) {
+            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            out.extend(f16::from_f32(d).to_bits().to_le_bytes());
+            for v in b {
+                out.push(((v / d).round() as i32).clamp(-127, 127) as i8 as u8);
+            }
+        }
+        out
+    }
+
+    fn quantize_q4(x: &[f32], q4_1: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in x.chunks(32) {
+            let mn = b.iter().cloned().fold(f32::MAX, f32::min);
+            let mx = b.iter().cloned().fold(f32::MIN, f32::max);
+            let (d, m) = if q4_1 {
+                ((mx - mn) / 15.0, mn)
+            } else {
+                let amax = mn.abs().max(mx.abs());
+                (amax / 8.0, -amax)
+            };
+            let dq = f16::from_f32(d).to_f32();
+            out.extend(f16::from_f32(d).to_bits().to_le_bytes());
+            if q4_1 {
+                out.extend(f16::from_f32(m).to_bits().to_le_bytes());
+            }
+            let mq = if q4_1 {
+                f16::from_f32(m).to_f32()
+            } else {
+                -8.0 * dq
+            };
+            let q: Vec<u8> = b
+                .iter()
+                .map(|v| (((v - mq) / dq).round() as i32).clamp(0, 15) as u8)
+                .collect();
+            for j in 0..16 {
+                out.push(q[j] | (q[j + 16] << 4));
+            }
+        }
+        out
+    }
+
+    /// The integer kernels must agree with "dequantize the weights, dot in f32" up to
+    /// the activation quantization error, on both SIMD paths.
+    #[test]
+    fn q8_kernels_match_dequantized_reference() {
+        let (rows, cols) = (5usize, 96usize); // odd block count exercises the tail
+        let wf = rng_vals(rows * cols, 7);
+        let n_tok = 6; // one 4-token tile plus a 2-token tail
+        let x = rng_vals(n_tok * cols, 11);
+        let mut acts = Q8Acts::default();
+        acts.quantize_into(&x, cols);
+        for (t, data) in [
+            (QType::Q8_0, quantize_q8_0(&wf)),
+            (QType::Q4_1, quantize_q4(&wf, true)),
+            (QType::Q4_0, quantize_q4(&wf, false)),
+        ] {
+            let m = QMatrix::new(t, rows, cols, &data).unwrap();
+            let mut out = vec![0f32; n_tok * rows];
+            matmul(&m, &Acts::Q8(&acts), &mut out, false).unwrap();
+            for tok in 0..n_tok {
+                for r in 0..rows {
+                    let mut row = vec![0f32; cols];
+                    m.dequantize_row(r, &mut row).unwrap();
+                    let xr = &x[tok * cols..(tok + 1) * cols];
+                    let want: f32 = row.iter().zip(xr).map(|(a, b)| a * b).sum();
+                    let got = out[tok * rows + r];
+                    assert!(
+                        (got - want).abs() < 0.05,
+                        "{t:?} tok {tok} row {r}: {got} vs {want}"
+                    );
+                    let portable = match t {
+                        QType::Q8_0 => dot_q8_0_portable(m.row(r), &acts, tok),
+                        QType::Q4_1 => dot_q4_portable(m.row(r), &acts, tok, true),
+                        _ => dot_q4_portable(m.row(r), &acts, tok, false),
+                    };
+                    assert!(
+                        (got - portable).abs() < 1e-3,
+                        "{t:?} simd {got} vs portable {portable}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_and_f16_matmul_exact() {
+        let (rows, cols) = (70usize, 80usize);
+        let wf = rng_vals(rows * cols, 3);
+        let x = rng_vals(cols, 5);
+        let b32: Vec<u8> = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let b16: Vec<u8> = wf
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes())
+            .collect();
+        for (t, data) in [(QType::F32, b32), (QType::F16, b16)] {
+            let m = QMatrix::new(t, rows, cols, &data).unwrap();
+            let mut out = vec![0f32; rows];
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            pool.install(|| matmul(&m, &Acts::F32(&x), &mut out, true))
+                .unwrap();
+            for r in 0..rows {
+                let mut row = vec![0f32; cols];
+                m.dequantize_row(r, &mut row).unwrap();
+                let want: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
+                assert!((out[r] - want).abs() < 1e-3);
+            }
+        }
+    }
+
+    #[test]
+    fn shape_errors() {
+        let data = vec![0u8; 34];
+        assert!(QMatrix::new(QType::Q8_0, 2, 32, &data).is_err());
+        let m = QMatrix::new(QType::Q8_0, 1, 32, &data).unwrap();
+        let x = vec![0f32; 32];
+        let mut out = vec![0f32; 1];
+        assert!(matmul(&m, &Acts::F32(&x), &mut out, false).is_err());
+    }
+}

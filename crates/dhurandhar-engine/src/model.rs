@@ -1,0 +1,762 @@
+//! Loading a llama/qwen2-family GGUF (weights stay in the memory map) and running it.
+
+use std::path::Path;
+
+use dhurandhar_checkpoint::gguf::{GgufFile, GgufValue};
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use crate::cache::{Capture, KvCache};
+use crate::kernels::{axpy, dot, matmul, Acts, QMatrix};
+use crate::quant::{Q8Acts, QType};
+use crate::tokenizer::{PreTokenizer, Tokenizer};
+use crate::EngineError;
+
+/// How RoPE pairs dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i+1)`: llama-arch GGUFs (Q/K rows are permuted at conversion).
+    Interleaved,
+    /// Split halves `(i, i + d/2)`: qwen2 ("NEOX").
+    SplitHalf,
+}
+
+/// Hyper-parameters read from the GGUF metadata.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelConfig {
+    pub name: String,
+    pub architecture: String,
+    pub n_layers: usize,
+    pub dim: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub rope_base: f32,
+    pub rope_dims: usize,
+    pub rope_style: RopeStyle,
+    pub rms_eps: f32,
+    pub tied_embeddings: bool,
+}
+
+/// Where a tensor lives in the map.
+#[derive(Debug, Clone, Copy)]
+struct TensorRef {
+    qtype: QType,
+    rows: usize,
+    cols: usize,
+    offset: usize,
+    len: usize,
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: TensorRef,
+    wk: TensorRef,
+    wv: TensorRef,
+    wo: TensorRef,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate: TensorRef,
+    up: TensorRef,
+    down: TensorRef,
+}
+
+/// A loaded model: configuration, tokenizer, and tensor locations inside the map.
+pub struct Model {
+    map: Mmap,
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    /// Sum of the stored bytes of every tensor in the file.
+    pub tensor_bytes: u64,
+    embd: TensorRef,
+    output: TensorRef,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+}
+
+fn meta_err(path: &str, message: impl Into<String>) -> EngineError {
+    EngineError::Model {
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+fn strings(v: Option<&GgufValue>) -> Option<Vec<String>> {
+    v?.as_array()?
+        .iter()
+        .map(|x| x.as_str().map(|s| s.to_string()))
+        .collect()
+}
+
+impl Model {
+    /// Memory-map and load `path`.
+    pub fn open(path: &Path) -> Result<Model, EngineError> {
+        let origin = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+            path: origin.clone(),
+            source,
+        })?;
+        // SAFETY: the map is read-only; a concurrent truncation of the file by another
+        // process could fault, as with any mmap-based reader (llama.cpp included).
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| EngineError::Io {
+            path: origin.clone(),
+            source,
+        })?;
+        let gguf = GgufFile::parse(&map, &origin)?;
+        gguf.check_ranges(map.len() as u64, &origin)?;
+        Self::from_gguf(map, &gguf, &origin)
+    }
+
+    fn from_gguf(map: Mmap, g: &GgufFile, origin: &str) -> Result<Model, EngineError> {
+        let arch = g
+            .architecture()
+            .ok_or_else(|| meta_err(origin, "missing general.architecture"))?
+            .to_string();
+        let rope_style = match arch.as_str() {
+            "llama" | "mistral" => RopeStyle::Interleaved,
+            "qwen2" => RopeStyle::SplitHalf,
+            other => return Err(meta_err(
+                origin,
+                format!(
+                    "architecture `{other}` is not supported by the engine (llama, mistral, qwen2)"
+                ),
+            )),
+        };
+        let get = |k: &str| -> Result<usize, EngineError> {
+            let v = g
+                .get(&format!("{arch}.{k}"))
+                .ok_or_else(|| meta_err(origin, format!("missing {arch}.{k}")))?;
+            let n = match v {
+                // Per-layer arrays must be uniform for this engine.
+                GgufValue::Array(a) => {
+                    let vals: Vec<u64> = a.iter().filter_map(|x| x.as_u64()).collect();
+                    match vals.first() {
+                        Some(&f) if vals.len() == a.len() && vals.iter().all(|&x| x == f) => {
+                            Some(f)
+                        }
+                        _ => None,
+                    }
+                }
+                v => v.as_u64(),
+            };
+            let n =
+                n.ok_or_else(|| meta_err(origin, format!("{arch}.{k} is not a uniform integer")))?;
+            usize::try_from(n)
+                .ok()
+                .filter(|&n| n > 0 && n < (1 << 24))
+                .ok_or_else(|| meta_err(origin, format!("{arch}.{k} = {n} is out of range")))
+        };
+        let n_layers = get("block_count")?;
+        let dim = get("embedding_length")?;
+        let n_heads = get("attention.head_count")?;
+        let n_kv_heads = if g.get(&format!("{arch}.attention.head_count_kv")).is_some() {
+            get("attention.head_count_kv")?
+        } else {
+            n_heads
+        };
+        let ffn_dim = get("feed_forward_length")?;
+        let head_dim = if g.get(&format!("{arch}.attention.key_length")).is_some() {
+            get("attention.key_length")?
+        } else {
+            dim / n_heads
+        };
+        if n_heads % n_kv_heads != 0 || head_dim % 2 != 0 {
+            return Err(meta_err(
+                origin,
+                format!("{n_heads} heads / {n_kv_heads} KV heads / head_dim {head_dim} is not a valid GQA layout"),
+            ));
+        }
+        let rope_dims = if g.get(&format!("{arch}.rope.dimension_count")).is_some() {
+            get("rope.dimension_count")?.min(head_dim)
+        } else {
+            head_dim
+        };
+        let rope_base = g
+            .get_f32(&format!("{arch}.rope.freq_base"))
+            .unwrap_or(10000.0);
+        let rms_eps = g
+            .get_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5);
+        let context_length = g
+            .get_u64(&format!("{arch}.context_length"))
+            .and_then(|c| usize::try_from(c).ok())
+            .unwrap_or(2048);
+
+        // Tokenizer.
+        match g.get_str("tokenizer.ggml.model") {
+            Some("gpt2") => {}
+            other => {
+                return Err(meta_err(
+                    origin,
+                    format!("tokenizer.ggml.model {other:?} is not supported (only byte-level BPE \"gpt2\")"),
+                ))
+            }
+        }
+        let tokens = strings(g.get("tokenizer.ggml.tokens"))
+            .ok_or_else(|| meta_err(origin, "missing tokenizer.ggml.tokens"))?;
+        let merges = strings(g.get("tokenizer.ggml.merges"))
+            .ok_or_else(|| meta_err(origin, "missing tokenizer.ggml.merges"))?;
+        let types = g
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().map(|x| x.as_i64().unwrap_or(1)).collect());
+        let pre = match g.get_str("tokenizer.ggml.pre") {
+            Some("gpt-2") | Some("gpt2") => PreTokenizer::Gpt2,
+            _ => PreTokenizer::DigitsThenGpt2,
+        };
+        let mut tokenizer = Tokenizer::new(tokens, &merges, types, pre)?;
+        let id = |k: &str| g.get_u64(k).and_then(|v| u32::try_from(v).ok());
+        tokenizer.bos = id("tokenizer.ggml.bos_token_id");
+        tokenizer.eos = id("tokenizer.ggml.eos_token_id");
+        tokenizer.add_bos = g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false);
+
+        // Tensors.
+        let tensor = |name: &str, rows: usize, cols: usize| -> Result<TensorRef, EngineError> {
+            let t = g
+                .tensor(name)
+                .ok_or_else(|| meta_err(origin, format!("missing tensor {name}")))?;
+            let qtype = QType::from_ggml_name(t.ggml_type.name()).ok_or_else(|| {
+                meta_err(
+                    origin,
+                    format!(
+                        "tensor {name} has type {} which the engine cannot compute with",
+                        t.ggml_type.name()
+                    ),
+                )
+            })?;
+            let want: Vec<u64> = if rows == 1 {
+                vec![cols as u64]
+            } else {
+                vec![cols as u64, rows as u64]
+            };
+            if t.shape != want {
+                return Err(meta_err(
+                    origin,
+                    format!("tensor {name} has shape {:?}, expected {want:?}", t.shape),
+                ));
+            }
+            let len = qtype.row_bytes(cols)? * rows;
+            if t.n_bytes != len as u64 {
+                return Err(meta_err(
+                    origin,
+                    format!("tensor {name} holds {} bytes, expected {len}", t.n_bytes),
+                ));
+            }
+            let offset =
+                usize::try_from(t.offset).map_err(|_| meta_err(origin, "offset overflow"))?;
+            if offset.checked_add(len).is_none_or(|e| e > map.len()) {
+                return Err(meta_err(
+                    origin,
+                    format!("tensor {name} runs past the end of the file"),
+                ));
+            }
+            Ok(TensorRef {
+                qtype,
+                rows,
+                cols,
+                offset,
+                len,
+            })
+        };
+        let vector = |name: &str, n: usize| -> Result<Vec<f32>, EngineError> {
+            let r = tensor(name, 1, n)?;
+            let mut out = vec![0f32; n];
+            crate::quant::dequantize_row(r.qtype, &map[r.offset..r.offset + r.len], &mut out)?;
+            Ok(out)
+        };
+        let embd_t = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| meta_err(origin, "missing tensor token_embd.weight"))?;
+        let vocab_size = embd_t.shape.get(1).copied().unwrap_or(0) as usize;
+        if vocab_size == 0 || vocab_size != tokenizer.vocab_size() {
+            return Err(meta_err(
+                origin,
+                format!(
+                    "token_embd has {vocab_size} rows but the tokenizer has {} tokens",
+                    tokenizer.vocab_size()
+                ),
+            ));
+        }
+        let embd = tensor("token_embd.weight", vocab_size, dim)?;
+        let tied = g.tensor("output.weight").is_none();
+        let output = if tied {
+            embd
+        } else {
+            tensor("output.weight", vocab_size, dim)?
+        };
+        let output_norm = vector("output_norm.weight", dim)?;
+        let (qd, kvd) = (n_heads * head_dim, n_kv_heads * head_dim);
+        let mut layers = Vec::with_capacity(n_layers);
+        for i in 0..n_layers {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let opt_vec = |s: &str, n: usize| -> Result<Option<Vec<f32>>, EngineError> {
+                if g.tensor(&p(s)).is_some() {
+                    vector(&p(s), n).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                attn_norm: vector(&p("attn_norm.weight"), dim)?,
+                wq: tensor(&p("attn_q.weight"), qd, dim)?,
+                wk: tensor(&p("attn_k.weight"), kvd, dim)?,
+                wv: tensor(&p("attn_v.weight"), kvd, dim)?,
+                wo: tensor(&p("attn_output.weight"), dim, qd)?,
+                bq: opt_vec("attn_q.bias", qd)?,
+                bk: opt_vec("attn_k.bias", kvd)?,
+                bv: opt_vec("attn_v.bias", kvd)?,
+                ffn_norm: vector(&p("ffn_norm.weight"), dim)?,
+                gate: tensor(&p("ffn_gate.weight"), ffn_dim, dim)?,
+                up: tensor(&p("ffn_up.weight"), ffn_dim, dim)?,
+                down: tensor(&p("ffn_down.weight"), dim, ffn_dim)?,
+            });
+        }
+        let config = ModelConfig {
+            name: g.get_str("general.name").unwrap_or("").to_string(),
+            architecture: arch,
+            n_layers,
+            dim,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_dim,
+            vocab_size,
+            context_length,
+            rope_base,
+            rope_dims,
+            rope_style,
+            rms_eps,
+            tied_embeddings: tied,
+        };
+        Ok(Model {
+            tensor_bytes: g.total_tensor_bytes(),
+            map,
+            config,
+            tokenizer,
+            embd,
+            output,
+            output_norm,
+            layers,
+        })
+    }
+
+    fn mat(&self, t: &TensorRef) -> QMatrix<'_> {
+        QMatrix {
+            qtype: t.qtype,
+            rows: t.rows,
+            cols: t.cols,
+            data: &self.map[t.offset..t.offset + t.len],
+        }
+    }
+
+    /// Bytes of f32 K+V cache per token.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.config.n_layers * self.config.n_kv_heads * self.config.head_dim * 2 * 4
+    }
+
+    /// A new inference session with `threads` worker threads (1 = run on this thread).
+    pub fn session(
+        &self,
+        threads: usize,
+        cache: Option<KvCache>,
+    ) -> Result<Session<'_>, EngineError> {
+        let c = &self.config;
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .map_err(|e| EngineError::Invalid(format!("thread pool: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let cache =
+            cache.unwrap_or_else(|| KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, None));
+        if cache.layers.len() != c.n_layers
+            || cache.n_kv_heads != c.n_kv_heads
+            || cache.head_dim != c.head_dim
+        {
+            return Err(EngineError::Shape(
+                "KV cache geometry does not match the model".into(),
+            ));
+        }
+        Ok(Session {
+            model: self,
+            cache,
+            pool,
+            rope: RopeTable::new(c.rope_base, c.rope_dims),
+        })
+    }
+}
+
+/// Which logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only for the last token (generation).
+    Last,
+    /// For every token of the chunk (evaluation).
+    All,
+    /// None (KV capture).
+    None,
+}
+
+struct RopeTable {
+    inv_freq: Vec<f32>,
+}
+
+impl RopeTable {
+    fn new(base: f32, dims: usize) -> Self {
+        let inv_freq = (0..dims / 2)
+            .map(|i| 1.0 / (base as f64).powf(2.0 * i as f64 / dims as f64) as f32)
+            .collect();
+        RopeTable { inv_freq }
+    }
+
+    /// Rotate one head vector `x` at position `pos`.
+    fn apply(&self, x: &mut [f32], pos: usize, style: RopeStyle) {
+        let half = self.inv_freq.len();
+        for (i, &f) in self.inv_freq.iter().enumerate() {
+            let a = pos as f64 * f as f64;
+            let (s, c) = (a.sin() as f32, a.cos() as f32);
+            let (i0, i1) = match style {
+                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                RopeStyle::SplitHalf => (i, i + half),
+            };
+            let (x0, x1) = (x[i0], x[i1]);
+            x[i0] = x0 * c - x1 * s;
+            x[i1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * r * g;
+    }
+}
+
+/// A sequence being processed: its KV cache and thread pool.
+pub struct Session<'m> {
+    model: &'m Model,
+    pub cache: KvCache,
+    pool: Option<rayon::ThreadPool>,
+    rope: RopeTable,
+}
+
+/// Scratch for one chunk.
+struct Scratch {
+    q8: Q8Acts,
+    q8_ready: bool,
+}
+
+impl Scratch {
+    fn project(
+        &mut self,
+        w: &QMatrix<'_>,
+        x: &[f32],
+        out: &mut [f32],
+        par: bool,
+    ) -> Result<(), EngineError> {
+        if w.uses_q8() {
+            if !self.q8_ready {
+                self.q8.quantize_into(x, w.cols);
+                self.q8_ready = true;
+            }
+            matmul(w, &Acts::Q8(&self.q8), out, par)
+        } else {
+            matmul(w, &Acts::F32(x), out, par)
+        }
+    }
+}
+
+impl<'m> Session<'m> {
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Tokens processed so far.
+    pub fn position(&self) -> usize {
+        self.cache.len
+    }
+
+    /// Feed a prompt in chunks of `chunk` tokens; returns the last token's logits.
+    pub fn prefill(&mut self, tokens: &[u32], chunk: usize) -> Result<Vec<f32>, EngineError> {
+        let mut last = Vec::new();
+        let pieces: Vec<&[u32]> = tokens.chunks(chunk.max(1)).collect();
+        for (i, p) in pieces.iter().enumerate() {
+            let which = if i + 1 == pieces.len() {
+                Logits::Last
+            } else {
+                Logits::None
+            };
+            last = self.forward(p, which, None)?;
+        }
+        Ok(last)
+    }
+
+    /// Run `tokens` (appended after the cached ones) and return logits as requested
+    /// (`Last`: `vocab` values; `All`: `tokens.len() × vocab`). With `capture`, the
+    /// chunk's Q/K/V are appended to it.
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        which: Logits,
+        capture: Option<&mut Capture>,
+    ) -> Result<Vec<f32>, EngineError> {
+        match self.pool.take() {
+            Some(pool) => {
+                let r = pool.install(|| self.forward_inner(tokens, which, capture, true));
+                self.pool = Some(pool);
+                r
+            }
+            None => self.forward_inner(tokens, which, capture, false),
+        }
+    }
+
+    fn forward_inner(
+        &mut self,
+        tokens: &[u32],
+        which: Logits,
+        mut capture: Option<&mut Capture>,
+        par: bool,
+    ) -> Result<Vec<f32>, EngineError> {
+        let m = self.model;
+        let c = &m.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let p0 = self.cache.len;
+        let (dim, hd, nh, nkv) = (c.dim, c.head_dim, c.n_heads, c.n_kv_heads);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let embd = m.mat(&m.embd);
+        let mut x = vec![0f32; n * dim];
+        for (t, &tok) in tokens.iter().enumerate() {
+            embd.dequantize_row(tok as usize, &mut x[t * dim..(t + 1) * dim])
+                .map_err(|_| {
+                    EngineError::Invalid(format!("token id {tok} is outside the vocabulary"))
+                })?;
+        }
+        let mut xn = vec![0f32; n * dim];
+        let mut q = vec![0f32; n * qd];
+        let mut k = vec![0f32; n * kvd];
+        let mut v = vec![0f32; n * kvd];
+        let mut att = vec![0f32; n * qd];
+        let mut o = vec![0f32; n * dim];
+        let mut gate = vec![0f32; n * c.ffn_dim];
+        let mut up = vec![0f32; n * c.ffn_dim];
+        let mut sc = Scratch {
+            q8: Q8Acts::default(),
+            q8_ready: false,
+        };
+        let scale = 1.0 / (hd as f32).sqrt();
+        let group = nh / nkv;
+
+        for (li, l) in m.layers.iter().enumerate() {
+            for t in 0..n {
+                rmsnorm(
+                    &x[t * dim..(t + 1) * dim],
+                    &l.attn_norm,
+                    c.rms_eps,
+                    &mut xn[t * dim..(t + 1) * dim],
+                );
+            }
+            sc.q8_ready = false;
+            sc.project(&m.mat(&l.wq), &xn, &mut q, par)?;
+            sc.project(&m.mat(&l.wk), &xn, &mut k, par)?;
+            sc.project(&m.mat(&l.wv), &xn, &mut v, par)?;
+            for (buf, b, w) in [
+                (&mut q, &l.bq, qd),
+                (&mut k, &l.bk, kvd),
+                (&mut v, &l.bv, kvd),
+            ] {
+                if let Some(b) = b {
+                    for row in buf.chunks_exact_mut(w) {
+                        for (y, bb) in row.iter_mut().zip(b) {
+                            *y += bb;
+                        }
+                    }
+                }
+            }
+            if let Some(cap) = capture.as_deref_mut() {
+                cap.layers[li].k_pre_rope.extend_from_slice(&k);
+            }
+            for t in 0..n {
+                for h in q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
+                    self.rope.apply(h, p0 + t, c.rope_style);
+                }
+                for h in k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
+                    self.rope.apply(h, p0 + t, c.rope_style);
+                }
+            }
+            if let Some(cap) = capture.as_deref_mut() {
+                let cl = &mut cap.layers[li];
+                cl.q.extend_from_slice(&q);
+                cl.k.extend_from_slice(&k);
+                cl.v.extend_from_slice(&v);
+            }
+
+            // Append to the cache; with a codec, keep the exact tail for the queries
+            // whose own token group is still incomplete.
+            let (gk, gv) = self.cache.groups(li);
+            let lk = &mut self.cache.layers[li];
+            let (tail_k0, tail_v0) = (lk.enc_k, lk.enc_v);
+            lk.k.extend_from_slice(&k);
+            lk.v.extend_from_slice(&v);
+            let has_codec = self.cache.codec.is_some();
+            let (tail_k, tail_v) = if has_codec {
+                (
+                    lk.k[tail_k0 * kvd..].to_vec(),
+                    lk.v[tail_v0 * kvd..].to_vec(),
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            self.cache.encode_complete(li, p0 + n)?;
+            let lk = &self.cache.layers[li];
+
+            // Attention: one work item per (token, head).
+            let body = |idx: usize, out: &mut [f32]| {
+                let (t, h) = (idx / nh, idx % nh);
+                let pos = p0 + t;
+                let kh = h / group;
+                let qv = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+                // Keys j < bk come from the cache (decoded if encoded), the rest exact.
+                let (bk, bv) = if has_codec {
+                    ((pos + 1) / gk * gk, (pos + 1) / gv * gv)
+                } else {
+                    (pos + 1, pos + 1)
+                };
+                let key = |j: usize| -> &[f32] {
+                    if j < bk {
+                        &lk.k[j * kvd + kh * hd..j * kvd + (kh + 1) * hd]
+                    } else {
+                        let r = j - tail_k0;
+                        &tail_k[r * kvd + kh * hd..r * kvd + (kh + 1) * hd]
+                    }
+                };
+                let val = |j: usize| -> &[f32] {
+                    if j < bv {
+                        &lk.v[j * kvd + kh * hd..j * kvd + (kh + 1) * hd]
+                    } else {
+                        let r = j - tail_v0;
+                        &tail_v[r * kvd + kh * hd..r * kvd + (kh + 1) * hd]
+                    }
+                };
+                let mut s: Vec<f32> = (0..=pos).map(|j| dot(qv, key(j)) * scale).collect();
+                let mx = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for e in s.iter_mut() {
+                    *e = (*e - mx).exp();
+                    sum += *e;
+                }
+                out.fill(0.0);
+                let inv = 1.0 / sum;
+                for (j, &p) in s.iter().enumerate() {
+                    axpy(p * inv, val(j), out);
+                }
+            };
+            if par {
+                att.par_chunks_mut(hd)
+                    .enumerate()
+                    .for_each(|(i, o)| body(i, o));
+            } else {
+                att.chunks_mut(hd).enumerate().for_each(|(i, o)| body(i, o));
+            }
+
+            sc.q8_ready = false;
+            sc.project(&m.mat(&l.wo), &att, &mut o, par)?;
+            for (a, b) in x.iter_mut().zip(&o) {
+                *a += b;
+            }
+            for t in 0..n {
+                rmsnorm(
+                    &x[t * dim..(t + 1) * dim],
+                    &l.ffn_norm,
+                    c.rms_eps,
+                    &mut xn[t * dim..(t + 1) * dim],
+                );
+            }
+            sc.q8_ready = false;
+            sc.project(&m.mat(&l.gate), &xn, &mut gate, par)?;
+            sc.project(&m.mat(&l.up), &xn, &mut up, par)?;
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            sc.q8_ready = false;
+            sc.project(&m.mat(&l.down), &gate, &mut o, par)?;
+            for (a, b) in x.iter_mut().zip(&o) {
+                *a += b;
+            }
+        }
+        self.cache.len += n;
+        if let Some(cap) = capture {
+            cap.n_tokens += n;
+        }
+
+        let rows: Vec<usize> = match which {
+            Logits::None => return Ok(Vec::new()),
+            Logits::Last => vec![n - 1],
+            Logits::All => (0..n).collect(),
+        };
+        let mut h = vec![0f32; rows.len() * dim];
+        for (i, &t) in rows.iter().enumerate() {
+            rmsnorm(
+                &x[t * dim..(t + 1) * dim],
+                &m.output_norm,
+                c.rms_eps,
+                &mut h[i * dim..(i + 1) * dim],
+            );
+        }
+        let mut logits = vec![0f32; rows.len() * c.vocab_size];
+        sc.q8_ready = false;
+        sc.project(&m.mat(&m.output), &h, &mut logits, par)?;
+        Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_styles_rotate_the_right_pairs() {
+        let t = RopeTable::new(10000.0, 4);
+        // inv_freq = [1, 0.01]
+        let mut a = [1.0, 0.0, 1.0, 0.0];
+        t.apply(&mut a, 1, RopeStyle::Interleaved);
+        assert!((a[0] - 1f32.cos()).abs() < 1e-6 && (a[1] - 1f32.sin()).abs() < 1e-6);
+        assert!((a[2] - 0.01f32.cos()).abs() < 1e-6 && (a[3] - 0.01f32.sin()).abs() < 1e-6);
+        let mut b = [1.0, 1.0, 0.0, 0.0];
+        t.apply(&mut b, 1, RopeStyle::SplitHalf);
+        assert!((b[0] - 1f32.cos()).abs() < 1e-6 && (b[2] - 1f32.sin()).abs() < 1e-6);
+        assert!((b[1] - 0.01f32.cos()).abs() < 1e-6 && (b[3] - 0.01f32.sin()).abs() < 1e-6);
+        // Position 0 is the identity; norms are preserved.
+        let mut z = [0.3, -0.7, 0.2, 0.9];
+        let n0: f32 = z.iter().map(|v| v * v).sum();
+        t.apply(&mut z, 0, RopeStyle::Interleaved);
+        assert_eq!(z, [0.3, -0.7, 0.2, 0.9]);
+        t.apply(&mut z, 17, RopeStyle::Interleaved);
+        let n1: f32 = z.iter().map(|v| v * v).sum();
+        assert!((n0 - n1).abs() < 1e-5);
+    }
+
+    #[test]
+    fn rmsnorm_unit_rms() {
+        let x = [3.0, -4.0];
+        let mut out = [0.0; 2];
+        rmsnorm(&x, &[1.0, 2.0], 0.0, &mut out);
+        let r = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / r).abs() < 1e-6 && (out[1] + 8.0 / r).abs() < 1e-6);
+    }
+}

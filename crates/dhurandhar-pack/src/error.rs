@@ -1,0 +1,76 @@
+//! Errors of the pack library. Every variant names the file (or tensor) and the problem,
+//! because the CLI prints them as-is.
+
+use std::path::PathBuf;
+
+/// Anything that can go wrong reading, writing or decoding packs and checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a .dhp pack (bad magic bytes)", path.display())]
+    BadMagic { path: PathBuf },
+    #[error("{}: unsupported .dhp format version {found} (this build reads version {supported})", path.display())]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{}: truncated or incomplete pack: {detail}", path.display())]
+    Truncated { path: PathBuf, detail: String },
+    #[error("{}: index checksum mismatch (the pack is corrupted)", path.display())]
+    IndexChecksum { path: PathBuf },
+    #[error("{}: corrupt index: {detail}", path.display())]
+    BadIndex { path: PathBuf, detail: String },
+    #[error("{}: tensor `{tensor}` chunk {chunk}: checksum mismatch (the pack is corrupted)", path.display())]
+    ChunkChecksum {
+        path: PathBuf,
+        tensor: String,
+        chunk: usize,
+    },
+    #[error("{}: tensor `{tensor}` chunk {chunk}: cannot decode: {detail}", path.display())]
+    ChunkDecode {
+        path: PathBuf,
+        tensor: String,
+        chunk: usize,
+        detail: String,
+    },
+    #[error("{}: tensor `{tensor}`: restored bytes do not match the stored hash", path.display())]
+    TensorHash { path: PathBuf, tensor: String },
+    #[error("{}: no tensor named `{tensor}`", path.display())]
+    NoTensor { path: PathBuf, tensor: String },
+    #[error("{}: {detail}", path.display())]
+    Input { path: PathBuf, detail: String },
+    #[error("delta: tensor `{tensor}`: {detail}")]
+    DeltaMismatch { tensor: String, detail: String },
+    #[error("output buffer for `{tensor}` holds {got} bytes, {expected} needed")]
+    BufferSize {
+        tensor: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+}
+
+impl PackError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        PackError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub(crate) fn input(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        PackError::Input {
+            path: path.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = PackError> = std::result::Result<T, E>;

@@ -1,0 +1,442 @@
+//! The `.dhp` container: header, chunk data, JSON index, footer. See docs/PACK_FORMAT.md.
+//!
+//! ```text
+//! [0..8)    magic  89 'D' 'H' 'P' 0D 0A 1A 0A
+//! [8..12)   format version, u32 LE (1)
+//! [12..16)  flags, u32 LE (0; any other value is refused)
+//! [16..64)  reserved, zero
+//! [64..X)   chunk blobs, back to back
+//! [X..Y)    index: UTF-8 JSON ([`Index`])
+//! [Y..Y+32) footer: index offset u64, index length u64, xxh3-64 of the index u64,
+//!           footer magic "DHPINDEX"
+//! ```
+//!
+//! The footer is written last, so a killed writer leaves no file that opens.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::dtype::DType;
+use crate::error::{PackError, Result};
+use crate::quant::{QuantConfig, QuantStats};
+
+/// First eight bytes of every pack.
+pub const MAGIC: [u8; 8] = [0x89, b'D', b'H', b'P', 0x0d, 0x0a, 0x1a, 0x0a];
+/// Last eight bytes of every complete pack.
+pub const FOOTER_MAGIC: [u8; 8] = *b"DHPINDEX";
+/// The one format version this build reads and writes.
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 64;
+pub const FOOTER_LEN: usize = 32;
+/// Default raw bytes per chunk: large enough to amortise per-chunk headers, small enough
+/// for parallel decode and fine-grained streaming.
+pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
+/// Largest chunk size accepted (bounds every per-chunk allocation on read).
+pub const MAX_CHUNK_SIZE: u64 = 1 << 28;
+
+/// A full pack or a delta against a base checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PackKind {
+    Pack,
+    Delta,
+}
+
+/// How one tensor is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Byte planes, entropy coded; bit-exact.
+    Lossless,
+    /// Quantized base + sparse residual; lossy.
+    QuantResidual,
+    /// XOR / difference against the base tensor (per chunk); bit-exact given the base.
+    Delta,
+    /// Identical to the base tensor; no chunks.
+    Unchanged,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Lossless => "lossless",
+            Mode::QuantResidual => "quant-residual",
+            Mode::Delta => "delta",
+            Mode::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Position of one chunk blob: `[offset, length, xxh3-64 of the blob]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef(pub u64, pub u64, pub u64);
+
+impl ChunkRef {
+    pub fn offset(&self) -> u64 {
+        self.0
+    }
+    pub fn len(&self) -> u64 {
+        self.1
+    }
+    pub fn is_empty(&self) -> bool {
+        self.1 == 0
+    }
+    pub fn hash(&self) -> u64 {
+        self.2
+    }
+}
+
+/// Quantization parameters and measured error of a quant-residual tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QuantInfo {
+    #[serde(flatten)]
+    pub config: QuantConfig,
+    pub rows: u64,
+    pub cols: u64,
+    pub rows_per_chunk: u64,
+    pub stats: QuantStats,
+}
+
+/// Why a delta stores a tensor whole, or how its chunks were coded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaInfo {
+    /// "added", "reshaped", "dtype-changed" for tensors stored whole; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_whole: Option<String>,
+    /// Chunks coded as XOR of bit patterns.
+    pub xor_chunks: u64,
+    /// Chunks coded as zig-zag integer difference.
+    pub sub_chunks: u64,
+    /// Total bytes had every chunk used XOR / difference (the per-dtype measurement).
+    pub xor_bytes: u64,
+    pub sub_bytes: u64,
+}
+
+/// One tensor of the index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub mode: Mode,
+    /// Bytes of the original tensor.
+    pub raw_bytes: u64,
+    /// xxh3-64 of the original tensor bytes (restores are checked against it).
+    pub xxh3: u64,
+    /// Delta only: xxh3-64 of the base tensor this delta applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_xxh3: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<QuantInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaInfo>,
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl TensorEntry {
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// Stored bytes (sum of chunk blobs).
+    pub fn stored_bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.1).sum()
+    }
+
+    /// Stored bits per weight, counted from bytes.
+    pub fn bits_per_weight(&self) -> f64 {
+        let n = self.numel();
+        if n == 0 {
+            0.0
+        } else {
+            self.stored_bytes() as f64 * 8.0 / n as f64
+        }
+    }
+
+    /// Elements covered by each chunk (the last may be shorter).
+    pub fn chunk_elems(&self, chunk_size: u64) -> u64 {
+        match &self.quant {
+            Some(q) => q.rows_per_chunk * q.cols,
+            None => (chunk_size / self.dtype.size() as u64).max(1),
+        }
+    }
+
+    /// Number of chunks this tensor must have.
+    pub fn expected_chunks(&self, chunk_size: u64) -> u64 {
+        match self.mode {
+            Mode::Unchanged => 0,
+            _ => {
+                let per = self.chunk_elems(chunk_size).max(1);
+                self.numel().div_ceil(per)
+            }
+        }
+    }
+
+    /// Element range of chunk `c`.
+    pub fn chunk_range(&self, chunk_size: u64, c: usize) -> std::ops::Range<u64> {
+        let per = self.chunk_elems(chunk_size);
+        let s = (c as u64 * per).min(self.numel());
+        s..(s + per).min(self.numel())
+    }
+}
+
+/// The index stored before the footer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Index {
+    pub kind: PackKind,
+    pub chunk_size: u64,
+    /// File name of the packed checkpoint (informational).
+    #[serde(default)]
+    pub source: String,
+    /// Delta only: file name of the base checkpoint (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_source: Option<String>,
+    /// safetensors `__metadata__`, restored on unpack.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    pub tensors: Vec<TensorEntry>,
+    /// Delta only: tensors of the base that the new checkpoint no longer has.
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+/// Streaming writer: header, then chunks as they are produced, then index + footer into a
+/// temp file in the destination directory that is renamed into place on [`finish`].
+///
+/// [`finish`]: PackWriter::finish
+pub struct PackWriter {
+    path: PathBuf,
+    out: BufWriter<tempfile::NamedTempFile>,
+    pos: u64,
+}
+
+impl PackWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".dhp-partial-")
+            .tempfile_in(dir)
+            .map_err(|e| PackError::io(path, e))?;
+        let mut w = PackWriter {
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(1 << 20, tmp),
+            pos: 0,
+        };
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(&MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        w.write(&header)?;
+        Ok(w)
+    }
+
+    fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.out.write_all(b).map_err(|e| PackError::io(&self.path, e))?;
+        self.pos += b.len() as u64;
+        Ok(())
+    }
+
+    /// Append a chunk blob whose xxh3-64 the caller computed (in parallel).
+    pub fn write_chunk(&mut self, blob: &[u8], hash: u64) -> Result<ChunkRef> {
+        let at = self.pos;
+        self.write(blob)?;
+        Ok(ChunkRef(at, blob.len() as u64, hash))
+    }
+
+    /// Write index and footer, fsync, and atomically rename over the destination.
+    pub fn finish(mut self, index: &Index) -> Result<u64> {
+        let json = serde_json::to_vec(index).map_err(|e| PackError::input(&self.path, e.to_string()))?;
+        let at = self.pos;
+        self.write(&json)?;
+        let mut footer = [0u8; FOOTER_LEN];
+        footer[..8].copy_from_slice(&at.to_le_bytes());
+        footer[8..16].copy_from_slice(&(json.len() as u64).to_le_bytes());
+        footer[16..24].copy_from_slice(&xxh3_64(&json).to_le_bytes());
+        footer[24..].copy_from_slice(&FOOTER_MAGIC);
+        self.write(&footer)?;
+        let path = self.path.clone();
+        let tmp = self.out.into_inner().map_err(|e| PackError::io(&path, e.into_error()))?;
+        tmp.as_file().sync_all().map_err(|e| PackError::io(&path, e))?;
+        tmp.persist(&path).map_err(|e| PackError::io(&path, e.error))?;
+        Ok(self.pos)
+    }
+}
+
+/// A pack opened for random access. The file is memory-mapped; reading a tensor touches
+/// only its chunks' pages.
+pub struct PackReader {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    index: Index,
+    by_name: std::collections::HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for PackReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackReader").field("path", &self.path).field("tensors", &self.index.tensors.len()).finish()
+    }
+}
+
+/// Parse and fully validate a pack held in memory (also the fuzz entry point).
+pub fn parse_index(bytes: &[u8], path: &Path) -> Result<Index> {
+    let trunc = |d: &str| PackError::Truncated { path: path.to_path_buf(), detail: d.to_string() };
+    if bytes.len() < 8 || bytes[..8] != MAGIC {
+        if bytes.len() < 8 && MAGIC.starts_with(bytes) {
+            return Err(trunc("shorter than the header"));
+        }
+        return Err(PackError::BadMagic { path: path.to_path_buf() });
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(trunc("shorter than the header"));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4"));
+    if version != VERSION {
+        return Err(PackError::UnsupportedVersion { path: path.to_path_buf(), found: version, supported: VERSION });
+    }
+    let bad = |d: String| PackError::BadIndex { path: path.to_path_buf(), detail: d };
+    if bytes[12..HEADER_LEN].iter().any(|&b| b != 0) {
+        return Err(bad("unknown header flags or non-zero reserved bytes".into()));
+    }
+    if bytes.len() < HEADER_LEN + FOOTER_LEN {
+        return Err(trunc("no footer"));
+    }
+    let foot = &bytes[bytes.len() - FOOTER_LEN..];
+    if foot[24..] != FOOTER_MAGIC {
+        return Err(trunc("footer missing (was the write interrupted?)"));
+    }
+    let off = u64::from_le_bytes(foot[..8].try_into().expect("8"));
+    let len = u64::from_le_bytes(foot[8..16].try_into().expect("8"));
+    let hash = u64::from_le_bytes(foot[16..24].try_into().expect("8"));
+    let index_end = (bytes.len() - FOOTER_LEN) as u64;
+    if off < HEADER_LEN as u64 || off.checked_add(len) != Some(index_end) {
+        return Err(trunc("index position does not match the file length"));
+    }
+    let json = &bytes[off as usize..index_end as usize];
+    if xxh3_64(json) != hash {
+        return Err(PackError::IndexChecksum { path: path.to_path_buf() });
+    }
+    let index: Index = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    validate(&index, off).map_err(bad)?;
+    Ok(index)
+}
+
+fn validate(index: &Index, data_end: u64) -> std::result::Result<(), String> {
+    if index.chunk_size == 0 || index.chunk_size > MAX_CHUNK_SIZE {
+        return Err(format!("chunk size {} out of range", index.chunk_size));
+    }
+    let mut names = std::collections::HashSet::new();
+    for t in &index.tensors {
+        if !names.insert(t.name.as_str()) {
+            return Err(format!("tensor `{}` listed twice", t.name));
+        }
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| format!("tensor `{}`: shape overflows", t.name))?;
+        if numel.checked_mul(t.dtype.size() as u64) != Some(t.raw_bytes) {
+            return Err(format!("tensor `{}`: raw_bytes does not match shape and dtype", t.name));
+        }
+        match (t.mode, &t.quant) {
+            (Mode::QuantResidual, Some(q)) => {
+                q.config.validate().map_err(|e| format!("tensor `{}`: {e}", t.name))?;
+                if !t.dtype.is_quantizable()
+                    || q.rows.checked_mul(q.cols) != Some(numel)
+                    || q.rows_per_chunk == 0
+                    || q.rows_per_chunk.checked_mul(q.cols).is_none_or(|e| e > index.chunk_size)
+                {
+                    return Err(format!("tensor `{}`: inconsistent quantization layout", t.name));
+                }
+            }
+            (Mode::QuantResidual, None) => return Err(format!("tensor `{}`: quant-residual without parameters", t.name)),
+            (_, Some(_)) => return Err(format!("tensor `{}`: quantization parameters on a lossless tensor", t.name)),
+            _ => {}
+        }
+        if matches!(t.mode, Mode::Delta | Mode::Unchanged) && (index.kind != PackKind::Delta || t.base_xxh3.is_none()) {
+            return Err(format!("tensor `{}`: delta mode outside a delta pack", t.name));
+        }
+        if t.chunks.len() as u64 != t.expected_chunks(index.chunk_size) {
+            return Err(format!(
+                "tensor `{}`: {} chunks listed, {} expected",
+                t.name,
+                t.chunks.len(),
+                t.expected_chunks(index.chunk_size)
+            ));
+        }
+        for c in &t.chunks {
+            if c.0 < HEADER_LEN as u64 || c.0.checked_add(c.1).is_none_or(|e| e > data_end) {
+                return Err(format!("tensor `{}`: chunk outside the data region", t.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl PackReader {
+    /// Open and validate a pack (header, footer, index checksum, index consistency).
+    /// Chunk checksums are checked when a chunk is read, or all at once by [`verify`].
+    ///
+    /// [`verify`]: PackReader::verify
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| PackError::io(path, e))?;
+        let len = file.metadata().map_err(|e| PackError::io(path, e))?.len();
+        if len == 0 {
+            return Err(PackError::Truncated { path: path.to_path_buf(), detail: "empty file".into() });
+        }
+        // SAFETY: the map is read-only; a concurrent truncation by another process is
+        // outside what any mmap reader can defend against.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| PackError::io(path, e))?;
+        let index = parse_index(&map, path)?;
+        let by_name = index.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(PackReader { path: path.to_path_buf(), map, index, by_name })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn tensors(&self) -> &[TensorEntry] {
+        &self.index.tensors
+    }
+
+    /// Total file size in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    pub fn tensor(&self, name: &str) -> Result<&TensorEntry> {
+        self.by_name
+            .get(name)
+            .map(|&i| &self.index.tensors[i])
+            .ok_or_else(|| PackError::NoTensor { path: self.path.clone(), tensor: name.to_string() })
+    }
+
+    /// The checksum-verified blob of chunk `c` of `t`.
+    pub(crate) fn chunk_blob(&self, t: &TensorEntry, c: usize) -> Result<&[u8]> {
+        let r = t.chunks.get(c).ok_or_else(|| PackError::ChunkDecode {
+            path: self.path.clone(),
+            tensor: t.name.clone(),
+            chunk: c,
+            detail: "no such chunk".into(),
+        })?;
+        let blob = &self.map[r.0 as usize..(r.0 + r.1) as usize];
+        if xxh3_64(blob) != r.2 {
+            return Err(PackError::ChunkChecksum { path: self.path.clone(), tensor: t.name.clone(), chunk: c });
+        }
+        Ok(blob)
+    }
+
+    pub(crate) fn decode_err(&self, t: &TensorEntry, c: usize, detail: String) -> PackError {
+        PackError::ChunkDecode { path: self.path.clone(), tensor: t.name.clone(), chunk: c, detail }
+    }
+}

@@ -1,0 +1,652 @@
+//! The memory plan: every component of the peak footprint at a context length.
+
+use dhurandhar_model::{ComponentBytes, ModelArchitecture};
+use serde::Serialize;
+
+use crate::error::PlanError;
+use crate::format::{fmt_bits, WeightFormat};
+use crate::params::{count_params, ParamCounts};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// How the PLE table is laid out on flash, which decides how many pages one token's
+/// lookup touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PleLayout {
+    /// One `[vocab, layers × ple_dim]` tensor (HF, GGUF, LiteRT): a token's inputs for
+    /// every layer are one contiguous row.
+    Row,
+    /// One table per layer: every layer's slice is a separate read of at least one page.
+    PerLayer,
+}
+
+/// Everything the planner needs besides the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanOptions {
+    /// Tokens in the context (prompt + generated).
+    pub context_tokens: u64,
+    /// Storage format of all quantized weights (decoder, experts, embeddings, PLE, encoders
+    /// given as parameter counts).
+    pub weight_format: WeightFormat,
+    /// Bits per KV element, fractional allowed (a codec's effective bits).
+    pub kv_bits: f64,
+    /// Leave the audio encoder out.
+    pub strip_audio: bool,
+    /// Leave the vision encoder out.
+    pub strip_vision: bool,
+    /// Page size of the flash reads behind mmap (4 KiB on Android/Linux).
+    pub page_bytes: u64,
+    /// PLE rows kept in the page cache in mmap mode; `None` = every token of the
+    /// context (min(context, ple_vocab)), so no row of the current context is re-read.
+    pub ple_hot_tokens: Option<u64>,
+    pub ple_layout: PleLayout,
+    /// Prefill runs in chunks of this many tokens; sizes the activation peak.
+    pub prefill_chunk_tokens: u64,
+    /// Bytes per activation element (4 = float32, as CPU runtimes compute).
+    pub activation_bytes: u64,
+    /// Override the profile's runtime overhead (MiB).
+    pub runtime_overhead_mb: Option<f64>,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            context_tokens: 32768,
+            weight_format: WeightFormat::parse("int4").expect("built-in format"),
+            kv_bits: 4.0,
+            strip_audio: true,
+            strip_vision: false,
+            page_bytes: 4096,
+            ple_hot_tokens: None,
+            ple_layout: PleLayout::Row,
+            prefill_chunk_tokens: 512,
+            activation_bytes: 4,
+            runtime_overhead_mb: None,
+        }
+    }
+}
+
+impl PlanOptions {
+    /// Range checks with messages that name the option.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        if self.context_tokens == 0 {
+            return Err(PlanError::option("context tokens", "must be at least 1"));
+        }
+        if self.context_tokens > 1 << 32 {
+            return Err(PlanError::option(
+                "context tokens",
+                format!(
+                    "({}) is implausibly large (limit 4294967296)",
+                    self.context_tokens
+                ),
+            ));
+        }
+        if !(self.kv_bits.is_finite() && self.kv_bits > 0.0 && self.kv_bits <= 32.0) {
+            return Err(PlanError::option(
+                "kv bits",
+                format!("must be in (0, 32], got {}", self.kv_bits),
+            ));
+        }
+        if !self.page_bytes.is_power_of_two() || !(512..=1 << 24).contains(&self.page_bytes) {
+            return Err(PlanError::option(
+                "page size",
+                format!(
+                    "must be a power of two between 512 B and 16 MiB, got {}",
+                    self.page_bytes
+                ),
+            ));
+        }
+        if self.prefill_chunk_tokens == 0 || self.prefill_chunk_tokens > 1 << 20 {
+            return Err(PlanError::option(
+                "prefill chunk",
+                "must be in 1..=1048576 tokens",
+            ));
+        }
+        if !(1..=8).contains(&self.activation_bytes) {
+            return Err(PlanError::option("activation bytes", "must be in 1..=8"));
+        }
+        if let Some(r) = self.runtime_overhead_mb {
+            if !(r.is_finite() && r >= 0.0) {
+                return Err(PlanError::option("runtime overhead", "must be >= 0 MiB"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One line of the breakdown.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Component {
+    /// Stable snake_case name (`decoder_weights`, `ple`, `kv_cache`, ...).
+    pub name: &'static str,
+    pub bytes: u64,
+    /// True when the bytes come from a real checkpoint's tensor table.
+    pub exact: bool,
+    /// How the number was obtained.
+    pub note: String,
+}
+
+/// Sums over the components.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Totals {
+    /// Everything in RAM.
+    pub resident_bytes: u64,
+    /// PLE table served from flash through mmap; only its working set counts.
+    pub ple_mmap_bytes: u64,
+    /// Page-cache working set charged for the PLE in mmap mode.
+    pub ple_working_set_bytes: u64,
+    /// PLE table bytes / decoder weight bytes (0 without PLE).
+    pub ple_to_decoder_ratio: f64,
+    /// Weights that could be streamed from flash (decoder + experts + untied LM head).
+    pub streamable_weight_bytes: u64,
+}
+
+/// Per-token flash traffic figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PerToken {
+    /// Raw PLE bytes one token needs (layers × ple_dim × bits / 8).
+    pub ple_row_bytes: f64,
+    /// Expected pages one token's PLE lookup touches (random alignment).
+    pub ple_pages: f64,
+    /// Bytes actually read from flash for one cold PLE lookup (pages × page size).
+    pub ple_flash_bytes: u64,
+    /// Weight bytes one decode step reads (decoder + active experts + LM head, or the
+    /// tied embedding matrix acting as LM head).
+    pub weight_bytes: u64,
+    /// Page size the flash reads are counted in.
+    pub page_bytes: u64,
+}
+
+/// A published file size next to our estimate of the same thing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PublishedCheck {
+    /// What was compared.
+    pub item: &'static str,
+    pub published_bytes: u64,
+    pub estimated_bytes: u64,
+    /// estimated / published.
+    pub ratio: f64,
+}
+
+/// The full plan for one model at one context length.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryPlan {
+    pub model: String,
+    pub context_tokens: u64,
+    pub weight_format: String,
+    /// Bits per weight including scales, at this model's hidden size.
+    pub weight_bits_per_weight: f64,
+    pub kv_bits: f64,
+    pub strip_audio: bool,
+    pub strip_vision: bool,
+    /// `checkpoint` when weight bytes are exact, `estimated` when computed from the
+    /// architecture and the weight format.
+    pub weights_source: &'static str,
+    pub components: Vec<Component>,
+    pub totals: Totals,
+    pub per_token: PerToken,
+    pub params: ParamCounts,
+    /// PLE rows assumed hot in the page cache (mmap mode).
+    pub ple_hot_tokens: u64,
+    pub has_ple: bool,
+    /// Fraction of expert bytes one token reads (1 for dense models).
+    pub expert_active_fraction: f64,
+    pub published: Vec<PublishedCheck>,
+    /// Non-fatal problems (context beyond the model's maximum, ...).
+    pub warnings: Vec<String>,
+}
+
+impl MemoryPlan {
+    /// Bytes of the named component (0 when absent).
+    pub fn component(&self, name: &str) -> u64 {
+        self.components
+            .iter()
+            .find(|c| c.name == name)
+            .map_or(0, |c| c.bytes)
+    }
+}
+
+/// Build the memory plan.
+///
+/// With `weights` (exact per-component bytes from a checkpoint), weight components use
+/// those bytes and `--weight-format` does not apply to them; KV, activations, state and
+/// overhead are always computed.
+pub fn plan(
+    arch: &ModelArchitecture,
+    weights: Option<&ComponentBytes>,
+    opts: &PlanOptions,
+) -> Result<MemoryPlan, PlanError> {
+    opts.validate()?;
+    let p = count_params(arch);
+    let fmt = &opts.weight_format;
+    let row = arch.hidden_size;
+    let bpw = fmt.bits_per_weight(row);
+    let wb = |params: u64| fmt.bytes(params, row);
+    let est = |params: u64, what: &str| -> String {
+        format!(
+            "{} params at {} ({} bits/weight); {what}",
+            format_params(params),
+            fmt.name,
+            fmt_bits(bpw)
+        )
+    };
+    let ctx = opts.context_tokens;
+    let mut warnings = Vec::new();
+    if ctx > arch.max_context_tokens {
+        warnings.push(format!(
+            "context {ctx} exceeds {}'s maximum of {} tokens; computing anyway",
+            arch.name, arch.max_context_tokens
+        ));
+    }
+    let mut comps: Vec<Component> = Vec::new();
+    let exact = weights.is_some();
+    let ckpt = |what: &str| format!("exact: {what} tensor bytes from the checkpoint");
+
+    // --- weights ---
+    let (dec, ple, tok, lm, experts) = match weights {
+        Some(w) => (
+            w.decoder_layers + w.other,
+            w.ple,
+            w.token_embeddings,
+            w.lm_head,
+            w.experts,
+        ),
+        None => (
+            wb(p.decoder),
+            wb(p.ple_table),
+            wb(p.token_embeddings),
+            wb(p.lm_head),
+            wb(p.experts),
+        ),
+    };
+    comps.push(Component {
+        name: "decoder_weights",
+        bytes: dec,
+        exact,
+        note: if exact {
+            ckpt("decoder-layer and other")
+        } else {
+            est(p.decoder, &decoder_parts(&p))
+        },
+    });
+    comps.push(Component {
+        name: "ple",
+        bytes: ple,
+        exact,
+        note: if !arch.has_ple && ple == 0 {
+            "no per-layer embeddings".into()
+        } else if exact {
+            ckpt("per-layer embedding")
+        } else {
+            est(p.ple_table, "per-layer embedding table, mmap-able")
+        },
+    });
+    comps.push(Component {
+        name: "token_embeddings",
+        bytes: tok,
+        exact,
+        note: if exact {
+            ckpt("token-embedding")
+        } else if arch.embeddings_tied {
+            est(
+                p.token_embeddings,
+                "tied: also the LM head, read every token",
+            )
+        } else {
+            est(p.token_embeddings, "input embeddings")
+        },
+    });
+    if !arch.embeddings_tied || lm > 0 {
+        comps.push(Component {
+            name: "lm_head",
+            bytes: lm,
+            exact,
+            note: if exact {
+                ckpt("LM-head")
+            } else {
+                est(p.lm_head, "untied output projection")
+            },
+        });
+    }
+    if arch.is_moe || experts > 0 {
+        comps.push(Component {
+            name: "experts",
+            bytes: experts,
+            exact,
+            note: if exact {
+                ckpt("expert")
+            } else {
+                est(
+                    p.experts,
+                    &format!(
+                        "{} experts x {} MoE layers, all resident; {} active per token",
+                        arch.num_experts,
+                        arch.moe_layers(),
+                        arch.num_active_experts
+                    ),
+                )
+            },
+        });
+    }
+
+    // --- KV cache and state ---
+    let kv = arch.kv_cache_bytes(ctx, opts.kv_bits);
+    let layers = arch.layers();
+    let fresh = layers
+        .iter()
+        .filter(|l| l.kv == dhurandhar_model::KvSource::Fresh)
+        .count();
+    let windowed = layers
+        .iter()
+        .filter(|l| l.kv == dhurandhar_model::KvSource::Fresh && l.window.is_some())
+        .count();
+    let shared = layers
+        .iter()
+        .filter(|l| matches!(l.kv, dhurandhar_model::KvSource::SharedFrom(_)))
+        .count();
+    let mut kv_note = format!(
+        "{fresh} layers own KV at {} bits/element",
+        fmt_bits(opts.kv_bits)
+    );
+    if windowed > 0 {
+        kv_note.push_str(&format!(
+            "; {windowed} sliding capped at {} tokens",
+            arch.sliding_window
+        ));
+    }
+    if shared > 0 {
+        kv_note.push_str(&format!("; {shared} share KV (0 B)"));
+    }
+    if arch.ssm_layers() > 0 {
+        kv_note.push_str(&format!("; {} SSM layers (0 B)", arch.ssm_layers()));
+    }
+    comps.push(Component {
+        name: "kv_cache",
+        bytes: kv,
+        exact: false,
+        note: kv_note,
+    });
+    if arch.has_mamba {
+        let per_layer = (arch.mamba_state_dim + arch.mamba_conv_state_dim) as u128
+            * arch.mamba_state_dtype_bits as u128;
+        let bytes = (per_layer * arch.mamba_num_layers as u128).div_ceil(8);
+        comps.push(Component {
+            name: "ssm_state",
+            bytes: bytes.min(u64::MAX as u128) as u64,
+            exact: false,
+            note: format!(
+                "{} SSM layers x {} state elements at {} bits (never quantized); constant in context",
+                arch.mamba_num_layers,
+                arch.mamba_state_dim + arch.mamba_conv_state_dim,
+                arch.mamba_state_dtype_bits
+            ),
+        });
+    }
+
+    // --- encoders ---
+    let encoder = |name: &'static str,
+                   params: u64,
+                   mb: f64,
+                   ckpt_bytes: Option<u64>,
+                   stripped: bool|
+     -> Component {
+        if stripped {
+            return Component {
+                name,
+                bytes: 0,
+                exact,
+                note: "stripped".into(),
+            };
+        }
+        if let Some(b) = ckpt_bytes {
+            return Component {
+                name,
+                bytes: b,
+                exact: true,
+                note: if b == 0 {
+                    "exact: none in the checkpoint".into()
+                } else {
+                    ckpt("encoder")
+                },
+            };
+        }
+        if params > 0 {
+            Component {
+                name,
+                bytes: wb(params),
+                exact: false,
+                note: est(params, "encoder quantized with the weights"),
+            }
+        } else if mb > 0.0 {
+            Component {
+                name,
+                bytes: (mb * MIB).round() as u64,
+                exact: false,
+                note: format!("{mb} MiB from the profile, at its shipped precision"),
+            }
+        } else {
+            Component {
+                name,
+                bytes: 0,
+                exact: false,
+                note: "none".into(),
+            }
+        }
+    };
+    comps.push(encoder(
+        "vision_encoder",
+        p.vision_encoder,
+        arch.vision_encoder_mb,
+        weights.map(|w| w.vision_encoder),
+        opts.strip_vision,
+    ));
+    comps.push(encoder(
+        "audio_encoder",
+        p.audio_encoder,
+        arch.audio_encoder_mb,
+        weights.map(|w| w.audio_encoder),
+        opts.strip_audio,
+    ));
+    if p.unified_modality > 0 {
+        comps.push(Component {
+            name: "unified_modality",
+            bytes: wb(p.unified_modality),
+            exact: false,
+            note: est(p.unified_modality, "extra multimodal parameters"),
+        });
+    }
+
+    // --- activations ---
+    let chunk = opts.prefill_chunk_tokens.min(ctx);
+    let act_elems = activation_elements_per_token(arch);
+    let act = (chunk as u128 * act_elems as u128 + arch.vocab_size as u128)
+        * opts.activation_bytes as u128;
+    comps.push(Component {
+        name: "activations",
+        bytes: act.min(u64::MAX as u128) as u64,
+        exact: false,
+        note: format!(
+            "prefill chunk of {chunk} tokens x {act_elems} live values + one logits row, {} B each; tiled attention assumed",
+            opts.activation_bytes
+        ),
+    });
+    let overhead_mb = opts.runtime_overhead_mb.unwrap_or(arch.runtime_overhead_mb);
+    comps.push(Component {
+        name: "runtime_overhead",
+        bytes: (overhead_mb * MIB).round() as u64,
+        exact: false,
+        note: format!("{overhead_mb} MiB runtime/framework overhead from the profile"),
+    });
+
+    // --- totals ---
+    let resident: u64 = comps
+        .iter()
+        .map(|c| c.bytes)
+        .fold(0u64, u64::saturating_add);
+    let ple_vocab = if arch.has_ple { arch.ple_vocab_size } else { 0 };
+    let ple_row_bytes = if arch.has_ple {
+        if exact && ple_vocab > 0 {
+            ple as f64 / ple_vocab as f64
+        } else {
+            (arch.num_hidden_layers as u64 * arch.ple_hidden_size) as f64 * bpw / 8.0
+        }
+    } else {
+        0.0
+    };
+    let page = opts.page_bytes as f64;
+    let expected_pages = |span: f64| {
+        if span <= 0.0 {
+            0.0
+        } else {
+            1.0 + (span - 1.0).max(0.0) / page
+        }
+    };
+    let ple_pages = match opts.ple_layout {
+        _ if !arch.has_ple => 0.0,
+        PleLayout::Row => expected_pages(ple_row_bytes),
+        PleLayout::PerLayer => {
+            arch.num_hidden_layers as f64
+                * expected_pages(ple_row_bytes / arch.num_hidden_layers as f64)
+        }
+    };
+    let ple_flash_bytes = (ple_pages * page).ceil() as u64;
+    let hot = if arch.has_ple {
+        opts.ple_hot_tokens.unwrap_or(ctx).min(ple_vocab)
+    } else {
+        0
+    };
+    let ple_ws = if arch.has_ple {
+        ((hot as f64 * ple_pages * page).ceil() as u64).min(ple)
+    } else {
+        0
+    };
+    let ple_mmap = if arch.has_ple {
+        resident - ple + ple_ws
+    } else {
+        resident
+    };
+    let ratio = if arch.has_ple && dec > 0 {
+        ple as f64 / dec as f64
+    } else {
+        0.0
+    };
+    let expert_frac = if arch.is_moe && p.experts > 0 {
+        p.experts_active as f64 / p.experts as f64
+    } else {
+        1.0
+    };
+    // Tied embeddings are the LM head: the whole matrix is read each token.
+    let lm_read = if arch.embeddings_tied { tok } else { lm };
+    let per_token_weights = dec as f64 + experts as f64 * expert_frac + lm_read as f64;
+
+    let mut published = Vec::new();
+    if arch.published_decoder_gb > 0.0 {
+        let pb = (arch.published_decoder_gb * 1e9).round() as u64;
+        published.push(PublishedCheck {
+            item: "decoder_weights",
+            published_bytes: pb,
+            estimated_bytes: dec,
+            ratio: dec as f64 / pb as f64,
+        });
+    }
+    if arch.published_embeddings_gb > 0.0 {
+        let pb = (arch.published_embeddings_gb * 1e9).round() as u64;
+        published.push(PublishedCheck {
+            item: "ple",
+            published_bytes: pb,
+            estimated_bytes: ple,
+            ratio: ple as f64 / pb as f64,
+        });
+    }
+
+    Ok(MemoryPlan {
+        model: arch.name.clone(),
+        context_tokens: ctx,
+        weight_format: if exact {
+            "checkpoint".to_string()
+        } else {
+            fmt.name.clone()
+        },
+        weight_bits_per_weight: bpw,
+        kv_bits: opts.kv_bits,
+        strip_audio: opts.strip_audio,
+        strip_vision: opts.strip_vision,
+        weights_source: if exact { "checkpoint" } else { "estimated" },
+        totals: Totals {
+            resident_bytes: resident,
+            ple_mmap_bytes: ple_mmap,
+            ple_working_set_bytes: ple_ws,
+            ple_to_decoder_ratio: ratio,
+            streamable_weight_bytes: dec + experts + lm,
+        },
+        per_token: PerToken {
+            ple_row_bytes,
+            ple_pages,
+            ple_flash_bytes,
+            weight_bytes: per_token_weights.round() as u64,
+            page_bytes: opts.page_bytes,
+        },
+        components: comps,
+        params: p,
+        ple_hot_tokens: hot,
+        has_ple: arch.has_ple,
+        expert_active_fraction: expert_frac,
+        published,
+        warnings,
+    })
+}
+
+/// Live values per token while one layer runs a prefill chunk: the residual stream and
+/// its normed copy, Q, K, V and the attention output at the widest geometry, the gated
+/// FFN's gate and up projections at the widest FFN (or all active experts), and the
+/// per-layer embedding inputs.
+pub fn activation_elements_per_token(a: &ModelArchitecture) -> u64 {
+    let h = a.hidden_size;
+    let hd = a.head_dim.max(a.global_head_dim()) as u64;
+    let kvh = a.num_key_value_heads.max(a.global_kv_heads()) as u64;
+    let q = a.num_attention_heads as u64 * hd;
+    let widest_ffn = a
+        .layers()
+        .iter()
+        .map(|l| {
+            if l.moe {
+                a.expert_ffn() * a.num_active_experts as u64
+            } else {
+                l.ffn_intermediate
+            }
+        })
+        .max()
+        .unwrap_or(a.intermediate_size);
+    let ple = if a.has_ple {
+        a.num_hidden_layers as u64 * a.ple_hidden_size
+    } else {
+        0
+    };
+    2 * h + 2 * q + 2 * kvh * hd + 2 * widest_ffn + ple
+}
+
+/// What the decoder_weights component is made of, for its note.
+fn decoder_parts(p: &ParamCounts) -> String {
+    let mut parts = vec!["attention"];
+    if p.dense_ffn > 0 {
+        parts.push("dense FFN");
+    }
+    if p.ssm_mixers > 0 {
+        parts.push("SSM mixers");
+    }
+    if p.ple_projections > 0 {
+        parts.push("PLE projections");
+    }
+    parts.push("norms");
+    parts.join(", ")
+}
+
+/// `1.84 B`, `494.0 M`.
+pub fn format_params(p: u64) -> String {
+    if p >= 1_000_000_000 {
+        format!("{:.2} B", p as f64 / 1e9)
+    } else {
+        format!("{:.1} M", p as f64 / 1e6)
+    }
+}

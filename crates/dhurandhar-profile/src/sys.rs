@@ -1,0 +1,209 @@
+//! The few OS calls the profiler needs, each behind `cfg` so the crate builds on Linux,
+//! Android (static aarch64) and macOS. Nothing here is x86-specific.
+
+use std::fs::File;
+use std::path::Path;
+
+/// Page size of this process (4 KiB on x86_64; 4 or 16 KiB on arm64 Android and 16 KiB on
+/// Apple silicon), used for residency and fault accounting.
+pub fn page_size() -> u64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if v > 0 {
+            return v as u64;
+        }
+    }
+    4096
+}
+
+/// Free bytes available to an unprivileged writer in `dir`, if the OS tells us.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+        // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized out-buffer.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: statvfs returned 0, so it filled the struct.
+        let st = unsafe { st.assume_init() };
+        #[allow(clippy::unnecessary_cast)] // field widths differ between platforms
+        return Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64));
+    }
+    #[allow(unreachable_code)]
+    None
+}
+
+/// How page-cache eviction went on this platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictSupport {
+    /// `posix_fadvise(POSIX_FADV_DONTNEED)` was issued after flushing dirty pages.
+    Fadvise,
+    /// The platform has no per-file eviction call usable without root (macOS).
+    Unsupported,
+}
+
+/// Ask the kernel to drop the page-cache pages of `file[offset..offset+len]`.
+///
+/// Must be called with no live mapping of the range in this process: mapped pages are not
+/// dropped. Dirty pages cannot be dropped either, hence the `sync_data` first.
+pub fn evict(file: &File, offset: u64, len: u64) -> std::io::Result<EvictSupport> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::io::AsRawFd;
+        // fdatasync on a read-only descriptor fails with EBADF on some filesystems; it is
+        // only needed when the pages are dirty, so a failure is not fatal here.
+        let _ = file.sync_data();
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::other("offset does not fit off_t"))?;
+        let l = libc::off_t::try_from(len)
+            .map_err(|_| std::io::Error::other("length does not fit off_t"))?;
+        // SAFETY: plain syscall on a valid descriptor.
+        let rc =
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), off, l, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(EvictSupport::Fadvise)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (file, offset, len);
+        Ok(EvictSupport::Unsupported)
+    }
+}
+
+/// Fraction of the pages of `[ptr, ptr+len)` that are resident, from `mincore()`.
+///
+/// `ptr` may be unaligned; the range is widened to whole pages. Returns `None` if mincore
+/// is unavailable or fails.
+pub fn resident_fraction(ptr: *const u8, len: usize) -> Option<f64> {
+    resident_pages(ptr, len).map(|(res, total)| {
+        if total == 0 {
+            0.0
+        } else {
+            res as f64 / total as f64
+        }
+    })
+}
+
+/// (resident pages, total pages) of a mapped range.
+pub fn resident_pages(ptr: *const u8, len: usize) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        if len == 0 {
+            return Some((0, 0));
+        }
+        let page = page_size() as usize;
+        let start = (ptr as usize) & !(page - 1);
+        let end = (ptr as usize).checked_add(len)?;
+        let span = end - start;
+        let pages = span.div_ceil(page);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: [start, start+span) lies within one live mapping (the caller's `ptr` points
+        // into a memmap2 mapping, which is itself page aligned); `vec` has one byte per page.
+        let rc =
+            unsafe { libc::mincore(start as *mut libc::c_void, span, vec.as_mut_ptr() as *mut _) };
+        if rc != 0 {
+            return None;
+        }
+        let resident = vec.iter().filter(|&&b| b & 1 != 0).count() as u64;
+        return Some((resident, pages as u64));
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (ptr, len);
+        None
+    }
+}
+
+/// Whether `mincore()` reports page-cache state (not just this process's page tables) for a
+/// mapping of `path`. Since Linux 5.0 it does so only for the file's owner or a process that
+/// may write it; otherwise untouched-but-cached pages read as absent and a "cold" fraction
+/// would be a lie.
+pub fn residency_verifiable(path: &Path) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return false;
+        };
+        // SAFETY: geteuid has no preconditions.
+        if meta.uid() == unsafe { libc::geteuid() } {
+            return true;
+        }
+        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: valid NUL-terminated path.
+        return unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = path;
+        cfg!(unix)
+    }
+}
+
+/// Cumulative (major, minor) page faults of this process.
+pub fn faults() -> (u64, u64) {
+    #[cfg(unix)]
+    {
+        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: valid out-pointer.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0 {
+            // SAFETY: getrusage succeeded.
+            let ru = unsafe { ru.assume_init() };
+            return (ru.ru_majflt as u64, ru.ru_minflt as u64);
+        }
+    }
+    (0, 0)
+}
+
+/// Peak resident set size from getrusage (bytes). Linux/Android report KiB, macOS bytes.
+pub fn ru_maxrss_bytes() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: valid out-pointer.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0 {
+            // SAFETY: getrusage succeeded.
+            let ru = unsafe { ru.assume_init() };
+            let v = ru.ru_maxrss.max(0) as u64;
+            return Some(if cfg!(target_vendor = "apple") {
+                v
+            } else {
+                v * 1024
+            });
+        }
+    }
+    None
+}
+
+/// Current resident size in bytes on macOS (no anon/file split is exposed there).
+#[cfg(target_vendor = "apple")]
+pub fn macos_resident_bytes() -> Option<u64> {
+    let mut info = std::mem::MaybeUninit::<libc::proc_taskinfo>::zeroed();
+    let size = std::mem::size_of::<libc::proc_taskinfo>() as libc::c_int;
+    // SAFETY: valid out-buffer of `size` bytes for PROC_PIDTASKINFO about ourselves.
+    let n = unsafe {
+        libc::proc_pidinfo(
+            libc::getpid(),
+            libc::PROC_PIDTASKINFO,
+            0,
+            info.as_mut_ptr() as *mut libc::c_void,
+            size,
+        )
+    };
+    if n != size {
+        return None;
+    }
+    // SAFETY: the call filled the whole struct.
+    Some(unsafe { info.assume_init() }.pti_resident_size)
+}
