@@ -497,7 +497,7 @@ impl<'a> Reader<'a> {
             return Err(self.err(
                 at,
                 format!(
-                    "{what} is {n}, but the {} remaining bytes can hold at most {cap}",
+                    "{what} is {n}, but the {} remaining bytes can hold at most {cap} (truncated file or corrupt count)",
                     self.remaining()
                 ),
             ));

@@ -303,75 +303,74 @@ mod avx2 {
         _mm256_set_m128i(hi, lo)
     }
 
-    /// Q4_1 (or Q4_0 with offset −8·d) weights against 8-bit activations.
+    /// One Q4 block: `acc += d_w·d_a·Σ q_w·q_a` (8 lanes) and `macc[1] += m_w·s_a`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_block<const Q41: bool>(
+        blk: *const u8,
+        qa: *const i8,
+        das: *const f32,
+        acc: &mut __m256,
+        macc: &mut __m128,
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let (dm, q) = if Q41 {
+            // [d, m] in one conversion.
+            let bits = (blk as *const u32).read_unaligned();
+            (_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)), blk.add(4))
+        } else {
+            let bits = (blk as *const u16).read_unaligned() as i32;
+            let d = _mm_cvtph_ps(_mm_set1_epi32(bits | (bits << 16)));
+            (_mm_mul_ps(d, _mm_setr_ps(1.0, -8.0, 0.0, 0.0)), blk.add(2))
+        };
+        // [d_a, s_a] interleaved in the activations.
+        let da = _mm_castpd_ps(_mm_load_sd(das as *const f64));
+        let prod = _mm_mul_ps(dm, da);
+        *macc = _mm_add_ps(*macc, prod);
+        let p = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(nibbles(q), _mm256_loadu_si256(qa as *const __m256i)),
+            ones,
+        );
+        *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), *acc);
+    }
+
+    /// Q4_1 (or Q4_0, offset −8·d) weights against 8-bit activations.
     ///
     /// # Safety
     /// As [`dot_q8_0`], with `w` holding Q4_1 (20-byte) or Q4_0 (18-byte) blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4(w: &[u8], a: &Q8Acts, a_row: usize, q4_1: bool) -> f32 {
+    pub unsafe fn dot_q4<const Q41: bool>(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
         let nb = a.cols / QK;
-        let ts = if q4_1 { 20 } else { 18 };
-        let qoff = if q4_1 { 4 } else { 2 };
+        let ts = if Q41 { 20 } else { 18 };
         debug_assert!(w.len() >= nb * ts && a.qs.len() >= (a_row + 1) * a.cols);
+        debug_assert!(a.ds.len() >= 2 * (a_row + 1) * nb);
         let wp = w.as_ptr();
         let qp = a.qs.as_ptr().add(a_row * a.cols);
-        let dp = a.d.as_ptr().add(a_row * nb);
-        let sp = a.s.as_ptr().add(a_row * nb);
-        let ones = _mm256_set1_epi16(1);
+        let dsp = a.ds.as_ptr().add(2 * a_row * nb);
         let mut acc0 = _mm256_setzero_ps();
         let mut acc1 = _mm256_setzero_ps();
-        let mut macc = 0f32;
+        let mut m0 = _mm_setzero_ps();
+        let mut m1 = _mm_setzero_ps();
         let mut b = 0;
         while b + 1 < nb {
             let blk0 = wp.add(b * ts);
-            let blk1 = wp.add((b + 1) * ts);
             // Stream ahead: rows are read once per token, straight from DRAM.
             _mm_prefetch::<_MM_HINT_T0>(blk0.add(PREFETCH) as *const i8);
-            let w0 = nibbles(blk0.add(qoff));
-            let w1 = nibbles(blk1.add(qoff));
-            let a0 = _mm256_loadu_si256(qp.add(b * QK) as *const __m256i);
-            let a1 = _mm256_loadu_si256(qp.add((b + 1) * QK) as *const __m256i);
-            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, a0), ones);
-            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w1, a1), ones);
-            let dw0 = f16_to_f32(blk0);
-            let dw1 = f16_to_f32(blk1);
-            acc0 = _mm256_fmadd_ps(
-                _mm256_set1_ps(dw0 * *dp.add(b)),
-                _mm256_cvtepi32_ps(p0),
-                acc0,
+            q4_block::<Q41>(blk0, qp.add(b * QK), dsp.add(2 * b), &mut acc0, &mut m0);
+            q4_block::<Q41>(
+                blk0.add(ts),
+                qp.add((b + 1) * QK),
+                dsp.add(2 * b + 2),
+                &mut acc1,
+                &mut m1,
             );
-            acc1 = _mm256_fmadd_ps(
-                _mm256_set1_ps(dw1 * *dp.add(b + 1)),
-                _mm256_cvtepi32_ps(p1),
-                acc1,
-            );
-            let (m0, m1) = if q4_1 {
-                (f16_to_f32(blk0.add(2)), f16_to_f32(blk1.add(2)))
-            } else {
-                (-8.0 * dw0, -8.0 * dw1)
-            };
-            macc += m0 * *sp.add(b) + m1 * *sp.add(b + 1);
             b += 2;
         }
         if b < nb {
-            let blk0 = wp.add(b * ts);
-            let w0 = nibbles(blk0.add(qoff));
-            let a0 = _mm256_loadu_si256(qp.add(b * QK) as *const __m256i);
-            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, a0), ones);
-            let dw0 = f16_to_f32(blk0);
-            acc0 = _mm256_fmadd_ps(
-                _mm256_set1_ps(dw0 * *dp.add(b)),
-                _mm256_cvtepi32_ps(p0),
-                acc0,
-            );
-            let m0 = if q4_1 {
-                f16_to_f32(blk0.add(2))
-            } else {
-                -8.0 * dw0
-            };
-            macc += m0 * *sp.add(b);
+            q4_block::<Q41>(wp.add(b * ts), qp.add(b * QK), dsp.add(2 * b), &mut acc0, &mut m0);
         }
-        hsum(_mm256_add_ps(acc0, acc1)) + macc
+        let m = _mm_add_ps(m0, m1);
+        hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1))
     }
 
     /// Four activation rows `a_row..a_row+4` against one Q8_0 / Q4_0 / Q4_1 weight row:
@@ -514,8 +513,8 @@ fn row_dot(t: QType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Si
                 unsafe {
                     return match t {
                         QType::Q8_0 => avx2::dot_q8_0(w, a, a_row),
-                        QType::Q4_1 => avx2::dot_q4(w, a, a_row, true),
-                        _ => avx2::dot_q4(w, a, a_row, false),
+                        QType::Q4_1 => avx2::dot_q4::<true>(w, a, a_row),
+                        _ => avx2::dot_q4::<false>(w, a, a_row),
                     };
                 }
             }
@@ -542,7 +541,7 @@ fn row_dot(t: QType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Si
 /// View little-endian bytes as f32 when aligned (always true on little-endian hosts for
 /// GGUF data, which is 32-byte aligned).
 fn bytemuck_f32(w: &[u8]) -> Result<&[f32], ()> {
-    if cfg!(target_endian = "little") && (w.as_ptr() as usize) % 4 == 0 && w.len() % 4 == 0 {
+    if cfg!(target_endian = "little") && (w.as_ptr() as usize).is_multiple_of(4) && w.len().is_multiple_of(4) {
         // SAFETY: alignment and length checked above; every bit pattern is a valid f32.
         Ok(unsafe { std::slice::from_raw_parts(w.as_ptr() as *const f32, w.len() / 4) })
     } else {
@@ -652,6 +651,7 @@ pub fn matmul(
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // reference loops mirror the format definitions
 mod tests {
     use super::*;
     use half::f16;

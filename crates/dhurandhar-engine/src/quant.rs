@@ -85,7 +85,7 @@ impl QType {
     /// Bytes of a row of `n` values, or an error when `n` is not a whole number of blocks.
     pub fn row_bytes(self, n: usize) -> Result<usize, EngineError> {
         let bs = self.block_size();
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return Err(EngineError::Shape(format!(
                 "row length {n} is not a multiple of the {} block size {bs}",
                 self.name()
@@ -234,18 +234,21 @@ pub struct Q8Acts {
     pub d: Vec<f32>,
     /// Per-block `d · Σ qs` (needed for the min/offset term of Q4_1 / Q4_0).
     pub s: Vec<f32>,
+    /// `(d, s)` interleaved, so SIMD kernels fetch both with one load.
+    pub ds: Vec<f32>,
     pub cols: usize,
 }
 
 impl Q8Acts {
     /// Quantize `x` (`rows × cols`, `cols` a multiple of 32) reusing the buffers.
     pub fn quantize_into(&mut self, x: &[f32], cols: usize) {
-        debug_assert!(cols % QK == 0 && x.len() % cols == 0);
+        debug_assert!(cols.is_multiple_of(QK) && x.len().is_multiple_of(cols));
         let nb = x.len() / QK;
         self.cols = cols;
         self.qs.resize(x.len(), 0);
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
+        self.ds.resize(2 * nb, 0.0);
         for (b, blk) in x.chunks_exact(QK).enumerate() {
             let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
@@ -258,20 +261,19 @@ impl Q8Acts {
             }
             self.d[b] = d;
             self.s[b] = d * sum as f32;
+            self.ds[2 * b] = d;
+            self.ds[2 * b + 1] = d * sum as f32;
         }
     }
 
     /// Number of rows (tokens) held.
     pub fn rows(&self) -> usize {
-        if self.cols == 0 {
-            0
-        } else {
-            self.qs.len() / self.cols
-        }
+        self.qs.len().checked_div(self.cols).unwrap_or(0)
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // reference loops mirror the format definitions
 mod tests {
     use super::*;
 

@@ -41,7 +41,7 @@ impl Sampler {
             .map(|(i, &l)| (i as u32, ((l - max) / self.temperature).exp()))
             .collect();
         let total: f32 = probs.iter().map(|p| p.1).sum();
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             return argmax(logits);
         }
         probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -165,17 +165,44 @@ mod tests {
     }
 }
 
+/// Widest uniform quantizer supported by [`gaussian_uniform_step`].
+pub const MAX_UNIFORM_BITS: u32 = 16;
+
 /// Step Δ of the MSE-optimal uniform midrise quantizer with 2^bits levels
 /// (levels (c + ½ − 2^bits/2)·Δ) for a unit Gaussian, found by golden-section search
-/// on the exact distortion (numerical integration); cached.
+/// on the distortion (numerical integration; above 8 bits the granular part is the
+/// exact-in-the-limit Δ²/12); cached.
 pub fn gaussian_uniform_step(bits: u32) -> f32 {
     static CACHE: OnceLock<Vec<f32>> = OnceLock::new();
-    let steps = CACHE.get_or_init(|| (0..=8).map(|b| compute_uniform_step(b.max(1))).collect());
-    steps[bits.min(8) as usize]
+    let steps = CACHE.get_or_init(|| {
+        (0..=MAX_UNIFORM_BITS)
+            .map(|b| compute_uniform_step(b.max(1)))
+            .collect()
+    });
+    steps[bits.min(MAX_UNIFORM_BITS) as usize]
+}
+
+fn gauss(x: f64) -> f64 {
+    (-(x * x) / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt()
 }
 
 fn uniform_mse(bits: u32, step: f64) -> f64 {
     let n = (1u64 << bits) as f64;
+    if bits > 8 {
+        // Granular region: Δ²/12 times its mass; overload region integrated.
+        let edge = n / 2.0 * step;
+        let outer = (n / 2.0 - 0.5) * step;
+        let m = 4000usize;
+        let hi = edge.max(12.0);
+        let dx = (hi - edge) / m as f64;
+        let (mut over, mut mass) = (0.0, 0.0);
+        for i in 0..m {
+            let x = edge + (i as f64 + 0.5) * dx;
+            over += gauss(x) * (x - outer) * (x - outer) * dx;
+            mass += gauss(x) * dx;
+        }
+        return step * step / 12.0 * (1.0 - 2.0 * mass) + 2.0 * over;
+    }
     let (lo, hi, m) = (-10.0f64, 10.0f64, 20_000usize);
     let dx = (hi - lo) / m as f64;
     let mut e = 0.0;
@@ -189,7 +216,7 @@ fn uniform_mse(bits: u32, step: f64) -> f64 {
 }
 
 fn compute_uniform_step(bits: u32) -> f32 {
-    let (mut a, mut b) = (1e-3f64, 4.0f64);
+    let (mut a, mut b) = (1e-6f64, 4.0f64);
     let g = (5f64.sqrt() - 1.0) / 2.0;
     for _ in 0..100 {
         let c = b - g * (b - a);

@@ -251,25 +251,52 @@ pub(crate) fn merge_plane_slices(planes: &[&[u8]], esize: usize, rotate: bool, o
         1 => out.copy_from_slice(&planes[0][..n]),
         2 => {
             let (hi, lo) = (&planes[0][..n], &planes[1][..n]);
-            for ((dst, &h), &l) in out.chunks_exact_mut(2).zip(hi).zip(lo) {
-                let mut v = (u16::from(h) << 8) | u16::from(l);
+            let join = |h: u8, l: u8| {
+                let v = (u16::from(h) << 8) | u16::from(l);
                 if rotate {
-                    v = v.rotate_right(1);
+                    v.rotate_right(1)
+                } else {
+                    v
                 }
-                dst.copy_from_slice(&v.to_le_bytes());
+            };
+            // Aligned fast path: plain u16 stores vectorize; fall back to bytes otherwise.
+            match bytemuck::try_cast_slice_mut::<u8, u16>(out) {
+                Ok(o16) if cfg!(target_endian = "little") => {
+                    for ((d, &h), &l) in o16.iter_mut().zip(hi).zip(lo) {
+                        *d = join(h, l);
+                    }
+                }
+                _ => {
+                    for ((dst, &h), &l) in out.chunks_exact_mut(2).zip(hi).zip(lo) {
+                        dst.copy_from_slice(&join(h, l).to_le_bytes());
+                    }
+                }
             }
         }
         4 => {
             let (p0, p1, p2, p3) = (&planes[0][..n], &planes[1][..n], &planes[2][..n], &planes[3][..n]);
-            for (i, dst) in out.chunks_exact_mut(4).enumerate() {
-                let mut v = (u32::from(p0[i]) << 24)
+            let join = |i: usize| {
+                let v = (u32::from(p0[i]) << 24)
                     | (u32::from(p1[i]) << 16)
                     | (u32::from(p2[i]) << 8)
                     | u32::from(p3[i]);
                 if rotate {
-                    v = v.rotate_right(1);
+                    v.rotate_right(1)
+                } else {
+                    v
                 }
-                dst.copy_from_slice(&v.to_le_bytes());
+            };
+            match bytemuck::try_cast_slice_mut::<u8, u32>(out) {
+                Ok(o32) if cfg!(target_endian = "little") => {
+                    for (i, d) in o32.iter_mut().enumerate() {
+                        *d = join(i);
+                    }
+                }
+                _ => {
+                    for (i, dst) in out.chunks_exact_mut(4).enumerate() {
+                        dst.copy_from_slice(&join(i).to_le_bytes());
+                    }
+                }
             }
         }
         _ => {
@@ -345,8 +372,11 @@ pub(crate) fn decode_lossless(blob: &[u8], esize: usize, float: bool, out: &mut 
     }
     SCRATCH.with(|s| {
         let mut scratch = s.borrow_mut();
-        scratch.clear();
-        scratch.resize(n * esize, 0);
+        // Reused across chunks on this thread: no per-chunk allocation or zero fill.
+        if scratch.len() < n * esize {
+            scratch.resize(n * esize, 0);
+        }
+        let scratch = &mut scratch[..n * esize];
         // Decode non-raw planes into scratch; raw planes are merged straight from the blob.
         let mut regions = scratch.chunks_mut(n.max(1));
         let mut decoded: Vec<Option<&[u8]>> = Vec::with_capacity(esize);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// Anything that can go wrong reading, writing or decoding packs and checkpoints.
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]

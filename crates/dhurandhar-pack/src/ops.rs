@@ -117,6 +117,11 @@ pub struct PackReport {
     pub ratio: f64,
     /// Stored bits per element over the whole file.
     pub bits_per_weight: f64,
+    /// Over all quant-residual tensors: ‖W − base‖_F / ‖W‖_F and the same with the residual.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rel_error_base: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rel_error_with_residual: Option<f64>,
     pub tensors: Vec<TensorReport>,
     /// Delta: tensors the base had and the new checkpoint does not.
     pub removed: Vec<String>,
@@ -124,7 +129,20 @@ pub struct PackReport {
     pub skipped: Vec<(String, String)>,
 }
 
-fn summarize(kind: PackKind, rows: Vec<TensorReport>, file_len: u64, removed: Vec<String>, skipped: Vec<(String, String)>) -> PackReport {
+fn summarize(
+    kind: PackKind,
+    entries: &[TensorEntry],
+    rows: Vec<TensorReport>,
+    file_len: u64,
+    removed: Vec<String>,
+    skipped: Vec<(String, String)>,
+) -> PackReport {
+    let mut all = QuantStats::default();
+    let mut any = false;
+    for q in entries.iter().filter_map(|e| e.quant.as_ref()) {
+        all.merge(&q.stats);
+        any = true;
+    }
     let input: u64 = rows.iter().map(|r| r.input_bytes).sum();
     let elems: u64 = rows.iter().map(|r| r.shape.iter().product::<u64>()).sum();
     PackReport {
@@ -133,6 +151,8 @@ fn summarize(kind: PackKind, rows: Vec<TensorReport>, file_len: u64, removed: Ve
         output_bytes: file_len,
         ratio: if input > 0 { file_len as f64 / input as f64 } else { 0.0 },
         bits_per_weight: if elems > 0 { file_len as f64 * 8.0 / elems as f64 } else { 0.0 },
+        rel_error_base: any.then(|| all.rel_error_base()),
+        rel_error_with_residual: any.then(|| all.rel_error_with_residual()),
         tensors: rows,
         removed,
         skipped,
@@ -142,7 +162,7 @@ fn summarize(kind: PackKind, rows: Vec<TensorReport>, file_len: u64, removed: Ve
 /// Report of an existing pack (what `pack-stats` prints).
 pub fn report(reader: &PackReader) -> PackReport {
     let rows = reader.tensors().iter().map(|t| TensorReport::from_entry(t, None)).collect();
-    summarize(reader.index().kind, rows, reader.file_len(), reader.index().removed.clone(), Vec::new())
+    summarize(reader.index().kind, reader.tensors(), rows, reader.file_len(), reader.index().removed.clone(), Vec::new())
 }
 
 fn file_name(p: &Path) -> String {
@@ -311,7 +331,7 @@ pub fn pack(src: &Checkpoint, out: &Path, opts: &PackOptions, progress: &(dyn Fn
     };
     let len = writer.finish(&index)?;
     let rows = index.tensors.iter().zip(notes).map(|(t, n)| TensorReport::from_entry(t, n)).collect();
-    Ok(summarize(PackKind::Pack, rows, len, Vec::new(), src.skipped.clone()))
+    Ok(summarize(PackKind::Pack, &index.tensors, rows, len, Vec::new(), src.skipped.clone()))
 }
 
 /// Store `new` relative to `base` in `out`: unchanged tensors cost only their index
@@ -397,7 +417,7 @@ pub fn delta(base: &Checkpoint, new: &Checkpoint, out: &Path, opts: &PackOptions
     };
     let len = writer.finish(&index)?;
     let rows = index.tensors.iter().map(|t| TensorReport::from_entry(t, None)).collect();
-    Ok(summarize(PackKind::Delta, rows, len, removed, new.skipped.clone()))
+    Ok(summarize(PackKind::Delta, &index.tensors, rows, len, removed, new.skipped.clone()))
 }
 
 /// Result of [`unpack`] / [`apply_delta`].

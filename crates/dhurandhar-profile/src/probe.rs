@@ -12,6 +12,10 @@ use crate::sys;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MemoryProbe {
     pub placeholder_bytes: u64,
+    /// The table was evicted from the page cache (and mincore agreed) before the probe.
+    pub started_cold: bool,
+    /// VmHWM was reset before the probe, so `end.peak_rss_bytes` covers the probe only.
+    pub peak_reset: bool,
     pub tokens: u64,
     pub samples: u64,
     pub baseline: MemorySnapshot,
@@ -26,15 +30,24 @@ pub struct MemoryProbe {
 }
 
 impl Profiler {
-    /// Decode `tokens` random rows with the table mapped, sampling RSS every `sample_every`
-    /// tokens, while `placeholder_bytes` of touched anonymous memory is held.
+    /// Decode `tokens` random rows with the table mapped (MADV_RANDOM), sampling RSS every
+    /// `sample_every` tokens, while `placeholder_bytes` of touched anonymous memory is held.
+    /// With `cold`, the table is evicted first so the reading shows what decoding pulls in,
+    /// not what earlier runs left cached.
     pub fn memory_probe(
         &self,
         tokens: u64,
         sample_every: u64,
         placeholder_bytes: u64,
         seed: u64,
+        cold: bool,
     ) -> Result<MemoryProbe, ProfileError> {
+        let started_cold = cold
+            && self.evict()? == sys::EvictSupport::Fadvise
+            && self
+                .resident_fraction()?
+                .is_some_and(|f| f <= crate::profile::RunOptions::default().max_cold_resident);
+        let peak_reset = sys::reset_peak_rss();
         let baseline = MemorySnapshot::current();
         let placeholder = Placeholder::new(placeholder_bytes)?;
         let after_placeholder = MemorySnapshot::current();
@@ -45,6 +58,9 @@ impl Profiler {
             // SAFETY: read-only mapping, see `Profiler::map`.
             unsafe { o.map(self.file()) }.map_err(|e| ProfileError::io(self.path(), e))?
         };
+        #[cfg(unix)]
+        map.advise(memmap2::Advice::Random)
+            .map_err(|e| ProfileError::io(self.path(), e))?;
         let g = self.geometry().clone();
         let mut rng = Rng::new(seed ^ 0x004D_454D);
         let every = sample_every.max(1);
@@ -78,6 +94,8 @@ impl Profiler {
         let tail = rss.len().div_ceil(5).max(1).min(rss.len());
         Ok(MemoryProbe {
             placeholder_bytes,
+            started_cold,
+            peak_reset,
             tokens,
             samples: rss.len() as u64,
             baseline,

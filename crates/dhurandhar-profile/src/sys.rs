@@ -151,6 +151,17 @@ pub fn residency_verifiable(path: &Path) -> bool {
     }
 }
 
+/// Reset the peak-RSS mark (VmHWM) to the current RSS so a later reading covers only what
+/// follows (Linux >= 4.0, via /proc/self/clear_refs). Returns false where unsupported.
+pub fn reset_peak_rss() -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        return std::fs::write("/proc/self/clear_refs", b"5").is_ok();
+    }
+    #[allow(unreachable_code)]
+    false
+}
+
 /// Cumulative (major, minor) page faults of this process.
 pub fn faults() -> (u64, u64) {
     #[cfg(unix)]

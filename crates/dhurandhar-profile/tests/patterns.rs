@@ -17,6 +17,7 @@ fn tmp() -> tempfile::TempDir {
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64 glibc, narrower elsewhere
 fn on_tmpfs(p: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
@@ -199,11 +200,19 @@ fn memory_probe_sees_the_placeholder() {
     let dir = tmp();
     let (p, g) = table(dir.path(), 4096);
     let prof = Profiler::open(&p, 0, g).unwrap();
-    let m = prof.memory_probe(500, 25, 32 << 20, 0).unwrap();
+    let m = prof.memory_probe(500, 25, 32 << 20, 0, true).unwrap();
     assert_eq!(m.samples, 20);
+    assert!(m.peak_reset);
+    if !on_tmpfs(&p) {
+        assert!(m.started_cold);
+        // 500 random 1 KiB rows with MADV_RANDOM: at most ~500 pages of the 1024 come in.
+        assert!(m.table_resident_bytes.unwrap() <= 600 * 4096, "{m:?}");
+    }
+    // The reset peak covers the probe: it holds the placeholder but is not the whole history.
+    assert!(m.end.peak_rss_bytes.unwrap() >= 32 << 20);
     let grew = m.after_placeholder.rss_anon_bytes.unwrap() - m.baseline.rss_anon_bytes.unwrap();
     assert!(grew >= 30 << 20, "anon grew by {grew}");
     assert!(m.table_resident_bytes.unwrap() > 0);
     assert!(m.steady_rss_bytes.unwrap() <= m.peak_sampled_rss_bytes.unwrap());
-    assert!(prof.memory_probe(10, 5, u64::MAX / 2, 0).is_err());
+    assert!(prof.memory_probe(10, 5, u64::MAX / 2, 0, false).is_err());
 }

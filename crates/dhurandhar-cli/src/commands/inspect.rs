@@ -3,9 +3,10 @@
 //! dtypes and exact stored bytes, plus the architecture inferred from it.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use dhurandhar_checkpoint::{open_checkpoint, Component, TensorEntry};
 use serde::Serialize;
@@ -97,8 +98,8 @@ fn component_rows(tensors: &[TensorEntry]) -> Vec<ComponentRow> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let ck = open_checkpoint(&args.file)
-        .with_context(|| format!("cannot inspect {}", args.file.display()))?;
+    // Reader errors already name the file and the byte offset.
+    let ck = open_checkpoint(&args.file)?;
     let (architecture, architecture_error) = match ck.architecture() {
         Ok(a) => (Some(a), None),
         Err(e) => (None, Some(e.to_string())),
@@ -121,11 +122,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         return print_json(&report);
     }
-    print_text(&report, args.tensors);
+    // Written in one piece so a closed pipe (`| head`) is an io::Error, not a panic.
+    let text = render_text(&report, args.tensors);
+    std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(())
 }
 
-fn print_text(r: &Report<'_>, list_tensors: bool) {
+fn render_text(r: &Report<'_>, list_tensors: bool) -> String {
+    let mut out = String::new();
     let mut head = format!("{} ({}", r.file, r.format);
     if let Some(g) = &r.gguf {
         head += &format!(
@@ -133,17 +137,21 @@ fn print_text(r: &Report<'_>, list_tensors: bool) {
             g.version, g.metadata_keys, g.alignment, g.data_offset
         );
     }
-    head += &format!(
-        "): {} tensors, {} ({} bytes)",
-        r.tensors.len(),
-        human(r.total_tensor_bytes),
-        r.total_tensor_bytes
-    );
-    println!("{head}");
+    if r.tensors.is_empty() {
+        head += "): no tensors (geometry only; weight bytes must be estimated)";
+    } else {
+        head += &format!(
+            "): {} tensors, {} ({} bytes)",
+            r.tensors.len(),
+            human(r.total_tensor_bytes),
+            r.total_tensor_bytes
+        );
+    }
+    let _ = writeln!(out, "{head}");
     match (&r.architecture, &r.architecture_error) {
         (Some(a), _) => {
             let mut line = format!(
-                "architecture: {} — {} layers, hidden {}, {} heads / {} KV heads, head_dim {}, FFN {}, vocab {}, {:.3} B params, {}",
+                "architecture: {} — {} layers, hidden {}, {} heads / {} KV heads, head_dim {}, FFN {}, vocab {}, {} params, {}",
                 a.family,
                 a.num_hidden_layers,
                 a.hidden_size,
@@ -152,7 +160,11 @@ fn print_text(r: &Report<'_>, list_tensors: bool) {
                 a.head_dim,
                 a.intermediate_size,
                 a.vocab_size,
-                a.param_count_b,
+                if a.param_count_b < 1.0 {
+                    format!("{:.1} M", a.param_count_b * 1e3)
+                } else {
+                    format!("{:.2} B", a.param_count_b)
+                },
                 if a.embeddings_tied { "tied embeddings" } else { "untied LM head" }
             );
             if a.sliding_window > 0 {
@@ -167,9 +179,11 @@ fn print_text(r: &Report<'_>, list_tensors: bool) {
             if a.shared_kv_last_n_layers > 0 {
                 line += &format!(", last {} layers share KV", a.shared_kv_last_n_layers);
             }
-            println!("{line}");
+            let _ = writeln!(out, "{line}");
         }
-        (None, Some(e)) => println!("architecture: not inferred: {e}"),
+        (None, Some(e)) => {
+            let _ = writeln!(out, "architecture: not inferred: {e}");
+        }
         (None, None) => {}
     }
     let mut t = Table::new();
@@ -202,8 +216,10 @@ fn print_text(r: &Report<'_>, list_tensors: bool) {
             Cell::new(dtypes.join(", ")),
         ]);
     }
-    println!("{t}");
-    if list_tensors {
+    if !r.components.is_empty() {
+        let _ = writeln!(out, "{t}");
+    }
+    if list_tensors && !r.tensors.is_empty() {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED);
         t.set_header(vec![
@@ -227,6 +243,7 @@ fn print_text(r: &Report<'_>, list_tensors: bool) {
                 ]);
             }
         }
-        println!("{t}");
+        let _ = writeln!(out, "{t}");
     }
+    out
 }

@@ -186,6 +186,8 @@ pub struct Host {
 
 #[derive(Debug, Serialize)]
 pub struct Memory {
+    /// `decode_probe` (with --measure-memory) or `whole_run`.
+    pub measured_during: &'static str,
     #[serde(flatten)]
     pub now: MemorySnapshot,
     pub unreclaimable_bytes: Option<u64>,
@@ -248,16 +250,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .resident_mb
             .checked_mul(1 << 20)
             .context("--resident-mb is too large")?;
-        Some(profiler.memory_probe(args.num_tokens, 25, placeholder, args.seed)?)
+        Some(profiler.memory_probe(args.num_tokens, 25, placeholder, args.seed, !args.warm_only)?)
     } else {
         None
     };
-    let now = MemorySnapshot::current();
+    // Budgets are judged on the decode probe's reading (taken while its placeholder and
+    // mapping are alive, with the peak reset just before it) when there is one.
+    let (now, measured_during) = match &probe {
+        Some(p) if p.peak_reset => (p.end.clone(), "decode_probe"),
+        _ => (MemorySnapshot::current(), "whole_run"),
+    };
     let budgets = budgets(&args)?;
     let weights = source
         .full_table_bytes
         .saturating_add(args.resident_mb.saturating_mul(1 << 20));
     let memory = Memory {
+        measured_during,
         unreclaimable_bytes: now.unreclaimable_bytes(),
         budgets: budgets
             .iter()
@@ -637,8 +645,12 @@ fn print_report(r: &Report, interp: Interpretation) {
     println!();
     let m = &r.memory;
     let o = |v: Option<u64>| v.map(mib).unwrap_or_else(|| "n/a".into());
+    let peak_of = match m.measured_during {
+        "decode_probe" => "during the decode probe",
+        _ => "of the whole profiling run",
+    };
     println!(
-        "Memory: peak RSS {}, now {} = anonymous {} + file-backed {}",
+        "Memory: peak RSS {} ({peak_of}); RSS {} = anonymous {} + file-backed {}",
         o(m.now.peak_rss_bytes),
         o(m.now.rss_bytes),
         o(m.now.rss_anon_bytes),
@@ -646,8 +658,9 @@ fn print_report(r: &Report, interp: Interpretation) {
     );
     if let Some(p) = &m.probe {
         println!(
-            "Memory probe ({} tokens, {} resident placeholder): peak sampled RSS {}, steady {}, table pages cached {}",
+            "Memory probe ({} random tokens from a {} table, {} resident placeholder): peak sampled RSS {}, steady {}, table pages cached {}",
             p.tokens,
+            if p.started_cold { "cold" } else { "cached" },
             mib(p.placeholder_bytes),
             o(p.peak_sampled_rss_bytes),
             o(p.steady_rss_bytes),

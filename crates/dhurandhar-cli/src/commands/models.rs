@@ -26,14 +26,13 @@ fn features(m: &ModelArchitecture) -> String {
     let mut f = Vec::new();
     if m.local_to_global_ratio > 0 || m.layer_types.is_some() {
         f.push(format!(
-            "sliding {}:{} w{}",
+            "{}:1 window {}",
             m.local_to_global_ratio.max(1),
-            1,
             m.sliding_window
         ));
     }
     if m.shared_kv_last_n_layers > 0 {
-        f.push(format!("shared-KV x{}", m.shared_kv_last_n_layers));
+        f.push(format!("{} shared-KV", m.shared_kv_last_n_layers));
     }
     if m.has_ple {
         f.push(format!("PLE {}", m.ple_hidden_size));
@@ -42,7 +41,7 @@ fn features(m: &ModelArchitecture) -> String {
         f.push(format!("MoE {}/{}", m.num_active_experts, m.num_experts));
     }
     if m.has_mamba {
-        f.push(format!("SSM x{}", m.mamba_num_layers));
+        f.push(format!("{} SSM", m.mamba_num_layers));
     }
     if !m.embeddings_tied {
         f.push("untied".into());
@@ -54,8 +53,7 @@ fn features(m: &ModelArchitecture) -> String {
 pub fn render(models: &[ModelArchitecture]) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_width(120)
+        .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(vec![
             "Model",
             "Family",

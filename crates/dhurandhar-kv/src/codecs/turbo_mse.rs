@@ -109,12 +109,23 @@ impl GroupCodec for TurboMse {
         let codes = &mut s.c[..p];
         if let Some(cb) = &self.cb {
             if cb.bits <= 4 {
-                // Branch-free threshold count, vectorizable over coordinates.
-                codes.fill(0);
-                for &t in &cb.bounds {
-                    for (c, v) in codes.iter_mut().zip(r.iter()) {
-                        *c += (*v > t) as u8;
+                // The codebook is symmetric: count the positive thresholds exceeded by
+                // |u| (vectorizable, half the comparisons), then place by sign.
+                let k = cb.levels.len();
+                let pos = &cb.bounds[k / 2..];
+                let cnt = &mut s.g[..p];
+                for (c, v) in cnt.iter_mut().zip(r.iter()) {
+                    let a = v.abs();
+                    let mut n = 0.0f32;
+                    for &t in pos {
+                        n += if a > t { 1.0 } else { 0.0 };
                     }
+                    *c = n;
+                }
+                let half = (k / 2) as f32;
+                for ((c, n), v) in codes.iter_mut().zip(cnt.iter()).zip(r.iter()) {
+                    let q = if *v > 0.0 { half + n } else { half - 1.0 - n };
+                    *c = q as u8;
                 }
             } else {
                 for (c, v) in codes.iter_mut().zip(r.iter()) {
