@@ -369,24 +369,9 @@ impl Checkpoint {
             .collect()
     }
 
-    /// A short model name: GGUF `general.name`, else the file or directory name.
+    /// A short model name: the file stem (what the user typed, unique per quantization),
+    /// or the directory name for a model directory / lone config.json.
     fn model_name(&self) -> String {
-        if let Some(n) = self.gguf.as_ref().and_then(|g| g.get_str("general.name")) {
-            let slug: String = n
-                .trim()
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                        c.to_ascii_lowercase()
-                    } else {
-                        '-'
-                    }
-                })
-                .collect();
-            if !slug.trim_matches('-').is_empty() {
-                return slug.trim_matches('-').to_string();
-            }
-        }
         let p = if self.format == CheckpointFormat::ConfigJson || self.path.is_dir() {
             if self.path.is_dir() {
                 self.path.as_path()

@@ -235,6 +235,17 @@ fn real_tensor_of_a_gguf() {
     assert_eq!(s["rows"], 49_152);
     assert_eq!(s["bytes_per_token"], 612);
     assert_eq!(s["length"], 49_152 * 612);
+    // random_scatter reads each row as 12 pieces of 51 bytes from 12 random places, so it
+    // must fault in more pages than random_decode.
+    assert_eq!(s["slices"], 12);
+    let rs = v["results"].as_array().unwrap();
+    let faults = |p: &str| {
+        rs.iter()
+            .find(|r| r["pattern"] == p && r["mode"] == "cold")
+            .map(|r| r["resident_fraction_after"].as_f64().unwrap())
+            .unwrap()
+    };
+    assert!(faults("random_scatter") > 2.0 * faults("random_decode"));
     assert_eq!(v["results"].as_array().unwrap().len(), 6);
 }
 
@@ -430,4 +441,23 @@ fn raw_region_of_a_file() {
     );
     assert_eq!(v["source"]["rows"], 500);
     assert_eq!(v["source"]["offset"], 100);
+    assert_eq!(v["source"]["slices"], 10); // 1000-byte rows -> 10 pieces of 100 bytes
+    Command::cargo_bin("dhurandhar")
+        .unwrap()
+        .args([
+            "mmap-profile",
+            "--offset",
+            "0",
+            "--length",
+            "1000",
+            "--row-bytes",
+            "1000",
+            "--slices",
+            "7",
+            "--file",
+        ])
+        .arg(&f)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("does not divide"));
 }

@@ -426,6 +426,49 @@ mod avx2 {
         ]
     }
 
+    /// `out[j] = scale · ⟨q, src[off + j·stride ..][..q.len()]⟩`.
+    ///
+    /// # Safety
+    /// AVX2/FMA present; `q.len() % 8 == 0`; every addressed row lies inside `src`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn strided_dots(q: &[f32], src: &[f32], off: usize, stride: usize, scale: f32, out: &mut [f32]) {
+        let d = q.len();
+        let qp = q.as_ptr();
+        for (j, o) in out.iter_mut().enumerate() {
+            let kp = src.as_ptr().add(off + j * stride);
+            let mut acc = _mm256_setzero_ps();
+            let mut i = 0;
+            while i < d {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(kp.add(i)), acc);
+                i += 8;
+            }
+            *o = hsum(acc) * scale;
+        }
+    }
+
+    /// `out += Σ_j p[j] · src[off + j·stride ..][..out.len()]`.
+    ///
+    /// # Safety
+    /// AVX2/FMA present; `out.len() % 8 == 0` and `<= 64`; rows inside `src`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn strided_axpys(p: &[f32], src: &[f32], off: usize, stride: usize, out: &mut [f32]) {
+        let d = out.len();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (i, a) in acc.iter_mut().enumerate().take(d / 8) {
+            *a = _mm256_loadu_ps(out.as_ptr().add(i * 8));
+        }
+        for (j, &w) in p.iter().enumerate() {
+            let vp = src.as_ptr().add(off + j * stride);
+            let wv = _mm256_set1_ps(w);
+            for (i, a) in acc.iter_mut().enumerate().take(d / 8) {
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(vp.add(i * 8)), *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate().take(d / 8) {
+            _mm256_storeu_ps(out.as_mut_ptr().add(i * 8), *a);
+        }
+    }
+
     /// f32 dot product.
     ///
     /// # Safety
@@ -499,6 +542,42 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
     for (o, v) in y.iter_mut().zip(x) {
         *o += a * v;
+    }
+}
+
+/// Attention scores against keys stored with a stride:
+/// `out[j] = scale · ⟨q, src[off + j·stride ..][..q.len()]⟩`.
+pub fn strided_dots(q: &[f32], src: &[f32], off: usize, stride: usize, scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    if let Some(last) = out.len().checked_sub(1) {
+        assert!(off + last * stride + d <= src.len(), "strided_dots out of bounds");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd() == Simd::Avx2 && d.is_multiple_of(8) {
+        // SAFETY: features checked; the bound assert above covers every row.
+        return unsafe { avx2::strided_dots(q, src, off, stride, scale, out) };
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_f32(q, &src[off + j * stride..off + j * stride + d]) * scale;
+    }
+}
+
+/// Weighted sum of values stored with a stride: `out += Σ_j p[j] · src[off + j·stride ..]`.
+pub fn strided_axpys(p: &[f32], src: &[f32], off: usize, stride: usize, out: &mut [f32]) {
+    let d = out.len();
+    if let Some(last) = p.len().checked_sub(1) {
+        assert!(off + last * stride + d <= src.len(), "strided_axpys out of bounds");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd() == Simd::Avx2 && d.is_multiple_of(8) && d <= 64 {
+        // SAFETY: features checked; the bound assert above covers every row.
+        return unsafe { avx2::strided_axpys(p, src, off, stride, out) };
+    }
+    for (j, &w) in p.iter().enumerate() {
+        let v = &src[off + j * stride..off + j * stride + d];
+        for (o, x) in out.iter_mut().zip(v) {
+            *o += w * x;
+        }
     }
 }
 
@@ -780,6 +859,28 @@ mod tests {
                 m.dequantize_row(r, &mut row).unwrap();
                 let want: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
                 assert!((out[r] - want).abs() < 1e-3);
+            }
+        }
+    }
+
+    #[test]
+    fn strided_attention_helpers_match_scalar() {
+        for d in [64usize, 12] {
+            let stride = 3 * d;
+            let src = rng_vals(10 * stride, 9);
+            let q = rng_vals(d, 4);
+            let mut s = vec![0f32; 7];
+            strided_dots(&q, &src, d, stride, 0.5, &mut s);
+            for (j, v) in s.iter().enumerate() {
+                let r = &src[d + j * stride..2 * d + j * stride];
+                let want: f32 = q.iter().zip(r).map(|(a, b)| a * b).sum::<f32>() * 0.5;
+                assert!((v - want).abs() < 1e-4);
+            }
+            let mut out = vec![1f32; d];
+            strided_axpys(&s, &src, d, stride, &mut out);
+            for i in 0..d {
+                let want: f32 = 1.0 + (0..7).map(|j| s[j] * src[d + j * stride + i]).sum::<f32>();
+                assert!((out[i] - want).abs() < 1e-4);
             }
         }
     }

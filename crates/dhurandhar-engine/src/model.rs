@@ -7,7 +7,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 
 use crate::cache::{Capture, KvCache};
-use crate::kernels::{axpy, dot, matmul, Acts, QMatrix};
+use crate::kernels::{matmul, strided_axpys, strided_dots, Acts, QMatrix};
 use crate::quant::{Q8Acts, QType};
 use crate::tokenizer::{PreTokenizer, Tokenizer};
 use crate::EngineError;
@@ -637,33 +637,30 @@ impl<'m> Session<'m> {
                 } else {
                     (pos + 1, pos + 1)
                 };
-                let key = |j: usize| -> &[f32] {
-                    if j < bk {
-                        &lk.k[j * kvd + kh * hd..j * kvd + (kh + 1) * hd]
-                    } else {
-                        let r = j - tail_k0;
-                        &tail_k[r * kvd + kh * hd..r * kvd + (kh + 1) * hd]
-                    }
-                };
-                let val = |j: usize| -> &[f32] {
-                    if j < bv {
-                        &lk.v[j * kvd + kh * hd..j * kvd + (kh + 1) * hd]
-                    } else {
-                        let r = j - tail_v0;
-                        &tail_v[r * kvd + kh * hd..r * kvd + (kh + 1) * hd]
-                    }
-                };
-                let mut s: Vec<f32> = (0..=pos).map(|j| dot(qv, key(j)) * scale).collect();
+                // Scores over [0, pos]: cached part [0, min(bk, pos+1)), exact tail after.
+                let mut s = vec![0f32; pos + 1];
+                let ck = bk.min(pos + 1);
+                strided_dots(qv, &lk.k, kh * hd, kvd, scale, &mut s[..ck]);
+                if ck <= pos {
+                    let off = (ck - tail_k0) * kvd + kh * hd;
+                    strided_dots(qv, &tail_k, off, kvd, scale, &mut s[ck..]);
+                }
                 let mx = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
                 for e in s.iter_mut() {
                     *e = (*e - mx).exp();
                     sum += *e;
                 }
-                out.fill(0.0);
                 let inv = 1.0 / sum;
-                for (j, &p) in s.iter().enumerate() {
-                    axpy(p * inv, val(j), out);
+                for e in s.iter_mut() {
+                    *e *= inv;
+                }
+                out.fill(0.0);
+                let cv = bv.min(pos + 1);
+                strided_axpys(&s[..cv], &lk.v, kh * hd, kvd, out);
+                if cv <= pos {
+                    let off = (cv - tail_v0) * kvd + kh * hd;
+                    strided_axpys(&s[cv..], &tail_v, off, kvd, out);
                 }
             };
             if par {

@@ -50,7 +50,7 @@ pub fn sym_quantize(
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     for (c, v) in codes.iter_mut().zip(x) {
         let q = (v * inv).round().clamp(-qmax, qmax);
-        *c = (q + qmax) as u8;
+        *c = (q + qmax) as i32 as u8;
     }
     Ok((sb, scale))
 }
@@ -78,7 +78,7 @@ pub fn asym_quantize(
     let (sb, step) = f16_round((hi - mn) / levels, token)?;
     let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
     for (c, v) in codes.iter_mut().zip(x) {
-        *c = ((v - mn) * inv).round().clamp(0.0, levels) as u8;
+        *c = ((v - mn) * inv).round().clamp(0.0, levels) as i32 as u8;
     }
     Ok((mb, sb))
 }

@@ -368,6 +368,35 @@ pub fn mitigations(
             out.push(mitigation(format!("--context-tokens {c}"), a));
         }
     }
+    // Fewer PLE rows kept in the page cache: the ceiling already assumes every lookup is
+    // a cold read, so this trades only RAM. Largest hot set that makes mmap mode work.
+    if arch.has_ple {
+        let current = opts
+            .ple_hot_tokens
+            .unwrap_or(opts.context_tokens)
+            .min(arch.ple_vocab_size);
+        let try_hot = |h: u64| {
+            let o = PlanOptions {
+                ple_hot_tokens: Some(h),
+                ..opts.clone()
+            };
+            verdict_for(arch, weights, &o, device, target).filter(|a| a.mode == Mode::Mmap)
+        };
+        if current > 0 && try_hot(0).is_some() {
+            let (mut lo, mut hi) = (0u64, current - 1);
+            while lo < hi {
+                let mid = lo + (hi - lo).div_ceil(2);
+                if try_hot(mid).is_some() {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            if let Some(a) = try_hot(lo) {
+                out.push(mitigation(format!("--ple-hot-tokens {lo}"), a));
+            }
+        }
+    }
     for kb in [8.0, 4.0, 3.0, 2.0] {
         if kb < opts.kv_bits {
             let o = PlanOptions {

@@ -1,6 +1,7 @@
 //! `dhurandhar delta BASE NEW -o D` and `dhurandhar delta apply BASE D -o NEW`: lossless
 //! checkpoint deltas (training checkpoints in the space of a few).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -78,14 +79,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report: &report,
         })
     } else {
-        print_summary(&report, &out, secs);
+        print_summary(&report, &out, secs)?;
         let (x, s): (u64, u64) = report
             .tensors
             .iter()
             .filter_map(|t| t.delta.as_ref())
             .fold((0, 0), |a, d| (a.0 + d.xor_chunks, a.1 + d.sub_chunks));
         if x + s > 0 {
-            println!("  changed chunks: {x} coded as XOR, {s} as difference (smaller of the two per chunk)");
+            writeln!(std::io::stdout().lock(), "  changed chunks: {x} coded as XOR, {s} as difference (smaller of the two per chunk)")?;
         }
         Ok(())
     }
@@ -109,7 +110,6 @@ fn run_apply(a: ApplyArgs) -> anyhow::Result<()> {
             report: r,
         })
     } else {
-        print_unpack(&r, &a.output, secs);
-        Ok(())
+        Ok(print_unpack(&r, &a.output, secs)?)
     }
 }

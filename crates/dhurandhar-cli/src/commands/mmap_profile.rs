@@ -121,6 +121,11 @@ pub struct Args {
     /// region).
     #[arg(long, requires = "file")]
     pub row_bytes: Option<u64>,
+    /// Pieces a --file row is split into for random_scatter, which reads them from that many
+    /// random places (must divide the row size; default: the largest divisor up to 16 that
+    /// keeps pieces >= 16 bytes).
+    #[arg(long, requires = "file")]
+    pub slices: Option<u32>,
     /// Access patterns to run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',',
           default_values_t = [PatternArg::SequentialPrefill, PatternArg::RandomDecode, PatternArg::RandomScatter])]
@@ -352,7 +357,11 @@ fn bar(show: bool, len: u64, unit: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let b = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    let tmpl = format!("{{msg:28}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{eta}})");
+    let tmpl = if unit == "bytes" {
+        "{msg:28} [{bar:30}] {bytes}/{total_bytes} ({eta})".to_string()
+    } else {
+        format!("{{msg:28}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{eta}})")
+    };
     if let Ok(style) = ProgressStyle::with_template(&tmpl) {
         b.set_style(style.progress_chars("=> "));
     }
@@ -490,8 +499,33 @@ fn checkpoint_source(args: &Args, file: &Path) -> anyhow::Result<(TableGeometry,
         );
     }
     let rows = region.length / row_bytes;
-    let g = TableGeometry::new(TableKind::FileRegion, rows, 1, row_bytes)?;
+    let slices = match args.slices {
+        Some(0) => bail!("--slices must be > 0"),
+        Some(k) if row_bytes % k as u64 != 0 => {
+            bail!("--slices {k} does not divide the row size ({row_bytes} bytes)")
+        }
+        Some(k) => k,
+        None => default_slices(row_bytes),
+    };
+    let g = TableGeometry::new(
+        TableKind::FileRegion,
+        rows,
+        slices,
+        row_bytes / slices as u64,
+    )?;
     let tail = region.length - rows * row_bytes;
+    let mut notes = Vec::new();
+    if tail > 0 {
+        notes.push(format!(
+            "the last {tail} bytes (less than one row) are not read"
+        ));
+    }
+    if slices == 1 {
+        notes.push(
+            "rows cannot be split, so random_scatter reads the same way as random_decode"
+                .to_string(),
+        );
+    }
     let source = Source {
         kind: "checkpoint",
         model: None,
@@ -504,13 +538,21 @@ fn checkpoint_source(args: &Args, file: &Path) -> anyhow::Result<(TableGeometry,
         scale: None,
         full_table_bytes: region.length,
         rows,
-        slices: 1,
-        slice_bytes: row_bytes,
+        slices,
+        slice_bytes: g.slice_bytes,
         bytes_per_token: row_bytes,
         file: None,
-        note: (tail > 0).then(|| format!("the last {tail} bytes (less than one row) are not read")),
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
     };
     Ok((g, source))
+}
+
+/// Largest k <= 16 dividing `row_bytes` with pieces of at least 16 bytes (1 if none).
+fn default_slices(row_bytes: u64) -> u32 {
+    (1..=16u32)
+        .rev()
+        .find(|&k| row_bytes % k as u64 == 0 && row_bytes / k as u64 >= 16)
+        .unwrap_or(1)
 }
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
@@ -700,6 +742,15 @@ fn print_report(r: &Report, interp: Interpretation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_slices_divide_the_row() {
+        assert_eq!(default_slices(612), 12);
+        assert_eq!(default_slices(4096), 16);
+        assert_eq!(default_slices(360), 15);
+        assert_eq!(default_slices(17), 1);
+        assert_eq!(default_slices(8), 1);
+    }
 
     #[test]
     fn commas() {

@@ -3,6 +3,7 @@
 //! Thin adapter over `dhurandhar_pack`: parse flags, drive a progress bar, print a summary
 //! or JSON.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -127,7 +128,8 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-pub(crate) fn print_summary(r: &PackReport, out: &Path, seconds: f64) {
+pub(crate) fn print_summary(r: &PackReport, out: &Path, seconds: f64) -> std::io::Result<()> {
+    let mut o = std::io::stdout().lock();
     let counts = |m: &str| r.tensors.iter().filter(|t| t.mode == m).count();
     let mut modes = Vec::new();
     for m in ["lossless", "quant-residual", "delta", "unchanged"] {
@@ -136,27 +138,40 @@ pub(crate) fn print_summary(r: &PackReport, out: &Path, seconds: f64) {
             modes.push(format!("{n} {m}"));
         }
     }
-    println!("wrote {} ({})", out.display(), modes.join(", "));
-    println!(
+    writeln!(o, "wrote {} ({})", out.display(), modes.join(", "))?;
+    writeln!(
+        o,
         "  {} -> {} ({:.2}% of input, {:.2} bits/weight)",
         human_bytes(r.input_bytes),
         human_bytes(r.output_bytes),
         100.0 * r.ratio,
         r.bits_per_weight
-    );
+    )?;
     if let Some((b, w)) = overall_errors(r) {
-        println!("  rel. Frobenius error of quantized tensors: {b:.4} base, {w:.4} with residual");
+        writeln!(o, "  rel. Frobenius error of quantized tensors: {b:.4} base, {w:.4} with residual")?;
     }
-    for t in r.tensors.iter().filter(|t| t.note.is_some()) {
-        println!("  {}: {}", t.name, t.note.as_deref().unwrap_or_default());
+    // Group notes by reason: a model has hundreds of bias vectors.
+    let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+    for t in &r.tensors {
+        if let Some(n) = t.note.as_deref() {
+            match reasons.iter_mut().find(|(k, _)| *k == n) {
+                Some((_, v)) => v.push(&t.name),
+                None => reasons.push((n, vec![&t.name])),
+            }
+        }
+    }
+    for (why, names) in reasons {
+        let shown: Vec<&str> = names.iter().take(3).copied().collect();
+        let more = if names.len() > 3 { format!(", +{} more", names.len() - 3) } else { String::new() };
+        writeln!(o, "  {why}: {} tensor(s): {}{more}", names.len(), shown.join(", "))?;
     }
     for n in &r.removed {
-        println!("  {n}: removed");
+        writeln!(o, "  removed: {n}")?;
     }
     if !r.skipped.is_empty() {
-        println!("  skipped {} non-float tensors (e.g. {}: {})", r.skipped.len(), r.skipped[0].0, r.skipped[0].1);
+        writeln!(o, "  skipped {} non-float tensors (e.g. {}: {})", r.skipped.len(), r.skipped[0].0, r.skipped[0].1)?;
     }
-    println!("  {:.2} s, {:.3} GB/s", seconds, r.input_bytes as f64 / seconds.max(1e-9) / 1e9);
+    writeln!(o, "  {:.2} s, {:.3} GB/s", seconds, r.input_bytes as f64 / seconds.max(1e-9) / 1e9)
 }
 
 pub fn run_pack(a: PackArgs) -> anyhow::Result<()> {
@@ -190,8 +205,7 @@ pub fn run_pack(a: PackArgs) -> anyhow::Result<()> {
             report: &report,
         })
     } else {
-        print_summary(&report, &a.output, secs);
-        Ok(())
+        Ok(print_summary(&report, &a.output, secs)?)
     }
 }
 
@@ -205,16 +219,18 @@ pub(crate) struct UnpackJson {
     pub report: UnpackReport,
 }
 
-pub(crate) fn print_unpack(r: &UnpackReport, out: &Path, secs: f64) {
-    println!(
+pub(crate) fn print_unpack(r: &UnpackReport, out: &Path, secs: f64) -> std::io::Result<()> {
+    let mut o = std::io::stdout().lock();
+    writeln!(
+        o,
         "wrote {} ({} tensors, {}): {} bit-exact (hash checked), {} dequantized",
         out.display(),
         r.tensors,
         human_bytes(r.output_bytes),
         r.verified_bit_exact,
         r.lossy
-    );
-    println!("  {:.2} s, {:.3} GB/s", secs, r.output_bytes as f64 / secs.max(1e-9) / 1e9);
+    )?;
+    writeln!(o, "  {:.2} s, {:.3} GB/s", secs, r.output_bytes as f64 / secs.max(1e-9) / 1e9)
 }
 
 pub fn run_unpack(a: UnpackArgs) -> anyhow::Result<()> {
@@ -234,8 +250,7 @@ pub fn run_unpack(a: UnpackArgs) -> anyhow::Result<()> {
             report: r,
         })
     } else {
-        print_unpack(&r, &a.output, secs);
-        Ok(())
+        Ok(print_unpack(&r, &a.output, secs)?)
     }
 }
 
@@ -271,10 +286,11 @@ pub fn run_verify(a: VerifyArgs) -> anyhow::Result<()> {
                     error: None,
                 })?;
             } else {
-                println!(
+                writeln!(
+                    std::io::stdout().lock(),
                     "{file}: OK ({} tensors, {} chunks checksummed, {} tensors decoded and hash-checked)",
                     v.tensors, v.chunks, v.tensors_hashed
-                );
+                )?;
             }
             Ok(())
         }
@@ -351,8 +367,10 @@ pub fn run_stats(a: StatsArgs) -> anyhow::Result<()> {
             report: &report,
         });
     }
-    println!("{}", stats_table(&report.tensors));
-    println!(
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "{}", stats_table(&report.tensors))?;
+    writeln!(
+        o,
         "{}: {:?}, {} tensors, {} -> {} bytes ({}), {:.2} bits/weight overall (file bytes incl. index)",
         a.input.display(),
         report.kind,
@@ -361,9 +379,9 @@ pub fn run_stats(a: StatsArgs) -> anyhow::Result<()> {
         report.output_bytes,
         pct(report.output_bytes, report.input_bytes),
         report.bits_per_weight
-    );
+    )?;
     for n in &report.removed {
-        println!("removed: {n}");
+        writeln!(o, "removed: {n}")?;
     }
     Ok(())
 }

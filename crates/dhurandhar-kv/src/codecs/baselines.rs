@@ -112,16 +112,14 @@ impl GroupCodec for BlockQ {
                 let id = if d > 0.0 { 1.0 / d } else { 0.0 };
                 put_f16(o, 0, db);
                 for (q, x) in o[2..].iter_mut().zip(blk) {
-                    *q = ((x * id).round().clamp(-127.0, 127.0) as i8) as u8;
+                    *q = ((x * id).round().clamp(-127.0, 127.0) as i32 as i8) as u8;
                 }
             } else {
                 // ggml: the element of largest magnitude, with its sign, maps to −8.
-                let mut mx = 0.0f32;
-                for &x in blk {
-                    if x.abs() > mx.abs() {
-                        mx = x;
-                    }
-                }
+                // The first element of largest magnitude (ggml's choice), found with a
+                // vectorized max and one scan instead of a dependent compare chain.
+                let amax = crate::simd::abs_max(blk);
+                let mx = blk.iter().copied().find(|x| x.abs() == amax).unwrap_or(0.0);
                 let (db, d) = f16_round(mx / -8.0, 0)?;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 put_f16(o, 0, db);
@@ -256,7 +254,7 @@ impl GroupCodec for Kivi {
                 let codes = &mut s.c[..KIVI_GROUP * d];
                 for (ct, xt) in codes.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                     for (((c, v), m), iv) in ct.iter_mut().zip(xt).zip(mn.iter()).zip(hi.iter()) {
-                        *c = ((v - m) * iv).round().clamp(0.0, levels) as u8;
+                        *c = ((v - m) * iv).round().clamp(0.0, levels) as i32 as u8;
                     }
                 }
                 pack(codes, b, &mut out[4 * d..]);

@@ -121,7 +121,7 @@ impl GroupCodec for Oscar {
                 let codes = &mut s.c[..OSCAR_GROUP * p];
                 for (ct, ut) in codes.chunks_exact_mut(p).zip(u.chunks_exact(p)) {
                     for (((c, v), m), iv) in ct.iter_mut().zip(ut).zip(mn.iter()).zip(hi.iter()) {
-                        *c = ((v - m) * iv).round().clamp(0.0, levels) as u8;
+                        *c = ((v - m) * iv).round().clamp(0.0, levels) as i32 as u8;
                     }
                 }
                 pack(codes, b, &mut out[base + 4 * p..]);

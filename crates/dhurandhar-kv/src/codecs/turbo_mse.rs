@@ -114,18 +114,22 @@ impl GroupCodec for TurboMse {
                 let k = cb.levels.len();
                 let pos = &cb.bounds[k / 2..];
                 let cnt = &mut s.g[..p];
-                for (c, v) in cnt.iter_mut().zip(r.iter()) {
-                    let a = v.abs();
-                    let mut n = 0.0f32;
-                    for &t in pos {
-                        n += if a > t { 1.0 } else { 0.0 };
+                let mag = &mut s.h[..p];
+                for (m, v) in mag.iter_mut().zip(r.iter()) {
+                    *m = v.abs();
+                }
+                cnt.fill(0.0);
+                // Thresholds outside, coordinates inside: independent lanes, no
+                // loop-carried dependency.
+                for &t in pos {
+                    for (c, m) in cnt.iter_mut().zip(mag.iter()) {
+                        *c += if *m > t { 1.0 } else { 0.0 };
                     }
-                    *c = n;
                 }
                 let half = (k / 2) as f32;
                 for ((c, n), v) in codes.iter_mut().zip(cnt.iter()).zip(r.iter()) {
                     let q = if *v > 0.0 { half + n } else { half - 1.0 - n };
-                    *c = q as u8;
+                    *c = q as i32 as u8;
                 }
             } else {
                 for (c, v) in codes.iter_mut().zip(r.iter()) {
