@@ -482,3 +482,74 @@ fn device_without_ram_is_refused() {
         &["unknown device", "laptop_nvme"],
     );
 }
+
+// ------------------------------------------------------------------ real checkpoint
+
+/// The SmolLM2 GGUF fixture, located like `dhurandhar_testkit::fixture` does (the CLI
+/// crate has no testkit dev-dependency): skip locally when absent, fail in CI.
+fn smollm2() -> Option<PathBuf> {
+    let dir = std::env::var_os("DHURANDHAR_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/fixtures"));
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.is_file() {
+        return Some(p);
+    }
+    assert_ne!(
+        std::env::var("DHURANDHAR_REQUIRE_FIXTURES").as_deref(),
+        Ok("1"),
+        "fixture {} missing",
+        p.display()
+    );
+    None
+}
+
+#[test]
+fn gguf_checkpoint_gives_exact_weight_bytes() {
+    let Some(p) = smollm2() else { return };
+    let v = json_of(&[
+        "analyze",
+        "-m",
+        p.to_str().unwrap(),
+        "-c",
+        "2048",
+        "-d",
+        "laptop_nvme",
+        "--json",
+    ]);
+    assert_eq!(v["weights_source"], "checkpoint");
+    assert_eq!(v["weight_format"]["applied"], false);
+    let comps = v["components"].as_array().unwrap();
+    let get = |n: &str| comps.iter().find(|c| c["name"] == n).unwrap();
+    assert_eq!(get("decoder_weights")["exact"], true);
+    assert_eq!(get("kv_cache")["exact"], false);
+    // The weight components add up to the checkpoint's own total.
+    let cw = &v["checkpoint_weights"];
+    let ckpt_total: u64 = [
+        "token_embeddings",
+        "ple",
+        "decoder_layers",
+        "experts",
+        "lm_head",
+        "other",
+    ]
+    .iter()
+    .map(|k| cw[*k].as_u64().unwrap())
+    .sum();
+    let planned: u64 = ["decoder_weights", "ple", "token_embeddings"]
+        .iter()
+        .map(|n| get(n)["bytes"].as_u64().unwrap())
+        .sum::<u64>()
+        + comps
+            .iter()
+            .filter(|c| c["name"] == "lm_head" || c["name"] == "experts")
+            .map(|c| c["bytes"].as_u64().unwrap())
+            .sum::<u64>();
+    assert_eq!(planned, ckpt_total);
+    // The weights are a real fraction of the file.
+    let file = std::fs::metadata(&p).unwrap().len();
+    assert!(
+        planned <= file && planned as f64 > 0.9 * file as f64,
+        "{planned} vs {file}"
+    );
+}

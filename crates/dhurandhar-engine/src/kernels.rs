@@ -796,7 +796,7 @@ mod tests {
     /// the activation quantization error, on both SIMD paths.
     #[test]
     fn q8_kernels_match_dequantized_reference() {
-        let (rows, cols) = (5usize, 96usize); // odd block count exercises the tail
+        let (rows, cols) = (5usize, 608usize); // odd block count exercises the tail
         let wf = rng_vals(rows * cols, 7);
         let n_tok = 6; // one 4-token tile plus a 2-token tail
         let x = rng_vals(n_tok * cols, 11);
@@ -817,8 +817,9 @@ mod tests {
                     let xr = &x[tok * cols..(tok + 1) * cols];
                     let want: f32 = row.iter().zip(xr).map(|(a, b)| a * b).sum();
                     let got = out[tok * rows + r];
+                    // Activation quantization error grows like sqrt(cols).
                     assert!(
-                        (got - want).abs() < 0.05,
+                        (got - want).abs() < 0.01 * (cols as f32).sqrt(),
                         "{t:?} tok {tok} row {r}: {got} vs {want}"
                     );
                     let portable = match t {

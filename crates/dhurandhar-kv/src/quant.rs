@@ -5,6 +5,14 @@ use half::f16;
 
 use crate::codec::KvError;
 
+/// Round-half-even of `x` (|x| < 2^22) as a wrapping u8: adding 1.5·2^23 leaves the
+/// rounded integer in the low mantissa bits. Unlike `x.round() as u8` (a saturating
+/// float-to-int cast, which compilers scalarize), this vectorizes.
+#[inline(always)]
+pub fn round_u8(x: f32) -> u8 {
+    (x + 12_582_912.0).to_bits() as u8
+}
+
 /// Round `v` to f16, returning the stored bits and the value the decoder will see.
 /// Errors when the value is not representable (the caller reports which token).
 #[inline(always)]
@@ -49,8 +57,7 @@ pub fn sym_quantize(
     // A tiny amax can round the scale to zero: then every code is the zero level.
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     for (c, v) in codes.iter_mut().zip(x) {
-        let q = (v * inv).round().clamp(-qmax, qmax);
-        *c = (q + qmax) as i32 as u8;
+        *c = round_u8((v * inv).clamp(-qmax, qmax) + qmax);
     }
     Ok((sb, scale))
 }
@@ -78,7 +85,7 @@ pub fn asym_quantize(
     let (sb, step) = f16_round((hi - mn) / levels, token)?;
     let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
     for (c, v) in codes.iter_mut().zip(x) {
-        *c = ((v - mn) * inv).round().clamp(0.0, levels) as i32 as u8;
+        *c = round_u8(((v - mn) * inv).clamp(0.0, levels));
     }
     Ok((mb, sb))
 }

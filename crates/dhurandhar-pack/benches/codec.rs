@@ -8,7 +8,9 @@
 
 use std::time::Instant;
 
-use dhurandhar_pack::{cast_f32_bytes, compress_lossless, decompress_lossless, Checkpoint, DType, DEFAULT_CHUNK_SIZE};
+use dhurandhar_pack::{
+    cast_f32_bytes, compress_lossless, decompress_lossless, Checkpoint, DType, DEFAULT_CHUNK_SIZE,
+};
 
 fn best_of<F: FnMut()>(reps: usize, mut f: F) -> f64 {
     (0..reps)
@@ -24,7 +26,13 @@ fn gbps(bytes: usize, s: f64) -> f64 {
     bytes as f64 / s / 1e9
 }
 
-fn bench(label: &str, raw: &[u8], dtype: DType, pool1: &rayon::ThreadPool, pool_all: &rayon::ThreadPool) {
+fn bench(
+    label: &str,
+    raw: &[u8],
+    dtype: DType,
+    pool1: &rayon::ThreadPool,
+    pool_all: &rayon::ThreadPool,
+) {
     let n = raw.len();
     let cs = DEFAULT_CHUNK_SIZE;
     let blobs = compress_lossless(raw, dtype, cs);
@@ -34,7 +42,11 @@ fn bench(label: &str, raw: &[u8], dtype: DType, pool1: &rayon::ThreadPool, pool_
     assert!(out == raw, "round trip failed");
     let mut row = |name: &str, pool: &rayon::ThreadPool| {
         let c = pool.install(|| best_of(3, || drop(compress_lossless(raw, dtype, cs))));
-        let d = pool.install(|| best_of(5, || decompress_lossless(&blobs, dtype, cs, &mut out).expect("decode")));
+        let d = pool.install(|| {
+            best_of(5, || {
+                decompress_lossless(&blobs, dtype, cs, &mut out).expect("decode")
+            })
+        });
         println!(
             "{label:<5} {name:<12} ratio {:6.2}%  compress {:6.2} GB/s  decompress {:6.2} GB/s",
             100.0 * ours as f64 / n as f64,
@@ -43,7 +55,10 @@ fn bench(label: &str, raw: &[u8], dtype: DType, pool1: &rayon::ThreadPool, pool_
         );
     };
     row("dhp 1 thread", pool1);
-    row(&format!("dhp {} thr", pool_all.current_num_threads()), pool_all);
+    row(
+        &format!("dhp {} thr", pool_all.current_num_threads()),
+        pool_all,
+    );
     for level in [3, 19] {
         if level == 19 && std::env::var_os("DHP_BENCH_SKIP_ZSTD19").is_some() {
             continue;
@@ -73,7 +88,10 @@ fn main() {
     for t in cp.tensors().iter().filter(|t| t.dtype == DType::F32) {
         f32_bytes.extend_from_slice(cp.data(t));
     }
-    let pool1 = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+    let pool1 = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
     let pool_all = rayon::ThreadPoolBuilder::new().build().expect("pool");
     println!(
         "all-MiniLM-L6-v2: {} float32 values ({:.1} MB), chunk {} KiB",
@@ -82,7 +100,13 @@ fn main() {
         DEFAULT_CHUNK_SIZE / 1024
     );
     for (label, dt) in [("BF16", DType::BF16), ("F16", DType::F16)] {
-        bench(label, &cast_f32_bytes(&f32_bytes, dt), dt, &pool1, &pool_all);
+        bench(
+            label,
+            &cast_f32_bytes(&f32_bytes, dt),
+            dt,
+            &pool1,
+            &pool_all,
+        );
     }
     bench("F32", &f32_bytes, DType::F32, &pool1, &pool_all);
 }

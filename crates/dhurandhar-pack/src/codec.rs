@@ -35,7 +35,9 @@ pub(crate) struct PlaneCfg {
 
 /// Encode `planes` (each a byte slice) under `tag` into one blob.
 pub(crate) fn encode_blob(tag: u8, planes: &[&[u8]], cfg: PlaneCfg) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + 9 * planes.len() + planes.iter().map(|p| p.len()).sum::<usize>() / 2);
+    let mut out = Vec::with_capacity(
+        2 + 9 * planes.len() + planes.iter().map(|p| p.len()).sum::<usize>() / 2,
+    );
     out.push(tag);
     out.push(planes.len() as u8);
     let dir_at = out.len();
@@ -133,8 +135,8 @@ pub(crate) fn decode_plane(codec: u8, payload: &[u8], dst: &mut [u8]) -> Result<
         }
         HUFFMAN => huffman::decode(payload, dst)?,
         ZSTD => {
-            let n = zstd::bulk::decompress_to_buffer(payload, dst)
-                .map_err(|e| format!("zstd: {e}"))?;
+            let n =
+                zstd::bulk::decompress_to_buffer(payload, dst).map_err(|e| format!("zstd: {e}"))?;
             if n != dst.len() {
                 return Err("zstd plane decoded to the wrong length".into());
             }
@@ -274,7 +276,12 @@ pub(crate) fn merge_plane_slices(planes: &[&[u8]], esize: usize, rotate: bool, o
             }
         }
         4 => {
-            let (p0, p1, p2, p3) = (&planes[0][..n], &planes[1][..n], &planes[2][..n], &planes[3][..n]);
+            let (p0, p1, p2, p3) = (
+                &planes[0][..n],
+                &planes[1][..n],
+                &planes[2][..n],
+                &planes[3][..n],
+            );
             let join = |i: usize| {
                 let v = (u32::from(p0[i]) << 24)
                     | (u32::from(p1[i]) << 16)
@@ -343,7 +350,12 @@ pub(crate) fn encode_lossless(bytes: &[u8], esize: usize, float: bool, cfg: Plan
     split_planes(bytes, esize, true, &mut planar);
     let n = bytes.len() / esize;
     let planes: Vec<&[u8]> = planar.chunks(n.max(1)).take(esize).collect();
-    encode_blob(tag::FLOAT, &planes, cfg)
+    let blob = encode_blob(tag::FLOAT, &planes, cfg);
+    // Tiny tensors (biases, norms) do not pay for a plane directory: one plane instead.
+    if blob.len() > bytes.len() + 11 {
+        return encode_blob(tag::BYTES, &[bytes], cfg);
+    }
+    blob
 }
 
 thread_local! {
@@ -351,15 +363,23 @@ thread_local! {
 }
 
 /// Decode a lossless chunk into `out` (whose length is the chunk's raw length).
-pub(crate) fn decode_lossless(blob: &[u8], esize: usize, float: bool, out: &mut [u8]) -> Result<(), String> {
+pub(crate) fn decode_lossless(
+    blob: &[u8],
+    esize: usize,
+    float: bool,
+    out: &mut [u8],
+) -> Result<(), String> {
     let parsed = parse_blob(blob)?;
-    if !float {
+    if !float || parsed.tag == tag::BYTES {
         if parsed.tag != tag::BYTES || parsed.planes.len() != 1 {
             return Err("unexpected chunk layout for a byte tensor".into());
         }
         let (codec, raw, payload) = parsed.planes[0];
         if raw != out.len() {
-            return Err(format!("chunk decodes to {raw} bytes, {} expected", out.len()));
+            return Err(format!(
+                "chunk decodes to {raw} bytes, {} expected",
+                out.len()
+            ));
         }
         return decode_plane(codec, payload, out);
     }
@@ -422,7 +442,9 @@ fn unkey(k: u64, esize: usize) -> u64 {
 }
 
 fn read_le(b: &[u8]) -> u64 {
-    b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
+    b.iter()
+        .rev()
+        .fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
 }
 
 fn write_le(v: u64, out: &mut [u8]) {
@@ -476,7 +498,13 @@ pub(crate) fn delta_inverse(base: &[u8], d: &[u8], esize: usize, xor: bool, out:
 
 /// Encode a delta chunk: transform, byte planes, zstd allowed (delta planes are often
 /// mostly zero, where Huffman's 1 bit/byte floor loses to zstd).
-pub(crate) fn encode_delta(base: &[u8], new: &[u8], esize: usize, xor: bool, level: i32) -> Vec<u8> {
+pub(crate) fn encode_delta(
+    base: &[u8],
+    new: &[u8],
+    esize: usize,
+    xor: bool,
+    level: i32,
+) -> Vec<u8> {
     let mut d = Vec::new();
     delta_forward(base, new, esize, xor, &mut d);
     let mut planar = Vec::new();
@@ -484,14 +512,31 @@ pub(crate) fn encode_delta(base: &[u8], new: &[u8], esize: usize, xor: bool, lev
     let n = new.len() / esize;
     let planes: Vec<&[u8]> = planar.chunks(n.max(1)).take(esize).collect();
     let t = if xor { tag::XOR } else { tag::SUB };
-    encode_blob(t, &planes, PlaneCfg { zstd_level: Some(level) })
+    encode_blob(
+        t,
+        &planes,
+        PlaneCfg {
+            zstd_level: Some(level),
+        },
+    )
 }
 
 /// Decode a delta chunk against `base` into `out`.
-pub(crate) fn decode_delta(blob: &[u8], base: &[u8], esize: usize, out: &mut [u8]) -> Result<(), String> {
+pub(crate) fn decode_delta(
+    blob: &[u8],
+    base: &[u8],
+    esize: usize,
+    out: &mut [u8],
+) -> Result<(), String> {
     let parsed = parse_blob(blob)?;
     let mut planar = Vec::new();
-    decode_planar(&parsed, &[tag::XOR, tag::SUB], esize, Some(out.len()), &mut planar)?;
+    decode_planar(
+        &parsed,
+        &[tag::XOR, tag::SUB],
+        esize,
+        Some(out.len()),
+        &mut planar,
+    )?;
     if parsed.planes.iter().any(|p| p.1 != out.len() / esize) {
         return Err("plane lengths do not match the element count".into());
     }
@@ -542,7 +587,14 @@ mod tests {
     #[test]
     fn float_specials_roundtrip_bit_exactly() {
         let vals: [u32; 8] = [
-            0x0000_0000, 0x8000_0000, 0x7f80_0000, 0xff80_0000, 0x7fc0_0001, 0xffbf_ffff, 0x0000_0001, 0x3f80_0000,
+            0x0000_0000,
+            0x8000_0000,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0001,
+            0xffbf_ffff,
+            0x0000_0001,
+            0x3f80_0000,
         ];
         let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         let blob = encode_lossless(&bytes, 4, true, CFG);
@@ -553,14 +605,24 @@ mod tests {
 
     #[test]
     fn sub_delta_of_nearby_floats_is_small() {
-        let base: Vec<u8> = [1.0f32, -1.0, 0.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let new: Vec<u8> = [f32::from_bits(1.0f32.to_bits() + 1), f32::from_bits((-1.0f32).to_bits() + 1), -0.0]
+        let base: Vec<u8> = [1.0f32, -1.0, 0.0]
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
+        let new: Vec<u8> = [
+            f32::from_bits(1.0f32.to_bits() + 1),
+            f32::from_bits((-1.0f32).to_bits() + 1),
+            -0.0,
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
         let mut d = Vec::new();
         delta_forward(&base, &new, 4, false, &mut d);
-        let codes: Vec<u32> = d.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        let codes: Vec<u32> = d
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         // +1 ulp -> zigzag 2; -1 ulp (magnitude grows on the negative side) -> 1; +0 -> -0 is one step down -> 1
         assert_eq!(codes, vec![2, 1, 1]);
     }

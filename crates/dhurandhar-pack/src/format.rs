@@ -237,7 +237,9 @@ impl PackWriter {
     }
 
     fn write(&mut self, b: &[u8]) -> Result<()> {
-        self.out.write_all(b).map_err(|e| PackError::io(&self.path, e))?;
+        self.out
+            .write_all(b)
+            .map_err(|e| PackError::io(&self.path, e))?;
         self.pos += b.len() as u64;
         Ok(())
     }
@@ -251,7 +253,8 @@ impl PackWriter {
 
     /// Write index and footer, fsync, and atomically rename over the destination.
     pub fn finish(mut self, index: &Index) -> Result<u64> {
-        let json = serde_json::to_vec(index).map_err(|e| PackError::input(&self.path, e.to_string()))?;
+        let json =
+            serde_json::to_vec(index).map_err(|e| PackError::input(&self.path, e.to_string()))?;
         let at = self.pos;
         self.write(&json)?;
         let mut footer = [0u8; FOOTER_LEN];
@@ -261,9 +264,15 @@ impl PackWriter {
         footer[24..].copy_from_slice(&FOOTER_MAGIC);
         self.write(&footer)?;
         let path = self.path.clone();
-        let tmp = self.out.into_inner().map_err(|e| PackError::io(&path, e.into_error()))?;
-        tmp.as_file().sync_all().map_err(|e| PackError::io(&path, e))?;
-        tmp.persist(&path).map_err(|e| PackError::io(&path, e.error))?;
+        let tmp = self
+            .out
+            .into_inner()
+            .map_err(|e| PackError::io(&path, e.into_error()))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| PackError::io(&path, e))?;
+        tmp.persist(&path)
+            .map_err(|e| PackError::io(&path, e.error))?;
         Ok(self.pos)
     }
 }
@@ -279,27 +288,42 @@ pub struct PackReader {
 
 impl std::fmt::Debug for PackReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackReader").field("path", &self.path).field("tensors", &self.index.tensors.len()).finish()
+        f.debug_struct("PackReader")
+            .field("path", &self.path)
+            .field("tensors", &self.index.tensors.len())
+            .finish()
     }
 }
 
 /// Parse and fully validate a pack held in memory (also the fuzz entry point).
 pub fn parse_index(bytes: &[u8], path: &Path) -> Result<Index> {
-    let trunc = |d: &str| PackError::Truncated { path: path.to_path_buf(), detail: d.to_string() };
+    let trunc = |d: &str| PackError::Truncated {
+        path: path.to_path_buf(),
+        detail: d.to_string(),
+    };
     if bytes.len() < 8 || bytes[..8] != MAGIC {
         if bytes.len() < 8 && MAGIC.starts_with(bytes) {
             return Err(trunc("shorter than the header"));
         }
-        return Err(PackError::BadMagic { path: path.to_path_buf() });
+        return Err(PackError::BadMagic {
+            path: path.to_path_buf(),
+        });
     }
     if bytes.len() < HEADER_LEN {
         return Err(trunc("shorter than the header"));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4"));
     if version != VERSION {
-        return Err(PackError::UnsupportedVersion { path: path.to_path_buf(), found: version, supported: VERSION });
+        return Err(PackError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: version,
+            supported: VERSION,
+        });
     }
-    let bad = |d: String| PackError::BadIndex { path: path.to_path_buf(), detail: d };
+    let bad = |d: String| PackError::BadIndex {
+        path: path.to_path_buf(),
+        detail: d,
+    };
     if bytes[12..HEADER_LEN].iter().any(|&b| b != 0) {
         return Err(bad("unknown header flags or non-zero reserved bytes".into()));
     }
@@ -319,7 +343,9 @@ pub fn parse_index(bytes: &[u8], path: &Path) -> Result<Index> {
     }
     let json = &bytes[off as usize..index_end as usize];
     if xxh3_64(json) != hash {
-        return Err(PackError::IndexChecksum { path: path.to_path_buf() });
+        return Err(PackError::IndexChecksum {
+            path: path.to_path_buf(),
+        });
     }
     let index: Index = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
     validate(&index, off).map_err(bad)?;
@@ -341,25 +367,50 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<(), String> {
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .ok_or_else(|| format!("tensor `{}`: shape overflows", t.name))?;
         if numel.checked_mul(t.dtype.size() as u64) != Some(t.raw_bytes) {
-            return Err(format!("tensor `{}`: raw_bytes does not match shape and dtype", t.name));
+            return Err(format!(
+                "tensor `{}`: raw_bytes does not match shape and dtype",
+                t.name
+            ));
         }
         match (t.mode, &t.quant) {
             (Mode::QuantResidual, Some(q)) => {
-                q.config.validate().map_err(|e| format!("tensor `{}`: {e}", t.name))?;
+                q.config
+                    .validate()
+                    .map_err(|e| format!("tensor `{}`: {e}", t.name))?;
                 if !t.dtype.is_quantizable()
                     || q.rows.checked_mul(q.cols) != Some(numel)
                     || q.rows_per_chunk == 0
-                    || q.rows_per_chunk.checked_mul(q.cols).is_none_or(|e| e > index.chunk_size)
+                    || q.rows_per_chunk
+                        .checked_mul(q.cols)
+                        .is_none_or(|e| e > index.chunk_size)
                 {
-                    return Err(format!("tensor `{}`: inconsistent quantization layout", t.name));
+                    return Err(format!(
+                        "tensor `{}`: inconsistent quantization layout",
+                        t.name
+                    ));
                 }
             }
-            (Mode::QuantResidual, None) => return Err(format!("tensor `{}`: quant-residual without parameters", t.name)),
-            (_, Some(_)) => return Err(format!("tensor `{}`: quantization parameters on a lossless tensor", t.name)),
+            (Mode::QuantResidual, None) => {
+                return Err(format!(
+                    "tensor `{}`: quant-residual without parameters",
+                    t.name
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(format!(
+                    "tensor `{}`: quantization parameters on a lossless tensor",
+                    t.name
+                ))
+            }
             _ => {}
         }
-        if matches!(t.mode, Mode::Delta | Mode::Unchanged) && (index.kind != PackKind::Delta || t.base_xxh3.is_none()) {
-            return Err(format!("tensor `{}`: delta mode outside a delta pack", t.name));
+        if matches!(t.mode, Mode::Delta | Mode::Unchanged)
+            && (index.kind != PackKind::Delta || t.base_xxh3.is_none())
+        {
+            return Err(format!(
+                "tensor `{}`: delta mode outside a delta pack",
+                t.name
+            ));
         }
         if t.chunks.len() as u64 != t.expected_chunks(index.chunk_size) {
             return Err(format!(
@@ -371,7 +422,10 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<(), String> {
         }
         for c in &t.chunks {
             if c.0 < HEADER_LEN as u64 || c.0.checked_add(c.1).is_none_or(|e| e > data_end) {
-                return Err(format!("tensor `{}`: chunk outside the data region", t.name));
+                return Err(format!(
+                    "tensor `{}`: chunk outside the data region",
+                    t.name
+                ));
             }
         }
     }
@@ -387,14 +441,27 @@ impl PackReader {
         let file = std::fs::File::open(path).map_err(|e| PackError::io(path, e))?;
         let len = file.metadata().map_err(|e| PackError::io(path, e))?.len();
         if len == 0 {
-            return Err(PackError::Truncated { path: path.to_path_buf(), detail: "empty file".into() });
+            return Err(PackError::Truncated {
+                path: path.to_path_buf(),
+                detail: "empty file".into(),
+            });
         }
         // SAFETY: the map is read-only; a concurrent truncation by another process is
         // outside what any mmap reader can defend against.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| PackError::io(path, e))?;
         let index = parse_index(&map, path)?;
-        let by_name = index.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(PackReader { path: path.to_path_buf(), map, index, by_name })
+        let by_name = index
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(PackReader {
+            path: path.to_path_buf(),
+            map,
+            index,
+            by_name,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -418,7 +485,10 @@ impl PackReader {
         self.by_name
             .get(name)
             .map(|&i| &self.index.tensors[i])
-            .ok_or_else(|| PackError::NoTensor { path: self.path.clone(), tensor: name.to_string() })
+            .ok_or_else(|| PackError::NoTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+            })
     }
 
     /// The checksum-verified blob of chunk `c` of `t`.
@@ -431,12 +501,21 @@ impl PackReader {
         })?;
         let blob = &self.map[r.0 as usize..(r.0 + r.1) as usize];
         if xxh3_64(blob) != r.2 {
-            return Err(PackError::ChunkChecksum { path: self.path.clone(), tensor: t.name.clone(), chunk: c });
+            return Err(PackError::ChunkChecksum {
+                path: self.path.clone(),
+                tensor: t.name.clone(),
+                chunk: c,
+            });
         }
         Ok(blob)
     }
 
     pub(crate) fn decode_err(&self, t: &TensorEntry, c: usize, detail: String) -> PackError {
-        PackError::ChunkDecode { path: self.path.clone(), tensor: t.name.clone(), chunk: c, detail }
+        PackError::ChunkDecode {
+            path: self.path.clone(),
+            tensor: t.name.clone(),
+            chunk: c,
+            detail,
+        }
     }
 }

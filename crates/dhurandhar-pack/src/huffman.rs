@@ -288,7 +288,9 @@ pub fn decode(enc: &[u8], out: &mut [u8]) -> Result<(), &'static str> {
     for (s, size) in sizes.iter_mut().enumerate() {
         let at = 128 + 4 * s;
         *size = u32::from_le_bytes(enc[at..at + 4].try_into().expect("4 bytes")) as usize;
-        total = total.checked_add(*size).ok_or("huffman stream sizes overflow")?;
+        total = total
+            .checked_add(*size)
+            .ok_or("huffman stream sizes overflow")?;
     }
     if total != enc.len() {
         return Err("huffman stream sizes do not match the plane");

@@ -24,8 +24,13 @@ pub mod source;
 
 pub use dtype::{cast_f32_bytes, DType};
 pub use error::{PackError, Result};
-pub use format::{ChunkRef, Index, Mode, PackKind, PackReader, PackWriter, TensorEntry, DEFAULT_CHUNK_SIZE};
-pub use ops::{apply_delta, delta, pack, report, unpack, PackMode, PackOptions, PackReport, TensorReport, UnpackReport};
+pub use format::{
+    ChunkRef, Index, Mode, PackKind, PackReader, PackWriter, TensorEntry, DEFAULT_CHUNK_SIZE,
+};
+pub use ops::{
+    apply_delta, delta, pack, report, unpack, PackMode, PackOptions, PackReport, TensorReport,
+    UnpackReport,
+};
 pub use quant::{dense_matmul, QuantConfig, QuantResidualTensor, QuantStats};
 pub use read::VerifyReport;
 pub use source::{Checkpoint, SourceTensor};
@@ -37,7 +42,13 @@ use rayon::prelude::*;
 pub fn compress_lossless(bytes: &[u8], dtype: DType, chunk_size: usize) -> Vec<Vec<u8>> {
     let es = dtype.size();
     let per = (chunk_size / es).max(1) * es;
-    let cfg = codec::PlaneCfg { zstd_level: if dtype.is_plane_float() { None } else { Some(3) } };
+    let cfg = codec::PlaneCfg {
+        zstd_level: if dtype.is_plane_float() {
+            None
+        } else {
+            Some(3)
+        },
+    };
     bytes
         .par_chunks(per)
         .map(|c| codec::encode_lossless(c, es, dtype.is_plane_float(), cfg))
@@ -45,18 +56,32 @@ pub fn compress_lossless(bytes: &[u8], dtype: DType, chunk_size: usize) -> Vec<V
 }
 
 /// Inverse of [`compress_lossless`] into `out` (the original length).
-pub fn decompress_lossless(blobs: &[Vec<u8>], dtype: DType, chunk_size: usize, out: &mut [u8]) -> Result<()> {
+pub fn decompress_lossless(
+    blobs: &[Vec<u8>],
+    dtype: DType,
+    chunk_size: usize,
+    out: &mut [u8],
+) -> Result<()> {
     let es = dtype.size();
     let per = (chunk_size / es).max(1) * es;
     if out.len().div_ceil(per) != blobs.len() {
-        return Err(PackError::InvalidOption(format!("{} chunks for {} bytes", blobs.len(), out.len())));
+        return Err(PackError::InvalidOption(format!(
+            "{} chunks for {} bytes",
+            blobs.len(),
+            out.len()
+        )));
     }
-    out.par_chunks_mut(per).zip(blobs).enumerate().try_for_each(|(i, (o, b))| {
-        codec::decode_lossless(b, es, dtype.is_plane_float(), o).map_err(|detail| PackError::ChunkDecode {
-            path: "<memory>".into(),
-            tensor: String::new(),
-            chunk: i,
-            detail,
+    out.par_chunks_mut(per)
+        .zip(blobs)
+        .enumerate()
+        .try_for_each(|(i, (o, b))| {
+            codec::decode_lossless(b, es, dtype.is_plane_float(), o).map_err(|detail| {
+                PackError::ChunkDecode {
+                    path: "<memory>".into(),
+                    tensor: String::new(),
+                    chunk: i,
+                    detail,
+                }
+            })
         })
-    })
 }

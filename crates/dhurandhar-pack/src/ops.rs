@@ -10,7 +10,8 @@ use crate::codec::{self, PlaneCfg};
 use crate::dtype::DType;
 use crate::error::{PackError, Result};
 use crate::format::{
-    DeltaInfo, Index, Mode, PackKind, PackReader, PackWriter, QuantInfo, TensorEntry, MAX_CHUNK_SIZE,
+    DeltaInfo, Index, Mode, PackKind, PackReader, PackWriter, QuantInfo, TensorEntry,
+    MAX_CHUNK_SIZE,
 };
 use crate::quant::{self, QuantConfig, QuantStats};
 use crate::source::{write_safetensors, Checkpoint};
@@ -34,7 +35,11 @@ pub struct PackOptions {
 
 impl Default for PackOptions {
     fn default() -> Self {
-        PackOptions { mode: PackMode::Lossless, chunk_size: crate::format::DEFAULT_CHUNK_SIZE, zstd_level: 3 }
+        PackOptions {
+            mode: PackMode::Lossless,
+            chunk_size: crate::format::DEFAULT_CHUNK_SIZE,
+            zstd_level: 3,
+        }
     }
 }
 
@@ -149,8 +154,16 @@ fn summarize(
         kind,
         input_bytes: input,
         output_bytes: file_len,
-        ratio: if input > 0 { file_len as f64 / input as f64 } else { 0.0 },
-        bits_per_weight: if elems > 0 { file_len as f64 * 8.0 / elems as f64 } else { 0.0 },
+        ratio: if input > 0 {
+            file_len as f64 / input as f64
+        } else {
+            0.0
+        },
+        bits_per_weight: if elems > 0 {
+            file_len as f64 * 8.0 / elems as f64
+        } else {
+            0.0
+        },
         rel_error_base: any.then(|| all.rel_error_base()),
         rel_error_with_residual: any.then(|| all.rel_error_with_residual()),
         tensors: rows,
@@ -161,12 +174,25 @@ fn summarize(
 
 /// Report of an existing pack (what `pack-stats` prints).
 pub fn report(reader: &PackReader) -> PackReport {
-    let rows = reader.tensors().iter().map(|t| TensorReport::from_entry(t, None)).collect();
-    summarize(reader.index().kind, reader.tensors(), rows, reader.file_len(), reader.index().removed.clone(), Vec::new())
+    let rows = reader
+        .tensors()
+        .iter()
+        .map(|t| TensorReport::from_entry(t, None))
+        .collect();
+    summarize(
+        reader.index().kind,
+        reader.tensors(),
+        rows,
+        reader.file_len(),
+        reader.index().removed.clone(),
+        Vec::new(),
+    )
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// How one chunk is produced.
@@ -197,11 +223,16 @@ fn write_chunks(
 ) -> Result<()> {
     let jobs: Vec<(usize, usize, Job)> = plan
         .iter()
-        .flat_map(|&(ti, job)| (0..entries[ti].expected_chunks(chunk_size) as usize).map(move |c| (ti, c, job)))
+        .flat_map(|&(ti, job)| {
+            (0..entries[ti].expected_chunks(chunk_size) as usize).map(move |c| (ti, c, job))
+        })
         .collect();
     let window = rayon::current_num_threads().max(1) * 4;
     for win in jobs.chunks(window) {
-        let ranges: Vec<_> = win.iter().map(|&(ti, c, _)| entries[ti].chunk_range(chunk_size, c)).collect();
+        let ranges: Vec<_> = win
+            .iter()
+            .map(|&(ti, c, _)| entries[ti].chunk_range(chunk_size, c))
+            .collect();
         let done: Vec<Encoded> = win
             .par_iter()
             .zip(ranges)
@@ -247,11 +278,22 @@ fn lossless_entry(name: &str, dtype: DType, shape: &[u64], bytes: &[u8]) -> Tens
 fn lossless_cfg(dtype: DType, level: i32) -> PlaneCfg {
     // Float planes: Huffman or raw only (zstd buys ~nothing there and decodes slower);
     // other dtypes (ids, masks) are better served by zstd.
-    PlaneCfg { zstd_level: if dtype.is_plane_float() { None } else { Some(level) } }
+    PlaneCfg {
+        zstd_level: if dtype.is_plane_float() {
+            None
+        } else {
+            Some(level)
+        },
+    }
 }
 
 /// Pack a checkpoint into `out`. `progress` receives input bytes as chunks complete.
-pub fn pack(src: &Checkpoint, out: &Path, opts: &PackOptions, progress: &(dyn Fn(u64) + Sync)) -> Result<PackReport> {
+pub fn pack(
+    src: &Checkpoint,
+    out: &Path,
+    opts: &PackOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<PackReport> {
     opts.validate()?;
     let cs = opts.chunk_size as u64;
     let mut notes: Vec<Option<String>> = Vec::new();
@@ -287,7 +329,8 @@ pub fn pack(src: &Checkpoint, out: &Path, opts: &PackOptions, progress: &(dyn Fn
                         });
                         job = Job::Quant(cfg, cols);
                     } else {
-                        note = Some("non-finite or out-of-f16-range values: stored lossless".into());
+                        note =
+                            Some("non-finite or out-of-f16-range values: stored lossless".into());
                     }
                 }
             }
@@ -314,9 +357,23 @@ pub fn pack(src: &Checkpoint, out: &Path, opts: &PackOptions, progress: &(dyn Fn
                 let (b, s) = quant::encode_chunk(&vals, vals.len() / cols, cols, &cfg);
                 (b, Some(s))
             }
-            _ => (codec::encode_lossless(bytes, es, t.dtype.is_plane_float(), lossless_cfg(t.dtype, level)), None),
+            _ => (
+                codec::encode_lossless(
+                    bytes,
+                    es,
+                    t.dtype.is_plane_float(),
+                    lossless_cfg(t.dtype, level),
+                ),
+                None,
+            ),
         };
-        Encoded { hash: xxh3_64(&blob), blob, quant, delta: None, raw: bytes.len() as u64 }
+        Encoded {
+            hash: xxh3_64(&blob),
+            blob,
+            quant,
+            delta: None,
+            raw: bytes.len() as u64,
+        }
     };
     let mut writer = PackWriter::create(out)?;
     write_chunks(&mut writer, &mut entries, &plan, cs, &encode, progress)?;
@@ -330,14 +387,32 @@ pub fn pack(src: &Checkpoint, out: &Path, opts: &PackOptions, progress: &(dyn Fn
         removed: Vec::new(),
     };
     let len = writer.finish(&index)?;
-    let rows = index.tensors.iter().zip(notes).map(|(t, n)| TensorReport::from_entry(t, n)).collect();
-    Ok(summarize(PackKind::Pack, &index.tensors, rows, len, Vec::new(), src.skipped.clone()))
+    let rows = index
+        .tensors
+        .iter()
+        .zip(notes)
+        .map(|(t, n)| TensorReport::from_entry(t, n))
+        .collect();
+    Ok(summarize(
+        PackKind::Pack,
+        &index.tensors,
+        rows,
+        len,
+        Vec::new(),
+        src.skipped.clone(),
+    ))
 }
 
 /// Store `new` relative to `base` in `out`: unchanged tensors cost only their index
 /// entry, changed ones are XOR- or difference-coded per chunk (whichever is smaller),
 /// added / reshaped / retyped ones are stored whole and reported.
-pub fn delta(base: &Checkpoint, new: &Checkpoint, out: &Path, opts: &PackOptions, progress: &(dyn Fn(u64) + Sync)) -> Result<PackReport> {
+pub fn delta(
+    base: &Checkpoint,
+    new: &Checkpoint,
+    out: &Path,
+    opts: &PackOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<PackReport> {
     opts.validate()?;
     let cs = opts.chunk_size as u64;
     let entries: Vec<TensorEntry> = new
@@ -361,8 +436,18 @@ pub fn delta(base: &Checkpoint, new: &Checkpoint, out: &Path, opts: &PackOptions
                     let bd = base.data(b);
                     let bh = xxh3_64(bd);
                     e.base_xxh3 = Some(bh);
-                    e.mode = if bh == e.xxh3 && bd == data { Mode::Unchanged } else { Mode::Delta };
-                    DeltaInfo { stored_whole: None, xor_chunks: 0, sub_chunks: 0, xor_bytes: 0, sub_bytes: 0 }
+                    e.mode = if bh == e.xxh3 && bd == data {
+                        Mode::Unchanged
+                    } else {
+                        Mode::Delta
+                    };
+                    DeltaInfo {
+                        stored_whole: None,
+                        xor_chunks: 0,
+                        sub_chunks: 0,
+                        xor_bytes: 0,
+                        sub_bytes: 0,
+                    }
                 }
             });
             e
@@ -372,7 +457,16 @@ pub fn delta(base: &Checkpoint, new: &Checkpoint, out: &Path, opts: &PackOptions
     let plan: Vec<(usize, Job)> = entries
         .iter()
         .enumerate()
-        .map(|(i, e)| (i, if e.mode == Mode::Delta { Job::Delta } else { Job::Lossless }))
+        .map(|(i, e)| {
+            (
+                i,
+                if e.mode == Mode::Delta {
+                    Job::Delta
+                } else {
+                    Job::Lossless
+                },
+            )
+        })
         .collect();
     for e in &entries {
         if e.mode == Mode::Unchanged {
@@ -388,22 +482,45 @@ pub fn delta(base: &Checkpoint, new: &Checkpoint, out: &Path, opts: &PackOptions
         let bytes = &new.data(t)[span.clone()];
         match job {
             Job::Delta => {
-                let b = base.get(&t.name).expect("planned as delta only when present");
+                let b = base
+                    .get(&t.name)
+                    .expect("planned as delta only when present");
                 let bb = &base.data(b)[span];
                 let x = codec::encode_delta(bb, bytes, es, true, level);
                 let s = codec::encode_delta(bb, bytes, es, false, level);
                 let (xl, sl) = (x.len() as u64, s.len() as u64);
                 let (blob, picked_xor) = if xl <= sl { (x, true) } else { (s, false) };
-                Encoded { hash: xxh3_64(&blob), blob, quant: None, delta: Some((xl, sl, picked_xor)), raw: bytes.len() as u64 }
+                Encoded {
+                    hash: xxh3_64(&blob),
+                    blob,
+                    quant: None,
+                    delta: Some((xl, sl, picked_xor)),
+                    raw: bytes.len() as u64,
+                }
             }
             _ => {
-                let blob = codec::encode_lossless(bytes, es, t.dtype.is_plane_float(), lossless_cfg(t.dtype, level));
-                Encoded { hash: xxh3_64(&blob), blob, quant: None, delta: None, raw: bytes.len() as u64 }
+                let blob = codec::encode_lossless(
+                    bytes,
+                    es,
+                    t.dtype.is_plane_float(),
+                    lossless_cfg(t.dtype, level),
+                );
+                Encoded {
+                    hash: xxh3_64(&blob),
+                    blob,
+                    quant: None,
+                    delta: None,
+                    raw: bytes.len() as u64,
+                }
             }
         }
     };
-    let removed: Vec<String> =
-        base.tensors().iter().filter(|b| new.get(&b.name).is_none()).map(|b| b.name.clone()).collect();
+    let removed: Vec<String> = base
+        .tensors()
+        .iter()
+        .filter(|b| new.get(&b.name).is_none())
+        .map(|b| b.name.clone())
+        .collect();
     let mut writer = PackWriter::create(out)?;
     write_chunks(&mut writer, &mut entries, &plan, cs, &encode, progress)?;
     let index = Index {
@@ -416,8 +533,19 @@ pub fn delta(base: &Checkpoint, new: &Checkpoint, out: &Path, opts: &PackOptions
         removed: removed.clone(),
     };
     let len = writer.finish(&index)?;
-    let rows = index.tensors.iter().map(|t| TensorReport::from_entry(t, None)).collect();
-    Ok(summarize(PackKind::Delta, &index.tensors, rows, len, removed, new.skipped.clone()))
+    let rows = index
+        .tensors
+        .iter()
+        .map(|t| TensorReport::from_entry(t, None))
+        .collect();
+    Ok(summarize(
+        PackKind::Delta,
+        &index.tensors,
+        rows,
+        len,
+        removed,
+        new.skipped.clone(),
+    ))
 }
 
 /// Result of [`unpack`] / [`apply_delta`].
@@ -437,8 +565,11 @@ fn restore(
     out: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<UnpackReport> {
-    let list: Vec<(String, DType, Vec<u64>, u64)> =
-        reader.tensors().iter().map(|t| (t.name.clone(), t.dtype, t.shape.clone(), t.raw_bytes)).collect();
+    let list: Vec<(String, DType, Vec<u64>, u64)> = reader
+        .tensors()
+        .iter()
+        .map(|t| (t.name.clone(), t.dtype, t.shape.clone(), t.raw_bytes))
+        .collect();
     let mut verified = 0;
     let mut lossy = 0;
     let mut fill = |i: usize, sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<()> {
@@ -458,44 +589,80 @@ fn restore(
         } else if h.digest() == t.xxh3 {
             verified += 1;
         } else {
-            return Err(PackError::TensorHash { path: reader.path().to_path_buf(), tensor: t.name.clone() });
+            return Err(PackError::TensorHash {
+                path: reader.path().to_path_buf(),
+                tensor: t.name.clone(),
+            });
         }
         Ok(())
     };
     write_safetensors(out, &list, &reader.index().metadata, &mut fill)?;
-    Ok(UnpackReport { tensors: list.len(), output_bytes: list.iter().map(|t| t.3).sum(), verified_bit_exact: verified, lossy })
+    Ok(UnpackReport {
+        tensors: list.len(),
+        output_bytes: list.iter().map(|t| t.3).sum(),
+        verified_bit_exact: verified,
+        lossy,
+    })
 }
 
 /// Restore a pack to a safetensors file. Lossless tensors are checked bit-exact against
 /// the hash recorded at pack time; quant-residual tensors come back dequantized.
-pub fn unpack(reader: &PackReader, out: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<UnpackReport> {
+pub fn unpack(
+    reader: &PackReader,
+    out: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<UnpackReport> {
     if reader.index().kind != PackKind::Pack {
-        return Err(PackError::input(reader.path(), "this is a delta pack: use `delta apply BASE DELTA -o OUT`"));
+        return Err(PackError::input(
+            reader.path(),
+            "this is a delta pack: use `delta apply BASE DELTA -o OUT`",
+        ));
     }
     restore(reader, None, out, progress)
 }
 
 /// Rebuild the new checkpoint from `base` and a delta pack, bit-exactly. Every base
 /// tensor the delta refers to is checked (presence, dtype, shape, hash) before writing.
-pub fn apply_delta(base: &Checkpoint, reader: &PackReader, out: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<UnpackReport> {
+pub fn apply_delta(
+    base: &Checkpoint,
+    reader: &PackReader,
+    out: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<UnpackReport> {
     if reader.index().kind != PackKind::Delta {
-        return Err(PackError::input(reader.path(), "not a delta pack (made by `pack`, not `delta`)"));
+        return Err(PackError::input(
+            reader.path(),
+            "not a delta pack (made by `pack`, not `delta`)",
+        ));
     }
     let checks: Vec<Result<()>> = reader
         .tensors()
         .par_iter()
         .filter(|t| matches!(t.mode, Mode::Delta | Mode::Unchanged))
         .map(|t| {
-            let mis = |d: String| PackError::DeltaMismatch { tensor: t.name.clone(), detail: d };
-            let b = base.get(&t.name).ok_or_else(|| mis(format!("missing from base {}", base.path().display())))?;
+            let mis = |d: String| PackError::DeltaMismatch {
+                tensor: t.name.clone(),
+                detail: d,
+            };
+            let b = base
+                .get(&t.name)
+                .ok_or_else(|| mis(format!("missing from base {}", base.path().display())))?;
             if b.dtype != t.dtype {
-                return Err(mis(format!("base has dtype {}, the delta expects {}", b.dtype, t.dtype)));
+                return Err(mis(format!(
+                    "base has dtype {}, the delta expects {}",
+                    b.dtype, t.dtype
+                )));
             }
             if b.shape != t.shape {
-                return Err(mis(format!("base has shape {:?}, the delta expects {:?}", b.shape, t.shape)));
+                return Err(mis(format!(
+                    "base has shape {:?}, the delta expects {:?}",
+                    b.shape, t.shape
+                )));
             }
             if Some(xxh3_64(base.data(b))) != t.base_xxh3 {
-                return Err(mis("base tensor differs from the one this delta was made against".into()));
+                return Err(mis(
+                    "base tensor differs from the one this delta was made against".into(),
+                ));
             }
             Ok(())
         })

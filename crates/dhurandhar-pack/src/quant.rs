@@ -124,7 +124,12 @@ pub(crate) fn quantizable(w: &[f32]) -> bool {
 const PLANES: usize = 8;
 
 /// Quantize `rows × cols` values of one chunk; returns the blob and its error stats.
-pub(crate) fn encode_chunk(w: &[f32], rows: usize, cols: usize, cfg: &QuantConfig) -> (Vec<u8>, QuantStats) {
+pub(crate) fn encode_chunk(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    cfg: &QuantConfig,
+) -> (Vec<u8>, QuantStats) {
     let g = cfg.group;
     let gpr = cols.div_ceil(g);
     let stride = cfg.row_stride(cols);
@@ -149,7 +154,11 @@ pub(crate) fn encode_chunk(w: &[f32], rows: usize, cols: usize, cfg: &QuantConfi
             mins.push(m16);
             for (k, &v) in vals.iter().enumerate() {
                 let c = c0 + k;
-                let q = if s > 0.0 { ((v - m) / s).round().clamp(0.0, qmax) } else { 0.0 };
+                let q = if s > 0.0 {
+                    ((v - m) / s).round().clamp(0.0, qmax)
+                } else {
+                    0.0
+                };
                 let qi = q as u8;
                 deq[r * cols + c] = m + q * s;
                 if cfg.bits == 8 {
@@ -167,7 +176,9 @@ pub(crate) fn encode_chunk(w: &[f32], rows: usize, cols: usize, cfg: &QuantConfi
     let mut idx: Vec<u32> = Vec::new();
     if k > 0 {
         idx = (0..n as u32).collect();
-        idx.select_nth_unstable_by(k - 1, |&a, &b| resid[b as usize].abs().total_cmp(&resid[a as usize].abs()));
+        idx.select_nth_unstable_by(k - 1, |&a, &b| {
+            resid[b as usize].abs().total_cmp(&resid[a as usize].abs())
+        });
         idx.truncate(k);
         idx.sort_unstable();
     }
@@ -206,7 +217,13 @@ pub(crate) fn encode_chunk(w: &[f32], rows: usize, cols: usize, cfg: &QuantConfi
     let (sh, sl) = split16(&scales);
     let (mh, ml) = split16(&mins);
     let planes: [&[u8]; PLANES] = [&codes, &sh, &sl, &mh, &ml, &gaps, &val_hi, &val_lo];
-    let blob = codec::encode_blob(tag::QUANT, &planes, PlaneCfg { zstd_level: Some(3) });
+    let blob = codec::encode_blob(
+        tag::QUANT,
+        &planes,
+        PlaneCfg {
+            zstd_level: Some(3),
+        },
+    );
     (blob, stats)
 }
 
@@ -242,7 +259,12 @@ pub(crate) struct QuantChunk {
 }
 
 /// Decode a chunk of `rows × cols`, validating every length before allocating.
-pub(crate) fn decode_chunk(blob: &[u8], rows: usize, cols: usize, cfg: &QuantConfig) -> Result<QuantChunk, String> {
+pub(crate) fn decode_chunk(
+    blob: &[u8],
+    rows: usize,
+    cols: usize,
+    cfg: &QuantConfig,
+) -> Result<QuantChunk, String> {
     let parsed = codec::parse_blob(blob)?;
     if parsed.tag != tag::QUANT || parsed.planes.len() != PLANES {
         return Err("unexpected chunk layout for a quantized tensor".into());
@@ -251,10 +273,19 @@ pub(crate) fn decode_chunk(blob: &[u8], rows: usize, cols: usize, cfg: &QuantCon
     let gpr = cols.div_ceil(cfg.group);
     let stride = cfg.row_stride(cols);
     let p = &parsed.planes;
-    let fixed = [rows * stride, rows * gpr, rows * gpr, rows * gpr, rows * gpr];
+    let fixed = [
+        rows * stride,
+        rows * gpr,
+        rows * gpr,
+        rows * gpr,
+        rows * gpr,
+    ];
     for (i, want) in fixed.iter().enumerate() {
         if p[i].1 != *want {
-            return Err(format!("quant plane {i} holds {} bytes, {want} expected", p[i].1));
+            return Err(format!(
+                "quant plane {i} holds {} bytes, {want} expected",
+                p[i].1
+            ));
         }
     }
     if p[5].1 > 10 * n || p[6].1 > n || p[7].1 != p[6].1 {
@@ -318,7 +349,14 @@ fn code_at(codes: &[u8], bits: u8, c: usize) -> f32 {
 
 impl QuantChunk {
     /// Dequantize into `out` (`rows × cols`), with or without the residual.
-    pub(crate) fn dequantize(&self, rows: usize, cols: usize, cfg: &QuantConfig, residual: bool, out: &mut [f32]) {
+    pub(crate) fn dequantize(
+        &self,
+        rows: usize,
+        cols: usize,
+        cfg: &QuantConfig,
+        residual: bool,
+        out: &mut [f32],
+    ) {
         let gpr = cols.div_ceil(cfg.group);
         let stride = cfg.row_stride(cols);
         for r in 0..rows {
@@ -354,7 +392,12 @@ pub struct QuantResidualTensor {
 
 impl QuantResidualTensor {
     /// Assemble from decoded chunks in row order; `chunk_rows[i]` rows each.
-    pub(crate) fn from_chunks(rows: usize, cols: usize, config: QuantConfig, chunks: Vec<(usize, QuantChunk)>) -> Self {
+    pub(crate) fn from_chunks(
+        rows: usize,
+        cols: usize,
+        config: QuantConfig,
+        chunks: Vec<(usize, QuantChunk)>,
+    ) -> Self {
         let mut t = QuantResidualTensor {
             rows,
             cols,
@@ -387,14 +430,25 @@ impl QuantResidualTensor {
     }
 
     /// Quantize a dense `rows × cols` matrix directly (tests and benchmarks).
-    pub fn quantize(w: &[f32], rows: usize, cols: usize, config: QuantConfig) -> Result<(Self, QuantStats), PackError> {
+    pub fn quantize(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        config: QuantConfig,
+    ) -> Result<(Self, QuantStats), PackError> {
         config.validate()?;
         if w.len() != rows * cols {
-            return Err(PackError::InvalidOption(format!("{} values for a {rows}×{cols} matrix", w.len())));
+            return Err(PackError::InvalidOption(format!(
+                "{} values for a {rows}×{cols} matrix",
+                w.len()
+            )));
         }
         let (blob, stats) = encode_chunk(w, rows, cols, &config);
         let ch = decode_chunk(&blob, rows, cols, &config).map_err(PackError::InvalidOption)?;
-        Ok((Self::from_chunks(rows, cols, config, vec![(rows, ch)]), stats))
+        Ok((
+            Self::from_chunks(rows, cols, config, vec![(rows, ch)]),
+            stats,
+        ))
     }
 
     /// Residual entries stored.
@@ -409,18 +463,20 @@ impl QuantResidualTensor {
         let gpr = cols.div_ceil(cfg.group);
         let stride = cfg.row_stride(cols);
         let mut out = vec![0f32; rows * cols];
-        out.par_chunks_mut(cols.max(1)).enumerate().for_each(|(r, o)| {
-            let crow = &self.codes[r * stride..(r + 1) * stride];
-            for (c, v) in o.iter_mut().enumerate() {
-                let gi = r * gpr + c / cfg.group;
-                *v = self.mins[gi] + code_at(crow, cfg.bits, c) * self.scales[gi];
-            }
-            if residual {
-                for k in self.row_ptr[r]..self.row_ptr[r + 1] {
-                    o[self.res_col[k] as usize] += self.res_val[k];
+        out.par_chunks_mut(cols.max(1))
+            .enumerate()
+            .for_each(|(r, o)| {
+                let crow = &self.codes[r * stride..(r + 1) * stride];
+                for (c, v) in o.iter_mut().enumerate() {
+                    let gi = r * gpr + c / cfg.group;
+                    *v = self.mins[gi] + code_at(crow, cfg.bits, c) * self.scales[gi];
                 }
-            }
-        });
+                if residual {
+                    for k in self.row_ptr[r]..self.row_ptr[r + 1] {
+                        o[self.res_col[k] as usize] += self.res_val[k];
+                    }
+                }
+            });
         out
     }
 
@@ -447,41 +503,43 @@ impl QuantResidualTensor {
             }
         }
         let mut yt = vec![0f32; rows * batch];
-        yt.par_chunks_mut(batch.max(1)).enumerate().for_each(|(r, yr)| {
-            let crow = &self.codes[r * stride..(r + 1) * stride];
-            let mut qf = vec![0f32; g];
-            for gi in 0..gpr {
-                let c0 = gi * g;
-                let c1 = (c0 + g).min(cols);
-                let q = &mut qf[..c1 - c0];
-                if cfg.bits == 8 {
-                    for (d, &b) in q.iter_mut().zip(&crow[c0..c1]) {
-                        *d = b as f32;
+        yt.par_chunks_mut(batch.max(1))
+            .enumerate()
+            .for_each(|(r, yr)| {
+                let crow = &self.codes[r * stride..(r + 1) * stride];
+                let mut qf = vec![0f32; g];
+                for gi in 0..gpr {
+                    let c0 = gi * g;
+                    let c1 = (c0 + g).min(cols);
+                    let q = &mut qf[..c1 - c0];
+                    if cfg.bits == 8 {
+                        for (d, &b) in q.iter_mut().zip(&crow[c0..c1]) {
+                            *d = b as f32;
+                        }
+                    } else if c0 % 2 == 0 {
+                        let bytes = &crow[c0 / 2..c1.div_ceil(2)];
+                        for (k, d) in q.iter_mut().enumerate() {
+                            *d = ((bytes[k / 2] >> (4 * (k & 1))) & 15) as f32;
+                        }
+                    } else {
+                        for (k, d) in q.iter_mut().enumerate() {
+                            *d = code_at(crow, 4, c0 + k);
+                        }
                     }
-                } else if c0 % 2 == 0 {
-                    let bytes = &crow[c0 / 2..c1.div_ceil(2)];
-                    for (k, d) in q.iter_mut().enumerate() {
-                        *d = ((bytes[k / 2] >> (4 * (k & 1))) & 15) as f32;
-                    }
-                } else {
-                    for (k, d) in q.iter_mut().enumerate() {
-                        *d = code_at(crow, 4, c0 + k);
+                    let (s, m) = (self.scales[r * gpr + gi], self.mins[r * gpr + gi]);
+                    for (b, yb) in yr.iter_mut().enumerate() {
+                        let xb = &x[b * cols + c0..b * cols + c1];
+                        let dot: f32 = xb.iter().zip(q.iter()).map(|(a, b)| a * b).sum();
+                        *yb += s * dot + m * xs[b * gpr + gi];
                     }
                 }
-                let (s, m) = (self.scales[r * gpr + gi], self.mins[r * gpr + gi]);
-                for (b, yb) in yr.iter_mut().enumerate() {
-                    let xb = &x[b * cols + c0..b * cols + c1];
-                    let dot: f32 = xb.iter().zip(q.iter()).map(|(a, b)| a * b).sum();
-                    *yb += s * dot + m * xs[b * gpr + gi];
+                for k in self.row_ptr[r]..self.row_ptr[r + 1] {
+                    let (c, v) = (self.res_col[k] as usize, self.res_val[k]);
+                    for (b, yb) in yr.iter_mut().enumerate() {
+                        *yb += x[b * cols + c] * v;
+                    }
                 }
-            }
-            for k in self.row_ptr[r]..self.row_ptr[r + 1] {
-                let (c, v) = (self.res_col[k] as usize, self.res_val[k]);
-                for (b, yb) in yr.iter_mut().enumerate() {
-                    *yb += x[b * cols + c] * v;
-                }
-            }
-        });
+            });
         for r in 0..rows {
             for b in 0..batch {
                 y[b * rows + r] = yt[r * batch + b];
@@ -494,12 +552,18 @@ impl QuantResidualTensor {
 /// Dense y = x·Wᵀ (`w: [rows, cols]`): the materialise-then-matmul baseline.
 pub fn dense_matmul(w: &[f32], rows: usize, cols: usize, x: &[f32], batch: usize, y: &mut [f32]) {
     let mut yt = vec![0f32; rows * batch];
-    yt.par_chunks_mut(batch.max(1)).enumerate().for_each(|(r, yr)| {
-        let wr = &w[r * cols..(r + 1) * cols];
-        for (b, yb) in yr.iter_mut().enumerate() {
-            *yb = x[b * cols..(b + 1) * cols].iter().zip(wr).map(|(a, b)| a * b).sum();
-        }
-    });
+    yt.par_chunks_mut(batch.max(1))
+        .enumerate()
+        .for_each(|(r, yr)| {
+            let wr = &w[r * cols..(r + 1) * cols];
+            for (b, yb) in yr.iter_mut().enumerate() {
+                *yb = x[b * cols..(b + 1) * cols]
+                    .iter()
+                    .zip(wr)
+                    .map(|(a, b)| a * b)
+                    .sum();
+            }
+        });
     for r in 0..rows {
         for b in 0..batch {
             y[b * rows + r] = yt[r * batch + b];
@@ -517,7 +581,9 @@ mod tests {
     fn weights(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let t = StudentT::new(4.0).unwrap();
-        (0..rows * cols).map(|_| 0.02 * t.sample(&mut rng) as f32).collect()
+        (0..rows * cols)
+            .map(|_| 0.02 * t.sample(&mut rng) as f32)
+            .collect()
     }
 
     #[test]
@@ -525,41 +591,80 @@ mod tests {
         let (rows, cols) = (64, 96);
         let w = weights(rows, cols, 1);
         for bits in [4u8, 8] {
-            let cfg = QuantConfig { bits, group: 32, residual_frac: 0.02 };
+            let cfg = QuantConfig {
+                bits,
+                group: 32,
+                residual_frac: 0.02,
+            };
             let (t, st) = QuantResidualTensor::quantize(&w, rows, cols, cfg).unwrap();
-            assert_eq!(st.residual_count as usize, (0.02 * (rows * cols) as f64).round() as usize);
+            assert_eq!(
+                st.residual_count as usize,
+                (0.02 * (rows * cols) as f64).round() as usize
+            );
             assert_eq!(t.residual_len() as u64, st.residual_count);
             assert!(st.rel_error_with_residual() < st.rel_error_base());
             assert!(st.max_err_residual <= st.max_err_base);
             // The stats describe exactly what decoding yields.
             let d = t.dequantize(true);
-            let err: f64 = w.iter().zip(&d).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+            let err: f64 = w
+                .iter()
+                .zip(&d)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
             let rel = (err / st.sum_sq).sqrt();
-            assert!((rel - st.rel_error_with_residual()).abs() < 1e-9, "{rel} vs {}", st.rel_error_with_residual());
+            assert!(
+                (rel - st.rel_error_with_residual()).abs() < 1e-9,
+                "{rel} vs {}",
+                st.rel_error_with_residual()
+            );
         }
-        let cfg4 = QuantConfig { bits: 4, group: 32, residual_frac: 0.0 };
+        let cfg4 = QuantConfig {
+            bits: 4,
+            group: 32,
+            residual_frac: 0.0,
+        };
         let cfg8 = QuantConfig { bits: 8, ..cfg4 };
-        let e4 = QuantResidualTensor::quantize(&w, rows, cols, cfg4).unwrap().1.rel_error_base();
-        let e8 = QuantResidualTensor::quantize(&w, rows, cols, cfg8).unwrap().1.rel_error_base();
+        let e4 = QuantResidualTensor::quantize(&w, rows, cols, cfg4)
+            .unwrap()
+            .1
+            .rel_error_base();
+        let e8 = QuantResidualTensor::quantize(&w, rows, cols, cfg8)
+            .unwrap()
+            .1
+            .rel_error_base();
         assert!(e8 < e4 / 8.0, "int8 {e8} vs int4 {e4}");
     }
 
     #[test]
     fn fused_matches_dense_product() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        for (rows, cols, group, bits) in [(33, 70, 32, 4u8), (16, 64, 16, 8), (5, 9, 3, 4), (1, 1, 32, 4)] {
+        for (rows, cols, group, bits) in [
+            (33, 70, 32, 4u8),
+            (16, 64, 16, 8),
+            (5, 9, 3, 4),
+            (1, 1, 32, 4),
+        ] {
             let w = weights(rows, cols, rows as u64);
-            let cfg = QuantConfig { bits, group, residual_frac: 0.05 };
+            let cfg = QuantConfig {
+                bits,
+                group,
+                residual_frac: 0.05,
+            };
             let (t, _) = QuantResidualTensor::quantize(&w, rows, cols, cfg).unwrap();
             let batch = 3;
-            let x: Vec<f32> = (0..batch * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let x: Vec<f32> = (0..batch * cols)
+                .map(|_| rng.gen_range(-1.0..1.0))
+                .collect();
             let mut y = vec![0f32; batch * rows];
             t.matmul(&x, batch, &mut y).unwrap();
             let dense = t.dequantize(true);
             let mut y_ref = vec![0f32; batch * rows];
             dense_matmul(&dense, rows, cols, &x, batch, &mut y_ref);
             for (a, b) in y.iter().zip(&y_ref) {
-                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b} ({rows}x{cols} g{group} b{bits})");
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{a} vs {b} ({rows}x{cols} g{group} b{bits})"
+                );
             }
         }
     }
@@ -570,8 +675,23 @@ mod tests {
         let (t, st) = QuantResidualTensor::quantize(&w, 2, 32, QuantConfig::default()).unwrap();
         assert_eq!(st.err_sq_base, 0.0);
         assert_eq!(t.dequantize(false), w);
-        assert!(QuantConfig { bits: 3, ..Default::default() }.validate().is_err());
-        assert!(QuantConfig { group: 0, ..Default::default() }.validate().is_err());
-        assert!(QuantConfig { residual_frac: 1.5, ..Default::default() }.validate().is_err());
+        assert!(QuantConfig {
+            bits: 3,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+        assert!(QuantConfig {
+            group: 0,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+        assert!(QuantConfig {
+            residual_frac: 1.5,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -24,14 +24,24 @@ pub struct VerifyReport {
 impl PackReader {
     fn check_buffer(t: &TensorEntry, expected: usize, got: usize) -> Result<()> {
         if expected != got {
-            return Err(PackError::BufferSize { tensor: t.name.clone(), expected, got });
+            return Err(PackError::BufferSize {
+                tensor: t.name.clone(),
+                expected,
+                got,
+            });
         }
         Ok(())
     }
 
     /// Decode chunk `c` of `t` into `out` (its raw bytes). Delta chunks need the matching
     /// slice of the base tensor.
-    pub(crate) fn decode_chunk(&self, t: &TensorEntry, c: usize, base: Option<&[u8]>, out: &mut [u8]) -> Result<()> {
+    pub(crate) fn decode_chunk(
+        &self,
+        t: &TensorEntry,
+        c: usize,
+        base: Option<&[u8]>,
+        out: &mut [u8],
+    ) -> Result<()> {
         let esize = t.dtype.size();
         let r = t.chunk_range(self.index().chunk_size, c);
         Self::check_buffer(t, ((r.end - r.start) as usize) * esize, out.len())?;
@@ -95,12 +105,20 @@ impl PackReader {
             )));
         }
         if t.mode == Mode::Unchanged || t.mode == Mode::Delta {
-            return Err(self.decode_err(t, chunks.start, "a delta tensor needs its base checkpoint (use delta apply)".into()));
+            return Err(self.decode_err(
+                t,
+                chunks.start,
+                "a delta tensor needs its base checkpoint (use delta apply)".into(),
+            ));
         }
         let cs = self.index().chunk_size;
         let esize = t.dtype.size() as u64;
         let first = t.chunk_range(cs, chunks.start).start;
-        let last = if chunks.is_empty() { first } else { t.chunk_range(cs, chunks.end - 1).end };
+        let last = if chunks.is_empty() {
+            first
+        } else {
+            t.chunk_range(cs, chunks.end - 1).end
+        };
         Self::check_buffer(t, ((last - first) * esize) as usize, out.len())?;
         let per = (t.chunk_elems(cs) * esize) as usize;
         out.par_chunks_mut(per.max(1))
@@ -133,7 +151,11 @@ impl PackReader {
                 let r = t.chunk_range(cs, c);
                 let mut buf = vec![0u8; (r.end - r.start) as usize * esize];
                 if t.mode == Mode::Delta || t.mode == Mode::Unchanged {
-                    return Err(self.decode_err(t, c, "a delta tensor needs its base checkpoint".into()));
+                    return Err(self.decode_err(
+                        t,
+                        c,
+                        "a delta tensor needs its base checkpoint".into(),
+                    ));
                 }
                 self.decode_chunk(t, c, None, &mut buf)?;
                 Ok((r, buf))
@@ -144,7 +166,8 @@ impl PackReader {
             let s = r.start.max(elems.start);
             let e = r.end.min(elems.end);
             let src = &buf[(s - r.start) as usize * esize..(e - r.start) as usize * esize];
-            out[(s - elems.start) as usize * esize..(e - elems.start) as usize * esize].copy_from_slice(src);
+            out[(s - elems.start) as usize * esize..(e - elems.start) as usize * esize]
+                .copy_from_slice(src);
         }
         Ok(())
     }
@@ -152,7 +175,9 @@ impl PackReader {
     /// Load a quant-residual tensor without dequantizing it, for the fused kernel.
     pub fn load_quant(&self, name: &str) -> Result<QuantResidualTensor> {
         let t = self.tensor(name)?;
-        let q = t.quant.ok_or_else(|| PackError::InvalidOption(format!("tensor `{name}` is not quant-residual")))?;
+        let q = t.quant.ok_or_else(|| {
+            PackError::InvalidOption(format!("tensor `{name}` is not quant-residual"))
+        })?;
         let cs = self.index().chunk_size;
         let cols = q.cols as usize;
         let chunks: Vec<Result<(usize, quant::QuantChunk)>> = (0..t.chunks.len())
@@ -161,12 +186,18 @@ impl PackReader {
                 let r = t.chunk_range(cs, c);
                 let rows = (r.end - r.start) as usize / cols.max(1);
                 let blob = self.chunk_blob(t, c)?;
-                let ch = quant::decode_chunk(blob, rows, cols, &q.config).map_err(|d| self.decode_err(t, c, d))?;
+                let ch = quant::decode_chunk(blob, rows, cols, &q.config)
+                    .map_err(|d| self.decode_err(t, c, d))?;
                 Ok((rows, ch))
             })
             .collect();
         let chunks = chunks.into_iter().collect::<Result<Vec<_>>>()?;
-        Ok(QuantResidualTensor::from_chunks(q.rows as usize, cols, q.config, chunks))
+        Ok(QuantResidualTensor::from_chunks(
+            q.rows as usize,
+            cols,
+            q.config,
+            chunks,
+        ))
     }
 
     /// Restore tensor `t` chunk window by chunk window (parallel inside a window), handing
@@ -178,7 +209,9 @@ impl PackReader {
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
         if t.mode == Mode::Unchanged {
-            let b = base.ok_or_else(|| self.decode_err(t, 0, "an unchanged tensor needs its base".into()))?;
+            let b = base.ok_or_else(|| {
+                self.decode_err(t, 0, "an unchanged tensor needs its base".into())
+            })?;
             return sink(b);
         }
         let cs = self.index().chunk_size;
@@ -195,7 +228,9 @@ impl PackReader {
                     let (s, e) = (r.start as usize * esize, r.end as usize * esize);
                     let mut o = vec![0u8; e - s];
                     let b = match base {
-                        Some(b) => Some(b.get(s..e).ok_or_else(|| self.decode_err(t, c, "base tensor too short".into()))?),
+                        Some(b) => Some(b.get(s..e).ok_or_else(|| {
+                            self.decode_err(t, c, "base tensor too short".into())
+                        })?),
                         None => None,
                     };
                     self.decode_chunk(t, c, b, &mut o)?;
@@ -241,11 +276,18 @@ impl PackReader {
                     Ok(())
                 })?;
                 if h.digest() != t.xxh3 {
-                    return Err(PackError::TensorHash { path: self.path().to_path_buf(), tensor: t.name.clone() });
+                    return Err(PackError::TensorHash {
+                        path: self.path().to_path_buf(),
+                        tensor: t.name.clone(),
+                    });
                 }
                 hashed += 1;
             }
         }
-        Ok(VerifyReport { tensors: self.tensors().len(), chunks: jobs.len(), tensors_hashed: hashed })
+        Ok(VerifyReport {
+            tensors: self.tensors().len(),
+            chunks: jobs.len(),
+            tensors_hashed: hashed,
+        })
     }
 }

@@ -32,7 +32,10 @@ pub struct Checkpoint {
 
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkpoint").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
+        f.debug_struct("Checkpoint")
+            .field("path", &self.path)
+            .field("tensors", &self.tensors.len())
+            .finish()
     }
 }
 
@@ -66,7 +69,10 @@ impl Checkpoint {
             } else if single.is_file() {
                 cp.add_safetensors(&single)?;
             } else {
-                return Err(PackError::input(path, "directory holds neither model.safetensors nor model.safetensors.index.json"));
+                return Err(PackError::input(
+                    path,
+                    "directory holds neither model.safetensors nor model.safetensors.index.json",
+                ));
             }
         } else {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -89,7 +95,10 @@ impl Checkpoint {
         }
         for (i, t) in cp.tensors.iter().enumerate() {
             if cp.by_name.insert(t.name.clone(), i).is_some() {
-                return Err(PackError::input(path, format!("tensor `{}` appears twice", t.name)));
+                return Err(PackError::input(
+                    path,
+                    format!("tensor `{}` appears twice", t.name),
+                ));
             }
         }
         Ok(cp)
@@ -127,12 +136,22 @@ impl Checkpoint {
         let mut found = Vec::new();
         for (name, info) in meta.tensors() {
             let dt = info.dtype.to_string();
-            let dtype = DType::parse(&dt)
-                .ok_or_else(|| PackError::input(path, format!("tensor `{name}`: dtype {dt} is not supported")))?;
+            let dtype = DType::parse(&dt).ok_or_else(|| {
+                PackError::input(
+                    path,
+                    format!("tensor `{name}`: dtype {dt} is not supported"),
+                )
+            })?;
             let (s, e) = info.data_offsets;
             let numel = info.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            if e < s || data_start + e > map.len() || numel.and_then(|n| n.checked_mul(dtype.size())) != Some(e - s) {
-                return Err(PackError::input(path, format!("tensor `{name}`: data offsets do not match its shape or the file")));
+            if e < s
+                || data_start + e > map.len()
+                || numel.and_then(|n| n.checked_mul(dtype.size())) != Some(e - s)
+            {
+                return Err(PackError::input(
+                    path,
+                    format!("tensor `{name}`: data offsets do not match its shape or the file"),
+                ));
             }
             found.push(SourceTensor {
                 name,
@@ -145,7 +164,8 @@ impl Checkpoint {
         }
         found.sort_by_key(|t| t.offset);
         if let Some(m) = meta.metadata() {
-            self.metadata.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+            self.metadata
+                .extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         self.tensors.extend(found);
         self.files.push((path.to_path_buf(), map));
@@ -154,8 +174,8 @@ impl Checkpoint {
 
     fn add_sharded(&mut self, index: &Path) -> Result<()> {
         let text = std::fs::read_to_string(index).map_err(|e| PackError::io(index, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| PackError::input(index, format!("invalid JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| PackError::input(index, format!("invalid JSON: {e}")))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -163,9 +183,14 @@ impl Checkpoint {
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut shards: Vec<String> = Vec::new();
         for f in map.values() {
-            let f = f.as_str().ok_or_else(|| PackError::input(index, "weight_map values must be file names"))?;
+            let f = f
+                .as_str()
+                .ok_or_else(|| PackError::input(index, "weight_map values must be file names"))?;
             if f.contains('/') || f.contains('\\') || f == ".." {
-                return Err(PackError::input(index, format!("shard `{f}` is not a plain file name")));
+                return Err(PackError::input(
+                    index,
+                    format!("shard `{f}` is not a plain file name"),
+                ));
             }
             if !shards.iter().any(|s| s == f) {
                 shards.push(f.to_string());
@@ -177,7 +202,10 @@ impl Checkpoint {
         }
         for name in map.keys() {
             if !self.tensors.iter().any(|t| &t.name == name) {
-                return Err(PackError::input(index, format!("tensor `{name}` listed in weight_map but missing from its shard")));
+                return Err(PackError::input(
+                    index,
+                    format!("tensor `{name}` listed in weight_map but missing from its shard"),
+                ));
             }
         }
         Ok(())
@@ -185,7 +213,8 @@ impl Checkpoint {
 
     fn add_gguf(&mut self, path: &Path) -> Result<()> {
         let map = map_file(path)?;
-        let g = gguf::parse(&map).map_err(|d| PackError::input(path, format!("invalid GGUF: {d}")))?;
+        let g =
+            gguf::parse(&map).map_err(|d| PackError::input(path, format!("invalid GGUF: {d}")))?;
         let file = self.files.len();
         for t in g.tensors {
             match t.dtype {
@@ -197,7 +226,10 @@ impl Checkpoint {
                     offset: t.offset,
                     len: t.len,
                 }),
-                None => self.skipped.push((t.name, format!("GGUF type {} is not a float type", t.ggml_type))),
+                None => self.skipped.push((
+                    t.name,
+                    format!("GGUF type {} is not a float type", t.ggml_type),
+                )),
             }
         }
         self.tensors.sort_by_key(|t| t.offset);
@@ -230,7 +262,11 @@ mod gguf {
 
     impl Cur<'_> {
         fn take(&mut self, n: usize) -> Result<&[u8], String> {
-            let end = self.at.checked_add(n).filter(|&e| e <= self.b.len()).ok_or("unexpected end of file")?;
+            let end = self
+                .at
+                .checked_add(n)
+                .filter(|&e| e <= self.b.len())
+                .ok_or("unexpected end of file")?;
             let s = &self.b[self.at..end];
             self.at = end;
             Ok(s)
@@ -306,7 +342,9 @@ mod gguf {
             let ty = c.u32()?;
             let v = c.skip_value(ty, 0)?;
             if key == "general.alignment" {
-                alignment = v.filter(|&a| a > 0 && a.is_power_of_two()).ok_or("bad general.alignment")?;
+                alignment = v
+                    .filter(|&a| a > 0 && a.is_power_of_two())
+                    .ok_or("bad general.alignment")?;
             }
         }
         let mut infos = Vec::new();
@@ -327,21 +365,34 @@ mod gguf {
         let data_start = (c.at as u64).div_ceil(alignment) * alignment;
         let mut tensors = Vec::with_capacity(infos.len());
         for (name, dims, ty, off) in infos {
-            let numel = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
+            let numel = dims
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .ok_or("shape overflows")?;
             let dtype = match ty {
                 0 => Some(DType::F32),
                 1 => Some(DType::F16),
                 30 => Some(DType::BF16),
                 _ => None,
             };
-            let len = dtype.map(|d| numel.checked_mul(d.size() as u64)).unwrap_or(Some(0)).ok_or("size overflows")?;
+            let len = dtype
+                .map(|d| numel.checked_mul(d.size() as u64))
+                .unwrap_or(Some(0))
+                .ok_or("size overflows")?;
             let start = data_start.checked_add(off).ok_or("offset overflows")?;
             if dtype.is_some() && start.checked_add(len).is_none_or(|e| e > b.len() as u64) {
                 return Err(format!("tensor `{name}` runs past the end of the file"));
             }
             // GGUF lists the innermost dimension first; safetensors outermost first.
             let shape = dims.into_iter().rev().collect();
-            tensors.push(Tensor { name, shape, ggml_type: ty, dtype, offset: start as usize, len: len as usize });
+            tensors.push(Tensor {
+                name,
+                shape,
+                ggml_type: ty,
+                dtype,
+                offset: start as usize,
+                len: len as usize,
+            });
         }
         Ok(Gguf { tensors })
     }
@@ -358,7 +409,10 @@ pub fn write_safetensors(
     use std::io::Write;
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("string map"));
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).expect("string map"),
+        );
     }
     let mut at = 0u64;
     for (name, dtype, shape, bytes) in tensors {
@@ -382,7 +436,8 @@ pub fn write_safetensors(
         .map_err(|e| PackError::io(path, e))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp);
     let io = |e| PackError::io(path, e);
-    w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&(json.len() as u64).to_le_bytes())
+        .map_err(io)?;
     w.write_all(&json).map_err(io)?;
     for (i, t) in tensors.iter().enumerate() {
         let mut written = 0u64;
@@ -391,11 +446,20 @@ pub fn write_safetensors(
             w.write_all(b).map_err(|e| PackError::io(path, e))
         })?;
         if written != t.3 {
-            return Err(PackError::input(path, format!("tensor `{}`: {written} bytes restored, {} expected", t.0, t.3)));
+            return Err(PackError::input(
+                path,
+                format!(
+                    "tensor `{}`: {written} bytes restored, {} expected",
+                    t.0, t.3
+                ),
+            ));
         }
     }
-    let tmp = w.into_inner().map_err(|e| PackError::io(path, e.into_error()))?;
+    let tmp = w
+        .into_inner()
+        .map_err(|e| PackError::io(path, e.into_error()))?;
     tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| PackError::io(path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| PackError::io(path, e.error))?;
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use dhurandhar_pack::{
-    apply_delta, delta, pack, unpack, Checkpoint, DType, Mode, PackError, PackMode, PackOptions, PackReader,
-    QuantConfig,
+    apply_delta, delta, pack, unpack, Checkpoint, DType, Mode, PackError, PackMode, PackOptions,
+    PackReader, QuantConfig,
 };
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -25,7 +25,10 @@ fn write_st(path: &Path, tensors: &Tensors) {
                 DType::U8 => safetensors::Dtype::U8,
                 other => panic!("test helper lacks {other}"),
             };
-            (n.clone(), safetensors::tensor::TensorView::new(dt, s.clone(), b).unwrap())
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(dt, s.clone(), b).unwrap(),
+            )
         })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
@@ -37,22 +40,40 @@ fn hashes(path: &Path) -> HashMap<String, (String, Vec<usize>, u64)> {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
-        .map(|(n, v)| (n, (v.dtype().to_string(), v.shape().to_vec(), xxh3_64(v.data()))))
+        .map(|(n, v)| {
+            (
+                n,
+                (v.dtype().to_string(), v.shape().to_vec(), xxh3_64(v.data())),
+            )
+        })
         .collect()
 }
 
 fn lcg(seed: &mut u64) -> u64 {
-    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     *seed >> 16
 }
 
 /// Weight-like floats plus every special value: NaN payloads, ±0, ±Inf, subnormals.
 fn fixture_tensors() -> Tensors {
     let mut seed = 42u64;
-    let mut f32s: Vec<f32> = (0..20_000).map(|_| ((lcg(&mut seed) % 20001) as f32 - 10000.0) * 1e-6).collect();
+    let mut f32s: Vec<f32> = (0..20_000)
+        .map(|_| ((lcg(&mut seed) % 20001) as f32 - 10000.0) * 1e-6)
+        .collect();
     let specials = [
-        f32::NAN, -f32::NAN, f32::from_bits(0x7fc0_1234), f32::from_bits(0xff80_0001), 0.0, -0.0,
-        f32::INFINITY, f32::NEG_INFINITY, f32::from_bits(1), f32::MIN_POSITIVE, f32::MAX,
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7fc0_1234),
+        f32::from_bits(0xff80_0001),
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::from_bits(1),
+        f32::MIN_POSITIVE,
+        f32::MAX,
     ];
     f32s[..specials.len()].copy_from_slice(&specials);
     let f32b: Vec<u8> = f32s.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -60,7 +81,10 @@ fn fixture_tensors() -> Tensors {
     let f16 = dhurandhar_pack::cast_f32_bytes(&f32b, DType::F16);
     let mut bf16_special = bf16.clone();
     bf16_special[..4].copy_from_slice(&[0x81, 0x7f, 0x01, 0xff]); // NaN payloads in BF16
-    let f64b: Vec<u8> = f32s[..3000].iter().flat_map(|v| f64::from(*v).to_le_bytes()).collect();
+    let f64b: Vec<u8> = f32s[..3000]
+        .iter()
+        .flat_map(|v| f64::from(*v).to_le_bytes())
+        .collect();
     let ids: Vec<u8> = (0..512i64).flat_map(|v| v.to_le_bytes()).collect();
     vec![
         ("w.f32".into(), DType::F32, vec![100, 200], f32b),
@@ -68,14 +92,22 @@ fn fixture_tensors() -> Tensors {
         ("w.f16".into(), DType::F16, vec![20_000], f16),
         ("w.f64".into(), DType::F64, vec![3000], f64b),
         ("ids".into(), DType::I64, vec![1, 512], ids),
-        ("mask".into(), DType::U8, vec![7], vec![0, 1, 1, 0, 255, 3, 9]),
+        (
+            "mask".into(),
+            DType::U8,
+            vec![7],
+            vec![0, 1, 1, 0, 255, 3, 9],
+        ),
         ("empty".into(), DType::F32, vec![0, 4], vec![]),
         ("scalar".into(), DType::BF16, vec![], vec![0x80, 0x3f]),
     ]
 }
 
 fn small_chunks() -> PackOptions {
-    PackOptions { chunk_size: 4096, ..Default::default() }
+    PackOptions {
+        chunk_size: 4096,
+        ..Default::default()
+    }
 }
 
 fn setup() -> (tempfile::TempDir, PathBuf) {
@@ -127,8 +159,14 @@ fn streaming_reads_touch_only_what_is_asked() {
     r.read_elements_into("w.f32", 1000..2500, &mut row).unwrap();
     assert_eq!(row, &orig[4000..10_000]);
     // wrong buffer sizes and names are errors
-    assert!(matches!(r.read_tensor_into("w.f32", &mut [0u8; 3]), Err(PackError::BufferSize { .. })));
-    assert!(matches!(r.read_tensor("nope"), Err(PackError::NoTensor { .. })));
+    assert!(matches!(
+        r.read_tensor_into("w.f32", &mut [0u8; 3]),
+        Err(PackError::BufferSize { .. })
+    ));
+    assert!(matches!(
+        r.read_tensor("nope"),
+        Err(PackError::NoTensor { .. })
+    ));
     assert!(r.read_chunks_into("w.f32", 0..999, &mut []).is_err());
 }
 
@@ -136,13 +174,24 @@ fn streaming_reads_touch_only_what_is_asked() {
 fn any_flipped_bit_in_chunk_data_is_detected_and_named() {
     let (dir, src) = setup();
     let out = dir.path().join("m.dhp");
-    pack(&Checkpoint::open(&src).unwrap(), &out, &small_chunks(), &|_| {}).unwrap();
+    pack(
+        &Checkpoint::open(&src).unwrap(),
+        &out,
+        &small_chunks(),
+        &|_| {},
+    )
+    .unwrap();
     let good = std::fs::read(&out).unwrap();
     let r = PackReader::open(&out).unwrap();
     let targets: Vec<(String, usize, u64, u64)> = r
         .tensors()
         .iter()
-        .flat_map(|t| t.chunks.iter().enumerate().map(move |(c, ch)| (t.name.clone(), c, ch.offset(), ch.len())))
+        .flat_map(|t| {
+            t.chunks
+                .iter()
+                .enumerate()
+                .map(move |(c, ch)| (t.name.clone(), c, ch.offset(), ch.len()))
+        })
         .collect();
     drop(r);
     for (i, (name, c, off, len)) in targets.iter().enumerate() {
@@ -153,7 +202,9 @@ fn any_flipped_bit_in_chunk_data_is_detected_and_named() {
         std::fs::write(&p, &bad).unwrap();
         let r = PackReader::open(&p).unwrap();
         match r.verify(false) {
-            Err(PackError::ChunkChecksum { tensor, chunk, .. }) => assert_eq!((&tensor, chunk), (name, *c)),
+            Err(PackError::ChunkChecksum { tensor, chunk, .. }) => {
+                assert_eq!((&tensor, chunk), (name, *c))
+            }
             other => panic!("flip in {name} chunk {c} not detected: {other:?}"),
         }
         let back = dir.path().join("bad.safetensors");
@@ -166,7 +217,13 @@ fn any_flipped_bit_in_chunk_data_is_detected_and_named() {
 fn header_index_and_truncation_errors_are_clear() {
     let (dir, src) = setup();
     let out = dir.path().join("m.dhp");
-    pack(&Checkpoint::open(&src).unwrap(), &out, &small_chunks(), &|_| {}).unwrap();
+    pack(
+        &Checkpoint::open(&src).unwrap(),
+        &out,
+        &small_chunks(),
+        &|_| {},
+    )
+    .unwrap();
     let good = std::fs::read(&out).unwrap();
     let p = dir.path().join("x.dhp");
     let open = |bytes: &[u8]| {
@@ -179,7 +236,10 @@ fn header_index_and_truncation_errors_are_clear() {
     let mut b = good.clone();
     b[8] = 2;
     let e = open(&b).unwrap_err();
-    assert!(matches!(e, PackError::UnsupportedVersion { found: 2, .. }), "{e}");
+    assert!(
+        matches!(e, PackError::UnsupportedVersion { found: 2, .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("version 2"));
     let mut b = good.clone();
     b[20] = 1;
@@ -189,7 +249,10 @@ fn header_index_and_truncation_errors_are_clear() {
     b[n - 40] ^= 4; // inside the index JSON
     assert!(matches!(open(&b), Err(PackError::IndexChecksum { .. })));
     // Every truncation fails cleanly (a killed writer never leaves a file that opens).
-    for cut in (0..good.len()).step_by(997).chain([good.len() - 1, good.len() - 32, 3, 63, 64]) {
+    for cut in (0..good.len())
+        .step_by(997)
+        .chain([good.len() - 1, good.len() - 32, 3, 63, 64])
+    {
         assert!(open(&good[..cut]).is_err(), "truncated at {cut} opened");
     }
     assert!(matches!(open(&[]), Err(PackError::Truncated { .. })));
@@ -222,12 +285,23 @@ fn delta_round_trip_reports_changes_and_checks_the_base() {
             t.2 = vec![100, 200]; // reshaped
         }
     }
-    let (bp, np, dp, outp) =
-        (dir.path().join("b.safetensors"), dir.path().join("n.safetensors"), dir.path().join("d.dhp"), dir.path().join("o.safetensors"));
+    let (bp, np, dp, outp) = (
+        dir.path().join("b.safetensors"),
+        dir.path().join("n.safetensors"),
+        dir.path().join("d.dhp"),
+        dir.path().join("o.safetensors"),
+    );
     write_st(&bp, &base_t);
     write_st(&np, &new_t);
     let base = Checkpoint::open(&bp).unwrap();
-    let rep = delta(&base, &Checkpoint::open(&np).unwrap(), &dp, &small_chunks(), &|_| {}).unwrap();
+    let rep = delta(
+        &base,
+        &Checkpoint::open(&np).unwrap(),
+        &dp,
+        &small_chunks(),
+        &|_| {},
+    )
+    .unwrap();
     let row = |n: &str| rep.tensors.iter().find(|t| t.name == n).unwrap().clone();
     assert_eq!(row("w.f32").mode, "delta");
     assert_eq!(row("w.f64").mode, "unchanged");
@@ -236,7 +310,11 @@ fn delta_round_trip_reports_changes_and_checks_the_base() {
     assert_eq!(row("w.f16").note.as_deref(), Some("reshaped"));
     assert_eq!(rep.removed, vec!["mask".to_string()]);
     // a sparse update compresses far below a full copy
-    assert!(row("w.f32").output_bytes * 4 < row("w.f32").input_bytes, "{:?}", row("w.f32"));
+    assert!(
+        row("w.f32").output_bytes * 4 < row("w.f32").input_bytes,
+        "{:?}",
+        row("w.f32")
+    );
     let r = PackReader::open(&dp).unwrap();
     r.verify(true).unwrap();
     apply_delta(&base, &r, &outp, &|_| {}).unwrap();
@@ -245,12 +323,27 @@ fn delta_round_trip_reports_changes_and_checks_the_base() {
     assert!(unpack(&r, &dir.path().join("x.safetensors"), &|_| {}).is_err());
     let wrong = dir.path().join("w.safetensors");
     write_st(&wrong, &perturb(&base_t, &["w.f64"]));
-    let e = apply_delta(&Checkpoint::open(&wrong).unwrap(), &r, &dir.path().join("y.safetensors"), &|_| {}).unwrap_err();
-    assert!(matches!(&e, PackError::DeltaMismatch { tensor, .. } if tensor == "w.f64"), "{e}");
+    let e = apply_delta(
+        &Checkpoint::open(&wrong).unwrap(),
+        &r,
+        &dir.path().join("y.safetensors"),
+        &|_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, PackError::DeltaMismatch { tensor, .. } if tensor == "w.f64"),
+        "{e}"
+    );
     let mut reshaped = base_t.clone();
     reshaped[0].2 = vec![200, 100];
     write_st(&wrong, &reshaped);
-    let e = apply_delta(&Checkpoint::open(&wrong).unwrap(), &r, &dir.path().join("y.safetensors"), &|_| {}).unwrap_err();
+    let e = apply_delta(
+        &Checkpoint::open(&wrong).unwrap(),
+        &r,
+        &dir.path().join("y.safetensors"),
+        &|_| {},
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("shape"), "{e}");
     assert!(!dir.path().join("y.safetensors").exists());
 }
@@ -259,7 +352,9 @@ fn delta_round_trip_reports_changes_and_checks_the_base() {
 fn quant_residual_pack_reports_real_bits_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let mut seed = 9u64;
-    let w: Vec<f32> = (0..256 * 64).map(|_| ((lcg(&mut seed) % 2001) as f32 - 1000.0) * 1e-5).collect();
+    let w: Vec<f32> = (0..256 * 64)
+        .map(|_| ((lcg(&mut seed) % 2001) as f32 - 1000.0) * 1e-5)
+        .collect();
     let wb: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut with_nan = wb.clone();
     with_nan[..4].copy_from_slice(&f32::NAN.to_le_bytes());
@@ -270,16 +365,34 @@ fn quant_residual_pack_reports_real_bits_and_errors() {
     ];
     let src = dir.path().join("q.safetensors");
     write_st(&src, &t);
-    let cfg = QuantConfig { bits: 4, group: 32, residual_frac: 0.02 };
-    let opts = PackOptions { mode: PackMode::QuantResidual(cfg), chunk_size: 8192, ..Default::default() };
+    let cfg = QuantConfig {
+        bits: 4,
+        group: 32,
+        residual_frac: 0.02,
+    };
+    let opts = PackOptions {
+        mode: PackMode::QuantResidual(cfg),
+        chunk_size: 8192,
+        ..Default::default()
+    };
     let out = dir.path().join("q.dhp");
     let rep = pack(&Checkpoint::open(&src).unwrap(), &out, &opts, &|_| {}).unwrap();
     let proj = rep.tensors.iter().find(|r| r.name == "proj").unwrap();
     assert_eq!(proj.mode, "quant-residual");
-    assert!(proj.bits_per_weight > 4.0 && proj.bits_per_weight < 8.0, "{}", proj.bits_per_weight);
+    assert!(
+        proj.bits_per_weight > 4.0 && proj.bits_per_weight < 8.0,
+        "{}",
+        proj.bits_per_weight
+    );
     assert!(proj.rel_error_with_residual.unwrap() < proj.rel_error_base.unwrap());
-    assert_eq!(rep.tensors.iter().find(|r| r.name == "nan").unwrap().mode, "lossless");
-    assert_eq!(rep.tensors.iter().find(|r| r.name == "bias").unwrap().mode, "lossless");
+    assert_eq!(
+        rep.tensors.iter().find(|r| r.name == "nan").unwrap().mode,
+        "lossless"
+    );
+    assert_eq!(
+        rep.tensors.iter().find(|r| r.name == "bias").unwrap().mode,
+        "lossless"
+    );
     let r = PackReader::open(&out).unwrap();
     r.verify(true).unwrap();
     let e = r.tensor("proj").unwrap();
@@ -289,9 +402,16 @@ fn quant_residual_pack_reports_real_bits_and_errors() {
     let deq = r.read_tensor("proj").unwrap();
     let qt = r.load_quant("proj").unwrap();
     let dense = qt.dequantize(true);
-    let deq_f: Vec<f32> = deq.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let deq_f: Vec<f32> = deq
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert_eq!(deq_f, dense);
-    let num: f64 = w.iter().zip(&dense).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+    let num: f64 = w
+        .iter()
+        .zip(&dense)
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum();
     let den: f64 = w.iter().map(|a| f64::from(*a).powi(2)).sum();
     assert!(((num / den).sqrt() - proj.rel_error_with_residual.unwrap()).abs() < 1e-6);
     // unpack restores lossless tensors bit-exactly and dequantizes the rest
@@ -304,11 +424,21 @@ fn quant_residual_pack_reports_real_bits_and_errors() {
 fn sharded_and_directory_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let t = fixture_tensors();
-    write_st(&dir.path().join("model-00001-of-00002.safetensors"), &t[..3].to_vec());
-    write_st(&dir.path().join("model-00002-of-00002.safetensors"), &t[3..].to_vec());
+    write_st(
+        &dir.path().join("model-00001-of-00002.safetensors"),
+        &t[..3].to_vec(),
+    );
+    write_st(
+        &dir.path().join("model-00002-of-00002.safetensors"),
+        &t[3..].to_vec(),
+    );
     let mut map = serde_json::Map::new();
     for (i, x) in t.iter().enumerate() {
-        let f = if i < 3 { "model-00001-of-00002.safetensors" } else { "model-00002-of-00002.safetensors" };
+        let f = if i < 3 {
+            "model-00001-of-00002.safetensors"
+        } else {
+            "model-00002-of-00002.safetensors"
+        };
         map.insert(x.0.clone(), f.into());
     }
     std::fs::write(
@@ -343,7 +473,9 @@ fn gguf_string(out: &mut Vec<u8>, s: &str) {
 #[test]
 fn gguf_float_tensors_are_packed_and_quantized_ones_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let f32s: Vec<u8> = (0..6).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect();
+    let f32s: Vec<u8> = (0..6)
+        .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+        .collect();
     let f16s: Vec<u8> = (0..4u16).flat_map(|i| (0x3c00 + i).to_le_bytes()).collect();
     let mut g = Vec::new();
     g.extend_from_slice(b"GGUF");
@@ -358,7 +490,11 @@ fn gguf_float_tensors_are_packed_and_quantized_ones_skipped() {
     g.extend_from_slice(&6u32.to_le_bytes());
     g.extend_from_slice(&2u64.to_le_bytes());
     g.extend_from_slice(&[0u8; 8]);
-    for (name, dims, ty, off) in [("a", vec![3u64, 2], 0u32, 0u64), ("b", vec![4], 1, 32), ("q", vec![32], 2, 64)] {
+    for (name, dims, ty, off) in [
+        ("a", vec![3u64, 2], 0u32, 0u64),
+        ("b", vec![4], 1, 32),
+        ("q", vec![32], 2, 64),
+    ] {
         gguf_string(&mut g, name);
         g.extend_from_slice(&(dims.len() as u32).to_le_bytes());
         for d in dims {
@@ -389,18 +525,36 @@ fn gguf_float_tensors_are_packed_and_quantized_ones_skipped() {
     assert_eq!(r.read_tensor("b").unwrap(), f16s);
     // truncated GGUF: a clear error
     std::fs::write(&p, &g[..data_start + 10]).unwrap();
-    assert!(Checkpoint::open(&p).unwrap_err().to_string().contains("past the end"));
+    assert!(Checkpoint::open(&p)
+        .unwrap_err()
+        .to_string()
+        .contains("past the end"));
 }
 
 #[test]
 fn bad_options_and_unwritable_outputs_leave_nothing_behind() {
     let (dir, src) = setup();
     let cp = Checkpoint::open(&src).unwrap();
-    let bad = PackOptions { mode: PackMode::QuantResidual(QuantConfig { bits: 5, ..Default::default() }), ..Default::default() };
-    assert!(matches!(pack(&cp, &dir.path().join("a.dhp"), &bad, &|_| {}), Err(PackError::InvalidOption(_))));
+    let bad = PackOptions {
+        mode: PackMode::QuantResidual(QuantConfig {
+            bits: 5,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert!(matches!(
+        pack(&cp, &dir.path().join("a.dhp"), &bad, &|_| {}),
+        Err(PackError::InvalidOption(_))
+    ));
     let missing = dir.path().join("no/such/dir/a.dhp");
-    assert!(matches!(pack(&cp, &missing, &PackOptions::default(), &|_| {}), Err(PackError::Io { .. })));
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(matches!(
+        pack(&cp, &missing, &PackOptions::default(), &|_| {}),
+        Err(PackError::Io { .. })
+    ));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(leftovers, vec![std::ffi::OsString::from("in.safetensors")]);
     assert!(Checkpoint::open(&dir.path().join("nothing.safetensors")).is_err());
     std::fs::write(dir.path().join("junk.safetensors"), b"0123456789abcdef").unwrap();

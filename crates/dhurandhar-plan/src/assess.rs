@@ -187,13 +187,23 @@ pub fn assess(
         } else {
             0
         };
-        // Per token: every dense weight, the active share of the experts and an untied
-        // LM head. Tied embeddings are the LM head and stay resident (in `fixed`).
-        let demand = plan.component("decoder_weights") as f64
-            + plan.component("experts") as f64 * plan.expert_active_fraction
-            + plan.component("lm_head") as f64;
-        let miss = 1.0 - cache as f64 / streamable as f64;
-        let flash = (demand * miss).ceil() as u64 + ple_flash;
+        // Per token: every dense weight (decoder + untied LM head), the active share of
+        // the experts. The cache pins dense weights first (every token needs them), then
+        // a uniform share of the experts. Tied embeddings are the LM head and stay
+        // resident (in `fixed`).
+        let dense = (plan.component("decoder_weights") + plan.component("lm_head")) as f64;
+        let experts = plan.component("experts") as f64;
+        let dense_cached = (cache as f64).min(dense);
+        let expert_cached = (cache as f64 - dense_cached).min(experts);
+        let expert_miss = if experts > 0.0 {
+            1.0 - expert_cached / experts
+        } else {
+            0.0
+        };
+        let flash = ((dense - dense_cached) + experts * plan.expert_active_fraction * expert_miss)
+            .ceil() as u64
+            + ple_flash;
+        let cached_pct = 100.0 * cache as f64 / streamable as f64;
         let c = ceiling(flash);
         modes.push(ModeEval {
             mode: Mode::Stream,
@@ -209,7 +219,7 @@ pub fn assess(
                     mib(min_ram as i128),
                     mib(buffer as i128),
                     mib(head(min_ram) as i128),
-                    100.0 * (1.0 - miss),
+                    cached_pct,
                     mib(streamable as i128),
                     mib(flash as i128),
                     tps(c)

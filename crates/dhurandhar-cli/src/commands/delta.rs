@@ -58,11 +58,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return run_apply(a);
     }
     let (Some(base_p), Some(new_p), Some(out)) = (args.base, args.new, args.output) else {
-        anyhow::bail!("usage: dhurandhar delta BASE NEW -o DELTA (or `delta apply BASE DELTA -o NEW`)");
+        anyhow::bail!(
+            "usage: dhurandhar delta BASE NEW -o DELTA (or `delta apply BASE DELTA -o NEW`)"
+        );
     };
     let base = Checkpoint::open(&base_p)?;
     let new = Checkpoint::open(&new_p)?;
-    let opts = PackOptions { chunk_size: args.chunk_kib.saturating_mul(1024), zstd_level: args.zstd_level, ..Default::default() };
+    let opts = PackOptions {
+        chunk_size: args.chunk_kib.saturating_mul(1024),
+        zstd_level: args.zstd_level,
+        ..Default::default()
+    };
     let pb = progress_bar(new.total_bytes(), args.json, "delta");
     let t0 = Instant::now();
     let report = dhurandhar_pack::delta(&base, &new, &out, &opts, &|n| pb.inc(n))?;

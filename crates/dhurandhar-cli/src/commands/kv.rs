@@ -472,7 +472,16 @@ fn print_compare(r: &CompareJson) {
         println!("not run: {}", s.join("; "));
     }
     println!();
-    println!("Stage 1 (rotation) at head_dim {}: counted ops per vector (add, mul or FMA = 1) and measured ns/vector, 1 thread, {} kernels", c.head_dim, c.kernel);
+    let timed = r.stage1.iter().any(|s| s.ns_per_vector.is_some());
+    let how = if timed {
+        format!(" and measured ns/vector (1 thread, {} kernels)", c.kernel)
+    } else {
+        String::new()
+    };
+    println!(
+        "Stage 1 (rotation) at head_dim {}: counted ops per vector (add, mul or FMA = 1){how}",
+        c.head_dim
+    );
     let mut t = table();
     t.set_header(vec!["codec", "transform", "ops/vector", "ns/vector"]);
     for s in &r.stage1 {

@@ -10,7 +10,8 @@ use std::time::Instant;
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use dhurandhar_pack::{
-    Checkpoint, PackError, PackMode, PackOptions, PackReader, PackReport, QuantConfig, TensorReport, UnpackReport,
+    Checkpoint, PackError, PackMode, PackOptions, PackReader, PackReport, QuantConfig,
+    TensorReport, UnpackReport,
 };
 use serde::Serialize;
 
@@ -87,11 +88,16 @@ pub(crate) fn progress_bar(total: u64, json: bool, what: &str) -> indicatif::Pro
     if json {
         return indicatif::ProgressBar::hidden();
     }
-    let pb = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb
@@ -148,7 +154,10 @@ pub(crate) fn print_summary(r: &PackReport, out: &Path, seconds: f64) -> std::io
         r.bits_per_weight
     )?;
     if let Some((b, w)) = overall_errors(r) {
-        writeln!(o, "  rel. Frobenius error of quantized tensors: {b:.4} base, {w:.4} with residual")?;
+        writeln!(
+            o,
+            "  rel. Frobenius error of quantized tensors: {b:.4} base, {w:.4} with residual"
+        )?;
     }
     // Group notes by reason: a model has hundreds of bias vectors.
     let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
@@ -162,26 +171,52 @@ pub(crate) fn print_summary(r: &PackReport, out: &Path, seconds: f64) -> std::io
     }
     for (why, names) in reasons {
         let shown: Vec<&str> = names.iter().take(3).copied().collect();
-        let more = if names.len() > 3 { format!(", +{} more", names.len() - 3) } else { String::new() };
-        writeln!(o, "  {why}: {} tensor(s): {}{more}", names.len(), shown.join(", "))?;
+        let more = if names.len() > 3 {
+            format!(", +{} more", names.len() - 3)
+        } else {
+            String::new()
+        };
+        writeln!(
+            o,
+            "  {why}: {} tensor(s): {}{more}",
+            names.len(),
+            shown.join(", ")
+        )?;
     }
     for n in &r.removed {
         writeln!(o, "  removed: {n}")?;
     }
     if !r.skipped.is_empty() {
-        writeln!(o, "  skipped {} non-float tensors (e.g. {}: {})", r.skipped.len(), r.skipped[0].0, r.skipped[0].1)?;
+        writeln!(
+            o,
+            "  skipped {} non-float tensors (e.g. {}: {})",
+            r.skipped.len(),
+            r.skipped[0].0,
+            r.skipped[0].1
+        )?;
     }
-    writeln!(o, "  {:.2} s, {:.3} GB/s", seconds, r.input_bytes as f64 / seconds.max(1e-9) / 1e9)
+    writeln!(
+        o,
+        "  {:.2} s, {:.3} GB/s",
+        seconds,
+        r.input_bytes as f64 / seconds.max(1e-9) / 1e9
+    )
 }
 
 pub fn run_pack(a: PackArgs) -> anyhow::Result<()> {
     let mode = match a.mode {
         ModeArg::Lossless => PackMode::Lossless,
-        ModeArg::QuantResidual => {
-            PackMode::QuantResidual(QuantConfig { bits: a.bits, group: a.group, residual_frac: a.residual_frac })
-        }
+        ModeArg::QuantResidual => PackMode::QuantResidual(QuantConfig {
+            bits: a.bits,
+            group: a.group,
+            residual_frac: a.residual_frac,
+        }),
     };
-    let opts = PackOptions { mode, chunk_size: a.chunk_kib.saturating_mul(1024), ..Default::default() };
+    let opts = PackOptions {
+        mode,
+        chunk_size: a.chunk_kib.saturating_mul(1024),
+        ..Default::default()
+    };
     let src = Checkpoint::open(&a.input)?;
     if src.tensors().is_empty() {
         anyhow::bail!("{}: no packable tensors", a.input.display());
@@ -230,7 +265,12 @@ pub(crate) fn print_unpack(r: &UnpackReport, out: &Path, secs: f64) -> std::io::
         r.verified_bit_exact,
         r.lossy
     )?;
-    writeln!(o, "  {:.2} s, {:.3} GB/s", secs, r.output_bytes as f64 / secs.max(1e-9) / 1e9)
+    writeln!(
+        o,
+        "  {:.2} s, {:.3} GB/s",
+        secs,
+        r.output_bytes as f64 / secs.max(1e-9) / 1e9
+    )
 }
 
 pub fn run_unpack(a: UnpackArgs) -> anyhow::Result<()> {
@@ -297,7 +337,8 @@ pub fn run_verify(a: VerifyArgs) -> anyhow::Result<()> {
         Err(e) => {
             if a.json {
                 let (bad_tensor, bad_chunk) = match &e {
-                    PackError::ChunkChecksum { tensor, chunk, .. } | PackError::ChunkDecode { tensor, chunk, .. } => {
+                    PackError::ChunkChecksum { tensor, chunk, .. }
+                    | PackError::ChunkDecode { tensor, chunk, .. } => {
                         (Some(tensor.clone()), Some(*chunk))
                     }
                     PackError::TensorHash { tensor, .. } => (Some(tensor.clone()), None),
@@ -329,10 +370,27 @@ fn pct(a: u64, b: u64) -> String {
 
 pub(crate) fn stats_table(rows: &[TensorReport]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
-    t.set_header(vec!["tensor", "dtype", "shape", "mode", "input", "stored", "ratio", "bits/w", "rel err base", "rel err +res"]);
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled);
+    t.set_header(vec![
+        "tensor",
+        "dtype",
+        "shape",
+        "mode",
+        "input",
+        "stored",
+        "ratio",
+        "bits/w",
+        "rel err base",
+        "rel err +res",
+    ]);
     for r in rows {
-        let shape = r.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+        let shape = r
+            .shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
         let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
         t.add_row(vec![
             Cell::new(&r.name),

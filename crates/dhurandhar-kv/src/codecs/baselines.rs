@@ -13,7 +13,7 @@ use crate::bits::{pack, packed_len, unpack};
 use crate::codec::{KvError, KvRole};
 use crate::framed::{GroupCodec, Scratch};
 use crate::hadamard::RandomizedHadamard;
-use crate::quant::{asym_params, asym_quantize, f16_round, get_f16, put_f16};
+use crate::quant::{round_u8, asym_params, asym_quantize, f16_round, get_f16, put_f16};
 
 const QK: usize = 32;
 
@@ -112,7 +112,7 @@ impl GroupCodec for BlockQ {
                 let id = if d > 0.0 { 1.0 / d } else { 0.0 };
                 put_f16(o, 0, db);
                 for (q, x) in o[2..].iter_mut().zip(blk) {
-                    *q = ((x * id).round().clamp(-127.0, 127.0) as i32 as i8) as u8;
+                    *q = round_u8((x * id).clamp(-127.0, 127.0));
                 }
             } else {
                 // ggml: the element of largest magnitude, with its sign, maps to −8.
@@ -125,8 +125,8 @@ impl GroupCodec for BlockQ {
                 put_f16(o, 0, db);
                 let (lo, hi) = blk.split_at(QK / 2);
                 for ((q, a), b) in o[2..].iter_mut().zip(lo).zip(hi) {
-                    let qa = ((a * id + 8.5) as i32).clamp(0, 15) as u8;
-                    let qb = ((b * id + 8.5) as i32).clamp(0, 15) as u8;
+                    let qa = round_u8((a * id + 8.0).clamp(0.0, 15.0));
+                    let qb = round_u8((b * id + 8.0).clamp(0.0, 15.0));
                     *q = qa | (qb << 4);
                 }
             }
@@ -254,7 +254,7 @@ impl GroupCodec for Kivi {
                 let codes = &mut s.c[..KIVI_GROUP * d];
                 for (ct, xt) in codes.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                     for (((c, v), m), iv) in ct.iter_mut().zip(xt).zip(mn.iter()).zip(hi.iter()) {
-                        *c = ((v - m) * iv).round().clamp(0.0, levels) as i32 as u8;
+                        *c = round_u8(((v - m) * iv).clamp(0.0, levels));
                     }
                 }
                 pack(codes, b, &mut out[4 * d..]);

@@ -13,7 +13,7 @@ use crate::bits::{pack, packed_len, unpack};
 use crate::codec::{KvError, KvRole};
 use crate::framed::{GroupCodec, Scratch};
 use crate::hadamard::RandomizedHadamard;
-use crate::quant::{asym_params, asym_quantize, f16_round, get_f16, put_f16};
+use crate::quant::{round_u8, asym_params, asym_quantize, f16_round, get_f16, put_f16};
 
 /// Tokens per key group (per-channel scale span).
 pub const OSCAR_GROUP: usize = 32;
@@ -121,7 +121,7 @@ impl GroupCodec for Oscar {
                 let codes = &mut s.c[..OSCAR_GROUP * p];
                 for (ct, ut) in codes.chunks_exact_mut(p).zip(u.chunks_exact(p)) {
                     for (((c, v), m), iv) in ct.iter_mut().zip(ut).zip(mn.iter()).zip(hi.iter()) {
-                        *c = ((v - m) * iv).round().clamp(0.0, levels) as i32 as u8;
+                        *c = round_u8(((v - m) * iv).clamp(0.0, levels));
                     }
                 }
                 pack(codes, b, &mut out[base + 4 * p..]);

@@ -101,42 +101,44 @@ impl GroupCodec for TurboMse {
         let (nb, n) = f16_round(crate::simd::sum_sq(r).sqrt(), 0)?;
         put_f16(out, 0, nb);
         let inv = if n > 0.0 { 1.0 / n } else { 0.0 };
-        for v in r.iter_mut() {
-            *v *= inv;
-        }
         let h = self.head();
         let cl = packed_len(p, self.mse_bits);
         let codes = &mut s.c[..p];
         if let Some(cb) = &self.cb {
-            if cb.bits <= 4 {
-                // The codebook is symmetric: count the positive thresholds exceeded by
-                // |u| (vectorizable, half the comparisons), then place by sign.
+            if cb.bits <= 4 && p % 8 == 0 {
+                // One fused pass in 8-lane blocks: scale, |u|, count the positive
+                // thresholds exceeded (the codebook is symmetric), place by sign.
                 let k = cb.levels.len();
                 let pos = &cb.bounds[k / 2..];
-                let cnt = &mut s.g[..p];
-                let mag = &mut s.h[..p];
-                for (m, v) in mag.iter_mut().zip(r.iter()) {
-                    *m = v.abs();
-                }
-                cnt.fill(0.0);
-                // Thresholds outside, coordinates inside: independent lanes, no
-                // loop-carried dependency.
-                for &t in pos {
-                    for (c, m) in cnt.iter_mut().zip(mag.iter()) {
-                        *c += if *m > t { 1.0 } else { 0.0 };
+                let half = (k / 2) as i32;
+                for (rc, cc) in r.chunks_exact_mut(8).zip(codes.chunks_exact_mut(8)) {
+                    let mut u = [0.0f32; 8];
+                    let mut cnt = [0i32; 8];
+                    for i in 0..8 {
+                        u[i] = rc[i] * inv;
+                        rc[i] = u[i];
+                    }
+                    for &t in pos {
+                        for i in 0..8 {
+                            cnt[i] += (u[i].abs() > t) as i32;
+                        }
+                    }
+                    for i in 0..8 {
+                        let q = if u[i] > 0.0 { half + cnt[i] } else { half - 1 - cnt[i] };
+                        cc[i] = q as u8;
                     }
                 }
-                let half = (k / 2) as f32;
-                for ((c, n), v) in codes.iter_mut().zip(cnt.iter()).zip(r.iter()) {
-                    let q = if *v > 0.0 { half + n } else { half - 1.0 - n };
-                    *c = q as i32 as u8;
-                }
             } else {
-                for (c, v) in codes.iter_mut().zip(r.iter()) {
+                for (c, v) in codes.iter_mut().zip(r.iter_mut()) {
+                    *v *= inv;
                     *c = cb.quantize(*v);
                 }
             }
             pack(codes, self.mse_bits, &mut out[h..h + cl]);
+        } else {
+            for v in r.iter_mut() {
+                *v *= inv;
+            }
         }
         if let Some(qjl) = &self.qjl {
             // Residual of the unit vector after the Lloyd–Max stage.
