@@ -208,8 +208,15 @@ pub(crate) fn profile_from_gguf(
         .unwrap_or(0);
     let ffn = if ffn_max > 0 {
         ffn_max
+    } else if expert_ffn > 0 {
+        expert_ffn
+    } else if has_ssm {
+        // Pure Mamba blocks have no FFN; the contract needs a positive width, and the
+        // SSM inner size is the block's widest projection. Weight bytes come from the
+        // tensors, so this never feeds a size estimate.
+        k.u64("ssm.inner_size")?.unwrap_or(hidden).max(1)
     } else {
-        expert_ffn.max(hidden)
+        return Err(missing(origin, arch, "feed_forward_length"));
     };
     p.insert("intermediate_size".into(), Value::from(ffn));
     if let Some(v) = &ffn_pl {

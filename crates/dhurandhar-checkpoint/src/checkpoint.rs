@@ -184,10 +184,15 @@ pub fn open_checkpoint(path: &Path) -> Result<Checkpoint, CheckpointError> {
     match format {
         CheckpointFormat::Gguf => {
             let g = GgufFile::open(path)?;
+            let mut tensors = gguf_entries(path, &g);
+            for split in gguf_splits(path, &g)? {
+                let s = GgufFile::open(&split)?;
+                tensors.extend(gguf_entries(&split, &s));
+            }
             Ok(Checkpoint {
                 path: path.to_path_buf(),
                 format,
-                tensors: gguf_entries(path, &g),
+                tensors,
                 gguf: Some(g),
                 config: None,
             })
@@ -236,6 +241,57 @@ pub fn open_checkpoint(path: &Path) -> Result<Checkpoint, CheckpointError> {
             })
         }
     }
+}
+
+/// The other files of a split GGUF (`name-00001-of-00003.gguf`, metadata `split.count`).
+/// Only the first split carries the model metadata, so the model must be opened there.
+fn gguf_splits(path: &Path, g: &GgufFile) -> Result<Vec<PathBuf>, CheckpointError> {
+    let origin = path.display().to_string();
+    let count = g.get_u64("split.count").unwrap_or(1);
+    if count <= 1 {
+        return Ok(Vec::new());
+    }
+    let idx = g.get_u64("split.no").unwrap_or(0);
+    if idx != 0 {
+        return Err(CheckpointError::unsupported(
+            &origin,
+            format!(
+                "this is split {} of {count}; open the first split (…-00001-of-{count:05}.gguf)",
+                idx + 1
+            ),
+        ));
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let suffix = format!("-00001-of-{count:05}.gguf");
+    let Some(prefix) = name.strip_suffix(&suffix) else {
+        return Err(CheckpointError::unsupported(
+            &origin,
+            format!("split GGUF ({count} parts) whose name does not end in `{suffix}`"),
+        ));
+    };
+    if count > 10_000 {
+        return Err(CheckpointError::unsupported(
+            &origin,
+            format!("split.count {count} is absurd"),
+        ));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    (2..=count)
+        .map(|i| {
+            let p = dir.join(format!("{prefix}-{i:05}-of-{count:05}.gguf"));
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(CheckpointError::unsupported(
+                    &origin,
+                    format!("split {} is missing: {}", i, p.display()),
+                ))
+            }
+        })
+        .collect()
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {

@@ -591,8 +591,8 @@ impl GgufFile {
             return Err(r.err(
                 0,
                 format!(
-                    "bad magic {:02x?}: not a GGUF file (expected \"GGUF\")",
-                    magic
+                    "bad magic \"{}\": not a GGUF file (expected \"GGUF\")",
+                    magic.escape_ascii()
                 ),
             ));
         }

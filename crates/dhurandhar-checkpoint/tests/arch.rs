@@ -571,3 +571,9 @@ fn gguf_refusals() {
         "{e}"
     );
 }
+
+#[test]
+fn gguf_missing_ffn_is_named() {
+    let e = gguf_load(base("llama", 2)).unwrap_err();
+    assert!(e.contains("llama.feed_forward_length"), "{e}");
+}

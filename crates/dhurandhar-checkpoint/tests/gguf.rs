@@ -410,3 +410,44 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn split_gguf_is_one_model() {
+    use dhurandhar_checkpoint::{load_model, open_checkpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let first = GgufBuilder::new()
+        .kv("general.architecture", GgufValue::String("llama".into()))
+        .kv("split.no", GgufValue::U16(0))
+        .kv("split.count", GgufValue::U16(2))
+        .kv("llama.block_count", GgufValue::U32(1))
+        .kv("llama.embedding_length", GgufValue::U32(32))
+        .kv("llama.attention.head_count", GgufValue::U32(2))
+        .kv("llama.feed_forward_length", GgufValue::U32(64))
+        .tensor_filled("token_embd.weight", &[32, 50], GgmlType::F16);
+    let second = GgufBuilder::new()
+        .kv("split.no", GgufValue::U16(1))
+        .kv("split.count", GgufValue::U16(2))
+        .tensor_filled("blk.0.attn_q.weight", &[32, 32], GgmlType::Q8_0)
+        .tensor_filled("output.weight", &[32, 50], GgmlType::Q8_0);
+    let p1 = dir.path().join("m-00001-of-00002.gguf");
+    let p2 = dir.path().join("m-00002-of-00002.gguf");
+    std::fs::write(&p1, first.to_bytes().unwrap()).unwrap();
+    std::fs::write(&p2, second.to_bytes().unwrap()).unwrap();
+    let ck = open_checkpoint(&p1).unwrap();
+    assert_eq!(ck.tensors.len(), 3);
+    assert_eq!(ck.tensors[2].file, p2);
+    let (a, b) = load_model(&p1).unwrap();
+    assert!(
+        !a.embeddings_tied,
+        "output.weight lives in the second split"
+    );
+    assert_eq!(
+        (b.token_embeddings, b.decoder_layers, b.lm_head),
+        (3200, 1088, 1700)
+    );
+    let e = load_model(&p2).unwrap_err().to_string();
+    assert!(e.contains("split 2 of 2"), "{e}");
+    std::fs::remove_file(&p2).unwrap();
+    let e = load_model(&p1).unwrap_err().to_string();
+    assert!(e.contains("split 2 is missing"), "{e}");
+}

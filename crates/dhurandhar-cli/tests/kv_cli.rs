@@ -48,16 +48,38 @@ shared_kv_last_n_layers: 20
 #[test]
 fn compare_json_contract_and_snapshot() {
     let v = json_of(dh().args([
-        "kv", "compare", "--head-dim", "64", "--num-kv-heads", "2", "--seq-len", "96", "--bits", "2,4",
-        "--codecs", "turbo,turbo-mse,q4_0,kivi2", "--queries", "8", "--no-timing", "--json",
+        "kv",
+        "compare",
+        "--head-dim",
+        "64",
+        "--num-kv-heads",
+        "2",
+        "--seq-len",
+        "96",
+        "--bits",
+        "2,4",
+        "--codecs",
+        "turbo,turbo-mse,q4_0,kivi2",
+        "--queries",
+        "8",
+        "--no-timing",
+        "--json",
     ]));
     let rows = v["rows"].as_array().unwrap();
     // q4_0 runs only at its native 4 bits.
     assert_eq!(rows.len(), 7);
     for r in rows {
         for k in [
-            "codec", "bits", "bits_per_value", "compression_vs_bf16", "nmse", "cosine", "norm_ratio",
-            "ip_bias_slope", "attn_rel_err", "attn_kl",
+            "codec",
+            "bits",
+            "bits_per_value",
+            "compression_vs_bf16",
+            "nmse",
+            "cosine",
+            "norm_ratio",
+            "ip_bias_slope",
+            "attn_rel_err",
+            "attn_kl",
         ] {
             assert!(r.get(k).is_some(), "missing {k} in {r}");
         }
@@ -76,8 +98,21 @@ fn compare_json_contract_and_snapshot() {
 fn compare_table_snapshot() {
     let out = dh()
         .args([
-            "kv", "compare", "--head-dim", "96", "--num-kv-heads", "1", "--seq-len", "64", "--bits", "4",
-            "--codecs", "turbo-mse,oscar,q4_0-rot", "--queries", "4", "--no-timing",
+            "kv",
+            "compare",
+            "--head-dim",
+            "96",
+            "--num-kv-heads",
+            "1",
+            "--seq-len",
+            "64",
+            "--bits",
+            "4",
+            "--codecs",
+            "turbo-mse,oscar,q4_0-rot",
+            "--queries",
+            "4",
+            "--no-timing",
         ])
         .assert()
         .success()
@@ -94,8 +129,21 @@ fn bench_counts_shared_layers_and_follows_bits() {
     std::fs::write(&yaml, E2B_LIKE).unwrap();
     let run = |bits: &str| {
         json_of(dh().args([
-            "kv", "bench", "--model", yaml.to_str().unwrap(), "--seq-len", "4096", "--codec", "turbo",
-            "--bits", bits, "--samples", "64", "--queries", "8", "--json",
+            "kv",
+            "bench",
+            "--model",
+            yaml.to_str().unwrap(),
+            "--seq-len",
+            "4096",
+            "--codec",
+            "turbo",
+            "--bits",
+            bits,
+            "--samples",
+            "64",
+            "--queries",
+            "8",
+            "--json",
         ]))
     };
     let a = run("2");
@@ -113,10 +161,19 @@ fn bench_counts_shared_layers_and_follows_bits() {
 
 #[test]
 fn bench_table_runs_on_builtin_model() {
-    dh().args(["kv", "bench", "--seq-len", "2048", "--samples", "32", "--queries", "4"])
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("baseline (bf16)").and(predicate::str::contains("shared-KV")));
+    dh().args([
+        "kv",
+        "bench",
+        "--seq-len",
+        "2048",
+        "--samples",
+        "32",
+        "--queries",
+        "4",
+    ])
+    .assert()
+    .success()
+    .stdout(predicate::str::contains("baseline (bf16)").and(predicate::str::contains("shared-KV")));
 }
 
 #[test]
@@ -124,7 +181,17 @@ fn benchmark_kv_alias_keeps_python_flags() {
     let run = |rb: &str| {
         let out = Command::cargo_bin("dhurandhar-benchmark-kv")
             .unwrap()
-            .args(["--model", "gemma4-e2b", "--seq-len", "4096", "--residual-bits", rb, "--samples", "32", "--json"])
+            .args([
+                "--model",
+                "gemma4-e2b",
+                "--seq-len",
+                "4096",
+                "--residual-bits",
+                rb,
+                "--samples",
+                "32",
+                "--json",
+            ])
             .assert()
             .success()
             .get_output()
@@ -144,13 +211,28 @@ fn compare_codecs_alias_writes_json_out() {
     let out = dir.path().join("cmp.json");
     Command::cargo_bin("dhurandhar-compare-codecs")
         .unwrap()
-        .args(["--head-dim", "32", "--num-kv-heads", "1", "--seq-len", "64", "--bits", "4", "--json-out"])
+        .args([
+            "--head-dim",
+            "32",
+            "--num-kv-heads",
+            "1",
+            "--seq-len",
+            "64",
+            "--bits",
+            "4",
+            "--json-out",
+        ])
         .arg(&out)
         .assert()
         .success()
         .stdout(predicate::str::contains("turbo-mse"));
     let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    let codecs: Vec<&str> = v["rows"].as_array().unwrap().iter().map(|r| r["codec"].as_str().unwrap()).collect();
+    let codecs: Vec<&str> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["codec"].as_str().unwrap())
+        .collect();
     assert_eq!(codecs.len(), 9, "{codecs:?}"); // all but q8_0 at 4 bits
     assert!(v["stage1"][0]["ns_per_vector"].as_f64().unwrap() > 0.0);
 }
@@ -158,10 +240,27 @@ fn compare_codecs_alias_writes_json_out() {
 #[test]
 fn speed_json_contract() {
     let v = json_of(dh().args([
-        "kv", "speed", "--head-dim", "64", "--codec", "turbo-mse", "--bits", "4", "--threads", "1", "--vectors",
-        "64", "--min-seconds", "0", "--json",
+        "kv",
+        "speed",
+        "--head-dim",
+        "64",
+        "--codec",
+        "turbo-mse",
+        "--bits",
+        "4",
+        "--threads",
+        "1",
+        "--vectors",
+        "64",
+        "--min-seconds",
+        "0",
+        "--json",
     ]));
-    for k in ["encode_ns_per_vector", "decode_ns_per_vector", "memcpy_ns_per_vector"] {
+    for k in [
+        "encode_ns_per_vector",
+        "decode_ns_per_vector",
+        "memcpy_ns_per_vector",
+    ] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
     }
     assert_eq!(v["threads"], 1);
@@ -170,7 +269,10 @@ fn speed_json_contract() {
 
 fn npy(shape: &[usize], data: &[f32]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
-    let mut h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}", dims.join(", "));
+    let mut h = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
+        dims.join(", ")
+    );
     while (10 + h.len() + 1) % 64 != 0 {
         h.push(' ');
     }
@@ -191,7 +293,10 @@ fn safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)], meta: &str) -> Vec<u8> 
     for (name, shape, vals) in tensors {
         let end = off + vals.len() * 4;
         let dims: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
-        header += &format!(",\"{name}\":{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{off},{end}]}}", dims.join(","));
+        header += &format!(
+            ",\"{name}\":{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{off},{end}]}}",
+            dims.join(",")
+        );
         for v in vals {
             data.extend_from_slice(&v.to_le_bytes());
         }
@@ -205,7 +310,9 @@ fn safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)], meta: &str) -> Vec<u8> 
 }
 
 fn wave(n: usize, k: f32) -> Vec<f32> {
-    (0..n).map(|i| ((i as f32) * k).sin() + 0.1 * ((i * 7 % 13) as f32)).collect()
+    (0..n)
+        .map(|i| ((i as f32) * k).sin() + 0.1 * ((i * 7 % 13) as f32))
+        .collect()
 }
 
 #[test]
@@ -223,13 +330,30 @@ fn compare_reads_captured_safetensors_with_gqa_queries() {
         "{\"model\":\"test\",\"n_layers\":\"1\"}",
     );
     std::fs::write(&f, bytes).unwrap();
-    let v = json_of(dh().args(["kv", "compare", "--data", f.to_str().unwrap(), "--bits", "4", "--codecs", "turbo-mse,spectral", "--no-timing", "--json"]));
+    let v = json_of(dh().args([
+        "kv",
+        "compare",
+        "--data",
+        f.to_str().unwrap(),
+        "--bits",
+        "4",
+        "--codecs",
+        "turbo-mse,spectral",
+        "--no-timing",
+        "--json",
+    ]));
     let file = &v["config"]["file"];
     assert_eq!(file["heads"], 2);
     assert_eq!(file["head_dim"], 32);
     assert!(file["queries"].as_str().unwrap().contains("captured"));
     assert_eq!(v["rows"].as_array().unwrap().len(), 2);
-    assert_eq!(v["rows"][0]["worst"]["nmse"]["head"].as_str().unwrap().starts_with("layer 0"), true);
+    assert_eq!(
+        v["rows"][0]["worst"]["nmse"]["head"]
+            .as_str()
+            .unwrap()
+            .starts_with("layer 0"),
+        true
+    );
 }
 
 #[test]
@@ -237,7 +361,18 @@ fn compare_reads_npy_and_rejects_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("k.npy");
     std::fs::write(&f, npy(&[33, 2, 16], &wave(33 * 2 * 16, 0.3))).unwrap();
-    let v = json_of(dh().args(["kv", "compare", "--data", f.to_str().unwrap(), "--bits", "2", "--codecs", "kivi2", "--no-timing", "--json"]));
+    let v = json_of(dh().args([
+        "kv",
+        "compare",
+        "--data",
+        f.to_str().unwrap(),
+        "--bits",
+        "2",
+        "--codecs",
+        "kivi2",
+        "--no-timing",
+        "--json",
+    ]));
     // 33 tokens: one KIVI key group of 32 plus one bf16 token, counted.
     let r = &v["rows"][0];
     assert!(r["key_bits_per_value"].as_f64().unwrap() > 3.0);
@@ -246,10 +381,16 @@ fn compare_reads_npy_and_rejects_bad_input() {
     bad[5] = f32::NAN;
     let nan = dir.path().join("nan.npy");
     std::fs::write(&nan, npy(&[4, 16], &bad)).unwrap();
-    dh().args(["kv", "compare", "--data", nan.to_str().unwrap(), "--no-timing"])
-        .assert()
-        .failure()
-        .stderr(predicate::str::contains("nan.npy").and(predicate::str::contains("NaN")));
+    dh().args([
+        "kv",
+        "compare",
+        "--data",
+        nan.to_str().unwrap(),
+        "--no-timing",
+    ])
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains("nan.npy").and(predicate::str::contains("NaN")));
 
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"not a file").unwrap();
@@ -262,8 +403,17 @@ fn compare_reads_npy_and_rejects_bad_input() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("unknown codec `turbo-xl`"));
-    dh().args(["kv", "bench", "--codec", "turbo", "--bits", "1", "--samples", "8"])
-        .assert()
-        .failure()
-        .stderr(predicate::str::contains("does not support 1 bits"));
+    dh().args([
+        "kv",
+        "bench",
+        "--codec",
+        "turbo",
+        "--bits",
+        "1",
+        "--samples",
+        "8",
+    ])
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains("does not support 1 bits"));
 }

@@ -426,6 +426,63 @@ mod avx2 {
         ]
     }
 
+    /// Q8_0 weights against f32 activations (no activation rounding).
+    ///
+    /// # Safety
+    /// AVX2/FMA/F16C present; `w` holds `x.len()/32` Q8_0 blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0_f32(w: &[u8], x: &[f32]) -> f32 {
+        let nb = x.len() / QK;
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..nb {
+            let blk = wp.add(b * 34);
+            _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
+            let mut s = _mm256_setzero_ps();
+            for g in 0..4 {
+                let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.add(2 + 8 * g) as *const __m128i));
+                s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), _mm256_loadu_ps(xp.add(b * QK + 8 * g)), s);
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(blk)), s, acc);
+        }
+        hsum(acc)
+    }
+
+    /// Q4_1 (or Q4_0) weights against f32 activations: `d·Σq·x + m·Σx` per block.
+    ///
+    /// # Safety
+    /// AVX2/FMA/F16C present; `w` holds `x.len()/32` blocks of the given type.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_f32<const Q41: bool>(w: &[u8], x: &[f32]) -> f32 {
+        let nb = x.len() / QK;
+        let ts = if Q41 { 20 } else { 18 };
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let m4 = _mm_set1_epi8(0xF);
+        let mut acc = _mm256_setzero_ps();
+        let mut accm = _mm256_setzero_ps();
+        for b in 0..nb {
+            let blk = wp.add(b * ts);
+            _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
+            let d = f16_to_f32(blk);
+            let (m, q) = if Q41 { (f16_to_f32(blk.add(2)), blk.add(4)) } else { (-8.0 * d, blk.add(2)) };
+            let v = _mm_loadu_si128(q as *const __m128i);
+            let lo = _mm_and_si128(v, m4); // elements 0..16
+            let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4); // elements 16..32
+            let xb = xp.add(b * QK);
+            let mut s = _mm256_setzero_ps();
+            let mut sx = _mm256_setzero_ps();
+            for (g, src) in [(0, lo), (1, _mm_srli_si128(lo, 8)), (2, hi), (3, _mm_srli_si128(hi, 8))] {
+                let qf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(src));
+                let xv = _mm256_loadu_ps(xb.add(8 * g));
+                s = _mm256_fmadd_ps(qf, xv, s);
+                sx = _mm256_add_ps(sx, xv);
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
+            accm = _mm256_fmadd_ps(_mm256_set1_ps(m), sx, accm);
+        }
+        hsum(_mm256_add_ps(acc, accm))
+    }
+
     /// `out[j] = scale · ⟨q, src[off + j·stride ..][..q.len()]⟩`.
     ///
     /// # Safety
@@ -606,6 +663,16 @@ fn row_dot(t: QType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Si
         }
         Acts::F32(x) => {
             let xr = &x[a_row * cols..(a_row + 1) * cols];
+            #[cfg(target_arch = "x86_64")]
+            if s == Simd::Avx2 {
+                // SAFETY: simd() checked the features; matmul() checked the shapes.
+                match t {
+                    QType::Q8_0 => return unsafe { avx2::dot_q8_0_f32(w, xr) },
+                    QType::Q4_1 => return unsafe { avx2::dot_q4_f32::<true>(w, xr) },
+                    QType::Q4_0 => return unsafe { avx2::dot_q4_f32::<false>(w, xr) },
+                    _ => {}
+                }
+            }
             if t == QType::F32 && s == Simd::Avx2 {
                 // Aligned or not, F32 weights are little-endian f32s; reinterpret safely.
                 if let Ok(wf) = bytemuck_f32(w) {
@@ -666,7 +733,8 @@ pub fn matmul(
             x.len() / w.cols
         }
     };
-    if matches!(acts, Acts::Q8(_)) != w.uses_q8() {
+    // Q8_0/Q4_x weights take 8-bit or f32 activations; other types f32 only.
+    if matches!(acts, Acts::Q8(_)) && !w.uses_q8() {
         return Err(EngineError::Shape(format!(
             "{} weights got the wrong activation format",
             w.qtype.name()
@@ -831,6 +899,32 @@ mod tests {
                         (got - portable).abs() < 1e-3,
                         "{t:?} simd {got} vs portable {portable}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q_weights_with_f32_activations_match_dequantized_reference() {
+        let (rows, cols) = (3usize, 96usize);
+        let wf = rng_vals(rows * cols, 21);
+        let x = rng_vals(2 * cols, 22);
+        for (t, data) in [
+            (QType::Q8_0, quantize_q8_0(&wf)),
+            (QType::Q4_1, quantize_q4(&wf, true)),
+            (QType::Q4_0, quantize_q4(&wf, false)),
+        ] {
+            let m = QMatrix::new(t, rows, cols, &data).unwrap();
+            let mut out = vec![0f32; 2 * rows];
+            matmul(&m, &Acts::F32(&x), &mut out, false).unwrap();
+            for tok in 0..2 {
+                for r in 0..rows {
+                    let mut row = vec![0f32; cols];
+                    m.dequantize_row(r, &mut row).unwrap();
+                    let xr = &x[tok * cols..(tok + 1) * cols];
+                    let want: f32 = row.iter().zip(xr).map(|(a, b)| a * b).sum();
+                    let got = out[tok * rows + r];
+                    assert!((got - want).abs() < 1e-4, "{t:?}: {got} vs {want}");
                 }
             }
         }

@@ -393,6 +393,7 @@ impl Model {
             cache,
             pool,
             rope: RopeTable::new(c.rope_base, c.rope_dims),
+            f32_activations: false,
         })
     }
 }
@@ -451,12 +452,16 @@ pub struct Session<'m> {
     pub cache: KvCache,
     pool: Option<rayon::ThreadPool>,
     rope: RopeTable,
+    /// See [`Session::set_f32_activations`].
+    f32_activations: bool,
 }
 
 /// Scratch for one chunk.
 struct Scratch {
     q8: Q8Acts,
     q8_ready: bool,
+    /// Multiply in f32 instead of quantizing activations to 8 bits.
+    f32_acts: bool,
 }
 
 impl Scratch {
@@ -467,7 +472,7 @@ impl Scratch {
         out: &mut [f32],
         par: bool,
     ) -> Result<(), EngineError> {
-        if w.uses_q8() {
+        if w.uses_q8() && !self.f32_acts {
             if !self.q8_ready {
                 self.q8.quantize_into(x, w.cols);
                 self.q8_ready = true;
@@ -482,6 +487,14 @@ impl Scratch {
 impl<'m> Session<'m> {
     pub fn model(&self) -> &'m Model {
         self.model
+    }
+
+    /// Multiply quantized weights by f32 activations instead of 8-bit ones (llama.cpp's
+    /// scheme, the default). Slower, but free of activation rounding: with 8-bit
+    /// activations a 1e-6 relative change anywhere flips roundings that compound over
+    /// the layers, which hides small effects such as a good KV codec's error.
+    pub fn set_f32_activations(&mut self, on: bool) {
+        self.f32_activations = on;
     }
 
     /// Tokens processed so far.
@@ -558,6 +571,7 @@ impl<'m> Session<'m> {
         let mut sc = Scratch {
             q8: Q8Acts::default(),
             q8_ready: false,
+            f32_acts: self.f32_activations,
         };
         let scale = 1.0 / (hd as f32).sqrt();
         let group = nh / nkv;

@@ -110,13 +110,14 @@ fn lossless_codec_matches_exact_and_lossy_codec_does_not() {
         "It is a truth universally acknowledged, that a single man in possession of a good fortune",
     );
     let n = ids.len();
-    let exact = dhurandhar_engine::evaluate(&m, &ids, vec![], 1, 7).unwrap();
+    let exact = dhurandhar_engine::evaluate(&m, &ids, vec![], 1, 7, true).unwrap();
     let report = dhurandhar_engine::evaluate(
         &m,
         &ids,
         vec![codec(1, 1.0, 30), codec(4, 1.0, 30), codec(4, 0.5, 30)],
         2,
         5, // chunks not aligned with the groups
+        true,
     )
     .unwrap();
     assert_eq!(

@@ -43,7 +43,10 @@ fn bench_fwht(c: &mut Criterion) {
 }
 
 fn bench_codecs(c: &mut Criterion) {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     for d in [128usize, 256] {
         let x = generate(Distribution::Gaussian, N, d, 1, 0, false);
         let cal = generate(Distribution::Gaussian, 512, d, 2, 0, false);
@@ -52,7 +55,11 @@ fn bench_codecs(c: &mut Criterion) {
         let mut dst = vec![0.0f32; x.len()];
         g.bench_function("memcpy", |b| b.iter(|| dst.copy_from_slice(black_box(&x))));
         for name in CODEC_NAMES {
-            let bits = if supported_bits(name).unwrap().contains(&4) { 4 } else { 8 };
+            let bits = if supported_bits(name).unwrap().contains(&4) {
+                4
+            } else {
+                8
+            };
             let codec = build_codec(&CodecSpec::new(name, bits, d), Some(&cal)).unwrap();
             let enc = codec.encode(KvRole::Key, &x).unwrap();
             let mut out = vec![0.0f32; x.len()];
@@ -60,7 +67,13 @@ fn bench_codecs(c: &mut Criterion) {
                 pool.install(|| b.iter(|| codec.encode(KvRole::Key, black_box(&x)).unwrap()))
             });
             g.bench_function(format!("{name}-{bits}/decode"), |b| {
-                pool.install(|| b.iter(|| codec.decode(KvRole::Key, black_box(&enc), &mut out).unwrap()))
+                pool.install(|| {
+                    b.iter(|| {
+                        codec
+                            .decode(KvRole::Key, black_box(&enc), &mut out)
+                            .unwrap()
+                    })
+                })
             });
         }
         g.finish();

@@ -92,7 +92,9 @@ pub enum KvError {
     },
     #[error("value too large for the codec's f16 side information at token {token} (|x| ~ {magnitude:e} > 65504)")]
     Overflow { token: usize, magnitude: f32 },
-    #[error("encoded buffer is {got} bytes but {tokens} tokens of `{codec}` {role}s need {expected}")]
+    #[error(
+        "encoded buffer is {got} bytes but {tokens} tokens of `{codec}` {role}s need {expected}"
+    )]
     EncodedLength {
         codec: String,
         role: &'static str,

@@ -120,7 +120,12 @@ fn run_head(spec: &CodecSpec, h: &HeadData) -> Result<HeadResult, KvError> {
     })
 }
 
-fn worst(heads: &[HeadData], res: &[HeadResult], f: impl Fn(&HeadMetrics) -> f64, max: bool) -> WorstHead {
+fn worst(
+    heads: &[HeadData],
+    res: &[HeadResult],
+    f: impl Fn(&HeadMetrics) -> f64,
+    max: bool,
+) -> WorstHead {
     let mut best = 0;
     for (i, r) in res.iter().enumerate() {
         let (a, b) = (f(&r.m), f(&res[best].m));
@@ -200,7 +205,8 @@ fn summarise(
     }
     let side_bpv = side / (2.0 * vals);
     let bpv = (kb + vb) / (2.0 * vals) + side_bpv;
-    let med = |f: &dyn Fn(&HeadMetrics) -> f64| median(&res.iter().map(|r| f(&r.m)).collect::<Vec<_>>());
+    let med =
+        |f: &dyn Fn(&HeadMetrics) -> f64| median(&res.iter().map(|r| f(&r.m)).collect::<Vec<_>>());
     Row {
         codec: name.to_string(),
         bits,

@@ -74,12 +74,12 @@ impl<C: GroupCodec> Framed<C> {
         if len == 0 {
             return Err(KvError::EmptyBatch);
         }
-        if len % d != 0 {
+        if !len.is_multiple_of(d) {
             return Err(KvError::ShapeMismatch { len, head_dim: d });
         }
         let n = len / d;
         let g = self.0.group(role);
-        if n % g != 0 {
+        if !n.is_multiple_of(g) {
             return Err(KvError::PartialGroup {
                 codec: self.0.name().to_string(),
                 role: role.as_str(),
@@ -153,7 +153,11 @@ fn encode_portable<C: GroupCodec>(
     let d = c.head_dim();
     let g = c.group(role);
     let rl = c.record_len(role);
-    for (gi, (xs, o)) in x.chunks_exact(g * d).zip(out.chunks_exact_mut(rl)).enumerate() {
+    for (gi, (xs, o)) in x
+        .chunks_exact(g * d)
+        .zip(out.chunks_exact_mut(rl))
+        .enumerate()
+    {
         if let Some(i) = crate::simd::first_non_finite(xs) {
             return Err(KvError::NonFinite {
                 token: gi * g + i / d,

@@ -228,7 +228,11 @@ mod tests {
             for (i, yi) in y.iter().enumerate() {
                 let want: f32 = (0..n)
                     .map(|j| {
-                        let s = if (i & j).count_ones() % 2 == 0 { 1.0 } else { -1.0 };
+                        let s = if (i & j).count_ones() % 2 == 0 {
+                            1.0
+                        } else {
+                            -1.0
+                        };
                         s * x[j]
                     })
                     .sum();

@@ -21,8 +21,10 @@ pub struct Codebook {
 const GRID: usize = 40_000;
 
 /// Lloyd–Max codebook for padded dimension `p` and `bits` (1..=8), cached.
+type Cache = Mutex<HashMap<(usize, u32), Arc<Codebook>>>;
+
 pub fn codebook(p: usize, bits: u32) -> Arc<Codebook> {
-    static CACHE: OnceLock<Mutex<HashMap<(usize, u32), Arc<Codebook>>>> = OnceLock::new();
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     if let Some(c) = cache.lock().ok().and_then(|m| m.get(&(p, bits)).cloned()) {
         return c;
@@ -58,7 +60,7 @@ fn compute(p: usize, bits: u32) -> Codebook {
     let mut levels: Vec<f64> = (0..k)
         .map(|j| {
             let q = (j as f64 + 0.5) / k as f64;
-            let i = cw.partition_point(|&c| c < q).min(GRID) .max(1) - 1;
+            let i = cw.partition_point(|&c| c < q).clamp(1, GRID) - 1;
             xs[i]
         })
         .collect();
@@ -73,8 +75,16 @@ fn compute(p: usize, bits: u32) -> Codebook {
         let mut moved = 0.0f64;
         let mut next = levels.clone();
         for j in 0..k {
-            let a = if j == 0 { -half } else { 0.5 * (levels[j - 1] + levels[j]) };
-            let b = if j + 1 == k { half } else { 0.5 * (levels[j] + levels[j + 1]) };
+            let a = if j == 0 {
+                -half
+            } else {
+                0.5 * (levels[j - 1] + levels[j])
+            };
+            let b = if j + 1 == k {
+                half
+            } else {
+                0.5 * (levels[j] + levels[j + 1])
+            };
             let m = at(&cw, b) - at(&cw, a);
             if m > 0.0 {
                 next[j] = (at(&cwx, b) - at(&cwx, a)) / m;

@@ -135,7 +135,11 @@ pub fn head_metrics(h: &HeadData, kh: &[f32], vh: &[f32]) -> HeadMetrics {
     let c = cnt.max(1.0);
     let ip_bias_slope = if sxx > 0.0 { sxy / sxx } else { 1.0 };
     let var_e = see / c - (se / c).powi(2);
-    let ip_err_var = if sxx > 0.0 { var_e.max(0.0) / (sxx / c) } else { 0.0 };
+    let ip_err_var = if sxx > 0.0 {
+        var_e.max(0.0) / (sxx / c)
+    } else {
+        0.0
+    };
     // Attention outputs.
     let (mut rel, mut kl) = (0.0f64, 0.0f64);
     let mut p = vec![0.0f64; n];
@@ -160,7 +164,11 @@ pub fn head_metrics(h: &HeadData, kh: &[f32], vh: &[f32]) -> HeadMetrics {
         }
         let num: f64 = o.iter().zip(&oh).map(|(a, b)| (a - b) * (a - b)).sum();
         let den: f64 = o.iter().map(|a| a * a).sum();
-        rel += if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
+        rel += if den > 0.0 {
+            (num / den).sqrt()
+        } else {
+            num.sqrt()
+        };
     }
     let mm = m.max(1) as f64;
     HeadMetrics {

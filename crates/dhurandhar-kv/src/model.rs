@@ -145,7 +145,11 @@ pub fn footprint(
         baseline_bytes: base,
         compressed_bytes: comp,
         savings_bytes: base.saturating_sub(comp),
-        ratio: if comp > 0 { base as f64 / comp as f64 } else { 0.0 },
+        ratio: if comp > 0 {
+            base as f64 / comp as f64
+        } else {
+            0.0
+        },
         bits_per_value: if values > 0 {
             comp as f64 * 8.0 / values as f64
         } else {
@@ -179,7 +183,12 @@ pub struct KvCacheCompressor {
 }
 
 impl KvCacheCompressor {
-    pub fn new(arch: &ModelArchitecture, name: &str, bits: u32, seed: u64) -> Result<Self, KvError> {
+    pub fn new(
+        arch: &ModelArchitecture,
+        name: &str,
+        bits: u32,
+        seed: u64,
+    ) -> Result<Self, KvError> {
         Ok(KvCacheCompressor {
             layers: arch.layers(),
             codecs: codecs_for(arch, name, bits, seed)?,
@@ -187,9 +196,12 @@ impl KvCacheCompressor {
     }
 
     fn layer(&self, i: usize) -> Result<&LayerSpec, KvError> {
-        self.layers
-            .get(i)
-            .ok_or_else(|| KvError::Invalid(format!("layer {i} out of range ({} layers)", self.layers.len())))
+        self.layers.get(i).ok_or_else(|| {
+            KvError::Invalid(format!(
+                "layer {i} out of range ({} layers)",
+                self.layers.len()
+            ))
+        })
     }
 
     /// Compress layer `i`'s K or V, `x` = `[tokens, kv_heads, head_dim]`. Returns
@@ -205,12 +217,14 @@ impl KvCacheCompressor {
         match l.kv {
             KvSource::SharedFrom(_) => return Ok(None),
             KvSource::None => {
-                return Err(KvError::Invalid(format!("layer {i} has no KV cache (SSM layer)")))
+                return Err(KvError::Invalid(format!(
+                    "layer {i} has no KV cache (SSM layer)"
+                )))
             }
             KvSource::Fresh => {}
         }
         let (h, d) = (l.kv_heads as usize, l.head_dim as usize);
-        if x.len() % (h * d) != 0 {
+        if !x.len().is_multiple_of(h * d) {
             return Err(KvError::Invalid(format!(
                 "layer {i}: {} values is not a multiple of kv_heads {h} × head_dim {d}",
                 x.len()
@@ -259,7 +273,10 @@ impl KvCacheCompressor {
         }
         let (h, d) = (l.kv_heads as usize, l.head_dim as usize);
         if c.heads.len() != h {
-            return Err(KvError::Corrupted(format!("{} heads stored, layer has {h}", c.heads.len())));
+            return Err(KvError::Corrupted(format!(
+                "{} heads stored, layer has {h}",
+                c.heads.len()
+            )));
         }
         let codec = &self.codecs[&l.head_dim];
         let g = codec.token_group(c.role);
@@ -271,7 +288,9 @@ impl KvCacheCompressor {
                 codec.decode(c.role, enc, &mut buf[..full * d])?;
             }
             if tail.len() != (c.tokens - full) * d {
-                return Err(KvError::Corrupted("partial-group tail has the wrong length".into()));
+                return Err(KvError::Corrupted(
+                    "partial-group tail has the wrong length".into(),
+                ));
             }
             buf[full * d..].copy_from_slice(tail);
             for t in 0..c.tokens {

@@ -92,7 +92,12 @@ pub fn asym_quantize(
 
 /// Gather-style variant of [`asym_quantize`] over a strided column (per-channel groups).
 #[inline(always)]
-pub fn asym_params(lo: f32, hi: f32, bits: u32, token: usize) -> Result<(u16, u16, f32, f32), KvError> {
+pub fn asym_params(
+    lo: f32,
+    hi: f32,
+    bits: u32,
+    token: usize,
+) -> Result<(u16, u16, f32, f32), KvError> {
     let levels = ((1u32 << bits) - 1) as f32;
     let (mb, mn) = f16_round(lo, token)?;
     let (sb, step) = f16_round((hi - mn) / levels, token)?;

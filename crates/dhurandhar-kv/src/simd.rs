@@ -89,7 +89,9 @@ pub fn min_max(x: &[f32]) -> (f32, f32) {
 pub fn first_non_finite(x: &[f32]) -> Option<usize> {
     const EXP: u32 = 0x7f80_0000;
     for (ci, c) in x.chunks(64).enumerate() {
-        let bad = c.iter().fold(false, |acc, v| acc | (v.to_bits() & EXP == EXP));
+        let bad = c
+            .iter()
+            .fold(false, |acc, v| acc | (v.to_bits() & EXP == EXP));
         if bad {
             let j = c.iter().position(|v| !v.is_finite()).unwrap_or(0);
             return Some(ci * 64 + j);

@@ -37,6 +37,9 @@ pub struct Calibration {
     basis: Vec<f32>,
     sigma: Vec<f32>,
     pub alloc: Vec<u8>,
+    /// Per dimension: σ_i·Δ(b_i), the quantizer step in units of the regime scale
+    /// (derived from `sigma` and `alloc` on load, not stored).
+    unit: Vec<f32>,
     bytes: Vec<u8>,
 }
 
@@ -44,7 +47,7 @@ impl Calibration {
     /// PCA on `samples` (`n × d`, n ≥ 2), then bit allocation for a budget of `bits`
     /// per dimension on average.
     pub fn fit(samples: &[f32], d: usize, bits: u32) -> Result<Self, KvError> {
-        if d == 0 || samples.len() % d != 0 {
+        if d == 0 || !samples.len().is_multiple_of(d) {
             return Err(KvError::Calibration(format!(
                 "{} calibration values is not a multiple of head_dim {d}",
                 samples.len()
@@ -169,6 +172,17 @@ impl Calibration {
                 basis[c * d + rr] = (q[(rr, c)] * s) as f32;
             }
         }
+        let unit = sigma
+            .iter()
+            .zip(&alloc)
+            .map(|(&s, &b)| {
+                if b > 0 {
+                    s * crate::lloyd::gaussian_uniform_step(b as u32)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         Ok(Calibration {
             d,
             d_eff,
@@ -176,6 +190,7 @@ impl Calibration {
             basis,
             sigma,
             alloc,
+            unit,
             bytes: bytes.to_vec(),
         })
     }
@@ -319,6 +334,7 @@ impl GroupCodec for Spectral {
                 }
             }
             let (sb, scale) = f16_round((ss / cnt.max(1) as f32).sqrt(), 0)?;
+            let inv_scale = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             put_f16(out, at, sb);
             at += 2;
             for i in a..b {
@@ -327,9 +343,8 @@ impl GroupCodec for Spectral {
                     continue;
                 }
                 let n = (1u32 << bits) as f32;
-                let step = crate::lloyd::gaussian_uniform_step(bits);
                 let z = if scale > 0.0 {
-                    y[i] / (c.sigma[i] * scale * step)
+                    y[i] * inv_scale / c.unit[i]
                 } else {
                     0.0
                 };
@@ -386,8 +401,7 @@ impl GroupCodec for Spectral {
                 acc >>= bits;
                 nb -= bits;
                 let n = (1u32 << bits) as f32;
-                let step = crate::lloyd::gaussian_uniform_step(bits);
-                y[i] = (code + 0.5 - n / 2.0) * step * c.sigma[i] * scale;
+                y[i] = (code + 0.5 - n / 2.0) * c.unit[i] * scale;
             }
         }
         out.fill(0.0);
@@ -431,7 +445,9 @@ mod tests {
     #[test]
     fn calibration_round_trips_and_detects_corruption() {
         let d = 16;
-        let samples: Vec<f32> = (0..d * 50).map(|i| ((i * 7919) % 113) as f32 / 50.0 - 1.0).collect();
+        let samples: Vec<f32> = (0..d * 50)
+            .map(|i| ((i * 7919) % 113) as f32 / 50.0 - 1.0)
+            .collect();
         let c = Calibration::fit(&samples, d, 4).unwrap();
         let again = Calibration::from_bytes(c.to_bytes()).unwrap();
         assert_eq!(c.basis, again.basis);

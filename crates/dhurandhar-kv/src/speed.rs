@@ -47,7 +47,10 @@ pub struct SpeedReport {
     pub encode_decode_vs_memcpy: f64,
 }
 
-fn best_of(min_seconds: f64, mut f: impl FnMut() -> Result<(), KvError>) -> Result<(f64, usize), KvError> {
+fn best_of(
+    min_seconds: f64,
+    mut f: impl FnMut() -> Result<(), KvError>,
+) -> Result<(f64, usize), KvError> {
     f()?; // warm-up
     let start = Instant::now();
     let mut best = f64::INFINITY;
@@ -89,7 +92,11 @@ pub fn measure(opts: &SpeedOptions) -> Result<SpeedReport, KvError> {
     }
     // One thread: short trials (≤ 512 vectors, cache-resident) so that the best of
     // many is unlikely to include a preemption on a shared machine.
-    let n = if threads == 1 { n.min((512 / g).max(1) * g) } else { n };
+    let n = if threads == 1 {
+        n.min((512 / g).max(1) * g)
+    } else {
+        n
+    };
     let x = &x[..n * d];
     let enc = codec.encode(opts.role, x)?;
     let mut out = vec![0.0f32; x.len()];
@@ -177,12 +184,14 @@ pub fn stage1_cost(name: &str, d: usize, seed: u64, measure: bool) -> Stage1Cost
     }
 }
 
+type Stage1Fn = Box<dyn FnMut(&[f32], &mut [f32])>;
+
 fn time_stage1(name: &str, d: usize, seed: u64) -> f64 {
     const N: usize = 256;
     let x = generate(Distribution::Gaussian, N, d, 3, 0, false);
     let p = crate::hadamard::padded_len(d);
     let mut out = vec![0.0f32; N * p.max(d)];
-    let run: Box<dyn FnMut(&[f32], &mut [f32])> = match name {
+    let run: Stage1Fn = match name {
         "rotor" => {
             let r = crate::codecs::Rotors::new(d, seed);
             Box::new(move |x, out| {

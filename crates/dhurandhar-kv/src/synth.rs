@@ -32,8 +32,12 @@ pub enum Distribution {
     ImbalancedNorms,
 }
 
-pub const DISTRIBUTION_NAMES: &[&str] =
-    &["gaussian", "outlier-channels", "low-rank", "imbalanced-norms"];
+pub const DISTRIBUTION_NAMES: &[&str] = &[
+    "gaussian",
+    "outlier-channels",
+    "low-rank",
+    "imbalanced-norms",
+];
 
 impl FromStr for Distribution {
     type Err = KvError;
@@ -202,7 +206,12 @@ pub fn queries(k: &[f32], d: usize, m: usize, seed: u64, head: usize) -> Vec<f32
         }
         let s: Vec<f64> = k
             .chunks_exact(d)
-            .map(|kj| kj.iter().zip(q.iter()).map(|(a, b)| (a * b) as f64).sum::<f64>())
+            .map(|kj| {
+                kj.iter()
+                    .zip(q.iter())
+                    .map(|(a, b)| (a * b) as f64)
+                    .sum::<f64>()
+            })
             .collect();
         let mean = s.iter().sum::<f64>() / s.len() as f64;
         let std = (s.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / s.len() as f64).sqrt()

@@ -98,10 +98,14 @@ pub fn parse_npy(bytes: &[u8]) -> Result<TensorFile, KvError> {
         .checked_add(hlen)
         .filter(|&e| e <= bytes.len())
         .ok_or_else(|| err(".npy header runs past the end of the file"))?;
-    let header = std::str::from_utf8(&bytes[start..end]).map_err(|_| err(".npy header is not text"))?;
+    let header =
+        std::str::from_utf8(&bytes[start..end]).map_err(|_| err(".npy header is not text"))?;
     let field = |key: &str| -> Option<&str> {
         let i = header.find(&format!("'{key}'"))?;
-        let rest = header[i + key.len() + 2..].trim_start().strip_prefix(':')?.trim_start();
+        let rest = header[i + key.len() + 2..]
+            .trim_start()
+            .strip_prefix(':')?
+            .trim_start();
         Some(rest)
     };
     let descr = field("descr").ok_or_else(|| err(".npy header has no descr"))?;
@@ -124,7 +128,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<TensorFile, KvError> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| err(format!("bad .npy shape entry `{s}`"))))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| err(format!("bad .npy shape entry `{s}`")))
+        })
         .collect::<Result<_, _>>()?;
     let count = shape
         .iter()
@@ -255,7 +262,10 @@ pub fn heads_from_file(
     let mut heads = Vec::new();
     let mut used = Vec::new();
     let mut real_q = false;
-    let captured = sel.tensor.is_none() && f.names.iter().any(|n| n.starts_with("layers.") && n.ends_with(".k"));
+    let captured = sel.tensor.is_none()
+        && f.names
+            .iter()
+            .any(|n| n.starts_with("layers.") && n.ends_with(".k"));
     if captured {
         let mut layers: Vec<usize> = f
             .names
@@ -266,18 +276,26 @@ pub fn heads_from_file(
         if !sel.layers.is_empty() {
             for l in &sel.layers {
                 if !layers.contains(l) {
-                    return Err(err(format!("layer {l} is not in the file (layers: {layers:?})")));
+                    return Err(err(format!(
+                        "layer {l} is not in the file (layers: {layers:?})"
+                    )));
                 }
             }
             layers.retain(|l| sel.layers.contains(l));
         }
         for l in layers {
-            let (Some(k), Some(v)) = (find(&format!("layers.{l}.k")), find(&format!("layers.{l}.v"))) else {
+            let (Some(k), Some(v)) = (
+                find(&format!("layers.{l}.k")),
+                find(&format!("layers.{l}.v")),
+            ) else {
                 continue;
             };
             let (t, hk, d) = shape_heads(&k.shape)?;
             if shape_heads(&v.shape)? != (t, hk, d) {
-                return Err(err(format!("layers.{l}.v shape {:?} differs from layers.{l}.k {:?}", v.shape, k.shape)));
+                return Err(err(format!(
+                    "layers.{l}.v shape {:?} differs from layers.{l}.k {:?}",
+                    v.shape, k.shape
+                )));
             }
             if k.data.len() != t * hk * d || t == 0 || d == 0 {
                 return Err(err(format!("layers.{l}.k is empty or inconsistent")));
@@ -310,7 +328,11 @@ pub fn heads_from_file(
                         let mut qd = Vec::new();
                         let mut pos = Vec::new();
                         for j in 0..per.min(t) {
-                            let tok = if per.min(t) == 1 { t - 1 } else { j * (t - 1) / (per.min(t) - 1) };
+                            let tok = if per.min(t) == 1 {
+                                t - 1
+                            } else {
+                                j * (t - 1) / (per.min(t) - 1)
+                            };
                             for g in 0..group {
                                 let qh = h * group + g;
                                 let s = (tok * hq + qh) * d;
@@ -320,7 +342,10 @@ pub fn heads_from_file(
                         }
                         (qd, Some(pos))
                     }
-                    None => (crate::synth::queries(&kd, d, sel.queries, sel.seed, heads.len()), None),
+                    None => (
+                        crate::synth::queries(&kd, d, sel.queries, sel.seed, heads.len()),
+                        None,
+                    ),
                 };
                 heads.push(HeadData {
                     label: format!("layer {l} kv-head {h}"),
@@ -375,16 +400,27 @@ pub fn heads_from_file(
     if let Some(h) = heads.iter().find(|h| h.d != d0) {
         return Err(err(format!("mixed head_dim in the selection ({} has {}, expected {d0}); select layers with --layer", h.label, h.d)));
     }
-    if heads.iter().any(|h| crate::simd::first_non_finite(&h.k).is_some() || crate::simd::first_non_finite(&h.v).is_some()) {
+    if heads.iter().any(|h| {
+        crate::simd::first_non_finite(&h.k).is_some()
+            || crate::simd::first_non_finite(&h.v).is_some()
+    }) {
         return Err(err("the selected tensors contain NaN or Inf"));
     }
     let summary = FileSummary {
-        layout: if captured { "captured (layers.{i}.k/v/q)" } else { "single tensor used as K and V" },
+        layout: if captured {
+            "captured (layers.{i}.k/v/q)"
+        } else {
+            "single tensor used as K and V"
+        },
         tensors: used,
         head_dim: d0,
         heads: heads.len(),
         tokens: heads[0].tokens(),
-        queries: if real_q { "captured post-RoPE queries, causal" } else { "synthetic" },
+        queries: if real_q {
+            "captured post-RoPE queries, causal"
+        } else {
+            "synthetic"
+        },
         spectral_calibration: "in-sample (the head's own K/V)",
     };
     Ok((heads, summary))

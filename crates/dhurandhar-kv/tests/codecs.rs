@@ -71,7 +71,10 @@ fn bits_accounting_matches_record_layouts() {
     assert_eq!(bpv("turbo-mse", 4, 128, KvRole::Key), 4.125);
     assert_eq!(bpv("turbo-prod", 4, 128, KvRole::Key), 4.25);
     // Padding to 128 is counted at head_dim 96.
-    assert_eq!(bpv("turbo-mse", 4, 96, KvRole::Key), (2.0 + 64.0) * 8.0 / 96.0);
+    assert_eq!(
+        bpv("turbo-mse", 4, 96, KvRole::Key),
+        (2.0 + 64.0) * 8.0 / 96.0
+    );
     assert_eq!(bpv("q8_0", 8, 128, KvRole::Key), 8.5);
     assert_eq!(bpv("q4_0", 4, 128, KvRole::Key), 4.5);
     // OScaR keys: 32 f16 norms + p·(min, step) + codes per 32 tokens.
@@ -115,8 +118,14 @@ fn turboquant_distortion_table_d128() {
         let (y, _) = round_trip(c.as_ref(), KvRole::Key, &x);
         let e = nmse(&x, &y);
         let lo = 4f64.powi(-(b as i32));
-        assert!(e >= lo && e <= 2.72 * lo, "b={b} nmse={e} outside Shannon/upper bounds");
-        assert!((e - want).abs() / want < 0.06, "b={b} nmse={e} vs published {want}");
+        assert!(
+            e >= lo && e <= 2.72 * lo,
+            "b={b} nmse={e} outside Shannon/upper bounds"
+        );
+        assert!(
+            (e - want).abs() / want < 0.06,
+            "b={b} nmse={e} vs published {want}"
+        );
     }
 }
 
@@ -142,7 +151,10 @@ fn turbo_prod_is_unbiased_for_inner_products() {
     };
     let (mse, prod) = (slope("turbo-mse"), slope("turbo-prod"));
     assert!(mse < 0.93, "turbo-mse 2-bit slope {mse} should be shrunk");
-    assert!((prod - 1.0).abs() < 0.03, "turbo-prod slope {prod} should be ~1");
+    assert!(
+        (prod - 1.0).abs() < 0.03,
+        "turbo-prod slope {prod} should be ~1"
+    );
 }
 
 /// SpectralQuant calibrated on low-rank data beats the data-oblivious rotation codecs
@@ -157,7 +169,12 @@ fn spectral_calibration_helps_on_low_rank_and_survives_isotropic() {
     let (ys, ls) = round_trip(sq.as_ref(), KvRole::Key, &x);
     let (yt, lt) = round_trip(tq.as_ref(), KvRole::Key, &x);
     assert!(ls <= lt + 2 * 256, "spectral {ls} B vs turbo-mse {lt} B");
-    assert!(nmse(&x, &ys) < nmse(&x, &yt), "{} vs {}", nmse(&x, &ys), nmse(&x, &yt));
+    assert!(
+        nmse(&x, &ys) < nmse(&x, &yt),
+        "{} vs {}",
+        nmse(&x, &ys),
+        nmse(&x, &yt)
+    );
     let iso = gaussian(512, d, 10);
     let c = build_codec(&CodecSpec::new("spectral", 4, d), Some(&iso)).unwrap();
     let (y, _) = round_trip(c.as_ref(), KvRole::Value, &gaussian(32, d, 11));
@@ -168,7 +185,10 @@ fn spectral_calibration_helps_on_low_rank_and_survives_isotropic() {
 #[test]
 fn bad_input_gives_clear_errors() {
     let c = build("turbo-mse", 4, 64);
-    assert!(matches!(c.encode(KvRole::Key, &[]), Err(KvError::EmptyBatch)));
+    assert!(matches!(
+        c.encode(KvRole::Key, &[]),
+        Err(KvError::EmptyBatch)
+    ));
     assert!(matches!(
         c.encode(KvRole::Key, &[0.0; 65]),
         Err(KvError::ShapeMismatch { .. })
@@ -180,12 +200,25 @@ fn bad_input_gives_clear_errors() {
         other => panic!("{other:?}"),
     }
     x[64 + 5] = 1e30;
-    assert!(matches!(c.encode(KvRole::Key, &x), Err(KvError::Overflow { token: 1, .. })));
-    for (name, bits) in [("turbo", 1), ("turbo", 9), ("q8_0", 4), ("oscar", 0), ("kivi2", 16)] {
-        let e = build_codec(&CodecSpec::new(name, bits, 64), None).err().unwrap();
+    assert!(matches!(
+        c.encode(KvRole::Key, &x),
+        Err(KvError::Overflow { token: 1, .. })
+    ));
+    for (name, bits) in [
+        ("turbo", 1),
+        ("turbo", 9),
+        ("q8_0", 4),
+        ("oscar", 0),
+        ("kivi2", 16),
+    ] {
+        let e = build_codec(&CodecSpec::new(name, bits, 64), None)
+            .err()
+            .unwrap();
         assert!(matches!(e, KvError::BitsOutOfRange { .. }), "{e}");
     }
-    let e = build_codec(&CodecSpec::new("nope", 4, 64), None).err().unwrap();
+    let e = build_codec(&CodecSpec::new("nope", 4, 64), None)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("turbo-mse"), "{e}");
     assert!(matches!(
         build_codec(&CodecSpec::new("spectral", 4, 64), None),
@@ -212,10 +245,13 @@ fn corrupted_buffers_are_errors_not_panics() {
         ));
         // An all-0xFF buffer holds NaN f16 side values.
         let bad = vec![0xFFu8; enc.len()];
-        assert!(matches!(
-            c.decode(KvRole::Key, &bad, &mut out),
-            Err(KvError::Corrupted(_))
-        ), "{name}");
+        assert!(
+            matches!(
+                c.decode(KvRole::Key, &bad, &mut out),
+                Err(KvError::Corrupted(_))
+            ),
+            "{name}"
+        );
     }
 }
 

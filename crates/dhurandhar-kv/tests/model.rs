@@ -46,8 +46,13 @@ fn shared_layers_cost_nothing_and_windows_cap_sliding_layers() {
     let want = 4.0 + 16.0 / 256.0;
     let sliding_vals = 12.0 * 512.0 * 2.0 * 256.0;
     let global_vals = 3.0 * 32768.0 * 2.0 * 512.0;
-    let want_bpv = (sliding_vals * want + global_vals * (4.0 + 16.0 / 512.0)) / (sliding_vals + global_vals);
-    assert!((f.bits_per_value - want_bpv).abs() < 1e-9, "{} vs {want_bpv}", f.bits_per_value);
+    let want_bpv =
+        (sliding_vals * want + global_vals * (4.0 + 16.0 / 512.0)) / (sliding_vals + global_vals);
+    assert!(
+        (f.bits_per_value - want_bpv).abs() < 1e-9,
+        "{} vs {want_bpv}",
+        f.bits_per_value
+    );
 }
 
 #[test]
@@ -68,16 +73,25 @@ fn compressor_skips_shared_layers_and_round_trips_fresh_ones() {
         .find(|l| matches!(l.kv, KvSource::SharedFrom(_)))
         .unwrap();
     let x = vec![0.5f32; 40 * 256];
-    assert!(c.compress_layer(shared.index, KvRole::Key, &x).unwrap().is_none());
+    assert!(c
+        .compress_layer(shared.index, KvRole::Key, &x)
+        .unwrap()
+        .is_none());
     // Layer 0 is sliding (window 512): 600 tokens keep the last 512.
     let n = 600;
-    let x: Vec<f32> = (0..n * 256).map(|i| ((i % 97) as f32 - 48.0) / 10.0).collect();
+    let x: Vec<f32> = (0..n * 256)
+        .map(|i| ((i % 97) as f32 - 48.0) / 10.0)
+        .collect();
     let z = c.compress_layer(0, KvRole::Key, &x).unwrap().unwrap();
     assert_eq!((z.tokens, z.dropped), (512, 88));
     let y = c.decompress_layer(&z).unwrap();
     assert_eq!(y.len(), 512 * 256);
     let tail = &x[88 * 256..];
-    let err: f32 = tail.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let err: f32 = tail
+        .iter()
+        .zip(&y)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     assert!(err < 0.5, "{err}");
     // Wrong shape is an error, not a panic.
     assert!(c.compress_layer(0, KvRole::Key, &x[..1000]).is_err());

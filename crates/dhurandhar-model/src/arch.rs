@@ -204,6 +204,33 @@ pub struct ModelArchitecture {
     pub source: String,
 }
 
+/// serde lists all ~55 accepted fields after an unknown one; keep the message readable:
+/// "unknown field `head_dimm` (did you mean `head_dim`?) at line 10 column 1".
+fn shorten_unknown_field(msg: &str) -> String {
+    let Some(rest) = msg.strip_prefix("unknown field `") else {
+        return msg.to_string();
+    };
+    let Some((field, tail)) = rest.split_once('`') else {
+        return msg.to_string();
+    };
+    let Some(list_start) = tail.find("expected") else {
+        return msg.to_string();
+    };
+    let list = &tail[list_start..];
+    let location = list.rfind(" at line ").map(|i| &list[i..]).unwrap_or("");
+    let candidates: Vec<&str> = list.split('`').skip(1).step_by(2).collect();
+    let best = candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(field, c), *c))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((score, c)) if score >= 0.8 => {
+            format!("unknown field `{field}` (did you mean `{c}`?){location}")
+        }
+        _ => format!("unknown field `{field}` (not a model profile field){location}"),
+    }
+}
+
 /// The YAML defaults for every optional field; the required ones (name, sizes, heads)
 /// are empty/zero, so the value does not validate until they are set. Lets code build an
 /// architecture with `ModelArchitecture { name: .., ..Default::default() }`.
@@ -272,7 +299,7 @@ impl ModelArchitecture {
         let mut arch: ModelArchitecture =
             serde_yaml_ng::from_str(text).map_err(|e| ModelError::Parse {
                 origin: origin.to_string(),
-                message: e.to_string(),
+                message: shorten_unknown_field(&e.to_string()),
             })?;
         arch.fill_defaults();
         arch.validate().map_err(|e| ModelError::Parse {
@@ -287,7 +314,7 @@ impl ModelArchitecture {
         let mut arch: ModelArchitecture =
             serde_json::from_str(text).map_err(|e| ModelError::Parse {
                 origin: origin.to_string(),
-                message: e.to_string(),
+                message: shorten_unknown_field(&e.to_string()),
             })?;
         arch.fill_defaults();
         arch.validate().map_err(|e| ModelError::Parse {

@@ -111,7 +111,7 @@ impl DType {
     }
 
     /// Write f32 values as this (float) dtype, rounding to nearest even.
-    pub(crate) fn from_f32(self, vals: &[f32], out: &mut [u8]) {
+    pub(crate) fn encode_f32(self, vals: &[f32], out: &mut [u8]) {
         match self {
             DType::F32 => {
                 for (o, v) in out.chunks_exact_mut(4).zip(vals) {
@@ -146,6 +146,6 @@ pub fn cast_f32_bytes(bytes: &[u8], to: DType) -> Vec<u8> {
     let mut vals = Vec::with_capacity(n);
     DType::F32.to_f32(bytes, &mut vals);
     let mut out = vec![0u8; n * to.size()];
-    to.from_f32(&vals, &mut out);
+    to.encode_f32(&vals, &mut out);
     out
 }

@@ -572,7 +572,7 @@ fn restore(
         .collect();
     let mut verified = 0;
     let mut lossy = 0;
-    let mut fill = |i: usize, sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<()> {
+    let mut fill = |i: usize, sink: &mut crate::source::TensorSink<'_>| -> Result<()> {
         let t = &reader.tensors()[i];
         let base_data = match (t.mode, base) {
             (Mode::Delta | Mode::Unchanged, Some(b)) => b.get(&t.name).map(|s| b.data(s)),

@@ -423,8 +423,8 @@ impl QuantResidualTensor {
             }
             row0 += nrows;
         }
-        for r in 0..rows {
-            t.row_ptr[r + 1] = t.row_ptr[r] + per_row[r];
+        for (r, n) in per_row.iter().enumerate() {
+            t.row_ptr[r + 1] = t.row_ptr[r] + n;
         }
         t
     }

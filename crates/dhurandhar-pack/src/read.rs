@@ -55,7 +55,7 @@ impl PackReader {
                 quant::decode_chunk(blob, rows, cols, &q.config).map(|ch| {
                     let mut vals = vec![0f32; rows * cols];
                     ch.dequantize(rows, cols, &q.config, true, &mut vals);
-                    t.dtype.from_f32(&vals, out);
+                    t.dtype.encode_f32(&vals, out);
                 })
             }
             Mode::Delta => match base {

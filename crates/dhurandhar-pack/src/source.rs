@@ -398,13 +398,18 @@ mod gguf {
     }
 }
 
+/// Receives a tensor's bytes in order, piece by piece.
+pub type TensorSink<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;
+/// Produces tensor `i` by feeding its bytes to the sink.
+pub type FillTensor<'a> = dyn FnMut(usize, &mut TensorSink<'_>) -> Result<()> + 'a;
+
 /// Write tensors as a safetensors file atomically (temp file + rename), streaming each
 /// tensor's bytes from `fill` so nothing but one window of chunks is in memory.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, DType, Vec<u64>, u64)],
     metadata: &BTreeMap<String, String>,
-    fill: &mut dyn FnMut(usize, &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
+    fill: &mut FillTensor<'_>,
 ) -> Result<()> {
     use std::io::Write;
     let mut header = serde_json::Map::new();
@@ -423,7 +428,7 @@ pub fn write_safetensors(
         at += bytes;
     }
     let mut json = serde_json::to_vec(&header).expect("JSON of strings and numbers");
-    while json.len() % 8 != 0 {
+    while json.len() & 7 != 0 {
         json.push(b' ');
     }
     let dir = match path.parent() {

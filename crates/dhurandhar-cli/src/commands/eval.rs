@@ -44,6 +44,11 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Quantize activations to 8 bits inside the matmuls (llama.cpp's fast scheme, as
+    /// `generate` does). Faster, but its rounding amplifies any tiny change into a noise
+    /// floor of KL ≈ 3e-3, so by default eval multiplies in f32.
+    #[arg(long)]
+    pub q8_activations: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -57,6 +62,8 @@ struct Output {
     /// How `spectral` was calibrated, when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     calibration: Option<String>,
+    /// `f32` (default) or `q8` (8-bit activations inside the matmuls).
+    activations: &'static str,
     seconds: f64,
 }
 
@@ -76,10 +83,16 @@ fn bits_for(name: &str, want: u32) -> anyhow::Result<u32> {
 
 /// Per-layer key and value calibration vectors (`tokens·kv_heads × head_dim`) from an
 /// exact pass over the first `n` tokens.
-fn calibration(model: &Model, tokens: &[u32], threads: usize) -> anyhow::Result<Capture> {
+fn calibration(
+    model: &Model,
+    tokens: &[u32],
+    threads: usize,
+    f32_acts: bool,
+) -> anyhow::Result<Capture> {
     let c = &model.config;
     let mut cap = Capture::new(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim);
     let mut s = model.session(threads, None)?;
+    s.set_f32_activations(f32_acts);
     s.forward(tokens, Logits::None, Some(&mut cap))?;
     Ok(cap)
 }
@@ -123,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let label = format!("{name}@{bits}");
         if name == "spectral" {
             let n = args.calibration_tokens.clamp(2, tokens.len());
-            let cap = calibration(&model, &tokens[..n], threads)?;
+            let cap = calibration(&model, &tokens[..n], threads, !args.q8_activations)?;
             let mut per_layer: Vec<Arc<dyn KvCodec>> = Vec::with_capacity(c.n_layers);
             for (i, l) in cap.layers.iter().enumerate() {
                 let codec = build_codec_roles(&spec, Some(&l.k), Some(&l.v))
@@ -141,12 +154,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let t0 = Instant::now();
-    let report = evaluate(&model, &tokens, codecs, threads, args.chunk)?;
+    let report = evaluate(
+        &model,
+        &tokens,
+        codecs,
+        threads,
+        args.chunk,
+        !args.q8_activations,
+    )?;
     let out = Output {
         model: args.model.display().to_string(),
         text_file: args.text_file.display().to_string(),
         report,
         calibration: calib_note,
+        activations: if args.q8_activations { "q8" } else { "f32" },
         seconds: t0.elapsed().as_secs_f64(),
     };
     if args.json {

@@ -35,6 +35,10 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Multiply in f32 instead of quantizing activations to 8 bits (slower, no
+    /// activation rounding).
+    #[arg(long)]
+    pub f32_activations: bool,
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -116,6 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let mut session = model.session(threads, None)?;
+    session.set_f32_activations(args.f32_activations);
     let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
     let t0 = Instant::now();
     let mut logits = session.prefill(&ids, 256)?;

@@ -57,7 +57,10 @@ fn check_codecs(names: &[String]) -> anyhow::Result<Vec<String>> {
         } else if CODEC_NAMES.contains(&n.as_str()) {
             out.push(n.clone());
         } else {
-            anyhow::bail!("unknown codec `{n}` (known: {}, or `all`)", CODEC_NAMES.join(", "));
+            anyhow::bail!(
+                "unknown codec `{n}` (known: {}, or `all`)",
+                CODEC_NAMES.join(", ")
+            );
         }
     }
     Ok(out)
@@ -178,7 +181,12 @@ pub fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         let heads = synthetic_heads(dist, a.samples, h as usize, d as usize, a.queries, a.seed);
         let (rows, skipped) = dhurandhar_kv::compare(&heads, &opts)?;
         if let Some(s) = skipped.first() {
-            anyhow::bail!("codec `{}` cannot run at {} bits: {}", s.codec, s.bits, s.reason);
+            anyhow::bail!(
+                "codec `{}` cannot run at {} bits: {}",
+                s.codec,
+                s.bits,
+                s.reason
+            );
         }
         for row in rows {
             quality.push(GeometryQuality {
@@ -222,7 +230,15 @@ fn print_bench(r: &BenchJson) {
     );
     let mut t = table();
     t.set_header(vec![
-        "head_dim", "kv heads", "layers", "bits/value", "nmse", "cosine", "ip slope", "attn rel err", "attn KL",
+        "head_dim",
+        "kv heads",
+        "layers",
+        "bits/value",
+        "nmse",
+        "cosine",
+        "ip slope",
+        "attn rel err",
+        "attn KL",
     ]);
     for q in &r.quality {
         let w = &q.row.worst;
@@ -234,7 +250,11 @@ fn print_bench(r: &BenchJson) {
             right(format!("{} [{}]", f(q.row.nmse, 4), f(w.nmse.value, 4))),
             right(f(q.row.cosine, 4)),
             right(f(q.row.ip_bias_slope, 3)),
-            right(format!("{} [{}]", f(q.row.attn_rel_err, 4), f(w.attn_rel_err.value, 4))),
+            right(format!(
+                "{} [{}]",
+                f(q.row.attn_rel_err, 4),
+                f(w.attn_rel_err.value, 4)
+            )),
             right(f(q.row.attn_kl, 5)),
         ]);
     }
@@ -244,13 +264,21 @@ fn print_bench(r: &BenchJson) {
     println!("KV cache at {} tokens", fp.seq_len);
     let mut t = table();
     t.set_header(vec!["", "bytes", "MiB"]);
-    t.add_row(vec![Cell::new("baseline (bf16)"), right(fp.baseline_bytes.to_string()), right(mib(fp.baseline_bytes))]);
+    t.add_row(vec![
+        Cell::new("baseline (bf16)"),
+        right(fp.baseline_bytes.to_string()),
+        right(mib(fp.baseline_bytes)),
+    ]);
     t.add_row(vec![
         Cell::new(format!("{} {}-bit", fp.codec, fp.bits)),
         right(fp.compressed_bytes.to_string()),
         right(mib(fp.compressed_bytes)),
     ]);
-    t.add_row(vec![Cell::new("savings"), right(fp.savings_bytes.to_string()), right(mib(fp.savings_bytes))]);
+    t.add_row(vec![
+        Cell::new("savings"),
+        right(fp.savings_bytes.to_string()),
+        right(mib(fp.savings_bytes)),
+    ]);
     println!("{t}");
     println!(
         "ratio {:.2}x, {:.3} bits/value stored; layers: {} fresh, {} shared-KV (no storage), {} without KV; {} sliding, {} global",
@@ -342,7 +370,8 @@ fn load_file_heads(
     a: &CompareArgs,
 ) -> anyhow::Result<(Vec<dhurandhar_kv::HeadData>, FileSummary)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let is_npy = path.extension().and_then(|e| e.to_str()) == Some("npy") || bytes.starts_with(b"\x93NUMPY");
+    let is_npy =
+        path.extension().and_then(|e| e.to_str()) == Some("npy") || bytes.starts_with(b"\x93NUMPY");
     let file = if is_npy {
         dhurandhar_kv::tensorfile::parse_npy(&bytes)
     } else {
@@ -353,7 +382,8 @@ fn load_file_heads(
             None if layers.is_empty() => true,
             None => layers.iter().any(|l| {
                 let p = format!("layers.{l}.");
-                n.strip_prefix(&p).is_some_and(|r| matches!(r, "k" | "v" | "q"))
+                n.strip_prefix(&p)
+                    .is_some_and(|r| matches!(r, "k" | "v" | "q"))
             }),
         })
     }
@@ -383,7 +413,14 @@ pub fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
         if a.seq_len < 2 || a.num_kv_heads == 0 {
             anyhow::bail!("--seq-len must be at least 2 and --num-kv-heads at least 1");
         }
-        let heads = synthetic_heads(dist, a.seq_len, a.num_kv_heads, a.head_dim, a.queries, a.seed);
+        let heads = synthetic_heads(
+            dist,
+            a.seq_len,
+            a.num_kv_heads,
+            a.head_dim,
+            a.queries,
+            a.seed,
+        );
         (heads, None, Some(dist.name()))
     } else {
         let (h, s) = load_file_heads(Path::new(&a.data), &a)?;
@@ -405,7 +442,11 @@ pub fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
         config: CompareConfig {
             data: a.data.clone(),
             distribution: dist,
-            kv_heads: if file.is_some() { heads.len() } else { a.num_kv_heads },
+            kv_heads: if file.is_some() {
+                heads.len()
+            } else {
+                a.num_kv_heads
+            },
             file,
             head_dim: d,
             seq_len: heads[0].tokens(),
@@ -446,7 +487,16 @@ fn print_compare(r: &CompareJson) {
     println!("bits/value = stored bytes × 8 / values (K and V, all side information); quality = median over heads [worst head]");
     let mut t = table();
     t.set_header(vec![
-        "codec", "bits", "bits/value", "vs bf16", "nmse", "cosine", "norm ratio", "ip slope", "attn rel err", "attn KL",
+        "codec",
+        "bits",
+        "bits/value",
+        "vs bf16",
+        "nmse",
+        "cosine",
+        "norm ratio",
+        "ip slope",
+        "attn rel err",
+        "attn KL",
     ]);
     for row in &r.rows {
         t.add_row(vec![
@@ -454,11 +504,19 @@ fn print_compare(r: &CompareJson) {
             right(row.bits.to_string()),
             right(f(row.bits_per_value, 3)),
             right(format!("{:.2}x", row.compression_vs_bf16)),
-            right(format!("{} [{}]", f(row.nmse, 4), f(row.worst.nmse.value, 4))),
+            right(format!(
+                "{} [{}]",
+                f(row.nmse, 4),
+                f(row.worst.nmse.value, 4)
+            )),
             right(f(row.cosine, 4)),
             right(f(row.norm_ratio, 4)),
             right(f(row.ip_bias_slope, 3)),
-            right(format!("{} [{}]", f(row.attn_rel_err, 4), f(row.worst.attn_rel_err.value, 4))),
+            right(format!(
+                "{} [{}]",
+                f(row.attn_rel_err, 4),
+                f(row.worst.attn_rel_err.value, 4)
+            )),
             right(f(row.attn_kl, 5)),
         ]);
     }
@@ -489,7 +547,10 @@ fn print_compare(r: &CompareJson) {
             Cell::new(&s.codec),
             Cell::new(s.transform),
             right(s.ops_per_vector.to_string()),
-            right(s.ns_per_vector.map_or("-".to_string(), |v| format!("{v:.1}"))),
+            right(
+                s.ns_per_vector
+                    .map_or("-".to_string(), |v| format!("{v:.1}")),
+            ),
         ]);
     }
     println!("{t}");
@@ -576,7 +637,11 @@ pub fn run_speed(a: SpeedArgs) -> anyhow::Result<()> {
         anyhow::bail!("nothing to measure: {}", skipped.join("; "));
     };
     if a.json {
-        return print_json(&SpeedJson { first, runs, skipped });
+        return print_json(&SpeedJson {
+            first,
+            runs,
+            skipped,
+        });
     }
     println!(
         "best of repeated trials over {} vectors, {} role, {} kernels; GB/s counts the f32 bytes (head_dim × 4 per vector)",
@@ -586,8 +651,18 @@ pub fn run_speed(a: SpeedArgs) -> anyhow::Result<()> {
     );
     let mut t = table();
     t.set_header(vec![
-        "codec", "bits", "head_dim", "threads", "B/vector", "encode ns", "decode ns", "memcpy ns", "encode GB/s",
-        "decode GB/s", "memcpy GB/s", "(enc+dec)/memcpy",
+        "codec",
+        "bits",
+        "head_dim",
+        "threads",
+        "B/vector",
+        "encode ns",
+        "decode ns",
+        "memcpy ns",
+        "encode GB/s",
+        "decode GB/s",
+        "memcpy GB/s",
+        "(enc+dec)/memcpy",
     ]);
     for r in &runs {
         t.add_row(vec![

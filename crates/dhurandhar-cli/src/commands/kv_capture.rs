@@ -69,6 +69,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut cap = Capture::new(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim);
     let mut s = model.session(threads, None)?;
+    // Exact f32 activations: the captured tensors are the reference codecs are judged on.
+    s.set_f32_activations(true);
     for piece in tokens.chunks(128) {
         s.forward(piece, Logits::None, Some(&mut cap))?;
     }

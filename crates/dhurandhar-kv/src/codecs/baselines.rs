@@ -13,7 +13,7 @@ use crate::bits::{pack, packed_len, unpack};
 use crate::codec::{KvError, KvRole};
 use crate::framed::{GroupCodec, Scratch};
 use crate::hadamard::RandomizedHadamard;
-use crate::quant::{round_u8, asym_params, asym_quantize, f16_round, get_f16, put_f16};
+use crate::quant::{asym_params, asym_quantize, f16_round, get_f16, put_f16, round_u8};
 
 const QK: usize = 32;
 
@@ -224,7 +224,11 @@ impl GroupCodec for Kivi {
             KvRole::Value => {
                 let ng = self.value_groups();
                 let codes = &mut s.c[..d];
-                for (gi, (xg, cg)) in x.chunks(KIVI_GROUP).zip(codes.chunks_mut(KIVI_GROUP)).enumerate() {
+                for (gi, (xg, cg)) in x
+                    .chunks(KIVI_GROUP)
+                    .zip(codes.chunks_mut(KIVI_GROUP))
+                    .enumerate()
+                {
                     let (mb, sb) = asym_quantize(xg, b, cg, 0)?;
                     put_f16(out, 4 * gi, mb);
                     put_f16(out, 4 * gi + 2, sb);
@@ -277,7 +281,11 @@ impl GroupCodec for Kivi {
                 let ng = self.value_groups();
                 let codes = &mut s.c[..d];
                 unpack(&rec[4 * ng..], b, codes);
-                for (gi, (og, cg)) in out.chunks_mut(KIVI_GROUP).zip(codes.chunks(KIVI_GROUP)).enumerate() {
+                for (gi, (og, cg)) in out
+                    .chunks_mut(KIVI_GROUP)
+                    .zip(codes.chunks(KIVI_GROUP))
+                    .enumerate()
+                {
                     let mn = get_f16(rec, 4 * gi, "group min")?;
                     let st = get_f16(rec, 4 * gi + 2, "group step")?;
                     for (o, &c) in og.iter_mut().zip(cg) {

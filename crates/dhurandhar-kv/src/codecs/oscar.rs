@@ -13,7 +13,7 @@ use crate::bits::{pack, packed_len, unpack};
 use crate::codec::{KvError, KvRole};
 use crate::framed::{GroupCodec, Scratch};
 use crate::hadamard::RandomizedHadamard;
-use crate::quant::{round_u8, asym_params, asym_quantize, f16_round, get_f16, put_f16};
+use crate::quant::{asym_params, asym_quantize, f16_round, get_f16, put_f16, round_u8};
 
 /// Tokens per key group (per-channel scale span).
 pub const OSCAR_GROUP: usize = 32;
@@ -162,7 +162,11 @@ impl GroupCodec for Oscar {
                 let codes = &mut s.c[..OSCAR_GROUP * p];
                 unpack(&rec[base + 4 * p..], b, codes);
                 let y = &mut s.f[..p];
-                for (t, (ct, ot)) in codes.chunks_exact(p).zip(out.chunks_exact_mut(d)).enumerate() {
+                for (t, (ct, ot)) in codes
+                    .chunks_exact(p)
+                    .zip(out.chunks_exact_mut(d))
+                    .enumerate()
+                {
                     let tau = get_f16(rec, 2 * t, "key norm")?;
                     for (((v, &c), m), sv) in y.iter_mut().zip(ct).zip(mn.iter()).zip(st.iter()) {
                         *v = (m + c as f32 * sv) * tau;

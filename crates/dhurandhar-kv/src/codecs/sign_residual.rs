@@ -266,7 +266,10 @@ mod tests {
             1.0,
         ]
         .map(|v| v as f32);
-        let r = Rotors { d: 3, mats: vec![m] };
+        let r = Rotors {
+            d: 3,
+            mats: vec![m],
+        };
         let mut y = [0.0; 3];
         r.forward(&[1.0, 0.0, 0.0], &mut y);
         assert!((y[0]).abs() < 1e-6 && (y[1] - 1.0).abs() < 1e-6, "{y:?}");

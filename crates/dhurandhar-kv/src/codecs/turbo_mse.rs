@@ -28,6 +28,9 @@ pub struct TurboMse {
     mse_bits: u32,
     rh: RandomizedHadamard,
     cb: Option<Arc<Codebook>>,
+    /// The codebook levels padded to 256 entries, so a u8 code indexes it without a
+    /// bounds check.
+    table: Box<[f32; 256]>,
     qjl: Option<RandomizedHadamard>,
 }
 
@@ -38,7 +41,12 @@ impl TurboMse {
         let mse_bits = if prod { bits - 1 } else { bits };
         let cb = (mse_bits > 0).then(|| codebook(p, mse_bits));
         let qjl = prod.then(|| RandomizedHadamard::new(p, seed ^ 0x9e37_79b9_7f4a_7c15));
+        let mut table = Box::new([0.0f32; 256]);
+        if let Some(cb) = &cb {
+            table[..cb.levels.len()].copy_from_slice(&cb.levels);
+        }
         TurboMse {
+            table,
             d,
             p,
             bits,
@@ -105,7 +113,7 @@ impl GroupCodec for TurboMse {
         let cl = packed_len(p, self.mse_bits);
         let codes = &mut s.c[..p];
         if let Some(cb) = &self.cb {
-            if cb.bits <= 4 && p % 8 == 0 {
+            if cb.bits <= 4 && p.is_multiple_of(8) {
                 // One fused pass in 8-lane blocks: scale, |u|, count the positive
                 // thresholds exceeded (the codebook is symmetric), place by sign.
                 let k = cb.levels.len();
@@ -124,7 +132,11 @@ impl GroupCodec for TurboMse {
                         }
                     }
                     for i in 0..8 {
-                        let q = if u[i] > 0.0 { half + cnt[i] } else { half - 1 - cnt[i] };
+                        let q = if u[i] > 0.0 {
+                            half + cnt[i]
+                        } else {
+                            half - 1 - cnt[i]
+                        };
                         cc[i] = q as u8;
                     }
                 }
@@ -173,13 +185,12 @@ impl GroupCodec for TurboMse {
         let h = self.head();
         let cl = packed_len(p, self.mse_bits);
         let y = &mut s.f[..p];
-        if let Some(cb) = &self.cb {
+        if self.cb.is_some() {
             let codes = &mut s.c[..p];
             unpack(&rec[h..h + cl], self.mse_bits, codes);
-            let lv = &cb.levels;
-            let mask = lv.len() - 1;
+            let t = &*self.table;
             for (v, &c) in y.iter_mut().zip(codes.iter()) {
-                *v = lv[c as usize & mask] * n;
+                *v = t[c as usize] * n;
             }
         } else {
             y.fill(0.0);
