@@ -84,20 +84,32 @@ fn any(name: &str, needles: &[&str]) -> bool {
     needles.iter().any(|n| name.contains(n))
 }
 
+/// Old llama.cpp Mixtral files store one tensor per expert: `blk.N.ffn_gate.E.weight`.
+fn is_split_expert(name: &str) -> bool {
+    ["ffn_gate.", "ffn_up.", "ffn_down."].iter().any(|p| {
+        name.find(p).is_some_and(|i| {
+            let rest = &name[i + p.len()..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            digits > 0 && rest[digits..].starts_with('.')
+        })
+    })
+}
+
 /// Routed or shared MoE expert weights (the router itself is a decoder tensor).
 pub fn is_expert(name: &str) -> bool {
-    any(
-        name,
-        &[
-            "_exps.",
-            "_shexp.",
-            "_chexps.",
-            ".experts.",
-            ".shared_expert.",
-            ".shared_experts.",
-            ".shared_mlp.",
-        ],
-    )
+    is_split_expert(name)
+        || any(
+            name,
+            &[
+                "_exps.",
+                "_shexp.",
+                "_chexps.",
+                ".experts.",
+                ".shared_expert.",
+                ".shared_experts.",
+                ".shared_mlp.",
+            ],
+        )
 }
 
 /// A shared (always-on) expert rather than a routed one.

@@ -273,7 +273,7 @@ fn npy(shape: &[usize], data: &[f32]) -> Vec<u8> {
         "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
         dims.join(", ")
     );
-    while (10 + h.len() + 1) % 64 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');
@@ -347,13 +347,10 @@ fn compare_reads_captured_safetensors_with_gqa_queries() {
     assert_eq!(file["head_dim"], 32);
     assert!(file["queries"].as_str().unwrap().contains("captured"));
     assert_eq!(v["rows"].as_array().unwrap().len(), 2);
-    assert_eq!(
-        v["rows"][0]["worst"]["nmse"]["head"]
-            .as_str()
-            .unwrap()
-            .starts_with("layer 0"),
-        true
-    );
+    assert!(v["rows"][0]["worst"]["nmse"]["head"]
+        .as_str()
+        .unwrap()
+        .starts_with("layer 0"));
 }
 
 #[test]

@@ -358,7 +358,7 @@ fn mistyped_yaml_field_names_file_line_and_field() {
     let (_d, p) = temp_file("m.yaml", &text);
     fails_with(
         &["analyze", "-m", p.to_str().unwrap()],
-        &["m.yaml", "head_dimm", "line 10"],
+        &["m.yaml", "head_dimm", "line 10", "did you mean `head_dim`"],
     );
 }
 

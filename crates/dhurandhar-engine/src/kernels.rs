@@ -367,7 +367,13 @@ mod avx2 {
             b += 2;
         }
         if b < nb {
-            q4_block::<Q41>(wp.add(b * ts), qp.add(b * QK), dsp.add(2 * b), &mut acc0, &mut m0);
+            q4_block::<Q41>(
+                wp.add(b * ts),
+                qp.add(b * QK),
+                dsp.add(2 * b),
+                &mut acc0,
+                &mut m0,
+            );
         }
         let m = _mm_add_ps(m0, m1);
         hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1))
@@ -441,7 +447,11 @@ mod avx2 {
             let mut s = _mm256_setzero_ps();
             for g in 0..4 {
                 let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.add(2 + 8 * g) as *const __m128i));
-                s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), _mm256_loadu_ps(xp.add(b * QK + 8 * g)), s);
+                s = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(q),
+                    _mm256_loadu_ps(xp.add(b * QK + 8 * g)),
+                    s,
+                );
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(blk)), s, acc);
         }
@@ -464,14 +474,23 @@ mod avx2 {
             let blk = wp.add(b * ts);
             _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
             let d = f16_to_f32(blk);
-            let (m, q) = if Q41 { (f16_to_f32(blk.add(2)), blk.add(4)) } else { (-8.0 * d, blk.add(2)) };
+            let (m, q) = if Q41 {
+                (f16_to_f32(blk.add(2)), blk.add(4))
+            } else {
+                (-8.0 * d, blk.add(2))
+            };
             let v = _mm_loadu_si128(q as *const __m128i);
             let lo = _mm_and_si128(v, m4); // elements 0..16
             let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4); // elements 16..32
             let xb = xp.add(b * QK);
             let mut s = _mm256_setzero_ps();
             let mut sx = _mm256_setzero_ps();
-            for (g, src) in [(0, lo), (1, _mm_srli_si128(lo, 8)), (2, hi), (3, _mm_srli_si128(hi, 8))] {
+            for (g, src) in [
+                (0, lo),
+                (1, _mm_srli_si128(lo, 8)),
+                (2, hi),
+                (3, _mm_srli_si128(hi, 8)),
+            ] {
                 let qf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(src));
                 let xv = _mm256_loadu_ps(xb.add(8 * g));
                 s = _mm256_fmadd_ps(qf, xv, s);
@@ -488,7 +507,14 @@ mod avx2 {
     /// # Safety
     /// AVX2/FMA present; `q.len() % 8 == 0`; every addressed row lies inside `src`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn strided_dots(q: &[f32], src: &[f32], off: usize, stride: usize, scale: f32, out: &mut [f32]) {
+    pub unsafe fn strided_dots(
+        q: &[f32],
+        src: &[f32],
+        off: usize,
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
         let d = q.len();
         let qp = q.as_ptr();
         for (j, o) in out.iter_mut().enumerate() {
@@ -508,7 +534,13 @@ mod avx2 {
     /// # Safety
     /// AVX2/FMA present; `out.len() % 8 == 0` and `<= 64`; rows inside `src`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn strided_axpys(p: &[f32], src: &[f32], off: usize, stride: usize, out: &mut [f32]) {
+    pub unsafe fn strided_axpys(
+        p: &[f32],
+        src: &[f32],
+        off: usize,
+        stride: usize,
+        out: &mut [f32],
+    ) {
         let d = out.len();
         let mut acc = [_mm256_setzero_ps(); 8];
         for (i, a) in acc.iter_mut().enumerate().take(d / 8) {
@@ -604,10 +636,20 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 
 /// Attention scores against keys stored with a stride:
 /// `out[j] = scale · ⟨q, src[off + j·stride ..][..q.len()]⟩`.
-pub fn strided_dots(q: &[f32], src: &[f32], off: usize, stride: usize, scale: f32, out: &mut [f32]) {
+pub fn strided_dots(
+    q: &[f32],
+    src: &[f32],
+    off: usize,
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     let d = q.len();
     if let Some(last) = out.len().checked_sub(1) {
-        assert!(off + last * stride + d <= src.len(), "strided_dots out of bounds");
+        assert!(
+            off + last * stride + d <= src.len(),
+            "strided_dots out of bounds"
+        );
     }
     #[cfg(target_arch = "x86_64")]
     if simd() == Simd::Avx2 && d.is_multiple_of(8) {
@@ -623,7 +665,10 @@ pub fn strided_dots(q: &[f32], src: &[f32], off: usize, stride: usize, scale: f3
 pub fn strided_axpys(p: &[f32], src: &[f32], off: usize, stride: usize, out: &mut [f32]) {
     let d = out.len();
     if let Some(last) = p.len().checked_sub(1) {
-        assert!(off + last * stride + d <= src.len(), "strided_axpys out of bounds");
+        assert!(
+            off + last * stride + d <= src.len(),
+            "strided_axpys out of bounds"
+        );
     }
     #[cfg(target_arch = "x86_64")]
     if simd() == Simd::Avx2 && d.is_multiple_of(8) && d <= 64 {
@@ -687,7 +732,10 @@ fn row_dot(t: QType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Si
 /// View little-endian bytes as f32 when aligned (always true on little-endian hosts for
 /// GGUF data, which is 32-byte aligned).
 fn bytemuck_f32(w: &[u8]) -> Result<&[f32], ()> {
-    if cfg!(target_endian = "little") && (w.as_ptr() as usize).is_multiple_of(4) && w.len().is_multiple_of(4) {
+    if cfg!(target_endian = "little")
+        && (w.as_ptr() as usize).is_multiple_of(4)
+        && w.len().is_multiple_of(4)
+    {
         // SAFETY: alignment and length checked above; every bit pattern is a valid f32.
         Ok(unsafe { std::slice::from_raw_parts(w.as_ptr() as *const f32, w.len() / 4) })
     } else {
@@ -987,6 +1035,15 @@ mod tests {
         let m = QMatrix::new(QType::Q8_0, 1, 32, &data).unwrap();
         let x = vec![0f32; 32];
         let mut out = vec![0f32; 1];
-        assert!(matmul(&m, &Acts::F32(&x), &mut out, false).is_err());
+        assert!(matmul(&m, &Acts::F32(&x), &mut out, false).is_ok());
+        assert!(matmul(&m, &Acts::F32(&x[..31]), &mut out, false).is_err());
+        let mut out2 = vec![0f32; 2];
+        assert!(matmul(&m, &Acts::F32(&x), &mut out2, false).is_err());
+        // 8-bit activations only pair with Q8_0/Q4_x weights.
+        let f16 = vec![0u8; 64];
+        let mf = QMatrix::new(QType::F16, 1, 32, &f16).unwrap();
+        let mut q = Q8Acts::default();
+        q.quantize_into(&x, 32);
+        assert!(matmul(&mf, &Acts::Q8(&q), &mut out, false).is_err());
     }
 }

@@ -122,12 +122,14 @@ impl Model {
         let rope_style = match arch.as_str() {
             "llama" | "mistral" => RopeStyle::Interleaved,
             "qwen2" => RopeStyle::SplitHalf,
-            other => return Err(meta_err(
-                origin,
-                format!(
+            other => {
+                return Err(meta_err(
+                    origin,
+                    format!(
                     "architecture `{other}` is not supported by the engine (llama, mistral, qwen2)"
                 ),
-            )),
+                ))
+            }
         };
         let get = |k: &str| -> Result<usize, EngineError> {
             let v = g

@@ -168,7 +168,7 @@ pub fn write_npy(shape: &[usize], data: &[f32]) -> Vec<u8> {
         format!("({})", dims.join(", "))
     };
     let mut h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple}, }}");
-    while (10 + h.len() + 1) % 64 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');
@@ -306,7 +306,7 @@ pub fn heads_from_file(
             let qinfo = match q {
                 Some(q) => {
                     let (tq, hq, dq) = shape_heads(&q.shape)?;
-                    if tq != t || dq != d || hq == 0 || hq % hk != 0 {
+                    if tq != t || dq != d || hq == 0 || !hq.is_multiple_of(hk) {
                         return Err(err(format!(
                             "layers.{l}.q shape {:?} does not fit K {:?} (GQA needs n_heads a multiple of n_kv_heads)",
                             q.shape, k.shape

@@ -64,7 +64,7 @@ fn bench(
         });
         let cpu = if one {
             format!(
-                "  [CPU time: {:5.2} / {:5.2} GB/s per core]",
+                "  [CPU time: {:5.3} / {:5.2} GB/s per core]",
                 gbps(n, c.1),
                 gbps(n, d.1)
             )
@@ -72,7 +72,7 @@ fn bench(
             String::new()
         };
         println!(
-            "{label:<5} {name:<12} ratio {:6.2}%  compress {:6.2} GB/s  decompress {:6.2} GB/s{cpu}",
+            "{label:<5} {name:<12} ratio {:6.2}%  compress {:6.3} GB/s  decompress {:6.2} GB/s{cpu}",
             100.0 * ours as f64 / n as f64,
             gbps(n, c.0),
             gbps(n, d.0)
@@ -94,7 +94,7 @@ fn bench(
             zstd::bulk::decompress_to_buffer(&z, &mut out).expect("zstd");
         });
         println!(
-            "{label:<5} zstd -{level:<7} ratio {:6.2}%  compress {:6.2} GB/s  decompress {:6.2} GB/s  [CPU time: {:5.2} / {:5.2} GB/s per core]",
+            "{label:<5} zstd -{level:<7} ratio {:6.2}%  compress {:6.3} GB/s  decompress {:6.2} GB/s  [CPU time: {:5.3} / {:5.2} GB/s per core]",
             100.0 * z.len() as f64 / n as f64,
             gbps(n, c.0),
             gbps(n, d.0),

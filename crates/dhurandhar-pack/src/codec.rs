@@ -238,7 +238,7 @@ pub(crate) fn split_planes(bytes: &[u8], esize: usize, rotate: bool, planar: &mu
 /// Inverse of [`split_planes`]: interleave planes back into `out`.
 pub(crate) fn merge_planes(planar: &[u8], esize: usize, rotate: bool, out: &mut [u8]) {
     let n = out.len() / esize;
-    let planes: Vec<&[u8]> = planar.chunks(n.max(1)).take(esize).collect();
+    let planes: Vec<&[u8]> = (0..esize).map(|p| &planar[p * n..(p + 1) * n]).collect();
     merge_plane_slices(&planes, esize, rotate, out);
 }
 
@@ -349,7 +349,7 @@ pub(crate) fn encode_lossless(bytes: &[u8], esize: usize, float: bool, cfg: Plan
     let mut planar = Vec::new();
     split_planes(bytes, esize, true, &mut planar);
     let n = bytes.len() / esize;
-    let planes: Vec<&[u8]> = planar.chunks(n.max(1)).take(esize).collect();
+    let planes: Vec<&[u8]> = (0..esize).map(|p| &planar[p * n..(p + 1) * n]).collect();
     let blob = encode_blob(tag::FLOAT, &planes, cfg);
     // Tiny tensors (biases, norms) do not pay for a plane directory: one plane instead.
     if blob.len() > bytes.len() + 11 {
@@ -510,7 +510,7 @@ pub(crate) fn encode_delta(
     let mut planar = Vec::new();
     split_planes(&d, esize, false, &mut planar);
     let n = new.len() / esize;
-    let planes: Vec<&[u8]> = planar.chunks(n.max(1)).take(esize).collect();
+    let planes: Vec<&[u8]> = (0..esize).map(|p| &planar[p * n..(p + 1) * n]).collect();
     let t = if xor { tag::XOR } else { tag::SUB };
     encode_blob(
         t,
