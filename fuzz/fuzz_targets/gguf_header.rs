@@ -2,6 +2,7 @@
 //! allocate beyond what the input can justify.
 #![no_main]
 
+use dhurandhar_checkpoint::arch_from_gguf;
 use dhurandhar_checkpoint::gguf::GgufFile;
 use libfuzzer_sys::fuzz_target;
 
@@ -14,5 +15,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let _ = f.architecture();
+        // Architecture inference over whatever metadata survived parsing.
+        let _ = arch_from_gguf(&f, "fuzz.gguf");
     }
 });

@@ -344,9 +344,11 @@ pub(crate) fn profile_from_gguf(
         let moe_layers = (0..l)
             .filter(|i| {
                 let pre = format!("blk.{i}.");
-                g.tensors
-                    .iter()
-                    .any(|t| t.name.starts_with(&pre) && t.name.contains("_exps."))
+                g.tensors.iter().any(|t| {
+                    t.name.starts_with(&pre)
+                        && crate::components::is_expert(&t.name)
+                        && !crate::components::is_shared_expert(&t.name)
+                })
             })
             .count() as u64;
         if moe_layers > 0 && moe_layers < l {
@@ -398,4 +400,22 @@ pub(crate) fn conv_state(d_conv: u64, d_inner: u64, groups: u64, d_state: u64) -
     d_conv
         .saturating_sub(1)
         .saturating_mul(d_inner.saturating_add(groups.saturating_mul(d_state).saturating_mul(2)))
+}
+
+/// Architecture from a GGUF header alone: geometry from the metadata, parameter count,
+/// native bits and tied embeddings from its tensor table. `origin` names the file in
+/// errors and becomes `source`.
+pub fn arch_from_gguf(
+    g: &GgufFile,
+    origin: &str,
+) -> Result<dhurandhar_model::ModelArchitecture, CheckpointError> {
+    let path = std::path::Path::new(origin);
+    let ck = crate::checkpoint::Checkpoint {
+        path: path.to_path_buf(),
+        format: crate::checkpoint::CheckpointFormat::Gguf,
+        tensors: crate::checkpoint::gguf_entries(path, g),
+        gguf: Some(g.clone()),
+        config: None,
+    };
+    ck.architecture()
 }

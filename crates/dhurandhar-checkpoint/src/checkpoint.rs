@@ -109,7 +109,7 @@ pub(crate) fn sniff(path: &Path) -> Result<CheckpointFormat, CheckpointError> {
     ))
 }
 
-fn gguf_entries(path: &Path, g: &GgufFile) -> Vec<TensorEntry> {
+pub(crate) fn gguf_entries(path: &Path, g: &GgufFile) -> Vec<TensorEntry> {
     g.tensors
         .iter()
         .map(|t| TensorEntry {

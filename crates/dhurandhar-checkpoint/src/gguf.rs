@@ -289,7 +289,7 @@ impl GgmlType {
     /// `None` when the row length is not a whole number of blocks or the size overflows.
     pub fn tensor_bytes(self, shape: &[u64]) -> Option<u64> {
         let row = *shape.first().unwrap_or(&1);
-        if row % self.block_size() != 0 {
+        if !row.is_multiple_of(self.block_size()) {
             return None;
         }
         let mut n = (row / self.block_size()).checked_mul(self.type_size())?;

@@ -21,6 +21,7 @@ use std::path::Path;
 
 use dhurandhar_model::{ComponentBytes, ModelArchitecture};
 
+pub use arch_gguf::arch_from_gguf;
 pub use arch_hf::arch_from_config_json;
 pub use checkpoint::{open_checkpoint, Checkpoint, CheckpointFormat, TensorEntry};
 pub use components::{classify, Component};

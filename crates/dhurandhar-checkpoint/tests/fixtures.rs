@@ -2,7 +2,9 @@
 
 use dhurandhar_checkpoint::gguf::{GgmlType, GgufFile};
 use dhurandhar_checkpoint::safetensors::SafetensorsFile;
-use dhurandhar_checkpoint::{load_model, locate_tensor, open_checkpoint, Component};
+use dhurandhar_checkpoint::{
+    arch_from_gguf, load_model, locate_tensor, open_checkpoint, Component,
+};
 
 #[test]
 fn smollm2_gguf_architecture_and_bytes() {
@@ -58,6 +60,10 @@ fn smollm2_gguf_architecture_and_bytes() {
         arch.param_count_b
     );
     assert_eq!(bytes.total(), g.total_tensor_bytes());
+    assert_eq!(
+        arch_from_gguf(&g, &path.display().to_string()).unwrap(),
+        arch
+    );
     assert_eq!(bytes.lm_head, 0);
     let embd = g.tensor("token_embd.weight").unwrap();
     assert_eq!(bytes.token_embeddings, embd.n_bytes);

@@ -8,9 +8,10 @@ use serde::Serialize;
 
 /// Pretty JSON to stdout, newline-terminated.
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    // Write as io::Error so a closed pipe (`| head`) is recognised by `finish`.
+    std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(())
 }
 

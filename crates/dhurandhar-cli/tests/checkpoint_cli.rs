@@ -163,7 +163,7 @@ use predicates::prelude::PredicateBooleanExt;
 
 #[test]
 fn inspect_smollm2_fixture() {
-    let Some(p) = dhurandhar_testkit_fixture(SMOLLM2) else {
+    let Some(p) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
         return;
     };
     let v: serde_json::Value =
@@ -196,7 +196,7 @@ fn inspect_smollm2_fixture() {
 
 #[test]
 fn inspect_minilm_fixture_lists_tensors_and_says_why_no_architecture() {
-    let Some(p) = dhurandhar_testkit_fixture(MINILM) else {
+    let Some(p) = dhurandhar_testkit::fixture(dhurandhar_testkit::MINILM_SAFETENSORS) else {
         return;
     };
     let v: serde_json::Value =
@@ -211,24 +211,4 @@ fn inspect_minilm_fixture_lists_tensors_and_says_why_no_architecture() {
     assert!(text.contains("unsupported architecture: bert") && text.contains("token_embeddings"));
 }
 
-const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const MINILM: &str = "all-MiniLM-L6-v2.safetensors";
 
-/// The fixtures directory as `dhurandhar_testkit` resolves it (the CLI crate does not
-/// depend on the testkit, so the same rule is applied here).
-fn dhurandhar_testkit_fixture(name: &str) -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("DHURANDHAR_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/fixtures"));
-    let p = dir.join(name);
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("DHURANDHAR_REQUIRE_FIXTURES").as_deref() != Ok("1"),
-        "fixture {} missing",
-        p.display()
-    );
-    eprintln!("skipping: fixture {} not fetched", p.display());
-    None
-}

@@ -485,28 +485,10 @@ fn device_without_ram_is_refused() {
 
 // ------------------------------------------------------------------ real checkpoint
 
-/// The SmolLM2 GGUF fixture, located like `dhurandhar_testkit::fixture` does (the CLI
-/// crate has no testkit dev-dependency): skip locally when absent, fail in CI.
-fn smollm2() -> Option<PathBuf> {
-    let dir = std::env::var_os("DHURANDHAR_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/fixtures"));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        return Some(p);
-    }
-    assert_ne!(
-        std::env::var("DHURANDHAR_REQUIRE_FIXTURES").as_deref(),
-        Ok("1"),
-        "fixture {} missing",
-        p.display()
-    );
-    None
-}
 
 #[test]
 fn gguf_checkpoint_gives_exact_weight_bytes() {
-    let Some(p) = smollm2() else { return };
+    let Some(p) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else { return };
     let v = json_of(&[
         "analyze",
         "-m",

@@ -1,7 +1,7 @@
 //! End-to-end tests of `dhurandhar mmap-profile` and its alias `dhurandhar-profile-mmap`.
 //! Test files are a few MiB in the target dir (a real disk, so eviction can work).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use assert_cmd::Command;
 use predicates::prelude::*;
@@ -33,23 +33,6 @@ fn json(c: &mut Command) -> Value {
     serde_json::from_slice(&out).unwrap()
 }
 
-/// The SmolLM2 fixture, as dhurandhar-testkit finds it (skip locally if not fetched).
-fn smollm2() -> Option<PathBuf> {
-    let dir = std::env::var_os("DHURANDHAR_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/fixtures"));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        return Some(p);
-    }
-    assert_ne!(
-        std::env::var("DHURANDHAR_REQUIRE_FIXTURES").as_deref(),
-        Ok("1"),
-        "fixture {} missing",
-        p.display()
-    );
-    None
-}
 
 #[test]
 fn default_patterns_cold_and_warm_with_verified_eviction() {
@@ -214,7 +197,7 @@ fn model_without_ple_profiles_its_token_embedding() {
 
 #[test]
 fn real_tensor_of_a_gguf() {
-    let Some(gguf) = smollm2() else { return };
+    let Some(gguf) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else { return };
     let v = json(
         Command::cargo_bin("dhurandhar")
             .unwrap()
@@ -407,7 +390,7 @@ fn bad_inputs_are_clear_errors() {
 
 #[test]
 fn unknown_tensor_is_named() {
-    let Some(gguf) = smollm2() else { return };
+    let Some(gguf) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else { return };
     Command::cargo_bin("dhurandhar")
         .unwrap()
         .args(["mmap-profile", "--tensor", "no.such.tensor", "--file"])

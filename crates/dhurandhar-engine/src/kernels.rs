@@ -803,6 +803,7 @@ pub fn matmul(
         let p = optr;
         for r in r0..r1 {
             let wr = w.row(r);
+            #[allow(unused_mut)] // only the x86_64 tile loop advances it early
             let mut t = 0;
             #[cfg(target_arch = "x86_64")]
             if let (Simd::Avx2, Acts::Q8(a)) = (s, acts) {

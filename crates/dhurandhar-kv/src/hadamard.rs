@@ -15,6 +15,12 @@ pub fn padded_len(d: usize) -> usize {
 #[inline(always)]
 pub fn fwht(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
+    if x.len() == 128 && crate::simd::has_avx2() {
+        // SAFETY: AVX2 is available and the length is exactly 16 registers.
+        unsafe { fwht128_avx2(x) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if x.len() >= 8 && crate::simd::has_avx2() {
         // SAFETY: AVX2 is available (checked above) and len ≥ 8 is a power of two.
         unsafe { fwht_avx2(x) };
@@ -23,23 +29,124 @@ pub fn fwht(x: &mut [f32]) {
     fwht_portable(x)
 }
 
-/// AVX2 FWHT: stages h = 1, 2, 4 inside each 8-lane register (permute, add/sub, blend),
+/// Stages h = 1, 2, 4 of the FWHT inside one 8-lane register: swap partners with a
+/// permute, then one FMA `v·(±1) + partner` gives the sum in the lower and the
+/// difference in the upper lanes. The product by ±1 is exact and the FMA rounds once,
+/// so each lane is exactly `a + b` or `a − b`, as in the portable kernel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn fwht8_in_register(v: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let s1 = _mm256_setr_ps(1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0);
+    let s2 = _mm256_setr_ps(1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0);
+    let s4 = _mm256_setr_ps(1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0);
+    let v = _mm256_fmadd_ps(v, s1, _mm256_permute_ps(v, 0xB1));
+    let v = _mm256_fmadd_ps(v, s2, _mm256_permute_ps(v, 0x4E));
+    _mm256_fmadd_ps(v, s4, _mm256_permute2f128_ps(v, v, 1))
+}
+
+/// FWHT of `8·R` values held in an array of `R` registers (no memory traffic between
+/// stages): the first three stages inside each register, the rest as butterflies
+/// between registers. Every butterfly is the same `(a + b, a − b)` as the portable
+/// kernel's, in the same stage order, so the result is bit-identical. A macro rather
+/// than a function so it is always inlined into its `avx2` caller (LLVM declines to
+/// inline a fully unrolled body, and the array would then live in memory).
+#[cfg(target_arch = "x86_64")]
+macro_rules! fwht_registers {
+    ($v:expr, $r:expr) => {{
+        let v = &mut $v;
+        for r in v.iter_mut() {
+            *r = fwht8_in_register(*r);
+        }
+        let mut h = 1;
+        while h < $r {
+            let mut base = 0;
+            while base < $r {
+                for j in base..base + h {
+                    let (a, b) = (v[j], v[j + h]);
+                    v[j] = _mm256_add_ps(a, b);
+                    v[j + h] = _mm256_sub_ps(a, b);
+                }
+                base += 2 * h;
+            }
+            h *= 2;
+        }
+    }};
+}
+
+/// In-register FWHT of exactly 128 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fwht128_avx2(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert_eq!(x.len(), 128);
+    let p = x.as_mut_ptr();
+    let mut v = [_mm256_setzero_ps(); 16];
+    for (i, r) in v.iter_mut().enumerate() {
+        *r = _mm256_loadu_ps(p.add(8 * i));
+    }
+    fwht_registers!(v, 16);
+    for (i, r) in v.iter().enumerate() {
+        _mm256_storeu_ps(p.add(8 * i), *r);
+    }
+}
+
+/// Fused randomized forward at d = p = 8·R: load, multiply by the signs, transform in
+/// registers, store, and return Σ out² summed in the order of [`crate::simd::sum_sq`]
+/// (so the norm is bit-identical to the portable path).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_sum_sq_avx2<const R: usize>(x: &[f32], signs: &[f32], out: &mut [f32]) -> f32 {
+    use std::arch::x86_64::*;
+    assert!(x.len() >= 8 * R && signs.len() >= 8 * R && out.len() >= 8 * R);
+    let mut v = [_mm256_setzero_ps(); R];
+    for (i, r) in v.iter_mut().enumerate() {
+        *r = _mm256_mul_ps(
+            _mm256_loadu_ps(x.as_ptr().add(8 * i)),
+            _mm256_loadu_ps(signs.as_ptr().add(8 * i)),
+        );
+    }
+    fwht_registers!(v, R);
+    let mut acc = _mm256_setzero_ps();
+    for (i, r) in v.iter().enumerate() {
+        _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *r);
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(*r, *r));
+    }
+    let mut a = [0.0f32; 8];
+    _mm256_storeu_ps(a.as_mut_ptr(), acc);
+    (a[0] + a[4]) + (a[1] + a[5]) + (a[2] + a[6]) + (a[3] + a[7])
+}
+
+/// Fused randomized inverse at d = p = 8·R: transform `y` in registers, multiply by the
+/// signs, store to `out`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn inverse_avx2<const R: usize>(y: &[f32], signs: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(y.len() >= 8 * R && signs.len() >= 8 * R && out.len() >= 8 * R);
+    let mut v = [_mm256_setzero_ps(); R];
+    for (i, r) in v.iter_mut().enumerate() {
+        *r = _mm256_loadu_ps(y.as_ptr().add(8 * i));
+    }
+    fwht_registers!(v, R);
+    for (i, r) in v.iter().enumerate() {
+        let s = _mm256_loadu_ps(signs.as_ptr().add(8 * i));
+        _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), _mm256_mul_ps(*r, s));
+    }
+}
+
+/// AVX2 FWHT: stages h = 1, 2, 4 inside each 8-lane register (permute + FMA by ±1),
 /// then stages h ≥ 8 as contiguous 8-wide butterflies.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn fwht_avx2(x: &mut [f32]) {
     use std::arch::x86_64::*;
     let n = x.len();
     let p = x.as_mut_ptr();
     let mut i = 0;
     while i < n {
-        let v = _mm256_loadu_ps(p.add(i));
-        let b = _mm256_permute_ps(v, 0xB1);
-        let v = _mm256_blend_ps(_mm256_add_ps(v, b), _mm256_sub_ps(b, v), 0b1010_1010);
-        let b = _mm256_permute_ps(v, 0x4E);
-        let v = _mm256_blend_ps(_mm256_add_ps(v, b), _mm256_sub_ps(b, v), 0b1100_1100);
-        let b = _mm256_permute2f128_ps(v, v, 1);
-        let v = _mm256_blend_ps(_mm256_add_ps(v, b), _mm256_sub_ps(b, v), 0b1111_0000);
+        let v = fwht8_in_register(_mm256_loadu_ps(p.add(i)));
         _mm256_storeu_ps(p.add(i), v);
         i += 8;
     }
@@ -137,6 +244,32 @@ pub struct RandomizedHadamard {
     p: usize,
     /// Random ±1 signs already multiplied by 1/√p.
     signs: Vec<f32>,
+    /// Which fused in-register kernel applies (AVX2 present and d = p ∈ {64, 128}).
+    fused: Fused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fused {
+    None,
+    #[cfg(target_arch = "x86_64")]
+    R8,
+    #[cfg(target_arch = "x86_64")]
+    R16,
+}
+
+impl Fused {
+    fn pick(d: usize, p: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if d == p && crate::simd::has_avx2() {
+            match p {
+                64 => return Fused::R8,
+                128 => return Fused::R16,
+                _ => {}
+            }
+        }
+        let _ = (d, p);
+        Fused::None
+    }
 }
 
 impl RandomizedHadamard {
@@ -147,7 +280,12 @@ impl RandomizedHadamard {
         let signs = (0..p)
             .map(|_| if rng.gen::<bool>() { scale } else { -scale })
             .collect();
-        RandomizedHadamard { d, p, signs }
+        RandomizedHadamard {
+            d,
+            p,
+            signs,
+            fused: Fused::pick(d, p),
+        }
     }
 
     pub fn dim(&self) -> usize {
@@ -161,6 +299,29 @@ impl RandomizedHadamard {
     /// Rotate `x` (len d) into `out` (len p).
     #[inline(always)]
     pub fn forward(&self, x: &[f32], out: &mut [f32]) {
+        self.forward_sum_sq(x, out);
+    }
+
+    /// [`Self::forward`] that also returns `crate::simd::sum_sq(out)` (fused into the
+    /// transform on the register path, bit-identical either way).
+    #[inline(always)]
+    pub fn forward_sum_sq(&self, x: &[f32], out: &mut [f32]) -> f32 {
+        match self.fused {
+            // SAFETY: `Fused` is only picked when AVX2 is present; lengths are asserted.
+            #[cfg(target_arch = "x86_64")]
+            Fused::R8 => unsafe { forward_sum_sq_avx2::<8>(x, &self.signs, out) },
+            #[cfg(target_arch = "x86_64")]
+            Fused::R16 => unsafe { forward_sum_sq_avx2::<16>(x, &self.signs, out) },
+            Fused::None => {
+                self.forward_portable(x, out);
+                crate::simd::sum_sq(&out[..self.p])
+            }
+        }
+    }
+
+    /// The unfused forward (signs, zero padding, [`fwht`]).
+    #[inline(always)]
+    pub fn forward_portable(&self, x: &[f32], out: &mut [f32]) {
         let (head, pad) = out.split_at_mut(self.d);
         for ((o, v), s) in head.iter_mut().zip(x).zip(&self.signs) {
             *o = v * s;
@@ -173,6 +334,19 @@ impl RandomizedHadamard {
     /// in the padding are dropped, which is the orthogonal projection onto the data.
     #[inline(always)]
     pub fn inverse(&self, y: &mut [f32], out: &mut [f32]) {
+        match self.fused {
+            // SAFETY: `Fused` is only picked when AVX2 is present; lengths are asserted.
+            #[cfg(target_arch = "x86_64")]
+            Fused::R8 => unsafe { inverse_avx2::<8>(y, &self.signs, out) },
+            #[cfg(target_arch = "x86_64")]
+            Fused::R16 => unsafe { inverse_avx2::<16>(y, &self.signs, out) },
+            Fused::None => self.inverse_portable(y, out),
+        }
+    }
+
+    /// The unfused inverse ([`fwht`] in place, then the signs).
+    #[inline(always)]
+    pub fn inverse_portable(&self, y: &mut [f32], out: &mut [f32]) {
         fwht(y);
         for ((o, v), s) in out.iter_mut().zip(y.iter()).zip(&self.signs) {
             *o = v * s;
@@ -216,9 +390,30 @@ mod tests {
         }
     }
 
+    /// The fused in-register forward/inverse (used at d = 64, 128 with AVX2) give
+    /// exactly the unfused results, and the fused Σ out² equals `simd::sum_sq`.
+    #[test]
+    fn fused_paths_match_unfused_exactly() {
+        for d in [8usize, 64, 96, 128, 256] {
+            let r = RandomizedHadamard::new(d, 11);
+            let p = r.padded();
+            let x: Vec<f32> = (0..d).map(|i| (i as f32 * 1.3).cos() * 3.0).collect();
+            let (mut a, mut b) = (vec![0.0; p], vec![0.0; p]);
+            let ss = r.forward_sum_sq(&x, &mut a);
+            r.forward_portable(&x, &mut b);
+            assert_eq!(a, b, "forward d={d}");
+            assert_eq!(ss.to_bits(), crate::simd::sum_sq(&b).to_bits(), "d={d}");
+            let (mut y1, mut y2) = (a.clone(), a.clone());
+            let (mut o1, mut o2) = (vec![0.0; d], vec![0.0; d]);
+            r.inverse(&mut y1, &mut o1);
+            r.inverse_portable(&mut y2, &mut o2);
+            assert_eq!(o1, o2, "inverse d={d}");
+        }
+    }
+
     #[test]
     fn fwht_matches_dense_sylvester() {
-        for n in [1usize, 2, 4, 8, 16, 64, 256] {
+        for n in [1usize, 2, 4, 8, 16, 64, 128, 256] {
             let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).sin()).collect();
             let mut y = x.clone();
             fwht(&mut y);

@@ -283,4 +283,48 @@ mamba_state_dim: 1024
         let err = ModelArchitecture::from_yaml_str(yaml, "m.yaml").unwrap_err();
         assert!(err.to_string().contains("num_key_value_heads"), "{err}");
     }
+
+    #[test]
+    fn default_plus_required_fields_validates() {
+        let mut m = ModelArchitecture {
+            name: "x".into(),
+            family: "f".into(),
+            param_count_b: 1.0,
+            num_hidden_layers: 2,
+            hidden_size: 8,
+            intermediate_size: 16,
+            vocab_size: 10,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            head_dim: 4,
+            ..Default::default()
+        };
+        m.fill_defaults();
+        m.validate().unwrap();
+        assert_eq!(m.num_attention_layers, 2);
+        assert!(ModelArchitecture::default().validate().is_err());
+    }
+
+    #[test]
+    fn typo_suggests_the_field_and_keeps_the_location() {
+        let e = ModelArchitecture::from_yaml_str("name: a\nhead_dimm: 3\n", "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.yaml") && e.contains("did you mean `head_dim`") && e.contains("line 2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn implausible_sizes_are_refused_with_the_file() {
+        let yaml = "name: a\nfamily: b\nparam_count_b: 1\nnum_hidden_layers: 2\nhidden_size: 1000000000000\nintermediate_size: 8\nvocab_size: 8\nnum_attention_heads: 2\nnum_key_value_heads: 1\nhead_dim: 2\n";
+        let e = ModelArchitecture::from_yaml_str(yaml, "big.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("big.yaml") && e.contains("hidden_size") && e.contains("implausibly"),
+            "{e}"
+        );
+    }
 }

@@ -315,9 +315,14 @@ pub fn pack(
                 } else if cols > chunk_elems {
                     note = Some("rows longer than a chunk: stored lossless".into());
                 } else {
-                    let mut vals = Vec::new();
-                    t.dtype.to_f32(data, &mut vals);
-                    if quant::quantizable(&vals) {
+                    // Scan in 64 Ki-element pieces: never a whole-tensor f32 copy.
+                    let es = t.dtype.size();
+                    let ok = data.chunks(es << 16).all(|piece| {
+                        let mut vals = Vec::new();
+                        t.dtype.to_f32(piece, &mut vals);
+                        quant::quantizable(&vals)
+                    });
+                    if ok {
                         let rpc = (chunk_elems / cols).max(1);
                         e.mode = Mode::QuantResidual;
                         e.quant = Some(QuantInfo {

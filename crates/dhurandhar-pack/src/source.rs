@@ -212,25 +212,35 @@ impl Checkpoint {
     }
 
     fn add_gguf(&mut self, path: &Path) -> Result<()> {
+        use dhurandhar_checkpoint::gguf::{GgmlType, GgufFile};
         let map = map_file(path)?;
-        let g =
-            gguf::parse(&map).map_err(|d| PackError::input(path, format!("invalid GGUF: {d}")))?;
+        let origin = path.display().to_string();
+        let invalid = |e: dhurandhar_checkpoint::CheckpointError| PackError::input(path, e.to_string());
+        let g = GgufFile::parse(&map, &origin).map_err(invalid)?;
+        g.check_ranges(map.len() as u64, &origin).map_err(invalid)?;
         let file = self.files.len();
         for t in g.tensors {
-            match t.dtype {
-                Some(dtype) => self.tensors.push(SourceTensor {
-                    name: t.name,
-                    dtype,
-                    shape: t.shape,
-                    file,
-                    offset: t.offset,
-                    len: t.len,
-                }),
-                None => self.skipped.push((
-                    t.name,
-                    format!("GGUF type {} is not a float type", t.ggml_type),
-                )),
-            }
+            let dtype = match t.ggml_type {
+                GgmlType::F32 => DType::F32,
+                GgmlType::F16 => DType::F16,
+                GgmlType::BF16 => DType::BF16,
+                other => {
+                    self.skipped.push((
+                        t.name,
+                        format!("GGUF type {} is not a float type", other.name()),
+                    ));
+                    continue;
+                }
+            };
+            self.tensors.push(SourceTensor {
+                name: t.name,
+                dtype,
+                // GGUF lists the innermost dimension first; safetensors outermost first.
+                shape: t.shape.iter().rev().copied().collect(),
+                file,
+                offset: t.offset as usize,
+                len: t.n_bytes as usize,
+            });
         }
         self.tensors.sort_by_key(|t| t.offset);
         self.files.push((path.to_path_buf(), map));
@@ -238,165 +248,6 @@ impl Checkpoint {
     }
 }
 
-/// Minimal GGUF (v2/v3) reader: enough to locate F32/F16/BF16 tensors.
-mod gguf {
-    use crate::dtype::DType;
-
-    pub struct Tensor {
-        pub name: String,
-        pub shape: Vec<u64>,
-        pub ggml_type: u32,
-        pub dtype: Option<DType>,
-        pub offset: usize,
-        pub len: usize,
-    }
-
-    pub struct Gguf {
-        pub tensors: Vec<Tensor>,
-    }
-
-    struct Cur<'a> {
-        b: &'a [u8],
-        at: usize,
-    }
-
-    impl Cur<'_> {
-        fn take(&mut self, n: usize) -> Result<&[u8], String> {
-            let end = self
-                .at
-                .checked_add(n)
-                .filter(|&e| e <= self.b.len())
-                .ok_or("unexpected end of file")?;
-            let s = &self.b[self.at..end];
-            self.at = end;
-            Ok(s)
-        }
-        fn u32(&mut self) -> Result<u32, String> {
-            Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-        }
-        fn u64(&mut self) -> Result<u64, String> {
-            Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-        }
-        fn string(&mut self) -> Result<String, String> {
-            let n = self.u64()?;
-            let n = usize::try_from(n).map_err(|_| "string length overflows")?;
-            Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
-        }
-        /// Skip a value of metadata type `ty`, returning it when it is a u32 (alignment).
-        fn skip_value(&mut self, ty: u32, depth: u32) -> Result<Option<u64>, String> {
-            let fixed = match ty {
-                0 | 1 | 7 => 1,
-                2 | 3 => 2,
-                4..=6 => 4,
-                10..=12 => 8,
-                _ => 0,
-            };
-            if fixed > 0 {
-                let b = self.take(fixed)?;
-                return Ok(match ty {
-                    4 => Some(u32::from_le_bytes(b.try_into().expect("4")) as u64),
-                    10 => Some(u64::from_le_bytes(b.try_into().expect("8"))),
-                    _ => None,
-                });
-            }
-            match ty {
-                8 => {
-                    self.string()?;
-                }
-                9 => {
-                    if depth > 4 {
-                        return Err("nested arrays too deep".into());
-                    }
-                    let et = self.u32()?;
-                    let n = self.u64()?;
-                    if n > self.b.len() as u64 {
-                        return Err("array length exceeds the file".into());
-                    }
-                    for _ in 0..n {
-                        self.skip_value(et, depth + 1)?;
-                    }
-                }
-                t => return Err(format!("unknown metadata value type {t}")),
-            }
-            Ok(None)
-        }
-    }
-
-    pub fn parse(b: &[u8]) -> Result<Gguf, String> {
-        let mut c = Cur { b, at: 0 };
-        if c.take(4)? != b"GGUF" {
-            return Err("bad magic".into());
-        }
-        let version = c.u32()?;
-        if !(2..=3).contains(&version) {
-            return Err(format!("unsupported GGUF version {version}"));
-        }
-        let n_tensors = c.u64()?;
-        let n_kv = c.u64()?;
-        if n_tensors > b.len() as u64 || n_kv > b.len() as u64 {
-            return Err("counts exceed the file size".into());
-        }
-        let mut alignment = 32u64;
-        for _ in 0..n_kv {
-            let key = c.string()?;
-            let ty = c.u32()?;
-            let v = c.skip_value(ty, 0)?;
-            if key == "general.alignment" {
-                alignment = v
-                    .filter(|&a| a > 0 && a.is_power_of_two())
-                    .ok_or("bad general.alignment")?;
-            }
-        }
-        let mut infos = Vec::new();
-        for _ in 0..n_tensors {
-            let name = c.string()?;
-            let nd = c.u32()?;
-            if nd > 8 {
-                return Err(format!("tensor `{name}` has {nd} dimensions"));
-            }
-            let mut dims = Vec::with_capacity(nd as usize);
-            for _ in 0..nd {
-                dims.push(c.u64()?);
-            }
-            let ty = c.u32()?;
-            let off = c.u64()?;
-            infos.push((name, dims, ty, off));
-        }
-        let data_start = (c.at as u64).div_ceil(alignment) * alignment;
-        let mut tensors = Vec::with_capacity(infos.len());
-        for (name, dims, ty, off) in infos {
-            let numel = dims
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .ok_or("shape overflows")?;
-            let dtype = match ty {
-                0 => Some(DType::F32),
-                1 => Some(DType::F16),
-                30 => Some(DType::BF16),
-                _ => None,
-            };
-            let len = dtype
-                .map(|d| numel.checked_mul(d.size() as u64))
-                .unwrap_or(Some(0))
-                .ok_or("size overflows")?;
-            let start = data_start.checked_add(off).ok_or("offset overflows")?;
-            if dtype.is_some() && start.checked_add(len).is_none_or(|e| e > b.len() as u64) {
-                return Err(format!("tensor `{name}` runs past the end of the file"));
-            }
-            // GGUF lists the innermost dimension first; safetensors outermost first.
-            let shape = dims.into_iter().rev().collect();
-            tensors.push(Tensor {
-                name,
-                shape,
-                ggml_type: ty,
-                dtype,
-                offset: start as usize,
-                len: len as usize,
-            });
-        }
-        Ok(Gguf { tensors })
-    }
-}
 
 /// Receives a tensor's bytes in order, piece by piece.
 pub type TensorSink<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;

@@ -578,3 +578,96 @@ fn real_minilm_bf16_round_trip() {
     let ratio = stored as f64 / bf16.len() as f64;
     assert!(ratio > 0.55 && ratio < 0.75, "ratio {ratio}");
 }
+
+/// Rewrite the index of a pack (with a valid checksum) to probe the index validation.
+fn with_index(pack: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let n = pack.len();
+    let off = u64::from_le_bytes(pack[n - 32..n - 24].try_into().unwrap()) as usize;
+    let mut idx: serde_json::Value = serde_json::from_slice(&pack[off..n - 32]).unwrap();
+    edit(&mut idx);
+    let json = serde_json::to_vec(&idx).unwrap();
+    let mut out = pack[..off].to_vec();
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&(off as u64).to_le_bytes());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&xxh3_64(&json).to_le_bytes());
+    out.extend_from_slice(b"DHPINDEX");
+    out
+}
+
+#[test]
+fn inconsistent_indexes_are_refused_before_decoding() {
+    let (dir, src) = setup();
+    let out = dir.path().join("m.dhp");
+    pack(
+        &Checkpoint::open(&src).unwrap(),
+        &out,
+        &small_chunks(),
+        &|_| {},
+    )
+    .unwrap();
+    let good = std::fs::read(&out).unwrap();
+    let p = dir.path().join("e.dhp");
+    // unchanged index: opens
+    std::fs::write(&p, with_index(&good, |_| {})).unwrap();
+    PackReader::open(&p).unwrap().verify(true).unwrap();
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "huge shape",
+            Box::new(|v| v["tensors"][0]["shape"] = serde_json::json!([u64::MAX, 3])),
+        ),
+        (
+            "raw_bytes",
+            Box::new(|v| v["tensors"][0]["raw_bytes"] = 7.into()),
+        ),
+        (
+            "chunk past data",
+            Box::new(|v| v["tensors"][0]["chunks"][0][0] = (u64::MAX - 1).into()),
+        ),
+        (
+            "chunk count",
+            Box::new(|v| {
+                v["tensors"][0]["chunks"]
+                    .as_array_mut()
+                    .unwrap()
+                    .pop()
+                    .map(drop)
+                    .unwrap()
+            }),
+        ),
+        (
+            "duplicate",
+            Box::new(|v| v["tensors"][1]["name"] = v["tensors"][0]["name"].clone()),
+        ),
+        ("chunk size", Box::new(|v| v["chunk_size"] = 0.into())),
+        (
+            "dtype",
+            Box::new(|v| v["tensors"][0]["dtype"] = "F4".into()),
+        ),
+        (
+            "mode",
+            Box::new(|v| v["tensors"][0]["mode"] = "quant-residual".into()),
+        ),
+        (
+            "delta outside delta",
+            Box::new(|v| v["tensors"][0]["mode"] = "unchanged".into()),
+        ),
+        (
+            "quant layout",
+            Box::new(|v| {
+                v["tensors"][0]["mode"] = "quant-residual".into();
+                v["tensors"][0]["quant"] = serde_json::json!({"bits": 4, "group": 32, "residual_frac": 0.0,
+                    "rows": 1, "cols": 1, "rows_per_chunk": 1, "stats": {"sum_sq": 0.0, "err_sq_base": 0.0,
+                    "err_sq_residual": 0.0, "max_err_base": 0.0, "max_err_residual": 0.0, "residual_count": 0}});
+            }),
+        ),
+    ];
+    for (what, edit) in edits {
+        std::fs::write(&p, with_index(&good, edit)).unwrap();
+        match PackReader::open(&p) {
+            Err(PackError::BadIndex { .. }) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}

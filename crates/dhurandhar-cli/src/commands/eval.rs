@@ -2,6 +2,7 @@
 //! and with KV codecs applied to the cache (prefill included), plus KL divergence and
 //! top-1 agreement against the exact cache.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -174,10 +175,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return print_json(&out);
     }
     let r = &out.report;
-    println!(
-        "{} tokens of {} ({} predictions), {} threads, {:.1} s",
-        r.tokens, out.text_file, r.predictions, threads, out.seconds
-    );
+    writeln!(
+        std::io::stdout().lock(),
+        "{} tokens of {} ({} predictions), {} activations, {} threads, {:.1} s",
+        r.tokens,
+        out.text_file,
+        r.predictions,
+        out.activations,
+        threads,
+        out.seconds
+    )?;
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header([
@@ -208,9 +215,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             format!("{:.1}%", cr.top1_agreement * 100.0),
         ]);
     }
-    println!("{table}");
+    writeln!(std::io::stdout().lock(), "{table}")?;
     if let Some(n) = &out.calibration {
-        println!("note: {n}");
+        writeln!(std::io::stdout().lock(), "note: {n}")?;
     }
     Ok(())
 }

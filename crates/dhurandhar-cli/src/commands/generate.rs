@@ -235,26 +235,30 @@ fn run_bench(args: &Args, model: &Model) -> anyhow::Result<()> {
         "threads",
         "prefill tok",
         "prefill tok/s",
+        "prefill tok/CPU-s",
         "decode tok",
         "decode tok/s",
+        "decode tok/CPU-s",
     ]);
     for r in &report.results {
         table.add_row([
             r.threads.to_string(),
             r.prompt_tokens.to_string(),
             format!("{:.1}", r.prefill_tokens_per_s),
+            format!("{:.1}", r.prefill_tokens_per_cpu_s),
             r.decode_tokens.to_string(),
             format!("{:.1}", r.decode_tokens_per_s),
+            format!("{:.1}", r.decode_tokens_per_cpu_s),
         ]);
     }
-    println!("{table}");
+    writeln!(std::io::stdout().lock(), "{table}")?;
     let mib = |b: u64| b as f64 / 1048576.0;
-    println!(
+    writeln!(std::io::stdout().lock(),
         "peak RSS {} for a {ctx}-token context; budget {:.1} MiB = 1.3 × {:.1} MiB tensors + {:.1} MiB KV + 64 MiB",
         peak.map(|p| format!("{:.1} MiB", mib(p))).unwrap_or_else(|| "n/a".into()),
         mib(budget),
         mib(model.tensor_bytes),
         mib(kv as u64)
-    );
+    )?;
     Ok(())
 }

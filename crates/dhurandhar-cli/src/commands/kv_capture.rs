@@ -2,6 +2,7 @@
 //! keys (before and after RoPE) and values as f32 safetensors, readable by
 //! `dhurandhar kv compare --data`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -126,7 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         return print_json(&summary);
     }
-    println!(
+    writeln!(std::io::stdout().lock(),
         "captured {} tokens × {} layers (q: {} heads, k/k_pre_rope/v: {} KV heads, head_dim {}) -> {} ({:.1} MiB) in {:.1} s",
         summary.n_tokens,
         summary.n_layers,
@@ -136,6 +137,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         summary.out,
         summary.file_bytes as f64 / 1048576.0,
         t0.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(())
 }

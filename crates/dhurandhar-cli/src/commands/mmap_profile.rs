@@ -551,7 +551,7 @@ fn checkpoint_source(args: &Args, file: &Path) -> anyhow::Result<(TableGeometry,
 fn default_slices(row_bytes: u64) -> u32 {
     (1..=16u32)
         .rev()
-        .find(|&k| row_bytes % k as u64 == 0 && row_bytes / k as u64 >= 16)
+        .find(|&k| row_bytes.is_multiple_of(k as u64) && row_bytes / k as u64 >= 16)
         .unwrap_or(1)
 }
 

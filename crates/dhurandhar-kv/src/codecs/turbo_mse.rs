@@ -32,6 +32,10 @@ pub struct TurboMse {
     /// bounds check.
     table: Box<[f32; 256]>,
     qjl: Option<RandomizedHadamard>,
+    /// The 7 positive thresholds of a 4-bit codebook (it is symmetric).
+    pos4: [f32; 7],
+    /// Use the AVX2 4-bit quantize/pack and unpack/lookup kernels.
+    avx2_4bit: bool,
 }
 
 impl TurboMse {
@@ -45,7 +49,16 @@ impl TurboMse {
         if let Some(cb) = &cb {
             table[..cb.levels.len()].copy_from_slice(&cb.levels);
         }
+        let mut pos4 = [0.0f32; 7];
+        let mut four = false;
+        if let Some(cb) = cb.as_ref().filter(|cb| cb.bits == 4) {
+            pos4.copy_from_slice(&cb.bounds[8..]);
+            four = true;
+        }
+        let avx2_4bit = four && !prod && p.is_multiple_of(64) && crate::simd::has_avx2();
         TurboMse {
+            pos4,
+            avx2_4bit,
             table,
             d,
             p,
@@ -105,12 +118,19 @@ impl GroupCodec for TurboMse {
     ) -> Result<(), KvError> {
         let p = self.p;
         let r = &mut s.f[..p];
-        self.rh.forward(x, r);
-        let (nb, n) = f16_round(crate::simd::sum_sq(r).sqrt(), 0)?;
+        let ss = self.rh.forward_sum_sq(x, r);
+        let (nb, n) = f16_round(ss.sqrt(), 0)?;
         put_f16(out, 0, nb);
         let inv = if n > 0.0 { 1.0 / n } else { 0.0 };
         let h = self.head();
         let cl = packed_len(p, self.mse_bits);
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2_4bit {
+            // SAFETY: `avx2_4bit` is set only with AVX2 present, 4-bit codes, no QJL
+            // and p a multiple of 64; the kernel asserts the lengths.
+            unsafe { avx2::quantize_pack4(r, inv, &self.pos4, &mut out[h..h + cl]) };
+            return Ok(());
+        }
         let codes = &mut s.c[..p];
         if let Some(cb) = &self.cb {
             if cb.bits <= 4 && p.is_multiple_of(8) {
@@ -185,6 +205,13 @@ impl GroupCodec for TurboMse {
         let h = self.head();
         let cl = packed_len(p, self.mse_bits);
         let y = &mut s.f[..p];
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2_4bit {
+            // SAFETY: as in `encode_group`.
+            unsafe { avx2::unpack_lookup4(&rec[h..h + cl], &self.table, n, y) };
+            self.rh.inverse(y, out);
+            return Ok(());
+        }
         if self.cb.is_some() {
             let codes = &mut s.c[..p];
             unpack(&rec[h..h + cl], self.mse_bits, codes);
@@ -212,5 +239,88 @@ impl GroupCodec for TurboMse {
         }
         self.rh.inverse(y, out);
         Ok(())
+    }
+}
+
+/// AVX2 kernels of the 4-bit `turbo-mse` record (bit-identical to the portable loops).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Scale the rotated vector by `inv`, count the positive thresholds below |u| (the
+    /// codebook is symmetric), place the code by sign, and pack two codes per byte
+    /// (LSB first) into `out` (p/2 bytes). `r.len()` must be a multiple of 64.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize_pack4(r: &[f32], inv: f32, pos: &[f32; 7], out: &mut [u8]) {
+        let p = r.len();
+        assert!(p.is_multiple_of(64) && out.len() == p / 2);
+        let vinv = _mm256_set1_ps(inv);
+        let absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let zero = _mm256_setzero_ps();
+        let t: [__m256; 7] = std::array::from_fn(|i| _mm256_set1_ps(pos[i]));
+        let eight = _mm256_set1_epi32(8);
+        let seven = _mm256_set1_epi32(7);
+        let nib = _mm256_set1_epi16(0x1001);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let codes8 = |i: usize| -> __m256i {
+            let u = _mm256_mul_ps(_mm256_loadu_ps(r.as_ptr().add(8 * i)), vinv);
+            let a = _mm256_and_ps(u, absmask);
+            // Each compare is all-ones (−1) where |u| > t: `neg` is −count.
+            let mut neg = _mm256_setzero_si256();
+            for tk in &t {
+                neg = _mm256_add_epi32(neg, _mm256_castps_si256(_mm256_cmp_ps(a, *tk, _CMP_GT_OQ)));
+            }
+            let gt0 = _mm256_castps_si256(_mm256_cmp_ps(u, zero, _CMP_GT_OQ));
+            let qp = _mm256_sub_epi32(eight, neg); // 8 + count
+            let qn = _mm256_add_epi32(seven, neg); // 7 − count
+            _mm256_blendv_epi8(qn, qp, gt0)
+        };
+        // 64 codes → 32 bytes per step.
+        for blk in 0..p / 64 {
+            let mut m = [_mm256_setzero_si256(); 2];
+            for (half, mh) in m.iter_mut().enumerate() {
+                let b = 8 * blk + 4 * half;
+                let a = _mm256_packs_epi32(codes8(b), codes8(b + 1));
+                let c = _mm256_packs_epi32(codes8(b + 2), codes8(b + 3));
+                // 32 codes as bytes, restored to order across the 128-bit lanes.
+                let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, c), order);
+                // Byte pairs (lo, hi) → lo + 16·hi as i16.
+                *mh = _mm256_maddubs_epi16(bytes, nib);
+            }
+            let packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(m[0], m[1]), 0xD8);
+            _mm256_storeu_si256(out.as_mut_ptr().add(32 * blk) as *mut __m256i, packed);
+        }
+    }
+
+    /// Unpack p 4-bit codes from `bytes` (p/2) and write `table[code] · n` into `y` (p),
+    /// looking the 16 levels up with two in-register permutes.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn unpack_lookup4(bytes: &[u8], table: &[f32; 256], n: f32, y: &mut [f32]) {
+        let p = y.len();
+        assert!(p.is_multiple_of(32) && bytes.len() == p / 2);
+        let lo_t = _mm256_loadu_ps(table.as_ptr());
+        let hi_t = _mm256_loadu_ps(table.as_ptr().add(8));
+        let vn = _mm256_set1_ps(n);
+        let mask = _mm_set1_epi8(0x0f);
+        let look = |c: __m128i, dst: *mut f32| {
+            let idx = _mm256_cvtepu8_epi32(c);
+            let l = _mm256_permutevar8x32_ps(lo_t, idx);
+            let h = _mm256_permutevar8x32_ps(hi_t, idx);
+            // Bit 3 of the code moved to the sign bit selects the upper half.
+            let sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+            _mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_blendv_ps(l, h, sel), vn));
+        };
+        for blk in 0..p / 32 {
+            let b = _mm_loadu_si128(bytes.as_ptr().add(16 * blk) as *const __m128i);
+            let lo = _mm_and_si128(b, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+            let c0 = _mm_unpacklo_epi8(lo, hi); // codes 0..16
+            let c1 = _mm_unpackhi_epi8(lo, hi); // codes 16..32
+            let dst = y.as_mut_ptr().add(32 * blk);
+            look(c0, dst);
+            look(_mm_srli_si128(c0, 8), dst.add(8));
+            look(c1, dst.add(16));
+            look(_mm_srli_si128(c1, 8), dst.add(24));
+        }
     }
 }
