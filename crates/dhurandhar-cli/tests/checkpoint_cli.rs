@@ -210,5 +210,3 @@ fn inspect_minilm_fixture_lists_tensors_and_says_why_no_architecture() {
     let text = stdout_of(&["inspect", p.to_str().unwrap()]);
     assert!(text.contains("unsupported architecture: bert") && text.contains("token_embeddings"));
 }
-
-

@@ -7,25 +7,8 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::Value;
 
-/// The SmolLM2 fixture, located like `dhurandhar_testkit::fixture` (which is not a
-/// dev-dependency of this crate): `$DHURANDHAR_FIXTURES` or `<workspace>/.cache/fixtures`;
-/// missing means skip, unless `DHURANDHAR_REQUIRE_FIXTURES=1` (CI).
 fn fixture() -> Option<PathBuf> {
-    let dir = std::env::var_os("DHURANDHAR_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/fixtures"));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("DHURANDHAR_REQUIRE_FIXTURES").as_deref() == Ok("1") {
-        panic!(
-            "fixture {} missing; run `python3 scripts/fetch_fixtures.py`",
-            p.display()
-        );
-    }
-    eprintln!("skipping: fixture {} not fetched", p.display());
-    None
+    dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF)
 }
 
 fn text_file() -> PathBuf {

@@ -485,10 +485,11 @@ fn device_without_ram_is_refused() {
 
 // ------------------------------------------------------------------ real checkpoint
 
-
 #[test]
 fn gguf_checkpoint_gives_exact_weight_bytes() {
-    let Some(p) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else { return };
+    let Some(p) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+        return;
+    };
     let v = json_of(&[
         "analyze",
         "-m",

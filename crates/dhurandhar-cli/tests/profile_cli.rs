@@ -33,7 +33,6 @@ fn json(c: &mut Command) -> Value {
     serde_json::from_slice(&out).unwrap()
 }
 
-
 #[test]
 fn default_patterns_cold_and_warm_with_verified_eviction() {
     let dir = tmp();
@@ -197,7 +196,9 @@ fn model_without_ple_profiles_its_token_embedding() {
 
 #[test]
 fn real_tensor_of_a_gguf() {
-    let Some(gguf) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else { return };
+    let Some(gguf) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+        return;
+    };
     let v = json(
         Command::cargo_bin("dhurandhar")
             .unwrap()
@@ -390,7 +391,9 @@ fn bad_inputs_are_clear_errors() {
 
 #[test]
 fn unknown_tensor_is_named() {
-    let Some(gguf) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else { return };
+    let Some(gguf) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+        return;
+    };
     Command::cargo_bin("dhurandhar")
         .unwrap()
         .args(["mmap-profile", "--tensor", "no.such.tensor", "--file"])

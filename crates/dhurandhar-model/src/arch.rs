@@ -448,7 +448,7 @@ impl ModelArchitecture {
                 ),
             );
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return bad(
                 "num_key_value_heads",
                 format!(
@@ -458,7 +458,7 @@ impl ModelArchitecture {
             );
         }
         if self.num_global_key_value_heads != 0
-            && self.num_attention_heads % self.num_global_key_value_heads != 0
+            && !self.num_attention_heads.is_multiple_of(self.num_global_key_value_heads)
         {
             return bad(
                 "num_global_key_value_heads",

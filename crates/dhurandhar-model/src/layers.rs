@@ -94,7 +94,7 @@ impl ModelArchitecture {
             let j = j as u64;
             let global = r == 0
                 || self.sliding_window == 0
-                || (j + 1) % (r + 1) == 0
+                || (j + 1).is_multiple_of(r + 1)
                 || (self.last_layer_global && j + 1 == attn_idx.len() as u64);
             out[i as usize] = if global {
                 LayerTypeName::FullAttention

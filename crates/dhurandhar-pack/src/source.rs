@@ -215,7 +215,8 @@ impl Checkpoint {
         use dhurandhar_checkpoint::gguf::{GgmlType, GgufFile};
         let map = map_file(path)?;
         let origin = path.display().to_string();
-        let invalid = |e: dhurandhar_checkpoint::CheckpointError| PackError::input(path, e.to_string());
+        let invalid =
+            |e: dhurandhar_checkpoint::CheckpointError| PackError::input(path, e.to_string());
         let g = GgufFile::parse(&map, &origin).map_err(invalid)?;
         g.check_ranges(map.len() as u64, &origin).map_err(invalid)?;
         let file = self.files.len();
@@ -247,7 +248,6 @@ impl Checkpoint {
         Ok(())
     }
 }
-
 
 /// Receives a tensor's bytes in order, piece by piece.
 pub type TensorSink<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;

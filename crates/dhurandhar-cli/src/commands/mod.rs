@@ -9,6 +9,6 @@ pub mod inspect;
 pub mod kv;
 pub mod kv_capture;
 pub mod mmap_profile;
+pub mod model_arg;
 pub mod models;
 pub mod pack;
-pub mod model_arg;
