@@ -68,20 +68,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Parse `args` and run, turning errors into a message on stderr and exit code 1.
-/// Alias binaries (the Python tool's command names) call [`finish`] with their own result.
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    finish(run(cli))
+    match Cli::try_parse_from(args) {
+        Ok(cli) => finish(run(cli)),
+        Err(e) => clap_exit(e),
+    }
+}
+
+/// Entry point of an alias binary (the Python tool's command names): parse the process
+/// arguments as `P` and hand them to `run`, with the same error and exit-code handling.
+pub fn run_alias<P: Parser>(run: impl FnOnce(P) -> anyhow::Result<()>) -> ExitCode {
+    match P::try_parse() {
+        Ok(args) => finish(run(args)),
+        Err(e) => clap_exit(e),
+    }
+}
+
+/// Print a clap outcome: `--help`/`--version` exit 0, usage errors exit 2.
+fn clap_exit(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    if e.use_stderr() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Report an error (with its cause chain) and pick the exit code.

@@ -448,7 +448,10 @@ impl ModelArchitecture {
                 ),
             );
         }
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return bad(
                 "num_key_value_heads",
                 format!(
@@ -458,7 +461,9 @@ impl ModelArchitecture {
             );
         }
         if self.num_global_key_value_heads != 0
-            && !self.num_attention_heads.is_multiple_of(self.num_global_key_value_heads)
+            && !self
+                .num_attention_heads
+                .is_multiple_of(self.num_global_key_value_heads)
         {
             return bad(
                 "num_global_key_value_heads",

@@ -44,37 +44,28 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let c = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    let args = analyze::Args {
-        model: c.model,
-        context_tokens: c.context_tokens,
-        weight_format: None,
-        quant_bits: Some(c.quant_bits),
-        kv_bits: c.kv_bits,
-        strip_audio: !c.keep_audio,
-        keep_audio: c.keep_audio,
-        strip_vision: false,
-        device: c.device.into_iter().collect(),
-        ram_mb: None,
-        flash_gbps: None,
-        target_decode_tps: c.target_decode_tps,
-        ple_hot_tokens: None,
-        ple_layout: analyze::LayoutArg::Row,
-        page_kib: 4,
-        prefill_chunk: 512,
-        runtime_overhead_mb: None,
-        json: c.json,
-        json_out: c.json_out,
-    };
-    dhurandhar_cli::finish(analyze::run(args))
+    dhurandhar_cli::run_alias(|c: Cli| {
+        let args = analyze::Args {
+            model: c.model,
+            context_tokens: c.context_tokens,
+            weight_format: None,
+            quant_bits: Some(c.quant_bits),
+            kv_bits: c.kv_bits,
+            strip_audio: !c.keep_audio,
+            keep_audio: c.keep_audio,
+            strip_vision: false,
+            device: c.device.into_iter().collect(),
+            ram_mb: None,
+            flash_gbps: None,
+            target_decode_tps: c.target_decode_tps,
+            ple_hot_tokens: None,
+            ple_layout: analyze::LayoutArg::Row,
+            page_kib: 4,
+            prefill_chunk: 512,
+            runtime_overhead_mb: None,
+            json: c.json,
+            json_out: c.json_out,
+        };
+        analyze::run(args)
+    })
 }

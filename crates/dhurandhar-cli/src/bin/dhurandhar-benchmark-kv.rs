@@ -39,28 +39,19 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let c = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    let args = kv::BenchArgs {
-        model: c.model,
-        seq_len: c.seq_len,
-        codec: "turbo".to_string(),
-        bits: c.residual_bits,
-        distribution: c.distribution,
-        samples: c.samples,
-        queries: 64,
-        seed: 0,
-        json: c.json,
-        json_out: c.json_out,
-    };
-    dhurandhar_cli::finish(kv::run_bench(args))
+    dhurandhar_cli::run_alias(|c: Cli| {
+        let args = kv::BenchArgs {
+            model: c.model,
+            seq_len: c.seq_len,
+            codec: "turbo".to_string(),
+            bits: c.residual_bits,
+            distribution: c.distribution,
+            samples: c.samples,
+            queries: 64,
+            seed: 0,
+            json: c.json,
+            json_out: c.json_out,
+        };
+        kv::run_bench(args)
+    })
 }

@@ -35,33 +35,24 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let c = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    let args = kv::CompareArgs {
-        head_dim: c.head_dim,
-        num_kv_heads: c.num_kv_heads,
-        seq_len: c.seq_len,
-        bits: c.bits,
-        codecs: vec!["all".to_string()],
-        data: "synthetic".to_string(),
-        distribution: c.distribution,
-        tensor: None,
-        layer: vec![],
-        queries: 64,
-        amortize_tokens: None,
-        no_timing: false,
-        seed: 0,
-        json: c.json,
-        json_out: c.json_out,
-    };
-    dhurandhar_cli::finish(kv::run_compare(args))
+    dhurandhar_cli::run_alias(|c: Cli| {
+        let args = kv::CompareArgs {
+            head_dim: c.head_dim,
+            num_kv_heads: c.num_kv_heads,
+            seq_len: c.seq_len,
+            bits: c.bits,
+            codecs: vec!["all".to_string()],
+            data: "synthetic".to_string(),
+            distribution: c.distribution,
+            tensor: None,
+            layer: vec![],
+            queries: 64,
+            amortize_tokens: None,
+            no_timing: false,
+            seed: 0,
+            json: c.json,
+            json_out: c.json_out,
+        };
+        kv::run_compare(args)
+    })
 }

@@ -14,16 +14,7 @@ struct Alias {
 }
 
 fn main() -> ExitCode {
-    let alias = match Alias::try_parse() {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    dhurandhar_cli::finish(dhurandhar_cli::commands::mmap_profile::run(alias.args))
+    dhurandhar_cli::run_alias(|alias: Alias| {
+        dhurandhar_cli::commands::mmap_profile::run(alias.args)
+    })
 }

@@ -124,14 +124,7 @@ pub struct Args {
 /// Resolve one `--device` value: a built-in slug, or a YAML profile path.
 pub fn resolve_device(spec: &str) -> anyhow::Result<DeviceProfile> {
     let path = Path::new(spec);
-    let is_yaml = matches!(
-        path.extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase())
-            .as_deref(),
-        Some("yaml" | "yml")
-    );
-    if is_yaml {
+    if crate::commands::model_arg::is_yaml_path(path) {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read device profile {}", path.display()))?;
         let stem = path

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use dhurandhar_pack::{Checkpoint, PackOptions, PackReader};
 
-use crate::commands::pack::{print_summary, print_unpack, progress_bar, PackJson, UnpackJson};
+use crate::commands::pack::{print_summary, progress_bar, restore, PackJson};
 use crate::output::print_json;
 
 #[derive(Debug, clap::Args)]
@@ -101,21 +101,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn run_apply(a: ApplyArgs) -> anyhow::Result<()> {
     let base = Checkpoint::open(&a.base)?;
     let reader = PackReader::open(&a.delta)?;
-    let total = reader.tensors().iter().map(|t| t.raw_bytes).sum();
-    let pb = progress_bar(total, a.json, "apply");
-    let t0 = Instant::now();
-    let r = dhurandhar_pack::apply_delta(&base, &reader, &a.output, &|n| pb.inc(n))?;
-    let secs = t0.elapsed().as_secs_f64();
-    pb.finish_and_clear();
-    if a.json {
-        print_json(&UnpackJson {
-            input: a.delta.display().to_string(),
-            output: a.output.display().to_string(),
-            seconds: secs,
-            gb_per_s: r.output_bytes as f64 / secs.max(1e-9) / 1e9,
-            report: r,
-        })
-    } else {
-        Ok(print_unpack(&r, &a.output, secs)?)
-    }
+    restore(&reader, &a.delta, &a.output, a.json, "apply", |pb| {
+        Ok(dhurandhar_pack::apply_delta(
+            &base,
+            &reader,
+            &a.output,
+            &|n| pb.inc(n),
+        )?)
+    })
 }

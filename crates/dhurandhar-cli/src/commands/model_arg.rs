@@ -39,14 +39,7 @@ pub fn resolve_model(spec: &str) -> anyhow::Result<ResolvedModel> {
         });
     }
     let path = Path::new(spec);
-    let is_yaml = matches!(
-        path.extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase())
-            .as_deref(),
-        Some("yaml" | "yml")
-    );
-    if is_yaml {
+    if is_yaml_path(path) {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read model profile {}", path.display()))?;
         let arch = ModelArchitecture::from_yaml_str(&text, &path.display().to_string())?;
@@ -74,6 +67,17 @@ pub fn resolve_model(spec: &str) -> anyhow::Result<ResolvedModel> {
     anyhow::bail!(
         "unknown model `{spec}`: not a built-in name and no such file ({hint}). \
          Use `dhurandhar models` for the list, or pass a .yaml profile or a checkpoint path"
+    )
+}
+
+/// A `.yaml` / `.yml` path (any case): a profile rather than a checkpoint.
+pub fn is_yaml_path(path: &Path) -> bool {
+    matches!(
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
+        Some("yaml" | "yml")
     )
 }
 

@@ -275,22 +275,37 @@ pub(crate) fn print_unpack(r: &UnpackReport, out: &Path, secs: f64) -> std::io::
 
 pub fn run_unpack(a: UnpackArgs) -> anyhow::Result<()> {
     let reader = PackReader::open(&a.input)?;
+    restore(&reader, &a.input, &a.output, a.json, "unpack", |pb| {
+        Ok(dhurandhar_pack::unpack(&reader, &a.output, &|n| pb.inc(n))?)
+    })
+}
+
+/// Shared tail of `unpack` and `delta apply`: progress bar over the pack's raw bytes,
+/// time the restore, then print JSON or the one-line summary.
+pub(crate) fn restore(
+    reader: &PackReader,
+    input: &Path,
+    output: &Path,
+    json: bool,
+    what: &str,
+    work: impl FnOnce(&indicatif::ProgressBar) -> anyhow::Result<UnpackReport>,
+) -> anyhow::Result<()> {
     let total = reader.tensors().iter().map(|t| t.raw_bytes).sum();
-    let pb = progress_bar(total, a.json, "unpack");
+    let pb = progress_bar(total, json, what);
     let t0 = Instant::now();
-    let r = dhurandhar_pack::unpack(&reader, &a.output, &|n| pb.inc(n))?;
+    let r = work(&pb)?;
     let secs = t0.elapsed().as_secs_f64();
     pb.finish_and_clear();
-    if a.json {
+    if json {
         print_json(&UnpackJson {
-            input: a.input.display().to_string(),
-            output: a.output.display().to_string(),
+            input: input.display().to_string(),
+            output: output.display().to_string(),
             seconds: secs,
             gb_per_s: r.output_bytes as f64 / secs.max(1e-9) / 1e9,
             report: r,
         })
     } else {
-        Ok(print_unpack(&r, &a.output, secs)?)
+        Ok(print_unpack(&r, output, secs)?)
     }
 }
 
