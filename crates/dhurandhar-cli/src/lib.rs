@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 /// Put large language models on devices where they have no right to fit.
 #[derive(Debug, Parser)]
-#[command(name = "dhurandhar", version, about, long_about = None, propagate_version = true)]
+#[command(name = "dhurandhar", version, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

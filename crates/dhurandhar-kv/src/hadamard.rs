@@ -108,14 +108,10 @@ unsafe fn forward_sum_sq_avx2<const R: usize>(x: &[f32], signs: &[f32], out: &mu
         );
     }
     fwht_registers!(v, R);
-    let mut acc = _mm256_setzero_ps();
     for (i, r) in v.iter().enumerate() {
         _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *r);
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(*r, *r));
     }
-    let mut a = [0.0f32; 8];
-    _mm256_storeu_ps(a.as_mut_ptr(), acc);
-    (a[0] + a[4]) + (a[1] + a[5]) + (a[2] + a[6]) + (a[3] + a[7])
+    crate::simd::sum_sq_registers(&v)
 }
 
 /// Fused randomized inverse at d = p = 8·R: transform `y` in registers, multiply by the
@@ -341,6 +337,66 @@ impl RandomizedHadamard {
             #[cfg(target_arch = "x86_64")]
             Fused::R16 => unsafe { inverse_avx2::<16>(y, &self.signs, out) },
             Fused::None => self.inverse_portable(y, out),
+        }
+    }
+
+    /// Registers of the fused in-register kernels at this size (0 when unfused).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn registers(&self) -> usize {
+        match self.fused {
+            Fused::R8 => 8,
+            Fused::R16 => 16,
+            Fused::None => 0,
+        }
+    }
+
+    /// Fused forward at d = p = 8·R that hands the rotated vector, still in registers,
+    /// to `f` (an encoder's quantizer) instead of storing it. Same arithmetic as
+    /// [`Self::forward`].
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available and `R` must equal [`Self::registers`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) unsafe fn forward_then<const R: usize, T>(
+        &self,
+        x: &[f32],
+        f: impl FnOnce(&[std::arch::x86_64::__m256; R]) -> T,
+    ) -> T {
+        use std::arch::x86_64::*;
+        assert!(self.registers() == R && x.len() >= 8 * R);
+        let mut v: [__m256; R] = std::array::from_fn(|i| {
+            _mm256_mul_ps(
+                _mm256_loadu_ps(x.as_ptr().add(8 * i)),
+                _mm256_loadu_ps(self.signs.as_ptr().add(8 * i)),
+            )
+        });
+        fwht_registers!(v, R);
+        f(&v)
+    }
+
+    /// Fused inverse whose input register `i` (values 8i..8i+8) is produced by
+    /// `load(i)`, so a decoder's lookup feeds the transform without a round trip
+    /// through memory. Same arithmetic as [`Self::inverse`].
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available and `R` must equal [`Self::registers`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) unsafe fn inverse_from<const R: usize>(
+        &self,
+        mut load: impl FnMut(usize) -> std::arch::x86_64::__m256,
+        out: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        assert!(self.registers() == R && out.len() >= 8 * R);
+        let mut v: [__m256; R] = std::array::from_fn(&mut load);
+        fwht_registers!(v, R);
+        for (i, r) in v.iter().enumerate() {
+            let s = _mm256_loadu_ps(self.signs.as_ptr().add(8 * i));
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), _mm256_mul_ps(*r, s));
         }
     }
 

@@ -24,23 +24,52 @@ pub fn kernel_name() -> &'static str {
     }
 }
 
-/// Σ x² with 8 independent accumulators (vectorizable, and the same result on every
-/// kernel path because the summation order is fixed).
+/// Σ x² with 4 × 8 independent accumulators (vectorizable, a short dependency chain, and
+/// the same result on every kernel path because the summation order is fixed: chunk
+/// 8k..8k+8 of each 32 goes to accumulator k, leftover 8-chunks to accumulator 0, then
+/// `(a0 + a1) + (a2 + a3)` per lane, lanes `(l0 + l4) + (l1 + l5) + …`, then the tail).
 #[inline(always)]
 pub fn sum_sq(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut it = x.chunks_exact(8);
+    let mut acc = [[0.0f32; 8]; 4];
+    let mut it = x.chunks_exact(32);
     for c in &mut it {
+        for (k, a) in acc.iter_mut().enumerate() {
+            for i in 0..8 {
+                a[i] += c[8 * k + i] * c[8 * k + i];
+            }
+        }
+    }
+    let mut it8 = it.remainder().chunks_exact(8);
+    for c in &mut it8 {
         for i in 0..8 {
-            acc[i] += c[i] * c[i];
+            acc[0][i] += c[i] * c[i];
         }
     }
     let mut tail = 0.0;
-    for v in it.remainder() {
+    for v in it8.remainder() {
         tail += v * v;
     }
-    let s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]);
+    let l: [f32; 8] = std::array::from_fn(|i| (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]));
+    let s = (l[0] + l[4]) + (l[1] + l[5]) + (l[2] + l[6]) + (l[3] + l[7]);
     s + tail
+}
+
+/// [`sum_sq`] of `8·R` values held in registers (R a multiple of 4), in the same order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+pub(crate) fn sum_sq_registers<const R: usize>(v: &[std::arch::x86_64::__m256; R]) -> f32 {
+    use std::arch::x86_64::*;
+    assert!(R.is_multiple_of(4));
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, r) in v.iter().enumerate() {
+        acc[i % 4] = _mm256_add_ps(acc[i % 4], _mm256_mul_ps(*r, *r));
+    }
+    let l = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut a = [0.0f32; 8];
+    // SAFETY: `a` holds 8 floats.
+    unsafe { _mm256_storeu_ps(a.as_mut_ptr(), l) };
+    (a[0] + a[4]) + (a[1] + a[5]) + (a[2] + a[6]) + (a[3] + a[7])
 }
 
 /// max |x| with 8 lanes.
