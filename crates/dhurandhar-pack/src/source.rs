@@ -162,7 +162,10 @@ impl Checkpoint {
                 len: e - s,
             });
         }
-        found.sort_by_key(|t| t.offset);
+        // File order, so `unpack` reproduces the layout byte for byte. Only empty tensors
+        // can share an offset; (offset, len, name) puts them where they were and makes the
+        // order independent of the header map's iteration order.
+        found.sort_by(|a, b| (a.offset, a.len, &a.name).cmp(&(b.offset, b.len, &b.name)));
         if let Some(m) = meta.metadata() {
             self.metadata
                 .extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -243,7 +246,8 @@ impl Checkpoint {
                 len: t.n_bytes as usize,
             });
         }
-        self.tensors.sort_by_key(|t| t.offset);
+        self.tensors
+            .sort_by(|a, b| (a.offset, a.len, &a.name).cmp(&(b.offset, b.len, &b.name)));
         self.files.push((path.to_path_buf(), map));
         Ok(())
     }
