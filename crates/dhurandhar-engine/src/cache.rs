@@ -27,32 +27,49 @@ pub struct CodecStats {
     pub key_values: u64,
     pub value_bytes: u64,
     pub value_values: u64,
+    /// Bytes stored once per codec instance (SpectralQuant's calibration), amortised over
+    /// the values encoded, as `kv compare` does.
+    pub side_bytes: u64,
 }
 
 impl CodecStats {
-    /// Bits per stored value over keys and values, from the encoded bytes.
+    /// Bits per stored value over keys and values, from the encoded bytes plus side data.
     pub fn bits_per_value(&self) -> Option<f64> {
         let v = self.key_values + self.value_values;
-        (v > 0).then(|| (self.key_bytes + self.value_bytes) as f64 * 8.0 / v as f64)
+        (v > 0)
+            .then(|| (self.key_bytes + self.value_bytes + self.side_bytes) as f64 * 8.0 / v as f64)
     }
+}
+
+/// Calibration bytes of one codec instance, keys and values.
+fn side_bytes(codec: &dyn KvCodec) -> u64 {
+    (codec.side_bytes(KvRole::Key) + codec.side_bytes(KvRole::Value)) as u64
 }
 
 impl CacheCodec {
     /// The same codec for every layer.
     pub fn shared(label: &str, codec: Arc<dyn KvCodec>, n_layers: usize) -> Self {
+        let stats = CodecStats {
+            side_bytes: side_bytes(codec.as_ref()),
+            ..CodecStats::default()
+        };
         CacheCodec {
             label: label.to_string(),
             per_layer: vec![codec; n_layers],
-            stats: CodecStats::default(),
+            stats,
         }
     }
 
     /// One codec per layer (e.g. calibrated per layer).
     pub fn per_layer(label: &str, codecs: Vec<Arc<dyn KvCodec>>) -> Self {
+        let stats = CodecStats {
+            side_bytes: codecs.iter().map(|c| side_bytes(c.as_ref())).sum(),
+            ..CodecStats::default()
+        };
         CacheCodec {
             label: label.to_string(),
             per_layer: codecs,
-            stats: CodecStats::default(),
+            stats,
         }
     }
 }
@@ -244,5 +261,36 @@ impl Capture {
         meta.insert("n_heads".into(), self.n_heads.to_string());
         safetensors::serialize(views, Some(meta))
             .map_err(|e| EngineError::Invalid(format!("safetensors: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_bytes_are_counted_once_per_codec_instance() {
+        let d = 64;
+        // Deterministic, anisotropic calibration vectors.
+        let calib: Vec<f32> = (0..128 * d)
+            .map(|i| ((i * 7919 % 113) as f32 - 56.0) / (1.0 + (i % d) as f32))
+            .collect();
+        let spec = dhurandhar_kv::CodecSpec::new("spectral", 4, d);
+        let c: Arc<dyn KvCodec> =
+            Arc::from(dhurandhar_kv::build_codec(&spec, Some(&calib)).unwrap());
+        let side = (c.side_bytes(KvRole::Key) + c.side_bytes(KvRole::Value)) as u64;
+        assert!(side > 0, "spectral stores its calibration");
+        let cc = CacheCodec::per_layer("spectral", vec![c.clone(), c.clone()]);
+        assert_eq!(cc.stats.side_bytes, 2 * side);
+        let mut stats = cc.stats;
+        stats.key_values = 1000;
+        stats.key_bytes = 500;
+        let expected = (500 + 2 * side) as f64 * 8.0 / 1000.0;
+        assert!((stats.bits_per_value().unwrap() - expected).abs() < 1e-12);
+        // A codec without calibration adds nothing.
+        let q8: Arc<dyn KvCodec> = Arc::from(
+            dhurandhar_kv::build_codec(&dhurandhar_kv::CodecSpec::new("q8_0", 8, d), None).unwrap(),
+        );
+        assert_eq!(CacheCodec::shared("q8_0", q8, 3).stats.side_bytes, 0);
     }
 }
