@@ -406,3 +406,21 @@ fn disk_full_leaves_no_output() {
         "partial output left behind"
     );
 }
+
+/// Outputs are written through a temp file, but must end up with ordinary permissions
+/// (what `File::create` gives under the current umask), not the temp file's 0o600.
+#[cfg(unix)]
+#[test]
+fn outputs_have_ordinary_file_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, input) = setup();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let reference = dir.path().join("reference");
+    std::fs::File::create(&reference).unwrap();
+    let packed = dir.path().join("m.dhp");
+    let restored = dir.path().join("r.safetensors");
+    run_ok(&["pack", s(&input), "-o", s(&packed)]);
+    run_ok(&["unpack", s(&packed), "-o", s(&restored)]);
+    assert_eq!(mode(&packed), mode(&reference));
+    assert_eq!(mode(&restored), mode(&reference));
+}

@@ -290,7 +290,14 @@ pub fn write_safetensors(
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let tmp = tempfile::Builder::new()
+    let mut builder = tempfile::Builder::new();
+    // A finished output is an ordinary file (0o666 minus umask), not tempfile's 0o600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let tmp = builder
         .prefix(".safetensors-partial-")
         .tempfile_in(dir)
         .map_err(|e| PackError::io(path, e))?;

@@ -81,7 +81,14 @@ pub fn ensure_test_file(
             return Err(no_space(&dir, len, avail));
         }
     }
-    let mut tmp = tempfile::Builder::new()
+    let mut builder = tempfile::Builder::new();
+    // A finished output is an ordinary file (0o666 minus umask), not tempfile's 0o600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder
         .prefix(".mmap_profile.")
         .suffix(".partial")
         .tempfile_in(&dir)
