@@ -63,63 +63,29 @@ fn generate_greedy_says_paris() {
 #[test]
 fn generate_json_reports_speed_and_memory() {
     let Some(model) = fixture() else { return };
-    let out = dh()
-        .args(["generate", "--model"])
-        .arg(&model)
-        .args([
-            "--prompt",
-            "The capital of France is",
-            "--max-tokens",
-            "3",
-            "--json",
-        ])
-        .args([
-            "--temperature",
-            "0.7",
-            "--top-p",
-            "0.9",
-            "--seed",
-            "5",
-            "--threads",
-            "2",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v = json_of(&out);
+    // Seeded top-p sampling, same arguments except the thread count.
+    let sample = |threads: &str| {
+        let out = dh()
+            .args(["generate", "--model"])
+            .arg(&model)
+            .args(["--prompt", "The capital of France is", "--max-tokens", "3"])
+            .args(["--json", "--temperature", "0.7", "--top-p", "0.9"])
+            .args(["--seed", "5", "--threads", threads])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        json_of(&out)
+    };
+    let v = sample("2");
     assert_eq!(v["prompt_tokens"], 5);
     assert!(v["generated_tokens"].as_u64().unwrap() <= 3);
     assert!(v["decode_tokens_per_s"].as_f64().unwrap() >= 0.0);
     assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
     // Same seed, same text.
-    let again = dh()
-        .args(["generate", "--model"])
-        .arg(&model)
-        .args([
-            "--prompt",
-            "The capital of France is",
-            "--max-tokens",
-            "3",
-            "--json",
-        ])
-        .args([
-            "--temperature",
-            "0.7",
-            "--top-p",
-            "0.9",
-            "--seed",
-            "5",
-            "--threads",
-            "1",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    assert_eq!(json_of(&again)["text"], v["text"]);
+    let again = sample("1");
+    assert_eq!(again["text"], v["text"]);
 }
 
 #[test]
