@@ -10,7 +10,8 @@ use anyhow::Context;
 use dhurandhar_engine::{Capture, Logits, Model};
 use serde::Serialize;
 
-use crate::output::{print_json, write_atomic};
+use crate::output::print_json;
+use dhurandhar::dhurandhar_io::write_atomic;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
