@@ -101,7 +101,9 @@ impl Progress for Bar {
                 "{msg:28} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
                     .to_string()
             }
-            Unit::Items(what) => format!("{{msg:28}} [{{bar:30}}] {{pos}}/{{len}} {what} eta {{eta}}"),
+            Unit::Items(what) => {
+                format!("{{msg:28}} [{{bar:30}}] {{pos}}/{{len}} {what} eta {{eta}}")
+            }
         };
         if let Ok(style) = ProgressStyle::with_template(&template) {
             self.bar.set_style(style.progress_chars("=> "));

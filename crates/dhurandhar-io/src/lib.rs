@@ -165,7 +165,10 @@ pub fn read_to_string_bounded(
             path,
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{what} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+                format!(
+                    "{what} is not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
             ),
         )
     })
@@ -277,10 +280,7 @@ pub fn remove_stale_temps(target: &Path) -> usize {
         let (Ok(pid), true) = (pid.parse::<u32>(), n.bytes().all(|b| b.is_ascii_digit())) else {
             continue;
         };
-        if pid != std::process::id()
-            && !pid_alive(pid)
-            && std::fs::remove_file(e.path()).is_ok()
-        {
+        if pid != std::process::id() && !pid_alive(pid) && std::fs::remove_file(e.path()).is_ok() {
             removed += 1;
         }
     }

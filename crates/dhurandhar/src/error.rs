@@ -8,7 +8,10 @@ use thiserror::Error;
 pub enum Error {
     /// An option is out of range or inconsistent: `{option}: {reason}`.
     #[error("{option}: {reason}")]
-    InvalidOption { option: &'static str, reason: String },
+    InvalidOption {
+        option: &'static str,
+        reason: String,
+    },
     /// The job was cancelled through its [`CancelToken`](crate::CancelToken).
     #[error("cancelled")]
     Cancelled,
