@@ -7,6 +7,15 @@ cd "$(dirname "$0")/.."
 export DHURANDHAR_FIXTURES="$(python3 scripts/fetch_fixtures.py)"
 export DHURANDHAR_REQUIRE_FIXTURES=1
 
+# The `gguf` Python package is the independent reference for the quant kernels' tests;
+# installed into the git-ignored cache, not into the user's Python.
+pydeps=.cache/pydeps
+if ! PYTHONPATH="$pydeps" python3 -c "import gguf" 2>/dev/null; then
+  echo "== installing gguf==0.19.0 (reference dequantizer) into $pydeps"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$pydeps" gguf==0.19.0
+fi
+export PYTHONPATH="$PWD/$pydeps${PYTHONPATH:+:$PYTHONPATH}"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
