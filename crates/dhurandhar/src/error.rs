@@ -58,5 +58,5 @@ impl Error {
     }
 }
 
-/// `Result` with the facade's [`Error`].
+/// `Result` with the facade's [`Error`](enum@Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;
