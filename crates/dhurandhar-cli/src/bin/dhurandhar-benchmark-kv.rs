@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         let args = kv::BenchArgs {
             model: c.model,
             seq_len: c.seq_len,
-            codec: "turbo".to_string(),
+            codec: dhurandhar_kv::Codec::Turbo,
             bits: c.residual_bits,
             distribution: c.distribution,
             samples: c.samples,

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
             num_kv_heads: c.num_kv_heads,
             seq_len: c.seq_len,
             bits: c.bits,
-            codecs: vec!["all".to_string()],
+            codecs: vec![kv::CodecArg::All],
             data: "synthetic".to_string(),
             distribution: c.distribution,
             tensor: None,

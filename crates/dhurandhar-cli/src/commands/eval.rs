@@ -9,9 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dhurandhar_engine::{evaluate, CacheCodec, Capture, EvalReport, Logits, Model};
-use dhurandhar_kv::{
-    build_codec, build_codec_roles, supported_bits, CodecSpec, KvCodec, CODEC_NAMES,
-};
+use dhurandhar_kv::{build_codec, build_codec_roles, Codec, CodecSpec, KvCodec};
 use serde::Serialize;
 
 use crate::output::print_json;
@@ -68,20 +66,6 @@ struct Output {
     seconds: f64,
 }
 
-/// Bits to run `name` at: the requested width, or the nearest one it supports.
-fn bits_for(name: &str, want: u32) -> anyhow::Result<u32> {
-    let bits = supported_bits(name).with_context(|| {
-        format!(
-            "unknown KV codec `{name}` (known: {}, all)",
-            CODEC_NAMES.join(", ")
-        )
-    })?;
-    Ok(*bits
-        .iter()
-        .min_by_key(|&&b| (b.abs_diff(want), b))
-        .unwrap_or(&want))
-}
-
 /// Per-layer key and value calibration vectors (`tokens·kv_heads × head_dim`) from an
 /// exact pass over the first `n` tokens.
 fn calibration(
@@ -113,29 +97,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("{} holds fewer than 2 tokens", args.text_file.display());
     }
     let c = &model.config;
-    let names: Vec<String> = match args.kv_codec.as_deref() {
+    let names: Vec<Codec> = match args.kv_codec.as_deref() {
         None => Vec::new(),
-        Some("all") => CODEC_NAMES.iter().map(|s| s.to_string()).collect(),
-        Some(n) => vec![n.to_string()],
+        Some("all") => Codec::ALL.to_vec(),
+        Some(n) => vec![n.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "unknown KV codec `{n}` (known: {}, all)",
+                Codec::known_names()
+            )
+        })?],
     };
     let mut codecs = Vec::new();
     let mut calib_note = None;
-    for name in &names {
+    for &name in &names {
         let bits = if names.len() == 1 {
             // An explicit single codec must support the requested width.
-            bits_for(name, args.kv_bits)?;
             args.kv_bits
         } else {
-            bits_for(name, args.kv_bits)?
+            name.nearest_bits(args.kv_bits)
         };
         let spec = CodecSpec {
-            name: name.clone(),
+            codec: name,
             bits,
             head_dim: c.head_dim,
             seed: args.seed,
         };
         let label = format!("{name}@{bits}");
-        if name == "spectral" {
+        if name.needs_calibration() {
             let n = args.calibration_tokens.clamp(2, tokens.len());
             let cap = calibration(&model, &tokens[..n], threads, !args.q8_activations)?;
             let mut per_layer: Vec<Arc<dyn KvCodec>> = Vec::with_capacity(c.n_layers);

@@ -10,7 +10,7 @@ use dhurandhar_kv::compare::{CompareOptions, Row, Skipped};
 use dhurandhar_kv::speed::{SpeedOptions, SpeedReport, Stage1Cost};
 use dhurandhar_kv::synth::{synthetic_heads, Distribution};
 use dhurandhar_kv::tensorfile::{heads_from_file, FileSummary, HeadSelect};
-use dhurandhar_kv::{CodecSpec, Footprint, KvRole, CODEC_NAMES};
+use dhurandhar_kv::{Codec, CodecSpec, Footprint, KvRole};
 use serde::Serialize;
 
 use crate::output::{print_json, write_json_file};
@@ -49,21 +49,38 @@ fn parse_dist(s: &str) -> anyhow::Result<Distribution> {
     Ok(s.parse::<Distribution>()?)
 }
 
-fn check_codecs(names: &[String]) -> anyhow::Result<Vec<String>> {
+/// One item of a comma-separated codec list: a codec, or `all` (every codec).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CodecArg {
+    All,
+    One(Codec),
+}
+
+impl std::str::FromStr for CodecArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "all" {
+            return Ok(CodecArg::All);
+        }
+        s.parse().map(CodecArg::One).map_err(|_| {
+            format!(
+                "unknown codec `{s}` (known: {}, or `all`)",
+                Codec::known_names()
+            )
+        })
+    }
+}
+
+/// The codecs a list names, `all` expanded to [`Codec::ALL`].
+pub fn expand_codecs(list: &[CodecArg]) -> Vec<Codec> {
     let mut out = Vec::new();
-    for n in names {
-        if n == "all" {
-            out.extend(CODEC_NAMES.iter().map(|s| s.to_string()));
-        } else if CODEC_NAMES.contains(&n.as_str()) {
-            out.push(n.clone());
-        } else {
-            anyhow::bail!(
-                "unknown codec `{n}` (known: {}, or `all`)",
-                CODEC_NAMES.join(", ")
-            );
+    for c in list {
+        match c {
+            CodecArg::All => out.extend(Codec::ALL),
+            CodecArg::One(c) => out.push(*c),
         }
     }
-    Ok(out)
+    out
 }
 
 fn f(v: f64, digits: usize) -> String {
@@ -101,7 +118,7 @@ pub struct BenchArgs {
     pub seq_len: u64,
     /// Codec (see `kv compare --help` for the list).
     #[arg(long, default_value = "turbo-mse")]
-    pub codec: String,
+    pub codec: Codec,
     /// Bit budget (for `turbo`/`rotor`: the residual bits).
     #[arg(long, default_value_t = 4)]
     pub bits: u32,
@@ -139,7 +156,7 @@ struct BenchJson {
     model: String,
     origin: String,
     seq_len: u64,
-    codec: String,
+    codec: Codec,
     bits: u32,
     distribution: &'static str,
     samples: usize,
@@ -148,14 +165,13 @@ struct BenchJson {
 }
 
 pub fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
-    check_codecs(std::slice::from_ref(&a.codec))?;
     let dist = parse_dist(&a.distribution)?;
     if a.samples < 2 {
         anyhow::bail!("--samples must be at least 2");
     }
     let m = super::model_arg::resolve_model(&a.model)?;
     let arch = &m.arch;
-    let footprint = dhurandhar_kv::footprint(arch, a.seq_len, &a.codec, a.bits, a.seed)?;
+    let footprint = dhurandhar_kv::footprint(arch, a.seq_len, a.codec, a.bits, a.seed)?;
     // One quality block per distinct (head_dim, kv_heads) of the fresh layers.
     let mut geoms: Vec<(u32, u32, usize)> = Vec::new();
     for l in arch.layers() {
@@ -171,7 +187,7 @@ pub fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let opts = CompareOptions {
-        codecs: vec![a.codec.clone()],
+        codecs: vec![a.codec],
         bits: vec![a.bits],
         seed: a.seed,
         amortize_tokens: Some(a.seq_len as usize),
@@ -201,7 +217,7 @@ pub fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         model: arch.name.clone(),
         origin: m.origin.clone(),
         seq_len: a.seq_len,
-        codec: a.codec.clone(),
+        codec: a.codec,
         bits: a.bits,
         distribution: dist.name(),
         samples: a.samples,
@@ -311,7 +327,7 @@ pub struct CompareArgs {
     /// Codecs, comma-separated, or `all`: turbo, turbo-mse, turbo-prod, rotor, spectral,
     /// oscar, q8_0, q4_0, q4_0-rot, kivi2.
     #[arg(long, value_delimiter = ',', default_value = "all")]
-    pub codecs: Vec<String>,
+    pub codecs: Vec<CodecArg>,
     /// `synthetic`, or a safetensors / .npy file of KV tensors ([..., head_dim]).
     #[arg(long, default_value = "synthetic")]
     pub data: String,
@@ -398,7 +414,7 @@ fn load_file_heads(
 }
 
 pub fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
-    let codecs = check_codecs(&a.codecs)?;
+    let codecs = expand_codecs(&a.codecs);
     if a.bits.is_empty() {
         anyhow::bail!("--bits is empty");
     }
@@ -436,7 +452,7 @@ pub fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     let (rows, skipped) = dhurandhar_kv::compare(&heads, &opts)?;
     let stage1 = codecs
         .iter()
-        .map(|c| dhurandhar_kv::stage1_cost(c, d, a.seed, !a.no_timing))
+        .map(|&c| dhurandhar_kv::stage1_cost(c, d, a.seed, !a.no_timing))
         .collect();
     let report = CompareJson {
         config: CompareConfig {
@@ -500,7 +516,7 @@ fn print_compare(r: &CompareJson) {
     ]);
     for row in &r.rows {
         t.add_row(vec![
-            Cell::new(&row.codec),
+            Cell::new(row.codec),
             right(row.bits.to_string()),
             right(f(row.bits_per_value, 3)),
             right(format!("{:.2}x", row.compression_vs_bf16)),
@@ -544,7 +560,7 @@ fn print_compare(r: &CompareJson) {
     t.set_header(vec!["codec", "transform", "ops/vector", "ns/vector"]);
     for s in &r.stage1 {
         t.add_row(vec![
-            Cell::new(&s.codec),
+            Cell::new(s.codec),
             Cell::new(s.transform),
             right(s.ops_per_vector.to_string()),
             right(
@@ -565,7 +581,7 @@ pub struct SpeedArgs {
     pub head_dim: Vec<usize>,
     /// Codec(s), comma-separated, or `all`.
     #[arg(long, value_delimiter = ',', default_value = "turbo-mse")]
-    pub codec: Vec<String>,
+    pub codec: Vec<CodecArg>,
     /// Bit budget (codecs that do not support it are skipped with a note).
     #[arg(long, default_value_t = 4)]
     pub bits: u32,
@@ -595,7 +611,7 @@ struct SpeedJson {
 }
 
 pub fn run_speed(a: SpeedArgs) -> anyhow::Result<()> {
-    let codecs = check_codecs(&a.codec)?;
+    let codecs = expand_codecs(&a.codec);
     let role = match a.role.as_str() {
         "key" | "k" => KvRole::Key,
         "value" | "v" => KvRole::Value,
@@ -610,15 +626,15 @@ pub fn run_speed(a: SpeedArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     let mut skipped = Vec::new();
     for &d in &a.head_dim {
-        for c in &codecs {
-            if !dhurandhar_kv::supported_bits(c).is_some_and(|b| b.contains(&a.bits)) {
+        for &c in &codecs {
+            if !c.supported_bits().contains(&a.bits) {
                 skipped.push(format!("{c} does not support {} bits", a.bits));
                 continue;
             }
             for &t in &a.threads {
                 let opts = SpeedOptions {
                     spec: CodecSpec {
-                        name: c.clone(),
+                        codec: c,
                         bits: a.bits,
                         head_dim: d,
                         seed: dhurandhar_kv::DEFAULT_SEED,
@@ -666,7 +682,7 @@ pub fn run_speed(a: SpeedArgs) -> anyhow::Result<()> {
     ]);
     for r in &runs {
         t.add_row(vec![
-            Cell::new(&r.codec),
+            Cell::new(r.codec),
             right(r.bits.to_string()),
             right(r.head_dim.to_string()),
             right(r.threads.to_string()),
