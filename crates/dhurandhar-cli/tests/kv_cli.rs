@@ -414,3 +414,49 @@ fn compare_reads_npy_and_rejects_bad_input() {
     .failure()
     .stderr(predicate::str::contains("does not support 1 bits"));
 }
+
+/// Sizes are checked before anything is allocated; the error names the option field.
+#[test]
+fn huge_sizes_are_clear_errors_not_allocations() {
+    dh().args([
+        "kv",
+        "speed",
+        "--head-dim",
+        "1000000000",
+        "--min-seconds",
+        "0",
+    ])
+    .assert()
+    .code(1)
+    .stderr(predicate::str::contains(
+        "head_dim: 1000000000 is out of range (1..=8192)",
+    ));
+    dh().args(["kv", "bench", "--samples", "1000000000"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "samples: 1000000000 is out of range (2..=1048576)",
+        ));
+    // Each count is in range; their product is not.
+    dh().args([
+        "kv",
+        "compare",
+        "--seq-len",
+        "1000000",
+        "--num-kv-heads",
+        "1000",
+        "--head-dim",
+        "8192",
+    ])
+    .assert()
+    .code(1)
+    .stderr(predicate::str::contains(
+        "seq_len: 1000000 × 1000 × 8192 values is over the 67108864-value limit",
+    ));
+    dh().args(["kv", "speed", "--threads", "99999999", "--min-seconds", "0"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "threads: 99999999 is out of range",
+        ));
+}

@@ -275,7 +275,7 @@ mod tests {
         let calib: Vec<f32> = (0..128 * d)
             .map(|i| ((i * 7919 % 113) as f32 - 56.0) / (1.0 + (i % d) as f32))
             .collect();
-        let spec = dhurandhar_kv::CodecSpec::new("spectral", 4, d);
+        let spec = dhurandhar_kv::CodecSpec::new(dhurandhar_kv::Codec::Spectral, 4, d);
         let c: Arc<dyn KvCodec> =
             Arc::from(dhurandhar_kv::build_codec(&spec, Some(&calib)).unwrap());
         let side = (c.side_bytes(KvRole::Key) + c.side_bytes(KvRole::Value)) as u64;
@@ -289,7 +289,11 @@ mod tests {
         assert!((stats.bits_per_value().unwrap() - expected).abs() < 1e-12);
         // A codec without calibration adds nothing.
         let q8: Arc<dyn KvCodec> = Arc::from(
-            dhurandhar_kv::build_codec(&dhurandhar_kv::CodecSpec::new("q8_0", 8, d), None).unwrap(),
+            dhurandhar_kv::build_codec(
+                &dhurandhar_kv::CodecSpec::new(dhurandhar_kv::Codec::Q8_0, 8, d),
+                None,
+            )
+            .unwrap(),
         );
         assert_eq!(CacheCodec::shared("q8_0", q8, 3).stats.side_bytes, 0);
     }

@@ -5,7 +5,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dhurandhar_kv::hadamard::{fwht, fwht_portable, RandomizedHadamard};
 use dhurandhar_kv::synth::{generate, Distribution};
-use dhurandhar_kv::{build_codec, supported_bits, CodecSpec, KvRole, CODEC_NAMES};
+use dhurandhar_kv::{build_codec, Codec, CodecSpec, KvRole};
 
 const N: usize = 1024;
 
@@ -54,8 +54,8 @@ fn bench_codecs(c: &mut Criterion) {
         g.throughput(Throughput::Bytes((N * d * 4) as u64));
         let mut dst = vec![0.0f32; x.len()];
         g.bench_function("memcpy", |b| b.iter(|| dst.copy_from_slice(black_box(&x))));
-        for name in CODEC_NAMES {
-            let bits = if supported_bits(name).unwrap().contains(&4) {
+        for name in Codec::ALL {
+            let bits = if name.supported_bits().contains(&4) {
                 4
             } else {
                 8

@@ -4,19 +4,142 @@ use thiserror::Error;
 
 use crate::framed::Framed;
 
-/// Codec names accepted on the command line.
-pub const CODEC_NAMES: &[&str] = &[
-    "turbo",
-    "turbo-mse",
-    "turbo-prod",
-    "rotor",
-    "spectral",
-    "oscar",
-    "q8_0",
-    "q4_0",
-    "q4_0-rot",
-    "kivi2",
+/// A KV codec, by identity. The one list of names, aliases and bit widths: every
+/// front end parses and prints codecs through this type, so a name is checked once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Codec {
+    /// The Python tool's TurboQuant: sign bit + norm, residual at `bits`.
+    Turbo,
+    /// TurboQuant as published: Lloyd–Max codebook after a random rotation.
+    TurboMse,
+    /// `turbo-mse` at b−1 bits + 1-bit QJL on the residual.
+    TurboProd,
+    /// RotorQuant: Cl(3,0) rotor per 3-channel block, then the `turbo` stage 2.
+    Rotor,
+    /// SpectralQuant: PCA basis with a calibrated bit allocation.
+    Spectral,
+    /// OScaR: per-channel keys over 32-token groups, per-token values.
+    Oscar,
+    /// llama.cpp `block_q8_0`.
+    Q8_0,
+    /// llama.cpp `block_q4_0`.
+    Q4_0,
+    /// `q4_0` after the randomized Hadamard rotation.
+    Q4_0Rot,
+    /// KIVI 2-group asymmetric quantization.
+    Kivi2,
+}
+
+/// `(codec, canonical name, aliases)`: the only place names are spelled.
+const NAMES: &[(Codec, &str, &[&str])] = &[
+    (Codec::Turbo, "turbo", &["turboquant"]),
+    (Codec::TurboMse, "turbo-mse", &["turbo_mse"]),
+    (Codec::TurboProd, "turbo-prod", &["turbo_prod"]),
+    (Codec::Rotor, "rotor", &["rotorquant"]),
+    (Codec::Spectral, "spectral", &["spectralquant"]),
+    (Codec::Oscar, "oscar", &[]),
+    (Codec::Q8_0, "q8_0", &["q8"]),
+    (Codec::Q4_0, "q4_0", &["q4"]),
+    (Codec::Q4_0Rot, "q4_0-rot", &["q4_0_rot"]),
+    (Codec::Kivi2, "kivi2", &["kivi"]),
 ];
+
+impl Codec {
+    /// Every codec, in the order sweeps and listings use.
+    pub const ALL: [Codec; 10] = [
+        Codec::Turbo,
+        Codec::TurboMse,
+        Codec::TurboProd,
+        Codec::Rotor,
+        Codec::Spectral,
+        Codec::Oscar,
+        Codec::Q8_0,
+        Codec::Q4_0,
+        Codec::Q4_0Rot,
+        Codec::Kivi2,
+    ];
+
+    /// The canonical name (what JSON reports and tables print).
+    pub fn name(self) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(c, _, _)| *c == self)
+            .map_or("?", |(_, n, _)| n)
+    }
+
+    /// Other spellings accepted by [`FromStr`](std::str::FromStr).
+    pub fn aliases(self) -> &'static [&'static str] {
+        NAMES
+            .iter()
+            .find(|(c, _, _)| *c == self)
+            .map_or(&[], |(_, _, a)| a)
+    }
+
+    /// Bit widths this codec accepts (for `turbo`/`rotor`: the residual bits).
+    pub fn supported_bits(self) -> &'static [u32] {
+        match self {
+            Codec::Turbo | Codec::Rotor => &[2, 3, 4, 5, 6, 7, 8],
+            Codec::TurboMse | Codec::TurboProd | Codec::Spectral => &[1, 2, 3, 4, 5, 6, 7, 8],
+            Codec::Oscar | Codec::Kivi2 => &[2, 3, 4, 5, 6, 7, 8],
+            Codec::Q8_0 => &[8],
+            Codec::Q4_0 | Codec::Q4_0Rot => &[4],
+        }
+    }
+
+    /// Whether [`build_codec`] needs calibration samples for this codec.
+    pub fn needs_calibration(self) -> bool {
+        self == Codec::Spectral
+    }
+
+    /// The supported width nearest to `want` (ties go to the smaller width).
+    pub fn nearest_bits(self, want: u32) -> u32 {
+        *self
+            .supported_bits()
+            .iter()
+            .min_by_key(|&&b| (b.abs_diff(want), b))
+            .unwrap_or(&want)
+    }
+
+    /// The canonical names, comma-separated (for error messages and help).
+    pub fn known_names() -> String {
+        let names: Vec<&str> = Codec::ALL.iter().map(|c| c.name()).collect();
+        names.join(", ")
+    }
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Codec {
+    type Err = KvError;
+    /// A canonical name or an alias, exactly (names are lower case).
+    fn from_str(s: &str) -> Result<Self, KvError> {
+        NAMES
+            .iter()
+            .find(|(_, n, a)| *n == s || a.contains(&s))
+            .map(|(c, _, _)| *c)
+            .ok_or_else(|| KvError::UnknownCodec {
+                name: s.to_string(),
+                known: Codec::known_names(),
+            })
+    }
+}
+
+impl serde::Serialize for Codec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Codec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// Keys and values are quantized differently by some codecs (per-channel keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -35,19 +158,34 @@ impl KvRole {
     }
 }
 
-/// What to build: codec name, bit budget, geometry and seed.
+impl std::str::FromStr for KvRole {
+    type Err = KvError;
+    /// `key`/`k` or `value`/`v`.
+    fn from_str(s: &str) -> Result<Self, KvError> {
+        match s {
+            "key" | "k" => Ok(KvRole::Key),
+            "value" | "v" => Ok(KvRole::Value),
+            _ => Err(KvError::Invalid(format!(
+                "role must be key or value, not `{s}`"
+            ))),
+        }
+    }
+}
+
+/// What to build: codec, bit budget, geometry and seed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CodecSpec {
-    pub name: String,
+    pub codec: Codec,
     pub bits: u32,
     pub head_dim: usize,
     pub seed: u64,
 }
 
 impl CodecSpec {
-    pub fn new(name: &str, bits: u32, head_dim: usize) -> Self {
+    /// A spec with the [`DEFAULT_SEED`].
+    pub fn new(codec: Codec, bits: u32, head_dim: usize) -> Self {
         CodecSpec {
-            name: name.to_string(),
+            codec,
             bits,
             head_dim,
             seed: DEFAULT_SEED,
@@ -154,29 +292,12 @@ pub trait KvCodec: Send + Sync {
     }
 }
 
-/// Bit widths a codec accepts.
-pub fn supported_bits(name: &str) -> Option<&'static [u32]> {
-    Some(match name {
-        "turbo" | "rotor" => &[2, 3, 4, 5, 6, 7, 8],
-        "turbo-mse" | "turbo-prod" | "spectral" => &[1, 2, 3, 4, 5, 6, 7, 8],
-        "oscar" | "kivi2" => &[2, 3, 4, 5, 6, 7, 8],
-        "q8_0" => &[8],
-        "q4_0" | "q4_0-rot" => &[4],
-        _ => return None,
-    })
-}
-
 fn check_spec(spec: &CodecSpec) -> Result<(), KvError> {
-    let Some(bits) = supported_bits(&spec.name) else {
-        return Err(KvError::UnknownCodec {
-            name: spec.name.clone(),
-            known: CODEC_NAMES.join(", "),
-        });
-    };
+    let bits = spec.codec.supported_bits();
     if !bits.contains(&spec.bits) {
         let s: Vec<String> = bits.iter().map(|b| b.to_string()).collect();
         return Err(KvError::BitsOutOfRange {
-            codec: spec.name.clone(),
+            codec: spec.codec.name().to_string(),
             bits: spec.bits,
             supported: s.join(","),
         });
@@ -205,29 +326,59 @@ pub fn build_codec_roles(
     use crate::codecs::*;
     check_spec(spec)?;
     let (d, b, s) = (spec.head_dim, spec.bits, spec.seed);
-    Ok(match spec.name.as_str() {
-        "turbo" => Box::new(Framed::new(SignResidual::turbo(d, b, s))),
-        "rotor" => Box::new(Framed::new(SignResidual::rotor(d, b, s))),
-        "turbo-mse" => Box::new(Framed::new(TurboMse::new(d, b, s, false))),
-        "turbo-prod" => Box::new(Framed::new(TurboMse::new(d, b, s, true))),
-        "spectral" => {
+    Ok(match spec.codec {
+        Codec::Turbo => Box::new(Framed::new(SignResidual::turbo(d, b, s))),
+        Codec::Rotor => Box::new(Framed::new(SignResidual::rotor(d, b, s))),
+        Codec::TurboMse => Box::new(Framed::new(TurboMse::new(d, b, s, false))),
+        Codec::TurboProd => Box::new(Framed::new(TurboMse::new(d, b, s, true))),
+        Codec::Spectral => {
             let (Some(kc), Some(vc)) = (key_calibration, value_calibration) else {
-                return Err(KvError::NeedsCalibration(spec.name.clone()));
+                return Err(KvError::NeedsCalibration(spec.codec.name().to_string()));
             };
             let k = crate::spectral::Calibration::fit(kc, d, b)?;
             let v = crate::spectral::Calibration::fit(vc, d, b)?;
             Box::new(Framed::new(crate::spectral::Spectral::new(k, v)))
         }
-        "oscar" => Box::new(Framed::new(Oscar::new(d, b, s))),
-        "q8_0" => Box::new(Framed::new(BlockQ::q8_0(d, s, false))),
-        "q4_0" => Box::new(Framed::new(BlockQ::q4_0(d, s, false))),
-        "q4_0-rot" => Box::new(Framed::new(BlockQ::q4_0(d, s, true))),
-        "kivi2" => Box::new(Framed::new(Kivi::new(d, b))),
-        other => {
-            return Err(KvError::UnknownCodec {
-                name: other.to_string(),
-                known: CODEC_NAMES.join(", "),
-            })
-        }
+        Codec::Oscar => Box::new(Framed::new(Oscar::new(d, b, s))),
+        Codec::Q8_0 => Box::new(Framed::new(BlockQ::q8_0(d, s, false))),
+        Codec::Q4_0 => Box::new(Framed::new(BlockQ::q4_0(d, s, false))),
+        Codec::Q4_0Rot => Box::new(Framed::new(BlockQ::q4_0(d, s, true))),
+        Codec::Kivi2 => Box::new(Framed::new(Kivi::new(d, b))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_aliases_round_trip() {
+        for c in Codec::ALL {
+            assert_eq!(c.name().parse::<Codec>().unwrap(), c);
+            assert_eq!(c.to_string(), c.name());
+            for a in c.aliases() {
+                assert_eq!(a.parse::<Codec>().unwrap(), c);
+            }
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.name()));
+            assert_eq!(serde_json::from_str::<Codec>(&json).unwrap(), c);
+        }
+        assert_eq!("q4_0_rot".parse::<Codec>().unwrap(), Codec::Q4_0Rot);
+    }
+
+    #[test]
+    fn unknown_name_lists_the_known_ones() {
+        let e = "turbo-xl".parse::<Codec>().unwrap_err().to_string();
+        assert!(e.contains("unknown codec `turbo-xl`"), "{e}");
+        assert!(e.contains("turbo-mse") && e.contains("kivi2"), "{e}");
+        assert!(serde_json::from_str::<Codec>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn nearest_bits_prefers_the_smaller_on_ties() {
+        assert_eq!(Codec::Q4_0.nearest_bits(2), 4);
+        assert_eq!(Codec::Q8_0.nearest_bits(4), 8);
+        assert_eq!(Codec::Turbo.nearest_bits(1), 2);
+        assert_eq!(Codec::TurboMse.nearest_bits(3), 3);
+    }
 }

@@ -3,12 +3,12 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::codec::{build_codec_roles, supported_bits, CodecSpec, KvCodec, KvError, KvRole};
+use crate::codec::{build_codec_roles, Codec, CodecSpec, KvCodec, KvError, KvRole};
 use crate::metrics::{head_metrics, median, HeadData, HeadMetrics};
 
 #[derive(Debug, Clone)]
 pub struct CompareOptions {
-    pub codecs: Vec<String>,
+    pub codecs: Vec<Codec>,
     pub bits: Vec<u32>,
     pub seed: u64,
     /// Tokens over which per-head side information (SpectralQuant calibration) is
@@ -35,7 +35,7 @@ pub struct Worst {
 /// worst head per metric.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Row {
-    pub codec: String,
+    pub codec: Codec,
     pub bits: u32,
     /// All stored bytes (records, unencodable partial groups as bf16, amortised side
     /// information) × 8 / values, keys and values together.
@@ -62,7 +62,7 @@ pub struct Row {
 /// A codec × bits pair that was not run, and why.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Skipped {
-    pub codec: String,
+    pub codec: Codec,
     pub bits: u32,
     pub reason: String,
 }
@@ -102,7 +102,7 @@ pub fn round_trip(
 }
 
 fn run_head(spec: &CodecSpec, h: &HeadData) -> Result<HeadResult, KvError> {
-    let needs_cal = spec.name == "spectral";
+    let needs_cal = spec.codec.needs_calibration();
     let (kc, vc) = if needs_cal {
         (Some(&h.calib_k[..]), Some(&h.calib_v[..]))
     } else {
@@ -149,18 +149,13 @@ pub fn compare(
     }
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
-    for name in &opts.codecs {
-        let Some(supported) = supported_bits(name) else {
-            return Err(KvError::UnknownCodec {
-                name: name.clone(),
-                known: crate::CODEC_NAMES.join(", "),
-            });
-        };
+    for &codec in &opts.codecs {
+        let supported = codec.supported_bits();
         for &bits in &opts.bits {
             if !supported.contains(&bits) {
                 let s: Vec<String> = supported.iter().map(|b| b.to_string()).collect();
                 skipped.push(Skipped {
-                    codec: name.clone(),
+                    codec,
                     bits,
                     reason: format!("supports bits {}", s.join(",")),
                 });
@@ -170,7 +165,7 @@ pub fn compare(
                 .par_iter()
                 .map(|h| {
                     let spec = CodecSpec {
-                        name: name.clone(),
+                        codec,
                         bits,
                         head_dim: h.d,
                         seed: opts.seed,
@@ -178,14 +173,20 @@ pub fn compare(
                     run_head(&spec, h)
                 })
                 .collect::<Result<_, _>>()?;
-            rows.push(summarise(name, bits, heads, &results, opts.amortize_tokens));
+            rows.push(summarise(
+                codec,
+                bits,
+                heads,
+                &results,
+                opts.amortize_tokens,
+            ));
         }
     }
     Ok((rows, skipped))
 }
 
 fn summarise(
-    name: &str,
+    codec: Codec,
     bits: u32,
     heads: &[HeadData],
     res: &[HeadResult],
@@ -208,7 +209,7 @@ fn summarise(
     let med =
         |f: &dyn Fn(&HeadMetrics) -> f64| median(&res.iter().map(|r| f(&r.m)).collect::<Vec<_>>());
     Row {
-        codec: name.to_string(),
+        codec,
         bits,
         bits_per_value: bpv,
         key_bits_per_value: kb / vals,

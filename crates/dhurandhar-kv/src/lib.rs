@@ -20,8 +20,8 @@ pub mod simd;
 pub mod spectral;
 
 pub use codec::{
-    build_codec, build_codec_roles, supported_bits, CodecSpec, KvCodec, KvError, KvRole,
-    CODEC_NAMES, DEFAULT_SEED, MAX_HEAD_DIM,
+    build_codec, build_codec_roles, Codec, CodecSpec, KvCodec, KvError, KvRole, DEFAULT_SEED,
+    MAX_HEAD_DIM,
 };
 pub mod compare;
 pub mod metrics;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use dhurandhar_model::{AttentionKind, KvSource, LayerSpec, ModelArchitecture};
 use serde::Serialize;
 
-use crate::codec::{build_codec_roles, CodecSpec, KvCodec, KvError, KvRole};
+use crate::codec::{build_codec_roles, Codec, CodecSpec, KvCodec, KvError, KvRole};
 use crate::synth::{generate, Distribution};
 
 /// Stored bytes of one head's K or V for `tokens` tokens: whole token groups through
@@ -42,7 +42,7 @@ pub struct LayerFootprint {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Footprint {
     pub seq_len: u64,
-    pub codec: String,
+    pub codec: Codec,
     pub bits: u32,
     pub baseline_bits: u32,
     pub baseline_bytes: u64,
@@ -64,7 +64,7 @@ pub struct Footprint {
 /// only through the bit allocation, which sums to the budget).
 pub fn codecs_for(
     arch: &ModelArchitecture,
-    name: &str,
+    codec: Codec,
     bits: u32,
     seed: u64,
 ) -> Result<BTreeMap<u32, Box<dyn KvCodec>>, KvError> {
@@ -75,12 +75,12 @@ pub fn codecs_for(
         }
         let d = l.head_dim as usize;
         let spec = CodecSpec {
-            name: name.to_string(),
+            codec,
             bits,
             head_dim: d,
             seed,
         };
-        let (ck, cv) = if name == "spectral" {
+        let (ck, cv) = if codec.needs_calibration() {
             (
                 generate(Distribution::LowRank, 512, d, seed, 0, false),
                 generate(Distribution::LowRank, 512, d, seed, 0, true),
@@ -98,11 +98,11 @@ pub fn codecs_for(
 pub fn footprint(
     arch: &ModelArchitecture,
     seq_len: u64,
-    name: &str,
+    codec: Codec,
     bits: u32,
     seed: u64,
 ) -> Result<Footprint, KvError> {
-    let codecs = codecs_for(arch, name, bits, seed)?;
+    let codecs = codecs_for(arch, codec, bits, seed)?;
     let mut layers = Vec::new();
     let (mut base, mut comp, mut values) = (0u64, 0u64, 0u64);
     let layer_specs = arch.layers();
@@ -139,7 +139,7 @@ pub fn footprint(
     let count = |f: &dyn Fn(&LayerSpec) -> bool| layer_specs.iter().filter(|l| f(l)).count();
     Ok(Footprint {
         seq_len,
-        codec: name.to_string(),
+        codec,
         bits,
         baseline_bits: 16,
         baseline_bytes: base,
@@ -185,13 +185,13 @@ pub struct KvCacheCompressor {
 impl KvCacheCompressor {
     pub fn new(
         arch: &ModelArchitecture,
-        name: &str,
+        codec: Codec,
         bits: u32,
         seed: u64,
     ) -> Result<Self, KvError> {
         Ok(KvCacheCompressor {
             layers: arch.layers(),
-            codecs: codecs_for(arch, name, bits, seed)?,
+            codecs: codecs_for(arch, codec, bits, seed)?,
         })
     }
 

@@ -8,9 +8,16 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::codec::{build_codec, CodecSpec, KvError, KvRole};
+use crate::codec::{build_codec, Codec, CodecSpec, KvError, KvRole, MAX_HEAD_DIM};
 use crate::hadamard::{fwht_ops, RandomizedHadamard};
 use crate::synth::{generate, Distribution};
+
+/// Largest batch of [`measure`], in vectors.
+pub const MAX_SPEED_VECTORS: usize = 1 << 22;
+/// Largest batch of [`measure`], in f32 values (1 GiB; three such buffers are held).
+pub const MAX_SPEED_VALUES: usize = 1 << 28;
+/// Largest thread pool [`measure`] builds.
+pub const MAX_SPEED_THREADS: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct SpeedOptions {
@@ -26,7 +33,7 @@ pub struct SpeedOptions {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SpeedReport {
-    pub codec: String,
+    pub codec: Codec,
     pub bits: u32,
     pub head_dim: usize,
     pub role: KvRole,
@@ -70,6 +77,28 @@ fn best_of(
 /// Measure one codec.
 pub fn measure(opts: &SpeedOptions) -> Result<SpeedReport, KvError> {
     let d = opts.spec.head_dim;
+    // Check sizes before anything is allocated: the batch is `vectors × head_dim` f32.
+    if d == 0 || d > MAX_HEAD_DIM {
+        return Err(KvError::HeadDim(d));
+    }
+    if opts.vectors == 0 || opts.vectors > MAX_SPEED_VECTORS {
+        return Err(KvError::Invalid(format!(
+            "vectors {} is out of range (1..={MAX_SPEED_VECTORS})",
+            opts.vectors
+        )));
+    }
+    if opts.vectors.saturating_mul(d) > MAX_SPEED_VALUES {
+        return Err(KvError::Invalid(format!(
+            "{} vectors × head_dim {d} exceeds {MAX_SPEED_VALUES} values per batch",
+            opts.vectors
+        )));
+    }
+    if opts.threads > MAX_SPEED_THREADS {
+        return Err(KvError::Invalid(format!(
+            "{} threads is out of range (0..={MAX_SPEED_THREADS})",
+            opts.threads
+        )));
+    }
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -132,7 +161,7 @@ pub fn measure(opts: &SpeedOptions) -> Result<SpeedReport, KvError> {
     let per = |t: f64| t * 1e9 / n as f64;
     let gbps = |t: f64| bytes * n as f64 / t / 1e9;
     Ok(SpeedReport {
-        codec: opts.spec.name.clone(),
+        codec: opts.spec.codec,
         bits: opts.spec.bits,
         head_dim: d,
         role: opts.role,
@@ -157,26 +186,26 @@ pub fn measure(opts: &SpeedOptions) -> Result<SpeedReport, KvError> {
 /// ns/vector on one thread.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Stage1Cost {
-    pub codec: String,
+    pub codec: Codec,
     pub head_dim: usize,
     pub transform: &'static str,
     pub ops_per_vector: u64,
     pub ns_per_vector: Option<f64>,
 }
 
-pub fn stage1_cost(name: &str, d: usize, seed: u64, measure: bool) -> Stage1Cost {
+pub fn stage1_cost(codec: Codec, d: usize, seed: u64, measure: bool) -> Stage1Cost {
     let p = crate::hadamard::padded_len(d);
-    let (transform, ops) = match name {
-        "turbo" | "turbo-mse" | "turbo-prod" | "oscar" | "q4_0-rot" => {
+    let (transform, ops) = match codec {
+        Codec::Turbo | Codec::TurboMse | Codec::TurboProd | Codec::Oscar | Codec::Q4_0Rot => {
             ("randomized Hadamard (in-place FWHT)", fwht_ops(p))
         }
-        "rotor" => ("Cl(3,0) rotor per 3-block", crate::codecs::Rotors::ops(d)),
-        "spectral" => ("PCA basis (dense d×d)", (d * d) as u64),
-        _ => ("none", 0),
+        Codec::Rotor => ("Cl(3,0) rotor per 3-block", crate::codecs::Rotors::ops(d)),
+        Codec::Spectral => ("PCA basis (dense d×d)", (d * d) as u64),
+        Codec::Q8_0 | Codec::Q4_0 | Codec::Kivi2 => ("none", 0),
     };
-    let ns = (measure && ops > 0).then(|| time_stage1(name, d, seed));
+    let ns = (measure && ops > 0).then(|| time_stage1(codec, d, seed));
     Stage1Cost {
-        codec: name.to_string(),
+        codec,
         head_dim: d,
         transform,
         ops_per_vector: ops,
@@ -186,13 +215,13 @@ pub fn stage1_cost(name: &str, d: usize, seed: u64, measure: bool) -> Stage1Cost
 
 type Stage1Fn = Box<dyn FnMut(&[f32], &mut [f32])>;
 
-fn time_stage1(name: &str, d: usize, seed: u64) -> f64 {
+fn time_stage1(codec: Codec, d: usize, seed: u64) -> f64 {
     const N: usize = 256;
     let x = generate(Distribution::Gaussian, N, d, 3, 0, false);
     let p = crate::hadamard::padded_len(d);
     let mut out = vec![0.0f32; N * p.max(d)];
-    let run: Stage1Fn = match name {
-        "rotor" => {
+    let run: Stage1Fn = match codec {
+        Codec::Rotor => {
             let r = crate::codecs::Rotors::new(d, seed);
             Box::new(move |x, out| {
                 crate::simd::dispatch(|| {
@@ -202,7 +231,7 @@ fn time_stage1(name: &str, d: usize, seed: u64) -> f64 {
                 })
             })
         }
-        "spectral" => {
+        Codec::Spectral => {
             let q = generate(Distribution::Gaussian, d, d, seed, 0, false);
             Box::new(move |x, out| {
                 crate::simd::dispatch(|| {

@@ -2,19 +2,20 @@
 //! distortion table, bad input.
 
 use dhurandhar_kv::synth::{generate, Distribution};
-use dhurandhar_kv::{
-    build_codec, build_codec_roles, supported_bits, CodecSpec, KvCodec, KvError, KvRole,
-    CODEC_NAMES,
-};
+use dhurandhar_kv::{build_codec, build_codec_roles, Codec, CodecSpec, KvCodec, KvError, KvRole};
 use proptest::prelude::*;
 
 fn gaussian(n: usize, d: usize, seed: u64) -> Vec<f32> {
     generate(Distribution::Gaussian, n, d, seed, 0, false)
 }
 
+fn codec(name: &str) -> Codec {
+    name.parse().unwrap()
+}
+
 fn build(name: &str, bits: u32, d: usize) -> Box<dyn KvCodec> {
     let cal = gaussian(256, d, 99);
-    build_codec(&CodecSpec::new(name, bits, d), Some(&cal)).unwrap()
+    build_codec(&CodecSpec::new(codec(name), bits, d), Some(&cal)).unwrap()
 }
 
 fn nmse(x: &[f32], y: &[f32]) -> f64 {
@@ -37,8 +38,9 @@ fn round_trip(c: &dyn KvCodec, role: KvRole, x: &[f32]) -> (Vec<f32>, usize) {
 fn every_codec_round_trips_on_awkward_head_dims() {
     for &d in &[64usize, 96, 128, 255, 256] {
         let x = gaussian(64, d, 1);
-        for name in CODEC_NAMES {
-            for &b in supported_bits(name).unwrap() {
+        for c in Codec::ALL {
+            let name = c.name();
+            for &b in c.supported_bits() {
                 let c = build(name, b, d);
                 for role in [KvRole::Key, KvRole::Value] {
                     let (y, len) = round_trip(c.as_ref(), role, &x);
@@ -88,12 +90,13 @@ fn bits_accounting_matches_record_layouts() {
 fn quality_is_monotone_in_bits() {
     let d = 128;
     let x = generate(Distribution::OutlierChannels, 128, d, 3, 0, false);
-    for name in CODEC_NAMES {
-        let widths = supported_bits(name).unwrap();
+    for codec in Codec::ALL {
+        let name = codec.name();
+        let widths = codec.supported_bits();
         let mut last = f64::INFINITY;
         for &b in widths {
             let cal = generate(Distribution::OutlierChannels, 256, d, 4, 0, false);
-            let c = build_codec(&CodecSpec::new(name, b, d), Some(&cal)).unwrap();
+            let c = build_codec(&CodecSpec::new(codec, b, d), Some(&cal)).unwrap();
             let (y, _) = round_trip(c.as_ref(), KvRole::Key, &x);
             let e = nmse(&x, &y);
             assert!(e < last, "{name}: nmse {e} at {b} bits is not below {last}");
@@ -164,8 +167,8 @@ fn spectral_calibration_helps_on_low_rank_and_survives_isotropic() {
     let d = 64;
     let x = generate(Distribution::LowRank, 256, d, 8, 0, false);
     let cal = dhurandhar_kv::synth::generate_samples(Distribution::LowRank, 512, d, 8, 0, false, 1);
-    let sq = build_codec(&CodecSpec::new("spectral", 3, d), Some(&cal)).unwrap();
-    let tq = build_codec(&CodecSpec::new("turbo-mse", 3, d), None).unwrap();
+    let sq = build_codec(&CodecSpec::new(Codec::Spectral, 3, d), Some(&cal)).unwrap();
+    let tq = build_codec(&CodecSpec::new(Codec::TurboMse, 3, d), None).unwrap();
     let (ys, ls) = round_trip(sq.as_ref(), KvRole::Key, &x);
     let (yt, lt) = round_trip(tq.as_ref(), KvRole::Key, &x);
     assert!(ls <= lt + 2 * 256, "spectral {ls} B vs turbo-mse {lt} B");
@@ -176,7 +179,7 @@ fn spectral_calibration_helps_on_low_rank_and_survives_isotropic() {
         nmse(&x, &yt)
     );
     let iso = gaussian(512, d, 10);
-    let c = build_codec(&CodecSpec::new("spectral", 4, d), Some(&iso)).unwrap();
+    let c = build_codec(&CodecSpec::new(Codec::Spectral, 4, d), Some(&iso)).unwrap();
     let (y, _) = round_trip(c.as_ref(), KvRole::Value, &gaussian(32, d, 11));
     assert!(y.iter().all(|v| v.is_finite()));
     assert!(c.side_bytes(KvRole::Key) > 2 * d * d);
@@ -211,17 +214,16 @@ fn bad_input_gives_clear_errors() {
         ("oscar", 0),
         ("kivi2", 16),
     ] {
-        let e = build_codec(&CodecSpec::new(name, bits, 64), None)
+        let e = build_codec(&CodecSpec::new(codec(name), bits, 64), None)
             .err()
             .unwrap();
         assert!(matches!(e, KvError::BitsOutOfRange { .. }), "{e}");
     }
-    let e = build_codec(&CodecSpec::new("nope", 4, 64), None)
-        .err()
-        .unwrap();
+    let e = "nope".parse::<Codec>().unwrap_err();
+    assert!(matches!(e, KvError::UnknownCodec { .. }), "{e}");
     assert!(e.to_string().contains("turbo-mse"), "{e}");
     assert!(matches!(
-        build_codec(&CodecSpec::new("spectral", 4, 64), None),
+        build_codec(&CodecSpec::new(Codec::Spectral, 4, 64), None),
         Err(KvError::NeedsCalibration(_))
     ));
     let k = build("kivi2", 2, 64);
@@ -233,8 +235,9 @@ fn bad_input_gives_clear_errors() {
 
 #[test]
 fn corrupted_buffers_are_errors_not_panics() {
-    for name in CODEC_NAMES {
-        let b = supported_bits(name).unwrap()[0];
+    for codec in Codec::ALL {
+        let name = codec.name();
+        let b = codec.supported_bits()[0];
         let c = build(name, b, 96);
         let x = gaussian(32, 96, 12);
         let enc = c.encode(KvRole::Key, &x).unwrap();
@@ -264,17 +267,18 @@ proptest! {
     /// arbitrary bytes of the right length never panic on decode.
     #[test]
     fn any_shape_round_trips(
-        ci in 0usize..CODEC_NAMES.len(),
+        ci in 0usize..Codec::ALL.len(),
         d in 1usize..300,
         groups in 1usize..3,
         seed in 0u64..1000,
         junk in any::<u8>(),
     ) {
-        let name = CODEC_NAMES[ci];
-        let b = *supported_bits(name).unwrap().last().unwrap().min(&4);
-        let b = if supported_bits(name).unwrap().contains(&b) { b } else { supported_bits(name).unwrap()[0] };
+        let codec = Codec::ALL[ci];
+        let name = codec.name();
+        let b = *codec.supported_bits().last().unwrap().min(&4);
+        let b = if codec.supported_bits().contains(&b) { b } else { codec.supported_bits()[0] };
         let cal = gaussian(64, d, seed + 1);
-        let c = build_codec_roles(&CodecSpec { name: name.into(), bits: b, head_dim: d, seed }, Some(&cal), Some(&cal)).unwrap();
+        let c = build_codec_roles(&CodecSpec { codec, bits: b, head_dim: d, seed }, Some(&cal), Some(&cal)).unwrap();
         let n = if GROUP_CODECS.contains(&name) { 32 * groups } else { groups * 5 };
         let x = gaussian(n, d, seed);
         for role in [KvRole::Key, KvRole::Value] {

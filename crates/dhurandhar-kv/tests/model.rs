@@ -2,7 +2,7 @@
 //! per KV head (GQA), footprint follows the codec's real bytes.
 
 use dhurandhar_kv::model::{footprint, KvCacheCompressor};
-use dhurandhar_kv::KvRole;
+use dhurandhar_kv::{Codec, KvRole};
 use dhurandhar_model::{KvSource, ModelArchitecture};
 
 fn e2b_like() -> ModelArchitecture {
@@ -28,7 +28,7 @@ shared_kv_last_n_layers: 20
 #[test]
 fn shared_layers_cost_nothing_and_windows_cap_sliding_layers() {
     let m = e2b_like();
-    let f = footprint(&m, 32768, "turbo-mse", 4, 1).unwrap();
+    let f = footprint(&m, 32768, Codec::TurboMse, 4, 1).unwrap();
     assert_eq!(f.fresh_layers, 15);
     assert_eq!(f.shared_layers, 20);
     for l in &f.layers {
@@ -58,15 +58,19 @@ fn shared_layers_cost_nothing_and_windows_cap_sliding_layers() {
 #[test]
 fn footprint_changes_with_bits() {
     let m = e2b_like();
-    let a = footprint(&m, 4096, "turbo", 2, 1).unwrap().compressed_bytes;
-    let b = footprint(&m, 4096, "turbo", 8, 1).unwrap().compressed_bytes;
+    let a = footprint(&m, 4096, Codec::Turbo, 2, 1)
+        .unwrap()
+        .compressed_bytes;
+    let b = footprint(&m, 4096, Codec::Turbo, 8, 1)
+        .unwrap()
+        .compressed_bytes;
     assert!(b > a, "{a} {b}");
 }
 
 #[test]
 fn compressor_skips_shared_layers_and_round_trips_fresh_ones() {
     let m = e2b_like();
-    let c = KvCacheCompressor::new(&m, "kivi2", 4, 1).unwrap();
+    let c = KvCacheCompressor::new(&m, Codec::Kivi2, 4, 1).unwrap();
     let layers = m.layers();
     let shared = layers
         .iter()

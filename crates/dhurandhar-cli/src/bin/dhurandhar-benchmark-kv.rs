@@ -10,14 +10,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use dhurandhar::kv::{BenchOptions, Codec, DEFAULT_MODEL};
 use dhurandhar_cli::commands::kv;
+use dhurandhar_cli::output::OutputArgs;
 
 /// KV-cache quality and footprint for a model (alias of `dhurandhar kv bench --codec turbo`).
 #[derive(Debug, Parser)]
 #[command(name = "dhurandhar-benchmark-kv", version)]
 struct Cli {
     /// Built-in model name, YAML profile, or checkpoint.
-    #[arg(long, default_value = kv::DEFAULT_MODEL)]
+    #[arg(long, default_value = DEFAULT_MODEL)]
     model: String,
     #[arg(long, default_value_t = 32768)]
     seq_len: u64,
@@ -40,18 +42,19 @@ struct Cli {
 
 fn main() -> ExitCode {
     dhurandhar_cli::run_alias(|c: Cli| {
-        let args = kv::BenchArgs {
+        let opts = BenchOptions {
             model: c.model,
             seq_len: c.seq_len,
-            codec: "turbo".to_string(),
+            codec: Codec::Turbo,
             bits: c.residual_bits,
-            distribution: c.distribution,
+            distribution: c.distribution.parse()?,
             samples: c.samples,
-            queries: 64,
-            seed: 0,
+            ..BenchOptions::default()
+        };
+        let out = OutputArgs {
             json: c.json,
             json_out: c.json_out,
         };
-        kv::run_bench(args)
+        kv::bench(&opts, &out)
     })
 }

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use dhurandhar::kv::CompareOptions;
 use dhurandhar_cli::commands::kv;
+use dhurandhar_cli::output::OutputArgs;
 
 /// Side-by-side KV codec sweep (alias of `dhurandhar kv compare`).
 #[derive(Debug, Parser)]
@@ -36,23 +38,18 @@ struct Cli {
 
 fn main() -> ExitCode {
     dhurandhar_cli::run_alias(|c: Cli| {
-        let args = kv::CompareArgs {
+        let opts = CompareOptions {
             head_dim: c.head_dim,
-            num_kv_heads: c.num_kv_heads,
+            kv_heads: c.num_kv_heads,
             seq_len: c.seq_len,
             bits: c.bits,
-            codecs: vec!["all".to_string()],
-            data: "synthetic".to_string(),
-            distribution: c.distribution,
-            tensor: None,
-            layer: vec![],
-            queries: 64,
-            amortize_tokens: None,
-            no_timing: false,
-            seed: 0,
+            distribution: c.distribution.parse()?,
+            ..CompareOptions::default()
+        };
+        let out = OutputArgs {
             json: c.json,
             json_out: c.json_out,
         };
-        kv::run_compare(args)
+        kv::compare(&opts, &out)
     })
 }

@@ -1,20 +1,13 @@
-//! `dhurandhar eval`: perplexity of a GGUF model on a text with the exact f32 KV cache
-//! and with KV codecs applied to the cache (prefill included), plus KL divergence and
-//! top-1 agreement against the exact cache.
+//! `dhurandhar eval`: flags → [`dhurandhar::eval`] → a perplexity table or JSON.
 
-use std::io::Write;
+use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
 
-use anyhow::Context;
-use dhurandhar_engine::{evaluate, CacheCodec, Capture, EvalReport, Logits, Model};
-use dhurandhar_kv::{
-    build_codec, build_codec_roles, supported_bits, CodecSpec, KvCodec, CODEC_NAMES,
-};
-use serde::Serialize;
+use dhurandhar::eval::{EvalOptions, EvalReport};
+use dhurandhar::kv::Codec;
+use dhurandhar::CancelToken;
 
-use crate::output::print_json;
+use crate::output::{emit, OutputArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -40,7 +33,7 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub calibration_tokens: usize,
     /// Codec rotation seed.
-    #[arg(long, default_value_t = dhurandhar_kv::DEFAULT_SEED)]
+    #[arg(long, default_value_t = dhurandhar::kv::DEFAULT_SEED)]
     pub seed: u64,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -50,141 +43,47 @@ pub struct Args {
     /// floor of KL ≈ 3e-3, so by default eval multiplies in f32.
     #[arg(long)]
     pub q8_activations: bool,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
-#[derive(Debug, Serialize)]
-struct Output {
-    model: String,
-    text_file: String,
-    #[serde(flatten)]
-    report: EvalReport,
-    /// How `spectral` was calibrated, when it ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    calibration: Option<String>,
-    /// `f32` (default) or `q8` (8-bit activations inside the matmuls).
-    activations: &'static str,
-    seconds: f64,
-}
-
-/// Bits to run `name` at: the requested width, or the nearest one it supports.
-fn bits_for(name: &str, want: u32) -> anyhow::Result<u32> {
-    let bits = supported_bits(name).with_context(|| {
-        format!(
-            "unknown KV codec `{name}` (known: {}, all)",
-            CODEC_NAMES.join(", ")
-        )
-    })?;
-    Ok(*bits
-        .iter()
-        .min_by_key(|&&b| (b.abs_diff(want), b))
-        .unwrap_or(&want))
-}
-
-/// Per-layer key and value calibration vectors (`tokens·kv_heads × head_dim`) from an
-/// exact pass over the first `n` tokens.
-fn calibration(
-    model: &Model,
-    tokens: &[u32],
-    threads: usize,
-    f32_acts: bool,
-) -> anyhow::Result<Capture> {
-    let c = &model.config;
-    let mut cap = Capture::new(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim);
-    let mut s = model.session(threads, None)?;
-    s.set_f32_activations(f32_acts);
-    s.forward(tokens, Logits::None, Some(&mut cap))?;
-    Ok(cap)
+/// `--kv-codec`: none, one codec, or `all` (a sweep).
+fn codecs(arg: Option<&str>) -> anyhow::Result<Vec<Codec>> {
+    Ok(match arg {
+        None => Vec::new(),
+        Some("all") => Codec::ALL.to_vec(),
+        Some(n) => vec![n.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "unknown KV codec `{n}` (known: {}, all)",
+                Codec::known_names()
+            )
+        })?],
+    })
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let model = Model::open(&args.model)?;
-    let text = std::fs::read_to_string(&args.text_file)
-        .with_context(|| format!("cannot read {}", args.text_file.display()))?;
-    let threads = args
-        .threads
-        .unwrap_or_else(super::generate::default_threads)
-        .max(1);
-    let mut tokens = model.tokenizer.encode(&text);
-    let limit = args.max_tokens.min(model.config.context_length);
-    tokens.truncate(limit);
-    if tokens.len() < 2 {
-        anyhow::bail!("{} holds fewer than 2 tokens", args.text_file.display());
-    }
-    let c = &model.config;
-    let names: Vec<String> = match args.kv_codec.as_deref() {
-        None => Vec::new(),
-        Some("all") => CODEC_NAMES.iter().map(|s| s.to_string()).collect(),
-        Some(n) => vec![n.to_string()],
+    let opts = EvalOptions {
+        model: args.model,
+        text_file: args.text_file,
+        codecs: codecs(args.kv_codec.as_deref())?,
+        bits: args.kv_bits,
+        max_tokens: args.max_tokens,
+        chunk: args.chunk,
+        calibration_tokens: args.calibration_tokens,
+        seed: args.seed,
+        threads: args.threads,
+        q8_activations: args.q8_activations,
     };
-    let mut codecs = Vec::new();
-    let mut calib_note = None;
-    for name in &names {
-        let bits = if names.len() == 1 {
-            // An explicit single codec must support the requested width.
-            bits_for(name, args.kv_bits)?;
-            args.kv_bits
-        } else {
-            bits_for(name, args.kv_bits)?
-        };
-        let spec = CodecSpec {
-            name: name.clone(),
-            bits,
-            head_dim: c.head_dim,
-            seed: args.seed,
-        };
-        let label = format!("{name}@{bits}");
-        if name == "spectral" {
-            let n = args.calibration_tokens.clamp(2, tokens.len());
-            let cap = calibration(&model, &tokens[..n], threads, !args.q8_activations)?;
-            let mut per_layer: Vec<Arc<dyn KvCodec>> = Vec::with_capacity(c.n_layers);
-            for (i, l) in cap.layers.iter().enumerate() {
-                let codec = build_codec_roles(&spec, Some(&l.k), Some(&l.v))
-                    .with_context(|| format!("calibrating spectral on layer {i}"))?;
-                per_layer.push(Arc::from(codec));
-            }
-            calib_note = Some(format!(
-                "spectral calibrated per layer on the exact keys/values of the first {n} tokens of the text (which are also scored)"
-            ));
-            codecs.push(CacheCodec::per_layer(&label, per_layer));
-        } else {
-            let codec =
-                build_codec(&spec, None).with_context(|| format!("building KV codec `{name}`"))?;
-            codecs.push(CacheCodec::shared(&label, Arc::from(codec), c.n_layers));
-        }
-    }
-    let t0 = Instant::now();
-    let report = evaluate(
-        &model,
-        &tokens,
-        codecs,
-        threads,
-        args.chunk,
-        !args.q8_activations,
-    )?;
-    let out = Output {
-        model: args.model.display().to_string(),
-        text_file: args.text_file.display().to_string(),
-        report,
-        calibration: calib_note,
-        activations: if args.q8_activations { "q8" } else { "f32" },
-        seconds: t0.elapsed().as_secs_f64(),
-    };
-    if args.json {
-        return print_json(&out);
-    }
-    let r = &out.report;
-    writeln!(
-        std::io::stdout().lock(),
-        "{} tokens of {} ({} predictions), {} activations, {} threads, {:.1} s",
-        r.tokens,
-        out.text_file,
-        r.predictions,
-        out.activations,
-        threads,
-        out.seconds
-    )?;
+    let report = dhurandhar::eval::eval(&opts, &args.out.progress(), &CancelToken::new())?;
+    emit(&args.out, &report, render)
+}
+
+fn render(out: &EvalReport) -> String {
+    let r = &out.result;
+    let mut s = format!(
+        "{} tokens of {} ({} predictions), {} activations, {} threads, {:.1} s\n",
+        r.tokens, out.text_file, r.predictions, out.activations, out.threads, out.seconds
+    );
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header([
@@ -215,9 +114,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             format!("{:.1}%", cr.top1_agreement * 100.0),
         ]);
     }
-    writeln!(std::io::stdout().lock(), "{table}")?;
+    let _ = writeln!(s, "{table}");
     if let Some(n) = &out.calibration {
-        writeln!(std::io::stdout().lock(), "note: {n}")?;
+        let _ = writeln!(s, "note: {n}");
     }
-    Ok(())
+    s
 }

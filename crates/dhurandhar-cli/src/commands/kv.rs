@@ -1,19 +1,18 @@
-//! `dhurandhar kv ...`: benchmark a codec on a model, compare codecs, measure speed,
-//! capture real KV (the `capture` subcommand lives in `kv_capture.rs`).
+//! `dhurandhar kv ...`: flags → [`dhurandhar::kv`] options → a table or JSON. The
+//! `capture` subcommand lives in `kv_capture.rs`.
 
-use std::path::{Path, PathBuf};
+use std::fmt::Write as _;
+use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Subcommand;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
-use dhurandhar_kv::compare::{CompareOptions, Row, Skipped};
-use dhurandhar_kv::speed::{SpeedOptions, SpeedReport, Stage1Cost};
-use dhurandhar_kv::synth::{synthetic_heads, Distribution};
-use dhurandhar_kv::tensorfile::{heads_from_file, FileSummary, HeadSelect};
-use dhurandhar_kv::{CodecSpec, Footprint, KvRole, CODEC_NAMES};
-use serde::Serialize;
+use dhurandhar::kv::{
+    BenchOptions, BenchReport, Codec, CompareOptions, CompareReport, KvData, SpeedOptions,
+    SpeedReport, DEFAULT_MODEL,
+};
+use dhurandhar::CancelToken;
 
-use crate::output::{print_json, write_json_file};
+use crate::output::{emit, OutputArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -42,28 +41,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-/// Default model of `kv bench` (the Python tool's).
-pub const DEFAULT_MODEL: &str = "gemma4-e2b";
-
-fn parse_dist(s: &str) -> anyhow::Result<Distribution> {
-    Ok(s.parse::<Distribution>()?)
+/// One item of a comma-separated codec list: a codec, or `all` (every codec).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CodecArg {
+    All,
+    One(Codec),
 }
 
-fn check_codecs(names: &[String]) -> anyhow::Result<Vec<String>> {
+impl std::str::FromStr for CodecArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "all" {
+            return Ok(CodecArg::All);
+        }
+        s.parse().map(CodecArg::One).map_err(|_| {
+            format!(
+                "unknown codec `{s}` (known: {}, or `all`)",
+                Codec::known_names()
+            )
+        })
+    }
+}
+
+/// The codecs a list names, `all` expanded to [`Codec::ALL`].
+pub fn expand_codecs(list: &[CodecArg]) -> Vec<Codec> {
     let mut out = Vec::new();
-    for n in names {
-        if n == "all" {
-            out.extend(CODEC_NAMES.iter().map(|s| s.to_string()));
-        } else if CODEC_NAMES.contains(&n.as_str()) {
-            out.push(n.clone());
-        } else {
-            anyhow::bail!(
-                "unknown codec `{n}` (known: {}, or `all`)",
-                CODEC_NAMES.join(", ")
-            );
+    for c in list {
+        match c {
+            CodecArg::All => out.extend(Codec::ALL),
+            CodecArg::One(c) => out.push(*c),
         }
     }
-    Ok(out)
+    out
 }
 
 fn f(v: f64, digits: usize) -> String {
@@ -101,7 +110,7 @@ pub struct BenchArgs {
     pub seq_len: u64,
     /// Codec (see `kv compare --help` for the list).
     #[arg(long, default_value = "turbo-mse")]
-    pub codec: String,
+    pub codec: Codec,
     /// Bit budget (for `turbo`/`rotor`: the residual bits).
     #[arg(long, default_value_t = 4)]
     pub bits: u32,
@@ -117,114 +126,39 @@ pub struct BenchArgs {
     pub queries: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Print JSON instead of the tables.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON report to this file.
-    #[arg(long)]
-    pub json_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
-#[derive(Serialize)]
-struct GeometryQuality {
-    head_dim: u32,
-    kv_heads: u32,
-    fresh_layers: usize,
-    #[serde(flatten)]
-    row: Row,
-}
-
-#[derive(Serialize)]
-struct BenchJson {
-    model: String,
-    origin: String,
-    seq_len: u64,
-    codec: String,
-    bits: u32,
-    distribution: &'static str,
-    samples: usize,
-    quality: Vec<GeometryQuality>,
-    footprint: Footprint,
-}
-
-pub fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
-    check_codecs(std::slice::from_ref(&a.codec))?;
-    let dist = parse_dist(&a.distribution)?;
-    if a.samples < 2 {
-        anyhow::bail!("--samples must be at least 2");
-    }
-    let m = super::model_arg::resolve_model(&a.model)?;
-    let arch = &m.arch;
-    let footprint = dhurandhar_kv::footprint(arch, a.seq_len, &a.codec, a.bits, a.seed)?;
-    // One quality block per distinct (head_dim, kv_heads) of the fresh layers.
-    let mut geoms: Vec<(u32, u32, usize)> = Vec::new();
-    for l in arch.layers() {
-        if l.kv != dhurandhar_model::KvSource::Fresh {
-            continue;
-        }
-        match geoms
-            .iter_mut()
-            .find(|g| g.0 == l.head_dim && g.1 == l.kv_heads)
-        {
-            Some(g) => g.2 += 1,
-            None => geoms.push((l.head_dim, l.kv_heads, 1)),
-        }
-    }
-    let opts = CompareOptions {
-        codecs: vec![a.codec.clone()],
-        bits: vec![a.bits],
-        seed: a.seed,
-        amortize_tokens: Some(a.seq_len as usize),
-    };
-    let mut quality = Vec::new();
-    for (d, h, n) in geoms {
-        let heads = synthetic_heads(dist, a.samples, h as usize, d as usize, a.queries, a.seed);
-        let (rows, skipped) = dhurandhar_kv::compare(&heads, &opts)?;
-        if let Some(s) = skipped.first() {
-            anyhow::bail!(
-                "codec `{}` cannot run at {} bits: {}",
-                s.codec,
-                s.bits,
-                s.reason
-            );
-        }
-        for row in rows {
-            quality.push(GeometryQuality {
-                head_dim: d,
-                kv_heads: h,
-                fresh_layers: n,
-                row,
-            });
-        }
-    }
-    let report = BenchJson {
-        model: arch.name.clone(),
-        origin: m.origin.clone(),
+fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
+    let opts = BenchOptions {
+        model: a.model,
         seq_len: a.seq_len,
-        codec: a.codec.clone(),
+        codec: a.codec,
         bits: a.bits,
-        distribution: dist.name(),
+        distribution: a.distribution.parse()?,
         samples: a.samples,
-        quality,
-        footprint,
+        queries: a.queries,
+        seed: a.seed,
     };
-    if let Some(p) = &a.json_out {
-        write_json_file(p, &report)?;
-    }
-    if a.json {
-        return print_json(&report);
-    }
-    print_bench(&report);
-    Ok(())
+    bench(&opts, &a.out)
 }
 
-fn print_bench(r: &BenchJson) {
-    println!(
+/// Run [`dhurandhar::kv::bench`] and print it (also the `dhurandhar-benchmark-kv` alias).
+pub fn bench(opts: &BenchOptions, out: &OutputArgs) -> anyhow::Result<()> {
+    let report = dhurandhar::kv::bench(opts, &out.progress(), &CancelToken::new())?;
+    emit(out, &report, render_bench)
+}
+
+fn render_bench(r: &BenchReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
         "{} ({}): KV codec {} at {} bits, {} tokens",
         r.model, r.origin, r.codec, r.bits, r.seq_len
     );
-    println!();
-    println!(
+    let _ = writeln!(s);
+    let _ = writeln!(s,
         "Quality on synthetic {} KV, {} tokens per KV head (medians over heads; worst head in brackets)",
         r.distribution, r.samples
     );
@@ -258,10 +192,10 @@ fn print_bench(r: &BenchJson) {
             right(f(q.row.attn_kl, 5)),
         ]);
     }
-    println!("{t}");
+    let _ = writeln!(s, "{t}");
     let fp = &r.footprint;
-    println!();
-    println!("KV cache at {} tokens", fp.seq_len);
+    let _ = writeln!(s);
+    let _ = writeln!(s, "KV cache at {} tokens", fp.seq_len);
     let mut t = table();
     t.set_header(vec!["", "bytes", "MiB"]);
     t.add_row(vec![
@@ -279,8 +213,8 @@ fn print_bench(r: &BenchJson) {
         right(fp.savings_bytes.to_string()),
         right(mib(fp.savings_bytes)),
     ]);
-    println!("{t}");
-    println!(
+    let _ = writeln!(s, "{t}");
+    let _ = writeln!(s,
         "ratio {:.2}x, {:.3} bits/value stored; layers: {} fresh, {} shared-KV (no storage), {} without KV; {} sliding, {} global",
         fp.ratio,
         fp.bits_per_value,
@@ -290,6 +224,7 @@ fn print_bench(r: &BenchJson) {
         fp.sliding_layers,
         fp.global_layers
     );
+    s
 }
 
 // ---------------------------------------------------------------- compare
@@ -311,7 +246,7 @@ pub struct CompareArgs {
     /// Codecs, comma-separated, or `all`: turbo, turbo-mse, turbo-prod, rotor, spectral,
     /// oscar, q8_0, q4_0, q4_0-rot, kivi2.
     #[arg(long, value_delimiter = ',', default_value = "all")]
-    pub codecs: Vec<String>,
+    pub codecs: Vec<CodecArg>,
     /// `synthetic`, or a safetensors / .npy file of KV tensors ([..., head_dim]).
     #[arg(long, default_value = "synthetic")]
     pub data: String,
@@ -336,146 +271,50 @@ pub struct CompareArgs {
     pub no_timing: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Print JSON instead of the tables.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON report to this file.
-    #[arg(long)]
-    pub json_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
-#[derive(Serialize)]
-struct CompareConfig {
-    data: String,
-    distribution: Option<&'static str>,
-    file: Option<FileSummary>,
-    head_dim: usize,
-    kv_heads: usize,
-    seq_len: usize,
-    queries: usize,
-    seed: u64,
-    kernel: &'static str,
-}
-
-#[derive(Serialize)]
-struct CompareJson {
-    config: CompareConfig,
-    rows: Vec<Row>,
-    skipped: Vec<Skipped>,
-    stage1: Vec<Stage1Cost>,
-}
-
-fn load_file_heads(
-    path: &Path,
-    a: &CompareArgs,
-) -> anyhow::Result<(Vec<dhurandhar_kv::HeadData>, FileSummary)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let is_npy =
-        path.extension().and_then(|e| e.to_str()) == Some("npy") || bytes.starts_with(b"\x93NUMPY");
-    let file = if is_npy {
-        dhurandhar_kv::tensorfile::parse_npy(&bytes)
-    } else {
-        let tensor = a.tensor.clone();
-        let layers = a.layer.clone();
-        dhurandhar_kv::tensorfile::parse_safetensors(&bytes, move |n| match &tensor {
-            Some(t) => n == t,
-            None if layers.is_empty() => true,
-            None => layers.iter().any(|l| {
-                let p = format!("layers.{l}.");
-                n.strip_prefix(&p)
-                    .is_some_and(|r| matches!(r, "k" | "v" | "q"))
-            }),
-        })
-    }
-    .with_context(|| format!("cannot read KV tensors from {}", path.display()))?;
-    let sel = HeadSelect {
-        tensor: if is_npy { None } else { a.tensor.clone() },
-        layers: a.layer.clone(),
-        queries: a.queries,
-        seed: a.seed,
-    };
-    heads_from_file(&file, &sel).with_context(|| format!("cannot use {}", path.display()))
-}
-
-pub fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
-    let codecs = check_codecs(&a.codecs)?;
-    if a.bits.is_empty() {
-        anyhow::bail!("--bits is empty");
-    }
-    if a.queries == 0 {
-        anyhow::bail!("--queries must be at least 1");
-    }
-    let (heads, file, dist) = if a.data == "synthetic" {
-        let dist = parse_dist(&a.distribution)?;
-        if a.head_dim == 0 || a.head_dim > dhurandhar_kv::MAX_HEAD_DIM {
-            anyhow::bail!("--head-dim must be in 1..={}", dhurandhar_kv::MAX_HEAD_DIM);
-        }
-        if a.seq_len < 2 || a.num_kv_heads == 0 {
-            anyhow::bail!("--seq-len must be at least 2 and --num-kv-heads at least 1");
-        }
-        let heads = synthetic_heads(
-            dist,
-            a.seq_len,
-            a.num_kv_heads,
-            a.head_dim,
-            a.queries,
-            a.seed,
-        );
-        (heads, None, Some(dist.name()))
-    } else {
-        let (h, s) = load_file_heads(Path::new(&a.data), &a)?;
-        (h, Some(s), None)
-    };
-    let d = heads[0].d;
+fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     let opts = CompareOptions {
-        codecs: codecs.clone(),
-        bits: a.bits.clone(),
-        seed: a.seed,
-        amortize_tokens: a.amortize_tokens,
-    };
-    let (rows, skipped) = dhurandhar_kv::compare(&heads, &opts)?;
-    let stage1 = codecs
-        .iter()
-        .map(|c| dhurandhar_kv::stage1_cost(c, d, a.seed, !a.no_timing))
-        .collect();
-    let report = CompareJson {
-        config: CompareConfig {
-            data: a.data.clone(),
-            distribution: dist,
-            kv_heads: if file.is_some() {
-                heads.len()
-            } else {
-                a.num_kv_heads
-            },
-            file,
-            head_dim: d,
-            seq_len: heads[0].tokens(),
-            queries: a.queries,
-            seed: a.seed,
-            kernel: dhurandhar_kv::simd::kernel_name(),
+        data: if a.data == "synthetic" {
+            KvData::Synthetic
+        } else {
+            KvData::File(PathBuf::from(&a.data))
         },
-        rows,
-        skipped,
-        stage1,
+        head_dim: a.head_dim,
+        kv_heads: a.num_kv_heads,
+        seq_len: a.seq_len,
+        distribution: a.distribution.parse()?,
+        bits: a.bits,
+        codecs: expand_codecs(&a.codecs),
+        tensor: a.tensor,
+        layers: a.layer,
+        queries: a.queries,
+        amortize_tokens: a.amortize_tokens,
+        timing: !a.no_timing,
+        seed: a.seed,
     };
-    if let Some(p) = &a.json_out {
-        write_json_file(p, &report)?;
-    }
-    if a.json {
-        return print_json(&report);
-    }
-    print_compare(&report);
-    Ok(())
+    compare(&opts, &a.out)
 }
 
-fn print_compare(r: &CompareJson) {
+/// Run [`dhurandhar::kv::compare`] and print it (also the `dhurandhar-compare-codecs` alias).
+pub fn compare(opts: &CompareOptions, out: &OutputArgs) -> anyhow::Result<()> {
+    let report = dhurandhar::kv::compare(opts, &out.progress(), &CancelToken::new())?;
+    emit(out, &report, render_compare)
+}
+
+fn render_compare(r: &CompareReport) -> String {
+    let mut s = String::new();
     let c = &r.config;
-    match &c.file {
-        Some(fs) => println!(
+    let _ = match &c.file {
+        Some(fs) => writeln!(
+            s,
             "{}: {} heads × {} tokens, head_dim {} ({}; queries: {})",
             c.data, fs.heads, fs.tokens, c.head_dim, fs.layout, fs.queries
         ),
-        None => println!(
+        None => writeln!(
+            s,
             "synthetic {}: {} KV heads × {} tokens, head_dim {}, seed {}",
             c.distribution.unwrap_or("?"),
             c.kv_heads,
@@ -483,8 +322,8 @@ fn print_compare(r: &CompareJson) {
             c.head_dim,
             c.seed
         ),
-    }
-    println!("bits/value = stored bytes × 8 / values (K and V, all side information); quality = median over heads [worst head]");
+    };
+    let _ = writeln!(s, "bits/value = stored bytes × 8 / values (K and V, all side information); quality = median over heads [worst head]");
     let mut t = table();
     t.set_header(vec![
         "codec",
@@ -500,7 +339,7 @@ fn print_compare(r: &CompareJson) {
     ]);
     for row in &r.rows {
         t.add_row(vec![
-            Cell::new(&row.codec),
+            Cell::new(row.codec),
             right(row.bits.to_string()),
             right(f(row.bits_per_value, 3)),
             right(format!("{:.2}x", row.compression_vs_bf16)),
@@ -520,40 +359,42 @@ fn print_compare(r: &CompareJson) {
             right(f(row.attn_kl, 5)),
         ]);
     }
-    println!("{t}");
+    let _ = writeln!(s, "{t}");
     if !r.skipped.is_empty() {
-        let s: Vec<String> = r
+        let list: Vec<String> = r
             .skipped
             .iter()
-            .map(|s| format!("{}@{} ({})", s.codec, s.bits, s.reason))
+            .map(|k| format!("{}@{} ({})", k.codec, k.bits, k.reason))
             .collect();
-        println!("not run: {}", s.join("; "));
+        let _ = writeln!(s, "not run: {}", list.join("; "));
     }
-    println!();
+    let _ = writeln!(s);
     let timed = r.stage1.iter().any(|s| s.ns_per_vector.is_some());
     let how = if timed {
         format!(" and measured ns/vector (1 thread, {} kernels)", c.kernel)
     } else {
         String::new()
     };
-    println!(
+    let _ = writeln!(
+        s,
         "Stage 1 (rotation) at head_dim {}: counted ops per vector (add, mul or FMA = 1){how}",
         c.head_dim
     );
     let mut t = table();
     t.set_header(vec!["codec", "transform", "ops/vector", "ns/vector"]);
-    for s in &r.stage1 {
+    for st in &r.stage1 {
         t.add_row(vec![
-            Cell::new(&s.codec),
-            Cell::new(s.transform),
-            right(s.ops_per_vector.to_string()),
+            Cell::new(st.codec),
+            Cell::new(st.transform),
+            right(st.ops_per_vector.to_string()),
             right(
-                s.ns_per_vector
+                st.ns_per_vector
                     .map_or("-".to_string(), |v| format!("{v:.1}")),
             ),
         ]);
     }
-    println!("{t}");
+    let _ = writeln!(s, "{t}");
+    s
 }
 
 // ---------------------------------------------------------------- speed
@@ -565,7 +406,7 @@ pub struct SpeedArgs {
     pub head_dim: Vec<usize>,
     /// Codec(s), comma-separated, or `all`.
     #[arg(long, value_delimiter = ',', default_value = "turbo-mse")]
-    pub codec: Vec<String>,
+    pub codec: Vec<CodecArg>,
     /// Bit budget (codecs that do not support it are skipped with a note).
     #[arg(long, default_value_t = 4)]
     pub bits: u32,
@@ -581,72 +422,32 @@ pub struct SpeedArgs {
     /// Minimum time per measurement; each figure is the best of the trials run.
     #[arg(long, default_value_t = 0.3)]
     pub min_seconds: f64,
-    /// Print JSON: the first run's fields at the top level, every run in `runs`.
-    #[arg(long)]
-    pub json: bool,
+    /// JSON: the first run's fields at the top level, every run in `runs`.
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
-#[derive(Serialize)]
-struct SpeedJson {
-    #[serde(flatten)]
-    first: SpeedReport,
-    runs: Vec<SpeedReport>,
-    skipped: Vec<String>,
+fn run_speed(a: SpeedArgs) -> anyhow::Result<()> {
+    let opts = SpeedOptions {
+        head_dims: a.head_dim,
+        codecs: expand_codecs(&a.codec),
+        bits: a.bits,
+        threads: a.threads,
+        role: a.role.parse()?,
+        vectors: a.vectors,
+        min_seconds: a.min_seconds,
+    };
+    let report = dhurandhar::kv::speed(&opts, &a.out.progress(), &CancelToken::new())?;
+    emit(&a.out, &report, render_speed)
 }
 
-pub fn run_speed(a: SpeedArgs) -> anyhow::Result<()> {
-    let codecs = check_codecs(&a.codec)?;
-    let role = match a.role.as_str() {
-        "key" | "k" => KvRole::Key,
-        "value" | "v" => KvRole::Value,
-        r => anyhow::bail!("--role must be key or value, not `{r}`"),
-    };
-    if a.vectors == 0 || a.vectors > 1 << 22 {
-        anyhow::bail!("--vectors must be in 1..=4194304");
-    }
-    if !(a.min_seconds.is_finite() && a.min_seconds >= 0.0 && a.min_seconds <= 60.0) {
-        anyhow::bail!("--min-seconds must be in 0..=60");
-    }
-    let mut runs = Vec::new();
-    let mut skipped = Vec::new();
-    for &d in &a.head_dim {
-        for c in &codecs {
-            if !dhurandhar_kv::supported_bits(c).is_some_and(|b| b.contains(&a.bits)) {
-                skipped.push(format!("{c} does not support {} bits", a.bits));
-                continue;
-            }
-            for &t in &a.threads {
-                let opts = SpeedOptions {
-                    spec: CodecSpec {
-                        name: c.clone(),
-                        bits: a.bits,
-                        head_dim: d,
-                        seed: dhurandhar_kv::DEFAULT_SEED,
-                    },
-                    role,
-                    threads: t,
-                    vectors: a.vectors,
-                    min_seconds: a.min_seconds,
-                };
-                runs.push(dhurandhar_kv::measure(&opts)?);
-            }
-        }
-    }
-    skipped.dedup();
-    let Some(first) = runs.first().cloned() else {
-        anyhow::bail!("nothing to measure: {}", skipped.join("; "));
-    };
-    if a.json {
-        return print_json(&SpeedJson {
-            first,
-            runs,
-            skipped,
-        });
-    }
-    println!(
+fn render_speed(rep: &SpeedReport) -> String {
+    let mut s = String::new();
+    let first = &rep.first;
+    let _ = writeln!(s,
         "best of repeated trials over {} vectors, {} role, {} kernels; GB/s counts the f32 bytes (head_dim × 4 per vector)",
         first.vectors,
-        role.as_str(),
+        first.role.as_str(),
         first.kernel
     );
     let mut t = table();
@@ -664,9 +465,9 @@ pub fn run_speed(a: SpeedArgs) -> anyhow::Result<()> {
         "memcpy GB/s",
         "(enc+dec)/memcpy",
     ]);
-    for r in &runs {
+    for r in &rep.runs {
         t.add_row(vec![
-            Cell::new(&r.codec),
+            Cell::new(r.codec),
             right(r.bits.to_string()),
             right(r.head_dim.to_string()),
             right(r.threads.to_string()),
@@ -680,9 +481,9 @@ pub fn run_speed(a: SpeedArgs) -> anyhow::Result<()> {
             right(format!("{:.1}x", r.encode_decode_vs_memcpy)),
         ]);
     }
-    println!("{t}");
-    if !skipped.is_empty() {
-        println!("skipped: {}", skipped.join("; "));
+    let _ = writeln!(s, "{t}");
+    if !rep.skipped.is_empty() {
+        let _ = writeln!(s, "skipped: {}", rep.skipped.join("; "));
     }
-    Ok(())
+    s
 }
