@@ -292,6 +292,7 @@ fn redact(v: &mut Value, key: &str) {
         Value::Number(_) => {
             // Only what the command line fixes; table sizes come from the model registry.
             let keep = [
+                "schema_version",
                 "slice_bytes",
                 "tokens",
                 "num_tokens",

@@ -43,6 +43,9 @@ pub enum ProfileError {
     BadBudget(String),
     #[error("{0}")]
     Invalid(String),
+    /// The progress callback asked to stop; nothing partial was left behind.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl ProfileError {

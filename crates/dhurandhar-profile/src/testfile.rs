@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::error::ProfileError;
 use crate::rng::Rng;
+use crate::ProgressFn;
 
 /// Seed of the file contents (the contents only need to be incompressible, not secret).
 const FILE_SEED: u64 = 42;
@@ -50,11 +51,12 @@ pub enum FileOutcome {
 
 /// Make sure `path` is a dense file of exactly `len` random bytes; reuse it if it already is.
 ///
-/// `progress(done, total)` is called after every chunk written.
+/// `progress(done, total)` is called after every chunk written; a `Break` from it stops
+/// with [`ProfileError::Cancelled`] and removes the partial file.
 pub fn ensure_test_file(
     path: &Path,
     len: u64,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut ProgressFn,
 ) -> Result<FileOutcome, ProfileError> {
     if len == 0 {
         return Err(ProfileError::Invalid("test file length must be > 0".into()));
@@ -107,7 +109,10 @@ pub fn ensure_test_file(
             return Err(write_error(&dir, path, len, e));
         }
         done += n as u64;
-        progress(done, len);
+        if progress(done, len).is_break() {
+            // `tmp` is deleted on drop.
+            return Err(ProfileError::Cancelled);
+        }
     }
     tmp.as_file()
         .sync_all()
@@ -160,6 +165,7 @@ mod tests {
         let mut cb = |d: u64, t: u64| {
             assert!(d <= t);
             calls += 1;
+            std::ops::ControlFlow::Continue(())
         };
         assert_eq!(
             ensure_test_file(&p, 3 << 20, &mut cb).unwrap(),
@@ -171,11 +177,11 @@ mod tests {
         let zeros = first.iter().filter(|&&b| b == 0).count();
         assert!(zeros < first.len() / 128, "{zeros} zero bytes");
         assert_eq!(
-            ensure_test_file(&p, 3 << 20, &mut |_, _| {}).unwrap(),
+            ensure_test_file(&p, 3 << 20, &mut crate::no_progress).unwrap(),
             FileOutcome::Reused
         );
         assert_eq!(
-            ensure_test_file(&p, 1 << 20, &mut |_, _| {}).unwrap(),
+            ensure_test_file(&p, 1 << 20, &mut crate::no_progress).unwrap(),
             FileOutcome::Created
         );
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 20);
@@ -196,7 +202,7 @@ mod tests {
         f.set_len(2 << 20).unwrap();
         drop(f);
         assert_eq!(
-            ensure_test_file(&p, 2 << 20, &mut |_, _| {}).unwrap(),
+            ensure_test_file(&p, 2 << 20, &mut crate::no_progress).unwrap(),
             FileOutcome::Created
         );
     }
@@ -205,7 +211,7 @@ mod tests {
     fn impossible_size_is_no_space_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("huge.bin");
-        let err = ensure_test_file(&p, u64::MAX / 4, &mut |_, _| {}).unwrap_err();
+        let err = ensure_test_file(&p, u64::MAX / 4, &mut crate::no_progress).unwrap_err();
         assert!(matches!(err, ProfileError::NoSpace { .. }), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
@@ -217,7 +223,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        let err = ensure_test_file(&file.join("t.bin"), 1 << 20, &mut |_, _| {}).unwrap_err();
+        let err =
+            ensure_test_file(&file.join("t.bin"), 1 << 20, &mut crate::no_progress).unwrap_err();
         assert!(
             matches!(err, ProfileError::CacheDirNotWritable { .. }),
             "{err}"
