@@ -19,6 +19,9 @@ pub enum ProfileError {
         need_mib: f64,
         avail_mib: f64,
     },
+    /// A file that cannot be written safely (a directory or FIFO in the way).
+    #[error(transparent)]
+    File(#[from] dhurandhar_io::IoError),
     #[error("{dir}: cache directory is not writable: {source}")]
     CacheDirNotWritable {
         dir: PathBuf,

@@ -1,11 +1,13 @@
 //! The synthetic table file: dense random bytes (a sparse or zero file would be served from
-//! the zero page or compressed away and measure nothing), written under a temporary name and
-//! renamed, so an interrupted or failed write never leaves a partial file that a later run
-//! would mistake for a valid one.
+//! the zero page or compressed away and measure nothing), written through
+//! [`dhurandhar_io::AtomicFile`], so an interrupted, failed or cancelled write never leaves a
+//! partial file that a later run would mistake for a valid one (and a killed writer's
+//! temporary is removed by the next run).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use dhurandhar_io::{AtomicFile, IoError};
 use serde::Serialize;
 
 use crate::error::ProfileError;
@@ -83,21 +85,13 @@ pub fn ensure_test_file(
             return Err(no_space(&dir, len, avail));
         }
     }
-    let mut builder = tempfile::Builder::new();
-    // A finished output is an ordinary file (0o666 minus umask), not tempfile's 0o600.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let mut tmp = builder
-        .prefix(".mmap_profile.")
-        .suffix(".partial")
-        .tempfile_in(&dir)
-        .map_err(|e| ProfileError::CacheDirNotWritable {
+    let mut tmp = AtomicFile::create(path).map_err(|e| match e {
+        IoError::Os { source, .. } => ProfileError::CacheDirNotWritable {
             dir: dir.clone(),
-            source: e,
-        })?;
+            source,
+        },
+        e => ProfileError::File(e),
+    })?;
     let mut rng = Rng::new(FILE_SEED);
     let mut buf = vec![0u8; CHUNK.min(len as usize)];
     let mut done = 0u64;
@@ -105,20 +99,18 @@ pub fn ensure_test_file(
         let n = (len - done).min(buf.len() as u64) as usize;
         rng.fill(&mut buf[..n]);
         if let Err(e) = tmp.write_all(&buf[..n]) {
-            // `tmp` is deleted on drop, so nothing partial remains.
+            // `tmp` is removed on drop, so nothing partial remains.
             return Err(write_error(&dir, path, len, e));
         }
         done += n as u64;
         if progress(done, len).is_break() {
-            // `tmp` is deleted on drop.
             return Err(ProfileError::Cancelled);
         }
     }
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| write_error(&dir, path, len, e))?;
-    tmp.persist(path)
-        .map_err(|e| ProfileError::io(path, e.error))?;
+    tmp.commit().map_err(|e| match e {
+        IoError::Os { source, .. } => write_error(&dir, path, len, source),
+        e => ProfileError::File(e),
+    })?;
     Ok(FileOutcome::Created)
 }
 
@@ -214,6 +206,38 @@ mod tests {
         let err = ensure_test_file(&p, u64::MAX / 4, &mut crate::no_progress).unwrap_err();
         assert!(matches!(err, ProfileError::NoSpace { .. }), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn cancelled_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.bin");
+        let err = ensure_test_file(&p, 20 << 20, &mut |d, _| {
+            if d >= CHUNK as u64 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(err, ProfileError::Cancelled), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_in_the_way_is_refused_not_replaced() {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fifo.bin");
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = ensure_test_file(&p, 1 << 20, &mut crate::no_progress).unwrap_err();
+        assert!(matches!(err, ProfileError::File(_)), "{err}");
+        assert!(std::fs::symlink_metadata(&p).unwrap().file_type().is_fifo());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[cfg(unix)]
