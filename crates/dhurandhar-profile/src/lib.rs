@@ -23,7 +23,7 @@
 mod error;
 mod geometry;
 mod histogram;
-mod memory;
+pub mod memory;
 mod probe;
 mod profile;
 mod rng;
@@ -35,10 +35,12 @@ pub use error::ProfileError;
 pub use geometry::{default_slices, TableGeometry, TableKind, MAX_SCALE, MIN_TEST_FILE_BYTES};
 pub use histogram::Histogram;
 pub use memory::{
-    evaluate_budget, Budget, BudgetVerdict, GateVerdict, MemorySnapshot, BUDGET_PRESETS,
+    evaluate_budget, peak_rss_bytes, reset_peak_rss, Budget, BudgetVerdict, GateVerdict,
+    MemorySnapshot, BUDGET_PRESETS,
 };
 pub use probe::MemoryProbe;
 pub use profile::{Advice, Eviction, Mode, Pattern, PatternResult, Profiler, RunOptions};
+pub use sys::cpu_seconds;
 pub use testfile::{default_cache_dir, ensure_test_file, FileOutcome, DEFAULT_FILE_NAME};
 pub use verdict::{evaluate_throughput, ThroughputVerdict, DEFAULT_WARN_MARGIN, HOST_CAVEAT};
 
