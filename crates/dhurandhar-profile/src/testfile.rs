@@ -205,6 +205,11 @@ mod tests {
         let p = dir.path().join("huge.bin");
         let err = ensure_test_file(&p, u64::MAX / 4, &mut crate::no_progress).unwrap_err();
         assert!(matches!(err, ProfileError::NoSpace { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("cache directory") && !msg.contains("--"),
+            "{msg}"
+        );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

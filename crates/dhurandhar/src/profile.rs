@@ -198,7 +198,7 @@ pub struct MemoryReport {
     pub probe: Option<MemoryProbe>,
 }
 
-/// The result of an mmap profile; the `--json` document.
+/// The result of an mmap profile; the JSON document every front end prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProfileReport {
     pub schema_version: u32,
