@@ -292,6 +292,7 @@ fn redact(v: &mut Value, key: &str) {
         Value::Number(_) => {
             // Only what the command line fixes; table sizes come from the model registry.
             let keep = [
+                "schema_version",
                 "slice_bytes",
                 "tokens",
                 "num_tokens",
@@ -446,4 +447,29 @@ fn raw_region_of_a_file() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("does not divide"));
+}
+
+#[test]
+fn output_to_a_closed_pipe_is_not_a_panic() {
+    // `dhurandhar mmap-profile ... | head -c 10`: the reader is gone before anything is
+    // written, so every write fails with EPIPE.
+    let dir = tmp();
+    for json in [false, true] {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_dhurandhar"));
+        c.arg("mmap-profile").arg("--cache-dir").arg(dir.path());
+        c.args(["--scale", "0.001", "--num-tokens", "20", "--warm-only"]);
+        if json {
+            c.arg("--json");
+        }
+        let mut child = c
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "json={json}: {err}");
+        assert!(out.status.success(), "json={json}: {:?} {err}", out.status);
+    }
 }

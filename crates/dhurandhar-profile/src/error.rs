@@ -1,7 +1,8 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong while preparing or running a profile. Each variant names the
-/// file or value at fault so the CLI can print it unchanged.
+/// file or value at fault so a front end can print it unchanged; options are named in words,
+/// never by a front end's flag spelling.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("{path}: {source}")]
@@ -12,13 +13,16 @@ pub enum ProfileError {
     },
     #[error(
         "{dir}: not enough free space for a {need_mib:.1} MiB test file ({avail_mib:.1} MiB available); \
-         lower --scale or pick another --cache-dir"
+         lower the scale or pick another cache directory"
     )]
     NoSpace {
         dir: PathBuf,
         need_mib: f64,
         avail_mib: f64,
     },
+    /// A file that cannot be written safely (a directory or FIFO in the way).
+    #[error(transparent)]
+    File(#[from] dhurandhar_io::IoError),
     #[error("{dir}: cache directory is not writable: {source}")]
     CacheDirNotWritable {
         dir: PathBuf,
@@ -43,6 +47,9 @@ pub enum ProfileError {
     BadBudget(String),
     #[error("{0}")]
     Invalid(String),
+    /// The progress callback asked to stop; nothing partial was left behind.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl ProfileError {

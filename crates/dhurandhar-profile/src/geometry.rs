@@ -5,8 +5,9 @@ use serde::Serialize;
 
 use crate::error::ProfileError;
 
-/// Largest accepted `--scale`: beyond a few times the real table the file only measures disk
-/// capacity, and a typo such as `--scale 100` should not try to write 96 GiB.
+/// Largest accepted scale of a synthetic file: beyond a few times the real table the file
+/// only measures disk capacity, and a typo such as a scale of 100 should not try to write
+/// 96 GiB.
 pub const MAX_SCALE: f64 = 8.0;
 
 /// A synthetic test file is never smaller than this, so that even a tiny scale spans many pages
@@ -111,6 +112,16 @@ impl TableGeometry {
     }
 }
 
+/// Pieces a row of `row_bytes` is split into for `random_scatter` when the caller does not
+/// say: the largest k <= 16 dividing the row with pieces of at least 16 bytes (1 if none),
+/// so scattered reads stay realistic for a real tensor whose layer structure is unknown.
+pub fn default_slices(row_bytes: u64) -> u32 {
+    (1..=16u32)
+        .rev()
+        .find(|&k| row_bytes.is_multiple_of(k as u64) && row_bytes / k as u64 >= 16)
+        .unwrap_or(1)
+}
+
 /// Bytes holding `elements` values of `bits` bits, rounded up to a whole byte.
 fn packed_bytes(elements: u64, bits: u32) -> Result<u64, ProfileError> {
     if bits == 0 || bits > 32 {
@@ -172,6 +183,15 @@ mod tests {
         let g = TableGeometry::token_embedding(49_152, 576, 16).unwrap();
         assert_eq!((g.slices, g.slice_bytes), (1, 1152));
         assert!(TableGeometry::token_embedding(10, 10, 0).is_err());
+    }
+
+    #[test]
+    fn default_slices_divide_the_row() {
+        assert_eq!(default_slices(612), 12);
+        assert_eq!(default_slices(4096), 16);
+        assert_eq!(default_slices(360), 15);
+        assert_eq!(default_slices(17), 1);
+        assert_eq!(default_slices(8), 1);
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! File-backed resident pages of a read-only mapping are reclaimable: under pressure the
 //! kernel drops them and the next access re-reads flash. Anonymous (and locked) memory is
 //! not. So a budget is judged on both the whole-process peak and the anonymous part.
+//!
+//! This is the workspace's one RSS probe: the engine's benchmark and `generate` call
+//! [`peak_rss_bytes`] too.
 
 use serde::Serialize;
 
@@ -87,6 +90,18 @@ impl MemorySnapshot {
         self.rss_anon_bytes
             .map(|a| a + self.rss_shmem_bytes.unwrap_or(0) + self.locked_bytes.unwrap_or(0))
     }
+}
+
+/// Peak resident set of this process in bytes (VmHWM on Linux/Android, ru_maxrss
+/// elsewhere), or `None` where the OS does not say.
+pub fn peak_rss_bytes() -> Option<u64> {
+    MemorySnapshot::current().peak_rss_bytes
+}
+
+/// Reset the peak mark so a later [`peak_rss_bytes`] covers only what follows (Linux
+/// >= 4.0); false where unsupported.
+pub fn reset_peak_rss() -> bool {
+    crate::sys::reset_peak_rss()
 }
 
 /// "  1234 kB" -> 1234 * 1024.
@@ -270,6 +285,19 @@ Threads:\t1\n";
         let m = MemorySnapshot::current();
         assert!(m.peak_rss_bytes.unwrap() >= m.rss_bytes.unwrap());
         assert!(m.rss_anon_bytes.unwrap() > 0);
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn peak_covers_a_fresh_allocation() {
+        let v = vec![1u8; 64 << 20];
+        let p = std::hint::black_box(&v)
+            .iter()
+            .step_by(4096)
+            .map(|&b| b as u64)
+            .sum::<u64>();
+        assert_eq!(p, (64 << 20) / 4096);
+        assert!(peak_rss_bytes().unwrap() >= 64 << 20);
     }
 
     #[test]

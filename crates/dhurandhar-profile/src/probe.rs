@@ -1,4 +1,4 @@
-//! `--measure-memory`: RSS while decoding, optionally with an anonymous placeholder standing
+//! The memory probe: RSS while decoding, optionally with an anonymous placeholder standing
 //! in for the part of the model that must stay resident (decoder weights, KV cache).
 
 use serde::Serialize;
@@ -8,6 +8,7 @@ use crate::memory::MemorySnapshot;
 use crate::profile::Profiler;
 use crate::rng::Rng;
 use crate::sys;
+use crate::ProgressFn;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MemoryProbe {
@@ -33,7 +34,8 @@ impl Profiler {
     /// Decode `tokens` random rows with the table mapped (MADV_RANDOM), sampling RSS every
     /// `sample_every` tokens, while `placeholder_bytes` of touched anonymous memory is held.
     /// With `cold`, the table is evicted first so the reading shows what decoding pulls in,
-    /// not what earlier runs left cached.
+    /// not what earlier runs left cached. `progress(done, tokens)` is called at every
+    /// sample; a `Break` ends the probe with [`ProfileError::Cancelled`].
     pub fn memory_probe(
         &self,
         tokens: u64,
@@ -41,6 +43,7 @@ impl Profiler {
         placeholder_bytes: u64,
         seed: u64,
         cold: bool,
+        progress: &mut ProgressFn,
     ) -> Result<MemoryProbe, ProfileError> {
         let started_cold = cold
             && self.evict()? == sys::EvictSupport::Fadvise
@@ -84,6 +87,9 @@ impl Profiler {
                     if let Some((res, _)) = sys::resident_pages(map.as_ptr(), map.len()) {
                         table_max = Some(table_max.unwrap_or(0).max(res * page));
                     }
+                }
+                if progress(i + 1, tokens).is_break() {
+                    return Err(ProfileError::Cancelled);
                 }
             }
         }

@@ -12,6 +12,7 @@ use crate::geometry::TableGeometry;
 use crate::histogram::Histogram;
 use crate::rng::Rng;
 use crate::sys;
+use crate::ProgressFn;
 
 /// How a decode step touches the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -296,17 +297,21 @@ impl Profiler {
         Ok(())
     }
 
-    /// Run one pattern in one mode. `progress(done, total)` is called every few hundred
-    /// timed tokens, outside the per-token timing.
+    /// Run one pattern in one mode. `progress(done, total)` is called before the run's
+    /// preparation and every few hundred timed tokens, outside the per-token timing; a
+    /// `Break` from it ends the run with [`ProfileError::Cancelled`].
     pub fn run(
         &self,
         pattern: Pattern,
         mode: Mode,
         opts: &RunOptions,
-        progress: &mut dyn FnMut(u64, u64),
+        progress: &mut ProgressFn,
     ) -> Result<PatternResult, ProfileError> {
         if opts.num_tokens == 0 {
             return Err(ProfileError::Invalid("number of tokens must be > 0".into()));
+        }
+        if progress(0, opts.num_tokens).is_break() {
+            return Err(ProfileError::Cancelled);
         }
         let advice = opts.advice.resolve(pattern);
         let g = &self.geometry;
@@ -400,14 +405,15 @@ impl Profiler {
             let s = Instant::now();
             acc ^= touch(&map, &offsets, g.slice_bytes as usize);
             hist.record(s.elapsed().as_nanos() as u64);
-            if i % 256 == 255 {
-                progress(i + 1, opts.num_tokens);
+            if i % 256 == 255 && progress(i + 1, opts.num_tokens).is_break() {
+                return Err(ProfileError::Cancelled);
             }
         }
         let elapsed = t0.elapsed().as_secs_f64();
         let (maj1, min1) = sys::faults();
         std::hint::black_box(acc);
-        progress(opts.num_tokens, opts.num_tokens);
+        // The last report cannot cancel: the measurement is complete.
+        let _ = progress(opts.num_tokens, opts.num_tokens);
 
         res.resident_fraction_after = if self.verifiable {
             sys::resident_fraction(map.as_ptr(), map.len())

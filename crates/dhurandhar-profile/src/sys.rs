@@ -162,38 +162,51 @@ pub fn reset_peak_rss() -> bool {
     false
 }
 
+/// This process's resource usage, if getrusage works here.
+#[cfg(unix)]
+fn rusage() -> Option<libc::rusage> {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0 {
+        // SAFETY: getrusage succeeded, so it filled the struct.
+        return Some(unsafe { ru.assume_init() });
+    }
+    None
+}
+
 /// Cumulative (major, minor) page faults of this process.
 pub fn faults() -> (u64, u64) {
     #[cfg(unix)]
-    {
-        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-        // SAFETY: valid out-pointer.
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0 {
-            // SAFETY: getrusage succeeded.
-            let ru = unsafe { ru.assume_init() };
-            return (ru.ru_majflt as u64, ru.ru_minflt as u64);
-        }
+    if let Some(ru) = rusage() {
+        return (ru.ru_majflt as u64, ru.ru_minflt as u64);
     }
     (0, 0)
+}
+
+/// User + system CPU seconds of this process so far (all threads): with wall time this
+/// tells how fast code would run on a machine not shared with other work.
+pub fn cpu_seconds() -> Option<f64> {
+    #[cfg(unix)]
+    if let Some(ru) = rusage() {
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        return Some(tv(ru.ru_utime) + tv(ru.ru_stime));
+    }
+    #[allow(unreachable_code)]
+    None
 }
 
 /// Peak resident set size from getrusage (bytes). Linux/Android report KiB, macOS bytes.
 pub fn ru_maxrss_bytes() -> Option<u64> {
     #[cfg(unix)]
-    {
-        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-        // SAFETY: valid out-pointer.
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0 {
-            // SAFETY: getrusage succeeded.
-            let ru = unsafe { ru.assume_init() };
-            let v = ru.ru_maxrss.max(0) as u64;
-            return Some(if cfg!(target_vendor = "apple") {
-                v
-            } else {
-                v * 1024
-            });
-        }
+    if let Some(ru) = rusage() {
+        let v = ru.ru_maxrss.max(0) as u64;
+        return Some(if cfg!(target_vendor = "apple") {
+            v
+        } else {
+            v * 1024
+        });
     }
+    #[allow(unreachable_code)]
     None
 }
 
@@ -217,4 +230,21 @@ pub fn macos_resident_bytes() -> Option<u64> {
     }
     // SAFETY: the call filled the whole struct.
     Some(unsafe { info.assume_init() }.pti_resident_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn cpu_time_advances_with_work() {
+        let before = cpu_seconds().unwrap();
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        std::hint::black_box(x);
+        assert!(cpu_seconds().unwrap() > before);
+    }
 }

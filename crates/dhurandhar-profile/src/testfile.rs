@@ -1,15 +1,18 @@
 //! The synthetic table file: dense random bytes (a sparse or zero file would be served from
-//! the zero page or compressed away and measure nothing), written under a temporary name and
-//! renamed, so an interrupted or failed write never leaves a partial file that a later run
-//! would mistake for a valid one.
+//! the zero page or compressed away and measure nothing), written through
+//! [`dhurandhar_io::AtomicFile`], so an interrupted, failed or cancelled write never leaves a
+//! partial file that a later run would mistake for a valid one (and a killed writer's
+//! temporary is removed by the next run).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use dhurandhar_io::{AtomicFile, IoError};
 use serde::Serialize;
 
 use crate::error::ProfileError;
 use crate::rng::Rng;
+use crate::ProgressFn;
 
 /// Seed of the file contents (the contents only need to be incompressible, not secret).
 const FILE_SEED: u64 = 42;
@@ -50,11 +53,12 @@ pub enum FileOutcome {
 
 /// Make sure `path` is a dense file of exactly `len` random bytes; reuse it if it already is.
 ///
-/// `progress(done, total)` is called after every chunk written.
+/// `progress(done, total)` is called after every chunk written; a `Break` from it stops
+/// with [`ProfileError::Cancelled`] and removes the partial file.
 pub fn ensure_test_file(
     path: &Path,
     len: u64,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut ProgressFn,
 ) -> Result<FileOutcome, ProfileError> {
     if len == 0 {
         return Err(ProfileError::Invalid("test file length must be > 0".into()));
@@ -81,21 +85,13 @@ pub fn ensure_test_file(
             return Err(no_space(&dir, len, avail));
         }
     }
-    let mut builder = tempfile::Builder::new();
-    // A finished output is an ordinary file (0o666 minus umask), not tempfile's 0o600.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let mut tmp = builder
-        .prefix(".mmap_profile.")
-        .suffix(".partial")
-        .tempfile_in(&dir)
-        .map_err(|e| ProfileError::CacheDirNotWritable {
+    let mut tmp = AtomicFile::create(path).map_err(|e| match e {
+        IoError::Os { source, .. } => ProfileError::CacheDirNotWritable {
             dir: dir.clone(),
-            source: e,
-        })?;
+            source,
+        },
+        e => ProfileError::File(e),
+    })?;
     let mut rng = Rng::new(FILE_SEED);
     let mut buf = vec![0u8; CHUNK.min(len as usize)];
     let mut done = 0u64;
@@ -103,17 +99,18 @@ pub fn ensure_test_file(
         let n = (len - done).min(buf.len() as u64) as usize;
         rng.fill(&mut buf[..n]);
         if let Err(e) = tmp.write_all(&buf[..n]) {
-            // `tmp` is deleted on drop, so nothing partial remains.
+            // `tmp` is removed on drop, so nothing partial remains.
             return Err(write_error(&dir, path, len, e));
         }
         done += n as u64;
-        progress(done, len);
+        if progress(done, len).is_break() {
+            return Err(ProfileError::Cancelled);
+        }
     }
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| write_error(&dir, path, len, e))?;
-    tmp.persist(path)
-        .map_err(|e| ProfileError::io(path, e.error))?;
+    tmp.commit().map_err(|e| match e {
+        IoError::Os { source, .. } => write_error(&dir, path, len, source),
+        e => ProfileError::File(e),
+    })?;
     Ok(FileOutcome::Created)
 }
 
@@ -160,6 +157,7 @@ mod tests {
         let mut cb = |d: u64, t: u64| {
             assert!(d <= t);
             calls += 1;
+            std::ops::ControlFlow::Continue(())
         };
         assert_eq!(
             ensure_test_file(&p, 3 << 20, &mut cb).unwrap(),
@@ -171,11 +169,11 @@ mod tests {
         let zeros = first.iter().filter(|&&b| b == 0).count();
         assert!(zeros < first.len() / 128, "{zeros} zero bytes");
         assert_eq!(
-            ensure_test_file(&p, 3 << 20, &mut |_, _| {}).unwrap(),
+            ensure_test_file(&p, 3 << 20, &mut crate::no_progress).unwrap(),
             FileOutcome::Reused
         );
         assert_eq!(
-            ensure_test_file(&p, 1 << 20, &mut |_, _| {}).unwrap(),
+            ensure_test_file(&p, 1 << 20, &mut crate::no_progress).unwrap(),
             FileOutcome::Created
         );
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 20);
@@ -196,7 +194,7 @@ mod tests {
         f.set_len(2 << 20).unwrap();
         drop(f);
         assert_eq!(
-            ensure_test_file(&p, 2 << 20, &mut |_, _| {}).unwrap(),
+            ensure_test_file(&p, 2 << 20, &mut crate::no_progress).unwrap(),
             FileOutcome::Created
         );
     }
@@ -205,9 +203,46 @@ mod tests {
     fn impossible_size_is_no_space_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("huge.bin");
-        let err = ensure_test_file(&p, u64::MAX / 4, &mut |_, _| {}).unwrap_err();
+        let err = ensure_test_file(&p, u64::MAX / 4, &mut crate::no_progress).unwrap_err();
         assert!(matches!(err, ProfileError::NoSpace { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("cache directory") && !msg.contains("--"),
+            "{msg}"
+        );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn cancelled_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.bin");
+        let err = ensure_test_file(&p, 20 << 20, &mut |d, _| {
+            if d >= CHUNK as u64 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(err, ProfileError::Cancelled), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_in_the_way_is_refused_not_replaced() {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fifo.bin");
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = ensure_test_file(&p, 1 << 20, &mut crate::no_progress).unwrap_err();
+        assert!(matches!(err, ProfileError::File(_)), "{err}");
+        assert!(std::fs::symlink_metadata(&p).unwrap().file_type().is_fifo());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[cfg(unix)]
@@ -217,7 +252,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        let err = ensure_test_file(&file.join("t.bin"), 1 << 20, &mut |_, _| {}).unwrap_err();
+        let err =
+            ensure_test_file(&file.join("t.bin"), 1 << 20, &mut crate::no_progress).unwrap_err();
         assert!(
             matches!(err, ProfileError::CacheDirNotWritable { .. }),
             "{err}"

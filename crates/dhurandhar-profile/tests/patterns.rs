@@ -8,7 +8,7 @@ use dhurandhar_profile::*;
 fn table(dir: &Path, rows: u64) -> (std::path::PathBuf, TableGeometry) {
     let g = TableGeometry::per_layer_embedding(rows, 8, 256, 4).unwrap(); // 1 KiB rows
     let p = dir.join("t.bin");
-    ensure_test_file(&p, g.total_bytes(), &mut |_, _| {}).unwrap();
+    ensure_test_file(&p, g.total_bytes(), &mut no_progress).unwrap();
     (p, g)
 }
 
@@ -45,6 +45,7 @@ fn every_pattern_gives_sane_warm_numbers() {
             .run(pat, Mode::Warm, &opts, &mut |d, t| {
                 assert!(d >= last && d <= t);
                 last = d;
+                std::ops::ControlFlow::Continue(())
             })
             .unwrap();
         assert_eq!(last, 2000);
@@ -92,10 +93,10 @@ fn scatter_touches_more_pages_than_decode() {
         return;
     }
     let dec = prof
-        .run(Pattern::RandomDecode, Mode::Cold, &opts, &mut |_, _| {})
+        .run(Pattern::RandomDecode, Mode::Cold, &opts, &mut no_progress)
         .unwrap();
     let sca = prof
-        .run(Pattern::RandomScatter, Mode::Cold, &opts, &mut |_, _| {})
+        .run(Pattern::RandomScatter, Mode::Cold, &opts, &mut no_progress)
         .unwrap();
     let (d, s) = (
         dec.resident_fraction_after.unwrap(),
@@ -120,11 +121,11 @@ fn cold_is_verified_cold_and_warm_is_warm() {
         ..Default::default()
     };
     let warm = prof
-        .run(Pattern::RandomDecode, Mode::Warm, &opts, &mut |_, _| {})
+        .run(Pattern::RandomDecode, Mode::Warm, &opts, &mut no_progress)
         .unwrap();
     assert!(warm.resident_fraction_before.unwrap() > 0.99, "{warm:?}");
     let cold = prof
-        .run(Pattern::RandomDecode, Mode::Cold, &opts, &mut |_, _| {})
+        .run(Pattern::RandomDecode, Mode::Cold, &opts, &mut no_progress)
         .unwrap();
     if on_tmpfs(&p) {
         // tmpfs pages cannot be dropped: the profiler must say so and report no number.
@@ -181,7 +182,7 @@ fn unaligned_region_works_and_zero_tokens_is_an_error() {
                 num_tokens: 100,
                 ..Default::default()
             },
-            &mut |_, _| {},
+            &mut no_progress,
         )
         .unwrap();
     assert!(r.tokens_per_s.unwrap() > 0.0);
@@ -190,7 +191,7 @@ fn unaligned_region_works_and_zero_tokens_is_an_error() {
         ..Default::default()
     };
     assert!(prof
-        .run(Pattern::RandomDecode, Mode::Warm, &zero, &mut |_, _| {})
+        .run(Pattern::RandomDecode, Mode::Warm, &zero, &mut no_progress)
         .is_err());
 }
 
@@ -200,7 +201,9 @@ fn memory_probe_sees_the_placeholder() {
     let dir = tmp();
     let (p, g) = table(dir.path(), 4096);
     let prof = Profiler::open(&p, 0, g).unwrap();
-    let m = prof.memory_probe(500, 25, 32 << 20, 0, true).unwrap();
+    let m = prof
+        .memory_probe(500, 25, 32 << 20, 0, true, &mut no_progress)
+        .unwrap();
     assert_eq!(m.samples, 20);
     assert!(m.peak_reset);
     if !on_tmpfs(&p) {
@@ -214,5 +217,32 @@ fn memory_probe_sees_the_placeholder() {
     assert!(grew >= 30 << 20, "anon grew by {grew}");
     assert!(m.table_resident_bytes.unwrap() > 0);
     assert!(m.steady_rss_bytes.unwrap() <= m.peak_sampled_rss_bytes.unwrap());
-    assert!(prof.memory_probe(10, 5, u64::MAX / 2, 0, false).is_err());
+    assert!(prof
+        .memory_probe(10, 5, u64::MAX / 2, 0, false, &mut no_progress)
+        .is_err());
+}
+
+#[test]
+fn a_break_from_progress_cancels_the_run() {
+    let dir = tmp();
+    let (p, g) = table(dir.path(), 4096);
+    let prof = Profiler::open(&p, 0, g).unwrap();
+    let opts = RunOptions {
+        num_tokens: 10_000,
+        warmup_tokens: 0,
+        ..Default::default()
+    };
+    let mut seen = 0;
+    let err = prof
+        .run(Pattern::RandomDecode, Mode::Warm, &opts, &mut |d, _| {
+            seen = d;
+            if d >= 512 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(err, ProfileError::Cancelled), "{err}");
+    assert_eq!(seen, 512, "stopped at the first report past the limit");
 }
