@@ -22,7 +22,8 @@ mod params;
 mod plan;
 
 pub use assess::{
-    analyze, assess, mitigations, Analysis, DeviceAssessment, Mitigation, Mode, ModeEval, Summary,
+    analyze, assess, describe_changes, mitigations, summary_line, Analysis, Change,
+    DeviceAssessment, Mitigation, Mode, ModeEval, Summary,
 };
 pub use device::{budget_presets, builtin_device, builtin_devices, BudgetPreset, DeviceProfile};
 pub use error::PlanError;

@@ -210,7 +210,7 @@ impl MemoryPlan {
 /// Build the memory plan.
 ///
 /// With `weights` (exact per-component bytes from a checkpoint), weight components use
-/// those bytes and `--weight-format` does not apply to them; KV, activations, state and
+/// those bytes and the weight format does not apply to them; KV, activations, state and
 /// overhead are always computed.
 pub fn plan(
     arch: &ModelArchitecture,

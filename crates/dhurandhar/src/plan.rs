@@ -18,13 +18,15 @@ use dhurandhar_plan::{
 };
 use serde::Serialize;
 
-pub use dhurandhar_plan::PleLayout;
+pub use dhurandhar_plan::{describe_changes, summary_line, Change, PleLayout};
 
 use crate::model::{is_yaml_path, resolve_model, MAX_PROFILE_BYTES};
 use crate::{Error, Result};
 
 /// Version of the [`AnalyzeReport`] document; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: a mitigation's `change` is a list of typed [`Change`]s (was a flag string) and
+/// summary lines name options in words.
+pub const SCHEMA_VERSION: u32 = 2;
 /// The model planned when none is named.
 pub const DEFAULT_MODEL: &str = "gemma4-e2b";
 /// int4 with per-channel scales: the format of the LiteRT-LM checkpoints whose

@@ -3,7 +3,7 @@
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use dhurandhar::plan::{
-    self, AnalyzeOptions, AnalyzeReport, CustomDevice, PleLayout, WeightChoice,
+    self, AnalyzeOptions, AnalyzeReport, Change, CustomDevice, PleLayout, WeightChoice,
 };
 use dhurandhar::units::{human_bytes, signed_mib};
 
@@ -131,6 +131,22 @@ impl Args {
     }
 }
 
+/// A mitigation's changes as the flags that make them.
+fn flags(changes: &[Change]) -> String {
+    let v: Vec<String> = changes
+        .iter()
+        .map(|c| match c {
+            Change::ContextTokens(n) => format!("--context-tokens {n}"),
+            Change::PleHotTokens(n) => format!("--ple-hot-tokens {n}"),
+            Change::KvBits(b) => format!("--kv-bits {b}"),
+            Change::StripAudio => "--strip-audio".to_string(),
+            Change::StripVision => "--strip-vision".to_string(),
+            Change::WeightFormat(f) => format!("--weight-format {f}"),
+        })
+        .collect();
+    v.join(" ")
+}
+
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn tps(x: Option<f64>) -> String {
@@ -243,8 +259,8 @@ pub fn render(r: &AnalyzeReport) -> String {
         "\nGo / no-go (target {} tok/s):\n",
         r.devices.first().map_or(0.0, |d| d.target_decode_tps)
     ));
-    for l in &r.summary.lines {
-        s.push_str(&format!("  {l}\n"));
+    for x in &r.devices {
+        s.push_str(&format!("  {}\n", plan::summary_line(x, &flags)));
     }
     s
 }
