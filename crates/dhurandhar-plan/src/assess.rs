@@ -67,8 +67,10 @@ pub enum Change {
     ContextTokens(u64),
     /// Keep this many PLE rows hot in the page cache (mmap mode).
     PleHotTokens(u64),
-    /// Charge the KV cache at this many bits (the same codec, when one is named).
+    /// Charge the KV cache at a flat number of bits per value (no codec named).
     KvBits(f64),
+    /// Charge the KV cache at this codec's encoded bytes at `bits` bits.
+    KvCodec { codec: String, bits: u32 },
     /// Leave the audio encoder out.
     StripAudio,
     /// Leave the vision encoder out.
@@ -83,6 +85,7 @@ impl std::fmt::Display for Change {
             Change::ContextTokens(c) => write!(f, "context_tokens={c}"),
             Change::PleHotTokens(n) => write!(f, "ple_hot_tokens={n}"),
             Change::KvBits(b) => write!(f, "kv_bits={b}"),
+            Change::KvCodec { codec, bits } => write!(f, "kv_codec={codec} kv_bits={bits}"),
             Change::StripAudio => f.write_str("strip_audio"),
             Change::StripVision => f.write_str("strip_vision"),
             Change::WeightFormat(w) => write!(f, "weight_format={w}"),
@@ -445,14 +448,23 @@ pub fn mitigations(
             }
         }
     }
+    // Fewer KV bits: the same codec at a lower width it was costed at, or flat bits.
+    let kv_available = |kb: f64| opts.kv_codec.as_ref().is_none_or(|c| c.width(kb).is_some());
+    let kv_change = |kb: f64| match &opts.kv_codec {
+        None => Change::KvBits(kb),
+        Some(c) => Change::KvCodec {
+            codec: c.name.clone(),
+            bits: kb as u32,
+        },
+    };
     for kb in [8.0, 4.0, 3.0, 2.0] {
-        if kb < opts.kv_bits {
+        if kb < opts.kv_bits && kv_available(kb) {
             let o = PlanOptions {
                 kv_bits: kb,
                 ..opts.clone()
             };
             if let Some(a) = verdict_for(arch, weights, &o, device, target) {
-                out.push(mitigation(vec![Change::KvBits(kb)], a));
+                out.push(mitigation(vec![kv_change(kb)], a));
                 break;
             }
         }
@@ -503,9 +515,9 @@ pub fn mitigations(
             o.context_tokens = 4096;
             changes.push(Change::ContextTokens(4096));
         }
-        if o.kv_bits > 2.0 {
+        if o.kv_bits > 2.0 && kv_available(2.0) {
             o.kv_bits = 2.0;
-            changes.push(Change::KvBits(2.0));
+            changes.push(kv_change(2.0));
         }
         if !o.strip_audio && has_audio {
             o.strip_audio = true;

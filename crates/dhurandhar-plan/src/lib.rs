@@ -18,6 +18,7 @@ mod assess;
 mod device;
 mod error;
 mod format;
+mod kvcost;
 mod params;
 mod plan;
 
@@ -28,6 +29,7 @@ pub use assess::{
 pub use device::{budget_presets, builtin_device, builtin_devices, BudgetPreset, DeviceProfile};
 pub use error::PlanError;
 pub use format::{Grouping, WeightFormat};
+pub use kvcost::{KvCodecCost, KvCodecWidth, KvHeadCost, KvRoleCost};
 pub use params::{count_params, ParamCounts};
 pub use plan::{
     activation_elements_per_token, format_params, plan, Component, MemoryPlan, PerToken,

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             model: c.model,
             context_tokens: c.context_tokens,
             weights: WeightChoice::PlainBits(c.quant_bits),
-            kv_bits: c.kv_bits,
+            kv_bits: Some(c.kv_bits),
             strip_audio: !c.keep_audio,
             devices: c.device.into_iter().collect(),
             target_decode_tps: c.target_decode_tps,

@@ -37,14 +37,15 @@ pub struct Args {
     #[arg(long, short = 'q', allow_negative_numbers = true)]
     pub quant_bits: Option<f64>,
 
-    /// Bits per KV-cache element; fractional allowed (a codec's effective bits).
-    #[arg(
-        long,
-        short = 'k',
-        default_value_t = 4.0,
-        allow_negative_numbers = true
-    )]
-    pub kv_bits: f64,
+    /// KV codec charged at its encoded bytes (see `dhurandhar kv`). Default: turbo-mse
+    /// at 4 bits unless --kv-bits is given alone.
+    #[arg(long, value_name = "NAME")]
+    pub kv_codec: Option<String>,
+
+    /// The codec's bits per value; without --kv-codec, a flat what-if charge per value
+    /// (fractional allowed) that no codec stores.
+    #[arg(long, short = 'k', allow_negative_numbers = true)]
+    pub kv_bits: Option<f64>,
 
     /// Leave the audio encoder out (default).
     #[arg(long, overrides_with = "keep_audio")]
@@ -110,6 +111,7 @@ impl Args {
                 (None, Some(b)) => WeightChoice::PlainBits(b),
                 (None, None) => AnalyzeOptions::default().weights,
             },
+            kv_codec: self.kv_codec.clone(),
             kv_bits: self.kv_bits,
             strip_audio: !self.keep_audio,
             strip_vision: self.strip_vision,
@@ -139,6 +141,7 @@ fn flags(changes: &[Change]) -> String {
             Change::ContextTokens(n) => format!("--context-tokens {n}"),
             Change::PleHotTokens(n) => format!("--ple-hot-tokens {n}"),
             Change::KvBits(b) => format!("--kv-bits {b}"),
+            Change::KvCodec { codec, bits } => format!("--kv-codec {codec} --kv-bits {bits}"),
             Change::StripAudio => "--strip-audio".to_string(),
             Change::StripVision => "--strip-vision".to_string(),
             Change::WeightFormat(f) => format!("--weight-format {f}"),
@@ -185,10 +188,23 @@ pub fn render(r: &AnalyzeReport) -> String {
             r.weight_format.name, r.weight_format.bits_per_weight
         )
     };
+    let kv = match &r.kv.codec {
+        Some(c) => format!(
+            "KV {c} {}-bit ({:.4} bits/value)",
+            r.kv.bits, r.kv.bits_per_value
+        ),
+        None => format!("KV {} bits (what-if)", r.kv.bits),
+    };
     s.push_str(&format!(
-        "{} ({}) — context {} tokens — {} — KV {} bits — {}\n",
-        r.model.name, r.model_origin, r.context_tokens, weights, r.kv_bits, audio
+        "{} ({}) — context {} tokens — {} — {kv} — {audio}\n",
+        r.model.name, r.model_origin, r.context_tokens, weights
     ));
+    if r.kv.what_if {
+        s.push_str(&format!(
+            "note: KV is {}; name one with --kv-codec\n",
+            r.kv.note
+        ));
+    }
     let mut t = table();
     t.set_header(vec!["Component", "Size", "Notes"]);
     for c in &r.components {
