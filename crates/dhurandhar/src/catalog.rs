@@ -93,3 +93,35 @@ pub fn devices(extra: &[String]) -> Result<DevicesReport> {
         weight_formats,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_are_complete() {
+        assert_eq!(models().models.len(), registry::names().len());
+        let d = devices(&[]).unwrap();
+        assert_eq!(d.devices.len(), 5);
+        assert_eq!(d.budget_presets.len(), 4);
+        let int4 = d.weight_formats.iter().find(|f| f.name == "int4").unwrap();
+        assert_eq!(int4.bits_per_weight, 4.0 + 16.0 / LISTING_ROW as f64);
+    }
+
+    #[test]
+    fn extra_devices_are_validated_and_not_repeated() {
+        let d = devices(&["laptop_nvme".into(), "all".into()]).unwrap();
+        assert_eq!(d.devices.len(), 5);
+        let e = devices(&["tablet".into()]).unwrap_err().to_string();
+        assert!(e.contains("tablet_ufs3"), "{e}");
+    }
+
+    #[test]
+    fn model_yaml_round_trips_and_unknown_suggests() {
+        let y = model_yaml("llama-3.2-1b").unwrap();
+        let m = ModelArchitecture::from_yaml_str(&y, "llama.yaml").unwrap();
+        assert_eq!(m.name, "llama-3.2-1b");
+        let e = model_yaml("llama-3.2-1").unwrap_err().to_string();
+        assert!(e.starts_with("model:") && e.contains("llama-3.2-1b"), "{e}");
+    }
+}
