@@ -251,10 +251,44 @@ fn example_profiles_load() {
     assert_eq!(v["model"]["name"], "phi-3-mini-4k-instruct");
     assert_eq!(v["devices"][0]["slug"], "pixel_10_pro");
     assert_eq!(v["devices"][0]["ram_budget_bytes"], 3072u64 * 1024 * 1024);
+    let kv_bytes = |extra: &[&str]| {
+        let mut args = vec![
+            "analyze",
+            "-m",
+            hybrid.to_str().unwrap(),
+            "-d",
+            "laptop_nvme",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let v = json_of(&args);
+        v["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "kv_cache")
+            .unwrap()["bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    // 16 attention layers only: 16 x 32768 x (2*2*128) x 0.5 B at a flat 4 bits.
+    assert_eq!(kv_bytes(&["--kv-bits", "4"]), 134_217_728u64);
+    // The default codec, turbo-mse at 4 bits, stores 64 B of codes + a 2 B norm per
+    // 128-value vector: 16 x 32768 x (2*2) x 66 B.
+    assert_eq!(kv_bytes(&[]), 138_412_032u64);
+}
+
+#[test]
+fn kv_codec_is_charged_at_its_encoded_bytes() {
+    // The worked example, equal to `dhurandhar kv bench` for the same codec.
     let v = json_of(&[
         "analyze",
         "-m",
-        hybrid.to_str().unwrap(),
+        "qwen2.5-0.5b",
+        "--kv-codec",
+        "turbo-mse",
+        "--kv-bits",
+        "4",
         "-d",
         "laptop_nvme",
         "--json",
@@ -265,8 +299,31 @@ fn example_profiles_load() {
         .iter()
         .find(|c| c["name"] == "kv_cache")
         .unwrap();
-    // 16 attention layers only: 16 x 32768 x (2*2*128) x 0.5 B.
-    assert_eq!(kv["bytes"], 134_217_728u64);
+    assert_eq!(kv["bytes"], 106_954_752u64);
+    assert_eq!(v["kv"]["codec"], "turbo-mse");
+    assert_eq!(v["kv"]["bits_per_value"], 4.25);
+    assert_eq!(v["kv"]["what_if"], false);
+    let bench = json_of(&["kv", "bench", "-m", "qwen2.5-0.5b", "--json"]);
+    assert_eq!(bench["footprint"]["compressed_bytes"], kv["bytes"]);
+    // Plain --kv-bits is a what-if, and the text says so.
+    let text = stdout_of(&[
+        "analyze",
+        "-m",
+        "qwen2.5-0.5b",
+        "-k",
+        "3",
+        "-d",
+        "laptop_nvme",
+    ]);
+    assert!(text.contains("KV 3 bits (what-if)") && text.contains("note: KV is a what-if"));
+    fails_with(
+        &["analyze", "--kv-codec", "turbo-msx"],
+        &["unknown codec", "turbo-mse"],
+    );
+    fails_with(
+        &["analyze", "--kv-codec", "turbo-mse", "-k", "3.5"],
+        &["kv_bits", "whole bits"],
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Built-in model profiles.
 //!
 //! Each profile is a YAML file in `crates/dhurandhar-model/profiles/`, compiled in with
-//! `include_str!` and parsed through the same path as a user's `--model my.yaml`, so
+//! `include_str!` and parsed through the same path as a user's own YAML profile, so
 //! the built-ins exercise the loader and a user can copy one as a starting point.
 
 use crate::ModelArchitecture;

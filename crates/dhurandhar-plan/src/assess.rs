@@ -58,11 +58,52 @@ pub struct ModeEval {
     pub note: String,
 }
 
+/// One option changed from what was planned. Front ends spell it their own way (the
+/// CLI as a flag); [`Display`](std::fmt::Display) names the planner option.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "option", content = "value", rename_all = "snake_case")]
+pub enum Change {
+    /// Plan this many context tokens.
+    ContextTokens(u64),
+    /// Keep this many PLE rows hot in the page cache (mmap mode).
+    PleHotTokens(u64),
+    /// Charge the KV cache at a flat number of bits per value (no codec named).
+    KvBits(f64),
+    /// Charge the KV cache at this codec's encoded bytes at `bits` bits.
+    KvCodec { codec: String, bits: u32 },
+    /// Leave the audio encoder out.
+    StripAudio,
+    /// Leave the vision encoder out.
+    StripVision,
+    /// Store the weights in this format.
+    WeightFormat(String),
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::ContextTokens(c) => write!(f, "context_tokens={c}"),
+            Change::PleHotTokens(n) => write!(f, "ple_hot_tokens={n}"),
+            Change::KvBits(b) => write!(f, "kv_bits={b}"),
+            Change::KvCodec { codec, bits } => write!(f, "kv_codec={codec} kv_bits={bits}"),
+            Change::StripAudio => f.write_str("strip_audio"),
+            Change::StripVision => f.write_str("strip_vision"),
+            Change::WeightFormat(w) => write!(f, "weight_format={w}"),
+        }
+    }
+}
+
+/// Changes in words: `context_tokens=4096, strip_vision`.
+pub fn describe_changes(changes: &[Change]) -> String {
+    let v: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+    v.join(", ")
+}
+
 /// A change that would make an infeasible device work.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Mitigation {
-    /// The flag(s) to pass, e.g. `--context-tokens 8192`.
-    pub change: String,
+    /// The options to change together (one, or a combination when no single one works).
+    pub change: Vec<Change>,
     pub mode: Mode,
     pub headroom_bytes: i64,
     pub decode_tps_ceiling: Option<f64>,
@@ -321,7 +362,7 @@ pub struct Summary {
     pub go: Vec<String>,
     /// Devices that do not (slug).
     pub no_go: Vec<String>,
-    /// One sentence per device.
+    /// One sentence per device (changes named by their option, see [`Change`]).
     pub lines: Vec<String>,
 }
 
@@ -337,7 +378,7 @@ fn verdict_for(
     (a.mode != Mode::Infeasible).then_some(a)
 }
 
-fn mitigation(change: String, a: DeviceAssessment) -> Mitigation {
+fn mitigation(change: Vec<Change>, a: DeviceAssessment) -> Mitigation {
     Mitigation {
         change,
         mode: a.mode,
@@ -375,7 +416,7 @@ pub fn mitigations(
         }
         let c = if lo >= 1024 { lo / 256 * 256 } else { lo };
         if let Some(a) = try_ctx(c) {
-            out.push(mitigation(format!("--context-tokens {c}"), a));
+            out.push(mitigation(vec![Change::ContextTokens(c)], a));
         }
     }
     // Fewer PLE rows kept in the page cache: the ceiling already assumes every lookup is
@@ -403,18 +444,27 @@ pub fn mitigations(
                 }
             }
             if let Some(a) = try_hot(lo) {
-                out.push(mitigation(format!("--ple-hot-tokens {lo}"), a));
+                out.push(mitigation(vec![Change::PleHotTokens(lo)], a));
             }
         }
     }
+    // Fewer KV bits: the same codec at a lower width it was costed at, or flat bits.
+    let kv_available = |kb: f64| opts.kv_codec.as_ref().is_none_or(|c| c.width(kb).is_some());
+    let kv_change = |kb: f64| match &opts.kv_codec {
+        None => Change::KvBits(kb),
+        Some(c) => Change::KvCodec {
+            codec: c.name.clone(),
+            bits: kb as u32,
+        },
+    };
     for kb in [8.0, 4.0, 3.0, 2.0] {
-        if kb < opts.kv_bits {
+        if kb < opts.kv_bits && kv_available(kb) {
             let o = PlanOptions {
                 kv_bits: kb,
                 ..opts.clone()
             };
             if let Some(a) = verdict_for(arch, weights, &o, device, target) {
-                out.push(mitigation(format!("--kv-bits {kb}"), a));
+                out.push(mitigation(vec![kv_change(kb)], a));
                 break;
             }
         }
@@ -426,7 +476,7 @@ pub fn mitigations(
             ..opts.clone()
         };
         if let Some(a) = verdict_for(arch, weights, &o, device, target) {
-            out.push(mitigation("--strip-audio".into(), a));
+            out.push(mitigation(vec![Change::StripAudio], a));
         }
     }
     let has_vision = arch.vision_encoder_mb > 0.0 || arch.vision_encoder_params_b > 0.0;
@@ -436,7 +486,7 @@ pub fn mitigations(
             ..opts.clone()
         };
         if let Some(a) = verdict_for(arch, weights, &o, device, target) {
-            out.push(mitigation("--strip-vision".into(), a));
+            out.push(mitigation(vec![Change::StripVision], a));
         }
     }
     if weights.is_none() {
@@ -453,29 +503,29 @@ pub fn mitigations(
                 ..opts.clone()
             };
             if let Some(a) = verdict_for(arch, weights, &o, device, target) {
-                out.push(mitigation(format!("--weight-format {f}"), a));
+                out.push(mitigation(vec![Change::WeightFormat(f.to_string())], a));
                 break;
             }
         }
     }
     if out.is_empty() {
         let mut o = opts.clone();
-        let mut flags = Vec::new();
+        let mut changes = Vec::new();
         if o.context_tokens > 4096 {
             o.context_tokens = 4096;
-            flags.push("--context-tokens 4096".to_string());
+            changes.push(Change::ContextTokens(4096));
         }
-        if o.kv_bits > 2.0 {
+        if o.kv_bits > 2.0 && kv_available(2.0) {
             o.kv_bits = 2.0;
-            flags.push("--kv-bits 2".to_string());
+            changes.push(kv_change(2.0));
         }
         if !o.strip_audio && has_audio {
             o.strip_audio = true;
-            flags.push("--strip-audio".to_string());
+            changes.push(Change::StripAudio);
         }
         if !o.strip_vision && has_vision {
             o.strip_vision = true;
-            flags.push("--strip-vision".to_string());
+            changes.push(Change::StripVision);
         }
         if weights.is_none() {
             if let Ok(wf) = WeightFormat::parse("q2_k") {
@@ -483,17 +533,41 @@ pub fn mitigations(
                     < opts.weight_format.bits_per_weight(arch.hidden_size)
                 {
                     o.weight_format = wf;
-                    flags.push("--weight-format q2_k".to_string());
+                    changes.push(Change::WeightFormat("q2_k".to_string()));
                 }
             }
         }
-        if flags.len() > 1 {
+        if changes.len() > 1 {
             if let Some(a) = verdict_for(arch, weights, &o, device, target) {
-                out.push(mitigation(flags.join(" "), a));
+                out.push(mitigation(changes, a));
             }
         }
     }
     out
+}
+
+/// One device's go/no-go sentence; `changes` spells a mitigation's changes (in words
+/// for the report, as flags in the CLI).
+pub fn summary_line(a: &DeviceAssessment, changes: &dyn Fn(&[Change]) -> String) -> String {
+    if a.mode != Mode::Infeasible {
+        return format!(
+            "GO    {}: {} ({})",
+            a.slug,
+            a.mode.as_str(),
+            tps(a.decode_tps_ceiling)
+        );
+    }
+    let fix = if a.mitigations.is_empty() {
+        "nothing tried fits: a smaller model or a larger device is needed".to_string()
+    } else {
+        let list: Vec<String> = a
+            .mitigations
+            .iter()
+            .map(|m| format!("{} ({})", changes(&m.change), m.mode.as_str()))
+            .collect();
+        format!("would fit with {}", list.join(" or "))
+    };
+    format!("NO-GO {}: {}; {fix}", a.slug, a.notes.join("; "))
 }
 
 /// Plan `arch`, assess every device, add mitigations to the infeasible ones and write
@@ -526,28 +600,10 @@ pub fn analyze(
         if a.mode == Mode::Infeasible {
             a.mitigations = mitigations(arch, weights, opts, d, target_decode_tps);
             summary.no_go.push(a.slug.clone());
-            let fix = if a.mitigations.is_empty() {
-                "nothing tried fits: a smaller model or a larger device is needed".to_string()
-            } else {
-                let list: Vec<String> = a
-                    .mitigations
-                    .iter()
-                    .map(|m| format!("{} ({})", m.change, m.mode.as_str()))
-                    .collect();
-                format!("would fit with {}", list.join(" or "))
-            };
-            summary
-                .lines
-                .push(format!("NO-GO {}: {}; {fix}", a.slug, a.notes.join("; ")));
         } else {
             summary.go.push(a.slug.clone());
-            summary.lines.push(format!(
-                "GO    {}: {} ({})",
-                a.slug,
-                a.mode.as_str(),
-                tps(a.decode_tps_ceiling)
-            ));
         }
+        summary.lines.push(summary_line(&a, &describe_changes));
         out.push(a);
     }
     Ok(Analysis {

@@ -103,7 +103,7 @@ impl DeviceProfile {
         Ok(d)
     }
 
-    /// An ad-hoc device from command-line numbers.
+    /// An ad-hoc device from its two numbers.
     pub fn custom(ram_budget_mb: f64, flash_read_gbps: f64) -> Result<Self, PlanError> {
         let d = DeviceProfile {
             slug: "custom".into(),
@@ -111,7 +111,7 @@ impl DeviceProfile {
             ram_budget_mb,
             flash_read_gbps,
             supports_npu: false,
-            notes: "ad-hoc device from command-line flags".into(),
+            notes: "ad-hoc device given by its RAM budget and flash bandwidth".into(),
         };
         d.validate()?;
         Ok(d)

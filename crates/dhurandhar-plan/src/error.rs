@@ -9,7 +9,7 @@ pub enum PlanError {
         option: &'static str,
         reason: String,
     },
-    /// `--weight-format` names no known format.
+    /// The weight format names no known format.
     #[error("unknown weight format `{name}`{hint}")]
     UnknownFormat { name: String, hint: String },
     /// A device profile has a value the math cannot use.
@@ -19,7 +19,7 @@ pub enum PlanError {
         field: &'static str,
         reason: String,
     },
-    /// `--device` names no built-in device.
+    /// A device name is no built-in device.
     #[error("unknown device `{name}`{hint}")]
     UnknownDevice { name: String, hint: String },
     /// A YAML device profile could not be parsed (location in `message`).

@@ -71,7 +71,7 @@ impl WeightFormat {
         (params as f64 * self.bits_per_weight(row_width) / 8.0).ceil() as u64
     }
 
-    /// Plain `bits` per weight with no scale overhead: what `--quant-bits B` meant in the
+    /// Plain `bits` per weight with no scale overhead: what plain quant bits meant in the
     /// Python tool. Fractional values are allowed (an average over a mixed export).
     pub fn plain_bits(bits: f64) -> Result<Self, PlanError> {
         if !(bits.is_finite() && bits > 0.0 && bits <= 32.0) {

@@ -18,15 +18,18 @@ mod assess;
 mod device;
 mod error;
 mod format;
+mod kvcost;
 mod params;
 mod plan;
 
 pub use assess::{
-    analyze, assess, mitigations, Analysis, DeviceAssessment, Mitigation, Mode, ModeEval, Summary,
+    analyze, assess, describe_changes, mitigations, summary_line, Analysis, Change,
+    DeviceAssessment, Mitigation, Mode, ModeEval, Summary,
 };
 pub use device::{budget_presets, builtin_device, builtin_devices, BudgetPreset, DeviceProfile};
 pub use error::PlanError;
 pub use format::{Grouping, WeightFormat};
+pub use kvcost::{KvCodecCost, KvCodecWidth, KvHeadCost, KvRoleCost};
 pub use params::{count_params, ParamCounts};
 pub use plan::{
     activation_elements_per_token, format_params, plan, Component, MemoryPlan, PerToken,

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::error::PlanError;
 use crate::format::{fmt_bits, WeightFormat};
+use crate::kvcost::KvCodecCost;
 use crate::params::{count_params, ParamCounts};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -29,8 +30,11 @@ pub struct PlanOptions {
     /// Storage format of all quantized weights (decoder, experts, embeddings, PLE, encoders
     /// given as parameter counts).
     pub weight_format: WeightFormat,
-    /// Bits per KV element, fractional allowed (a codec's effective bits).
+    /// Bits per KV value: the bit width of `kv_codec`, or without a codec a flat charge
+    /// (fractional allowed) that no codec stores exactly: a what-if.
     pub kv_bits: f64,
+    /// The codec whose encoded bytes the KV cache is charged at.
+    pub kv_codec: Option<KvCodecCost>,
     /// Leave the audio encoder out.
     pub strip_audio: bool,
     /// Leave the vision encoder out.
@@ -55,6 +59,7 @@ impl Default for PlanOptions {
             context_tokens: 32768,
             weight_format: WeightFormat::parse("int4").expect("built-in format"),
             kv_bits: 4.0,
+            kv_codec: None,
             strip_audio: true,
             strip_vision: false,
             page_bytes: 4096,
@@ -87,6 +92,14 @@ impl PlanOptions {
                 "kv bits",
                 format!("must be in (0, 32], got {}", self.kv_bits),
             ));
+        }
+        if let Some(c) = &self.kv_codec {
+            if c.width(self.kv_bits).is_none() {
+                return Err(PlanError::option(
+                    "kv bits",
+                    format!("codec `{}` is not costed at {} bits", c.name, self.kv_bits),
+                ));
+            }
         }
         if !self.page_bytes.is_power_of_two() || !(512..=1 << 24).contains(&self.page_bytes) {
             return Err(PlanError::option(
@@ -178,6 +191,10 @@ pub struct MemoryPlan {
     /// Bits per weight including scales, at this model's hidden size.
     pub weight_bits_per_weight: f64,
     pub kv_bits: f64,
+    /// The codec the KV cache is charged at (`None`: flat `kv_bits`, a what-if).
+    pub kv_codec: Option<String>,
+    /// KV bytes × 8 / cached K and V values at this context.
+    pub kv_bits_per_value: f64,
     pub strip_audio: bool,
     pub strip_vision: bool,
     /// `checkpoint` when weight bytes are exact, `estimated` when computed from the
@@ -210,7 +227,7 @@ impl MemoryPlan {
 /// Build the memory plan.
 ///
 /// With `weights` (exact per-component bytes from a checkpoint), weight components use
-/// those bytes and `--weight-format` does not apply to them; KV, activations, state and
+/// those bytes and the weight format does not apply to them; KV, activations, state and
 /// overhead are always computed.
 pub fn plan(
     arch: &ModelArchitecture,
@@ -331,8 +348,45 @@ pub fn plan(
     }
 
     // --- KV cache and state ---
-    let kv = arch.kv_cache_bytes(ctx, opts.kv_bits);
     let layers = arch.layers();
+    let kv_values: u64 = layers
+        .iter()
+        .map(|l| l.kv_tokens(ctx) * l.kv_elements_per_token())
+        .sum();
+    let (kv, kv_bpv, kv_charge) = match &opts.kv_codec {
+        None => (
+            arch.kv_cache_bytes(ctx, opts.kv_bits),
+            opts.kv_bits,
+            format!("at {} bits/element", fmt_bits(opts.kv_bits)),
+        ),
+        Some(c) => {
+            let w = c
+                .width(opts.kv_bits)
+                .ok_or_else(|| PlanError::option("kv bits", "not costed for the codec"))?;
+            let bytes = w.cache_bytes(arch, ctx)?;
+            let bpv = if kv_values > 0 {
+                bytes as f64 * 8.0 / kv_values as f64
+            } else {
+                0.0
+            };
+            let rates: Vec<String> = w
+                .heads
+                .iter()
+                .map(|h| format!("head_dim {}: {}", h.head_dim, fmt_bits(h.bits_per_value())))
+                .collect();
+            let mut note = format!(
+                "as {} {}-bit, {} bits/value from its encoded bytes ({})",
+                c.name,
+                w.bits,
+                fmt_bits(bpv),
+                rates.join(", ")
+            );
+            if let Some(s) = &c.side_note {
+                note.push_str(&format!(", {s}"));
+            }
+            (bytes, bpv, note)
+        }
+    };
     let fresh = layers
         .iter()
         .filter(|l| l.kv == dhurandhar_model::KvSource::Fresh)
@@ -345,10 +399,7 @@ pub fn plan(
         .iter()
         .filter(|l| matches!(l.kv, dhurandhar_model::KvSource::SharedFrom(_)))
         .count();
-    let mut kv_note = format!(
-        "{fresh} layers own KV at {} bits/element",
-        fmt_bits(opts.kv_bits)
-    );
+    let mut kv_note = format!("{fresh} layers own KV {kv_charge}");
     if windowed > 0 {
         kv_note.push_str(&format!(
             "; {windowed} sliding capped at {} tokens",
@@ -570,6 +621,8 @@ pub fn plan(
         },
         weight_bits_per_weight: bpw,
         kv_bits: opts.kv_bits,
+        kv_codec: opts.kv_codec.as_ref().map(|c| c.name.clone()),
+        kv_bits_per_value: kv_bpv,
         strip_audio: opts.strip_audio,
         strip_vision: opts.strip_vision,
         weights_source: if exact { "checkpoint" } else { "estimated" },

@@ -1,1 +1,595 @@
-//! (being moved here from the CLI)
+//! Plan a model on devices: the peak memory breakdown at a context length and a verdict
+//! per device (resident / PLE mmap'd / weights streamed / infeasible) with a decode
+//! ceiling, plus the changes that would make an infeasible device work.
+//!
+//! ```
+//! use dhurandhar::plan::{analyze, AnalyzeOptions};
+//! let r = analyze(&AnalyzeOptions::default()).unwrap();
+//! assert_eq!(r.model.name, "gemma4-e2b");
+//! assert_eq!(r.devices.len(), 5);
+//! ```
+
+use std::path::Path;
+
+use dhurandhar_model::{ComponentBytes, ModelArchitecture};
+use dhurandhar_plan::{
+    builtin_device, builtin_devices, Component, DeviceAssessment, DeviceProfile, KvCodecCost,
+    KvCodecWidth, KvHeadCost, KvRoleCost, ParamCounts, PerToken, PlanOptions, PublishedCheck,
+    Summary, Totals, WeightFormat,
+};
+use serde::Serialize;
+
+pub use dhurandhar_plan::{describe_changes, summary_line, Change, PleLayout};
+
+use crate::model::{is_yaml_path, resolve_model, MAX_PROFILE_BYTES};
+use crate::{Error, Result};
+
+/// Version of the [`AnalyzeReport`] document; bumped on any incompatible change.
+/// 2: a mitigation's `change` is a list of typed [`Change`]s (was a flag string) and
+/// summary lines name options in words.
+pub const SCHEMA_VERSION: u32 = 2;
+/// The model planned when none is named.
+pub const DEFAULT_MODEL: &str = "gemma4-e2b";
+/// int4 with per-channel scales: the format of the LiteRT-LM checkpoints whose
+/// published sizes the plan is cross-checked against.
+pub const DEFAULT_WEIGHT_FORMAT: &str = "int4";
+/// The KV codec charged when neither a codec nor KV bits are given.
+pub const DEFAULT_KV_CODEC: &str = "turbo-mse";
+/// A codec's bit width when none is given (or its only width if it has no 4-bit mode).
+pub const DEFAULT_KV_CODEC_BITS: u32 = 4;
+/// KV widths mitigations try below the planned one.
+const KV_LADDER: [u32; 4] = [8, 4, 3, 2];
+
+/// How the weights are stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightChoice {
+    /// A named format with its real scale overhead (`q4_0`, `int4`, `int4-g128`, `bf16`, ...).
+    Format(String),
+    /// Plain bits per weight with no scale overhead (the Python tool's meaning).
+    PlainBits(f64),
+}
+
+/// An ad-hoc device given by its two numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CustomDevice {
+    /// RAM budget in MiB.
+    pub ram_mb: f64,
+    /// Sequential flash read bandwidth in GB/s.
+    pub flash_gbps: f64,
+}
+
+/// What to plan: the model, the context, how weights and KV are stored, and the devices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalyzeOptions {
+    /// Built-in name, YAML profile or checkpoint (see [`resolve_model`]).
+    pub model: String,
+    /// Tokens in the context (prompt + generated).
+    pub context_tokens: u64,
+    /// Weight storage; ignored for weight components when the model is a checkpoint.
+    pub weights: WeightChoice,
+    /// The KV codec whose encoded bytes are charged (`turbo-mse`, `q8_0`, ...). `None`
+    /// with `kv_bits` also `None` charges [`DEFAULT_KV_CODEC`].
+    pub kv_codec: Option<String>,
+    /// With a codec: its bit width (whole bits; default 4, or its only width). Without
+    /// one: a flat charge per value, fractional allowed: a what-if no codec stores.
+    pub kv_bits: Option<f64>,
+    /// Leave the audio encoder out.
+    pub strip_audio: bool,
+    /// Leave the vision encoder out.
+    pub strip_vision: bool,
+    /// Devices: built-in slugs, YAML device profiles, or `all` (every built-in). Empty
+    /// means every built-in unless `custom_device` is given.
+    pub devices: Vec<String>,
+    /// An ad-hoc device, planned after `devices`.
+    pub custom_device: Option<CustomDevice>,
+    /// Decode speed a flash-backed mode must reach to count as viable.
+    pub target_decode_tps: f64,
+    /// PLE rows kept hot in the page cache in mmap mode (`None`: every context token).
+    pub ple_hot_tokens: Option<u64>,
+    /// PLE table layout on flash.
+    pub ple_layout: PleLayout,
+    /// Flash page size in KiB (1..=16384).
+    pub page_kib: u64,
+    /// Prefill chunk in tokens (sizes the activation peak).
+    pub prefill_chunk: u64,
+    /// Runtime overhead in MiB instead of the profile's.
+    pub runtime_overhead_mb: Option<f64>,
+}
+
+impl Default for AnalyzeOptions {
+    fn default() -> Self {
+        AnalyzeOptions {
+            model: DEFAULT_MODEL.to_string(),
+            context_tokens: 32768,
+            weights: WeightChoice::Format(DEFAULT_WEIGHT_FORMAT.to_string()),
+            kv_codec: None,
+            kv_bits: None,
+            strip_audio: true,
+            strip_vision: false,
+            devices: Vec::new(),
+            custom_device: None,
+            target_decode_tps: 15.0,
+            ple_hot_tokens: None,
+            ple_layout: PleLayout::Row,
+            page_kib: 4,
+            prefill_chunk: 512,
+            runtime_overhead_mb: None,
+        }
+    }
+}
+
+/// `weight_format` in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct FormatReport {
+    pub name: String,
+    /// Bits per weight including scales at this model's hidden size.
+    pub bits_per_weight: f64,
+    pub description: String,
+    /// False when the weights came from a checkpoint (its own formats apply).
+    pub applied: bool,
+}
+
+/// How the KV cache was charged.
+#[derive(Debug, Clone, Serialize)]
+pub struct KvReport {
+    /// The codec whose encoded bytes are charged; `None` for a flat what-if.
+    pub codec: Option<String>,
+    /// The codec's bit width, or the flat bits.
+    pub bits: f64,
+    /// KV bytes × 8 / cached values at this context (side bytes and bf16 tails included).
+    pub bits_per_value: f64,
+    /// True when no codec was named: flat bits that no codec stores.
+    pub what_if: bool,
+    /// The charge in words.
+    pub note: String,
+}
+
+/// The plan of one model on the chosen devices: the `analyze --json` document.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalyzeReport {
+    pub schema_version: u32,
+    pub model: ModelArchitecture,
+    pub model_origin: String,
+    pub context_tokens: u64,
+    pub weight_format: FormatReport,
+    pub kv_bits: f64,
+    pub kv: KvReport,
+    pub strip_audio: bool,
+    pub strip_vision: bool,
+    /// `estimated` or `checkpoint`.
+    pub weights_source: &'static str,
+    pub checkpoint_weights: Option<ComponentBytes>,
+    pub components: Vec<Component>,
+    pub totals: Totals,
+    pub per_token: PerToken,
+    pub params: ParamCounts,
+    pub ple_hot_tokens: u64,
+    pub published: Vec<PublishedCheck>,
+    pub devices: Vec<DeviceAssessment>,
+    pub summary: Summary,
+    pub warnings: Vec<String>,
+}
+
+/// The planner's options from `opts` for `arch` (validated where the planner does not).
+pub fn plan_options(opts: &AnalyzeOptions, arch: &ModelArchitecture) -> Result<PlanOptions> {
+    let weight_format = match &opts.weights {
+        WeightChoice::Format(f) => WeightFormat::parse(f)?,
+        WeightChoice::PlainBits(b) => WeightFormat::plain_bits(*b)?,
+    };
+    if opts.page_kib == 0 || opts.page_kib > 16384 {
+        return Err(Error::invalid(
+            "page_kib",
+            format!("must be in 1..=16384, got {}", opts.page_kib),
+        ));
+    }
+    let (kv_bits, kv_codec) = match (&opts.kv_codec, opts.kv_bits) {
+        (None, Some(bits)) => (bits, None),
+        (codec, bits) => {
+            let name = codec.as_deref().unwrap_or(DEFAULT_KV_CODEC);
+            let bits = match bits {
+                Some(b) if b.fract() != 0.0 || !(1.0..=32.0).contains(&b) => {
+                    return Err(Error::invalid(
+                        "kv_bits",
+                        format!("a codec stores whole bits per value (1..=8), got {b}"),
+                    ))
+                }
+                b => b.map(|b| b as u32),
+            };
+            let cost = kv_codec_cost(arch, name, bits)?;
+            (cost.widths[0].bits as f64, Some(cost))
+        }
+    };
+    Ok(PlanOptions {
+        context_tokens: opts.context_tokens,
+        weight_format,
+        kv_bits,
+        kv_codec,
+        strip_audio: opts.strip_audio,
+        strip_vision: opts.strip_vision,
+        page_bytes: opts.page_kib * 1024,
+        ple_hot_tokens: opts.ple_hot_tokens,
+        ple_layout: opts.ple_layout,
+        prefill_chunk_tokens: opts.prefill_chunk,
+        activation_bytes: 4,
+        runtime_overhead_mb: opts.runtime_overhead_mb,
+    })
+}
+
+/// What `name` stores for every head_dim of `arch`, at `bits` (or its default width)
+/// first, then at the lower widths mitigations may try. The one place that asks the KV
+/// crate about a codec by name. Per-head side bytes (SpectralQuant's calibration, fitted
+/// on the KV crate's synthetic low-rank samples as `kv bench` does) are charged once per
+/// head and so amortised over the tokens it holds.
+fn kv_codec_cost(arch: &ModelArchitecture, name: &str, bits: Option<u32>) -> Result<KvCodecCost> {
+    use dhurandhar_kv::{KvCodec, KvRole};
+    let supported = dhurandhar_kv::supported_bits(name).unwrap_or(&[]);
+    let bits = bits.unwrap_or(
+        if supported.contains(&DEFAULT_KV_CODEC_BITS) || supported.is_empty() {
+            DEFAULT_KV_CODEC_BITS
+        } else {
+            supported[supported.len() - 1]
+        },
+    );
+    let lower = KV_LADDER
+        .into_iter()
+        .filter(|&b| b < bits && supported.contains(&b));
+    let role = |c: &dyn KvCodec, r: KvRole| {
+        let g = c.token_group(r);
+        KvRoleCost {
+            token_group: g as u64,
+            group_bytes: c.encoded_len(r, g) as u64,
+            side_bytes: c.side_bytes(r) as u64,
+        }
+    };
+    let mut widths = Vec::new();
+    for b in std::iter::once(bits).chain(lower) {
+        let codecs = dhurandhar_kv::model::codecs_for(arch, name, b, dhurandhar_kv::DEFAULT_SEED)
+            .map_err(|e| Error::from(e).context("kv_codec"))?;
+        let heads = codecs
+            .iter()
+            .map(|(&head_dim, c)| KvHeadCost {
+                head_dim,
+                key: role(c.as_ref(), KvRole::Key),
+                value: role(c.as_ref(), KvRole::Value),
+            })
+            .collect();
+        widths.push(KvCodecWidth { bits: b, heads });
+    }
+    let side: Vec<String> = widths[0]
+        .heads
+        .iter()
+        .filter(|h| h.key.side_bytes + h.value.side_bytes > 0)
+        .map(|h| {
+            format!(
+                "{} B at head_dim {}",
+                h.key.side_bytes + h.value.side_bytes,
+                h.head_dim
+            )
+        })
+        .collect();
+    Ok(KvCodecCost {
+        name: name.to_string(),
+        widths,
+        side_note: (!side.is_empty()).then(|| {
+            format!(
+                "plus a calibration per KV head ({}) amortised over the tokens that head holds",
+                side.join(", ")
+            )
+        }),
+    })
+}
+
+/// Plan the model on every selected device.
+pub fn analyze(opts: &AnalyzeOptions) -> Result<AnalyzeReport> {
+    let model = resolve_model(&opts.model)?;
+    let plan_opts = plan_options(opts, &model.arch)?;
+    let devices = select_devices(&opts.devices, opts.custom_device)?;
+    let a = dhurandhar_plan::analyze(
+        &model.arch,
+        model.weights.as_ref(),
+        &plan_opts,
+        &devices,
+        opts.target_decode_tps,
+    )?;
+    let p = a.plan;
+    let kv = KvReport {
+        note: match &p.kv_codec {
+            Some(c) => format!(
+                "charged at the encoded bytes of {c} at {} bits: {:.4} bits/value at {} tokens",
+                p.kv_bits, p.kv_bits_per_value, p.context_tokens
+            ),
+            None => format!(
+                "a what-if: {} bits per value charged flat with no codec named; a real codec \
+                 also stores scales or norms",
+                p.kv_bits
+            ),
+        },
+        what_if: p.kv_codec.is_none(),
+        codec: p.kv_codec,
+        bits: p.kv_bits,
+        bits_per_value: p.kv_bits_per_value,
+    };
+    Ok(AnalyzeReport {
+        schema_version: SCHEMA_VERSION,
+        model_origin: model.origin,
+        context_tokens: p.context_tokens,
+        weight_format: FormatReport {
+            name: plan_opts.weight_format.name.clone(),
+            bits_per_weight: p.weight_bits_per_weight,
+            description: plan_opts.weight_format.description.clone(),
+            applied: model.weights.is_none(),
+        },
+        kv_bits: p.kv_bits,
+        kv,
+        strip_audio: p.strip_audio,
+        strip_vision: p.strip_vision,
+        weights_source: p.weights_source,
+        checkpoint_weights: model.weights,
+        model: model.arch,
+        components: p.components,
+        totals: p.totals,
+        per_token: p.per_token,
+        params: p.params,
+        ple_hot_tokens: p.ple_hot_tokens,
+        published: p.published,
+        devices: a.devices,
+        summary: a.summary,
+        warnings: p.warnings,
+    })
+}
+
+/// One device: a built-in slug (case-insensitive) or a YAML device profile (its file
+/// stem is the slug unless the profile names one).
+pub fn resolve_device(spec: &str) -> Result<DeviceProfile> {
+    let path = Path::new(spec);
+    if is_yaml_path(path) {
+        let text =
+            dhurandhar_io::read_to_string_bounded(path, MAX_PROFILE_BYTES, "a device profile")
+                .map_err(|e| Error::from(e).context("cannot read device profile"))?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("device");
+        return Ok(DeviceProfile::from_yaml_str(
+            &text,
+            &path.display().to_string(),
+            stem,
+        )?);
+    }
+    Ok(builtin_device(spec)?)
+}
+
+/// The devices `specs` name (`all` expands to every built-in), then the custom device;
+/// every built-in when that leaves none.
+pub fn select_devices(
+    specs: &[String],
+    custom: Option<CustomDevice>,
+) -> Result<Vec<DeviceProfile>> {
+    let mut out = Vec::new();
+    for s in specs {
+        if s.trim().eq_ignore_ascii_case("all") {
+            out.extend(builtin_devices());
+        } else {
+            out.push(resolve_device(s)?);
+        }
+    }
+    if let Some(c) = custom {
+        out.push(
+            DeviceProfile::custom(c.ram_mb, c.flash_gbps)
+                .map_err(|e| Error::from(e).context("invalid custom device"))?,
+        );
+    }
+    if out.is_empty() {
+        out = builtin_devices();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv_bytes(r: &AnalyzeReport) -> u64 {
+        r.components
+            .iter()
+            .find(|c| c.name == "kv_cache")
+            .map(|c| c.bytes)
+            .unwrap()
+    }
+
+    fn opts(model: &str, ctx: u64) -> AnalyzeOptions {
+        AnalyzeOptions {
+            model: model.into(),
+            context_tokens: ctx,
+            devices: vec!["laptop_nvme".into()],
+            ..AnalyzeOptions::default()
+        }
+    }
+
+    #[test]
+    fn default_charges_turbo_mse_4_like_kv_bench() {
+        // head_dim 64 at 4 bits: 32 B of codes + a 2 B norm per vector = 4.25 bits/value;
+        // 24 layers x 2 KV heads x (K + V) x 32768 tokens x 34 B.
+        let r = analyze(&opts("qwen2.5-0.5b", 32768)).unwrap();
+        assert_eq!(kv_bytes(&r), 106_954_752);
+        assert_eq!(kv_bytes(&r), 24 * 2 * 2 * 32768 * 34);
+        assert_eq!(r.kv.codec.as_deref(), Some("turbo-mse"));
+        assert_eq!(r.kv.bits_per_value, 4.25);
+        assert!(!r.kv.what_if);
+    }
+
+    #[test]
+    fn codec_charge_equals_the_kv_crate_footprint() {
+        // Windows, several head_dims (gemma4: 256/512), shared and SSM layers, partial
+        // key groups (kivi2) and per-head calibration (spectral).
+        let cases: &[(&str, &str, u32, u64)] = &[
+            ("gemma4-e2b", "turbo-mse", 4, 32768),
+            ("gemma4-e2b", "q8_0", 8, 1000),
+            ("llama-3.2-1b", "kivi2", 2, 1000),
+            ("zaya1-8b", "turbo", 3, 4096),
+            ("qwen2.5-0.5b", "spectral", 4, 777),
+        ];
+        for &(m, codec, bits, ctx) in cases {
+            let o = AnalyzeOptions {
+                kv_codec: Some(codec.into()),
+                kv_bits: Some(bits as f64),
+                ..opts(m, ctx)
+            };
+            let r = analyze(&o).unwrap();
+            let arch = dhurandhar_model::registry::get(m).unwrap();
+            let fp = dhurandhar_kv::footprint(&arch, ctx, codec, bits, dhurandhar_kv::DEFAULT_SEED)
+                .unwrap();
+            assert_eq!(
+                kv_bytes(&r),
+                fp.compressed_bytes,
+                "{m} {codec}@{bits} ctx {ctx}"
+            );
+            assert!((r.kv.bits_per_value - fp.bits_per_value).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn spectral_says_it_amortises_calibration() {
+        let o = AnalyzeOptions {
+            kv_codec: Some("spectral".into()),
+            ..opts("qwen2.5-0.5b", 4096)
+        };
+        let r = analyze(&o).unwrap();
+        let note = &r
+            .components
+            .iter()
+            .find(|c| c.name == "kv_cache")
+            .unwrap()
+            .note;
+        assert!(
+            note.contains("calibration") && note.contains("amortised"),
+            "{note}"
+        );
+    }
+
+    #[test]
+    fn plain_kv_bits_is_a_flat_what_if() {
+        let o = AnalyzeOptions {
+            kv_bits: Some(4.0),
+            ..opts("qwen2.5-0.5b", 32768)
+        };
+        let r = analyze(&o).unwrap();
+        assert_eq!(kv_bytes(&r), 24 * 2 * 2 * 32768 * 64 / 2);
+        assert!(r.kv.what_if && r.kv.codec.is_none());
+        assert!(r.kv.note.contains("what-if"));
+    }
+
+    #[test]
+    fn bad_options_name_the_field() {
+        let bad = |o: AnalyzeOptions| analyze(&o).unwrap_err().to_string();
+        let e = bad(AnalyzeOptions {
+            kv_codec: Some("turbo-mse".into()),
+            kv_bits: Some(4.5),
+            ..opts("qwen2.5-0.5b", 1024)
+        });
+        assert!(e.starts_with("kv_bits:"), "{e}");
+        let e = bad(AnalyzeOptions {
+            kv_codec: Some("turbo-msx".into()),
+            ..opts("qwen2.5-0.5b", 1024)
+        });
+        assert!(e.contains("turbo-msx") && e.contains("turbo-mse"), "{e}");
+        let e = bad(AnalyzeOptions {
+            kv_codec: Some("q8_0".into()),
+            kv_bits: Some(4.0),
+            ..opts("qwen2.5-0.5b", 1024)
+        });
+        assert!(e.contains("q8_0") && e.contains("4 bits"), "{e}");
+        let e = bad(AnalyzeOptions {
+            page_kib: 0,
+            ..opts("qwen2.5-0.5b", 1024)
+        });
+        assert!(e.starts_with("page_kib:"), "{e}");
+        let e = bad(AnalyzeOptions {
+            weights: WeightChoice::PlainBits(0.0),
+            ..opts("qwen2.5-0.5b", 1024)
+        });
+        assert!(e.contains("quant bits"), "{e}");
+        let e = bad(AnalyzeOptions {
+            target_decode_tps: 0.0,
+            ..opts("qwen2.5-0.5b", 1024)
+        });
+        assert!(e.contains("target decode"), "{e}");
+    }
+
+    #[test]
+    fn codec_without_bits_takes_its_default_width() {
+        let o = AnalyzeOptions {
+            kv_codec: Some("q8_0".into()),
+            ..opts("qwen2.5-0.5b", 1024)
+        };
+        assert_eq!(analyze(&o).unwrap().kv_bits, 8.0);
+    }
+
+    #[test]
+    fn device_selection() {
+        let slugs = |v: Vec<DeviceProfile>| v.into_iter().map(|d| d.slug).collect::<Vec<_>>();
+        assert_eq!(select_devices(&[], None).unwrap().len(), 5);
+        let custom = CustomDevice {
+            ram_mb: 3072.0,
+            flash_gbps: 2.0,
+        };
+        assert_eq!(
+            slugs(select_devices(&[], Some(custom)).unwrap()),
+            ["custom"]
+        );
+        let all = select_devices(&["ALL".into(), "tablet_ufs3".into()], Some(custom)).unwrap();
+        assert_eq!(all.len(), 7);
+        assert_eq!(all[5].slug, "tablet_ufs3");
+        let bad = CustomDevice {
+            ram_mb: 0.0,
+            flash_gbps: 2.0,
+        };
+        let e = select_devices(&[], Some(bad)).unwrap_err().to_string();
+        assert!(e.contains("ram_budget_mb"), "{e}");
+        let e = select_devices(&["laptop_nvm".into()], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("laptop_nvme"), "{e}");
+    }
+
+    #[test]
+    fn yaml_device_profile_takes_its_file_stem() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("my_phone.yaml");
+        std::fs::write(
+            &p,
+            "name: My phone\nram_budget_mb: 3072\nflash_read_gbps: 4.2\n",
+        )
+        .unwrap();
+        let d = resolve_device(p.to_str().unwrap()).unwrap();
+        assert_eq!(d.slug, "my_phone");
+        assert_eq!(d.ram_budget_bytes(), 3072 * 1024 * 1024);
+        let e = resolve_device(dir.path().join("none.yaml").to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("device profile") && e.contains("none.yaml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mitigations_are_typed_changes() {
+        let o = AnalyzeOptions {
+            devices: vec!["mid_tier_mobile_ufs3".into()],
+            ..AnalyzeOptions::default()
+        };
+        let r = analyze(&o).unwrap();
+        let m = &r.devices[0].mitigations;
+        assert!(
+            m.iter()
+                .any(|m| matches!(m.change[..], [Change::ContextTokens(_)])),
+            "{m:?}"
+        );
+        let line = &r.summary.lines[0];
+        assert!(
+            line.contains("context_tokens=") && !line.contains("--"),
+            "{line}"
+        );
+    }
+}

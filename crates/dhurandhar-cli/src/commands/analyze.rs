@@ -1,30 +1,13 @@
-//! `dhurandhar analyze`: peak memory breakdown at a context length and a verdict per
-//! device (resident / PLE mmap'd / weights streamed / infeasible) with a decode ceiling.
-//!
-//! Also serves the Python tool's `dhurandhar-analyze-ple` command (see the alias binary).
+//! `dhurandhar analyze`: flags → [`dhurandhar::plan::AnalyzeOptions`] → the report,
+//! rendered as tables or JSON. Also serves the `dhurandhar-analyze-ple` alias.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
-use dhurandhar_model::{ComponentBytes, ModelArchitecture};
-use dhurandhar_plan::{
-    analyze, builtin_device, builtin_devices, Analysis, DeviceProfile, PlanOptions, PleLayout,
-    WeightFormat,
+use dhurandhar::plan::{
+    self, AnalyzeOptions, AnalyzeReport, Change, CustomDevice, PleLayout, WeightChoice,
 };
-use serde::Serialize;
+use dhurandhar::units::{human_bytes, signed_mib};
 
-use crate::commands::model_arg::{resolve_model, ResolvedModel};
-use crate::output::{print_json, write_json_file};
-
-/// The model `analyze` uses when `--model` is not given.
-pub const DEFAULT_MODEL: &str = "gemma4-e2b";
-/// The weight format used when neither `--weight-format` nor `--quant-bits` is given:
-/// int4 with per-channel scales, the format of the LiteRT-LM checkpoints whose
-/// published sizes we cross-check against.
-pub const DEFAULT_WEIGHT_FORMAT: &str = "int4";
-/// Version of the JSON document; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+use crate::output::{emit, OutputArgs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LayoutArg {
@@ -38,7 +21,7 @@ pub enum LayoutArg {
 pub struct Args {
     /// Built-in name (see `dhurandhar models`), a YAML profile, or a checkpoint
     /// (.gguf, .safetensors, config.json, a model directory).
-    #[arg(long, short = 'm', default_value = DEFAULT_MODEL)]
+    #[arg(long, short = 'm', default_value = plan::DEFAULT_MODEL)]
     pub model: String,
 
     /// Tokens in the context (prompt + generated).
@@ -54,14 +37,15 @@ pub struct Args {
     #[arg(long, short = 'q', allow_negative_numbers = true)]
     pub quant_bits: Option<f64>,
 
-    /// Bits per KV-cache element; fractional allowed (a codec's effective bits).
-    #[arg(
-        long,
-        short = 'k',
-        default_value_t = 4.0,
-        allow_negative_numbers = true
-    )]
-    pub kv_bits: f64,
+    /// KV codec charged at its encoded bytes (see `dhurandhar kv`). Default: turbo-mse
+    /// at 4 bits unless --kv-bits is given alone.
+    #[arg(long, value_name = "NAME")]
+    pub kv_codec: Option<String>,
+
+    /// The codec's bits per value; without --kv-codec, a flat what-if charge per value
+    /// (fractional allowed) that no codec stores.
+    #[arg(long, short = 'k', allow_negative_numbers = true)]
+    pub kv_bits: Option<f64>,
 
     /// Leave the audio encoder out (default).
     #[arg(long, overrides_with = "keep_audio")]
@@ -112,178 +96,61 @@ pub struct Args {
     #[arg(long, allow_negative_numbers = true)]
     pub runtime_overhead_mb: Option<f64>,
 
-    /// Print the JSON document to stdout instead of the table.
-    #[arg(long)]
-    pub json: bool,
-
-    /// Also write the JSON document to this file (atomically).
-    #[arg(long, value_name = "FILE")]
-    pub json_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
-/// Resolve one `--device` value: a built-in slug, or a YAML profile path.
-pub fn resolve_device(spec: &str) -> anyhow::Result<DeviceProfile> {
-    let path = Path::new(spec);
-    if crate::commands::model_arg::is_yaml_path(path) {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read device profile {}", path.display()))?;
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("device")
-            .to_string();
-        return Ok(DeviceProfile::from_yaml_str(
-            &text,
-            &path.display().to_string(),
-            &stem,
-        )?);
-    }
-    Ok(builtin_device(spec)?)
-}
-
-/// The devices the flags select (built-ins when none).
-pub fn select_devices(
-    specs: &[String],
-    ram_mb: Option<f64>,
-    flash_gbps: Option<f64>,
-) -> anyhow::Result<Vec<DeviceProfile>> {
-    let mut out = Vec::new();
-    for s in specs {
-        if s.eq_ignore_ascii_case("all") {
-            out.extend(builtin_devices());
-        } else {
-            out.push(resolve_device(s)?);
+impl Args {
+    /// The facade options these flags describe.
+    pub fn options(&self) -> AnalyzeOptions {
+        AnalyzeOptions {
+            model: self.model.clone(),
+            context_tokens: self.context_tokens,
+            weights: match (&self.weight_format, self.quant_bits) {
+                (Some(f), _) => WeightChoice::Format(f.clone()),
+                (None, Some(b)) => WeightChoice::PlainBits(b),
+                (None, None) => AnalyzeOptions::default().weights,
+            },
+            kv_codec: self.kv_codec.clone(),
+            kv_bits: self.kv_bits,
+            strip_audio: !self.keep_audio,
+            strip_vision: self.strip_vision,
+            devices: self.device.clone(),
+            custom_device: match (self.ram_mb, self.flash_gbps) {
+                (Some(ram_mb), Some(flash_gbps)) => Some(CustomDevice { ram_mb, flash_gbps }),
+                _ => None,
+            },
+            target_decode_tps: self.target_decode_tps,
+            ple_hot_tokens: self.ple_hot_tokens,
+            ple_layout: match self.ple_layout {
+                LayoutArg::Row => PleLayout::Row,
+                LayoutArg::PerLayer => PleLayout::PerLayer,
+            },
+            page_kib: self.page_kib,
+            prefill_chunk: self.prefill_chunk,
+            runtime_overhead_mb: self.runtime_overhead_mb,
         }
     }
-    if let (Some(r), Some(f)) = (ram_mb, flash_gbps) {
-        out.push(
-            DeviceProfile::custom(r, f)
-                .context("invalid ad-hoc device from --ram-mb/--flash-gbps")?,
-        );
-    }
-    if out.is_empty() {
-        out = builtin_devices();
-    }
-    Ok(out)
 }
 
-/// Planner options from the flags.
-pub fn plan_options(args: &Args) -> anyhow::Result<PlanOptions> {
-    let weight_format = match (&args.weight_format, args.quant_bits) {
-        (Some(f), _) => WeightFormat::parse(f)?,
-        (None, Some(b)) => WeightFormat::plain_bits(b)?,
-        (None, None) => WeightFormat::parse(DEFAULT_WEIGHT_FORMAT)?,
-    };
-    if args.page_kib == 0 || args.page_kib > 16384 {
-        anyhow::bail!("invalid --page-kib {}: must be in 1..=16384", args.page_kib);
-    }
-    Ok(PlanOptions {
-        context_tokens: args.context_tokens,
-        weight_format,
-        kv_bits: args.kv_bits,
-        strip_audio: !args.keep_audio,
-        strip_vision: args.strip_vision,
-        page_bytes: args.page_kib * 1024,
-        ple_hot_tokens: args.ple_hot_tokens,
-        ple_layout: match args.ple_layout {
-            LayoutArg::Row => PleLayout::Row,
-            LayoutArg::PerLayer => PleLayout::PerLayer,
-        },
-        prefill_chunk_tokens: args.prefill_chunk,
-        activation_bytes: 4,
-        runtime_overhead_mb: args.runtime_overhead_mb,
-    })
-}
-
-/// `weight_format` in the JSON document.
-#[derive(Debug, Serialize)]
-pub struct FormatJson {
-    pub name: String,
-    /// Bits per weight including scales at this model's hidden size.
-    pub bits_per_weight: f64,
-    pub description: String,
-    /// False when the weights came from a checkpoint (its own formats apply).
-    pub applied: bool,
-}
-
-/// The `analyze --json` document.
-#[derive(Debug, Serialize)]
-pub struct AnalyzeJson<'a> {
-    pub schema_version: u32,
-    pub model: &'a ModelArchitecture,
-    pub model_origin: &'a str,
-    pub context_tokens: u64,
-    pub weight_format: FormatJson,
-    pub kv_bits: f64,
-    pub strip_audio: bool,
-    pub strip_vision: bool,
-    /// `estimated` or `checkpoint`.
-    pub weights_source: &'static str,
-    pub checkpoint_weights: Option<&'a ComponentBytes>,
-    pub components: &'a [dhurandhar_plan::Component],
-    pub totals: &'a dhurandhar_plan::Totals,
-    pub per_token: &'a dhurandhar_plan::PerToken,
-    pub params: &'a dhurandhar_plan::ParamCounts,
-    pub ple_hot_tokens: u64,
-    pub published: &'a [dhurandhar_plan::PublishedCheck],
-    pub devices: &'a [dhurandhar_plan::DeviceAssessment],
-    pub summary: &'a dhurandhar_plan::Summary,
-    pub warnings: &'a [String],
-}
-
-/// Build the JSON document for an analysis.
-pub fn to_json<'a>(
-    model: &'a ResolvedModel,
-    opts: &PlanOptions,
-    a: &'a Analysis,
-) -> AnalyzeJson<'a> {
-    AnalyzeJson {
-        schema_version: SCHEMA_VERSION,
-        model: &model.arch,
-        model_origin: &model.origin,
-        context_tokens: a.plan.context_tokens,
-        weight_format: FormatJson {
-            name: opts.weight_format.name.clone(),
-            bits_per_weight: a.plan.weight_bits_per_weight,
-            description: opts.weight_format.description.clone(),
-            applied: model.weights.is_none(),
-        },
-        kv_bits: a.plan.kv_bits,
-        strip_audio: a.plan.strip_audio,
-        strip_vision: a.plan.strip_vision,
-        weights_source: a.plan.weights_source,
-        checkpoint_weights: model.weights.as_ref(),
-        components: &a.plan.components,
-        totals: &a.plan.totals,
-        per_token: &a.plan.per_token,
-        params: &a.plan.params,
-        ple_hot_tokens: a.plan.ple_hot_tokens,
-        published: &a.plan.published,
-        devices: &a.devices,
-        summary: &a.summary,
-        warnings: &a.plan.warnings,
-    }
+/// A mitigation's changes as the flags that make them.
+fn flags(changes: &[Change]) -> String {
+    let v: Vec<String> = changes
+        .iter()
+        .map(|c| match c {
+            Change::ContextTokens(n) => format!("--context-tokens {n}"),
+            Change::PleHotTokens(n) => format!("--ple-hot-tokens {n}"),
+            Change::KvBits(b) => format!("--kv-bits {b}"),
+            Change::KvCodec { codec, bits } => format!("--kv-codec {codec} --kv-bits {bits}"),
+            Change::StripAudio => "--strip-audio".to_string(),
+            Change::StripVision => "--strip-vision".to_string(),
+            Change::WeightFormat(f) => format!("--weight-format {f}"),
+        })
+        .collect();
+    v.join(" ")
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
-
-/// `812.3 MiB`, `2.41 GiB`, `96 KiB`.
-pub fn human(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1024.0 * MIB {
-        format!("{:.2} GiB", b / (1024.0 * MIB))
-    } else if b >= MIB {
-        format!("{:.1} MiB", b / MIB)
-    } else if b >= 1024.0 {
-        format!("{:.1} KiB", b / 1024.0)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-fn signed_mib(b: i64) -> String {
-    format!("{:+.0} MiB", b as f64 / MIB)
-}
 
 fn tps(x: Option<f64>) -> String {
     match x {
@@ -293,65 +160,80 @@ fn tps(x: Option<f64>) -> String {
     }
 }
 
-fn table(width: u16) -> Table {
+fn table() -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_width(width);
+        .set_width(120);
     t
 }
 
+fn right(s: String) -> Cell {
+    Cell::new(s).set_alignment(CellAlignment::Right)
+}
+
 /// The human-readable report.
-pub fn render(model: &ResolvedModel, a: &Analysis) -> String {
-    let p = &a.plan;
+pub fn render(r: &AnalyzeReport) -> String {
     let mut s = String::new();
-    let audio = if p.strip_audio {
+    let audio = if r.strip_audio {
         "audio stripped"
     } else {
         "audio kept"
     };
-    let weights = if model.weights.is_some() {
+    let weights = if r.checkpoint_weights.is_some() {
         "weights: exact bytes from the checkpoint".to_string()
     } else {
         format!(
             "weights: {} ({:.4} bits/weight incl. scales)",
-            p.weight_format, p.weight_bits_per_weight
+            r.weight_format.name, r.weight_format.bits_per_weight
         )
     };
+    let kv = match &r.kv.codec {
+        Some(c) => format!(
+            "KV {c} {}-bit ({:.4} bits/value)",
+            r.kv.bits, r.kv.bits_per_value
+        ),
+        None => format!("KV {} bits (what-if)", r.kv.bits),
+    };
     s.push_str(&format!(
-        "{} ({}) — context {} tokens — {} — KV {} bits — {}\n",
-        p.model, model.origin, p.context_tokens, weights, p.kv_bits, audio
+        "{} ({}) — context {} tokens — {} — {kv} — {audio}\n",
+        r.model.name, r.model_origin, r.context_tokens, weights
     ));
-    let mut t = table(120);
+    if r.kv.what_if {
+        s.push_str(&format!(
+            "note: KV is {}; name one with --kv-codec\n",
+            r.kv.note
+        ));
+    }
+    let mut t = table();
     t.set_header(vec!["Component", "Size", "Notes"]);
-    for c in &p.components {
+    for c in &r.components {
         t.add_row(vec![
             Cell::new(c.name),
-            Cell::new(human(c.bytes)).set_alignment(CellAlignment::Right),
+            right(human_bytes(c.bytes)),
             Cell::new(&c.note),
         ]);
     }
     t.add_row(vec![
         Cell::new("TOTAL resident"),
-        Cell::new(human(p.totals.resident_bytes)).set_alignment(CellAlignment::Right),
+        right(human_bytes(r.totals.resident_bytes)),
         Cell::new("everything in RAM"),
     ]);
-    if p.has_ple {
+    if r.model.has_ple {
         t.add_row(vec![
             Cell::new("TOTAL PLE mmap'd"),
-            Cell::new(human(p.totals.ple_mmap_bytes)).set_alignment(CellAlignment::Right),
+            right(human_bytes(r.totals.ple_mmap_bytes)),
             Cell::new(format!(
                 "PLE table on flash; {} hot rows x {:.2} pages cached = {}; PLE/decoder = {:.2}",
-                p.ple_hot_tokens,
-                p.per_token.ple_pages,
-                human(p.totals.ple_working_set_bytes),
-                p.totals.ple_to_decoder_ratio
+                r.ple_hot_tokens,
+                r.per_token.ple_pages,
+                human_bytes(r.totals.ple_working_set_bytes),
+                r.totals.ple_to_decoder_ratio
             )),
         ]);
     }
-    s.push_str(&t.to_string());
-    s.push('\n');
-    for c in &p.published {
+    s.push_str(&format!("{t}\n"));
+    for c in &r.published {
         s.push_str(&format!(
             "published {}: {:.2} GB, this estimate {:.2} GB ({:+.0}%)\n",
             c.item,
@@ -360,8 +242,7 @@ pub fn render(model: &ResolvedModel, a: &Analysis) -> String {
             (c.ratio - 1.0) * 100.0
         ));
     }
-    s.push('\n');
-    let mut d = table(120);
+    let mut d = table();
     d.set_header(vec![
         "Device",
         "RAM budget",
@@ -370,73 +251,45 @@ pub fn render(model: &ResolvedModel, a: &Analysis) -> String {
         "Headroom",
         "Decode ceiling tok/s",
     ]);
-    for x in &a.devices {
+    for x in &r.devices {
         d.add_row(vec![
             Cell::new(&x.slug),
-            Cell::new(format!("{:.0} MiB", x.ram_budget_bytes as f64 / MIB))
-                .set_alignment(CellAlignment::Right),
-            Cell::new(format!("{} GB/s", x.flash_read_gbps)).set_alignment(CellAlignment::Right),
+            right(format!("{:.0} MiB", x.ram_budget_bytes as f64 / MIB)),
+            right(format!("{} GB/s", x.flash_read_gbps)),
             Cell::new(x.mode.as_str()),
-            Cell::new(signed_mib(x.headroom_bytes)).set_alignment(CellAlignment::Right),
-            Cell::new(tps(x.decode_tps_ceiling)).set_alignment(CellAlignment::Right),
+            right(signed_mib(x.headroom_bytes)),
+            right(tps(x.decode_tps_ceiling)),
         ]);
     }
-    s.push_str(&d.to_string());
-    s.push('\n');
-    for x in &a.devices {
+    s.push_str(&format!("\n{d}\n"));
+    for x in &r.devices {
         s.push_str(&format!("\n{} — {}\n", x.slug, x.name));
         for n in &x.notes {
             s.push_str(&format!("  {n}\n"));
         }
-        for m in &x.modes {
-            if m.mode != x.mode {
-                s.push_str(&format!("  [{}] {}\n", m.mode.as_str(), m.note));
-            }
+        for m in x.modes.iter().filter(|m| m.mode != x.mode) {
+            s.push_str(&format!("  [{}] {}\n", m.mode.as_str(), m.note));
         }
     }
     s.push_str(&format!(
         "\nGo / no-go (target {} tok/s):\n",
-        a.devices.first().map_or(0.0, |d| d.target_decode_tps)
+        r.devices.first().map_or(0.0, |d| d.target_decode_tps)
     ));
-    for l in &a.summary.lines {
-        s.push_str(&format!("  {l}\n"));
+    for x in &r.devices {
+        s.push_str(&format!("  {}\n", plan::summary_line(x, &flags)));
     }
     s
 }
 
-/// Run the analysis the flags describe; returns the model, options and result.
-pub fn compute(args: &Args) -> anyhow::Result<(ResolvedModel, PlanOptions, Analysis)> {
-    let opts = plan_options(args)?;
-    let model = resolve_model(&args.model)?;
-    let devices = select_devices(&args.device, args.ram_mb, args.flash_gbps)?;
-    let a = analyze(
-        &model.arch,
-        model.weights.as_ref(),
-        &opts,
-        &devices,
-        args.target_decode_tps,
-    )?;
-    Ok((model, opts, a))
+/// Plan, print the warnings to stderr, and emit the report.
+pub fn run_options(opts: &AnalyzeOptions, out: &OutputArgs) -> anyhow::Result<()> {
+    let r = plan::analyze(opts)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    emit(out, &r, render)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (model, opts, a) = compute(&args)?;
-    for w in &a.plan.warnings {
-        eprintln!("warning: {w}");
-    }
-    let doc = to_json(&model, &opts, &a);
-    if let Some(path) = &args.json_out {
-        write_json_file(path, &doc)?;
-    }
-    if args.json {
-        print_json(&doc)?;
-    } else {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        out.write_all(render(&model, &a).as_bytes())?;
-        if let Some(path) = &args.json_out {
-            writeln!(out, "\nJSON written to {}", path.display())?;
-        }
-    }
-    Ok(())
+    run_options(&args.options(), &args.out)
 }

@@ -1,11 +1,9 @@
 //! `dhurandhar devices`: built-in device profiles, memory budget presets and weight formats.
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
-use dhurandhar_plan::{budget_presets, builtin_devices, BudgetPreset, DeviceProfile, WeightFormat};
-use serde::Serialize;
+use dhurandhar::catalog::{self, DevicesReport, LISTING_ROW};
 
-use crate::commands::analyze::select_devices;
-use crate::output::print_json;
+use crate::output::{print_json, print_text};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,51 +16,12 @@ pub struct Args {
     pub json: bool,
 }
 
-#[derive(Serialize)]
-struct FormatRow {
-    name: String,
-    /// Bits per weight including scales; per-channel formats priced at a 2048-wide row.
-    bits_per_weight: f64,
-    grouping: dhurandhar_plan::Grouping,
-    description: String,
+fn right(s: String) -> Cell {
+    Cell::new(s).set_alignment(CellAlignment::Right)
 }
 
-#[derive(Serialize)]
-struct DevicesJson {
-    devices: Vec<DeviceProfile>,
-    budget_presets: Vec<BudgetPreset>,
-    weight_formats: Vec<FormatRow>,
-}
-
-/// Row width used to price per-channel scales in the listing.
-const LISTING_ROW: u64 = 2048;
-
-pub fn run(args: Args) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut devices = builtin_devices();
-    if !args.device.is_empty() {
-        for d in select_devices(&args.device, None, None)? {
-            if !devices.contains(&d) {
-                devices.push(d);
-            }
-        }
-    }
-    let formats: Vec<FormatRow> = WeightFormat::catalog()
-        .into_iter()
-        .map(|f| FormatRow {
-            bits_per_weight: f.bits_per_weight(LISTING_ROW),
-            name: f.name,
-            grouping: f.grouping,
-            description: f.description,
-        })
-        .collect();
-    if args.json {
-        return print_json(&DevicesJson {
-            devices,
-            budget_presets: budget_presets(),
-            weight_formats: formats,
-        });
-    }
+/// The three tables and the hint below them.
+pub fn render(r: &DevicesReport) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
@@ -75,12 +34,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "NPU",
             "Notes",
         ]);
-    for d in &devices {
+    for d in &r.devices {
         t.add_row(vec![
             Cell::new(&d.slug),
             Cell::new(&d.name),
-            Cell::new(format!("{} MiB", d.ram_budget_mb)).set_alignment(CellAlignment::Right),
-            Cell::new(format!("{} GB/s", d.flash_read_gbps)).set_alignment(CellAlignment::Right),
+            right(format!("{} MiB", d.ram_budget_mb)),
+            right(format!("{} GB/s", d.flash_read_gbps)),
             Cell::new(if d.supports_npu { "yes" } else { "no" }),
             Cell::new(&d.notes),
         ]);
@@ -88,10 +47,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut p = Table::new();
     p.load_preset(UTF8_FULL_CONDENSED)
         .set_header(vec!["Budget preset", "RAM budget", "Meaning"]);
-    for b in budget_presets() {
+    for b in &r.budget_presets {
         p.add_row(vec![
             Cell::new(b.name),
-            Cell::new(format!("{} MiB", b.ram_budget_mb)).set_alignment(CellAlignment::Right),
+            right(format!("{} MiB", b.ram_budget_mb)),
             Cell::new(b.description),
         ]);
     }
@@ -100,19 +59,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_width(120)
         .set_header(vec!["Weight format", "Bits/weight", "Layout"]);
-    for r in &formats {
+    for w in &r.weight_formats {
         f.add_row(vec![
-            Cell::new(&r.name),
-            Cell::new(format!("{:.4}", r.bits_per_weight)).set_alignment(CellAlignment::Right),
-            Cell::new(&r.description),
+            Cell::new(&w.name),
+            right(format!("{:.4}", w.bits_per_weight)),
+            Cell::new(&w.description),
         ]);
     }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{t}\n\n{p}\n\n{f}")?;
-    writeln!(
-        out,
-        "Per-channel formats (intN) are priced at a {LISTING_ROW}-wide row here; `analyze` uses the model's hidden size.\n\
-         Ad-hoc device: `dhurandhar analyze --ram-mb 3072 --flash-gbps 2.0`; YAML: `--device my_device.yaml`."
-    )?;
-    Ok(())
+    format!(
+        "{t}\n\n{p}\n\n{f}\n\
+         Per-channel formats (intN) are priced at a {LISTING_ROW}-wide row here; `analyze` uses the model's hidden size.\n\
+         Ad-hoc device: `dhurandhar analyze --ram-mb 3072 --flash-gbps 2.0`; YAML: `--device my_device.yaml`.\n"
+    )
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let r = catalog::devices(&args.device)?;
+    if args.json {
+        return print_json(&r);
+    }
+    print_text(&render(&r))
 }

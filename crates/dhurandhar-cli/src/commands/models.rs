@@ -1,10 +1,10 @@
 //! `dhurandhar models`: the built-in model registry.
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
-use dhurandhar_model::{registry, ModelArchitecture};
-use serde::Serialize;
+use dhurandhar::catalog;
+use dhurandhar_model::ModelArchitecture;
 
-use crate::output::print_json;
+use crate::output::{print_json, print_text};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,11 +15,6 @@ pub struct Args {
     /// Print the YAML profile of one built-in model (a starting point for your own).
     #[arg(long, value_name = "NAME")]
     pub show: Option<String>,
-}
-
-#[derive(Serialize)]
-struct ModelsJson {
-    models: Vec<ModelArchitecture>,
 }
 
 fn features(m: &ModelArchitecture) -> String {
@@ -49,8 +44,8 @@ fn features(m: &ModelArchitecture) -> String {
     f.join(", ")
 }
 
-/// The models table.
-pub fn render(models: &[ModelArchitecture]) -> String {
+/// The models table and the hint below it.
+pub fn render(r: &catalog::ModelsReport) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Disabled)
@@ -65,7 +60,8 @@ pub fn render(models: &[ModelArchitecture]) -> String {
             "Max ctx",
             "Features",
         ]);
-    for m in models {
+    let right = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+    for m in &r.models {
         let hd = if m.global_head_dim() != m.head_dim {
             format!("{}/{}", m.head_dim, m.global_head_dim())
         } else {
@@ -84,50 +80,32 @@ pub fn render(models: &[ModelArchitecture]) -> String {
         t.add_row(vec![
             Cell::new(&m.name),
             Cell::new(&m.family),
-            Cell::new(params).set_alignment(CellAlignment::Right),
-            Cell::new(layers).set_alignment(CellAlignment::Right),
-            Cell::new(m.hidden_size).set_alignment(CellAlignment::Right),
-            Cell::new(format!(
+            right(params),
+            right(layers),
+            right(m.hidden_size.to_string()),
+            right(format!(
                 "{}/{}",
                 m.num_attention_heads, m.num_key_value_heads
-            ))
-            .set_alignment(CellAlignment::Right),
-            Cell::new(hd).set_alignment(CellAlignment::Right),
-            Cell::new(m.max_context_tokens).set_alignment(CellAlignment::Right),
+            )),
+            right(hd),
+            right(m.max_context_tokens.to_string()),
             Cell::new(features(m)),
         ]);
     }
-    t.to_string()
+    format!(
+        "{t}\n{} built-in models. Use one with `dhurandhar analyze --model NAME`, or pass a YAML profile \
+         (`dhurandhar models --show gemma4-e2b` prints one to start from).\n",
+        r.models.len()
+    )
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    use std::io::Write;
     if let Some(name) = &args.show {
-        let Some(y) = registry::yaml(name) else {
-            let s = registry::suggest(name);
-            anyhow::bail!(
-                "unknown model `{name}`{}",
-                if s.is_empty() {
-                    format!(" (built-in: {})", registry::names().join(", "))
-                } else {
-                    format!(", did you mean: {}?", s.join(", "))
-                }
-            );
-        };
-        std::io::stdout().lock().write_all(y.as_bytes())?;
-        return Ok(());
+        return print_text(&catalog::model_yaml(name)?);
     }
-    let models = registry::all();
+    let r = catalog::models();
     if args.json {
-        return print_json(&ModelsJson { models });
+        return print_json(&r);
     }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", render(&models))?;
-    writeln!(
-        out,
-        "{} built-in models. Use one with `dhurandhar analyze --model NAME`, or pass a YAML profile \
-         (`dhurandhar models --show gemma4-e2b` prints one to start from).",
-        models.len()
-    )?;
-    Ok(())
+    print_text(&render(&r))
 }
