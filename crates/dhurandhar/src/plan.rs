@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+use dhurandhar_kv::Codec;
 use dhurandhar_model::{ComponentBytes, ModelArchitecture};
 use dhurandhar_plan::{
     builtin_device, builtin_devices, Component, DeviceAssessment, DeviceProfile, KvCodecCost,
@@ -34,7 +35,7 @@ pub const DEFAULT_MODEL: &str = "gemma4-e2b";
 /// published sizes the plan is cross-checked against.
 pub const DEFAULT_WEIGHT_FORMAT: &str = "int4";
 /// The KV codec charged when neither a codec nor KV bits are given.
-pub const DEFAULT_KV_CODEC: &str = "turbo-mse";
+pub const DEFAULT_KV_CODEC: Codec = Codec::TurboMse;
 /// A codec's bit width when none is given (or its only width if it has no 4-bit mode).
 pub const DEFAULT_KV_CODEC_BITS: u32 = 4;
 /// KV widths mitigations try below the planned one.
@@ -69,7 +70,7 @@ pub struct AnalyzeOptions {
     pub weights: WeightChoice,
     /// The KV codec whose encoded bytes are charged (`turbo-mse`, `q8_0`, ...). `None`
     /// with `kv_bits` also `None` charges [`DEFAULT_KV_CODEC`].
-    pub kv_codec: Option<String>,
+    pub kv_codec: Option<Codec>,
     /// With a codec: its bit width (whole bits; default 4, or its only width). Without
     /// one: a flat charge per value, fractional allowed: a what-if no codec stores.
     pub kv_bits: Option<f64>,
@@ -185,7 +186,7 @@ pub fn plan_options(opts: &AnalyzeOptions, arch: &ModelArchitecture) -> Result<P
     let (kv_bits, kv_codec) = match (&opts.kv_codec, opts.kv_bits) {
         (None, Some(bits)) => (bits, None),
         (codec, bits) => {
-            let name = codec.as_deref().unwrap_or(DEFAULT_KV_CODEC);
+            let codec = codec.unwrap_or(DEFAULT_KV_CODEC);
             let bits = match bits {
                 Some(b) if b.fract() != 0.0 || !(1.0..=32.0).contains(&b) => {
                     return Err(Error::invalid(
@@ -195,7 +196,7 @@ pub fn plan_options(opts: &AnalyzeOptions, arch: &ModelArchitecture) -> Result<P
                 }
                 b => b.map(|b| b as u32),
             };
-            let cost = kv_codec_cost(arch, name, bits)?;
+            let cost = kv_codec_cost(arch, codec, bits)?;
             (cost.widths[0].bits as f64, Some(cost))
         }
     };
@@ -220,9 +221,9 @@ pub fn plan_options(opts: &AnalyzeOptions, arch: &ModelArchitecture) -> Result<P
 /// crate about a codec by name. Per-head side bytes (SpectralQuant's calibration, fitted
 /// on the KV crate's synthetic low-rank samples as `kv bench` does) are charged once per
 /// head and so amortised over the tokens it holds.
-fn kv_codec_cost(arch: &ModelArchitecture, name: &str, bits: Option<u32>) -> Result<KvCodecCost> {
+fn kv_codec_cost(arch: &ModelArchitecture, codec: Codec, bits: Option<u32>) -> Result<KvCodecCost> {
     use dhurandhar_kv::{KvCodec, KvRole};
-    let supported = dhurandhar_kv::supported_bits(name).unwrap_or(&[]);
+    let supported = codec.supported_bits();
     let bits = bits.unwrap_or(
         if supported.contains(&DEFAULT_KV_CODEC_BITS) || supported.is_empty() {
             DEFAULT_KV_CODEC_BITS
@@ -243,7 +244,7 @@ fn kv_codec_cost(arch: &ModelArchitecture, name: &str, bits: Option<u32>) -> Res
     };
     let mut widths = Vec::new();
     for b in std::iter::once(bits).chain(lower) {
-        let codecs = dhurandhar_kv::model::codecs_for(arch, name, b, dhurandhar_kv::DEFAULT_SEED)
+        let codecs = dhurandhar_kv::model::codecs_for(arch, codec, b, dhurandhar_kv::DEFAULT_SEED)
             .map_err(|e| Error::from(e).context("kv_codec"))?;
         let heads = codecs
             .iter()
@@ -268,7 +269,7 @@ fn kv_codec_cost(arch: &ModelArchitecture, name: &str, bits: Option<u32>) -> Res
         })
         .collect();
     Ok(KvCodecCost {
-        name: name.to_string(),
+        name: codec.name().to_string(),
         widths,
         side_note: (!side.is_empty()).then(|| {
             format!(
@@ -422,16 +423,16 @@ mod tests {
     fn codec_charge_equals_the_kv_crate_footprint() {
         // Windows, several head_dims (gemma4: 256/512), shared and SSM layers, partial
         // key groups (kivi2) and per-head calibration (spectral).
-        let cases: &[(&str, &str, u32, u64)] = &[
-            ("gemma4-e2b", "turbo-mse", 4, 32768),
-            ("gemma4-e2b", "q8_0", 8, 1000),
-            ("llama-3.2-1b", "kivi2", 2, 1000),
-            ("zaya1-8b", "turbo", 3, 4096),
-            ("qwen2.5-0.5b", "spectral", 4, 777),
+        let cases: &[(&str, Codec, u32, u64)] = &[
+            ("gemma4-e2b", Codec::TurboMse, 4, 32768),
+            ("gemma4-e2b", Codec::Q8_0, 8, 1000),
+            ("llama-3.2-1b", Codec::Kivi2, 2, 1000),
+            ("zaya1-8b", Codec::Turbo, 3, 4096),
+            ("qwen2.5-0.5b", Codec::Spectral, 4, 777),
         ];
         for &(m, codec, bits, ctx) in cases {
             let o = AnalyzeOptions {
-                kv_codec: Some(codec.into()),
+                kv_codec: Some(codec),
                 kv_bits: Some(bits as f64),
                 ..opts(m, ctx)
             };
@@ -451,7 +452,7 @@ mod tests {
     #[test]
     fn spectral_says_it_amortises_calibration() {
         let o = AnalyzeOptions {
-            kv_codec: Some("spectral".into()),
+            kv_codec: Some(Codec::Spectral),
             ..opts("qwen2.5-0.5b", 4096)
         };
         let r = analyze(&o).unwrap();
@@ -483,18 +484,16 @@ mod tests {
     fn bad_options_name_the_field() {
         let bad = |o: AnalyzeOptions| analyze(&o).unwrap_err().to_string();
         let e = bad(AnalyzeOptions {
-            kv_codec: Some("turbo-mse".into()),
+            kv_codec: Some(Codec::TurboMse),
             kv_bits: Some(4.5),
             ..opts("qwen2.5-0.5b", 1024)
         });
         assert!(e.starts_with("kv_bits:"), "{e}");
-        let e = bad(AnalyzeOptions {
-            kv_codec: Some("turbo-msx".into()),
-            ..opts("qwen2.5-0.5b", 1024)
-        });
+        // An unknown codec cannot reach the planner: the name is checked when parsed.
+        let e = "turbo-msx".parse::<Codec>().unwrap_err().to_string();
         assert!(e.contains("turbo-msx") && e.contains("turbo-mse"), "{e}");
         let e = bad(AnalyzeOptions {
-            kv_codec: Some("q8_0".into()),
+            kv_codec: Some(Codec::Q8_0),
             kv_bits: Some(4.0),
             ..opts("qwen2.5-0.5b", 1024)
         });
@@ -519,7 +518,7 @@ mod tests {
     #[test]
     fn codec_without_bits_takes_its_default_width() {
         let o = AnalyzeOptions {
-            kv_codec: Some("q8_0".into()),
+            kv_codec: Some(Codec::Q8_0),
             ..opts("qwen2.5-0.5b", 1024)
         };
         assert_eq!(analyze(&o).unwrap().kv_bits, 8.0);

@@ -40,7 +40,7 @@ pub struct Args {
     /// KV codec charged at its encoded bytes (see `dhurandhar kv`). Default: turbo-mse
     /// at 4 bits unless --kv-bits is given alone.
     #[arg(long, value_name = "NAME")]
-    pub kv_codec: Option<String>,
+    pub kv_codec: Option<dhurandhar::dhurandhar_kv::Codec>,
 
     /// The codec's bits per value; without --kv-codec, a flat what-if charge per value
     /// (fractional allowed) that no codec stores.
@@ -111,7 +111,7 @@ impl Args {
                 (None, Some(b)) => WeightChoice::PlainBits(b),
                 (None, None) => AnalyzeOptions::default().weights,
             },
-            kv_codec: self.kv_codec.clone(),
+            kv_codec: self.kv_codec,
             kv_bits: self.kv_bits,
             strip_audio: !self.keep_audio,
             strip_vision: self.strip_vision,
