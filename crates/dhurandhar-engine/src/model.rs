@@ -1,5 +1,6 @@
 //! Loading a llama/qwen2-family GGUF (weights stay in the memory map) and running it.
 
+use std::borrow::Borrow;
 use std::path::Path;
 
 use dhurandhar_checkpoint::gguf::{GgufFile, GgufValue};
@@ -363,40 +364,15 @@ impl Model {
         self.config.n_layers * self.config.n_kv_heads * self.config.head_dim * 2 * 4
     }
 
-    /// A new inference session with `threads` worker threads (1 = run on this thread).
+    /// A new inference session borrowing this model, with `threads` worker threads
+    /// (1 = run on this thread). For a session that owns the model (another thread, a
+    /// long-lived generator), use [`Session::new`] with an `Arc<Model>`.
     pub fn session(
         &self,
         threads: usize,
         cache: Option<KvCache>,
-    ) -> Result<Session<'_>, EngineError> {
-        let c = &self.config;
-        let pool = if threads > 1 {
-            Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .map_err(|e| EngineError::Invalid(format!("thread pool: {e}")))?,
-            )
-        } else {
-            None
-        };
-        let cache =
-            cache.unwrap_or_else(|| KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, None));
-        if cache.layers.len() != c.n_layers
-            || cache.n_kv_heads != c.n_kv_heads
-            || cache.head_dim != c.head_dim
-        {
-            return Err(EngineError::Shape(
-                "KV cache geometry does not match the model".into(),
-            ));
-        }
-        Ok(Session {
-            model: self,
-            cache,
-            pool,
-            rope: RopeTable::new(c.rope_base, c.rope_dims),
-            f32_activations: false,
-        })
+    ) -> Result<Session<&Model>, EngineError> {
+        Session::new(self, threads, cache)
     }
 }
 
@@ -449,8 +425,12 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// A sequence being processed: its KV cache and thread pool.
-pub struct Session<'m> {
-    model: &'m Model,
+///
+/// `M` is how the session holds its model: `&Model` (borrowed, from [`Model::session`])
+/// or `Arc<Model>` (owned, so the session can move to another thread and outlive the
+/// caller's borrow).
+pub struct Session<M: Borrow<Model>> {
+    model: M,
     pub cache: KvCache,
     pool: Option<rayon::ThreadPool>,
     rope: RopeTable,
@@ -486,9 +466,43 @@ impl Scratch {
     }
 }
 
-impl<'m> Session<'m> {
-    pub fn model(&self) -> &'m Model {
-        self.model
+impl<M: Borrow<Model> + Send> Session<M> {
+    /// A new session over `model` with `threads` worker threads (1 = run on this
+    /// thread) and an empty KV cache unless `cache` is given.
+    pub fn new(model: M, threads: usize, cache: Option<KvCache>) -> Result<Self, EngineError> {
+        let c = &model.borrow().config;
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .map_err(|e| EngineError::Invalid(format!("thread pool: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let cache =
+            cache.unwrap_or_else(|| KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, None));
+        if cache.layers.len() != c.n_layers
+            || cache.n_kv_heads != c.n_kv_heads
+            || cache.head_dim != c.head_dim
+        {
+            return Err(EngineError::Shape(
+                "KV cache geometry does not match the model".into(),
+            ));
+        }
+        let rope = RopeTable::new(c.rope_base, c.rope_dims);
+        Ok(Session {
+            model,
+            cache,
+            pool,
+            rope,
+            f32_activations: false,
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        self.model.borrow()
     }
 
     /// Multiply quantized weights by f32 activations instead of 8-bit ones (llama.cpp's
@@ -545,7 +559,7 @@ impl<'m> Session<'m> {
         mut capture: Option<&mut Capture>,
         par: bool,
     ) -> Result<Vec<f32>, EngineError> {
-        let m = self.model;
+        let m: &Model = self.model.borrow();
         let c = &m.config;
         let n = tokens.len();
         if n == 0 {
