@@ -47,11 +47,3 @@ pub enum EngineError {
     #[error("{0}")]
     Invalid(String),
 }
-
-/// Peak resident set size of this process (`VmHWM`), in bytes, where the OS reports it.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
