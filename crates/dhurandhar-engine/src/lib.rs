@@ -19,7 +19,7 @@ pub mod tokenizer;
 pub use cache::{CacheCodec, Capture, KvCache};
 pub use eval::{evaluate, CodecResult, EvalReport, PassMetrics};
 pub use model::{Logits, Model, ModelConfig, RopeStyle, Session};
-pub use quant::QType;
+pub use quant::{computes_with, GgmlType};
 pub use sampling::Sampler;
 pub use tokenizer::Tokenizer;
 
