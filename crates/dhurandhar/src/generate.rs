@@ -46,8 +46,10 @@ pub fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
-/// Memory-map and load a GGUF model, shareable between generators and threads.
+/// Memory-map and load a GGUF model, shareable between generators and threads. A path
+/// that is not a regular file (a FIFO, a device) is refused instead of read.
 pub fn load_model(path: &Path) -> Result<Arc<Model>> {
+    dhurandhar_io::check_regular(path)?;
     Ok(Arc::new(Model::open(path)?))
 }
 
@@ -375,7 +377,7 @@ pub fn bench(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<BenchReport> {
-    let model = Model::open(&opts.model)?;
+    let model = load_model(&opts.model)?;
     let prompt = synthetic_prompt(&model, opts.prompt_tokens.max(1));
     let ctx = prompt.len() + opts.decode_tokens;
     let mut results = Vec::new();
@@ -438,6 +440,17 @@ mod tests {
         fn send<T: Send + 'static>() {}
         send::<Generator>();
         send::<GenerateReport>();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn refuses_a_fifo_as_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("m.gguf");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        let e = load_model(&fifo).err().unwrap().to_string();
+        assert!(e.contains("m.gguf") && e.contains("FIFO"), "{e}");
     }
 
     #[test]
