@@ -32,6 +32,8 @@ pub enum EngineError {
     Checkpoint(#[from] dhurandhar_checkpoint::CheckpointError),
     #[error("{path}: {message}")]
     Model { path: String, message: String },
+    #[error(transparent)]
+    File(#[from] dhurandhar_io::IoError),
     #[error("cannot map {path}: {source}")]
     Io {
         path: String,

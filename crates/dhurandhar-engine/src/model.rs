@@ -92,13 +92,11 @@ fn meta_err(path: &str, message: impl Into<String>) -> EngineError {
 }
 
 impl Model {
-    /// Memory-map and load `path`.
+    /// Memory-map and load `path`. Anything but a regular file (a FIFO, a device) is
+    /// refused before it is opened for reading, so it cannot block or be mapped.
     pub fn open(path: &Path) -> Result<Model, EngineError> {
         let origin = path.display().to_string();
-        let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
-            path: origin.clone(),
-            source,
-        })?;
+        let file = dhurandhar_io::open_regular(path)?;
         // SAFETY: the map is read-only; a concurrent truncation of the file by another
         // process could fault, as with any mmap-based reader (llama.cpp included).
         let map = unsafe { Mmap::map(&file) }.map_err(|source| EngineError::Io {
