@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::error::CheckpointError;
 use crate::gguf::{GgufFile, GgufValue};
+use crate::gguf_hparams::{missing, GgufHyperParams, GgufTokenizer, Keys};
 
 /// Architectures whose KV cache is plain per-layer K and V of `head_count_kv x key_length`.
 /// Others (MLA, chunked attention, ...) would be mis-counted, so they are refused.
@@ -39,74 +40,6 @@ pub const SUPPORTED: &[&str] = &[
 /// Hybrid layouts where every layer has both an attention and an SSM mixer in parallel.
 const PARALLEL_HYBRID: &[&str] = &["falcon-h1"];
 
-struct Keys<'a> {
-    g: &'a GgufFile,
-    arch: &'a str,
-    origin: &'a str,
-    layers: usize,
-}
-
-impl Keys<'_> {
-    fn get(&self, k: &str) -> Option<&GgufValue> {
-        self.g.get(&format!("{}.{k}", self.arch))
-    }
-    fn u64(&self, k: &str) -> Result<Option<u64>, CheckpointError> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.bad(k, "a non-negative integer", v)),
-        }
-    }
-    fn bad(&self, k: &str, want: &str, v: &GgufValue) -> CheckpointError {
-        CheckpointError::unsupported(
-            self.origin,
-            format!(
-                "metadata `{}.{k}` should be {want}, found a {} value",
-                self.arch,
-                v.type_name()
-            ),
-        )
-    }
-    /// A scalar repeated per layer, or a per-layer array of exactly `layers` entries.
-    fn per_layer(&self, k: &str) -> Result<Option<Vec<u64>>, CheckpointError> {
-        let Some(v) = self.get(k) else {
-            return Ok(None);
-        };
-        match v {
-            GgufValue::Array(a) => {
-                if a.len() != self.layers {
-                    return Err(CheckpointError::unsupported(
-                        self.origin,
-                        format!(
-                            "metadata `{}.{k}` has {} per-layer entries but block_count is {}",
-                            self.arch,
-                            a.len(),
-                            self.layers
-                        ),
-                    ));
-                }
-                a.iter()
-                    .map(|x| {
-                        x.as_u64()
-                            .ok_or_else(|| self.bad(k, "an array of integers", x))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Some)
-            }
-            s => s
-                .as_u64()
-                .map(|x| Some(vec![x; self.layers]))
-                .ok_or_else(|| self.bad(k, "an integer or per-layer array", s)),
-        }
-    }
-}
-
-fn missing(origin: &str, arch: &str, k: &str) -> CheckpointError {
-    CheckpointError::unsupported(origin, format!("required metadata `{arch}.{k}` is missing"))
-}
-
 /// Build a model profile (JSON object with `ModelArchitecture` field names) from GGUF metadata.
 pub(crate) fn profile_from_gguf(
     g: &GgufFile,
@@ -124,29 +57,19 @@ pub(crate) fn profile_from_gguf(
             ),
         ));
     }
-    let mut k = Keys {
+    let hp = GgufHyperParams::read(g, origin)?;
+    let l = hp.block_count;
+    let hidden = hp.embedding_length;
+    let k = Keys {
         g,
         arch,
         origin,
-        layers: 0,
+        layers: l as usize,
     };
-    let l = k
-        .u64("block_count")?
-        .ok_or_else(|| missing(origin, arch, "block_count"))?;
-    if l == 0 || l > 100_000 {
-        return Err(CheckpointError::unsupported(
-            origin,
-            format!("`{arch}.block_count` is {l}"),
-        ));
-    }
-    k.layers = l as usize;
-    let hidden = k
-        .u64("embedding_length")?
-        .ok_or_else(|| missing(origin, arch, "embedding_length"))?;
     let has_ssm = k.get("ssm.state_size").is_some();
 
-    let heads_pl = k.per_layer("attention.head_count")?;
-    let kv_pl = k.per_layer("attention.head_count_kv")?;
+    let heads_pl = hp.head_count;
+    let kv_pl = hp.head_count_kv;
     let heads = heads_pl
         .as_ref()
         .and_then(|v| v.iter().copied().max())
@@ -187,7 +110,7 @@ pub(crate) fn profile_from_gguf(
         if heads == 0 {
             return Err(missing(origin, arch, "attention.head_count"));
         }
-        let head_dim = match k.u64("attention.key_length")? {
+        let head_dim = match hp.key_length {
             Some(d) if d > 0 => d,
             _ => hidden / heads,
         };
@@ -200,7 +123,7 @@ pub(crate) fn profile_from_gguf(
     }
 
     // FFN width, possibly per layer.
-    let ffn_pl = k.per_layer("feed_forward_length")?;
+    let ffn_pl = hp.feed_forward_length;
     let expert_ffn = k.u64("expert_feed_forward_length")?.unwrap_or(0);
     let ffn_max = ffn_pl
         .as_ref()
@@ -228,8 +151,8 @@ pub(crate) fn profile_from_gguf(
     // Vocabulary: explicit key, tokenizer list, or the embedding's row count.
     let vocab = match k.u64("vocab_size")? {
         Some(v) if v > 0 => v,
-        _ => match g.get("tokenizer.ggml.tokens").and_then(|t| t.as_array()) {
-            Some(t) if !t.is_empty() => t.len() as u64,
+        _ => match GgufTokenizer::count_tokens(g) {
+            Some(n) if n > 0 => n as u64,
             _ => g
                 .tensor("token_embd.weight")
                 .and_then(|t| t.shape.get(1).copied())
@@ -237,7 +160,7 @@ pub(crate) fn profile_from_gguf(
         },
     };
     p.insert("vocab_size".into(), Value::from(vocab));
-    if let Some(c) = k.u64("context_length")? {
+    if let Some(c) = hp.context_length {
         if c > 0 {
             p.insert("max_context_tokens".into(), Value::from(c));
         }

@@ -14,6 +14,7 @@ mod checkpoint;
 pub mod components;
 mod error;
 pub mod gguf;
+pub mod gguf_hparams;
 mod mmap;
 pub mod safetensors;
 
@@ -26,6 +27,7 @@ pub use arch_hf::arch_from_config_json;
 pub use checkpoint::{open_checkpoint, Checkpoint, CheckpointFormat, TensorEntry};
 pub use components::{classify, Component};
 pub use error::CheckpointError;
+pub use gguf_hparams::{GgufHyperParams, GgufTokenizer};
 pub use mmap::map_file;
 
 /// Absolute byte offset and length of tensor `name` in a `.gguf` or `.safetensors` file.

@@ -161,6 +161,26 @@ fn inspect_refuses_malformed_files_with_location() {
 
 use predicates::prelude::PredicateBooleanExt;
 
+#[cfg(unix)]
+#[test]
+fn inspect_refuses_a_fifo_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.gguf");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // Before the check this read blocked forever; the timeout turns that into a failure.
+    dhurandhar()
+        .args(["inspect", fifo.to_str().unwrap()])
+        .timeout(std::time::Duration::from_secs(30))
+        .assert()
+        .failure()
+        .code(1)
+        .stderr(contains("model.gguf").and(contains("not a regular file (a FIFO)")));
+}
+
 #[test]
 fn inspect_smollm2_fixture() {
     let Some(p) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {

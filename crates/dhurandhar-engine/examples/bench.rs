@@ -10,6 +10,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let m = dhurandhar_engine::Model::open(std::path::Path::new(path))?;
     let p = dhurandhar_engine::bench::synthetic_prompt(&m, n);
     let r = dhurandhar_engine::bench::bench(&m, &p, d, th, 2)?;
-    println!("{r:?} peak_rss={:?}", dhurandhar_engine::peak_rss_bytes());
+    println!("{r:?}");
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! Throughput and memory measurement: prefill and decode tokens/s at a given thread
-//! count, and peak RSS. Used by `dhurandhar generate --bench`.
+//! Throughput measurement: prefill and decode tokens/s at a given thread count. The
+//! facade's generate benchmark adds peak RSS from the profile crate's probe.
 
 use std::time::Instant;
 

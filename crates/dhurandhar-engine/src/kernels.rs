@@ -8,14 +8,14 @@
 
 use rayon::prelude::*;
 
-use crate::quant::{dequantize_block, f16_at, Q8Acts, QType, QK, QK_K};
+use crate::quant::{dequantize_block, f16_at, row_bytes, GgmlType, Q8Acts, QK, QK_K};
 use crate::EngineError;
 
 /// A row-major quantized matrix borrowed from the mapped file: `rows` rows of `cols`
 /// values (ggml shape `[cols, rows]`).
 #[derive(Debug, Clone, Copy)]
 pub struct QMatrix<'a> {
-    pub qtype: QType,
+    pub qtype: GgmlType,
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
@@ -24,12 +24,12 @@ pub struct QMatrix<'a> {
 impl<'a> QMatrix<'a> {
     /// Wrap `data`, checking that its length matches the shape exactly.
     pub fn new(
-        qtype: QType,
+        qtype: GgmlType,
         rows: usize,
         cols: usize,
         data: &'a [u8],
     ) -> Result<Self, EngineError> {
-        let rb = qtype.row_bytes(cols)?;
+        let rb = row_bytes(qtype, cols)?;
         if rb.checked_mul(rows) != Some(data.len()) {
             return Err(EngineError::Shape(format!(
                 "{} matrix {rows}x{cols} needs {} bytes, got {}",
@@ -70,7 +70,7 @@ impl<'a> QMatrix<'a> {
 
     /// Whether this type multiplies against 8-bit quantized activations.
     pub fn uses_q8(&self) -> bool {
-        matches!(self.qtype, QType::Q8_0 | QType::Q4_0 | QType::Q4_1)
+        matches!(self.qtype, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
     }
 }
 
@@ -173,8 +173,8 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Dequantize block by block and dot with f32 activations (any type).
-fn dot_dequant(t: QType, w: &[u8], x: &[f32]) -> f32 {
-    if t == QType::F32 {
+fn dot_dequant(t: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+    if t == GgmlType::F32 {
         let mut acc = 0f32;
         for (c, xs) in w.chunks_exact(4 * 64).zip(x.chunks(64)) {
             let mut buf = [0f32; 64];
@@ -189,8 +189,8 @@ fn dot_dequant(t: QType, w: &[u8], x: &[f32]) -> f32 {
         }
         return acc;
     }
-    let bs = t.block_size();
-    let ts = t.type_size();
+    let bs = t.block_size() as usize;
+    let ts = t.type_size() as usize;
     if bs == 1 {
         // F16 / BF16: dequantize 64 values at a time.
         let mut acc = 0f32;
@@ -685,7 +685,7 @@ pub fn strided_axpys(p: &[f32], src: &[f32], off: usize, stride: usize, out: &mu
 
 /// Dot product of weight row `w` (of matrix type `t`) with activation row `a_row`.
 #[inline]
-fn row_dot(t: QType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Simd) -> f32 {
+fn row_dot(t: GgmlType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Simd) -> f32 {
     match acts {
         Acts::Q8(a) => {
             #[cfg(target_arch = "x86_64")]
@@ -693,16 +693,16 @@ fn row_dot(t: QType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Si
                 // SAFETY: simd() checked the features; shapes were checked by matmul().
                 unsafe {
                     return match t {
-                        QType::Q8_0 => avx2::dot_q8_0(w, a, a_row),
-                        QType::Q4_1 => avx2::dot_q4::<true>(w, a, a_row),
+                        GgmlType::Q8_0 => avx2::dot_q8_0(w, a, a_row),
+                        GgmlType::Q4_1 => avx2::dot_q4::<true>(w, a, a_row),
                         _ => avx2::dot_q4::<false>(w, a, a_row),
                     };
                 }
             }
             let _ = s;
             match t {
-                QType::Q8_0 => dot_q8_0_portable(w, a, a_row),
-                QType::Q4_1 => dot_q4_portable(w, a, a_row, true),
+                GgmlType::Q8_0 => dot_q8_0_portable(w, a, a_row),
+                GgmlType::Q4_1 => dot_q4_portable(w, a, a_row, true),
                 _ => dot_q4_portable(w, a, a_row, false),
             }
         }
@@ -712,13 +712,13 @@ fn row_dot(t: QType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Si
             if s == Simd::Avx2 {
                 // SAFETY: simd() checked the features; matmul() checked the shapes.
                 match t {
-                    QType::Q8_0 => return unsafe { avx2::dot_q8_0_f32(w, xr) },
-                    QType::Q4_1 => return unsafe { avx2::dot_q4_f32::<true>(w, xr) },
-                    QType::Q4_0 => return unsafe { avx2::dot_q4_f32::<false>(w, xr) },
+                    GgmlType::Q8_0 => return unsafe { avx2::dot_q8_0_f32(w, xr) },
+                    GgmlType::Q4_1 => return unsafe { avx2::dot_q4_f32::<true>(w, xr) },
+                    GgmlType::Q4_0 => return unsafe { avx2::dot_q4_f32::<false>(w, xr) },
                     _ => {}
                 }
             }
-            if t == QType::F32 && s == Simd::Avx2 {
+            if t == GgmlType::F32 && s == Simd::Avx2 {
                 // Aligned or not, F32 weights are little-endian f32s; reinterpret safely.
                 if let Ok(wf) = bytemuck_f32(w) {
                     return dot(wf, xr);
@@ -808,8 +808,8 @@ pub fn matmul(
             #[cfg(target_arch = "x86_64")]
             if let (Simd::Avx2, Acts::Q8(a)) = (s, acts) {
                 let kind = match w.qtype {
-                    QType::Q8_0 => 0,
-                    QType::Q4_0 => 1,
+                    GgmlType::Q8_0 => 0,
+                    GgmlType::Q4_0 => 1,
                     _ => 2,
                 };
                 while t + 4 <= n_tok {
@@ -920,9 +920,9 @@ mod tests {
         let mut acts = Q8Acts::default();
         acts.quantize_into(&x, cols);
         for (t, data) in [
-            (QType::Q8_0, quantize_q8_0(&wf)),
-            (QType::Q4_1, quantize_q4(&wf, true)),
-            (QType::Q4_0, quantize_q4(&wf, false)),
+            (GgmlType::Q8_0, quantize_q8_0(&wf)),
+            (GgmlType::Q4_1, quantize_q4(&wf, true)),
+            (GgmlType::Q4_0, quantize_q4(&wf, false)),
         ] {
             let m = QMatrix::new(t, rows, cols, &data).unwrap();
             let mut out = vec![0f32; n_tok * rows];
@@ -940,8 +940,8 @@ mod tests {
                         "{t:?} tok {tok} row {r}: {got} vs {want}"
                     );
                     let portable = match t {
-                        QType::Q8_0 => dot_q8_0_portable(m.row(r), &acts, tok),
-                        QType::Q4_1 => dot_q4_portable(m.row(r), &acts, tok, true),
+                        GgmlType::Q8_0 => dot_q8_0_portable(m.row(r), &acts, tok),
+                        GgmlType::Q4_1 => dot_q4_portable(m.row(r), &acts, tok, true),
                         _ => dot_q4_portable(m.row(r), &acts, tok, false),
                     };
                     assert!(
@@ -959,9 +959,9 @@ mod tests {
         let wf = rng_vals(rows * cols, 21);
         let x = rng_vals(2 * cols, 22);
         for (t, data) in [
-            (QType::Q8_0, quantize_q8_0(&wf)),
-            (QType::Q4_1, quantize_q4(&wf, true)),
-            (QType::Q4_0, quantize_q4(&wf, false)),
+            (GgmlType::Q8_0, quantize_q8_0(&wf)),
+            (GgmlType::Q4_1, quantize_q4(&wf, true)),
+            (GgmlType::Q4_0, quantize_q4(&wf, false)),
         ] {
             let m = QMatrix::new(t, rows, cols, &data).unwrap();
             let mut out = vec![0f32; 2 * rows];
@@ -989,7 +989,7 @@ mod tests {
             .iter()
             .flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes())
             .collect();
-        for (t, data) in [(QType::F32, b32), (QType::F16, b16)] {
+        for (t, data) in [(GgmlType::F32, b32), (GgmlType::F16, b16)] {
             let m = QMatrix::new(t, rows, cols, &data).unwrap();
             let mut out = vec![0f32; rows];
             let pool = rayon::ThreadPoolBuilder::new()
@@ -1032,8 +1032,8 @@ mod tests {
     #[test]
     fn shape_errors() {
         let data = vec![0u8; 34];
-        assert!(QMatrix::new(QType::Q8_0, 2, 32, &data).is_err());
-        let m = QMatrix::new(QType::Q8_0, 1, 32, &data).unwrap();
+        assert!(QMatrix::new(GgmlType::Q8_0, 2, 32, &data).is_err());
+        let m = QMatrix::new(GgmlType::Q8_0, 1, 32, &data).unwrap();
         let x = vec![0f32; 32];
         let mut out = vec![0f32; 1];
         assert!(matmul(&m, &Acts::F32(&x), &mut out, false).is_ok());
@@ -1042,7 +1042,7 @@ mod tests {
         assert!(matmul(&m, &Acts::F32(&x), &mut out2, false).is_err());
         // 8-bit activations only pair with Q8_0/Q4_x weights.
         let f16 = vec![0u8; 64];
-        let mf = QMatrix::new(QType::F16, 1, 32, &f16).unwrap();
+        let mf = QMatrix::new(GgmlType::F16, 1, 32, &f16).unwrap();
         let mut q = Q8Acts::default();
         q.quantize_into(&x, 32);
         assert!(matmul(&mf, &Acts::Q8(&q), &mut out, false).is_err());

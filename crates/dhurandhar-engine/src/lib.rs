@@ -19,7 +19,7 @@ pub mod tokenizer;
 pub use cache::{CacheCodec, Capture, KvCache};
 pub use eval::{evaluate, CodecResult, EvalReport, PassMetrics};
 pub use model::{Logits, Model, ModelConfig, RopeStyle, Session};
-pub use quant::QType;
+pub use quant::{computes_with, GgmlType};
 pub use sampling::Sampler;
 pub use tokenizer::Tokenizer;
 
@@ -32,6 +32,8 @@ pub enum EngineError {
     Checkpoint(#[from] dhurandhar_checkpoint::CheckpointError),
     #[error("{path}: {message}")]
     Model { path: String, message: String },
+    #[error(transparent)]
+    File(#[from] dhurandhar_io::IoError),
     #[error("cannot map {path}: {source}")]
     Io {
         path: String,
@@ -46,12 +48,4 @@ pub enum EngineError {
     Codec(#[from] dhurandhar_kv::KvError),
     #[error("{0}")]
     Invalid(String),
-}
-
-/// Peak resident set size of this process (`VmHWM`), in bytes, where the OS reports it.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

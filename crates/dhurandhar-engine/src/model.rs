@@ -1,14 +1,16 @@
 //! Loading a llama/qwen2-family GGUF (weights stay in the memory map) and running it.
 
+use std::borrow::Borrow;
 use std::path::Path;
 
-use dhurandhar_checkpoint::gguf::{GgufFile, GgufValue};
+use dhurandhar_checkpoint::gguf::GgufFile;
+use dhurandhar_checkpoint::{GgufHyperParams, GgufTokenizer};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
 use crate::cache::{Capture, KvCache};
 use crate::kernels::{matmul, strided_axpys, strided_dots, Acts, QMatrix};
-use crate::quant::{Q8Acts, QType};
+use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
 use crate::tokenizer::{PreTokenizer, Tokenizer};
 use crate::EngineError;
 
@@ -22,7 +24,8 @@ pub enum RopeStyle {
     SplitHalf,
 }
 
-/// Hyper-parameters read from the GGUF metadata.
+/// Hyper-parameters for the forward pass, derived from the checkpoint crate's reading of
+/// the GGUF ([`GgufHyperParams`]), checked for what this engine computes.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelConfig {
     pub name: String,
@@ -45,7 +48,7 @@ pub struct ModelConfig {
 /// Where a tensor lives in the map.
 #[derive(Debug, Clone, Copy)]
 struct TensorRef {
-    qtype: QType,
+    qtype: GgmlType,
     rows: usize,
     cols: usize,
     offset: usize,
@@ -88,21 +91,12 @@ fn meta_err(path: &str, message: impl Into<String>) -> EngineError {
     }
 }
 
-fn strings(v: Option<&GgufValue>) -> Option<Vec<String>> {
-    v?.as_array()?
-        .iter()
-        .map(|x| x.as_str().map(|s| s.to_string()))
-        .collect()
-}
-
 impl Model {
-    /// Memory-map and load `path`.
+    /// Memory-map and load `path`. Anything but a regular file (a FIFO, a device) is
+    /// refused before it is opened for reading, so it cannot block or be mapped.
     pub fn open(path: &Path) -> Result<Model, EngineError> {
         let origin = path.display().to_string();
-        let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
-            path: origin.clone(),
-            source,
-        })?;
+        let file = dhurandhar_io::open_regular(path)?;
         // SAFETY: the map is read-only; a concurrent truncation of the file by another
         // process could fault, as with any mmap-based reader (llama.cpp included).
         let map = unsafe { Mmap::map(&file) }.map_err(|source| EngineError::Io {
@@ -115,10 +109,8 @@ impl Model {
     }
 
     fn from_gguf(map: Mmap, g: &GgufFile, origin: &str) -> Result<Model, EngineError> {
-        let arch = g
-            .architecture()
-            .ok_or_else(|| meta_err(origin, "missing general.architecture"))?
-            .to_string();
+        let hp = GgufHyperParams::read(g, origin)?;
+        let arch = hp.architecture.clone();
         let rope_style = match arch.as_str() {
             "llama" | "mistral" => RopeStyle::Interleaved,
             "qwen2" => RopeStyle::SplitHalf,
@@ -131,43 +123,39 @@ impl Model {
                 ))
             }
         };
-        let get = |k: &str| -> Result<usize, EngineError> {
-            let v = g
-                .get(&format!("{arch}.{k}"))
-                .ok_or_else(|| meta_err(origin, format!("missing {arch}.{k}")))?;
-            let n = match v {
-                // Per-layer arrays must be uniform for this engine.
-                GgufValue::Array(a) => {
-                    let vals: Vec<u64> = a.iter().filter_map(|x| x.as_u64()).collect();
-                    match vals.first() {
-                        Some(&f) if vals.len() == a.len() && vals.iter().all(|&x| x == f) => {
-                            Some(f)
-                        }
-                        _ => None,
-                    }
-                }
-                v => v.as_u64(),
-            };
-            let n =
-                n.ok_or_else(|| meta_err(origin, format!("{arch}.{k} is not a uniform integer")))?;
+        // The engine needs every size positive, bounded, and the same on every layer.
+        let size = |what: &str, n: u64| -> Result<usize, EngineError> {
             usize::try_from(n)
                 .ok()
                 .filter(|&n| n > 0 && n < (1 << 24))
-                .ok_or_else(|| meta_err(origin, format!("{arch}.{k} = {n} is out of range")))
+                .ok_or_else(|| meta_err(origin, format!("{what} {n} is out of range")))
         };
-        let n_layers = get("block_count")?;
-        let dim = get("embedding_length")?;
-        let n_heads = get("attention.head_count")?;
-        let n_kv_heads = if g.get(&format!("{arch}.attention.head_count_kv")).is_some() {
-            get("attention.head_count_kv")?
-        } else {
-            n_heads
+        let uniform = |what: &str, per_layer: &[u64]| -> Result<usize, EngineError> {
+            match per_layer.first() {
+                Some(&f) if per_layer.iter().all(|&x| x == f) => size(what, f),
+                _ => Err(meta_err(
+                    origin,
+                    format!("the {what} differs between layers, which the engine does not support"),
+                )),
+            }
         };
-        let ffn_dim = get("feed_forward_length")?;
-        let head_dim = if g.get(&format!("{arch}.attention.key_length")).is_some() {
-            get("attention.key_length")?
-        } else {
-            dim / n_heads
+        let required = |what: &str, v: &Option<Vec<u64>>| -> Result<usize, EngineError> {
+            let v = v
+                .as_deref()
+                .ok_or_else(|| meta_err(origin, format!("missing the {what} ({arch})")))?;
+            uniform(what, v)
+        };
+        let n_layers = size("block count", hp.block_count)?;
+        let dim = size("embedding length", hp.embedding_length)?;
+        let n_heads = required("attention head count", &hp.head_count)?;
+        let n_kv_heads = match &hp.head_count_kv {
+            Some(v) => uniform("KV head count", v)?,
+            None => n_heads,
+        };
+        let ffn_dim = required("feed-forward length", &hp.feed_forward_length)?;
+        let head_dim = match hp.key_length {
+            Some(d) => size("key length", d)?,
+            None => dim / n_heads,
         };
         if n_heads % n_kv_heads != 0 || head_dim % 2 != 0 {
             return Err(meta_err(
@@ -175,64 +163,60 @@ impl Model {
                 format!("{n_heads} heads / {n_kv_heads} KV heads / head_dim {head_dim} is not a valid GQA layout"),
             ));
         }
-        let rope_dims = if g.get(&format!("{arch}.rope.dimension_count")).is_some() {
-            get("rope.dimension_count")?.min(head_dim)
-        } else {
-            head_dim
+        let rope_dims = match hp.rope_dimension_count {
+            Some(d) => size("RoPE dimension count", d)?.min(head_dim),
+            None => head_dim,
         };
-        let rope_base = g
-            .get_f32(&format!("{arch}.rope.freq_base"))
-            .unwrap_or(10000.0);
-        let rms_eps = g
-            .get_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"))
-            .unwrap_or(1e-5);
-        let context_length = g
-            .get_u64(&format!("{arch}.context_length"))
+        let rope_base = hp.rope_freq_base.unwrap_or(10000.0);
+        let rms_eps = hp.rms_epsilon.unwrap_or(1e-5);
+        let context_length = hp
+            .context_length
             .and_then(|c| usize::try_from(c).ok())
             .unwrap_or(2048);
 
         // Tokenizer.
-        match g.get_str("tokenizer.ggml.model") {
+        let tk = GgufTokenizer::read(g);
+        match tk.model.as_deref() {
             Some("gpt2") => {}
             other => {
                 return Err(meta_err(
                     origin,
-                    format!("tokenizer.ggml.model {other:?} is not supported (only byte-level BPE \"gpt2\")"),
+                    format!(
+                        "tokenizer model {other:?} is not supported (only byte-level BPE \"gpt2\")"
+                    ),
                 ))
             }
         }
-        let tokens = strings(g.get("tokenizer.ggml.tokens"))
-            .ok_or_else(|| meta_err(origin, "missing tokenizer.ggml.tokens"))?;
-        let merges = strings(g.get("tokenizer.ggml.merges"))
-            .ok_or_else(|| meta_err(origin, "missing tokenizer.ggml.merges"))?;
-        let types = g
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().map(|x| x.as_i64().unwrap_or(1)).collect());
-        let pre = match g.get_str("tokenizer.ggml.pre") {
+        let tokens = tk
+            .tokens
+            .ok_or_else(|| meta_err(origin, "missing the tokenizer's token list"))?;
+        let merges = tk
+            .merges
+            .ok_or_else(|| meta_err(origin, "missing the tokenizer's merges"))?;
+        let pre = match tk.pre.as_deref() {
             Some("gpt-2") | Some("gpt2") => PreTokenizer::Gpt2,
             _ => PreTokenizer::DigitsThenGpt2,
         };
-        let mut tokenizer = Tokenizer::new(tokens, &merges, types, pre)?;
-        let id = |k: &str| g.get_u64(k).and_then(|v| u32::try_from(v).ok());
-        tokenizer.bos = id("tokenizer.ggml.bos_token_id");
-        tokenizer.eos = id("tokenizer.ggml.eos_token_id");
-        tokenizer.add_bos = g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false);
+        let mut tokenizer = Tokenizer::new(tokens, &merges, tk.token_types, pre)?;
+        tokenizer.bos = tk.bos_token_id;
+        tokenizer.eos = tk.eos_token_id;
+        tokenizer.add_bos = tk.add_bos_token.unwrap_or(false);
 
         // Tensors.
         let tensor = |name: &str, rows: usize, cols: usize| -> Result<TensorRef, EngineError> {
             let t = g
                 .tensor(name)
                 .ok_or_else(|| meta_err(origin, format!("missing tensor {name}")))?;
-            let qtype = QType::from_ggml_name(t.ggml_type.name()).ok_or_else(|| {
-                meta_err(
+            let qtype = t.ggml_type;
+            if !computes_with(qtype) {
+                return Err(meta_err(
                     origin,
                     format!(
                         "tensor {name} has type {} which the engine cannot compute with",
-                        t.ggml_type.name()
+                        qtype.name()
                     ),
-                )
-            })?;
+                ));
+            }
             let want: Vec<u64> = if rows == 1 {
                 vec![cols as u64]
             } else {
@@ -244,7 +228,7 @@ impl Model {
                     format!("tensor {name} has shape {:?}, expected {want:?}", t.shape),
                 ));
             }
-            let len = qtype.row_bytes(cols)? * rows;
+            let len = row_bytes(qtype, cols)? * rows;
             if t.n_bytes != len as u64 {
                 return Err(meta_err(
                     origin,
@@ -321,7 +305,7 @@ impl Model {
             });
         }
         let config = ModelConfig {
-            name: g.get_str("general.name").unwrap_or("").to_string(),
+            name: hp.name.clone().unwrap_or_default(),
             architecture: arch,
             n_layers,
             dim,
@@ -363,40 +347,15 @@ impl Model {
         self.config.n_layers * self.config.n_kv_heads * self.config.head_dim * 2 * 4
     }
 
-    /// A new inference session with `threads` worker threads (1 = run on this thread).
+    /// A new inference session borrowing this model, with `threads` worker threads
+    /// (1 = run on this thread). For a session that owns the model (another thread, a
+    /// long-lived generator), use [`Session::new`] with an `Arc<Model>`.
     pub fn session(
         &self,
         threads: usize,
         cache: Option<KvCache>,
-    ) -> Result<Session<'_>, EngineError> {
-        let c = &self.config;
-        let pool = if threads > 1 {
-            Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .map_err(|e| EngineError::Invalid(format!("thread pool: {e}")))?,
-            )
-        } else {
-            None
-        };
-        let cache =
-            cache.unwrap_or_else(|| KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, None));
-        if cache.layers.len() != c.n_layers
-            || cache.n_kv_heads != c.n_kv_heads
-            || cache.head_dim != c.head_dim
-        {
-            return Err(EngineError::Shape(
-                "KV cache geometry does not match the model".into(),
-            ));
-        }
-        Ok(Session {
-            model: self,
-            cache,
-            pool,
-            rope: RopeTable::new(c.rope_base, c.rope_dims),
-            f32_activations: false,
-        })
+    ) -> Result<Session<&Model>, EngineError> {
+        Session::new(self, threads, cache)
     }
 }
 
@@ -449,8 +408,12 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// A sequence being processed: its KV cache and thread pool.
-pub struct Session<'m> {
-    model: &'m Model,
+///
+/// `M` is how the session holds its model: `&Model` (borrowed, from [`Model::session`])
+/// or `Arc<Model>` (owned, so the session can move to another thread and outlive the
+/// caller's borrow).
+pub struct Session<M: Borrow<Model>> {
+    model: M,
     pub cache: KvCache,
     pool: Option<rayon::ThreadPool>,
     rope: RopeTable,
@@ -486,9 +449,43 @@ impl Scratch {
     }
 }
 
-impl<'m> Session<'m> {
-    pub fn model(&self) -> &'m Model {
-        self.model
+impl<M: Borrow<Model> + Send> Session<M> {
+    /// A new session over `model` with `threads` worker threads (1 = run on this
+    /// thread) and an empty KV cache unless `cache` is given.
+    pub fn new(model: M, threads: usize, cache: Option<KvCache>) -> Result<Self, EngineError> {
+        let c = &model.borrow().config;
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .map_err(|e| EngineError::Invalid(format!("thread pool: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let cache =
+            cache.unwrap_or_else(|| KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, None));
+        if cache.layers.len() != c.n_layers
+            || cache.n_kv_heads != c.n_kv_heads
+            || cache.head_dim != c.head_dim
+        {
+            return Err(EngineError::Shape(
+                "KV cache geometry does not match the model".into(),
+            ));
+        }
+        let rope = RopeTable::new(c.rope_base, c.rope_dims);
+        Ok(Session {
+            model,
+            cache,
+            pool,
+            rope,
+            f32_activations: false,
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        self.model.borrow()
     }
 
     /// Multiply quantized weights by f32 activations instead of 8-bit ones (llama.cpp's
@@ -545,7 +542,7 @@ impl<'m> Session<'m> {
         mut capture: Option<&mut Capture>,
         par: bool,
     ) -> Result<Vec<f32>, EngineError> {
-        let m = self.model;
+        let m: &Model = self.model.borrow();
         let c = &m.config;
         let n = tokens.len();
         if n == 0 {

@@ -13,86 +13,32 @@ pub const QK_K: usize = 256;
 /// Block length of the classic quants (Q4_0, Q4_1, Q8_0) and of quantized activations.
 pub const QK: usize = 32;
 
-/// Tensor types this engine can compute with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum QType {
-    F32,
-    F16,
-    BF16,
-    Q8_0,
-    Q4_0,
-    Q4_1,
-    Q4K,
-    Q5K,
-    Q6K,
+pub use dhurandhar_checkpoint::gguf::GgmlType;
+
+/// Whether the engine computes with tensors stored as `t`: dequantizes them and uses
+/// them in matrix products. Everything else is refused when a model is loaded.
+pub fn computes_with(t: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(t, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4K | Q5K | Q6K)
 }
 
-impl QType {
-    /// Map a ggml type name (`"Q4_1"`, `"q4_K"`, `"F32"`, ...) to a supported type.
-    pub fn from_ggml_name(name: &str) -> Option<QType> {
-        Some(match name.to_ascii_uppercase().as_str() {
-            "F32" => QType::F32,
-            "F16" => QType::F16,
-            "BF16" => QType::BF16,
-            "Q8_0" => QType::Q8_0,
-            "Q4_0" => QType::Q4_0,
-            "Q4_1" => QType::Q4_1,
-            "Q4_K" => QType::Q4K,
-            "Q5_K" => QType::Q5K,
-            "Q6_K" => QType::Q6K,
-            _ => return None,
-        })
+/// Bytes of a row of `n` values stored as `t`, or an error when the engine does not
+/// compute with `t` or `n` is not a whole number of blocks.
+pub fn row_bytes(t: GgmlType, n: usize) -> Result<usize, EngineError> {
+    if !computes_with(t) {
+        return Err(EngineError::Invalid(format!(
+            "the engine cannot compute with {} tensors",
+            t.name()
+        )));
     }
-
-    /// The ggml name of the type.
-    pub fn name(self) -> &'static str {
-        match self {
-            QType::F32 => "F32",
-            QType::F16 => "F16",
-            QType::BF16 => "BF16",
-            QType::Q8_0 => "Q8_0",
-            QType::Q4_0 => "Q4_0",
-            QType::Q4_1 => "Q4_1",
-            QType::Q4K => "Q4_K",
-            QType::Q5K => "Q5_K",
-            QType::Q6K => "Q6_K",
-        }
+    let bs = t.block_size() as usize;
+    if !n.is_multiple_of(bs) {
+        return Err(EngineError::Shape(format!(
+            "row length {n} is not a multiple of the {} block size {bs}",
+            t.name()
+        )));
     }
-
-    /// Values per block.
-    pub fn block_size(self) -> usize {
-        match self {
-            QType::F32 | QType::F16 | QType::BF16 => 1,
-            QType::Q8_0 | QType::Q4_0 | QType::Q4_1 => QK,
-            QType::Q4K | QType::Q5K | QType::Q6K => QK_K,
-        }
-    }
-
-    /// Bytes per block.
-    pub fn type_size(self) -> usize {
-        match self {
-            QType::F32 => 4,
-            QType::F16 | QType::BF16 => 2,
-            QType::Q8_0 => 34,
-            QType::Q4_0 => 18,
-            QType::Q4_1 => 20,
-            QType::Q4K => 144,
-            QType::Q5K => 176,
-            QType::Q6K => 210,
-        }
-    }
-
-    /// Bytes of a row of `n` values, or an error when `n` is not a whole number of blocks.
-    pub fn row_bytes(self, n: usize) -> Result<usize, EngineError> {
-        let bs = self.block_size();
-        if !n.is_multiple_of(bs) {
-            return Err(EngineError::Shape(format!(
-                "row length {n} is not a multiple of the {} block size {bs}",
-                self.name()
-            )));
-        }
-        Ok(n / bs * self.type_size())
-    }
+    Ok(n / bs * t.type_size() as usize)
 }
 
 #[inline]
@@ -115,18 +61,18 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// Dequantize one block (`t.type_size()` bytes) into `out` (`t.block_size()` values).
 /// Both lengths are checked by the caller ([`dequantize_row`]); this is the inner loop.
-pub fn dequantize_block(t: QType, b: &[u8], out: &mut [f32]) {
+pub fn dequantize_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
     match t {
-        QType::F32 => out[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        QType::F16 => out[0] = f16_at(b, 0),
-        QType::BF16 => out[0] = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
-        QType::Q8_0 => {
+        GgmlType::F32 => out[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        GgmlType::F16 => out[0] = f16_at(b, 0),
+        GgmlType::BF16 => out[0] = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+        GgmlType::Q8_0 => {
             let d = f16_at(b, 0);
             for (o, &q) in out[..QK].iter_mut().zip(&b[2..2 + QK]) {
                 *o = d * (q as i8) as f32;
             }
         }
-        QType::Q4_0 => {
+        GgmlType::Q4_0 => {
             let d = f16_at(b, 0);
             let qs = &b[2..18];
             for j in 0..16 {
@@ -134,7 +80,7 @@ pub fn dequantize_block(t: QType, b: &[u8], out: &mut [f32]) {
                 out[j + 16] = d * ((qs[j] >> 4) as i32 - 8) as f32;
             }
         }
-        QType::Q4_1 => {
+        GgmlType::Q4_1 => {
             let d = f16_at(b, 0);
             let m = f16_at(b, 2);
             let qs = &b[4..20];
@@ -143,7 +89,7 @@ pub fn dequantize_block(t: QType, b: &[u8], out: &mut [f32]) {
                 out[j + 16] = d * (qs[j] >> 4) as f32 + m;
             }
         }
-        QType::Q4K => {
+        GgmlType::Q4K => {
             let d = f16_at(b, 0);
             let dmin = f16_at(b, 2);
             let scales = &b[4..16];
@@ -160,7 +106,7 @@ pub fn dequantize_block(t: QType, b: &[u8], out: &mut [f32]) {
                 }
             }
         }
-        QType::Q5K => {
+        GgmlType::Q5K => {
             let d = f16_at(b, 0);
             let dmin = f16_at(b, 2);
             let scales = &b[4..16];
@@ -181,7 +127,7 @@ pub fn dequantize_block(t: QType, b: &[u8], out: &mut [f32]) {
                 }
             }
         }
-        QType::Q6K => {
+        GgmlType::Q6K => {
             let ql_all = &b[0..128];
             let qh_all = &b[128..192];
             let sc_all = &b[192..208];
@@ -203,12 +149,14 @@ pub fn dequantize_block(t: QType, b: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        // `dequantize_row` and `QMatrix::new` refuse these before any block is read.
+        other => unreachable!("{} is not a type the engine computes with", other.name()),
     }
 }
 
 /// Dequantize a row of `out.len()` values stored as `t` in `bytes`.
-pub fn dequantize_row(t: QType, bytes: &[u8], out: &mut [f32]) -> Result<(), EngineError> {
-    let need = t.row_bytes(out.len())?;
+pub fn dequantize_row(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), EngineError> {
+    let need = row_bytes(t, out.len())?;
     if bytes.len() != need {
         return Err(EngineError::Shape(format!(
             "{} row of {} values needs {need} bytes, got {}",
@@ -217,7 +165,7 @@ pub fn dequantize_row(t: QType, bytes: &[u8], out: &mut [f32]) -> Result<(), Eng
             bytes.len()
         )));
     }
-    let (bs, ts) = (t.block_size(), t.type_size());
+    let (bs, ts) = (t.block_size() as usize, t.type_size() as usize);
     for (o, b) in out.chunks_exact_mut(bs).zip(bytes.chunks_exact(ts)) {
         dequantize_block(t, b, o);
     }
@@ -288,16 +236,16 @@ mod tests {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        dequantize_row(QType::F32, &b, &mut out).unwrap();
+        dequantize_row(GgmlType::F32, &b, &mut out).unwrap();
         assert_eq!(out, [1.5, -2.0, 0.25]);
         let b: Vec<u8> = [1.5f32, -2.0, 0.25].iter().flat_map(|&v| h(v)).collect();
-        dequantize_row(QType::F16, &b, &mut out).unwrap();
+        dequantize_row(GgmlType::F16, &b, &mut out).unwrap();
         assert_eq!(out, [1.5, -2.0, 0.25]);
         let b: Vec<u8> = [1.5f32, -2.0, 0.25]
             .iter()
             .flat_map(|&v| bf16::from_f32(v).to_bits().to_le_bytes())
             .collect();
-        dequantize_row(QType::BF16, &b, &mut out).unwrap();
+        dequantize_row(GgmlType::BF16, &b, &mut out).unwrap();
         assert_eq!(out, [1.5, -2.0, 0.25]);
     }
 
@@ -306,7 +254,7 @@ mod tests {
         let mut b = h(0.5).to_vec();
         b.extend((0..32).map(|i| (i as i8 - 16) as u8));
         let mut out = [0f32; 32];
-        dequantize_row(QType::Q8_0, &b, &mut out).unwrap();
+        dequantize_row(GgmlType::Q8_0, &b, &mut out).unwrap();
         for (i, v) in out.iter().enumerate() {
             assert_eq!(*v, 0.5 * (i as f32 - 16.0));
         }
@@ -319,7 +267,7 @@ mod tests {
         let mut b = h(2.0).to_vec();
         b.extend(&qs);
         let mut out = [0f32; 32];
-        dequantize_row(QType::Q4_0, &b, &mut out).unwrap();
+        dequantize_row(GgmlType::Q4_0, &b, &mut out).unwrap();
         assert_eq!(out[0], 2.0 * -8.0);
         assert_eq!(out[15], 2.0 * 7.0);
         assert_eq!(out[16], 2.0 * 7.0);
@@ -328,7 +276,7 @@ mod tests {
         let mut b = h(0.5).to_vec();
         b.extend(h(-1.0));
         b.extend(&qs);
-        dequantize_row(QType::Q4_1, &b, &mut out).unwrap();
+        dequantize_row(GgmlType::Q4_1, &b, &mut out).unwrap();
         assert_eq!(out[3], 0.5 * 3.0 - 1.0);
         assert_eq!(out[19], 0.5 * 12.0 - 1.0);
     }
@@ -369,7 +317,7 @@ mod tests {
         b.extend(&qs);
         assert_eq!(b.len(), 144);
         let mut out = [0f32; 256];
-        dequantize_row(QType::Q4K, &b, &mut out).unwrap();
+        dequantize_row(GgmlType::Q4K, &b, &mut out).unwrap();
         for i in 0..256 {
             let sub = i / 32; // sub-block 0..8
             let g = sub / 2;
@@ -395,7 +343,7 @@ mod tests {
         b.extend(&qs);
         assert_eq!(b.len(), 176);
         let mut out = [0f32; 256];
-        dequantize_row(QType::Q5K, &b, &mut out).unwrap();
+        dequantize_row(GgmlType::Q5K, &b, &mut out).unwrap();
         for i in 0..256 {
             let sub = i / 32;
             let l = i % 32;
@@ -419,7 +367,7 @@ mod tests {
         b.extend(h(0.5));
         assert_eq!(b.len(), 210);
         let mut out = [0f32; 256];
-        dequantize_row(QType::Q6K, &b, &mut out).unwrap();
+        dequantize_row(GgmlType::Q6K, &b, &mut out).unwrap();
         // Reference from the format definition: element i of half n (128 values) at
         // quarter r (32 values) and lane l uses ql nibble (r>=2: high) of byte
         // n*64 + (r%2)*32 + l, qh bits 2r..2r+2 of byte n*32 + l, scale n*8 + r*2 + l/16.
@@ -440,9 +388,9 @@ mod tests {
     #[test]
     fn bad_lengths_are_errors() {
         let mut out = [0f32; 31];
-        assert!(dequantize_row(QType::Q8_0, &[0u8; 34], &mut out).is_err());
+        assert!(dequantize_row(GgmlType::Q8_0, &[0u8; 34], &mut out).is_err());
         let mut out = [0f32; 32];
-        assert!(dequantize_row(QType::Q8_0, &[0u8; 33], &mut out).is_err());
+        assert!(dequantize_row(GgmlType::Q8_0, &[0u8; 33], &mut out).is_err());
     }
 
     #[test]

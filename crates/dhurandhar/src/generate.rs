@@ -1,1 +1,541 @@
-//! (being moved here from the CLI)
+//! Generate text from a GGUF model on the CPU, or benchmark its speed and memory.
+//!
+//! A [`Generator`] owns an `Arc<Model>` and its own session, so it can be built on one
+//! thread and driven on another; it is an iterator of [`GenerateEvent`]s (one per
+//! generated token, then one [`GenerateEvent::End`]), which is what a streaming front
+//! end forwards. [`Generator::report`] is the `--json` document of the run.
+//!
+//! ```no_run
+//! use dhurandhar::generate::{GenerateEvent, GenerateOptions, Generator};
+//! let opts = GenerateOptions {
+//!     model: "SmolLM2-135M-Instruct-Q4_1.gguf".into(),
+//!     prompt: "The capital of France is".into(),
+//!     ..GenerateOptions::default()
+//! };
+//! let mut g = Generator::open(&opts)?;
+//! for event in &mut g {
+//!     match event? {
+//!         GenerateEvent::Token { text, .. } | GenerateEvent::End { text, .. } => print!("{text}"),
+//!     }
+//! }
+//! println!("\n{} tokens", g.report().generated_tokens);
+//! # Ok::<(), dhurandhar::Error>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dhurandhar_engine::bench::{bench as bench_threads, synthetic_prompt, BenchResult};
+use dhurandhar_engine::tokenizer::Utf8Stream;
+use dhurandhar_engine::{Logits, Model, Sampler, Session};
+use serde::Serialize;
+
+use crate::{CancelToken, Error, Progress, Result};
+
+/// Version of the [`GenerateReport`] and [`BenchReport`] JSON documents.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Tokens of the prompt fed per forward pass during prefill.
+const PREFILL_CHUNK: usize = 256;
+
+/// Worker threads when none are asked for: every core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Memory-map and load a GGUF model, shareable between generators and threads. A path
+/// that is not a regular file (a FIFO, a device) is refused instead of read.
+pub fn load_model(path: &Path) -> Result<Arc<Model>> {
+    Ok(Arc::new(Model::open(path)?))
+}
+
+/// Peak resident set of this process so far, from the profile crate's probe.
+pub fn peak_rss_bytes() -> Option<u64> {
+    dhurandhar_profile::MemorySnapshot::current().peak_rss_bytes
+}
+
+/// What to generate and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// GGUF model file (llama / qwen2 family). With [`Generator::with_model`] it only
+    /// names the model in the report.
+    pub model: PathBuf,
+    /// Prompt text; literal control tokens such as `<|im_start|>` are recognised.
+    pub prompt: String,
+    /// Tokens to generate at most (generation stops earlier at end-of-sequence).
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens with this much probability.
+    pub top_p: f32,
+    /// RNG seed for sampling (same seed, same text).
+    pub seed: u64,
+    /// Worker threads; `None` = every core.
+    pub threads: Option<usize>,
+    /// Multiply in f32 instead of quantizing activations to 8 bits (slower, no
+    /// activation rounding).
+    pub f32_activations: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            model: PathBuf::new(),
+            prompt: String::new(),
+            max_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            threads: None,
+            f32_activations: false,
+        }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model produced its end-of-sequence token.
+    Eos,
+    /// `max_tokens` tokens were generated.
+    MaxTokens,
+}
+
+/// One step of a generation stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GenerateEvent {
+    /// A generated token and the text it completes: empty while a multi-byte
+    /// character is still incomplete, several characters once it completes.
+    Token { id: u32, text: String },
+    /// Generation is over. `text` holds the bytes of a character left unfinished,
+    /// decoded lossily (almost always empty).
+    End { reason: StopReason, text: String },
+}
+
+/// The result of a generation run (the `generate --json` document).
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateReport {
+    pub schema_version: u32,
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Everything generated, as one string.
+    pub text: String,
+    /// `None` while the generator has not finished.
+    pub stop_reason: Option<StopReason>,
+    pub threads: usize,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// A running generation: a session over a shared model, a sampler, and the decode
+/// state. `Send`, so it can be driven on any thread. The first call to `next` runs
+/// the prompt (prefill); every later call one decode step.
+pub struct Generator {
+    session: Session<Arc<Model>>,
+    sampler: Sampler,
+    stream: Utf8Stream,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    threads: usize,
+    label: String,
+    cancel: Option<CancelToken>,
+    /// Logits for the next token to sample; `None` before prefill.
+    logits: Option<Vec<f32>>,
+    /// The last token yielded, not yet fed to the model (fed on the next step only if
+    /// another token is wanted, so the caller sees each token before its forward pass).
+    pending: Option<u32>,
+    text: String,
+    generated: usize,
+    prefill_seconds: f64,
+    decode_start: Option<Instant>,
+    decode_seconds: f64,
+    stop: Option<StopReason>,
+    /// No more events (ended, failed or cancelled).
+    done: bool,
+}
+
+impl Generator {
+    /// Load `opts.model` and prepare a generation over it.
+    pub fn open(opts: &GenerateOptions) -> Result<Self> {
+        Self::with_model(load_model(&opts.model)?, opts)
+    }
+
+    /// Prepare a generation over an already loaded model (shared with other
+    /// generators). Checks that the prompt tokenizes and fits in the context.
+    pub fn with_model(model: Arc<Model>, opts: &GenerateOptions) -> Result<Self> {
+        let threads = opts.threads.unwrap_or_else(default_threads).max(1);
+        let prompt = model.tokenizer.encode(&opts.prompt);
+        if prompt.is_empty() {
+            return Err(Error::invalid("prompt", "encodes to no tokens"));
+        }
+        let ctx = model.config.context_length;
+        if prompt.len() + opts.max_tokens > ctx {
+            return Err(Error::invalid(
+                "max_tokens",
+                format!(
+                    "prompt ({} tokens) + max_tokens {} exceeds the model's context length {ctx}",
+                    prompt.len(),
+                    opts.max_tokens
+                ),
+            ));
+        }
+        let mut session = Session::new(model, threads, None)?;
+        session.set_f32_activations(opts.f32_activations);
+        Ok(Generator {
+            session,
+            sampler: Sampler::new(opts.temperature, opts.top_p, opts.seed),
+            stream: Utf8Stream::default(),
+            prompt,
+            max_tokens: opts.max_tokens,
+            threads,
+            label: opts.model.display().to_string(),
+            cancel: None,
+            logits: None,
+            pending: None,
+            text: String::new(),
+            generated: 0,
+            prefill_seconds: 0.0,
+            decode_start: None,
+            decode_seconds: 0.0,
+            stop: None,
+            done: false,
+        })
+    }
+
+    /// Stop with [`Error::Cancelled`] at the next step once `token` is cancelled.
+    pub fn with_cancel(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// The model this generator runs.
+    pub fn model(&self) -> &Model {
+        self.session.model()
+    }
+
+    /// Tokens of the prompt.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt.len()
+    }
+
+    /// The run so far (final once the iterator has ended).
+    pub fn report(&self) -> GenerateReport {
+        GenerateReport {
+            schema_version: SCHEMA_VERSION,
+            model: self.label.clone(),
+            prompt_tokens: self.prompt.len(),
+            generated_tokens: self.generated,
+            text: self.text.clone(),
+            stop_reason: self.stop,
+            threads: self.threads,
+            prefill_seconds: self.prefill_seconds,
+            decode_seconds: self.decode_seconds,
+            prefill_tokens_per_s: ratio(self.prompt.len(), self.prefill_seconds),
+            decode_tokens_per_s: ratio(self.generated, self.decode_seconds),
+            peak_rss_bytes: peak_rss_bytes(),
+        }
+    }
+
+    /// Run to the end without looking at the events; the final report.
+    pub fn finish(mut self) -> Result<GenerateReport> {
+        for event in &mut self {
+            event?;
+        }
+        Ok(self.report())
+    }
+
+    fn step(&mut self) -> Result<GenerateEvent> {
+        if let Some(c) = &self.cancel {
+            c.check()?;
+        }
+        let logits = match (self.logits.take(), self.pending.take()) {
+            (None, _) => {
+                let t0 = Instant::now();
+                let l = self.session.prefill(&self.prompt, PREFILL_CHUNK)?;
+                self.prefill_seconds = t0.elapsed().as_secs_f64();
+                self.decode_start = Some(Instant::now());
+                l
+            }
+            (Some(_), Some(tok)) if self.generated < self.max_tokens => {
+                self.session.forward(&[tok], Logits::Last, None)?
+            }
+            (Some(l), _) => l,
+        };
+        if self.generated >= self.max_tokens {
+            return Ok(self.end(StopReason::MaxTokens));
+        }
+        let next = self.sampler.sample(&logits);
+        if Some(next) == self.session.model().tokenizer.eos {
+            return Ok(self.end(StopReason::Eos));
+        }
+        self.logits = Some(logits);
+        self.generated += 1;
+        let bytes = self.session.model().tokenizer.token_bytes(next, false);
+        let piece = self.stream.push(&bytes);
+        self.text.push_str(&piece);
+        self.pending = Some(next);
+        Ok(GenerateEvent::Token {
+            id: next,
+            text: piece,
+        })
+    }
+
+    fn end(&mut self, reason: StopReason) -> GenerateEvent {
+        self.decode_seconds = self
+            .decode_start
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        let rest = self.stream.finish();
+        self.text.push_str(&rest);
+        self.stop = Some(reason);
+        self.done = true;
+        GenerateEvent::End { reason, text: rest }
+    }
+}
+
+impl Iterator for Generator {
+    type Item = Result<GenerateEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let r = self.step();
+        if r.is_err() {
+            self.done = true;
+        }
+        Some(r)
+    }
+}
+
+fn ratio(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// A speed and memory benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchOptions {
+    /// GGUF model file.
+    pub model: PathBuf,
+    /// Prompt length (synthetic English text), prefilled in one pass.
+    pub prompt_tokens: usize,
+    /// Tokens decoded greedily after the prompt (no stop token).
+    pub decode_tokens: usize,
+    /// Thread counts to measure, in order.
+    pub threads: Vec<usize>,
+    /// Runs per thread count (the fastest is reported).
+    pub repeats: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            model: PathBuf::new(),
+            prompt_tokens: 256,
+            decode_tokens: 64,
+            threads: vec![1, 2],
+            repeats: 3,
+        }
+    }
+}
+
+/// The `generate --bench --json` document.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub schema_version: u32,
+    pub model: String,
+    pub gguf_tensor_bytes: u64,
+    /// Prompt + decoded tokens.
+    pub context_tokens: usize,
+    /// f32 K+V cache bytes for `context_tokens`.
+    pub kv_cache_bytes: usize,
+    /// 1.3 × tensor bytes + KV cache + 64 MiB.
+    pub rss_budget_bytes: u64,
+    pub peak_rss_bytes: Option<u64>,
+    pub within_budget: Option<bool>,
+    pub results: Vec<BenchResult>,
+}
+
+/// Measure prefill and decode tokens/s for each thread count, and peak RSS against
+/// the memory budget. Each thread count's result is also sent to `progress` as a
+/// message; `cancel` is checked between thread counts.
+pub fn bench(
+    opts: &BenchOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<BenchReport> {
+    let model = load_model(&opts.model)?;
+    let prompt = synthetic_prompt(&model, opts.prompt_tokens.max(1));
+    let ctx = prompt.len() + opts.decode_tokens;
+    let mut results = Vec::new();
+    for &t in &opts.threads {
+        cancel.check()?;
+        let r = bench_threads(&model, &prompt, opts.decode_tokens, t.max(1), opts.repeats)
+            .map_err(|e| Error::from(e).context(format!("benchmark with {t} threads")))?;
+        progress.message(&format!(
+            "threads {}: prefill {} tok @ {:.1} tok/s, decode {} tok @ {:.1} tok/s",
+            r.threads,
+            r.prompt_tokens,
+            r.prefill_tokens_per_s,
+            r.decode_tokens,
+            r.decode_tokens_per_s
+        ));
+        results.push(r);
+    }
+    let kv = model.kv_bytes_per_token() * ctx;
+    let budget = rss_budget(model.tensor_bytes, kv as u64);
+    let peak = peak_rss_bytes();
+    Ok(BenchReport {
+        schema_version: SCHEMA_VERSION,
+        model: opts.model.display().to_string(),
+        gguf_tensor_bytes: model.tensor_bytes,
+        context_tokens: ctx,
+        kv_cache_bytes: kv,
+        rss_budget_bytes: budget,
+        peak_rss_bytes: peak,
+        within_budget: peak.map(|p| p <= budget),
+        results,
+    })
+}
+
+/// What a run may hold resident: the mapped tensors with 30 % slack for pages and
+/// scratch, the KV cache, and 64 MiB for the runtime.
+fn rss_budget(tensor_bytes: u64, kv_bytes: u64) -> u64 {
+    (tensor_bytes as f64 * 1.3) as u64 + kv_bytes + 64 * 1024 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> Option<PathBuf> {
+        dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF)
+    }
+
+    fn opts(model: PathBuf, max_tokens: usize) -> GenerateOptions {
+        GenerateOptions {
+            model,
+            prompt: "The capital of France is".into(),
+            max_tokens,
+            threads: Some(1),
+            ..GenerateOptions::default()
+        }
+    }
+
+    #[test]
+    fn generator_is_send() {
+        fn send<T: Send + 'static>() {}
+        send::<Generator>();
+        send::<GenerateReport>();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn refuses_a_fifo_as_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("m.gguf");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        let e = load_model(&fifo).err().unwrap().to_string();
+        assert!(e.contains("m.gguf") && e.contains("FIFO"), "{e}");
+    }
+
+    #[test]
+    fn budget_is_tensors_with_slack_plus_kv_plus_runtime() {
+        assert_eq!(rss_budget(1000, 24), 1300 + 24 + (64 << 20));
+    }
+
+    #[test]
+    fn stop_reasons_keep_their_json_names() {
+        let v = serde_json::to_value([StopReason::Eos, StopReason::MaxTokens]).unwrap();
+        assert_eq!(v, serde_json::json!(["eos", "max_tokens"]));
+    }
+
+    #[test]
+    fn generates_on_a_spawned_thread_with_a_shared_model() {
+        let Some(path) = fixture() else { return };
+        let model = load_model(&path).unwrap();
+        let o = opts(path, 4);
+        // Built here, driven there: the model is shared, not borrowed.
+        let g = Generator::with_model(Arc::clone(&model), &o).unwrap();
+        let handle = std::thread::spawn(move || {
+            let mut g = g;
+            let events: Vec<GenerateEvent> = g.by_ref().map(|e| e.unwrap()).collect();
+            (events, g.report())
+        });
+        let (events, report) = handle.join().unwrap();
+        assert!(report.text.trim_start().starts_with("Paris"), "{report:?}");
+        assert_eq!(report.prompt_tokens, 5);
+        assert_eq!(report.generated_tokens, 4);
+        assert_eq!(report.stop_reason, Some(StopReason::MaxTokens));
+        // One event per generated token, then the end; the pieces are the text.
+        assert_eq!(events.len(), 5);
+        let mut streamed = String::new();
+        for e in &events[..4] {
+            let GenerateEvent::Token { id, text } = e else {
+                panic!("{e:?}")
+            };
+            assert!((*id as usize) < model.config.vocab_size);
+            streamed.push_str(text);
+        }
+        let GenerateEvent::End { reason, text } = &events[4] else {
+            panic!("{:?}", events[4])
+        };
+        assert_eq!(*reason, StopReason::MaxTokens);
+        streamed.push_str(text);
+        assert_eq!(streamed, report.text);
+        // The same options on this thread give the same tokens.
+        let here = Generator::with_model(model, &o).unwrap().finish().unwrap();
+        assert_eq!(here.text, report.text);
+    }
+
+    #[test]
+    fn refuses_prompts_that_do_not_fit_and_honours_cancel() {
+        let Some(path) = fixture() else { return };
+        let model = load_model(&path).unwrap();
+        let too_long = opts(path.clone(), model.config.context_length);
+        let e = Generator::with_model(Arc::clone(&model), &too_long)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().starts_with("max_tokens: prompt (5 tokens)"),
+            "{e}"
+        );
+        let empty = GenerateOptions {
+            prompt: String::new(),
+            ..opts(path.clone(), 4)
+        };
+        assert!(Generator::with_model(Arc::clone(&model), &empty).is_err());
+
+        let cancel = CancelToken::new();
+        let mut g = Generator::with_model(model, &opts(path, 4))
+            .unwrap()
+            .with_cancel(cancel.clone());
+        assert!(matches!(g.next(), Some(Ok(GenerateEvent::Token { .. }))));
+        cancel.cancel();
+        assert!(matches!(g.next(), Some(Err(Error::Cancelled))));
+        assert!(g.next().is_none());
+    }
+
+    #[test]
+    fn zero_tokens_ends_at_once() {
+        let Some(path) = fixture() else { return };
+        let report = Generator::open(&opts(path, 0)).unwrap().finish().unwrap();
+        assert_eq!(report.generated_tokens, 0);
+        assert_eq!(report.text, "");
+        assert_eq!(report.stop_reason, Some(StopReason::MaxTokens));
+        assert!(report.prefill_seconds > 0.0);
+    }
+}
