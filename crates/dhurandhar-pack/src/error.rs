@@ -53,6 +53,10 @@ pub enum PackError {
         expected: usize,
         got: usize,
     },
+    /// An output refused before any work (it is an input, or not a regular file), or a
+    /// temp file that could not be created or committed.
+    #[error(transparent)]
+    File(dhurandhar_io::IoError),
     #[error("invalid option: {0}")]
     InvalidOption(String),
 }
@@ -68,6 +72,16 @@ impl PackError {
         PackError::Input {
             path: path.into(),
             detail: detail.into(),
+        }
+    }
+}
+
+/// OS errors keep their own variant ([`PackError::Io`]) wherever they come from.
+impl From<dhurandhar_io::IoError> for PackError {
+    fn from(e: dhurandhar_io::IoError) -> Self {
+        match e {
+            dhurandhar_io::IoError::Os { path, source } => PackError::Io { path, source },
+            other => PackError::File(other),
         }
     }
 }

@@ -294,6 +294,7 @@ pub fn pack(
     opts: &PackOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PackReport> {
+    dhurandhar_io::check_output(out, &src.input_files())?;
     opts.validate()?;
     let cs = opts.chunk_size as u64;
     let mut notes: Vec<Option<String>> = Vec::new();
@@ -418,6 +419,9 @@ pub fn delta(
     opts: &PackOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PackReport> {
+    let mut inputs = base.input_files();
+    inputs.extend(new.input_files());
+    dhurandhar_io::check_output(out, &inputs)?;
     opts.validate()?;
     let cs = opts.chunk_size as u64;
     let entries: Vec<TensorEntry> = new
@@ -617,6 +621,7 @@ pub fn unpack(
     out: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<UnpackReport> {
+    dhurandhar_io::check_output(out, &[reader.path()])?;
     if reader.index().kind != PackKind::Pack {
         return Err(PackError::input(
             reader.path(),
@@ -634,6 +639,9 @@ pub fn apply_delta(
     out: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<UnpackReport> {
+    let mut inputs = base.input_files();
+    inputs.push(reader.path());
+    dhurandhar_io::check_output(out, &inputs)?;
     if reader.index().kind != PackKind::Delta {
         return Err(PackError::input(
             reader.path(),

@@ -122,6 +122,14 @@ impl Checkpoint {
         &self.files[t.file].1[t.offset..t.offset + t.len]
     }
 
+    /// Every file the tensors are read from (shards, or the one file), plus the path
+    /// the user gave (an index file): what an output must never replace.
+    pub fn input_files(&self) -> Vec<&Path> {
+        let mut v: Vec<&Path> = self.files.iter().map(|(p, _)| p.as_path()).collect();
+        v.push(&self.path);
+        v
+    }
+
     /// Sum of all tensor bytes.
     pub fn total_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.len as u64).sum()
@@ -258,7 +266,7 @@ pub type TensorSink<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;
 /// Produces tensor `i` by feeding its bytes to the sink.
 pub type FillTensor<'a> = dyn FnMut(usize, &mut TensorSink<'_>) -> Result<()> + 'a;
 
-/// Write tensors as a safetensors file atomically (temp file + rename), streaming each
+/// Write tensors as a safetensors file atomically ([`dhurandhar_io::AtomicFile`]), streaming each
 /// tensor's bytes from `fill` so nothing but one window of chunks is in memory.
 pub fn write_safetensors(
     path: &Path,
@@ -286,21 +294,7 @@ pub fn write_safetensors(
     while json.len() & 7 != 0 {
         json.push(b' ');
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    // A finished output is an ordinary file (0o666 minus umask), not tempfile's 0o600.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let tmp = builder
-        .prefix(".safetensors-partial-")
-        .tempfile_in(dir)
-        .map_err(|e| PackError::io(path, e))?;
+    let tmp = dhurandhar_io::AtomicFile::create(path)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp);
     let io = |e| PackError::io(path, e);
     w.write_all(&(json.len() as u64).to_le_bytes())
@@ -325,8 +319,6 @@ pub fn write_safetensors(
     let tmp = w
         .into_inner()
         .map_err(|e| PackError::io(path, e.into_error()))?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path)
-        .map_err(|e| PackError::io(path, e.error))?;
+    tmp.commit()?;
     Ok(())
 }
