@@ -57,6 +57,9 @@ pub enum PackError {
     /// temp file that could not be created or committed.
     #[error(transparent)]
     File(dhurandhar_io::IoError),
+    /// The progress callback asked to stop; no output was left.
+    #[error("cancelled")]
+    Cancelled,
     #[error("invalid option: {0}")]
     InvalidOption(String),
 }
@@ -68,7 +71,8 @@ impl PackError {
             source,
         }
     }
-    pub(crate) fn input(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+    /// A problem with an input file, named.
+    pub fn input(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
         PackError::Input {
             path: path.into(),
             detail: detail.into(),

@@ -28,8 +28,8 @@ pub use format::{
     ChunkRef, Index, Mode, PackKind, PackReader, PackWriter, TensorEntry, DEFAULT_CHUNK_SIZE,
 };
 pub use ops::{
-    apply_delta, delta, pack, report, unpack, PackMode, PackOptions, PackReport, TensorReport,
-    UnpackReport,
+    apply_delta, delta, pack, report, unpack, PackMode, PackOptions, PackReport, Progress,
+    TensorReport, UnpackReport,
 };
 pub use quant::{dense_matmul, QuantConfig, QuantResidualTensor, QuantStats};
 pub use read::VerifyReport;

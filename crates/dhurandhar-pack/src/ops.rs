@@ -16,6 +16,10 @@ use crate::format::{
 use crate::quant::{self, QuantConfig, QuantStats};
 use crate::source::{write_safetensors, Checkpoint};
 
+/// Receives the bytes done as chunks complete and answers whether to go on: `false`
+/// stops the operation between chunks with [`PackError::Cancelled`], leaving no output.
+pub type Progress<'a> = dyn Fn(u64) -> bool + Sync + 'a;
+
 /// What `pack` does to float tensors.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PackMode {
@@ -219,7 +223,7 @@ fn write_chunks(
     plan: &[(usize, Job)],
     chunk_size: u64,
     encode: &(dyn Fn(usize, usize, Job, std::ops::Range<u64>) -> Encoded + Sync),
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &Progress<'_>,
 ) -> Result<()> {
     let jobs: Vec<(usize, usize, Job)> = plan
         .iter()
@@ -254,7 +258,9 @@ fn write_chunks(
                     d.sub_chunks += 1;
                 }
             }
-            progress(e.raw);
+            if !progress(e.raw) {
+                return Err(PackError::Cancelled);
+            }
         }
     }
     Ok(())
@@ -292,7 +298,7 @@ pub fn pack(
     src: &Checkpoint,
     out: &Path,
     opts: &PackOptions,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &Progress<'_>,
 ) -> Result<PackReport> {
     dhurandhar_io::check_output(out, &src.input_files())?;
     opts.validate()?;
@@ -417,7 +423,7 @@ pub fn delta(
     new: &Checkpoint,
     out: &Path,
     opts: &PackOptions,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &Progress<'_>,
 ) -> Result<PackReport> {
     let mut inputs = base.input_files();
     inputs.extend(new.input_files());
@@ -478,8 +484,8 @@ pub fn delta(
         })
         .collect();
     for e in &entries {
-        if e.mode == Mode::Unchanged {
-            progress(e.raw_bytes);
+        if e.mode == Mode::Unchanged && !progress(e.raw_bytes) {
+            return Err(PackError::Cancelled);
         }
     }
     let tensors = new.tensors();
@@ -572,7 +578,7 @@ fn restore(
     reader: &PackReader,
     base: Option<&Checkpoint>,
     out: &Path,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &Progress<'_>,
 ) -> Result<UnpackReport> {
     let list: Vec<(String, DType, Vec<u64>, u64)> = reader
         .tensors()
@@ -590,7 +596,9 @@ fn restore(
         let mut h = Xxh3::new();
         reader.stream_tensor(t, base_data, &mut |bytes| {
             h.update(bytes);
-            progress(bytes.len() as u64);
+            if !progress(bytes.len() as u64) {
+                return Err(PackError::Cancelled);
+            }
             sink(bytes)
         })?;
         if t.mode == Mode::QuantResidual {
@@ -616,11 +624,7 @@ fn restore(
 
 /// Restore a pack to a safetensors file. Lossless tensors are checked bit-exact against
 /// the hash recorded at pack time; quant-residual tensors come back dequantized.
-pub fn unpack(
-    reader: &PackReader,
-    out: &Path,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<UnpackReport> {
+pub fn unpack(reader: &PackReader, out: &Path, progress: &Progress<'_>) -> Result<UnpackReport> {
     dhurandhar_io::check_output(out, &[reader.path()])?;
     if reader.index().kind != PackKind::Pack {
         return Err(PackError::input(
@@ -637,7 +641,7 @@ pub fn apply_delta(
     base: &Checkpoint,
     reader: &PackReader,
     out: &Path,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &Progress<'_>,
 ) -> Result<UnpackReport> {
     let mut inputs = base.input_files();
     inputs.push(reader.path());

@@ -249,6 +249,16 @@ impl PackReader {
     /// returned as the error, naming tensor and chunk. With `deep`, also decode every
     /// lossless tensor and compare its xxh3 with the one recorded at pack time.
     pub fn verify(&self, deep: bool) -> Result<VerifyReport> {
+        self.verify_with(deep, &|_| true)
+    }
+
+    /// [`verify`](Self::verify) reporting the bytes of lossless tensors decoded (deep
+    /// mode) to `progress`, which can stop it between chunks.
+    pub fn verify_with(
+        &self,
+        deep: bool,
+        progress: &crate::ops::Progress<'_>,
+    ) -> Result<VerifyReport> {
         let jobs: Vec<(usize, usize)> = self
             .tensors()
             .iter()
@@ -273,7 +283,11 @@ impl PackReader {
                 let mut h = Xxh3::new();
                 self.stream_tensor(t, None, &mut |b| {
                     h.update(b);
-                    Ok(())
+                    if progress(b.len() as u64) {
+                        Ok(())
+                    } else {
+                        Err(PackError::Cancelled)
+                    }
                 })?;
                 if h.digest() != t.xxh3 {
                     return Err(PackError::TensorHash {

@@ -122,14 +122,14 @@ fn lossless_round_trip_is_bit_exact_for_every_dtype_and_special_value() {
     let (dir, src) = setup();
     let out = dir.path().join("m.dhp");
     let cp = Checkpoint::open(&src).unwrap();
-    let rep = pack(&cp, &out, &small_chunks(), &|_| {}).unwrap();
+    let rep = pack(&cp, &out, &small_chunks(), &|_| true).unwrap();
     assert_eq!(rep.tensors.len(), 8);
     assert!(rep.tensors.iter().all(|t| t.mode == "lossless"));
     let reader = PackReader::open(&out).unwrap();
     let v = reader.verify(true).unwrap();
     assert_eq!(v.tensors_hashed, 8);
     let back = dir.path().join("back.safetensors");
-    let u = unpack(&reader, &back, &|_| {}).unwrap();
+    let u = unpack(&reader, &back, &|_| true).unwrap();
     assert_eq!(u.verified_bit_exact, 8);
     assert_eq!(hashes(&src), hashes(&back));
 }
@@ -139,7 +139,7 @@ fn streaming_reads_touch_only_what_is_asked() {
     let (dir, src) = setup();
     let out = dir.path().join("m.dhp");
     let cp = Checkpoint::open(&src).unwrap();
-    pack(&cp, &out, &small_chunks(), &|_| {}).unwrap();
+    pack(&cp, &out, &small_chunks(), &|_| true).unwrap();
     let r = PackReader::open(&out).unwrap();
     let t = cp.get("w.f32").unwrap();
     let orig = cp.data(t);
@@ -178,7 +178,7 @@ fn any_flipped_bit_in_chunk_data_is_detected_and_named() {
         &Checkpoint::open(&src).unwrap(),
         &out,
         &small_chunks(),
-        &|_| {},
+        &|_| true,
     )
     .unwrap();
     let good = std::fs::read(&out).unwrap();
@@ -208,7 +208,7 @@ fn any_flipped_bit_in_chunk_data_is_detected_and_named() {
             other => panic!("flip in {name} chunk {c} not detected: {other:?}"),
         }
         let back = dir.path().join("bad.safetensors");
-        assert!(unpack(&r, &back, &|_| {}).is_err());
+        assert!(unpack(&r, &back, &|_| true).is_err());
         assert!(!back.exists(), "no partial output");
     }
 }
@@ -221,7 +221,7 @@ fn header_index_and_truncation_errors_are_clear() {
         &Checkpoint::open(&src).unwrap(),
         &out,
         &small_chunks(),
-        &|_| {},
+        &|_| true,
     )
     .unwrap();
     let good = std::fs::read(&out).unwrap();
@@ -299,7 +299,7 @@ fn delta_round_trip_reports_changes_and_checks_the_base() {
         &Checkpoint::open(&np).unwrap(),
         &dp,
         &small_chunks(),
-        &|_| {},
+        &|_| true,
     )
     .unwrap();
     let row = |n: &str| rep.tensors.iter().find(|t| t.name == n).unwrap().clone();
@@ -317,17 +317,17 @@ fn delta_round_trip_reports_changes_and_checks_the_base() {
     );
     let r = PackReader::open(&dp).unwrap();
     r.verify(true).unwrap();
-    apply_delta(&base, &r, &outp, &|_| {}).unwrap();
+    apply_delta(&base, &r, &outp, &|_| true).unwrap();
     assert_eq!(hashes(&outp), hashes(&np));
     // a delta is not an unpackable pack, and the wrong base is refused before writing
-    assert!(unpack(&r, &dir.path().join("x.safetensors"), &|_| {}).is_err());
+    assert!(unpack(&r, &dir.path().join("x.safetensors"), &|_| true).is_err());
     let wrong = dir.path().join("w.safetensors");
     write_st(&wrong, &perturb(&base_t, &["w.f64"]));
     let e = apply_delta(
         &Checkpoint::open(&wrong).unwrap(),
         &r,
         &dir.path().join("y.safetensors"),
-        &|_| {},
+        &|_| true,
     )
     .unwrap_err();
     assert!(
@@ -341,7 +341,7 @@ fn delta_round_trip_reports_changes_and_checks_the_base() {
         &Checkpoint::open(&wrong).unwrap(),
         &r,
         &dir.path().join("y.safetensors"),
-        &|_| {},
+        &|_| true,
     )
     .unwrap_err();
     assert!(e.to_string().contains("shape"), "{e}");
@@ -376,7 +376,7 @@ fn quant_residual_pack_reports_real_bits_and_errors() {
         ..Default::default()
     };
     let out = dir.path().join("q.dhp");
-    let rep = pack(&Checkpoint::open(&src).unwrap(), &out, &opts, &|_| {}).unwrap();
+    let rep = pack(&Checkpoint::open(&src).unwrap(), &out, &opts, &|_| true).unwrap();
     let proj = rep.tensors.iter().find(|r| r.name == "proj").unwrap();
     assert_eq!(proj.mode, "quant-residual");
     assert!(
@@ -416,7 +416,7 @@ fn quant_residual_pack_reports_real_bits_and_errors() {
     assert!(((num / den).sqrt() - proj.rel_error_with_residual.unwrap()).abs() < 1e-6);
     // unpack restores lossless tensors bit-exactly and dequantizes the rest
     let back = dir.path().join("back.safetensors");
-    let u = unpack(&r, &back, &|_| {}).unwrap();
+    let u = unpack(&r, &back, &|_| true).unwrap();
     assert_eq!((u.verified_bit_exact, u.lossy), (2, 1));
 }
 
@@ -449,9 +449,9 @@ fn sharded_and_directory_inputs() {
     let cp = Checkpoint::open(dir.path()).unwrap();
     assert_eq!(cp.tensors().len(), t.len());
     let out = dir.path().join("s.dhp");
-    pack(&cp, &out, &small_chunks(), &|_| {}).unwrap();
+    pack(&cp, &out, &small_chunks(), &|_| true).unwrap();
     let back = dir.path().join("back.safetensors");
-    unpack(&PackReader::open(&out).unwrap(), &back, &|_| {}).unwrap();
+    unpack(&PackReader::open(&out).unwrap(), &back, &|_| true).unwrap();
     let single = dir.path().join("single.safetensors");
     write_st(&single, &t);
     assert_eq!(hashes(&back), hashes(&single));
@@ -518,7 +518,7 @@ fn gguf_float_tensors_are_packed_and_quantized_ones_skipped() {
     assert_eq!(cp.skipped.len(), 1);
     assert_eq!(cp.get("a").unwrap().shape, vec![2, 3]);
     let out = dir.path().join("g.dhp");
-    let rep = pack(&cp, &out, &small_chunks(), &|_| {}).unwrap();
+    let rep = pack(&cp, &out, &small_chunks(), &|_| true).unwrap();
     assert_eq!(rep.skipped[0].0, "q");
     let r = PackReader::open(&out).unwrap();
     assert_eq!(r.read_tensor("a").unwrap(), f32s);
@@ -543,12 +543,12 @@ fn bad_options_and_unwritable_outputs_leave_nothing_behind() {
         ..Default::default()
     };
     assert!(matches!(
-        pack(&cp, &dir.path().join("a.dhp"), &bad, &|_| {}),
+        pack(&cp, &dir.path().join("a.dhp"), &bad, &|_| true),
         Err(PackError::InvalidOption(_))
     ));
     let missing = dir.path().join("no/such/dir/a.dhp");
     assert!(matches!(
-        pack(&cp, &missing, &PackOptions::default(), &|_| {}),
+        pack(&cp, &missing, &PackOptions::default(), &|_| true),
         Err(PackError::Io { .. })
     ));
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
@@ -603,7 +603,7 @@ fn inconsistent_indexes_are_refused_before_decoding() {
         &Checkpoint::open(&src).unwrap(),
         &out,
         &small_chunks(),
-        &|_| {},
+        &|_| true,
     )
     .unwrap();
     let good = std::fs::read(&out).unwrap();
