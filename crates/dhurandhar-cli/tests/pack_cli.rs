@@ -78,10 +78,8 @@ fn write_input(path: &Path, t: &[(String, DType, Vec<u64>, Vec<u8>)]) {
         .iter()
         .map(|(n, d, s, b)| (n.clone(), *d, s.clone(), b.len() as u64))
         .collect();
-    dhurandhar_pack::source::write_safetensors(path, &list, &BTreeMap::new(), &mut |i, sink| {
-        sink(&t[i].3)
-    })
-    .unwrap();
+    dhurandhar_pack::write_safetensors(path, &list, &BTreeMap::new(), &mut |i, sink| sink(&t[i].3))
+        .unwrap();
 }
 
 fn setup() -> (tempfile::TempDir, PathBuf) {

@@ -57,6 +57,9 @@ pub enum PackError {
     /// temp file that could not be created or committed.
     #[error(transparent)]
     File(dhurandhar_io::IoError),
+    /// An input checkpoint could not be read (the error names the file and tensor).
+    #[error(transparent)]
+    Checkpoint(#[from] dhurandhar_checkpoint::CheckpointError),
     /// The progress callback asked to stop; no output was left.
     #[error("cancelled")]
     Cancelled,

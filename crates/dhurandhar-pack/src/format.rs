@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::dtype::DType;
+use crate::dtype::{DType, PackDType};
 use crate::error::{PackError, Result};
 use crate::quant::{QuantConfig, QuantStats};
 
@@ -352,6 +352,12 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<(), String> {
     for t in &index.tensors {
         if !names.insert(t.name.as_str()) {
             return Err(format!("tensor `{}` listed twice", t.name));
+        }
+        if !t.dtype.is_whole_bytes() {
+            return Err(format!(
+                "tensor `{}`: dtype {} is not a whole number of bytes per element",
+                t.name, t.dtype
+            ));
         }
         let numel = t
             .shape

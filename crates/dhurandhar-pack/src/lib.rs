@@ -20,8 +20,9 @@ pub mod huffman;
 pub mod ops;
 pub mod quant;
 pub mod read;
-pub mod source;
+pub mod write;
 
+pub use dhurandhar_checkpoint::{TensorMeta, TensorSource, WeightTensor, Weights};
 pub use dtype::{cast_f32_bytes, DType};
 pub use error::{PackError, Result};
 pub use format::{
@@ -33,8 +34,9 @@ pub use ops::{
 };
 pub use quant::{dense_matmul, QuantConfig, QuantResidualTensor, QuantStats};
 pub use read::VerifyReport;
-pub use source::{Checkpoint, SourceTensor};
+pub use write::write_safetensors;
 
+use dtype::PackDType;
 use rayon::prelude::*;
 
 /// In-memory lossless compression of one tensor's bytes, chunk by chunk in parallel (the

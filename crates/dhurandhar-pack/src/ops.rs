@@ -7,14 +7,15 @@ use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::codec::{self, PlaneCfg};
-use crate::dtype::DType;
+use crate::dtype::{DType, PackDType};
 use crate::error::{PackError, Result};
 use crate::format::{
     DeltaInfo, Index, Mode, PackKind, PackReader, PackWriter, QuantInfo, TensorEntry,
     MAX_CHUNK_SIZE,
 };
 use crate::quant::{self, QuantConfig, QuantStats};
-use crate::source::{write_safetensors, Checkpoint};
+use crate::write::{write_safetensors, TensorSink};
+use dhurandhar_checkpoint::Weights;
 
 /// Receives the bytes done as chunks complete and answers whether to go on: `false`
 /// stops the operation between chunks with [`PackError::Cancelled`], leaving no output.
@@ -199,6 +200,21 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The container stores whole-byte elements only (its chunks split on element
+/// boundaries); refuse F4 / F6 tensors before any work.
+fn check_dtypes(src: &Weights) -> Result<()> {
+    match src.tensors().iter().find(|t| !t.dtype.is_whole_bytes()) {
+        Some(t) => Err(PackError::input(
+            src.file_of(t),
+            format!(
+                "tensor `{}`: dtype {} packs several elements per byte; the container stores whole-byte elements only",
+                t.name, t.dtype
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// How one chunk is produced.
 #[derive(Clone, Copy)]
 enum Job {
@@ -295,13 +311,14 @@ fn lossless_cfg(dtype: DType, level: i32) -> PlaneCfg {
 
 /// Pack a checkpoint into `out`. `progress` receives input bytes as chunks complete.
 pub fn pack(
-    src: &Checkpoint,
+    src: &Weights,
     out: &Path,
     opts: &PackOptions,
     progress: &Progress<'_>,
 ) -> Result<PackReport> {
     dhurandhar_io::check_output(out, &src.input_files())?;
     opts.validate()?;
+    check_dtypes(src)?;
     let cs = opts.chunk_size as u64;
     let mut notes: Vec<Option<String>> = Vec::new();
     let prepared: Vec<(TensorEntry, Job, Option<String>)> = src
@@ -419,8 +436,8 @@ pub fn pack(
 /// entry, changed ones are XOR- or difference-coded per chunk (whichever is smaller),
 /// added / reshaped / retyped ones are stored whole and reported.
 pub fn delta(
-    base: &Checkpoint,
-    new: &Checkpoint,
+    base: &Weights,
+    new: &Weights,
     out: &Path,
     opts: &PackOptions,
     progress: &Progress<'_>,
@@ -429,6 +446,7 @@ pub fn delta(
     inputs.extend(new.input_files());
     dhurandhar_io::check_output(out, &inputs)?;
     opts.validate()?;
+    check_dtypes(new)?;
     let cs = opts.chunk_size as u64;
     let entries: Vec<TensorEntry> = new
         .tensors()
@@ -576,7 +594,7 @@ pub struct UnpackReport {
 
 fn restore(
     reader: &PackReader,
-    base: Option<&Checkpoint>,
+    base: Option<&Weights>,
     out: &Path,
     progress: &Progress<'_>,
 ) -> Result<UnpackReport> {
@@ -587,7 +605,7 @@ fn restore(
         .collect();
     let mut verified = 0;
     let mut lossy = 0;
-    let mut fill = |i: usize, sink: &mut crate::source::TensorSink<'_>| -> Result<()> {
+    let mut fill = |i: usize, sink: &mut TensorSink<'_>| -> Result<()> {
         let t = &reader.tensors()[i];
         let base_data = match (t.mode, base) {
             (Mode::Delta | Mode::Unchanged, Some(b)) => b.get(&t.name).map(|s| b.data(s)),
@@ -638,7 +656,7 @@ pub fn unpack(reader: &PackReader, out: &Path, progress: &Progress<'_>) -> Resul
 /// Rebuild the new checkpoint from `base` and a delta pack, bit-exactly. Every base
 /// tensor the delta refers to is checked (presence, dtype, shape, hash) before writing.
 pub fn apply_delta(
-    base: &Checkpoint,
+    base: &Weights,
     reader: &PackReader,
     out: &Path,
     progress: &Progress<'_>,

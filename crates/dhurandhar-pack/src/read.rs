@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::codec;
+use crate::dtype::PackDType;
 use crate::error::{PackError, Result};
 use crate::format::{Mode, PackReader, TensorEntry};
 use crate::quant::{self, QuantResidualTensor};
@@ -303,5 +304,31 @@ impl PackReader {
             chunks: jobs.len(),
             tensors_hashed: hashed,
         })
+    }
+}
+
+/// A pack is a tensor source like a checkpoint: tensors come back decoded (quant-residual
+/// ones dequantized). Delta packs list their tensors but cannot restore them alone.
+impl dhurandhar_checkpoint::TensorSource for PackReader {
+    type Error = PackError;
+
+    fn source_path(&self) -> &std::path::Path {
+        self.path()
+    }
+
+    fn list_tensors(&self) -> Vec<dhurandhar_checkpoint::TensorMeta> {
+        self.tensors()
+            .iter()
+            .map(|t| dhurandhar_checkpoint::TensorMeta {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                n_bytes: t.raw_bytes,
+            })
+            .collect()
+    }
+
+    fn read_tensor_into(&self, name: &str, out: &mut [u8]) -> Result<()> {
+        PackReader::read_tensor_into(self, name, out)
     }
 }

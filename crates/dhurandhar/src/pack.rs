@@ -9,7 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use dhurandhar_pack::{Checkpoint, PackError, PackReader};
+use dhurandhar_checkpoint::{TensorMeta, TensorSource};
+use dhurandhar_pack::{PackError, PackReader, Weights};
 use serde::Serialize;
 
 use crate::{CancelToken, Error, Progress, Result, Unit};
@@ -254,7 +255,7 @@ pub fn pack(
         chunk_size: chunk_size(opts.chunk_kib),
         ..Default::default()
     };
-    let src = Checkpoint::open(&opts.input)?;
+    let src = Weights::open(&opts.input)?;
     if src.tensors().is_empty() {
         return Err(PackError::input(&opts.input, "no packable tensors").into());
     }
@@ -284,8 +285,8 @@ pub fn delta(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<PackReport> {
-    let base = Checkpoint::open(&opts.base)?;
-    let new = Checkpoint::open(&opts.new)?;
+    let base = Weights::open(&opts.base)?;
+    let new = Weights::open(&opts.new)?;
     let lib_opts = dhurandhar_pack::PackOptions {
         chunk_size: chunk_size(opts.chunk_kib),
         zstd_level: opts.zstd_level,
@@ -373,7 +374,7 @@ pub fn apply_delta(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<UnpackReport> {
-    let base = Checkpoint::open(&opts.base)?;
+    let base = Weights::open(&opts.base)?;
     let reader = PackReader::open(&opts.delta)?;
     restore(
         &reader,
@@ -456,6 +457,61 @@ pub fn stats(input: &Path) -> Result<StatsReport> {
     })
 }
 
+/// Tensors from any container: a checkpoint (safetensors single or sharded, GGUF) or a
+/// `.dhp` pack, behind the one [`TensorSource`] interface.
+#[derive(Debug)]
+pub enum Tensors {
+    Checkpoint(Weights),
+    Pack(PackReader),
+}
+
+/// Open `path` as a tensor source, by content: a `.dhp` pack by its magic bytes,
+/// anything else as a checkpoint ([`Weights::open`]).
+pub fn open_tensors(path: &Path) -> Result<Tensors> {
+    let mut head = [0u8; 8];
+    let is_pack = path.is_file()
+        && dhurandhar_io::open_regular(path)
+            .and_then(|f| {
+                use std::io::Read;
+                let n = f
+                    .take(8)
+                    .read(&mut head)
+                    .map_err(|e| dhurandhar_io::IoError::os(path, e))?;
+                Ok(n == 8 && head == dhurandhar_pack::format::MAGIC)
+            })
+            .unwrap_or(false);
+    Ok(if is_pack {
+        Tensors::Pack(PackReader::open(path)?)
+    } else {
+        Tensors::Checkpoint(Weights::open(path)?)
+    })
+}
+
+impl TensorSource for Tensors {
+    type Error = Error;
+
+    fn source_path(&self) -> &Path {
+        match self {
+            Tensors::Checkpoint(w) => w.source_path(),
+            Tensors::Pack(p) => p.source_path(),
+        }
+    }
+
+    fn list_tensors(&self) -> Vec<TensorMeta> {
+        match self {
+            Tensors::Checkpoint(w) => w.list_tensors(),
+            Tensors::Pack(p) => p.list_tensors(),
+        }
+    }
+
+    fn read_tensor_into(&self, name: &str, out: &mut [u8]) -> Result<()> {
+        match self {
+            Tensors::Checkpoint(w) => Ok(TensorSource::read_tensor_into(w, name, out)?),
+            Tensors::Pack(p) => Ok(TensorSource::read_tensor_into(p, name, out)?),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,7 +540,7 @@ mod tests {
             .map(|(n, d, s, b)| (n.to_string(), *d, s.clone(), b.len() as u64))
             .collect();
         let p = dir.join("in.safetensors");
-        dhurandhar_pack::source::write_safetensors(&p, &list, &BTreeMap::new(), &mut |i, sink| {
+        dhurandhar_pack::write_safetensors(&p, &list, &BTreeMap::new(), &mut |i, sink| {
             sink(&t[i].3)
         })
         .unwrap();
@@ -694,5 +750,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_pack_and_its_checkpoint_are_the_same_tensor_source() {
+        let d = tempfile::tempdir().unwrap();
+        let src = input(d.path());
+        let out = d.path().join("m.dhp");
+        let opts = PackOptions {
+            input: src.clone(),
+            output: out.clone(),
+            ..Default::default()
+        };
+        pack(&opts, &NoProgress, &CancelToken::new()).unwrap();
+        let a = open_tensors(&src).unwrap();
+        let b = open_tensors(&out).unwrap();
+        assert!(matches!(
+            (&a, &b),
+            (Tensors::Checkpoint(_), Tensors::Pack(_))
+        ));
+        assert_eq!(a.list_tensors(), b.list_tensors());
+        for t in a.list_tensors() {
+            let mut x = vec![0u8; t.n_bytes as usize];
+            let mut y = vec![1u8; t.n_bytes as usize];
+            a.read_tensor_into(&t.name, &mut x).unwrap();
+            b.read_tensor_into(&t.name, &mut y).unwrap();
+            assert_eq!(x, y, "{}", t.name);
+        }
+        let e = b.read_tensor_into("nope", &mut []).unwrap_err().to_string();
+        assert!(e.contains("m.dhp") && e.contains("nope"), "{e}");
+        assert!(open_tensors(&d.path().join("missing.safetensors")).is_err());
     }
 }
