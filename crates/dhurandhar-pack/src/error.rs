@@ -63,11 +63,27 @@ pub enum PackError {
     /// The progress callback asked to stop; no output was left.
     #[error("cancelled")]
     Cancelled,
-    #[error("invalid option: {0}")]
-    InvalidOption(String),
+    /// An option out of range, named by its field (`bits`, `group`, `residual_frac`,
+    /// `chunk_size`): front ends translate the field to their own spelling.
+    #[error("invalid option: {option} {reason}")]
+    InvalidOption {
+        option: &'static str,
+        reason: String,
+    },
+    /// A read or computation asked for something the data does not have (a chunk or
+    /// element range out of bounds, buffers of the wrong length).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
 }
 
 impl PackError {
+    /// An option out of range.
+    pub fn invalid(option: &'static str, reason: impl Into<String>) -> Self {
+        PackError::InvalidOption {
+            option,
+            reason: reason.into(),
+        }
+    }
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         PackError::Io {
             path: path.into(),

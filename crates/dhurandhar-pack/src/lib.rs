@@ -67,7 +67,7 @@ pub fn decompress_lossless(
     let es = dtype.size();
     let per = (chunk_size / es).max(1) * es;
     if out.len().div_ceil(per) != blobs.len() {
-        return Err(PackError::InvalidOption(format!(
+        return Err(PackError::InvalidRequest(format!(
             "{} chunks for {} bytes",
             blobs.len(),
             out.len()

@@ -51,10 +51,13 @@ impl Default for PackOptions {
 impl PackOptions {
     fn validate(&self) -> Result<()> {
         if self.chunk_size < 256 || self.chunk_size as u64 > MAX_CHUNK_SIZE {
-            return Err(PackError::InvalidOption(format!(
-                "chunk size must be between 256 bytes and {MAX_CHUNK_SIZE}, got {}",
-                self.chunk_size
-            )));
+            return Err(PackError::invalid(
+                "chunk_size",
+                format!(
+                    "must be between 256 and {MAX_CHUNK_SIZE} bytes, got {}",
+                    self.chunk_size
+                ),
+            ));
         }
         if let PackMode::QuantResidual(q) = self.mode {
             q.validate()?;
@@ -647,7 +650,7 @@ pub fn unpack(reader: &PackReader, out: &Path, progress: &Progress<'_>) -> Resul
     if reader.index().kind != PackKind::Pack {
         return Err(PackError::input(
             reader.path(),
-            "this is a delta pack: use `delta apply BASE DELTA -o OUT`",
+            "this is a delta pack: restore it with delta apply and its base checkpoint",
         ));
     }
     restore(reader, None, out, progress)

@@ -100,7 +100,7 @@ impl PackReader {
     pub fn read_chunks_into(&self, name: &str, chunks: Range<usize>, out: &mut [u8]) -> Result<()> {
         let t = self.tensor(name)?;
         if chunks.start > chunks.end || chunks.end > t.chunks.len() {
-            return Err(PackError::InvalidOption(format!(
+            return Err(PackError::InvalidRequest(format!(
                 "chunk range {chunks:?} out of bounds for `{name}` ({} chunks)",
                 t.chunks.len()
             )));
@@ -134,7 +134,7 @@ impl PackReader {
         let cs = self.index().chunk_size;
         let esize = t.dtype.size();
         if elems.start > elems.end || elems.end > t.numel() {
-            return Err(PackError::InvalidOption(format!(
+            return Err(PackError::InvalidRequest(format!(
                 "element range {elems:?} out of bounds for `{name}` ({} elements)",
                 t.numel()
             )));
@@ -177,7 +177,7 @@ impl PackReader {
     pub fn load_quant(&self, name: &str) -> Result<QuantResidualTensor> {
         let t = self.tensor(name)?;
         let q = t.quant.ok_or_else(|| {
-            PackError::InvalidOption(format!("tensor `{name}` is not quant-residual"))
+            PackError::InvalidRequest(format!("tensor `{name}` is not quant-residual"))
         })?;
         let cs = self.index().chunk_size;
         let cols = q.cols as usize;

@@ -544,7 +544,7 @@ fn bad_options_and_unwritable_outputs_leave_nothing_behind() {
     };
     assert!(matches!(
         pack(&cp, &dir.path().join("a.dhp"), &bad, &|_| true),
-        Err(PackError::InvalidOption(_))
+        Err(PackError::InvalidOption { option: "bits", .. })
     ));
     let missing = dir.path().join("no/such/dir/a.dhp");
     assert!(matches!(

@@ -1,6 +1,6 @@
 //! The `.dhp` weight container as jobs: pack, unpack, verify, pack-stats, delta and
 //! delta apply. Each takes an options struct and returns the report that is also the
-//! `--json` document.
+//! JSON document front ends print.
 //!
 //! Every writer refuses an output that is one of its inputs or not a regular file
 //! before doing any work, and writes through a temp file that only a finished job
@@ -130,7 +130,7 @@ pub struct VerifyOptions {
     pub quick: bool,
 }
 
-/// Report of [`pack`] and [`delta`] (the `--json` document).
+/// Report of [`pack`] and [`delta`] (also their JSON document).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PackReport {
     pub schema_version: u32,
@@ -780,5 +780,32 @@ mod tests {
         let e = b.read_tensor_into("nope", &mut []).unwrap_err().to_string();
         assert!(e.contains("m.dhp") && e.contains("nope"), "{e}");
         assert!(open_tensors(&d.path().join("missing.safetensors")).is_err());
+    }
+
+    #[test]
+    fn option_errors_name_the_field_not_a_flag() {
+        let d = tempfile::tempdir().unwrap();
+        let src = input(d.path());
+        let opts = PackOptions {
+            input: src,
+            output: d.path().join("q.dhp"),
+            mode: PackMode::QuantResidual,
+            bits: 3,
+            ..Default::default()
+        };
+        let e = pack(&opts, &NoProgress, &CancelToken::new()).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::Pack(PackError::InvalidOption { option: "bits", .. })
+            ),
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("bits must be 4 or 8") && !text.contains("--"),
+            "{text}"
+        );
+        assert_eq!(names(d.path()), ["in.safetensors"]);
     }
 }

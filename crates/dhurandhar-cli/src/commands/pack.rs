@@ -79,7 +79,7 @@ pub struct StatsArgs {
     pub out: OutputArgs,
 }
 
-/// The flag a pack option field is set by, for error messages.
+/// The flag that sets each pack option field, for error messages.
 const FLAGS: [(&str, &str); 3] = [
     ("bits", "--bits"),
     ("group", "--group"),
@@ -88,11 +88,11 @@ const FLAGS: [(&str, &str); 3] = [
 
 /// Library errors name option fields; say them the way the user typed them.
 pub(crate) fn with_flags(e: dhurandhar::Error) -> anyhow::Error {
-    if let dhurandhar::Error::Pack(dhurandhar_pack::PackError::InvalidOption(msg)) = &e {
-        for (field, flag) in FLAGS {
-            if let Some(rest) = msg.strip_prefix(field).filter(|r| r.starts_with(' ')) {
-                return anyhow::anyhow!("invalid option: {flag}{rest}");
-            }
+    if let dhurandhar::Error::Pack(dhurandhar_pack::PackError::InvalidOption { option, reason }) =
+        &e
+    {
+        if let Some((_, flag)) = FLAGS.iter().find(|(f, _)| f == option) {
+            return anyhow::anyhow!("invalid option: {flag} {reason}");
         }
     }
     e.into()
