@@ -111,7 +111,7 @@ impl DType {
 
     /// Whether each element is a whole number of bytes (everything but F4 / F6).
     pub fn is_whole_bytes(self) -> bool {
-        self.bits() % 8 == 0
+        self.bits().is_multiple_of(8)
     }
 
     /// Bytes per element; 0 for the sub-byte types (check [`is_whole_bytes`](Self::is_whole_bytes)).
@@ -126,7 +126,7 @@ impl DType {
     /// Stored bytes of `n` elements, or `None` on overflow or a partial byte.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         n.checked_mul(self.bits())
-            .filter(|b| b % 8 == 0)
+            .filter(|b| b.is_multiple_of(8))
             .map(|b| b / 8)
     }
 

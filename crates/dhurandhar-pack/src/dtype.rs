@@ -6,16 +6,16 @@ pub use dhurandhar_checkpoint::DType;
 /// How the container treats a dtype.
 pub(crate) trait PackDType {
     /// Floats whose bytes are split into sign+exponent and mantissa planes.
-    fn is_plane_float(self) -> bool;
+    fn is_plane_float(&self) -> bool;
     /// Floats the quantizer accepts.
-    fn is_quantizable(self) -> bool;
+    fn is_quantizable(&self) -> bool;
 }
 
 impl PackDType for DType {
-    fn is_plane_float(self) -> bool {
+    fn is_plane_float(&self) -> bool {
         matches!(self, DType::F64 | DType::F32 | DType::F16 | DType::BF16)
     }
-    fn is_quantizable(self) -> bool {
+    fn is_quantizable(&self) -> bool {
         matches!(self, DType::F32 | DType::F16 | DType::BF16)
     }
 }
