@@ -133,7 +133,7 @@ pub(crate) fn gguf_entries(path: &Path, g: &GgufFile) -> Vec<TensorEntry> {
 }
 
 fn st_entries(path: &Path, f: &SafetensorsFile) -> Vec<TensorEntry> {
-    use crate::safetensors::Dtype;
+    use crate::dtype::DType as Dtype;
     f.tensors()
         .iter()
         .map(|t| TensorEntry {

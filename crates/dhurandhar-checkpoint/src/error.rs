@@ -37,6 +37,14 @@ pub enum CheckpointError {
     /// A tensor asked for by name is not in the checkpoint.
     #[error("{path}: no tensor named `{name}`")]
     NoSuchTensor { path: String, name: String },
+    /// A caller's buffer does not fit the tensor read into it.
+    #[error("{path}: tensor `{name}`: buffer holds {got} bytes, {expected} needed")]
+    BufferSize {
+        path: String,
+        name: String,
+        expected: u64,
+        got: u64,
+    },
 }
 
 impl CheckpointError {

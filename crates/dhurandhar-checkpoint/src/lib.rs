@@ -1,5 +1,6 @@
 //! Exact readers for real checkpoints: GGUF (v2/v3), safetensors (single and sharded)
-//! and Hugging Face `config.json`.
+//! and Hugging Face `config.json`; tensor data through [`Weights`] and the
+//! [`TensorSource`] trait, element types as the one [`DType`].
 //!
 //! Headers are parsed from a read-only memory map and never trust a count or length
 //! before bounding it by the bytes that remain, so malformed files give an error that
@@ -12,11 +13,13 @@ mod arch_gguf;
 mod arch_hf;
 mod checkpoint;
 pub mod components;
+pub mod dtype;
 mod error;
 pub mod gguf;
 pub mod gguf_hparams;
 mod mmap;
 pub mod safetensors;
+pub mod weights;
 
 use std::path::Path;
 
@@ -26,9 +29,11 @@ pub use arch_gguf::arch_from_gguf;
 pub use arch_hf::arch_from_config_json;
 pub use checkpoint::{open_checkpoint, Checkpoint, CheckpointFormat, TensorEntry};
 pub use components::{classify, Component};
+pub use dtype::DType;
 pub use error::CheckpointError;
 pub use gguf_hparams::{GgufHyperParams, GgufTokenizer};
 pub use mmap::map_file;
+pub use weights::{TensorMeta, TensorSource, WeightTensor, Weights};
 
 /// Absolute byte offset and length of tensor `name` in a `.gguf` or `.safetensors` file.
 pub fn locate_tensor(path: &Path, name: &str) -> Result<(u64, u64), CheckpointError> {

@@ -1,9 +1,14 @@
 //! safetensors header reader (single files and sharded checkpoints). Only the JSON
 //! header is read — through a memory map — so planning never touches the weights.
+//!
+//! The `safetensors` crate (the reference implementation) decides what is a valid file;
+//! when it refuses one, [`diagnose`] says which byte, field or tensor is wrong, because
+//! its own errors often name neither.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use crate::dtype::DType;
 use crate::error::CheckpointError;
 use crate::mmap::map_file;
 
@@ -11,112 +16,11 @@ use crate::mmap::map_file;
 /// or corruption, not a model.
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
-/// A safetensors element type.
-#[allow(non_camel_case_types)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Dtype {
-    BOOL,
-    U8,
-    I8,
-    F8_E5M2,
-    F8_E4M3,
-    F8_E8M0,
-    I16,
-    U16,
-    F16,
-    BF16,
-    I32,
-    U32,
-    F32,
-    F64,
-    I64,
-    U64,
-    C64,
-    F4,
-    F6_E2M3,
-    F6_E3M2,
-}
-
-impl Dtype {
-    const ALL: [Dtype; 20] = [
-        Dtype::BOOL,
-        Dtype::U8,
-        Dtype::I8,
-        Dtype::F8_E5M2,
-        Dtype::F8_E4M3,
-        Dtype::F8_E8M0,
-        Dtype::I16,
-        Dtype::U16,
-        Dtype::F16,
-        Dtype::BF16,
-        Dtype::I32,
-        Dtype::U32,
-        Dtype::F32,
-        Dtype::F64,
-        Dtype::I64,
-        Dtype::U64,
-        Dtype::C64,
-        Dtype::F4,
-        Dtype::F6_E2M3,
-        Dtype::F6_E3M2,
-    ];
-
-    /// The header spelling (`"F32"`, `"BF16"`, ...).
-    pub fn name(self) -> &'static str {
-        use Dtype::*;
-        match self {
-            BOOL => "BOOL",
-            U8 => "U8",
-            I8 => "I8",
-            F8_E5M2 => "F8_E5M2",
-            F8_E4M3 => "F8_E4M3",
-            F8_E8M0 => "F8_E8M0",
-            I16 => "I16",
-            U16 => "U16",
-            F16 => "F16",
-            BF16 => "BF16",
-            I32 => "I32",
-            U32 => "U32",
-            F32 => "F32",
-            F64 => "F64",
-            I64 => "I64",
-            U64 => "U64",
-            C64 => "C64",
-            F4 => "F4",
-            F6_E2M3 => "F6_E2M3",
-            F6_E3M2 => "F6_E3M2",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|d| d.name() == s)
-    }
-
-    /// Bits per element (sub-byte types pack several elements per byte).
-    pub fn bits(self) -> u64 {
-        use Dtype::*;
-        match self {
-            F4 => 4,
-            F6_E2M3 | F6_E3M2 => 6,
-            BOOL | U8 | I8 | F8_E5M2 | F8_E4M3 | F8_E8M0 => 8,
-            I16 | U16 | F16 | BF16 => 16,
-            I32 | U32 | F32 => 32,
-            F64 | I64 | U64 | C64 => 64,
-        }
-    }
-}
-
-impl std::fmt::Display for Dtype {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// One tensor of a safetensors file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorInfo {
     pub name: String,
-    pub dtype: Dtype,
+    pub dtype: DType,
     /// Row-major (PyTorch) order: the last dimension varies fastest.
     pub shape: Vec<u64>,
     /// Absolute file offset of the first byte.
@@ -167,148 +71,43 @@ impl SafetensorsFile {
     /// Parse from the file's bytes (at least the 8-byte length and the header; tensor
     /// ranges are checked against `bytes.len()`, so pass the whole mapped file).
     pub fn parse(bytes: &[u8], origin: &str) -> Result<Self, CheckpointError> {
-        let file_len = bytes.len() as u64;
-        let Some(len_bytes) = bytes.get(..8) else {
-            return Err(CheckpointError::malformed(
-                origin,
-                0,
-                format!("truncated: a safetensors file starts with an 8-byte header length, the file has {file_len} bytes"),
-            ));
-        };
-        let mut lb = [0u8; 8];
-        lb.copy_from_slice(len_bytes);
-        let header_len = u64::from_le_bytes(lb);
-        if header_len > MAX_HEADER_BYTES {
-            return Err(CheckpointError::malformed(
-                origin,
-                0,
-                format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit (not a safetensors file?)"),
-            ));
-        }
-        if header_len > file_len - 8 {
-            return Err(CheckpointError::malformed(
-                origin,
-                8,
-                format!(
-                    "truncated: header length is {header_len} but only {} bytes follow",
-                    file_len - 8
-                ),
-            ));
-        }
-        let data_offset = 8 + header_len;
-        let header = &bytes[8..data_offset as usize];
-        let text = std::str::from_utf8(header).map_err(|e| {
-            CheckpointError::malformed(
-                origin,
-                8 + e.valid_up_to() as u64,
-                "header is not valid UTF-8",
-            )
-        })?;
-        let root: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            jerr(
-                origin,
-                format!("header (bytes 8..{data_offset}) is not valid JSON: {e}"),
-            )
-        })?;
-        let obj = root
-            .as_object()
-            .ok_or_else(|| jerr(origin, "header is not a JSON object"))?;
-        let data_len = file_len - data_offset;
-        let mut tensors = Vec::with_capacity(obj.len());
-        let mut metadata = BTreeMap::new();
-        for (name, v) in obj {
-            if name == "__metadata__" {
-                let m = v
-                    .as_object()
-                    .ok_or_else(|| jerr(origin, "`__metadata__` is not an object"))?;
-                for (k, val) in m {
-                    let s = val.as_str().ok_or_else(|| {
-                        jerr(origin, format!("`__metadata__.{k}` is not a string"))
-                    })?;
-                    metadata.insert(k.clone(), s.to_string());
-                }
-                continue;
+        let (header_len, meta) = match ::safetensors::SafeTensors::read_metadata(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                diagnose(bytes, origin)?;
+                return Err(CheckpointError::malformed(
+                    origin,
+                    0,
+                    format!("not a valid safetensors file: {e}"),
+                ));
             }
-            let t = v
-                .as_object()
-                .ok_or_else(|| jerr(origin, format!("tensor `{name}` is not an object")))?;
-            let dtype_s = t
-                .get("dtype")
-                .and_then(|d| d.as_str())
-                .ok_or_else(|| jerr(origin, format!("tensor `{name}` has no string `dtype`")))?;
-            let dtype = Dtype::from_name(dtype_s).ok_or_else(|| {
+        };
+        let data_offset = 8 + header_len as u64;
+        let mut tensors = Vec::new();
+        for (name, info) in meta.tensors() {
+            let dtype = DType::try_from(info.dtype).map_err(|d| {
                 CheckpointError::unsupported(
                     origin,
-                    format!("tensor `{name}` has unknown dtype `{dtype_s}`"),
+                    format!("tensor `{name}` has unknown dtype `{d:?}`"),
                 )
             })?;
-            let shape = parse_shape(
-                origin,
-                name,
-                t.get("shape")
-                    .ok_or_else(|| jerr(origin, format!("tensor `{name}` has no `shape`")))?,
-            )?;
-            let offs = t
-                .get("data_offsets")
-                .and_then(|o| o.as_array())
-                .filter(|o| o.len() == 2)
-                .ok_or_else(|| {
-                    jerr(
-                        origin,
-                        format!("tensor `{name}`: `data_offsets` is not a [begin, end] pair"),
-                    )
-                })?;
-            let (Some(begin), Some(end)) = (offs[0].as_u64(), offs[1].as_u64()) else {
-                return Err(jerr(
-                    origin,
-                    format!("tensor `{name}`: `data_offsets` are not non-negative integers"),
-                ));
-            };
-            if begin > end || end > data_len {
-                return Err(CheckpointError::malformed(
-                    origin,
-                    data_offset.saturating_add(begin),
-                    format!(
-                        "tensor `{name}` data_offsets [{begin}, {end}] fall outside the {data_len}-byte data section"
-                    ),
-                ));
-            }
-            let expected = shape
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .and_then(|n| n.checked_mul(dtype.bits()))
-                .filter(|bits| bits % 8 == 0)
-                .map(|bits| bits / 8);
-            if expected != Some(end - begin) {
-                return Err(CheckpointError::malformed(
-                    origin,
-                    data_offset + begin,
-                    format!(
-                        "tensor `{name}` ({dtype_s} {shape:?}) should take {} bytes but data_offsets span {}",
-                        expected.map_or("an impossible number of".to_string(), |e| e.to_string()),
-                        end - begin
-                    ),
-                ));
-            }
+            let (begin, end) = info.data_offsets;
             tensors.push(TensorInfo {
-                name: name.clone(),
+                name,
                 dtype,
-                shape,
-                offset: data_offset + begin,
-                n_bytes: end - begin,
+                shape: info.shape.iter().map(|&d| d as u64).collect(),
+                offset: data_offset + begin as u64,
+                n_bytes: (end - begin) as u64,
             });
         }
-        tensors.sort_by(|a, b| (a.offset, &a.name).cmp(&(b.offset, &b.name)));
-        // Overlapping tensors mean a corrupt or hostile header.
-        for w in tensors.windows(2) {
-            if w[0].offset + w[0].n_bytes > w[1].offset {
-                return Err(CheckpointError::malformed(
-                    origin,
-                    w[1].offset,
-                    format!("tensors `{}` and `{}` overlap", w[0].name, w[1].name),
-                ));
-            }
-        }
+        // File order; empty tensors share an offset with their successor, and sort first.
+        tensors.sort_by(|a, b| (a.offset, a.n_bytes, &a.name).cmp(&(b.offset, b.n_bytes, &b.name)));
+        let metadata = meta
+            .metadata()
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Ok(SafetensorsFile {
             data_offset,
             tensors,
@@ -339,6 +138,178 @@ impl SafetensorsFile {
     pub fn total_tensor_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.n_bytes).sum()
     }
+}
+
+/// Say precisely why the `safetensors` crate refused `bytes`: the byte offset, field
+/// and tensor at fault. `Ok(())` when no specific problem is found.
+fn diagnose(bytes: &[u8], origin: &str) -> Result<(), CheckpointError> {
+    let file_len = bytes.len() as u64;
+    let Some(len_bytes) = bytes.get(..8) else {
+        return Err(CheckpointError::malformed(
+                origin,
+                0,
+                format!("truncated: a safetensors file starts with an 8-byte header length, the file has {file_len} bytes"),
+            ));
+    };
+    let mut lb = [0u8; 8];
+    lb.copy_from_slice(len_bytes);
+    let header_len = u64::from_le_bytes(lb);
+    if header_len > MAX_HEADER_BYTES {
+        return Err(CheckpointError::malformed(
+                origin,
+                0,
+                format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit (not a safetensors file?)"),
+            ));
+    }
+    if header_len > file_len - 8 {
+        return Err(CheckpointError::malformed(
+            origin,
+            8,
+            format!(
+                "truncated: header length is {header_len} but only {} bytes follow",
+                file_len - 8
+            ),
+        ));
+    }
+    let data_offset = 8 + header_len;
+    let header = &bytes[8..data_offset as usize];
+    let text = std::str::from_utf8(header).map_err(|e| {
+        CheckpointError::malformed(
+            origin,
+            8 + e.valid_up_to() as u64,
+            "header is not valid UTF-8",
+        )
+    })?;
+    let root: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        jerr(
+            origin,
+            format!("header (bytes 8..{data_offset}) is not valid JSON: {e}"),
+        )
+    })?;
+    let obj = root
+        .as_object()
+        .ok_or_else(|| jerr(origin, "header is not a JSON object"))?;
+    let data_len = file_len - data_offset;
+    let mut tensors = Vec::with_capacity(obj.len());
+    let mut metadata = BTreeMap::new();
+    for (name, v) in obj {
+        if name == "__metadata__" {
+            let m = v
+                .as_object()
+                .ok_or_else(|| jerr(origin, "`__metadata__` is not an object"))?;
+            for (k, val) in m {
+                let s = val
+                    .as_str()
+                    .ok_or_else(|| jerr(origin, format!("`__metadata__.{k}` is not a string")))?;
+                metadata.insert(k.clone(), s.to_string());
+            }
+            continue;
+        }
+        let t = v
+            .as_object()
+            .ok_or_else(|| jerr(origin, format!("tensor `{name}` is not an object")))?;
+        let dtype_s = t
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| jerr(origin, format!("tensor `{name}` has no string `dtype`")))?;
+        let dtype = DType::from_name(dtype_s).ok_or_else(|| {
+            CheckpointError::unsupported(
+                origin,
+                format!("tensor `{name}` has unknown dtype `{dtype_s}`"),
+            )
+        })?;
+        let shape = parse_shape(
+            origin,
+            name,
+            t.get("shape")
+                .ok_or_else(|| jerr(origin, format!("tensor `{name}` has no `shape`")))?,
+        )?;
+        let offs = t
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .filter(|o| o.len() == 2)
+            .ok_or_else(|| {
+                jerr(
+                    origin,
+                    format!("tensor `{name}`: `data_offsets` is not a [begin, end] pair"),
+                )
+            })?;
+        let (Some(begin), Some(end)) = (offs[0].as_u64(), offs[1].as_u64()) else {
+            return Err(jerr(
+                origin,
+                format!("tensor `{name}`: `data_offsets` are not non-negative integers"),
+            ));
+        };
+        if begin > end || end > data_len {
+            return Err(CheckpointError::malformed(
+                    origin,
+                    data_offset.saturating_add(begin),
+                    format!(
+                        "tensor `{name}` data_offsets [{begin}, {end}] fall outside the {data_len}-byte data section"
+                    ),
+                ));
+        }
+        let expected = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.bits()))
+            .filter(|bits| bits % 8 == 0)
+            .map(|bits| bits / 8);
+        if expected != Some(end - begin) {
+            return Err(CheckpointError::malformed(
+                    origin,
+                    data_offset + begin,
+                    format!(
+                        "tensor `{name}` ({dtype_s} {shape:?}) should take {} bytes but data_offsets span {}",
+                        expected.map_or("an impossible number of".to_string(), |e| e.to_string()),
+                        end - begin
+                    ),
+                ));
+        }
+        tensors.push(TensorInfo {
+            name: name.clone(),
+            dtype,
+            shape,
+            offset: data_offset + begin,
+            n_bytes: end - begin,
+        });
+    }
+    tensors.sort_by(|a, b| (a.offset, a.n_bytes, &a.name).cmp(&(b.offset, b.n_bytes, &b.name)));
+    // Tensors must tile the data section exactly: no overlap, no gap, nothing after.
+    let mut at = data_offset;
+    for (i, t) in tensors.iter().enumerate() {
+        if t.offset < at {
+            return Err(CheckpointError::malformed(
+                origin,
+                t.offset,
+                format!("tensors `{}` and `{}` overlap", tensors[i - 1].name, t.name),
+            ));
+        }
+        if t.offset > at {
+            return Err(CheckpointError::malformed(
+                origin,
+                at,
+                format!(
+                    "{} unused bytes before tensor `{}` (tensors must be back to back)",
+                    t.offset - at,
+                    t.name
+                ),
+            ));
+        }
+        at = t.offset + t.n_bytes;
+    }
+    if at != file_len {
+        return Err(CheckpointError::malformed(
+            origin,
+            at,
+            format!(
+                "{} bytes after the last tensor (the data section must end with it)",
+                file_len - at
+            ),
+        ));
+    }
+    let _ = metadata;
+    Ok(())
 }
 
 /// A checkpoint split over several safetensors files by `model.safetensors.index.json`.

@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
-use dhurandhar_checkpoint::safetensors::{Dtype, SafetensorsFile, ShardedSafetensors};
+use dhurandhar_checkpoint::safetensors::{SafetensorsFile, ShardedSafetensors};
 use dhurandhar_checkpoint::{load_model, locate_tensor, open_checkpoint, Component};
+use dhurandhar_checkpoint::{DType, TensorSource, Weights};
 use proptest::prelude::*;
 
 /// A safetensors file with tensors laid out back to back (data = byte index % 251).
@@ -14,7 +15,7 @@ fn st_bytes(tensors: &[(&str, &str, &[u64])], metadata: Option<&str>) -> Vec<u8>
     }
     let mut off = 0u64;
     for (name, dtype, shape) in tensors {
-        let bits = Dtype::from_name(dtype).unwrap().bits();
+        let bits = DType::from_name(dtype).unwrap().bits();
         let n = shape.iter().product::<u64>() * bits / 8;
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         entries.push(format!(
@@ -67,7 +68,7 @@ fn round_trip() {
     let q = f.tensor("model.layers.0.self_attn.q_proj.weight").unwrap();
     assert_eq!(
         (q.dtype, q.shape.clone(), q.n_bytes),
-        (Dtype::F32, vec![4, 4], 64)
+        (DType::F32, vec![4, 4], 64)
     );
     assert_eq!(q.offset, f.data_offset + 80);
     assert_eq!(f.tensor("packed").unwrap().n_bytes, 3);
@@ -270,4 +271,86 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn gaps_and_trailing_bytes_are_named() {
+    let two = |second: u64, data: usize| {
+        err(&with_header(
+            &format!(
+                r#"{{"a":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}},"b":{{"dtype":"F32","shape":[1],"data_offsets":[{second},{}]}}}}"#,
+                second + 4
+            ),
+            data,
+        ))
+    };
+    let e = two(8, 12);
+    assert!(e.contains("4 unused bytes before tensor `b`"), "{e}");
+    let e = two(4, 12);
+    assert!(e.contains("4 bytes after the last tensor"), "{e}");
+}
+
+#[test]
+fn weights_read_tensor_bytes_single_and_sharded() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    let b = small();
+    std::fs::write(&p, &b).unwrap();
+    let w = Weights::open(&p).unwrap();
+    assert_eq!(w.metadata.get("format").map(String::as_str), Some("pt"));
+    let list = w.list_tensors();
+    assert_eq!(list.len(), 5);
+    let q = &list[1];
+    assert_eq!(
+        (q.name.as_str(), q.dtype, q.shape.clone(), q.n_bytes),
+        (
+            "model.layers.0.self_attn.q_proj.weight",
+            DType::F32,
+            vec![4, 4],
+            64
+        )
+    );
+    let mut buf = vec![0u8; 64];
+    w.read_tensor_into(&q.name, &mut buf).unwrap();
+    assert_eq!(&buf[..4], &[80, 81, 82, 83]);
+    let e = w
+        .read_tensor_into(&q.name, &mut [0u8; 3])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("m.safetensors") && e.contains("q_proj") && e.contains("64 needed"),
+        "{e}"
+    );
+    let e = w
+        .read_tensor_into("nope", &mut buf)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no tensor named `nope`"), "{e}");
+    assert_eq!(w.input_files(), [p.as_path(), p.as_path()]);
+
+    // Sharded: one name space over both shards, bytes from the right file.
+    let d = dir.path().join("sharded");
+    std::fs::create_dir(&d).unwrap();
+    write(
+        &d,
+        "a.safetensors",
+        &st_bytes(&[("x", "F32", &[2]), ("y", "BF16", &[3])], None),
+    );
+    write(&d, "b.safetensors", &st_bytes(&[("z", "U8", &[5])], None));
+    write(
+        &d,
+        "model.safetensors.index.json",
+        br#"{"weight_map": {"x": "a.safetensors", "y": "a.safetensors", "z": "b.safetensors"}}"#,
+    );
+    let w = Weights::open(&d).unwrap();
+    let names: Vec<_> = w.tensors().iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["x", "y", "z"]);
+    let mut z = vec![0u8; 5];
+    w.read_tensor_into("z", &mut z).unwrap();
+    assert_eq!(z, [0, 1, 2, 3, 4]);
+    assert_eq!(w.input_files().len(), 3);
+    assert!(w.file_of(w.get("z").unwrap()).ends_with("b.safetensors"));
+    // A directory with neither layout says what it expected.
+    let e = Weights::open(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors.index.json"), "{e}");
 }

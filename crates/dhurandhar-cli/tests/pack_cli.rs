@@ -78,10 +78,8 @@ fn write_input(path: &Path, t: &[(String, DType, Vec<u64>, Vec<u8>)]) {
         .iter()
         .map(|(n, d, s, b)| (n.clone(), *d, s.clone(), b.len() as u64))
         .collect();
-    dhurandhar_pack::source::write_safetensors(path, &list, &BTreeMap::new(), &mut |i, sink| {
-        sink(&t[i].3)
-    })
-    .unwrap();
+    dhurandhar_pack::write_safetensors(path, &list, &BTreeMap::new(), &mut |i, sink| sink(&t[i].3))
+        .unwrap();
 }
 
 fn setup() -> (tempfile::TempDir, PathBuf) {
@@ -423,4 +421,169 @@ fn outputs_have_ordinary_file_permissions() {
     run_ok(&["unpack", s(&packed), "-o", s(&restored)]);
     assert_eq!(mode(&packed), mode(&reference));
     assert_eq!(mode(&restored), mode(&reference));
+}
+
+/// Writing onto an input is refused before any work and leaves the input as it was
+/// (`pack X -o X` used to replace X with a pack of itself).
+#[test]
+fn output_onto_an_input_is_refused_and_the_input_kept() {
+    let (dir, input) = setup();
+    let original = std::fs::read(&input).unwrap();
+    run_err(
+        &["pack", s(&input), "-o", s(&input)],
+        &["same file as the input", "model.safetensors"],
+    );
+    run_err(
+        &[
+            "pack",
+            s(&input),
+            "-o",
+            s(&input),
+            "--mode",
+            "quant-residual",
+        ],
+        &["same file as the input"],
+    );
+    assert_eq!(std::fs::read(&input).unwrap(), original);
+
+    let packed = dir.path().join("m.dhp");
+    run_ok(&["pack", s(&input), "-o", s(&packed)]);
+    let packed_bytes = std::fs::read(&packed).unwrap();
+    run_err(
+        &["unpack", s(&packed), "-o", s(&packed)],
+        &["same file as the input", "m.dhp"],
+    );
+    assert_eq!(std::fs::read(&packed).unwrap(), packed_bytes);
+
+    let new = dir.path().join("new.safetensors");
+    write_input(&new, &tensors(1, true));
+    let new_bytes = std::fs::read(&new).unwrap();
+    let d = dir.path().join("d.dhp");
+    run_err(
+        &["delta", s(&input), s(&new), "-o", s(&new)],
+        &["same file as the input"],
+    );
+    run_ok(&["delta", s(&input), s(&new), "-o", s(&d)]);
+    let d_bytes = std::fs::read(&d).unwrap();
+    run_err(
+        &["delta", "apply", s(&input), s(&d), "-o", s(&input)],
+        &["same file as the input", "model.safetensors"],
+    );
+    run_err(
+        &["delta", "apply", s(&input), s(&d), "-o", s(&d)],
+        &["same file as the input", "d.dhp"],
+    );
+    assert_eq!(std::fs::read(&input).unwrap(), original);
+    assert_eq!(std::fs::read(&new).unwrap(), new_bytes);
+    assert_eq!(std::fs::read(&d).unwrap(), d_bytes);
+    // The same file through another spelling of its path is still the input.
+    let via = dir.path().join(".").join("model.safetensors");
+    run_err(
+        &["pack", s(&input), "-o", s(&via)],
+        &["same file as the input"],
+    );
+    assert_eq!(std::fs::read(&input).unwrap(), original);
+    // Nothing but the files made above: no temp file was left by a refusal.
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["d.dhp", "m.dhp", "model.safetensors", "new.safetensors"]
+    );
+}
+
+/// A FIFO or device node as the output is refused, not replaced by a regular file.
+#[cfg(unix)]
+#[test]
+fn fifo_and_device_outputs_are_refused() {
+    use std::os::unix::fs::FileTypeExt;
+    let (dir, input) = setup();
+    let fifo = dir.path().join("out.fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    run_err(&["pack", s(&input), "-o", s(&fifo)], &["FIFO", "out.fifo"]);
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    let packed = dir.path().join("m.dhp");
+    run_ok(&["pack", s(&input), "-o", s(&packed)]);
+    run_err(&["unpack", s(&packed), "-o", s(&fifo)], &["FIFO"]);
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    run_err(
+        &["pack", s(&input), "-o", "/dev/null"],
+        &["character device", "/dev/null"],
+    );
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+}
+
+/// Temp files of the atomic writer beside `target`: `.NAME.PID.N.dhtmp`.
+fn temps_of(target: &Path) -> Vec<PathBuf> {
+    let name = target.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::read_dir(target.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let f = p.file_name().unwrap().to_str().unwrap();
+            f.starts_with(&format!(".{name}.")) && f.ends_with(".dhtmp")
+        })
+        .collect()
+}
+
+/// `kill -9` mid-write leaves no output, only a temp file carrying the dead PID; the next
+/// pack to the same target removes it.
+#[cfg(unix)]
+#[test]
+fn killed_pack_leaves_no_output_and_the_next_run_cleans_up() {
+    let Some(model) = dhurandhar_testkit::fixture(dhurandhar_testkit::MINILM_SAFETENSORS) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("dhurandhar");
+    let mut killed = None;
+    // A run can finish before the kill lands; try a few targets until one is killed
+    // while its temp file exists.
+    for attempt in 0..5 {
+        let out = dir.path().join(format!("m{attempt}.dhp"));
+        let mut child = std::process::Command::new(&bin)
+            .args(["pack", s(&model), "-o", s(&out), "--chunk-kib", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let seen = loop {
+            if !temps_of(&out).is_empty() {
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() || t0.elapsed().as_secs() > 120 {
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        if seen && !status.success() {
+            killed = Some(out);
+            break;
+        }
+    }
+    let out = killed.expect("no pack run could be killed mid-write");
+    assert!(!out.exists(), "a killed pack left an output file");
+    let left = temps_of(&out);
+    assert_eq!(left.len(), 1, "{left:?}");
+    run_ok(&["pack", s(&model), "-o", s(&out)]);
+    assert!(out.exists());
+    assert_eq!(
+        temps_of(&out),
+        Vec::<PathBuf>::new(),
+        "stale temp not removed"
+    );
+    run_ok(&["verify", s(&out), "--quick"]);
 }

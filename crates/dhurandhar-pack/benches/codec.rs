@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use dhurandhar_pack::{
-    cast_f32_bytes, compress_lossless, decompress_lossless, Checkpoint, DType, DEFAULT_CHUNK_SIZE,
+    cast_f32_bytes, compress_lossless, decompress_lossless, DType, Weights, DEFAULT_CHUNK_SIZE,
 };
 
 /// CPU time of the calling thread: on a shared machine, wall-clock per-core speed is
@@ -115,7 +115,7 @@ fn main() {
     let Some(path) = dhurandhar_testkit::fixture(dhurandhar_testkit::MINILM_SAFETENSORS) else {
         return;
     };
-    let cp = Checkpoint::open(&path).expect("open fixture");
+    let cp = Weights::open(&path).expect("open fixture");
     let mut f32_bytes = Vec::new();
     for t in cp.tensors().iter().filter(|t| t.dtype == DType::F32) {
         f32_bytes.extend_from_slice(cp.data(t));

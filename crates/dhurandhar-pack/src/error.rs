@@ -53,21 +53,58 @@ pub enum PackError {
         expected: usize,
         got: usize,
     },
-    #[error("invalid option: {0}")]
-    InvalidOption(String),
+    /// An output refused before any work (it is an input, or not a regular file), or a
+    /// temp file that could not be created or committed.
+    #[error(transparent)]
+    File(dhurandhar_io::IoError),
+    /// An input checkpoint could not be read (the error names the file and tensor).
+    #[error(transparent)]
+    Checkpoint(#[from] dhurandhar_checkpoint::CheckpointError),
+    /// The progress callback asked to stop; no output was left.
+    #[error("cancelled")]
+    Cancelled,
+    /// An option out of range, named by its field (`bits`, `group`, `residual_frac`,
+    /// `chunk_size`): front ends translate the field to their own spelling.
+    #[error("invalid option: {option} {reason}")]
+    InvalidOption {
+        option: &'static str,
+        reason: String,
+    },
+    /// A read or computation asked for something the data does not have (a chunk or
+    /// element range out of bounds, buffers of the wrong length).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
 }
 
 impl PackError {
+    /// An option out of range.
+    pub fn invalid(option: &'static str, reason: impl Into<String>) -> Self {
+        PackError::InvalidOption {
+            option,
+            reason: reason.into(),
+        }
+    }
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         PackError::Io {
             path: path.into(),
             source,
         }
     }
-    pub(crate) fn input(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+    /// A problem with an input file, named.
+    pub fn input(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
         PackError::Input {
             path: path.into(),
             detail: detail.into(),
+        }
+    }
+}
+
+/// OS errors keep their own variant ([`PackError::Io`]) wherever they come from.
+impl From<dhurandhar_io::IoError> for PackError {
+    fn from(e: dhurandhar_io::IoError) -> Self {
+        match e {
+            dhurandhar_io::IoError::Os { path, source } => PackError::Io { path, source },
+            other => PackError::File(other),
         }
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::dtype::DType;
+use crate::dtype::{DType, PackDType};
 use crate::error::{PackError, Result};
 use crate::quant::{QuantConfig, QuantStats};
 
@@ -204,33 +204,22 @@ pub struct Index {
     pub removed: Vec<String>,
 }
 
-/// Streaming writer: header, then chunks as they are produced, then index + footer into a
-/// temp file in the destination directory that is renamed into place on [`finish`].
+/// Streaming writer: header, then chunks as they are produced, then index + footer, all
+/// into a [`dhurandhar_io::AtomicFile`] beside the destination that is renamed into place
+/// on [`finish`]. A writer dropped (or killed) before `finish` leaves no output.
 ///
 /// [`finish`]: PackWriter::finish
 pub struct PackWriter {
     path: PathBuf,
-    out: BufWriter<tempfile::NamedTempFile>,
+    out: BufWriter<dhurandhar_io::AtomicFile>,
     pos: u64,
 }
 
 impl PackWriter {
+    /// Start writing `path`. Callers that know their inputs should first refuse an output
+    /// that is one of them with [`dhurandhar_io::check_output`].
     pub fn create(path: &Path) -> Result<Self> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut builder = tempfile::Builder::new();
-        // A finished output is an ordinary file (0o666 minus umask), not tempfile's 0o600.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            builder.permissions(std::fs::Permissions::from_mode(0o666));
-        }
-        let tmp = builder
-            .prefix(".dhp-partial-")
-            .tempfile_in(dir)
-            .map_err(|e| PackError::io(path, e))?;
+        let tmp = dhurandhar_io::AtomicFile::create(path)?;
         let mut w = PackWriter {
             path: path.to_path_buf(),
             out: BufWriter::with_capacity(1 << 20, tmp),
@@ -275,11 +264,7 @@ impl PackWriter {
             .out
             .into_inner()
             .map_err(|e| PackError::io(&path, e.into_error()))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| PackError::io(&path, e))?;
-        tmp.persist(&path)
-            .map_err(|e| PackError::io(&path, e.error))?;
+        tmp.commit()?;
         Ok(self.pos)
     }
 }
@@ -367,6 +352,12 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<(), String> {
     for t in &index.tensors {
         if !names.insert(t.name.as_str()) {
             return Err(format!("tensor `{}` listed twice", t.name));
+        }
+        if !t.dtype.is_whole_bytes() {
+            return Err(format!(
+                "tensor `{}`: dtype {} is not a whole number of bytes per element",
+                t.name, t.dtype
+            ));
         }
         let numel = t
             .shape

@@ -20,21 +20,23 @@ pub mod huffman;
 pub mod ops;
 pub mod quant;
 pub mod read;
-pub mod source;
+pub mod write;
 
+pub use dhurandhar_checkpoint::{TensorMeta, TensorSource, WeightTensor, Weights};
 pub use dtype::{cast_f32_bytes, DType};
 pub use error::{PackError, Result};
 pub use format::{
     ChunkRef, Index, Mode, PackKind, PackReader, PackWriter, TensorEntry, DEFAULT_CHUNK_SIZE,
 };
 pub use ops::{
-    apply_delta, delta, pack, report, unpack, PackMode, PackOptions, PackReport, TensorReport,
-    UnpackReport,
+    apply_delta, delta, pack, report, unpack, PackMode, PackOptions, PackReport, Progress,
+    TensorReport, UnpackReport,
 };
 pub use quant::{dense_matmul, QuantConfig, QuantResidualTensor, QuantStats};
 pub use read::VerifyReport;
-pub use source::{Checkpoint, SourceTensor};
+pub use write::write_safetensors;
 
+use dtype::PackDType;
 use rayon::prelude::*;
 
 /// In-memory lossless compression of one tensor's bytes, chunk by chunk in parallel (the
@@ -65,7 +67,7 @@ pub fn decompress_lossless(
     let es = dtype.size();
     let per = (chunk_size / es).max(1) * es;
     if out.len().div_ceil(per) != blobs.len() {
-        return Err(PackError::InvalidOption(format!(
+        return Err(PackError::InvalidRequest(format!(
             "{} chunks for {} bytes",
             blobs.len(),
             out.len()

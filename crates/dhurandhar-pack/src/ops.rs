@@ -7,14 +7,19 @@ use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::codec::{self, PlaneCfg};
-use crate::dtype::DType;
+use crate::dtype::{DType, PackDType};
 use crate::error::{PackError, Result};
 use crate::format::{
     DeltaInfo, Index, Mode, PackKind, PackReader, PackWriter, QuantInfo, TensorEntry,
     MAX_CHUNK_SIZE,
 };
 use crate::quant::{self, QuantConfig, QuantStats};
-use crate::source::{write_safetensors, Checkpoint};
+use crate::write::{write_safetensors, TensorSink};
+use dhurandhar_checkpoint::Weights;
+
+/// Receives the bytes done as chunks complete and answers whether to go on: `false`
+/// stops the operation between chunks with [`PackError::Cancelled`], leaving no output.
+pub type Progress<'a> = dyn Fn(u64) -> bool + Sync + 'a;
 
 /// What `pack` does to float tensors.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,10 +51,13 @@ impl Default for PackOptions {
 impl PackOptions {
     fn validate(&self) -> Result<()> {
         if self.chunk_size < 256 || self.chunk_size as u64 > MAX_CHUNK_SIZE {
-            return Err(PackError::InvalidOption(format!(
-                "chunk size must be between 256 bytes and {MAX_CHUNK_SIZE}, got {}",
-                self.chunk_size
-            )));
+            return Err(PackError::invalid(
+                "chunk_size",
+                format!(
+                    "must be between 256 and {MAX_CHUNK_SIZE} bytes, got {}",
+                    self.chunk_size
+                ),
+            ));
         }
         if let PackMode::QuantResidual(q) = self.mode {
             q.validate()?;
@@ -195,6 +203,21 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The container stores whole-byte elements only (its chunks split on element
+/// boundaries); refuse F4 / F6 tensors before any work.
+fn check_dtypes(src: &Weights) -> Result<()> {
+    match src.tensors().iter().find(|t| !t.dtype.is_whole_bytes()) {
+        Some(t) => Err(PackError::input(
+            src.file_of(t),
+            format!(
+                "tensor `{}`: dtype {} packs several elements per byte; the container stores whole-byte elements only",
+                t.name, t.dtype
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// How one chunk is produced.
 #[derive(Clone, Copy)]
 enum Job {
@@ -219,7 +242,7 @@ fn write_chunks(
     plan: &[(usize, Job)],
     chunk_size: u64,
     encode: &(dyn Fn(usize, usize, Job, std::ops::Range<u64>) -> Encoded + Sync),
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &Progress<'_>,
 ) -> Result<()> {
     let jobs: Vec<(usize, usize, Job)> = plan
         .iter()
@@ -254,7 +277,9 @@ fn write_chunks(
                     d.sub_chunks += 1;
                 }
             }
-            progress(e.raw);
+            if !progress(e.raw) {
+                return Err(PackError::Cancelled);
+            }
         }
     }
     Ok(())
@@ -289,12 +314,14 @@ fn lossless_cfg(dtype: DType, level: i32) -> PlaneCfg {
 
 /// Pack a checkpoint into `out`. `progress` receives input bytes as chunks complete.
 pub fn pack(
-    src: &Checkpoint,
+    src: &Weights,
     out: &Path,
     opts: &PackOptions,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &Progress<'_>,
 ) -> Result<PackReport> {
+    dhurandhar_io::check_output(out, &src.input_files())?;
     opts.validate()?;
+    check_dtypes(src)?;
     let cs = opts.chunk_size as u64;
     let mut notes: Vec<Option<String>> = Vec::new();
     let prepared: Vec<(TensorEntry, Job, Option<String>)> = src
@@ -412,13 +439,17 @@ pub fn pack(
 /// entry, changed ones are XOR- or difference-coded per chunk (whichever is smaller),
 /// added / reshaped / retyped ones are stored whole and reported.
 pub fn delta(
-    base: &Checkpoint,
-    new: &Checkpoint,
+    base: &Weights,
+    new: &Weights,
     out: &Path,
     opts: &PackOptions,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &Progress<'_>,
 ) -> Result<PackReport> {
+    let mut inputs = base.input_files();
+    inputs.extend(new.input_files());
+    dhurandhar_io::check_output(out, &inputs)?;
     opts.validate()?;
+    check_dtypes(new)?;
     let cs = opts.chunk_size as u64;
     let entries: Vec<TensorEntry> = new
         .tensors()
@@ -474,8 +505,8 @@ pub fn delta(
         })
         .collect();
     for e in &entries {
-        if e.mode == Mode::Unchanged {
-            progress(e.raw_bytes);
+        if e.mode == Mode::Unchanged && !progress(e.raw_bytes) {
+            return Err(PackError::Cancelled);
         }
     }
     let tensors = new.tensors();
@@ -566,9 +597,9 @@ pub struct UnpackReport {
 
 fn restore(
     reader: &PackReader,
-    base: Option<&Checkpoint>,
+    base: Option<&Weights>,
     out: &Path,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &Progress<'_>,
 ) -> Result<UnpackReport> {
     let list: Vec<(String, DType, Vec<u64>, u64)> = reader
         .tensors()
@@ -577,7 +608,7 @@ fn restore(
         .collect();
     let mut verified = 0;
     let mut lossy = 0;
-    let mut fill = |i: usize, sink: &mut crate::source::TensorSink<'_>| -> Result<()> {
+    let mut fill = |i: usize, sink: &mut TensorSink<'_>| -> Result<()> {
         let t = &reader.tensors()[i];
         let base_data = match (t.mode, base) {
             (Mode::Delta | Mode::Unchanged, Some(b)) => b.get(&t.name).map(|s| b.data(s)),
@@ -586,7 +617,9 @@ fn restore(
         let mut h = Xxh3::new();
         reader.stream_tensor(t, base_data, &mut |bytes| {
             h.update(bytes);
-            progress(bytes.len() as u64);
+            if !progress(bytes.len() as u64) {
+                return Err(PackError::Cancelled);
+            }
             sink(bytes)
         })?;
         if t.mode == Mode::QuantResidual {
@@ -612,15 +645,12 @@ fn restore(
 
 /// Restore a pack to a safetensors file. Lossless tensors are checked bit-exact against
 /// the hash recorded at pack time; quant-residual tensors come back dequantized.
-pub fn unpack(
-    reader: &PackReader,
-    out: &Path,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<UnpackReport> {
+pub fn unpack(reader: &PackReader, out: &Path, progress: &Progress<'_>) -> Result<UnpackReport> {
+    dhurandhar_io::check_output(out, &[reader.path()])?;
     if reader.index().kind != PackKind::Pack {
         return Err(PackError::input(
             reader.path(),
-            "this is a delta pack: use `delta apply BASE DELTA -o OUT`",
+            "this is a delta pack: restore it with delta apply and its base checkpoint",
         ));
     }
     restore(reader, None, out, progress)
@@ -629,11 +659,14 @@ pub fn unpack(
 /// Rebuild the new checkpoint from `base` and a delta pack, bit-exactly. Every base
 /// tensor the delta refers to is checked (presence, dtype, shape, hash) before writing.
 pub fn apply_delta(
-    base: &Checkpoint,
+    base: &Weights,
     reader: &PackReader,
     out: &Path,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &Progress<'_>,
 ) -> Result<UnpackReport> {
+    let mut inputs = base.input_files();
+    inputs.push(reader.path());
+    dhurandhar_io::check_output(out, &inputs)?;
     if reader.index().kind != PackKind::Delta {
         return Err(PackError::input(
             reader.path(),

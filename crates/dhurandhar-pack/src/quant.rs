@@ -39,22 +39,22 @@ impl Default for QuantConfig {
 impl QuantConfig {
     pub fn validate(&self) -> Result<(), PackError> {
         if self.bits != 4 && self.bits != 8 {
-            return Err(PackError::InvalidOption(format!(
-                "--bits must be 4 or 8, got {}",
-                self.bits
-            )));
+            return Err(PackError::invalid(
+                "bits",
+                format!("must be 4 or 8, got {}", self.bits),
+            ));
         }
         if self.group == 0 || self.group > 1 << 20 {
-            return Err(PackError::InvalidOption(format!(
-                "--group must be between 1 and 1048576, got {}",
-                self.group
-            )));
+            return Err(PackError::invalid(
+                "group",
+                format!("must be between 1 and 1048576, got {}", self.group),
+            ));
         }
         if !(0.0..=1.0).contains(&self.residual_frac) {
-            return Err(PackError::InvalidOption(format!(
-                "--residual-frac must be within 0..=1, got {}",
-                self.residual_frac
-            )));
+            return Err(PackError::invalid(
+                "residual_frac",
+                format!("must be within 0..=1, got {}", self.residual_frac),
+            ));
         }
         Ok(())
     }
@@ -438,13 +438,13 @@ impl QuantResidualTensor {
     ) -> Result<(Self, QuantStats), PackError> {
         config.validate()?;
         if w.len() != rows * cols {
-            return Err(PackError::InvalidOption(format!(
+            return Err(PackError::InvalidRequest(format!(
                 "{} values for a {rows}×{cols} matrix",
                 w.len()
             )));
         }
         let (blob, stats) = encode_chunk(w, rows, cols, &config);
-        let ch = decode_chunk(&blob, rows, cols, &config).map_err(PackError::InvalidOption)?;
+        let ch = decode_chunk(&blob, rows, cols, &config).map_err(PackError::InvalidRequest)?;
         Ok((
             Self::from_chunks(rows, cols, config, vec![(rows, ch)]),
             stats,
@@ -485,7 +485,7 @@ impl QuantResidualTensor {
     pub fn matmul(&self, x: &[f32], batch: usize, y: &mut [f32]) -> Result<(), PackError> {
         let (rows, cols, cfg) = (self.rows, self.cols, self.config);
         if x.len() != batch * cols || y.len() != batch * rows {
-            return Err(PackError::InvalidOption(format!(
+            return Err(PackError::InvalidRequest(format!(
                 "matmul: x has {} values and y {} for batch {batch}, {rows}×{cols}",
                 x.len(),
                 y.len()

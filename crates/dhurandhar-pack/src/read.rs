@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::codec;
+use crate::dtype::PackDType;
 use crate::error::{PackError, Result};
 use crate::format::{Mode, PackReader, TensorEntry};
 use crate::quant::{self, QuantResidualTensor};
@@ -99,7 +100,7 @@ impl PackReader {
     pub fn read_chunks_into(&self, name: &str, chunks: Range<usize>, out: &mut [u8]) -> Result<()> {
         let t = self.tensor(name)?;
         if chunks.start > chunks.end || chunks.end > t.chunks.len() {
-            return Err(PackError::InvalidOption(format!(
+            return Err(PackError::InvalidRequest(format!(
                 "chunk range {chunks:?} out of bounds for `{name}` ({} chunks)",
                 t.chunks.len()
             )));
@@ -133,7 +134,7 @@ impl PackReader {
         let cs = self.index().chunk_size;
         let esize = t.dtype.size();
         if elems.start > elems.end || elems.end > t.numel() {
-            return Err(PackError::InvalidOption(format!(
+            return Err(PackError::InvalidRequest(format!(
                 "element range {elems:?} out of bounds for `{name}` ({} elements)",
                 t.numel()
             )));
@@ -176,7 +177,7 @@ impl PackReader {
     pub fn load_quant(&self, name: &str) -> Result<QuantResidualTensor> {
         let t = self.tensor(name)?;
         let q = t.quant.ok_or_else(|| {
-            PackError::InvalidOption(format!("tensor `{name}` is not quant-residual"))
+            PackError::InvalidRequest(format!("tensor `{name}` is not quant-residual"))
         })?;
         let cs = self.index().chunk_size;
         let cols = q.cols as usize;
@@ -249,6 +250,16 @@ impl PackReader {
     /// returned as the error, naming tensor and chunk. With `deep`, also decode every
     /// lossless tensor and compare its xxh3 with the one recorded at pack time.
     pub fn verify(&self, deep: bool) -> Result<VerifyReport> {
+        self.verify_with(deep, &|_| true)
+    }
+
+    /// [`verify`](Self::verify) reporting the bytes of lossless tensors decoded (deep
+    /// mode) to `progress`, which can stop it between chunks.
+    pub fn verify_with(
+        &self,
+        deep: bool,
+        progress: &crate::ops::Progress<'_>,
+    ) -> Result<VerifyReport> {
         let jobs: Vec<(usize, usize)> = self
             .tensors()
             .iter()
@@ -273,7 +284,11 @@ impl PackReader {
                 let mut h = Xxh3::new();
                 self.stream_tensor(t, None, &mut |b| {
                     h.update(b);
-                    Ok(())
+                    if progress(b.len() as u64) {
+                        Ok(())
+                    } else {
+                        Err(PackError::Cancelled)
+                    }
                 })?;
                 if h.digest() != t.xxh3 {
                     return Err(PackError::TensorHash {
@@ -289,5 +304,31 @@ impl PackReader {
             chunks: jobs.len(),
             tensors_hashed: hashed,
         })
+    }
+}
+
+/// A pack is a tensor source like a checkpoint: tensors come back decoded (quant-residual
+/// ones dequantized). Delta packs list their tensors but cannot restore them alone.
+impl dhurandhar_checkpoint::TensorSource for PackReader {
+    type Error = PackError;
+
+    fn source_path(&self) -> &std::path::Path {
+        self.path()
+    }
+
+    fn list_tensors(&self) -> Vec<dhurandhar_checkpoint::TensorMeta> {
+        self.tensors()
+            .iter()
+            .map(|t| dhurandhar_checkpoint::TensorMeta {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                n_bytes: t.raw_bytes,
+            })
+            .collect()
+    }
+
+    fn read_tensor_into(&self, name: &str, out: &mut [u8]) -> Result<()> {
+        PackReader::read_tensor_into(self, name, out)
     }
 }

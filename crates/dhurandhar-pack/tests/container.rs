@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use dhurandhar_pack::{
-    apply_delta, delta, pack, unpack, Checkpoint, DType, Mode, PackError, PackMode, PackOptions,
-    PackReader, QuantConfig,
+    apply_delta, delta, pack, unpack, DType, Mode, PackError, PackMode, PackOptions, PackReader,
+    QuantConfig, Weights,
 };
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -121,15 +121,15 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
 fn lossless_round_trip_is_bit_exact_for_every_dtype_and_special_value() {
     let (dir, src) = setup();
     let out = dir.path().join("m.dhp");
-    let cp = Checkpoint::open(&src).unwrap();
-    let rep = pack(&cp, &out, &small_chunks(), &|_| {}).unwrap();
+    let cp = Weights::open(&src).unwrap();
+    let rep = pack(&cp, &out, &small_chunks(), &|_| true).unwrap();
     assert_eq!(rep.tensors.len(), 8);
     assert!(rep.tensors.iter().all(|t| t.mode == "lossless"));
     let reader = PackReader::open(&out).unwrap();
     let v = reader.verify(true).unwrap();
     assert_eq!(v.tensors_hashed, 8);
     let back = dir.path().join("back.safetensors");
-    let u = unpack(&reader, &back, &|_| {}).unwrap();
+    let u = unpack(&reader, &back, &|_| true).unwrap();
     assert_eq!(u.verified_bit_exact, 8);
     assert_eq!(hashes(&src), hashes(&back));
 }
@@ -138,8 +138,8 @@ fn lossless_round_trip_is_bit_exact_for_every_dtype_and_special_value() {
 fn streaming_reads_touch_only_what_is_asked() {
     let (dir, src) = setup();
     let out = dir.path().join("m.dhp");
-    let cp = Checkpoint::open(&src).unwrap();
-    pack(&cp, &out, &small_chunks(), &|_| {}).unwrap();
+    let cp = Weights::open(&src).unwrap();
+    pack(&cp, &out, &small_chunks(), &|_| true).unwrap();
     let r = PackReader::open(&out).unwrap();
     let t = cp.get("w.f32").unwrap();
     let orig = cp.data(t);
@@ -175,10 +175,10 @@ fn any_flipped_bit_in_chunk_data_is_detected_and_named() {
     let (dir, src) = setup();
     let out = dir.path().join("m.dhp");
     pack(
-        &Checkpoint::open(&src).unwrap(),
+        &Weights::open(&src).unwrap(),
         &out,
         &small_chunks(),
-        &|_| {},
+        &|_| true,
     )
     .unwrap();
     let good = std::fs::read(&out).unwrap();
@@ -208,7 +208,7 @@ fn any_flipped_bit_in_chunk_data_is_detected_and_named() {
             other => panic!("flip in {name} chunk {c} not detected: {other:?}"),
         }
         let back = dir.path().join("bad.safetensors");
-        assert!(unpack(&r, &back, &|_| {}).is_err());
+        assert!(unpack(&r, &back, &|_| true).is_err());
         assert!(!back.exists(), "no partial output");
     }
 }
@@ -218,10 +218,10 @@ fn header_index_and_truncation_errors_are_clear() {
     let (dir, src) = setup();
     let out = dir.path().join("m.dhp");
     pack(
-        &Checkpoint::open(&src).unwrap(),
+        &Weights::open(&src).unwrap(),
         &out,
         &small_chunks(),
-        &|_| {},
+        &|_| true,
     )
     .unwrap();
     let good = std::fs::read(&out).unwrap();
@@ -293,13 +293,13 @@ fn delta_round_trip_reports_changes_and_checks_the_base() {
     );
     write_st(&bp, &base_t);
     write_st(&np, &new_t);
-    let base = Checkpoint::open(&bp).unwrap();
+    let base = Weights::open(&bp).unwrap();
     let rep = delta(
         &base,
-        &Checkpoint::open(&np).unwrap(),
+        &Weights::open(&np).unwrap(),
         &dp,
         &small_chunks(),
-        &|_| {},
+        &|_| true,
     )
     .unwrap();
     let row = |n: &str| rep.tensors.iter().find(|t| t.name == n).unwrap().clone();
@@ -317,17 +317,17 @@ fn delta_round_trip_reports_changes_and_checks_the_base() {
     );
     let r = PackReader::open(&dp).unwrap();
     r.verify(true).unwrap();
-    apply_delta(&base, &r, &outp, &|_| {}).unwrap();
+    apply_delta(&base, &r, &outp, &|_| true).unwrap();
     assert_eq!(hashes(&outp), hashes(&np));
     // a delta is not an unpackable pack, and the wrong base is refused before writing
-    assert!(unpack(&r, &dir.path().join("x.safetensors"), &|_| {}).is_err());
+    assert!(unpack(&r, &dir.path().join("x.safetensors"), &|_| true).is_err());
     let wrong = dir.path().join("w.safetensors");
     write_st(&wrong, &perturb(&base_t, &["w.f64"]));
     let e = apply_delta(
-        &Checkpoint::open(&wrong).unwrap(),
+        &Weights::open(&wrong).unwrap(),
         &r,
         &dir.path().join("y.safetensors"),
-        &|_| {},
+        &|_| true,
     )
     .unwrap_err();
     assert!(
@@ -338,10 +338,10 @@ fn delta_round_trip_reports_changes_and_checks_the_base() {
     reshaped[0].2 = vec![200, 100];
     write_st(&wrong, &reshaped);
     let e = apply_delta(
-        &Checkpoint::open(&wrong).unwrap(),
+        &Weights::open(&wrong).unwrap(),
         &r,
         &dir.path().join("y.safetensors"),
-        &|_| {},
+        &|_| true,
     )
     .unwrap_err();
     assert!(e.to_string().contains("shape"), "{e}");
@@ -376,7 +376,7 @@ fn quant_residual_pack_reports_real_bits_and_errors() {
         ..Default::default()
     };
     let out = dir.path().join("q.dhp");
-    let rep = pack(&Checkpoint::open(&src).unwrap(), &out, &opts, &|_| {}).unwrap();
+    let rep = pack(&Weights::open(&src).unwrap(), &out, &opts, &|_| true).unwrap();
     let proj = rep.tensors.iter().find(|r| r.name == "proj").unwrap();
     assert_eq!(proj.mode, "quant-residual");
     assert!(
@@ -416,7 +416,7 @@ fn quant_residual_pack_reports_real_bits_and_errors() {
     assert!(((num / den).sqrt() - proj.rel_error_with_residual.unwrap()).abs() < 1e-6);
     // unpack restores lossless tensors bit-exactly and dequantizes the rest
     let back = dir.path().join("back.safetensors");
-    let u = unpack(&r, &back, &|_| {}).unwrap();
+    let u = unpack(&r, &back, &|_| true).unwrap();
     assert_eq!((u.verified_bit_exact, u.lossy), (2, 1));
 }
 
@@ -446,12 +446,12 @@ fn sharded_and_directory_inputs() {
         serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
     )
     .unwrap();
-    let cp = Checkpoint::open(dir.path()).unwrap();
+    let cp = Weights::open(dir.path()).unwrap();
     assert_eq!(cp.tensors().len(), t.len());
     let out = dir.path().join("s.dhp");
-    pack(&cp, &out, &small_chunks(), &|_| {}).unwrap();
+    pack(&cp, &out, &small_chunks(), &|_| true).unwrap();
     let back = dir.path().join("back.safetensors");
-    unpack(&PackReader::open(&out).unwrap(), &back, &|_| {}).unwrap();
+    unpack(&PackReader::open(&out).unwrap(), &back, &|_| true).unwrap();
     let single = dir.path().join("single.safetensors");
     write_st(&single, &t);
     assert_eq!(hashes(&back), hashes(&single));
@@ -461,7 +461,7 @@ fn sharded_and_directory_inputs() {
         r#"{"weight_map": {"ghost": "model-00001-of-00002.safetensors"}}"#,
     )
     .unwrap();
-    let e = Checkpoint::open(&dir.path().join("bad.index.json")).unwrap_err();
+    let e = Weights::open(&dir.path().join("bad.index.json")).unwrap_err();
     assert!(e.to_string().contains("ghost"), "{e}");
 }
 
@@ -513,19 +513,19 @@ fn gguf_float_tensors_are_packed_and_quantized_ones_skipped() {
     g.resize(data_start + 64 + 18, 0);
     let p = dir.path().join("t.gguf");
     std::fs::write(&p, &g).unwrap();
-    let cp = Checkpoint::open(&p).unwrap();
+    let cp = Weights::open(&p).unwrap();
     assert_eq!(cp.tensors().len(), 2);
     assert_eq!(cp.skipped.len(), 1);
     assert_eq!(cp.get("a").unwrap().shape, vec![2, 3]);
     let out = dir.path().join("g.dhp");
-    let rep = pack(&cp, &out, &small_chunks(), &|_| {}).unwrap();
+    let rep = pack(&cp, &out, &small_chunks(), &|_| true).unwrap();
     assert_eq!(rep.skipped[0].0, "q");
     let r = PackReader::open(&out).unwrap();
     assert_eq!(r.read_tensor("a").unwrap(), f32s);
     assert_eq!(r.read_tensor("b").unwrap(), f16s);
     // truncated GGUF: a clear error
     std::fs::write(&p, &g[..data_start + 10]).unwrap();
-    assert!(Checkpoint::open(&p)
+    assert!(Weights::open(&p)
         .unwrap_err()
         .to_string()
         .contains("past the end"));
@@ -534,7 +534,7 @@ fn gguf_float_tensors_are_packed_and_quantized_ones_skipped() {
 #[test]
 fn bad_options_and_unwritable_outputs_leave_nothing_behind() {
     let (dir, src) = setup();
-    let cp = Checkpoint::open(&src).unwrap();
+    let cp = Weights::open(&src).unwrap();
     let bad = PackOptions {
         mode: PackMode::QuantResidual(QuantConfig {
             bits: 5,
@@ -543,12 +543,12 @@ fn bad_options_and_unwritable_outputs_leave_nothing_behind() {
         ..Default::default()
     };
     assert!(matches!(
-        pack(&cp, &dir.path().join("a.dhp"), &bad, &|_| {}),
-        Err(PackError::InvalidOption(_))
+        pack(&cp, &dir.path().join("a.dhp"), &bad, &|_| true),
+        Err(PackError::InvalidOption { option: "bits", .. })
     ));
     let missing = dir.path().join("no/such/dir/a.dhp");
     assert!(matches!(
-        pack(&cp, &missing, &PackOptions::default(), &|_| {}),
+        pack(&cp, &missing, &PackOptions::default(), &|_| true),
         Err(PackError::Io { .. })
     ));
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
@@ -556,9 +556,9 @@ fn bad_options_and_unwritable_outputs_leave_nothing_behind() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(leftovers, vec![std::ffi::OsString::from("in.safetensors")]);
-    assert!(Checkpoint::open(&dir.path().join("nothing.safetensors")).is_err());
+    assert!(Weights::open(&dir.path().join("nothing.safetensors")).is_err());
     std::fs::write(dir.path().join("junk.safetensors"), b"0123456789abcdef").unwrap();
-    assert!(Checkpoint::open(&dir.path().join("junk.safetensors")).is_err());
+    assert!(Weights::open(&dir.path().join("junk.safetensors")).is_err());
 }
 
 #[test]
@@ -566,7 +566,7 @@ fn real_minilm_bf16_round_trip() {
     let Some(path) = dhurandhar_testkit::fixture(dhurandhar_testkit::MINILM_SAFETENSORS) else {
         return;
     };
-    let cp = Checkpoint::open(&path).unwrap();
+    let cp = Weights::open(&path).unwrap();
     let t = cp.get("encoder.layer.0.intermediate.dense.weight").unwrap();
     let bf16 = dhurandhar_pack::cast_f32_bytes(cp.data(t), DType::BF16);
     let blobs = dhurandhar_pack::compress_lossless(&bf16, DType::BF16, 1 << 20);
@@ -600,10 +600,10 @@ fn inconsistent_indexes_are_refused_before_decoding() {
     let (dir, src) = setup();
     let out = dir.path().join("m.dhp");
     pack(
-        &Checkpoint::open(&src).unwrap(),
+        &Weights::open(&src).unwrap(),
         &out,
         &small_chunks(),
-        &|_| {},
+        &|_| true,
     )
     .unwrap();
     let good = std::fs::read(&out).unwrap();

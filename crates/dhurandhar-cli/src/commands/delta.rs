@@ -1,14 +1,13 @@
 //! `dhurandhar delta BASE NEW -o D` and `dhurandhar delta apply BASE D -o NEW`: lossless
 //! checkpoint deltas (training checkpoints in the space of a few).
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use dhurandhar_pack::{Checkpoint, PackOptions, PackReader};
+use dhurandhar::pack::{ApplyOptions, DeltaOptions};
+use dhurandhar::CancelToken;
 
-use crate::commands::pack::{print_summary, progress_bar, restore, PackJson};
-use crate::output::print_json;
+use crate::commands::pack::{render_pack, render_unpack, with_flags};
+use crate::output::{emit, OutputArgs};
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -30,8 +29,8 @@ pub struct Args {
     /// Raw KiB per chunk.
     #[arg(long, default_value_t = 1024)]
     pub chunk_kib: usize,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -49,64 +48,33 @@ pub struct ApplyArgs {
     /// Output .safetensors (written atomically).
     #[arg(short, long)]
     pub output: PathBuf,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Action::Apply(a)) = args.action {
-        return run_apply(a);
+        let opts = ApplyOptions {
+            base: a.base,
+            delta: a.delta,
+            output: a.output,
+        };
+        let r = dhurandhar::pack::apply_delta(&opts, &a.out.progress(), &CancelToken::new())?;
+        return emit(&a.out, &r, render_unpack);
     }
-    let (Some(base_p), Some(new_p), Some(out)) = (args.base, args.new, args.output) else {
+    let (Some(base), Some(new), Some(output)) = (args.base, args.new, args.output) else {
         anyhow::bail!(
             "usage: dhurandhar delta BASE NEW -o DELTA (or `delta apply BASE DELTA -o NEW`)"
         );
     };
-    let base = Checkpoint::open(&base_p)?;
-    let new = Checkpoint::open(&new_p)?;
-    let opts = PackOptions {
-        chunk_size: args.chunk_kib.saturating_mul(1024),
+    let opts = DeltaOptions {
+        base,
+        new,
+        output,
         zstd_level: args.zstd_level,
-        ..Default::default()
+        chunk_kib: args.chunk_kib,
     };
-    let pb = progress_bar(new.total_bytes(), args.json, "delta");
-    let t0 = Instant::now();
-    let report = dhurandhar_pack::delta(&base, &new, &out, &opts, &|n| pb.inc(n))?;
-    let secs = t0.elapsed().as_secs_f64();
-    pb.finish_and_clear();
-    if args.json {
-        print_json(&PackJson {
-            input: new_p.display().to_string(),
-            base: Some(base_p.display().to_string()),
-            output: out.display().to_string(),
-            mode: "delta".into(),
-            seconds: secs,
-            gb_per_s: report.input_bytes as f64 / secs.max(1e-9) / 1e9,
-            report: &report,
-        })
-    } else {
-        print_summary(&report, &out, secs)?;
-        let (x, s): (u64, u64) = report
-            .tensors
-            .iter()
-            .filter_map(|t| t.delta.as_ref())
-            .fold((0, 0), |a, d| (a.0 + d.xor_chunks, a.1 + d.sub_chunks));
-        if x + s > 0 {
-            writeln!(std::io::stdout().lock(), "  changed chunks: {x} coded as XOR, {s} as difference (smaller of the two per chunk)")?;
-        }
-        Ok(())
-    }
-}
-
-fn run_apply(a: ApplyArgs) -> anyhow::Result<()> {
-    let base = Checkpoint::open(&a.base)?;
-    let reader = PackReader::open(&a.delta)?;
-    restore(&reader, &a.delta, &a.output, a.json, "apply", |pb| {
-        Ok(dhurandhar_pack::apply_delta(
-            &base,
-            &reader,
-            &a.output,
-            &|n| pb.inc(n),
-        )?)
-    })
+    let r = dhurandhar::pack::delta(&opts, &args.out.progress(), &CancelToken::new())
+        .map_err(with_flags)?;
+    emit(&args.out, &r, render_pack)
 }
