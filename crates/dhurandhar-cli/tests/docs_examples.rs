@@ -33,7 +33,7 @@ const PAGES: &[&str] = &[
 
 /// Pages whose console examples read `.cache/fixtures/*` (the fixtures from
 /// `scripts/fetch_fixtures.py`).
-const FIXTURE_PAGES: &[&str] = &["docs/checkpoints.md", "docs/run.md"];
+const FIXTURE_PAGES: &[&str] = &["docs/checkpoints.md", "docs/run.md", "docs/weights.md"];
 
 /// The binaries the examples may call, by the name they are called with.
 const BINS: &[(&str, &str)] = &[
