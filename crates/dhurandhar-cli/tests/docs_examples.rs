@@ -29,6 +29,7 @@ const PAGES: &[&str] = &[
     "docs/plan.md",
     "docs/kv.md",
     "docs/python-tool-compat.md",
+    "docs/measure.md",
 ];
 
 /// Pages whose console examples read `.cache/fixtures/*` (the fixtures from
