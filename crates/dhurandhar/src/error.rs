@@ -31,13 +31,10 @@ pub enum Error {
     Pack(#[from] dhurandhar_pack::PackError),
     #[error(transparent)]
     Profile(#[from] dhurandhar_profile::ProfileError),
-    /// A lower error with what the job was doing when it happened.
-    #[error("{context}: {source}")]
-    Context {
-        context: String,
-        #[source]
-        source: Box<Error>,
-    },
+    /// A lower error with what the job was doing when it happened. The cause is part of
+    /// the message (not a `source()`), so every front end prints it once, whole.
+    #[error("{context}: {inner}")]
+    Context { context: String, inner: Box<Error> },
 }
 
 impl Error {
@@ -49,11 +46,19 @@ impl Error {
         }
     }
 
+    /// The error under any [`Error::Context`] layers: what actually went wrong.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Context { inner, .. } => inner.root(),
+            e => e,
+        }
+    }
+
     /// Wrap with what was being done ("cannot read a model from m.gguf").
     pub fn context(self, context: impl Into<String>) -> Self {
         Error::Context {
             context: context.into(),
-            source: Box::new(self),
+            inner: Box::new(self),
         }
     }
 }
