@@ -69,6 +69,7 @@ impl Default for EvalOptions {
 /// The `eval` document.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
+    pub schema_version: u32,
     pub model: String,
     pub text_file: String,
     #[serde(flatten)]
@@ -184,6 +185,7 @@ pub fn eval(
     progress.advance(tokens.len() as u64);
     progress.finish();
     Ok(EvalReport {
+        schema_version: SCHEMA_VERSION,
         model: opts.model.display().to_string(),
         text_file: opts.text_file.display().to_string(),
         result,

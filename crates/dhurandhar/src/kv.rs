@@ -602,10 +602,10 @@ pub struct TensorShape {
     pub shape: Vec<usize>,
 }
 
-/// The `kv capture` document. (Its JSON has no `schema_version` yet: the document is
-/// kept byte-identical to earlier releases; [`SCHEMA_VERSION`] applies to it.)
+/// The `kv capture` document.
 #[derive(Debug, Clone, Serialize)]
 pub struct CaptureReport {
+    pub schema_version: u32,
     pub model: String,
     pub out: String,
     pub n_tokens: usize,
@@ -692,6 +692,7 @@ pub fn capture(
         }
     }
     Ok(CaptureReport {
+        schema_version: SCHEMA_VERSION,
         model: opts.model.display().to_string(),
         out: opts.out.display().to_string(),
         n_tokens: cap.n_tokens,
