@@ -24,17 +24,10 @@ pub struct BenchResult {
     pub repeats: usize,
 }
 
-/// User + system CPU seconds of this process so far.
-pub fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass; no other invariants.
-    unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        if libc::getrusage(libc::RUSAGE_SELF, &mut ru) != 0 {
-            return 0.0;
-        }
-        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-        tv(ru.ru_utime) + tv(ru.ru_stime)
-    }
+/// Process CPU seconds from the profile crate's probe (the workspace's one copy); 0 where
+/// the OS reports none, as before.
+fn cpu_seconds() -> f64 {
+    dhurandhar_profile::cpu_seconds().unwrap_or(0.0)
 }
 
 /// Prefill `prompt` in one pass, then decode `decode` tokens greedily (no stop token),

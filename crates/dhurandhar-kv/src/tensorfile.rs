@@ -370,7 +370,7 @@ pub fn heads_from_file(
             None if f.tensors.len() == 1 => &f.tensors[0],
             None => {
                 return Err(err(format!(
-                    "the file holds {} tensors and no layers.{{i}}.k/v; pick one with --tensor (tensors: {})",
+                    "the file holds {} tensors and no layers.{{i}}.k/v; name the tensor to use (tensors: {})",
                     f.names.len(),
                     f.names.join(", ")
                 )))
@@ -398,7 +398,7 @@ pub fn heads_from_file(
     }
     let d0 = heads[0].d;
     if let Some(h) = heads.iter().find(|h| h.d != d0) {
-        return Err(err(format!("mixed head_dim in the selection ({} has {}, expected {d0}); select layers with --layer", h.label, h.d)));
+        return Err(err(format!("mixed head_dim in the selection ({} has {}, expected {d0}); select layers of one head_dim", h.label, h.d)));
     }
     if heads.iter().any(|h| {
         crate::simd::first_non_finite(&h.k).is_some()
