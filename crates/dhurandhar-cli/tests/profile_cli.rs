@@ -227,7 +227,13 @@ fn real_tensor_of_a_gguf() {
         rs.iter()
             .find(|r| r["pattern"] == p && r["mode"] == "cold")
             .map(|r| r["resident_fraction_after"].as_f64().unwrap())
-            .unwrap()
+            .unwrap_or_else(|| {
+                panic!(
+                    "no cold {p} result: the fixture's pages could not be dropped \
+                     (another process holding it mapped?); notes: {}",
+                    v["verdict"]
+                )
+            })
     };
     assert!(faults("random_scatter") > 2.0 * faults("random_decode"));
     assert_eq!(v["results"].as_array().unwrap().len(), 6);
