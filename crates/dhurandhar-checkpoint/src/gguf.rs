@@ -285,7 +285,7 @@ impl GgmlType {
         self.type_size() as f64 * 8.0 / self.block_size() as f64
     }
 
-    /// Stored bytes of a tensor with ggml shape `shape` (shape[0] = row length), or
+    /// Stored bytes of a tensor with ggml shape `shape` (`shape[0]` = row length), or
     /// `None` when the row length is not a whole number of blocks or the size overflows.
     pub fn tensor_bytes(self, shape: &[u64]) -> Option<u64> {
         let row = *shape.first().unwrap_or(&1);

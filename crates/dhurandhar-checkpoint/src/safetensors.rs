@@ -2,7 +2,7 @@
 //! header is read — through a memory map — so planning never touches the weights.
 //!
 //! The `safetensors` crate (the reference implementation) decides what is a valid file;
-//! when it refuses one, [`diagnose`] says which byte, field or tensor is wrong, because
+//! when it refuses one, `diagnose` says which byte, field or tensor is wrong, because
 //! its own errors often name neither.
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! Perplexity of a GGUF model on a text with the exact f32 KV cache and with KV codecs
 //! applied to the cache (prefill included), plus KL divergence and top-1 agreement
-//! against the exact cache. The engine's [`evaluate`](dhurandhar_engine::evaluate)
+//! against the exact cache. The engine's [`dhurandhar_engine::evaluate`]
 //! does the passes; this module picks the codecs, their widths and SpectralQuant's
 //! calibration.
 

@@ -1,4 +1,4 @@
-//! KV-cache codecs as jobs: quality and footprint on a model ([`bench`]), the
+//! KV-cache codecs as jobs: quality and footprint on a model ([`bench()`]), the
 //! codec × bits sweep ([`compare`]), throughput ([`speed`]) and real K/V/Q capture
 //! from a GGUF model ([`capture`]).
 //!
@@ -23,7 +23,7 @@ use crate::{CancelToken, Error, Progress, Result, Unit};
 /// Version of the `kv bench`, `kv compare` and `kv speed` JSON documents.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// Default model of [`bench`] (the Python tool's).
+/// Default model of [`bench()`] (the Python tool's).
 pub const DEFAULT_MODEL: &str = "gemma4-e2b";
 
 /// Largest sequence length a footprint is computed for (tokens).
@@ -84,7 +84,7 @@ pub(crate) fn resolve_threads(threads: Option<usize>) -> Result<usize> {
     Ok(t)
 }
 
-/// Check the synthetic-data sizes shared by [`bench`] and [`compare`].
+/// Check the synthetic-data sizes shared by [`bench()`] and [`compare`].
 fn check_synthetic(
     samples_option: &'static str,
     tokens: usize,
@@ -100,7 +100,7 @@ fn check_synthetic(
 
 // ---------------------------------------------------------------- bench
 
-/// What [`bench`] measures.
+/// What [`bench()`] measures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchOptions {
     /// Built-in model name, YAML profile, or checkpoint (GGUF / safetensors / config.json).
