@@ -19,6 +19,37 @@
 //! Reports are `Serialize` and carry a `schema_version`; they are the `--json`
 //! documents. Long jobs take a [`Progress`] sink and a [`CancelToken`].
 //!
+//! Plan Qwen2.5-0.5B at 32k tokens on a 1 GiB phone, with the KV cache charged at what
+//! the turbo-mse codec really stores:
+//!
+//! ```
+//! use dhurandhar::plan::{analyze, AnalyzeOptions};
+//!
+//! let report = analyze(&AnalyzeOptions {
+//!     model: "qwen2.5-0.5b".into(),
+//!     context_tokens: 32_768,
+//!     devices: vec!["low_tier_mobile_emmc".into()],
+//!     ..AnalyzeOptions::default()
+//! })?;
+//! let kv = report.components.iter().find(|c| c.name == "kv_cache").unwrap();
+//! assert_eq!(report.kv.bits_per_value, 4.25); // 4 bits + a 16-bit norm per 64 values
+//! assert_eq!(kv.bytes, 106_954_752);
+//! println!("{}: {:?}", report.devices[0].slug, report.devices[0].mode);
+//! # Ok::<(), dhurandhar::Error>(())
+//! ```
+//!
+//! The same cache measured by encoding synthetic KV with the codec itself:
+//!
+//! ```
+//! use dhurandhar::kv::{bench, BenchOptions};
+//! use dhurandhar::{CancelToken, NoProgress};
+//!
+//! let opts = BenchOptions { model: "qwen2.5-0.5b".into(), samples: 64, ..BenchOptions::default() };
+//! let report = bench(&opts, &NoProgress, &CancelToken::new())?;
+//! assert_eq!(report.footprint.compressed_bytes, 106_954_752);
+//! # Ok::<(), dhurandhar::Error>(())
+//! ```
+//!
 //! The layers below (re-exported for advanced use) are I/O-free cores
 //! ([`dhurandhar_model`], [`dhurandhar_plan`], [`dhurandhar_kv`]), readers
 //! ([`dhurandhar_checkpoint`], [`dhurandhar_pack`]) and engine/measurement
