@@ -71,6 +71,7 @@ impl<'a> QMatrix<'a> {
     /// Whether this type multiplies against 8-bit quantized activations.
     pub fn uses_q8(&self) -> bool {
         matches!(self.qtype, QType::Q8_0 | QType::Q4_0 | QType::Q4_1)
+            || crate::kquants::supports(self.qtype)
     }
 }
 
@@ -688,6 +689,9 @@ pub fn strided_axpys(p: &[f32], src: &[f32], off: usize, stride: usize, out: &mu
 fn row_dot(t: QType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Simd) -> f32 {
     match acts {
         Acts::Q8(a) => {
+            if crate::kquants::supports(t) {
+                return crate::kquants::dot_simd(t, w, a, a_row, s);
+            }
             #[cfg(target_arch = "x86_64")]
             if s == Simd::Avx2 {
                 // SAFETY: simd() checked the features; shapes were checked by matmul().
@@ -806,7 +810,9 @@ pub fn matmul(
             #[allow(unused_mut)] // only the x86_64 tile loop advances it early
             let mut t = 0;
             #[cfg(target_arch = "x86_64")]
-            if let (Simd::Avx2, Acts::Q8(a)) = (s, acts) {
+            if let (Simd::Avx2, Acts::Q8(a), false) =
+                (s, acts, crate::kquants::supports(w.qtype))
+            {
                 let kind = match w.qtype {
                     QType::Q8_0 => 0,
                     QType::Q4_0 => 1,

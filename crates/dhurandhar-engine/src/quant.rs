@@ -25,6 +25,11 @@ pub enum QType {
     Q4K,
     Q5K,
     Q6K,
+    // kquants hook: types computed by crate::kquants.
+    Q5_0,
+    Q5_1,
+    Q2K,
+    Q3K,
 }
 
 impl QType {
@@ -40,6 +45,10 @@ impl QType {
             "Q4_K" => QType::Q4K,
             "Q5_K" => QType::Q5K,
             "Q6_K" => QType::Q6K,
+            "Q5_0" => QType::Q5_0,
+            "Q5_1" => QType::Q5_1,
+            "Q2_K" => QType::Q2K,
+            "Q3_K" => QType::Q3K,
             _ => return None,
         })
     }
@@ -56,6 +65,10 @@ impl QType {
             QType::Q4K => "Q4_K",
             QType::Q5K => "Q5_K",
             QType::Q6K => "Q6_K",
+            QType::Q5_0 => "Q5_0",
+            QType::Q5_1 => "Q5_1",
+            QType::Q2K => "Q2_K",
+            QType::Q3K => "Q3_K",
         }
     }
 
@@ -63,8 +76,8 @@ impl QType {
     pub fn block_size(self) -> usize {
         match self {
             QType::F32 | QType::F16 | QType::BF16 => 1,
-            QType::Q8_0 | QType::Q4_0 | QType::Q4_1 => QK,
-            QType::Q4K | QType::Q5K | QType::Q6K => QK_K,
+            QType::Q8_0 | QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 => QK,
+            QType::Q4K | QType::Q5K | QType::Q6K | QType::Q2K | QType::Q3K => QK_K,
         }
     }
 
@@ -79,6 +92,10 @@ impl QType {
             QType::Q4K => 144,
             QType::Q5K => 176,
             QType::Q6K => 210,
+            QType::Q5_0 => 22,
+            QType::Q5_1 => 24,
+            QType::Q2K => 84,
+            QType::Q3K => 110,
         }
     }
 
@@ -117,6 +134,9 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// Both lengths are checked by the caller ([`dequantize_row`]); this is the inner loop.
 pub fn dequantize_block(t: QType, b: &[u8], out: &mut [f32]) {
     match t {
+        QType::Q5_0 | QType::Q5_1 | QType::Q2K | QType::Q3K => {
+            crate::kquants::dequantize_block(t, b, out)
+        }
         QType::F32 => out[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         QType::F16 => out[0] = f16_at(b, 0),
         QType::BF16 => out[0] = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
