@@ -810,9 +810,7 @@ pub fn matmul(
             #[allow(unused_mut)] // only the x86_64 tile loop advances it early
             let mut t = 0;
             #[cfg(target_arch = "x86_64")]
-            if let (Simd::Avx2, Acts::Q8(a), false) =
-                (s, acts, crate::kquants::supports(w.qtype))
-            {
+            if let (Simd::Avx2, Acts::Q8(a), false) = (s, acts, crate::kquants::supports(w.qtype)) {
                 let kind = match w.qtype {
                     QType::Q8_0 => 0,
                     QType::Q4_0 => 1,

@@ -211,7 +211,8 @@ pub fn dot_portable(t: QType, w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
             let mut acc = 0f32;
             for sb in 0..nb / 8 {
                 let blk = &w[sb * ts..(sb + 1) * ts];
-                acc += k_superblock_portable(t, blk, &qs[sb * QK_K..], &da[sb * 8..], &sa[sb * 8..]);
+                acc +=
+                    k_superblock_portable(t, blk, &qs[sb * QK_K..], &da[sb * 8..], &sa[sb * 8..]);
             }
             acc
         }
@@ -237,14 +238,24 @@ fn k_superblock_portable(t: QType, blk: &[u8], qa: &[i8], da: &[f32], sa: &[f32]
         QType::Q2K | QType::Q3K | QType::Q6K => {
             // Sixteen 16-value sub-blocks, each with its own scale.
             let (d, scales): (f32, [i32; 16]) = match t {
-                QType::Q2K => (f16_at(blk, 80), std::array::from_fn(|c| (blk[c] & 0xF) as i32)),
+                QType::Q2K => (
+                    f16_at(blk, 80),
+                    std::array::from_fn(|c| (blk[c] & 0xF) as i32),
+                ),
                 QType::Q3K => {
                     let sc = q3k_scales(&blk[96..108]);
                     (f16_at(blk, 108), std::array::from_fn(|c| sc[c] as i32))
                 }
-                _ => (f16_at(blk, 208), std::array::from_fn(|c| blk[192 + c] as i8 as i32)),
+                _ => (
+                    f16_at(blk, 208),
+                    std::array::from_fn(|c| blk[192 + c] as i8 as i32),
+                ),
             };
-            let dmin = if t == QType::Q2K { f16_at(blk, 82) } else { 0.0 };
+            let dmin = if t == QType::Q2K {
+                f16_at(blk, 82)
+            } else {
+                0.0
+            };
             for k in 0..8 {
                 let (mut s, mut smin) = (0i32, 0i32);
                 for h in 0..2 {
@@ -301,8 +312,14 @@ pub fn dot_avx2(t: QType, w: &[u8], a: &Q8Acts, a_row: usize) -> Option<f32> {
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn check_row(t: QType, w: &[u8], a: &Q8Acts, a_row: usize) {
     assert!(supports(t), "{} has no k-quant kernel", t.name());
-    let need = t.row_bytes(a.cols).expect("activation columns fit the block size");
-    assert!(w.len() >= need, "weight row of {} bytes, need {need}", w.len());
+    let need = t
+        .row_bytes(a.cols)
+        .expect("activation columns fit the block size");
+    assert!(
+        w.len() >= need,
+        "weight row of {} bytes, need {need}",
+        w.len()
+    );
     let nb = a.cols / QK;
     assert!(a_row < a.rows(), "activation row {a_row} out of range");
     assert!(a.d.len() >= (a_row + 1) * nb && a.s.len() >= (a_row + 1) * nb);

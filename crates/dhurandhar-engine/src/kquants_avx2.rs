@@ -195,7 +195,10 @@ unsafe fn dot_q6k(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
             let qh = _mm256_loadu_si256(blk.add(128 + n * 32) as *const __m256i);
             let qv = [
                 _mm256_or_si256(_mm256_and_si256(ql0, m4), high2(m3, qh)),
-                _mm256_or_si256(_mm256_and_si256(ql1, m4), high2(m3, _mm256_srli_epi16(qh, 2))),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    high2(m3, _mm256_srli_epi16(qh, 2)),
+                ),
                 _mm256_or_si256(
                     _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
                     high2(m3, _mm256_srli_epi16(qh, 4)),
@@ -208,10 +211,8 @@ unsafe fn dot_q6k(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
             for (r, q) in qv.into_iter().enumerate() {
                 let k = n * 4 + r;
                 let qa = _mm256_loadu_si256(qp.add((sb * 8 + k) * QK) as *const __m256i);
-                let p = _mm256_sub_epi16(
-                    _mm256_maddubs_epi16(q, qa),
-                    _mm256_maddubs_epi16(m32, qa),
-                );
+                let p =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(q, qa), _mm256_maddubs_epi16(m32, qa));
                 let s = scales16(*sc.add(2 * k) as i32, *sc.add(2 * k + 1) as i32);
                 let p = _mm256_madd_epi16(p, s);
                 let f = d * *dp.add(sb * 8 + k);
@@ -252,10 +253,7 @@ unsafe fn dot_q3k(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
                 let q = _mm256_or_si256(_mm256_and_si256(v, m3), h);
                 v = _mm256_srli_epi16(v, 2);
                 let qa = _mm256_loadu_si256(qp.add((sb * 8 + k) * QK) as *const __m256i);
-                let p = _mm256_sub_epi16(
-                    _mm256_maddubs_epi16(q, qa),
-                    _mm256_maddubs_epi16(m4, qa),
-                );
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, qa), _mm256_maddubs_epi16(m4, qa));
                 let p = _mm256_madd_epi16(p, scales16(sc[2 * k] as i32, sc[2 * k + 1] as i32));
                 let f = d * *dp.add(sb * 8 + k);
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(f), _mm256_cvtepi32_ps(p), acc);

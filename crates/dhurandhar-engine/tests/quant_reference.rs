@@ -101,7 +101,8 @@ struct Bounds {
 /// Reference dot products and tolerances for weight row `w` and activation row `tok`.
 fn bounds(w: &[f32], x: &[f32], a: &Q8Acts, tok: usize) -> Bounds {
     let nb = COLS / 32;
-    let (mut exact_q, mut exact_f, mut mag_q, mut mag_f, mut act_err) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    let (mut exact_q, mut exact_f, mut mag_q, mut mag_f, mut act_err) =
+        (0f64, 0f64, 0f64, 0f64, 0f64);
     for (i, &wi) in w.iter().enumerate() {
         let da = a.d[tok * nb + i / 32] as f64;
         let xq = da * a.qs[tok * COLS + i] as f64;
