@@ -139,36 +139,46 @@ pub fn dequantize_block(t: QType, b: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Quantized weight value `l` (0..32) of 32-value activation block `k` (0..8) inside a
-/// k-quant super-block, as a signed integer, plus the index of its scale. Used by the
-/// portable kernels; the AVX2 ones unpack 32 lanes at once in the same order.
+/// The 32 quantized weights of 32-value activation block `k` (0..8) inside a k-quant
+/// super-block, as signed integers (offsets applied, scales not). Used by the portable
+/// kernels; the AVX2 ones unpack the same 32 lanes into one register.
 #[inline]
-fn k_value(t: QType, blk: &[u8], k: usize, l: usize) -> i32 {
+fn k_unpack(t: QType, blk: &[u8], k: usize, q: &mut [i32; QK]) {
     match t {
         QType::Q2K => {
             let (n, j) = (k / 4, k % 4);
-            ((blk[16 + n * 32 + l] >> (2 * j)) & 3) as i32
+            for (o, &b) in q.iter_mut().zip(&blk[16 + n * 32..48 + n * 32]) {
+                *o = ((b >> (2 * j)) & 3) as i32;
+            }
         }
         QType::Q3K => {
             let (n, j) = (k / 4, k % 4);
-            let lo = ((blk[32 + n * 32 + l] >> (2 * j)) & 3) as i32;
-            lo - if blk[l] & (1 << k) != 0 { 0 } else { 4 }
+            let lo = &blk[32 + n * 32..64 + n * 32];
+            for ((o, &b), &h) in q.iter_mut().zip(lo).zip(&blk[..32]) {
+                *o = ((b >> (2 * j)) & 3) as i32 - if h & (1 << k) != 0 { 0 } else { 4 };
+            }
         }
-        QType::Q4K => {
-            let byte = blk[16 + (k / 2) * 32 + l];
-            (if k % 2 == 0 { byte & 0xF } else { byte >> 4 }) as i32
-        }
-        QType::Q5K => {
-            let byte = blk[48 + (k / 2) * 32 + l];
-            let lo = if k % 2 == 0 { byte & 0xF } else { byte >> 4 };
-            (lo | (((blk[16 + l] >> k) & 1) << 4)) as i32
+        QType::Q4K | QType::Q5K => {
+            let off = if t == QType::Q5K { 48 } else { 16 };
+            let shift = 4 * (k % 2);
+            let qs = &blk[off + (k / 2) * 32..off + (k / 2) * 32 + 32];
+            for (o, &b) in q.iter_mut().zip(qs) {
+                *o = ((b >> shift) & 0xF) as i32;
+            }
+            if t == QType::Q5K {
+                for (o, &h) in q.iter_mut().zip(&blk[16..48]) {
+                    *o |= (((h >> k) & 1) << 4) as i32;
+                }
+            }
         }
         QType::Q6K => {
             let (n, r) = (k / 4, k % 4);
-            let qlb = blk[n * 64 + (r % 2) * 32 + l];
-            let lo = if r >= 2 { qlb >> 4 } else { qlb & 0xF };
-            let hi = (blk[128 + n * 32 + l] >> (2 * r)) & 3;
-            (lo | (hi << 4)) as i32 - 32
+            let ql = &blk[n * 64 + (r % 2) * 32..n * 64 + (r % 2) * 32 + 32];
+            let qh = &blk[128 + n * 32..160 + n * 32];
+            let shift = 4 * (r / 2);
+            for ((o, &l), &h) in q.iter_mut().zip(ql).zip(qh) {
+                *o = (((l >> shift) & 0xF) | (((h >> (2 * r)) & 3) << 4)) as i32 - 32;
+            }
         }
         _ => unreachable!(),
     }
@@ -226,12 +236,15 @@ fn k_superblock_portable(t: QType, blk: &[u8], qa: &[i8], da: &[f32], sa: &[f32]
     match t {
         QType::Q4K | QType::Q5K => {
             let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            let mut q = [0i32; QK];
             for k in 0..8 {
                 let (sc, m) = k4_scale_min(k, &blk[4..16]);
-                let mut s = 0i32;
-                for l in 0..QK {
-                    s += k_value(t, blk, k, l) * qa[k * QK + l] as i32;
-                }
+                k_unpack(t, blk, k, &mut q);
+                let s: i32 = q
+                    .iter()
+                    .zip(&qa[k * QK..(k + 1) * QK])
+                    .map(|(&w, &x)| w * x as i32)
+                    .sum();
                 acc += d * sc as f32 * da[k] * s as f32 - dmin * m as f32 * sa[k];
             }
         }
@@ -256,13 +269,15 @@ fn k_superblock_portable(t: QType, blk: &[u8], qa: &[i8], da: &[f32], sa: &[f32]
             } else {
                 0.0
             };
+            let mut q = [0i32; QK];
             for k in 0..8 {
+                k_unpack(t, blk, k, &mut q);
                 let (mut s, mut smin) = (0i32, 0i32);
                 for h in 0..2 {
                     let (mut p, mut sum) = (0i32, 0i32);
                     for l in h * 16..h * 16 + 16 {
                         let x = qa[k * QK + l] as i32;
-                        p += k_value(t, blk, k, l) * x;
+                        p += q[l] * x;
                         sum += x;
                     }
                     s += scales[2 * k + h] * p;

@@ -53,7 +53,7 @@ fn reference(types: &[&str], values: usize, seed: u64) -> Option<PathBuf> {
     let reason = match out {
         Err(e) => format!("python3 cannot run: {e}"),
         Ok(o) if o.status.code() == Some(3) => {
-            format!("{}", String::from_utf8_lossy(&o.stderr).trim())
+            String::from_utf8_lossy(&o.stderr).trim().to_string()
         }
         Ok(o) if !o.status.success() => panic!(
             "quant_reference.py failed: {}",
