@@ -826,6 +826,18 @@ pub fn matmul(
                     t += 4;
                 }
             }
+            if let (Acts::Q8(a), true) = (acts, crate::kquants::supports(w.qtype)) {
+                while t + 4 <= n_tok {
+                    let Some(v) = crate::kquants::dot4_simd(w.qtype, wr, a, t, s) else {
+                        break;
+                    };
+                    for (i, v) in v.into_iter().enumerate() {
+                        // SAFETY: as below.
+                        unsafe { *p.0.add((t + i) * rows + r) = v };
+                    }
+                    t += 4;
+                }
+            }
             while t < n_tok {
                 let v = row_dot(w.qtype, wr, acts, t, cols, s);
                 // SAFETY: t < n_tok and r < rows, so the index is in bounds; row ranges

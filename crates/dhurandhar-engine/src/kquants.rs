@@ -299,25 +299,56 @@ fn k_superblock_portable(t: QType, blk: &[u8], qa: &[i8], da: &[f32], sa: &[f32]
 pub fn dot_simd(t: QType, w: &[u8], a: &Q8Acts, a_row: usize, s: crate::kernels::Simd) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if s == crate::kernels::Simd::Avx2 {
-        check_row(t, w, a, a_row);
+        check_rows(t, w, a, a_row, 1);
         // SAFETY: Simd::Avx2 is only chosen after detecting avx2/fma/f16c; shapes checked.
-        return unsafe { crate::kquants_avx2::dot(t, w, a, a_row) };
+        return unsafe { crate::kquants_avx2::dot::<1>(t, w, a, a_row) }[0];
     }
     let _ = s;
     dot_portable(t, w, a, a_row)
 }
 
+/// Four activation rows `a_row..a_row + 4` against one weight row, unpacking each weight
+/// block once (prefill). `None` when there is no SIMD kernel for this CPU; callers then
+/// fall back to [`dot_simd`] per row.
+#[inline]
+pub fn dot4_simd(
+    t: QType,
+    w: &[u8],
+    a: &Q8Acts,
+    a_row: usize,
+    s: crate::kernels::Simd,
+) -> Option<[f32; 4]> {
+    #[cfg(target_arch = "x86_64")]
+    if s == crate::kernels::Simd::Avx2 {
+        check_rows(t, w, a, a_row, 4);
+        // SAFETY: as in dot_simd; check_rows covers all four rows.
+        return Some(unsafe { crate::kquants_avx2::dot::<4>(t, w, a, a_row) });
+    }
+    let _ = (t, w, a, a_row, s);
+    None
+}
+
 /// The AVX2 kernel for `t`, or `None` when this CPU (or target) has no AVX2/FMA/F16C.
 /// Panics on a short row or an out-of-range activation row, like [`dot_portable`].
 pub fn dot_avx2(t: QType, w: &[u8], a: &Q8Acts, a_row: usize) -> Option<f32> {
+    dot_avx2_n::<1>(t, w, a, a_row).map(|v| v[0])
+}
+
+/// [`dot_avx2`] for `N` consecutive activation rows at once (the prefill kernel).
+pub fn dot_avx2_n<const N: usize>(
+    t: QType,
+    w: &[u8],
+    a: &Q8Acts,
+    a_row: usize,
+) -> Option<[f32; N]> {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
     {
-        check_row(t, w, a, a_row);
-        // SAFETY: features detected just above; shapes checked by check_row.
-        return Some(unsafe { crate::kquants_avx2::dot(t, w, a, a_row) });
+        check_rows(t, w, a, a_row, N);
+        // SAFETY: features detected just above; shapes checked by check_rows.
+        return Some(unsafe { crate::kquants_avx2::dot::<N>(t, w, a, a_row) });
     }
     let _ = (t, w, a, a_row);
     None
@@ -325,7 +356,7 @@ pub fn dot_avx2(t: QType, w: &[u8], a: &Q8Acts, a_row: usize) -> Option<f32> {
 
 /// Bounds the SIMD kernels rely on.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn check_row(t: QType, w: &[u8], a: &Q8Acts, a_row: usize) {
+fn check_rows(t: QType, w: &[u8], a: &Q8Acts, a_row: usize, n: usize) {
     assert!(supports(t), "{} has no k-quant kernel", t.name());
     let need = t
         .row_bytes(a.cols)
@@ -336,8 +367,11 @@ fn check_row(t: QType, w: &[u8], a: &Q8Acts, a_row: usize) {
         w.len()
     );
     let nb = a.cols / QK;
-    assert!(a_row < a.rows(), "activation row {a_row} out of range");
-    assert!(a.d.len() >= (a_row + 1) * nb && a.s.len() >= (a_row + 1) * nb);
+    assert!(
+        n >= 1 && a_row + n <= a.rows(),
+        "activation rows {a_row}+{n} out of range"
+    );
+    assert!(a.d.len() >= (a_row + n) * nb && a.s.len() >= (a_row + n) * nb);
 }
 
 #[cfg(test)]

@@ -50,21 +50,57 @@ unsafe fn bytes_from_bits(x: u32) -> __m256i {
     _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1))
 }
 
-/// Dispatch to the kernel for `t`.
+/// Pointers to activation row `a_row + i` for `i < N`: values, scales, scaled sums.
+struct Rows<const N: usize> {
+    qs: [*const i8; N],
+    d: [*const f32; N],
+    s: [*const f32; N],
+}
+
+impl<const N: usize> Rows<N> {
+    #[inline(always)]
+    unsafe fn new(a: &Q8Acts, a_row: usize) -> Self {
+        let nb = a.cols / QK;
+        Rows {
+            qs: std::array::from_fn(|i| a.qs.as_ptr().add((a_row + i) * a.cols)),
+            d: std::array::from_fn(|i| a.d.as_ptr().add((a_row + i) * nb)),
+            s: std::array::from_fn(|i| a.s.as_ptr().add((a_row + i) * nb)),
+        }
+    }
+
+    /// The 32 activations of block `b` of row `i`.
+    #[inline(always)]
+    unsafe fn q(&self, i: usize, b: usize) -> __m256i {
+        _mm256_loadu_si256(self.qs[i].add(b * QK) as *const __m256i)
+    }
+}
+
+/// Two accumulators per row, alternated per block to hide the FMA latency.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn finish<const N: usize>(acc: [[__m256; 2]; N], scalar: [f32; N]) -> [f32; N] {
+    std::array::from_fn(|i| hsum(_mm256_add_ps(acc[i][0], acc[i][1])) + scalar[i])
+}
+
+/// Dispatch to the kernel for `t`: weight row `w` against activation rows
+/// `a_row..a_row + N` (N = 1 for decode; N = 4 in prefill reuses each unpacked block).
 ///
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C; `w` holds a whole row of `a.cols` values of
-/// type `t`; `a_row < a.rows()` (checked by the callers in [`crate::kquants`]).
+/// type `t`; `a_row + N <= a.rows()` (checked by the callers in [`crate::kquants`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot(t: QType, w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
+pub unsafe fn dot<const N: usize>(t: QType, w: &[u8], a: &Q8Acts, a_row: usize) -> [f32; N] {
+    let rows = Rows::<N>::new(a, a_row);
+    let nb = a.cols / QK;
+    let wp = w.as_ptr();
     match t {
-        QType::Q5_0 => dot_q5::<false>(w, a, a_row),
-        QType::Q5_1 => dot_q5::<true>(w, a, a_row),
-        QType::Q2K => dot_q2k(w, a, a_row),
-        QType::Q3K => dot_q3k(w, a, a_row),
-        QType::Q4K => dot_q45k::<false>(w, a, a_row),
-        QType::Q5K => dot_q45k::<true>(w, a, a_row),
-        QType::Q6K => dot_q6k(w, a, a_row),
+        QType::Q5_0 => dot_q5::<false, N>(wp, nb, &rows),
+        QType::Q5_1 => dot_q5::<true, N>(wp, nb, &rows),
+        QType::Q2K => dot_q2k::<N>(wp, nb, &rows),
+        QType::Q3K => dot_q3k::<N>(wp, nb, &rows),
+        QType::Q4K => dot_q45k::<false, N>(wp, nb, &rows),
+        QType::Q5K => dot_q45k::<true, N>(wp, nb, &rows),
+        QType::Q6K => dot_q6k::<N>(wp, nb, &rows),
         _ => unreachable!("no AVX2 k-quant kernel for {}", t.name()),
     }
 }
@@ -72,20 +108,19 @@ pub unsafe fn dot(t: QType, w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
 /// Q5_0 (`d·(q−16)`) and Q5_1 (`d·q + m`): both as unsigned 5-bit `q` with an offset
 /// term `m·d_a·Σq_a` from the activation block sums.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q5<const Q51: bool>(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
-    let nb = a.cols / QK;
+unsafe fn dot_q5<const Q51: bool, const N: usize>(
+    wp: *const u8,
+    nb: usize,
+    rows: &Rows<N>,
+) -> [f32; N] {
     let (ts, off) = if Q51 { (24, 4) } else { (22, 2) };
-    let wp = w.as_ptr();
-    let qp = a.qs.as_ptr().add(a_row * a.cols);
-    let dp = a.d.as_ptr().add(a_row * nb);
-    let sp = a.s.as_ptr().add(a_row * nb);
     let (m4, m16, ones) = (
         _mm_set1_epi8(0xF),
         _mm256_set1_epi8(0x10),
         _mm256_set1_epi16(1),
     );
-    let mut acc = _mm256_setzero_ps();
-    let mut macc = 0f32;
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    let mut macc = [0f32; N];
     for b in 0..nb {
         let blk = wp.add(b * ts);
         _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
@@ -99,32 +134,33 @@ unsafe fn dot_q5<const Q51: bool>(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
             _mm256_set_m128i(hi, lo),
             _mm256_and_si256(bytes_from_bits(qh), m16),
         );
-        let qa = _mm256_loadu_si256(qp.add(b * QK) as *const __m256i);
-        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, qa), ones);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * *dp.add(b)), _mm256_cvtepi32_ps(p), acc);
-        macc += m * *sp.add(b);
+        for i in 0..N {
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, rows.q(i, b)), ones);
+            let f = _mm256_set1_ps(d * *rows.d[i].add(b));
+            acc[i][b & 1] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][b & 1]);
+            macc[i] += m * *rows.s[i].add(b);
+        }
     }
-    hsum(acc) + macc
+    finish(acc, macc)
 }
 
 /// Q4_K / Q5_K: eight 32-value sub-blocks with 6-bit scales and mins; the mins meet the
 /// activation block sums, the 5th bit of Q5_K comes from `qh` bit `k` of byte `l`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q45k<const Q5: bool>(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
-    let nb = a.cols / QK;
+unsafe fn dot_q45k<const Q5: bool, const N: usize>(
+    wp: *const u8,
+    nb: usize,
+    rows: &Rows<N>,
+) -> [f32; N] {
     let ts = if Q5 { 176 } else { 144 };
     let qs_off = if Q5 { 48 } else { 16 };
-    let wp = w.as_ptr();
-    let qp = a.qs.as_ptr().add(a_row * a.cols);
-    let dp = a.d.as_ptr().add(a_row * nb);
-    let sp = a.s.as_ptr().add(a_row * nb);
     let (m4, m1, ones) = (
         _mm256_set1_epi8(0xF),
         _mm256_set1_epi8(1),
         _mm256_set1_epi16(1),
     );
-    let mut acc = _mm256_setzero_ps();
-    let mut macc = 0f32;
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    let mut macc = [0f32; N];
     for sb in 0..nb / 8 {
         let blk = wp.add(sb * ts);
         _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
@@ -136,7 +172,6 @@ unsafe fn dot_q45k<const Q5: bool>(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
         } else {
             _mm256_setzero_si256()
         };
-        let (da, sa) = (dp.add(sb * 8), sp.add(sb * 8));
         for g in 0..4 {
             let v = _mm256_loadu_si256(blk.add(qs_off + g * 32) as *const __m256i);
             let mut q0 = _mm256_and_si256(v, m4);
@@ -150,15 +185,18 @@ unsafe fn dot_q45k<const Q5: bool>(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
             for (h, q) in [(0, q0), (1, q1)] {
                 let k = 2 * g + h;
                 let (s, m) = crate::kquants::k4_scale_min(k, sc);
-                let qa = _mm256_loadu_si256(qp.add((sb * 8 + k) * QK) as *const __m256i);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, qa), ones);
-                let f = d * s as f32 * *da.add(k);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(f), _mm256_cvtepi32_ps(p), acc);
-                macc += dmin * m as f32 * *sa.add(k);
+                let (ds, dm) = (d * s as f32, dmin * m as f32);
+                let b = sb * 8 + k;
+                for i in 0..N {
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, rows.q(i, b)), ones);
+                    let f = _mm256_set1_ps(ds * *rows.d[i].add(b));
+                    acc[i][h] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][h]);
+                    macc[i] -= dm * *rows.s[i].add(b);
+                }
             }
         }
     }
-    hsum(acc) - macc
+    finish(acc, macc)
 }
 
 /// Bits 0..2 of each byte moved to bits 4..6 (Q6_K's high bits).
@@ -171,17 +209,13 @@ unsafe fn high2(m3: __m256i, h: __m256i) -> __m256i {
 /// Q6_K: sixteen 16-value sub-blocks with signed 8-bit scales; `q − 32` as
 /// `maddubs(q, a) − maddubs(32, a)`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q6k(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
-    let nb = a.cols / QK;
-    let wp = w.as_ptr();
-    let qp = a.qs.as_ptr().add(a_row * a.cols);
-    let dp = a.d.as_ptr().add(a_row * nb);
+unsafe fn dot_q6k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [f32; N] {
     let (m4, m3, m32) = (
         _mm256_set1_epi8(0xF),
         _mm256_set1_epi8(3),
         _mm256_set1_epi8(32),
     );
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for sb in 0..nb / 8 {
         let blk = wp.add(sb * 210);
         _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
@@ -210,33 +244,34 @@ unsafe fn dot_q6k(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
             ];
             for (r, q) in qv.into_iter().enumerate() {
                 let k = n * 4 + r;
-                let qa = _mm256_loadu_si256(qp.add((sb * 8 + k) * QK) as *const __m256i);
-                let p =
-                    _mm256_sub_epi16(_mm256_maddubs_epi16(q, qa), _mm256_maddubs_epi16(m32, qa));
                 let s = scales16(*sc.add(2 * k) as i32, *sc.add(2 * k + 1) as i32);
-                let p = _mm256_madd_epi16(p, s);
-                let f = d * *dp.add(sb * 8 + k);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(f), _mm256_cvtepi32_ps(p), acc);
+                let b = sb * 8 + k;
+                for i in 0..N {
+                    let qa = rows.q(i, b);
+                    let p = _mm256_sub_epi16(
+                        _mm256_maddubs_epi16(q, qa),
+                        _mm256_maddubs_epi16(m32, qa),
+                    );
+                    let p = _mm256_madd_epi16(p, s);
+                    let f = _mm256_set1_ps(d * *rows.d[i].add(b));
+                    acc[i][r & 1] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][r & 1]);
+                }
             }
         }
     }
-    hsum(acc)
+    finish(acc, [0.0; N])
 }
 
 /// Q3_K: 2 low bits from `qs`, the third from `hmask` bit `k`; value `(lo | h<<2) − 4`
 /// via `maddubs(q, a) − maddubs(4, a)`; sixteen signed 6-bit scales.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q3k(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
-    let nb = a.cols / QK;
-    let wp = w.as_ptr();
-    let qp = a.qs.as_ptr().add(a_row * a.cols);
-    let dp = a.d.as_ptr().add(a_row * nb);
+unsafe fn dot_q3k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [f32; N] {
     let (m3, m1, m4) = (
         _mm256_set1_epi8(3),
         _mm256_set1_epi8(1),
         _mm256_set1_epi8(4),
     );
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for sb in 0..nb / 8 {
         let blk = wp.add(sb * 110);
         _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
@@ -252,28 +287,29 @@ unsafe fn dot_q3k(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
                 hbits = _mm256_srli_epi16(hbits, 1);
                 let q = _mm256_or_si256(_mm256_and_si256(v, m3), h);
                 v = _mm256_srli_epi16(v, 2);
-                let qa = _mm256_loadu_si256(qp.add((sb * 8 + k) * QK) as *const __m256i);
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, qa), _mm256_maddubs_epi16(m4, qa));
-                let p = _mm256_madd_epi16(p, scales16(sc[2 * k] as i32, sc[2 * k + 1] as i32));
-                let f = d * *dp.add(sb * 8 + k);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(f), _mm256_cvtepi32_ps(p), acc);
+                let s = scales16(sc[2 * k] as i32, sc[2 * k + 1] as i32);
+                let b = sb * 8 + k;
+                for i in 0..N {
+                    let qa = rows.q(i, b);
+                    let p =
+                        _mm256_sub_epi16(_mm256_maddubs_epi16(q, qa), _mm256_maddubs_epi16(m4, qa));
+                    let p = _mm256_madd_epi16(p, s);
+                    let f = _mm256_set1_ps(d * *rows.d[i].add(b));
+                    acc[i][j & 1] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][j & 1]);
+                }
             }
         }
     }
-    hsum(acc)
+    finish(acc, [0.0; N])
 }
 
 /// Q2_K: 2-bit `q` with a 4-bit scale and 4-bit min per 16 values:
 /// `d·Σ sc·q·a − dmin·Σ m·a`, the min term as `maddubs(min bytes, a)`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q2k(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
-    let nb = a.cols / QK;
-    let wp = w.as_ptr();
-    let qp = a.qs.as_ptr().add(a_row * a.cols);
-    let dp = a.d.as_ptr().add(a_row * nb);
+unsafe fn dot_q2k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [f32; N] {
     let (m3, ones) = (_mm256_set1_epi8(3), _mm256_set1_epi16(1));
-    let mut acc = _mm256_setzero_ps();
-    let mut accm = _mm256_setzero_ps();
+    // acc[i][0] collects d·Σsc·q·a, acc[i][1] collects dmin·Σm·a (subtracted at the end).
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for sb in 0..nb / 8 {
         let blk = wp.add(sb * 84);
         _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
@@ -284,23 +320,29 @@ unsafe fn dot_q2k(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
                 let k = n * 4 + j;
                 let q = _mm256_and_si256(v, m3);
                 v = _mm256_srli_epi16(v, 2);
-                let qa = _mm256_loadu_si256(qp.add((sb * 8 + k) * QK) as *const __m256i);
                 let (s0, s1) = (*blk.add(2 * k), *blk.add(2 * k + 1));
-                let p = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(q, qa),
-                    scales16((s0 & 0xF) as i32, (s1 & 0xF) as i32),
-                );
+                let sc = scales16((s0 & 0xF) as i32, (s1 & 0xF) as i32);
                 let mins = _mm256_set_m128i(
                     _mm_set1_epi8((s1 >> 4) as i8),
                     _mm_set1_epi8((s0 >> 4) as i8),
                 );
-                let pm = _mm256_madd_epi16(_mm256_maddubs_epi16(mins, qa), ones);
-                let da = *dp.add(sb * 8 + k);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(p), acc);
-                accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin * da), _mm256_cvtepi32_ps(pm), accm);
+                let b = sb * 8 + k;
+                for i in 0..N {
+                    let qa = rows.q(i, b);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, qa), sc);
+                    let pm = _mm256_madd_epi16(_mm256_maddubs_epi16(mins, qa), ones);
+                    let da = *rows.d[i].add(b);
+                    acc[i][0] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(p), acc[i][0]);
+                    acc[i][1] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(dmin * da),
+                        _mm256_cvtepi32_ps(pm),
+                        acc[i][1],
+                    );
+                }
             }
         }
     }
     debug_assert_eq!(QK_K, 8 * QK);
-    hsum(_mm256_sub_ps(acc, accm))
+    std::array::from_fn(|i| hsum(_mm256_sub_ps(acc[i][0], acc[i][1])))
 }

@@ -4,7 +4,7 @@
 //! Checked per type:
 //! - dequantization equals the reference bit for bit (both compute `d·sc·q − m` in f32
 //!   from the same f16 fields in the same order, so no ulp slack is needed);
-//! - portable and AVX2 dot products with 8-bit activations, and `matmul` on the path the
+//! - portable, AVX2 and 4-row AVX2 dot products with 8-bit activations, and `matmul` on the path the
 //!   engine picks, against f64 dot products of the reference weights with (i) the same
 //!   8-bit activations dequantized (tolerance: f32 rounding only,
 //!   `1e-5·Σ|w·x̂|`), and (ii) the original f32 activations (tolerance: the worst-case
@@ -183,6 +183,14 @@ fn kernels_match_the_gguf_reference() {
                     results.push(("portable", kquants::dot_portable(*t, m.row(r), &acts, tok)));
                     if let Some(v) = kquants::dot_avx2(*t, m.row(r), &acts, tok) {
                         results.push(("avx2", v));
+                    }
+                    // The 4-row prefill kernel, rows 0..4 and 1..5.
+                    for first in [0, 1] {
+                        if (first..first + 4).contains(&tok) {
+                            if let Some(v) = kquants::dot_avx2_n::<4>(*t, m.row(r), &acts, first) {
+                                results.push(("avx2x4", v[tok - first]));
+                            }
+                        }
                     }
                 }
                 for (path, v) in results {
