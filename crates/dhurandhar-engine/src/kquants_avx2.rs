@@ -106,42 +106,77 @@ pub unsafe fn dot<const N: usize>(t: QType, w: &[u8], a: &Q8Acts, a_row: usize) 
 }
 
 /// Q5_0 (`d·(q−16)`) and Q5_1 (`d·q + m`): both as unsigned 5-bit `q` with an offset
-/// term `m·d_a·Σq_a` from the activation block sums.
+/// term `m·d_a·Σq_a` from the activation block sums. Two blocks per step, one per
+/// accumulator, so neither FMA chain waits on the other.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5<const Q51: bool, const N: usize>(
     wp: *const u8,
     nb: usize,
     rows: &Rows<N>,
 ) -> [f32; N] {
-    let (ts, off) = if Q51 { (24, 4) } else { (22, 2) };
-    let (m4, m16, ones) = (
-        _mm_set1_epi8(0xF),
-        _mm256_set1_epi8(0x10),
-        _mm256_set1_epi16(1),
-    );
+    let ts = if Q51 { 24 } else { 22 };
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
-    let mut macc = [0f32; N];
-    for b in 0..nb {
-        let blk = wp.add(b * ts);
-        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
-        let d = f16(blk);
-        let m = if Q51 { f16(blk.add(2)) } else { -16.0 * d };
-        let qh = (blk.add(off) as *const u32).read_unaligned();
-        let v = _mm_loadu_si128(blk.add(off + 4) as *const __m128i);
-        let lo = _mm_and_si128(v, m4);
-        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
-        let q = _mm256_or_si256(
-            _mm256_set_m128i(hi, lo),
-            _mm256_and_si256(bytes_from_bits(qh), m16),
-        );
-        for i in 0..N {
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, rows.q(i, b)), ones);
-            let f = _mm256_set1_ps(d * *rows.d[i].add(b));
-            acc[i][b & 1] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][b & 1]);
-            macc[i] += m * *rows.s[i].add(b);
-        }
+    let mut macc = [[_mm_setzero_ps(); 2]; N];
+    let mut b = 0;
+    while b + 1 < nb {
+        _mm_prefetch::<_MM_HINT_T0>(wp.add(b * ts + PREFETCH) as *const i8);
+        q5_block::<Q51, N>(wp.add(b * ts), b, rows, 0, &mut acc, &mut macc);
+        q5_block::<Q51, N>(wp.add((b + 1) * ts), b + 1, rows, 1, &mut acc, &mut macc);
+        b += 2;
     }
-    finish(acc, macc)
+    if b < nb {
+        q5_block::<Q51, N>(wp.add(b * ts), b, rows, 0, &mut acc, &mut macc);
+    }
+    let m: [f32; N] = std::array::from_fn(|i| {
+        let v = _mm_add_ps(macc[i][0], macc[i][1]);
+        _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1))
+    });
+    finish(acc, m)
+}
+
+/// One Q5_0/Q5_1 block `b` into accumulator slot `slot` of every row.
+#[inline(always)]
+unsafe fn q5_block<const Q51: bool, const N: usize>(
+    blk: *const u8,
+    b: usize,
+    rows: &Rows<N>,
+    slot: usize,
+    acc: &mut [[__m256; 2]; N],
+    macc: &mut [[__m128; 2]; N],
+) {
+    let off = if Q51 { 4 } else { 2 };
+    // [d, m] as f32 lanes 0 and 1.
+    let dm = if Q51 {
+        _mm_cvtph_ps(_mm_cvtsi32_si128(
+            (blk as *const u32).read_unaligned() as i32
+        ))
+    } else {
+        let bits = (blk as *const u16).read_unaligned() as i32;
+        let d = _mm_cvtph_ps(_mm_set1_epi32(bits | (bits << 16)));
+        _mm_mul_ps(d, _mm_setr_ps(1.0, -16.0, 0.0, 0.0))
+    };
+    let qh = (blk.add(off) as *const u32).read_unaligned();
+    let v = _mm_loadu_si128(blk.add(off + 4) as *const __m128i);
+    let m4 = _mm_set1_epi8(0xF);
+    let lo = _mm_and_si128(v, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+    let q = _mm256_or_si256(
+        _mm256_set_m128i(hi, lo),
+        _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10)),
+    );
+    let ones = _mm256_set1_epi16(1);
+    for i in 0..N {
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, rows.q(i, b)), ones);
+        // [d_a, s_a] of the activation block.
+        let das = _mm_setr_ps(*rows.d[i].add(b), *rows.s[i].add(b), 0.0, 0.0);
+        let prod = _mm_mul_ps(dm, das);
+        macc[i][slot] = _mm_add_ps(macc[i][slot], prod);
+        acc[i][slot] = _mm256_fmadd_ps(
+            _mm256_broadcastss_ps(prod),
+            _mm256_cvtepi32_ps(p),
+            acc[i][slot],
+        );
+    }
 }
 
 /// Q4_K / Q5_K: eight 32-value sub-blocks with 6-bit scales and mins; the mins meet the
@@ -254,7 +289,7 @@ unsafe fn dot_q6k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [
                     );
                     let p = _mm256_madd_epi16(p, s);
                     let f = _mm256_set1_ps(d * *rows.d[i].add(b));
-                    acc[i][r & 1] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][r & 1]);
+                    acc[i][0] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][0]);
                 }
             }
         }
@@ -295,7 +330,7 @@ unsafe fn dot_q3k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [
                         _mm256_sub_epi16(_mm256_maddubs_epi16(q, qa), _mm256_maddubs_epi16(m4, qa));
                     let p = _mm256_madd_epi16(p, s);
                     let f = _mm256_set1_ps(d * *rows.d[i].add(b));
-                    acc[i][j & 1] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][j & 1]);
+                    acc[i][0] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][0]);
                 }
             }
         }
