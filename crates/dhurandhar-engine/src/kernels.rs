@@ -712,6 +712,9 @@ fn row_dot(t: QType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Si
         }
         Acts::F32(x) => {
             let xr = &x[a_row * cols..(a_row + 1) * cols];
+            if crate::floats::supports(t) {
+                return crate::floats::dot_simd(t, w, xr, s);
+            }
             #[cfg(target_arch = "x86_64")]
             if s == Simd::Avx2 {
                 // SAFETY: simd() checked the features; matmul() checked the shapes.

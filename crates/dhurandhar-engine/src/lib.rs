@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod cache;
 pub mod eval;
+pub mod floats;
 pub mod kernels;
 pub mod kquants;
 #[cfg(target_arch = "x86_64")]

@@ -9,7 +9,8 @@
 //!   8-bit activations dequantized (tolerance: f32 rounding only,
 //!   `1e-5·Σ|w·x̂|`), and (ii) the original f32 activations (tolerance: the worst-case
 //!   activation rounding error `Σ_blocks d_a/2 · Σ|w|`, plus the same rounding slack);
-//! - `matmul` with f32 activations against (ii) with rounding slack only.
+//! - `matmul` with f32 activations, and the F16/BF16 portable and AVX2 kernels, against
+//!   (ii) with rounding slack only.
 //!
 //! Skips with a printed reason when python3 or gguf is missing, unless
 //! `DHURANDHAR_REQUIRE_FIXTURES=1`, which turns the skip into a failure (CI).
@@ -18,8 +19,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use dhurandhar_engine::kernels::{matmul, Acts, QMatrix};
-use dhurandhar_engine::kquants;
 use dhurandhar_engine::quant::{dequantize_row, Q8Acts, QType};
+use dhurandhar_engine::{floats, kquants};
 
 const ROWS: usize = 6;
 const COLS: usize = 512;
@@ -176,6 +177,19 @@ fn kernels_match_the_gguf_reference() {
                     b.exact_f
                 );
                 if !q8 {
+                    let xr = &x[tok * COLS..(tok + 1) * COLS];
+                    let mut paths = vec![("portable", floats::dot_portable(*t, m.row(r), xr))];
+                    if let Some(v) = floats::dot_avx2(*t, m.row(r), xr) {
+                        paths.push(("avx2", v));
+                    }
+                    for (path, v) in paths {
+                        let v = v as f64;
+                        assert!(
+                            (v - b.exact_f).abs() <= b.tol_round,
+                            "{name} {path} row {r} tok {tok}: {v} vs {}",
+                            b.exact_f
+                        );
+                    }
                     continue;
                 }
                 let mut results = vec![("matmul", out_q8[tok * ROWS + r])];
