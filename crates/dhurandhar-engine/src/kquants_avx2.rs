@@ -5,6 +5,9 @@
 //! unsigned bytes, multiplies with `maddubs` against the signed activations, and folds
 //! per-block scales in with one `madd` (16-value scales) or a float FMA.
 
+// `i` indexes the activation rows and their accumulators together.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 use crate::quant::{Q8Acts, QType, QK, QK_K};
