@@ -354,24 +354,34 @@ pub fn dot_avx2_n<const N: usize>(
     None
 }
 
-/// Bounds the SIMD kernels rely on.
+/// Bounds the SIMD kernels rely on. Called once per weight row, so it is kept to a few
+/// integer compares (no formatting unless it fails).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[inline]
 fn check_rows(t: QType, w: &[u8], a: &Q8Acts, a_row: usize, n: usize) {
-    assert!(supports(t), "{} has no k-quant kernel", t.name());
-    let need = t
-        .row_bytes(a.cols)
-        .expect("activation columns fit the block size");
-    assert!(
-        w.len() >= need,
-        "weight row of {} bytes, need {need}",
-        w.len()
-    );
-    let nb = a.cols / QK;
-    assert!(
-        n >= 1 && a_row + n <= a.rows(),
-        "activation rows {a_row}+{n} out of range"
-    );
-    assert!(a.d.len() >= (a_row + n) * nb && a.s.len() >= (a_row + n) * nb);
+    let bs = t.block_size();
+    let ok = supports(t)
+        && a.cols.is_multiple_of(bs)
+        && w.len() >= a.cols / bs * t.type_size()
+        && n >= 1
+        && (a_row + n) * a.cols <= a.qs.len()
+        && (a_row + n) * (a.cols / QK) <= a.d.len().min(a.s.len());
+    if !ok {
+        bad_rows(t, w, a, a_row, n);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_rows(t: QType, w: &[u8], a: &Q8Acts, a_row: usize, n: usize) -> ! {
+    panic!(
+        "{} kernel: weight row of {} bytes, activation rows {a_row}..{} of {} x {}",
+        t.name(),
+        w.len(),
+        a_row + n,
+        a.rows(),
+        a.cols
+    )
 }
 
 #[cfg(test)]
@@ -399,5 +409,18 @@ mod tests {
             .map(|b| b as i8 - 32)
             .collect();
         assert_eq!(q3k_scales(&bytes).to_vec(), want);
+    }
+
+    #[test]
+    fn simd_bounds_refuse_short_rows_and_missing_activation_rows() {
+        let x = vec![0.5f32; 2 * 256];
+        let mut a = Q8Acts::default();
+        a.quantize_into(&x, 256);
+        let w = vec![0u8; 144];
+        check_rows(QType::Q4K, &w, &a, 1, 1);
+        for (w_len, row, n) in [(143, 0, 1), (144, 2, 1), (144, 0, 4), (144, 0, 0)] {
+            let r = std::panic::catch_unwind(|| check_rows(QType::Q4K, &w[..w_len], &a, row, n));
+            assert!(r.is_err(), "{w_len} bytes, rows {row}+{n}");
+        }
     }
 }
