@@ -158,6 +158,13 @@ impl GgmlType {
     }
 
     /// The type with ggml id `id`, if known.
+    /// The type whose ggml name is `name` (`"Q4_K"`, `"q4_k"`, `"F32"`), ignoring case.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
     pub fn from_u32(id: u32) -> Option<Self> {
         Self::ALL.iter().copied().find(|t| t.id() == id)
     }

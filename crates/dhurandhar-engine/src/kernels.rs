@@ -71,6 +71,7 @@ impl<'a> QMatrix<'a> {
     /// Whether this type multiplies against 8-bit quantized activations.
     pub fn uses_q8(&self) -> bool {
         matches!(self.qtype, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+            || crate::kquants::supports(self.qtype)
     }
 }
 
@@ -688,6 +689,9 @@ pub fn strided_axpys(p: &[f32], src: &[f32], off: usize, stride: usize, out: &mu
 fn row_dot(t: GgmlType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Simd) -> f32 {
     match acts {
         Acts::Q8(a) => {
+            if crate::kquants::supports(t) {
+                return crate::kquants::dot_simd(t, w, a, a_row, s);
+            }
             #[cfg(target_arch = "x86_64")]
             if s == Simd::Avx2 {
                 // SAFETY: simd() checked the features; shapes were checked by matmul().
@@ -708,6 +712,9 @@ fn row_dot(t: GgmlType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s:
         }
         Acts::F32(x) => {
             let xr = &x[a_row * cols..(a_row + 1) * cols];
+            if crate::floats::supports(t) {
+                return crate::floats::dot_simd(t, w, xr, s);
+            }
             #[cfg(target_arch = "x86_64")]
             if s == Simd::Avx2 {
                 // SAFETY: simd() checked the features; matmul() checked the shapes.
@@ -806,7 +813,7 @@ pub fn matmul(
             #[allow(unused_mut)] // only the x86_64 tile loop advances it early
             let mut t = 0;
             #[cfg(target_arch = "x86_64")]
-            if let (Simd::Avx2, Acts::Q8(a)) = (s, acts) {
+            if let (Simd::Avx2, Acts::Q8(a), false) = (s, acts, crate::kquants::supports(w.qtype)) {
                 let kind = match w.qtype {
                     GgmlType::Q8_0 => 0,
                     GgmlType::Q4_0 => 1,
@@ -815,6 +822,18 @@ pub fn matmul(
                 while t + 4 <= n_tok {
                     // SAFETY: features checked by simd(); t + 4 <= rows of `a`.
                     let v = unsafe { avx2::dot_x4(wr, a, t, kind) };
+                    for (i, v) in v.into_iter().enumerate() {
+                        // SAFETY: as below.
+                        unsafe { *p.0.add((t + i) * rows + r) = v };
+                    }
+                    t += 4;
+                }
+            }
+            if let (Acts::Q8(a), true) = (acts, crate::kquants::supports(w.qtype)) {
+                while t + 4 <= n_tok {
+                    let Some(v) = crate::kquants::dot4_simd(w.qtype, wr, a, t, s) else {
+                        break;
+                    };
                     for (i, v) in v.into_iter().enumerate() {
                         // SAFETY: as below.
                         unsafe { *p.0.add((t + i) * rows + r) = v };

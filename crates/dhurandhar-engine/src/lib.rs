@@ -10,7 +10,11 @@
 pub mod bench;
 pub mod cache;
 pub mod eval;
+pub mod floats;
 pub mod kernels;
+pub mod kquants;
+#[cfg(target_arch = "x86_64")]
+mod kquants_avx2;
 pub mod model;
 pub mod quant;
 pub mod sampling;

@@ -1,0 +1,386 @@
+//! AVX2 kernels for Q5_0, Q5_1 and the k-quants against [`Q8Acts`] (see
+//! [`crate::kquants`] for the layouts and the choice of activation format).
+//!
+//! Each kernel unpacks 32 weights of one activation block into a 256-bit register of
+//! unsigned bytes, multiplies with `maddubs` against the signed activations, and folds
+//! per-block scales in with one `madd` (16-value scales) or a float FMA.
+
+// `i` indexes the activation rows and their accumulators together.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use crate::quant::{GgmlType, Q8Acts, QK, QK_K};
+
+/// Bytes ahead of the current block to prefetch (rows stream from DRAM once per token).
+const PREFETCH: usize = 640;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16(p: *const u8) -> f32 {
+    let bits = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+}
+
+/// i16 lanes 0..8 = `lo`, lanes 8..16 = `hi`: one scale per 16-value half of a
+/// 32-value block after `maddubs` (lane `i` holds values `2i, 2i+1`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales16(lo: i32, hi: i32) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+}
+
+/// Byte `i` = 0xFF where bit `i` of `x` is set.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bytes_from_bits(x: u32) -> __m256i {
+    let shuf = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let v = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
+    let v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1))
+}
+
+/// Pointers to activation row `a_row + i` for `i < N`: values, scales, scaled sums.
+struct Rows<const N: usize> {
+    qs: [*const i8; N],
+    d: [*const f32; N],
+    s: [*const f32; N],
+}
+
+impl<const N: usize> Rows<N> {
+    #[inline(always)]
+    unsafe fn new(a: &Q8Acts, a_row: usize) -> Self {
+        let nb = a.cols / QK;
+        Rows {
+            qs: std::array::from_fn(|i| a.qs.as_ptr().add((a_row + i) * a.cols)),
+            d: std::array::from_fn(|i| a.d.as_ptr().add((a_row + i) * nb)),
+            s: std::array::from_fn(|i| a.s.as_ptr().add((a_row + i) * nb)),
+        }
+    }
+
+    /// The 32 activations of block `b` of row `i`.
+    #[inline(always)]
+    unsafe fn q(&self, i: usize, b: usize) -> __m256i {
+        _mm256_loadu_si256(self.qs[i].add(b * QK) as *const __m256i)
+    }
+}
+
+/// Two accumulators per row, alternated per block to hide the FMA latency.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn finish<const N: usize>(acc: [[__m256; 2]; N], scalar: [f32; N]) -> [f32; N] {
+    std::array::from_fn(|i| hsum(_mm256_add_ps(acc[i][0], acc[i][1])) + scalar[i])
+}
+
+/// Dispatch to the kernel for `t`: weight row `w` against activation rows
+/// `a_row..a_row + N` (N = 1 for decode; N = 4 in prefill reuses each unpacked block).
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `w` holds a whole row of `a.cols` values of
+/// type `t`; `a_row + N <= a.rows()` (checked by the callers in [`crate::kquants`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot<const N: usize>(t: GgmlType, w: &[u8], a: &Q8Acts, a_row: usize) -> [f32; N] {
+    let rows = Rows::<N>::new(a, a_row);
+    let nb = a.cols / QK;
+    let wp = w.as_ptr();
+    match t {
+        GgmlType::Q5_0 => dot_q5::<false, N>(wp, nb, &rows),
+        GgmlType::Q5_1 => dot_q5::<true, N>(wp, nb, &rows),
+        GgmlType::Q2K => dot_q2k::<N>(wp, nb, &rows),
+        GgmlType::Q3K => dot_q3k::<N>(wp, nb, &rows),
+        GgmlType::Q4K => dot_q45k::<false, N>(wp, nb, &rows),
+        GgmlType::Q5K => dot_q45k::<true, N>(wp, nb, &rows),
+        GgmlType::Q6K => dot_q6k::<N>(wp, nb, &rows),
+        _ => unreachable!("no AVX2 k-quant kernel for {}", t.name()),
+    }
+}
+
+/// Q5_0 (`d·(q−16)`) and Q5_1 (`d·q + m`): both as unsigned 5-bit `q` with an offset
+/// term `m·d_a·Σq_a` from the activation block sums. Two blocks per step, one per
+/// accumulator, so neither FMA chain waits on the other.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5<const Q51: bool, const N: usize>(
+    wp: *const u8,
+    nb: usize,
+    rows: &Rows<N>,
+) -> [f32; N] {
+    let ts = if Q51 { 24 } else { 22 };
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    let mut macc = [[_mm_setzero_ps(); 2]; N];
+    let mut b = 0;
+    while b + 1 < nb {
+        _mm_prefetch::<_MM_HINT_T0>(wp.add(b * ts + PREFETCH) as *const i8);
+        q5_block::<Q51, N>(wp.add(b * ts), b, rows, 0, &mut acc, &mut macc);
+        q5_block::<Q51, N>(wp.add((b + 1) * ts), b + 1, rows, 1, &mut acc, &mut macc);
+        b += 2;
+    }
+    if b < nb {
+        q5_block::<Q51, N>(wp.add(b * ts), b, rows, 0, &mut acc, &mut macc);
+    }
+    let m: [f32; N] = std::array::from_fn(|i| {
+        let v = _mm_add_ps(macc[i][0], macc[i][1]);
+        _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1))
+    });
+    finish(acc, m)
+}
+
+/// One Q5_0/Q5_1 block `b` into accumulator slot `slot` of every row.
+#[inline(always)]
+unsafe fn q5_block<const Q51: bool, const N: usize>(
+    blk: *const u8,
+    b: usize,
+    rows: &Rows<N>,
+    slot: usize,
+    acc: &mut [[__m256; 2]; N],
+    macc: &mut [[__m128; 2]; N],
+) {
+    let off = if Q51 { 4 } else { 2 };
+    // [d, m] as f32 lanes 0 and 1.
+    let dm = if Q51 {
+        _mm_cvtph_ps(_mm_cvtsi32_si128(
+            (blk as *const u32).read_unaligned() as i32
+        ))
+    } else {
+        let bits = (blk as *const u16).read_unaligned() as i32;
+        let d = _mm_cvtph_ps(_mm_set1_epi32(bits | (bits << 16)));
+        _mm_mul_ps(d, _mm_setr_ps(1.0, -16.0, 0.0, 0.0))
+    };
+    let qh = (blk.add(off) as *const u32).read_unaligned();
+    let v = _mm_loadu_si128(blk.add(off + 4) as *const __m128i);
+    let m4 = _mm_set1_epi8(0xF);
+    let lo = _mm_and_si128(v, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+    let q = _mm256_or_si256(
+        _mm256_set_m128i(hi, lo),
+        _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10)),
+    );
+    let ones = _mm256_set1_epi16(1);
+    for i in 0..N {
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, rows.q(i, b)), ones);
+        // [d_a, s_a] of the activation block.
+        let das = _mm_setr_ps(*rows.d[i].add(b), *rows.s[i].add(b), 0.0, 0.0);
+        let prod = _mm_mul_ps(dm, das);
+        macc[i][slot] = _mm_add_ps(macc[i][slot], prod);
+        acc[i][slot] = _mm256_fmadd_ps(
+            _mm256_broadcastss_ps(prod),
+            _mm256_cvtepi32_ps(p),
+            acc[i][slot],
+        );
+    }
+}
+
+/// Q4_K / Q5_K: eight 32-value sub-blocks with 6-bit scales and mins; the mins meet the
+/// activation block sums, the 5th bit of Q5_K comes from `qh` bit `k` of byte `l`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q45k<const Q5: bool, const N: usize>(
+    wp: *const u8,
+    nb: usize,
+    rows: &Rows<N>,
+) -> [f32; N] {
+    let ts = if Q5 { 176 } else { 144 };
+    let qs_off = if Q5 { 48 } else { 16 };
+    let (m4, m1, ones) = (
+        _mm256_set1_epi8(0xF),
+        _mm256_set1_epi8(1),
+        _mm256_set1_epi16(1),
+    );
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    let mut macc = [0f32; N];
+    for sb in 0..nb / 8 {
+        let blk = wp.add(sb * ts);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64) as *const i8);
+        let (d, dmin) = (f16(blk), f16(blk.add(2)));
+        let sc = std::slice::from_raw_parts(blk.add(4), 12);
+        let mut hbits = if Q5 {
+            _mm256_loadu_si256(blk.add(16) as *const __m256i)
+        } else {
+            _mm256_setzero_si256()
+        };
+        for g in 0..4 {
+            let v = _mm256_loadu_si256(blk.add(qs_off + g * 32) as *const __m256i);
+            let mut q0 = _mm256_and_si256(v, m4);
+            let mut q1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            if Q5 {
+                q0 = _mm256_or_si256(q0, _mm256_slli_epi16(_mm256_and_si256(hbits, m1), 4));
+                hbits = _mm256_srli_epi16(hbits, 1);
+                q1 = _mm256_or_si256(q1, _mm256_slli_epi16(_mm256_and_si256(hbits, m1), 4));
+                hbits = _mm256_srli_epi16(hbits, 1);
+            }
+            for (h, q) in [(0, q0), (1, q1)] {
+                let k = 2 * g + h;
+                let (s, m) = crate::kquants::k4_scale_min(k, sc);
+                let (ds, dm) = (d * s as f32, dmin * m as f32);
+                let b = sb * 8 + k;
+                for i in 0..N {
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, rows.q(i, b)), ones);
+                    let f = _mm256_set1_ps(ds * *rows.d[i].add(b));
+                    acc[i][h] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][h]);
+                    macc[i] -= dm * *rows.s[i].add(b);
+                }
+            }
+        }
+    }
+    finish(acc, macc)
+}
+
+/// Bits 0..2 of each byte moved to bits 4..6 (Q6_K's high bits).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn high2(m3: __m256i, h: __m256i) -> __m256i {
+    _mm256_slli_epi16(_mm256_and_si256(h, m3), 4)
+}
+
+/// Q6_K: sixteen 16-value sub-blocks with signed 8-bit scales; `q − 32` as
+/// `maddubs(q, a) − maddubs(32, a)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q6k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [f32; N] {
+    let (m4, m3, m32) = (
+        _mm256_set1_epi8(0xF),
+        _mm256_set1_epi8(3),
+        _mm256_set1_epi8(32),
+    );
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for sb in 0..nb / 8 {
+        let blk = wp.add(sb * 210);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 128) as *const i8);
+        let d = f16(blk.add(208));
+        let sc = blk.add(192) as *const i8;
+        for n in 0..2 {
+            let ql0 = _mm256_loadu_si256(blk.add(n * 64) as *const __m256i);
+            let ql1 = _mm256_loadu_si256(blk.add(n * 64 + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(blk.add(128 + n * 32) as *const __m256i);
+            let qv = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), high2(m3, qh)),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    high2(m3, _mm256_srli_epi16(qh, 2)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    high2(m3, _mm256_srli_epi16(qh, 4)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    high2(m3, _mm256_srli_epi16(qh, 6)),
+                ),
+            ];
+            for (r, q) in qv.into_iter().enumerate() {
+                let k = n * 4 + r;
+                let s = scales16(*sc.add(2 * k) as i32, *sc.add(2 * k + 1) as i32);
+                let b = sb * 8 + k;
+                for i in 0..N {
+                    let qa = rows.q(i, b);
+                    let p = _mm256_sub_epi16(
+                        _mm256_maddubs_epi16(q, qa),
+                        _mm256_maddubs_epi16(m32, qa),
+                    );
+                    let p = _mm256_madd_epi16(p, s);
+                    let f = _mm256_set1_ps(d * *rows.d[i].add(b));
+                    acc[i][0] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][0]);
+                }
+            }
+        }
+    }
+    finish(acc, [0.0; N])
+}
+
+/// Q3_K: 2 low bits from `qs`, the third from `hmask` bit `k`; value `(lo | h<<2) − 4`
+/// via `maddubs(q, a) − maddubs(4, a)`; sixteen signed 6-bit scales.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q3k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [f32; N] {
+    let (m3, m1, m4) = (
+        _mm256_set1_epi8(3),
+        _mm256_set1_epi8(1),
+        _mm256_set1_epi8(4),
+    );
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for sb in 0..nb / 8 {
+        let blk = wp.add(sb * 110);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64) as *const i8);
+        let d = f16(blk.add(108));
+        let sc = crate::kquants::q3k_scales(std::slice::from_raw_parts(blk.add(96), 12));
+        let mut hbits = _mm256_loadu_si256(blk as *const __m256i);
+        for n in 0..2 {
+            let mut v = _mm256_loadu_si256(blk.add(32 + n * 32) as *const __m256i);
+            for j in 0..4 {
+                let k = n * 4 + j;
+                let h = _mm256_slli_epi16(_mm256_and_si256(hbits, m1), 2);
+                hbits = _mm256_srli_epi16(hbits, 1);
+                let q = _mm256_or_si256(_mm256_and_si256(v, m3), h);
+                v = _mm256_srli_epi16(v, 2);
+                let s = scales16(sc[2 * k] as i32, sc[2 * k + 1] as i32);
+                let b = sb * 8 + k;
+                for i in 0..N {
+                    let qa = rows.q(i, b);
+                    let p =
+                        _mm256_sub_epi16(_mm256_maddubs_epi16(q, qa), _mm256_maddubs_epi16(m4, qa));
+                    let p = _mm256_madd_epi16(p, s);
+                    let f = _mm256_set1_ps(d * *rows.d[i].add(b));
+                    acc[i][0] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][0]);
+                }
+            }
+        }
+    }
+    finish(acc, [0.0; N])
+}
+
+/// Q2_K: 2-bit `q` with a 4-bit scale and 4-bit min per 16 values:
+/// `d·Σ sc·q·a − dmin·Σ m·a`, the min term as `maddubs(min bytes, a)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q2k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [f32; N] {
+    let (m3, ones) = (_mm256_set1_epi8(3), _mm256_set1_epi16(1));
+    // acc[i][0] collects d·Σsc·q·a, acc[i][1] collects dmin·Σm·a (subtracted at the end).
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for sb in 0..nb / 8 {
+        let blk = wp.add(sb * 84);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
+        let (d, dmin) = (f16(blk.add(80)), f16(blk.add(82)));
+        for n in 0..2 {
+            let mut v = _mm256_loadu_si256(blk.add(16 + n * 32) as *const __m256i);
+            for j in 0..4 {
+                let k = n * 4 + j;
+                let q = _mm256_and_si256(v, m3);
+                v = _mm256_srli_epi16(v, 2);
+                let (s0, s1) = (*blk.add(2 * k), *blk.add(2 * k + 1));
+                let sc = scales16((s0 & 0xF) as i32, (s1 & 0xF) as i32);
+                let mins = _mm256_set_m128i(
+                    _mm_set1_epi8((s1 >> 4) as i8),
+                    _mm_set1_epi8((s0 >> 4) as i8),
+                );
+                let b = sb * 8 + k;
+                for i in 0..N {
+                    let qa = rows.q(i, b);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, qa), sc);
+                    let pm = _mm256_madd_epi16(_mm256_maddubs_epi16(mins, qa), ones);
+                    let da = *rows.d[i].add(b);
+                    acc[i][0] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(p), acc[i][0]);
+                    acc[i][1] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(dmin * da),
+                        _mm256_cvtepi32_ps(pm),
+                        acc[i][1],
+                    );
+                }
+            }
+        }
+    }
+    debug_assert_eq!(QK_K, 8 * QK);
+    std::array::from_fn(|i| hsum(_mm256_sub_ps(acc[i][0], acc[i][1])))
+}
