@@ -1,10 +1,12 @@
 //! Matrix-vector kernels over quantized weights.
 //!
-//! Q8_0 / Q4_0 / Q4_1 weights are multiplied against activations quantized to 8-bit
-//! blocks ([`Q8Acts`]) with integer dot products (AVX2 `maddubs` when the CPU has it,
-//! a portable loop otherwise). Other types are dequantized one block at a time into a
-//! stack buffer and dotted with f32 activations. Either way the weights stay in their
-//! stored form.
+//! Q8_0, Q4_0, Q4_1 (here) and Q5_0, Q5_1, Q2_K..Q6_K ([`crate::kquants`]) weights are
+//! multiplied against activations quantized to 8-bit blocks of 32 ([`Q8Acts`]) with
+//! integer dot products: an AVX2 kernel when the CPU has it, a portable loop otherwise
+//! (a NEON kernel per type would sit beside each AVX2 one). F16/BF16 have their own
+//! f32-activation kernels ([`crate::floats`]); anything else, and every type when f32
+//! activations are asked for, is dequantized one block at a time into a stack buffer.
+//! Either way the weights stay in their stored form.
 
 use rayon::prelude::*;
 

@@ -36,7 +36,7 @@
 //! A NEON kernel per type would sit beside them in a `kquants_neon` module behind the
 //! same dispatch; none exists yet.
 
-use crate::quant::{f16_at, GgmlType, Q8Acts, QK, QK_K};
+use crate::quant::{f16_at, scale_min_k4, GgmlType, Q8Acts, QK, QK_K};
 
 /// Whether `t` is handled by this module's dot kernels.
 pub fn supports(t: GgmlType) -> bool {
@@ -50,19 +50,6 @@ pub fn supports(t: GgmlType) -> bool {
             | GgmlType::Q5K
             | GgmlType::Q6K
     )
-}
-
-/// Unpack the 6-bit scale and min `j` (0..8) of a Q4_K/Q5_K super-block.
-#[inline]
-pub(crate) fn k4_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    }
 }
 
 /// The 16 signed 6-bit scales of a Q3_K super-block (`scales` is its 12 packed bytes):
@@ -244,7 +231,7 @@ fn k_superblock_portable(t: GgmlType, blk: &[u8], qa: &[i8], da: &[f32], sa: &[f
             let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
             let mut q = [0i32; QK];
             for k in 0..8 {
-                let (sc, m) = k4_scale_min(k, &blk[4..16]);
+                let (sc, m) = scale_min_k4(k, &blk[4..16]);
                 k_unpack(t, blk, k, &mut q);
                 let s: i32 = q
                     .iter()

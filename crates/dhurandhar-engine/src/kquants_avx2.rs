@@ -222,7 +222,7 @@ unsafe fn dot_q45k<const Q5: bool, const N: usize>(
             }
             for (h, q) in [(0, q0), (1, q1)] {
                 let k = 2 * g + h;
-                let (s, m) = crate::kquants::k4_scale_min(k, sc);
+                let (s, m) = crate::quant::scale_min_k4(k, sc);
                 let (ds, dm) = (d * s as f32, dmin * m as f32);
                 let b = sb * 8 + k;
                 for i in 0..N {

@@ -51,7 +51,7 @@ pub(crate) fn f16_at(b: &[u8], off: usize) -> f32 {
 
 /// Unpack the 6-bit scale and min `j` (0..8) of a Q4_K/Q5_K super-block.
 #[inline]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
