@@ -2,7 +2,6 @@
 
 use dhurandhar_cli::render::{f, num, table};
 
-
 #[test]
 fn numbers_get_thousands_separators() {
     assert_eq!(num(Some(1234567.891), 1), "1,234,567.9");

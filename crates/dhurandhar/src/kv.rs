@@ -753,9 +753,19 @@ mod tests {
         let list: Vec<CodecChoice> = ["q8_0", "all"].iter().map(|s| s.parse().unwrap()).collect();
         let codecs = CodecChoice::expand(&list);
         assert_eq!(codecs.len(), 1 + Codec::ALL.len());
-        assert_eq!(codecs[0], Codec::ALL.iter().copied().find(|c| c.name() == "q8_0").unwrap());
+        assert_eq!(
+            codecs[0],
+            Codec::ALL
+                .iter()
+                .copied()
+                .find(|c| c.name() == "q8_0")
+                .unwrap()
+        );
         let err = "turbo-xl".parse::<CodecChoice>().unwrap_err();
-        assert!(err.starts_with("unknown codec `turbo-xl` (known: "), "{err}");
+        assert!(
+            err.starts_with("unknown codec `turbo-xl` (known: "),
+            "{err}"
+        );
         assert!(err.ends_with(", or `all`)"), "{err}");
     }
     use crate::NoProgress;

@@ -8,6 +8,7 @@ use dhurandhar::kv::Codec;
 use dhurandhar::CancelToken;
 
 use crate::output::{emit, OutputArgs};
+use crate::render::table;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -84,16 +85,8 @@ fn render(out: &EvalReport) -> String {
         "{} tokens of {} ({} predictions), {} activations, {} threads, {:.1} s\n",
         r.tokens, out.text_file, r.predictions, out.activations, out.threads, out.seconds
     );
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table.set_header([
-        "KV cache",
-        "bits/value",
-        "perplexity",
-        "Δ ppl",
-        "KL (nats)",
-        "top-1 agree",
-    ]);
+    let header = "KV cache|bits/value|perplexity|Δ ppl|KL (nats)|top-1 agree";
+    let mut table = table(header, &[]);
     table.add_row([
         "exact f32".to_string(),
         "32".to_string(),

@@ -245,7 +245,8 @@ fn render_compare(r: &CompareReport) -> String {
         ),
     };
     let _ = writeln!(s, "bits/value = stored bytes × 8 / values (K and V, all side information); quality = median over heads [worst head]");
-    let header = "codec|bits|bits/value|vs bf16|nmse|cosine|norm ratio|ip slope|attn rel err|attn KL";
+    let header =
+        "codec|bits|bits/value|vs bf16|nmse|cosine|norm ratio|ip slope|attn rel err|attn KL";
     let mut t = table(header, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
     for row in &r.rows {
         t.add_row([
@@ -284,7 +285,9 @@ fn render_compare(r: &CompareReport) -> String {
     );
     let mut t = table("codec|transform|ops/vector|ns/vector", &[2, 3]);
     for st in &r.stage1 {
-        let ns = st.ns_per_vector.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let ns = st
+            .ns_per_vector
+            .map_or("-".to_string(), |v| format!("{v:.1}"));
         t.add_row([
             st.codec.to_string(),
             st.transform.to_string(),
