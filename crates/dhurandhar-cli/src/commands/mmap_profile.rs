@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use anyhow::anyhow;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use dhurandhar::dhurandhar_profile::{
-    Advice, Budget, FileOutcome, Mode, Pattern, PatternResult, ProfileError, TableKind,
-    DEFAULT_WARN_MARGIN,
+    Advice, Budget, FileOutcome, Mode, Pattern, ProfileError, TableKind, DEFAULT_WARN_MARGIN,
 };
 use dhurandhar::profile::{
     FileRegion, MeasuredDuring, ProfileOptions, ProfileReport, SourceKind, TableSource,
@@ -224,9 +223,7 @@ fn write_report(w: &mut String, r: &ProfileReport, interp: Interpretation) -> fm
         "host: {os}/{arch} page {page} B; {n} timed + {warm} warm-up tokens per run\n"
     )?;
     // An Advice column only when several hints were compared for the same pattern and mode.
-    let key = |x: &PatternResult| (x.pattern, x.mode);
-    let multi =
-        (1..r.results.len()).any(|i| r.results[..i].iter().any(|y| key(y) == key(&r.results[i])));
+    let multi = r.compares_advice();
     let advice = if multi { "Advice|" } else { "" };
     let header = format!(
         "Pattern|Mode|{advice}tok/s|MB/s|p50 µs|p99 µs|p99.9 µs|cached before|major faults"

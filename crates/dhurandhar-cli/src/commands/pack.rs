@@ -101,13 +101,11 @@ pub(crate) fn with_flags(e: dhurandhar::Error) -> anyhow::Error {
 /// The text summary of `pack` and `delta`.
 pub(crate) fn render_pack(r: &PackReport) -> String {
     let p = &r.result;
-    let mut modes = Vec::new();
-    for m in ["lossless", "quant-residual", "delta", "unchanged"] {
-        let n = p.tensors.iter().filter(|t| t.mode == m).count();
-        if n > 0 {
-            modes.push(format!("{n} {m}"));
-        }
-    }
+    let modes: Vec<String> = r
+        .mode_counts()
+        .iter()
+        .map(|(m, n)| format!("{n} {m}"))
+        .collect();
     let mut o = format!("wrote {} ({})\n", r.output, modes.join(", "));
     o += &format!(
         "  {} -> {} ({:.2}% of input, {:.2} bits/weight)\n",
@@ -121,17 +119,7 @@ pub(crate) fn render_pack(r: &PackReport) -> String {
             "  rel. Frobenius error of quantized tensors: {b:.4} base, {w:.4} with residual\n"
         );
     }
-    // Group notes by reason: a model has hundreds of bias vectors.
-    let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
-    for t in &p.tensors {
-        if let Some(n) = t.note.as_deref() {
-            match reasons.iter_mut().find(|(k, _)| *k == n) {
-                Some((_, v)) => v.push(&t.name),
-                None => reasons.push((n, vec![&t.name])),
-            }
-        }
-    }
-    for (why, names) in reasons {
+    for (why, names) in r.notes_by_reason() {
         let shown: Vec<&str> = names.iter().take(3).copied().collect();
         let more = if names.len() > 3 {
             format!(", +{} more", names.len() - 3)
