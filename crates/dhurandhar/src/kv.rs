@@ -300,6 +300,17 @@ pub enum KvData {
     File(PathBuf),
 }
 
+/// `synthetic`, or else the path of a file: how a user names the data.
+impl std::str::FromStr for KvData {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(match s {
+            "synthetic" => KvData::Synthetic,
+            path => KvData::File(PathBuf::from(path)),
+        })
+    }
+}
+
 /// What [`compare`] sweeps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompareOptions {
@@ -747,6 +758,13 @@ pub fn capture(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kv_data_is_synthetic_or_a_path() {
+        assert_eq!("synthetic".parse(), Ok(KvData::Synthetic));
+        let file = KvData::File(PathBuf::from("kv.safetensors"));
+        assert_eq!("kv.safetensors".parse(), Ok(file));
+    }
 
     #[test]
     fn codec_choice_expands_all_and_names_the_known_codecs() {

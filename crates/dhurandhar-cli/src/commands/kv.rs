@@ -2,7 +2,6 @@
 //! `capture` subcommand lives in `kv_capture.rs`.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
 use clap::Subcommand;
 use dhurandhar::kv::{
@@ -170,7 +169,7 @@ pub struct CompareArgs {
     pub codecs: Vec<CodecChoice>,
     /// `synthetic`, or a safetensors / .npy file of KV tensors ([..., head_dim]).
     #[arg(long, default_value = "synthetic")]
-    pub data: String,
+    pub data: KvData,
     /// Synthetic distribution: gaussian, outlier-channels, low-rank, imbalanced-norms.
     #[arg(long, default_value = "outlier-channels")]
     pub distribution: String,
@@ -198,11 +197,7 @@ pub struct CompareArgs {
 
 fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     let opts = CompareOptions {
-        data: if a.data == "synthetic" {
-            KvData::Synthetic
-        } else {
-            KvData::File(PathBuf::from(&a.data))
-        },
+        data: a.data,
         head_dim: a.head_dim,
         kv_heads: a.num_kv_heads,
         seq_len: a.seq_len,
