@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use dhurandhar::eval::{EvalOptions, EvalReport};
-use dhurandhar::kv::Codec;
+use dhurandhar::kv::{Codec, CodecChoice};
 use dhurandhar::CancelToken;
 
 use crate::output::{emit, OutputArgs};
@@ -50,16 +50,14 @@ pub struct Args {
 
 /// `--kv-codec`: none, one codec, or `all` (a sweep).
 fn codecs(arg: Option<&str>) -> anyhow::Result<Vec<Codec>> {
-    Ok(match arg {
-        None => Vec::new(),
-        Some("all") => Codec::ALL.to_vec(),
-        Some(n) => vec![n.parse().map_err(|_| {
-            anyhow::anyhow!(
-                "unknown KV codec `{n}` (known: {}, all)",
-                Codec::known_names()
-            )
-        })?],
-    })
+    let Some(name) = arg else {
+        return Ok(Vec::new());
+    };
+    let choice: CodecChoice = name.parse().map_err(|_| {
+        let known = Codec::known_names();
+        anyhow::anyhow!("unknown KV codec `{name}` (known: {known}, all)")
+    })?;
+    Ok(CodecChoice::expand(&[choice]))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
