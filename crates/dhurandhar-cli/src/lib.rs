@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod output;
+pub mod render;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -21,6 +21,11 @@ pub struct OutputArgs {
 }
 
 impl OutputArgs {
+    /// The flags as the alias binaries spell them (own help text, same meaning).
+    pub fn new(json: bool, json_out: Option<PathBuf>) -> Self {
+        OutputArgs { json, json_out }
+    }
+
     /// A progress sink for long jobs: a bar on stderr, hidden for `--json` (and by
     /// indicatif when stderr is not a terminal).
     pub fn progress(&self) -> Bar {

@@ -20,6 +20,43 @@ pub use dhurandhar_kv::{Codec, Distribution, KvRole, DEFAULT_SEED, MAX_HEAD_DIM}
 
 use crate::{CancelToken, Error, Progress, Result, Unit};
 
+/// One item of a codec list as a user types it: a codec, or `all` (every codec), so
+/// every front end expands `all` the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecChoice {
+    All,
+    One(Codec),
+}
+
+impl std::str::FromStr for CodecChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "all" {
+            return Ok(CodecChoice::All);
+        }
+        s.parse().map(CodecChoice::One).map_err(|_| {
+            format!(
+                "unknown codec `{s}` (known: {}, or `all`)",
+                Codec::known_names()
+            )
+        })
+    }
+}
+
+impl CodecChoice {
+    /// The codecs a list names, in order, `all` expanded to [`Codec::ALL`].
+    pub fn expand(list: &[CodecChoice]) -> Vec<Codec> {
+        let mut out = Vec::new();
+        for c in list {
+            match c {
+                CodecChoice::All => out.extend(Codec::ALL),
+                CodecChoice::One(c) => out.push(*c),
+            }
+        }
+        out
+    }
+}
+
 /// Version of the `kv bench`, `kv compare` and `kv speed` JSON documents.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -261,6 +298,17 @@ pub enum KvData {
     Synthetic,
     /// A safetensors file (a `kv capture` or any `[..., head_dim]` tensors) or a `.npy`.
     File(PathBuf),
+}
+
+/// `synthetic`, or else the path of a file: how a user names the data.
+impl std::str::FromStr for KvData {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(match s {
+            "synthetic" => KvData::Synthetic,
+            path => KvData::File(PathBuf::from(path)),
+        })
+    }
 }
 
 /// What [`compare`] sweeps.
@@ -710,6 +758,34 @@ pub fn capture(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kv_data_is_synthetic_or_a_path() {
+        assert_eq!("synthetic".parse(), Ok(KvData::Synthetic));
+        let file = KvData::File(PathBuf::from("kv.safetensors"));
+        assert_eq!("kv.safetensors".parse(), Ok(file));
+    }
+
+    #[test]
+    fn codec_choice_expands_all_and_names_the_known_codecs() {
+        let list: Vec<CodecChoice> = ["q8_0", "all"].iter().map(|s| s.parse().unwrap()).collect();
+        let codecs = CodecChoice::expand(&list);
+        assert_eq!(codecs.len(), 1 + Codec::ALL.len());
+        assert_eq!(
+            codecs[0],
+            Codec::ALL
+                .iter()
+                .copied()
+                .find(|c| c.name() == "q8_0")
+                .unwrap()
+        );
+        let err = "turbo-xl".parse::<CodecChoice>().unwrap_err();
+        assert!(
+            err.starts_with("unknown codec `turbo-xl` (known: "),
+            "{err}"
+        );
+        assert!(err.ends_with(", or `all`)"), "{err}");
+    }
     use crate::NoProgress;
 
     fn invalid_option(e: Error) -> &'static str {

@@ -158,6 +158,36 @@ impl PackReport {
             .filter_map(|t| t.delta.as_ref())
             .fold((0, 0), |a, d| (a.0 + d.xor_chunks, a.1 + d.sub_chunks))
     }
+
+    /// Tensors per storage mode, in the order lossless, quant-residual, delta,
+    /// unchanged; modes no tensor uses are left out.
+    pub fn mode_counts(&self) -> Vec<(&'static str, usize)> {
+        ["lossless", "quant-residual", "delta", "unchanged"]
+            .into_iter()
+            .map(|m| {
+                (
+                    m,
+                    self.result.tensors.iter().filter(|t| t.mode == m).count(),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// The tensors that carry a note, grouped by the note in first-seen order (a model
+    /// has hundreds of bias vectors with the same one).
+    pub fn notes_by_reason(&self) -> Vec<(&str, Vec<&str>)> {
+        let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+        for t in &self.result.tensors {
+            if let Some(n) = t.note.as_deref() {
+                match reasons.iter_mut().find(|(k, _)| *k == n) {
+                    Some((_, v)) => v.push(&t.name),
+                    None => reasons.push((n, vec![&t.name])),
+                }
+            }
+        }
+        reasons
+    }
 }
 
 /// Report of [`unpack`] and [`apply_delta`].
@@ -582,6 +612,22 @@ mod tests {
         }
         assert!(j.get("base").is_none());
         assert_eq!(j["tensors"][0]["name"], "a.weight");
+        assert_eq!(r.mode_counts(), vec![("lossless", 2)]);
+        assert!(r.notes_by_reason().is_empty());
+        let mut noted = r.clone();
+        let extra = noted.result.tensors[0].clone();
+        noted.result.tensors.push(extra);
+        for (t, note) in noted.result.tensors.iter_mut().zip(["tiny", "big", "tiny"]) {
+            t.note = Some(note.to_string());
+        }
+        let grouped = noted.notes_by_reason();
+        assert_eq!(
+            grouped,
+            vec![
+                ("tiny", vec!["a.weight", "a.weight"]),
+                ("big", vec!["b.weight"])
+            ]
+        );
 
         let v = verify(
             &VerifyOptions {

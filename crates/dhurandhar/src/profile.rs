@@ -211,6 +211,16 @@ pub struct ProfileReport {
     pub verdict: ThroughputVerdict,
 }
 
+impl ProfileReport {
+    /// Whether several madvise hints were compared for the same pattern and mode (a
+    /// table then needs an advice column to tell the rows apart).
+    pub fn compares_advice(&self) -> bool {
+        let key = |x: &PatternResult| (x.pattern, x.mode);
+        let r = &self.results;
+        (1..r.len()).any(|i| r[..i].iter().any(|y| key(y) == key(&r[i])))
+    }
+}
+
 /// Profile the table `opts` describe. Cancelling `cancel` stops between reads; a test
 /// file being written is then removed.
 pub fn run(
@@ -747,6 +757,10 @@ mod tests {
         assert_eq!(v["source"]["kind"], "synthetic");
         assert_eq!(v["memory"]["measured_during"], "whole_run");
         assert!(v["memory"]["peak_rss_bytes"].is_u64());
+        assert!(!r.compares_advice());
+        let mut two = r.clone();
+        two.results.push(two.results[0].clone());
+        assert!(two.compares_advice());
     }
 
     /// Cancels its token as soon as a phase of `unit` makes progress.

@@ -51,10 +51,6 @@ fn main() -> ExitCode {
             samples: c.samples,
             ..BenchOptions::default()
         };
-        let out = OutputArgs {
-            json: c.json,
-            json_out: c.json_out,
-        };
-        kv::bench(&opts, &out)
+        kv::bench(&opts, &OutputArgs::new(c.json, c.json_out))
     })
 }

@@ -46,10 +46,6 @@ fn main() -> ExitCode {
             distribution: c.distribution.parse()?,
             ..CompareOptions::default()
         };
-        let out = OutputArgs {
-            json: c.json,
-            json_out: c.json_out,
-        };
-        kv::compare(&opts, &out)
+        kv::compare(&opts, &OutputArgs::new(c.json, c.json_out))
     })
 }

@@ -1,13 +1,13 @@
 //! `dhurandhar analyze`: flags → [`dhurandhar::plan::AnalyzeOptions`] → the report,
 //! rendered as tables or JSON. Also serves the `dhurandhar-analyze-ple` alias.
 
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use dhurandhar::plan::{
     self, AnalyzeOptions, AnalyzeReport, Change, CustomDevice, PleLayout, WeightChoice,
 };
 use dhurandhar::units::{human_bytes, signed_mib};
 
 use crate::output::{emit, OutputArgs};
+use crate::render::wide_table;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LayoutArg {
@@ -160,18 +160,6 @@ fn tps(x: Option<f64>) -> String {
     }
 }
 
-fn table() -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_width(120);
-    t
-}
-
-fn right(s: String) -> Cell {
-    Cell::new(s).set_alignment(CellAlignment::Right)
-}
-
 /// The human-readable report.
 pub fn render(r: &AnalyzeReport) -> String {
     let mut s = String::new();
@@ -205,31 +193,26 @@ pub fn render(r: &AnalyzeReport) -> String {
             r.kv.note
         ));
     }
-    let mut t = table();
-    t.set_header(vec!["Component", "Size", "Notes"]);
+    let mut t = wide_table("Component|Size|Notes", &[1]);
     for c in &r.components {
-        t.add_row(vec![
-            Cell::new(c.name),
-            right(human_bytes(c.bytes)),
-            Cell::new(&c.note),
-        ]);
+        t.add_row([c.name.to_string(), human_bytes(c.bytes), c.note.clone()]);
     }
-    t.add_row(vec![
-        Cell::new("TOTAL resident"),
-        right(human_bytes(r.totals.resident_bytes)),
-        Cell::new("everything in RAM"),
+    t.add_row([
+        "TOTAL resident".to_string(),
+        human_bytes(r.totals.resident_bytes),
+        "everything in RAM".to_string(),
     ]);
     if r.model.has_ple {
-        t.add_row(vec![
-            Cell::new("TOTAL PLE mmap'd"),
-            right(human_bytes(r.totals.ple_mmap_bytes)),
-            Cell::new(format!(
+        t.add_row([
+            "TOTAL PLE mmap'd".to_string(),
+            human_bytes(r.totals.ple_mmap_bytes),
+            format!(
                 "PLE table on flash; {} hot rows x {:.2} pages cached = {}; PLE/decoder = {:.2}",
                 r.ple_hot_tokens,
                 r.per_token.ple_pages,
                 human_bytes(r.totals.ple_working_set_bytes),
                 r.totals.ple_to_decoder_ratio
-            )),
+            ),
         ]);
     }
     s.push_str(&format!("{t}\n"));
@@ -242,23 +225,16 @@ pub fn render(r: &AnalyzeReport) -> String {
             (c.ratio - 1.0) * 100.0
         ));
     }
-    let mut d = table();
-    d.set_header(vec![
-        "Device",
-        "RAM budget",
-        "Flash",
-        "Mode",
-        "Headroom",
-        "Decode ceiling tok/s",
-    ]);
+    let header = "Device|RAM budget|Flash|Mode|Headroom|Decode ceiling tok/s";
+    let mut d = wide_table(header, &[1, 2, 4, 5]);
     for x in &r.devices {
-        d.add_row(vec![
-            Cell::new(&x.slug),
-            right(format!("{:.0} MiB", x.ram_budget_bytes as f64 / MIB)),
-            right(format!("{} GB/s", x.flash_read_gbps)),
-            Cell::new(x.mode.as_str()),
-            right(signed_mib(x.headroom_bytes)),
-            right(tps(x.decode_tps_ceiling)),
+        d.add_row([
+            x.slug.clone(),
+            format!("{:.0} MiB", x.ram_budget_bytes as f64 / MIB),
+            format!("{} GB/s", x.flash_read_gbps),
+            x.mode.as_str().to_string(),
+            signed_mib(x.headroom_bytes),
+            tps(x.decode_tps_ceiling),
         ]);
     }
     s.push_str(&format!("\n{d}\n"));

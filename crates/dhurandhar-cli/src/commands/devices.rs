@@ -1,9 +1,9 @@
 //! `dhurandhar devices`: built-in device profiles, memory budget presets and weight formats.
 
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use dhurandhar::catalog::{self, DevicesReport, LISTING_ROW};
 
 use crate::output::{print_json, print_text};
+use crate::render::{table, wide_table};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,55 +16,28 @@ pub struct Args {
     pub json: bool,
 }
 
-fn right(s: String) -> Cell {
-    Cell::new(s).set_alignment(CellAlignment::Right)
-}
-
 /// The three tables and the hint below them.
 pub fn render(r: &DevicesReport) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_width(120)
-        .set_header(vec![
-            "Device",
-            "Name",
-            "RAM budget",
-            "Flash read",
-            "NPU",
-            "Notes",
-        ]);
+    let mut t = wide_table("Device|Name|RAM budget|Flash read|NPU|Notes", &[2, 3]);
     for d in &r.devices {
-        t.add_row(vec![
-            Cell::new(&d.slug),
-            Cell::new(&d.name),
-            right(format!("{} MiB", d.ram_budget_mb)),
-            right(format!("{} GB/s", d.flash_read_gbps)),
-            Cell::new(if d.supports_npu { "yes" } else { "no" }),
-            Cell::new(&d.notes),
+        t.add_row([
+            d.slug.clone(),
+            d.name.clone(),
+            format!("{} MiB", d.ram_budget_mb),
+            format!("{} GB/s", d.flash_read_gbps),
+            (if d.supports_npu { "yes" } else { "no" }).to_string(),
+            d.notes.clone(),
         ]);
     }
-    let mut p = Table::new();
-    p.load_preset(UTF8_FULL_CONDENSED)
-        .set_header(vec!["Budget preset", "RAM budget", "Meaning"]);
+    let mut p = table("Budget preset|RAM budget|Meaning", &[1]);
     for b in &r.budget_presets {
-        p.add_row(vec![
-            Cell::new(b.name),
-            right(format!("{} MiB", b.ram_budget_mb)),
-            Cell::new(b.description),
-        ]);
+        let ram = format!("{} MiB", b.ram_budget_mb);
+        p.add_row([b.name.to_string(), ram, b.description.to_string()]);
     }
-    let mut f = Table::new();
-    f.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_width(120)
-        .set_header(vec!["Weight format", "Bits/weight", "Layout"]);
+    let mut f = wide_table("Weight format|Bits/weight|Layout", &[1]);
     for w in &r.weight_formats {
-        f.add_row(vec![
-            Cell::new(&w.name),
-            right(format!("{:.4}", w.bits_per_weight)),
-            Cell::new(&w.description),
-        ]);
+        let bits = format!("{:.4}", w.bits_per_weight);
+        f.add_row([w.name.clone(), bits, w.description.clone()]);
     }
     format!(
         "{t}\n\n{p}\n\n{f}\n\

@@ -4,10 +4,11 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use dhurandhar::eval::{EvalOptions, EvalReport};
-use dhurandhar::kv::Codec;
+use dhurandhar::kv::{Codec, CodecChoice};
 use dhurandhar::CancelToken;
 
 use crate::output::{emit, OutputArgs};
+use crate::render::table;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -49,16 +50,14 @@ pub struct Args {
 
 /// `--kv-codec`: none, one codec, or `all` (a sweep).
 fn codecs(arg: Option<&str>) -> anyhow::Result<Vec<Codec>> {
-    Ok(match arg {
-        None => Vec::new(),
-        Some("all") => Codec::ALL.to_vec(),
-        Some(n) => vec![n.parse().map_err(|_| {
-            anyhow::anyhow!(
-                "unknown KV codec `{n}` (known: {}, all)",
-                Codec::known_names()
-            )
-        })?],
-    })
+    let Some(name) = arg else {
+        return Ok(Vec::new());
+    };
+    let choice: CodecChoice = name.parse().map_err(|_| {
+        let known = Codec::known_names();
+        anyhow::anyhow!("unknown KV codec `{name}` (known: {known}, all)")
+    })?;
+    Ok(CodecChoice::expand(&[choice]))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -84,16 +83,8 @@ fn render(out: &EvalReport) -> String {
         "{} tokens of {} ({} predictions), {} activations, {} threads, {:.1} s\n",
         r.tokens, out.text_file, r.predictions, out.activations, out.threads, out.seconds
     );
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table.set_header([
-        "KV cache",
-        "bits/value",
-        "perplexity",
-        "Δ ppl",
-        "KL (nats)",
-        "top-1 agree",
-    ]);
+    let header = "KV cache|bits/value|perplexity|Δ ppl|KL (nats)|top-1 agree";
+    let mut table = table(header, &[]);
     table.add_row([
         "exact f32".to_string(),
         "32".to_string(),

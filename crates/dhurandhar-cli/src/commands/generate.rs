@@ -10,6 +10,7 @@ use dhurandhar::units::human_bytes;
 use dhurandhar::CancelToken;
 
 use crate::output::{emit, write_json_file, OutputArgs};
+use crate::render::{bytes_or_na, table};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -56,15 +57,6 @@ pub struct Args {
     pub bench_repeats: usize,
 }
 
-/// Every core (kept here for the commands that share the `--threads` default).
-pub fn default_threads() -> usize {
-    dhurandhar::generate::default_threads()
-}
-
-fn rss(peak: Option<u64>) -> String {
-    peak.map(human_bytes).unwrap_or_else(|| "n/a".into())
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.bench {
         return run_bench(&args);
@@ -108,7 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         r.decode_seconds,
         r.decode_tokens_per_s,
         r.threads,
-        rss(r.peak_rss_bytes)
+        bytes_or_na(r.peak_rss_bytes)
     );
     Ok(())
 }
@@ -126,17 +118,10 @@ fn run_bench(args: &Args) -> anyhow::Result<()> {
 }
 
 fn render_bench(r: &BenchReport) -> String {
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table.set_header([
-        "threads",
-        "prefill tok",
-        "prefill tok/s",
-        "prefill tok/CPU-s",
-        "decode tok",
-        "decode tok/s",
-        "decode tok/CPU-s",
-    ]);
+    let mut table = table(
+        "threads|prefill tok|prefill tok/s|prefill tok/CPU-s|decode tok|decode tok/s|decode tok/CPU-s",
+        &[],
+    );
     for b in &r.results {
         table.add_row([
             b.threads.to_string(),
@@ -150,7 +135,7 @@ fn render_bench(r: &BenchReport) -> String {
     }
     format!(
         "{table}\npeak RSS {} for a {}-token context; budget {} = 1.3 × {} tensors + {} KV + 64 MiB\n",
-        rss(r.peak_rss_bytes),
+        bytes_or_na(r.peak_rss_bytes),
         r.context_tokens,
         human_bytes(r.rss_budget_bytes),
         human_bytes(r.gguf_tensor_bytes),

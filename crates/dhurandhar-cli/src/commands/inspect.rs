@@ -4,11 +4,11 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use dhurandhar::inspect::{inspect, InspectOptions, InspectReport};
 use dhurandhar::units::human_bytes;
 
 use crate::output::{emit, OutputArgs};
+use crate::render::{shape, table};
 
 /// List the tensors of a checkpoint grouped by component.
 #[derive(Debug, clap::Args)]
@@ -89,17 +89,7 @@ fn render_text(r: &InspectReport, list_tensors: bool) -> String {
         }
         (None, None) => {}
     }
-    let right = |c: Cell| c.set_alignment(CellAlignment::Right);
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec![
-        "component",
-        "tensors",
-        "bytes",
-        "size",
-        "share",
-        "dtypes",
-    ]);
+    let mut t = table("component|tensors|bytes|size|share|dtypes", &[1, 2, 3, 4]);
     for c in &r.components {
         let share = if r.total_tensor_bytes > 0 {
             100.0 * c.bytes as f64 / r.total_tensor_bytes as f64
@@ -111,39 +101,29 @@ fn render_text(r: &InspectReport, list_tensors: bool) -> String {
             .iter()
             .map(|(d, b)| format!("{d} {}", human_bytes(*b)))
             .collect();
-        t.add_row(vec![
-            Cell::new(c.component.name()),
-            right(Cell::new(c.tensors)),
-            right(Cell::new(c.bytes)),
-            right(Cell::new(human_bytes(c.bytes))),
-            right(Cell::new(format!("{share:.1}%"))),
-            Cell::new(dtypes.join(", ")),
+        t.add_row([
+            c.component.name().to_string(),
+            c.tensors.to_string(),
+            c.bytes.to_string(),
+            human_bytes(c.bytes),
+            format!("{share:.1}%"),
+            dtypes.join(", "),
         ]);
     }
     if !r.components.is_empty() {
         let _ = writeln!(out, "{t}");
     }
     if list_tensors && !r.tensors.is_empty() {
-        let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED);
-        t.set_header(vec![
-            "component",
-            "name",
-            "dtype",
-            "shape",
-            "offset",
-            "bytes",
-        ]);
+        let mut t = table("component|name|dtype|shape|offset|bytes", &[4, 5]);
         for c in &r.components {
             for x in r.tensors.iter().filter(|x| x.component == c.component) {
-                let shape: Vec<String> = x.shape.iter().map(|d| d.to_string()).collect();
-                t.add_row(vec![
-                    Cell::new(c.component.name()),
-                    Cell::new(&x.name),
-                    Cell::new(&x.dtype),
-                    Cell::new(shape.join("×")),
-                    right(Cell::new(x.offset)),
-                    right(Cell::new(x.n_bytes)),
+                t.add_row([
+                    c.component.name().to_string(),
+                    x.name.clone(),
+                    x.dtype.clone(),
+                    shape(&x.shape, "×"),
+                    x.offset.to_string(),
+                    x.n_bytes.to_string(),
                 ]);
             }
         }

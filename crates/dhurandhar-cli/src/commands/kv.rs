@@ -2,17 +2,16 @@
 //! `capture` subcommand lives in `kv_capture.rs`.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
 use clap::Subcommand;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use dhurandhar::kv::{
-    BenchOptions, BenchReport, Codec, CompareOptions, CompareReport, KvData, SpeedOptions,
-    SpeedReport, DEFAULT_MODEL,
+    BenchOptions, BenchReport, Codec, CodecChoice, CompareOptions, CompareReport, KvData,
+    SpeedOptions, SpeedReport, DEFAULT_MODEL,
 };
 use dhurandhar::CancelToken;
 
 use crate::output::{emit, OutputArgs};
+use crate::render::{f, mib, table, with_worst};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -39,63 +38,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         KvCommand::Speed(a) => run_speed(a),
         KvCommand::Capture(a) => super::kv_capture::run(a),
     }
-}
-
-/// One item of a comma-separated codec list: a codec, or `all` (every codec).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum CodecArg {
-    All,
-    One(Codec),
-}
-
-impl std::str::FromStr for CodecArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s == "all" {
-            return Ok(CodecArg::All);
-        }
-        s.parse().map(CodecArg::One).map_err(|_| {
-            format!(
-                "unknown codec `{s}` (known: {}, or `all`)",
-                Codec::known_names()
-            )
-        })
-    }
-}
-
-/// The codecs a list names, `all` expanded to [`Codec::ALL`].
-pub fn expand_codecs(list: &[CodecArg]) -> Vec<Codec> {
-    let mut out = Vec::new();
-    for c in list {
-        match c {
-            CodecArg::All => out.extend(Codec::ALL),
-            CodecArg::One(c) => out.push(*c),
-        }
-    }
-    out
-}
-
-fn f(v: f64, digits: usize) -> String {
-    if v.is_finite() && v != 0.0 && v.abs() < 10f64.powi(-(digits as i32)) {
-        format!("{v:.2e}")
-    } else {
-        format!("{v:.digits$}")
-    }
-}
-
-fn table() -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled);
-    t
-}
-
-fn right(s: String) -> Cell {
-    Cell::new(s).set_alignment(CellAlignment::Right)
-}
-
-fn mib(b: u64) -> String {
-    format!("{:.1}", b as f64 / (1024.0 * 1024.0))
 }
 
 // ---------------------------------------------------------------- bench
@@ -162,57 +104,35 @@ fn render_bench(r: &BenchReport) -> String {
         "Quality on synthetic {} KV, {} tokens per KV head (medians over heads; worst head in brackets)",
         r.distribution, r.samples
     );
-    let mut t = table();
-    t.set_header(vec![
-        "head_dim",
-        "kv heads",
-        "layers",
-        "bits/value",
-        "nmse",
-        "cosine",
-        "ip slope",
-        "attn rel err",
-        "attn KL",
-    ]);
+    let header = "head_dim|kv heads|layers|bits/value|nmse|cosine|ip slope|attn rel err|attn KL";
+    let mut t = table(header, &[0, 1, 2, 3, 4, 5, 6, 7, 8]);
     for q in &r.quality {
-        let w = &q.row.worst;
-        t.add_row(vec![
-            right(q.head_dim.to_string()),
-            right(q.kv_heads.to_string()),
-            right(q.fresh_layers.to_string()),
-            right(f(q.row.bits_per_value, 3)),
-            right(format!("{} [{}]", f(q.row.nmse, 4), f(w.nmse.value, 4))),
-            right(f(q.row.cosine, 4)),
-            right(f(q.row.ip_bias_slope, 3)),
-            right(format!(
-                "{} [{}]",
-                f(q.row.attn_rel_err, 4),
-                f(w.attn_rel_err.value, 4)
-            )),
-            right(f(q.row.attn_kl, 5)),
+        let (row, w) = (&q.row, &q.row.worst);
+        t.add_row([
+            q.head_dim.to_string(),
+            q.kv_heads.to_string(),
+            q.fresh_layers.to_string(),
+            f(row.bits_per_value, 3),
+            with_worst(row.nmse, w.nmse.value, 4),
+            f(row.cosine, 4),
+            f(row.ip_bias_slope, 3),
+            with_worst(row.attn_rel_err, w.attn_rel_err.value, 4),
+            f(row.attn_kl, 5),
         ]);
     }
     let _ = writeln!(s, "{t}");
     let fp = &r.footprint;
     let _ = writeln!(s);
     let _ = writeln!(s, "KV cache at {} tokens", fp.seq_len);
-    let mut t = table();
-    t.set_header(vec!["", "bytes", "MiB"]);
-    t.add_row(vec![
-        Cell::new("baseline (bf16)"),
-        right(fp.baseline_bytes.to_string()),
-        right(mib(fp.baseline_bytes)),
-    ]);
-    t.add_row(vec![
-        Cell::new(format!("{} {}-bit", fp.codec, fp.bits)),
-        right(fp.compressed_bytes.to_string()),
-        right(mib(fp.compressed_bytes)),
-    ]);
-    t.add_row(vec![
-        Cell::new("savings"),
-        right(fp.savings_bytes.to_string()),
-        right(mib(fp.savings_bytes)),
-    ]);
+    let mut t = table("|bytes|MiB", &[1, 2]);
+    let compressed = format!("{} {}-bit", fp.codec, fp.bits);
+    for (name, bytes) in [
+        ("baseline (bf16)", fp.baseline_bytes),
+        (compressed.as_str(), fp.compressed_bytes),
+        ("savings", fp.savings_bytes),
+    ] {
+        t.add_row([name.to_string(), bytes.to_string(), mib(bytes)]);
+    }
     let _ = writeln!(s, "{t}");
     let _ = writeln!(s,
         "ratio {:.2}x, {:.3} bits/value stored; layers: {} fresh, {} shared-KV (no storage), {} without KV; {} sliding, {} global",
@@ -246,10 +166,10 @@ pub struct CompareArgs {
     /// Codecs, comma-separated, or `all`: turbo, turbo-mse, turbo-prod, rotor, spectral,
     /// oscar, q8_0, q4_0, q4_0-rot, kivi2.
     #[arg(long, value_delimiter = ',', default_value = "all")]
-    pub codecs: Vec<CodecArg>,
+    pub codecs: Vec<CodecChoice>,
     /// `synthetic`, or a safetensors / .npy file of KV tensors ([..., head_dim]).
     #[arg(long, default_value = "synthetic")]
-    pub data: String,
+    pub data: KvData,
     /// Synthetic distribution: gaussian, outlier-channels, low-rank, imbalanced-norms.
     #[arg(long, default_value = "outlier-channels")]
     pub distribution: String,
@@ -277,17 +197,13 @@ pub struct CompareArgs {
 
 fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     let opts = CompareOptions {
-        data: if a.data == "synthetic" {
-            KvData::Synthetic
-        } else {
-            KvData::File(PathBuf::from(&a.data))
-        },
+        data: a.data,
         head_dim: a.head_dim,
         kv_heads: a.num_kv_heads,
         seq_len: a.seq_len,
         distribution: a.distribution.parse()?,
         bits: a.bits,
-        codecs: expand_codecs(&a.codecs),
+        codecs: CodecChoice::expand(&a.codecs),
         tensor: a.tensor,
         layers: a.layer,
         queries: a.queries,
@@ -324,39 +240,21 @@ fn render_compare(r: &CompareReport) -> String {
         ),
     };
     let _ = writeln!(s, "bits/value = stored bytes × 8 / values (K and V, all side information); quality = median over heads [worst head]");
-    let mut t = table();
-    t.set_header(vec![
-        "codec",
-        "bits",
-        "bits/value",
-        "vs bf16",
-        "nmse",
-        "cosine",
-        "norm ratio",
-        "ip slope",
-        "attn rel err",
-        "attn KL",
-    ]);
+    let header =
+        "codec|bits|bits/value|vs bf16|nmse|cosine|norm ratio|ip slope|attn rel err|attn KL";
+    let mut t = table(header, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
     for row in &r.rows {
-        t.add_row(vec![
-            Cell::new(row.codec),
-            right(row.bits.to_string()),
-            right(f(row.bits_per_value, 3)),
-            right(format!("{:.2}x", row.compression_vs_bf16)),
-            right(format!(
-                "{} [{}]",
-                f(row.nmse, 4),
-                f(row.worst.nmse.value, 4)
-            )),
-            right(f(row.cosine, 4)),
-            right(f(row.norm_ratio, 4)),
-            right(f(row.ip_bias_slope, 3)),
-            right(format!(
-                "{} [{}]",
-                f(row.attn_rel_err, 4),
-                f(row.worst.attn_rel_err.value, 4)
-            )),
-            right(f(row.attn_kl, 5)),
+        t.add_row([
+            row.codec.to_string(),
+            row.bits.to_string(),
+            f(row.bits_per_value, 3),
+            format!("{:.2}x", row.compression_vs_bf16),
+            with_worst(row.nmse, row.worst.nmse.value, 4),
+            f(row.cosine, 4),
+            f(row.norm_ratio, 4),
+            f(row.ip_bias_slope, 3),
+            with_worst(row.attn_rel_err, row.worst.attn_rel_err.value, 4),
+            f(row.attn_kl, 5),
         ]);
     }
     let _ = writeln!(s, "{t}");
@@ -380,17 +278,16 @@ fn render_compare(r: &CompareReport) -> String {
         "Stage 1 (rotation) at head_dim {}: counted ops per vector (add, mul or FMA = 1){how}",
         c.head_dim
     );
-    let mut t = table();
-    t.set_header(vec!["codec", "transform", "ops/vector", "ns/vector"]);
+    let mut t = table("codec|transform|ops/vector|ns/vector", &[2, 3]);
     for st in &r.stage1 {
-        t.add_row(vec![
-            Cell::new(st.codec),
-            Cell::new(st.transform),
-            right(st.ops_per_vector.to_string()),
-            right(
-                st.ns_per_vector
-                    .map_or("-".to_string(), |v| format!("{v:.1}")),
-            ),
+        let ns = st
+            .ns_per_vector
+            .map_or("-".to_string(), |v| format!("{v:.1}"));
+        t.add_row([
+            st.codec.to_string(),
+            st.transform.to_string(),
+            st.ops_per_vector.to_string(),
+            ns,
         ]);
     }
     let _ = writeln!(s, "{t}");
@@ -406,7 +303,7 @@ pub struct SpeedArgs {
     pub head_dim: Vec<usize>,
     /// Codec(s), comma-separated, or `all`.
     #[arg(long, value_delimiter = ',', default_value = "turbo-mse")]
-    pub codec: Vec<CodecArg>,
+    pub codec: Vec<CodecChoice>,
     /// Bit budget (codecs that do not support it are skipped with a note).
     #[arg(long, default_value_t = 4)]
     pub bits: u32,
@@ -430,7 +327,7 @@ pub struct SpeedArgs {
 fn run_speed(a: SpeedArgs) -> anyhow::Result<()> {
     let opts = SpeedOptions {
         head_dims: a.head_dim,
-        codecs: expand_codecs(&a.codec),
+        codecs: CodecChoice::expand(&a.codec),
         bits: a.bits,
         threads: a.threads,
         role: a.role.parse()?,
@@ -450,35 +347,23 @@ fn render_speed(rep: &SpeedReport) -> String {
         first.role.as_str(),
         first.kernel
     );
-    let mut t = table();
-    t.set_header(vec![
-        "codec",
-        "bits",
-        "head_dim",
-        "threads",
-        "B/vector",
-        "encode ns",
-        "decode ns",
-        "memcpy ns",
-        "encode GB/s",
-        "decode GB/s",
-        "memcpy GB/s",
-        "(enc+dec)/memcpy",
-    ]);
+    let header = "codec|bits|head_dim|threads|B/vector|encode ns|decode ns|memcpy ns\
+        |encode GB/s|decode GB/s|memcpy GB/s|(enc+dec)/memcpy";
+    let mut t = table(header, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     for r in &rep.runs {
-        t.add_row(vec![
-            Cell::new(r.codec),
-            right(r.bits.to_string()),
-            right(r.head_dim.to_string()),
-            right(r.threads.to_string()),
-            right(format!("{:.1}", r.encoded_bytes_per_vector)),
-            right(format!("{:.1}", r.encode_ns_per_vector)),
-            right(format!("{:.1}", r.decode_ns_per_vector)),
-            right(format!("{:.1}", r.memcpy_ns_per_vector)),
-            right(format!("{:.2}", r.encode_gb_per_s)),
-            right(format!("{:.2}", r.decode_gb_per_s)),
-            right(format!("{:.2}", r.memcpy_gb_per_s)),
-            right(format!("{:.1}x", r.encode_decode_vs_memcpy)),
+        t.add_row([
+            r.codec.to_string(),
+            r.bits.to_string(),
+            r.head_dim.to_string(),
+            r.threads.to_string(),
+            format!("{:.1}", r.encoded_bytes_per_vector),
+            format!("{:.1}", r.encode_ns_per_vector),
+            format!("{:.1}", r.decode_ns_per_vector),
+            format!("{:.1}", r.memcpy_ns_per_vector),
+            format!("{:.2}", r.encode_gb_per_s),
+            format!("{:.2}", r.decode_gb_per_s),
+            format!("{:.2}", r.memcpy_gb_per_s),
+            format!("{:.1}x", r.encode_decode_vs_memcpy),
         ]);
     }
     let _ = writeln!(s, "{t}");

@@ -7,10 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::anyhow;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use dhurandhar::dhurandhar_profile::{
-    Advice, Budget, FileOutcome, Mode, Pattern, PatternResult, ProfileError, TableKind,
-    DEFAULT_WARN_MARGIN,
+    Advice, Budget, FileOutcome, Mode, Pattern, ProfileError, TableKind, DEFAULT_WARN_MARGIN,
 };
 use dhurandhar::profile::{
     FileRegion, MeasuredDuring, ProfileOptions, ProfileReport, SourceKind, TableSource,
@@ -19,6 +17,7 @@ use dhurandhar::units::human_bytes;
 use dhurandhar::{CancelToken, Error};
 
 use crate::output::{emit, OutputArgs};
+use crate::render::{bytes_or_na, num, table};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 #[value(rename_all = "snake_case")]
@@ -181,21 +180,6 @@ fn with_flags(e: Error) -> anyhow::Error {
     }
 }
 
-/// 1234567.8 -> "1,234,567.8"; `None` -> "-".
-fn num(v: Option<f64>, digits: usize) -> String {
-    let Some(x) = v else { return "-".into() };
-    let s = format!("{:.*}", digits, x.abs());
-    let (int, frac) = s.split_at(s.find('.').unwrap_or(s.len()));
-    let mut out = String::from(if x < 0.0 { "-" } else { "" });
-    for (i, c) in int.chars().enumerate() {
-        if i > 0 && (int.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out + frac
-}
-
 fn render(r: &ProfileReport, interp: Interpretation) -> String {
     let mut s = String::new();
     let _ = write_report(&mut s, r, interp);
@@ -239,33 +223,29 @@ fn write_report(w: &mut String, r: &ProfileReport, interp: Interpretation) -> fm
         "host: {os}/{arch} page {page} B; {n} timed + {warm} warm-up tokens per run\n"
     )?;
     // An Advice column only when several hints were compared for the same pattern and mode.
-    let key = |x: &PatternResult| (x.pattern, x.mode);
-    let multi =
-        (1..r.results.len()).any(|i| r.results[..i].iter().any(|y| key(y) == key(&r.results[i])));
-    let mut header = vec!["Pattern", "Mode"];
-    header.extend(multi.then_some("Advice"));
-    header.extend("tok/s|MB/s|p50 µs|p99 µs|p99.9 µs|cached before|major faults".split('|'));
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    let multi = r.compares_advice();
+    let advice = if multi { "Advice|" } else { "" };
+    let header = format!(
+        "Pattern|Mode|{advice}tok/s|MB/s|p50 µs|p99 µs|p99.9 µs|cached before|major faults"
+    );
+    let first = if multi { 3 } else { 2 };
+    let mut t = table(&header, &Vec::from_iter(first..first + 7));
     for x in &r.results {
-        let mut row = vec![Cell::new(x.pattern.name()), Cell::new(x.mode.name())];
-        row.extend(multi.then(|| Cell::new(x.advice.name())));
+        let mut row = vec![x.pattern.name().to_string(), x.mode.name().to_string()];
+        row.extend(multi.then(|| x.advice.name().to_string()));
         let cached = x
             .resident_fraction_before
             .map(|f| format!("{:.1}%", 100.0 * f));
         let faults = x.tokens_per_s.map(|_| x.major_faults.to_string());
-        row.extend(
-            [
-                num(x.tokens_per_s, 0),
-                num(x.mb_per_s, 1),
-                num(x.p50_us, 1),
-                num(x.p99_us, 1),
-                num(x.p999_us, 1),
-                cached.unwrap_or_else(|| "?".into()),
-                faults.unwrap_or_else(|| "-".into()),
-            ]
-            .map(|s| Cell::new(s).set_alignment(CellAlignment::Right)),
-        );
+        row.extend([
+            num(x.tokens_per_s, 0),
+            num(x.mb_per_s, 1),
+            num(x.p50_us, 1),
+            num(x.p99_us, 1),
+            num(x.p999_us, 1),
+            cached.unwrap_or_else(|| "?".into()),
+            faults.unwrap_or_else(|| "-".into()),
+        ]);
         t.add_row(row);
     }
     writeln!(w, "{t}")?;
@@ -275,7 +255,7 @@ fn write_report(w: &mut String, r: &ProfileReport, interp: Interpretation) -> fm
         }
     }
     let m = &r.memory;
-    let o = |v: Option<u64>| v.map(human_bytes).unwrap_or_else(|| "n/a".into());
+    let o = bytes_or_na;
     let peak_of = match m.measured_during {
         MeasuredDuring::DecodeProbe => "during the decode probe",
         MeasuredDuring::WholeRun => "of the whole profiling run",
@@ -313,16 +293,4 @@ fn write_report(w: &mut String, r: &ProfileReport, interp: Interpretation) -> fm
         "\nMmap gate (target {target} tok/s, WARN within ±{margin:.0}%): {verdict}"
     )?;
     writeln!(w, "{}", v.reason)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn numbers_get_thousands_separators() {
-        assert_eq!(super::num(Some(1234567.891), 1), "1,234,567.9");
-        assert_eq!(super::num(Some(999.0), 0), "999");
-        assert_eq!(super::num(Some(-1000.0), 0), "-1,000");
-        assert_eq!(super::num(Some(0.25), 2), "0.25");
-        assert_eq!(super::num(None, 2), "-");
-    }
 }

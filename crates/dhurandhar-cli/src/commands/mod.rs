@@ -9,6 +9,5 @@ pub mod inspect;
 pub mod kv;
 pub mod kv_capture;
 pub mod mmap_profile;
-pub mod model_arg;
 pub mod models;
 pub mod pack;

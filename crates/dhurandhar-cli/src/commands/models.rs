@@ -1,10 +1,10 @@
 //! `dhurandhar models`: the built-in model registry.
 
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use dhurandhar::catalog;
 use dhurandhar_model::ModelArchitecture;
 
 use crate::output::{print_json, print_text};
+use crate::render::table;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -46,21 +46,8 @@ fn features(m: &ModelArchitecture) -> String {
 
 /// The models table and the hint below it.
 pub fn render(r: &catalog::ModelsReport) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header(vec![
-            "Model",
-            "Family",
-            "Params",
-            "Layers",
-            "Hidden",
-            "Heads Q/KV",
-            "head_dim",
-            "Max ctx",
-            "Features",
-        ]);
-    let right = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+    let header = "Model|Family|Params|Layers|Hidden|Heads Q/KV|head_dim|Max ctx|Features";
+    let mut t = table(header, &[2, 3, 4, 5, 6, 7]);
     for m in &r.models {
         let hd = if m.global_head_dim() != m.head_dim {
             format!("{}/{}", m.head_dim, m.global_head_dim())
@@ -77,19 +64,16 @@ pub fn render(r: &catalog::ModelsReport) -> String {
         } else {
             format!("{}B", m.param_count_b)
         };
-        t.add_row(vec![
-            Cell::new(&m.name),
-            Cell::new(&m.family),
-            right(params),
-            right(layers),
-            right(m.hidden_size.to_string()),
-            right(format!(
-                "{}/{}",
-                m.num_attention_heads, m.num_key_value_heads
-            )),
-            right(hd),
-            right(m.max_context_tokens.to_string()),
-            Cell::new(features(m)),
+        t.add_row([
+            m.name.clone(),
+            m.family.clone(),
+            params,
+            layers,
+            m.hidden_size.to_string(),
+            format!("{}/{}", m.num_attention_heads, m.num_key_value_heads),
+            hd,
+            m.max_context_tokens.to_string(),
+            features(m),
         ]);
     }
     format!(

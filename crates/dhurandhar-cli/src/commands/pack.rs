@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use dhurandhar::pack::{
     PackMode, PackOptions, PackReport, StatsReport, UnpackOptions, UnpackReport, VerifyOptions,
     VerifyReport,
@@ -14,6 +13,7 @@ use dhurandhar::units::human_bytes;
 use dhurandhar::CancelToken;
 
 use crate::output::{emit, OutputArgs};
+use crate::render::{shape, table};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeArg {
@@ -101,13 +101,11 @@ pub(crate) fn with_flags(e: dhurandhar::Error) -> anyhow::Error {
 /// The text summary of `pack` and `delta`.
 pub(crate) fn render_pack(r: &PackReport) -> String {
     let p = &r.result;
-    let mut modes = Vec::new();
-    for m in ["lossless", "quant-residual", "delta", "unchanged"] {
-        let n = p.tensors.iter().filter(|t| t.mode == m).count();
-        if n > 0 {
-            modes.push(format!("{n} {m}"));
-        }
-    }
+    let modes: Vec<String> = r
+        .mode_counts()
+        .iter()
+        .map(|(m, n)| format!("{n} {m}"))
+        .collect();
     let mut o = format!("wrote {} ({})\n", r.output, modes.join(", "));
     o += &format!(
         "  {} -> {} ({:.2}% of input, {:.2} bits/weight)\n",
@@ -121,17 +119,7 @@ pub(crate) fn render_pack(r: &PackReport) -> String {
             "  rel. Frobenius error of quantized tensors: {b:.4} base, {w:.4} with residual\n"
         );
     }
-    // Group notes by reason: a model has hundreds of bias vectors.
-    let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
-    for t in &p.tensors {
-        if let Some(n) = t.note.as_deref() {
-            match reasons.iter_mut().find(|(k, _)| *k == n) {
-                Some((_, v)) => v.push(&t.name),
-                None => reasons.push((n, vec![&t.name])),
-            }
-        }
-    }
-    for (why, names) in reasons {
+    for (why, names) in r.notes_by_reason() {
         let shown: Vec<&str> = names.iter().take(3).copied().collect();
         let more = if names.len() > 3 {
             format!(", +{} more", names.len() - 3)
@@ -237,36 +225,21 @@ fn pct(a: u64, b: u64) -> String {
 
 fn render_stats(r: &StatsReport) -> String {
     let p = &r.result;
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled);
-    t.set_header(vec![
-        "tensor",
-        "dtype",
-        "shape",
-        "mode",
-        "input",
-        "stored",
-        "ratio",
-        "bits/w",
-        "rel err base",
-        "rel err +res",
-    ]);
-    let right = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+    let header = "tensor|dtype|shape|mode|input|stored|ratio|bits/w|rel err base|rel err +res";
+    let mut t = table(header, &[4, 5, 6, 7, 8, 9]);
+    let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
     for r in &p.tensors {
-        let shape: Vec<String> = r.shape.iter().map(|d| d.to_string()).collect();
-        let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
-        t.add_row(vec![
-            Cell::new(&r.name),
-            Cell::new(&r.dtype),
-            Cell::new(shape.join("x")),
-            Cell::new(&r.mode),
-            right(r.input_bytes.to_string()),
-            right(r.output_bytes.to_string()),
-            right(pct(r.output_bytes, r.input_bytes)),
-            right(format!("{:.2}", r.bits_per_weight)),
-            right(f(r.rel_error_base)),
-            right(f(r.rel_error_with_residual)),
+        t.add_row([
+            r.name.clone(),
+            r.dtype.clone(),
+            shape(&r.shape, "x"),
+            r.mode.clone(),
+            r.input_bytes.to_string(),
+            r.output_bytes.to_string(),
+            pct(r.output_bytes, r.input_bytes),
+            format!("{:.2}", r.bits_per_weight),
+            f(r.rel_error_base),
+            f(r.rel_error_with_residual),
         ]);
     }
     let mut o = format!("{t}\n");
