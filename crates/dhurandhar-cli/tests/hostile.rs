@@ -97,6 +97,35 @@ fn setup_good_pack(d: &Path) {
     make_pack(d, &[]);
 }
 
+/// A two-layer llama GGUF whose `head_count_kv` is `kv` (and no SSM layers).
+fn llama_gguf(d: &Path, name: &str, kv: u32) {
+    use dhurandhar_checkpoint::gguf::{GgmlType, GgufBuilder, GgufValue};
+    let u = GgufValue::U32;
+    let mut b = GgufBuilder::new()
+        .kv("general.architecture", GgufValue::String("llama".into()))
+        .kv("llama.block_count", u(2))
+        .kv("llama.embedding_length", u(64))
+        .kv("llama.feed_forward_length", u(128))
+        .kv("llama.attention.head_count", u(4))
+        .kv("llama.attention.head_count_kv", u(kv))
+        .kv("llama.context_length", u(256))
+        .tensor_filled("token_embd.weight", &[64, 32], GgmlType::F32);
+    for i in 0..2 {
+        for (t, shape) in [
+            ("attn_q", [64u64, 64]),
+            ("attn_k", [64, 32]),
+            ("attn_v", [64, 32]),
+        ] {
+            b = b.tensor_filled(&format!("blk.{i}.{t}.weight"), &shape, GgmlType::F32);
+        }
+    }
+    std::fs::write(d.join(name), b.to_bytes().unwrap()).unwrap();
+}
+
+fn setup_zero_kv_gguf(d: &Path) {
+    llama_gguf(d, "zero_kv.gguf", 0);
+}
+
 struct Case {
     /// Short id, printed on failure.
     name: &'static str,
@@ -856,6 +885,57 @@ fn cases() -> Vec<Case> {
             1,
             "threads: 10000 is out of range",
             None,
+        ),
+        // head_count_kv = 0 without SSM layers: one refusal for every reader.
+        with(
+            case(
+                "inspect-zero-kv-heads",
+                &["inspect", "{d}/zero_kv.gguf"],
+                1,
+                "`llama.attention.head_count_kv` is 0",
+                f("zero_kv.gguf"),
+            ),
+            setup_zero_kv_gguf,
+        ),
+        with(
+            case(
+                "analyze-zero-kv-heads",
+                &["analyze", "-m", "{d}/zero_kv.gguf"],
+                1,
+                "`llama.attention.head_count_kv` is 0",
+                f("zero_kv.gguf"),
+            ),
+            setup_zero_kv_gguf,
+        ),
+        with(
+            case(
+                "kv-bench-zero-kv-heads",
+                &["kv", "bench", "-m", "{d}/zero_kv.gguf"],
+                1,
+                "`llama.attention.head_count_kv` is 0",
+                f("zero_kv.gguf"),
+            ),
+            setup_zero_kv_gguf,
+        ),
+        with(
+            case(
+                "generate-zero-kv-heads",
+                &["generate", "--model", "{d}/zero_kv.gguf", "--prompt", "hi"],
+                1,
+                "`llama.attention.head_count_kv` is 0",
+                f("zero_kv.gguf"),
+            ),
+            setup_zero_kv_gguf,
+        ),
+        with(
+            case(
+                "pack-zero-kv-heads",
+                &["pack", "{d}/zero_kv.gguf", "-o", "{d}/out.dhp"],
+                1,
+                "`llama.attention.head_count_kv` is 0",
+                f("zero_kv.gguf"),
+            ),
+            setup_zero_kv_gguf,
         ),
     ]
 }
