@@ -126,6 +126,23 @@ fn setup_zero_kv_gguf(d: &Path) {
     llama_gguf(d, "zero_kv.gguf", 0);
 }
 
+/// A syntactically valid YAML document nested 100,000 levels deep.
+fn setup_deep_yaml(d: &Path) {
+    let n = 100_000;
+    let mut s = String::with_capacity(2 * n + 16);
+    s.push_str("name: ");
+    s.push_str(&"[".repeat(n));
+    s.push_str(&"]".repeat(n));
+    s.push('\n');
+    std::fs::write(d.join("deep.yaml"), &s).unwrap();
+    let dev = format!(
+        "slug: x\nname: x\nram_budget_mb: 1024\nnotes: {}{}\n",
+        "{".repeat(n),
+        "}".repeat(n)
+    );
+    std::fs::write(d.join("deep_device.yaml"), dev).unwrap();
+}
+
 struct Case {
     /// Short id, printed on failure.
     name: &'static str,
@@ -140,6 +157,8 @@ struct Case {
     phrase: &'static str,
     /// A file name stderr must mention (the file involved), if any.
     names: Option<&'static str>,
+    /// Longest the run may take.
+    limit: Duration,
 }
 
 const fn case(
@@ -156,7 +175,14 @@ const fn case(
         code,
         phrase,
         names,
+        limit: TIME_LIMIT,
     }
+}
+
+/// A row that must finish within one second (what used to be a slow path).
+const fn fast(mut c: Case) -> Case {
+    c.limit = Duration::from_secs(1);
+    c
 }
 
 const fn with(mut c: Case, setup: fn(&Path)) -> Case {
@@ -937,6 +963,37 @@ fn cases() -> Vec<Case> {
             ),
             setup_zero_kv_gguf,
         ),
+        // YAML nested 100,000 levels deep: refused at once (it took the parser 30 s).
+        fast(with(
+            case(
+                "analyze-yaml-deep",
+                &["analyze", "-m", "{d}/deep.yaml"],
+                1,
+                "nested more than 64 levels",
+                f("deep.yaml"),
+            ),
+            setup_deep_yaml,
+        )),
+        fast(with(
+            case(
+                "kv-bench-yaml-deep",
+                &["kv", "bench", "-m", "{d}/deep.yaml"],
+                1,
+                "nested more than 64 levels",
+                f("deep.yaml"),
+            ),
+            setup_deep_yaml,
+        )),
+        fast(with(
+            case(
+                "analyze-device-yaml-deep",
+                &["analyze", "-d", "{d}/deep_device.yaml"],
+                1,
+                "nested more than 64 levels",
+                f("deep_device.yaml"),
+            ),
+            setup_deep_yaml,
+        )),
     ]
 }
 
