@@ -994,6 +994,69 @@ fn cases() -> Vec<Case> {
             ),
             setup_deep_yaml,
         )),
+        // FIFOs and directories where a pack or a checkpoint to pack is expected.
+        case(
+            "verify-fifo",
+            &["verify", "{d}/fifo.gguf"],
+            1,
+            "not a regular file",
+            f("fifo.gguf"),
+        ),
+        case(
+            "verify-dir",
+            &["verify", "{d}/dir.gguf"],
+            1,
+            "directory",
+            f("dir.gguf"),
+        ),
+        case(
+            "pack-stats-fifo",
+            &["pack-stats", "{d}/fifo.gguf"],
+            1,
+            "not a regular file",
+            f("fifo.gguf"),
+        ),
+        case(
+            "unpack-fifo",
+            &["unpack", "{d}/fifo.gguf", "-o", "{d}/out.safetensors"],
+            1,
+            "not a regular file",
+            f("fifo.gguf"),
+        ),
+        case(
+            "pack-fifo",
+            &["pack", "{d}/fifo.gguf", "-o", "{d}/out.dhp"],
+            1,
+            "not a regular file",
+            f("fifo.gguf"),
+        ),
+        case(
+            "delta-fifo-new",
+            &[
+                "delta",
+                "{d}/small.safetensors",
+                "{d}/fifo.gguf",
+                "-o",
+                "{d}/d.dhp",
+            ],
+            1,
+            "not a regular file",
+            f("fifo.gguf"),
+        ),
+        case(
+            "delta-apply-fifo-delta",
+            &[
+                "delta",
+                "apply",
+                "{d}/small.safetensors",
+                "{d}/fifo.gguf",
+                "-o",
+                "{d}/n.safetensors",
+            ],
+            1,
+            "not a regular file",
+            f("fifo.gguf"),
+        ),
     ]
 }
 
