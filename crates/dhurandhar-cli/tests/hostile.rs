@@ -1140,6 +1140,9 @@ fn run_case(c: &Case, gguf: Option<&Path>) -> Option<String> {
     if !err.contains(c.phrase) {
         fails.push(format!("message lacks {:?}", c.phrase));
     }
+    if err.matches("(os error").count() > 1 {
+        fails.push("the OS error is repeated".into());
+    }
     if let Some(n) = c.names {
         if !err.contains(n) {
             fails.push(format!("message does not name {n}"));
