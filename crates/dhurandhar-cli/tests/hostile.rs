@@ -143,6 +143,10 @@ fn setup_deep_yaml(d: &Path) {
     std::fs::write(d.join("deep_device.yaml"), dev).unwrap();
 }
 
+fn setup_llama_gguf(d: &Path) {
+    llama_gguf(d, "model.gguf", 2);
+}
+
 struct Case {
     /// Short id, printed on failure.
     name: &'static str,
@@ -1056,6 +1060,16 @@ fn cases() -> Vec<Case> {
             1,
             "not a regular file",
             f("fifo.gguf"),
+        ),
+        with(
+            case(
+                "kv-compare-data-gguf",
+                &["kv", "compare", "--data", "{d}/model.gguf"],
+                1,
+                "this is a GGUF model, not a KV tensor file",
+                f("model.gguf"),
+            ),
+            setup_llama_gguf,
         ),
     ]
 }
