@@ -1071,6 +1071,55 @@ fn cases() -> Vec<Case> {
             ),
             setup_llama_gguf,
         ),
+        // --json-out onto an input: refused before any work, for every command.
+        case(
+            "inspect-json-out-onto-input",
+            &[
+                "inspect",
+                "{d}/small.safetensors",
+                "--json-out",
+                "{d}/small.safetensors",
+            ],
+            1,
+            "same file",
+            f("small.safetensors"),
+        ),
+        case(
+            "analyze-json-out-onto-profile",
+            &[
+                "analyze",
+                "-m",
+                "{d}/unknown.yaml",
+                "--json-out={d}/unknown.yaml",
+            ],
+            1,
+            "same file",
+            f("unknown.yaml"),
+        ),
+        with(
+            case(
+                "verify-json-out-onto-pack",
+                &["verify", "{d}/good.dhp", "--json-out", "{d}/good.dhp"],
+                1,
+                "same file",
+                f("good.dhp"),
+            ),
+            setup_good_pack,
+        ),
+        case(
+            "pack-json-out-onto-input",
+            &[
+                "pack",
+                "{d}/small.safetensors",
+                "-o",
+                "{d}/out.dhp",
+                "--json-out",
+                "{d}/small.safetensors",
+            ],
+            1,
+            "same file",
+            f("small.safetensors"),
+        ),
     ]
 }
 
