@@ -184,6 +184,7 @@ pub fn open_checkpoint(path: &Path) -> Result<Checkpoint, CheckpointError> {
     match format {
         CheckpointFormat::Gguf => {
             let g = GgufFile::open(path)?;
+            crate::gguf_hparams::check_kv_heads(&g, &origin)?;
             let mut tensors = gguf_entries(path, &g);
             for split in gguf_splits(path, &g)? {
                 let s = GgufFile::open(&split)?;

@@ -5,13 +5,10 @@
 /// Why a checkpoint could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// The file could not be opened, stat'ed or memory-mapped.
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file could not be opened, stat'ed or memory-mapped. The OS error is part of
+    /// the message and deliberately not a `source()`: chained printers would say it twice.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     /// The bytes do not follow the format (bad magic, truncation, absurd counts, ...).
     #[error("{path}: at byte {offset}: {message}")]
     Malformed {
@@ -73,7 +70,7 @@ impl CheckpointError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         CheckpointError::Io {
             path: path.display().to_string(),
-            source,
+            error: source,
         }
     }
 }

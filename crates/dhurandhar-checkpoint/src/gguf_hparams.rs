@@ -115,6 +115,34 @@ pub(crate) fn missing(origin: &str, arch: &str, k: &str) -> CheckpointError {
     CheckpointError::unsupported(origin, format!("required metadata `{arch}.{k}` is missing"))
 }
 
+/// One rule for every reader of a GGUF (inspect, plan, pack, engine): a layer without KV
+/// heads is only meaningful as an SSM layer of a hybrid (which states `ssm.state_size`);
+/// anywhere else `head_count_kv = 0` is a broken file, not a hint to fall back to the
+/// query head count.
+pub fn check_kv_heads(g: &GgufFile, origin: &str) -> Result<(), CheckpointError> {
+    let Some(arch) = g.architecture() else {
+        return Ok(());
+    };
+    let key = format!("{arch}.attention.head_count_kv");
+    let layer = match g.get(&key) {
+        Some(GgufValue::Array(a)) => a.iter().position(|x| x.as_u64() == Some(0)),
+        Some(v) => (v.as_u64() == Some(0)).then_some(0),
+        None => None,
+    };
+    match layer {
+        Some(layer) if g.get(&format!("{arch}.ssm.state_size")).is_none() => {
+            Err(CheckpointError::unsupported(
+                origin,
+                format!(
+                    "`{key}` is 0 (layer {layer}); only SSM layers of a hybrid model \
+                     (with `{arch}.ssm.state_size`) may have no KV heads"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl GgufHyperParams {
     /// Read the core hyper-parameters of `g`; `origin` names the file in errors.
     /// Only `general.architecture`, `block_count` and `embedding_length` are required;
@@ -142,13 +170,15 @@ impl GgufHyperParams {
         let embedding_length = k
             .u64("embedding_length")?
             .ok_or_else(|| missing(origin, arch, "embedding_length"))?;
+        check_kv_heads(g, origin)?;
+        let head_count_kv = k.per_layer("attention.head_count_kv")?;
         Ok(GgufHyperParams {
             architecture: arch.to_string(),
             name: g.get_str("general.name").map(str::to_string),
             block_count,
             embedding_length,
             head_count: k.per_layer("attention.head_count")?,
-            head_count_kv: k.per_layer("attention.head_count_kv")?,
+            head_count_kv,
             key_length: k.u64("attention.key_length")?,
             feed_forward_length: k.per_layer("feed_forward_length")?,
             context_length: k.u64("context_length")?,
@@ -253,6 +283,25 @@ mod tests {
         assert_eq!(h.rms_epsilon, None);
         assert_eq!(h.feed_forward_length, None);
         assert_eq!(GgufTokenizer::read(&g), GgufTokenizer::default());
+    }
+
+    #[test]
+    fn zero_kv_heads_are_refused_unless_the_layer_is_ssm() {
+        let zero = || {
+            base()
+                .kv("llama.attention.head_count", GgufValue::U32(4))
+                .kv("llama.attention.head_count_kv", GgufValue::U32(0))
+        };
+        let e = GgufHyperParams::read(&parse(zero()), "t.gguf")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.gguf: `llama.attention.head_count_kv` is 0 (layer 0)"),
+            "{e}"
+        );
+        let hybrid = zero().kv("llama.ssm.state_size", GgufValue::U32(16));
+        let h = GgufHyperParams::read(&parse(hybrid), "t.gguf").unwrap();
+        assert_eq!(h.head_count_kv, Some(vec![0, 0]));
     }
 
     #[test]

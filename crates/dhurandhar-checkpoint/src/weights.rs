@@ -224,6 +224,7 @@ impl Weights {
         let origin = path.display().to_string();
         let g = GgufFile::parse(&map, &origin)?;
         g.check_ranges(map.len() as u64, &origin)?;
+        crate::gguf_hparams::check_kv_heads(&g, &origin)?;
         let file = self.files.len();
         let mut found = Vec::new();
         for t in g.tensors {

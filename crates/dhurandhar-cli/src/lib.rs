@@ -70,8 +70,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Parse `args` and run, turning errors into a message on stderr and exit code 1.
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
-    match Cli::try_parse_from(args) {
-        Ok(cli) => finish(run(cli)),
+    let args: Vec<OsString> = args.into_iter().collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => finish(output::check_json_out(&args).and_then(|()| run(cli))),
         Err(e) => clap_exit(e),
     }
 }
@@ -80,7 +81,10 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
 /// arguments as `P` and hand them to `run`, with the same error and exit-code handling.
 pub fn run_alias<P: Parser>(run: impl FnOnce(P) -> anyhow::Result<()>) -> ExitCode {
     match P::try_parse() {
-        Ok(args) => finish(run(args)),
+        Ok(args) => {
+            let raw: Vec<OsString> = std::env::args_os().collect();
+            finish(output::check_json_out(&raw).and_then(|()| run(args)))
+        }
         Err(e) => clap_exit(e),
     }
 }

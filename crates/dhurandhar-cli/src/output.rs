@@ -70,6 +70,32 @@ pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     print_text(&text)
 }
 
+/// `--json-out` must not replace a file the command reads (`inspect m.safetensors
+/// --json-out m.safetensors` used to destroy the model). Checked on the raw arguments,
+/// after they parsed and before any work, so every command and alias gets it: every
+/// other argument (or `--flag=value` value) that names an existing file is an input.
+pub fn check_json_out(args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    let (mut outs, mut others) = (Vec::new(), Vec::new());
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == "--json-out" {
+            outs.extend(it.next().map(PathBuf::from));
+        } else if let Some(v) = s.strip_prefix("--json-out=") {
+            outs.push(PathBuf::from(v));
+        } else if let Some((_, v)) = s.split_once('=').filter(|_| s.starts_with("--")) {
+            others.push(PathBuf::from(v));
+        } else {
+            others.push(PathBuf::from(a));
+        }
+    }
+    let inputs: Vec<&Path> = others.iter().map(PathBuf::as_path).collect();
+    for o in &outs {
+        dhurandhar::dhurandhar_io::check_output(o, &inputs)?;
+    }
+    Ok(())
+}
+
 /// Pretty JSON to a file, atomically.
 pub fn write_json_file<T: Serialize + ?Sized>(path: &Path, value: &T) -> anyhow::Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value)?;

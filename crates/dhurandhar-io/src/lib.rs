@@ -20,12 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// What went wrong, always with the file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
-    #[error("{path}: {source}")]
-    Os {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The OS error is part of the message and deliberately not a `source()`: chained
+    /// printers (`{:#}`) would say it twice.
+    #[error("{path}: {error}")]
+    Os { path: PathBuf, error: io::Error },
     #[error("{path}: is a directory, not a file")]
     Directory { path: PathBuf },
     #[error("{path}: is not a regular file ({kind}); refusing to {action} it")]
@@ -50,7 +48,7 @@ impl IoError {
     pub fn os(path: &Path, source: io::Error) -> Self {
         IoError::Os {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 }

@@ -53,6 +53,13 @@ pub fn parse_safetensors(
     select: impl Fn(&str) -> bool,
 ) -> Result<TensorFile, KvError> {
     use safetensors::{Dtype, SafeTensors};
+    if bytes.starts_with(b"GGUF") {
+        // Its first 8 bytes read as an absurd safetensors header length otherwise.
+        return Err(err(
+            "this is a GGUF model, not a KV tensor file (safetensors or .npy); capture \
+             real KV from the model first (kv capture)",
+        ));
+    }
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| err(e.to_string()))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| err(e.to_string()))?;
     let mut out = TensorFile::default();
@@ -194,6 +201,8 @@ mod tests {
         assert_eq!(f.tensors[0].data, data);
         assert!(parse_npy(&b[..b.len() - 1]).is_err());
         assert!(parse_npy(b"junk").is_err());
+        let e = parse_safetensors(b"GGUF\x03\0\0\0\0\0\0\0", |_| true).unwrap_err();
+        assert!(e.to_string().contains("this is a GGUF model"), "{e}");
     }
 }
 

@@ -296,6 +296,10 @@ impl Default for ModelArchitecture {
 impl ModelArchitecture {
     /// Parse and validate a YAML profile. `origin` names the file in errors.
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<Self, ModelError> {
+        crate::check_yaml_depth(text).map_err(|message| ModelError::Parse {
+            origin: origin.to_string(),
+            message,
+        })?;
         let mut arch: ModelArchitecture =
             serde_yaml_ng::from_str(text).map_err(|e| ModelError::Parse {
                 origin: origin.to_string(),

@@ -12,8 +12,10 @@ mod error;
 mod layers;
 pub mod registry;
 mod weights;
+mod yaml_depth;
 
 pub use arch::{LayerTypeName, ModelArchitecture};
 pub use error::ModelError;
 pub use layers::{AttentionKind, KvSource, LayerSpec};
 pub use weights::ComponentBytes;
+pub use yaml_depth::{check_yaml_depth, MAX_YAML_DEPTH};

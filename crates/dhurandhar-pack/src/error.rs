@@ -103,7 +103,10 @@ impl PackError {
 impl From<dhurandhar_io::IoError> for PackError {
     fn from(e: dhurandhar_io::IoError) -> Self {
         match e {
-            dhurandhar_io::IoError::Os { path, source } => PackError::Io { path, source },
+            dhurandhar_io::IoError::Os { path, error } => PackError::Io {
+                path,
+                source: error,
+            },
             other => PackError::File(other),
         }
     }

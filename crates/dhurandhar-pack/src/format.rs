@@ -436,7 +436,8 @@ impl PackReader {
     ///
     /// [`verify`]: PackReader::verify
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| PackError::io(path, e))?;
+        // Not File::open: a FIFO would block it, and a directory fails late and vaguely.
+        let file = dhurandhar_io::open_regular(path)?;
         let len = file.metadata().map_err(|e| PackError::io(path, e))?.len();
         if len == 0 {
             return Err(PackError::Truncated {

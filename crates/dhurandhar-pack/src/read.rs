@@ -246,9 +246,42 @@ impl PackReader {
         Ok(())
     }
 
+    /// Decode every chunk of a quant-residual or delta tensor and throw the bytes away
+    /// (delta chunks against a zero base: that checks their framing and codecs, which do
+    /// not depend on the base). The first failure in chunk order is the error.
+    fn check_decodes(&self, t: &TensorEntry, progress: &crate::ops::Progress<'_>) -> Result<()> {
+        let cs = self.index().chunk_size;
+        let esize = t.dtype.size();
+        let window = rayon::current_num_threads().max(1) * 2;
+        let n = t.chunks.len();
+        let mut w0 = 0;
+        while w0 < n {
+            let w1 = (w0 + window).min(n);
+            let sizes: Vec<Result<usize>> = (w0..w1)
+                .into_par_iter()
+                .map(|c| {
+                    let r = t.chunk_range(cs, c);
+                    let len = (r.end - r.start) as usize * esize;
+                    let mut o = vec![0u8; len];
+                    let zero = (t.mode == Mode::Delta).then(|| vec![0u8; len]);
+                    self.decode_chunk(t, c, zero.as_deref(), &mut o)?;
+                    Ok(len)
+                })
+                .collect();
+            for len in sizes {
+                if !progress(len? as u64) {
+                    return Err(PackError::Cancelled);
+                }
+            }
+            w0 = w1;
+        }
+        Ok(())
+    }
+
     /// Check every chunk checksum (in parallel); the first failure in index order is
     /// returned as the error, naming tensor and chunk. With `deep`, also decode every
-    /// lossless tensor and compare its xxh3 with the one recorded at pack time.
+    /// lossless tensor and compare its xxh3 with the one recorded at pack time, and
+    /// decode every chunk of the other modes (quant-residual, delta).
     pub fn verify(&self, deep: bool) -> Result<VerifyReport> {
         self.verify_with(deep, &|_| true)
     }
@@ -297,6 +330,15 @@ impl PackReader {
                     });
                 }
                 hashed += 1;
+            }
+            // Lossy and delta chunks have no stored hash of their decoded bytes, but
+            // each must still decode, as unpack and delta apply will ask it to.
+            for t in self
+                .tensors()
+                .iter()
+                .filter(|t| matches!(t.mode, Mode::QuantResidual | Mode::Delta))
+            {
+                self.check_decodes(t, progress)?;
             }
         }
         Ok(VerifyReport {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use dhurandhar_pack::{
-    apply_delta, delta, pack, unpack, DType, Mode, PackError, PackMode, PackOptions, PackReader,
-    QuantConfig, Weights,
+    apply_delta, delta, pack, unpack, ChunkRef, DType, Mode, PackError, PackMode, PackOptions,
+    PackReader, QuantConfig, Weights,
 };
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -418,6 +418,51 @@ fn quant_residual_pack_reports_real_bits_and_errors() {
     let back = dir.path().join("back.safetensors");
     let u = unpack(&r, &back, &|_| true).unwrap();
     assert_eq!((u.verified_bit_exact, u.lossy), (2, 1));
+}
+
+/// A quant-residual chunk whose plane names an unknown codec (checksum made valid):
+/// deep verify must decode it and fail as unpack does; quick verify only checks sums.
+#[test]
+fn verify_decodes_quant_residual_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let w: Vec<u8> = (0..128 * 64)
+        .flat_map(|i| ((i % 97) as f32 * 1e-3 - 0.05).to_le_bytes())
+        .collect();
+    let src = dir.path().join("q.safetensors");
+    write_st(&src, &vec![("proj".into(), DType::F32, vec![128, 64], w)]);
+    let opts = PackOptions {
+        mode: PackMode::QuantResidual(QuantConfig {
+            bits: 4,
+            group: 32,
+            residual_frac: 0.02,
+        }),
+        chunk_size: 4096,
+        ..Default::default()
+    };
+    let good = dir.path().join("q.dhp");
+    pack(&Weights::open(&src).unwrap(), &good, &opts, &|_| true).unwrap();
+    let r = PackReader::open(&good).unwrap();
+    let ChunkRef(at, len, _) = r.tensor("proj").unwrap().chunks[1];
+    drop(r);
+    let mut bytes = std::fs::read(&good).unwrap();
+    let (at, len) = (at as usize, len as usize);
+    bytes[at + 2] = 0xEE; // codec id of the chunk's first plane
+    let hash = xxh3_64(&bytes[at..at + len]);
+    let bytes = with_index(&bytes, |idx| {
+        idx["tensors"][0]["chunks"][1][2] = serde_json::json!(hash);
+    });
+    let bad = dir.path().join("bad.dhp");
+    std::fs::write(&bad, bytes).unwrap();
+    let r = PackReader::open(&bad).unwrap();
+    r.verify(false).unwrap();
+    let e = r.verify(true).unwrap_err();
+    assert!(
+        matches!(&e, PackError::ChunkDecode { tensor, chunk: 1, .. } if tensor == "proj"),
+        "{e}"
+    );
+    let out = dir.path().join("back.safetensors");
+    assert!(unpack(&r, &out, &|_| true).is_err());
+    assert!(!out.exists());
 }
 
 #[test]

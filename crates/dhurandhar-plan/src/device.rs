@@ -89,6 +89,10 @@ impl DeviceProfile {
     /// Parse and validate a YAML device profile; `origin` names the file in errors and
     /// `default_slug` fills a missing `slug`.
     pub fn from_yaml_str(text: &str, origin: &str, default_slug: &str) -> Result<Self, PlanError> {
+        dhurandhar_model::check_yaml_depth(text).map_err(|message| PlanError::Parse {
+            origin: origin.to_string(),
+            message,
+        })?;
         let mut d: DeviceProfile = serde_yaml_ng::from_str(text).map_err(|e| PlanError::Parse {
             origin: origin.to_string(),
             message: e.to_string(),

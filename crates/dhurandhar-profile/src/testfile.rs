@@ -86,7 +86,7 @@ pub fn ensure_test_file(
         }
     }
     let mut tmp = AtomicFile::create(path).map_err(|e| match e {
-        IoError::Os { source, .. } => ProfileError::CacheDirNotWritable {
+        IoError::Os { error: source, .. } => ProfileError::CacheDirNotWritable {
             dir: dir.clone(),
             source,
         },
@@ -108,7 +108,7 @@ pub fn ensure_test_file(
         }
     }
     tmp.commit().map_err(|e| match e {
-        IoError::Os { source, .. } => write_error(&dir, path, len, source),
+        IoError::Os { error: source, .. } => write_error(&dir, path, len, source),
         e => ProfileError::File(e),
     })?;
     Ok(FileOutcome::Created)

@@ -31,6 +31,7 @@ use dhurandhar_engine::tokenizer::Utf8Stream;
 use dhurandhar_engine::{Logits, Model, Sampler, Session};
 use serde::Serialize;
 
+use crate::kv::{check_threads, resolve_threads};
 use crate::{CancelToken, Error, Progress, Result};
 
 /// Version of the [`GenerateReport`] and [`BenchReport`] JSON documents.
@@ -171,13 +172,15 @@ impl Generator {
     /// Prepare a generation over an already loaded model (shared with other
     /// generators). Checks that the prompt tokenizes and fits in the context.
     pub fn with_model(model: Arc<Model>, opts: &GenerateOptions) -> Result<Self> {
-        let threads = opts.threads.unwrap_or_else(default_threads).max(1);
+        check_sampling(opts.temperature, opts.top_p)?;
+        let threads = resolve_threads(opts.threads.map(|t| t.max(1)))?;
         let prompt = model.tokenizer.encode(&opts.prompt);
         if prompt.is_empty() {
             return Err(Error::invalid("prompt", "encodes to no tokens"));
         }
         let ctx = model.config.context_length;
-        if prompt.len() + opts.max_tokens > ctx {
+        // Subtract rather than add: a huge max_tokens must not wrap the sum.
+        if opts.max_tokens > ctx.saturating_sub(prompt.len()) {
             return Err(Error::invalid(
                 "max_tokens",
                 format!(
@@ -368,6 +371,24 @@ pub struct BenchReport {
     pub results: Vec<BenchResult>,
 }
 
+/// `Err(InvalidOption)` unless the temperature is finite and ≥ 0 and top-p is in (0, 1]:
+/// NaN or out-of-range values would silently sample garbage or always the top token.
+fn check_sampling(temperature: f32, top_p: f32) -> Result<()> {
+    if !temperature.is_finite() || temperature < 0.0 {
+        return Err(Error::invalid(
+            "temperature",
+            format!("{temperature} is not a finite number ≥ 0 (0 = greedy)"),
+        ));
+    }
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(Error::invalid(
+            "top_p",
+            format!("{top_p} is not in (0, 1] (1 = no nucleus cut)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Measure prefill and decode tokens/s for each thread count, and peak RSS against
 /// the memory budget. Each thread count's result is also sent to `progress` as a
 /// message; `cancel` is checked between thread counts.
@@ -376,7 +397,26 @@ pub fn bench(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<BenchReport> {
+    for &t in &opts.threads {
+        check_threads("threads", t, 1)?;
+    }
     let model = load_model(&opts.model)?;
+    let max_ctx = model.config.context_length;
+    // Checked before the synthetic prompt is built: its size is the user's number.
+    let fits = opts
+        .prompt_tokens
+        .max(1)
+        .checked_add(opts.decode_tokens)
+        .is_some_and(|n| n <= max_ctx);
+    if !fits {
+        return Err(Error::invalid(
+            "prompt_tokens",
+            format!(
+                "prompt {} + decode {} tokens exceeds the model's context length {max_ctx}",
+                opts.prompt_tokens, opts.decode_tokens
+            ),
+        ));
+    }
     let prompt = synthetic_prompt(&model, opts.prompt_tokens.max(1));
     let ctx = prompt.len() + opts.decode_tokens;
     let mut results = Vec::new();
@@ -527,6 +567,53 @@ mod tests {
         cancel.cancel();
         assert!(matches!(g.next(), Some(Err(Error::Cancelled))));
         assert!(g.next().is_none());
+    }
+
+    #[test]
+    fn sampling_options_must_be_sane() {
+        assert!(check_sampling(0.0, 1.0).is_ok());
+        assert!(check_sampling(0.7, 0.9).is_ok());
+        for (t, p, option) in [
+            (f32::NAN, 1.0, "temperature"),
+            (-0.5, 1.0, "temperature"),
+            (f32::INFINITY, 1.0, "temperature"),
+            (1.0, 7.0, "top_p"),
+            (1.0, 0.0, "top_p"),
+            (1.0, f32::NAN, "top_p"),
+        ] {
+            let e = check_sampling(t, p).unwrap_err();
+            assert!(
+                matches!(e, Error::InvalidOption { option: o, .. } if o == option),
+                "{t} {p}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_max_tokens_and_bench_prompt_are_refused_not_wrapped() {
+        let Some(path) = fixture() else { return };
+        let e = Generator::open(&opts(path.clone(), usize::MAX))
+            .err()
+            .unwrap();
+        assert!(e.to_string().starts_with("max_tokens: prompt"), "{e}");
+        let b = BenchOptions {
+            model: path,
+            prompt_tokens: 1_000_000_000,
+            threads: vec![1],
+            ..BenchOptions::default()
+        };
+        let e = bench(&b, &crate::NoProgress, &CancelToken::new()).unwrap_err();
+        assert!(e.to_string().contains("context length"), "{e}");
+        let b = BenchOptions {
+            threads: vec![1_000_000],
+            ..b
+        };
+        let e = bench(&b, &crate::NoProgress, &CancelToken::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("threads: 1000000 is out of range"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -114,10 +114,37 @@ fn checked_product(option: &'static str, dims: &[usize], max: usize) -> Result<u
     })
 }
 
+/// Cores of this machine (1 when unknown).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Most worker threads a job starts on this machine: 8 × the cores (at least 8), and
+/// never more than [`MAX_THREADS`]. More threads than that only thrash, and thousands
+/// of them exhaust memory for their stacks.
+pub fn thread_limit() -> usize {
+    cores().saturating_mul(8).clamp(8, MAX_THREADS)
+}
+
+/// `Err(InvalidOption)` naming `option` unless `lo <= t <= thread_limit()`.
+pub(crate) fn check_threads(option: &'static str, t: usize, lo: usize) -> Result<()> {
+    let hi = thread_limit();
+    if t < lo || t > hi {
+        return Err(Error::invalid(
+            option,
+            format!(
+                "{t} is out of range ({lo}..={hi}: at most 8 × the {} cores, and at least 8)",
+                cores()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Worker threads: the request, or every core.
 pub(crate) fn resolve_threads(threads: Option<usize>) -> Result<usize> {
-    let t = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    check_range("threads", t, 1, MAX_THREADS)?;
+    let t = threads.unwrap_or_else(cores);
+    check_threads("threads", t, 1)?;
     Ok(t)
 }
 
@@ -584,7 +611,7 @@ pub fn speed(
         )?;
     }
     for &t in &opts.threads {
-        check_range("threads", t, 0, MAX_THREADS)?;
+        check_threads("threads", t, 0)?;
     }
     let total = opts.head_dims.len() * opts.codecs.len() * opts.threads.len();
     progress.start("measuring", Some(total as u64), Unit::Items("runs"));

@@ -21,6 +21,10 @@ pub struct ResolvedModel {
     pub weights: Option<ComponentBytes>,
     /// Where it came from ("built-in", a file path).
     pub origin: String,
+    /// A checkpoint with no weight tensors (a `config.json` alone): `weights` is `None`
+    /// so the planner estimates them from the shapes, and reports must say so.
+    #[serde(skip)]
+    pub weights_estimated: bool,
 }
 
 /// Resolve `spec`, in this order:
@@ -44,6 +48,7 @@ pub fn resolve_model(spec: &str) -> Result<ResolvedModel> {
             arch,
             weights: None,
             origin: "built-in".to_string(),
+            weights_estimated: false,
         });
     }
     let path = Path::new(spec);
@@ -56,16 +61,21 @@ pub fn resolve_model(spec: &str) -> Result<ResolvedModel> {
             arch,
             weights: None,
             origin: path.display().to_string(),
+            weights_estimated: false,
         });
     }
     if path.exists() {
         let (arch, weights) = dhurandhar_checkpoint::load_model(path).map_err(|e| {
             Error::from(e).context(format!("cannot read a model from {}", path.display()))
         })?;
+        // No tensors (config.json alone): zero bytes would plan a 1B model into any
+        // phone. Leave the weights to the planner's estimate at the chosen format.
+        let estimated = weights.total() == 0;
         return Ok(ResolvedModel {
             arch,
-            weights: Some(weights),
+            weights: (!estimated).then_some(weights),
             origin: path.display().to_string(),
+            weights_estimated: estimated,
         });
     }
     let suggestions = registry::suggest(spec);

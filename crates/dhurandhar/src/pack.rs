@@ -429,7 +429,7 @@ pub fn verify(
     let total = reader
         .tensors()
         .iter()
-        .filter(|t| t.mode == dhurandhar_pack::Mode::Lossless)
+        .filter(|t| t.mode != dhurandhar_pack::Mode::Unchanged)
         .map(|t| t.raw_bytes)
         .sum();
     cancel.check()?;

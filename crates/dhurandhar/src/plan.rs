@@ -280,6 +280,15 @@ fn kv_codec_cost(arch: &ModelArchitecture, codec: Codec, bits: Option<u32>) -> R
     })
 }
 
+/// The plan components that hold weights.
+const WEIGHT_COMPONENTS: [&str; 5] = [
+    "decoder_weights",
+    "ple",
+    "token_embeddings",
+    "lm_head",
+    "experts",
+];
+
 /// Plan the model on every selected device.
 pub fn analyze(opts: &AnalyzeOptions) -> Result<AnalyzeReport> {
     let model = resolve_model(&opts.model)?;
@@ -292,7 +301,14 @@ pub fn analyze(opts: &AnalyzeOptions) -> Result<AnalyzeReport> {
         &devices,
         opts.target_decode_tps,
     )?;
-    let p = a.plan;
+    let mut p = a.plan;
+    if model.weights_estimated {
+        for c in &mut p.components {
+            if WEIGHT_COMPONENTS.contains(&c.name) {
+                c.note = format!("estimated (no weights beside the config): {}", c.note);
+            }
+        }
+    }
     let kv = KvReport {
         note: match &p.kv_codec {
             Some(c) => format!(
@@ -405,6 +421,48 @@ mod tests {
             devices: vec!["laptop_nvme".into()],
             ..AnalyzeOptions::default()
         }
+    }
+
+    /// A Llama-3.2-1B config.json with no weights beside it: the weights are estimated at
+    /// the chosen format (not 0 B), the notes say so, and a 1 GiB phone is no longer GO.
+    #[test]
+    fn config_json_without_weights_is_estimated_not_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.json");
+        std::fs::write(
+            &cfg,
+            r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":2048,
+            "intermediate_size":8192,"num_hidden_layers":16,"num_attention_heads":32,
+            "num_key_value_heads":8,"head_dim":64,"vocab_size":128256,
+            "tie_word_embeddings":true,"max_position_embeddings":131072}"#,
+        )
+        .unwrap();
+        let o = AnalyzeOptions {
+            model: cfg.display().to_string(),
+            context_tokens: 2048,
+            weights: WeightChoice::Format("f16".into()),
+            devices: Vec::new(),
+            custom_device: Some(CustomDevice {
+                ram_mb: 1024.0,
+                flash_gbps: 1.0,
+            }),
+            ..AnalyzeOptions::default()
+        };
+        let r = analyze(&o).unwrap();
+        let c = |n: &str| r.components.iter().find(|c| c.name == n).unwrap();
+        // About 1.24 B params at 2 bytes each.
+        let weights = c("decoder_weights").bytes + c("token_embeddings").bytes;
+        assert!(
+            weights > 2_000_000_000 && weights < 3_000_000_000,
+            "{weights}"
+        );
+        assert!(
+            c("decoder_weights").note.starts_with("estimated"),
+            "{}",
+            c("decoder_weights").note
+        );
+        assert_eq!(r.weights_source, "estimated");
+        assert!(r.summary.go.is_empty(), "{:?}", r.summary);
     }
 
     #[test]
