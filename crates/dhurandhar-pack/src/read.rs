@@ -217,33 +217,24 @@ impl PackReader {
         }
         let cs = self.index().chunk_size;
         let esize = t.dtype.size();
-        let window = rayon::current_num_threads().max(1) * 2;
-        let n = t.chunks.len();
-        let mut w0 = 0;
-        while w0 < n {
-            let w1 = (w0 + window).min(n);
-            let bufs: Vec<Result<Vec<u8>>> = (w0..w1)
-                .into_par_iter()
-                .map(|c| {
-                    let r = t.chunk_range(cs, c);
-                    let (s, e) = (r.start as usize * esize, r.end as usize * esize);
-                    let mut o = vec![0u8; e - s];
-                    let b = match base {
-                        Some(b) => Some(b.get(s..e).ok_or_else(|| {
-                            self.decode_err(t, c, "base tensor too short".into())
-                        })?),
-                        None => None,
-                    };
-                    self.decode_chunk(t, c, b, &mut o)?;
-                    Ok(o)
-                })
-                .collect();
-            for b in bufs {
-                sink(&b?)?;
-            }
-            w0 = w1;
-        }
-        Ok(())
+        in_order_windows(
+            t.chunks.len(),
+            |c| {
+                let r = t.chunk_range(cs, c);
+                let (s, e) = (r.start as usize * esize, r.end as usize * esize);
+                let mut o = vec![0u8; e - s];
+                let b = match base {
+                    Some(b) => Some(
+                        b.get(s..e)
+                            .ok_or_else(|| self.decode_err(t, c, "base tensor too short".into()))?,
+                    ),
+                    None => None,
+                };
+                self.decode_chunk(t, c, b, &mut o)?;
+                Ok(o)
+            },
+            |o| sink(&o),
+        )
     }
 
     /// Decode every chunk of a quant-residual or delta tensor and throw the bytes away
@@ -252,30 +243,24 @@ impl PackReader {
     fn check_decodes(&self, t: &TensorEntry, progress: &crate::ops::Progress<'_>) -> Result<()> {
         let cs = self.index().chunk_size;
         let esize = t.dtype.size();
-        let window = rayon::current_num_threads().max(1) * 2;
-        let n = t.chunks.len();
-        let mut w0 = 0;
-        while w0 < n {
-            let w1 = (w0 + window).min(n);
-            let sizes: Vec<Result<usize>> = (w0..w1)
-                .into_par_iter()
-                .map(|c| {
-                    let r = t.chunk_range(cs, c);
-                    let len = (r.end - r.start) as usize * esize;
-                    let mut o = vec![0u8; len];
-                    let zero = (t.mode == Mode::Delta).then(|| vec![0u8; len]);
-                    self.decode_chunk(t, c, zero.as_deref(), &mut o)?;
-                    Ok(len)
-                })
-                .collect();
-            for len in sizes {
-                if !progress(len? as u64) {
-                    return Err(PackError::Cancelled);
+        in_order_windows(
+            t.chunks.len(),
+            |c| {
+                let r = t.chunk_range(cs, c);
+                let len = (r.end - r.start) as usize * esize;
+                let mut o = vec![0u8; len];
+                let zero = (t.mode == Mode::Delta).then(|| vec![0u8; len]);
+                self.decode_chunk(t, c, zero.as_deref(), &mut o)?;
+                Ok(len)
+            },
+            |len| {
+                if progress(len as u64) {
+                    Ok(())
+                } else {
+                    Err(PackError::Cancelled)
                 }
-            }
-            w0 = w1;
-        }
-        Ok(())
+            },
+        )
     }
 
     /// Check every chunk checksum (in parallel); the first failure in index order is
@@ -373,4 +358,25 @@ impl dhurandhar_checkpoint::TensorSource for PackReader {
     fn read_tensor_into(&self, name: &str, out: &mut [u8]) -> Result<()> {
         PackReader::read_tensor_into(self, name, out)
     }
+}
+
+/// Run `work` on chunks `0..n` in parallel, a window of 2 × threads at a time (so
+/// memory stays bounded by the window, not the tensor), and hand the results to `each`
+/// in chunk order. The first error in chunk order stops it.
+fn in_order_windows<T: Send>(
+    n: usize,
+    work: impl Fn(usize) -> Result<T> + Sync,
+    mut each: impl FnMut(T) -> Result<()>,
+) -> Result<()> {
+    let window = rayon::current_num_threads().max(1) * 2;
+    let mut w0 = 0;
+    while w0 < n {
+        let w1 = (w0 + window).min(n);
+        let results: Vec<Result<T>> = (w0..w1).into_par_iter().map(&work).collect();
+        for r in results {
+            each(r?)?;
+        }
+        w0 = w1;
+    }
+    Ok(())
 }
