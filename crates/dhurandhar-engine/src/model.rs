@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::cache::{Capture, KvCache};
 use crate::kernels::{matmul, strided_axpys, strided_dots, Acts, QMatrix};
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
-use crate::tokenizer::{PreTokenizer, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use crate::EngineError;
 
 /// How RoPE pairs dimensions.
@@ -174,33 +174,7 @@ impl Model {
             .and_then(|c| usize::try_from(c).ok())
             .unwrap_or(2048);
 
-        // Tokenizer.
-        let tk = GgufTokenizer::read(g);
-        match tk.model.as_deref() {
-            Some("gpt2") => {}
-            other => {
-                return Err(meta_err(
-                    origin,
-                    format!(
-                        "tokenizer model {other:?} is not supported (only byte-level BPE \"gpt2\")"
-                    ),
-                ))
-            }
-        }
-        let tokens = tk
-            .tokens
-            .ok_or_else(|| meta_err(origin, "missing the tokenizer's token list"))?;
-        let merges = tk
-            .merges
-            .ok_or_else(|| meta_err(origin, "missing the tokenizer's merges"))?;
-        let pre = match tk.pre.as_deref() {
-            Some("gpt-2") | Some("gpt2") => PreTokenizer::Gpt2,
-            _ => PreTokenizer::DigitsThenGpt2,
-        };
-        let mut tokenizer = Tokenizer::new(tokens, &merges, tk.token_types, pre)?;
-        tokenizer.bos = tk.bos_token_id;
-        tokenizer.eos = tk.eos_token_id;
-        tokenizer.add_bos = tk.add_bos_token.unwrap_or(false);
+        let tokenizer = Tokenizer::from_gguf(GgufTokenizer::read(g), origin)?;
 
         // Tensors.
         let tensor = |name: &str, rows: usize, cols: usize| -> Result<TensorRef, EngineError> {

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use crate::EngineError;
+use dhurandhar_checkpoint::GgufTokenizer;
 
 /// GGUF token type of control tokens (`<|im_start|>`, `<|endoftext|>`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -134,6 +135,37 @@ fn gpt2_split(text: &str, out: &mut Vec<(usize, usize)>, base: usize) {
 }
 
 impl Tokenizer {
+    /// Build the tokenizer a GGUF file describes (`origin` names the file in errors).
+    pub fn from_gguf(tk: GgufTokenizer, origin: &str) -> Result<Self, EngineError> {
+        let meta_err = |message: String| EngineError::Model {
+            path: origin.to_string(),
+            message,
+        };
+        match tk.model.as_deref() {
+            Some("gpt2") => {}
+            other => {
+                return Err(meta_err(format!(
+                    "tokenizer model {other:?} is not supported (only byte-level BPE \"gpt2\")"
+                )))
+            }
+        }
+        let tokens = tk
+            .tokens
+            .ok_or_else(|| meta_err("missing the tokenizer's token list".into()))?;
+        let merges = tk
+            .merges
+            .ok_or_else(|| meta_err("missing the tokenizer's merges".into()))?;
+        let pre = match tk.pre.as_deref() {
+            Some("gpt-2") | Some("gpt2") => PreTokenizer::Gpt2,
+            _ => PreTokenizer::DigitsThenGpt2,
+        };
+        let mut tokenizer = Tokenizer::new(tokens, &merges, tk.token_types, pre)?;
+        tokenizer.bos = tk.bos_token_id;
+        tokenizer.eos = tk.eos_token_id;
+        tokenizer.add_bos = tk.add_bos_token.unwrap_or(false);
+        Ok(tokenizer)
+    }
+
     /// Build from vocabulary, merges ("a b" strings, rank = index) and token types.
     pub fn new(
         tokens: Vec<String>,
