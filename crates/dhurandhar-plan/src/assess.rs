@@ -1,9 +1,19 @@
 //! Device verdicts: can the plan run resident, with the PLE mmap'd, with weights
 //! streamed from flash, or not at all — and how fast can it decode at best.
 //!
-//! The decode ceiling is `flash bandwidth / bytes read from flash per token`. It is an
-//! upper bound: it ignores compute, and uses the device's sequential bandwidth although
-//! page-sized random reads are slower on every flash part.
+//! Every mode has a decode ceiling: the minimum of three bounds, each an upper bound on
+//! tokens/s from one resource (they assume the other two overlap perfectly):
+//!
+//! - **flash**: `1 / (streamed_bytes / flash_bw + ple_pages × max(page / flash_bw, 1 / iops))`
+//!   — modes that read from flash only;
+//! - **memory bandwidth**: `memory_bw / ram_bytes_per_token` (weights at their stored
+//!   format, the KV cache at the planned context, the PLE and embedding rows, SSM state);
+//! - **compute**: `1 / (matmul_flops / int8_rate + attention_flops / f32_rate)` (f32
+//!   rate for the matmuls too when the weights are f16/bf16/f32).
+//!
+//! A device profile without a rate has that bound *unknown*: it is listed as unknown,
+//! never taken as infinite, the verdict rests on the known bounds and says which were not
+//! checked. A mode is viable when it fits RAM and its ceiling reaches the target.
 
 use dhurandhar_model::{ComponentBytes, ModelArchitecture};
 use serde::Serialize;
@@ -40,19 +50,74 @@ impl Mode {
     }
 }
 
+/// The resource a speed bound comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoundKind {
+    /// Flash reads (sequential bandwidth and random-read IOPS).
+    Flash,
+    /// RAM read bandwidth.
+    MemoryBandwidth,
+    /// CPU arithmetic.
+    Compute,
+}
+
+impl BoundKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BoundKind::Flash => "flash",
+            BoundKind::MemoryBandwidth => "memory_bandwidth",
+            BoundKind::Compute => "compute",
+        }
+    }
+
+    /// The words used in notes: `memory-bandwidth`.
+    pub fn words(self) -> &'static str {
+        match self {
+            BoundKind::Flash => "flash",
+            BoundKind::MemoryBandwidth => "memory-bandwidth",
+            BoundKind::Compute => "compute",
+        }
+    }
+}
+
+/// One speed bound: the work a token needs from one resource and the tokens/s the
+/// device's rate for it allows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bound {
+    pub kind: BoundKind,
+    /// Work per token: bytes (flash, memory_bandwidth) or FLOPs (compute).
+    pub per_token: f64,
+    /// `bytes` or `flop`.
+    pub unit: &'static str,
+    /// Tokens/s this resource allows; `None` when the device profile lacks its rate.
+    pub tps: Option<f64>,
+    /// The arithmetic in words.
+    pub note: String,
+}
+
 /// One mode evaluated on one device.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModeEval {
     pub mode: Mode,
-    /// Minimum RAM the mode needs.
+    /// Minimum RAM the mode needs (stream: fixed part + layer buffer, before caching).
     pub ram_bytes: u64,
-    /// Budget minus `ram_bytes` (negative = shortfall).
+    /// Budget minus what the mode uses (stream: minus its weight cache too, so a budget
+    /// spent on caching has no headroom left). Negative = shortfall.
     pub headroom_bytes: i64,
     pub fits_ram: bool,
     /// Bytes read from flash per decoded token.
     pub flash_bytes_per_token: u64,
-    /// Flash bandwidth / flash bytes per token; `None` when nothing is read from flash.
+    /// Decode ceiling: the minimum of the known bounds; `None` when none is known.
     pub decode_tps_ceiling: Option<f64>,
+    /// The bound that sets the ceiling.
+    pub binding_bound: Option<BoundKind>,
+    /// Prefill ceiling (prompt tokens/s over a prompt of the planned context).
+    pub prefill_tps_ceiling: Option<f64>,
+    /// Decode bounds, each with its per-token work.
+    pub bounds: Vec<Bound>,
+    /// Prefill bounds.
+    pub prefill_bounds: Vec<Bound>,
     /// Fits RAM and the ceiling reaches the target.
     pub viable: bool,
     pub note: String,
@@ -79,6 +144,18 @@ pub enum Change {
     WeightFormat(String),
 }
 
+impl Change {
+    /// What the change costs the user.
+    pub fn cost(&self) -> Cost {
+        match self {
+            Change::ContextTokens(_) => Cost::Context,
+            Change::StripAudio | Change::StripVision => Cost::Capability,
+            Change::KvBits(_) | Change::KvCodec { .. } | Change::WeightFormat(_) => Cost::Quality,
+            Change::PleHotTokens(_) => Cost::Speed,
+        }
+    }
+}
+
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -93,6 +170,17 @@ impl std::fmt::Display for Change {
     }
 }
 
+/// What a mitigation costs the user, cheapest first: a shorter context, an encoder left
+/// out, lower-fidelity weights or KV, slower decoding (more cold flash reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cost {
+    Context,
+    Capability,
+    Quality,
+    Speed,
+}
+
 /// Changes in words: `context_tokens=4096, strip_vision`.
 pub fn describe_changes(changes: &[Change]) -> String {
     let v: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
@@ -104,9 +192,12 @@ pub fn describe_changes(changes: &[Change]) -> String {
 pub struct Mitigation {
     /// The options to change together (one, or a combination when no single one works).
     pub change: Vec<Change>,
+    /// The dearest cost among the changes; mitigations are listed cheapest first.
+    pub cost: Cost,
     pub mode: Mode,
     pub headroom_bytes: i64,
     pub decode_tps_ceiling: Option<f64>,
+    pub binding_bound: Option<BoundKind>,
 }
 
 /// The verdict for one device.
@@ -116,17 +207,29 @@ pub struct DeviceAssessment {
     pub name: String,
     pub ram_budget_bytes: u64,
     pub flash_read_gbps: f64,
+    /// RAM bandwidth of the device (GB/s), when its profile gives it.
+    pub memory_bandwidth_gbps: Option<f64>,
     /// The cheapest viable mode (resident < mmap < stream), or infeasible.
     pub mode: Mode,
-    /// Headroom of the chosen mode; for infeasible, of the mode closest to fitting.
+    /// Headroom of the chosen mode. For infeasible: budget minus the RAM the closest
+    /// mode would need to reach the target (negative); when no amount of RAM reaches it
+    /// (a memory-bandwidth or compute bound below the target), the resident headroom,
+    /// and the note says RAM is not what is missing.
     pub headroom_bytes: i64,
     pub decode_tps_ceiling: Option<f64>,
+    /// The bound that sets the ceiling of the chosen (or closest) mode.
+    pub binding_bound: Option<BoundKind>,
+    pub prefill_tps_ceiling: Option<f64>,
     pub flash_bytes_per_token: u64,
+    /// Decode bounds of the chosen (or closest) mode.
+    pub bounds: Vec<Bound>,
+    /// Bounds the device profile gives no rate for: the verdict did not check them.
+    pub unchecked_bounds: Vec<BoundKind>,
     pub target_decode_tps: f64,
     pub notes: Vec<String>,
     /// Every mode that applies, evaluated.
     pub modes: Vec<ModeEval>,
-    /// For infeasible devices: single changes (or one combination) that make it work.
+    /// For infeasible devices: changes that make it work, cheapest cost first.
     pub mitigations: Vec<Mitigation>,
 }
 
@@ -134,12 +237,217 @@ fn mib(b: i128) -> String {
     format!("{:.0} MiB", b as f64 / MIB)
 }
 
+/// Bytes in the unit that shows them: `512 B`, `8.4 KiB`, `740 MiB`, `1.19 GiB`.
+fn bytes(b: f64) -> String {
+    if b < 1024.0 {
+        format!("{b:.0} B")
+    } else if b < MIB {
+        format!("{:.1} KiB", b / 1024.0)
+    } else if b < 1024.0 * MIB {
+        format!("{:.0} MiB", b / MIB)
+    } else {
+        format!("{:.2} GiB", b / (1024.0 * MIB))
+    }
+}
+
+/// FLOPs in G: `2.31 GFLOP`.
+fn gflop(f: f64) -> String {
+    if f >= 1e9 {
+        format!("{:.2} GFLOP", f / 1e9)
+    } else {
+        format!("{:.1} MFLOP", f / 1e6)
+    }
+}
+
 fn tps(x: Option<f64>) -> String {
     match x {
-        None => "not flash-bound".into(),
+        None => "unknown".into(),
         Some(t) if t >= 100.0 => format!("{t:.0} tok/s"),
         Some(t) => format!("{t:.1} tok/s"),
     }
+}
+
+/// `57.3 tok/s, memory-bandwidth bound`.
+fn ceiling_words(c: Option<f64>, b: Option<BoundKind>) -> String {
+    match (c, b) {
+        (Some(_), Some(k)) => format!("{}, {} bound", tps(c), k.words()),
+        _ => "speed unknown".into(),
+    }
+}
+
+/// The per-device rates, in base units, `None` where the profile is silent.
+struct Rates {
+    flash: f64,
+    iops: Option<f64>,
+    mem: Option<f64>,
+    f32: Option<f64>,
+    int8: Option<f64>,
+}
+
+impl Rates {
+    fn of(d: &DeviceProfile) -> Self {
+        Rates {
+            flash: d.flash_bytes_per_sec(),
+            iops: d.flash_random_read_iops,
+            mem: d.memory_bytes_per_sec(),
+            f32: d.compute_f32_gflops.map(|g| g * 1e9),
+            int8: d.compute_int8_gops.map(|g| g * 1e9),
+        }
+    }
+}
+
+/// The flash bound of `streamed` sequential bytes plus `pages` random page reads.
+fn flash_bound(r: &Rates, streamed: f64, pages: f64, page: f64) -> Bound {
+    let per_page = match r.iops {
+        Some(iops) => (page / r.flash).max(1.0 / iops),
+        None => page / r.flash,
+    };
+    let secs = streamed / r.flash + pages * per_page;
+    let per_token = streamed + pages * page;
+    let mut note = String::new();
+    if streamed > 0.0 {
+        note.push_str(&format!(
+            "{} of weights streamed at {} GB/s",
+            bytes(streamed),
+            fmt_bits(r.flash / 1e9)
+        ));
+    }
+    if pages > 0.0 {
+        if !note.is_empty() {
+            note.push_str(" + ");
+        }
+        match r.iops {
+            Some(iops) => note.push_str(&format!(
+                "{pages:.2} random {} page reads at {} IOPS",
+                bytes(page),
+                iops
+            )),
+            None => note.push_str(&format!(
+                "{pages:.2} random {} page reads at sequential speed (random-read IOPS unknown)",
+                bytes(page)
+            )),
+        }
+    }
+    Bound {
+        kind: BoundKind::Flash,
+        per_token,
+        unit: "bytes",
+        tps: (secs > 0.0).then(|| 1.0 / secs),
+        note,
+    }
+}
+
+fn memory_bound(r: &Rates, ram_bytes: f64, what: &str) -> Bound {
+    Bound {
+        kind: BoundKind::MemoryBandwidth,
+        per_token: ram_bytes,
+        unit: "bytes",
+        tps: r.mem.filter(|_| ram_bytes > 0.0).map(|bw| bw / ram_bytes),
+        note: match r.mem {
+            Some(bw) => format!(
+                "{} read from RAM ({what}) at {} GB/s",
+                bytes(ram_bytes),
+                fmt_bits(bw / 1e9)
+            ),
+            None => format!(
+                "{} read from RAM ({what}); memory bandwidth unknown",
+                bytes(ram_bytes)
+            ),
+        },
+    }
+}
+
+fn compute_bound(r: &Rates, matmul: f64, attention: f64, int8: bool) -> Bound {
+    let mm_rate = if int8 { r.int8 } else { r.f32 };
+    let secs = match (mm_rate, r.f32) {
+        (Some(m), Some(f)) => Some(matmul / m + attention / f),
+        _ => None,
+    };
+    let kind = if int8 { "int8" } else { "f32" };
+    Bound {
+        kind: BoundKind::Compute,
+        per_token: matmul + attention,
+        unit: "flop",
+        tps: secs.filter(|s| *s > 0.0).map(|s| 1.0 / s),
+        note: match secs {
+            Some(_) => format!(
+                "{} of {kind} matmuls + {} of f32 attention",
+                gflop(matmul),
+                gflop(attention)
+            ),
+            None => format!(
+                "{} of {kind} matmuls + {} of f32 attention; compute throughput unknown",
+                gflop(matmul),
+                gflop(attention)
+            ),
+        },
+    }
+}
+
+/// The minimum known bound and its kind.
+fn ceiling_of(bounds: &[Bound]) -> (Option<f64>, Option<BoundKind>) {
+    bounds
+        .iter()
+        .filter_map(|b| b.tps.map(|t| (t, b.kind)))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map_or((None, None), |(t, k)| (Some(t), Some(k)))
+}
+
+/// Decode and prefill bounds of a mode that streams `streamed` bytes and reads `pages`
+/// PLE pages from flash per token.
+fn mode_bounds(p: &MemoryPlan, r: &Rates, streamed: f64, pages: f64) -> (Vec<Bound>, Vec<Bound>) {
+    let t = &p.per_token;
+    let page = t.page_bytes as f64;
+    let mut decode = Vec::new();
+    if streamed > 0.0 || pages > 0.0 {
+        decode.push(flash_bound(r, streamed, pages, page));
+    }
+    decode.push(memory_bound(
+        r,
+        t.ram_bytes as f64,
+        "weights, KV cache at the context, PLE and embedding rows",
+    ));
+    decode.push(compute_bound(
+        r,
+        t.matmul_flops as f64,
+        t.attention_flops as f64,
+        t.matmul_int8,
+    ));
+    let chunk = t.prefill_chunk_tokens.max(1) as f64;
+    let mut prefill = Vec::new();
+    if streamed > 0.0 || pages > 0.0 {
+        // Weights stream once per chunk; every prompt token looks up its PLE row.
+        prefill.push(flash_bound(r, streamed / chunk, pages, page));
+    }
+    prefill.push(memory_bound(
+        r,
+        t.prefill_ram_bytes as f64,
+        "weights once per chunk, KV at the mean position",
+    ));
+    prefill.push(compute_bound(
+        r,
+        t.matmul_flops as f64,
+        t.prefill_attention_flops as f64,
+        t.matmul_int8,
+    ));
+    (decode, prefill)
+}
+
+/// Stream mode's split of a weight cache: the bytes one token still reads from flash
+/// when `cache` bytes of weights are cached. The cache pins dense weights first (every
+/// token needs them), then a uniform share of the experts. Tied embeddings are the LM
+/// head and stay resident (in the fixed part).
+fn streamed_bytes(p: &MemoryPlan, cache: u64) -> f64 {
+    let dense = (p.component("decoder_weights") + p.component("lm_head")) as f64;
+    let experts = p.component("experts") as f64;
+    let dense_cached = (cache as f64).min(dense);
+    let expert_cached = (cache as f64 - dense_cached).min(experts);
+    let expert_miss = if experts > 0.0 {
+        1.0 - expert_cached / experts
+    } else {
+        0.0
+    };
+    ((dense - dense_cached) + experts * p.expert_active_fraction * expert_miss).ceil()
 }
 
 /// Evaluate every mode of `plan` on `device` and pick the verdict.
@@ -149,63 +457,77 @@ pub fn assess(
     target_decode_tps: f64,
 ) -> DeviceAssessment {
     let budget = device.ram_budget_bytes();
-    let bw = device.flash_bytes_per_sec();
+    let rates = Rates::of(device);
     let head = |ram: u64| budget as i64 - ram as i64;
-    let ceiling = |bytes: u64| {
-        if bytes == 0 {
-            None
-        } else {
-            Some(bw / bytes as f64)
-        }
-    };
     let meets = |c: Option<f64>| c.is_none_or(|t| t >= target_decode_tps);
     let mut modes = Vec::new();
+    // RAM each mode would need to reach the target (None: no RAM size does).
+    let mut need: Vec<Option<u64>> = Vec::new();
+
+    let eval = |mode: Mode,
+                ram: u64,
+                headroom: i64,
+                streamed: f64,
+                pages: f64,
+                note: &dyn Fn(Option<f64>, Option<BoundKind>) -> String| {
+        let (bounds, prefill_bounds) = mode_bounds(plan, &rates, streamed, pages);
+        let (c, b) = ceiling_of(&bounds);
+        let (pc, _) = ceiling_of(&prefill_bounds);
+        let fits = ram <= budget;
+        ModeEval {
+            mode,
+            ram_bytes: ram,
+            headroom_bytes: headroom,
+            fits_ram: fits,
+            flash_bytes_per_token: (streamed + pages * plan.per_token.page_bytes as f64).ceil()
+                as u64,
+            decode_tps_ceiling: c,
+            binding_bound: b,
+            prefill_tps_ceiling: pc,
+            bounds,
+            prefill_bounds,
+            viable: fits && meets(c),
+            note: note(c, b),
+        }
+    };
 
     // Resident.
     let r = plan.totals.resident_bytes;
-    modes.push(ModeEval {
-        mode: Mode::Resident,
-        ram_bytes: r,
-        headroom_bytes: head(r),
-        fits_ram: r <= budget,
-        flash_bytes_per_token: 0,
-        decode_tps_ceiling: None,
-        viable: r <= budget,
-        note: if r <= budget {
-            format!("fits resident with {} headroom", mib(head(r) as i128))
+    let m = eval(Mode::Resident, r, head(r), 0.0, 0.0, &|c, b| {
+        if r <= budget {
+            format!(
+                "fits resident with {} headroom; ceiling {}",
+                mib(head(r) as i128),
+                ceiling_words(c, b)
+            )
         } else {
             format!(
                 "resident needs {}, short by {}",
                 mib(r as i128),
                 mib(-(head(r) as i128))
             )
-        },
+        }
     });
+    need.push(meets(m.decode_tps_ceiling).then_some(r));
+    modes.push(m);
 
     // PLE mmap'd.
-    let ple_flash = plan.per_token.ple_flash_bytes;
+    let pages = plan.per_token.ple_pages;
     if plan.has_ple {
-        let m = plan.totals.ple_mmap_bytes;
-        let c = ceiling(ple_flash);
-        let fits = m <= budget;
-        modes.push(ModeEval {
-            mode: Mode::Mmap,
-            ram_bytes: m,
-            headroom_bytes: head(m),
-            fits_ram: fits,
-            flash_bytes_per_token: ple_flash,
-            decode_tps_ceiling: c,
-            viable: fits && meets(c),
-            note: format!(
-                "PLE mmap'd ({} hot rows cached = {}): {} headroom; a cold token reads {:.2} pages = {} B of PLE -> ceiling {}",
+        let mm = plan.totals.ple_mmap_bytes;
+        let m = eval(Mode::Mmap, mm, head(mm), 0.0, pages, &|c, b| {
+            format!(
+                "PLE mmap'd ({} hot rows cached = {}): {} headroom; a cold token reads {:.2} pages = {} of PLE -> ceiling {}",
                 plan.ple_hot_tokens,
                 mib(plan.totals.ple_working_set_bytes as i128),
-                mib(head(m) as i128),
-                plan.per_token.ple_pages,
-                ple_flash,
-                tps(c)
-            ),
+                mib(head(mm) as i128),
+                pages,
+                bytes(plan.per_token.ple_flash_bytes as f64),
+                ceiling_words(c, b)
+            )
         });
+        need.push(meets(m.decode_tps_ceiling).then_some(mm));
+        modes.push(m);
     }
 
     // Weights streamed.
@@ -228,118 +550,163 @@ pub fn assess(
         } else {
             0
         };
-        // Per token: every dense weight (decoder + untied LM head), the active share of
-        // the experts. The cache pins dense weights first (every token needs them), then
-        // a uniform share of the experts. Tied embeddings are the LM head and stay
-        // resident (in `fixed`).
-        let dense = (plan.component("decoder_weights") + plan.component("lm_head")) as f64;
-        let experts = plan.component("experts") as f64;
-        let dense_cached = (cache as f64).min(dense);
-        let expert_cached = (cache as f64 - dense_cached).min(experts);
-        let expert_miss = if experts > 0.0 {
-            1.0 - expert_cached / experts
-        } else {
-            0.0
-        };
-        let flash = ((dense - dense_cached) + experts * plan.expert_active_fraction * expert_miss)
-            .ceil() as u64
-            + ple_flash;
+        let streamed = streamed_bytes(plan, cache);
+        let all_cached = streamed == 0.0;
         let cached_pct = 100.0 * cache as f64 / streamable as f64;
-        let c = ceiling(flash);
-        modes.push(ModeEval {
-            mode: Mode::Stream,
-            ram_bytes: min_ram,
-            headroom_bytes: head(min_ram),
-            fits_ram: fits,
-            flash_bytes_per_token: flash,
-            decode_tps_ceiling: c,
-            viable: fits && meets(c),
-            note: if fits {
-                format!(
-                    "weights streamed: needs {} (2-layer buffer {}), the other {} caches {:.0}% of {} of weights; a token reads {} from flash -> ceiling {}",
-                    mib(min_ram as i128),
-                    mib(buffer as i128),
-                    mib(head(min_ram) as i128),
-                    cached_pct,
-                    mib(streamable as i128),
-                    mib(flash as i128),
-                    tps(c)
-                )
-            } else {
-                format!(
-                    "even streaming the weights needs {}, short by {}",
-                    mib(min_ram as i128),
-                    mib(-(head(min_ram) as i128))
-                )
+        let mut m = eval(
+            Mode::Stream,
+            min_ram,
+            head(min_ram + cache),
+            streamed,
+            pages,
+            &|c, b| {
+                if !fits {
+                    format!(
+                        "even streaming the weights needs {}, short by {}",
+                        mib(min_ram as i128),
+                        mib(-(head(min_ram) as i128))
+                    )
+                } else if all_cached {
+                    format!(
+                        "nothing to stream: the budget caches all {} of weights, which is the {} plan plus a {} layer buffer",
+                        mib(streamable as i128),
+                        if plan.has_ple { "mmap" } else { "resident" },
+                        mib(buffer as i128)
+                    )
+                } else {
+                    format!(
+                        "weights streamed: needs {} (2-layer buffer {}), the other {} caches {:.0}% of {} of weights; a token reads {} of weights from flash -> ceiling {}",
+                        mib(min_ram as i128),
+                        mib(buffer as i128),
+                        mib((budget - min_ram) as i128),
+                        cached_pct,
+                        mib(streamable as i128),
+                        bytes(streamed),
+                        ceiling_words(c, b)
+                    )
+                }
             },
-        });
+        );
+        // Streaming nothing is the mmap (or resident) plan with a spare buffer: never
+        // the better choice, so not offered.
+        if all_cached {
+            m.viable = false;
+        }
+        // The smallest cache whose flash bound reaches the target (bounds other than
+        // flash do not depend on the cache).
+        let reach = |cache: u64| {
+            let (b, _) = mode_bounds(plan, &rates, streamed_bytes(plan, cache), pages);
+            meets(ceiling_of(&b).0) && streamed_bytes(plan, cache) > 0.0
+        };
+        let stream_need = if reach(streamable.saturating_sub(1)) {
+            let (mut lo, mut hi) = (0u64, streamable - 1);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if reach(mid) {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            Some(min_ram + lo)
+        } else {
+            None
+        };
+        need.push(stream_need);
+        modes.push(m);
     }
 
     let chosen = modes.iter().find(|m| m.viable).cloned();
     let mut notes = Vec::new();
-    let (mode, headroom, ceil, flash) = match &chosen {
+    let (mode, headroom, pick) = match &chosen {
         Some(m) => {
             notes.push(m.note.clone());
-            (
-                m.mode,
-                m.headroom_bytes,
-                m.decode_tps_ceiling,
-                m.flash_bytes_per_token,
-            )
+            (m.mode, m.headroom_bytes, m.clone())
         }
         None => {
-            // Closest to working: a mode that fits but is too slow, else the smallest shortfall.
-            let fitting = modes.iter().filter(|m| m.fits_ram).max_by(|a, b| {
-                a.decode_tps_ceiling
-                    .unwrap_or(f64::INFINITY)
-                    .total_cmp(&b.decode_tps_ceiling.unwrap_or(f64::INFINITY))
-            });
-            match fitting {
-                Some(m) => {
-                    notes.push(format!(
-                        "fits RAM only as {} ({} headroom), but the flash ceiling {} is below the {} tok/s target",
-                        m.mode.as_str(),
-                        mib(m.headroom_bytes as i128),
-                        tps(m.decode_tps_ceiling),
-                        fmt_bits(target_decode_tps)
-                    ));
-                    (
-                        Mode::Infeasible,
-                        m.headroom_bytes,
-                        m.decode_tps_ceiling,
-                        m.flash_bytes_per_token,
-                    )
+            let closest = modes
+                .iter()
+                .zip(&need)
+                .filter_map(|(m, n)| n.map(|n| (m, n)))
+                .min_by_key(|(_, n)| *n);
+            match closest {
+                Some((m, n)) => {
+                    let h = head(n);
+                    if m.fits_ram {
+                        notes.push(format!(
+                            "fits RAM as {}, but its ceiling ({}) is below the {} tok/s target; reaching it needs {} of RAM, short by {}",
+                            m.mode.as_str(),
+                            ceiling_words(m.decode_tps_ceiling, m.binding_bound),
+                            fmt_bits(target_decode_tps),
+                            mib(n as i128),
+                            mib(-(h as i128))
+                        ));
+                    } else {
+                        notes.push(format!(
+                            "insufficient RAM: the closest mode ({}) needs {}, short by {}",
+                            m.mode.as_str(),
+                            mib(n as i128),
+                            mib(-(h as i128))
+                        ));
+                    }
+                    (Mode::Infeasible, h, m.clone())
                 }
                 None => {
-                    let best = modes
+                    // No RAM size reaches the target: the fastest mode is too slow.
+                    let fastest = modes
                         .iter()
-                        .max_by_key(|m| m.headroom_bytes)
+                        .max_by(|a, b| {
+                            a.decode_tps_ceiling
+                                .unwrap_or(0.0)
+                                .total_cmp(&b.decode_tps_ceiling.unwrap_or(0.0))
+                        })
                         .expect("resident mode is always evaluated");
+                    let ram = if fastest.fits_ram {
+                        "more RAM would not help".to_string()
+                    } else {
+                        format!(
+                            "it is also short of RAM by {}",
+                            mib(-(fastest.headroom_bytes as i128))
+                        )
+                    };
                     notes.push(format!(
-                        "insufficient RAM in every mode: the smallest ({}) needs {}, short by {}",
-                        best.mode.as_str(),
-                        mib(best.ram_bytes as i128),
-                        mib(-(best.headroom_bytes as i128))
+                        "too slow at any RAM size: the fastest mode ({}) decodes at most {}, below the {} tok/s target; {ram}",
+                        fastest.mode.as_str(),
+                        ceiling_words(fastest.decode_tps_ceiling, fastest.binding_bound),
+                        fmt_bits(target_decode_tps)
                     ));
-                    (
-                        Mode::Infeasible,
-                        best.headroom_bytes,
-                        None,
-                        best.flash_bytes_per_token,
-                    )
+                    (Mode::Infeasible, modes[0].headroom_bytes, fastest.clone())
                 }
             }
         }
     };
+    let unchecked: Vec<BoundKind> = pick
+        .bounds
+        .iter()
+        .filter(|b| b.tps.is_none())
+        .map(|b| b.kind)
+        .collect();
+    if !unchecked.is_empty() {
+        let names: Vec<&str> = unchecked.iter().map(|k| k.words()).collect();
+        notes.push(format!(
+            "unchecked: the device profile gives no rate for the {} bound",
+            names.join(" or ")
+        ));
+    }
     DeviceAssessment {
         slug: device.slug.clone(),
         name: device.name.clone(),
         ram_budget_bytes: budget,
         flash_read_gbps: device.flash_read_gbps,
+        memory_bandwidth_gbps: device.memory_bandwidth_gbps,
         mode,
         headroom_bytes: headroom,
-        decode_tps_ceiling: ceil,
-        flash_bytes_per_token: flash,
+        decode_tps_ceiling: pick.decode_tps_ceiling,
+        binding_bound: pick.binding_bound,
+        prefill_tps_ceiling: pick.prefill_tps_ceiling,
+        flash_bytes_per_token: pick.flash_bytes_per_token,
+        bounds: pick.bounds,
+        unchecked_bounds: unchecked,
         target_decode_tps,
         notes,
         modes,
@@ -380,14 +747,22 @@ fn verdict_for(
 
 fn mitigation(change: Vec<Change>, a: DeviceAssessment) -> Mitigation {
     Mitigation {
+        cost: change
+            .iter()
+            .map(Change::cost)
+            .max()
+            .unwrap_or(Cost::Context),
         change,
         mode: a.mode,
         headroom_bytes: a.headroom_bytes,
         decode_tps_ceiling: a.decode_tps_ceiling,
+        binding_bound: a.binding_bound,
     }
 }
 
-/// Single changes that make `device` work, then one combination if none does alone.
+/// Changes that make `device` work, cheapest cost to the user first (see [`Cost`]): single
+/// changes, then one combination if none works alone. A shorter context is offered only
+/// down to `opts.min_context_tokens`.
 pub fn mitigations(
     arch: &ModelArchitecture,
     weights: Option<&ComponentBytes>,
@@ -396,7 +771,8 @@ pub fn mitigations(
     target: f64,
 ) -> Vec<Mitigation> {
     let mut out = Vec::new();
-    // Largest context that works (memory grows monotonically with context).
+    let min_ctx = opts.min_context_tokens.max(1);
+    // Largest context that works (memory and per-token work grow with context).
     let try_ctx = |c: u64| {
         let o = PlanOptions {
             context_tokens: c,
@@ -404,8 +780,8 @@ pub fn mitigations(
         };
         verdict_for(arch, weights, &o, device, target)
     };
-    if opts.context_tokens > 1 && try_ctx(1).is_some() {
-        let (mut lo, mut hi) = (1u64, opts.context_tokens - 1);
+    if opts.context_tokens > min_ctx && try_ctx(min_ctx).is_some() {
+        let (mut lo, mut hi) = (min_ctx, opts.context_tokens - 1);
         while lo < hi {
             let mid = lo + (hi - lo).div_ceil(2);
             if try_ctx(mid).is_some() {
@@ -414,7 +790,12 @@ pub fn mitigations(
                 hi = mid - 1;
             }
         }
-        let c = if lo >= 1024 { lo / 256 * 256 } else { lo };
+        // A round number when that stays above the floor.
+        let c = if lo / 256 * 256 >= min_ctx {
+            lo / 256 * 256
+        } else {
+            lo
+        };
         if let Some(a) = try_ctx(c) {
             out.push(mitigation(vec![Change::ContextTokens(c)], a));
         }
@@ -511,9 +892,10 @@ pub fn mitigations(
     if out.is_empty() {
         let mut o = opts.clone();
         let mut changes = Vec::new();
-        if o.context_tokens > 4096 {
-            o.context_tokens = 4096;
-            changes.push(Change::ContextTokens(4096));
+        let short = 4096.max(min_ctx);
+        if o.context_tokens > short {
+            o.context_tokens = short;
+            changes.push(Change::ContextTokens(short));
         }
         if o.kv_bits > 2.0 && kv_available(2.0) {
             o.kv_bits = 2.0;
@@ -543,6 +925,7 @@ pub fn mitigations(
             }
         }
     }
+    out.sort_by_key(|m| m.cost);
     out
 }
 
@@ -550,11 +933,17 @@ pub fn mitigations(
 /// for the report, as flags in the CLI).
 pub fn summary_line(a: &DeviceAssessment, changes: &dyn Fn(&[Change]) -> String) -> String {
     if a.mode != Mode::Infeasible {
+        let unchecked = if a.unchecked_bounds.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = a.unchecked_bounds.iter().map(|k| k.words()).collect();
+            format!("; {} unchecked", names.join(", "))
+        };
         return format!(
-            "GO    {}: {} ({})",
+            "GO    {}: {} ({}{unchecked})",
             a.slug,
             a.mode.as_str(),
-            tps(a.decode_tps_ceiling)
+            ceiling_words(a.decode_tps_ceiling, a.binding_bound)
         );
     }
     let fix = if a.mitigations.is_empty() {

@@ -4,10 +4,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{did_you_mean, PlanError};
 
-/// A deployment target: how much RAM the model may use and how fast flash reads.
+/// A deployment target: how much RAM the model may use, how fast flash and memory read,
+/// and how fast the CPU multiplies.
 ///
 /// YAML profiles use the Python tool's field names (`name`, `ram_budget_mb`,
-/// `flash_read_gbps`, `supports_npu`, `notes`), so its device files load unchanged.
+/// `flash_read_gbps`, `supports_npu`, `notes`), so its device files load unchanged. The
+/// speed fields are optional: a profile without one has that decode bound *unknown*
+/// (reported as such and never taken as infinite; see [`crate::assess`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceProfile {
@@ -20,13 +23,41 @@ pub struct DeviceProfile {
     pub ram_budget_mb: f64,
     /// Sequential flash read bandwidth in GB/s (10^9 bytes per second).
     pub flash_read_gbps: f64,
+    /// 4 KiB random reads per second at queue depth 1: what a cold mmap page fault costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flash_random_read_iops: Option<f64>,
+    /// RAM read bandwidth in GB/s (10^9 bytes per second): every byte a token touches in
+    /// RAM crosses it once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bandwidth_gbps: Option<f64>,
+    /// f32 throughput of all cores together, 10^9 FLOP/s (a multiply-add is 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_f32_gflops: Option<f64>,
+    /// int8 dot-product throughput of all cores together, 10^9 ops/s (a multiply-add is
+    /// 2): the rate of quantized matmuls, whose activations are quantized to int8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_int8_gops: Option<f64>,
+    /// CPU cores the compute figures use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<u32>,
     #[serde(default)]
     pub supports_npu: bool,
     #[serde(default)]
     pub notes: String,
+    /// Where every number comes from; estimates say so.
+    #[serde(default)]
+    pub source: String,
+    /// When the numbers were measured (a probed host), RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_at: Option<String>,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// Upper limits that catch unit mistakes (a GB/s figure typed in MB/s).
+const MAX_GBPS: f64 = 1e4;
+const MAX_GFLOPS: f64 = 1e7;
+const MAX_IOPS: f64 = 1e8;
 
 impl DeviceProfile {
     /// RAM budget in bytes.
@@ -39,7 +70,12 @@ impl DeviceProfile {
         self.flash_read_gbps * 1e9
     }
 
-    /// Reject values the math cannot use: no RAM, no flash, NaN.
+    /// RAM bandwidth in bytes per second, when known.
+    pub fn memory_bytes_per_sec(&self) -> Option<f64> {
+        self.memory_bandwidth_gbps.map(|g| g * 1e9)
+    }
+
+    /// Reject values the math cannot use: no RAM, no flash, NaN, zero or absurd rates.
     pub fn validate(&self) -> Result<(), PlanError> {
         let dev = if self.slug.is_empty() {
             &self.name
@@ -73,7 +109,7 @@ impl DeviceProfile {
         }
         if !(self.flash_read_gbps.is_finite()
             && self.flash_read_gbps > 0.0
-            && self.flash_read_gbps < 1e4)
+            && self.flash_read_gbps < MAX_GBPS)
         {
             return bad(
                 "flash_read_gbps",
@@ -82,6 +118,45 @@ impl DeviceProfile {
                     self.flash_read_gbps
                 ),
             );
+        }
+        let rates: [(&'static str, Option<f64>, f64, &str); 4] = [
+            (
+                "memory_bandwidth_gbps",
+                self.memory_bandwidth_gbps,
+                MAX_GBPS,
+                "GB/s",
+            ),
+            (
+                "compute_f32_gflops",
+                self.compute_f32_gflops,
+                MAX_GFLOPS,
+                "GFLOP/s",
+            ),
+            (
+                "compute_int8_gops",
+                self.compute_int8_gops,
+                MAX_GFLOPS,
+                "Gop/s",
+            ),
+            (
+                "flash_random_read_iops",
+                self.flash_random_read_iops,
+                MAX_IOPS,
+                "reads/s",
+            ),
+        ];
+        for (field, v, max, unit) in rates {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0 && v < max) {
+                    return bad(
+                        field,
+                        format!("must be a positive number of {unit} below {max:e}, got {v}"),
+                    );
+                }
+            }
+        }
+        if self.cpu_cores == Some(0) {
+            return bad("cpu_cores", "must be at least 1".into());
         }
         Ok(())
     }
@@ -107,76 +182,71 @@ impl DeviceProfile {
         Ok(d)
     }
 
-    /// An ad-hoc device from its two numbers.
+    /// The profile as YAML that [`DeviceProfile::from_yaml_str`] reads back.
+    pub fn to_yaml(&self) -> Result<String, PlanError> {
+        serde_yaml_ng::to_string(self).map_err(|e| PlanError::Parse {
+            origin: self.slug.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// An ad-hoc device from its two numbers; its memory-bandwidth and compute bounds
+    /// are unknown unless set afterwards.
     pub fn custom(ram_budget_mb: f64, flash_read_gbps: f64) -> Result<Self, PlanError> {
         let d = DeviceProfile {
             slug: "custom".into(),
             name: format!("Custom ({ram_budget_mb} MiB, {flash_read_gbps} GB/s)"),
             ram_budget_mb,
             flash_read_gbps,
+            flash_random_read_iops: None,
+            memory_bandwidth_gbps: None,
+            compute_f32_gflops: None,
+            compute_int8_gops: None,
+            cpu_cores: None,
             supports_npu: false,
             notes: "ad-hoc device given by its RAM budget and flash bandwidth".into(),
+            source: "given on the command line".into(),
+            measured_at: None,
         };
         d.validate()?;
         Ok(d)
     }
 }
 
-fn dev(slug: &str, name: &str, ram: f64, gbps: f64, npu: bool, notes: &str) -> DeviceProfile {
-    DeviceProfile {
-        slug: slug.into(),
-        name: name.into(),
-        ram_budget_mb: ram,
-        flash_read_gbps: gbps,
-        supports_npu: npu,
-        notes: notes.into(),
-    }
+/// (slug, YAML text), sorted by slug: each file names the source of every number.
+const BUILTIN: &[(&str, &str)] = &[
+    (
+        "high_end_mobile_ufs4",
+        include_str!("../devices/high_end_mobile_ufs4.yaml"),
+    ),
+    ("laptop_nvme", include_str!("../devices/laptop_nvme.yaml")),
+    (
+        "low_tier_mobile_emmc",
+        include_str!("../devices/low_tier_mobile_emmc.yaml"),
+    ),
+    (
+        "mid_tier_mobile_ufs3",
+        include_str!("../devices/mid_tier_mobile_ufs3.yaml"),
+    ),
+    ("tablet_ufs3", include_str!("../devices/tablet_ufs3.yaml")),
+];
+
+/// The YAML of a built-in device (a starting point for one's own).
+pub fn builtin_device_yaml(slug: &str) -> Option<&'static str> {
+    BUILTIN
+        .iter()
+        .find(|(s, _)| s.eq_ignore_ascii_case(slug.trim()))
+        .map(|(_, y)| *y)
 }
 
-/// The built-in devices, sorted by slug (the Python tool's five).
+/// The built-in devices, sorted by slug (the Python tool's five, with sourced speeds).
 pub fn builtin_devices() -> Vec<DeviceProfile> {
-    vec![
-        dev(
-            "high_end_mobile_ufs4",
-            "High-end Mobile (UFS 4.0)",
-            2048.0,
-            4.2,
-            true,
-            "Flagship phone: UFS 4.0 flash, NPU",
-        ),
-        dev(
-            "laptop_nvme",
-            "Laptop (NVMe PCIe 4.0)",
-            8192.0,
-            7.0,
-            true,
-            "Ample RAM and fast flash",
-        ),
-        dev(
-            "low_tier_mobile_emmc",
-            "Low-tier Mobile (eMMC 5.1)",
-            1024.0,
-            0.4,
-            false,
-            "Entry phone: eMMC 5.1, no NPU; flash reads are slow",
-        ),
-        dev(
-            "mid_tier_mobile_ufs3",
-            "Mid-tier Mobile (UFS 3.1)",
-            1536.0,
-            2.1,
-            true,
-            "Mid-range phone: UFS 3.1 flash, NPU",
-        ),
-        dev(
-            "tablet_ufs3",
-            "Tablet (UFS 3.1)",
-            3072.0,
-            2.0,
-            false,
-            "More RAM than a phone, mid-range flash",
-        ),
-    ]
+    BUILTIN
+        .iter()
+        .map(|(slug, y)| {
+            DeviceProfile::from_yaml_str(y, slug, slug).expect("built-in device YAML is valid")
+        })
+        .collect()
 }
 
 /// Built-in device by slug (case-insensitive).
@@ -269,6 +339,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ram_budget_mbb") && e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn builtins_have_every_speed_and_a_source() {
+        for d in builtin_devices() {
+            assert!(d.memory_bandwidth_gbps.is_some(), "{}", d.slug);
+            assert!(d.compute_f32_gflops.is_some() && d.compute_int8_gops.is_some());
+            assert!(d.flash_random_read_iops.is_some() && d.cpu_cores.is_some());
+            assert!(d.source.contains("memory_bandwidth_gbps"), "{}", d.slug);
+            assert!(builtin_device_yaml(&d.slug).is_some());
+        }
+    }
+
+    #[test]
+    fn old_profile_loads_with_unknown_speeds_and_round_trips() {
+        let y = "name: old\nram_budget_mb: 2048\nflash_read_gbps: 2\n";
+        let d = DeviceProfile::from_yaml_str(y, "old.yaml", "old").unwrap();
+        assert_eq!(d.memory_bandwidth_gbps, None);
+        assert_eq!(d.compute_int8_gops, None);
+        let full = builtin_device("laptop_nvme").unwrap();
+        let back = DeviceProfile::from_yaml_str(&full.to_yaml().unwrap(), "x", "x").unwrap();
+        assert_eq!(back, full);
+    }
+
+    #[test]
+    fn bad_speed_fields_are_named() {
+        let e = |extra: &str| {
+            let y = format!("name: x\nram_budget_mb: 10\nflash_read_gbps: 1\n{extra}\n");
+            DeviceProfile::from_yaml_str(&y, "d.yaml", "d")
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e("memory_bandwidth_gbps: 0").contains("memory_bandwidth_gbps"));
+        assert!(e("compute_f32_gflops: -3").contains("compute_f32_gflops"));
+        assert!(e("compute_int8_gops: .nan").contains("compute_int8_gops"));
+        assert!(e("flash_random_read_iops: 0").contains("flash_random_read_iops"));
+        assert!(e("cpu_cores: 0").contains("cpu_cores"));
+        let typo = e("memory_bandwith_gbps: 10");
+        assert!(
+            typo.contains("memory_bandwith_gbps") && typo.contains("line"),
+            "{typo}"
+        );
     }
 
     #[test]

@@ -23,10 +23,13 @@ mod params;
 mod plan;
 
 pub use assess::{
-    analyze, assess, describe_changes, mitigations, summary_line, Analysis, Change,
-    DeviceAssessment, Mitigation, Mode, ModeEval, Summary,
+    analyze, assess, describe_changes, mitigations, summary_line, Analysis, Bound, BoundKind,
+    Change, Cost, DeviceAssessment, Mitigation, Mode, ModeEval, Summary,
 };
-pub use device::{budget_presets, builtin_device, builtin_devices, BudgetPreset, DeviceProfile};
+pub use device::{
+    budget_presets, builtin_device, builtin_device_yaml, builtin_devices, BudgetPreset,
+    DeviceProfile,
+};
 pub use error::PlanError;
 pub use format::{Grouping, WeightFormat};
 pub use kvcost::{KvCodecCost, KvCodecWidth, KvHeadCost, KvRoleCost};

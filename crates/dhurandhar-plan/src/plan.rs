@@ -51,6 +51,8 @@ pub struct PlanOptions {
     pub activation_bytes: u64,
     /// Override the profile's runtime overhead (MiB).
     pub runtime_overhead_mb: Option<f64>,
+    /// The shortest context a mitigation may propose: below it a model is of little use.
+    pub min_context_tokens: u64,
 }
 
 impl Default for PlanOptions {
@@ -68,6 +70,7 @@ impl Default for PlanOptions {
             prefill_chunk_tokens: 512,
             activation_bytes: 4,
             runtime_overhead_mb: None,
+            min_context_tokens: 1024,
         }
     }
 }
@@ -119,6 +122,12 @@ impl PlanOptions {
         if !(1..=8).contains(&self.activation_bytes) {
             return Err(PlanError::option("activation bytes", "must be in 1..=8"));
         }
+        if self.min_context_tokens == 0 {
+            return Err(PlanError::option(
+                "minimum context tokens",
+                "must be at least 1",
+            ));
+        }
         if let Some(r) = self.runtime_overhead_mb {
             if !(r.is_finite() && r >= 0.0) {
                 return Err(PlanError::option("runtime overhead", "must be >= 0 MiB"));
@@ -155,7 +164,9 @@ pub struct Totals {
     pub streamable_weight_bytes: u64,
 }
 
-/// Per-token flash traffic figures.
+/// What one token costs: flash traffic (PLE), RAM traffic and arithmetic, for decode at
+/// the planned context and for a prefill of the whole context. The device turns these
+/// into tokens/s bounds ([`crate::assess`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PerToken {
     /// Raw PLE bytes one token needs (layers × ple_dim × bits / 8).
@@ -169,6 +180,32 @@ pub struct PerToken {
     pub weight_bytes: u64,
     /// Page size the flash reads are counted in.
     pub page_bytes: u64,
+    /// One row of the token-embedding table (the input lookup).
+    pub embedding_row_bytes: u64,
+    /// The whole KV cache at the planned context: the last token attends over all of it.
+    pub kv_read_bytes: u64,
+    /// SSM state read and written back (2 × its size).
+    pub ssm_state_bytes: u64,
+    /// Bytes one decode step reads from RAM: `weight_bytes + kv_read_bytes +
+    /// ple_row_bytes + embedding_row_bytes + ssm_state_bytes`.
+    pub ram_bytes: u64,
+    /// Matmul FLOPs per decoded token: 2 × the weights one token uses (a multiply-add
+    /// per weight; tied embeddings count as the LM head).
+    pub matmul_flops: u64,
+    /// Attention FLOPs per decoded token at the planned context: 4 × heads × head_dim ×
+    /// attended tokens per attention layer (QKᵀ and AV, window-capped).
+    pub attention_flops: u64,
+    /// True when matmuls run on int8 dot products (weights stored in ≤ 8.5 bits per
+    /// weight, activations quantized to int8); false for f16/bf16/f32 weights (f32 math).
+    pub matmul_int8: bool,
+    /// Prefill: attention FLOPs per prompt token, averaged over a prompt of the planned
+    /// context (token t attends min(t, window) tokens).
+    pub prefill_attention_flops: u64,
+    /// Prefill: RAM bytes per prompt token: the weights once per chunk plus, per chunk,
+    /// the KV cache read at the mean position: `(weight_bytes + kv_read_bytes / 2) / chunk`.
+    pub prefill_ram_bytes: u64,
+    /// Prompt tokens per chunk (the weights are read once per chunk).
+    pub prefill_chunk_tokens: u64,
 }
 
 /// A published file size next to our estimate of the same thing.
@@ -590,6 +627,41 @@ pub fn plan(
     // Tied embeddings are the LM head: the whole matrix is read each token.
     let lm_read = if arch.embeddings_tied { tok } else { lm };
     let per_token_weights = dec as f64 + experts as f64 * expert_frac + lm_read as f64;
+    let weight_bytes = per_token_weights.round() as u64;
+    let embedding_row_bytes = if arch.vocab_size > 0 {
+        tok.div_ceil(arch.vocab_size)
+    } else {
+        0
+    };
+    let ssm_state_bytes = 2 * comps
+        .iter()
+        .find(|c| c.name == "ssm_state")
+        .map_or(0, |c| c.bytes);
+    let ram_bytes = weight_bytes
+        .saturating_add(kv)
+        .saturating_add(ple_row_bytes.ceil() as u64)
+        .saturating_add(embedding_row_bytes)
+        .saturating_add(ssm_state_bytes);
+    let lm_params = if arch.embeddings_tied {
+        p.token_embeddings
+    } else {
+        p.lm_head
+    };
+    let matmul_flops = 2 * (p.decoder as u128 + p.experts_active as u128 + lm_params as u128);
+    let nh = arch.num_attention_heads as u128;
+    let (mut attn_flops, mut prefill_attn) = (0u128, 0f64);
+    for l in layers
+        .iter()
+        .filter(|l| l.attention != dhurandhar_model::AttentionKind::None)
+    {
+        let per_token = 4 * nh * l.head_dim as u128;
+        let attended = l.window.map_or(ctx, |w| ctx.min(w));
+        attn_flops += per_token * attended as u128;
+        prefill_attn += per_token as f64 * mean_attended(ctx, l.window);
+    }
+    let chunk_tokens = opts.prefill_chunk_tokens.min(ctx).max(1);
+    let prefill_ram = (weight_bytes as f64 + kv as f64 / 2.0) / chunk_tokens as f64;
+    let sat = |x: u128| x.min(u64::MAX as u128) as u64;
 
     let mut published = Vec::new();
     if arch.published_decoder_gb > 0.0 {
@@ -637,8 +709,18 @@ pub fn plan(
             ple_row_bytes,
             ple_pages,
             ple_flash_bytes,
-            weight_bytes: per_token_weights.round() as u64,
+            weight_bytes,
             page_bytes: opts.page_bytes,
+            embedding_row_bytes,
+            kv_read_bytes: kv,
+            ssm_state_bytes,
+            ram_bytes,
+            matmul_flops: sat(matmul_flops),
+            attention_flops: sat(attn_flops),
+            matmul_int8: bpw_of_weights(exact, bpw, dec + experts + tok + lm, &p) <= 8.5,
+            prefill_attention_flops: prefill_attn.round() as u64,
+            prefill_ram_bytes: prefill_ram.ceil() as u64,
+            prefill_chunk_tokens: chunk_tokens,
         },
         components: comps,
         params: p,
@@ -648,6 +730,30 @@ pub fn plan(
         published,
         warnings,
     })
+}
+
+/// Mean tokens attended over a prompt of `ctx` tokens where token t (1-based) attends
+/// min(t, window): (ctx + 1) / 2 without a window.
+fn mean_attended(ctx: u64, window: Option<u64>) -> f64 {
+    let n = ctx as f64;
+    match window {
+        Some(w) if w < ctx => {
+            let w = w as f64;
+            (w * (w + 1.0) / 2.0 + (n - w) * w) / n
+        }
+        _ => (n + 1.0) / 2.0,
+    }
+}
+
+/// Bits per stored weight: the format's, or for a checkpoint its weight bytes over the
+/// text parameters (what decides int8 vs f32 matmuls).
+fn bpw_of_weights(exact: bool, bpw: f64, weight_bytes: u64, p: &ParamCounts) -> f64 {
+    let params = p.decoder + p.experts + p.token_embeddings + p.lm_head;
+    if exact && params > 0 {
+        weight_bytes as f64 * 8.0 / params as f64
+    } else {
+        bpw
+    }
 }
 
 /// Live values per token while one layer runs a prefill chunk: the residual stream and

@@ -9,7 +9,10 @@ use crate::plan::select_devices;
 use crate::{Error, Result};
 
 /// Version of the [`ModelsReport`] and [`DevicesReport`] documents.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: devices gain `memory_bandwidth_gbps`, `compute_f32_gflops`, `compute_int8_gops`,
+/// `cpu_cores`, `flash_random_read_iops` (absent when unknown), `source` and, for a probed
+/// host, `measured_at`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Row width at which per-channel formats are priced in the listing (`analyze` uses the
 /// model's hidden size).
@@ -45,6 +48,14 @@ pub fn model_yaml(name: &str) -> Result<String> {
         "model",
         format!("unknown model `{name}`{hint}"),
     ))
+}
+
+/// The YAML of one built-in device, with the source of every number.
+pub fn device_yaml(slug: &str) -> Result<String> {
+    let d = dhurandhar_plan::builtin_device(slug)?;
+    Ok(dhurandhar_plan::builtin_device_yaml(&d.slug)
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// One weight format with its bits per weight at [`LISTING_ROW`].

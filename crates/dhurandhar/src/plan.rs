@@ -28,7 +28,13 @@ use crate::{Error, Result};
 /// Version of the [`AnalyzeReport`] document; bumped on any incompatible change.
 /// 2: a mitigation's `change` is a list of typed [`Change`]s (was a flag string) and
 /// summary lines name options in words.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: speed bounds. Devices and modes carry `bounds` (flash / memory_bandwidth / compute,
+/// each with its per-token work), `binding_bound`, `prefill_tps_ceiling` and
+/// `unchecked_bounds`; `decode_tps_ceiling` is the minimum of the bounds (resident has one
+/// now); an infeasible device's `headroom_bytes` is budget minus the RAM it needs to
+/// reach the target; stream headroom counts its weight cache as used; mitigations carry
+/// `cost` and are sorted by it; `per_token` gains RAM bytes and FLOPs.
+pub const SCHEMA_VERSION: u32 = 3;
 /// The model planned when none is named.
 pub const DEFAULT_MODEL: &str = "gemma4-e2b";
 /// int4 with per-channel scales: the format of the LiteRT-LM checkpoints whose
@@ -95,6 +101,8 @@ pub struct AnalyzeOptions {
     pub prefill_chunk: u64,
     /// Runtime overhead in MiB instead of the profile's.
     pub runtime_overhead_mb: Option<f64>,
+    /// Shortest context a mitigation may propose (a shorter one is of little use).
+    pub min_context_tokens: u64,
 }
 
 impl Default for AnalyzeOptions {
@@ -115,6 +123,7 @@ impl Default for AnalyzeOptions {
             page_kib: 4,
             prefill_chunk: 512,
             runtime_overhead_mb: None,
+            min_context_tokens: 1024,
         }
     }
 }
@@ -213,6 +222,7 @@ pub fn plan_options(opts: &AnalyzeOptions, arch: &ModelArchitecture) -> Result<P
         prefill_chunk_tokens: opts.prefill_chunk,
         activation_bytes: 4,
         runtime_overhead_mb: opts.runtime_overhead_mb,
+        min_context_tokens: opts.min_context_tokens,
     })
 }
 

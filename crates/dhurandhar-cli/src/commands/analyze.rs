@@ -96,6 +96,10 @@ pub struct Args {
     #[arg(long, allow_negative_numbers = true)]
     pub runtime_overhead_mb: Option<f64>,
 
+    /// Shortest context a suggested fix may propose.
+    #[arg(long, default_value_t = 1024)]
+    pub min_context_tokens: u64,
+
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -129,6 +133,7 @@ impl Args {
             page_kib: self.page_kib,
             prefill_chunk: self.prefill_chunk,
             runtime_overhead_mb: self.runtime_overhead_mb,
+            min_context_tokens: self.min_context_tokens,
         }
     }
 }
@@ -154,7 +159,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 fn tps(x: Option<f64>) -> String {
     match x {
-        None => "n/a (no flash reads)".into(),
+        None => "unknown".into(),
         Some(t) if t >= 100.0 => format!("{t:.0}"),
         Some(t) => format!("{t:.1}"),
     }
@@ -225,16 +230,18 @@ pub fn render(r: &AnalyzeReport) -> String {
             (c.ratio - 1.0) * 100.0
         ));
     }
-    let header = "Device|RAM budget|Flash|Mode|Headroom|Decode ceiling tok/s";
-    let mut d = wide_table(header, &[1, 2, 4, 5]);
+    let header = "Device|RAM budget|Mode|Headroom|Decode tok/s|Bound|Prefill tok/s";
+    let mut d = wide_table(header, &[1, 3, 4, 6]);
     for x in &r.devices {
         d.add_row([
             x.slug.clone(),
             format!("{:.0} MiB", x.ram_budget_bytes as f64 / MIB),
-            format!("{} GB/s", x.flash_read_gbps),
             x.mode.as_str().to_string(),
             signed_mib(x.headroom_bytes),
             tps(x.decode_tps_ceiling),
+            x.binding_bound
+                .map_or("unknown".to_string(), |b| b.words().to_string()),
+            tps(x.prefill_tps_ceiling),
         ]);
     }
     s.push_str(&format!("\n{d}\n"));
@@ -242,6 +249,15 @@ pub fn render(r: &AnalyzeReport) -> String {
         s.push_str(&format!("\n{} — {}\n", x.slug, x.name));
         for n in &x.notes {
             s.push_str(&format!("  {n}\n"));
+        }
+        for b in &x.bounds {
+            s.push_str(&format!(
+                "    {} bound: {} — {}\n",
+                b.kind.words(),
+                b.tps
+                    .map_or("unknown".to_string(), |t| format!("{} tok/s", tps(Some(t)))),
+                b.note
+            ));
         }
         for m in x.modes.iter().filter(|m| m.mode != x.mode) {
             s.push_str(&format!("  [{}] {}\n", m.mode.as_str(), m.note));
