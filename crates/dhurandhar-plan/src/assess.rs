@@ -653,8 +653,10 @@ pub fn assess(
                 }
                 None => {
                     // No RAM size reaches the target: the fastest mode is too slow.
+                    // Ties go to the earlier (cheaper) mode.
                     let fastest = modes
                         .iter()
+                        .rev()
                         .max_by(|a, b| {
                             a.decode_tps_ceiling
                                 .unwrap_or(0.0)
@@ -675,7 +677,7 @@ pub fn assess(
                         ceiling_words(fastest.decode_tps_ceiling, fastest.binding_bound),
                         fmt_bits(target_decode_tps)
                     ));
-                    (Mode::Infeasible, modes[0].headroom_bytes, fastest.clone())
+                    (Mode::Infeasible, fastest.headroom_bytes, fastest.clone())
                 }
             }
         }

@@ -1,0 +1,263 @@
+//! The speed bounds, worked by hand, and the verdict invariants they must keep.
+
+use dhurandhar_model::{registry, ModelArchitecture};
+use dhurandhar_plan::{
+    analyze, assess, builtin_device, plan, BoundKind, Change, DeviceProfile, Mode, PlanOptions,
+    WeightFormat,
+};
+use proptest::prelude::*;
+
+fn m(slug: &str) -> ModelArchitecture {
+    registry::get(slug).unwrap()
+}
+
+fn opts(ctx: u64, fmt: &str, kv: f64) -> PlanOptions {
+    PlanOptions {
+        context_tokens: ctx,
+        weight_format: WeightFormat::parse(fmt).unwrap(),
+        kv_bits: kv,
+        ..PlanOptions::default()
+    }
+}
+
+/// A device with round rates so the arithmetic is easy to follow.
+fn device(
+    ram_mb: f64,
+    flash: f64,
+    mem: f64,
+    f32: f64,
+    int8: f64,
+    iops: Option<f64>,
+) -> DeviceProfile {
+    DeviceProfile {
+        memory_bandwidth_gbps: Some(mem),
+        compute_f32_gflops: Some(f32),
+        compute_int8_gops: Some(int8),
+        flash_random_read_iops: iops,
+        cpu_cores: Some(4),
+        ..DeviceProfile::custom(ram_mb, flash).unwrap()
+    }
+}
+
+fn bound(a: &dhurandhar_plan::DeviceAssessment, k: BoundKind) -> f64 {
+    a.bounds.iter().find(|b| b.kind == k).unwrap().tps.unwrap()
+}
+
+#[test]
+fn qwen_bf16_per_token_work() {
+    // qwen2.5-0.5b at bf16 (2 B per weight), context 4096, KV at a flat 16 bits.
+    let p = plan(&m("qwen2.5-0.5b"), None, &opts(4096, "bf16", 16.0)).unwrap();
+    let t = &p.per_token;
+    // Decoder 357_870_464 params x 2 B = 715_740_928; the tied embedding is the LM head,
+    // read whole every token: 136_134_656 x 2 B = 272_269_312.
+    assert_eq!(t.weight_bytes, 715_740_928 + 272_269_312);
+    // KV: 24 layers x 4096 tokens x (2 x 2 heads x 64) values x 2 B = 50_331_648.
+    assert_eq!(t.kv_read_bytes, 50_331_648);
+    // One embedding row: 896 x 2 B.
+    assert_eq!(t.embedding_row_bytes, 1792);
+    assert_eq!(t.ram_bytes, 988_010_240 + 50_331_648 + 1792);
+    // Matmuls: 2 FLOP per weight used = 2 x (357_870_464 + 136_134_656).
+    assert_eq!(t.matmul_flops, 988_010_240);
+    // Attention: 24 layers x 4 x 14 heads x 64 x 4096 tokens.
+    assert_eq!(t.attention_flops, 24 * 4 * 14 * 64 * 4096);
+    assert_eq!(t.attention_flops, 352_321_536);
+    assert!(!t.matmul_int8, "bf16 weights multiply in f32");
+    // Prefill of 4096 tokens: each attends (4096 + 1) / 2 on average.
+    assert_eq!(t.prefill_attention_flops, 24 * 4 * 14 * 64 * 4097 / 2);
+    // In chunks of 512: (weights + KV / 2) / 512 = (988_010_240 + 25_165_824) / 512.
+    assert_eq!(t.prefill_ram_bytes, 1_978_860);
+}
+
+#[test]
+fn memory_and_compute_bounds_by_hand() {
+    let p = plan(&m("qwen2.5-0.5b"), None, &opts(4096, "bf16", 16.0)).unwrap();
+    // 100 GB/s RAM, 100 GFLOP/s f32, 400 Gop/s int8, 64 GiB: resident.
+    let d = device(65536.0, 2.0, 100.0, 100.0, 400.0, None);
+    let a = assess(&p, &d, 10.0);
+    assert_eq!(a.mode, Mode::Resident);
+    // Memory: 1e11 B/s / 1_038_343_680 B = 96.307 tok/s.
+    let mem = bound(&a, BoundKind::MemoryBandwidth);
+    assert!((mem - 1e11 / 1_038_343_680.0).abs() < 1e-9, "{mem}");
+    assert!((mem - 96.307).abs() < 1e-3);
+    // Compute (bf16 -> f32 rate for the matmuls too):
+    // (988_010_240 + 352_321_536) / 1e11 s = 13.403 ms -> 74.608 tok/s.
+    let comp = bound(&a, BoundKind::Compute);
+    assert!((comp - 1e11 / 1_340_331_776.0).abs() < 1e-9, "{comp}");
+    assert_eq!(a.binding_bound, Some(BoundKind::Compute));
+    assert_eq!(a.decode_tps_ceiling, Some(comp));
+    // No flash bound: nothing is read from flash when resident.
+    assert!(a.bounds.iter().all(|b| b.kind != BoundKind::Flash));
+    // A 80 tok/s target is out of reach at any RAM size.
+    let slow = assess(&p, &d, 80.0);
+    assert_eq!(slow.mode, Mode::Infeasible);
+    assert!(
+        slow.notes[0].contains("more RAM would not help"),
+        "{:?}",
+        slow.notes
+    );
+}
+
+#[test]
+fn quantized_weights_use_the_int8_rate() {
+    let p = plan(&m("qwen2.5-0.5b"), None, &opts(4096, "q8_0", 16.0)).unwrap();
+    assert!(p.per_token.matmul_int8);
+    let d = device(65536.0, 2.0, 100.0, 100.0, 400.0, None);
+    let a = assess(&p, &d, 1.0);
+    // Same FLOPs as bf16; matmuls at 4e11, attention at 1e11:
+    // 988_010_240 / 4e11 + 352_321_536 / 1e11 = 2.470 ms + 3.523 ms -> 166.85 tok/s.
+    let want = 1.0 / (988_010_240.0 / 4e11 + 352_321_536.0 / 1e11);
+    assert!((bound(&a, BoundKind::Compute) - want).abs() < 1e-9);
+    assert!((want - 166.85).abs() < 0.01);
+}
+
+#[test]
+fn ple_flash_bound_by_hand() {
+    // gemma4-e2b at plain 4 bits: a PLE row is 35 x 256 x 0.5 = 4480 B, which touches
+    // 1 + 4479 / 4096 = 2.0935 pages of 4 KiB on average.
+    let p = plan(&m("gemma4-e2b"), None, &opts(4096, "4bit", 4.0)).unwrap();
+    let pages = 1.0 + 4479.0 / 4096.0;
+    // Budget between the mmap and resident totals, so the verdict is mmap.
+    let ram = (p.totals.ple_mmap_bytes + p.totals.resident_bytes) as f64 / 2.0 / 1048576.0;
+    // 10_000 IOPS: a page costs max(4096 / 4.2e9 s, 1e-4 s) = 100 us -> 1 / 209.35 us.
+    let d = device(ram, 4.2, 68.3, 400.0, 1600.0, Some(10_000.0));
+    let a = assess(&p, &d, 1.0);
+    assert_eq!(a.mode, Mode::Mmap);
+    let flash = bound(&a, BoundKind::Flash);
+    assert!((flash - 1.0 / (pages * 1e-4)).abs() < 1e-6, "{flash}");
+    assert!((flash - 4776.6).abs() < 0.1);
+    // IOPS unknown: the page is charged at sequential speed, 2.0935 x 4096 B / 4.2e9.
+    let d2 = DeviceProfile {
+        flash_random_read_iops: None,
+        ..d
+    };
+    let a2 = assess(&p, &d2, 1.0);
+    let seq = bound(&a2, BoundKind::Flash);
+    assert!((seq - 4.2e9 / (pages * 4096.0)).abs() < 1e-3, "{seq}");
+    // The binding bound of E2B on a phone is RAM bandwidth, not flash: weights + tied
+    // head + KV per token at 68.3 GB/s.
+    assert_eq!(a.binding_bound, Some(BoundKind::MemoryBandwidth));
+    let mem = 68.3e9 / p.per_token.ram_bytes as f64;
+    assert_eq!(a.decode_tps_ceiling, Some(mem));
+}
+
+#[test]
+fn issue_examples() {
+    // Gemma 4 E2B on the high-end phone: about 57 tok/s (memory-bandwidth bound), not
+    // the 489,111 tok/s the flash-only rule printed.
+    let p = plan(&m("gemma4-e2b"), None, &PlanOptions::default()).unwrap();
+    let a = assess(&p, &builtin_device("high_end_mobile_ufs4").unwrap(), 15.0);
+    let c = a.decode_tps_ceiling.unwrap();
+    assert!(c > 50.0 && c < 65.0, "{c}");
+    assert_eq!(a.binding_bound, Some(BoundKind::MemoryBandwidth));
+    // qwen2.5-3b bf16 at a 60 tok/s target reads ~6 GB per token: never GO resident.
+    let p = plan(&m("qwen2.5-3b"), None, &opts(4096, "bf16", 16.0)).unwrap();
+    let a = assess(&p, &builtin_device("laptop_nvme").unwrap(), 60.0);
+    assert_eq!(a.mode, Mode::Infeasible);
+    assert!(a.decode_tps_ceiling.unwrap() < 60.0);
+}
+
+#[test]
+fn stream_headroom_counts_the_cache_and_never_streams_zero() {
+    let p = plan(&m("gemma4-e2b"), None, &PlanOptions::default()).unwrap();
+    for d in dhurandhar_plan::builtin_devices() {
+        let a = assess(&p, &d, 15.0);
+        let s = a.modes.iter().find(|m| m.mode == Mode::Stream).unwrap();
+        assert!(!s.note.contains("reads 0"), "{}", s.note);
+        if s.viable {
+            assert!(s.flash_bytes_per_token > p.per_token.ple_flash_bytes);
+        }
+        // Headroom after caching is never more than what the fixed part leaves.
+        assert!(s.headroom_bytes <= d.ram_budget_bytes() as i64 - s.ram_bytes as i64);
+        if a.mode == Mode::Infeasible && !a.notes[0].contains("more RAM would not help") {
+            assert!(a.headroom_bytes < 0, "{}: {}", d.slug, a.headroom_bytes);
+        }
+    }
+}
+
+#[test]
+fn old_profiles_leave_bounds_unchecked_not_infinite() {
+    let p = plan(&m("qwen2.5-0.5b"), None, &opts(4096, "q4_0", 4.0)).unwrap();
+    let d = DeviceProfile::custom(8192.0, 2.0).unwrap();
+    let a = assess(&p, &d, 15.0);
+    assert_eq!(a.mode, Mode::Resident);
+    assert_eq!(a.decode_tps_ceiling, None);
+    assert_eq!(
+        a.unchecked_bounds,
+        vec![BoundKind::MemoryBandwidth, BoundKind::Compute]
+    );
+    assert!(
+        a.notes.iter().any(|n| n.contains("unchecked")),
+        "{:?}",
+        a.notes
+    );
+    let line = dhurandhar_plan::summary_line(&a, &dhurandhar_plan::describe_changes);
+    assert!(
+        line.contains("unchecked") && line.contains("speed unknown"),
+        "{line}"
+    );
+}
+
+#[test]
+fn mitigations_are_ranked_and_keep_a_useful_context() {
+    let a = m("gemma4-e2b");
+    let devices = vec![builtin_device("mid_tier_mobile_ufs3").unwrap()];
+    let r = analyze(&a, None, &PlanOptions::default(), &devices, 15.0).unwrap();
+    let mit = &r.devices[0].mitigations;
+    assert!(!mit.is_empty());
+    assert!(mit.windows(2).all(|w| w[0].cost <= w[1].cost), "{mit:?}");
+    // A floor above every workable context: no context change is offered.
+    let o = PlanOptions {
+        min_context_tokens: 30_000,
+        ..PlanOptions::default()
+    };
+    let r = analyze(&a, None, &o, &devices, 15.0).unwrap();
+    for mi in &r.devices[0].mitigations {
+        for c in &mi.change {
+            if let Change::ContextTokens(n) = c {
+                assert!(*n >= 30_000, "{mi:?}");
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// No verdict is GO below the target speed, on any device with known rates; an
+    /// infeasible verdict has negative headroom unless RAM cannot help; no context
+    /// mitigation goes under the floor.
+    #[test]
+    fn no_go_below_target(
+        idx in 0usize..13,
+        ctx in 256u64..40_000,
+        fmt in prop::sample::select(vec!["q4_0", "q8_0", "bf16", "int4", "q2_k"]),
+        ram_mb in 256.0f64..65536.0,
+        flash in 0.2f64..8.0,
+        mem in 5.0f64..200.0,
+        f32 in 10.0f64..2000.0,
+        int8 in 10.0f64..8000.0,
+        iops in 1000.0f64..1e6,
+        target in 0.5f64..200.0,
+    ) {
+        let a = &registry::all()[idx];
+        let o = PlanOptions { context_tokens: ctx, ..opts(ctx, fmt, 4.0) };
+        let d = device(ram_mb, flash, mem, f32, int8, Some(iops));
+        let r = analyze(a, None, &o, &[d], target).unwrap();
+        let v = &r.devices[0];
+        if v.mode != Mode::Infeasible {
+            let c = v.decode_tps_ceiling.unwrap();
+            prop_assert!(c >= target, "{} GO at {c} < {target}", a.name);
+            prop_assert!(v.headroom_bytes >= 0);
+        } else if !v.notes[0].contains("more RAM would not help") {
+            prop_assert!(v.headroom_bytes < 0, "{}: {:?}", a.name, v.notes);
+        }
+        for mi in &v.mitigations {
+            prop_assert!(mi.decode_tps_ceiling.unwrap() >= target);
+            for c in &mi.change {
+                if let Change::ContextTokens(n) = c {
+                    prop_assert!(*n >= o.min_context_tokens);
+                }
+            }
+        }
+    }
+}
