@@ -67,6 +67,7 @@ pub mod kv;
 pub mod model;
 pub mod pack;
 pub mod plan;
+pub mod probe;
 pub mod profile;
 
 pub use error::{Error, Result};

@@ -365,9 +365,13 @@ pub fn analyze(opts: &AnalyzeOptions) -> Result<AnalyzeReport> {
     })
 }
 
-/// One device: a built-in slug (case-insensitive) or a YAML device profile (its file
-/// stem is the slug unless the profile names one).
+/// One device: a built-in slug (case-insensitive), `host` (this machine as measured by
+/// [`crate::probe`]) or a YAML device profile (its file stem is the slug unless the
+/// profile names one).
 pub fn resolve_device(spec: &str) -> Result<DeviceProfile> {
+    if spec.trim().eq_ignore_ascii_case(crate::probe::HOST_SLUG) {
+        return crate::probe::load_host();
+    }
     let path = Path::new(spec);
     if is_yaml_path(path) {
         let text =

@@ -587,17 +587,17 @@ fn region_geometry(
 }
 
 /// A progress phase that finishes when dropped, also on an error path.
-struct Phase<'a>(&'a dyn Progress);
+pub(crate) struct Phase<'a>(&'a dyn Progress);
 
 impl<'a> Phase<'a> {
-    fn start(progress: &'a dyn Progress, label: &str, total: u64, unit: Unit) -> Self {
+    pub(crate) fn start(progress: &'a dyn Progress, label: &str, total: u64, unit: Unit) -> Self {
         progress.start(label, Some(total), unit);
         Phase(progress)
     }
 
     /// The profile crate's `(done, total)` callback: forwards progress, stops when
     /// cancelled.
-    fn callback<'b>(
+    pub(crate) fn callback<'b>(
         &'b self,
         cancel: &'b CancelToken,
     ) -> impl FnMut(u64, u64) -> ControlFlow<()> + 'b {
@@ -622,7 +622,7 @@ impl Drop for Phase<'_> {
 
 /// A profile error as a facade error: a cancellation stays [`Error::Cancelled`], anything
 /// else gets `context` (when not empty).
-fn lift(e: ProfileError, context: impl FnOnce() -> String) -> Error {
+pub(crate) fn lift(e: ProfileError, context: impl FnOnce() -> String) -> Error {
     match e {
         ProfileError::Cancelled => Error::Cancelled,
         e => {

@@ -1,0 +1,581 @@
+//! Measure this machine as a planner device: RAM bandwidth (a STREAM-style triad over
+//! buffers far larger than the last-level cache, best of N, all cores), flash sequential
+//! and random reads (the mmap profiler's cold method: pages dropped from the page cache
+//! and checked with `mincore` before every run), and int8 / f32 matmul throughput with
+//! the engine's own kernels. The result is a device YAML (`host`) that the planner loads
+//! like any other profile.
+//!
+//! ```no_run
+//! use dhurandhar::probe::{probe, ProbeOptions};
+//! use dhurandhar::{CancelToken, NoProgress};
+//! let r = probe(&ProbeOptions::default(), &NoProgress, &CancelToken::new()).unwrap();
+//! println!("{} GB/s", r.device.memory_bandwidth_gbps.unwrap());
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dhurandhar_engine::kernels::{matmul, Acts, QMatrix};
+use dhurandhar_engine::quant::Q8Acts;
+use dhurandhar_engine::GgmlType;
+use dhurandhar_plan::DeviceProfile;
+use dhurandhar_profile::{
+    ensure_test_file, Mode, Pattern, Profiler, RunOptions, TableGeometry, TableKind,
+};
+use serde::Serialize;
+
+use crate::profile::{lift, Phase};
+use crate::progress::{CancelToken, Progress, Unit};
+use crate::{Error, Result};
+
+/// Version of the [`ProbeReport`] document.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The slug a probed machine is known by (`-d host`).
+pub const HOST_SLUG: &str = "host";
+/// File name of the probed device in the cache directory.
+pub const HOST_FILE: &str = "host.yaml";
+const MIB: u64 = 1024 * 1024;
+const PAGE: u64 = 4096;
+
+/// Where the probed device lives: `host.yaml` in the cache directory
+/// (`$DHURANDHAR_CACHE`, else `$XDG_CACHE_HOME/dhurandhar`, else `~/.cache/dhurandhar`).
+pub fn host_device_path() -> PathBuf {
+    dhurandhar_profile::default_cache_dir().join(HOST_FILE)
+}
+
+/// The probed device, or a clear error when this machine was never probed.
+pub fn load_host() -> Result<DeviceProfile> {
+    let path = host_device_path();
+    if !path.exists() {
+        return Err(Error::invalid(
+            "device",
+            format!(
+                "`{HOST_SLUG}` has not been measured on this machine yet ({} does not exist): \
+                 run the device probe first",
+                path.display()
+            ),
+        ));
+    }
+    let text = dhurandhar_io::read_to_string_bounded(
+        &path,
+        crate::model::MAX_PROFILE_BYTES,
+        "a device profile",
+    )
+    .map_err(|e| Error::from(e).context("cannot read the probed host device"))?;
+    Ok(DeviceProfile::from_yaml_str(
+        &text,
+        &path.display().to_string(),
+        HOST_SLUG,
+    )?)
+}
+
+/// How much to measure. The defaults take about a minute; tests use tiny sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeOptions {
+    /// Where the device YAML goes (`None`: [`host_device_path`]).
+    pub output: Option<PathBuf>,
+    /// Directory of the flash test file; it must be on the storage to measure (`None`:
+    /// the cache directory).
+    pub scratch_dir: Option<PathBuf>,
+    /// Bytes of each of the triad's three arrays (make them ≫ the last-level cache).
+    pub memory_array_bytes: u64,
+    /// Size of the flash test file.
+    pub flash_file_bytes: u64,
+    /// Cold 4 KiB random reads timed.
+    pub random_reads: u64,
+    /// Side of the square weight matrix of the matmul runs (a multiple of 32).
+    pub matmul_dim: usize,
+    /// Activation rows per matmul call (a prefill-like batch, so the kernels are
+    /// compute-bound).
+    pub matmul_tokens: usize,
+    /// Runs per measurement; the best is kept.
+    pub repeats: u32,
+    /// RAM budget written into the profile (`None`: RAM available now, capped by the
+    /// cgroup limit on Linux).
+    pub ram_budget_mb: Option<f64>,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            output: None,
+            scratch_dir: None,
+            memory_array_bytes: 256 * MIB,
+            flash_file_bytes: 512 * MIB,
+            random_reads: 4000,
+            matmul_dim: 2048,
+            matmul_tokens: 64,
+            repeats: 5,
+            ram_budget_mb: None,
+        }
+    }
+}
+
+/// The triad measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryProbe {
+    /// Best triad bandwidth, counting 3 × 8 B per element (two reads, one write) as
+    /// STREAM does.
+    pub triad_gbps: f64,
+    pub array_bytes: u64,
+    pub threads: usize,
+    pub repeats: u32,
+}
+
+/// The cold flash measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlashProbe {
+    /// Cold sequential read through mmap, GB/s.
+    pub sequential_gbps: f64,
+    /// Cold 4 KiB random reads per second through mmap (one page fault each, queue depth 1).
+    pub random_read_iops: f64,
+    pub file: String,
+    pub file_bytes: u64,
+    pub random_reads: u64,
+}
+
+/// The matmul measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComputeProbe {
+    /// Q8_0 weights × 8-bit activations (the engine's integer dot kernels), 10^9 op/s.
+    pub int8_gops: f64,
+    /// F32 weights × f32 activations, 10^9 FLOP/s.
+    pub f32_gflops: f64,
+    pub dim: usize,
+    pub tokens: usize,
+    pub threads: usize,
+}
+
+/// The `devices --probe --json` document.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    pub schema_version: u32,
+    /// The device written, as the planner will read it.
+    pub device: DeviceProfile,
+    /// Where it was written.
+    pub path: String,
+    pub memory: MemoryProbe,
+    pub flash: FlashProbe,
+    pub compute: ComputeProbe,
+}
+
+fn validate(o: &ProbeOptions) -> Result<()> {
+    if o.memory_array_bytes < MIB {
+        return Err(Error::invalid(
+            "memory_array_bytes",
+            "must be at least 1 MiB",
+        ));
+    }
+    if o.flash_file_bytes < MIB {
+        return Err(Error::invalid("flash_file_bytes", "must be at least 1 MiB"));
+    }
+    if o.random_reads == 0 {
+        return Err(Error::invalid("random_reads", "must be at least 1"));
+    }
+    if o.matmul_dim == 0 || !o.matmul_dim.is_multiple_of(32) || o.matmul_dim > 16384 {
+        return Err(Error::invalid(
+            "matmul_dim",
+            format!(
+                "must be a multiple of 32 in 32..=16384, got {}",
+                o.matmul_dim
+            ),
+        ));
+    }
+    if o.matmul_tokens == 0 || o.matmul_tokens > 4096 {
+        return Err(Error::invalid("matmul_tokens", "must be in 1..=4096"));
+    }
+    if o.repeats == 0 || o.repeats > 1000 {
+        return Err(Error::invalid("repeats", "must be in 1..=1000"));
+    }
+    if let Some(r) = o.ram_budget_mb {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(Error::invalid(
+                "ram_budget_mb",
+                "must be a positive number of MiB",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Measure this machine and write its device YAML atomically.
+pub fn probe(
+    opts: &ProbeOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<ProbeReport> {
+    validate(opts)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory = triad(opts, threads, progress, cancel)?;
+    let flash = flash(opts, progress, cancel)?;
+    let compute = compute(opts, threads, progress, cancel)?;
+    let ram_budget_mb = match opts.ram_budget_mb {
+        Some(r) => r,
+        None => available_ram_mb().ok_or_else(|| {
+            Error::invalid(
+                "ram_budget_mb",
+                "cannot read the available RAM on this platform; give the budget explicitly",
+            )
+        })?,
+    };
+    let when = utc_now();
+    let device = DeviceProfile {
+        slug: HOST_SLUG.into(),
+        name: format!(
+            "This machine ({} {}, {threads} threads)",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        ),
+        ram_budget_mb: ram_budget_mb.floor(),
+        flash_read_gbps: round3(flash.sequential_gbps),
+        flash_random_read_iops: Some(flash.random_read_iops.round()),
+        memory_bandwidth_gbps: Some(round3(memory.triad_gbps)),
+        compute_f32_gflops: Some(round3(compute.f32_gflops)),
+        compute_int8_gops: Some(round3(compute.int8_gops)),
+        cpu_cores: Some(threads as u32),
+        supports_npu: false,
+        notes: "measured by the device probe".into(),
+        source: format!(
+            "measured {when}: ram_budget_mb = {}; memory_bandwidth_gbps = best of {} STREAM \
+             triads over 3 x {} MiB on {threads} threads; flash = cold mmap reads of a {} MiB \
+             file in {} (sequential scan, {} random 4 KiB reads); compute = the engine's \
+             matmul kernels on a {d}x{d} matrix x {} tokens (Q8_0 for int8, F32 for f32), best \
+             of {}",
+            if opts.ram_budget_mb.is_some() {
+                "given"
+            } else {
+                "RAM available at probe time (cgroup limit included)"
+            },
+            opts.repeats,
+            opts.memory_array_bytes / MIB,
+            opts.flash_file_bytes / MIB,
+            Path::new(&flash.file)
+                .parent()
+                .map_or(String::new(), |p| p.display().to_string()),
+            opts.random_reads,
+            compute.tokens,
+            opts.repeats,
+            d = compute.dim,
+        ),
+        measured_at: Some(when),
+    };
+    device.validate()?;
+    let path = opts.output.clone().unwrap_or_else(host_device_path);
+    let yaml = format!(
+        "# This machine, measured by the dhurandhar device probe.\n{}",
+        device.to_yaml()?
+    );
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::invalid("output", format!("cannot create {}: {e}", dir.display()))
+        })?;
+    }
+    dhurandhar_io::write_atomic(&path, yaml.as_bytes())
+        .map_err(|e| Error::from(e).context("cannot write the host device"))?;
+    Ok(ProbeReport {
+        schema_version: SCHEMA_VERSION,
+        device,
+        path: path.display().to_string(),
+        memory,
+        flash,
+        compute,
+    })
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// `a = b + s·c` over three arrays split across `threads` threads, best of N.
+fn triad(
+    opts: &ProbeOptions,
+    threads: usize,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<MemoryProbe> {
+    let n = (opts.memory_array_bytes / 8) as usize;
+    let phase = Phase::start(
+        progress,
+        "memory bandwidth (triad)",
+        opts.repeats as u64,
+        Unit::Items("runs"),
+    );
+    let mut a = vec![0f64; n];
+    let mut b = vec![0f64; n];
+    let mut c = vec![0f64; n];
+    let chunk = n.div_ceil(threads);
+    // Touch every page from the threads that will use it.
+    std::thread::scope(|s| {
+        for ((a, b), c) in a
+            .chunks_mut(chunk)
+            .zip(b.chunks_mut(chunk))
+            .zip(c.chunks_mut(chunk))
+        {
+            s.spawn(move || {
+                a.fill(0.0);
+                b.fill(1.0);
+                c.fill(2.0);
+            });
+        }
+    });
+    let scalar = 3.0f64;
+    let mut best = f64::INFINITY;
+    for _ in 0..opts.repeats {
+        cancel.check()?;
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for ((a, b), c) in a
+                .chunks_mut(chunk)
+                .zip(b.chunks(chunk))
+                .zip(c.chunks(chunk))
+            {
+                s.spawn(move || {
+                    for ((x, y), z) in a.iter_mut().zip(b).zip(c) {
+                        *x = y + scalar * z;
+                    }
+                });
+            }
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&a);
+        progress.advance(1);
+    }
+    drop(phase);
+    Ok(MemoryProbe {
+        triad_gbps: 3.0 * 8.0 * n as f64 / best / 1e9,
+        array_bytes: opts.memory_array_bytes,
+        threads,
+        repeats: opts.repeats,
+    })
+}
+
+/// Cold sequential and random page reads of a test file through the mmap profiler.
+fn flash(opts: &ProbeOptions, progress: &dyn Progress, cancel: &CancelToken) -> Result<FlashProbe> {
+    let dir = opts
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(dhurandhar_profile::default_cache_dir);
+    let path = dir.join("probe_flash.bin");
+    let len = opts.flash_file_bytes / PAGE * PAGE;
+    {
+        let phase = Phase::start(progress, "flash test file", len, Unit::Bytes);
+        ensure_test_file(&path, len, &mut phase.callback(cancel))
+            .map_err(|e| lift(e, || "cannot prepare the flash test file".into()))?;
+    }
+    let rows = len / PAGE;
+    let g = TableGeometry::new(TableKind::TokenEmbedding, rows, 1, PAGE)?;
+    let profiler = Profiler::open(&path, 0, g)?;
+    let cold =
+        |pattern: Pattern, tokens: u64, what: &str| -> Result<dhurandhar_profile::PatternResult> {
+            let phase = Phase::start(progress, what, tokens, Unit::Items("reads"));
+            let o = RunOptions {
+                num_tokens: tokens,
+                warmup_tokens: 0,
+                ..RunOptions::default()
+            };
+            let r = profiler
+                .run(pattern, Mode::Cold, &o, &mut phase.callback(cancel))
+                .map_err(|e| lift(e, || format!("{what} failed")))?;
+            if r.tokens_per_s.is_none() {
+                return Err(Error::invalid(
+                    "scratch_dir",
+                    format!(
+                        "no cold read could be measured in {}: {}; put the test file on the flash \
+                     storage to measure",
+                        dir.display(),
+                        r.note.as_deref().unwrap_or("eviction failed")
+                    ),
+                ));
+            }
+            Ok(r)
+        };
+    let seq = cold(
+        Pattern::SequentialPrefill,
+        rows,
+        "flash sequential read (cold)",
+    )?;
+    let rand = cold(
+        Pattern::RandomDecode,
+        opts.random_reads,
+        "flash random 4 KiB reads (cold)",
+    )?;
+    Ok(FlashProbe {
+        sequential_gbps: seq.mb_per_s.unwrap_or(0.0) * MIB as f64 / 1e9,
+        random_read_iops: rand.tokens_per_s.unwrap_or(0.0),
+        file: path.display().to_string(),
+        file_bytes: len,
+        random_reads: opts.random_reads,
+    })
+}
+
+/// Best-of-N time of the engine's matmul on `w`.
+fn time_matmul(
+    w: &QMatrix<'_>,
+    acts: &Acts<'_>,
+    out: &mut [f32],
+    repeats: u32,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<f64> {
+    matmul(w, acts, out, true)?; // warm caches and the thread pool
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats {
+        cancel.check()?;
+        let t = Instant::now();
+        matmul(w, acts, out, true)?;
+        best = best.min(t.elapsed().as_secs_f64());
+        progress.advance(1);
+    }
+    Ok(best)
+}
+
+/// int8 and f32 matmul throughput with the engine's kernels.
+fn compute(
+    opts: &ProbeOptions,
+    threads: usize,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<ComputeProbe> {
+    let (d, t) = (opts.matmul_dim, opts.matmul_tokens);
+    // xorshift64: any values do, the timing does not depend on them.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let x: Vec<f32> = (0..d * t)
+        .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let mut out = vec![0f32; d * t];
+    let ops = 2.0 * (d * d * t) as f64;
+    let phase = Phase::start(
+        progress,
+        "matmul throughput (int8, f32)",
+        2 * opts.repeats as u64,
+        Unit::Items("runs"),
+    );
+    // Q8_0 blocks: an f16 scale (0.01 = 0x211f) and 32 random int8 values.
+    let blocks = d * d / 32;
+    let mut q8 = Vec::with_capacity(blocks * 34);
+    for _ in 0..blocks {
+        q8.extend_from_slice(&0x211fu16.to_le_bytes());
+        for _ in 0..4 {
+            q8.extend_from_slice(&next().to_le_bytes());
+        }
+    }
+    let wq = QMatrix::new(GgmlType::Q8_0, d, d, &q8)?;
+    let mut acts = Q8Acts::default();
+    acts.quantize_into(&x, d);
+    let int8 = time_matmul(
+        &wq,
+        &Acts::Q8(&acts),
+        &mut out,
+        opts.repeats,
+        progress,
+        cancel,
+    )?;
+    let f: Vec<u8> = (0..d * d)
+        .flat_map(|i| (((i % 97) as f32 - 48.0) / 97.0).to_le_bytes())
+        .collect();
+    let wf = QMatrix::new(GgmlType::F32, d, d, &f)?;
+    let f32 = time_matmul(
+        &wf,
+        &Acts::F32(&x),
+        &mut out,
+        opts.repeats,
+        progress,
+        cancel,
+    )?;
+    drop(phase);
+    Ok(ComputeProbe {
+        int8_gops: ops / int8 / 1e9,
+        f32_gflops: ops / f32 / 1e9,
+        dim: d,
+        tokens: t,
+        threads,
+    })
+}
+
+/// RAM available now in MiB (`MemAvailable`), capped by the cgroup v2 `memory.max`.
+fn available_ram_mb() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let mut bytes = kib * 1024;
+    if let Ok(max) = std::fs::read_to_string("/sys/fs/cgroup/memory.max") {
+        if let Ok(limit) = max.trim().parse::<u64>() {
+            bytes = bytes.min(limit);
+        }
+    }
+    Some(bytes as f64 / MIB as f64)
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        let s = utc_now();
+        assert_eq!(s.len(), 20, "{s}");
+        assert!(s.starts_with("20") && s.ends_with('Z'));
+    }
+
+    #[test]
+    fn bad_options_name_the_field() {
+        let bad = |o: ProbeOptions| validate(&o).unwrap_err().to_string();
+        let d = ProbeOptions::default();
+        assert!(bad(ProbeOptions {
+            matmul_dim: 33,
+            ..d.clone()
+        })
+        .starts_with("matmul_dim"));
+        assert!(bad(ProbeOptions {
+            repeats: 0,
+            ..d.clone()
+        })
+        .starts_with("repeats"));
+        assert!(bad(ProbeOptions {
+            random_reads: 0,
+            ..d.clone()
+        })
+        .starts_with("random_reads"));
+        assert!(bad(ProbeOptions {
+            memory_array_bytes: 10,
+            ..d
+        })
+        .starts_with("memory_array_bytes"));
+    }
+}
