@@ -1,6 +1,10 @@
 //! `dhurandhar devices`: built-in device profiles, memory budget presets and weight formats.
 
+use std::path::PathBuf;
+
 use dhurandhar::catalog::{self, DevicesReport, LISTING_ROW};
+use dhurandhar::probe::{self, ProbeOptions, ProbeReport};
+use dhurandhar::CancelToken;
 
 use crate::output::{print_json, print_text};
 use crate::render::{table, wide_table};
@@ -15,9 +19,88 @@ pub struct Args {
     #[arg(long, value_name = "SLUG", conflicts_with = "json")]
     pub show: Option<String>,
 
-    /// Print `{"devices": [...], "budget_presets": [...], "weight_formats": [...]}`.
+    /// Measure this machine (RAM bandwidth, cold flash reads, matmul throughput) and
+    /// save it as the device `host` (`-d host` in `analyze`).
+    #[arg(long, conflicts_with = "show")]
+    pub probe: bool,
+
+    /// Where the probe writes the host device (default: host.yaml in the cache dir,
+    /// $DHURANDHAR_CACHE or $XDG_CACHE_HOME/dhurandhar).
+    #[arg(long, value_name = "FILE", requires = "probe")]
+    pub probe_output: Option<PathBuf>,
+
+    /// Directory for the probe's flash test file: put it on the storage to measure
+    /// (default: the cache dir).
+    #[arg(long, value_name = "DIR", requires = "probe")]
+    pub probe_dir: Option<PathBuf>,
+
+    /// RAM budget to record for the host in MiB (default: RAM available now).
+    #[arg(long, requires = "probe")]
+    pub probe_ram_mb: Option<f64>,
+
+    /// A quick probe on small buffers (less accurate; for a smoke test).
+    #[arg(long, requires = "probe")]
+    pub quick: bool,
+
+    /// Print `{"devices": [...], "budget_presets": [...], "weight_formats": [...]}`
+    /// (with --probe: the probe's measurements and the device written).
     #[arg(long)]
     pub json: bool,
+}
+
+/// The probe's measurements and where the device went.
+pub fn render_probe(r: &ProbeReport) -> String {
+    let d = &r.device;
+    let mut t = table("Measured|Value|How", &[1]);
+    t.add_row([
+        "RAM bandwidth".to_string(),
+        format!("{:.1} GB/s", r.memory.triad_gbps),
+        format!(
+            "STREAM triad, 3 x {} MiB, {} threads, best of {}",
+            r.memory.array_bytes >> 20,
+            r.memory.threads,
+            r.memory.repeats
+        ),
+    ]);
+    t.add_row([
+        "flash sequential".to_string(),
+        format!("{:.2} GB/s", r.flash.sequential_gbps),
+        format!("cold mmap scan of {} MiB", r.flash.file_bytes >> 20),
+    ]);
+    t.add_row([
+        "flash 4K random".to_string(),
+        format!("{:.0} IOPS", r.flash.random_read_iops),
+        format!("{} cold page faults", r.flash.random_reads),
+    ]);
+    t.add_row([
+        "int8 matmul".to_string(),
+        format!("{:.1} Gop/s", r.compute.int8_gops),
+        format!(
+            "Q8_0 {d}x{d} x {t} tokens, {} threads",
+            r.compute.threads,
+            d = r.compute.dim,
+            t = r.compute.tokens
+        ),
+    ]);
+    t.add_row([
+        "f32 matmul".to_string(),
+        format!("{:.1} GFLOP/s", r.compute.f32_gflops),
+        format!(
+            "F32 {d}x{d} x {t} tokens",
+            d = r.compute.dim,
+            t = r.compute.tokens
+        ),
+    ]);
+    t.add_row([
+        "RAM budget".to_string(),
+        format!("{} MiB", d.ram_budget_mb),
+        "recorded in the profile".to_string(),
+    ]);
+    format!(
+        "{t}\nWrote {} ({}); use it with `dhurandhar analyze -d host`.\n",
+        r.path,
+        d.measured_at.as_deref().unwrap_or("")
+    )
 }
 
 /// The three tables and the hint below them.
@@ -61,6 +144,28 @@ pub fn render(r: &DevicesReport) -> String {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.probe {
+        let mut o = ProbeOptions {
+            output: args.probe_output.clone(),
+            scratch_dir: args.probe_dir.clone(),
+            ram_budget_mb: args.probe_ram_mb,
+            ..ProbeOptions::default()
+        };
+        if args.quick {
+            o.memory_array_bytes = 32 << 20;
+            o.flash_file_bytes = 64 << 20;
+            o.random_reads = 500;
+            o.matmul_dim = 512;
+            o.repeats = 3;
+        }
+        let bar = crate::output::Bar::new(!args.json);
+        let r = probe::probe(&o, &bar, &CancelToken::new())?;
+        drop(bar);
+        if args.json {
+            return print_json(&r);
+        }
+        return print_text(&render_probe(&r));
+    }
     if let Some(slug) = &args.show {
         return print_text(&catalog::device_yaml(slug)?);
     }
