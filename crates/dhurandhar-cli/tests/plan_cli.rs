@@ -214,6 +214,82 @@ fn models_and_devices_json() {
         .find(|f| f["name"] == "q4_0")
         .unwrap();
     assert_eq!(q40["bits_per_weight"], 4.5);
+    assert_eq!(d["schema_version"], 2);
+    let phone = &d["devices"][0];
+    assert_eq!(phone["memory_bandwidth_gbps"], 68.3);
+    assert!(phone["source"].as_str().unwrap().contains("LPDDR5X"));
+}
+
+#[test]
+fn devices_show_prints_the_sources() {
+    let y = stdout_of(&["devices", "--show", "laptop_nvme"]);
+    assert!(
+        y.contains("memory_bandwidth_gbps: 89.6") && y.contains("estimate"),
+        "{y}"
+    );
+    let (_d, p) = temp_file("mine.yaml", &y.replace("slug: laptop_nvme\n", ""));
+    let v = json_of(&[
+        "analyze",
+        "-m",
+        "qwen2.5-0.5b",
+        "-d",
+        p.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(v["devices"][0]["slug"], "mine");
+    assert_eq!(v["devices"][0]["binding_bound"], "memory_bandwidth");
+    fails_with(&["devices", "--show", "laptop"], &["laptop_nvme"]);
+}
+
+#[test]
+fn analyze_shows_the_binding_bound_and_never_go_below_target() {
+    let v = json_of(&["analyze", "-d", "high_end_mobile_ufs4", "--json"]);
+    assert_eq!(v["schema_version"], 3);
+    let d = &v["devices"][0];
+    // The number: ~57 tok/s from RAM bandwidth, not 489,111 from flash.
+    let c = d["decode_tps_ceiling"].as_f64().unwrap();
+    assert!(c > 50.0 && c < 65.0, "{c}");
+    assert_eq!(d["binding_bound"], "memory_bandwidth");
+    let text = stdout_of(&[
+        "analyze",
+        "-d",
+        "high_end_mobile_ufs4",
+        "--target-decode-tps",
+        "60",
+    ]);
+    assert!(text.contains("NO-GO high_end_mobile_ufs4"), "{text}");
+    assert!(!text.contains("reads 0 MiB"), "{text}");
+}
+
+#[test]
+fn old_device_profile_leaves_speed_unchecked() {
+    let (_d, p) = temp_file(
+        "old.yaml",
+        "name: old phone\nram_budget_mb: 4096\nflash_read_gbps: 2\n",
+    );
+    let text = stdout_of(&["analyze", "-m", "qwen2.5-0.5b", "-d", p.to_str().unwrap()]);
+    assert!(
+        text.contains("speed unknown") && text.contains("unchecked"),
+        "{text}"
+    );
+}
+
+#[test]
+fn host_device_needs_a_probe_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dh()
+        .env("DHURANDHAR_CACHE", dir.path())
+        .args(["analyze", "-d", "host"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("host") && err.contains("probe"), "{err}");
+    // Min-context floor is an option with a clear error.
+    fails_with(
+        &["analyze", "--min-context-tokens", "0"],
+        &["minimum context tokens"],
+    );
 }
 
 #[test]

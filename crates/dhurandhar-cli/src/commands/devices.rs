@@ -106,21 +106,19 @@ pub fn render_probe(r: &ProbeReport) -> String {
 /// The three tables and the hint below them.
 pub fn render(r: &DevicesReport) -> String {
     let mut t = wide_table(
-        "Device|Name|RAM budget|Flash read|4K random read|RAM bw|f32|int8|Cores|NPU",
-        &[2, 3, 4, 5, 6, 7, 8],
+        "Device|RAM MiB|Flash GB/s|4K IOPS|RAM GB/s|f32 GFLOP/s|int8 Gop/s|Cores|NPU",
+        &[1, 2, 3, 4, 5, 6, 7],
     );
-    let or_unknown =
-        |v: Option<f64>, unit: &str| v.map_or("unknown".into(), |x| format!("{x} {unit}"));
+    let or_unknown = |v: Option<f64>| v.map_or("unknown".into(), |x| x.to_string());
     for d in &r.devices {
         t.add_row([
             d.slug.clone(),
-            d.name.clone(),
-            format!("{} MiB", d.ram_budget_mb),
-            format!("{} GB/s", d.flash_read_gbps),
-            or_unknown(d.flash_random_read_iops, "IOPS"),
-            or_unknown(d.memory_bandwidth_gbps, "GB/s"),
-            or_unknown(d.compute_f32_gflops, "GFLOP/s"),
-            or_unknown(d.compute_int8_gops, "Gop/s"),
+            d.ram_budget_mb.to_string(),
+            d.flash_read_gbps.to_string(),
+            or_unknown(d.flash_random_read_iops),
+            or_unknown(d.memory_bandwidth_gbps),
+            or_unknown(d.compute_f32_gflops),
+            or_unknown(d.compute_int8_gops),
             d.cpu_cores.map_or("unknown".into(), |c| c.to_string()),
             (if d.supports_npu { "yes" } else { "no" }).to_string(),
         ]);
