@@ -271,7 +271,7 @@ fn tps(x: Option<f64>) -> String {
 fn ceiling_words(c: Option<f64>, b: Option<BoundKind>) -> String {
     match (c, b) {
         (Some(_), Some(k)) => format!("{}, {} bound", tps(c), k.words()),
-        _ => "speed unknown".into(),
+        _ => "unknown".into(),
     }
 }
 
@@ -941,12 +941,11 @@ pub fn summary_line(a: &DeviceAssessment, changes: &dyn Fn(&[Change]) -> String)
             let names: Vec<&str> = a.unchecked_bounds.iter().map(|k| k.words()).collect();
             format!("; {} unchecked", names.join(", "))
         };
-        return format!(
-            "GO    {}: {} ({}{unchecked})",
-            a.slug,
-            a.mode.as_str(),
-            ceiling_words(a.decode_tps_ceiling, a.binding_bound)
-        );
+        let speed = match a.decode_tps_ceiling {
+            Some(_) => ceiling_words(a.decode_tps_ceiling, a.binding_bound),
+            None => "speed unknown".into(),
+        };
+        return format!("GO    {}: {} ({speed}{unchecked})", a.slug, a.mode.as_str(),);
     }
     let fix = if a.mitigations.is_empty() {
         "nothing tried fits: a smaller model or a larger device is needed".to_string()
