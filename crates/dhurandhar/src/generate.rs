@@ -369,6 +369,11 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<u64>,
     pub within_budget: Option<bool>,
     pub results: Vec<BenchResult>,
+    /// The planner's prediction for this run on the probed `host` device, with the
+    /// error of each figure in percent; `None` (and `prediction_note` says why) when the
+    /// host was never probed.
+    pub predicted: Option<crate::plan::RunPrediction>,
+    pub prediction_note: Option<String>,
 }
 
 /// `Err(InvalidOption)` unless the temperature is finite and ≥ 0 and top-p is in (0, 1]:
@@ -400,6 +405,8 @@ pub fn bench(
     for &t in &opts.threads {
         check_threads("threads", t, 1)?;
     }
+    // The runtime's own footprint, for the planner's prediction below.
+    let runtime_rss = dhurandhar_profile::MemorySnapshot::current().rss_bytes;
     let model = load_model(&opts.model)?;
     let max_ctx = model.config.context_length;
     // Checked before the synthetic prompt is built: its size is the user's number.
@@ -437,6 +444,22 @@ pub fn bench(
     let kv = model.kv_bytes_per_token() * ctx;
     let budget = rss_budget(model.tensor_bytes, kv as u64);
     let peak = peak_rss_bytes();
+    let measured: Vec<_> = results
+        .iter()
+        .map(|r| (r.threads, r.prefill_tokens_per_s, r.decode_tokens_per_s))
+        .collect();
+    let model_spec = opts.model.display().to_string();
+    let (predicted, prediction_note) = match crate::plan::predict_run(
+        &model_spec,
+        ctx as u64,
+        256,
+        &measured,
+        peak,
+        runtime_rss,
+    ) {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     Ok(BenchReport {
         schema_version: SCHEMA_VERSION,
         model: opts.model.display().to_string(),
@@ -447,6 +470,8 @@ pub fn bench(
         peak_rss_bytes: peak,
         within_budget: peak.map(|p| p <= budget),
         results,
+        predicted,
+        prediction_note,
     })
 }
 

@@ -416,6 +416,111 @@ pub fn select_devices(
     Ok(out)
 }
 
+/// What the planner predicts for one benchmark thread count, next to what was measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadPrediction {
+    pub threads: usize,
+    /// Decode ceiling at the run's context, with the host's compute scaled to
+    /// `min(threads, cpu_cores) / cpu_cores` of the probed (all-core) rate.
+    pub decode_tps: Option<f64>,
+    pub decode_bound: Option<dhurandhar_plan::BoundKind>,
+    pub prefill_tps: Option<f64>,
+    pub measured_decode_tps: Option<f64>,
+    pub measured_prefill_tps: Option<f64>,
+    /// (predicted − measured) / measured × 100.
+    pub decode_error_pct: Option<f64>,
+    pub prefill_error_pct: Option<f64>,
+}
+
+/// The planner's prediction for a run of a checkpoint on the probed `host` device.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunPrediction {
+    /// `host`.
+    pub device: String,
+    pub measured_at: Option<String>,
+    pub context_tokens: u64,
+    pub mode: dhurandhar_plan::Mode,
+    /// The plan's resident total: the checkpoint's weight bytes, the f32 KV cache,
+    /// activations and the runtime's own footprint.
+    pub peak_rss_bytes: u64,
+    pub measured_peak_rss_bytes: Option<u64>,
+    pub peak_rss_error_pct: Option<f64>,
+    /// Bytes one decoded token reads from RAM in the plan.
+    pub ram_bytes_per_token: u64,
+    pub threads: Vec<ThreadPrediction>,
+}
+
+fn error_pct(predicted: Option<f64>, measured: Option<f64>) -> Option<f64> {
+    match (predicted, measured) {
+        (Some(p), Some(m)) if m > 0.0 => Some((p - m) / m * 100.0),
+        _ => None,
+    }
+}
+
+/// Predict a benchmark run of the checkpoint `model` on `host`: resident, the engine's
+/// f32 KV cache (32 bits per value), `context` tokens, prefill chunks of
+/// `prefill_chunk`; one prediction per entry of `threads` = (threads, measured prefill
+/// tok/s, measured decode tok/s). `runtime_bytes` is the runtime's own footprint (the
+/// process before the model is loaded), which replaces the profile's generic runtime
+/// overhead when given. Errors when the host was never probed.
+pub fn predict_run(
+    model: &str,
+    context: u64,
+    prefill_chunk: u64,
+    threads: &[(usize, f64, f64)],
+    measured_peak_rss: Option<u64>,
+    runtime_bytes: Option<u64>,
+) -> Result<RunPrediction> {
+    let host = crate::probe::load_host()?;
+    let resolved = resolve_model(model)?;
+    let popts = AnalyzeOptions {
+        model: model.to_string(),
+        context_tokens: context,
+        kv_bits: Some(32.0),
+        prefill_chunk,
+        runtime_overhead_mb: runtime_bytes.map(|b| b as f64 / (1024.0 * 1024.0)),
+        ..AnalyzeOptions::default()
+    };
+    let plan_opts = plan_options(&popts, &resolved.arch)?;
+    let p = dhurandhar_plan::plan(&resolved.arch, resolved.weights.as_ref(), &plan_opts)?;
+    let cores = host.cpu_cores.unwrap_or(1).max(1) as f64;
+    let mut out = Vec::new();
+    let mut mode = dhurandhar_plan::Mode::Resident;
+    for &(t, prefill, decode) in threads {
+        let share = (t as f64).min(cores) / cores;
+        let d = DeviceProfile {
+            compute_f32_gflops: host.compute_f32_gflops.map(|g| g * share),
+            compute_int8_gops: host.compute_int8_gops.map(|g| g * share),
+            ..host.clone()
+        };
+        let a = dhurandhar_plan::assess(&p, &d, f64::MIN_POSITIVE);
+        mode = a.mode;
+        let measured = |x: f64| (x > 0.0).then_some(x);
+        out.push(ThreadPrediction {
+            threads: t,
+            decode_tps: a.decode_tps_ceiling,
+            decode_bound: a.binding_bound,
+            prefill_tps: a.prefill_tps_ceiling,
+            measured_decode_tps: measured(decode),
+            measured_prefill_tps: measured(prefill),
+            decode_error_pct: error_pct(a.decode_tps_ceiling, measured(decode)),
+            prefill_error_pct: error_pct(a.prefill_tps_ceiling, measured(prefill)),
+        });
+    }
+    let rss = p.totals.resident_bytes;
+    Ok(RunPrediction {
+        device: host.slug.clone(),
+        measured_at: host.measured_at.clone(),
+        context_tokens: context,
+        mode,
+        peak_rss_bytes: rss,
+        measured_peak_rss_bytes: measured_peak_rss,
+        peak_rss_error_pct: error_pct(Some(rss as f64), measured_peak_rss.map(|m| m as f64)),
+        ram_bytes_per_token: p.per_token.ram_bytes,
+        threads: out,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

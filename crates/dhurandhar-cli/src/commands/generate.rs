@@ -117,6 +117,44 @@ fn run_bench(args: &Args) -> anyhow::Result<()> {
     emit(&args.out, &report, render_bench)
 }
 
+/// The planner's prediction beside the measurement, with the error in percent.
+fn render_prediction(r: &BenchReport) -> String {
+    let Some(p) = &r.predicted else {
+        return format!(
+            "planner prediction: none ({})\n",
+            r.prediction_note.as_deref().unwrap_or("unavailable")
+        );
+    };
+    let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |e| format!("{e:+.0}%"));
+    let tps = |x: Option<f64>| x.map_or("n/a".to_string(), |t| format!("{t:.1}"));
+    let mut t = table(
+        "threads|decode tok/s predicted|measured|error|bound|prefill tok/s predicted|measured|error",
+        &[],
+    );
+    for x in &p.threads {
+        t.add_row([
+            x.threads.to_string(),
+            tps(x.decode_tps),
+            tps(x.measured_decode_tps),
+            pct(x.decode_error_pct),
+            x.decode_bound
+                .map_or("n/a".into(), |b| b.words().to_string()),
+            tps(x.prefill_tps),
+            tps(x.measured_prefill_tps),
+            pct(x.prefill_error_pct),
+        ]);
+    }
+    format!(
+        "planner on `{}` (probed {}), {} mode:\n{t}\npeak RSS predicted {}, measured {} ({})\n",
+        p.device,
+        p.measured_at.as_deref().unwrap_or("?"),
+        p.mode.as_str(),
+        human_bytes(p.peak_rss_bytes),
+        bytes_or_na(p.measured_peak_rss_bytes),
+        pct(p.peak_rss_error_pct),
+    )
+}
+
 fn render_bench(r: &BenchReport) -> String {
     let mut table = table(
         "threads|prefill tok|prefill tok/s|prefill tok/CPU-s|decode tok|decode tok/s|decode tok/CPU-s",
@@ -140,5 +178,5 @@ fn render_bench(r: &BenchReport) -> String {
         human_bytes(r.rss_budget_bytes),
         human_bytes(r.gguf_tensor_bytes),
         human_bytes(r.kv_cache_bytes as u64),
-    )
+    ) + &render_prediction(r)
 }
