@@ -285,6 +285,35 @@ fn host_device_needs_a_probe_first() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("host") && err.contains("probe"), "{err}");
+    // A quick probe writes the host device, which analyze then uses.
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = dh()
+        .env("DHURANDHAR_CACHE", dir.path())
+        .args(["devices", "--probe", "--quick", "--json", "--probe-dir"])
+        .arg(scratch.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["device"]["slug"], "host");
+    assert!(v["memory"]["triad_gbps"].as_f64().unwrap() > 0.0);
+    let out = dh()
+        .env("DHURANDHAR_CACHE", dir.path())
+        .args(["analyze", "-m", "qwen2.5-0.5b", "-d", "host", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["devices"][0]["slug"], "host");
+    assert_eq!(v["devices"][0]["unchecked_bounds"], serde_json::json!([]));
     // Min-context floor is an option with a clear error.
     fails_with(
         &["analyze", "--min-context-tokens", "0"],

@@ -35,6 +35,26 @@ fn tiny_probe_writes_a_loadable_host_device() {
     assert!(d.memory_bandwidth_gbps.is_some() && d.compute_int8_gops.is_some());
     assert!(d.flash_random_read_iops.is_some() && d.measured_at.is_some());
     assert_eq!(resolve_device("HOST").unwrap(), d);
+
+    // The planner's prediction for a run of the fixture on the probed host.
+    if let Some(gguf) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) {
+        let m = gguf.to_str().unwrap();
+        let p = dhurandhar::plan::predict_run(m, 320, 256, &[(1, 50.0, 20.0)], Some(1 << 27), None)
+            .unwrap();
+        assert_eq!(p.device, "host");
+        assert_eq!(p.threads.len(), 1);
+        let t = &p.threads[0];
+        // error = (predicted - measured) / measured x 100, measured decode = 20 tok/s.
+        let want = (t.decode_tps.unwrap() - 20.0) / 20.0 * 100.0;
+        assert!((t.decode_error_pct.unwrap() - want).abs() < 1e-9);
+        // The checkpoint's weights (92 MiB) and an f32 KV cache are in the predicted RSS.
+        assert!(p.peak_rss_bytes > 92 << 20, "{}", p.peak_rss_bytes);
+        let own = dhurandhar::plan::predict_run(m, 320, 256, &[], None, Some(10 << 20)).unwrap();
+        assert!(
+            own.peak_rss_bytes < p.peak_rss_bytes,
+            "runtime bytes replace the profile's"
+        );
+    }
     // A cancelled probe stops before writing anything new.
     let c = CancelToken::new();
     c.cancel();
