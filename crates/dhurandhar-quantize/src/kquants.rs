@@ -219,6 +219,8 @@ fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
     }
 }
 
+// Indices run over several parallel arrays laid out like the block: plain loops read best.
+#[allow(clippy::needless_range_loop)]
 /// `scales: [u8; 16]` (scale low nibble, min high nibble), `qs: [u8; 64]`, `d`, `dmin`.
 pub(crate) fn q2_k(x: &[f32], out: &mut [u8]) {
     let mut l = [0u8; QK_K];
@@ -269,6 +271,7 @@ pub(crate) fn q2_k(x: &[f32], out: &mut [u8]) {
     out[82..84].copy_from_slice(&f16_bytes(dmin));
 }
 
+#[allow(clippy::needless_range_loop)]
 /// `hmask: [u8; 32]`, `qs: [u8; 64]`, `scales: [u8; 12]` (16 six-bit scales, +32 bias), `d`.
 pub(crate) fn q3_k(x: &[f32], out: &mut [u8]) {
     let mut l = [0u8; QK_K];

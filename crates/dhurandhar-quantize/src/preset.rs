@@ -236,11 +236,7 @@ pub struct ModelInfo {
 
 impl ModelInfo {
     fn n_gqa(&self) -> usize {
-        if self.n_head_kv == 0 {
-            1
-        } else {
-            self.n_head / self.n_head_kv
-        }
+        self.n_head.checked_div(self.n_head_kv).unwrap_or(1)
     }
 }
 
@@ -310,7 +306,8 @@ fn visit_order(tensors: &[TensorDesc]) -> Vec<usize> {
 /// llama.cpp's "more bits" layers: the first and last eighth, and every third between.
 fn use_more_bits(i: usize, n: usize) -> bool {
     let (i, n) = (i as i64, n as i64);
-    i < n / 8 || i >= 7 * n / 8 || (i - n / 8).rem_euclid(3) == 2 && i >= n / 8
+    // (Past the first clause i ≥ n/8, so the remainder is of a non-negative number.)
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// Choose the type of every tensor (same order as `tensors`).

@@ -93,7 +93,7 @@ fn check_block_errors(f: Format, x: &[f32]) -> Result<(), String> {
     for (b, (xb, yb)) in x.chunks(bs).zip(y.chunks(bs)).enumerate() {
         let lim = bound(f, xb);
         for (i, (a, b2)) in xb.iter().zip(yb).enumerate() {
-            if !((a - b2).abs() <= lim) {
+            if (a - b2).abs().is_nan() || (a - b2).abs() > lim {
                 return Err(format!(
                     "{f}: block {b} value {i}: {a} came back as {b2} (bound {lim})"
                 ));
