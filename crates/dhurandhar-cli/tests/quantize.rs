@@ -237,3 +237,23 @@ fn refuses_unknown_type_output_onto_input_and_non_gguf() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(left.len(), 1, "no output or temp file left");
 }
+
+#[test]
+fn refuses_a_truncated_gguf_naming_it() {
+    let Some(m) = made() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.gguf");
+    let bytes = std::fs::read(&m.source).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    dh().arg("quantize")
+        .arg(&cut)
+        .arg("-o")
+        .arg(dir.path().join("o.gguf"))
+        .args(["--type", "q8_0"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("cut.gguf"))
+        .stderr(predicate::str::contains("past the end"));
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "no output or temp file left");
+}

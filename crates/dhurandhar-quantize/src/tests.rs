@@ -246,3 +246,23 @@ proptest! {
     }
 
 }
+
+#[test]
+fn non_finite_values_do_not_panic_and_finite_blocks_are_unaffected() {
+    // A corrupt input must give a file (with non-finite scales in the bad blocks),
+    // never a panic; blocks without bad values quantize as usual.
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let good = gaussian_row(&mut rng, 256, 1.0);
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut x = good.clone();
+        x.extend_from_slice(&good);
+        x[300] = bad;
+        for f in Format::ALL {
+            let mut q = vec![0u8; f.row_bytes(x.len()).unwrap()];
+            quantize_row(f, &x, &mut q).unwrap();
+            let mut first = vec![0u8; f.row_bytes(256).unwrap()];
+            quantize_row(f, &good, &mut first).unwrap();
+            assert_eq!(&q[..first.len()], &first[..], "{f} with {bad}");
+        }
+    }
+}
