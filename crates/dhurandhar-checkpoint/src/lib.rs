@@ -17,6 +17,7 @@ pub mod dtype;
 mod error;
 pub mod gguf;
 pub mod gguf_hparams;
+pub mod gguf_write;
 mod mmap;
 pub mod safetensors;
 pub mod weights;

@@ -46,6 +46,8 @@ pub enum Command {
     Generate(commands::generate::Args),
     /// Perplexity of a GGUF model on a text, with an exact and a compressed KV cache.
     Eval(commands::eval::Args),
+    /// Quantize a GGUF model with a llama.cpp preset (q4_k_m, q8_0, ...).
+    Quantize(commands::quantize::Args),
 }
 
 /// Run a parsed command.
@@ -65,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Quantize(a) => quantize::run(a),
     }
 }
 

@@ -15,6 +15,7 @@
 //! | generate text | [`generate`] |
 //! | profile flash / mmap | [`profile`] |
 //! | pack, unpack, verify, delta | [`pack`] |
+//! | quantize a GGUF (llama.cpp presets) | [`quantize`] |
 //!
 //! Reports are `Serialize` and carry a `schema_version`; they are the `--json`
 //! documents. Long jobs take a [`Progress`] sink and a [`CancelToken`].
@@ -69,6 +70,7 @@ pub mod pack;
 pub mod plan;
 pub mod probe;
 pub mod profile;
+pub mod quantize;
 
 pub use error::{Error, Result};
 pub use progress::{CancelToken, NoProgress, Progress, Unit};
@@ -81,3 +83,4 @@ pub use dhurandhar_model;
 pub use dhurandhar_pack;
 pub use dhurandhar_plan;
 pub use dhurandhar_profile;
+pub use dhurandhar_quantize;

@@ -1,0 +1,126 @@
+//! The classic 32-value block formats. Rounding follows ggml's reference quantizers so
+//! the same floats give the same bytes as `llama-quantize` (without an imatrix):
+//!
+//! * Q8_0: `d = max|x| / 127`, `q = round(x / d)` (half away from zero).
+//! * Q4_0 / Q5_0: symmetric around the value of largest magnitude `m`, `d = m / -8`
+//!   (`-16`): that value maps exactly onto the lowest level, the opposite end may clip
+//!   by one level (15 of 16 levels above zero).
+//! * Q4_1 / Q5_1: `d = (max - min) / 15` (`31`), `m = min`, `q = trunc((x - min)/d + ½)`.
+//!
+//! The scale written is the f16 nearest to `d`; values are quantized with the f32 `d`,
+//! as ggml does.
+
+use crate::f16_bytes;
+
+/// The value of largest magnitude (the first one on ties) and that magnitude.
+fn signed_absmax(x: &[f32]) -> (f32, f32) {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (max, amax)
+}
+
+fn min_max(x: &[f32]) -> (f32, f32) {
+    x.iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
+/// `trunc(v)` clamped to `0..=hi` (v is ≥ 0 up to rounding; NaN gives 0).
+fn level(v: f32, hi: i32) -> u8 {
+    (v as i32).clamp(0, hi) as u8
+}
+
+/// `d: f16, qs: [i8; 32]`.
+pub(crate) fn q8_0(x: &[f32], out: &mut [u8]) {
+    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = inverse(d);
+    out[0..2].copy_from_slice(&f16_bytes(d));
+    for (o, &v) in out[2..34].iter_mut().zip(x) {
+        *o = ((v * id).round() as i8) as u8;
+    }
+}
+
+/// Nibble `j` of `qs` holds value `j` (low) and value `j + 16` (high).
+fn pack_nibbles(q: &[u8; 32], qs: &mut [u8]) {
+    for j in 0..16 {
+        qs[j] = (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4);
+    }
+}
+
+/// Bit `j` of `qh` is bit 4 of value `j`.
+fn high_bits(q: &[u8; 32]) -> [u8; 4] {
+    let mut qh = 0u32;
+    for (j, &v) in q.iter().enumerate() {
+        qh |= (((v >> 4) & 1) as u32) << j;
+    }
+    qh.to_le_bytes()
+}
+
+/// Symmetric levels `0..=2·half-1` with `d = max / -half`.
+fn symmetric(x: &[f32], half: i32) -> (f32, [u8; 32]) {
+    let (max, _) = signed_absmax(x);
+    let d = max / -(half as f32);
+    let id = inverse(d);
+    let mut q = [0u8; 32];
+    for (o, &v) in q.iter_mut().zip(x) {
+        *o = level(v * id + half as f32 + 0.5, 2 * half - 1);
+    }
+    (d, q)
+}
+
+/// Levels `0..=n` above the minimum.
+fn affine(x: &[f32], n: i32) -> (f32, f32, [u8; 32]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / n as f32;
+    let id = inverse(d);
+    let mut q = [0u8; 32];
+    for (o, &v) in q.iter_mut().zip(x) {
+        *o = level((v - min) * id + 0.5, n);
+    }
+    (d, min, q)
+}
+
+/// `d: f16, qs: [u8; 16]`, value `d·(q - 8)`.
+pub(crate) fn q4_0(x: &[f32], out: &mut [u8]) {
+    let (d, q) = symmetric(x, 8);
+    out[0..2].copy_from_slice(&f16_bytes(d));
+    pack_nibbles(&q, &mut out[2..18]);
+}
+
+/// `d: f16, m: f16, qs: [u8; 16]`, value `d·q + m`.
+pub(crate) fn q4_1(x: &[f32], out: &mut [u8]) {
+    let (d, m, q) = affine(x, 15);
+    out[0..2].copy_from_slice(&f16_bytes(d));
+    out[2..4].copy_from_slice(&f16_bytes(m));
+    pack_nibbles(&q, &mut out[4..20]);
+}
+
+/// `d: f16, qh: u32, qs: [u8; 16]`, value `d·(q - 16)`.
+pub(crate) fn q5_0(x: &[f32], out: &mut [u8]) {
+    let (d, q) = symmetric(x, 16);
+    out[0..2].copy_from_slice(&f16_bytes(d));
+    out[2..6].copy_from_slice(&high_bits(&q));
+    pack_nibbles(&q, &mut out[6..22]);
+}
+
+/// `d: f16, m: f16, qh: u32, qs: [u8; 16]`, value `d·q + m`.
+pub(crate) fn q5_1(x: &[f32], out: &mut [u8]) {
+    let (d, m, q) = affine(x, 31);
+    out[0..2].copy_from_slice(&f16_bytes(d));
+    out[2..4].copy_from_slice(&f16_bytes(m));
+    out[4..8].copy_from_slice(&high_bits(&q));
+    pack_nibbles(&q, &mut out[8..24]);
+}
