@@ -738,6 +738,13 @@ fn row_dot(t: GgmlType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s:
     }
 }
 
+/// Whether `row_dot` has a kernel that reads `t` directly against f32 activations.
+fn has_f32_kernel(t: GgmlType, s: Simd) -> bool {
+    t == GgmlType::F32
+        || crate::floats::supports(t)
+        || (s == Simd::Avx2 && matches!(t, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1))
+}
+
 /// View little-endian bytes as f32 when aligned (always true on little-endian hosts for
 /// GGUF data, which is 32-byte aligned).
 fn bytemuck_f32(w: &[u8]) -> Result<&[f32], ()> {
@@ -808,10 +815,34 @@ pub fn matmul(
     let rows = w.rows;
     let cols = w.cols;
     let optr = OutPtr(out.as_mut_ptr());
+    // Types without a direct f32-activation kernel dequantize block by block inside the
+    // dot; with several tokens (prefill, eval) that would redo the row once per token, so
+    // the row is dequantized once and dotted against every token instead.
+    let dequant_rows = match acts {
+        Acts::F32(_) => n_tok > 1 && !has_f32_kernel(w.qtype, s),
+        Acts::Q8(_) => false,
+    };
     let tile = |r0: usize, r1: usize| {
         let p = optr;
+        let mut row_f32 = if dequant_rows {
+            vec![0f32; cols]
+        } else {
+            Vec::new()
+        };
         for r in r0..r1 {
             let wr = w.row(r);
+            if let (true, Acts::F32(x)) = (dequant_rows, acts) {
+                let (bs, ts) = (w.qtype.block_size() as usize, w.qtype.type_size() as usize);
+                for (o, b) in row_f32.chunks_exact_mut(bs).zip(wr.chunks_exact(ts)) {
+                    dequantize_block(w.qtype, b, o);
+                }
+                for t in 0..n_tok {
+                    let v = dot(&row_f32, &x[t * cols..(t + 1) * cols]);
+                    // SAFETY: as below.
+                    unsafe { *p.0.add(t * rows + r) = v };
+                }
+                continue;
+            }
             #[allow(unused_mut)] // only the x86_64 tile loop advances it early
             let mut t = 0;
             #[cfg(target_arch = "x86_64")]
