@@ -10,11 +10,13 @@ the files are byte-identical on every run (the committed goldens depend on it).
 
     make_tiny_models.py --vocab-from SmolLM2-135M-Instruct.Q4_1.gguf --out DIR [ARCH ...]
 
-writes DIR/tiny-<arch>.gguf (all architectures when none is named) and prints the paths.
+writes DIR/tiny-<arch>.gguf (all architectures when none is named) and prints one line
+per file: its path and sha256.
 Exit status 3 when the gguf package cannot be imported (tests treat that as "skip").
 """
 
 import argparse
+import hashlib
 import os
 import sys
 
@@ -93,7 +95,9 @@ def write_model(arch, cfg, vocab, path):
         return (scale * rng.standard_normal(n)).astype(np.float32)
 
     w = gguf.GGUFWriter(path, arch)
-    w.add_name(f"tiny-{arch}")
+    # A name without the architecture in it: llama.cpp changes special-token attributes
+    # for models named like "phi3", and these models have no such tokens.
+    w.add_name("dhurandhar tiny test model")
     w.add_block_count(cfg["layers"])
     w.add_context_length(CONTEXT)
     w.add_embedding_length(HIDDEN)
@@ -172,8 +176,10 @@ def main():
         path = os.path.join(a.out, f"tiny-{name}.gguf")
         tmp = path + f".tmp{os.getpid()}"
         write_model(name, MODELS[name], vocab, tmp)
+        with open(tmp, "rb") as f:
+            sha = hashlib.sha256(f.read()).hexdigest()
         os.replace(tmp, path)
-        print(path)
+        print(path, sha)
 
 
 if __name__ == "__main__":
