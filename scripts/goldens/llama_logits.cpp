@@ -103,7 +103,11 @@ int main(int argc, char ** argv) {
         std::partial_sort(idx.begin(), idx.begin() + top_k, idx.end(),
                           [&](int a, int b) { return lg[a] > lg[b]; });
         std::printf("%s[", i ? ",\n" : "");
-        for (int j = 0; j < top_k; j++) std::printf(j ? ",[%d,%.4f]" : "[%d,%.4f]", idx[j], lg[idx[j]]);
+        // Tiny models: every digit of an f32; the SmolLM2 golden keeps its 4 decimals.
+        for (int j = 0; j < top_k; j++) {
+            if (n_greedy >= 0) std::printf(j ? ",[%d,%.9g]" : "[%d,%.9g]", idx[j], lg[idx[j]]);
+            else std::printf(j ? ",[%d,%.4f]" : "[%d,%.4f]", idx[j], lg[idx[j]]);
+        }
         std::printf("]");
     }
     std::printf("\n]");

@@ -7,19 +7,23 @@
 //! tiny models reuse). Skips with a printed reason when either is missing, unless
 //! `DHURANDHAR_REQUIRE_FIXTURES=1` (CI), which turns the skip into a failure.
 //!
-//! Tolerance. Weights and the llama.cpp KV cache are F32 for these models, so two correct
-//! implementations differ only by f32 rounding in a different summation order, f32 RoPE
-//! angles in ggml, and (gemma3) ggml's GELU, which reads an f16 table: its output carries
-//! up to 2^-11 relative error. The logit bound is therefore stated relative to the
-//! logits' scale: `|ours - llama.cpp| <= 2^-11 · max|logit|` at worst over each
-//! position's top-8 (the f16 rounding of one GELU-sized step), and their rms within a
-//! quarter of that. Any real defect (a wrong RoPE base or pairing, a missing norm, the
-//! wrong window, the wrong activation) moves logits by whole units.
+//! Tolerance, from the float formats. Weights and llama.cpp's KV cache are F32 for these
+//! models (the goldens record every digit of llama.cpp's f32 logits), so two correct
+//! implementations differ by f32 rounding in a different summation order and RoPE angle
+//! arithmetic: allowed `2^-16 · max|logit|` at worst over each position's top-8 (256 f32
+//! ulps at the logits' scale) and `2^-18 · max|logit|` rms. GeGLU models (gemma3) add
+//! ggml's GELU, which rounds its input and output through an f16 table (2^-11 relative,
+//! f16's half-ulp, per activation; emulating that table in our engine takes the rms gap
+//! from 7.6e-4 to 4.5e-5): allowed `2^-11 · max|logit|` worst and `2^-13` rms. Measured
+//! figures are printed with `--nocapture`; a real defect (a wrong RoPE base or pairing,
+//! a missing norm, the wrong window or activation) moves logits by whole units (a
+//! wrong local RoPE base on gemma3: worst 1.48 against a bound of 0.016).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use dhurandhar_engine::arch::Activation;
 use dhurandhar_engine::{Logits, Model};
 use serde_json::Value;
 
@@ -124,7 +128,16 @@ fn check_logits(arch: &str) {
     let vocab = m.config.vocab_size;
     let mut s = m.session(1, None).unwrap();
     let ours = s.forward(&toks, Logits::All, None).unwrap();
-    let (mut worst, mut sq, mut n, mut scale) = (0f32, 0f64, 0f64, 0f32);
+    let scale = positions
+        .iter()
+        .flat_map(|p| p.as_array().unwrap().iter())
+        .map(|e| e[1].as_f64().unwrap().abs() as f32)
+        .fold(0f32, f32::max);
+    let (tol, tol_rms) = match m.spec().activation {
+        Activation::Silu => (scale * 2f32.powi(-16), scale * 2f32.powi(-18)),
+        Activation::GeluTanh => (scale * 2f32.powi(-11), scale * 2f32.powi(-13)),
+    };
+    let (mut worst, mut sq, mut n) = (0f32, 0f64, 0f64);
     let mut agree = 0;
     for (i, p) in positions.iter().enumerate() {
         let row = &ours[i * vocab..(i + 1) * vocab];
@@ -139,21 +152,24 @@ fn check_logits(arch: &str) {
             worst = worst.max(d);
             sq += (d as f64).powi(2);
             n += 1.0;
-            scale = scale.max(want.abs());
         }
-        agree += usize::from(argmax(row) as usize == top[0].0);
+        let same = argmax(row) as usize == top[0].0;
+        agree += usize::from(same);
+        // Only a near-tie (within twice the bound) may flip the winner.
+        assert!(
+            same || top[0].1 - top[1].1 <= 2.0 * tol,
+            "{arch}: position {i}: llama.cpp's top-1 {:?} but ours is {}",
+            top[0],
+            argmax(row)
+        );
     }
     let rms = (sq / n).sqrt() as f32;
-    let tol = scale / 2048.0;
     eprintln!(
-        "{arch}: top-1 agreement {agree}/{}; |ours - llama.cpp| over top-8 worst {worst:.2e} rms {rms:.2e} (bound {tol:.2e}, logits up to {scale:.1})",
+        "{arch}: top-1 agreement {agree}/{}; |ours - llama.cpp| over top-8 worst {worst:.2e} (bound {tol:.2e}) rms {rms:.2e} (bound {tol_rms:.2e}); logits up to {scale:.1}",
         toks.len()
     );
     assert!(worst <= tol, "{arch}: worst logit difference {worst} > {tol}");
-    assert!(rms <= tol / 4.0, "{arch}: rms logit difference {rms} > {}", tol / 4.0);
-    // With differences this small only an exact tie could flip the winner; llama.cpp's
-    // top-1 margins on these models are far larger than `tol`.
-    assert_eq!(agree, toks.len(), "{arch}: top-1 disagrees with llama.cpp");
+    assert!(rms <= tol_rms, "{arch}: rms logit difference {rms} > {tol_rms}");
 }
 
 /// Greedy decoding one token per forward pass (the cache's incremental path; on gemma3
@@ -212,4 +228,102 @@ fn every_engine_architecture_has_a_tiny_model_and_golden() {
         .filter(|&a| a != "mistral") // llama's computation under another name
         .collect();
     assert_eq!(engine, ARCHS);
+}
+
+/// The cache holds what the planner charges: on gemma3 (5 sliding layers with a window of
+/// 8, 1 global) the engine's ring buffers keep `min(context, 8)` positions per sliding
+/// layer, and its bytes after any context equal `dhurandhar-plan`'s KV component at 32
+/// bits per value (the engine's f32 cache), whatever the prefill chunking.
+#[test]
+fn gemma3_kv_bytes_equal_the_planners() {
+    let Some((m, g)) = open("gemma3") else { return };
+    let path = tiny_models().unwrap().0.join("tiny-gemma3.gguf");
+    let (arch, weights) = dhurandhar_checkpoint::load_model(&path).unwrap();
+    let toks = ids(&g["tokens"]);
+    assert_eq!(m.config.sliding_layers, 5);
+    assert_eq!(m.config.sliding_window, Some(8));
+    for (ctx, chunk) in [(1, 1), (5, 2), (8, 8), (9, 4), (40, 7), (64, 64)] {
+        let opts = dhurandhar_plan::PlanOptions {
+            context_tokens: ctx as u64,
+            kv_bits: 32.0,
+            ..Default::default()
+        };
+        let planned = dhurandhar_plan::plan(&arch, Some(&weights), &opts)
+            .unwrap()
+            .component("kv_cache");
+        let mut s = m.session(1, None).unwrap();
+        s.prefill(&toks[..ctx], chunk).unwrap();
+        assert_eq!(s.cache.bytes() as u64, planned, "context {ctx}, chunk {chunk}");
+        assert_eq!(m.kv_bytes(ctx) as u64, planned, "context {ctx}");
+    }
+    // The windows are what makes the difference: at 64 tokens the sliding layers hold 8.
+    assert_eq!(m.kv_bytes(64), (5 * 8 + 64) * m.kv_bytes_per_token() / 6);
+}
+
+/// Chunked prefill (the ring-buffer gather path with earlier positions in the cache) and
+/// token-by-token decoding give the logits of one pass over the whole sequence.
+#[test]
+fn chunked_and_incremental_runs_equal_one_pass() {
+    for arch in ["gemma3", "llama"] {
+        let Some((m, g)) = open(arch) else { return };
+        let toks = &ids(&g["tokens"])[..40];
+        let v = m.config.vocab_size;
+        let all = m.session(1, None).unwrap().forward(toks, Logits::All, None).unwrap();
+        let scale = all.iter().fold(0f32, |a, &b| a.max(b.abs()));
+        for chunk in [1, 3, 7, 9, 40] {
+            let mut s = m.session(2, None).unwrap();
+            let mut start = 0;
+            while start < toks.len() {
+                let end = (start + chunk).min(toks.len());
+                let got = s.forward(&toks[start..end], Logits::All, None).unwrap();
+                let want = &all[start * v..end * v];
+                let worst = got.iter().zip(want).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                assert!(
+                    worst <= scale * 2f32.powi(-16),
+                    "{arch}: chunk {chunk} at {start}: logits differ by {worst}"
+                );
+                start = end;
+            }
+        }
+    }
+}
+
+/// KV capture (`kv capture`) records every layer's Q/K/V for every token on a model
+/// with sliding layers, whatever the cache keeps.
+#[test]
+fn capture_records_every_token_on_sliding_layers() {
+    let Some((m, g)) = open("gemma3") else { return };
+    let toks = &ids(&g["tokens"])[..20];
+    let c = &m.config;
+    let mut cap = dhurandhar_engine::Capture::new(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim);
+    let mut s = m.session(1, None).unwrap();
+    for piece in toks.chunks(6) {
+        s.forward(piece, Logits::None, Some(&mut cap)).unwrap();
+    }
+    assert_eq!(cap.n_tokens, 20);
+    for l in &cap.layers {
+        assert_eq!(l.k.len(), 20 * c.n_kv_heads * c.head_dim);
+        assert_eq!(l.q.len(), 20 * c.n_heads * c.head_dim);
+    }
+    assert!(s.cache.bytes() < 20 * m.kv_bytes_per_token());
+}
+
+/// An architecture outside the table is refused, naming it and listing what runs.
+#[test]
+fn unknown_architectures_are_refused_with_the_supported_list() {
+    use dhurandhar_checkpoint::gguf::{GgufBuilder, GgufValue};
+    let bytes = GgufBuilder::new()
+        .kv("general.architecture", GgufValue::String("gemma3n".into()))
+        .kv("gemma3n.block_count", GgufValue::U32(2))
+        .kv("gemma3n.embedding_length", GgufValue::U32(64))
+        .to_bytes()
+        .unwrap();
+    let path = std::env::temp_dir().join(format!("dhurandhar-unknown-arch-{}.gguf", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    let e = Model::open(&path).err().expect("refused").to_string();
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        e.contains("architecture `gemma3n` is not supported by the engine (supported: llama, mistral, qwen2, qwen3, gemma3, phi3)"),
+        "{e}"
+    );
 }
