@@ -35,8 +35,8 @@ CONTEXT = 256
 
 # Per architecture: what makes it that architecture (see docs/run.md's support matrix).
 MODELS = {
-    # Separate output head, interleaved RoPE.
-    "llama": dict(layers=2, head_dim=16, untied=True, seed=11),
+    # Separate output head, interleaved RoPE, Llama 3 style RoPE frequency factors.
+    "llama": dict(layers=2, head_dim=16, untied=True, rope_freqs=True, seed=11),
     # Q/K/V biases.
     "qwen2": dict(layers=2, head_dim=16, qkv_bias=True, seed=12),
     # QK-norm; head_dim 32 so the attention width (128) differs from hidden.
@@ -126,6 +126,9 @@ def write_model(arch, cfg, vocab, path):
     w.add_tensor("output_norm.weight", norm(HIDDEN))
     if cfg.get("untied"):
         w.add_tensor("output.weight", 4.0 * mat(n_vocab, HIDDEN))
+    if cfg.get("rope_freqs"):
+        rot = cfg.get("rope_dims", hd)
+        w.add_tensor("rope_freqs.weight", (1.0 + 7.0 * rng.random(rot // 2)).astype(np.float32))
     for i in range(cfg["layers"]):
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", norm(HIDDEN))

@@ -294,7 +294,10 @@ mod tests {
                 .kv("llama.rope.freq_base", GgufValue::F32(1e6))
                 .kv("llama.attention.sliding_window", GgufValue::U32(512))
                 .kv("llama.rope.freq_base_swa", GgufValue::F32(1e4))
-                .kv("llama.rope.scaling.type", GgufValue::String("linear".into()))
+                .kv(
+                    "llama.rope.scaling.type",
+                    GgufValue::String("linear".into()),
+                )
                 .kv("llama.rope.scaling.factor", GgufValue::F32(8.0))
                 .kv(
                     "llama.attention.layer_norm_rms_epsilon",
@@ -308,7 +311,10 @@ mod tests {
         assert_eq!(h.rope_freq_base, Some(1e6));
         assert_eq!(h.rms_epsilon, None);
         assert_eq!(h.feed_forward_length, None);
-        assert_eq!((h.sliding_window, h.rope_freq_base_swa), (Some(512), Some(1e4)));
+        assert_eq!(
+            (h.sliding_window, h.rope_freq_base_swa),
+            (Some(512), Some(1e4))
+        );
         assert_eq!(h.rope_scaling_type.as_deref(), Some("linear"));
         assert_eq!(h.rope_scaling_factor, Some(8.0));
         assert_eq!(GgufTokenizer::read(&g), GgufTokenizer::default());

@@ -86,6 +86,8 @@ pub struct ArchSpec {
     /// Q/K/V may come fused in one `attn_qkv` tensor and gate/up in one `ffn_up` of
     /// twice the FFN width (gate first).
     pub fused_projections: bool,
+    /// Per-pair RoPE frequency divisors may come in `rope_freqs.weight` (Llama 3.x).
+    pub rope_freq_factors: bool,
 }
 
 const LLAMA: ArchSpec = ArchSpec {
@@ -98,6 +100,7 @@ const LLAMA: ArchSpec = ArchSpec {
     attention_scale: AttentionScale::HeadDim,
     sliding: SlidingLayers::None,
     fused_projections: false,
+    rope_freq_factors: true,
 };
 
 /// Every architecture the engine runs.
@@ -110,12 +113,14 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
     ArchSpec {
         name: "qwen2",
         rope_style: RopeStyle::SplitHalf,
+        rope_freq_factors: false,
         ..LLAMA
     },
     ArchSpec {
         name: "qwen3",
         rope_style: RopeStyle::SplitHalf,
         qk_norm: true,
+        rope_freq_factors: false,
         ..LLAMA
     },
     ArchSpec {
@@ -131,11 +136,13 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
             local_rope_base: 10_000.0,
         },
         fused_projections: false,
+        rope_freq_factors: false,
     },
     ArchSpec {
         name: "phi3",
         rope_style: RopeStyle::SplitHalf,
         fused_projections: true,
+        rope_freq_factors: false,
         ..LLAMA
     },
 ];
@@ -151,12 +158,15 @@ pub fn supported_names() -> String {
 
 /// The spec of `name`, or a message saying it is not supported and listing what is.
 pub fn lookup(name: &str) -> Result<&'static ArchSpec, String> {
-    ARCHITECTURES.iter().find(|a| a.name == name).ok_or_else(|| {
-        format!(
-            "architecture `{name}` is not supported by the engine (supported: {})",
-            supported_names()
-        )
-    })
+    ARCHITECTURES
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| {
+            format!(
+                "architecture `{name}` is not supported by the engine (supported: {})",
+                supported_names()
+            )
+        })
 }
 
 #[cfg(test)]

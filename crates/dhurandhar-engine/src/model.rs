@@ -296,7 +296,10 @@ impl Model {
             ("blk.0.attn_output.bias", "an attention output bias"),
             ("blk.0.ffn_gate_inp.weight", "mixture-of-experts layers"),
             ("rope_factors_long.weight", "LongRoPE frequency factors"),
-            ("blk.0.rope_factors_long.weight", "LongRoPE frequency factors"),
+            (
+                "blk.0.rope_factors_long.weight",
+                "LongRoPE frequency factors",
+            ),
             ("output_norm.bias", "a LayerNorm bias"),
         ] {
             if g.tensor(name).is_some() {
@@ -327,10 +330,15 @@ impl Model {
             tensor("output.weight", vocab_size, dim)?
         };
         let output_norm = vector("output_norm.weight", dim)?;
-        let freq_factors = if g.tensor("rope_freqs.weight").is_some() {
-            Some(vector("rope_freqs.weight", rope_dims / 2)?)
-        } else {
-            None
+        let freq_factors = match (g.tensor("rope_freqs.weight").is_some(), spec.rope_freq_factors) {
+            (false, _) => None,
+            (true, true) => Some(vector("rope_freqs.weight", rope_dims / 2)?),
+            (true, false) => {
+                return Err(meta_err(
+                    origin,
+                    format!("{arch} with RoPE frequency factors (tensor rope_freqs.weight) is not supported by the engine"),
+                ))
+            }
         };
 
         // Which layers slide, from the planner's classification of the same file (one
@@ -349,7 +357,10 @@ impl Model {
             let w = size("sliding window", w)?;
             let planned = dhurandhar_checkpoint::arch_from_gguf(g, origin)?.layers();
             if planned.len() != n_layers {
-                return Err(meta_err(origin, "layer plan does not match the block count"));
+                return Err(meta_err(
+                    origin,
+                    "layer plan does not match the block count",
+                ));
             }
             for (slot, l) in windows.iter_mut().zip(&planned) {
                 if l.kv != dhurandhar_model::KvSource::Fresh {
@@ -448,7 +459,9 @@ impl Model {
             rms_eps,
             tied_embeddings: tied,
             attention_scale,
-            sliding_window: sliding_window.filter(|_| sliding_layers > 0).map(|w| w as usize),
+            sliding_window: sliding_window
+                .filter(|_| sliding_layers > 0)
+                .map(|w| w as usize),
             sliding_layers,
             rope_base_sliding,
             final_logit_softcap: hp.final_logit_softcapping.filter(|&c| c > 0.0),
@@ -1061,9 +1074,7 @@ impl<M: Borrow<Model> + Send> Session<M> {
         sc.q8_ready = false;
         sc.project(&m.mat(&m.output), &h, &mut logits, par)?;
         if let Some(cap) = c.final_logit_softcap {
-            logits
-                .iter_mut()
-                .for_each(|l| *l = cap * (*l / cap).tanh());
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
         }
         Ok(logits)
     }

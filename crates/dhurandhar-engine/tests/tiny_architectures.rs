@@ -68,14 +68,19 @@ fn tiny_models() -> Option<&'static (PathBuf, Vec<(String, String)>)> {
                         .map(|l| {
                             let (path, sha) = l.rsplit_once(' ').unwrap();
                             let stem = Path::new(path).file_stem().unwrap().to_str().unwrap();
-                            (stem.trim_start_matches("tiny-").to_string(), sha.to_string())
+                            (
+                                stem.trim_start_matches("tiny-").to_string(),
+                                sha.to_string(),
+                            )
                         })
                         .collect();
                     return Some((dir, shas));
                 }
             };
             if require() {
-                panic!("DHURANDHAR_REQUIRE_FIXTURES=1 but the tiny models cannot be made: {reason}");
+                panic!(
+                    "DHURANDHAR_REQUIRE_FIXTURES=1 but the tiny models cannot be made: {reason}"
+                );
             }
             eprintln!("skipping the tiny-architecture checks: {reason}");
             None
@@ -84,7 +89,8 @@ fn tiny_models() -> Option<&'static (PathBuf, Vec<(String, String)>)> {
 }
 
 fn golden(arch: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/goldens/tiny-{arch}.json"));
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/goldens/tiny-{arch}.json"));
     serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
 }
 
@@ -145,7 +151,12 @@ fn check_logits(arch: &str) {
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| (e[0].as_u64().unwrap() as usize, e[1].as_f64().unwrap() as f32))
+            .map(|e| {
+                (
+                    e[0].as_u64().unwrap() as usize,
+                    e[1].as_f64().unwrap() as f32,
+                )
+            })
             .collect();
         for &(id, want) in &top {
             let d = (row[id] - want).abs();
@@ -168,8 +179,14 @@ fn check_logits(arch: &str) {
         "{arch}: top-1 agreement {agree}/{}; |ours - llama.cpp| over top-8 worst {worst:.2e} (bound {tol:.2e}) rms {rms:.2e} (bound {tol_rms:.2e}); logits up to {scale:.1}",
         toks.len()
     );
-    assert!(worst <= tol, "{arch}: worst logit difference {worst} > {tol}");
-    assert!(rms <= tol_rms, "{arch}: rms logit difference {rms} > {tol_rms}");
+    assert!(
+        worst <= tol,
+        "{arch}: worst logit difference {worst} > {tol}"
+    );
+    assert!(
+        rms <= tol_rms,
+        "{arch}: rms logit difference {rms} > {tol_rms}"
+    );
 }
 
 /// Greedy decoding one token per forward pass (the cache's incremental path; on gemma3
@@ -187,7 +204,10 @@ fn check_greedy(arch: &str) {
         got.push(t);
         logits = s.forward(&[t], Logits::Last, None).unwrap();
     }
-    assert_eq!(got, want, "{arch}: greedy continuation differs from llama.cpp");
+    assert_eq!(
+        got, want,
+        "{arch}: greedy continuation differs from llama.cpp"
+    );
 }
 
 #[test]
@@ -253,7 +273,11 @@ fn gemma3_kv_bytes_equal_the_planners() {
             .component("kv_cache");
         let mut s = m.session(1, None).unwrap();
         s.prefill(&toks[..ctx], chunk).unwrap();
-        assert_eq!(s.cache.bytes() as u64, planned, "context {ctx}, chunk {chunk}");
+        assert_eq!(
+            s.cache.bytes() as u64,
+            planned,
+            "context {ctx}, chunk {chunk}"
+        );
         assert_eq!(m.kv_bytes(ctx) as u64, planned, "context {ctx}");
     }
     // The windows are what makes the difference: at 64 tokens the sliding layers hold 8.
@@ -268,7 +292,11 @@ fn chunked_and_incremental_runs_equal_one_pass() {
         let Some((m, g)) = open(arch) else { return };
         let toks = &ids(&g["tokens"])[..40];
         let v = m.config.vocab_size;
-        let all = m.session(1, None).unwrap().forward(toks, Logits::All, None).unwrap();
+        let all = m
+            .session(1, None)
+            .unwrap()
+            .forward(toks, Logits::All, None)
+            .unwrap();
         let scale = all.iter().fold(0f32, |a, &b| a.max(b.abs()));
         for chunk in [1, 3, 7, 9, 40] {
             let mut s = m.session(2, None).unwrap();
@@ -277,7 +305,10 @@ fn chunked_and_incremental_runs_equal_one_pass() {
                 let end = (start + chunk).min(toks.len());
                 let got = s.forward(&toks[start..end], Logits::All, None).unwrap();
                 let want = &all[start * v..end * v];
-                let worst = got.iter().zip(want).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                let worst = got
+                    .iter()
+                    .zip(want)
+                    .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
                 assert!(
                     worst <= scale * 2f32.powi(-16),
                     "{arch}: chunk {chunk} at {start}: logits differ by {worst}"
@@ -318,7 +349,10 @@ fn unknown_architectures_are_refused_with_the_supported_list() {
         .kv("gemma3n.embedding_length", GgufValue::U32(64))
         .to_bytes()
         .unwrap();
-    let path = std::env::temp_dir().join(format!("dhurandhar-unknown-arch-{}.gguf", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "dhurandhar-unknown-arch-{}.gguf",
+        std::process::id()
+    ));
     std::fs::write(&path, bytes).unwrap();
     let e = Model::open(&path).err().expect("refused").to_string();
     std::fs::remove_file(&path).unwrap();

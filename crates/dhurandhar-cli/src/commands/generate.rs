@@ -92,7 +92,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         write_json_file(path, &r)?;
     }
     eprintln!(
-        "prefill: {} tokens in {:.3} s ({:.1} tok/s); decode: {} tokens in {:.3} s ({:.1} tok/s); {} threads; peak RSS {}",
+        "{}: prefill: {} tokens in {:.3} s ({:.1} tok/s); decode: {} tokens in {:.3} s ({:.1} tok/s); {} threads; peak RSS {}",
+        r.architecture,
         r.prompt_tokens,
         r.prefill_seconds,
         r.prefill_tokens_per_s,
@@ -134,7 +135,8 @@ fn render_bench(r: &BenchReport) -> String {
         ]);
     }
     format!(
-        "{table}\npeak RSS {} for a {}-token context; budget {} = 1.3 × {} tensors + {} KV + 64 MiB\n",
+        "{table}\n{}: peak RSS {} for a {}-token context; budget {} = 1.3 × {} tensors + {} KV + 64 MiB\n",
+        r.architecture,
         bytes_or_na(r.peak_rss_bytes),
         r.context_tokens,
         human_bytes(r.rss_budget_bytes),
