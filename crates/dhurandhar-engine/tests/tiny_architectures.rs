@@ -37,10 +37,13 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// `(directory, arch -> sha256)` of the generated models, once per test binary; `None`
-/// (after printing why) when they cannot be made here.
-fn tiny_models() -> Option<&'static (PathBuf, Vec<(String, String)>)> {
-    static MODELS: OnceLock<Option<(PathBuf, Vec<(String, String)>)>> = OnceLock::new();
+/// The generated models' directory and `(arch, sha256)` of each file.
+type TinyModels = (PathBuf, Vec<(String, String)>);
+
+/// The generated models, made once per test binary; `None` (after printing why) when they
+/// cannot be made here.
+fn tiny_models() -> Option<&'static TinyModels> {
+    static MODELS: OnceLock<Option<TinyModels>> = OnceLock::new();
     MODELS
         .get_or_init(|| {
             let vocab = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF)?;
