@@ -364,3 +364,30 @@ fn unknown_architectures_are_refused_with_the_supported_list() {
         "{e}"
     );
 }
+
+/// A KV codec on sliding-window layers is refused (its token groups would straddle the
+/// ring's overwrites), not run wrongly; full-attention models keep codecs.
+#[test]
+fn codecs_are_refused_on_sliding_layers_only() {
+    use dhurandhar_kv::{build_codec, Codec, CodecSpec};
+    for (arch, refused) in [("gemma3", true), ("qwen3", false)] {
+        let Some((m, _)) = open(arch) else { return };
+        let c = &m.config;
+        let spec = CodecSpec::new(Codec::Q8_0, 8, c.head_dim);
+        let codec = std::sync::Arc::from(build_codec(&spec, None).unwrap());
+        let cc = dhurandhar_engine::CacheCodec::shared("q8_0", codec, c.n_layers);
+        match m.new_cache(Some(cc)) {
+            Err(e) => {
+                assert!(refused, "{arch}: {e}");
+                assert_eq!(
+                    e.to_string(),
+                    "KV codecs are not supported on sliding-window layers yet"
+                );
+            }
+            Ok(cache) => {
+                assert!(!refused, "{arch}: codec accepted on sliding layers");
+                m.session(1, Some(cache)).unwrap();
+            }
+        }
+    }
+}

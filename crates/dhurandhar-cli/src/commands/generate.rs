@@ -14,7 +14,7 @@ use crate::render::{bytes_or_na, table};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// GGUF model file (llama / qwen2 family).
+    /// GGUF model file (llama, mistral, qwen2, qwen3, gemma3 or phi3).
     #[arg(long)]
     pub model: PathBuf,
     /// Prompt text (literal control tokens such as `<|im_start|>` are recognised).
