@@ -124,8 +124,13 @@ fn open(arch: &str) -> Option<(Model, Value)> {
         "tiny-{arch}.gguf differs from the file the golden was made from: make_tiny_models.py \
          or the gguf package changed; regenerate with scripts/goldens/make_goldens.sh"
     );
-    let m = Model::open(&dir.join(format!("tiny-{arch}.gguf"))).expect("tiny model loads");
+    let path = dir.join(format!("tiny-{arch}.gguf"));
+    let m = Model::open(&path).expect("tiny model loads");
+    // The engine (`generate`) and the checkpoint reader behind `inspect` and
+    // `analyze --model` name the architecture alike.
     assert_eq!(m.config.architecture, arch);
+    let (planned, _) = dhurandhar_checkpoint::load_model(&path).unwrap();
+    assert_eq!(planned.family, arch);
     Some((m, g))
 }
 
