@@ -929,6 +929,12 @@ impl<M: Borrow<Model> + Send> Session<M> {
                         Span::Window { base: p0 - old, w }
                     };
                     let end = p0 + n;
+                    // Exactly one window of storage, never a doubled Vec beyond it.
+                    for buf in [&mut ring.k, &mut ring.v] {
+                        if buf.capacity() < w * kvd {
+                            buf.reserve_exact(w * kvd - buf.len());
+                        }
+                    }
                     ring.k.resize(end.min(w) * kvd, 0.0);
                     ring.v.resize(end.min(w) * kvd, 0.0);
                     for pos in end.saturating_sub(w).max(p0)..end {
