@@ -42,8 +42,9 @@ MODELS = {
     # QK-norm; head_dim 32 so the attention width (128) differs from hidden.
     "qwen3": dict(layers=2, head_dim=32, qk_norm=True, seed=13),
     # Six layers: llama.cpp's default pattern makes 0-4 sliding (window 8) and 5 global;
-    # local layers keep the default RoPE base, global ones use freq_base.
-    "gemma3": dict(layers=6, head_dim=32, qk_norm=True, gemma=True, window=8, seed=14),
+    # local layers keep the default RoPE base, global ones use freq_base. Final logits
+    # soft-capped at 30 (logits reach about that, so the cap bends them).
+    "gemma3": dict(layers=6, head_dim=32, qk_norm=True, gemma=True, window=8, softcap=30.0, seed=14),
     # Fused attn_qkv and gate/up, partial rotary (12 of 16 dims).
     "phi3": dict(layers=2, head_dim=16, fused=True, rope_dims=12, seed=15),
 }
@@ -111,6 +112,8 @@ def write_model(arch, cfg, vocab, path):
     w.add_layer_norm_rms_eps(1e-6 if cfg.get("gemma") else 1e-5)
     if cfg.get("window"):
         w.add_sliding_window(cfg["window"])
+    if cfg.get("softcap"):
+        w.add_final_logit_softcapping(cfg["softcap"])
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(vocab["pre"])

@@ -88,6 +88,8 @@ pub struct ArchSpec {
     pub fused_projections: bool,
     /// Per-pair RoPE frequency divisors may come in `rope_freqs.weight` (Llama 3.x).
     pub rope_freq_factors: bool,
+    /// `{arch}.final_logit_softcapping` is honoured (logits become `c·tanh(logit / c)`).
+    pub final_logit_softcap: bool,
 }
 
 const LLAMA: ArchSpec = ArchSpec {
@@ -101,6 +103,7 @@ const LLAMA: ArchSpec = ArchSpec {
     sliding: SlidingLayers::None,
     fused_projections: false,
     rope_freq_factors: true,
+    final_logit_softcap: false,
 };
 
 /// Every architecture the engine runs.
@@ -137,6 +140,7 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         },
         fused_projections: false,
         rope_freq_factors: false,
+        final_logit_softcap: true,
     },
     ArchSpec {
         name: "phi3",

@@ -464,7 +464,9 @@ impl Model {
                 .map(|w| w as usize),
             sliding_layers,
             rope_base_sliding,
-            final_logit_softcap: hp.final_logit_softcapping.filter(|&c| c > 0.0),
+            final_logit_softcap: hp
+                .final_logit_softcapping
+                .filter(|&c| spec.final_logit_softcap && c > 0.0),
         };
         Ok(Model {
             tensor_bytes: g.total_tensor_bytes(),

@@ -14,7 +14,7 @@
 //! ulps at the logits' scale) and `2^-18 · max|logit|` rms. GeGLU models (gemma3) add
 //! ggml's GELU, which rounds its input and output through an f16 table (2^-11 relative,
 //! f16's half-ulp, per activation; emulating that table in our engine takes the rms gap
-//! from 7.6e-4 to 4.5e-5): allowed `2^-11 · max|logit|` worst and `2^-13` rms. Measured
+//! from 5.8e-4 to 3.5e-5): allowed `2^-11 · max|logit|` worst and `2^-13` rms. Measured
 //! figures are printed with `--nocapture`; a real defect (a wrong RoPE base or pairing,
 //! a missing norm, the wrong window or activation) moves logits by whole units (a
 //! wrong local RoPE base on gemma3: worst 1.48 against a bound of 0.016).
