@@ -3,8 +3,14 @@
 // teacher-forced pass. Built and run by make_goldens.sh against a local llama.cpp build;
 // never run in CI.
 //
-// usage: llama_logits MODEL.gguf TEXT_FILE N_POSITIONS TOP_K > out.json
+// usage: llama_logits MODEL.gguf TEXT_FILE N_POSITIONS TOP_K [N_GREEDY] > out.json
 // (N_POSITIONS 0: token ids only)
+//
+// With N_GREEDY (the tiny random-weight models): the KV cache is kept in F32 and flash
+// attention is off, so the only differences left against an f32 engine are summation
+// order and ggml's f16 GELU table; and a second context decodes N_GREEDY tokens greedily,
+// one token per llama_decode, after a prompt of the first 16 tokens ("greedy" in the
+// output).
 #include "llama.h"
 
 #include <algorithm>
@@ -27,10 +33,11 @@ static void json_string(const std::string & s) {
 }
 
 int main(int argc, char ** argv) {
-    if (argc != 5) {
-        std::fprintf(stderr, "usage: %s MODEL.gguf TEXT_FILE N_POSITIONS TOP_K\n", argv[0]);
+    if (argc != 5 && argc != 6) {
+        std::fprintf(stderr, "usage: %s MODEL.gguf TEXT_FILE N_POSITIONS TOP_K [N_GREEDY]\n", argv[0]);
         return 2;
     }
+    const int n_greedy = argc == 6 ? std::atoi(argv[5]) : -1;
     const char * model_path = argv[1];
     std::ifstream in(argv[2], std::ios::binary);
     if (!in) { std::fprintf(stderr, "cannot read %s\n", argv[2]); return 1; }
@@ -67,6 +74,11 @@ int main(int argc, char ** argv) {
     cp.n_ubatch = n_eval;
     cp.n_threads = 1;
     cp.n_threads_batch = 1;
+    if (n_greedy >= 0) {
+        cp.type_k = GGML_TYPE_F32;
+        cp.type_v = GGML_TYPE_F32;
+        cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    }
     llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) { std::fprintf(stderr, "cannot create context\n"); return 1; }
 
@@ -91,14 +103,43 @@ int main(int argc, char ** argv) {
         std::partial_sort(idx.begin(), idx.begin() + top_k, idx.end(),
                           [&](int a, int b) { return lg[a] > lg[b]; });
         std::printf("%s[", i ? ",\n" : "");
-        for (int j = 0; j < top_k; j++) std::printf(j ? ",[%d,%.4f]" : "[%d,%.4f]", idx[j], lg[idx[j]]);
+        // Tiny models: every digit of an f32; the SmolLM2 golden keeps its 4 decimals.
+        for (int j = 0; j < top_k; j++) {
+            if (n_greedy >= 0) std::printf(j ? ",[%d,%.9g]" : "[%d,%.9g]", idx[j], lg[idx[j]]);
+            else std::printf(j ? ",[%d,%.4f]" : "[%d,%.4f]", idx[j], lg[idx[j]]);
+        }
         std::printf("]");
     }
-    std::printf("\n],\"text\":");
-    json_string(text);
-    std::printf("}\n");
+    std::printf("\n]");
     llama_batch_free(batch);
     llama_free(ctx);
+
+    if (n_greedy >= 0) {
+        const int n_prompt = std::min(16, n);
+        cp.n_ctx = n_prompt + n_greedy;
+        cp.n_batch = cp.n_ctx;
+        cp.n_ubatch = cp.n_ctx;
+        llama_context * gctx = llama_init_from_model(model, cp);
+        if (!gctx) { std::fprintf(stderr, "cannot create context\n"); return 1; }
+        std::vector<llama_token> prompt(toks.begin(), toks.begin() + n_prompt);
+        if (llama_decode(gctx, llama_batch_get_one(prompt.data(), n_prompt)) != 0) {
+            std::fprintf(stderr, "decode failed\n"); return 1;
+        }
+        std::printf(",\"greedy\":{\"prompt_tokens\":%d,\"tokens\":[", n_prompt);
+        for (int i = 0; i < n_greedy; i++) {
+            const float * lg = llama_get_logits_ith(gctx, -1);
+            llama_token best = (llama_token) (std::max_element(lg, lg + n_vocab) - lg);
+            std::printf(i ? ",%d" : "%d", best);
+            if (llama_decode(gctx, llama_batch_get_one(&best, 1)) != 0) {
+                std::fprintf(stderr, "decode failed\n"); return 1;
+            }
+        }
+        std::printf("]}");
+        llama_free(gctx);
+    }
+    std::printf(",\"text\":");
+    json_string(text);
+    std::printf("}\n");
     llama_model_free(model);
     return 0;
 }

@@ -25,5 +25,17 @@ mkdir -p "$out"
   > "$out/smollm2-q4_1-logits.json"
 # Token ids for a multilingual text (digits, code, whitespace runs, emoji).
 "$tool" "$model" "$here/tokenizer-multilingual.txt" 0 0 2>/dev/null > "$out/smollm2-tokenizer.json"
+# Tiny random-weight models, one per architecture (scripts/make_tiny_models.py, fixed
+# seeds): teacher-forced top-8 over the same 64 tokens with an F32 KV cache, plus a
+# greedy continuation of 24 tokens after the first 16; the model's sha256 is recorded so
+# the test knows it compares against the same bytes.
+tiny="$root/.cache/tiny-models"
+python3 "$root/scripts/make_tiny_models.py" --vocab-from "$model" --out "$tiny" |
+while read -r path sha; do
+  arch=$(basename "$path" .gguf)
+  "$tool" "$path" "$root/data/eval/pride-and-prejudice-ch1.txt" 64 8 24 2>/dev/null \
+    | SHA="$sha" python3 -c 'import json,os,sys; d=json.load(sys.stdin); d["tokens"]=d["tokens"][:64]; d.pop("text"); d["text_file"]="data/eval/pride-and-prejudice-ch1.txt"; d["model_sha256"]=os.environ["SHA"]; d["model"]="scripts/make_tiny_models.py"; print(json.dumps(d))' \
+    > "$out/$arch.json"
+done
 echo "llama.cpp from the llama-cpp-python 0.3.36 sdist; generated $(date -u +%F) by scripts/goldens/make_goldens.sh" > "$out/SOURCE"
 ls -l "$out"

@@ -40,6 +40,19 @@ pub struct GgufHyperParams {
     pub rope_freq_base: Option<f32>,
     /// `{arch}.attention.layer_norm_rms_epsilon`.
     pub rms_epsilon: Option<f32>,
+    /// `{arch}.attention.value_length`: the value head dimension, when stated.
+    pub value_length: Option<u64>,
+    /// `{arch}.rope.freq_base_swa`: RoPE base of sliding-window layers, when they have
+    /// their own.
+    pub rope_freq_base_swa: Option<f32>,
+    /// `{arch}.rope.scaling.type` (`none`, `linear`, `yarn`, ...).
+    pub rope_scaling_type: Option<String>,
+    /// `{arch}.rope.scaling.factor`: the context stretch of the scaling.
+    pub rope_scaling_factor: Option<f32>,
+    /// `{arch}.attention.sliding_window`: tokens a sliding-window layer attends to.
+    pub sliding_window: Option<u64>,
+    /// `{arch}.final_logit_softcapping`: logits become `c·tanh(logit / c)`.
+    pub final_logit_softcapping: Option<f32>,
 }
 
 /// Typed reads of `{arch}.*` keys with errors that name the key and the file.
@@ -185,6 +198,15 @@ impl GgufHyperParams {
             rope_dimension_count: k.u64("rope.dimension_count")?,
             rope_freq_base: k.f32("rope.freq_base"),
             rms_epsilon: k.f32("attention.layer_norm_rms_epsilon"),
+            value_length: k.u64("attention.value_length")?,
+            rope_freq_base_swa: k.f32("rope.freq_base_swa"),
+            rope_scaling_type: k
+                .get("rope.scaling.type")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            rope_scaling_factor: k.f32("rope.scaling.factor"),
+            sliding_window: k.u64("attention.sliding_window")?,
+            final_logit_softcapping: k.f32("final_logit_softcapping"),
         })
     }
 }
@@ -270,6 +292,13 @@ mod tests {
                     GgufValue::Array(vec![GgufValue::U32(2), GgufValue::U32(1)]),
                 )
                 .kv("llama.rope.freq_base", GgufValue::F32(1e6))
+                .kv("llama.attention.sliding_window", GgufValue::U32(512))
+                .kv("llama.rope.freq_base_swa", GgufValue::F32(1e4))
+                .kv(
+                    "llama.rope.scaling.type",
+                    GgufValue::String("linear".into()),
+                )
+                .kv("llama.rope.scaling.factor", GgufValue::F32(8.0))
                 .kv(
                     "llama.attention.layer_norm_rms_epsilon",
                     GgufValue::String("x".into()),
@@ -282,6 +311,12 @@ mod tests {
         assert_eq!(h.rope_freq_base, Some(1e6));
         assert_eq!(h.rms_epsilon, None);
         assert_eq!(h.feed_forward_length, None);
+        assert_eq!(
+            (h.sliding_window, h.rope_freq_base_swa),
+            (Some(512), Some(1e4))
+        );
+        assert_eq!(h.rope_scaling_type.as_deref(), Some("linear"));
+        assert_eq!(h.rope_scaling_factor, Some(8.0));
         assert_eq!(GgufTokenizer::read(&g), GgufTokenizer::default());
     }
 

@@ -74,7 +74,8 @@ impl CacheCodec {
     }
 }
 
-/// K/V for one layer, `[pos][kv_head][head_dim]`.
+/// K/V for one layer, `[pos][kv_head][head_dim]`; on a sliding-window layer a ring of
+/// `[pos % window][kv_head][head_dim]` that never holds more than the window.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct LayerKv {
     pub k: Vec<f32>,
@@ -89,6 +90,8 @@ pub struct KvCache {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub(crate) layers: Vec<LayerKv>,
+    /// Per layer: `Some(w)` keeps only the last `w` positions (a ring buffer).
+    pub(crate) windows: Vec<Option<usize>>,
     pub(crate) codec: Option<CacheCodec>,
     pub(crate) len: usize,
 }
@@ -104,6 +107,7 @@ impl KvCache {
             n_kv_heads,
             head_dim,
             layers: vec![LayerKv::default(); n_layers],
+            windows: vec![None; n_layers],
             codec,
             len: 0,
         }
@@ -118,7 +122,34 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Bytes held by the cache's f32 buffers.
+    /// Give layers sliding windows (the model's, from [`crate::Model::layer_windows`]).
+    /// Only an empty cache can change shape, and codecs run on full-attention layers
+    /// only: a codec's token groups would straddle the ring's overwrites.
+    pub fn set_windows(&mut self, windows: &[Option<usize>]) -> Result<(), EngineError> {
+        if windows == self.windows.as_slice() {
+            return Ok(());
+        }
+        if windows.len() != self.layers.len() || self.len > 0 {
+            return Err(EngineError::Shape(
+                "KV cache layers do not match the model's sliding windows".into(),
+            ));
+        }
+        if self.codec.is_some() && windows.iter().any(Option::is_some) {
+            return Err(EngineError::Invalid(
+                "KV codecs are not supported on sliding-window layers yet".into(),
+            ));
+        }
+        self.windows = windows.to_vec();
+        Ok(())
+    }
+
+    /// Per-layer windows (`None`: the layer keeps every position).
+    pub fn windows(&self) -> &[Option<usize>] {
+        &self.windows
+    }
+
+    /// Bytes held by the cache's f32 buffers: what it holds now, so on a sliding layer
+    /// never more than its window.
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()

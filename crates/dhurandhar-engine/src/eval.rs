@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::cache::{CacheCodec, KvCache};
+use crate::cache::CacheCodec;
 use crate::model::{Logits, Model};
 use crate::EngineError;
 
@@ -89,7 +89,7 @@ pub fn evaluate(
     exact.set_f32_activations(f32_activations);
     let mut runs = Vec::with_capacity(codecs.len());
     for codec in codecs {
-        let cache = KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, Some(codec));
+        let cache = model.new_cache(Some(codec))?;
         let mut run = model.session(threads, Some(cache))?;
         run.set_f32_activations(f32_activations);
         runs.push(run);

@@ -3,10 +3,13 @@
 //! Weights stay in their stored (quantized) form inside a read-only memory map of the
 //! GGUF file; matrix products dequantize block by block inside the dot product or use
 //! integer dot products against 8-bit activations, so the model is never expanded to
-//! f32. On top of that: a llama/qwen2-family forward pass, the GGUF's own byte-level BPE
-//! tokenizer, sampling, a KV cache that can capture its tensors or run them through a
-//! `dhurandhar_kv` codec as they are written, and perplexity / KL evaluation.
+//! f32. On top of that: one forward pass for the architectures in
+//! [`arch::ARCHITECTURES`] (llama, mistral, qwen2, qwen3, gemma3, phi3), the GGUF's own
+//! tokenizer, sampling, a KV cache (ring buffers on sliding-window layers) that can
+//! capture its tensors or run them through a `dhurandhar_kv` codec as they are written,
+//! and perplexity / KL evaluation.
 
+pub mod arch;
 pub mod bench;
 pub mod cache;
 pub mod eval;
@@ -20,6 +23,7 @@ pub mod quant;
 pub mod sampling;
 pub mod tokenizer;
 
+pub use arch::{ArchSpec, ARCHITECTURES};
 pub use cache::{CacheCodec, Capture, KvCache};
 pub use eval::{evaluate, CodecResult, EvalReport, PassMetrics};
 pub use model::{Logits, Model, ModelConfig, RopeStyle, Session};

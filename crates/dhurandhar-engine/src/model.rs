@@ -1,4 +1,6 @@
-//! Loading a llama/qwen2-family GGUF (weights stay in the memory map) and running it.
+//! Loading a GGUF of a supported architecture ([`crate::arch::ARCHITECTURES`]; weights
+//! stay in the memory map) and running it: one layer loop for every architecture,
+//! driven by the architecture's [`ArchSpec`] and a per-layer plan read from the file.
 
 use std::borrow::Borrow;
 use std::path::Path;
@@ -8,21 +10,13 @@ use dhurandhar_checkpoint::{GgufHyperParams, GgufTokenizer};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
-use crate::cache::{Capture, KvCache};
+pub use crate::arch::RopeStyle;
+use crate::arch::{Activation, ArchSpec, AttentionScale, SlidingLayers};
+use crate::cache::{CacheCodec, Capture, KvCache};
 use crate::kernels::{matmul, strided_axpys, strided_dots, Acts, QMatrix};
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
-
-/// How RoPE pairs dimensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RopeStyle {
-    /// Adjacent pairs `(2i, 2i+1)`: llama-arch GGUFs (Q/K rows are permuted at conversion).
-    Interleaved,
-    /// Split halves `(i, i + d/2)`: qwen2 ("NEOX").
-    SplitHalf,
-}
 
 /// Hyper-parameters for the forward pass, derived from the checkpoint crate's reading of
 /// the GGUF ([`GgufHyperParams`]), checked for what this engine computes.
@@ -38,11 +32,24 @@ pub struct ModelConfig {
     pub ffn_dim: usize,
     pub vocab_size: usize,
     pub context_length: usize,
+    /// RoPE base of full-attention layers (every layer without a sliding window).
     pub rope_base: f32,
     pub rope_dims: usize,
     pub rope_style: RopeStyle,
+    /// Linear RoPE scaling of full-attention layers: positions are multiplied by this.
+    pub rope_position_scale: f32,
     pub rms_eps: f32,
     pub tied_embeddings: bool,
+    /// Multiplier of the attention scores (`1/sqrt(head_dim)` for most architectures).
+    pub attention_scale: f32,
+    /// Tokens a sliding-window layer attends to, when the model has such layers.
+    pub sliding_window: Option<usize>,
+    /// Layers that attend through the sliding window.
+    pub sliding_layers: usize,
+    /// RoPE base of the sliding-window layers, when there are any.
+    pub rope_base_sliding: Option<f32>,
+    /// Logits become `c·tanh(logit / c)` with this `c`, when set.
+    pub final_logit_softcap: Option<f32>,
 }
 
 /// Where a tensor lives in the map.
@@ -55,20 +62,58 @@ struct TensorRef {
     len: usize,
 }
 
+/// Q/K/V projections: three tensors, or one fused `attn_qkv` whose output rows are
+/// `[q | k | v]`.
+#[derive(Debug)]
+enum Qkv {
+    Separate {
+        wq: TensorRef,
+        wk: TensorRef,
+        wv: TensorRef,
+    },
+    Fused(TensorRef),
+}
+
+/// FFN input projections: gate and up, or one fused `ffn_up` whose output rows are
+/// `[gate | up]`.
+#[derive(Debug)]
+enum GateUp {
+    Separate { gate: TensorRef, up: TensorRef },
+    Fused(TensorRef),
+}
+
+/// One layer's tensors and its place in the plan.
 #[derive(Debug)]
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: TensorRef,
-    wk: TensorRef,
-    wv: TensorRef,
-    wo: TensorRef,
+    qkv: Qkv,
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
+    /// Per-head RMSNorm weights of q and k (`head_dim` each), for QK-norm models.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    wo: TensorRef,
+    /// RMSNorm on the attention output before the residual add (Gemma).
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    gate: TensorRef,
-    up: TensorRef,
+    gate_up: GateUp,
     down: TensorRef,
+    /// RMSNorm on the FFN output before the residual add (Gemma).
+    post_ffn_norm: Option<Vec<f32>>,
+    /// `Some(w)`: attends to the last `w` positions and caches only those.
+    window: Option<usize>,
+    /// Index into [`Model::ropes`].
+    rope: usize,
+}
+
+/// One RoPE variant of a model (full-attention layers, sliding layers).
+#[derive(Debug, Clone)]
+struct RopeParams {
+    base: f32,
+    position_scale: f32,
+    /// Per-pair frequency divisors (`rope_freqs.weight`, Llama 3 scaling).
+    freq_factors: Option<Vec<f32>>,
 }
 
 /// A loaded model: configuration, tokenizer, and tensor locations inside the map.
@@ -78,10 +123,12 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     /// Sum of the stored bytes of every tensor in the file.
     pub tensor_bytes: u64,
+    spec: &'static ArchSpec,
     embd: TensorRef,
     output: TensorRef,
     output_norm: Vec<f32>,
     layers: Vec<Layer>,
+    ropes: Vec<RopeParams>,
 }
 
 fn meta_err(path: &str, message: impl Into<String>) -> EngineError {
@@ -111,18 +158,7 @@ impl Model {
     fn from_gguf(map: Mmap, g: &GgufFile, origin: &str) -> Result<Model, EngineError> {
         let hp = GgufHyperParams::read(g, origin)?;
         let arch = hp.architecture.clone();
-        let rope_style = match arch.as_str() {
-            "llama" | "mistral" => RopeStyle::Interleaved,
-            "qwen2" => RopeStyle::SplitHalf,
-            other => {
-                return Err(meta_err(
-                    origin,
-                    format!(
-                    "architecture `{other}` is not supported by the engine (llama, mistral, qwen2)"
-                ),
-                ))
-            }
-        };
+        let spec = crate::arch::lookup(&arch).map_err(|m| meta_err(origin, m))?;
         // The engine needs every size positive, bounded, and the same on every layer.
         let size = |what: &str, n: u64| -> Result<usize, EngineError> {
             usize::try_from(n)
@@ -163,11 +199,34 @@ impl Model {
                 format!("{n_heads} heads / {n_kv_heads} KV heads / head_dim {head_dim} is not a valid GQA layout"),
             ));
         }
+        if let Some(v) = hp.value_length.filter(|&v| v as usize != head_dim) {
+            return Err(meta_err(
+                origin,
+                format!("value head size {v} differs from the key head size {head_dim}, which the engine does not support"),
+            ));
+        }
         let rope_dims = match hp.rope_dimension_count {
             Some(d) => size("RoPE dimension count", d)?.min(head_dim),
             None => head_dim,
         };
         let rope_base = hp.rope_freq_base.unwrap_or(10000.0);
+        // Linear scaling stretches positions; any other scheme changes the frequencies
+        // in ways this engine does not compute, so it is refused rather than ignored.
+        let rope_position_scale = match (hp.rope_scaling_type.as_deref(), hp.rope_scaling_factor) {
+            (_, None) => 1.0,
+            (_, Some(f)) if f == 0.0 || f == 1.0 => 1.0,
+            (Some("none"), _) => 1.0,
+            (None | Some("linear"), Some(f)) if f.is_finite() && f > 0.0 => 1.0 / f,
+            (t, Some(f)) => {
+                return Err(meta_err(
+                    origin,
+                    format!(
+                        "RoPE scaling `{}` with factor {f} is not supported by the engine (linear only)",
+                        t.unwrap_or("linear")
+                    ),
+                ))
+            }
+        };
         let rms_eps = hp.rms_epsilon.unwrap_or(1e-5);
         let context_length = hp
             .context_length
@@ -231,6 +290,25 @@ impl Model {
             crate::quant::dequantize_row(r.qtype, &map[r.offset..r.offset + r.len], &mut out)?;
             Ok(out)
         };
+        // Tensors that change the computation in ways the loop does not implement: refuse
+        // rather than silently skip them.
+        for (name, what) in [
+            ("blk.0.attn_output.bias", "an attention output bias"),
+            ("blk.0.ffn_gate_inp.weight", "mixture-of-experts layers"),
+            ("rope_factors_long.weight", "LongRoPE frequency factors"),
+            (
+                "blk.0.rope_factors_long.weight",
+                "LongRoPE frequency factors",
+            ),
+            ("output_norm.bias", "a LayerNorm bias"),
+        ] {
+            if g.tensor(name).is_some() {
+                return Err(meta_err(
+                    origin,
+                    format!("{arch} with {what} (tensor {name}) is not supported by the engine"),
+                ));
+            }
+        }
         let embd_t = g
             .tensor("token_embd.weight")
             .ok_or_else(|| meta_err(origin, "missing tensor token_embd.weight"))?;
@@ -252,32 +330,117 @@ impl Model {
             tensor("output.weight", vocab_size, dim)?
         };
         let output_norm = vector("output_norm.weight", dim)?;
+        let freq_factors = match (g.tensor("rope_freqs.weight").is_some(), spec.rope_freq_factors) {
+            (false, _) => None,
+            (true, true) => Some(vector("rope_freqs.weight", rope_dims / 2)?),
+            (true, false) => {
+                return Err(meta_err(
+                    origin,
+                    format!("{arch} with RoPE frequency factors (tensor rope_freqs.weight) is not supported by the engine"),
+                ))
+            }
+        };
+
+        // Which layers slide, from the planner's classification of the same file (one
+        // reading of the window pattern for plan and engine), and their RoPE.
+        let mut ropes = vec![RopeParams {
+            base: rope_base,
+            position_scale: rope_position_scale,
+            freq_factors,
+        }];
+        let mut windows = vec![None; n_layers];
+        let mut rope_base_sliding = None;
+        let sliding_window = hp.sliding_window.filter(|&w| w > 0);
+        if let (SlidingLayers::Interleaved { local_rope_base }, Some(w)) =
+            (spec.sliding, sliding_window)
+        {
+            let w = size("sliding window", w)?;
+            let planned = dhurandhar_checkpoint::arch_from_gguf(g, origin)?.layers();
+            if planned.len() != n_layers {
+                return Err(meta_err(
+                    origin,
+                    "layer plan does not match the block count",
+                ));
+            }
+            for (slot, l) in windows.iter_mut().zip(&planned) {
+                if l.kv != dhurandhar_model::KvSource::Fresh {
+                    return Err(meta_err(
+                        origin,
+                        format!("layer {} reads another layer's KV cache, which the engine does not support yet", l.index),
+                    ));
+                }
+                *slot = l.window.map(|_| w);
+            }
+            if windows.iter().any(Option::is_some) {
+                let base = hp.rope_freq_base_swa.unwrap_or(local_rope_base);
+                rope_base_sliding = Some(base);
+                ropes.push(RopeParams {
+                    base,
+                    position_scale: 1.0,
+                    freq_factors: None,
+                });
+            }
+        }
+
         let (qd, kvd) = (n_heads * head_dim, n_kv_heads * head_dim);
         let mut layers = Vec::with_capacity(n_layers);
-        for i in 0..n_layers {
+        for (i, &window) in windows.iter().enumerate() {
             let p = |s: &str| format!("blk.{i}.{s}");
+            let has = |s: &str| g.tensor(&p(s)).is_some();
             let opt_vec = |s: &str, n: usize| -> Result<Option<Vec<f32>>, EngineError> {
-                if g.tensor(&p(s)).is_some() {
+                if has(s) {
                     vector(&p(s), n).map(Some)
                 } else {
                     Ok(None)
                 }
             };
+            let req_vec = |on: bool, s: &str, n: usize| -> Result<Option<Vec<f32>>, EngineError> {
+                if on {
+                    vector(&p(s), n).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let qkv = if spec.fused_projections && has("attn_qkv.weight") {
+                Qkv::Fused(tensor(&p("attn_qkv.weight"), qd + 2 * kvd, dim)?)
+            } else {
+                Qkv::Separate {
+                    wq: tensor(&p("attn_q.weight"), qd, dim)?,
+                    wk: tensor(&p("attn_k.weight"), kvd, dim)?,
+                    wv: tensor(&p("attn_v.weight"), kvd, dim)?,
+                }
+            };
+            let gate_up = if spec.fused_projections && !has("ffn_gate.weight") {
+                GateUp::Fused(tensor(&p("ffn_up.weight"), 2 * ffn_dim, dim)?)
+            } else {
+                GateUp::Separate {
+                    gate: tensor(&p("ffn_gate.weight"), ffn_dim, dim)?,
+                    up: tensor(&p("ffn_up.weight"), ffn_dim, dim)?,
+                }
+            };
             layers.push(Layer {
                 attn_norm: vector(&p("attn_norm.weight"), dim)?,
-                wq: tensor(&p("attn_q.weight"), qd, dim)?,
-                wk: tensor(&p("attn_k.weight"), kvd, dim)?,
-                wv: tensor(&p("attn_v.weight"), kvd, dim)?,
-                wo: tensor(&p("attn_output.weight"), dim, qd)?,
+                qkv,
                 bq: opt_vec("attn_q.bias", qd)?,
                 bk: opt_vec("attn_k.bias", kvd)?,
                 bv: opt_vec("attn_v.bias", kvd)?,
+                q_norm: req_vec(spec.qk_norm, "attn_q_norm.weight", head_dim)?,
+                k_norm: req_vec(spec.qk_norm, "attn_k_norm.weight", head_dim)?,
+                wo: tensor(&p("attn_output.weight"), dim, qd)?,
+                post_attn_norm: req_vec(spec.sandwich_norms, "post_attention_norm.weight", dim)?,
                 ffn_norm: vector(&p("ffn_norm.weight"), dim)?,
-                gate: tensor(&p("ffn_gate.weight"), ffn_dim, dim)?,
-                up: tensor(&p("ffn_up.weight"), ffn_dim, dim)?,
+                gate_up,
                 down: tensor(&p("ffn_down.weight"), dim, ffn_dim)?,
+                post_ffn_norm: req_vec(spec.sandwich_norms, "post_ffw_norm.weight", dim)?,
+                window,
+                rope: usize::from(window.is_some()),
             });
         }
+        let attention_scale = match spec.attention_scale {
+            AttentionScale::Gemma3 if n_layers == 62 => 1.0 / ((dim / n_heads) as f32).sqrt(),
+            AttentionScale::HeadDim | AttentionScale::Gemma3 => 1.0 / (head_dim as f32).sqrt(),
+        };
+        let sliding_layers = windows.iter().filter(|w| w.is_some()).count();
         let config = ModelConfig {
             name: hp.name.clone().unwrap_or_default(),
             architecture: arch,
@@ -291,19 +454,31 @@ impl Model {
             context_length,
             rope_base,
             rope_dims,
-            rope_style,
+            rope_style: spec.rope_style,
+            rope_position_scale,
             rms_eps,
             tied_embeddings: tied,
+            attention_scale,
+            sliding_window: sliding_window
+                .filter(|_| sliding_layers > 0)
+                .map(|w| w as usize),
+            sliding_layers,
+            rope_base_sliding,
+            final_logit_softcap: hp
+                .final_logit_softcapping
+                .filter(|&c| spec.final_logit_softcap && c > 0.0),
         };
         Ok(Model {
             tensor_bytes: g.total_tensor_bytes(),
             map,
             config,
             tokenizer,
+            spec,
             embd,
             output,
             output_norm,
             layers,
+            ropes,
         })
     }
 
@@ -316,9 +491,41 @@ impl Model {
         }
     }
 
-    /// Bytes of f32 K+V cache per token.
+    /// Bytes of f32 K+V cache per token of a full-attention layer stack (an upper bound
+    /// per token; sliding layers stop growing at their window, see [`Model::kv_bytes`]).
     pub fn kv_bytes_per_token(&self) -> usize {
         self.config.n_layers * self.config.n_kv_heads * self.config.head_dim * 2 * 4
+    }
+
+    /// Bytes of f32 K+V the cache holds after `context` tokens: every layer keeps
+    /// `min(context, window)` positions (the whole context without a window), as the
+    /// planner charges them.
+    pub fn kv_bytes(&self, context: usize) -> usize {
+        let per_pos = self.config.n_kv_heads * self.config.head_dim * 2 * 4;
+        self.layers
+            .iter()
+            .map(|l| l.window.map_or(context, |w| context.min(w)) * per_pos)
+            .sum()
+    }
+
+    /// The architecture's row of [`crate::arch::ARCHITECTURES`].
+    pub fn spec(&self) -> &'static ArchSpec {
+        self.spec
+    }
+
+    /// Per-layer sliding windows (`None`: full attention).
+    pub fn layer_windows(&self) -> Vec<Option<usize>> {
+        self.layers.iter().map(|l| l.window).collect()
+    }
+
+    /// An empty KV cache shaped for this model (sliding layers as ring buffers), with
+    /// `codec` applied to every layer. Codecs are not supported on sliding-window layers
+    /// yet.
+    pub fn new_cache(&self, codec: Option<CacheCodec>) -> Result<KvCache, EngineError> {
+        let c = &self.config;
+        let mut cache = KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, codec);
+        cache.set_windows(&self.layer_windows())?;
+        Ok(cache)
     }
 
     /// A new inference session borrowing this model, with `threads` worker threads
@@ -346,23 +553,42 @@ pub enum Logits {
 
 struct RopeTable {
     inv_freq: Vec<f32>,
+    /// Linear scaling: positions are multiplied by this before rotating.
+    position_scale: f64,
+    style: RopeStyle,
 }
 
 impl RopeTable {
-    fn new(base: f32, dims: usize) -> Self {
+    fn new(base: f32, dims: usize, style: RopeStyle) -> Self {
         let inv_freq = (0..dims / 2)
             .map(|i| 1.0 / (base as f64).powf(2.0 * i as f64 / dims as f64) as f32)
             .collect();
-        RopeTable { inv_freq }
+        RopeTable {
+            inv_freq,
+            position_scale: 1.0,
+            style,
+        }
+    }
+
+    fn from_params(p: &RopeParams, dims: usize, style: RopeStyle) -> Self {
+        let mut t = RopeTable::new(p.base, dims, style);
+        t.position_scale = p.position_scale as f64;
+        if let Some(f) = &p.freq_factors {
+            for (v, d) in t.inv_freq.iter_mut().zip(f) {
+                *v /= d;
+            }
+        }
+        t
     }
 
     /// Rotate one head vector `x` at position `pos`.
-    fn apply(&self, x: &mut [f32], pos: usize, style: RopeStyle) {
+    fn apply(&self, x: &mut [f32], pos: usize) {
         let half = self.inv_freq.len();
+        let p = pos as f64 * self.position_scale;
         for (i, &f) in self.inv_freq.iter().enumerate() {
-            let a = pos as f64 * f as f64;
+            let a = p * f as f64;
             let (s, c) = (a.sin() as f32, a.cos() as f32);
-            let (i0, i1) = match style {
+            let (i0, i1) = match self.style {
                 RopeStyle::Interleaved => (2 * i, 2 * i + 1),
                 RopeStyle::SplitHalf => (i, i + half),
             };
@@ -381,6 +607,46 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// RMSNorm every `w.len()`-wide row of `buf` in place (QK-norm per head, post-norms).
+fn rmsnorm_rows(buf: &mut [f32], w: &[f32], eps: f32) {
+    for row in buf.chunks_exact_mut(w.len()) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        for (v, g) in row.iter_mut().zip(w) {
+            *v = *v * r * g;
+        }
+    }
+}
+
+/// GELU, tanh approximation (what Gemma's `gelu_pytorch_tanh` computes).
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+/// Split rows of `width = a + b + c` values into three buffers of rows `a`, `b`, `c`.
+fn split_rows(src: &[f32], outs: [(&mut [f32], usize); 3]) {
+    let width: usize = outs.iter().map(|o| o.1).sum();
+    let [(x, a), (y, b), (z, c)] = outs;
+    for (t, row) in src.chunks_exact(width).enumerate() {
+        x[t * a..(t + 1) * a].copy_from_slice(&row[..a]);
+        y[t * b..(t + 1) * b].copy_from_slice(&row[a..a + b]);
+        z[t * c..(t + 1) * c].copy_from_slice(&row[a + b..]);
+    }
+}
+
+/// Which cached positions each query attends over, in index space of the key buffer.
+#[derive(Clone, Copy)]
+enum Span {
+    /// Every position up to the query's own (`buf[j]` is position `j`).
+    Causal,
+    /// The last `w` positions up to the query's own; `buf[j]` is position `base + j`.
+    Window { base: usize, w: usize },
+    /// Every entry of the buffer (a single query over a ring buffer: its slots are
+    /// exactly the positions in its window, in some order, which softmax ignores).
+    All { len: usize },
+}
+
 /// A sequence being processed: its KV cache and thread pool.
 ///
 /// `M` is how the session holds its model: `&Model` (borrowed, from [`Model::session`])
@@ -390,7 +656,8 @@ pub struct Session<M: Borrow<Model>> {
     model: M,
     pub cache: KvCache,
     pool: Option<rayon::ThreadPool>,
-    rope: RopeTable,
+    /// One table per [`Model::ropes`] entry.
+    ropes: Vec<RopeTable>,
     /// See [`Session::set_f32_activations`].
     f32_activations: bool,
 }
@@ -438,7 +705,7 @@ impl<M: Borrow<Model> + Send> Session<M> {
         } else {
             None
         };
-        let cache =
+        let mut cache =
             cache.unwrap_or_else(|| KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, None));
         if cache.layers.len() != c.n_layers
             || cache.n_kv_heads != c.n_kv_heads
@@ -448,12 +715,18 @@ impl<M: Borrow<Model> + Send> Session<M> {
                 "KV cache geometry does not match the model".into(),
             ));
         }
-        let rope = RopeTable::new(c.rope_base, c.rope_dims);
+        cache.set_windows(&model.borrow().layer_windows())?;
+        let ropes = model
+            .borrow()
+            .ropes
+            .iter()
+            .map(|p| RopeTable::from_params(p, c.rope_dims, c.rope_style))
+            .collect();
         Ok(Session {
             model,
             cache,
             pool,
-            rope,
+            ropes,
             f32_activations: false,
         })
     }
@@ -518,6 +791,7 @@ impl<M: Borrow<Model> + Send> Session<M> {
     ) -> Result<Vec<f32>, EngineError> {
         let m: &Model = self.model.borrow();
         let c = &m.config;
+        let spec = m.spec;
         let n = tokens.len();
         if n == 0 {
             return Ok(Vec::new());
@@ -533,6 +807,10 @@ impl<M: Borrow<Model> + Send> Session<M> {
                     EngineError::Invalid(format!("token id {tok} is outside the vocabulary"))
                 })?;
         }
+        if spec.scale_embeddings {
+            let s = (dim as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= s);
+        }
         let mut xn = vec![0f32; n * dim];
         let mut q = vec![0f32; n * qd];
         let mut k = vec![0f32; n * kvd];
@@ -541,12 +819,13 @@ impl<M: Borrow<Model> + Send> Session<M> {
         let mut o = vec![0f32; n * dim];
         let mut gate = vec![0f32; n * c.ffn_dim];
         let mut up = vec![0f32; n * c.ffn_dim];
+        let mut fused = Vec::new();
         let mut sc = Scratch {
             q8: Q8Acts::default(),
             q8_ready: false,
             f32_acts: self.f32_activations,
         };
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = c.attention_scale;
         let group = nh / nkv;
 
         for (li, l) in m.layers.iter().enumerate() {
@@ -559,9 +838,18 @@ impl<M: Borrow<Model> + Send> Session<M> {
                 );
             }
             sc.q8_ready = false;
-            sc.project(&m.mat(&l.wq), &xn, &mut q, par)?;
-            sc.project(&m.mat(&l.wk), &xn, &mut k, par)?;
-            sc.project(&m.mat(&l.wv), &xn, &mut v, par)?;
+            match &l.qkv {
+                Qkv::Separate { wq, wk, wv } => {
+                    sc.project(&m.mat(wq), &xn, &mut q, par)?;
+                    sc.project(&m.mat(wk), &xn, &mut k, par)?;
+                    sc.project(&m.mat(wv), &xn, &mut v, par)?;
+                }
+                Qkv::Fused(w) => {
+                    fused.resize(n * w.rows, 0.0);
+                    sc.project(&m.mat(w), &xn, &mut fused, par)?;
+                    split_rows(&fused, [(&mut q, qd), (&mut k, kvd), (&mut v, kvd)]);
+                }
+            }
             for (buf, b, w) in [
                 (&mut q, &l.bq, qd),
                 (&mut k, &l.bk, kvd),
@@ -575,15 +863,20 @@ impl<M: Borrow<Model> + Send> Session<M> {
                     }
                 }
             }
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                rmsnorm_rows(&mut q, qn, c.rms_eps);
+                rmsnorm_rows(&mut k, kn, c.rms_eps);
+            }
             if let Some(cap) = capture.as_deref_mut() {
                 cap.layers[li].k_pre_rope.extend_from_slice(&k);
             }
+            let rope = &self.ropes[l.rope];
             for t in 0..n {
                 for h in q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
-                    self.rope.apply(h, p0 + t, c.rope_style);
+                    rope.apply(h, p0 + t);
                 }
                 for h in k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
-                    self.rope.apply(h, p0 + t, c.rope_style);
+                    rope.apply(h, p0 + t);
                 }
             }
             if let Some(cap) = capture.as_deref_mut() {
@@ -593,24 +886,72 @@ impl<M: Borrow<Model> + Send> Session<M> {
                 cl.v.extend_from_slice(&v);
             }
 
-            // Append to the cache; with a codec, keep the exact tail for the queries
-            // whose own token group is still incomplete.
+            // Append to the cache. Full-attention layers grow; with a codec they keep the
+            // exact tail for the queries whose own token group is still incomplete.
+            // Sliding layers keep a ring of their window: a chunk of several tokens
+            // attends over a contiguous copy of the positions it needs (read before the
+            // ring is overwritten), a single token over the ring itself.
             let (gk, gv) = self.cache.groups(li);
-            let lk = &mut self.cache.layers[li];
-            let (tail_k0, tail_v0) = (lk.enc_k, lk.enc_v);
-            lk.k.extend_from_slice(&k);
-            lk.v.extend_from_slice(&v);
             let has_codec = self.cache.codec.is_some();
-            let (tail_k, tail_v) = if has_codec {
-                (
-                    lk.k[tail_k0 * kvd..].to_vec(),
-                    lk.v[tail_v0 * kvd..].to_vec(),
-                )
-            } else {
-                (Vec::new(), Vec::new())
+            let mut tail_k = Vec::new();
+            let mut tail_v = Vec::new();
+            let (mut tail_k0, mut tail_v0) = (0, 0);
+            let mut hist_k = Vec::new();
+            let mut hist_v = Vec::new();
+            let span = match l.window {
+                None => {
+                    let lk = &mut self.cache.layers[li];
+                    (tail_k0, tail_v0) = (lk.enc_k, lk.enc_v);
+                    lk.k.extend_from_slice(&k);
+                    lk.v.extend_from_slice(&v);
+                    if has_codec {
+                        tail_k = lk.k[tail_k0 * kvd..].to_vec();
+                        tail_v = lk.v[tail_v0 * kvd..].to_vec();
+                    }
+                    self.cache.encode_complete(li, p0 + n)?;
+                    Span::Causal
+                }
+                Some(w) => {
+                    let ring = &mut self.cache.layers[li];
+                    let span = if n == 1 {
+                        Span::All {
+                            len: (p0 + 1).min(w),
+                        }
+                    } else {
+                        let old = p0.min(w - 1);
+                        hist_k.reserve((old + n) * kvd);
+                        hist_v.reserve((old + n) * kvd);
+                        for pos in p0 - old..p0 {
+                            let s = (pos % w) * kvd;
+                            hist_k.extend_from_slice(&ring.k[s..s + kvd]);
+                            hist_v.extend_from_slice(&ring.v[s..s + kvd]);
+                        }
+                        hist_k.extend_from_slice(&k);
+                        hist_v.extend_from_slice(&v);
+                        Span::Window { base: p0 - old, w }
+                    };
+                    let end = p0 + n;
+                    // Exactly one window of storage, never a doubled Vec beyond it.
+                    for buf in [&mut ring.k, &mut ring.v] {
+                        if buf.capacity() < w * kvd {
+                            buf.reserve_exact(w * kvd - buf.len());
+                        }
+                    }
+                    ring.k.resize(end.min(w) * kvd, 0.0);
+                    ring.v.resize(end.min(w) * kvd, 0.0);
+                    for pos in end.saturating_sub(w).max(p0)..end {
+                        let (s, src) = ((pos % w) * kvd, (pos - p0) * kvd);
+                        ring.k[s..s + kvd].copy_from_slice(&k[src..src + kvd]);
+                        ring.v[s..s + kvd].copy_from_slice(&v[src..src + kvd]);
+                    }
+                    span
+                }
             };
-            self.cache.encode_complete(li, p0 + n)?;
             let lk = &self.cache.layers[li];
+            let (kbuf, vbuf): (&[f32], &[f32]) = match span {
+                Span::Window { .. } => (&hist_k, &hist_v),
+                Span::Causal | Span::All { .. } => (&lk.k, &lk.v),
+            };
 
             // Attention: one work item per (token, head).
             let body = |idx: usize, out: &mut [f32]| {
@@ -618,19 +959,26 @@ impl<M: Borrow<Model> + Send> Session<M> {
                 let pos = p0 + t;
                 let kh = h / group;
                 let qv = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
-                // Keys j < bk come from the cache (decoded if encoded), the rest exact.
+                // Buffer entries [lo, hi) are attended; with a codec, entries below
+                // bk (bv) come from the cache (decoded), the rest from the exact tail.
+                let (lo, hi) = match span {
+                    Span::Causal => (0, pos + 1),
+                    Span::Window { base, w } => {
+                        ((pos + 1).saturating_sub(w).max(base) - base, pos + 1 - base)
+                    }
+                    Span::All { len } => (0, len),
+                };
                 let (bk, bv) = if has_codec {
                     ((pos + 1) / gk * gk, (pos + 1) / gv * gv)
                 } else {
-                    (pos + 1, pos + 1)
+                    (hi, hi)
                 };
-                // Scores over [0, pos]: cached part [0, min(bk, pos+1)), exact tail after.
-                let mut s = vec![0f32; pos + 1];
-                let ck = bk.min(pos + 1);
-                strided_dots(qv, &lk.k, kh * hd, kvd, scale, &mut s[..ck]);
-                if ck <= pos {
+                let mut s = vec![0f32; hi - lo];
+                let ck = bk.min(hi);
+                strided_dots(qv, kbuf, lo * kvd + kh * hd, kvd, scale, &mut s[..ck - lo]);
+                if ck < hi {
                     let off = (ck - tail_k0) * kvd + kh * hd;
-                    strided_dots(qv, &tail_k, off, kvd, scale, &mut s[ck..]);
+                    strided_dots(qv, &tail_k, off, kvd, scale, &mut s[ck - lo..]);
                 }
                 let mx = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
@@ -643,11 +991,11 @@ impl<M: Borrow<Model> + Send> Session<M> {
                     *e *= inv;
                 }
                 out.fill(0.0);
-                let cv = bv.min(pos + 1);
-                strided_axpys(&s[..cv], &lk.v, kh * hd, kvd, out);
-                if cv <= pos {
+                let cv = bv.min(hi);
+                strided_axpys(&s[..cv - lo], vbuf, lo * kvd + kh * hd, kvd, out);
+                if cv < hi {
                     let off = (cv - tail_v0) * kvd + kh * hd;
-                    strided_axpys(&s[cv..], &tail_v, off, kvd, out);
+                    strided_axpys(&s[cv - lo..], &tail_v, off, kvd, out);
                 }
             };
             if par {
@@ -660,6 +1008,9 @@ impl<M: Borrow<Model> + Send> Session<M> {
 
             sc.q8_ready = false;
             sc.project(&m.mat(&l.wo), &att, &mut o, par)?;
+            if let Some(w) = &l.post_attn_norm {
+                rmsnorm_rows(&mut o, w, c.rms_eps);
+            }
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
@@ -672,13 +1023,38 @@ impl<M: Borrow<Model> + Send> Session<M> {
                 );
             }
             sc.q8_ready = false;
-            sc.project(&m.mat(&l.gate), &xn, &mut gate, par)?;
-            sc.project(&m.mat(&l.up), &xn, &mut up, par)?;
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
+            match &l.gate_up {
+                GateUp::Separate { gate: wg, up: wu } => {
+                    sc.project(&m.mat(wg), &xn, &mut gate, par)?;
+                    sc.project(&m.mat(wu), &xn, &mut up, par)?;
+                }
+                GateUp::Fused(w) => {
+                    fused.resize(n * w.rows, 0.0);
+                    sc.project(&m.mat(w), &xn, &mut fused, par)?;
+                    let f = c.ffn_dim;
+                    for (t, row) in fused.chunks_exact(2 * f).enumerate() {
+                        gate[t * f..(t + 1) * f].copy_from_slice(&row[..f]);
+                        up[t * f..(t + 1) * f].copy_from_slice(&row[f..]);
+                    }
+                }
+            }
+            match spec.activation {
+                Activation::Silu => {
+                    for (g, u) in gate.iter_mut().zip(&up) {
+                        *g = *g / (1.0 + (-*g).exp()) * u;
+                    }
+                }
+                Activation::GeluTanh => {
+                    for (g, u) in gate.iter_mut().zip(&up) {
+                        *g = gelu_tanh(*g) * u;
+                    }
+                }
             }
             sc.q8_ready = false;
             sc.project(&m.mat(&l.down), &gate, &mut o, par)?;
+            if let Some(w) = &l.post_ffn_norm {
+                rmsnorm_rows(&mut o, w, c.rms_eps);
+            }
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
@@ -705,6 +1081,9 @@ impl<M: Borrow<Model> + Send> Session<M> {
         let mut logits = vec![0f32; rows.len() * c.vocab_size];
         sc.q8_ready = false;
         sc.project(&m.mat(&m.output), &h, &mut logits, par)?;
+        if let Some(cap) = c.final_logit_softcap {
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
         Ok(logits)
     }
 }
@@ -715,22 +1094,23 @@ mod tests {
 
     #[test]
     fn rope_styles_rotate_the_right_pairs() {
-        let t = RopeTable::new(10000.0, 4);
+        let t = RopeTable::new(10000.0, 4, RopeStyle::Interleaved);
+        let s = RopeTable::new(10000.0, 4, RopeStyle::SplitHalf);
         // inv_freq = [1, 0.01]
         let mut a = [1.0, 0.0, 1.0, 0.0];
-        t.apply(&mut a, 1, RopeStyle::Interleaved);
+        t.apply(&mut a, 1);
         assert!((a[0] - 1f32.cos()).abs() < 1e-6 && (a[1] - 1f32.sin()).abs() < 1e-6);
         assert!((a[2] - 0.01f32.cos()).abs() < 1e-6 && (a[3] - 0.01f32.sin()).abs() < 1e-6);
         let mut b = [1.0, 1.0, 0.0, 0.0];
-        t.apply(&mut b, 1, RopeStyle::SplitHalf);
+        s.apply(&mut b, 1);
         assert!((b[0] - 1f32.cos()).abs() < 1e-6 && (b[2] - 1f32.sin()).abs() < 1e-6);
         assert!((b[1] - 0.01f32.cos()).abs() < 1e-6 && (b[3] - 0.01f32.sin()).abs() < 1e-6);
         // Position 0 is the identity; norms are preserved.
         let mut z = [0.3, -0.7, 0.2, 0.9];
         let n0: f32 = z.iter().map(|v| v * v).sum();
-        t.apply(&mut z, 0, RopeStyle::Interleaved);
+        t.apply(&mut z, 0);
         assert_eq!(z, [0.3, -0.7, 0.2, 0.9]);
-        t.apply(&mut z, 17, RopeStyle::Interleaved);
+        t.apply(&mut z, 17);
         let n1: f32 = z.iter().map(|v| v * v).sum();
         assert!((n0 - n1).abs() < 1e-5);
     }

@@ -61,7 +61,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// What to generate and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateOptions {
-    /// GGUF model file (llama / qwen2 family). With [`Generator::with_model`] it only
+    /// GGUF model file (an architecture of `dhurandhar_engine::ARCHITECTURES`). With
+    /// [`Generator::with_model`] it only
     /// names the model in the report.
     pub model: PathBuf,
     /// Prompt text; literal control tokens such as `<|im_start|>` are recognised.
@@ -122,6 +123,8 @@ pub enum GenerateEvent {
 pub struct GenerateReport {
     pub schema_version: u32,
     pub model: String,
+    /// `general.architecture` of the GGUF, as `inspect` and `analyze` name it.
+    pub architecture: String,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
     /// Everything generated, as one string.
@@ -234,6 +237,7 @@ impl Generator {
         GenerateReport {
             schema_version: SCHEMA_VERSION,
             model: self.label.clone(),
+            architecture: self.session.model().config.architecture.clone(),
             prompt_tokens: self.prompt.len(),
             generated_tokens: self.generated,
             text: self.text.clone(),
@@ -359,10 +363,13 @@ impl Default for BenchOptions {
 pub struct BenchReport {
     pub schema_version: u32,
     pub model: String,
+    /// `general.architecture` of the GGUF, as `inspect` and `analyze` name it.
+    pub architecture: String,
     pub gguf_tensor_bytes: u64,
     /// Prompt + decoded tokens.
     pub context_tokens: usize,
-    /// f32 K+V cache bytes for `context_tokens`.
+    /// f32 K+V cache bytes the engine holds at `context_tokens` (sliding-window layers
+    /// keep only their window), equal to the planner's KV figure at 32 bits.
     pub kv_cache_bytes: usize,
     /// 1.3 × tensor bytes + KV cache + 64 MiB.
     pub rss_budget_bytes: u64,
@@ -441,7 +448,7 @@ pub fn bench(
         ));
         results.push(r);
     }
-    let kv = model.kv_bytes_per_token() * ctx;
+    let kv = model.kv_bytes(ctx);
     let budget = rss_budget(model.tensor_bytes, kv as u64);
     let peak = peak_rss_bytes();
     let measured: Vec<_> = results
@@ -463,6 +470,7 @@ pub fn bench(
     Ok(BenchReport {
         schema_version: SCHEMA_VERSION,
         model: opts.model.display().to_string(),
+        architecture: model.config.architecture.clone(),
         gguf_tensor_bytes: model.tensor_bytes,
         context_tokens: ctx,
         kv_cache_bytes: kv,

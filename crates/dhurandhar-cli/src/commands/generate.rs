@@ -14,7 +14,7 @@ use crate::render::{bytes_or_na, table};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// GGUF model file (llama / qwen2 family).
+    /// GGUF model file (llama, mistral, qwen2, qwen3, gemma3 or phi3).
     #[arg(long)]
     pub model: PathBuf,
     /// Prompt text (literal control tokens such as `<|im_start|>` are recognised).
@@ -92,7 +92,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         write_json_file(path, &r)?;
     }
     eprintln!(
-        "prefill: {} tokens in {:.3} s ({:.1} tok/s); decode: {} tokens in {:.3} s ({:.1} tok/s); {} threads; peak RSS {}",
+        "{}: prefill: {} tokens in {:.3} s ({:.1} tok/s); decode: {} tokens in {:.3} s ({:.1} tok/s); {} threads; peak RSS {}",
+        r.architecture,
         r.prompt_tokens,
         r.prefill_seconds,
         r.prefill_tokens_per_s,
@@ -172,7 +173,8 @@ fn render_bench(r: &BenchReport) -> String {
         ]);
     }
     format!(
-        "{table}\npeak RSS {} for a {}-token context; budget {} = 1.3 × {} tensors + {} KV + 64 MiB\n",
+        "{table}\n{}: peak RSS {} for a {}-token context; budget {} = 1.3 × {} tensors + {} KV + 64 MiB\n",
+        r.architecture,
         bytes_or_na(r.peak_rss_bytes),
         r.context_tokens,
         human_bytes(r.rss_budget_bytes),
