@@ -291,9 +291,42 @@ const WEIGHT_COMPONENTS: [&str; 5] = [
 
 /// Plan the model on every selected device.
 pub fn analyze(opts: &AnalyzeOptions) -> Result<AnalyzeReport> {
-    let model = resolve_model(&opts.model)?;
+    analyze_with(opts, None, &[])
+}
+
+/// [`analyze`] for a front end that holds values rather than names: `arch` (when
+/// given) is planned instead of resolving `opts.model`, and the `extra` device
+/// profiles (a front end's own registry of custom devices) are assessed after the ones
+/// `opts` names. With `None` and no extra devices this is exactly [`analyze`].
+pub fn analyze_with(
+    opts: &AnalyzeOptions,
+    arch: Option<ModelArchitecture>,
+    extra: &[DeviceProfile],
+) -> Result<AnalyzeReport> {
+    let model = match arch {
+        Some(arch) => {
+            arch.validate()?;
+            crate::model::ResolvedModel {
+                arch,
+                weights: None,
+                origin: "given".to_string(),
+                weights_estimated: false,
+            }
+        }
+        None => resolve_model(&opts.model)?,
+    };
     let plan_opts = plan_options(opts, &model.arch)?;
-    let devices = select_devices(&opts.devices, opts.custom_device)?;
+    let named = !opts.devices.is_empty() || opts.custom_device.is_some();
+    let mut devices = if extra.is_empty() || named {
+        select_devices(&opts.devices, opts.custom_device)?
+    } else {
+        Vec::new()
+    };
+    for d in extra {
+        d.validate()
+            .map_err(|e| Error::from(e).context(format!("invalid device `{}`", d.slug)))?;
+        devices.push(d.clone());
+    }
     let a = dhurandhar_plan::analyze(
         &model.arch,
         model.weights.as_ref(),
