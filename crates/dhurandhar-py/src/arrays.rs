@@ -6,7 +6,7 @@
 //! Output: a `Vec<f32>` handed to numpy without a copy, reshaped to the caller's shape.
 
 use numpy::{
-    PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
+    PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
     PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};

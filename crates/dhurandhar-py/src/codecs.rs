@@ -337,7 +337,14 @@ fn synthetic_kv<'py>(
     to_numpy(py, v, &[n, head_dim])
 }
 
+/// Whether `kv` would be read in place (no copy): a C-contiguous float32 array.
+#[pyfunction]
+fn reads_in_place(kv: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(read_vectors(kv, 0, "kv")?.zero_copy())
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(reads_in_place, m)?)?;
     m.add_class::<PyCodec>()?;
     m.add_class::<PyEncoded>()?;
     m.add_function(wrap_pyfunction!(codec_names, m)?)?;

@@ -247,7 +247,7 @@ fn compare<'py>(
 #[pyfunction]
 #[pyo3(signature = (
     model = "gemma4-e2b".to_string(), seq_len = 32768, codec = "turbo-mse".to_string(), bits = 4,
-    distribution = "outlier-channels", samples = 512, queries = 32, seed = 0
+    distribution = "outlier-channels", samples = 1024, queries = 64, seed = 0
 ))]
 #[allow(clippy::too_many_arguments)]
 fn kv_bench<'py>(
@@ -282,8 +282,8 @@ fn kv_bench<'py>(
 /// Encode/decode throughput in Rust (the `kv speed --json` document).
 #[pyfunction]
 #[pyo3(signature = (
-    head_dims = vec![128], codecs = vec!["turbo".to_string()], bits = 4, threads = vec![1],
-    role = "key", vectors = 4096, min_seconds = 0.2
+    head_dims = vec![128], codecs = vec!["turbo-mse".to_string()], bits = 4, threads = vec![1, 0],
+    role = "key", vectors = 4096, min_seconds = 0.3
 ))]
 #[allow(clippy::too_many_arguments)]
 fn kv_speed<'py>(
