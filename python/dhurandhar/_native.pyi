@@ -167,7 +167,7 @@ def capture_kv(
     model: _Path,
     text_file: _Path,
     out: _Path,
-    max_tokens: int = 512,
+    max_tokens: int = 256,
     threads: Optional[int] = None,
     progress: _Progress = None,
 ) -> dict[str, Any]: ...

@@ -52,6 +52,8 @@ class ModelArchitecture:
         return self
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
         try:
             return self._fields[name]
         except KeyError:
@@ -73,7 +75,9 @@ class ModelArchitecture:
         return hash((self._fields["name"], self._fields["num_hidden_layers"], self._fields["hidden_size"]))
 
     def __repr__(self) -> str:
-        f = self._fields
+        f = getattr(self, "_fields", None)
+        if f is None:
+            return "ModelArchitecture(<unset>)"
         return (
             f"ModelArchitecture(name={f['name']!r}, family={f['family']!r}, "
             f"param_count_b={f['param_count_b']}, num_hidden_layers={f['num_hidden_layers']}, "

@@ -138,7 +138,7 @@ class Model:
         *,
         text_file: Optional[PathLike] = None,
         out: Optional[PathLike] = None,
-        max_tokens: int = 512,
+        max_tokens: int = 256,
         threads: Optional[int] = None,
         progress: Optional[ProgressCallback] = None,
     ) -> tuple[dict[str, np.ndarray], Record]:

@@ -58,7 +58,7 @@ def test_architecture_objects_and_custom_devices():
     m = d.get_model("llama-3.2-1b")
     same = d.analyze(m, context_tokens=8192)
     assert same.model_origin == "built-in"
-    changed = d.analyze(m.replace(num_hidden_layers=8), context_tokens=8192)
+    changed = d.analyze(m.replace(num_hidden_layers=8, num_attention_layers=8), context_tokens=8192)
     assert changed.model_origin == "given"
     kv = lambda r: next(c.bytes for c in r.components if c.name == "kv_cache")  # noqa: E731
     assert kv(changed) * 2 == kv(same)  # 8 of 16 layers

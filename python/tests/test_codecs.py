@@ -40,7 +40,7 @@ def test_round_trip_keeps_shape_and_quality(codec, role):
     y = codec.decode(e)
     assert y.dtype == np.float32 and y.shape == x.shape and y.flags.c_contiguous
     r = codec.reconstruction_error(x, role)
-    assert 0.9 < r["cos_sim"] <= 1.0
+    assert 0.85 < r["cos_sim"] <= 1.0  # kivi2 values at 2 bits: 0.87
     np.testing.assert_allclose(r["mse"], np.mean((x.astype(np.float64) - y) ** 2), rtol=1e-6)
     assert r["bits_per_value"] == pytest.approx(e.bits_per_value)
     assert r["compression_ratio"] == r["compression_vs_bf16"] == pytest.approx(16 / r["bits_per_value"])
@@ -182,7 +182,9 @@ def test_bench_is_the_cli_document():
 
 def test_speed_report_shape():
     r = d.kv_speed([64], ["q8_0"], 8, threads=[1], vectors=256, min_seconds=0.01)
-    assert r.first.encode_ns_per_vector > 0 if "encode_ns_per_vector" in r.first else r.runs
+    assert (r.codec, r.head_dim, r.threads, r.vectors) == ("q8_0", 64, 1, 256)
+    assert r.encode_ns_per_vector > 0 and r.decode_ns_per_vector > 0
+    assert r.bytes_per_vector == 64 * 4 and r.encoded_bytes_per_vector == 68  # two q8_0 blocks
 
 
 def test_threads_encode_concurrently_and_agree():

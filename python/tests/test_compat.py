@@ -31,7 +31,7 @@ def test_bring_your_own_device_example_runs_unmodified():
         assert dev.ram_budget_mb == 3072 and dev.supports_npu
         r = d.analyze("gemma4-e2b", devices=["snapdragon_8_gen4"])
         assert [x.slug for x in r.devices] == ["snapdragon_8_gen4"]
-        assert r.devices[0].device.name == "Snapdragon 8 Gen 4 (UFS 4.0)"
+        assert r.devices[0].name == "Snapdragon 8 Gen 4 (UFS 4.0)"
     finally:
         d.DEVICE_PROFILES.pop("snapdragon_8_gen4", None)
 
@@ -54,7 +54,7 @@ def test_old_import_paths(module, names):
 
     m = importlib.import_module(module)
     for n in names:
-        assert getattr(m, n) is getattr(d.compat, n) if hasattr(d.compat, n) else getattr(m, n)
+        assert getattr(m, n) is getattr(d.compat, n)
     assert sorted(m.__all__) == sorted(set(m.__all__)) and set(names) <= set(m.__all__)
 
 

@@ -470,7 +470,7 @@ fn eval<'py>(
 /// Run a model over a text, save its K/V/Q as safetensors at `out` (the `kv capture
 /// --json` document).
 #[pyfunction]
-#[pyo3(signature = (model, text_file, out, max_tokens = 512, threads = None, progress = None))]
+#[pyo3(signature = (model, text_file, out, max_tokens = 256, threads = None, progress = None))]
 fn capture_kv<'py>(
     py: Python<'py>,
     model: PathBuf,
