@@ -31,6 +31,7 @@ from .devices import (
     get_device,
     list_devices,
     register_device,
+    weight_formats,
 )
 from .kv import (
     DEFAULT_SEED,
@@ -123,4 +124,5 @@ __all__ = [
     "synthetic_kv",
     "unpack",
     "verify",
+    "weight_formats",
 ]

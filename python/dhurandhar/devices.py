@@ -102,6 +102,12 @@ def list_devices() -> list[str]:
     return list(DEVICE_PROFILES)
 
 
+def weight_formats() -> list[dict[str, Any]]:
+    """The named weight formats ``analyze(weight_format=...)`` takes, with their bits
+    per weight (at a 2048-weight row) and grouping."""
+    return list(_native.list_devices()["weight_formats"])
+
+
 def _split(devices: Iterable[DeviceLike]) -> tuple[list[str], list[dict[str, Any]]]:
     """Names the core resolves itself, and custom profiles passed as values."""
     names: list[str] = []
@@ -127,4 +133,5 @@ __all__ = [
     "get_device",
     "list_devices",
     "register_device",
+    "weight_formats",
 ]

@@ -82,6 +82,8 @@ def test_devices_builtin_and_custom(tmp_path):
         assert "my_phone" in d.list_devices()
     finally:
         del d.DEVICE_PROFILES["my_phone"]
+    fmts = d.weight_formats()
+    assert as_json(fmts) == doc["weight_formats"] and "int4" in [f["name"] for f in fmts]
     y = tmp_path / "board.yaml"
     y.write_text("name: Board\nram_budget_mb: 512\nflash_read_gbps: 0.2\n")
     b = d.get_device(y)

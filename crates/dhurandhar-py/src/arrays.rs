@@ -5,10 +5,7 @@
 //! (Fortran order, strided views) are gathered in logical order, one copy each.
 //! Output: a `Vec<f32>` handed to numpy without a copy, reshaped to the caller's shape.
 
-use numpy::{
-    PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
-    PyUntypedArrayMethods,
-};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 

@@ -161,7 +161,11 @@ fn analyze<'py>(
         custom_device: match (ram_mb, flash_gbps) {
             (Some(ram_mb), Some(flash_gbps)) => Some(CustomDevice { ram_mb, flash_gbps }),
             (None, None) => None,
-            _ => return Err(bad("ram_mb and flash_gbps go together: give both or neither")),
+            _ => {
+                return Err(bad(
+                    "ram_mb and flash_gbps go together: give both or neither",
+                ))
+            }
         },
         target_decode_tps,
         ple_hot_tokens,
@@ -224,9 +228,9 @@ fn compare<'py>(
         head_dim,
         kv_heads,
         seq_len,
-        distribution: distribution.parse().map_err(
-            |e: dhurandhar::dhurandhar_kv::KvError| bad(e.to_string()),
-        )?,
+        distribution: distribution
+            .parse()
+            .map_err(|e: dhurandhar::dhurandhar_kv::KvError| bad(e.to_string()))?,
         bits,
         codecs: self::codecs(&codecs)?,
         tensor,
@@ -266,9 +270,9 @@ fn kv_bench<'py>(
         seq_len,
         codec: parse_codec(&codec)?,
         bits,
-        distribution: distribution.parse().map_err(
-            |e: dhurandhar::dhurandhar_kv::KvError| bad(e.to_string()),
-        )?,
+        distribution: distribution
+            .parse()
+            .map_err(|e: dhurandhar::dhurandhar_kv::KvError| bad(e.to_string()))?,
         samples,
         queries,
         seed,
@@ -633,11 +637,7 @@ impl PyTensorReader {
 
     /// The stored bytes of one tensor as a uint8 array (decoded from the pack's
     /// chunks with the GIL released; the Python side views it as its dtype).
-    fn read_bytes<'py>(
-        &self,
-        py: Python<'py>,
-        name: &str,
-    ) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    fn read_bytes<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyArray1<u8>>> {
         use dhurandhar::dhurandhar_checkpoint::TensorSource;
         let Some(meta) = self.src.list_tensors().into_iter().find(|t| t.name == name) else {
             return Err(pyo3::exceptions::PyKeyError::new_err(name.to_string()));

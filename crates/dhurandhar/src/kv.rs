@@ -950,6 +950,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn codec_handle_round_trips_and_measures() {
+        let d = 64;
+        let x = dhurandhar_kv::synth::generate(Distribution::OutlierChannels, 40, d, 1, 0, false);
+        let h = CodecHandle::new(Codec::Q8_0, 8, d, DEFAULT_SEED, None).unwrap();
+        let enc = h.encode(KvRole::Key, &x).unwrap();
+        assert_eq!(enc.len(), h.encoded_len(KvRole::Key, 40));
+        let mut out = vec![0.0; x.len()];
+        h.decode(KvRole::Key, &enc, &mut out).unwrap();
+        let r = h.reconstruction(KvRole::Key, &x).unwrap();
+        let mse = x
+            .iter()
+            .zip(&out)
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum::<f64>()
+            / x.len() as f64;
+        assert_eq!(r.mse, mse);
+        assert_eq!(r.vectors, 40);
+        // q8_0: 34 bytes per 32 values.
+        assert_eq!(r.bits_per_value, 34.0 * 8.0 / 32.0);
+        assert!(r.cos_sim > 0.999 && r.d_eff.is_none());
+    }
+
+    #[test]
+    fn codec_handle_checks_its_inputs() {
+        assert!(CodecHandle::new(Codec::Turbo, 4, 0, 0, None).is_err());
+        let e = CodecHandle::new(Codec::Spectral, 4, 16, 0, None).unwrap_err();
+        assert!(e.to_string().contains("calibration"), "{e}");
+        let h = CodecHandle::new(Codec::Turbo, 4, 16, 0, None).unwrap();
+        assert!(h.reconstruction(KvRole::Key, &[]).is_err());
+        assert!(h.reconstruction(KvRole::Key, &[0.5; 17]).is_err());
+        let cal = dhurandhar_kv::synth::generate(Distribution::LowRank, 256, 16, 0, 0, false);
+        let s = CodecHandle::new(Codec::Spectral, 4, 16, 0, Some((&cal, &cal))).unwrap();
+        let r = s.reconstruction(KvRole::Value, &cal).unwrap();
+        assert!(r.d_eff.is_some_and(|d| (1..=16).contains(&d)));
+    }
+
+    #[test]
     fn kv_data_is_synthetic_or_a_path() {
         assert_eq!("synthetic".parse(), Ok(KvData::Synthetic));
         let file = KvData::File(PathBuf::from("kv.safetensors"));

@@ -439,6 +439,37 @@ pub fn select_devices(
 mod tests {
     use super::*;
 
+    #[test]
+    fn analyze_with_values_matches_names() {
+        let opts = AnalyzeOptions {
+            model: "qwen2.5-0.5b".into(),
+            devices: vec!["laptop_nvme".into()],
+            ..AnalyzeOptions::default()
+        };
+        let by_name = analyze(&opts).unwrap();
+        let arch = dhurandhar_model::registry::get("qwen2.5-0.5b").unwrap();
+        let by_value = analyze_with(&opts, Some(arch), &[]).unwrap();
+        assert_eq!(by_value.model_origin, "given");
+        assert_eq!(by_value.totals, by_name.totals);
+        let phone = DeviceProfile::custom(3072.0, 4.5).unwrap();
+        let only = AnalyzeOptions {
+            devices: vec![],
+            ..opts.clone()
+        };
+        let r = analyze_with(&only, None, std::slice::from_ref(&phone)).unwrap();
+        assert_eq!(
+            r.devices.len(),
+            1,
+            "extra devices alone replace the built-ins"
+        );
+        let r = analyze_with(&opts, None, &[phone]).unwrap();
+        let slugs: Vec<&str> = r.devices.iter().map(|d| d.slug.as_str()).collect();
+        assert_eq!(slugs, ["laptop_nvme", "custom"]);
+        let mut bad = DeviceProfile::custom(1.0, 1.0).unwrap();
+        bad.ram_budget_mb = 0.0;
+        assert!(analyze_with(&only, None, &[bad]).is_err());
+    }
+
     fn kv_bytes(r: &AnalyzeReport) -> u64 {
         r.components
             .iter()
