@@ -4,7 +4,7 @@
 //! the facade's options structs, its reports come back through serde (`pythonize`), so
 //! a Python result is the very document the CLI prints with `--json`. Arrays cross as
 //! numpy buffers, read in place when they are C-contiguous float32. Long work runs with
-//! the GIL released; progress callbacks and Ctrl-C reach it through [`PyProgress`].
+//! the GIL released; progress callbacks and Ctrl-C reach it through `progress::PyProgress`.
 //!
 //! The friendly surface (codec classes, result objects, the compat shim) is the pure
 //! Python package around this module (`python/dhurandhar`).
