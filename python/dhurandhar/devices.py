@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Dict, Iterable, Mapping, Union
 
 from . import _native
 
@@ -55,7 +55,7 @@ def _slugify(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "device"
 
 
-class _Registry(dict):  # type: ignore[type-arg]
+class _Registry(Dict[str, DeviceProfile]):
     """slug → DeviceProfile; the built-ins are loaded first, assignments add devices."""
 
     def __init__(self) -> None:

@@ -28,6 +28,10 @@ class ModelArchitecture:
     """
 
     __slots__ = ("_fields", "_spec", "_weights", "_origin")
+    _fields: dict[str, Any]
+    _spec: Optional[str]
+    _weights: Optional[dict[str, Any]]
+    _origin: str
 
     def __init__(self, **fields: Any) -> None:
         checked = _native.model_from_fields(fields)

@@ -89,7 +89,7 @@ def analyze(
             kv_bits = kv_codec.bits
         kv_codec = kv_codec.name
     if isinstance(devices, (str, bytes)):
-        devices = [devices]  # type: ignore[list-item]
+        devices = [devices]
     names, custom = _split(devices or [])
     doc = _native.analyze(
         context_tokens=context_tokens,
