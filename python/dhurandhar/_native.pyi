@@ -150,6 +150,14 @@ class Model:
         f32_activations: bool = False,
     ) -> Generation: ...
 
+def generate_bench(
+    model: _Path,
+    prompt_tokens: int = 256,
+    decode_tokens: int = 64,
+    threads: Sequence[int] = ...,
+    repeats: int = 3,
+    progress: _Progress = None,
+) -> dict[str, Any]: ...
 def eval(
     model: _Path,
     text_file: _Path,

@@ -100,6 +100,22 @@ class Model:
             self._m.generate(prompt, max_tokens, temperature, top_p, seed, threads, f32_activations)
         )
 
+    def bench(
+        self,
+        prompt_tokens: int = 256,
+        decode_tokens: int = 64,
+        *,
+        threads: Iterable[int] = (1, 2),
+        repeats: int = 3,
+        progress: Optional[ProgressCallback] = None,
+    ) -> Record:
+        """Prefill and decode tokens/s for each thread count (fastest of ``repeats``)
+        and the peak RSS: the ``generate --bench --json`` document. Ctrl-C stops it
+        with ``KeyboardInterrupt``."""
+        return Record(
+            _native.generate_bench(self.path, prompt_tokens, decode_tokens, [int(t) for t in threads], repeats, progress)
+        )
+
     def eval(
         self,
         text: Optional[str] = None,

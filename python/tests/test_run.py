@@ -38,6 +38,27 @@ def test_generate_streams_the_cli_text(gguf):
         d.Model.load(__file__)
 
 
+def test_bench_reports_every_thread_count_and_stops_on_interrupt(gguf):
+    m = d.Model.load(gguf)
+    labels = []
+    r = m.bench(prompt_tokens=16, decode_tokens=4, threads=[1, 2], repeats=1,
+                progress=lambda done, total, label: labels.append(label))
+    cli = cli_json("generate", "--bench", "--model", str(gguf), "--bench-prompt", "16", "--max-tokens", "4",
+                   "--bench-threads", "1,2", "--bench-repeats", "1")
+    assert set(r) == set(cli)
+    for k in ("schema_version", "model", "gguf_tensor_bytes", "context_tokens", "kv_cache_bytes", "rss_budget_bytes"):
+        assert r[k] == cli[k], k
+    assert [x.threads for x in r.results] == [x["threads"] for x in cli["results"]] == [1, 2]
+    assert all(x.decode_tokens_per_s > 0 for x in r.results)
+    assert labels
+
+    def ctrl_c(done, total, label):
+        _thread.interrupt_main()
+
+    with pytest.raises(KeyboardInterrupt):
+        m.bench(prompt_tokens=16, decode_tokens=64, threads=[1, 1, 1, 1], repeats=3, progress=ctrl_c)
+
+
 def test_eval_is_the_cli_document(gguf, tmp_path):
     text = "The quick brown fox jumps over the lazy dog. " * 8
     f = tmp_path / "t.txt"

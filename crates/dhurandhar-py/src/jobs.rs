@@ -431,6 +431,32 @@ impl PyGeneration {
     }
 }
 
+/// Prefill and decode tokens/s per thread count, and peak RSS (the `generate --bench
+/// --json` document).
+#[pyfunction]
+#[pyo3(signature = (model, prompt_tokens = 256, decode_tokens = 64, threads = vec![1, 2], repeats = 3, progress = None))]
+fn generate_bench<'py>(
+    py: Python<'py>,
+    model: PathBuf,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+    threads: Vec<usize>,
+    repeats: usize,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let opts = dhurandhar::generate::BenchOptions {
+        model,
+        prompt_tokens,
+        decode_tokens,
+        threads,
+        repeats,
+    };
+    let p = PyProgress::new(progress, CancelToken::new());
+    let cancel = p.cancel_token();
+    let r = py.allow_threads(|| dhurandhar::generate::bench(&opts, &p, &cancel));
+    to_py(py, &p.finish(r)?)
+}
+
 /// Perplexity with the exact cache and with each codec (the `eval --json` document).
 #[pyfunction]
 #[pyo3(signature = (
@@ -772,6 +798,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     m.add_class::<PyGeneration>()?;
     m.add_function(wrap_pyfunction!(eval, m)?)?;
+    m.add_function(wrap_pyfunction!(generate_bench, m)?)?;
     m.add_function(wrap_pyfunction!(capture_kv, m)?)?;
     m.add_function(wrap_pyfunction!(read_kv_file, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
