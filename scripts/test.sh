@@ -24,3 +24,5 @@ echo "== cargo doc (the facade's API docs must build without broken links)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== cargo test"
 cargo test --workspace --release
+echo "== python package (wheel into a temporary venv + pytest)"
+scripts/test_python.sh

@@ -782,9 +782,209 @@ pub fn capture(
     })
 }
 
+// ---------------------------------------------------------------- arrays
+
+/// One codec built for one head_dim, for a front end that encodes its own arrays (the
+/// Python package's codec classes): the codec plus what it was built from, so reports
+/// can name it. Shareable across threads; encoding takes `&self`.
+pub struct CodecHandle {
+    codec: Codec,
+    bits: u32,
+    head_dim: usize,
+    seed: u64,
+    d_eff: Option<(usize, usize)>,
+    inner: Box<dyn dhurandhar_kv::KvCodec>,
+}
+
+impl std::fmt::Debug for CodecHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodecHandle")
+            .field("codec", &self.codec)
+            .field("bits", &self.bits)
+            .field("head_dim", &self.head_dim)
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+/// How well one encode → decode round trip kept a batch of vectors.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reconstruction {
+    pub codec: Codec,
+    pub bits: u32,
+    pub head_dim: usize,
+    pub role: KvRole,
+    pub vectors: usize,
+    /// Mean over vectors of the cosine between x and its reconstruction.
+    pub cos_sim: f64,
+    /// Mean squared error per value.
+    pub mse: f64,
+    /// Σ‖x − x̂‖² / Σ‖x‖².
+    pub nmse: f64,
+    /// Mean over vectors of ‖x̂‖ / ‖x‖.
+    pub norm_preservation: f64,
+    /// Stored bits per value of this batch (a trailing partial token group is kept as
+    /// bf16, as a real cache would; per-head calibration is not included).
+    pub bits_per_value: f64,
+    /// 16 / `bits_per_value`.
+    pub compression_vs_bf16: f64,
+    /// SpectralQuant: the calibrated effective rank of this role's basis.
+    pub d_eff: Option<usize>,
+}
+
+impl CodecHandle {
+    /// Build `codec` at `bits` for vectors of `head_dim` values. SpectralQuant needs
+    /// `calibration` (key samples, value samples; `n × head_dim` each, n ≥ 2); the
+    /// other codecs ignore it.
+    pub fn new(
+        codec: Codec,
+        bits: u32,
+        head_dim: usize,
+        seed: u64,
+        calibration: Option<(&[f32], &[f32])>,
+    ) -> Result<Self> {
+        check_range("head_dim", head_dim, 1, MAX_HEAD_DIM)?;
+        let spec = dhurandhar_kv::CodecSpec {
+            codec,
+            bits,
+            head_dim,
+            seed,
+        };
+        let (kc, vc) = calibration.unzip();
+        let inner = dhurandhar_kv::build_codec_roles(&spec, kc, vc)?;
+        let d_eff = match (codec.needs_calibration(), calibration) {
+            (true, Some((k, v))) => Some((
+                dhurandhar_kv::spectral::Calibration::fit(k, head_dim, bits)?.d_eff,
+                dhurandhar_kv::spectral::Calibration::fit(v, head_dim, bits)?.d_eff,
+            )),
+            _ => None,
+        };
+        Ok(CodecHandle {
+            codec,
+            bits,
+            head_dim,
+            seed,
+            d_eff,
+            inner,
+        })
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    /// Tokens per encoded record for `role` (the encoder takes whole groups only).
+    pub fn token_group(&self, role: KvRole) -> usize {
+        self.inner.token_group(role)
+    }
+    /// Bytes stored once per head (SpectralQuant's calibration), not per token.
+    pub fn side_bytes(&self, role: KvRole) -> usize {
+        self.inner.side_bytes(role)
+    }
+    /// Encoded bytes of `tokens` vectors (a whole number of token groups).
+    pub fn encoded_len(&self, role: KvRole, tokens: usize) -> usize {
+        self.inner.encoded_len(role, tokens)
+    }
+
+    /// Encode `x` (`n × head_dim`, row-major; n a multiple of the token group).
+    pub fn encode(&self, role: KvRole, x: &[f32]) -> Result<Vec<u8>> {
+        Ok(self.inner.encode(role, x)?)
+    }
+
+    /// Decode `bytes` into `out` (`n × head_dim`; n the tokens that were encoded).
+    pub fn decode(&self, role: KvRole, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+        Ok(self.inner.decode(role, bytes, out)?)
+    }
+
+    /// Round-trip `x` (`n × head_dim`) and measure what was kept.
+    pub fn reconstruction(&self, role: KvRole, x: &[f32]) -> Result<Reconstruction> {
+        let d = self.head_dim;
+        if x.is_empty() {
+            return Err(dhurandhar_kv::KvError::EmptyBatch.into());
+        }
+        if !x.len().is_multiple_of(d) {
+            return Err(dhurandhar_kv::KvError::ShapeMismatch {
+                len: x.len(),
+                head_dim: d,
+            }
+            .into());
+        }
+        let (xh, bytes) = dhurandhar_kv::round_trip(self.inner.as_ref(), role, x)?;
+        let (nmse, cos_sim, norm_preservation) = dhurandhar_kv::metrics::vector_metrics(x, &xh, d);
+        let sq: f64 = x
+            .iter()
+            .zip(&xh)
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum();
+        let bits_per_value = bytes as f64 * 8.0 / x.len() as f64;
+        Ok(Reconstruction {
+            codec: self.codec,
+            bits: self.bits,
+            head_dim: d,
+            role,
+            vectors: x.len() / d,
+            cos_sim,
+            mse: sq / x.len() as f64,
+            nmse,
+            norm_preservation,
+            bits_per_value,
+            compression_vs_bf16: 16.0 / bits_per_value,
+            d_eff: self.d_eff.map(|(k, v)| match role {
+                KvRole::Key => k,
+                KvRole::Value => v,
+            }),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codec_handle_round_trips_and_measures() {
+        let d = 64;
+        let x = dhurandhar_kv::synth::generate(Distribution::OutlierChannels, 40, d, 1, 0, false);
+        let h = CodecHandle::new(Codec::Q8_0, 8, d, DEFAULT_SEED, None).unwrap();
+        let enc = h.encode(KvRole::Key, &x).unwrap();
+        assert_eq!(enc.len(), h.encoded_len(KvRole::Key, 40));
+        let mut out = vec![0.0; x.len()];
+        h.decode(KvRole::Key, &enc, &mut out).unwrap();
+        let r = h.reconstruction(KvRole::Key, &x).unwrap();
+        let mse = x
+            .iter()
+            .zip(&out)
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum::<f64>()
+            / x.len() as f64;
+        assert_eq!(r.mse, mse);
+        assert_eq!(r.vectors, 40);
+        // q8_0: 34 bytes per 32 values.
+        assert_eq!(r.bits_per_value, 34.0 * 8.0 / 32.0);
+        assert!(r.cos_sim > 0.999 && r.d_eff.is_none());
+    }
+
+    #[test]
+    fn codec_handle_checks_its_inputs() {
+        assert!(CodecHandle::new(Codec::Turbo, 4, 0, 0, None).is_err());
+        let e = CodecHandle::new(Codec::Spectral, 4, 16, 0, None).unwrap_err();
+        assert!(e.to_string().contains("calibration"), "{e}");
+        let h = CodecHandle::new(Codec::Turbo, 4, 16, 0, None).unwrap();
+        assert!(h.reconstruction(KvRole::Key, &[]).is_err());
+        assert!(h.reconstruction(KvRole::Key, &[0.5; 17]).is_err());
+        let cal = dhurandhar_kv::synth::generate(Distribution::LowRank, 256, 16, 0, 0, false);
+        let s = CodecHandle::new(Codec::Spectral, 4, 16, 0, Some((&cal, &cal))).unwrap();
+        let r = s.reconstruction(KvRole::Value, &cal).unwrap();
+        assert!(r.d_eff.is_some_and(|d| (1..=16).contains(&d)));
+    }
 
     #[test]
     fn kv_data_is_synthetic_or_a_path() {

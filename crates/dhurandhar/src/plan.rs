@@ -301,9 +301,42 @@ const WEIGHT_COMPONENTS: [&str; 5] = [
 
 /// Plan the model on every selected device.
 pub fn analyze(opts: &AnalyzeOptions) -> Result<AnalyzeReport> {
-    let model = resolve_model(&opts.model)?;
+    analyze_with(opts, None, &[])
+}
+
+/// [`analyze`] for a front end that holds values rather than names: `arch` (when
+/// given) is planned instead of resolving `opts.model`, and the `extra` device
+/// profiles (a front end's own registry of custom devices) are assessed after the ones
+/// `opts` names. With `None` and no extra devices this is exactly [`analyze`].
+pub fn analyze_with(
+    opts: &AnalyzeOptions,
+    arch: Option<ModelArchitecture>,
+    extra: &[DeviceProfile],
+) -> Result<AnalyzeReport> {
+    let model = match arch {
+        Some(arch) => {
+            arch.validate()?;
+            crate::model::ResolvedModel {
+                arch,
+                weights: None,
+                origin: "given".to_string(),
+                weights_estimated: false,
+            }
+        }
+        None => resolve_model(&opts.model)?,
+    };
     let plan_opts = plan_options(opts, &model.arch)?;
-    let devices = select_devices(&opts.devices, opts.custom_device)?;
+    let named = !opts.devices.is_empty() || opts.custom_device.is_some();
+    let mut devices = if extra.is_empty() || named {
+        select_devices(&opts.devices, opts.custom_device)?
+    } else {
+        Vec::new()
+    };
+    for d in extra {
+        d.validate()
+            .map_err(|e| Error::from(e).context(format!("invalid device `{}`", d.slug)))?;
+        devices.push(d.clone());
+    }
     let a = dhurandhar_plan::analyze(
         &model.arch,
         model.weights.as_ref(),
@@ -524,6 +557,37 @@ pub fn predict_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn analyze_with_values_matches_names() {
+        let opts = AnalyzeOptions {
+            model: "qwen2.5-0.5b".into(),
+            devices: vec!["laptop_nvme".into()],
+            ..AnalyzeOptions::default()
+        };
+        let by_name = analyze(&opts).unwrap();
+        let arch = dhurandhar_model::registry::get("qwen2.5-0.5b").unwrap();
+        let by_value = analyze_with(&opts, Some(arch), &[]).unwrap();
+        assert_eq!(by_value.model_origin, "given");
+        assert_eq!(by_value.totals, by_name.totals);
+        let phone = DeviceProfile::custom(3072.0, 4.5).unwrap();
+        let only = AnalyzeOptions {
+            devices: vec![],
+            ..opts.clone()
+        };
+        let r = analyze_with(&only, None, std::slice::from_ref(&phone)).unwrap();
+        assert_eq!(
+            r.devices.len(),
+            1,
+            "extra devices alone replace the built-ins"
+        );
+        let r = analyze_with(&opts, None, &[phone]).unwrap();
+        let slugs: Vec<&str> = r.devices.iter().map(|d| d.slug.as_str()).collect();
+        assert_eq!(slugs, ["laptop_nvme", "custom"]);
+        let mut bad = DeviceProfile::custom(1.0, 1.0).unwrap();
+        bad.ram_budget_mb = 0.0;
+        assert!(analyze_with(&only, None, &[bad]).is_err());
+    }
 
     fn kv_bytes(r: &AnalyzeReport) -> u64 {
         r.components

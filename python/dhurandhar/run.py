@@ -1,0 +1,176 @@
+"""Real models: inspect a checkpoint, load a GGUF model, generate, evaluate, capture KV."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+import numpy as np
+
+from . import _native
+from ._records import Record
+
+PathLike = Union[str, "os.PathLike[str]"]
+#: ``progress(done, total_or_None, label)``; raising from it cancels the job.
+ProgressCallback = Callable[[int, Optional[int], str], Any]
+
+
+def inspect(path: PathLike) -> Record:
+    """What a checkpoint holds: format, tensors, dtypes, exact bytes per component and
+    the inferred architecture (the ``inspect --json`` document)."""
+    return Record(_native.inspect(os.fspath(path)))
+
+
+class _TextFile:
+    """A text given as a string, or a path, as the file the facade reads."""
+
+    def __init__(self, text: Optional[str], text_file: Optional[PathLike]) -> None:
+        if (text is None) == (text_file is None):
+            raise ValueError("give exactly one of text and text_file")
+        self._dir: Optional[tempfile.TemporaryDirectory[str]] = None
+        if text is not None:
+            self._dir = tempfile.TemporaryDirectory(prefix="dhurandhar-")
+            self.path = os.path.join(self._dir.name, "text.txt")
+            with open(self.path, "w", encoding="utf-8") as f:
+                f.write(text)
+        else:
+            self.path = os.fspath(text_file)  # type: ignore[arg-type]
+
+    def __enter__(self) -> "_TextFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+
+
+class Generation:
+    """An iterator of generated text pieces; :meth:`report` is the ``generate --json``
+    document (final once the iterator is exhausted)."""
+
+    def __init__(self, native: "_native.Generation") -> None:
+        self._g = native
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._g)
+
+    def text(self) -> str:
+        """Run to the end; everything generated."""
+        for _ in self:
+            pass
+        return str(self.report()["text"])
+
+    def report(self) -> Record:
+        return Record(self._g.report())
+
+
+class Model:
+    """A GGUF model (llama / qwen2 family) loaded once, memory-mapped; every
+    :meth:`generate` shares it."""
+
+    def __init__(self, native: "_native.Model") -> None:
+        self._m = native
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Model":
+        return cls(_native.Model.load(os.fspath(path)))
+
+    @property
+    def path(self) -> str:
+        return os.fspath(self._m.path)
+
+    def generate(
+        self,
+        prompt: str,
+        max_tokens: int = 64,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        threads: Optional[int] = None,
+        f32_activations: bool = False,
+    ) -> Generation:
+        """Generate from ``prompt``: iterate the result for text pieces as they come
+        (greedy by default; ``temperature``/``top_p``/``seed`` for sampling)."""
+        return Generation(
+            self._m.generate(prompt, max_tokens, temperature, top_p, seed, threads, f32_activations)
+        )
+
+    def bench(
+        self,
+        prompt_tokens: int = 256,
+        decode_tokens: int = 64,
+        *,
+        threads: Iterable[int] = (1, 2),
+        repeats: int = 3,
+        progress: Optional[ProgressCallback] = None,
+    ) -> Record:
+        """Prefill and decode tokens/s for each thread count (fastest of ``repeats``)
+        and the peak RSS: the ``generate --bench --json`` document. Ctrl-C stops it
+        with ``KeyboardInterrupt``."""
+        return Record(
+            _native.generate_bench(self.path, prompt_tokens, decode_tokens, [int(t) for t in threads], repeats, progress)
+        )
+
+    def eval(
+        self,
+        text: Optional[str] = None,
+        *,
+        text_file: Optional[PathLike] = None,
+        codecs: Iterable[str] = (),
+        bits: int = 4,
+        max_tokens: int = 512,
+        chunk: int = 128,
+        calibration_tokens: int = 64,
+        threads: Optional[int] = None,
+        q8_activations: bool = False,
+        progress: Optional[ProgressCallback] = None,
+    ) -> Record:
+        """Perplexity of a text with the exact KV cache and with each codec (the
+        ``eval --json`` document)."""
+        with _TextFile(text, text_file) as t:
+            return Record(
+                _native.eval(
+                    self.path,
+                    t.path,
+                    codecs=[str(c) for c in codecs],
+                    bits=bits,
+                    max_tokens=max_tokens,
+                    chunk=chunk,
+                    calibration_tokens=calibration_tokens,
+                    threads=threads,
+                    q8_activations=q8_activations,
+                    progress=progress,
+                )
+            )
+
+    def capture_kv(
+        self,
+        text: Optional[str] = None,
+        *,
+        text_file: Optional[PathLike] = None,
+        out: Optional[PathLike] = None,
+        max_tokens: int = 256,
+        threads: Optional[int] = None,
+        progress: Optional[ProgressCallback] = None,
+    ) -> tuple[dict[str, np.ndarray], Record]:
+        """Run the model over a text and return every layer's queries, keys (before and
+        after RoPE) and values as float32 arrays (``layers.{i}.{q,k,k_pre,v}``), with
+        the ``kv capture --json`` report. ``out`` also keeps the safetensors file."""
+        with _TextFile(text, text_file) as t, tempfile.TemporaryDirectory(prefix="dhurandhar-") as tmp:
+            path = os.fspath(out) if out is not None else os.path.join(tmp, "kv.safetensors")
+            rep = _native.capture_kv(self.path, t.path, path, max_tokens=max_tokens, threads=threads, progress=progress)
+            tensors = dict(_native.read_kv_file(path))
+        return tensors, Record(rep)
+
+
+def load(path: PathLike) -> Model:
+    """``Model.load(path)``."""
+    return Model.load(path)
+
+
+__all__ = ["Generation", "Model", "ProgressCallback", "inspect", "load"]

@@ -1,0 +1,145 @@
+"""Real models, weights and profiling against the fixtures, compared with the CLI."""
+
+from __future__ import annotations
+
+import _thread
+
+import numpy as np
+import pytest
+
+import dhurandhar as d
+
+from conftest import as_json, cli_json
+
+PROMPT = "The capital of France is"
+
+
+def test_inspect_is_the_cli_document(gguf, safetensors_model):
+    for path in (gguf, safetensors_model):
+        assert as_json(d.inspect(path).to_dict()) == cli_json("inspect", str(path))
+    with pytest.raises(OSError):
+        d.inspect(str(gguf) + ".missing")
+
+
+def test_generate_streams_the_cli_text(gguf):
+    m = d.Model.load(gguf)
+    g = m.generate(PROMPT, max_tokens=12, threads=2)
+    pieces = list(g)
+    assert len(pieces) >= 2 and all(isinstance(p, str) and p for p in pieces)
+    rep = g.report()
+    assert "".join(pieces) == rep.text and rep.generated_tokens == 12 and rep.stop_reason == "max_tokens"
+    cli = cli_json("generate", "--model", str(gguf), "--prompt", PROMPT, "--max-tokens", "12", "--threads", "2")
+    assert rep.text == cli["text"] and rep.prompt_tokens == cli["prompt_tokens"]
+    # the loaded model is shared: a second generation gives the same greedy text
+    assert m.generate(PROMPT, max_tokens=12, threads=2).text() == rep.text
+    with pytest.raises(ValueError, match="max_tokens"):
+        m.generate(PROMPT, max_tokens=10**9)
+    with pytest.raises(ValueError):
+        d.Model.load(__file__)
+
+
+def test_bench_reports_every_thread_count_and_stops_on_interrupt(gguf):
+    m = d.Model.load(gguf)
+    labels = []
+    r = m.bench(prompt_tokens=16, decode_tokens=4, threads=[1, 2], repeats=1,
+                progress=lambda done, total, label: labels.append(label))
+    cli = cli_json("generate", "--bench", "--model", str(gguf), "--bench-prompt", "16", "--max-tokens", "4",
+                   "--bench-threads", "1,2", "--bench-repeats", "1")
+    assert set(r) == set(cli)
+    for k in ("schema_version", "model", "gguf_tensor_bytes", "context_tokens", "kv_cache_bytes", "rss_budget_bytes"):
+        assert r[k] == cli[k], k
+    assert [x.threads for x in r.results] == [x["threads"] for x in cli["results"]] == [1, 2]
+    assert all(x.decode_tokens_per_s > 0 for x in r.results)
+    assert labels
+
+    def ctrl_c(done, total, label):
+        _thread.interrupt_main()
+
+    with pytest.raises(KeyboardInterrupt):
+        m.bench(prompt_tokens=16, decode_tokens=64, threads=[1, 1, 1, 1], repeats=3, progress=ctrl_c)
+
+
+def test_eval_is_the_cli_document(gguf, tmp_path):
+    text = "The quick brown fox jumps over the lazy dog. " * 8
+    f = tmp_path / "t.txt"
+    f.write_text(text)
+    m = d.Model.load(gguf)
+    r = m.eval(text_file=f, codecs=["turbo-mse"], bits=4, max_tokens=48, chunk=32, threads=2)
+    cli = cli_json("eval", "--model", str(gguf), "--text-file", str(f), "--kv-codec", "turbo-mse",
+                   "--kv-bits", "4", "--max-tokens", "48", "--chunk", "32", "--threads", "2")
+    mine, theirs = as_json(r.to_dict()), cli
+    mine.pop("seconds"), theirs.pop("seconds")
+    assert mine == theirs
+    assert r.exact.perplexity > 1 and r.codecs[0].codec == "turbo-mse@4"
+    # the text given as a string scores the same
+    same = m.eval(text, codecs=["turbo-mse"], bits=4, max_tokens=48, chunk=32, threads=2)
+    assert (same.exact, same.codecs) == (r.exact, r.codecs)
+    with pytest.raises(ValueError, match="exactly one"):
+        m.eval()
+
+
+def test_capture_kv_returns_numpy(gguf, tmp_path):
+    m = d.Model.load(gguf)
+    tensors, rep = m.capture_kv("Hello there, general Kenobi.", max_tokens=16, threads=2)
+    n = rep.n_tokens
+    k0 = tensors["layers.0.k"]
+    assert k0.dtype == np.float32 and k0.shape[-1] == rep.head_dim and n in k0.shape
+    assert {t.name for t in rep.tensors} == set(tensors)
+    # captured keys go straight into a codec
+    c = d.TurboMseCodec(rep.head_dim, 4)
+    assert c.reconstruction_error(k0)["cos_sim"] > 0.95
+    out = tmp_path / "kv.safetensors"
+    m.capture_kv("Hello there, general Kenobi.", out=out, max_tokens=16, threads=2)
+    np.testing.assert_array_equal(d.read_kv_file(out)["layers.0.k"], k0)
+
+
+def _strip_paths(doc):
+    doc = as_json(doc)
+    for k in ("input", "output", "file", "seconds", "gb_per_s"):
+        doc.pop(k, None)
+    return doc
+
+
+def test_pack_unpack_verify_stats_and_reader(safetensors_model, tmp_path):
+    out = tmp_path / "m.dhp"
+    calls = []
+    r = d.pack(safetensors_model, out, progress=lambda done, total, label: calls.append(done))
+    assert calls and out.is_file()
+    cli_out = tmp_path / "cli.dhp"
+    cli = cli_json("pack", str(safetensors_model), "-o", str(cli_out))
+    assert _strip_paths(r.to_dict()) == _strip_paths(cli)
+    assert out.read_bytes() == cli_out.read_bytes()
+    v = d.verify(out)
+    assert _strip_paths(v.to_dict()) == _strip_paths(cli_json("verify", str(out)))
+    s = d.pack_stats(out)
+    assert as_json(s.to_dict()) == cli_json("pack-stats", str(out))
+    back = tmp_path / "back.safetensors"
+    d.unpack(out, back)
+    packed, orig = d.open_pack(out), d.TensorReader(safetensors_model)
+    restored = d.TensorReader(back)
+    assert restored.names() == orig.names()
+    assert packed.names() == orig.names() and len(packed) > 0
+    for name, arr in packed:
+        assert isinstance(arr, np.ndarray) and arr.shape == orig.shape(name)
+        np.testing.assert_array_equal(arr, orig[name])  # lossless
+        np.testing.assert_array_equal(restored[name], orig[name])
+    with pytest.raises(KeyError):
+        packed["no.such.tensor"]
+    with pytest.raises(ValueError):
+        d.pack(safetensors_model, out, mode="zip")
+
+
+def test_mmap_profile_progress_and_interrupt(tmp_path):
+    seen = []
+    r = d.mmap_profile("qwen2.5-0.5b", scale=0.02, cache_dir=tmp_path, num_tokens=200, warmup_tokens=10,
+                       modes=["warm"], progress=lambda done, total, label: seen.append(label))
+    assert seen and r.schema_version >= 1
+    with pytest.raises(ValueError, match="mode"):
+        d.mmap_profile("qwen2.5-0.5b", scale=0.02, cache_dir=tmp_path, modes=["lukewarm"])
+
+    def ctrl_c(done, total, label):
+        _thread.interrupt_main()  # as if the user pressed Ctrl-C mid-run
+
+    with pytest.raises(KeyboardInterrupt):
+        d.mmap_profile("qwen2.5-0.5b", scale=0.02, cache_dir=tmp_path, num_tokens=100_000, warmup_tokens=10,
+                       modes=["warm"], progress=ctrl_c)
