@@ -46,6 +46,8 @@ pub enum Command {
     Generate(commands::generate::Args),
     /// Perplexity of a GGUF model on a text, with an exact and a compressed KV cache.
     Eval(commands::eval::Args),
+    /// Serve the local web dashboard (plan, devices, KV codecs, measure, weights, run, compare).
+    Serve(commands::serve::Args),
 }
 
 /// Run a parsed command.
@@ -65,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 pub use dhurandhar_plan::{describe_changes, summary_line, Change, PleLayout};
 
-use crate::model::{is_yaml_path, resolve_model, MAX_PROFILE_BYTES};
+use crate::model::{is_yaml_path, resolve_model, ResolvedModel, MAX_PROFILE_BYTES};
 use crate::{Error, Result};
 
 /// Version of the [`AnalyzeReport`] document; bumped on any incompatible change.
@@ -291,7 +291,13 @@ const WEIGHT_COMPONENTS: [&str; 5] = [
 
 /// Plan the model on every selected device.
 pub fn analyze(opts: &AnalyzeOptions) -> Result<AnalyzeReport> {
-    let model = resolve_model(&opts.model)?;
+    analyze_resolved(opts, resolve_model(&opts.model)?)
+}
+
+/// [`analyze`] for a model already resolved (`opts.model` is not read): a front end
+/// that holds a profile in memory (the web dashboard's uploaded YAML) plans it without
+/// writing it to a file.
+pub fn analyze_resolved(opts: &AnalyzeOptions, model: ResolvedModel) -> Result<AnalyzeReport> {
     let plan_opts = plan_options(opts, &model.arch)?;
     let devices = select_devices(&opts.devices, opts.custom_device)?;
     let a = dhurandhar_plan::analyze(

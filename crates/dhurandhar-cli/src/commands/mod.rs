@@ -11,3 +11,4 @@ pub mod kv_capture;
 pub mod mmap_profile;
 pub mod models;
 pub mod pack;
+pub mod serve;
