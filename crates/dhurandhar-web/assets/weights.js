@@ -8,8 +8,8 @@
     D.setQuery(new URLSearchParams({ path }));
     try {
       const r = await D.api("/api/pack/stats?" + new URLSearchParams({ path }));
-      const res = r.result;
-      const summary = Object.assign({ file: r.file, chunk_size: r.chunk_size }, res);
+      const res = r;
+      const summary = Object.assign({}, res);
       delete summary.tensors; delete summary.removed; delete summary.skipped;
       D.table(D.$("#summary"), [summary]);
       const rows = res.tensors.map(t => Object.assign({ ratio: t.input_bytes ? t.output_bytes / t.input_bytes : null }, t));

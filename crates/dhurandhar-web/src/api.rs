@@ -129,6 +129,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for J<T> {
     }
 }
 
+/// A UTF-8 request body whose rejection (too large, not UTF-8) is a JSON answer.
+pub struct Text(pub String);
+
+impl<S: Send + Sync> FromRequest<S> for Text {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), format!("invalid body: {}", e.body_text())))?;
+        String::from_utf8(bytes.to_vec())
+            .map(Text)
+            .map_err(|_| ApiError::bad("invalid body: not UTF-8 text"))
+    }
+}
+
 /// Run a facade call on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -227,7 +242,7 @@ async fn files(State(s): State<AppState>, Q(q): Q<FilesQuery>) -> Result<Respons
 }
 
 /// `POST /api/models`: a model profile in YAML as the body; kept in memory.
-async fn upload_model(State(s): State<AppState>, body: String) -> Result<Response, ApiError> {
+async fn upload_model(State(s): State<AppState>, Text(body): Text) -> Result<Response, ApiError> {
     let arch = ModelArchitecture::from_yaml_str(&body, "uploaded profile")
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let n = s.inner.upload_seq.fetch_add(1, Ordering::Relaxed) + 1;
@@ -448,7 +463,8 @@ async fn compare(
         jobs.into_iter()
             .enumerate()
             .map(|(i, (o, m))| {
-                run_plan(o, m).map_err(|e| ApiError::new(e.status, format!("c[{i}]: {}", e.message)))
+                run_plan(o, m)
+                    .map_err(|e| ApiError::new(e.status, format!("c[{i}]: {}", e.message)))
             })
             .collect::<Result<Vec<_>, _>>()
     })
@@ -458,8 +474,10 @@ async fn compare(
         .zip(reports)
         .map(|(c, r)| serde_json::json!({ "query": c, "report": r }))
         .collect();
-    Ok(Json(serde_json::json!({ "schema_version": API_SCHEMA_VERSION, "configs": items }))
-        .into_response())
+    Ok(
+        Json(serde_json::json!({ "schema_version": API_SCHEMA_VERSION, "configs": items }))
+            .into_response(),
+    )
 }
 
 // ------------------------------------------------------------------ KV
@@ -783,7 +801,8 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let mut generator = generator;
-        let ev = |name: &str, v: serde_json::Value| Event::default().event(name).data(v.to_string());
+        let ev =
+            |name: &str, v: serde_json::Value| Event::default().event(name).data(v.to_string());
         let start = ev(
             "start",
             serde_json::json!({
@@ -825,7 +844,8 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
                 }
                 Some(Ok(GenerateEvent::End { .. })) => {}
                 Some(Err(e)) => {
-                    let _ = tx.blocking_send(ev("error", serde_json::json!({ "error": e.to_string() })));
+                    let _ = tx
+                        .blocking_send(ev("error", serde_json::json!({ "error": e.to_string() })));
                     return;
                 }
             }

@@ -25,7 +25,11 @@ const SHELL: &str = include_str!("../assets/shell.html");
 /// `(file name, content type, content)` under `/assets/`.
 const FILES: &[(&str, &str, &str)] = &[
     ("app.js", JS, include_str!("../assets/app.js")),
-    ("style.css", "text/css; charset=utf-8", include_str!("../assets/style.css")),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/style.css"),
+    ),
     ("plan.js", JS, include_str!("../assets/plan.js")),
     ("devices.js", JS, include_str!("../assets/devices.js")),
     ("kv.js", JS, include_str!("../assets/kv.js")),

@@ -107,10 +107,10 @@ pub fn routes() -> Router<AppState> {
 pub fn harden(router: Router) -> Router {
     use axum::extract::DefaultBodyLimit;
     use tower_http::catch_panic::CatchPanicLayer;
-    use tower_http::limit::RequestBodyLimitLayer;
+    // The limit is enforced where a body is read (every body extractor honours it), so
+    // the 413 comes back as the API's JSON error.
     router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(error::panic_response))
 }
 
