@@ -24,3 +24,4 @@ echo "== cargo doc (the facade's API docs must build without broken links)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== cargo test"
 cargo test --workspace --release
+bash scripts/test_web.sh

@@ -198,7 +198,7 @@ const D = (() => {
   // Lines with markers: series [{name, points:[[x, y], ...]}]; log y when asked.
   function lines(el, series, opts) {
     opts = opts || {};
-    const W = 900, H = 380, L = 70, R = 170, T = 20, B = 46;
+    const W = 900, H = 380, L = 92, R = 170, T = 20, B = 46;
     const s = root(el, W, H, opts.label || "line chart");
     const pts = series.flatMap(se => se.points);
     if (!pts.length) { s.appendChild(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data")); return s; }
@@ -222,9 +222,9 @@ const D = (() => {
       s.appendChild(svg("text", { x: L - 6, y: py(v) + 4, "text-anchor": "end" }, num(v)));
     }
     s.appendChild(svg("text", { x: (L + W - R) / 2, y: H - 8, "text-anchor": "middle" }, opts.xLabel || ""));
-    s.appendChild(svg("text", { x: 14, y: T + (H - T - B) / 2, transform: `rotate(-90 14 ${T + (H - T - B) / 2})`, "text-anchor": "middle" }, (opts.yLabel || "") + (logY ? " (log)" : "")));
+    s.appendChild(svg("text", { x: 12, y: T + (H - T - B) / 2, transform: `rotate(-90 12 ${T + (H - T - B) / 2})`, "text-anchor": "middle" }, (opts.yLabel || "") + (logY ? " (log)" : "")));
     series.forEach((se, i) => {
-      const c = PALETTE[i % PALETTE.length];
+      const c = se.color || PALETTE[i % PALETTE.length];
       const ps = se.points.slice().sort((a, b) => a[0] - b[0]);
       if (ps.length > 1) s.appendChild(svg("polyline", { points: ps.map(p => px(p[0]) + "," + py(p[1])).join(" "), fill: "none", stroke: c, "stroke-width": 2 }));
       ps.forEach(p => {

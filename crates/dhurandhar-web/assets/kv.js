@@ -22,16 +22,18 @@
   const render = () => {
     if (!last) return;
     const metric = D.$("#metric").value;
+    // One colour per codec, the same in every chart of the page.
+    const color = c => D.PALETTE[cat.codecs.findIndex(x => x.name === c) % D.PALETTE.length];
     const byCodec = {};
     last.points.forEach(p => (byCodec[p.codec] = byCodec[p.codec] || []).push([p.bits_per_value, p[metric]]));
-    D.lines(D.$("#chart"), Object.entries(byCodec).map(([name, points]) => ({ name, points })),
+    D.lines(D.$("#chart"), Object.entries(byCodec).map(([name, points]) => ({ name, points, color: color(name) })),
       { xLabel: "stored bits per value (from encoded bytes)", yLabel: metric, logY: METRIC_LOG[metric], label: `${metric} vs bits per value` });
     const t = D.table(D.$("#points"), last.points);
     D.downloads(D.$("#chart-dl"), "kv-sweep", last, t.rows, t.cols);
     const mb = +D.$("#membits").value;
     const mem = last.points.filter(p => p.bits === mb);
-    D.hbars(D.$("#mem"), mem.map((p, i) => ({ label: p.codec, value: p.compressed_bytes, color: D.PALETTE[i % 12], text: `${D.bytes(p.compressed_bytes)} (×${D.num(p.ratio)} vs ${D.bytes(p.baseline_bytes)})` })),
-      { fmt: D.bytes, label: `KV cache bytes at ${last.seq_len} tokens, ${mb} bits`, axis: `KV cache at ${last.seq_len.toLocaleString()} tokens, ${mb}-bit codecs` });
+    D.hbars(D.$("#mem"), mem.map(p => ({ label: p.codec, value: p.compressed_bytes, color: color(p.codec), text: `${D.bytes(p.compressed_bytes)} (×${D.num(p.ratio)})` })),
+      { fmt: D.bytes, label: `KV cache bytes at ${last.seq_len} tokens, ${mb} bits`, axis: `KV cache at ${last.seq_len.toLocaleString()} tokens, ${mb}-bit codecs (× = smaller than the bf16 cache of ${D.bytes(mem.length ? mem[0].baseline_bytes : 0)})` });
     const mt = D.table(D.$("#memtable"), mem, [{ key: "codec" }, { key: "bits" }, { key: "compressed_bytes" }, { key: "baseline_bytes" }, { key: "ratio" }, { key: "bits_per_value" }]);
     D.downloads(D.$("#mem-dl"), "kv-memory", mem, mt.rows, mt.cols);
   };
@@ -59,7 +61,7 @@
       const codecs = checked("codec").filter(c => cat.codecs.find(x => x.name === c).bits.includes(4));
       const r = await D.api("/api/kv/sweep?" + new URLSearchParams({ models: "all", bits: "4", codecs: codecs.join(","), context: D.$("#context").value, samples: "128" }));
       const metric = D.$("#metric").value;
-      D.hbars(D.$("#xchart"), r.points.map(p => ({ label: `${p.model} · ${p.codec}`, value: p[metric], color: D.PALETTE[codecs.indexOf(p.codec) % 12] })),
+      D.hbars(D.$("#xchart"), r.points.map(p => ({ label: `${p.model} · ${p.codec}`, value: p[metric], color: D.PALETTE[cat.codecs.findIndex(x => x.name === p.codec) % D.PALETTE.length] })),
         { label: `${metric} at 4 bits across models`, axis: `${metric} at 4 bits` });
       const t = D.table(D.$("#xtable"), r.points);
       D.downloads(D.$("#x-dl"), "kv-cross-model", r, t.rows, t.cols);

@@ -232,6 +232,8 @@ async fn every_page_in_a_real_browser() {
     until(&c, "the sweep without kivi2", &format!("{points} > 0 && {points} < {before}")).await;
     until(&c, "the chart without kivi2", &format!("document.querySelectorAll('#chart svg circle').length === {points}")).await;
     assert!(js(&c, "document.querySelectorAll('#mem svg rect').length").await.as_u64().unwrap() > 0);
+    c.find(Locator::Css("#cross")).await.unwrap().click().await.unwrap();
+    until(&c, "the cross-model table", "document.querySelectorAll('#xtable tbody tr').length >= 13").await;
     shot(&c, &shots, "kv").await;
 
     // ---------------------------------------------------------------- Measure
