@@ -151,7 +151,7 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
-fn list<'a>(s: &'a Option<String>) -> impl Iterator<Item = &'a str> {
+fn list(s: &Option<String>) -> impl Iterator<Item = &str> {
     s.as_deref()
         .unwrap_or("")
         .split(',')
@@ -290,7 +290,7 @@ struct PlanQuery {
 
 enum ModelRef {
     Spec(String),
-    Resolved(ResolvedModel),
+    Resolved(Box<ResolvedModel>),
 }
 
 impl Inner {
@@ -308,12 +308,12 @@ impl Inner {
                     format!("model: no uploaded profile `{spec}` (uploads are kept in memory)"),
                 )
             })?;
-            return Ok(ModelRef::Resolved(ResolvedModel {
+            return Ok(ModelRef::Resolved(Box::new(ResolvedModel {
                 arch: u.arch.clone(),
                 weights: None,
                 origin: format!("uploaded ({spec})"),
                 weights_estimated: false,
-            }));
+            })));
         }
         if spec.is_empty() {
             return Err(ApiError::bad("model: empty"));
@@ -415,7 +415,7 @@ fn run_plan(
             opts.model = s;
             dhurandhar::plan::analyze(&opts)?
         }
-        ModelRef::Resolved(m) => dhurandhar::plan::analyze_resolved(&opts, m)?,
+        ModelRef::Resolved(m) => dhurandhar::plan::analyze_resolved(&opts, *m)?,
     })
 }
 

@@ -32,8 +32,13 @@ use std::sync::Arc;
 
 use axum::Router;
 
+pub use api::{
+    API_SCHEMA_VERSION, MAX_COMPARE, MAX_GENERATE_TOKENS, MAX_PROFILE_TOKENS, MAX_SWEEP_SAMPLES,
+    MAX_UPLOADS,
+};
 pub use error::{ApiError, WebError};
-pub use paths::AllowList;
+pub use jobs::{JobState, JobStatus};
+pub use paths::{AllowList, Listed, MAX_LISTED, MAX_LIST_DEPTH};
 
 /// Largest request body accepted (an uploaded model profile, a profiler request):
 /// model YAML profiles are a few KiB, so 256 KiB bounds hostile uploads with room.

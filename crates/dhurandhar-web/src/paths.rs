@@ -141,7 +141,7 @@ fn walk(dir: &Path, depth: usize, exts: &[String], out: &mut Vec<Listed>) {
                 .extension()
                 .map(|x| x.to_string_lossy().to_ascii_lowercase())
                 .unwrap_or_default();
-            if exts.iter().any(|x| *x == ext) {
+            if exts.contains(&ext) {
                 out.push(Listed {
                     path: e.path().display().to_string(),
                     bytes: e.metadata().map(|m| m.len()).unwrap_or(0),

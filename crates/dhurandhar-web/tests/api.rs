@@ -14,7 +14,7 @@ use common::*;
 #[tokio::test]
 async fn health_pages_and_assets() {
     let t = tree();
-    let app = app(&[t.root.clone()]);
+    let app = app(std::slice::from_ref(&t.root));
     let h = get(&app, "/api/health").await;
     assert_eq!(h.status, 200);
     assert_eq!(h.json()["ok"], true);
@@ -50,7 +50,7 @@ async fn health_pages_and_assets() {
 #[tokio::test]
 async fn catalog_lists_models_devices_codecs_and_limits() {
     let t = tree();
-    let app = app(&[t.root.clone()]);
+    let app = app(std::slice::from_ref(&t.root));
     let c = get(&app, "/api/catalog").await.json();
     let models = c["models"].as_array().unwrap();
     assert!(models.iter().any(|m| m["name"] == "gemma4-e2b"));
@@ -71,7 +71,7 @@ async fn catalog_lists_models_devices_codecs_and_limits() {
 #[tokio::test]
 async fn plan_matches_the_facade_and_validates_its_query() {
     let t = tree();
-    let app = app(&[t.root.clone()]);
+    let app = app(std::slice::from_ref(&t.root));
     let a = get(
         &app,
         "/api/plan?model=qwen2.5-0.5b&context=32768&devices=low_tier_mobile_emmc",
@@ -129,7 +129,7 @@ async fn plan_matches_the_facade_and_validates_its_query() {
 #[tokio::test]
 async fn file_access_is_confined_to_the_allowed_roots() {
     let t = tree();
-    let app = app(&[t.root.clone()]);
+    let app = app(std::slice::from_ref(&t.root));
     // Inside: relative and absolute, the profile is planned from the file.
     for spec in [
         "sub/mine.yaml".to_string(),
@@ -202,7 +202,7 @@ async fn file_access_is_confined_to_the_allowed_roots() {
 #[tokio::test]
 async fn uploads_are_planned_and_bounded() {
     let t = tree();
-    let app = app(&[t.root.clone()]);
+    let app = app(std::slice::from_ref(&t.root));
     let yaml = dhurandhar::catalog::model_yaml("qwen2.5-0.5b")
         .unwrap()
         .replace("name: qwen2.5-0.5b", "name: my-upload");
@@ -239,7 +239,7 @@ async fn uploads_are_planned_and_bounded() {
 #[tokio::test]
 async fn compare_plans_each_configuration() {
     let t = tree();
-    let app = app(&[t.root.clone()]);
+    let app = app(std::slice::from_ref(&t.root));
     let c1 = enc("model=qwen2.5-0.5b&context=4096&devices=laptop_nvme");
     let c2 = enc("model=gemma4-e2b&kv_codec=q8_0&kv_bits=8&devices=laptop_nvme");
     let a = get(&app, &format!("/api/compare?c={c1}&c={c2}")).await;
@@ -263,7 +263,7 @@ async fn compare_plans_each_configuration() {
 #[tokio::test]
 async fn kv_sweep_runs_the_facade_sweep() {
     let t = tree();
-    let app = app(&[t.root.clone()]);
+    let app = app(std::slice::from_ref(&t.root));
     let a = get(
         &app,
         "/api/kv/sweep?models=qwen2.5-0.5b&codecs=turbo-mse,q8_0&bits=4,8&samples=64&queries=8&context=4096",
@@ -304,7 +304,7 @@ async fn kv_sweep_runs_the_facade_sweep() {
 #[tokio::test]
 async fn pack_stats_and_inspect_read_allowed_files() {
     let t = tree();
-    let app = app(&[t.root.clone()]);
+    let app = app(std::slice::from_ref(&t.root));
     let s = get(&app, "/api/pack/stats?path=tiny.dhp").await;
     assert_eq!(s.status, 200, "{}", s.text());
     let j = s.json();
@@ -333,7 +333,7 @@ async fn wait_profile(app: &Router) -> serde_json::Value {
 #[tokio::test]
 async fn profiler_runs_one_at_a_time_streams_and_cancels() {
     let t = tree();
-    let app = app(&[t.root.clone()]);
+    let app = app(std::slice::from_ref(&t.root));
     assert_eq!(get(&app, "/api/profile").await.json()["state"], "idle");
     // A short run, its events read to the end.
     let body = r#"{"model":"qwen2.5-0.5b","scale":0.01,"num_tokens":200,"warmup_tokens":10,"modes":["warm"],"patterns":["random_decode"]}"#;
@@ -346,7 +346,7 @@ async fn profiler_runs_one_at_a_time_streams_and_cancels() {
     let last = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
-        .last()
+        .next_back()
         .unwrap();
     let last: serde_json::Value = serde_json::from_str(last).unwrap();
     assert_eq!(last["state"], "done", "{last}");
@@ -419,7 +419,7 @@ async fn generation_streams_tokens_from_the_fixture() {
     assert!(a.content_type.starts_with("text/event-stream"));
     let text = a.text();
     let tokens = text.matches("event: token").count();
-    assert!(tokens >= 1 && tokens <= 8, "{text}");
+    assert!((1..=8).contains(&tokens), "{text}");
     let done = text.split("event: done\ndata: ").nth(1).unwrap();
     let report: serde_json::Value = serde_json::from_str(done.lines().next().unwrap()).unwrap();
     assert_eq!(report["generated_tokens"], tokens);
@@ -456,7 +456,7 @@ async fn generation_streams_tokens_from_the_fixture() {
 #[tokio::test]
 async fn a_panicking_handler_is_a_500_and_the_server_keeps_serving() {
     let t = tree();
-    let state = dhurandhar_web::AppState::new(&[t.root.clone()]).unwrap();
+    let state = dhurandhar_web::AppState::new(std::slice::from_ref(&t.root)).unwrap();
     let app = dhurandhar_web::harden(
         Router::new()
             .route(

@@ -186,10 +186,19 @@ async fn every_page_in_a_real_browser() {
 
     // ---------------------------------------------------------------- Plan
     c.goto(&format!("{base}/plan")).await.unwrap();
-    until(&c, "the plan chart", "document.querySelector('#chart svg rect[data-segment=kv_cache]')").await;
+    until(
+        &c,
+        "the plan chart",
+        "document.querySelector('#chart svg rect[data-segment=kv_cache]')",
+    )
+    .await;
     let kv_cell = cell_js("#components", "kv_cache", 1);
     let kv_before = until(&c, "the kv_cache row", &kv_cell).await;
-    let width_before = js(&c, "+document.querySelector('#chart svg rect[data-segment=kv_cache]').getAttribute('width')").await;
+    let width_before = js(
+        &c,
+        "+document.querySelector('#chart svg rect[data-segment=kv_cache]').getAttribute('width')",
+    )
+    .await;
     set_input(&c, "[data-k=context]", "131072").await;
     let kv_after = until(
         &c,
@@ -197,17 +206,42 @@ async fn every_page_in_a_real_browser() {
         &format!("(() => {{ const v = {kv_cell}; return v !== {kv_before} ? v : null; }})()"),
     )
     .await;
-    let width_after = js(&c, "+document.querySelector('#chart svg rect[data-segment=kv_cache]').getAttribute('width')").await;
+    let width_after = js(
+        &c,
+        "+document.querySelector('#chart svg rect[data-segment=kv_cache]').getAttribute('width')",
+    )
+    .await;
     assert!(
         width_after.as_f64().unwrap() > width_before.as_f64().unwrap(),
         "kv_cache bar {width_before} -> {width_after} ({kv_before} -> {kv_after})"
     );
-    assert!(js(&c, "location.search").await.as_str().unwrap().contains("context=131072"));
-    let budget = js(&c, "document.querySelector('[data-budget]').getAttribute('data-budget')").await;
+    assert!(js(&c, "location.search")
+        .await
+        .as_str()
+        .unwrap()
+        .contains("context=131072"));
+    let budget = js(
+        &c,
+        "document.querySelector('[data-budget]').getAttribute('data-budget')",
+    )
+    .await;
     set_input(&c, "#budget", "2").await;
-    until(&c, "the budget line to move", &format!("document.querySelector('[data-budget]').getAttribute('data-budget') !== {budget}")).await;
+    until(
+        &c,
+        "the budget line to move",
+        &format!(
+            "document.querySelector('[data-budget]').getAttribute('data-budget') !== {budget}"
+        ),
+    )
+    .await;
+    set_input(&c, "#budget", "1.5").await;
     set_input(&c, "[data-k=context]", "32768").await;
-    until(&c, "the plan at 32k", &format!("({kv_cell}) === {kv_before}")).await;
+    until(
+        &c,
+        "the plan at 32k",
+        &format!("({kv_cell}) === {kv_before}"),
+    )
+    .await;
     shot(&c, &shots, "plan").await;
 
     // ---------------------------------------------------------------- Devices
@@ -215,82 +249,246 @@ async fn every_page_in_a_real_browser() {
     let rows = "document.querySelectorAll('#devices tbody tr').length";
     let n = until(&c, "the device table", rows).await.as_u64().unwrap();
     assert!(n >= 5, "{n} devices");
-    assert!(js(&c, "document.querySelectorAll('#devices .mode').length").await.as_u64().unwrap() >= 5);
-    assert!(js(&c, "document.querySelectorAll('#chart svg rect').length").await.as_u64().unwrap() >= n);
+    assert!(
+        js(&c, "document.querySelectorAll('#devices .mode').length")
+            .await
+            .as_u64()
+            .unwrap()
+            >= 5
+    );
+    assert!(
+        js(&c, "document.querySelectorAll('#chart svg rect').length")
+            .await
+            .as_u64()
+            .unwrap()
+            >= n
+    );
     set_input(&c, "#ram", "900").await;
     set_input(&c, "#flash", "1.5").await;
-    until(&c, "the custom device row", &format!("{rows} === {}", n + 1)).await;
-    until(&c, "the custom device bar", &format!("document.querySelectorAll('#chart svg rect').length >= {}", n + 1)).await;
+    until(
+        &c,
+        "the custom device row",
+        &format!("{rows} === {}", n + 1),
+    )
+    .await;
+    until(
+        &c,
+        "the custom device bar",
+        &format!(
+            "document.querySelectorAll('#chart svg rect').length >= {}",
+            n + 1
+        ),
+    )
+    .await;
     shot(&c, &shots, "devices").await;
 
     // ---------------------------------------------------------------- KV codecs
     c.goto(&format!("{base}/kv")).await.unwrap();
     let points = "document.querySelectorAll('#points tbody tr').length";
     let before = until(&c, "the sweep table", points).await.as_u64().unwrap();
-    assert!(js(&c, "document.querySelectorAll('#chart svg circle').length").await.as_u64().unwrap() == before);
-    c.find(Locator::Css("input[name=codec][value=kivi2]")).await.unwrap().click().await.unwrap();
-    until(&c, "the sweep without kivi2", &format!("{points} > 0 && {points} < {before}")).await;
-    until(&c, "the chart without kivi2", &format!("document.querySelectorAll('#chart svg circle').length === {points}")).await;
-    assert!(js(&c, "document.querySelectorAll('#mem svg rect').length").await.as_u64().unwrap() > 0);
-    c.find(Locator::Css("#cross")).await.unwrap().click().await.unwrap();
-    until(&c, "the cross-model table", "document.querySelectorAll('#xtable tbody tr').length >= 13").await;
+    assert!(
+        js(&c, "document.querySelectorAll('#chart svg circle').length")
+            .await
+            .as_u64()
+            .unwrap()
+            == before
+    );
+    c.find(Locator::Css("input[name=codec][value=kivi2]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the sweep without kivi2",
+        &format!("{points} > 0 && {points} < {before}"),
+    )
+    .await;
+    until(
+        &c,
+        "the chart without kivi2",
+        &format!("document.querySelectorAll('#chart svg circle').length === {points}"),
+    )
+    .await;
+    assert!(
+        js(&c, "document.querySelectorAll('#mem svg rect').length")
+            .await
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    c.find(Locator::Css("#cross"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the cross-model table",
+        "document.querySelectorAll('#xtable tbody tr').length >= 13",
+    )
+    .await;
     shot(&c, &shots, "kv").await;
 
     // ---------------------------------------------------------------- Measure
     c.goto(&format!("{base}/measure")).await.unwrap();
-    until(&c, "the measure controls", "document.querySelectorAll('input[name=pattern]').length").await;
+    until(
+        &c,
+        "the measure controls",
+        "document.querySelectorAll('input[name=pattern]').length",
+    )
+    .await;
     set_input(&c, "#tokens", "1000000").await;
-    c.find(Locator::Css("#start")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("#start"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     // Progress streams in: the bar advances while the run goes on.
     until(&c, "streamed progress", "document.querySelector('#bar').value > 0 && document.querySelector('#phase').textContent.startsWith('running')").await;
-    let p1 = js(&c, "document.querySelector('#bar').value").await.as_f64().unwrap();
+    let p1 = js(&c, "document.querySelector('#bar').value")
+        .await
+        .as_f64()
+        .unwrap();
     until(&c, "more progress", &format!("document.querySelector('#bar').value > {p1} || !document.querySelector('#phase').textContent.startsWith('running')")).await;
-    c.find(Locator::Css("#cancel")).await.unwrap().click().await.unwrap();
-    until(&c, "the cancelled state", "document.querySelector('#phase').textContent.startsWith('cancelled')").await;
+    c.find(Locator::Css("#cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the cancelled state",
+        "document.querySelector('#phase').textContent.startsWith('cancelled')",
+    )
+    .await;
     set_input(&c, "#tokens", "3000").await;
-    c.find(Locator::Css("#start")).await.unwrap().click().await.unwrap();
-    until(&c, "the finished run", "document.querySelector('#phase').textContent.startsWith('done')").await;
-    until(&c, "the results table", "document.querySelectorAll('#results tbody tr').length >= 1").await;
-    assert!(js(&c, "document.querySelectorAll('#chart svg rect').length").await.as_u64().unwrap() >= 1);
+    c.find(Locator::Css("#start"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the finished run",
+        "document.querySelector('#phase').textContent.startsWith('done')",
+    )
+    .await;
+    until(
+        &c,
+        "the results table",
+        "document.querySelectorAll('#results tbody tr').length >= 1",
+    )
+    .await;
+    assert!(
+        js(&c, "document.querySelectorAll('#chart svg rect').length")
+            .await
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
     shot(&c, &shots, "measure").await;
 
     // ---------------------------------------------------------------- Weights
     c.goto(&format!("{base}/weights")).await.unwrap();
-    until(&c, "the tensor table", "document.querySelectorAll('#tensors tbody tr').length").await;
-    assert!(js(&c, "document.querySelectorAll('#chart svg rect').length").await.as_u64().unwrap() >= 1);
+    until(
+        &c,
+        "the tensor table",
+        "document.querySelectorAll('#tensors tbody tr').length",
+    )
+    .await;
+    assert!(
+        js(&c, "document.querySelectorAll('#chart svg rect').length")
+            .await
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
     shot(&c, &shots, "weights").await;
 
     // ---------------------------------------------------------------- Run
     c.goto(&format!("{base}/run")).await.unwrap();
-    until(&c, "the model list", "document.querySelectorAll('#file option').length > 1").await;
+    until(
+        &c,
+        "the model list",
+        "document.querySelectorAll('#file option').length > 1",
+    )
+    .await;
     set_input(&c, "#path", &gguf.display().to_string()).await;
     set_input(&c, "#max", "24").await;
-    c.find(Locator::Css("#go")).await.unwrap().click().await.unwrap();
-    until(&c, "the first streamed token", "document.querySelector('#out').textContent.length > 0").await;
-    until(&c, "the end of the stream", "document.querySelector('#status').textContent.startsWith('done')").await;
-    let n = js(&c, "+document.querySelector('#n').textContent").await.as_u64().unwrap();
+    c.find(Locator::Css("#go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the first streamed token",
+        "document.querySelector('#out').textContent.length > 0",
+    )
+    .await;
+    until(
+        &c,
+        "the end of the stream",
+        "document.querySelector('#status').textContent.startsWith('done')",
+    )
+    .await;
+    let n = js(&c, "+document.querySelector('#n').textContent")
+        .await
+        .as_u64()
+        .unwrap();
     assert!((1..=24).contains(&n), "{n} tokens");
-    assert!(js(&c, "document.querySelectorAll('#chart svg circle').length").await.as_u64().unwrap() >= 1 || n == 1);
+    assert!(
+        js(&c, "document.querySelectorAll('#chart svg circle').length")
+            .await
+            .as_u64()
+            .unwrap()
+            >= 1
+            || n == 1
+    );
     shot(&c, &shots, "run").await;
 
     // ---------------------------------------------------------------- Compare
     c.goto(&format!("{base}/compare")).await.unwrap();
     let cols = "document.querySelectorAll('#table thead th').length";
     until(&c, "two configurations", &format!("{cols} === 3")).await;
-    c.find(Locator::Css("#add")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("#add"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     until(&c, "three configurations", &format!("{cols} === 4")).await;
     let url = js(&c, "location.href").await.as_str().unwrap().to_string();
     assert_eq!(url.matches("c=").count(), 3, "{url}");
     // The URL alone restores the comparison.
     c.goto(&url).await.unwrap();
     until(&c, "the shared comparison", &format!("{cols} === 4")).await;
-    assert_eq!(js(&c, "document.querySelectorAll('#chart svg text').length > 0").await, true);
+    assert_eq!(
+        js(
+            &c,
+            "document.querySelectorAll('#chart svg text').length > 0"
+        )
+        .await,
+        true
+    );
     shot(&c, &shots, "compare").await;
 
     // Every page has its download links.
     for page in ["plan", "devices", "kv", "compare"] {
         c.goto(&format!("{base}/{page}")).await.unwrap();
-        until(&c, &format!("{page} downloads"), "document.querySelectorAll('.downloads a[download]').length >= 2").await;
+        until(
+            &c,
+            &format!("{page} downloads"),
+            "document.querySelectorAll('.downloads a[download]').length >= 2",
+        )
+        .await;
     }
     c.close().await.unwrap();
     eprintln!("screenshots in {}", shots.display());

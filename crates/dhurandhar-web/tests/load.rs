@@ -87,7 +87,10 @@ async fn plan_api_under_load_answers_everything() {
     let mut c = Conn::open(addr).await;
     for i in 0..200 {
         let (s, _) = c
-            .get(&format!("/api/plan?model=qwen2.5-0.5b&context={}", 1024 + i))
+            .get(&format!(
+                "/api/plan?model=qwen2.5-0.5b&context={}",
+                1024 + i
+            ))
             .await
             .unwrap();
         assert_eq!(s, 200);
@@ -110,10 +113,7 @@ async fn plan_api_under_load_answers_everything() {
                 }
                 // Contexts and models vary so no answer is a copy of the last.
                 let model = ["qwen2.5-0.5b", "gemma4-e2b", "zaya1-8b"][i % 3];
-                let path = format!(
-                    "/api/plan?model={model}&context={}",
-                    512 + (i % 64) * 512
-                );
+                let path = format!("/api/plan?model={model}&context={}", 512 + (i % 64) * 512);
                 let t0 = Instant::now();
                 match conn.get(&path).await {
                     Ok((200, body)) if body.starts_with(b"{\"schema_version\":") => {
@@ -155,7 +155,12 @@ async fn plan_api_under_load_answers_everything() {
         rss_before.unwrap_or(0) >> 20,
         rss_after.unwrap_or(0) >> 20,
     );
-    assert!(errors.is_empty(), "{} errors, first: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
     assert!(n > 0);
     if let (Some(b), Some(a)) = (rss_before, rss_after) {
         assert!(
