@@ -981,6 +981,66 @@ mod tests {
         }
     }
 
+    /// Each point is the bench of that codec × width (same bytes, quality averaged over
+    /// the geometries by layers × heads); widths a codec lacks are listed, not run.
+    #[test]
+    fn sweep_points_are_benches_and_unsupported_widths_are_skipped() {
+        let t = CancelToken::new();
+        let o = SweepOptions {
+            models: vec!["gemma4-e2b".into()],
+            codecs: vec![Codec::TurboMse, Codec::Q8_0],
+            bits: vec![4, 8],
+            seq_len: 4096,
+            samples: 64,
+            queries: 8,
+            ..SweepOptions::default()
+        };
+        let r = sweep(&o, &NoProgress, &t).unwrap();
+        assert_eq!(r.points.len(), 3);
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!((r.skipped[0].codec, r.skipped[0].bits), (Codec::Q8_0, 4));
+        let b = bench(
+            &BenchOptions {
+                model: "gemma4-e2b".into(),
+                seq_len: 4096,
+                codec: Codec::TurboMse,
+                bits: 4,
+                samples: 64,
+                queries: 8,
+                ..BenchOptions::default()
+            },
+            &NoProgress,
+            &t,
+        )
+        .unwrap();
+        let p = &r.points[0];
+        assert_eq!(p.compressed_bytes, b.footprint.compressed_bytes);
+        assert_eq!(p.bits_per_value, b.footprint.bits_per_value);
+        // gemma4-e2b has two fresh geometries: the mean lies between them.
+        assert!(b.quality.len() >= 2);
+        let lo = b
+            .quality
+            .iter()
+            .map(|q| q.row.nmse)
+            .fold(f64::MAX, f64::min);
+        let hi = b.quality.iter().map(|q| q.row.nmse).fold(0.0, f64::max);
+        assert!(lo <= p.nmse && p.nmse <= hi, "{lo} {} {hi}", p.nmse);
+        let mut big = o.clone();
+        big.bits = (1..=8).collect();
+        big.models = vec!["gemma4-e2b".into(); 20];
+        assert_eq!(
+            invalid_option(sweep(&big, &NoProgress, &t).unwrap_err()),
+            "bits"
+        );
+        big.models.clear();
+        assert_eq!(
+            invalid_option(sweep(&big, &NoProgress, &t).unwrap_err()),
+            "models"
+        );
+        t.cancel();
+        assert!(matches!(sweep(&o, &NoProgress, &t), Err(Error::Cancelled)));
+    }
+
     #[test]
     fn speed_rejects_huge_sizes_before_allocating() {
         let t = CancelToken::new();

@@ -429,6 +429,30 @@ mod tests {
         }
     }
 
+    /// A profile held in memory plans exactly as the same profile read from its file.
+    #[test]
+    fn analyze_resolved_equals_analyze_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.yaml");
+        let yaml = crate::catalog::model_yaml("qwen2.5-0.5b").unwrap();
+        std::fs::write(&path, &yaml).unwrap();
+        let o = opts(path.to_str().unwrap(), 8192);
+        let from_file = analyze(&o).unwrap();
+        let model = resolve_model(path.to_str().unwrap()).unwrap();
+        let held = analyze_resolved(
+            &AnalyzeOptions {
+                model: String::new(),
+                ..o
+            },
+            model,
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&from_file).unwrap(),
+            serde_json::to_value(&held).unwrap()
+        );
+    }
+
     /// A Llama-3.2-1B config.json with no weights beside it: the weights are estimated at
     /// the chosen format (not 0 B), the notes say so, and a 1 GiB phone is no longer GO.
     #[test]
