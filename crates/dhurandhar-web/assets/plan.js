@@ -13,7 +13,7 @@
     D.stackedBars(D.$("#chart"), [{ label: r.model.name, segments: segs }], { budget, budgetLabel: `${budgetEl.value} GB`, label: `peak memory of ${r.model.name} at ${r.context_tokens} tokens` });
     const total = segs.reduce((a, s) => a + s.value, 0);
     D.$("#headline").textContent = `${r.model.name} · ${r.context_tokens.toLocaleString()} tokens · total ${D.bytes(total)} · ` +
-      (total <= budget ? `fits ${D.bytes(budget)} with ${D.bytes(budget - total)} to spare` : `over ${D.bytes(budget)} by ${D.bytes(total - budget)}`);
+      (total <= budget ? `fits the ${budgetEl.value} GB budget with ${D.bytes(budget - total)} to spare` : `over the ${budgetEl.value} GB budget by ${D.bytes(total - budget)}`);
     const t = D.table(D.$("#components"), r.components, [
       { key: "name", label: "component" }, { key: "bytes" }, { key: "exact" }, { key: "note" }]);
     D.downloads(D.$("#chart-dl"), "plan-" + r.model.name, r, t.rows, t.cols);

@@ -44,6 +44,9 @@ pub const MAX_COMPARE: usize = 8;
 pub const MAX_SWEEP_SAMPLES: usize = 4096;
 /// Timed profiler steps one dashboard run may ask for.
 pub const MAX_PROFILE_TOKENS: u64 = 1_000_000;
+/// Largest synthetic profiler table, as a fraction of the model's real table (the
+/// file is written to the cache directory; the command line allows up to 8).
+pub const MAX_PROFILE_SCALE: f64 = 1.0;
 /// Tokens one dashboard generation may ask for.
 pub const MAX_GENERATE_TOKENS: usize = 2048;
 /// KV sweeps running at once (more wait their turn).
@@ -220,6 +223,7 @@ async fn catalog(State(s): State<AppState>) -> Result<Response, ApiError> {
             "max_compare": MAX_COMPARE,
             "max_sweep_samples": MAX_SWEEP_SAMPLES,
             "max_profile_tokens": MAX_PROFILE_TOKENS,
+            "max_profile_scale": MAX_PROFILE_SCALE,
             "max_generate_tokens": MAX_GENERATE_TOKENS,
         },
     }))
@@ -624,6 +628,14 @@ impl Inner {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        if let TableSource::Synthetic { scale, .. } = &table {
+            if !(*scale > 0.0 && *scale <= MAX_PROFILE_SCALE) {
+                return Err(ApiError::bad(format!(
+                    "scale: in (0, {MAX_PROFILE_SCALE}] in the dashboard (the file is written \
+                     to disk), got {scale}"
+                )));
+            }
+        }
         let num_tokens = r.num_tokens.unwrap_or(2000);
         if num_tokens > MAX_PROFILE_TOKENS {
             return Err(ApiError::bad(format!(
@@ -671,7 +683,13 @@ async fn profile_start(
             };
             slot.finish(result);
         })
-        .map_err(|e| ApiError::internal(format!("cannot start the profiler thread: {e}")))?;
+        .map_err(|e| {
+            let msg = format!("cannot start the profiler thread: {e}");
+            s.inner
+                .profile
+                .finish(Err(dhurandhar::Error::invalid("profile", msg.clone())));
+            ApiError::internal(msg)
+        })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "id": id, "events": "/api/profile/events" })),

@@ -123,9 +123,10 @@ impl ProfileSlot {
             ..JobStatus::default()
         };
         let id = st.id;
-        drop(st);
+        // Set while the status lock is held, so a cancel that sees `running` finds it.
         *lock(&self.cancel) = Some(token.clone());
         *lock(&self.started) = Some(Instant::now());
+        drop(st);
         self.version.send_modify(|v| *v += 1);
         Some((id, token))
     }

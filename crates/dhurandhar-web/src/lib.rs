@@ -33,8 +33,8 @@ use std::sync::Arc;
 use axum::Router;
 
 pub use api::{
-    API_SCHEMA_VERSION, MAX_COMPARE, MAX_GENERATE_TOKENS, MAX_PROFILE_TOKENS, MAX_SWEEP_SAMPLES,
-    MAX_UPLOADS,
+    API_SCHEMA_VERSION, MAX_COMPARE, MAX_GENERATE_TOKENS, MAX_PROFILE_SCALE, MAX_PROFILE_TOKENS,
+    MAX_SWEEP_SAMPLES, MAX_UPLOADS,
 };
 pub use error::{ApiError, WebError};
 pub use jobs::{JobState, JobStatus};

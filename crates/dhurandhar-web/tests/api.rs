@@ -385,6 +385,7 @@ async fn profiler_runs_one_at_a_time_streams_and_cancels() {
             403,
         ),
         (r#"{"target_tps":0}"#, "application/json", 400),
+        (r#"{"scale":5}"#, "application/json", 400),
         ("{}", "text/plain", 415),
     ] {
         let a = post(&app, "/api/profile", ctype, body).await;
