@@ -68,5 +68,24 @@
       D.status(`${r.points.length} model × codec points at 4 bits`);
     } catch (e) { D.status(e.message, true); }
   });
+  const caps = await D.api("/api/files?ext=safetensors,npy").catch(() => ({ files: [] }));
+  caps.files.forEach(f => D.option(D.$("#capfile"), f.path, f.path.split("/").slice(-2).join("/")));
+  D.$("#capgo").addEventListener("click", async () => {
+    const data = D.$("#cappath").value.trim() || D.$("#capfile").value;
+    if (!data) { D.status("choose a captured KV file", true); return; }
+    D.status("comparing on " + data + "…");
+    try {
+      const r = await D.api("/api/kv/compare?" + new URLSearchParams({ data, codecs: checked("codec").join(","), bits: checked("bit").join(",") }));
+      const metric = D.$("#metric").value;
+      const color = c => D.PALETTE[cat.codecs.findIndex(x => x.name === c) % D.PALETTE.length];
+      const by = {};
+      r.rows.forEach(p => (by[p.codec] = by[p.codec] || []).push([p.bits_per_value, p[metric]]));
+      D.lines(D.$("#capchart"), Object.entries(by).map(([name, points]) => ({ name, points, color: color(name) })),
+        { xLabel: "stored bits per value", yLabel: metric, logY: METRIC_LOG[metric], label: `${metric} vs bits on captured KV` });
+      const t = D.table(D.$("#captable"), r.rows, ["codec", "bits", "bits_per_value", "nmse", "cosine", "attn_kl", "attn_rel_err", "heads"].map(k => ({ key: k })));
+      D.downloads(D.$("#cap-dl"), "kv-compare-captured", r, t.rows, t.cols);
+      D.status(`${r.rows.length} codec × bits rows on ${r.config.data}` + (r.skipped.length ? `, ${r.skipped.length} skipped` : ""));
+    } catch (e) { D.status(e.message, true); }
+  });
   update();
 })();

@@ -94,6 +94,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/plan", get(plan))
         .route("/api/compare", get(compare))
         .route("/api/kv/sweep", get(kv_sweep))
+        .route("/api/kv/compare", get(kv_compare))
         .route("/api/profile", get(profile_status).post(profile_start))
         .route("/api/profile/events", get(profile_events))
         .route("/api/profile/cancel", post(profile_cancel))
@@ -513,12 +514,7 @@ async fn kv_sweep(State(s): State<AppState>, Q(q): Q<SweepQuery>) -> Result<Resp
     let codecs = list(&q.codecs)
         .map(|c| parse_codec("codecs", c))
         .collect::<Result<Vec<_>, _>>()?;
-    let bits = list(&q.bits)
-        .map(|b| {
-            b.parse::<u32>()
-                .map_err(|_| ApiError::bad(format!("bits: `{b}` is not a whole number")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let bits: Vec<u32> = numbers("bits", &q.bits)?;
     let distribution = match q.distribution.as_deref() {
         None | Some("") => d.distribution,
         Some(x) => x
@@ -550,6 +546,76 @@ async fn kv_sweep(State(s): State<AppState>, Q(q): Q<SweepQuery>) -> Result<Resp
         .map_err(|_| ApiError::internal("sweep queue closed"))?;
     let report = blocking(move || {
         Ok(dhurandhar::kv::sweep(
+            &opts,
+            &NoProgress,
+            &CancelToken::new(),
+        )?)
+    })
+    .await?;
+    Ok(Json(report).into_response())
+}
+
+/// `GET /api/kv/compare?data=<capture.safetensors>`: the codecs on real captured KV.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KvCompareQuery {
+    /// A `kv capture` safetensors (or `.npy`) under an allowed root.
+    data: String,
+    codecs: Option<String>,
+    bits: Option<String>,
+    /// Comma-separated layer indices (default: every layer in the file).
+    layers: Option<String>,
+    tensor: Option<String>,
+    queries: Option<usize>,
+}
+
+fn numbers<T: std::str::FromStr>(field: &str, s: &Option<String>) -> Result<Vec<T>, ApiError> {
+    list(s)
+        .map(|b| {
+            b.parse::<T>()
+                .map_err(|_| ApiError::bad(format!("{field}: `{b}` is not a whole number")))
+        })
+        .collect()
+}
+
+async fn kv_compare(
+    State(s): State<AppState>,
+    Q(q): Q<KvCompareQuery>,
+) -> Result<Response, ApiError> {
+    let d = dhurandhar::kv::CompareOptions::default();
+    let data = s.inner.allow.resolve(&q.data)?;
+    let codecs = list(&q.codecs)
+        .map(|c| parse_codec("codecs", c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bits: Vec<u32> = numbers("bits", &q.bits)?;
+    let opts = dhurandhar::kv::CompareOptions {
+        data: dhurandhar::kv::KvData::File(data),
+        codecs: if codecs.is_empty() {
+            SweepOptions::default().codecs
+        } else {
+            codecs
+        },
+        bits: if bits.is_empty() {
+            d.bits.clone()
+        } else {
+            bits
+        },
+        layers: numbers("layers", &q.layers)?,
+        tensor: q.tensor.clone(),
+        queries: q.queries.unwrap_or(d.queries),
+        // Timings of a shared server say little; the quality is what the page shows.
+        timing: false,
+        ..d
+    };
+    let _permit = s
+        .inner
+        .sweep_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("sweep queue closed"))?;
+    let report = blocking(move || {
+        Ok(dhurandhar::kv::compare(
             &opts,
             &NoProgress,
             &CancelToken::new(),

@@ -492,3 +492,55 @@ fn the_exposure_warning_is_for_non_loopback_hosts_only() {
     let missing = dhurandhar_web::AppState::new(&["/no/such/dir".into()]);
     assert!(missing.is_err());
 }
+
+#[tokio::test]
+async fn kv_compare_runs_the_codecs_on_captured_kv() {
+    let t = tree();
+    let Some(gguf) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+        return;
+    };
+    std::fs::write(
+        t.root.join("text.txt"),
+        "The capital of France is Paris. The capital of Italy is Rome. ".repeat(8),
+    )
+    .unwrap();
+    dhurandhar::kv::capture(
+        &dhurandhar::kv::CaptureOptions {
+            model: gguf,
+            text_file: t.root.join("text.txt"),
+            out: t.root.join("kv.safetensors"),
+            max_tokens: 64,
+            threads: None,
+        },
+        &dhurandhar::NoProgress,
+        &dhurandhar::CancelToken::new(),
+    )
+    .unwrap();
+    let app = app(std::slice::from_ref(&t.root));
+    let a = get(
+        &app,
+        "/api/kv/compare?data=kv.safetensors&codecs=turbo-mse,q8_0&bits=4,8&layers=0,1",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let j = a.json();
+    let rows = j["rows"].as_array().unwrap();
+    // turbo-mse at 4 and 8, q8_0 at 8 (its only width).
+    assert_eq!(rows.len(), 3, "{j}");
+    assert!(rows.iter().all(|r| r["nmse"].as_f64().unwrap() < 0.1));
+    assert!(j["config"]["data"]
+        .as_str()
+        .unwrap()
+        .ends_with("kv.safetensors"));
+    for (q, status) in [
+        ("data=..%2Fkv.safetensors", 403),
+        ("data=kv.safetensors&bits=x", 400),
+        ("data=kv.safetensors&codecs=zip", 400),
+        ("data=tiny.dhp", 400),
+        ("codecs=q8_0", 400),
+    ] {
+        let a = get(&app, &format!("/api/kv/compare?{q}")).await;
+        assert_eq!(a.status.as_u16(), status, "{q}: {}", a.text());
+        assert!(!a.error().is_empty());
+    }
+}

@@ -168,6 +168,24 @@ async fn every_page_in_a_real_browser() {
         )
         .unwrap();
     }
+    // Real KV for the KV page's captured-data section.
+    std::fs::write(
+        t.root.join("text.txt"),
+        "The capital of France is Paris. The capital of Italy is Rome. ".repeat(8),
+    )
+    .unwrap();
+    dhurandhar::kv::capture(
+        &dhurandhar::kv::CaptureOptions {
+            model: gguf.clone(),
+            text_file: t.root.join("text.txt"),
+            out: t.root.join("kv-capture.safetensors"),
+            max_tokens: 64,
+            threads: None,
+        },
+        &dhurandhar::NoProgress,
+        &dhurandhar::CancelToken::new(),
+    )
+    .unwrap();
     let gguf_dir = gguf.parent().unwrap().canonicalize().unwrap();
     let gguf = gguf.canonicalize().unwrap();
     let server = dhurandhar_web::Server::bind(dhurandhar_web::Config {
@@ -330,6 +348,29 @@ async fn every_page_in_a_real_browser() {
         "document.querySelectorAll('#xtable tbody tr').length >= 13",
     )
     .await;
+    set_input(&c, "#cappath", "kv-capture.safetensors").await;
+    c.find(Locator::Css("#capgo"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the captured-KV table",
+        "document.querySelectorAll('#captable tbody tr').length > 0",
+    )
+    .await;
+    assert!(
+        js(
+            &c,
+            "document.querySelectorAll('#capchart svg circle').length"
+        )
+        .await
+        .as_u64()
+        .unwrap()
+            > 0
+    );
     shot(&c, &shots, "kv").await;
 
     // ---------------------------------------------------------------- Measure
