@@ -25,4 +25,6 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== cargo test"
 cargo test --workspace --release
 echo "== python package (wheel into a temporary venv + pytest)"
-scripts/test_python.sh
+bash scripts/test_python.sh
+echo "== web dashboard in headless Chromium"
+bash scripts/test_web.sh

@@ -48,6 +48,8 @@ pub enum Command {
     Eval(commands::eval::Args),
     /// Quantize a GGUF model with a llama.cpp preset (q4_k_m, q8_0, ...).
     Quantize(commands::quantize::Args),
+    /// Serve the local web dashboard (plan, devices, KV codecs, measure, weights, run, compare).
+    Serve(commands::serve::Args),
 }
 
 /// Run a parsed command.
@@ -68,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

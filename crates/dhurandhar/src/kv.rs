@@ -315,6 +315,165 @@ pub fn bench(
     })
 }
 
+// ---------------------------------------------------------------- sweep
+
+/// Largest sweep (models × codecs × bits points) one call runs.
+pub const MAX_SWEEP_POINTS: usize = 256;
+
+/// What [`sweep`] runs: [`bench()`] for every model × codec × bit width.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepOptions {
+    /// Models as [`BenchOptions::model`] names them.
+    pub models: Vec<String>,
+    pub codecs: Vec<Codec>,
+    /// Widths to try; a codec is run only at the widths it supports (others are listed
+    /// in the report's `skipped`).
+    pub bits: Vec<u32>,
+    pub seq_len: u64,
+    pub distribution: Distribution,
+    pub samples: usize,
+    pub queries: usize,
+    pub seed: u64,
+}
+
+impl Default for SweepOptions {
+    fn default() -> Self {
+        SweepOptions {
+            models: vec![DEFAULT_MODEL.to_string()],
+            codecs: vec![Codec::TurboMse, Codec::Q4_0, Codec::Q8_0],
+            bits: vec![2, 3, 4, 5, 6, 8],
+            seq_len: 32768,
+            distribution: Distribution::OutlierChannels,
+            samples: 256,
+            queries: 32,
+            seed: 0,
+        }
+    }
+}
+
+/// One model × codec × width of a sweep: quality averaged over the model's fresh KV
+/// heads (each geometry weighted by its layers × heads) and the cache at `seq_len`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepPoint {
+    pub model: String,
+    pub codec: Codec,
+    pub bits: u32,
+    /// Stored bits per cached value at `seq_len`, from the encoded bytes.
+    pub bits_per_value: f64,
+    pub nmse: f64,
+    pub cosine: f64,
+    pub attn_kl: f64,
+    pub compressed_bytes: u64,
+    pub baseline_bytes: u64,
+    pub ratio: f64,
+}
+
+/// A point of the sweep that was not run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepSkip {
+    pub model: String,
+    pub codec: Codec,
+    pub bits: u32,
+    pub reason: String,
+}
+
+/// The sweep document.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepReport {
+    pub schema_version: u32,
+    pub seq_len: u64,
+    pub distribution: &'static str,
+    pub samples: usize,
+    pub points: Vec<SweepPoint>,
+    pub skipped: Vec<SweepSkip>,
+}
+
+/// Quality-versus-bits of several codecs on several models (synthetic KV shaped like
+/// each model's heads): the data of a quality/bits chart and of a cross-model chart.
+pub fn sweep(
+    opts: &SweepOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<SweepReport> {
+    if opts.models.is_empty() || opts.codecs.is_empty() || opts.bits.is_empty() {
+        return Err(Error::invalid(
+            "models",
+            "a sweep needs at least one model, codec and bit width",
+        ));
+    }
+    let n = opts.models.len() * opts.codecs.len() * opts.bits.len();
+    if n > MAX_SWEEP_POINTS {
+        return Err(Error::invalid(
+            "bits",
+            format!("{n} points (models × codecs × bits) exceed the limit of {MAX_SWEEP_POINTS}"),
+        ));
+    }
+    progress.start("KV sweep", Some(n as u64), Unit::Items("points"));
+    let mut points = Vec::new();
+    let mut skipped = Vec::new();
+    for model in &opts.models {
+        for &codec in &opts.codecs {
+            for &bits in &opts.bits {
+                cancel.check()?;
+                progress.advance(1);
+                if !codec.supported_bits().contains(&bits) {
+                    skipped.push(SweepSkip {
+                        model: model.clone(),
+                        codec,
+                        bits,
+                        reason: format!("{codec} has no {bits}-bit mode"),
+                    });
+                    continue;
+                }
+                let r = bench(
+                    &BenchOptions {
+                        model: model.clone(),
+                        seq_len: opts.seq_len,
+                        codec,
+                        bits,
+                        distribution: opts.distribution,
+                        samples: opts.samples,
+                        queries: opts.queries,
+                        seed: opts.seed,
+                    },
+                    &crate::NoProgress,
+                    cancel,
+                )?;
+                let weight = |q: &GeometryQuality| (q.fresh_layers as f64) * q.kv_heads as f64;
+                let total: f64 = r.quality.iter().map(weight).sum();
+                let mean = |f: fn(&Row) -> f64| {
+                    if total > 0.0 {
+                        r.quality.iter().map(|q| weight(q) * f(&q.row)).sum::<f64>() / total
+                    } else {
+                        0.0
+                    }
+                };
+                points.push(SweepPoint {
+                    model: r.model.clone(),
+                    codec,
+                    bits,
+                    bits_per_value: r.footprint.bits_per_value,
+                    nmse: mean(|r| r.nmse),
+                    cosine: mean(|r| r.cosine),
+                    attn_kl: mean(|r| r.attn_kl),
+                    compressed_bytes: r.footprint.compressed_bytes,
+                    baseline_bytes: r.footprint.baseline_bytes,
+                    ratio: r.footprint.ratio,
+                });
+            }
+        }
+    }
+    progress.finish();
+    Ok(SweepReport {
+        schema_version: SCHEMA_VERSION,
+        seq_len: opts.seq_len,
+        distribution: opts.distribution.name(),
+        samples: opts.samples,
+        points,
+        skipped,
+    })
+}
+
 // ---------------------------------------------------------------- compare
 
 /// Where [`compare`]'s KV comes from.
@@ -1020,6 +1179,66 @@ mod tests {
             Error::InvalidOption { option, .. } => option,
             other => panic!("not an invalid option: {other}"),
         }
+    }
+
+    /// Each point is the bench of that codec × width (same bytes, quality averaged over
+    /// the geometries by layers × heads); widths a codec lacks are listed, not run.
+    #[test]
+    fn sweep_points_are_benches_and_unsupported_widths_are_skipped() {
+        let t = CancelToken::new();
+        let o = SweepOptions {
+            models: vec!["gemma4-e2b".into()],
+            codecs: vec![Codec::TurboMse, Codec::Q8_0],
+            bits: vec![4, 8],
+            seq_len: 4096,
+            samples: 64,
+            queries: 8,
+            ..SweepOptions::default()
+        };
+        let r = sweep(&o, &NoProgress, &t).unwrap();
+        assert_eq!(r.points.len(), 3);
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!((r.skipped[0].codec, r.skipped[0].bits), (Codec::Q8_0, 4));
+        let b = bench(
+            &BenchOptions {
+                model: "gemma4-e2b".into(),
+                seq_len: 4096,
+                codec: Codec::TurboMse,
+                bits: 4,
+                samples: 64,
+                queries: 8,
+                ..BenchOptions::default()
+            },
+            &NoProgress,
+            &t,
+        )
+        .unwrap();
+        let p = &r.points[0];
+        assert_eq!(p.compressed_bytes, b.footprint.compressed_bytes);
+        assert_eq!(p.bits_per_value, b.footprint.bits_per_value);
+        // gemma4-e2b has two fresh geometries: the mean lies between them.
+        assert!(b.quality.len() >= 2);
+        let lo = b
+            .quality
+            .iter()
+            .map(|q| q.row.nmse)
+            .fold(f64::MAX, f64::min);
+        let hi = b.quality.iter().map(|q| q.row.nmse).fold(0.0, f64::max);
+        assert!(lo <= p.nmse && p.nmse <= hi, "{lo} {} {hi}", p.nmse);
+        let mut big = o.clone();
+        big.bits = (1..=8).collect();
+        big.models = vec!["gemma4-e2b".into(); 20];
+        assert_eq!(
+            invalid_option(sweep(&big, &NoProgress, &t).unwrap_err()),
+            "bits"
+        );
+        big.models.clear();
+        assert_eq!(
+            invalid_option(sweep(&big, &NoProgress, &t).unwrap_err()),
+            "models"
+        );
+        t.cancel();
+        assert!(matches!(sweep(&o, &NoProgress, &t), Err(Error::Cancelled)));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 pub use dhurandhar_plan::{describe_changes, summary_line, Change, PleLayout};
 
-use crate::model::{is_yaml_path, resolve_model, MAX_PROFILE_BYTES};
+use crate::model::{is_yaml_path, resolve_model, ResolvedModel, MAX_PROFILE_BYTES};
 use crate::{Error, Result};
 
 /// Version of the [`AnalyzeReport`] document; bumped on any incompatible change.
@@ -301,7 +301,7 @@ const WEIGHT_COMPONENTS: [&str; 5] = [
 
 /// Plan the model on every selected device.
 pub fn analyze(opts: &AnalyzeOptions) -> Result<AnalyzeReport> {
-    analyze_with(opts, None, &[])
+    analyze_resolved(opts, resolve_model(&opts.model)?, &[])
 }
 
 /// [`analyze`] for a front end that holds values rather than names: `arch` (when
@@ -316,7 +316,7 @@ pub fn analyze_with(
     let model = match arch {
         Some(arch) => {
             arch.validate()?;
-            crate::model::ResolvedModel {
+            ResolvedModel {
                 arch,
                 weights: None,
                 origin: "given".to_string(),
@@ -325,6 +325,17 @@ pub fn analyze_with(
         }
         None => resolve_model(&opts.model)?,
     };
+    analyze_resolved(opts, model, extra)
+}
+
+/// [`analyze_with`] for a model already resolved (`opts.model` is not read): a front
+/// end that holds a profile in memory (the web dashboard's uploaded YAML) plans it
+/// without writing it to a file.
+pub fn analyze_resolved(
+    opts: &AnalyzeOptions,
+    model: ResolvedModel,
+    extra: &[DeviceProfile],
+) -> Result<AnalyzeReport> {
     let plan_opts = plan_options(opts, &model.arch)?;
     let named = !opts.devices.is_empty() || opts.custom_device.is_some();
     let mut devices = if extra.is_empty() || named {
@@ -604,6 +615,31 @@ mod tests {
             devices: vec!["laptop_nvme".into()],
             ..AnalyzeOptions::default()
         }
+    }
+
+    /// A profile held in memory plans exactly as the same profile read from its file.
+    #[test]
+    fn analyze_resolved_equals_analyze_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.yaml");
+        let yaml = crate::catalog::model_yaml("qwen2.5-0.5b").unwrap();
+        std::fs::write(&path, &yaml).unwrap();
+        let o = opts(path.to_str().unwrap(), 8192);
+        let from_file = analyze(&o).unwrap();
+        let model = resolve_model(path.to_str().unwrap()).unwrap();
+        let held = analyze_resolved(
+            &AnalyzeOptions {
+                model: String::new(),
+                ..o
+            },
+            model,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&from_file).unwrap(),
+            serde_json::to_value(&held).unwrap()
+        );
     }
 
     /// A Llama-3.2-1B config.json with no weights beside it: the weights are estimated at

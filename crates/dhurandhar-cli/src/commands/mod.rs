@@ -12,3 +12,4 @@ pub mod mmap_profile;
 pub mod models;
 pub mod pack;
 pub mod quantize;
+pub mod serve;

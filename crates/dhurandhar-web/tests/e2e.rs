@@ -1,0 +1,536 @@
+//! End-to-end in headless Chromium over chromedriver (fantoccini): every page loads
+//! with real data, a control change updates its chart and table, the profiler streams
+//! progress and is cancelled, a generated token stream appears. Screenshots of each
+//! page go to `target/web-e2e/` (git-ignored).
+//!
+//! Runs when `DHURANDHAR_E2E=1` (set by `scripts/test_web.sh`, which installs Debian's
+//! `chromium` and `chromium-driver` first); otherwise it says why it did not run.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn find_bin(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        for n in names {
+            let p = dir.join(n);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+async fn start_browser(profile: &Path) -> (Driver, Client) {
+    let driver_bin = find_bin(&["chromedriver"]).expect(
+        "chromedriver not found: install Debian's chromium-driver (scripts/test_web.sh does)",
+    );
+    let chromium = find_bin(&["chromium", "chromium-browser"]).expect("chromium not found");
+    let port = free_port();
+    let child = Command::new(driver_bin)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start chromedriver");
+    let driver = Driver(child);
+    let caps = json!({
+        "goog:chromeOptions": {
+            "binary": chromium.display().to_string(),
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage",
+                format!("--user-data-dir={}", profile.display()),
+                "--window-size=1300,1500",
+            ]
+        }
+    });
+    let caps = caps.as_object().unwrap().clone();
+    let url = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    loop {
+        let mut b = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        b.capabilities(caps.clone());
+        match b.connect(&url).await {
+            Ok(c) => return (driver, c),
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("cannot open a chromedriver session: {e}"),
+        }
+    }
+}
+
+/// Evaluate `expr` in the page.
+async fn js(c: &Client, expr: &str) -> Value {
+    c.execute(&format!("return ({expr});"), vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{expr}: {e}"))
+}
+
+/// Wait until `expr` is truthy in the page; its value.
+async fn until(c: &Client, what: &str, expr: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = js(c, expr).await;
+        let truthy = match &v {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        };
+        if truthy {
+            return v;
+        }
+        if start.elapsed() > WAIT {
+            let status = js(c, "document.querySelector('#status') && document.querySelector('#status').textContent").await;
+            panic!("timed out waiting for {what} ({expr}); page status: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The text of the table cell in row `row` (first column matches) and column `col`.
+fn cell_js(table: &str, row: &str, col: usize) -> String {
+    format!(
+        "(() => {{ const r = [...document.querySelectorAll('{table} tbody tr')].find(tr => tr.cells[0].textContent === '{row}'); return r ? r.cells[{col}].textContent : null; }})()"
+    )
+}
+
+async fn set_input(c: &Client, css: &str, value: &str) {
+    let e = c.find(Locator::Css(css)).await.unwrap();
+    e.clear().await.unwrap();
+    e.send_keys(value).await.unwrap();
+}
+
+async fn shot(c: &Client, dir: &Path, name: &str) {
+    // Let the last paint settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_in_a_real_browser() {
+    if std::env::var("DHURANDHAR_E2E").as_deref() != Ok("1") {
+        eprintln!(
+            "skipping the browser test: set DHURANDHAR_E2E=1 (scripts/test_web.sh installs \
+             chromium and chromium-driver and runs it)"
+        );
+        return;
+    }
+    let gguf = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF)
+        .expect("the browser test needs the SmolLM2 fixture");
+    let t = common::tree();
+    // A real pack for the Weights page when the MiniLM fixture is there.
+    if let Some(st) = dhurandhar_testkit::fixture(dhurandhar_testkit::MINILM_SAFETENSORS) {
+        dhurandhar::pack::pack(
+            &dhurandhar::pack::PackOptions {
+                input: st,
+                output: t.root.join("minilm-quant.dhp"),
+                mode: dhurandhar::pack::PackMode::QuantResidual,
+                ..Default::default()
+            },
+            &dhurandhar::NoProgress,
+            &dhurandhar::CancelToken::new(),
+        )
+        .unwrap();
+    }
+    // Real KV for the KV page's captured-data section.
+    std::fs::write(
+        t.root.join("text.txt"),
+        "The capital of France is Paris. The capital of Italy is Rome. ".repeat(8),
+    )
+    .unwrap();
+    dhurandhar::kv::capture(
+        &dhurandhar::kv::CaptureOptions {
+            model: gguf.clone(),
+            text_file: t.root.join("text.txt"),
+            out: t.root.join("kv-capture.safetensors"),
+            max_tokens: 64,
+            threads: None,
+        },
+        &dhurandhar::NoProgress,
+        &dhurandhar::CancelToken::new(),
+    )
+    .unwrap();
+    let gguf_dir = gguf.parent().unwrap().canonicalize().unwrap();
+    let gguf = gguf.canonicalize().unwrap();
+    let server = dhurandhar_web::Server::bind(dhurandhar_web::Config {
+        port: 0,
+        allow_dirs: vec![t.root.clone(), gguf_dir],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    tokio::spawn(server.run());
+
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/web-e2e");
+    std::fs::create_dir_all(&shots).unwrap();
+    let (_driver, c) = start_browser(&t.dir.path().join("chromium-profile")).await;
+
+    // ---------------------------------------------------------------- Plan
+    c.goto(&format!("{base}/plan")).await.unwrap();
+    until(
+        &c,
+        "the plan chart",
+        "document.querySelector('#chart svg rect[data-segment=kv_cache]')",
+    )
+    .await;
+    let kv_cell = cell_js("#components", "kv_cache", 1);
+    let kv_before = until(&c, "the kv_cache row", &kv_cell).await;
+    let width_before = js(
+        &c,
+        "+document.querySelector('#chart svg rect[data-segment=kv_cache]').getAttribute('width')",
+    )
+    .await;
+    set_input(&c, "[data-k=context]", "131072").await;
+    let kv_after = until(
+        &c,
+        "the kv_cache row to change",
+        &format!("(() => {{ const v = {kv_cell}; return v !== {kv_before} ? v : null; }})()"),
+    )
+    .await;
+    let width_after = js(
+        &c,
+        "+document.querySelector('#chart svg rect[data-segment=kv_cache]').getAttribute('width')",
+    )
+    .await;
+    assert!(
+        width_after.as_f64().unwrap() > width_before.as_f64().unwrap(),
+        "kv_cache bar {width_before} -> {width_after} ({kv_before} -> {kv_after})"
+    );
+    assert!(js(&c, "location.search")
+        .await
+        .as_str()
+        .unwrap()
+        .contains("context=131072"));
+    let budget = js(
+        &c,
+        "document.querySelector('[data-budget]').getAttribute('data-budget')",
+    )
+    .await;
+    set_input(&c, "#budget", "2").await;
+    until(
+        &c,
+        "the budget line to move",
+        &format!(
+            "document.querySelector('[data-budget]').getAttribute('data-budget') !== {budget}"
+        ),
+    )
+    .await;
+    set_input(&c, "#budget", "1.5").await;
+    set_input(&c, "[data-k=context]", "32768").await;
+    until(
+        &c,
+        "the plan at 32k",
+        &format!("({kv_cell}) === {kv_before}"),
+    )
+    .await;
+    shot(&c, &shots, "plan").await;
+
+    // ---------------------------------------------------------------- Devices
+    c.goto(&format!("{base}/devices")).await.unwrap();
+    let rows = "document.querySelectorAll('#devices tbody tr').length";
+    let n = until(&c, "the device table", rows).await.as_u64().unwrap();
+    assert!(n >= 5, "{n} devices");
+    assert!(
+        js(&c, "document.querySelectorAll('#devices .mode').length")
+            .await
+            .as_u64()
+            .unwrap()
+            >= 5
+    );
+    assert!(
+        js(&c, "document.querySelectorAll('#chart svg rect').length")
+            .await
+            .as_u64()
+            .unwrap()
+            >= n
+    );
+    set_input(&c, "#ram", "900").await;
+    set_input(&c, "#flash", "1.5").await;
+    until(
+        &c,
+        "the custom device row",
+        &format!("{rows} === {}", n + 1),
+    )
+    .await;
+    until(
+        &c,
+        "the custom device bar",
+        &format!(
+            "document.querySelectorAll('#chart svg rect').length >= {}",
+            n + 1
+        ),
+    )
+    .await;
+    shot(&c, &shots, "devices").await;
+
+    // ---------------------------------------------------------------- KV codecs
+    c.goto(&format!("{base}/kv")).await.unwrap();
+    let points = "document.querySelectorAll('#points tbody tr').length";
+    let before = until(&c, "the sweep table", points).await.as_u64().unwrap();
+    assert!(
+        js(&c, "document.querySelectorAll('#chart svg circle').length")
+            .await
+            .as_u64()
+            .unwrap()
+            == before
+    );
+    c.find(Locator::Css("input[name=codec][value=kivi2]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the sweep without kivi2",
+        &format!("{points} > 0 && {points} < {before}"),
+    )
+    .await;
+    until(
+        &c,
+        "the chart without kivi2",
+        &format!("document.querySelectorAll('#chart svg circle').length === {points}"),
+    )
+    .await;
+    assert!(
+        js(&c, "document.querySelectorAll('#mem svg rect').length")
+            .await
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    c.find(Locator::Css("#cross"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the cross-model table",
+        "document.querySelectorAll('#xtable tbody tr').length >= 13",
+    )
+    .await;
+    set_input(&c, "#cappath", "kv-capture.safetensors").await;
+    c.find(Locator::Css("#capgo"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the captured-KV table",
+        "document.querySelectorAll('#captable tbody tr').length > 0",
+    )
+    .await;
+    assert!(
+        js(
+            &c,
+            "document.querySelectorAll('#capchart svg circle').length"
+        )
+        .await
+        .as_u64()
+        .unwrap()
+            > 0
+    );
+    shot(&c, &shots, "kv").await;
+
+    // ---------------------------------------------------------------- Measure
+    c.goto(&format!("{base}/measure")).await.unwrap();
+    until(
+        &c,
+        "the measure controls",
+        "document.querySelectorAll('input[name=pattern]').length",
+    )
+    .await;
+    set_input(&c, "#tokens", "1000000").await;
+    c.find(Locator::Css("#start"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // Progress streams in: the bar advances while the run goes on.
+    until(&c, "streamed progress", "document.querySelector('#bar').value > 0 && document.querySelector('#phase').textContent.startsWith('running')").await;
+    let p1 = js(&c, "document.querySelector('#bar').value")
+        .await
+        .as_f64()
+        .unwrap();
+    until(&c, "more progress", &format!("document.querySelector('#bar').value > {p1} || !document.querySelector('#phase').textContent.startsWith('running')")).await;
+    c.find(Locator::Css("#cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the cancelled state",
+        "document.querySelector('#phase').textContent.startsWith('cancelled')",
+    )
+    .await;
+    set_input(&c, "#tokens", "3000").await;
+    c.find(Locator::Css("#start"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the finished run",
+        "document.querySelector('#phase').textContent.startsWith('done')",
+    )
+    .await;
+    until(
+        &c,
+        "the results table",
+        "document.querySelectorAll('#results tbody tr').length >= 1",
+    )
+    .await;
+    assert!(
+        js(&c, "document.querySelectorAll('#chart svg rect').length")
+            .await
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    shot(&c, &shots, "measure").await;
+
+    // ---------------------------------------------------------------- Weights
+    c.goto(&format!("{base}/weights")).await.unwrap();
+    until(
+        &c,
+        "the tensor table",
+        "document.querySelectorAll('#tensors tbody tr').length",
+    )
+    .await;
+    assert!(
+        js(&c, "document.querySelectorAll('#chart svg rect').length")
+            .await
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    shot(&c, &shots, "weights").await;
+
+    // ---------------------------------------------------------------- Run
+    c.goto(&format!("{base}/run")).await.unwrap();
+    until(
+        &c,
+        "the model list",
+        "document.querySelectorAll('#file option').length > 1",
+    )
+    .await;
+    set_input(&c, "#path", &gguf.display().to_string()).await;
+    set_input(&c, "#max", "24").await;
+    c.find(Locator::Css("#go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the first streamed token",
+        "document.querySelector('#out').textContent.length > 0",
+    )
+    .await;
+    until(
+        &c,
+        "the end of the stream",
+        "document.querySelector('#status').textContent.startsWith('done')",
+    )
+    .await;
+    let n = js(&c, "+document.querySelector('#n').textContent")
+        .await
+        .as_u64()
+        .unwrap();
+    assert!((1..=24).contains(&n), "{n} tokens");
+    assert!(
+        js(&c, "document.querySelectorAll('#chart svg circle').length")
+            .await
+            .as_u64()
+            .unwrap()
+            >= 1
+            || n == 1
+    );
+    shot(&c, &shots, "run").await;
+
+    // ---------------------------------------------------------------- Compare
+    c.goto(&format!("{base}/compare")).await.unwrap();
+    let cols = "document.querySelectorAll('#table thead th').length";
+    until(&c, "two configurations", &format!("{cols} === 3")).await;
+    c.find(Locator::Css("#add"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(&c, "three configurations", &format!("{cols} === 4")).await;
+    let url = js(&c, "location.href").await.as_str().unwrap().to_string();
+    assert_eq!(url.matches("c=").count(), 3, "{url}");
+    // The URL alone restores the comparison.
+    c.goto(&url).await.unwrap();
+    until(&c, "the shared comparison", &format!("{cols} === 4")).await;
+    assert_eq!(
+        js(
+            &c,
+            "document.querySelectorAll('#chart svg text').length > 0"
+        )
+        .await,
+        true
+    );
+    shot(&c, &shots, "compare").await;
+
+    // Every page has its download links.
+    for page in ["plan", "devices", "kv", "compare"] {
+        c.goto(&format!("{base}/{page}")).await.unwrap();
+        until(
+            &c,
+            &format!("{page} downloads"),
+            "document.querySelectorAll('.downloads a[download]').length >= 2",
+        )
+        .await;
+    }
+    c.close().await.unwrap();
+    eprintln!("screenshots in {}", shots.display());
+}
