@@ -27,7 +27,8 @@ pub mod bpe;
 pub mod pretok;
 pub mod spm;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 
 use regex::Regex;
 
@@ -70,9 +71,14 @@ pub struct Tokenizer {
     types: Vec<u8>,
     scores: Vec<f32>,
     /// (left, right) → (rank, merged id).
-    merges: HashMap<(u32, u32), (u32, u32)>,
+    merges: bpe::MergeMap,
     /// The token standing for each byte: GPT-2's byte character, or `<0xXX>`.
     byte_token: [Option<u32>; 256],
+    /// SentencePiece: characters that occur in some token next to a different
+    /// character. Any other character only ever merges with copies of itself, so the
+    /// text is cut around its runs and each part merged alone — same result, and a
+    /// long text does not become one heap of a million candidate pairs.
+    spm_mixed: HashSet<char, BuildHasherDefault<bpe::PairHasher>>,
     /// Decoded bytes of every token (control tokens: their text, shown on request).
     pieces: Vec<Box<[u8]>>,
     byte_to_char: [char; 256],
@@ -269,7 +275,8 @@ impl Tokenizer {
                     .map_or(TYPE_NORMAL, |&t| u8::try_from(t).unwrap_or(TYPE_NORMAL))
             })
             .collect();
-        let mut merge_map = HashMap::with_capacity(merges.len());
+        let mut merge_map = bpe::MergeMap::default();
+        merge_map.reserve(merges.len());
         for (rank, m) in merges.iter().enumerate() {
             // Split at the first space after the first byte (a merge's left side may
             // itself start with a space in raw-UTF-8 vocabularies).
@@ -286,7 +293,9 @@ impl Tokenizer {
             let Some(&im) = ids.get(&format!("{a}{b}")) else {
                 continue;
             };
-            merge_map.entry((ia, ib)).or_insert((rank as u32, im));
+            merge_map
+                .entry(bpe::pair(ia, ib))
+                .or_insert((rank as u32, im));
         }
         let byte_to_char = bytes_to_unicode();
         let byte_level = matches!(
@@ -343,6 +352,17 @@ impl Tokenizer {
                 bytes.into_boxed_slice()
             })
             .collect();
+        let mut spm_mixed = HashSet::default();
+        if matches!(algo, Algo::Spm { .. }) {
+            for t in &tokens {
+                let mut chars = t.chars();
+                if let Some(first) = chars.next() {
+                    if chars.any(|c| c != first) {
+                        spm_mixed.extend(t.chars());
+                    }
+                }
+            }
+        }
         let special_texts = |want: &[u8]| -> Vec<&str> {
             tokens
                 .iter()
@@ -365,6 +385,7 @@ impl Tokenizer {
             scores,
             merges: merge_map,
             byte_token,
+            spm_mixed,
             pieces,
             byte_to_char,
             specials_all,
@@ -455,10 +476,25 @@ impl Tokenizer {
                 for c in text.chars() {
                     s.push(if c == ' ' { '▁' } else { c });
                 }
-                spm::tokenize(&s, &self.ids, &self.scores, |id, a, b| match id {
-                    Some(id) => out.push(id),
-                    None => self.push_bytes(&s.as_bytes()[a..b], out),
-                });
+                let mut start = 0;
+                let mut prev: Option<char> = None;
+                let run = |a: usize, b: usize, out: &mut Vec<u32>| {
+                    let part = &s[a..b];
+                    spm::tokenize(part, &self.ids, &self.scores, |id, x, y| match id {
+                        Some(id) => out.push(id),
+                        None => self.push_bytes(&part.as_bytes()[x..y], out),
+                    });
+                };
+                for (i, c) in s.char_indices() {
+                    if let Some(p) = prev {
+                        if p != c && !(self.spm_mixed.contains(&p) && self.spm_mixed.contains(&c)) {
+                            run(start, i, out);
+                            start = i;
+                        }
+                    }
+                    prev = Some(c);
+                }
+                run(start, s.len(), out);
             }
             Algo::Bpe {
                 splitter,
