@@ -210,7 +210,7 @@ mod baseline {
             let mut merge_map = HashMap::with_capacity(merges.len());
             for (rank, m) in merges.iter().enumerate() {
                 let Some((a, b)) = m.split_once(' ') else {
-                    return Err(String::from(format!("merge {rank} `{m}` has no space")));
+                    return Err(format!("merge {rank} `{m}` has no space"));
                 };
                 let (Some(&ia), Some(&ib)) = (ids.get(a), ids.get(b)) else {
                     continue; // merge of tokens outside the vocabulary: never applicable

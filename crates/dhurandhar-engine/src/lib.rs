@@ -3,8 +3,8 @@
 //! Weights stay in their stored (quantized) form inside a read-only memory map of the
 //! GGUF file; matrix products dequantize block by block inside the dot product or use
 //! integer dot products against 8-bit activations, so the model is never expanded to
-//! f32. On top of that: a llama/qwen2-family forward pass, the GGUF's own byte-level BPE
-//! tokenizer, sampling, a KV cache that can capture its tensors or run them through a
+//! f32. On top of that: a llama/qwen2-family forward pass, the GGUF's own tokenizer
+//! (SentencePiece or BPE with the named pre-tokenizer, ids as llama.cpp gives), sampling, a KV cache that can capture its tensors or run them through a
 //! `dhurandhar_kv` codec as they are written, and perplexity / KL evaluation.
 
 pub mod bench;
