@@ -794,6 +794,51 @@ mod tests {
         );
     }
 
+    #[test]
+    fn gguf_defaults_follow_llama_cpp() {
+        let base = GgufTokenizer {
+            tokens: Some(vec!["a".into(), "<s>".into()]),
+            bos_token_id: Some(1),
+            merges: Some(vec![]),
+            ..Default::default()
+        };
+        // SentencePiece adds BOS unless the file says otherwise.
+        let spm = GgufTokenizer {
+            model: Some("llama".into()),
+            ..base.clone()
+        };
+        assert!(Tokenizer::from_gguf(spm.clone(), "m").unwrap().add_bos);
+        let no_bos = GgufTokenizer {
+            add_bos_token: Some(false),
+            ..spm
+        };
+        assert!(!Tokenizer::from_gguf(no_bos, "m").unwrap().add_bos);
+        // Llama 3's pre-tokenizer adds BOS; GPT-2's and an absent one ("default") do not.
+        for (pre, bos) in [
+            (Some("llama-bpe"), true),
+            (Some("gpt-2"), false),
+            (None, false),
+        ] {
+            let tk = GgufTokenizer {
+                model: Some("gpt2".into()),
+                pre: pre.map(str::to_string),
+                ..base.clone()
+            };
+            assert_eq!(
+                Tokenizer::from_gguf(tk, "m").unwrap().add_bos,
+                bos,
+                "{pre:?}"
+            );
+        }
+        // The gemma4 model takes only the gemma4 pre-tokenizer.
+        let mixed = GgufTokenizer {
+            model: Some("gemma4".into()),
+            pre: Some("qwen2".into()),
+            ..base
+        };
+        assert!(Tokenizer::from_gguf(mixed, "m").is_err());
+    }
+
     proptest::proptest! {
         #[test]
         fn encode_decode_round_trips(text in "\\PC{0,40}") {
