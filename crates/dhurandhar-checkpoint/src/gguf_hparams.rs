@@ -229,6 +229,14 @@ pub struct GgufTokenizer {
     pub eos_token_id: Option<u32>,
     /// `tokenizer.ggml.add_bos_token`.
     pub add_bos_token: Option<bool>,
+    /// `tokenizer.ggml.scores`, by id: SentencePiece piece scores (merge priority).
+    pub scores: Option<Vec<f32>>,
+    /// `tokenizer.ggml.add_space_prefix`: SentencePiece's leading `▁` before text.
+    pub add_space_prefix: Option<bool>,
+    /// `tokenizer.ggml.add_eos_token`.
+    pub add_eos_token: Option<bool>,
+    /// `tokenizer.ggml.unknown_token_id`.
+    pub unk_token_id: Option<u32>,
 }
 
 fn strings(v: Option<&GgufValue>) -> Option<Vec<String>> {
@@ -254,6 +262,13 @@ impl GgufTokenizer {
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_id: id("tokenizer.ggml.eos_token_id"),
             add_bos_token: g.get_bool("tokenizer.ggml.add_bos_token"),
+            scores: g
+                .get("tokenizer.ggml.scores")
+                .and_then(|v| v.as_array())
+                .and_then(|a| a.iter().map(|x| x.as_f32()).collect()),
+            add_space_prefix: g.get_bool("tokenizer.ggml.add_space_prefix"),
+            add_eos_token: g.get_bool("tokenizer.ggml.add_eos_token"),
+            unk_token_id: id("tokenizer.ggml.unknown_token_id"),
         }
     }
 

@@ -5,7 +5,8 @@
 //! integer dot products against 8-bit activations, so the model is never expanded to
 //! f32. On top of that: one forward pass for the architectures in
 //! [`arch::ARCHITECTURES`] (llama, mistral, qwen2, qwen3, gemma3, phi3), the GGUF's own
-//! tokenizer, sampling, a KV cache (ring buffers on sliding-window layers) that can
+//! tokenizer (SentencePiece or BPE with the named pre-tokenizer, ids as llama.cpp
+//! gives), sampling, a KV cache (ring buffers on sliding-window layers) that can
 //! capture its tensors or run them through a `dhurandhar_kv` codec as they are written,
 //! and perplexity / KL evaluation.
 
