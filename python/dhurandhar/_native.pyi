@@ -91,6 +91,7 @@ def analyze(
     page_kib: int = 4,
     prefill_chunk: int = 512,
     runtime_overhead_mb: Optional[float] = None,
+    min_context_tokens: int = 1024,
 ) -> dict[str, Any]: ...
 def compare(
     codecs: Sequence[str] = ...,

@@ -56,6 +56,7 @@ def analyze(
     page_kib: int = 4,
     prefill_chunk: int = 512,
     runtime_overhead_mb: Optional[float] = None,
+    min_context_tokens: int = 1024,
 ) -> AnalysisResult:
     """Plan ``model`` at ``context_tokens`` on ``devices`` (default: every built-in).
 
@@ -109,6 +110,7 @@ def analyze(
         page_kib=page_kib,
         prefill_chunk=prefill_chunk,
         runtime_overhead_mb=runtime_overhead_mb,
+        min_context_tokens=min_context_tokens,
         **args,
     )
     return AnalysisResult(doc)

@@ -118,7 +118,8 @@ fn device_from_fields<'py>(
     quant_bits = None, kv_codec = None, kv_bits = None, strip_audio = true,
     strip_vision = false, devices = Vec::new(), custom_devices = Vec::new(),
     ram_mb = None, flash_gbps = None, target_decode_tps = 15.0, ple_hot_tokens = None,
-    ple_layout = "row", page_kib = 4, prefill_chunk = 512, runtime_overhead_mb = None
+    ple_layout = "row", page_kib = 4, prefill_chunk = 512, runtime_overhead_mb = None,
+    min_context_tokens = 1024
 ))]
 #[allow(clippy::too_many_arguments)]
 fn analyze<'py>(
@@ -142,6 +143,7 @@ fn analyze<'py>(
     page_kib: u64,
     prefill_chunk: u64,
     runtime_overhead_mb: Option<f64>,
+    min_context_tokens: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
     use dhurandhar::plan::{AnalyzeOptions, CustomDevice, PleLayout, WeightChoice};
     let defaults = AnalyzeOptions::default();
@@ -181,6 +183,7 @@ fn analyze<'py>(
         page_kib,
         prefill_chunk,
         runtime_overhead_mb,
+        min_context_tokens,
     };
     let arch = arch.map(arch_from).transpose()?;
     let extra = custom_devices
