@@ -24,6 +24,15 @@ pub enum IoError {
     /// printers (`{:#}`) would say it twice.
     #[error("{path}: {error}")]
     Os { path: PathBuf, error: io::Error },
+    /// The temp file for an output could not be created in the output's directory
+    /// (read-only, missing, no permission, full): the output is named, not only the
+    /// directory, so the user knows which write failed.
+    #[error("{target}: cannot write in {dir}: {error}")]
+    CreateIn {
+        target: PathBuf,
+        dir: PathBuf,
+        error: io::Error,
+    },
     #[error("{path}: is a directory, not a file")]
     Directory { path: PathBuf },
     #[error("{path}: is not a regular file ({kind}); refusing to {action} it")]
@@ -324,7 +333,13 @@ impl AtomicFile {
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(IoError::os(parent_dir(target), e)),
+                Err(e) => {
+                    return Err(IoError::CreateIn {
+                        target: target.to_path_buf(),
+                        dir: parent_dir(target).to_path_buf(),
+                        error: e,
+                    })
+                }
             }
         }
     }
