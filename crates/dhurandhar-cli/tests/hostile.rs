@@ -234,6 +234,74 @@ fn setup_huge_config(d: &Path) {
     .unwrap();
 }
 
+/// `d/NAME/config.json` holding `text`.
+fn config_in(d: &Path, name: &str, text: &str) {
+    let dir = d.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), text).unwrap();
+}
+
+/// A llama config.json with one field replaced by `value` (JSON text).
+fn llama_config_with(field: &str, value: &str) -> String {
+    let mut fields = vec![
+        ("architectures", r#"["LlamaForCausalLM"]"#),
+        ("model_type", r#""llama""#),
+        ("hidden_size", "64"),
+        ("num_hidden_layers", "2"),
+        ("num_attention_heads", "4"),
+        ("num_key_value_heads", "2"),
+        ("intermediate_size", "128"),
+        ("vocab_size", "1000"),
+        ("max_position_embeddings", "256"),
+    ];
+    fields.retain(|(k, _)| *k != field);
+    if !value.is_empty() {
+        fields.push((field, value));
+    }
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    format!("{{{}}}", body.join(","))
+}
+
+fn setup_config_not_object(d: &Path) {
+    config_in(d, "arr", "[1, 2]");
+}
+fn setup_config_no_hidden(d: &Path) {
+    config_in(d, "nohidden", &llama_config_with("hidden_size", ""));
+}
+fn setup_config_negative(d: &Path) {
+    config_in(d, "neg", &llama_config_with("hidden_size", "-64"));
+}
+fn setup_config_fraction(d: &Path) {
+    config_in(d, "frac", &llama_config_with("hidden_size", "64.5"));
+}
+fn setup_config_zero_heads(d: &Path) {
+    config_in(
+        d,
+        "zeroheads",
+        &llama_config_with("num_attention_heads", "0"),
+    );
+}
+fn setup_config_huge_layers(d: &Path) {
+    config_in(
+        d,
+        "layers",
+        &llama_config_with("num_hidden_layers", "1e300"),
+    );
+}
+
+/// A KV tensor file whose one tensor's shape disagrees with its byte range.
+fn setup_kv_bad_size(d: &Path) {
+    let header = br#"{"k":{"dtype":"F32","shape":[4,4],"data_offsets":[0,60]}}"#;
+    let mut v = (header.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(header);
+    v.resize(v.len() + 60, 0);
+    std::fs::write(d.join("badkv.safetensors"), v).unwrap();
+}
+
+fn setup_binary_text(d: &Path) {
+    std::fs::write(d.join("binary.txt"), b"\xff\xfe\x00not text").unwrap();
+}
+
 fn setup_llama_gguf(d: &Path) {
     llama_gguf(d, "model.gguf", 2);
 }
@@ -1303,6 +1371,125 @@ fn cases() -> Vec<Case> {
                 f("config.json"),
             ),
             setup_huge_config,
+        ),
+        // config.json: every malformed value names the field; the file is named once.
+        with(
+            case(
+                "analyze-config-not-object",
+                &["analyze", "-m", "{d}/arr/config.json"],
+                1,
+                "is not a JSON object",
+                f("config.json"),
+            ),
+            setup_config_not_object,
+        ),
+        with(
+            case(
+                "analyze-config-no-hidden-size",
+                &["analyze", "-m", "{d}/nohidden/config.json"],
+                1,
+                "missing `hidden_size`",
+                f("config.json"),
+            ),
+            setup_config_no_hidden,
+        ),
+        with(
+            case(
+                "analyze-config-negative",
+                &["analyze", "-m", "{d}/neg/config.json"],
+                1,
+                "`hidden_size` should be a non-negative integer, found -64",
+                f("config.json"),
+            ),
+            setup_config_negative,
+        ),
+        with(
+            case(
+                "analyze-config-fraction",
+                &["analyze", "-m", "{d}/frac/config.json"],
+                1,
+                "`hidden_size` should be a non-negative integer, found 64.5",
+                f("config.json"),
+            ),
+            setup_config_fraction,
+        ),
+        with(
+            case(
+                "analyze-config-zero-heads",
+                &["analyze", "-m", "{d}/zeroheads/config.json"],
+                1,
+                "`num_attention_heads` must be greater than zero",
+                f("config.json"),
+            ),
+            setup_config_zero_heads,
+        ),
+        with(
+            case(
+                "analyze-config-1e300-layers",
+                &["analyze", "-m", "{d}/layers/config.json"],
+                1,
+                "`num_hidden_layers` = 1e+300 is out of range",
+                f("config.json"),
+            ),
+            setup_config_huge_layers,
+        ),
+        // KV tensor files and text inputs.
+        with(
+            case(
+                "kv-compare-data-bad-size",
+                &["kv", "compare", "--data", "{d}/badkv.safetensors"],
+                1,
+                "tensor `k` (F32 [4, 4]) should take 64 bytes",
+                f("badkv.safetensors"),
+            ),
+            setup_kv_bad_size,
+        ),
+        case(
+            "kv-compare-data-dev-zero",
+            &["kv", "compare", "--data", "/dev/zero"],
+            1,
+            "not a regular file",
+            f("/dev/zero"),
+        ),
+        case(
+            "eval-text-dev-zero",
+            &["eval", "--model", "{gguf}", "--text-file", "/dev/zero"],
+            1,
+            "not a regular file",
+            f("/dev/zero"),
+        ),
+        case(
+            "eval-text-empty",
+            &["eval", "--model", "{gguf}", "--text-file", "{d}/empty.txt"],
+            1,
+            "fewer than 2 tokens",
+            f("empty.txt"),
+        ),
+        with(
+            case(
+                "eval-text-binary",
+                &["eval", "--model", "{gguf}", "--text-file", "{d}/binary.txt"],
+                1,
+                "not UTF-8",
+                f("binary.txt"),
+            ),
+            setup_binary_text,
+        ),
+        case(
+            "kv-capture-text-dev-zero",
+            &[
+                "kv",
+                "capture",
+                "--model",
+                "{gguf}",
+                "--text-file",
+                "/dev/zero",
+                "-o",
+                "{d}/kv.safetensors",
+            ],
+            1,
+            "not a regular file",
+            f("/dev/zero"),
         ),
     ]
 }
