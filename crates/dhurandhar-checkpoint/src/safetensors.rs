@@ -289,7 +289,7 @@ fn check_header_size(bytes: &[u8], origin: &str) -> Result<(), CheckpointError> 
     };
     let header_len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
     // Below ~50 bytes per tensor entry no header this small can reach either limit.
-    if header_len < 1 << 20 || header_len > MAX_HEADER_BYTES {
+    if !(1 << 20..=MAX_HEADER_BYTES).contains(&header_len) {
         return Ok(());
     }
     let Some(header) = bytes.get(8..8 + header_len as usize) else {

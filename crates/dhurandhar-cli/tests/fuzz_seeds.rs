@@ -8,10 +8,13 @@ mod checks;
 
 use std::path::Path;
 
+/// A fuzz target's body.
+type Check = fn(&[u8]);
+
 #[test]
 fn fuzz_seeds_replay_cleanly() {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
-    let targets: [(&str, fn(&[u8])); 6] = [
+    let targets: [(&str, Check); 6] = [
         ("gguf_header", checks::gguf_header),
         ("safetensors_header", checks::safetensors_header),
         ("config_json", checks::config_json),

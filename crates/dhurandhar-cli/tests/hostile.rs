@@ -1570,6 +1570,8 @@ fn try_wait_rusage(child: &std::process::Child) -> Option<(std::process::ExitSta
 }
 
 /// Runs one row; returns a failure description, or `None` when it passes or is skipped.
+// The child is reaped by `wait4` in `try_wait_rusage`, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run_case(c: &Case, gguf: Option<&Path>) -> Option<String> {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
