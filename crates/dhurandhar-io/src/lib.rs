@@ -24,15 +24,6 @@ pub enum IoError {
     /// printers (`{:#}`) would say it twice.
     #[error("{path}: {error}")]
     Os { path: PathBuf, error: io::Error },
-    /// The temp file for an output could not be created in the output's directory
-    /// (read-only, missing, no permission, full): the output is named, not only the
-    /// directory, so the user knows which write failed.
-    #[error("{target}: cannot write in {dir}: {error}")]
-    CreateIn {
-        target: PathBuf,
-        dir: PathBuf,
-        error: io::Error,
-    },
     #[error("{path}: is a directory, not a file")]
     Directory { path: PathBuf },
     #[error("{path}: is not a regular file ({kind}); refusing to {action} it")]
@@ -333,13 +324,9 @@ impl AtomicFile {
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(IoError::CreateIn {
-                        target: target.to_path_buf(),
-                        dir: parent_dir(target).to_path_buf(),
-                        error: e,
-                    })
-                }
+                // Named by the output, not only its directory, so the user knows which
+                // write failed (a read-only or full directory says so in the OS error).
+                Err(e) => return Err(IoError::os(target, e)),
             }
         }
     }
