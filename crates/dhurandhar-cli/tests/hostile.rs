@@ -221,6 +221,32 @@ fn setup_many_entries_pack(d: &Path) {
     empty_tensor_pack(&d.join("many.dhp"), 300_000);
 }
 
+/// A GGUF listing 270,000 one-element f32 tensors (over the 262,144 a pack may hold),
+/// written as flat bytes.
+fn setup_many_tensors_gguf(d: &Path) {
+    let n: u64 = 270_000;
+    let s = |v: &mut Vec<u8>, x: &str| {
+        v.extend_from_slice(&(x.len() as u64).to_le_bytes());
+        v.extend_from_slice(x.as_bytes());
+    };
+    let mut v = b"GGUF".to_vec();
+    v.extend_from_slice(&3u32.to_le_bytes());
+    v.extend_from_slice(&n.to_le_bytes());
+    v.extend_from_slice(&1u64.to_le_bytes());
+    s(&mut v, "general.architecture");
+    v.extend_from_slice(&8u32.to_le_bytes());
+    s(&mut v, "llama");
+    for i in 0..n {
+        s(&mut v, &format!("t{i}"));
+        v.extend_from_slice(&1u32.to_le_bytes()); // dims
+        v.extend_from_slice(&1u64.to_le_bytes()); // one element
+        v.extend_from_slice(&0u32.to_le_bytes()); // F32
+        v.extend_from_slice(&(32 * i).to_le_bytes()); // aligned offset
+    }
+    v.resize(v.len().div_ceil(32) * 32 + 32 * n as usize, 0);
+    std::fs::write(d.join("many.gguf"), v).unwrap();
+}
+
 /// A config.json whose `hidden_size` is 1e20 (a float no count fits).
 fn setup_huge_config(d: &Path) {
     let dir = d.join("huge");
@@ -1310,6 +1336,16 @@ fn cases() -> Vec<Case> {
             ),
             setup_many_tensors_st,
         )),
+        with(
+            case(
+                "pack-gguf-270k-tensors",
+                &["pack", "{d}/many.gguf", "-o", "{d}/out.dhp"],
+                1,
+                "a pack holds at most 262144",
+                f("many.gguf"),
+            ),
+            setup_many_tensors_gguf,
+        ),
         input_bounded(with(
             case(
                 "inspect-st-5m-json-values",
