@@ -36,6 +36,9 @@ pub const SUPPORTED: &[&str] = &[
     "starcoder2",
 ];
 
+/// Largest integer a config.json count or size field may hold.
+const MAX_CONFIG_INT: u64 = u32::MAX as u64;
+
 /// Parse config.json text into a JSON object.
 pub(crate) fn parse_config(
     text: &str,
@@ -93,24 +96,35 @@ impl<'a> Cfg<'a> {
             .find_map(|m| m.get(k))
             .filter(|v| !v.is_null())
     }
+    /// A count or size field. Every such field of a config.json (dimensions, layers,
+    /// heads, vocabulary, context) fits in 32 bits; a larger value (`1e20`, which a
+    /// float-to-integer cast would turn into u64::MAX) is refused with the field named.
     fn u64(&self, k: &str) -> Result<Option<u64>, CheckpointError> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .or_else(|| {
-                    v.as_f64()
-                        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-                        .map(|f| f as u64)
-                })
-                .map(Some)
-                .ok_or_else(|| {
-                    CheckpointError::json(
-                        self.origin,
-                        format!("`{k}` should be a non-negative integer, found {v}"),
-                    )
-                }),
+        let Some(v) = self.get(k) else {
+            return Ok(None);
+        };
+        let n = v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= MAX_CONFIG_INT as f64)
+                .map(|f| f as u64)
+        });
+        match n {
+            Some(n) if n <= MAX_CONFIG_INT => Ok(Some(n)),
+            Some(_) => Err(self.too_large(k, v)),
+            None if v.as_f64().is_some_and(|f| f.fract() == 0.0 && f > 0.0) => {
+                Err(self.too_large(k, v))
+            }
+            None => Err(CheckpointError::json(
+                self.origin,
+                format!("`{k}` should be a non-negative integer, found {v}"),
+            )),
         }
+    }
+    fn too_large(&self, k: &str, v: &Value) -> CheckpointError {
+        CheckpointError::json(
+            self.origin,
+            format!("`{k}` = {v} is out of range (at most {MAX_CONFIG_INT})"),
+        )
     }
     fn first_u64(&self, keys: &[&str]) -> Result<Option<u64>, CheckpointError> {
         for k in keys {
@@ -132,10 +146,13 @@ impl<'a> Cfg<'a> {
             None => Ok(None),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| {
-                    x.as_u64().ok_or_else(|| {
-                        CheckpointError::json(self.origin, format!("`{k}` should list integers"))
-                    })
+                .map(|x| match x.as_u64() {
+                    Some(n) if n <= MAX_CONFIG_INT => Ok(n),
+                    Some(_) => Err(self.too_large(k, x)),
+                    None => Err(CheckpointError::json(
+                        self.origin,
+                        format!("`{k}` should list integers, found {x}"),
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),

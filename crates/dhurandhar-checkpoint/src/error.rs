@@ -25,7 +25,7 @@ pub enum CheckpointError {
     #[error("{path}: {message}")]
     Json { path: String, message: String },
     /// The checkpoint was read but describes a model the contract refuses.
-    #[error("{path}: {source}")]
+    #[error("{path}: {}", model_detail(path, source))]
     Model {
         path: String,
         #[source]
@@ -42,6 +42,16 @@ pub enum CheckpointError {
         expected: u64,
         got: u64,
     },
+}
+
+/// The model error without the file name when it is the one already printed.
+fn model_detail(path: &str, e: &dhurandhar_model::ModelError) -> String {
+    match e {
+        dhurandhar_model::ModelError::Parse { origin, message } if origin == path => {
+            message.clone()
+        }
+        other => other.to_string(),
+    }
 }
 
 impl CheckpointError {

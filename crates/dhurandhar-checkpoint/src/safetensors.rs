@@ -16,6 +16,145 @@ use crate::mmap::map_file;
 /// or corruption, not a model.
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
+/// Most tensors one safetensors file (and one `.dhp` pack) may list. The largest real
+/// checkpoints have about 140,000 (a 61-layer, 384-expert MoE with FP8 scales, all
+/// shards together); a header listing more is refused before it is parsed, so the
+/// memory spent on metadata stays bounded whatever the file claims.
+pub const MAX_TENSORS: usize = 1 << 18;
+
+/// Most JSON values (objects, arrays, keys, scalars) a metadata document (a safetensors
+/// header, a pack index) may hold: 16 per tensor at [`MAX_TENSORS`]. Checked by
+/// [`count_json`] before anything is built from the document.
+pub const MAX_JSON_NODES: u64 = 16 * MAX_TENSORS as u64;
+
+/// What [`count_json`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonCount {
+    /// Every value was counted: `nodes` in all, `root_entries` in the outermost object
+    /// or array, `largest_child` in the largest object or array directly inside it.
+    Counted {
+        nodes: u64,
+        root_entries: u64,
+        largest_child: u64,
+    },
+    /// More than the limit of values; counting stopped there.
+    OverLimit,
+    /// Not valid JSON (the real parser will say where).
+    Invalid,
+}
+
+/// Count the values of a JSON document without building it (constant memory, stops at
+/// `limit`), so a hostile header cannot make the real parse allocate gigabytes.
+pub fn count_json(bytes: &[u8], limit: u64) -> JsonCount {
+    use serde::de::DeserializeSeed;
+    let nodes = std::cell::Cell::new(0u64);
+    let over = std::cell::Cell::new(false);
+    let largest = std::cell::Cell::new(0u64);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let root = JsonCounter {
+        nodes: &nodes,
+        over: &over,
+        largest: &largest,
+        limit,
+        depth: 0,
+    }
+    .deserialize(&mut de)
+    .and_then(|n| de.end().map(|_| n));
+    match root {
+        Ok(root_entries) => JsonCount::Counted {
+            nodes: nodes.get(),
+            root_entries,
+            largest_child: largest.get(),
+        },
+        Err(_) if over.get() => JsonCount::OverLimit,
+        Err(_) => JsonCount::Invalid,
+    }
+}
+
+/// Visits any JSON value, counting it and everything inside; yields the number of
+/// entries of the value when it is an object or array.
+#[derive(Clone, Copy)]
+struct JsonCounter<'a> {
+    nodes: &'a std::cell::Cell<u64>,
+    over: &'a std::cell::Cell<bool>,
+    largest: &'a std::cell::Cell<u64>,
+    limit: u64,
+    depth: u32,
+}
+
+impl JsonCounter<'_> {
+    fn bump<E: serde::de::Error>(&self) -> Result<u64, E> {
+        let n = self.nodes.get() + 1;
+        self.nodes.set(n);
+        if n > self.limit {
+            self.over.set(true);
+            return Err(E::custom("too many values"));
+        }
+        Ok(0)
+    }
+    fn child(self) -> Self {
+        JsonCounter {
+            depth: self.depth + 1,
+            ..self
+        }
+    }
+    fn entries(&self, k: u64) -> u64 {
+        if self.depth == 1 && k > self.largest.get() {
+            self.largest.set(k);
+        }
+        k
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonCounter<'_> {
+    type Value = u64;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonCounter<'_> {
+    type Value = u64;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<u64, E> {
+        self.bump()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<u64, E> {
+        self.bump()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<u64, E> {
+        self.bump()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<u64, E> {
+        self.bump()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<u64, E> {
+        self.bump()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<u64, E> {
+        self.bump()
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        self.bump()?;
+        let mut k = 0;
+        while seq.next_element_seed(self.child())?.is_some() {
+            k += 1;
+        }
+        Ok(self.entries(k))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+        self.bump()?;
+        let mut k = 0;
+        while map.next_key_seed(self.child())?.is_some() {
+            map.next_value_seed(self.child())?;
+            k += 1;
+        }
+        Ok(self.entries(k))
+    }
+}
+
 /// One tensor of a safetensors file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorInfo {
@@ -71,6 +210,7 @@ impl SafetensorsFile {
     /// Parse from the file's bytes (at least the 8-byte length and the header; tensor
     /// ranges are checked against `bytes.len()`, so pass the whole mapped file).
     pub fn parse(bytes: &[u8], origin: &str) -> Result<Self, CheckpointError> {
+        check_header_size(bytes, origin)?;
         let (header_len, meta) = match ::safetensors::SafeTensors::read_metadata(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -137,6 +277,39 @@ impl SafetensorsFile {
 
     pub fn total_tensor_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.n_bytes).sum()
+    }
+}
+
+/// Refuse a header that lists more than [`MAX_TENSORS`] tensors or [`MAX_JSON_NODES`]
+/// values, counted without building anything. A header too short or malformed to count
+/// is left to the full parse, which says what is wrong.
+fn check_header_size(bytes: &[u8], origin: &str) -> Result<(), CheckpointError> {
+    let Some(len_bytes) = bytes.get(..8) else {
+        return Ok(());
+    };
+    let header_len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
+    // Below ~50 bytes per tensor entry no header this small can reach either limit.
+    if !(1 << 20..=MAX_HEADER_BYTES).contains(&header_len) {
+        return Ok(());
+    }
+    let Some(header) = bytes.get(8..8 + header_len as usize) else {
+        return Ok(());
+    };
+    let too_many = |what: String| {
+        CheckpointError::malformed(
+            origin,
+            8,
+            format!("{what}; refused before parsing (a safetensors file may list at most {MAX_TENSORS} tensors)"),
+        )
+    };
+    match count_json(header, MAX_JSON_NODES) {
+        JsonCount::Counted { root_entries, .. } if root_entries > MAX_TENSORS as u64 + 1 => {
+            Err(too_many(format!("header lists {root_entries} tensors")))
+        }
+        JsonCount::OverLimit => Err(too_many(format!(
+            "header holds more than {MAX_JSON_NODES} JSON values"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -13,6 +13,15 @@ use std::time::{Duration, Instant};
 /// Longest any row may run: a hang is a failure, not a stuck test run.
 const TIME_LIMIT: Duration = Duration::from_secs(20);
 
+/// Peak resident memory any row may reach (the child's `ru_maxrss`). Every input here
+/// is at most a few megabytes; the model fixture rows map a 100 MB file.
+const RSS_LIMIT_MIB: u64 = 128;
+
+/// Rows whose input is a metadata bomb (a header or index claiming hundreds of
+/// thousands of entries) may use the input's size plus this much: the bound
+/// docs/reliability.md states for refusing one.
+const RSS_OVER_INPUT_MIB: u64 = 64;
+
 /// A valid 4×4 f32 safetensors file (64 data bytes).
 fn tiny_safetensors() -> Vec<u8> {
     let header = br#"{"w":{"dtype":"F32","shape":[4,4],"data_offsets":[0,64]}}"#;
@@ -143,6 +152,182 @@ fn setup_deep_yaml(d: &Path) {
     std::fs::write(d.join("deep_device.yaml"), dev).unwrap();
 }
 
+/// safetensors headers listing `n` one-byte tensors.
+fn many_tensor_safetensors(n: usize) -> Vec<u8> {
+    let mut h = String::from("{");
+    for i in 0..n {
+        if i > 0 {
+            h.push(',');
+        }
+        h.push_str(&format!(
+            r#""t{i}":{{"dtype":"U8","shape":[1],"data_offsets":[{i},{}]}}"#,
+            i + 1
+        ));
+    }
+    h.push('}');
+    let mut v = (h.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(h.as_bytes());
+    v.resize(v.len() + n, 0);
+    v
+}
+
+/// 300,000 tensors: over the 262,144 limit (the campaign's file had 1.45 M).
+fn setup_many_tensors_st(d: &Path) {
+    std::fs::write(d.join("many.safetensors"), many_tensor_safetensors(300_000)).unwrap();
+}
+
+/// One tensor and a `__metadata__` value that is an array of 5 M zeros: few tensors,
+/// but millions of JSON values for a parser to build.
+fn setup_many_values_st(d: &Path) {
+    let n = 5_000_000;
+    let mut h = String::with_capacity(2 * n + 128);
+    h.push_str(r#"{"__metadata__":{"a":["#);
+    for i in 0..n {
+        h.push_str(if i == 0 { "0" } else { ",0" });
+    }
+    h.push_str(r#"]},"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#);
+    let mut v = (h.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(h.as_bytes());
+    v.push(0);
+    std::fs::write(d.join("values.safetensors"), v).unwrap();
+}
+
+/// A valid pack (checksummed index, every entry consistent) listing `n` empty tensors,
+/// written as text (no structs: the test process must stay small, see [`spawn_row`]).
+fn empty_tensor_pack(path: &Path, n: usize) {
+    use dhurandhar_pack::format::{FOOTER_MAGIC, HEADER_LEN, MAGIC, VERSION};
+    let mut json = String::from(r#"{"kind":"pack","chunk_size":1048576,"tensors":["#);
+    for i in 0..n {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(&format!(
+            r#"{{"name":"t{i}","dtype":"U8","shape":[0],"mode":"lossless","raw_bytes":0,"xxh3":0,"chunks":[]}}"#
+        ));
+    }
+    json.push_str("]}");
+    let mut v = vec![0u8; HEADER_LEN];
+    v[..8].copy_from_slice(&MAGIC);
+    v[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    v.extend_from_slice(json.as_bytes());
+    v.extend_from_slice(&(HEADER_LEN as u64).to_le_bytes());
+    v.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    v.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(json.as_bytes()).to_le_bytes());
+    v.extend_from_slice(&FOOTER_MAGIC);
+    std::fs::write(path, v).unwrap();
+}
+
+fn setup_many_entries_pack(d: &Path) {
+    empty_tensor_pack(&d.join("many.dhp"), 300_000);
+}
+
+/// A GGUF listing 270,000 one-element f32 tensors (over the 262,144 a pack may hold),
+/// written as flat bytes.
+fn setup_many_tensors_gguf(d: &Path) {
+    let n: u64 = 270_000;
+    let s = |v: &mut Vec<u8>, x: &str| {
+        v.extend_from_slice(&(x.len() as u64).to_le_bytes());
+        v.extend_from_slice(x.as_bytes());
+    };
+    let mut v = b"GGUF".to_vec();
+    v.extend_from_slice(&3u32.to_le_bytes());
+    v.extend_from_slice(&n.to_le_bytes());
+    v.extend_from_slice(&1u64.to_le_bytes());
+    s(&mut v, "general.architecture");
+    v.extend_from_slice(&8u32.to_le_bytes());
+    s(&mut v, "llama");
+    for i in 0..n {
+        s(&mut v, &format!("t{i}"));
+        v.extend_from_slice(&1u32.to_le_bytes()); // dims
+        v.extend_from_slice(&1u64.to_le_bytes()); // one element
+        v.extend_from_slice(&0u32.to_le_bytes()); // F32
+        v.extend_from_slice(&(32 * i).to_le_bytes()); // aligned offset
+    }
+    v.resize(v.len().div_ceil(32) * 32 + 32 * n as usize, 0);
+    std::fs::write(d.join("many.gguf"), v).unwrap();
+}
+
+/// A config.json whose `hidden_size` is 1e20 (a float no count fits).
+fn setup_huge_config(d: &Path) {
+    let dir = d.join("huge");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":1e20,
+"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+"intermediate_size":128,"vocab_size":1000,"max_position_embeddings":256}"#,
+    )
+    .unwrap();
+}
+
+/// `d/NAME/config.json` holding `text`.
+fn config_in(d: &Path, name: &str, text: &str) {
+    let dir = d.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), text).unwrap();
+}
+
+/// A llama config.json with one field replaced by `value` (JSON text).
+fn llama_config_with(field: &str, value: &str) -> String {
+    let mut fields = vec![
+        ("architectures", r#"["LlamaForCausalLM"]"#),
+        ("model_type", r#""llama""#),
+        ("hidden_size", "64"),
+        ("num_hidden_layers", "2"),
+        ("num_attention_heads", "4"),
+        ("num_key_value_heads", "2"),
+        ("intermediate_size", "128"),
+        ("vocab_size", "1000"),
+        ("max_position_embeddings", "256"),
+    ];
+    fields.retain(|(k, _)| *k != field);
+    if !value.is_empty() {
+        fields.push((field, value));
+    }
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    format!("{{{}}}", body.join(","))
+}
+
+fn setup_config_not_object(d: &Path) {
+    config_in(d, "arr", "[1, 2]");
+}
+fn setup_config_no_hidden(d: &Path) {
+    config_in(d, "nohidden", &llama_config_with("hidden_size", ""));
+}
+fn setup_config_negative(d: &Path) {
+    config_in(d, "neg", &llama_config_with("hidden_size", "-64"));
+}
+fn setup_config_fraction(d: &Path) {
+    config_in(d, "frac", &llama_config_with("hidden_size", "64.5"));
+}
+fn setup_config_zero_heads(d: &Path) {
+    config_in(
+        d,
+        "zeroheads",
+        &llama_config_with("num_attention_heads", "0"),
+    );
+}
+fn setup_config_huge_layers(d: &Path) {
+    config_in(
+        d,
+        "layers",
+        &llama_config_with("num_hidden_layers", "1e300"),
+    );
+}
+
+/// A KV tensor file whose one tensor's shape disagrees with its byte range.
+fn setup_kv_bad_size(d: &Path) {
+    let header = br#"{"k":{"dtype":"F32","shape":[4,4],"data_offsets":[0,60]}}"#;
+    let mut v = (header.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(header);
+    v.resize(v.len() + 60, 0);
+    std::fs::write(d.join("badkv.safetensors"), v).unwrap();
+}
+
+fn setup_binary_text(d: &Path) {
+    std::fs::write(d.join("binary.txt"), b"\xff\xfe\x00not text").unwrap();
+}
+
 fn setup_llama_gguf(d: &Path) {
     llama_gguf(d, "model.gguf", 2);
 }
@@ -163,6 +348,8 @@ struct Case {
     names: Option<&'static str>,
     /// Longest the run may take.
     limit: Duration,
+    /// Peak RSS bound in MiB; `None`: the size of `names`'s file + [`RSS_OVER_INPUT_MIB`].
+    rss_mib: Option<u64>,
 }
 
 const fn case(
@@ -180,12 +367,20 @@ const fn case(
         phrase,
         names,
         limit: TIME_LIMIT,
+        rss_mib: Some(RSS_LIMIT_MIB),
     }
 }
 
-/// A row that must finish within one second (what used to be a slow path).
+/// A row whose memory is bounded by its input's size (see [`RSS_OVER_INPUT_MIB`]).
+const fn input_bounded(mut c: Case) -> Case {
+    c.rss_mib = None;
+    c
+}
+
+/// A row that used to take 30 s or more: killed as a hang after 5 s (a generous bound
+/// on a loaded machine for what now takes milliseconds).
 const fn fast(mut c: Case) -> Case {
-    c.limit = Duration::from_secs(1);
+    c.limit = Duration::from_secs(5);
     c
 }
 
@@ -1120,10 +1315,223 @@ fn cases() -> Vec<Case> {
             "same file",
             f("small.safetensors"),
         ),
+        // Metadata bombs: refused before parsing, within the input's size + 64 MiB.
+        input_bounded(with(
+            case(
+                "inspect-st-300k-tensors",
+                &["inspect", "{d}/many.safetensors"],
+                1,
+                "at most 262144 tensors",
+                f("many.safetensors"),
+            ),
+            setup_many_tensors_st,
+        )),
+        input_bounded(with(
+            case(
+                "pack-st-300k-tensors",
+                &["pack", "{d}/many.safetensors", "-o", "{d}/out.dhp"],
+                1,
+                "at most 262144 tensors",
+                f("many.safetensors"),
+            ),
+            setup_many_tensors_st,
+        )),
+        with(
+            case(
+                "pack-gguf-270k-tensors",
+                &["pack", "{d}/many.gguf", "-o", "{d}/out.dhp"],
+                1,
+                "a pack holds at most 262144",
+                f("many.gguf"),
+            ),
+            setup_many_tensors_gguf,
+        ),
+        input_bounded(with(
+            case(
+                "inspect-st-5m-json-values",
+                &["inspect", "{d}/values.safetensors"],
+                1,
+                "JSON values",
+                f("values.safetensors"),
+            ),
+            setup_many_values_st,
+        )),
+        input_bounded(with(
+            case(
+                "pack-stats-300k-entries",
+                &["pack-stats", "{d}/many.dhp"],
+                1,
+                "at most 262144 tensors",
+                f("many.dhp"),
+            ),
+            setup_many_entries_pack,
+        )),
+        input_bounded(with(
+            case(
+                "verify-300k-entries",
+                &["verify", "{d}/many.dhp"],
+                1,
+                "at most 262144 tensors",
+                f("many.dhp"),
+            ),
+            setup_many_entries_pack,
+        )),
+        input_bounded(with(
+            case(
+                "unpack-300k-entries",
+                &["unpack", "{d}/many.dhp", "-o", "{d}/out.safetensors"],
+                1,
+                "at most 262144 tensors",
+                f("many.dhp"),
+            ),
+            setup_many_entries_pack,
+        )),
+        // config.json: a value no count fits is refused with the field named, and the
+        // file is named once.
+        with(
+            case(
+                "analyze-config-1e20",
+                &["analyze", "-m", "{d}/huge/config.json"],
+                1,
+                "`hidden_size` = 1e+20 is out of range",
+                f("config.json"),
+            ),
+            setup_huge_config,
+        ),
+        with(
+            case(
+                "analyze-config-dir-1e20",
+                &["analyze", "-m", "{d}/huge"],
+                1,
+                "`hidden_size` = 1e+20 is out of range",
+                f("config.json"),
+            ),
+            setup_huge_config,
+        ),
+        // config.json: every malformed value names the field; the file is named once.
+        with(
+            case(
+                "analyze-config-not-object",
+                &["analyze", "-m", "{d}/arr/config.json"],
+                1,
+                "is not a JSON object",
+                f("config.json"),
+            ),
+            setup_config_not_object,
+        ),
+        with(
+            case(
+                "analyze-config-no-hidden-size",
+                &["analyze", "-m", "{d}/nohidden/config.json"],
+                1,
+                "missing `hidden_size`",
+                f("config.json"),
+            ),
+            setup_config_no_hidden,
+        ),
+        with(
+            case(
+                "analyze-config-negative",
+                &["analyze", "-m", "{d}/neg/config.json"],
+                1,
+                "`hidden_size` should be a non-negative integer, found -64",
+                f("config.json"),
+            ),
+            setup_config_negative,
+        ),
+        with(
+            case(
+                "analyze-config-fraction",
+                &["analyze", "-m", "{d}/frac/config.json"],
+                1,
+                "`hidden_size` should be a non-negative integer, found 64.5",
+                f("config.json"),
+            ),
+            setup_config_fraction,
+        ),
+        with(
+            case(
+                "analyze-config-zero-heads",
+                &["analyze", "-m", "{d}/zeroheads/config.json"],
+                1,
+                "`num_attention_heads` must be greater than zero",
+                f("config.json"),
+            ),
+            setup_config_zero_heads,
+        ),
+        with(
+            case(
+                "analyze-config-1e300-layers",
+                &["analyze", "-m", "{d}/layers/config.json"],
+                1,
+                "`num_hidden_layers` = 1e+300 is out of range",
+                f("config.json"),
+            ),
+            setup_config_huge_layers,
+        ),
+        // KV tensor files and text inputs.
+        with(
+            case(
+                "kv-compare-data-bad-size",
+                &["kv", "compare", "--data", "{d}/badkv.safetensors"],
+                1,
+                "tensor `k` (F32 [4, 4]) should take 64 bytes",
+                f("badkv.safetensors"),
+            ),
+            setup_kv_bad_size,
+        ),
+        case(
+            "kv-compare-data-dev-zero",
+            &["kv", "compare", "--data", "/dev/zero"],
+            1,
+            "not a regular file",
+            f("/dev/zero"),
+        ),
+        case(
+            "eval-text-dev-zero",
+            &["eval", "--model", "{gguf}", "--text-file", "/dev/zero"],
+            1,
+            "not a regular file",
+            f("/dev/zero"),
+        ),
+        case(
+            "eval-text-empty",
+            &["eval", "--model", "{gguf}", "--text-file", "{d}/empty.txt"],
+            1,
+            "fewer than 2 tokens",
+            f("empty.txt"),
+        ),
+        with(
+            case(
+                "eval-text-binary",
+                &["eval", "--model", "{gguf}", "--text-file", "{d}/binary.txt"],
+                1,
+                "not UTF-8",
+                f("binary.txt"),
+            ),
+            setup_binary_text,
+        ),
+        case(
+            "kv-capture-text-dev-zero",
+            &[
+                "kv",
+                "capture",
+                "--model",
+                "{gguf}",
+                "--text-file",
+                "/dev/zero",
+                "-o",
+                "{d}/kv.safetensors",
+            ],
+            1,
+            "not a regular file",
+            f("/dev/zero"),
+        ),
     ]
 }
 
-/// Every regular file under `d` with its bytes (FIFOs and directories by name only).
+/// Every regular file under `d` with its bytes (FIFOs and directories by name only),
+/// one level of subdirectories included.
 fn snapshot(d: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     let mut m = BTreeMap::new();
     for e in std::fs::read_dir(d).unwrap() {
@@ -1132,15 +1540,74 @@ fn snapshot(d: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
         let name = e.file_name().to_string_lossy().into_owned();
         let bytes = ft.is_file().then(|| std::fs::read(e.path()).unwrap());
         if ft.is_dir() {
-            let inner = std::fs::read_dir(e.path()).unwrap().count();
-            assert_eq!(inner, 0, "{name}/ gained files");
+            for inner in std::fs::read_dir(e.path()).unwrap() {
+                let inner = inner.unwrap();
+                let bytes = inner
+                    .file_type()
+                    .unwrap()
+                    .is_file()
+                    .then(|| std::fs::read(inner.path()).unwrap());
+                let n = inner.file_name().to_string_lossy().into_owned();
+                m.insert(format!("{name}/{n}"), bytes);
+            }
         }
         m.insert(name, bytes);
     }
     m
 }
 
+/// Start the binary for one row so that its `ru_maxrss` is its own.
+///
+/// The kernel folds the memory image a process had before `execve` into its peak RSS.
+/// `Command` spawns with `vfork` semantics when it can, and then that image is the test
+/// process's (its all-time peak); a `pre_exec` hook forces a plain `fork`, whose image
+/// is the test process's *current* RSS, which `malloc_trim` keeps at a few MiB (the
+/// inputs are generated as flat buffers and freed before the spawn).
+fn spawn_row(args: &[String]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: returns freed heap pages to the OS; no allocator state is invalidated.
+    unsafe { libc::malloc_trim(0) };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dhurandhar"));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: the hook does nothing (no allocation, no locks); it only makes the
+    // standard library fork instead of vfork.
+    unsafe { cmd.pre_exec(|| Ok(())) };
+    cmd.spawn().unwrap()
+}
+
+/// Largest peak RSS of any row, printed at the end.
+static PEAK_RSS_MIB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `try_wait` that also returns the child's peak RSS in KiB (`wait4`'s `ru_maxrss`),
+/// measured by the kernel for that one process.
+fn try_wait_rusage(child: &std::process::Child) -> Option<(std::process::ExitStatus, u64)> {
+    let mut status = 0;
+    // SAFETY: plain syscall on our own child's PID with valid out-pointers; the child is
+    // reaped here, and `Child` is not waited on again (only dropped).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe {
+        libc::wait4(
+            child.id() as libc::pid_t,
+            &mut status,
+            libc::WNOHANG,
+            &mut usage,
+        )
+    };
+    assert!(pid >= 0, "wait4: {}", std::io::Error::last_os_error());
+    (pid != 0).then(|| {
+        (
+            std::process::ExitStatus::from_raw(status),
+            usage.ru_maxrss as u64,
+        )
+    })
+}
+
 /// Runs one row; returns a failure description, or `None` when it passes or is skipped.
+// The child is reaped by `wait4` in `try_wait_rusage`, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run_case(c: &Case, gguf: Option<&Path>) -> Option<String> {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -1161,13 +1628,7 @@ fn run_case(c: &Case, gguf: Option<&Path>) -> Option<String> {
         }
     }
     let before = snapshot(d);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dhurandhar"))
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_row(&args);
     let stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -1175,22 +1636,34 @@ fn run_case(c: &Case, gguf: Option<&Path>) -> Option<String> {
         s
     });
     let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
+    let (status, maxrss_kib) = loop {
+        if let Some(done) = try_wait_rusage(&child) {
+            break done;
         }
-        if start.elapsed() > TIME_LIMIT {
+        if start.elapsed() > c.limit {
             child.kill().ok();
             child.wait().ok();
             return Some(format!(
-                "{}: still running after {TIME_LIMIT:?} (hang)",
-                c.name
+                "{}: still running after {:?} (hang)",
+                c.name, c.limit
             ));
         }
         std::thread::sleep(Duration::from_millis(5));
     };
     let err = reader.join().unwrap();
     let mut fails = Vec::new();
+    let rss_limit_mib = c.rss_mib.unwrap_or_else(|| {
+        let input = c.names.expect("an input-bounded row names its input");
+        let bytes = std::fs::metadata(d.join(input)).map_or(0, |m| m.len());
+        bytes.div_ceil(1 << 20) + RSS_OVER_INPUT_MIB
+    });
+    let rss_mib = maxrss_kib.div_ceil(1024);
+    PEAK_RSS_MIB.fetch_max(rss_mib, std::sync::atomic::Ordering::Relaxed);
+    if rss_mib > rss_limit_mib {
+        fails.push(format!(
+            "peak RSS {rss_mib} MiB over the {rss_limit_mib} MiB bound"
+        ));
+    }
     if let Some(sig) = status.signal() {
         fails.push(format!("killed by signal {sig}"));
     }
@@ -1209,6 +1682,11 @@ fn run_case(c: &Case, gguf: Option<&Path>) -> Option<String> {
     if let Some(n) = c.names {
         if !err.contains(n) {
             fails.push(format!("message does not name {n}"));
+        }
+        // Said once: "x.json: x.json: x.json: ..." is noise.
+        let times = err.matches(n).count();
+        if times > 2 {
+            fails.push(format!("message names {n} {times} times"));
         }
     }
     let after = snapshot(d);
@@ -1242,6 +1720,11 @@ fn hostile_inputs_fail_cleanly() {
         .iter()
         .filter_map(|c| run_case(c, gguf.as_deref()))
         .collect();
+    eprintln!(
+        "{} rows; largest peak RSS of a row: {} MiB",
+        cases.len(),
+        PEAK_RSS_MIB.load(std::sync::atomic::Ordering::Relaxed)
+    );
     assert!(
         failures.is_empty(),
         "{} of {} rows failed:\n{}",

@@ -324,7 +324,9 @@ impl AtomicFile {
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(IoError::os(parent_dir(target), e)),
+                // Named by the output, not only its directory, so the user knows which
+                // write failed (a read-only or full directory says so in the OS error).
+                Err(e) => return Err(IoError::os(target, e)),
             }
         }
     }

@@ -47,6 +47,43 @@ fn convert(raw: &[u8], dtype: &str) -> Result<Vec<f32>, KvError> {
     })
 }
 
+/// The first tensor whose dtype and shape disagree with its `data_offsets`, said with
+/// its name and both sizes; `None` when the header cannot be read that far.
+fn bad_tensor_size(bytes: &[u8]) -> Option<String> {
+    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let header = bytes.get(8..8usize.checked_add(usize::try_from(len).ok()?)?)?;
+    let root: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+    root.iter().filter(|(n, _)| *n != "__metadata__").find_map(|(name, v)| {
+        let dtype = v.get("dtype")?.as_str()?;
+        let elem: u64 = match dtype {
+            "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
+            "U16" | "I16" | "F16" | "BF16" => 2,
+            "U32" | "I32" | "F32" => 4,
+            "U64" | "I64" | "F64" => 8,
+            _ => return None,
+        };
+        let shape: Vec<u64> = v
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect::<Option<_>>()?;
+        let offs = v.get("data_offsets")?.as_array()?;
+        let (b, e) = (offs.first()?.as_u64()?, offs.get(1)?.as_u64()?);
+        let want = shape
+            .iter()
+            .try_fold(elem, |a, &d| a.checked_mul(d))
+            .map_or("an impossible number of".to_string(), |n| n.to_string());
+        let span = e.checked_sub(b);
+        (span.map(|s| s.to_string()).as_deref() != Some(want.as_str())).then(|| {
+            format!(
+                "tensor `{name}` ({dtype} {shape:?}) should take {want} bytes but its data_offsets [{b}, {e}] span {}",
+                span.map_or("a negative number of".to_string(), |s| s.to_string())
+            )
+        })
+    })
+}
+
 /// Parse a safetensors buffer, converting the tensors whose name `select` accepts.
 pub fn parse_safetensors(
     bytes: &[u8],
@@ -60,7 +97,10 @@ pub fn parse_safetensors(
              real KV from the model first (kv capture)",
         ));
     }
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| err(e.to_string()))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| {
+        // The reference parser's "invalid shape, data type, or offset" names no tensor.
+        err(bad_tensor_size(bytes).unwrap_or_else(|| e.to_string()))
+    })?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| err(e.to_string()))?;
     let mut out = TensorFile::default();
     if let Some(m) = meta.metadata() {

@@ -35,6 +35,9 @@ pub const FOOTER_LEN: usize = 32;
 /// Default raw bytes per chunk: large enough to amortise per-chunk headers, small enough
 /// for parallel decode and fine-grained streaming.
 pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
+/// Most JSON values an index may hold (64 per tensor at the tensor limit: room for
+/// quantization records and many chunks each), counted before the index is parsed.
+pub const MAX_INDEX_NODES: u64 = 64 * dhurandhar_checkpoint::safetensors::MAX_TENSORS as u64;
 /// Largest chunk size accepted (bounds every per-chunk allocation on read).
 pub const MAX_CHUNK_SIZE: u64 = 1 << 28;
 
@@ -338,6 +341,22 @@ pub fn parse_index(bytes: &[u8], path: &Path) -> Result<Index> {
         return Err(PackError::IndexChecksum {
             path: path.to_path_buf(),
         });
+    }
+    // Count before building: a hostile index of millions of tiny entries would take
+    // gigabytes as structs (and more in reports) while its text is only megabytes.
+    use dhurandhar_checkpoint::safetensors::{count_json, JsonCount, MAX_TENSORS};
+    match count_json(json, MAX_INDEX_NODES) {
+        JsonCount::OverLimit => {
+            return Err(bad(format!(
+                "index holds more than {MAX_INDEX_NODES} JSON values; refused before parsing"
+            )))
+        }
+        JsonCount::Counted { largest_child, .. } if largest_child > MAX_TENSORS as u64 => {
+            return Err(bad(format!(
+                "index lists {largest_child} entries; a pack may hold at most {MAX_TENSORS} tensors"
+            )))
+        }
+        _ => {}
     }
     let index: Index = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
     validate(&index, off).map_err(bad)?;

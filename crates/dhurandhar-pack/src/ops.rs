@@ -204,8 +204,20 @@ fn file_name(p: &Path) -> String {
 }
 
 /// The container stores whole-byte elements only (its chunks split on element
-/// boundaries); refuse F4 / F6 tensors before any work.
+/// boundaries) and at most `MAX_TENSORS` tensors; refuse other inputs before any work.
 fn check_dtypes(src: &Weights) -> Result<()> {
+    // A pack lists every tensor in its index, and readers refuse an index over the
+    // limit: refuse to write one (a GGUF may claim a million tensors in 70 MB).
+    let max = dhurandhar_checkpoint::safetensors::MAX_TENSORS;
+    if src.tensors().len() > max {
+        return Err(PackError::input(
+            src.path(),
+            format!(
+                "{} tensors; a pack holds at most {max}",
+                src.tensors().len()
+            ),
+        ));
+    }
     match src.tensors().iter().find(|t| !t.dtype.is_whole_bytes()) {
         Some(t) => Err(PackError::input(
             src.file_of(t),

@@ -65,9 +65,8 @@ pub fn resolve_model(spec: &str) -> Result<ResolvedModel> {
         });
     }
     if path.exists() {
-        let (arch, weights) = dhurandhar_checkpoint::load_model(path).map_err(|e| {
-            Error::from(e).context(format!("cannot read a model from {}", path.display()))
-        })?;
+        let (arch, weights) = dhurandhar_checkpoint::load_model(path)
+            .map_err(|e| Error::from(e).context("cannot read the model"))?;
         // No tensors (config.json alone): zero bytes would plan a 1B model into any
         // phone. Leave the weights to the planner's estimate at the chosen format.
         let estimated = weights.total() == 0;
