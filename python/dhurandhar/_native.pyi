@@ -59,6 +59,32 @@ class Codec:
     def decode_bytes(self, data: bytes, shape: Sequence[int], role: str = "key") -> npt.NDArray[np.float32]: ...
     def reconstruction(self, kv: _Array, role: str = "key") -> dict[str, Any]: ...
 
+class CompressedLayer:
+    @property
+    def layer(self) -> int: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+
+class KvCacheCompressor:
+    def __init__(
+        self,
+        codec: str,
+        bits: int,
+        model: Optional[str] = None,
+        arch: Optional[dict[str, Any]] = None,
+        seed: int = ...,
+    ) -> None: ...
+    @property
+    def num_layers(self) -> int: ...
+    def compress_layer(self, layer: int, kv: _Array, role: str = "key") -> Optional[CompressedLayer]: ...
+    def decompress_layer(self, compressed: CompressedLayer) -> npt.NDArray[np.float32]: ...
+
 def codec_names() -> list[dict[str, Any]]: ...
 def synthetic_kv(
     distribution: str, n: int, head_dim: int, seed: int = 0, head: int = 0, value: bool = False
@@ -97,6 +123,8 @@ def compare(
     codecs: Sequence[str] = ...,
     bits: Sequence[int] = ...,
     data: Optional[_Path] = None,
+    keys: Optional[Any] = None,
+    values: Optional[Any] = None,
     head_dim: int = 256,
     kv_heads: int = 4,
     seq_len: int = 2048,

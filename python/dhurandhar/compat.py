@@ -7,7 +7,8 @@ old import                 here
 =========================  ====================================================
 ``dhurandhar.models``      :mod:`dhurandhar.models` (same names)
 ``dhurandhar.config``      ``DEVICE_PROFILES``, ``DeploymentProfile``
-``dhurandhar.turboquant``  ``TurboQuantCodec``, ``TurboQuantConfig``
+``dhurandhar.turboquant``  ``TurboQuantCodec``, ``TurboQuantConfig``,
+                           ``KVCacheCompressor``
 ``dhurandhar.rotorquant``  ``RotorQuantCodec``, ``RotorQuantConfig``
 ``dhurandhar.spectralquant``  ``SpectralQuantCodec``, ``SpectralQuantConfig``,
                            ``synthesize_spectral_kv_tensor``
@@ -37,6 +38,7 @@ from .kv import (
     SpectralQuantConfig,
     TurboQuantCodec,
     TurboQuantConfig,
+    KVCacheCompressor,
     synthetic_kv,
 )
 from .models import ModelArchitecture, get_model, list_models
@@ -67,6 +69,7 @@ __all__ = [
     "SpectralQuantConfig",
     "TurboQuantCodec",
     "TurboQuantConfig",
+    "KVCacheCompressor",
     "analyze_ple",
     "get_model",
     "list_models",

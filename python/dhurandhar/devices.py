@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, Mapping, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
 from . import _native
 
@@ -26,6 +26,14 @@ class DeviceProfile:
     supports_npu: bool = False
     notes: str = ""
     slug: str = ""
+    # What the speed bounds read (None: not known for this device).
+    flash_random_read_iops: Optional[float] = None
+    memory_bandwidth_gbps: Optional[float] = None
+    compute_f32_gflops: Optional[float] = None
+    compute_int8_gops: Optional[float] = None
+    cpu_cores: Optional[int] = None
+    source: str = ""
+    measured_at: Optional[str] = None
 
     def __post_init__(self) -> None:
         checked = _native.device_from_fields(self.to_dict())
@@ -33,7 +41,9 @@ class DeviceProfile:
             object.__setattr__(self, k, float(checked[k]))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The device's fields as the ``devices --json`` document has them (unknown
+        optional figures left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def _from_native(cls, d: Mapping[str, Any]) -> "DeviceProfile":
@@ -44,8 +54,19 @@ class DeviceProfile:
             supports_npu=d.get("supports_npu", False),
             notes=d.get("notes", ""),
             slug=d.get("slug", ""),
+            **{k: d.get(k) for k in _OPTIONAL},
+            source=d.get("source", ""),
         )
 
+
+_OPTIONAL = (
+    "flash_random_read_iops",
+    "memory_bandwidth_gbps",
+    "compute_f32_gflops",
+    "compute_int8_gops",
+    "cpu_cores",
+    "measured_at",
+)
 
 #: The Python tool's name for :class:`DeviceProfile`.
 DeploymentProfile = DeviceProfile

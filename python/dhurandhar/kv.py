@@ -296,6 +296,64 @@ def make_codec(name: str, head_dim: int, bits: Optional[int] = None, seed: int =
     return cls(head_dim, bits, seed)
 
 
+class KVCacheCompressor:
+    """A model's whole KV cache compressed layer by layer, as the Python tool's
+    ``KVCacheCompressor``: per KV head (GQA), shared-KV layers skipped (they read an
+    earlier layer's cache), sliding layers kept at their window, keys as the cache holds
+    them (post-RoPE).
+
+    ``model``: a built-in name, a profile/checkpoint path or a
+    :class:`~dhurandhar.models.ModelArchitecture`. ``config``: a
+    :class:`TurboQuantConfig` (default ``residual_bits=4``) for the TurboQuant codec;
+    ``codec``/``bits``/``seed`` pick another codec or override it.
+    """
+
+    def __init__(
+        self,
+        model: Any = "gemma4-e2b",
+        config: Optional[TurboQuantConfig] = None,
+        *,
+        codec: str = "turbo",
+        bits: Optional[int] = None,
+        seed: Optional[int] = None,
+    ) -> None:
+        from .models import ModelArchitecture
+
+        if config is None:
+            config = TurboQuantConfig()
+        elif not isinstance(config, TurboQuantConfig):
+            raise TypeError(f"config must be a TurboQuantConfig, not {type(config).__name__}")
+        self.config = config
+        b = int(bits if bits is not None else config.residual_bits)
+        sd = int(seed if seed is not None else config.seed)
+        if isinstance(model, ModelArchitecture):
+            where = model._analyze_args()
+            self._native = _native.KvCacheCompressor(
+                codec, b, model=where.get("model"), arch=where.get("arch"), seed=sd
+            )
+        elif isinstance(model, (str, os.PathLike)):
+            self._native = _native.KvCacheCompressor(codec, b, model=os.fspath(model), seed=sd)
+        else:
+            raise TypeError(f"model must be a name, a path or a ModelArchitecture, not {type(model).__name__}")
+
+    @property
+    def num_layers(self) -> int:
+        return self._native.num_layers
+
+    def compress_layer(self, layer: int, kv: np.ndarray, role: str = "key") -> Optional["_native.CompressedLayer"]:
+        """Compress layer ``layer``'s K or V, ``[tokens, kv_heads, head_dim]``
+        (float32/float16). ``None`` for a shared-KV layer; a sliding layer keeps its
+        last ``window`` tokens. ``ValueError`` for an SSM layer or a wrong shape."""
+        return self._native.compress_layer(layer, kv, role)
+
+    def decompress_layer(self, compressed: "_native.CompressedLayer") -> np.ndarray:
+        """The kept tokens back as float32 ``[tokens, kv_heads, head_dim]``."""
+        return self._native.decompress_layer(compressed)
+
+    def __repr__(self) -> str:
+        return f"KVCacheCompressor(layers={self.num_layers}, config={self.config!r})"
+
+
 def _codec_names(codecs: Union[str, Iterable[Union[str, KVCodec]]]) -> list[str]:
     if isinstance(codecs, str):
         codecs = [c for c in codecs.split(",") if c]
@@ -307,6 +365,8 @@ def compare(
     bits: Iterable[int] = (2, 3, 4, 6, 8),
     *,
     data: Union[str, "os.PathLike[str]", None] = None,
+    keys: Any = None,
+    values: Any = None,
     head_dim: int = 256,
     kv_heads: int = 4,
     seq_len: int = 2048,
@@ -319,14 +379,19 @@ def compare(
     seed: int = 0,
     progress: Any = None,
 ) -> Record:
-    """Every codec × bit budget on synthetic KV (or a safetensors/.npy file given as
-    ``data``): quality, attention error and stored bits (the ``kv compare --json``
-    document). ``timing=False`` makes it fully deterministic."""
+    """Every codec × bit budget on synthetic KV, a safetensors/.npy file given as
+    ``data``, or in-memory numpy ``keys`` and ``values`` (float32/float16, one shape
+    ``[..., kv_heads, head_dim]``; ``[tokens, head_dim]`` is one head): quality,
+    attention error and stored bits (the ``kv compare --json`` document). Arrays are
+    read as a captured file holding them as ``layers.0.k``/``layers.0.v`` would be,
+    with synthetic queries. ``timing=False`` makes it fully deterministic."""
     return Record(
         _native.compare(
             codecs=_codec_names(codecs),
             bits=[int(b) for b in bits],
             data=None if data is None else os.fspath(data),
+            keys=keys,
+            values=values,
             head_dim=head_dim,
             kv_heads=kv_heads,
             seq_len=seq_len,
@@ -415,6 +480,7 @@ def read_kv_file(path: Union[str, "os.PathLike[str]"]) -> dict[str, np.ndarray]:
 __all__ = [
     "DEFAULT_SEED",
     "EncodedKV",
+    "KVCacheCompressor",
     "KVCodec",
     "Kivi2Codec",
     "OScaRCodec",

@@ -66,8 +66,9 @@ def analyze(
     codec name or a codec object (its bits are used), default ``turbo-mse`` at 4
     bits; ``kv_bits`` alone charges a flat what-if width. ``devices``: slugs, YAML
     paths, or :class:`DeviceProfile` objects (custom ones are assessed after the
-    named ones). The same arguments give the same document as ``dhurandhar analyze
-    --json``.
+    named ones). ``min_context_tokens``: the shortest context a suggested mitigation
+    may propose (a "shorten the context" fix below it is of little use). The same
+    arguments give the same document as ``dhurandhar analyze --json``.
     """
     args: dict[str, Any] = {}
     if isinstance(model, ModelArchitecture):

@@ -1,5 +1,5 @@
 """The Python tool's `dhurandhar.turboquant` import path (see :mod:`dhurandhar.compat`)."""
 
-from .compat import TurboQuantCodec, TurboQuantConfig
+from .compat import KVCacheCompressor, TurboQuantCodec, TurboQuantConfig
 
-__all__ = ["TurboQuantCodec", "TurboQuantConfig"]
+__all__ = ["KVCacheCompressor", "TurboQuantCodec", "TurboQuantConfig"]

@@ -85,3 +85,12 @@ def test_codec_object_and_errors():
         d.analyze("qwen2.5-0.5b", ram_mb=100)
     with pytest.raises(TypeError):
         d.analyze(42)  # type: ignore[arg-type]
+
+
+def test_help_documents_min_context_tokens():
+    import pydoc
+    import re
+
+    text = pydoc.render_doc(d.analyze, renderer=pydoc.plaintext)
+    assert re.search(r"min_context_tokens: '?int'? = 1024", text)  # the signature help() shows
+    assert "``min_context_tokens``: the shortest context" in text  # and what it means

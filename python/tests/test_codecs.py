@@ -235,3 +235,131 @@ def test_no_memory_growth_over_10k_encodes():
     # 10k × (encode + decode + metrics) moves ~200 MB through the allocator; a leak of
     # even the 16×128 input per call would be 80 MB. Allow 8 MiB of allocator noise.
     assert grown < 8 * 1024, f"RSS grew by {grown} KiB over 10k calls"
+
+
+def _write_safetensors(path, tensors):
+    """A minimal f32 safetensors file (header JSON + little-endian data)."""
+    import json
+
+    header, blobs, off = {}, [], 0
+    for name, a in tensors.items():
+        b = np.ascontiguousarray(a, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    path.write_bytes(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+
+
+def test_compare_on_numpy_kv_is_the_cli_document_on_the_same_file(tmp_path):
+    k = d.synthetic_kv(96 * 2, 64, "outlier-channels", seed=5).reshape(96, 2, 64)
+    v = d.synthetic_kv(96 * 2, 64, "gaussian", seed=6).reshape(96, 2, 64)
+    args = dict(codecs=["turbo", "q4_0", "spectral"], bits=[2, 4], queries=8, timing=False, seed=3)
+    r = d.compare_codecs(keys=k, values=v, **args).to_dict()
+    path = tmp_path / "kv.safetensors"
+    _write_safetensors(path, {"layers.0.k": k, "layers.0.v": v})
+    cli = cli_json("kv", "compare", "--data", str(path), "--codecs", "turbo,q4_0,spectral", "--bits", "2,4",
+                   "--queries", "8", "--no-timing", "--seed", "3")
+    assert (r["config"].pop("data"), cli["config"].pop("data")) == ("in-memory arrays", str(path))
+    assert as_json(r) == cli
+    assert (cli["config"]["kv_heads"], cli["config"]["head_dim"], cli["config"]["seq_len"]) == (2, 64, 96)
+    # float16 and Fortran order are read as the same values (one copy each).
+    k16, v16 = k.astype(np.float16), v.astype(np.float16)
+    a = d.compare_codecs(keys=k16, values=v16, **args).to_dict()
+    b = d.compare_codecs(keys=np.asfortranarray(k16.astype(np.float32)),
+                         values=np.asfortranarray(v16.astype(np.float32)), **args).to_dict()
+    assert as_json(a) == as_json(b)
+    # [tokens, head_dim] is one head.
+    one = d.compare_codecs(keys=k[:, 0], values=v[:, 0], **args)
+    assert (one.config["kv_heads"], one.config["seq_len"]) == (1, 96)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(keys=np.zeros((8, 16), np.float32)), ValueError, "both keys and values"),
+    (dict(keys=np.zeros((8, 16), np.float32), values=np.zeros((8, 32), np.float32)), ValueError, "one shape"),
+    (dict(keys=np.zeros((8, 16), np.float64), values=np.zeros((8, 16), np.float64)), TypeError, "float32 or float16"),
+    (dict(keys=[[0.0] * 16], values=[[0.0] * 16]), TypeError, "numpy array"),
+    (dict(data="x.npy", keys=np.zeros((8, 16), np.float32), values=np.zeros((8, 16), np.float32)),
+     ValueError, "not both"),
+])
+def test_compare_on_numpy_kv_rejects_bad_input(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        d.compare_codecs(codecs=["q8_0"], bits=[8], queries=4, timing=False, **kwargs)
+
+
+def _gil_released_during(call):
+    """Whether another Python thread ran while `call()` was inside Rust.
+
+    The switch interval is made huge so the main thread never hands the GIL over while
+    it runs Python code; the counter thread can then only advance while the main thread
+    blocks, and between the two reads around `call()` the only blocking is inside it.
+    The counter thread yields the GIL after each step (sleep) so the call can return.
+    No time is measured: the call is repeated until the counter moved or 50 tries.
+    """
+    import sys
+    import time
+
+    counter = [0]
+    running, stop = threading.Event(), threading.Event()
+
+    def count():
+        while not stop.is_set():
+            counter[0] += 1
+            running.set()
+            time.sleep(0)
+
+    old = sys.getswitchinterval()
+    t = threading.Thread(target=count)
+    try:
+        t.start()
+        running.wait()
+        sys.setswitchinterval(1000.0)
+        for _ in range(50):
+            before = counter[0]
+            call()
+            if counter[0] != before:
+                return True
+        return False
+    finally:
+        sys.setswitchinterval(old)
+        stop.set()
+        t.join()
+
+
+def test_gil_is_released_during_encode_and_compare():
+    c = d.TurboMseCodec(128, 4)
+    x = d.synthetic_kv(4096, 128, seed=1)
+    assert _gil_released_during(lambda: c.encode(x))
+    assert _gil_released_during(lambda: d.compare_codecs(codecs=["q8_0"], bits=[8], head_dim=64, kv_heads=1,
+                                                         seq_len=256, queries=4, timing=False))
+
+
+def test_kv_cache_compressor_follows_the_model_layers():
+    from dhurandhar.turboquant import KVCacheCompressor, TurboQuantCodec, TurboQuantConfig
+
+    n, cfg = 600, TurboQuantConfig(residual_bits=3)
+    comp = KVCacheCompressor("gemma4-e2b", cfg)
+    layers = d.kv_bench("gemma4-e2b", seq_len=n, codec="turbo", bits=3, samples=16, queries=4).footprint["layers"]
+    assert comp.num_layers == len(layers)
+    kinds = set()
+    for spec in layers:
+        h, hd = spec["kv_heads"], spec["head_dim"]
+        x = d.synthetic_kv(n * h, hd, seed=spec["index"]).reshape(n, h, hd)
+        c = comp.compress_layer(spec["index"], x, "key")
+        if spec["kv"]["kind"] == "shared_from":
+            assert c is None  # reads an earlier layer's cache: nothing of its own
+            kinds.add("shared")
+            continue
+        # A sliding layer keeps its window (the footprint's token count), the rest all.
+        assert (c.layer, c.role, c.tokens, c.dropped) == (spec["index"], "key", spec["tokens"], n - spec["tokens"])
+        kinds.add(spec["attention"])
+        if spec["index"] in (0, 4):  # one sliding, one global: the codec's own round trip
+            y = comp.decompress_layer(c)
+            kept = x[n - c.tokens:]
+            codec = TurboQuantCodec(hd, cfg)
+            assert y.shape == kept.shape and np.array_equal(y, codec.decode(codec.encode(kept)))
+    assert kinds == {"shared", "sliding", "global"}
+    with pytest.raises(ValueError, match="out of range"):
+        comp.compress_layer(len(layers), np.zeros((4, 1, 256), np.float32))
+    with pytest.raises(ValueError, match="not a multiple"):
+        comp.compress_layer(0, np.zeros((4, 1, 100), np.float32))

@@ -343,7 +343,139 @@ fn reads_in_place(kv: &Bound<'_, PyAny>) -> PyResult<bool> {
     Ok(read_vectors(kv, 0, "kv")?.zero_copy())
 }
 
+/// A model's whole KV cache compressed layer by layer (the core's
+/// `KvCacheCompressor`): per KV head, shared-KV layers skipped, sliding layers kept at
+/// their window. `model` is a built-in name, profile or checkpoint path; `arch` the
+/// fields of a Python-built architecture instead.
+#[pyclass(frozen, module = "dhurandhar._native", name = "KvCacheCompressor")]
+pub(crate) struct PyCompressor {
+    inner: dhurandhar::dhurandhar_kv::KvCacheCompressor,
+    layers: usize,
+}
+
+#[pymethods]
+impl PyCompressor {
+    #[new]
+    #[pyo3(signature = (codec, bits, model = None, arch = None, seed = DEFAULT_SEED))]
+    fn new(
+        py: Python<'_>,
+        codec: &str,
+        bits: u32,
+        model: Option<String>,
+        arch: Option<&Bound<'_, PyAny>>,
+        seed: u64,
+    ) -> PyResult<Self> {
+        let codec = parse_codec(codec)?;
+        let arch = match (model, arch) {
+            (Some(m), None) => {
+                py.allow_threads(|| dhurandhar::model::resolve_model(&m))
+                    .map_err(to_py_err)?
+                    .arch
+            }
+            (None, Some(a)) => crate::jobs::arch_from(a)?,
+            _ => return Err(PyValueError::new_err("give exactly one of model or arch")),
+        };
+        let layers = arch.layers().len();
+        let inner = py
+            .allow_threads(|| {
+                dhurandhar::dhurandhar_kv::KvCacheCompressor::new(&arch, codec, bits, seed)
+            })
+            .map_err(|e| to_py_err(e.into()))?;
+        Ok(PyCompressor { inner, layers })
+    }
+
+    /// Decoder layers of the model.
+    #[getter]
+    fn num_layers(&self) -> usize {
+        self.layers
+    }
+
+    /// Compress layer `layer`'s K or V (`[tokens, kv_heads, head_dim]`, float32/float16);
+    /// `None` for a shared-KV layer (it stores nothing of its own).
+    #[pyo3(signature = (layer, kv, role = "key"))]
+    fn compress_layer(
+        &self,
+        py: Python<'_>,
+        layer: usize,
+        kv: &Bound<'_, PyAny>,
+        role: &str,
+    ) -> PyResult<Option<PyCompressedLayer>> {
+        let role = parse_role(role)?;
+        let x = read_vectors(kv, 0, "kv")?;
+        let s = x.slice();
+        let inner = &self.inner;
+        let c = py
+            .allow_threads(|| inner.compress_layer(layer, role, s))
+            .map_err(|e| to_py_err(e.into()))?;
+        Ok(c.map(|inner| PyCompressedLayer { inner }))
+    }
+
+    /// The layer back as float32 `[tokens, kv_heads, head_dim]` (the kept tokens).
+    fn decompress_layer<'py>(
+        &self,
+        py: Python<'py>,
+        compressed: &PyCompressedLayer,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (inner, c) = (&self.inner, &compressed.inner);
+        let out = py
+            .allow_threads(|| inner.decompress_layer(c))
+            .map_err(|e| to_py_err(e.into()))?;
+        let heads = c.heads.len();
+        let d = out.len() / (c.tokens * heads).max(1);
+        to_numpy(py, out, &[c.tokens, heads, d])
+    }
+}
+
+/// One compressed layer: per KV head the encoded whole groups plus the partial tail.
+#[pyclass(frozen, module = "dhurandhar._native", name = "CompressedLayer")]
+pub(crate) struct PyCompressedLayer {
+    inner: dhurandhar::dhurandhar_kv::model::CompressedLayer,
+}
+
+#[pymethods]
+impl PyCompressedLayer {
+    #[getter]
+    fn layer(&self) -> usize {
+        self.inner.layer
+    }
+    #[getter]
+    fn role(&self) -> &'static str {
+        self.inner.role.as_str()
+    }
+    /// Tokens kept (a sliding layer keeps its window).
+    #[getter]
+    fn tokens(&self) -> usize {
+        self.inner.tokens
+    }
+    /// Tokens dropped from the front by the sliding window.
+    #[getter]
+    fn dropped(&self) -> usize {
+        self.inner.dropped
+    }
+    /// Stored bytes: encoded groups plus the f32 partial tails.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner
+            .heads
+            .iter()
+            .map(|(enc, tail)| enc.len() + tail.len() * 4)
+            .sum()
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "CompressedLayer(layer={}, role='{}', tokens={}, dropped={}, nbytes={})",
+            self.inner.layer,
+            self.inner.role.as_str(),
+            self.inner.tokens,
+            self.inner.dropped,
+            self.nbytes()
+        )
+    }
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyCompressor>()?;
+    m.add_class::<PyCompressedLayer>()?;
     m.add_function(wrap_pyfunction!(reads_in_place, m)?)?;
     m.add_class::<PyCodec>()?;
     m.add_class::<PyEncoded>()?;

@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyStopIteration, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::arrays::to_numpy;
+use crate::arrays::{read_vectors, to_numpy};
 use crate::codecs::parse_codec;
 use crate::progress::PyProgress;
 use crate::{to_py, to_py_err};
@@ -69,7 +69,7 @@ fn model_from_fields<'py>(
     to_py(py, &arch)
 }
 
-fn arch_from(fields: &Bound<'_, PyAny>) -> PyResult<ModelArchitecture> {
+pub(crate) fn arch_from(fields: &Bound<'_, PyAny>) -> PyResult<ModelArchitecture> {
     let v: serde_json::Value = pythonize::depythonize(fields)?;
     // JSON is YAML: the profile loader's checks (unknown fields, depth, validation)
     // apply to Python-built architectures too.
@@ -198,11 +198,12 @@ fn analyze<'py>(
 
 // ------------------------------------------------------------ kv jobs
 
-/// Codec × bits sweep on synthetic KV or a tensor file (the `kv compare --json`
-/// document).
+/// Codec × bits sweep on synthetic KV, a tensor file, or in-memory `keys` and
+/// `values` arrays (the `kv compare --json` document).
 #[pyfunction]
 #[pyo3(signature = (
-    codecs = vec!["all".to_string()], bits = vec![2, 3, 4, 6, 8], data = None, head_dim = 256,
+    codecs = vec!["all".to_string()], bits = vec![2, 3, 4, 6, 8], data = None, keys = None,
+    values = None, head_dim = 256,
     kv_heads = 4, seq_len = 2048, distribution = "outlier-channels", tensor = None,
     layers = Vec::new(), queries = 64, amortize_tokens = None, timing = true, seed = 0,
     progress = None
@@ -213,6 +214,8 @@ fn compare<'py>(
     codecs: Vec<String>,
     bits: Vec<u32>,
     data: Option<PathBuf>,
+    keys: Option<&Bound<'py, PyAny>>,
+    values: Option<&Bound<'py, PyAny>>,
     head_dim: usize,
     kv_heads: usize,
     seq_len: usize,
@@ -225,9 +228,34 @@ fn compare<'py>(
     seed: u64,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    use dhurandhar::kv::{CompareOptions, KvData};
+    use dhurandhar::kv::{CompareOptions, KvArrays, KvData};
+    let data = match (data, keys, values) {
+        (None, None, None) => KvData::Synthetic,
+        (Some(p), None, None) => KvData::File(p),
+        (None, Some(k), Some(v)) => {
+            let k = read_vectors(k, 0, "keys")?;
+            let v = read_vectors(v, 0, "values")?;
+            if k.shape != v.shape {
+                return Err(bad(format!(
+                    "keys have shape {:?} but values {:?}; give K and V of one shape",
+                    k.shape, v.shape
+                )));
+            }
+            KvData::Arrays(KvArrays {
+                shape: k.shape.clone(),
+                keys: k.slice().to_vec(),
+                values: v.slice().to_vec(),
+            })
+        }
+        (Some(_), _, _) => {
+            return Err(bad(
+                "give either data (a file) or keys and values, not both",
+            ))
+        }
+        _ => return Err(bad("give both keys and values (one shape [..., head_dim])")),
+    };
     let opts = CompareOptions {
-        data: data.map_or(KvData::Synthetic, KvData::File),
+        data,
         head_dim,
         kv_heads,
         seq_len,

@@ -484,6 +484,65 @@ pub enum KvData {
     Synthetic,
     /// A safetensors file (a `kv capture` or any `[..., head_dim]` tensors) or a `.npy`.
     File(PathBuf),
+    /// Keys and values already in memory (a notebook's arrays), read exactly as a
+    /// captured file holding them as `layers.0.k` / `layers.0.v` would be.
+    Arrays(KvArrays),
+}
+
+/// In-memory K and V of one shape, row-major f32. The last axis is head_dim, the one
+/// before it KV heads (`[tokens, head_dim]` is one head; earlier axes are tokens).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KvArrays {
+    pub shape: Vec<usize>,
+    pub keys: Vec<f32>,
+    pub values: Vec<f32>,
+}
+
+/// Tensor names the arrays take, so the report names what a captured file would.
+const ARRAY_KEYS: &str = "layers.0.k";
+const ARRAY_VALUES: &str = "layers.0.v";
+
+/// What [`CompareConfig::data`] says for in-memory arrays.
+pub const ARRAYS_LABEL: &str = "in-memory arrays";
+
+/// Per-head KV from in-memory arrays: the captured-file path on a one-layer "file".
+fn array_heads(a: &KvArrays, opts: &CompareOptions) -> Result<(Vec<HeadData>, FileSummary)> {
+    if a.shape.is_empty() || a.shape.contains(&0) {
+        return Err(Error::invalid(
+            "data",
+            format!("shape {:?} holds no vectors", a.shape),
+        ));
+    }
+    let n = checked_product("data", &a.shape, (MAX_DATA_BYTES / 4) as usize)?;
+    for (what, v) in [("keys", &a.keys), ("values", &a.values)] {
+        if v.len() != n {
+            return Err(Error::invalid(
+                "data",
+                format!(
+                    "{what} hold {} values, shape {:?} needs {n}",
+                    v.len(),
+                    a.shape
+                ),
+            ));
+        }
+    }
+    let tensor = |name: &str, data: &[f32]| dhurandhar_kv::tensorfile::Tensor {
+        name: name.to_string(),
+        shape: a.shape.clone(),
+        data: data.to_vec(),
+    };
+    let file = dhurandhar_kv::tensorfile::TensorFile {
+        tensors: vec![tensor(ARRAY_KEYS, &a.keys), tensor(ARRAY_VALUES, &a.values)],
+        metadata: Default::default(),
+        names: vec![ARRAY_KEYS.to_string(), ARRAY_VALUES.to_string()],
+    };
+    let sel = HeadSelect {
+        tensor: None,
+        layers: opts.layers.clone(),
+        queries: opts.queries,
+        seed: opts.seed,
+    };
+    heads_from_file(&file, &sel).map_err(|e| Error::from(e).context("cannot use the KV arrays"))
 }
 
 /// `synthetic`, or else the path of a file: how a user names the data.
@@ -644,6 +703,10 @@ pub fn compare(
         KvData::File(p) => {
             let (h, s) = load_file_heads(p, opts)?;
             (h, Some(s), None, p.display().to_string())
+        }
+        KvData::Arrays(a) => {
+            let (h, s) = array_heads(a, opts)?;
+            (h, Some(s), None, ARRAYS_LABEL.to_string())
         }
     };
     let Some(first) = heads.first() else {
@@ -1107,6 +1170,70 @@ impl CodecHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A safetensors buffer holding f32 `layers.0.k` and `layers.0.v` of `shape`.
+    fn safetensors_kv(shape: &[usize], k: &[f32], v: &[f32]) -> Vec<u8> {
+        let n = k.len() * 4;
+        let header = format!(
+            r#"{{"layers.0.k":{{"dtype":"F32","shape":{shape:?},"data_offsets":[0,{n}]}},"layers.0.v":{{"dtype":"F32","shape":{shape:?},"data_offsets":[{n},{}]}}}}"#,
+            2 * n
+        );
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        for x in k.iter().chain(v) {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn compare_on_arrays_matches_the_same_kv_in_a_file() {
+        let (t, h, d) = (48, 2, 32);
+        let k =
+            dhurandhar_kv::synth::generate(Distribution::OutlierChannels, t * h, d, 3, 0, false);
+        let v = dhurandhar_kv::synth::generate(Distribution::OutlierChannels, t * h, d, 3, 0, true);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.safetensors");
+        std::fs::write(&path, safetensors_kv(&[t, h, d], &k, &v)).unwrap();
+        let base = CompareOptions {
+            codecs: vec![Codec::Q8_0, Codec::TurboMse],
+            bits: vec![4],
+            queries: 8,
+            timing: false,
+            ..CompareOptions::default()
+        };
+        let run = |data: KvData| {
+            let opts = CompareOptions {
+                data,
+                ..base.clone()
+            };
+            let mut r = serde_json::to_value(
+                compare(&opts, &crate::progress::NoProgress, &CancelToken::new()).unwrap(),
+            )
+            .unwrap();
+            r["config"]["data"].take();
+            r
+        };
+        let arrays = KvArrays {
+            shape: vec![t, h, d],
+            keys: k.clone(),
+            values: v.clone(),
+        };
+        let from_arrays = run(KvData::Arrays(arrays));
+        assert_eq!(from_arrays, run(KvData::File(path)));
+        assert_eq!(from_arrays["config"]["kv_heads"], h);
+        let short = KvArrays {
+            shape: vec![t, h, d],
+            keys: k,
+            values: v[1..].to_vec(),
+        };
+        let opts = CompareOptions {
+            data: KvData::Arrays(short),
+            ..base
+        };
+        let e = compare(&opts, &crate::progress::NoProgress, &CancelToken::new()).unwrap_err();
+        assert!(e.to_string().contains("values hold"), "{e}");
+    }
 
     #[test]
     fn codec_handle_round_trips_and_measures() {
