@@ -419,6 +419,10 @@ async fn generation_streams_tokens_from_the_fixture() {
     assert_eq!(a.status, 200, "{}", a.text());
     assert!(a.content_type.starts_with("text/event-stream"));
     let text = a.text();
+    let start = text.split("event: start\ndata: ").nth(1).unwrap();
+    let start: serde_json::Value = serde_json::from_str(start.lines().next().unwrap()).unwrap();
+    assert_eq!(start["weight_store"], "mmap", "{text}");
+    assert!(start["prompt_tokens"].as_u64().unwrap() > 0);
     let tokens = text.matches("event: token").count();
     assert!((1..=8).contains(&tokens), "{text}");
     let done = text.split("event: done\ndata: ").nth(1).unwrap();
