@@ -352,6 +352,17 @@ async fn profiler_runs_one_at_a_time_streams_and_cancels() {
     assert_eq!(last["state"], "done", "{last}");
     assert_eq!(last["report"]["results"][0]["pattern"], "random_decode");
     assert_eq!(last["report"]["num_tokens"], 200);
+    // The Measure page's histograms: every timed token in a bucket of the report.
+    let h = &last["report"]["histograms"][0];
+    assert_eq!(h["pattern"], "random_decode");
+    assert_eq!(h["mode"], "warm");
+    let counted: u64 = h["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 200);
 
     // A long run: a second start is refused, cancel stops it.
     let long = r#"{"model":"qwen2.5-0.5b","scale":0.01,"num_tokens":1000000,"modes":["warm"]}"#;

@@ -433,6 +433,27 @@ async fn every_page_in_a_real_browser() {
             .unwrap()
             >= 1
     );
+    // The latency histograms: one panel of bars per run, and their table.
+    assert!(
+        js(
+            &c,
+            "document.querySelectorAll('#hist svg rect[data-count]').length"
+        )
+        .await
+        .as_u64()
+        .unwrap()
+            >= 2
+    );
+    assert!(
+        js(
+            &c,
+            "document.querySelectorAll('#hist-table tbody tr').length"
+        )
+        .await
+        .as_u64()
+        .unwrap()
+            >= 1
+    );
     shot(&c, &shots, "measure").await;
 
     // ---------------------------------------------------------------- Weights
