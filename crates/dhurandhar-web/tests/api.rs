@@ -559,3 +559,121 @@ async fn kv_compare_runs_the_codecs_on_captured_kv() {
         assert!(!a.error().is_empty());
     }
 }
+
+/// Poll `/api/kv/capture` until the job leaves `running`.
+async fn capture_settled(app: &Router) -> serde_json::Value {
+    loop {
+        let s = get(app, "/api/kv/capture").await.json();
+        if s["state"] != "running" {
+            return s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn kv_capture_from_a_gguf_feeds_the_codec_comparison() {
+    let t = tree();
+    let Some(gguf) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+        return;
+    };
+    let gguf_dir = gguf.parent().unwrap().canonicalize().unwrap();
+    let app = app(&[t.root.clone(), gguf_dir]);
+    let path = gguf.canonicalize().unwrap().display().to_string();
+    assert_eq!(get(&app, "/api/kv/capture").await.json()["state"], "idle");
+    let text = "The capital of France is Paris. The capital of Italy is Rome. ".repeat(8);
+    let body = serde_json::json!({ "path": path, "text": text, "max_tokens": 48, "codecs": "turbo-mse,q8_0", "bits": "4,8", "layers": "0,1" });
+    let a = post(
+        &app,
+        "/api/kv/capture",
+        "application/json",
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text());
+    let s = capture_settled(&app).await;
+    assert_eq!(s["state"], "done", "{s}");
+    let r = &s["report"];
+    assert_eq!(r["capture"]["n_tokens"], 48);
+    // The same rows as comparing a capture made by the facade directly.
+    std::fs::write(t.root.join("text.txt"), &text).unwrap();
+    dhurandhar::kv::capture(
+        &dhurandhar::kv::CaptureOptions {
+            model: gguf.clone(),
+            text_file: t.root.join("text.txt"),
+            out: t.root.join("kv.safetensors"),
+            max_tokens: 48,
+            threads: None,
+        },
+        &dhurandhar::NoProgress,
+        &dhurandhar::CancelToken::new(),
+    )
+    .unwrap();
+    let direct = get(
+        &app,
+        "/api/kv/compare?data=kv.safetensors&codecs=turbo-mse,q8_0&bits=4,8&layers=0,1",
+    )
+    .await
+    .json();
+    assert_eq!(r["compare"]["rows"], direct["rows"], "{r}");
+    assert_eq!(r["compare"]["rows"].as_array().unwrap().len(), 3);
+
+    // A long capture: one at a time (a second start is refused), and cancelled.
+    let long = serde_json::json!({ "path": path, "text": "word ".repeat(4000) });
+    let a = post(
+        &app,
+        "/api/kv/capture",
+        "application/json",
+        long.to_string(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text());
+    assert_eq!(
+        post(
+            &app,
+            "/api/kv/capture",
+            "application/json",
+            long.to_string()
+        )
+        .await
+        .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        post(&app, "/api/kv/capture/cancel", "application/json", "")
+            .await
+            .json()["cancelled"],
+        true
+    );
+    let s = capture_settled(&app).await;
+    assert_eq!(s["state"], "cancelled", "{s}");
+
+    for (b, status) in [
+        (serde_json::json!({ "path": "../x.gguf" }), 403),
+        (
+            serde_json::json!({ "path": path, "max_tokens": 100000 }),
+            400,
+        ),
+        (serde_json::json!({ "path": path, "max_tokens": 0 }), 400),
+        (serde_json::json!({ "path": path, "text": " " }), 400),
+        (serde_json::json!({ "path": path, "codecs": "zip" }), 400),
+        (serde_json::json!({ "path": path, "bits": "x" }), 400),
+        (serde_json::json!({ "path": path, "nope": 1 }), 422),
+    ] {
+        let a = post(&app, "/api/kv/capture", "application/json", b.to_string()).await;
+        assert_eq!(a.status.as_u16(), status, "{b}: {}", a.text());
+        assert!(!a.error().is_empty());
+    }
+    // A file that is not a GGUF fails the job with the reason.
+    let a = post(
+        &app,
+        "/api/kv/capture",
+        "application/json",
+        r#"{"path":"tiny.safetensors"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text());
+    let s = capture_settled(&app).await;
+    assert_eq!(s["state"], "failed", "{s}");
+    assert!(!s["error"].as_str().unwrap().is_empty());
+}

@@ -371,6 +371,33 @@ async fn every_page_in_a_real_browser() {
         .unwrap()
             > 0
     );
+    // Capture KV from the GGUF on the server, then the same comparison on it.
+    js(&c, "(document.querySelector('#captable').replaceChildren(), true)").await;
+    set_input(&c, "#capmodelpath", &gguf.display().to_string()).await;
+    set_input(&c, "#captokens", "64").await;
+    c.find(Locator::Css("#capstart"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the finished capture",
+        "document.querySelector('#capphase').textContent.startsWith('done')",
+    )
+    .await;
+    until(
+        &c,
+        "the table on the new capture",
+        "document.querySelectorAll('#captable tbody tr').length > 0",
+    )
+    .await;
+    let status = js(&c, "document.querySelector('#status').textContent").await;
+    assert!(
+        status.as_str().unwrap().starts_with("captured 64 tokens"),
+        "{status}"
+    );
     shot(&c, &shots, "kv").await;
 
     // ---------------------------------------------------------------- Measure
