@@ -372,7 +372,11 @@ async fn every_page_in_a_real_browser() {
             > 0
     );
     // Capture KV from the GGUF on the server, then the same comparison on it.
-    js(&c, "(document.querySelector('#captable').replaceChildren(), true)").await;
+    js(
+        &c,
+        "(document.querySelector('#captable').replaceChildren(), true)",
+    )
+    .await;
     set_input(&c, "#capmodelpath", &gguf.display().to_string()).await;
     set_input(&c, "#captokens", "64").await;
     c.find(Locator::Css("#capstart"))
