@@ -74,6 +74,23 @@ impl Histogram {
         (self.n > 0).then_some(self.max)
     }
 
+    /// Sample counts in the ranges cut by ascending `edges` (ns): `[0, e0)`, `[e0, e1)`,
+    /// …, `[e_last, ∞)` — `edges.len() + 1` counts summing to [`count`](Self::count).
+    /// Each internal bucket goes whole to the range holding its smallest value, so an
+    /// edge is exact when it is a bucket boundary (every power of two is) and otherwise
+    /// off by at most one bucket width (1/2^SUB_BITS of the value).
+    pub fn counts_by_edges(&self, edges: &[u64]) -> Vec<u64> {
+        let mut out = vec![0u64; edges.len() + 1];
+        for (i, &c) in self.counts.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            let (lo, _) = Self::bucket_range(i);
+            out[edges.partition_point(|&e| e <= lo)] += c;
+        }
+        out
+    }
+
     /// Nearest-rank quantile (`q` in 0..=1): the value at rank ceil(q·n), reported as the
     /// middle of its bucket and clamped to the observed min/max.
     pub fn quantile(&self, q: f64) -> Option<u64> {
@@ -98,6 +115,48 @@ impl Histogram {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn counts_by_power_of_two_edges_are_exact() {
+        let values = [
+            0u64,
+            5,
+            63,
+            64,
+            100,
+            127,
+            128,
+            129,
+            1000,
+            4095,
+            4096,
+            1 << 20,
+        ];
+        let mut h = Histogram::new();
+        values.iter().for_each(|&v| h.record(v));
+        let edges = [64u64, 128, 4096];
+        let exact: Vec<u64> = (0..=edges.len())
+            .map(|k| {
+                let lo = if k == 0 { 0 } else { edges[k - 1] };
+                let hi = edges.get(k).copied().unwrap_or(u64::MAX);
+                values.iter().filter(|&&v| v >= lo && v < hi).count() as u64
+            })
+            .collect();
+        assert_eq!(h.counts_by_edges(&edges), exact);
+        assert_eq!(exact, vec![3, 3, 4, 2]);
+    }
+
+    proptest! {
+        #[test]
+        fn counts_by_edges_keep_every_sample(values in proptest::collection::vec(any::<u32>(), 1..200)) {
+            let mut h = Histogram::new();
+            values.iter().for_each(|&v| h.record(v as u64));
+            let edges: Vec<u64> = (6..34).map(|k| 1u64 << k).collect();
+            let c = h.counts_by_edges(&edges);
+            prop_assert_eq!(c.len(), edges.len() + 1);
+            prop_assert_eq!(c.iter().sum::<u64>(), values.len() as u64);
+        }
+    }
 
     #[test]
     fn buckets_tile_the_number_line() {

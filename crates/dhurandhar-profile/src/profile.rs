@@ -307,6 +307,19 @@ impl Profiler {
         opts: &RunOptions,
         progress: &mut ProgressFn,
     ) -> Result<PatternResult, ProfileError> {
+        self.run_with_histogram(pattern, mode, opts, progress)
+            .map(|(r, _)| r)
+    }
+
+    /// [`run`](Self::run), also handing back the per-token latency histogram (ns) the
+    /// percentiles were read from; `None` when no number was measured (see `note`).
+    pub fn run_with_histogram(
+        &self,
+        pattern: Pattern,
+        mode: Mode,
+        opts: &RunOptions,
+        progress: &mut ProgressFn,
+    ) -> Result<(PatternResult, Option<Histogram>), ProfileError> {
         if opts.num_tokens == 0 {
             return Err(ProfileError::Invalid("number of tokens must be > 0".into()));
         }
@@ -346,7 +359,7 @@ impl Profiler {
                          is reported"
                             .into(),
                     );
-                    return Ok(res);
+                    return Ok((res, None));
                 }
                 res.resident_fraction_before = self.resident_fraction()?;
                 match res.resident_fraction_before {
@@ -365,7 +378,7 @@ impl Profiler {
                              (mapped elsewhere, tmpfs or locked?); no cold number is reported",
                             f * 100.0
                         ));
-                        return Ok(res);
+                        return Ok((res, None));
                     }
                     Some(_) => res.eviction = Some(Eviction::Evicted),
                 }
@@ -433,7 +446,7 @@ impl Profiler {
         res.mean_us = hist.mean().map(|ns| ns / 1e3);
         res.major_faults = maj1.saturating_sub(maj0);
         res.minor_faults = min1.saturating_sub(min0);
-        Ok(res)
+        Ok((res, Some(hist)))
     }
 }
 

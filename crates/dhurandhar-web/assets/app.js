@@ -238,6 +238,49 @@ const D = (() => {
     return s;
   }
 
+  // Latency histograms as small multiples on one shared log-scaled time axis: `hists`
+  // [{name, buckets:[{lo_us, hi_us, count}]}] (hi_us null: open-ended last bucket).
+  function histograms(el, hists, opts) {
+    opts = opts || {};
+    const W = 900, L = 230, R = 30, T = 22, panelH = 78, gap = 14, B = 34;
+    const H = T + hists.length * (panelH + gap) + B;
+    const s = root(el, W, H, opts.label || "histograms");
+    if (!hists.length) { s.appendChild(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data")); return s; }
+    const STEP = Math.pow(2, 0.25);
+    const span = b => [b.lo_us > 0 ? b.lo_us : (b.hi_us / STEP), b.hi_us !== null ? b.hi_us : b.lo_us * STEP];
+    const all = hists.flatMap(h => h.buckets.map(span));
+    const x0 = Math.log10(Math.min(...all.map(a => a[0]))), x1 = Math.log10(Math.max(...all.map(a => a[1])));
+    const px = v => L + (W - L - R) * (Math.log10(v) - x0) / ((x1 - x0) || 1);
+    const yBase = T + hists.length * (panelH + gap) - gap;
+    for (let d = Math.floor(x0); d <= Math.ceil(x1); d++) {
+      [1, 2, 5].forEach(m => {
+        const v = m * Math.pow(10, d);
+        if (Math.log10(v) < x0 - 1e-9 || Math.log10(v) > x1 + 1e-9) return;
+        s.appendChild(svg("line", { x1: px(v), x2: px(v), y1: T - 4, y2: yBase, stroke: m === 1 ? "#cbd5e1" : "#eef2f7" }));
+        s.appendChild(svg("text", { x: px(v), y: yBase + 14, "text-anchor": "middle" }, num(v)));
+      });
+    }
+    s.appendChild(svg("text", { x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle" }, opts.xLabel || ""));
+    hists.forEach((h, i) => {
+      const top = T + i * (panelH + gap), base = top + panelH;
+      const c = PALETTE[i % PALETTE.length];
+      const max = Math.max(1, ...h.buckets.map(b => b.count));
+      const total = h.buckets.reduce((a, b) => a + b.count, 0) || 1;
+      s.appendChild(svg("text", { x: L - 8, y: top + panelH / 2, "text-anchor": "end" }, h.name));
+      s.appendChild(svg("text", { x: L - 8, y: top + panelH / 2 + 14, "text-anchor": "end", fill: "#64748b" }, `peak ${num(max)} steps`));
+      s.appendChild(svg("line", { x1: L, x2: W - R, y1: base, y2: base, stroke: "#475569" }));
+      h.buckets.forEach(b => {
+        if (!b.count) return;
+        const [lo, hi] = span(b);
+        const hgt = (panelH - 4) * b.count / max;
+        const r = svg("rect", { x: px(lo), y: base - hgt, width: Math.max(1, px(hi) - px(lo) - 0.5), height: hgt, fill: c, "data-count": b.count });
+        r.appendChild(svg("title", {}, `${h.name}: ${num(b.lo_us)}–${b.hi_us === null ? "∞" : num(b.hi_us)} µs: ${num(b.count)} steps (${(100 * b.count / total).toFixed(1)} %)`));
+        s.appendChild(r);
+      });
+    });
+    return s;
+  }
+
   function niceStep(raw) {
     if (!(raw > 0)) return 1;
     const p = Math.pow(10, Math.floor(Math.log10(raw)));
@@ -355,5 +398,5 @@ const D = (() => {
     $$("[data-nav]").forEach(a => { if (a.dataset.nav === page) a.classList.add("active"); });
   });
 
-  return { $, $$, api, debounce, status, bytes, num, cell, table, csv, downloads, svg, stackedBars, hbars, lines, modeBadge, query, setQuery, option, catalog, planControls, PALETTE, MODE_COLORS };
+  return { $, $$, api, debounce, status, bytes, num, cell, table, csv, downloads, svg, stackedBars, hbars, lines, histograms, modeBadge, query, setQuery, option, catalog, planControls, PALETTE, MODE_COLORS };
 })();

@@ -70,12 +70,7 @@
   });
   const caps = await D.api("/api/files?ext=safetensors,npy").catch(() => ({ files: [] }));
   caps.files.forEach(f => D.option(D.$("#capfile"), f.path, f.path.split("/").slice(-2).join("/")));
-  D.$("#capgo").addEventListener("click", async () => {
-    const data = D.$("#cappath").value.trim() || D.$("#capfile").value;
-    if (!data) { D.status("choose a captured KV file", true); return; }
-    D.status("comparing on " + data + "…");
-    try {
-      const r = await D.api("/api/kv/compare?" + new URLSearchParams({ data, codecs: checked("codec").join(","), bits: checked("bit").join(",") }));
+  const showCompare = r => {
       const metric = D.$("#metric").value;
       const color = c => D.PALETTE[cat.codecs.findIndex(x => x.name === c) % D.PALETTE.length];
       const by = {};
@@ -85,7 +80,55 @@
       const t = D.table(D.$("#captable"), r.rows, ["codec", "bits", "bits_per_value", "nmse", "cosine", "attn_kl", "attn_rel_err", "heads"].map(k => ({ key: k })));
       D.downloads(D.$("#cap-dl"), "kv-compare-captured", r, t.rows, t.cols);
       D.status(`${r.rows.length} codec × bits rows on ${r.config.data}` + (r.skipped.length ? `, ${r.skipped.length} skipped` : ""));
+  };
+  D.$("#capgo").addEventListener("click", async () => {
+    const data = D.$("#cappath").value.trim() || D.$("#capfile").value;
+    if (!data) { D.status("choose a captured KV file", true); return; }
+    D.status("comparing on " + data + "…");
+    try {
+      showCompare(await D.api("/api/kv/compare?" + new URLSearchParams({ data, codecs: checked("codec").join(","), bits: checked("bit").join(",") })));
     } catch (e) { D.status(e.message, true); }
   });
+  // Capture from a GGUF on the server (one at a time, cancellable), then the same comparison.
+  const ggufs = await D.api("/api/files?ext=gguf").catch(() => ({ files: [] }));
+  ggufs.files.forEach(f => D.option(D.$("#capmodel"), f.path, f.path.split("/").slice(-2).join("/")));
+  let capEs = null;
+  const capShow = st => {
+    const bar = D.$("#capbar");
+    bar.max = st.total || 1; bar.value = Math.min(st.done, st.total || 1);
+    D.$("#capphase").textContent = `${st.state}${st.phase ? " · " + st.phase : ""} · ${st.done.toLocaleString()}${st.total ? " / " + st.total.toLocaleString() : ""} ${st.unit} · ${st.seconds.toFixed(1)} s`;
+    const running = st.state === "running";
+    D.$("#capstart").disabled = running; D.$("#capcancel").disabled = !running;
+    if (st.state === "failed") D.status(st.error, true);
+    if (st.state === "cancelled") D.status("capture cancelled");
+    if (st.state === "done" && st.report) {
+      showCompare(st.report.compare);
+      const c = st.report.capture;
+      D.status(`captured ${c.n_tokens} tokens × ${c.n_layers} layers (${c.n_kv_heads} KV heads × ${c.head_dim}) and compared ${st.report.compare.rows.length} codec × bits rows`);
+    }
+  };
+  const capListen = () => {
+    if (capEs) capEs.close();
+    capEs = new EventSource("/api/kv/capture/events");
+    capEs.addEventListener("status", e => { const st = JSON.parse(e.data); capShow(st); if (st.state !== "running") { capEs.close(); capEs = null; } });
+    capEs.onerror = () => { if (capEs) { capEs.close(); capEs = null; } };
+  };
+  D.$("#capstart").addEventListener("click", async () => {
+    const path = D.$("#capmodelpath").value.trim() || D.$("#capmodel").value;
+    if (!path) { D.status("choose a GGUF model", true); return; }
+    const body = { path, max_tokens: +D.$("#captokens").value, codecs: checked("codec").join(","), bits: checked("bit").join(",") };
+    const text = D.$("#captext").value;
+    if (text.trim()) body.text = text;
+    try {
+      await D.api("/api/kv/capture", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+      D.status("capturing KV from " + path + "…");
+      capListen();
+    } catch (e) { D.status(e.message, true); }
+  });
+  D.$("#capcancel").addEventListener("click", async () => {
+    try { await D.api("/api/kv/capture/cancel", { method: "POST" }); } catch (e) { D.status(e.message, true); }
+  });
+  const capSt = await D.api("/api/kv/capture").catch(() => null);
+  if (capSt && capSt.state === "running") { capShow(capSt); capListen(); }
   update();
 })();

@@ -26,6 +26,14 @@
     rows.forEach((x, i) => [["p50", x.p50_us], ["p99", x.p99_us], ["p99.9", x.p999_us]].forEach(([k, v], j) => {
       if (v !== null) items.push({ label: `${x.run} ${k}`, value: v, color: D.PALETTE[i % 12], text: D.num(v) + " µs" });
     }));
+    // Histograms: the report's fixed log-spaced buckets, one panel per run.
+    const hs = r.histograms || [];
+    const twin = h => hs.some(o => o !== h && o.pattern === h.pattern && o.mode === h.mode);
+    const hists = hs.map(h => ({ name: `${h.pattern} ${h.mode}${twin(h) ? " " + h.advice : ""}`, samples: h.samples, buckets: h.buckets }));
+    D.histograms(D.$("#hist"), hists, { label: "decode step latency histograms", xLabel: "µs per decode step (log scale)" });
+    const hrows = hists.flatMap(h => h.buckets.map(b => ({ run: h.name, lo_us: b.lo_us, hi_us: b.hi_us, count: b.count, share: b.count / (h.samples || 1) })));
+    const ht = D.table(D.$("#hist-table"), hrows);
+    D.downloads(D.$("#hist-dl"), "mmap-profile-histograms", hs, ht.rows, ht.cols);
     D.hbars(D.$("#chart"), items, { label: "decode step latency percentiles", axis: "µs per decode step" });
     const t = D.table(D.$("#results"), rows, ["run", "tokens", "tokens_per_s", "mb_per_s", "p50_us", "p99_us", "p999_us", "mean_us", "max_us", "major_faults", "minor_faults", "resident_fraction_before", "resident_fraction_after", "note"].map(k => ({ key: k })));
     D.downloads(D.$("#chart-dl"), "mmap-profile", r, t.rows, t.cols);

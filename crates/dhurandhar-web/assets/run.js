@@ -1,25 +1,59 @@
 "use strict";
+// Chat keeps the transcript here and sends it whole each turn, joined as plain
+// "User: …" / "Assistant: …" lines: the facade offers no chat template of the GGUF.
 (async () => {
   const files = await D.api("/api/files?ext=gguf");
   files.files.forEach(f => D.option(D.$("#file"), f.path, `${f.path.split("/").slice(-2).join("/")} (${D.bytes(f.bytes)})`));
   if (files.files.length) D.$("#file").value = files.files[0].path;
   let es = null;
-  const stop = () => { if (es) { es.close(); es = null; } D.$("#go").disabled = false; D.$("#stop").disabled = true; };
+  let turns = [];       // [{role: "user" | "assistant", text}]
+  let reply = null;     // the assistant turn being streamed: {el, text}
+  const NAMES = { user: "User", assistant: "Assistant" };
+  const addTurn = (role, text) => {
+    const d = document.createElement("div"); d.className = "turn turn-" + role;
+    const b = document.createElement("b"); b.textContent = NAMES[role];
+    const t = document.createElement("span"); t.textContent = text;
+    d.append(b, t); D.$("#transcript").appendChild(d);
+    return t;
+  };
+  // A reply ends where the model starts writing the user's next line.
+  const cut = s => s.split(/\n\s*User:/)[0].trim();
+  const prompt = msg => turns.map(t => `${NAMES[t.role]}: ${t.text}\n`).join("") + `User: ${msg}\nAssistant:`;
+  const endReply = () => {
+    if (reply && D.$("#chat").checked) turns.push({ role: "assistant", text: cut(reply.text) });
+    if (reply) reply.el.textContent = cut(reply.text);
+    reply = null;
+  };
+  const stop = () => { if (es) { es.close(); es = null; } endReply(); D.$("#go").disabled = false; D.$("#stop").disabled = true; };
+  D.$("#clear").addEventListener("click", () => { stop(); turns = []; D.$("#transcript").replaceChildren(); D.$("#out").textContent = ""; D.status("new conversation"); });
   D.$("#go").addEventListener("click", async () => {
     const path = D.$("#path").value.trim() || D.$("#file").value;
     if (!path) { D.status("choose a GGUF model", true); return; }
     // The header first: a refused or unreadable path is reported with its reason.
     try { await D.api("/api/inspect?" + new URLSearchParams({ path })); } catch (err) { D.status(err.message, true); return; }
-    const p = new URLSearchParams({ path, prompt: D.$("#prompt").value, max_tokens: D.$("#max").value, temperature: D.$("#temp").value, chat: D.$("#chat").checked });
+    const msg = D.$("#prompt").value;
+    const chat = D.$("#chat").checked;
+    if (!chat) { turns = []; D.$("#transcript").replaceChildren(); }
+    const text = chat ? prompt(msg) : msg;
+    const p = new URLSearchParams({ path, prompt: text, max_tokens: D.$("#max").value, temperature: D.$("#temp").value });
+    addTurn("user", msg);
+    if (chat) turns.push({ role: "user", text: msg });
+    reply = { el: addTurn("assistant", ""), text: "" };
     D.$("#out").textContent = ""; D.$("#n").textContent = "0"; D.$("#tps").textContent = "–";
     const speed = [];
     D.$("#go").disabled = true; D.$("#stop").disabled = false;
     D.status("loading the model…");
     es = new EventSource("/api/run?" + p.toString());
-    es.addEventListener("start", e => { const s = JSON.parse(e.data); D.$("#load").textContent = s.load_seconds.toFixed(2) + " s"; D.status(`prompt ${s.prompt_tokens} tokens: generating…`); });
+    es.addEventListener("start", e => {
+      const s = JSON.parse(e.data);
+      D.$("#load").textContent = s.load_seconds.toFixed(2) + " s";
+      D.$("#store").textContent = s.weight_store;
+      D.status(`prompt ${s.prompt_tokens} tokens (turn ${Math.ceil(turns.length / 2) || 1}): generating…`);
+    });
     es.addEventListener("token", e => {
       const t = JSON.parse(e.data);
       D.$("#out").textContent += t.text;
+      if (reply) { reply.text += t.text; reply.el.textContent = reply.text; }
       D.$("#n").textContent = t.n;
       if (t.tokens_per_s > 0) { D.$("#tps").textContent = t.tokens_per_s.toFixed(1); speed.push({ token: t.n, seconds: t.seconds, tokens_per_s: t.tokens_per_s }); }
     });

@@ -49,6 +49,18 @@ pub const MAX_PROFILE_TOKENS: u64 = 1_000_000;
 pub const MAX_PROFILE_SCALE: f64 = 1.0;
 /// Tokens one dashboard generation may ask for.
 pub const MAX_GENERATE_TOKENS: usize = 2048;
+/// Tokens one dashboard KV capture runs through the model: a few seconds on a small
+/// model, and a capture file of tens of MiB in a private temporary directory.
+pub const MAX_CAPTURE_TOKENS: usize = 256;
+/// Largest text a KV capture request may carry.
+pub const MAX_CAPTURE_TEXT_BYTES: usize = 64 * 1024;
+/// What a KV capture runs the model over when the request brings no text.
+const CAPTURE_TEXT: &str = "The cache of keys and values grows with every token a model reads. \
+On a small device it soon outweighs the weights themselves, so it is stored in fewer bits. \
+How much that costs depends on the codec, the bits per value and the model: outlier \
+channels, rotary position embedding and the spread of each head all change the error. \
+This paragraph is only here to give the model something ordinary to read, so that the \
+keys, queries and values it produces look like those of a real conversation.";
 /// KV sweeps running at once (more wait their turn).
 const SWEEP_SLOTS: usize = 2;
 
@@ -62,6 +74,8 @@ pub(crate) struct Inner {
     uploads: Mutex<Vec<Upload>>,
     upload_seq: AtomicU64,
     profile: Arc<ProfileSlot>,
+    /// One KV capture (+ codec comparison) at a time.
+    capture: Arc<ProfileSlot>,
     run_slot: Arc<Semaphore>,
     sweep_slots: Arc<Semaphore>,
     model: Mutex<Option<(PathBuf, Arc<Model>)>>,
@@ -74,6 +88,7 @@ impl Inner {
             uploads: Mutex::new(Vec::new()),
             upload_seq: AtomicU64::new(0),
             profile: Arc::new(ProfileSlot::default()),
+            capture: Arc::new(ProfileSlot::default()),
             run_slot: Arc::new(Semaphore::new(1)),
             sweep_slots: Arc::new(Semaphore::new(SWEEP_SLOTS)),
             model: Mutex::new(None),
@@ -95,6 +110,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/compare", get(compare))
         .route("/api/kv/sweep", get(kv_sweep))
         .route("/api/kv/compare", get(kv_compare))
+        .route("/api/kv/capture", get(capture_status).post(capture_start))
+        .route("/api/kv/capture/events", get(capture_events))
+        .route("/api/kv/capture/cancel", post(capture_cancel))
         .route("/api/profile", get(profile_status).post(profile_start))
         .route("/api/profile/events", get(profile_events))
         .route("/api/profile/cancel", post(profile_cancel))
@@ -226,6 +244,8 @@ async fn catalog(State(s): State<AppState>) -> Result<Response, ApiError> {
             "max_profile_tokens": MAX_PROFILE_TOKENS,
             "max_profile_scale": MAX_PROFILE_SCALE,
             "max_generate_tokens": MAX_GENERATE_TOKENS,
+            "max_capture_tokens": MAX_CAPTURE_TOKENS,
+            "max_capture_text_bytes": MAX_CAPTURE_TEXT_BYTES,
         },
     }))
     .into_response())
@@ -625,6 +645,181 @@ async fn kv_compare(
     Ok(Json(report).into_response())
 }
 
+// ------------------------------------------------------------------ KV capture
+
+/// `POST /api/kv/capture` body: capture K/V/Q from a GGUF, then compare codecs on it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaptureRequest {
+    /// A GGUF model under an allowed root.
+    path: String,
+    /// Text to run through the model (default: a built-in paragraph).
+    text: Option<String>,
+    /// Tokens to capture (default and most: [`MAX_CAPTURE_TOKENS`]).
+    max_tokens: Option<usize>,
+    /// Comma-separated codecs and bits, as `/api/kv/compare` takes them.
+    codecs: Option<String>,
+    bits: Option<String>,
+    /// Comma-separated layers to compare on (default: first, middle and last).
+    layers: Option<String>,
+}
+
+/// The capture and the comparison it feeds, validated before the job starts.
+struct CaptureJob {
+    capture: dhurandhar::kv::CaptureOptions,
+    text: String,
+    compare: dhurandhar::kv::CompareOptions,
+}
+
+impl Inner {
+    fn capture_job(&self, r: &CaptureRequest) -> Result<CaptureJob, ApiError> {
+        let model = self.allow.resolve(&r.path)?;
+        let max_tokens = r.max_tokens.unwrap_or(MAX_CAPTURE_TOKENS);
+        if !(1..=MAX_CAPTURE_TOKENS).contains(&max_tokens) {
+            return Err(ApiError::bad(format!(
+                "max_tokens: 1 to {MAX_CAPTURE_TOKENS} in the dashboard, got {max_tokens}"
+            )));
+        }
+        let text = r.text.clone().unwrap_or_else(|| CAPTURE_TEXT.to_string());
+        if text.trim().is_empty() || text.len() > MAX_CAPTURE_TEXT_BYTES {
+            return Err(ApiError::bad(format!(
+                "text: 1 to {MAX_CAPTURE_TEXT_BYTES} bytes, got {}",
+                text.len()
+            )));
+        }
+        let d = dhurandhar::kv::CompareOptions::default();
+        let codecs = list(&r.codecs)
+            .map(|c| parse_codec("codecs", c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bits: Vec<u32> = numbers("bits", &r.bits)?;
+        Ok(CaptureJob {
+            capture: dhurandhar::kv::CaptureOptions {
+                model,
+                // Set in the job's temporary directory.
+                text_file: PathBuf::new(),
+                out: PathBuf::new(),
+                max_tokens,
+                threads: None,
+            },
+            text,
+            compare: dhurandhar::kv::CompareOptions {
+                codecs: if codecs.is_empty() {
+                    SweepOptions::default().codecs
+                } else {
+                    codecs
+                },
+                bits: if bits.is_empty() {
+                    d.bits.clone()
+                } else {
+                    bits
+                },
+                layers: numbers("layers", &r.layers)?,
+                timing: false,
+                ..d
+            },
+        })
+    }
+}
+
+impl CaptureJob {
+    /// Capture into a private temporary directory (removed afterwards), then compare.
+    fn run(
+        mut self,
+        progress: &SlotProgress,
+        cancel: &CancelToken,
+    ) -> dhurandhar::Result<serde_json::Value> {
+        let dir = tempfile::Builder::new()
+            .prefix("dhurandhar-web-kv")
+            .tempdir()
+            .map_err(|e| {
+                dhurandhar::Error::invalid(
+                    "capture",
+                    format!("cannot make a temporary directory: {e}"),
+                )
+            })?;
+        self.capture.text_file = dir.path().join("text.txt");
+        self.capture.out = dir.path().join("kv.safetensors");
+        dhurandhar::dhurandhar_io::write_atomic(&self.capture.text_file, self.text.as_bytes())
+            .map_err(|e| dhurandhar::Error::invalid("capture", e.to_string()))?;
+        let cap = dhurandhar::kv::capture(&self.capture, progress, cancel)?;
+        if self.compare.layers.is_empty() {
+            let n = cap.n_layers;
+            let mut l = vec![0, n / 2, n.saturating_sub(1)];
+            l.dedup();
+            self.compare.layers = l;
+        }
+        self.compare.data = dhurandhar::kv::KvData::File(self.capture.out.clone());
+        let mut cmp =
+            serde_json::to_value(dhurandhar::kv::compare(&self.compare, progress, cancel)?)
+                .unwrap_or_default();
+        // The temporary file is gone when the report is read: name what it held instead.
+        cmp["config"]["data"] = format!("captured from {}", self.capture.model.display()).into();
+        let mut cap = serde_json::to_value(&cap).unwrap_or_default();
+        cap["out"] = serde_json::Value::Null;
+        Ok(serde_json::json!({ "capture": cap, "compare": cmp }))
+    }
+}
+
+async fn capture_start(
+    State(s): State<AppState>,
+    J(r): J<CaptureRequest>,
+) -> Result<Response, ApiError> {
+    let job = s.inner.capture_job(&r)?;
+    let slot = s.inner.capture.clone();
+    let (id, token) = slot
+        .try_start()
+        .ok_or_else(|| ApiError::busy("a KV capture is already going: cancel it or wait"))?;
+    spawn_job(slot, "dhurandhar-kv-capture", "capture", move |p| {
+        job.run(p, &token)
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "id": id, "events": "/api/kv/capture/events" })),
+    )
+        .into_response())
+}
+
+async fn capture_status(State(s): State<AppState>) -> Json<crate::jobs::JobStatus> {
+    Json(s.inner.capture.status())
+}
+
+async fn capture_events(State(s): State<AppState>) -> impl IntoResponse {
+    s.inner.capture.clone().events()
+}
+
+async fn capture_cancel(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "cancelled": s.inner.capture.cancel() }))
+}
+
+/// Run a started job on its own thread, reporting to `slot`; a panic fails the job.
+fn spawn_job(
+    slot: Arc<ProfileSlot>,
+    thread: &str,
+    what: &'static str,
+    f: impl FnOnce(&SlotProgress) -> dhurandhar::Result<serde_json::Value> + Send + 'static,
+) -> Result<(), ApiError> {
+    let s2 = slot.clone();
+    std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || {
+            let progress = SlotProgress(slot.clone());
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&progress)))
+                .unwrap_or_else(|_| {
+                    Err(dhurandhar::Error::invalid(
+                        what,
+                        "the job panicked (see the server log)",
+                    ))
+                });
+            slot.finish(result);
+        })
+        .map(|_| ())
+        .map_err(|e| {
+            let msg = format!("cannot start the {what} thread: {e}");
+            s2.finish(Err(dhurandhar::Error::invalid(what, msg.clone())));
+            ApiError::internal(msg)
+        })
+}
+
 // ------------------------------------------------------------------ profiler
 
 /// `POST /api/profile` body.
@@ -892,6 +1087,9 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
             serde_json::json!({
                 "prompt_tokens": generator.prompt_tokens(),
                 "load_seconds": load_seconds,
+                // The engine maps the GGUF read-only and reads weights in place: the
+                // only weight store it has today.
+                "weight_store": "mmap",
             }),
         );
         if tx.blocking_send(start).is_err() {

@@ -16,8 +16,8 @@
 //!
 //! Safety rules the server keeps: it binds to 127.0.0.1 unless told otherwise; files
 //! are read only under the allowed roots (canonicalised, so `..` and symlinks cannot
-//! leave them); request bodies are capped at [`MAX_BODY_BYTES`]; the mmap profiler runs
-//! one job at a time and can be cancelled; a panicking handler answers 500 and the
+//! leave them); request bodies are capped at [`MAX_BODY_BYTES`]; the mmap profiler and
+//! the KV capture each run one job at a time and can be cancelled; a panicking handler answers 500 and the
 //! server keeps serving.
 
 mod api;

@@ -352,6 +352,17 @@ async fn profiler_runs_one_at_a_time_streams_and_cancels() {
     assert_eq!(last["state"], "done", "{last}");
     assert_eq!(last["report"]["results"][0]["pattern"], "random_decode");
     assert_eq!(last["report"]["num_tokens"], 200);
+    // The Measure page's histograms: every timed token in a bucket of the report.
+    let h = &last["report"]["histograms"][0];
+    assert_eq!(h["pattern"], "random_decode");
+    assert_eq!(h["mode"], "warm");
+    let counted: u64 = h["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 200);
 
     // A long run: a second start is refused, cancel stops it.
     let long = r#"{"model":"qwen2.5-0.5b","scale":0.01,"num_tokens":1000000,"modes":["warm"]}"#;
@@ -419,6 +430,10 @@ async fn generation_streams_tokens_from_the_fixture() {
     assert_eq!(a.status, 200, "{}", a.text());
     assert!(a.content_type.starts_with("text/event-stream"));
     let text = a.text();
+    let start = text.split("event: start\ndata: ").nth(1).unwrap();
+    let start: serde_json::Value = serde_json::from_str(start.lines().next().unwrap()).unwrap();
+    assert_eq!(start["weight_store"], "mmap", "{text}");
+    assert!(start["prompt_tokens"].as_u64().unwrap() > 0);
     let tokens = text.matches("event: token").count();
     assert!((1..=8).contains(&tokens), "{text}");
     let done = text.split("event: done\ndata: ").nth(1).unwrap();
@@ -543,4 +558,122 @@ async fn kv_compare_runs_the_codecs_on_captured_kv() {
         assert_eq!(a.status.as_u16(), status, "{q}: {}", a.text());
         assert!(!a.error().is_empty());
     }
+}
+
+/// Poll `/api/kv/capture` until the job leaves `running`.
+async fn capture_settled(app: &Router) -> serde_json::Value {
+    loop {
+        let s = get(app, "/api/kv/capture").await.json();
+        if s["state"] != "running" {
+            return s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn kv_capture_from_a_gguf_feeds_the_codec_comparison() {
+    let t = tree();
+    let Some(gguf) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+        return;
+    };
+    let gguf_dir = gguf.parent().unwrap().canonicalize().unwrap();
+    let app = app(&[t.root.clone(), gguf_dir]);
+    let path = gguf.canonicalize().unwrap().display().to_string();
+    assert_eq!(get(&app, "/api/kv/capture").await.json()["state"], "idle");
+    let text = "The capital of France is Paris. The capital of Italy is Rome. ".repeat(8);
+    let body = serde_json::json!({ "path": path, "text": text, "max_tokens": 48, "codecs": "turbo-mse,q8_0", "bits": "4,8", "layers": "0,1" });
+    let a = post(
+        &app,
+        "/api/kv/capture",
+        "application/json",
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text());
+    let s = capture_settled(&app).await;
+    assert_eq!(s["state"], "done", "{s}");
+    let r = &s["report"];
+    assert_eq!(r["capture"]["n_tokens"], 48);
+    // The same rows as comparing a capture made by the facade directly.
+    std::fs::write(t.root.join("text.txt"), &text).unwrap();
+    dhurandhar::kv::capture(
+        &dhurandhar::kv::CaptureOptions {
+            model: gguf.clone(),
+            text_file: t.root.join("text.txt"),
+            out: t.root.join("kv.safetensors"),
+            max_tokens: 48,
+            threads: None,
+        },
+        &dhurandhar::NoProgress,
+        &dhurandhar::CancelToken::new(),
+    )
+    .unwrap();
+    let direct = get(
+        &app,
+        "/api/kv/compare?data=kv.safetensors&codecs=turbo-mse,q8_0&bits=4,8&layers=0,1",
+    )
+    .await
+    .json();
+    assert_eq!(r["compare"]["rows"], direct["rows"], "{r}");
+    assert_eq!(r["compare"]["rows"].as_array().unwrap().len(), 3);
+
+    // A long capture: one at a time (a second start is refused), and cancelled.
+    let long = serde_json::json!({ "path": path, "text": "word ".repeat(4000) });
+    let a = post(
+        &app,
+        "/api/kv/capture",
+        "application/json",
+        long.to_string(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text());
+    assert_eq!(
+        post(
+            &app,
+            "/api/kv/capture",
+            "application/json",
+            long.to_string()
+        )
+        .await
+        .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        post(&app, "/api/kv/capture/cancel", "application/json", "")
+            .await
+            .json()["cancelled"],
+        true
+    );
+    let s = capture_settled(&app).await;
+    assert_eq!(s["state"], "cancelled", "{s}");
+
+    for (b, status) in [
+        (serde_json::json!({ "path": "../x.gguf" }), 403),
+        (
+            serde_json::json!({ "path": path, "max_tokens": 100000 }),
+            400,
+        ),
+        (serde_json::json!({ "path": path, "max_tokens": 0 }), 400),
+        (serde_json::json!({ "path": path, "text": " " }), 400),
+        (serde_json::json!({ "path": path, "codecs": "zip" }), 400),
+        (serde_json::json!({ "path": path, "bits": "x" }), 400),
+        (serde_json::json!({ "path": path, "nope": 1 }), 422),
+    ] {
+        let a = post(&app, "/api/kv/capture", "application/json", b.to_string()).await;
+        assert_eq!(a.status.as_u16(), status, "{b}: {}", a.text());
+        assert!(!a.error().is_empty());
+    }
+    // A file that is not a GGUF fails the job with the reason.
+    let a = post(
+        &app,
+        "/api/kv/capture",
+        "application/json",
+        r#"{"path":"tiny.safetensors"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text());
+    let s = capture_settled(&app).await;
+    assert_eq!(s["state"], "failed", "{s}");
+    assert!(!s["error"].as_str().unwrap().is_empty());
 }

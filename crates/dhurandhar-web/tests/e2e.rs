@@ -371,6 +371,37 @@ async fn every_page_in_a_real_browser() {
         .unwrap()
             > 0
     );
+    // Capture KV from the GGUF on the server, then the same comparison on it.
+    js(
+        &c,
+        "(document.querySelector('#captable').replaceChildren(), true)",
+    )
+    .await;
+    set_input(&c, "#capmodelpath", &gguf.display().to_string()).await;
+    set_input(&c, "#captokens", "64").await;
+    c.find(Locator::Css("#capstart"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the finished capture",
+        "document.querySelector('#capphase').textContent.startsWith('done')",
+    )
+    .await;
+    until(
+        &c,
+        "the table on the new capture",
+        "document.querySelectorAll('#captable tbody tr').length > 0",
+    )
+    .await;
+    let status = js(&c, "document.querySelector('#status').textContent").await;
+    assert!(
+        status.as_str().unwrap().starts_with("captured 64 tokens"),
+        "{status}"
+    );
     shot(&c, &shots, "kv").await;
 
     // ---------------------------------------------------------------- Measure
@@ -433,6 +464,27 @@ async fn every_page_in_a_real_browser() {
             .unwrap()
             >= 1
     );
+    // The latency histograms: one panel of bars per run, and their table.
+    assert!(
+        js(
+            &c,
+            "document.querySelectorAll('#hist svg rect[data-count]').length"
+        )
+        .await
+        .as_u64()
+        .unwrap()
+            >= 2
+    );
+    assert!(
+        js(
+            &c,
+            "document.querySelectorAll('#hist-table tbody tr').length"
+        )
+        .await
+        .as_u64()
+        .unwrap()
+            >= 1
+    );
     shot(&c, &shots, "measure").await;
 
     // ---------------------------------------------------------------- Weights
@@ -493,6 +545,41 @@ async fn every_page_in_a_real_browser() {
             >= 1
             || n == 1
     );
+    assert_eq!(
+        js(&c, "document.querySelector('#store').textContent").await,
+        "mmap"
+    );
+    const PROMPT_TOKENS: &str = "(() => { const h = Array.from(document.querySelectorAll('#report th')).map(t => t.textContent); return +document.querySelectorAll('#report td')[h.indexOf('prompt_tokens')].textContent; })()";
+    let prompt1 = js(&c, PROMPT_TOKENS).await.as_f64().unwrap();
+    // A second turn: the transcript keeps the first exchange and appends the new one.
+    set_input(&c, "#prompt", "And of Italy?").await;
+    js(&c, "document.querySelector('#status').textContent = ''").await;
+    c.find(Locator::Css("#go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the second reply",
+        "document.querySelector('#status').textContent.startsWith('done')",
+    )
+    .await;
+    let turns = js(
+        &c,
+        "Array.from(document.querySelectorAll('#transcript .turn')).map(d => d.className.split('-')[1] + ':' + d.textContent)",
+    )
+    .await;
+    let turns: Vec<String> = serde_json::from_value(turns).unwrap();
+    assert_eq!(turns.len(), 4, "{turns:?}");
+    assert!(turns[0].starts_with("user:") && turns[0].contains("capital of France"));
+    assert!(turns[1].starts_with("assistant:"));
+    assert!(turns[2].starts_with("user:") && turns[2].contains("Italy"));
+    assert!(turns[3].starts_with("assistant:"));
+    // The second prompt carried the first exchange: more prompt tokens than the first.
+    let prompt2 = js(&c, PROMPT_TOKENS).await.as_f64().unwrap();
+    assert!(prompt2 > prompt1, "{prompt2} <= {prompt1}");
     shot(&c, &shots, "run").await;
 
     // ---------------------------------------------------------------- Compare

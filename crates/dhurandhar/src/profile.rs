@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use dhurandhar_model::ModelArchitecture;
 use dhurandhar_profile::{
     default_cache_dir, default_slices, ensure_test_file, evaluate_budget, evaluate_throughput,
-    Advice, Budget, BudgetVerdict, FileOutcome, MemoryProbe, MemorySnapshot, Mode, Pattern,
-    PatternResult, ProfileError, Profiler, RunOptions, TableGeometry, TableKind, ThroughputVerdict,
-    DEFAULT_FILE_NAME, DEFAULT_WARN_MARGIN,
+    Advice, Budget, BudgetVerdict, FileOutcome, Histogram, MemoryProbe, MemorySnapshot, Mode,
+    Pattern, PatternResult, ProfileError, Profiler, RunOptions, TableGeometry, TableKind,
+    ThroughputVerdict, DEFAULT_FILE_NAME, DEFAULT_WARN_MARGIN,
 };
 use serde::Serialize;
 
@@ -207,8 +207,76 @@ pub struct ProfileReport {
     pub num_tokens: u64,
     pub warmup_tokens: u64,
     pub results: Vec<PatternResult>,
+    /// Per-token latency distribution of each measured run (same order as `results`;
+    /// runs with no number, e.g. a cold run that could not evict, have none). Added in
+    /// schema 1 without a bump: an extra field readers of schema 1 can ignore.
+    pub histograms: Vec<LatencyHistogram>,
     pub memory: MemoryReport,
     pub verdict: ThroughputVerdict,
+}
+
+/// Smallest latency bucket edge, ns; faster steps share the first bucket.
+const HIST_MIN_NS: f64 = 64.0;
+/// Bucket edges per doubling of latency.
+const HIST_PER_OCTAVE: u32 = 4;
+/// Doublings covered above [`HIST_MIN_NS`] (64 ns · 2^28 ≈ 17 s); slower steps share
+/// the last bucket.
+const HIST_OCTAVES: u32 = 28;
+
+/// The fixed, log-spaced bucket edges (ns) of every [`LatencyHistogram`]: the same
+/// for all runs and hosts, so histograms compare bucket by bucket.
+pub fn latency_bucket_edges_ns() -> Vec<u64> {
+    (0..=HIST_PER_OCTAVE * HIST_OCTAVES)
+        .map(|k| {
+            (HIST_MIN_NS * 2f64.powf(f64::from(k) / f64::from(HIST_PER_OCTAVE))).round() as u64
+        })
+        .collect()
+}
+
+/// One run's per-token latency distribution over [`latency_bucket_edges_ns`], empty
+/// buckets before the first and after the last sample left out (at most
+/// 4 · 28 + 2 buckets). Counts are read from the profiler's log-linear histogram, so an
+/// edge that is not a power of two is placed within 1/64 of its value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencyHistogram {
+    pub pattern: Pattern,
+    pub mode: Mode,
+    pub advice: Advice,
+    /// Timed tokens (the sum of the counts).
+    pub samples: u64,
+    pub buckets: Vec<LatencyBucket>,
+}
+
+/// Steps that took `lo_us <= t < hi_us` microseconds (`hi_us` `None`: no upper edge).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencyBucket {
+    pub lo_us: f64,
+    pub hi_us: Option<f64>,
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    fn new(r: &PatternResult, h: &Histogram) -> Self {
+        let edges = latency_bucket_edges_ns();
+        let counts = h.counts_by_edges(&edges);
+        let first = counts.iter().position(|&c| c > 0).unwrap_or(0);
+        let last = counts.iter().rposition(|&c| c > 0).unwrap_or(0);
+        let us = |ns: u64| ns as f64 / 1e3;
+        let buckets = (first..=last)
+            .map(|i| LatencyBucket {
+                lo_us: if i == 0 { 0.0 } else { us(edges[i - 1]) },
+                hi_us: edges.get(i).map(|&e| us(e)),
+                count: counts[i],
+            })
+            .collect();
+        LatencyHistogram {
+            pattern: r.pattern,
+            mode: r.mode,
+            advice: r.advice,
+            samples: h.count(),
+            buckets,
+        }
+    }
 }
 
 impl ProfileReport {
@@ -234,6 +302,7 @@ pub fn run(
     let profiler = Profiler::open(&source.path, source.offset, geometry)?;
 
     let mut results = Vec::new();
+    let mut histograms = Vec::new();
     for &pattern in &dedup(&opts.patterns) {
         for &advice in &dedup(&opts.advice) {
             for &mode in &dedup(&opts.modes) {
@@ -247,9 +316,12 @@ pub fn run(
                 };
                 let what = format!("{} {}", pattern.name(), mode.name());
                 let phase = Phase::start(progress, &what, opts.num_tokens, Unit::Items("tokens"));
-                let r = profiler
-                    .run(pattern, mode, &run_opts, &mut phase.callback(cancel))
+                let (r, hist) = profiler
+                    .run_with_histogram(pattern, mode, &run_opts, &mut phase.callback(cancel))
                     .map_err(|e| lift(e, || format!("{what} run failed")))?;
+                if let Some(h) = hist.filter(|h| h.count() > 0) {
+                    histograms.push(LatencyHistogram::new(&r, &h));
+                }
                 results.push(r);
             }
         }
@@ -316,6 +388,7 @@ pub fn run(
         num_tokens: opts.num_tokens,
         warmup_tokens: opts.warmup_tokens,
         results,
+        histograms,
         memory,
         verdict,
     })
@@ -758,9 +831,37 @@ mod tests {
         assert_eq!(v["memory"]["measured_during"], "whole_run");
         assert!(v["memory"]["peak_rss_bytes"].is_u64());
         assert!(!r.compares_advice());
+        // One histogram per measured run, holding every timed token in ascending,
+        // contiguous buckets on the fixed edges.
+        assert_eq!(r.histograms.len(), 1);
+        let h = &r.histograms[0];
+        assert_eq!(
+            (h.pattern, h.mode),
+            (r.results[0].pattern, r.results[0].mode)
+        );
+        assert_eq!(h.samples, r.num_tokens);
+        assert_eq!(h.buckets.iter().map(|b| b.count).sum::<u64>(), r.num_tokens);
+        assert!(h.buckets.first().unwrap().count > 0 && h.buckets.last().unwrap().count > 0);
+        assert!(h.buckets.windows(2).all(|w| Some(w[1].lo_us) == w[0].hi_us));
+        let p50 = r.results[0].p50_us.unwrap();
+        assert!(h
+            .buckets
+            .iter()
+            .any(|b| b.lo_us * 0.98 <= p50 && b.hi_us.is_none_or(|hi| p50 < hi * 1.02)));
+        assert!(v["histograms"][0]["buckets"][0]["count"].is_u64());
         let mut two = r.clone();
         two.results.push(two.results[0].clone());
         assert!(two.compares_advice());
+    }
+
+    #[test]
+    fn bucket_edges_are_log_spaced_and_doubling_every_octave() {
+        let e = latency_bucket_edges_ns();
+        assert_eq!(e.len() as u32, HIST_PER_OCTAVE * HIST_OCTAVES + 1);
+        assert!(e.windows(2).all(|w| w[0] < w[1]));
+        for k in 0..=HIST_OCTAVES as usize {
+            assert_eq!(e[k * HIST_PER_OCTAVE as usize], 64u64 << k);
+        }
     }
 
     /// Cancels its token as soon as a phase of `unit` makes progress.
