@@ -243,7 +243,11 @@ impl Model {
             }
             WeightMode::Resident => {
                 let len = file.metadata().map_err(|e| io_err(&origin, e))?.len();
-                let mut bytes = vec![0u8; usize::try_from(len).map_err(|_| meta_err(&origin, "file too large"))?];
+                let mut bytes = vec![
+                    0u8;
+                    usize::try_from(len)
+                        .map_err(|_| meta_err(&origin, "file too large"))?
+                ];
                 file.read_exact_at(&mut bytes, 0)
                     .map_err(|e| io_err(&origin, e))?;
                 let gguf = GgufFile::parse(&bytes, &origin)?;
@@ -678,7 +682,10 @@ impl Model {
                 s.read_at(&mut row, (t.offset + tok as usize * rb) as u64)?;
                 crate::quant::dequantize_row(t.qtype, &row, out)
             }
-            WeightStore::Stream(_) => self.head().dequantize_row(tok as usize, out).map_err(|_| bad()),
+            WeightStore::Stream(_) => self
+                .head()
+                .dequantize_row(tok as usize, out)
+                .map_err(|_| bad()),
             WeightStore::Mmap(_) | WeightStore::Resident(_) => self
                 .mat(&self.layer_view(0)?, t)
                 .dequantize_row(tok as usize, out)
@@ -709,10 +716,18 @@ impl Model {
             .layers
             .iter()
             .map(|l| {
-                [&l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm, &l.post_attn_norm, &l.post_ffn_norm]
-                    .iter()
-                    .map(|v| v.as_ref().map_or(0, |v| v.len()))
-                    .sum::<usize>()
+                [
+                    &l.bq,
+                    &l.bk,
+                    &l.bv,
+                    &l.q_norm,
+                    &l.k_norm,
+                    &l.post_attn_norm,
+                    &l.post_ffn_norm,
+                ]
+                .iter()
+                .map(|v| v.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>()
                     + l.attn_norm.len()
                     + l.ffn_norm.len()
             })
@@ -775,6 +790,33 @@ impl Model {
         }
     }
 
+    /// What a budget of `budget` bytes must hold besides the streamed layers, for a run
+    /// of `context` tokens in chunks of `chunk` (the inputs of [`plan_pool`]); the fixed
+    /// overhead is the process's resident set now, less the resident weights. `None`
+    /// unless the model streams and a budget is given.
+    pub fn budget_inputs(
+        &self,
+        budget: Option<u64>,
+        context: usize,
+        chunk: usize,
+    ) -> Option<BudgetInputs> {
+        let (WeightStore::Stream(s), Some(budget)) = (&self.store, budget) else {
+            return None;
+        };
+        let resident = self.resident_bytes();
+        let rss = dhurandhar_profile::MemorySnapshot::current()
+            .rss_bytes
+            .unwrap_or(0);
+        Some(BudgetInputs {
+            budget,
+            kv_bytes: self.kv_bytes(context) as u64,
+            activation_bytes: self.activation_bytes(chunk.max(1), 1),
+            resident_bytes: resident,
+            fixed_bytes: rss.saturating_sub(resident),
+            layer_bytes: s.layer_bytes().iter().map(|&b| b as u64).collect(),
+        })
+    }
+
     /// Size a streamed model's layer pool from `budget` (bytes) for a run of `context`
     /// tokens in chunks of `chunk`, read the layers it pins and start the prefetch
     /// thread. Refuses a budget that cannot hold the minimum, with the breakdown.
@@ -792,23 +834,9 @@ impl Model {
         if let Some(p) = s.plan() {
             return Ok(Some(p.clone()));
         }
-        let plan = match budget {
+        let plan = match self.budget_inputs(budget, context, chunk) {
             None => self.minimal_plan(s),
-            Some(budget) => {
-                let resident = self.resident_bytes();
-                let rss = dhurandhar_profile::MemorySnapshot::current()
-                    .rss_bytes
-                    .unwrap_or(0);
-                let inputs = BudgetInputs {
-                    budget,
-                    kv_bytes: self.kv_bytes(context) as u64,
-                    activation_bytes: self.activation_bytes(chunk.max(1), 1),
-                    resident_bytes: resident,
-                    fixed_bytes: rss.saturating_sub(resident),
-                    layer_bytes: s.layer_bytes().iter().map(|&b| b as u64).collect(),
-                };
-                plan_pool(&inputs).map_err(EngineError::Budget)?
-            }
+            Some(inputs) => plan_pool(&inputs).map_err(EngineError::Budget)?,
         };
         Ok(Some(s.start(plan)?.clone()))
     }

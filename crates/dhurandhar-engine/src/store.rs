@@ -282,12 +282,12 @@ impl Streamer {
         let mut pinned = Vec::with_capacity(plan.pinned_layers);
         for li in 0..plan.pinned_layers {
             let mut buf = vec![0u8; self.layer_bytes[li]];
-            fill(&self.file, &self.layers[li], &mut buf, &self.bytes_read).map_err(
-                |source| EngineError::Io {
+            fill(&self.file, &self.layers[li], &mut buf, &self.bytes_read).map_err(|source| {
+                EngineError::Io {
                     path: self.origin.clone(),
                     source,
-                },
-            )?;
+                }
+            })?;
             pinned.push(buf);
         }
         let n = self.layers.len();
@@ -315,7 +315,11 @@ impl Streamer {
                         if ready_tx.send(r).is_err() || failed {
                             break;
                         }
-                        li = if li + 1 == layers.len() { first } else { li + 1 };
+                        li = if li + 1 == layers.len() {
+                            first
+                        } else {
+                            li + 1
+                        };
                     }
                 })
                 .map_err(|e| EngineError::Invalid(format!("prefetch thread: {e}")))?;
@@ -342,7 +346,9 @@ impl Streamer {
             return Ok(LayerView::Packed(p));
         }
         let (Some(ready), Some(free)) = (&rt.ready, &rt.free) else {
-            return Err(EngineError::Invalid(format!("layer {li} is not in the stream")));
+            return Err(EngineError::Invalid(format!(
+                "layer {li} is not in the stream"
+            )));
         };
         let rx = ready.lock().unwrap_or_else(|e| e.into_inner());
         // The thread reads layers in cycle order; a pass that stopped early (an error)
@@ -448,7 +454,13 @@ mod tests {
     #[test]
     fn a_budget_below_the_minimum_is_refused_with_the_breakdown() {
         let e = plan_pool(&inputs(279)).unwrap_err();
-        for part in ["KV cache", "activations", "resident weights", "fixed overhead", "two layer buffers"] {
+        for part in [
+            "KV cache",
+            "activations",
+            "resident weights",
+            "fixed overhead",
+            "two layer buffers",
+        ] {
             assert!(e.contains(part), "{e}");
         }
         // A budget of zero is refused, not wrapped.
