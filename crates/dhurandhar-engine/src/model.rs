@@ -791,7 +791,8 @@ impl Model {
     }
 
     /// What a budget of `budget` bytes must hold besides the streamed layers, for a run
-    /// of `context` tokens in chunks of `chunk` (the inputs of [`plan_pool`]); the fixed
+    /// of `context` tokens in chunks of `chunk`, `logit_rows` logits per pass (the inputs
+    /// of [`plan_pool`]); the fixed
     /// overhead is the process's resident set now, less the resident weights. `None`
     /// unless the model streams and a budget is given.
     pub fn budget_inputs(
@@ -799,6 +800,7 @@ impl Model {
         budget: Option<u64>,
         context: usize,
         chunk: usize,
+        logit_rows: usize,
     ) -> Option<BudgetInputs> {
         let (WeightStore::Stream(s), Some(budget)) = (&self.store, budget) else {
             return None;
@@ -810,7 +812,7 @@ impl Model {
         Some(BudgetInputs {
             budget,
             kv_bytes: self.kv_bytes(context) as u64,
-            activation_bytes: self.activation_bytes(chunk.max(1), 1),
+            activation_bytes: self.activation_bytes(chunk.max(1), logit_rows),
             resident_bytes: resident,
             fixed_bytes: rss.saturating_sub(resident),
             layer_bytes: s.layer_bytes().iter().map(|&b| b as u64).collect(),
@@ -818,7 +820,8 @@ impl Model {
     }
 
     /// Size a streamed model's layer pool from `budget` (bytes) for a run of `context`
-    /// tokens in chunks of `chunk`, read the layers it pins and start the prefetch
+    /// tokens in chunks of `chunk` with logits for `logit_rows` tokens per pass, read the
+    /// layers it pins and start the prefetch
     /// thread. Refuses a budget that cannot hold the minimum, with the breakdown.
     /// Without a budget the window is the minimum and nothing is pinned. Mapped and
     /// resident models return `None`. The first call decides; later calls return its plan.
@@ -827,6 +830,7 @@ impl Model {
         budget: Option<u64>,
         context: usize,
         chunk: usize,
+        logit_rows: usize,
     ) -> Result<Option<StorePlan>, EngineError> {
         let WeightStore::Stream(s) = &self.store else {
             return Ok(None);
@@ -834,7 +838,7 @@ impl Model {
         if let Some(p) = s.plan() {
             return Ok(Some(p.clone()));
         }
-        let plan = match self.budget_inputs(budget, context, chunk) {
+        let plan = match self.budget_inputs(budget, context, chunk, logit_rows) {
             None => self.minimal_plan(s),
             Some(inputs) => plan_pool(&inputs).map_err(EngineError::Budget)?,
         };

@@ -35,7 +35,7 @@ fn greedy(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
 /// A streamed model with its pool sized for `budget` and `context` tokens.
 fn open_stream(path: &Path, budget: Option<u64>, context: usize) -> Model {
     let m = Model::open_with(path, WeightMode::Stream).unwrap();
-    m.start_stream(budget, context, 7).unwrap();
+    m.start_stream(budget, context, 7, 1).unwrap();
     m
 }
 
@@ -48,12 +48,12 @@ fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
     // some layers and stream the rest.
     let partly = partial.then(|| {
         let m = Model::open_with(path, WeightMode::Stream).unwrap();
-        let inp = m.budget_inputs(Some(0), context, 7).unwrap();
+        let inp = m.budget_inputs(Some(0), context, 7, 1).unwrap();
         let others = inp.kv_bytes + inp.activation_bytes + inp.resident_bytes + inp.fixed_bytes;
         let largest = inp.layer_bytes.iter().max().unwrap();
         let layers: u64 = inp.layer_bytes.iter().sum();
         let p = m
-            .start_stream(Some(others + 2 * largest + layers / 2), context, 7)
+            .start_stream(Some(others + 2 * largest + layers / 2), context, 7, 1)
             .unwrap()
             .unwrap();
         assert!(p.pinned_layers > 0 && p.window_slots == 2, "{p:?}");
@@ -85,7 +85,7 @@ fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
     assert!(minimal.weight_bytes_read() >= passes as u64 * plan.streamed_bytes_per_pass);
     // A budget of nothing is refused with the breakdown; a huge one pins every layer.
     let probe = Model::open_with(path, WeightMode::Stream).unwrap();
-    let e = probe.start_stream(Some(0), context, 7).unwrap_err();
+    let e = probe.start_stream(Some(0), context, 7, 1).unwrap_err();
     assert!(matches!(e, EngineError::Budget(_)));
     let msg = e.to_string();
     assert!(
