@@ -6,28 +6,32 @@
 #
 #   scripts/stream_cgroup.sh [MODEL.gguf] [CAP_BYTES] [MAX_TOKENS]
 #
-# CAP defaults to half the model file. Each run starts with the file's pages dropped
-# from the page cache (posix_fadvise DONTNEED), so both modes read from the disk.
+# CAP defaults to half the model file. The model is copied to a private temporary file
+# (pages of a file other processes use are charged to their cgroups and cannot be
+# dropped), and each run starts with its pages dropped from the page cache
+# (posix_fadvise DONTNEED), so both modes read from the disk.
 # Prints one line per mode: decode tok/s, prefill tok/s, the cgroup's
 # memory.max_usage_in_bytes (RSS + page cache charged to the run), its failcnt, and
 # whether the OOM killer fired.
 set -euo pipefail
-MODEL=${1:-${DHURANDHAR_FIXTURES:-.cache/fixtures}/SmolLM2-135M-Instruct.Q4_1.gguf}
-SIZE=$(stat -c %s "$MODEL")
+SRC=${1:-${DHURANDHAR_FIXTURES:-.cache/fixtures}/SmolLM2-135M-Instruct.Q4_1.gguf}
+SIZE=$(stat -c %s "$SRC")
 CAP=${2:-$((SIZE / 2))}
 TOKENS=${3:-64}
 BIN=${BIN:-target/release/dhurandhar}
 ROOT=/sys/fs/cgroup/memory
 [ -w "$ROOT" ] || { echo "cgroup v1 memory controller not writable at $ROOT (need root)" >&2; exit 3; }
 CG=$ROOT/dhurandhar-stream-$$
+MODEL=$(mktemp --suffix .gguf)
 mkdir "$CG"
-trap 'rmdir "$CG" 2>/dev/null || true' EXIT
+trap 'rmdir "$CG" 2>/dev/null || true; rm -f "$MODEL"' EXIT
+cp "$SRC" "$MODEL"
 
 drop_cache() {
   python3 -c 'import os,sys; f=os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(f, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"
 }
 
-echo "model $MODEL ($SIZE bytes), cap $CAP bytes, $TOKENS tokens"
+echo "model $SRC ($SIZE bytes), cap $CAP bytes, $TOKENS tokens"
 for mode in mmap stream; do
   extra=()
   [ "$mode" = stream ] && extra=(--ram-budget "$CAP")

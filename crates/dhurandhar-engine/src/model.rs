@@ -215,7 +215,7 @@ fn read_header(file: &File, file_len: u64, origin: &str) -> Result<GgufFile, Eng
         match GgufFile::parse(&buf, origin) {
             Ok(g) => return Ok(g),
             Err(e) if want >= file_len => return Err(e.into()),
-            Err(_) => want = (want * 4).min(file_len),
+            Err(_) => want = (want * 2).min(file_len),
         }
     }
 }

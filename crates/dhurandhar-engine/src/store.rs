@@ -311,6 +311,7 @@ impl Streamer {
                     let mut li = first;
                     while let Ok(mut buf) = free_rx.recv() {
                         let r = fill(&file, &layers[li], &mut buf, &counter).map(|_| (li, buf));
+                        drop_cached(&file, &layers[li]);
                         let failed = r.is_err();
                         if ready_tx.send(r).is_err() || failed {
                             break;
@@ -385,6 +386,26 @@ fn fill(
         counter.fetch_add(e.len as u64, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Drop a streamed layer's pages from the page cache once read: they are read again
+/// next token anyway, and cached they would count against the budget (a memory cgroup
+/// charges the page cache to the process) and crowd out what does fit.
+fn drop_cached(file: &File, extents: &[Extent]) {
+    use std::os::unix::io::AsRawFd;
+    for e in extents {
+        let (Ok(off), Ok(len)) = (
+            libc::off_t::try_from(e.file_offset),
+            libc::off_t::try_from(e.len),
+        ) else {
+            continue;
+        };
+        // SAFETY: a plain syscall on a descriptor this store owns; advice only, so a
+        // failure changes nothing but the page cache's contents.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), off, len, libc::POSIX_FADV_DONTNEED);
+        }
+    }
 }
 
 /// Lay out tensors of `lens` bytes back to back, each at a 64-byte boundary; returns
