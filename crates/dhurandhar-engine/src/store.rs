@@ -1,4 +1,4 @@
-//! Where the forward pass gets its weights from: the [`WeightStore`] behind a
+//! Where the forward pass gets its weights from: the weight store behind a
 //! [`crate::Model`].
 //!
 //! - [`WeightMode::Mmap`]: the file is memory-mapped and the kernel pages it (zero
