@@ -613,6 +613,34 @@ mod tests {
     }
 
     #[test]
+    fn ram_budget_needs_streamed_weights_and_room_for_the_minimum() {
+        let Some(path) = fixture() else { return };
+        let mut o = opts(path, 4);
+        o.ram_budget = Some(1 << 30);
+        let e = Generator::open(&o).err().unwrap().to_string();
+        assert!(e.starts_with("ram_budget:") && e.contains("mmap"), "{e}");
+        o.weights = WeightMode::Stream;
+        o.ram_budget = Some(1 << 20);
+        let e = Generator::open(&o).err().unwrap().to_string();
+        assert!(e.contains("cannot hold the minimum"), "{e}");
+        assert!(!e.contains("--"), "a library message names no flag: {e}");
+        o.ram_budget = None;
+        let r = Generator::open(&o).unwrap().finish().unwrap();
+        assert_eq!(r.weights.mode, WeightMode::Stream);
+        let plan = r.weights.plan.expect("streamed models report their plan");
+        assert_eq!((plan.window_slots, plan.pinned_layers), (2, 0));
+        // Every decode pass reads each of the 30 layers once; the prefetch thread runs up
+        // to two layers ahead at the start and the end of the count, which over three
+        // decode passes can shift it by at most 2/90 of a pass.
+        let per_pass = plan.streamed_bytes_per_pass as f64;
+        let got = r.weights.bytes_read_per_token;
+        assert!(
+            got >= per_pass * (1.0 - 2.0 / 90.0) && got <= per_pass * (1.0 + 2.0 / 90.0),
+            "{got} vs {per_pass}"
+        );
+    }
+
+    #[test]
     fn generator_is_send() {
         fn send<T: Send + 'static>() {}
         send::<Generator>();
