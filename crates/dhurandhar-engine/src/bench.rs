@@ -21,6 +21,9 @@ pub struct BenchResult {
     /// with other work this shows the speed the code would reach uncontended.
     pub prefill_tokens_per_cpu_s: f64,
     pub decode_tokens_per_cpu_s: f64,
+    /// Weight bytes read from the file per decoded token (streamed weights; 0 when the
+    /// weights are mapped or resident), counted by the store over the last run.
+    pub weight_bytes_read_per_decode_token: f64,
     pub repeats: usize,
 }
 
@@ -46,6 +49,7 @@ pub fn bench(
     let mut best_decode = 0f64;
     let mut best_prefill_cpu = 0f64;
     let mut best_decode_cpu = 0f64;
+    let mut read_per_token = 0f64;
     for _ in 0..repeats.max(1) {
         let mut s = model.session(threads, None)?;
         // Touch the weights once so page-ins are not counted as compute.
@@ -57,12 +61,13 @@ pub fn bench(
         let (tp, cp) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
         best_prefill = best_prefill.max(prompt.len() as f64 / tp);
         best_prefill_cpu = best_prefill_cpu.max(prompt.len() as f64 / cp.max(1e-9));
-        let (t1, c1) = (Instant::now(), cpu_seconds());
+        let (t1, c1, r1) = (Instant::now(), cpu_seconds(), model.weight_bytes_read());
         for _ in 0..decode {
             let tok = argmax(&logits);
             logits = s.forward(&[tok], Logits::Last, None)?;
         }
         let (td, cd) = (t1.elapsed().as_secs_f64(), cpu_seconds() - c1);
+        read_per_token = (model.weight_bytes_read() - r1) as f64 / decode.max(1) as f64;
         if decode > 0 {
             best_decode = best_decode.max(decode as f64 / td);
             best_decode_cpu = best_decode_cpu.max(decode as f64 / cd.max(1e-9));
@@ -76,6 +81,7 @@ pub fn bench(
         decode_tokens_per_s: best_decode,
         prefill_tokens_per_cpu_s: best_prefill_cpu,
         decode_tokens_per_cpu_s: best_decode_cpu,
+        weight_bytes_read_per_decode_token: read_per_token,
         repeats: repeats.max(1),
     })
 }

@@ -1,7 +1,8 @@
 //! CPU inference on GGUF models for devices where memory is the constraint.
 //!
-//! Weights stay in their stored (quantized) form inside a read-only memory map of the
-//! GGUF file; matrix products dequantize block by block inside the dot product or use
+//! Weights stay in their stored (quantized) form — in a read-only memory map of the
+//! GGUF file, read into RAM, or streamed layer by layer under a RAM budget
+//! ([`store`]); matrix products dequantize block by block inside the dot product or use
 //! integer dot products against 8-bit activations, so the model is never expanded to
 //! f32. On top of that: one forward pass for the architectures in
 //! [`arch::ARCHITECTURES`] (llama, mistral, qwen2, qwen3, gemma3, phi3), the GGUF's own
@@ -22,6 +23,7 @@ mod kquants_avx2;
 pub mod model;
 pub mod quant;
 pub mod sampling;
+pub mod store;
 pub mod tokenizer;
 
 pub use arch::{ArchSpec, ARCHITECTURES};
@@ -30,6 +32,7 @@ pub use eval::{evaluate, CodecResult, EvalReport, PassMetrics};
 pub use model::{Logits, Model, ModelConfig, RopeStyle, Session};
 pub use quant::{computes_with, GgmlType};
 pub use sampling::Sampler;
+pub use store::{plan_pool, BudgetInputs, StorePlan, WeightMode};
 pub use tokenizer::Tokenizer;
 
 use thiserror::Error;
@@ -57,4 +60,7 @@ pub enum EngineError {
     Codec(#[from] dhurandhar_kv::KvError),
     #[error("{0}")]
     Invalid(String),
+    /// A RAM budget too small for the chosen weight mode (the message has the breakdown).
+    #[error("{0}")]
+    Budget(String),
 }

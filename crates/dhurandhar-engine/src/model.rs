@@ -2,7 +2,9 @@
 //! stay in the memory map) and running it: one layer loop for every architecture,
 //! driven by the architecture's [`ArchSpec`] and a per-layer plan read from the file.
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use dhurandhar_checkpoint::gguf::GgufFile;
@@ -15,6 +17,10 @@ use crate::arch::{Activation, ArchSpec, AttentionScale, SlidingLayers};
 use crate::cache::{CacheCodec, Capture, KvCache};
 use crate::kernels::{matmul, strided_axpys, strided_dots, Acts, QMatrix};
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
+use crate::store::{
+    pack_offsets, plan_pool, BudgetInputs, Extent, LayerView, StorePlan, Streamer, WeightMode,
+    WeightStore, WINDOW_SLOTS,
+};
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
 
@@ -60,6 +66,8 @@ struct TensorRef {
     cols: usize,
     offset: usize,
     len: usize,
+    /// Offset inside the layer's buffer when the layer is streamed.
+    local: usize,
 }
 
 /// Q/K/V projections: three tensors, or one fused `attn_qkv` whose output rows are
@@ -107,6 +115,24 @@ struct Layer {
     rope: usize,
 }
 
+impl Layer {
+    /// The layer's matrices (what a streamed layer reads), in a fixed order.
+    fn mats_mut(&mut self) -> Vec<&mut TensorRef> {
+        let mut v = Vec::with_capacity(7);
+        match &mut self.qkv {
+            Qkv::Separate { wq, wk, wv } => v.extend([wq, wk, wv]),
+            Qkv::Fused(w) => v.push(w),
+        }
+        v.push(&mut self.wo);
+        match &mut self.gate_up {
+            GateUp::Separate { gate, up } => v.extend([gate, up]),
+            GateUp::Fused(w) => v.push(w),
+        }
+        v.push(&mut self.down);
+        v
+    }
+}
+
 /// One RoPE variant of a model (full-attention layers, sliding layers).
 #[derive(Debug, Clone)]
 struct RopeParams {
@@ -116,9 +142,12 @@ struct RopeParams {
     freq_factors: Option<Vec<f32>>,
 }
 
-/// A loaded model: configuration, tokenizer, and tensor locations inside the map.
+/// A loaded model: configuration, tokenizer, and tensor locations inside the file.
 pub struct Model {
-    map: Mmap,
+    store: WeightStore,
+    mode: WeightMode,
+    /// The output head's bytes when the layers stream (empty otherwise).
+    head: Vec<u8>,
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
     /// Sum of the stored bytes of every tensor in the file.
@@ -138,24 +167,108 @@ fn meta_err(path: &str, message: impl Into<String>) -> EngineError {
     }
 }
 
-impl Model {
-    /// Memory-map and load `path`. Anything but a regular file (a FIFO, a device) is
-    /// refused before it is opened for reading, so it cannot block or be mapped.
-    pub fn open(path: &Path) -> Result<Model, EngineError> {
-        let origin = path.display().to_string();
-        let file = dhurandhar_io::open_regular(path)?;
-        // SAFETY: the map is read-only; a concurrent truncation of the file by another
-        // process could fault, as with any mmap-based reader (llama.cpp included).
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| EngineError::Io {
-            path: origin.clone(),
-            source,
-        })?;
-        let gguf = GgufFile::parse(&map, &origin)?;
-        gguf.check_ranges(map.len() as u64, &origin)?;
-        Self::from_gguf(map, &gguf, &origin)
+/// The file while a model loads: mapped, read whole, or read piece by piece.
+enum Backing {
+    Map(Mmap),
+    Bytes(Vec<u8>),
+    File(File, u64),
+}
+
+impl Backing {
+    fn len(&self) -> usize {
+        match self {
+            Backing::Map(m) => m.len(),
+            Backing::Bytes(v) => v.len(),
+            Backing::File(_, n) => usize::try_from(*n).unwrap_or(usize::MAX),
+        }
     }
 
-    fn from_gguf(map: Mmap, g: &GgufFile, origin: &str) -> Result<Model, EngineError> {
+    fn read(&self, offset: usize, len: usize, origin: &str) -> Result<Cow<'_, [u8]>, EngineError> {
+        match self {
+            Backing::Map(m) => Ok(Cow::Borrowed(&m[offset..offset + len])),
+            Backing::Bytes(v) => Ok(Cow::Borrowed(&v[offset..offset + len])),
+            Backing::File(f, _) => {
+                let mut b = vec![0u8; len];
+                f.read_exact_at(&mut b, offset as u64)
+                    .map_err(|source| io_err(origin, source))?;
+                Ok(Cow::Owned(b))
+            }
+        }
+    }
+}
+
+fn io_err(origin: &str, source: std::io::Error) -> EngineError {
+    EngineError::Io {
+        path: origin.to_string(),
+        source,
+    }
+}
+
+/// Parse the GGUF header from a bounded read of the file's start, growing the read until
+/// the header fits (the header is metadata and the tokenizer, not the weights).
+fn read_header(file: &File, file_len: u64, origin: &str) -> Result<GgufFile, EngineError> {
+    let mut want = (4u64 << 20).min(file_len);
+    loop {
+        let mut buf = vec![0u8; want as usize];
+        file.read_exact_at(&mut buf, 0)
+            .map_err(|source| io_err(origin, source))?;
+        match GgufFile::parse(&buf, origin) {
+            Ok(g) => return Ok(g),
+            Err(e) if want >= file_len => return Err(e.into()),
+            Err(_) => want = (want * 2).min(file_len),
+        }
+    }
+}
+
+impl Model {
+    /// Memory-map and load `path` ([`WeightMode::Mmap`]).
+    pub fn open(path: &Path) -> Result<Model, EngineError> {
+        Self::open_with(path, WeightMode::Mmap)
+    }
+
+    /// Load `path` with its weights held as `mode` says. Anything but a regular file (a
+    /// FIFO, a device) is refused before it is opened for reading, so it cannot block or
+    /// be mapped. A streamed model starts reading once [`Model::start_stream`] sizes its
+    /// pool (or, failing that, at the first forward pass with the minimum window).
+    pub fn open_with(path: &Path, mode: WeightMode) -> Result<Model, EngineError> {
+        let origin = path.display().to_string();
+        let file = dhurandhar_io::open_regular(path)?;
+        let (backing, gguf) = match mode {
+            WeightMode::Mmap => {
+                // SAFETY: the map is read-only; a concurrent truncation of the file by
+                // another process could fault, as with any mmap-based reader.
+                let map = unsafe { Mmap::map(&file) }.map_err(|e| io_err(&origin, e))?;
+                let gguf = GgufFile::parse(&map, &origin)?;
+                (Backing::Map(map), gguf)
+            }
+            WeightMode::Resident => {
+                let len = file.metadata().map_err(|e| io_err(&origin, e))?.len();
+                let mut bytes = vec![
+                    0u8;
+                    usize::try_from(len)
+                        .map_err(|_| meta_err(&origin, "file too large"))?
+                ];
+                file.read_exact_at(&mut bytes, 0)
+                    .map_err(|e| io_err(&origin, e))?;
+                let gguf = GgufFile::parse(&bytes, &origin)?;
+                (Backing::Bytes(bytes), gguf)
+            }
+            WeightMode::Stream => {
+                let len = file.metadata().map_err(|e| io_err(&origin, e))?.len();
+                let gguf = read_header(&file, len, &origin)?;
+                (Backing::File(file, len), gguf)
+            }
+        };
+        gguf.check_ranges(backing.len() as u64, &origin)?;
+        Self::from_gguf(backing, &gguf, &origin, mode)
+    }
+
+    fn from_gguf(
+        backing: Backing,
+        g: &GgufFile,
+        origin: &str,
+        mode: WeightMode,
+    ) -> Result<Model, EngineError> {
         let hp = GgufHyperParams::read(g, origin)?;
         let arch = hp.architecture.clone();
         let spec = crate::arch::lookup(&arch).map_err(|m| meta_err(origin, m))?;
@@ -270,7 +383,7 @@ impl Model {
             }
             let offset =
                 usize::try_from(t.offset).map_err(|_| meta_err(origin, "offset overflow"))?;
-            if offset.checked_add(len).is_none_or(|e| e > map.len()) {
+            if offset.checked_add(len).is_none_or(|e| e > backing.len()) {
                 return Err(meta_err(
                     origin,
                     format!("tensor {name} runs past the end of the file"),
@@ -282,12 +395,14 @@ impl Model {
                 cols,
                 offset,
                 len,
+                local: 0,
             })
         };
         let vector = |name: &str, n: usize| -> Result<Vec<f32>, EngineError> {
             let r = tensor(name, 1, n)?;
             let mut out = vec![0f32; n];
-            crate::quant::dequantize_row(r.qtype, &map[r.offset..r.offset + r.len], &mut out)?;
+            let bytes = backing.read(r.offset, r.len, origin)?;
+            crate::quant::dequantize_row(r.qtype, &bytes, &mut out)?;
             Ok(out)
         };
         // Tensors that change the computation in ways the loop does not implement: refuse
@@ -468,9 +583,37 @@ impl Model {
                 .final_logit_softcapping
                 .filter(|&c| spec.final_logit_softcap && c > 0.0),
         };
+        let mut head = Vec::new();
+        let store = match backing {
+            Backing::Map(m) => WeightStore::Mmap(m),
+            Backing::Bytes(v) => WeightStore::Resident(v),
+            Backing::File(f, _) => {
+                head = vec![0u8; output.len];
+                f.read_exact_at(&mut head, output.offset as u64)
+                    .map_err(|e| io_err(origin, e))?;
+                let mut extents = Vec::with_capacity(layers.len());
+                for l in &mut layers {
+                    let mats = l.mats_mut();
+                    let lens: Vec<usize> = mats.iter().map(|t| t.len).collect();
+                    let mut ext = Vec::with_capacity(mats.len());
+                    for (t, local) in mats.into_iter().zip(pack_offsets(&lens)) {
+                        t.local = local;
+                        ext.push(Extent {
+                            file_offset: t.offset as u64,
+                            len: t.len,
+                            local,
+                        });
+                    }
+                    extents.push(ext);
+                }
+                WeightStore::Stream(Box::new(Streamer::new(f, origin, extents)?))
+            }
+        };
         Ok(Model {
             tensor_bytes: g.total_tensor_bytes(),
-            map,
+            store,
+            mode,
+            head,
             config,
             tokenizer,
             spec,
@@ -482,13 +625,224 @@ impl Model {
         })
     }
 
-    fn mat(&self, t: &TensorRef) -> QMatrix<'_> {
+    /// Tensor `t` of the layer held by `v`.
+    #[inline]
+    fn mat<'a>(&self, v: &'a LayerView<'_>, t: &TensorRef) -> QMatrix<'a> {
         QMatrix {
             qtype: t.qtype,
             rows: t.rows,
             cols: t.cols,
-            data: &self.map[t.offset..t.offset + t.len],
+            data: v.get(t.offset, t.local, t.len),
         }
+    }
+
+    /// Layer `li`'s weights, held until the view is dropped (streamed: blocks until the
+    /// prefetch thread has read it).
+    fn layer_view(&self, li: usize) -> Result<LayerView<'_>, EngineError> {
+        match &self.store {
+            WeightStore::Mmap(m) => Ok(LayerView::File(m)),
+            WeightStore::Resident(v) => Ok(LayerView::File(v)),
+            WeightStore::Stream(s) => {
+                if s.plan().is_none() {
+                    s.start(self.minimal_plan(s))?;
+                }
+                s.layer(li)
+            }
+        }
+    }
+
+    /// The output head.
+    fn head(&self) -> QMatrix<'_> {
+        let t = &self.output;
+        let data = match &self.store {
+            WeightStore::Mmap(m) => &m[t.offset..t.offset + t.len],
+            WeightStore::Resident(v) => &v[t.offset..t.offset + t.len],
+            WeightStore::Stream(_) => &self.head[..],
+        };
+        QMatrix {
+            qtype: t.qtype,
+            rows: t.rows,
+            cols: t.cols,
+            data,
+        }
+    }
+
+    /// Dequantize token `tok`'s embedding row into `out`; a streamed model with its own
+    /// (untied) embedding table reads just that row from the file.
+    fn embed(&self, tok: u32, out: &mut [f32]) -> Result<(), EngineError> {
+        let bad = || EngineError::Invalid(format!("token id {tok} is outside the vocabulary"));
+        let t = &self.embd;
+        match &self.store {
+            WeightStore::Stream(s) if !self.config.tied_embeddings => {
+                if tok as usize >= t.rows {
+                    return Err(bad());
+                }
+                let rb = t.len / t.rows;
+                let mut row = vec![0u8; rb];
+                s.read_at(&mut row, (t.offset + tok as usize * rb) as u64)?;
+                crate::quant::dequantize_row(t.qtype, &row, out)
+            }
+            WeightStore::Stream(_) => self
+                .head()
+                .dequantize_row(tok as usize, out)
+                .map_err(|_| bad()),
+            WeightStore::Mmap(_) | WeightStore::Resident(_) => self
+                .mat(&self.layer_view(0)?, t)
+                .dequantize_row(tok as usize, out)
+                .map_err(|_| bad()),
+        }
+    }
+
+    /// The stream's plan when no budget was given: the minimum window, nothing pinned.
+    fn minimal_plan(&self, s: &Streamer) -> StorePlan {
+        StorePlan {
+            budget_bytes: None,
+            kv_bytes: 0,
+            activation_bytes: 0,
+            resident_bytes: self.resident_bytes(),
+            fixed_bytes: 0,
+            pool_bytes: WINDOW_SLOTS as u64
+                * s.layer_bytes().iter().copied().max().unwrap_or(0) as u64,
+            window_slots: WINDOW_SLOTS,
+            pinned_layers: 0,
+            streamed_bytes_per_pass: s.layer_bytes().iter().map(|&b| b as u64).sum(),
+        }
+    }
+
+    /// Weights held in RAM whatever the mode: norms and biases (f32), and with streamed
+    /// layers the output head.
+    fn resident_bytes(&self) -> u64 {
+        let vecs: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [
+                    &l.bq,
+                    &l.bk,
+                    &l.bv,
+                    &l.q_norm,
+                    &l.k_norm,
+                    &l.post_attn_norm,
+                    &l.post_ffn_norm,
+                ]
+                .iter()
+                .map(|v| v.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>()
+                    + l.attn_norm.len()
+                    + l.ffn_norm.len()
+            })
+            .sum::<usize>()
+            + self.output_norm.len();
+        (vecs * 4 + self.head.len()) as u64
+    }
+
+    /// Bytes of the buffers one forward pass over `chunk` tokens allocates (activations,
+    /// 8-bit activation copies, logits for `logit_rows` tokens).
+    pub fn activation_bytes(&self, chunk: usize, logit_rows: usize) -> u64 {
+        let c = &self.config;
+        let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let widest = c.dim.max(qd).max(c.ffn_dim);
+        let fused = (qd + 2 * kvd).max(2 * c.ffn_dim);
+        let per_token = 3 * c.dim + 2 * qd + 2 * kvd + 2 * c.ffn_dim + fused + widest;
+        (4 * (chunk * per_token + logit_rows * (c.vocab_size + c.dim))) as u64
+    }
+
+    /// Copies of layer `li`'s matrices as the forward pass sees them (a check that every
+    /// weight mode serves the same bytes). Streamed: consumes that layer from the stream.
+    pub fn layer_tensors(&self, li: usize) -> Result<Vec<Vec<u8>>, EngineError> {
+        let l = self
+            .layers
+            .get(li)
+            .ok_or_else(|| EngineError::Invalid(format!("no layer {li}")))?;
+        let v = self.layer_view(li)?;
+        let mut mats = Vec::new();
+        match &l.qkv {
+            Qkv::Separate { wq, wk, wv } => mats.extend([wq, wk, wv]),
+            Qkv::Fused(w) => mats.push(w),
+        }
+        mats.push(&l.wo);
+        match &l.gate_up {
+            GateUp::Separate { gate, up } => mats.extend([gate, up]),
+            GateUp::Fused(w) => mats.push(w),
+        }
+        mats.push(&l.down);
+        Ok(mats.iter().map(|t| self.mat(&v, t).data.to_vec()).collect())
+    }
+
+    /// How the weights are held.
+    pub fn weight_mode(&self) -> WeightMode {
+        self.mode
+    }
+
+    /// Weight bytes read from the file since loading (streamed models; 0 otherwise).
+    pub fn weight_bytes_read(&self) -> u64 {
+        match &self.store {
+            WeightStore::Stream(s) => s.bytes_read(),
+            _ => 0,
+        }
+    }
+
+    /// The stream's plan once started (streamed models).
+    pub fn stream_plan(&self) -> Option<StorePlan> {
+        match &self.store {
+            WeightStore::Stream(s) => s.plan().cloned(),
+            _ => None,
+        }
+    }
+
+    /// What a budget of `budget` bytes must hold besides the streamed layers, for a run
+    /// of `context` tokens in chunks of `chunk`, `logit_rows` logits per pass (the inputs
+    /// of [`plan_pool`]); the fixed
+    /// overhead is the process's resident set now, less the resident weights. `None`
+    /// unless the model streams and a budget is given.
+    pub fn budget_inputs(
+        &self,
+        budget: Option<u64>,
+        context: usize,
+        chunk: usize,
+        logit_rows: usize,
+    ) -> Option<BudgetInputs> {
+        let (WeightStore::Stream(s), Some(budget)) = (&self.store, budget) else {
+            return None;
+        };
+        let resident = self.resident_bytes();
+        let rss = dhurandhar_profile::MemorySnapshot::current()
+            .rss_bytes
+            .unwrap_or(0);
+        Some(BudgetInputs {
+            budget,
+            kv_bytes: self.kv_bytes(context) as u64,
+            activation_bytes: self.activation_bytes(chunk.max(1), logit_rows),
+            resident_bytes: resident,
+            fixed_bytes: rss.saturating_sub(resident),
+            layer_bytes: s.layer_bytes().iter().map(|&b| b as u64).collect(),
+        })
+    }
+
+    /// Size a streamed model's layer pool from `budget` (bytes) for a run of `context`
+    /// tokens in chunks of `chunk` with logits for `logit_rows` tokens per pass, read the
+    /// layers it pins and start the prefetch
+    /// thread. Refuses a budget that cannot hold the minimum, with the breakdown.
+    /// Without a budget the window is the minimum and nothing is pinned. Mapped and
+    /// resident models return `None`. The first call decides; later calls return its plan.
+    pub fn start_stream(
+        &self,
+        budget: Option<u64>,
+        context: usize,
+        chunk: usize,
+        logit_rows: usize,
+    ) -> Result<Option<StorePlan>, EngineError> {
+        let WeightStore::Stream(s) = &self.store else {
+            return Ok(None);
+        };
+        if let Some(p) = s.plan() {
+            return Ok(Some(p.clone()));
+        }
+        let plan = match self.budget_inputs(budget, context, chunk, logit_rows) {
+            None => self.minimal_plan(s),
+            Some(inputs) => plan_pool(&inputs).map_err(EngineError::Budget)?,
+        };
+        Ok(Some(s.start(plan)?.clone()))
     }
 
     /// Bytes of f32 K+V cache per token of a full-attention layer stack (an upper bound
@@ -799,13 +1153,9 @@ impl<M: Borrow<Model> + Send> Session<M> {
         let p0 = self.cache.len;
         let (dim, hd, nh, nkv) = (c.dim, c.head_dim, c.n_heads, c.n_kv_heads);
         let (qd, kvd) = (nh * hd, nkv * hd);
-        let embd = m.mat(&m.embd);
         let mut x = vec![0f32; n * dim];
         for (t, &tok) in tokens.iter().enumerate() {
-            embd.dequantize_row(tok as usize, &mut x[t * dim..(t + 1) * dim])
-                .map_err(|_| {
-                    EngineError::Invalid(format!("token id {tok} is outside the vocabulary"))
-                })?;
+            m.embed(tok, &mut x[t * dim..(t + 1) * dim])?;
         }
         if spec.scale_embeddings {
             let s = (dim as f32).sqrt();
@@ -829,6 +1179,7 @@ impl<M: Borrow<Model> + Send> Session<M> {
         let group = nh / nkv;
 
         for (li, l) in m.layers.iter().enumerate() {
+            let lw = m.layer_view(li)?;
             for t in 0..n {
                 rmsnorm(
                     &x[t * dim..(t + 1) * dim],
@@ -840,13 +1191,13 @@ impl<M: Borrow<Model> + Send> Session<M> {
             sc.q8_ready = false;
             match &l.qkv {
                 Qkv::Separate { wq, wk, wv } => {
-                    sc.project(&m.mat(wq), &xn, &mut q, par)?;
-                    sc.project(&m.mat(wk), &xn, &mut k, par)?;
-                    sc.project(&m.mat(wv), &xn, &mut v, par)?;
+                    sc.project(&m.mat(&lw, wq), &xn, &mut q, par)?;
+                    sc.project(&m.mat(&lw, wk), &xn, &mut k, par)?;
+                    sc.project(&m.mat(&lw, wv), &xn, &mut v, par)?;
                 }
                 Qkv::Fused(w) => {
                     fused.resize(n * w.rows, 0.0);
-                    sc.project(&m.mat(w), &xn, &mut fused, par)?;
+                    sc.project(&m.mat(&lw, w), &xn, &mut fused, par)?;
                     split_rows(&fused, [(&mut q, qd), (&mut k, kvd), (&mut v, kvd)]);
                 }
             }
@@ -1007,7 +1358,7 @@ impl<M: Borrow<Model> + Send> Session<M> {
             }
 
             sc.q8_ready = false;
-            sc.project(&m.mat(&l.wo), &att, &mut o, par)?;
+            sc.project(&m.mat(&lw, &l.wo), &att, &mut o, par)?;
             if let Some(w) = &l.post_attn_norm {
                 rmsnorm_rows(&mut o, w, c.rms_eps);
             }
@@ -1025,12 +1376,12 @@ impl<M: Borrow<Model> + Send> Session<M> {
             sc.q8_ready = false;
             match &l.gate_up {
                 GateUp::Separate { gate: wg, up: wu } => {
-                    sc.project(&m.mat(wg), &xn, &mut gate, par)?;
-                    sc.project(&m.mat(wu), &xn, &mut up, par)?;
+                    sc.project(&m.mat(&lw, wg), &xn, &mut gate, par)?;
+                    sc.project(&m.mat(&lw, wu), &xn, &mut up, par)?;
                 }
                 GateUp::Fused(w) => {
                     fused.resize(n * w.rows, 0.0);
-                    sc.project(&m.mat(w), &xn, &mut fused, par)?;
+                    sc.project(&m.mat(&lw, w), &xn, &mut fused, par)?;
                     let f = c.ffn_dim;
                     for (t, row) in fused.chunks_exact(2 * f).enumerate() {
                         gate[t * f..(t + 1) * f].copy_from_slice(&row[..f]);
@@ -1051,7 +1402,8 @@ impl<M: Borrow<Model> + Send> Session<M> {
                 }
             }
             sc.q8_ready = false;
-            sc.project(&m.mat(&l.down), &gate, &mut o, par)?;
+            sc.project(&m.mat(&lw, &l.down), &gate, &mut o, par)?;
+            drop(lw);
             if let Some(w) = &l.post_ffn_norm {
                 rmsnorm_rows(&mut o, w, c.rms_eps);
             }
@@ -1080,7 +1432,7 @@ impl<M: Borrow<Model> + Send> Session<M> {
         }
         let mut logits = vec![0f32; rows.len() * c.vocab_size];
         sc.q8_ready = false;
-        sc.project(&m.mat(&m.output), &h, &mut logits, par)?;
+        sc.project(&m.head(), &h, &mut logits, par)?;
         if let Some(cap) = c.final_logit_softcap {
             logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
         }

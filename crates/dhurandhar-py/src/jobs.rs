@@ -406,6 +406,7 @@ impl PyModel {
             seed,
             threads,
             f32_activations,
+            ..Default::default()
         };
         let model = self.model.clone();
         let g = py
@@ -481,6 +482,7 @@ fn generate_bench<'py>(
         decode_tokens,
         threads,
         repeats,
+        ..Default::default()
     };
     let p = PyProgress::new(progress, CancelToken::new());
     let cancel = p.cancel_token();
@@ -521,6 +523,7 @@ fn eval<'py>(
         seed,
         threads,
         q8_activations,
+        ..Default::default()
     };
     let p = PyProgress::new(progress, CancelToken::new());
     let cancel = p.cancel_token();

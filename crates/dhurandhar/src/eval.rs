@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dhurandhar_engine::{evaluate, CacheCodec, Capture, Logits, Model};
+use dhurandhar_engine::{evaluate, CacheCodec, Capture, Logits, Model, WeightMode};
+
+use crate::generate::WeightsReport;
 use dhurandhar_kv::{build_codec, build_codec_roles, Codec, CodecSpec, KvCodec};
 use serde::Serialize;
 
@@ -47,6 +49,10 @@ pub struct EvalOptions {
     /// Quantize activations to 8 bits inside the matmuls (faster; its rounding adds a
     /// noise floor of KL ≈ 3e-3, so f32 is the default).
     pub q8_activations: bool,
+    /// How the weights are held.
+    pub weights: WeightMode,
+    /// RAM budget in bytes for streamed weights.
+    pub ram_budget: Option<u64>,
 }
 
 impl Default for EvalOptions {
@@ -62,6 +68,8 @@ impl Default for EvalOptions {
             seed: dhurandhar_kv::DEFAULT_SEED,
             threads: None,
             q8_activations: false,
+            weights: WeightMode::Mmap,
+            ram_budget: None,
         }
     }
 }
@@ -81,6 +89,8 @@ pub struct EvalReport {
     pub activations: &'static str,
     /// Seconds of the evaluation passes (calibration excluded).
     pub seconds: f64,
+    /// How the weights were held; bytes read per token of the text over all passes.
+    pub weights: WeightsReport,
     /// Worker threads used (not part of the JSON document).
     #[serde(skip)]
     pub threads: usize,
@@ -129,7 +139,7 @@ pub fn eval(
     check_range("max_tokens", opts.max_tokens, 2, usize::MAX)?;
     check_range("chunk", opts.chunk, 1, MAX_CHUNK)?;
     let threads = resolve_threads(opts.threads)?;
-    let model = Model::open(&opts.model)?;
+    let model = Model::open_with(&opts.model, opts.weights)?;
     let text = dhurandhar_io::read_to_string_bounded(&opts.text_file, MAX_TEXT_BYTES, "a text")?;
     let mut tokens = model.tokenizer.encode(&text);
     tokens.truncate(opts.max_tokens.min(model.config.context_length));
@@ -139,6 +149,13 @@ pub fn eval(
             format!("{} holds fewer than 2 tokens", opts.text_file.display()),
         ));
     }
+    crate::generate::start_weights(
+        &model,
+        opts.ram_budget,
+        tokens.len(),
+        opts.chunk,
+        opts.chunk,
+    )?;
     let c = &model.config;
     let f32_acts = !opts.q8_activations;
     let sweep = opts.codecs.len() > 1;
@@ -193,6 +210,11 @@ pub fn eval(
         activations: if opts.q8_activations { "q8" } else { "f32" },
         seconds: t0.elapsed().as_secs_f64(),
         threads,
+        weights: WeightsReport::new(
+            &model,
+            opts.ram_budget,
+            model.weight_bytes_read() as f64 / tokens.len() as f64,
+        ),
     })
 }
 

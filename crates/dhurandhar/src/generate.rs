@@ -29,6 +29,7 @@ use std::time::Instant;
 use dhurandhar_engine::bench::{bench as bench_threads, synthetic_prompt, BenchResult};
 use dhurandhar_engine::tokenizer::Utf8Stream;
 use dhurandhar_engine::{Logits, Model, Sampler, Session};
+pub use dhurandhar_engine::{StorePlan, WeightMode};
 use serde::Serialize;
 
 use crate::kv::{check_threads, resolve_threads};
@@ -51,6 +52,61 @@ pub fn default_threads() -> usize {
 /// that is not a regular file (a FIFO, a device) is refused instead of read.
 pub fn load_model(path: &Path) -> Result<Arc<Model>> {
     Ok(Arc::new(Model::open(path)?))
+}
+
+/// Load a model with its weights held as `mode` says.
+pub fn load_model_with(path: &Path, mode: WeightMode) -> Result<Arc<Model>> {
+    Ok(Arc::new(Model::open_with(path, mode)?))
+}
+
+/// Start a streamed model's layer pool for `context` tokens in chunks of `chunk` with
+/// `logit_rows` logits per pass under `budget`; refuses a budget with any other mode
+/// (only streamed weights are bounded).
+pub fn start_weights(
+    model: &Model,
+    budget: Option<u64>,
+    context: usize,
+    chunk: usize,
+    logit_rows: usize,
+) -> Result<()> {
+    if budget.is_some() && model.weight_mode() != WeightMode::Stream {
+        return Err(Error::invalid(
+            "ram_budget",
+            format!(
+                "a RAM budget bounds streamed weights only, not the {} weight mode",
+                model.weight_mode().name()
+            ),
+        ));
+    }
+    model.start_stream(budget, context, chunk, logit_rows)?;
+    Ok(())
+}
+
+/// How the weights were held and what streaming them read (the `weights` object of the
+/// generate and bench JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightsReport {
+    pub mode: WeightMode,
+    pub ram_budget_bytes: Option<u64>,
+    /// The streamed model's pool: budget breakdown, window, pinned layers.
+    pub plan: Option<StorePlan>,
+    /// Weight bytes read from the file since loading (0 unless streamed).
+    pub bytes_read: u64,
+    /// Weight bytes read per token (0 unless streamed): per decoded token for generate
+    /// and bench, per token of the text over all passes for eval.
+    pub bytes_read_per_token: f64,
+}
+
+impl WeightsReport {
+    pub(crate) fn new(model: &Model, budget: Option<u64>, per_token: f64) -> Self {
+        WeightsReport {
+            mode: model.weight_mode(),
+            ram_budget_bytes: budget,
+            plan: model.stream_plan(),
+            bytes_read: model.weight_bytes_read(),
+            bytes_read_per_token: per_token,
+        }
+    }
 }
 
 /// Peak resident set of this process so far, from the profile crate's probe.
@@ -80,6 +136,10 @@ pub struct GenerateOptions {
     /// Multiply in f32 instead of quantizing activations to 8 bits (slower, no
     /// activation rounding).
     pub f32_activations: bool,
+    /// How the weights are held ([`WeightMode::Mmap`] by default).
+    pub weights: WeightMode,
+    /// RAM budget in bytes for streamed weights (`None`: the minimum window).
+    pub ram_budget: Option<u64>,
 }
 
 impl Default for GenerateOptions {
@@ -93,6 +153,8 @@ impl Default for GenerateOptions {
             seed: 0,
             threads: None,
             f32_activations: false,
+            weights: WeightMode::Mmap,
+            ram_budget: None,
         }
     }
 }
@@ -137,6 +199,7 @@ pub struct GenerateReport {
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
     pub peak_rss_bytes: Option<u64>,
+    pub weights: WeightsReport,
 }
 
 /// A running generation: a session over a shared model, a sampler, and the decode
@@ -164,12 +227,17 @@ pub struct Generator {
     stop: Option<StopReason>,
     /// No more events (ended, failed or cancelled).
     done: bool,
+    ram_budget: Option<u64>,
+    /// Weight bytes the store had read when decoding started.
+    read_at_decode: u64,
+    /// Single-token forward passes since decoding started.
+    decode_passes: usize,
 }
 
 impl Generator {
     /// Load `opts.model` and prepare a generation over it.
     pub fn open(opts: &GenerateOptions) -> Result<Self> {
-        Self::with_model(load_model(&opts.model)?, opts)
+        Self::with_model(load_model_with(&opts.model, opts.weights)?, opts)
     }
 
     /// Prepare a generation over an already loaded model (shared with other
@@ -193,6 +261,13 @@ impl Generator {
                 ),
             ));
         }
+        start_weights(
+            &model,
+            opts.ram_budget,
+            prompt.len() + opts.max_tokens,
+            PREFILL_CHUNK,
+            1,
+        )?;
         let mut session = Session::new(model, threads, None)?;
         session.set_f32_activations(opts.f32_activations);
         Ok(Generator {
@@ -213,6 +288,9 @@ impl Generator {
             decode_seconds: 0.0,
             stop: None,
             done: false,
+            ram_budget: opts.ram_budget,
+            read_at_decode: 0,
+            decode_passes: 0,
         })
     }
 
@@ -248,6 +326,12 @@ impl Generator {
             prefill_tokens_per_s: ratio(self.prompt.len(), self.prefill_seconds),
             decode_tokens_per_s: ratio(self.generated, self.decode_seconds),
             peak_rss_bytes: peak_rss_bytes(),
+            weights: WeightsReport::new(
+                self.session.model(),
+                self.ram_budget,
+                (self.session.model().weight_bytes_read() - self.read_at_decode) as f64
+                    / self.decode_passes.max(1) as f64,
+            ),
         }
     }
 
@@ -269,9 +353,11 @@ impl Generator {
                 let l = self.session.prefill(&self.prompt, PREFILL_CHUNK)?;
                 self.prefill_seconds = t0.elapsed().as_secs_f64();
                 self.decode_start = Some(Instant::now());
+                self.read_at_decode = self.session.model().weight_bytes_read();
                 l
             }
             (Some(_), Some(tok)) if self.generated < self.max_tokens => {
+                self.decode_passes += 1;
                 self.session.forward(&[tok], Logits::Last, None)?
             }
             (Some(l), _) => l,
@@ -344,6 +430,10 @@ pub struct BenchOptions {
     pub threads: Vec<usize>,
     /// Runs per thread count (the fastest is reported).
     pub repeats: usize,
+    /// How the weights are held.
+    pub weights: WeightMode,
+    /// RAM budget in bytes for streamed weights.
+    pub ram_budget: Option<u64>,
 }
 
 impl Default for BenchOptions {
@@ -354,6 +444,8 @@ impl Default for BenchOptions {
             decode_tokens: 64,
             threads: vec![1, 2],
             repeats: 3,
+            weights: WeightMode::Mmap,
+            ram_budget: None,
         }
     }
 }
@@ -381,6 +473,7 @@ pub struct BenchReport {
     /// host was never probed.
     pub predicted: Option<crate::plan::RunPrediction>,
     pub prediction_note: Option<String>,
+    pub weights: WeightsReport,
 }
 
 /// `Err(InvalidOption)` unless the temperature is finite and ≥ 0 and top-p is in (0, 1]:
@@ -414,7 +507,7 @@ pub fn bench(
     }
     // The runtime's own footprint, for the planner's prediction below.
     let runtime_rss = dhurandhar_profile::MemorySnapshot::current().rss_bytes;
-    let model = load_model(&opts.model)?;
+    let model = load_model_with(&opts.model, opts.weights)?;
     let max_ctx = model.config.context_length;
     // Checked before the synthetic prompt is built: its size is the user's number.
     let fits = opts
@@ -433,6 +526,7 @@ pub fn bench(
     }
     let prompt = synthetic_prompt(&model, opts.prompt_tokens.max(1));
     let ctx = prompt.len() + opts.decode_tokens;
+    start_weights(&model, opts.ram_budget, ctx, prompt.len(), 1)?;
     let mut results = Vec::new();
     for &t in &opts.threads {
         cancel.check()?;
@@ -477,10 +571,21 @@ pub fn bench(
         rss_budget_bytes: budget,
         peak_rss_bytes: peak,
         within_budget: peak.map(|p| p <= budget),
-        results,
         predicted,
         prediction_note,
+        weights: WeightsReport::new(
+            &model,
+            opts.ram_budget,
+            results_last_read_per_token(&results),
+        ),
+        results,
     })
+}
+
+fn results_last_read_per_token(results: &[BenchResult]) -> f64 {
+    results
+        .last()
+        .map_or(0.0, |r| r.weight_bytes_read_per_decode_token)
 }
 
 /// What a run may hold resident: the mapped tensors with 30 % slack for pages and
@@ -505,6 +610,34 @@ mod tests {
             threads: Some(1),
             ..GenerateOptions::default()
         }
+    }
+
+    #[test]
+    fn ram_budget_needs_streamed_weights_and_room_for_the_minimum() {
+        let Some(path) = fixture() else { return };
+        let mut o = opts(path, 4);
+        o.ram_budget = Some(1 << 30);
+        let e = Generator::open(&o).err().unwrap().to_string();
+        assert!(e.starts_with("ram_budget:") && e.contains("mmap"), "{e}");
+        o.weights = WeightMode::Stream;
+        o.ram_budget = Some(1 << 20);
+        let e = Generator::open(&o).err().unwrap().to_string();
+        assert!(e.contains("cannot hold the minimum"), "{e}");
+        assert!(!e.contains("--"), "a library message names no flag: {e}");
+        o.ram_budget = None;
+        let r = Generator::open(&o).unwrap().finish().unwrap();
+        assert_eq!(r.weights.mode, WeightMode::Stream);
+        let plan = r.weights.plan.expect("streamed models report their plan");
+        assert_eq!((plan.window_slots, plan.pinned_layers), (2, 0));
+        // Every decode pass reads each of the 30 layers once; the prefetch thread runs up
+        // to two layers ahead at the start and the end of the count, which over three
+        // decode passes can shift it by at most 2/90 of a pass.
+        let per_pass = plan.streamed_bytes_per_pass as f64;
+        let got = r.weights.bytes_read_per_token;
+        assert!(
+            got >= per_pass * (1.0 - 2.0 / 90.0) && got <= per_pass * (1.0 + 2.0 / 90.0),
+            "{got} vs {per_pass}"
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Args {
     #[arg(long)]
     pub q8_activations: bool,
     #[command(flatten)]
+    pub weights: super::generate::WeightArgs,
+    #[command(flatten)]
     pub out: OutputArgs,
 }
 
@@ -72,6 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         threads: args.threads,
         q8_activations: args.q8_activations,
+        weights: args.weights.mode,
+        ram_budget: args.weights.ram_budget,
     };
     let report = dhurandhar::eval::eval(&opts, &args.out.progress(), &CancelToken::new())?;
     emit(&args.out, &report, render)
@@ -80,8 +84,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn render(out: &EvalReport) -> String {
     let r = &out.result;
     let mut s = format!(
-        "{} tokens of {} ({} predictions), {} activations, {} threads, {:.1} s\n",
-        r.tokens, out.text_file, r.predictions, out.activations, out.threads, out.seconds
+        "{} tokens of {} ({} predictions), {} activations, {} threads, {:.1} s{}\n",
+        r.tokens,
+        out.text_file,
+        r.predictions,
+        out.activations,
+        out.threads,
+        out.seconds,
+        super::generate::render_weights(&out.weights)
     );
     let header = "KV cache|bits/value|perplexity|Δ ppl|KL (nats)|top-1 agree";
     let mut table = table(header, &[]);

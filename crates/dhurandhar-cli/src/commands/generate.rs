@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use dhurandhar::generate::{
-    bench, BenchOptions, BenchReport, GenerateEvent, GenerateOptions, Generator,
+    bench, BenchOptions, BenchReport, GenerateEvent, GenerateOptions, Generator, WeightMode,
+    WeightsReport,
 };
 use dhurandhar::units::human_bytes;
 use dhurandhar::CancelToken;
@@ -39,6 +40,8 @@ pub struct Args {
     /// activation rounding).
     #[arg(long)]
     pub f32_activations: bool,
+    #[command(flatten)]
+    pub weights: WeightArgs,
     /// `--json` prints one JSON object at the end instead of streaming text.
     #[command(flatten)]
     pub out: OutputArgs,
@@ -57,6 +60,79 @@ pub struct Args {
     pub bench_repeats: usize,
 }
 
+/// How the weights are held (shared by generate and eval).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WeightArgs {
+    /// mmap: map the file (the kernel pages it); resident: read it into RAM; stream:
+    /// read layers from the file into a pool bounded by `--ram-budget`.
+    #[arg(long = "weights", default_value = "mmap", value_parser = parse_mode)]
+    pub mode: WeightMode,
+    /// RAM budget for `--weights stream`, e.g. `48MiB`, `1.5GB`, `65536` (bytes): sizes
+    /// the layer pool; refused up front when too small. Without it: the minimum pool.
+    #[arg(long, value_parser = parse_size)]
+    pub ram_budget: Option<u64>,
+}
+
+fn parse_mode(s: &str) -> Result<WeightMode, String> {
+    s.parse()
+}
+
+/// A byte count with an optional unit: B, K/KB/KiB, M/MB/MiB, G/GB/GiB (KB = 1000,
+/// KiB = 1024; a bare K/M/G is binary).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (a number with an optional unit such as MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "kb" => 1000,
+        "m" | "mib" => 1 << 20,
+        "mb" => 1_000_000,
+        "g" | "gib" => 1 << 30,
+        "gb" => 1_000_000_000,
+        "t" | "tib" => 1 << 40,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "`{s}`: unknown size unit `{other}` (B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    let v = n * mult as f64;
+    if !v.is_finite() || v < 0.0 || v >= u64::MAX as f64 {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(v.round() as u64)
+}
+
+/// `; weights: stream, budget 48.0 MiB, pool 20.1 MiB (2 buffers, 4 layers pinned),
+/// 1.2 MiB read per token`; empty for the default (mapped) weights.
+pub fn render_weights(w: &WeightsReport) -> String {
+    if w.mode == WeightMode::Mmap {
+        return String::new();
+    }
+    let mut s = format!("; weights: {}", w.mode.name());
+    if let Some(b) = w.ram_budget_bytes {
+        s += &format!(", budget {}", human_bytes(b));
+    }
+    if let Some(p) = &w.plan {
+        s += &format!(
+            ", pool {} ({} buffers, {} layers pinned), {} read per token",
+            human_bytes(p.pool_bytes),
+            p.window_slots,
+            p.pinned_layers,
+            human_bytes(w.bytes_read_per_token as u64)
+        );
+    }
+    s
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.bench {
         return run_bench(&args);
@@ -70,6 +146,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         threads: args.threads,
         f32_activations: args.f32_activations,
+        weights: args.weights.mode,
+        ram_budget: args.weights.ram_budget,
     };
     let mut generator = Generator::open(&opts)?;
     if args.out.json {
@@ -92,7 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         write_json_file(path, &r)?;
     }
     eprintln!(
-        "{}: prefill: {} tokens in {:.3} s ({:.1} tok/s); decode: {} tokens in {:.3} s ({:.1} tok/s); {} threads; peak RSS {}",
+        "{}: prefill: {} tokens in {:.3} s ({:.1} tok/s); decode: {} tokens in {:.3} s ({:.1} tok/s); {} threads; peak RSS {}{}",
         r.architecture,
         r.prompt_tokens,
         r.prefill_seconds,
@@ -101,7 +179,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         r.decode_seconds,
         r.decode_tokens_per_s,
         r.threads,
-        bytes_or_na(r.peak_rss_bytes)
+        bytes_or_na(r.peak_rss_bytes),
+        render_weights(&r.weights)
     );
     Ok(())
 }
@@ -113,6 +192,8 @@ fn run_bench(args: &Args) -> anyhow::Result<()> {
         decode_tokens: args.max_tokens,
         threads: args.bench_threads.clone(),
         repeats: args.bench_repeats,
+        weights: args.weights.mode,
+        ram_budget: args.weights.ram_budget,
     };
     let report = bench(&opts, &args.out.progress(), &CancelToken::new())?;
     emit(&args.out, &report, render_bench)
@@ -173,12 +254,30 @@ fn render_bench(r: &BenchReport) -> String {
         ]);
     }
     format!(
-        "{table}\n{}: peak RSS {} for a {}-token context; budget {} = 1.3 × {} tensors + {} KV + 64 MiB\n",
+        "{table}\n{}: peak RSS {} for a {}-token context; budget {} = 1.3 × {} tensors + {} KV + 64 MiB{}\n",
         r.architecture,
         bytes_or_na(r.peak_rss_bytes),
         r.context_tokens,
         human_bytes(r.rss_budget_bytes),
         human_bytes(r.gguf_tensor_bytes),
         human_bytes(r.kv_cache_bytes as u64),
+        render_weights(&r.weights),
     ) + &render_prediction(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("48MiB"), Ok(48 << 20));
+        assert_eq!(parse_size("48M"), Ok(48 << 20));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("2 KiB"), Ok(2048));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("48 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("1e30GB").is_err());
+    }
 }

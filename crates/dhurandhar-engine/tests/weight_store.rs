@@ -1,0 +1,162 @@
+//! The three weight stores serve the same bytes and produce the same tokens: streamed
+//! layers (under a small RAM budget) against the memory map and the resident copy, on
+//! the SmolLM2 fixture and on tiny random-weight models of every architecture
+//! (`scripts/make_tiny_models.py`). Skips with a printed reason when the fixture or the
+//! tiny models are missing, unless `DHURANDHAR_REQUIRE_FIXTURES=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use dhurandhar_engine::sampling::argmax;
+use dhurandhar_engine::{EngineError, Logits, Model, WeightMode};
+
+fn require() -> bool {
+    std::env::var("DHURANDHAR_REQUIRE_FIXTURES").is_ok_and(|v| v == "1")
+}
+
+fn smollm2() -> Option<PathBuf> {
+    dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF)
+}
+
+/// Greedy decode of `n` tokens after `prompt` (prefilled in chunks of 7, so a pass over
+/// several tokens and single-token passes both run).
+fn greedy(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut s = m.session(2, None).unwrap();
+    let mut logits = s.prefill(prompt, 7).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = argmax(&logits);
+        out.push(t);
+        logits = s.forward(&[t], Logits::Last, None).unwrap();
+    }
+    out
+}
+
+/// A streamed model with its pool sized for `budget` and `context` tokens.
+fn open_stream(path: &Path, budget: Option<u64>, context: usize) -> Model {
+    let m = Model::open_with(path, WeightMode::Stream).unwrap();
+    m.start_stream(budget, context, 7, 1).unwrap();
+    m
+}
+
+/// `partial`: also check a budget that pins some layers and streams the rest (needs
+/// four layers or more: with fewer, two window buffers plus one pinned layer hold all).
+fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
+    let context = prompt.len() + n;
+    // First, while the process holds no other model (the fixed overhead is measured from
+    // its resident set): a budget of the minimum plus half the layers, which must pin
+    // some layers and stream the rest.
+    let partly = partial.then(|| {
+        let m = Model::open_with(path, WeightMode::Stream).unwrap();
+        let inp = m.budget_inputs(Some(0), context, 7, 1).unwrap();
+        let others = inp.kv_bytes + inp.activation_bytes + inp.resident_bytes + inp.fixed_bytes;
+        let largest = inp.layer_bytes.iter().max().unwrap();
+        let layers: u64 = inp.layer_bytes.iter().sum();
+        let p = m
+            .start_stream(Some(others + 2 * largest + layers / 2), context, 7, 1)
+            .unwrap()
+            .unwrap();
+        assert!(p.pinned_layers > 0 && p.window_slots == 2, "{p:?}");
+        assert!(p.streamed_bytes_per_pass < layers);
+        m
+    });
+    let mapped = Model::open(path).unwrap();
+    let resident = Model::open_with(path, WeightMode::Resident).unwrap();
+    let want = greedy(&mapped, prompt, n);
+    assert_eq!(greedy(&resident, prompt, n), want, "resident vs mmap");
+    if let Some(m) = partly {
+        assert_eq!(
+            greedy(&m, prompt, n),
+            want,
+            "stream (some layers pinned) vs mmap"
+        );
+    }
+    // The minimum window (nothing pinned).
+    let minimal = open_stream(path, None, context);
+    let plan = minimal.stream_plan().unwrap();
+    assert_eq!((plan.window_slots, plan.pinned_layers), (2, 0));
+    assert_eq!(
+        greedy(&minimal, prompt, n),
+        want,
+        "stream (minimum window) vs mmap"
+    );
+    // Every pass reads every streamed layer once.
+    let passes = prompt.len().div_ceil(7) + n;
+    assert!(minimal.weight_bytes_read() >= passes as u64 * plan.streamed_bytes_per_pass);
+    // A budget of nothing is refused with the breakdown; a huge one pins every layer.
+    let probe = Model::open_with(path, WeightMode::Stream).unwrap();
+    let e = probe.start_stream(Some(0), context, 7, 1).unwrap_err();
+    assert!(matches!(e, EngineError::Budget(_)));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("cannot hold the minimum") && msg.contains("KV cache"),
+        "{msg}"
+    );
+    let m = open_stream(path, Some(u64::MAX / 4), context);
+    let all = m.stream_plan().unwrap();
+    assert_eq!((all.window_slots, all.streamed_bytes_per_pass), (0, 0));
+    assert_eq!(
+        greedy(&m, prompt, n),
+        want,
+        "stream (every layer pinned) vs mmap"
+    );
+}
+
+fn check_bytes(path: &Path) {
+    let mapped = Model::open(path).unwrap();
+    let streamed = open_stream(path, None, 16);
+    let n = mapped.config.n_layers;
+    // Two cycles through the stream, so recycled buffers are checked too.
+    for li in (0..n).chain(0..n) {
+        assert_eq!(
+            streamed.layer_tensors(li).unwrap(),
+            mapped.layer_tensors(li).unwrap(),
+            "layer {li}"
+        );
+    }
+}
+
+/// The budget checks measure the process's resident set: one test at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn smollm2_stream_serves_the_mapped_bytes_and_tokens() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(p) = smollm2() else { return };
+    // Any ids in the vocabulary do; the tokenizer would add a model to the process.
+    let prompt = [504, 3575, 282, 4649, 314];
+    check_model(&p, &prompt, 12, true);
+    check_bytes(&p);
+}
+
+#[test]
+fn tiny_models_stream_token_identically() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(vocab) = smollm2() else { return };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join(".cache/tiny-models");
+    let out = Command::new("python3")
+        .arg(root.join("scripts/make_tiny_models.py"))
+        .arg("--vocab-from")
+        .arg(&vocab)
+        .arg("--out")
+        .arg(&dir)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        other => {
+            let why = format!("{other:?}");
+            assert!(!require(), "tiny models cannot be made: {why}");
+            eprintln!("skipping: tiny models cannot be made: {why}");
+            return;
+        }
+    }
+    let mut seen = 0;
+    for arch in ["llama", "qwen2", "qwen3", "gemma3", "phi3"] {
+        let p = dir.join(format!("tiny-{arch}.gguf"));
+        check_bytes(&p);
+        check_model(&p, &[1, 17, 300, 42, 9, 1000, 5, 77, 12], 6, false);
+        seen += 1;
+    }
+    assert_eq!(seen, 5);
+}
