@@ -1065,6 +1065,8 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
         seed: q.seed.unwrap_or(0),
         threads: None,
         f32_activations: false,
+        // The dashboard's model cache holds memory-mapped models.
+        ..Default::default()
     };
     let inner = s.inner.clone();
     let token = CancelToken::new();
