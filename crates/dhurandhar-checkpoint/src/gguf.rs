@@ -332,6 +332,26 @@ pub enum GgufValue {
 }
 
 impl GgufValue {
+    /// The value's type id in the GGUF format (`gguf_type`).
+    pub fn type_id(&self) -> u32 {
+        use GgufValue::*;
+        match self {
+            U8(_) => 0,
+            I8(_) => 1,
+            U16(_) => 2,
+            I16(_) => 3,
+            U32(_) => 4,
+            I32(_) => 5,
+            F32(_) => 6,
+            Bool(_) => 7,
+            String(_) => 8,
+            Array(_) => 9,
+            U64(_) => 10,
+            I64(_) => 11,
+            F64(_) => 12,
+        }
+    }
+
     /// Any non-negative integer (or bool) as u64.
     pub fn as_u64(&self) -> Option<u64> {
         use GgufValue::*;
@@ -910,25 +930,6 @@ impl GgufBuilder {
         out.extend_from_slice(s.as_bytes());
     }
 
-    fn type_id(v: &GgufValue) -> u32 {
-        use GgufValue::*;
-        match v {
-            U8(_) => 0,
-            I8(_) => 1,
-            U16(_) => 2,
-            I16(_) => 3,
-            U32(_) => 4,
-            I32(_) => 5,
-            F32(_) => 6,
-            Bool(_) => 7,
-            String(_) => 8,
-            Array(_) => 9,
-            U64(_) => 10,
-            I64(_) => 11,
-            F64(_) => 12,
-        }
-    }
-
     fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
         use GgufValue::*;
         match v {
@@ -945,7 +946,7 @@ impl GgufBuilder {
             Bool(b) => out.push(*b as u8),
             String(s) => Self::put_str(out, s),
             Array(items) => {
-                let et = items.first().map_or(0, Self::type_id);
+                let et = items.first().map_or(0, GgufValue::type_id);
                 out.extend_from_slice(&et.to_le_bytes());
                 out.extend_from_slice(&(items.len() as u64).to_le_bytes());
                 for i in items {
@@ -961,10 +962,10 @@ impl GgufBuilder {
         fn uniform(v: &GgufValue) -> bool {
             match v {
                 GgufValue::Array(items) => {
-                    let t = items.first().map(GgufBuilder::type_id);
+                    let t = items.first().map(GgufValue::type_id);
                     items
                         .iter()
-                        .all(|i| Some(GgufBuilder::type_id(i)) == t && uniform(i))
+                        .all(|i| Some(GgufValue::type_id(i)) == t && uniform(i))
                 }
                 _ => true,
             }
@@ -990,7 +991,7 @@ impl GgufBuilder {
                 ));
             }
             Self::put_str(&mut out, k);
-            out.extend_from_slice(&Self::type_id(v).to_le_bytes());
+            out.extend_from_slice(&GgufValue::type_id(v).to_le_bytes());
             Self::put_value(&mut out, v);
         }
         let mut rel = 0u64;

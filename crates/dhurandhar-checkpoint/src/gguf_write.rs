@@ -31,25 +31,6 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-fn type_id(v: &GgufValue) -> u32 {
-    use GgufValue::*;
-    match v {
-        U8(_) => 0,
-        I8(_) => 1,
-        U16(_) => 2,
-        I16(_) => 3,
-        U32(_) => 4,
-        I32(_) => 5,
-        F32(_) => 6,
-        Bool(_) => 7,
-        String(_) => 8,
-        Array(_) => 9,
-        U64(_) => 10,
-        I64(_) => 11,
-        F64(_) => 12,
-    }
-}
-
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -73,8 +54,8 @@ fn put_value(out: &mut Vec<u8>, key: &str, v: &GgufValue) -> io::Result<()> {
         Array(items) => {
             // An empty array's element type is not kept by the reader; u8 is as good
             // as any for zero elements.
-            let et = items.first().map_or(0, type_id);
-            if items.iter().any(|i| type_id(i) != et) {
+            let et = items.first().map_or(0, GgufValue::type_id);
+            if items.iter().any(|i| i.type_id() != et) {
                 return Err(invalid(format!(
                     "metadata `{key}`: array elements must share one type"
                 )));
@@ -132,7 +113,7 @@ impl<W: Write> GgufWriter<W> {
         h.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
         for (k, v) in metadata {
             put_str(&mut h, k);
-            h.extend_from_slice(&type_id(v).to_le_bytes());
+            h.extend_from_slice(&v.type_id().to_le_bytes());
             put_value(&mut h, k, v)?;
         }
         let mut rel = 0u64;
