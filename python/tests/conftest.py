@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,10 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+
+# A shell starts background jobs with SIGINT ignored, and Python then installs no
+# KeyboardInterrupt handler; the Ctrl-C tests need the handler an interactive session has.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def cli_bin() -> str:
