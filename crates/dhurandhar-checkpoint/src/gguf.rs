@@ -643,7 +643,19 @@ impl GgufFile {
             }
         }
         // Smallest tensor info: empty name (8) + n_dims (4) + type (4) + offset (8).
+        let tensors_at = r.pos;
         let n_tensors = r.count("tensor count", 24)?;
+        // The same cap as every checkpoint format: the tensor table is built in memory,
+        // so a file claiming millions of tensors is refused before any is parsed.
+        let max = crate::safetensors::MAX_TENSORS;
+        if n_tensors > max {
+            return Err(r.err(
+                tensors_at,
+                format!(
+                    "tensor count is {n_tensors}; a checkpoint file may list at most {max} tensors"
+                ),
+            ));
+        }
         // Smallest key/value: empty key (8) + type (4) + one byte.
         let n_kv = r.count("metadata key/value count", 13)?;
 

@@ -451,3 +451,21 @@ fn split_gguf_is_one_model() {
     let e = load_model(&p1).unwrap_err().to_string();
     assert!(e.contains("split 2 is missing"), "{e}");
 }
+
+/// A header claiming more tensors than any checkpoint has is refused before its table
+/// is parsed (the bytes for that many minimal entries are present, so only the cap
+/// can refuse it).
+#[test]
+fn tensor_count_over_the_cap_is_refused() {
+    let n = dhurandhar_checkpoint::safetensors::MAX_TENSORS as u64 + 1;
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&n.to_le_bytes());
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    bytes.resize(bytes.len() + 24 * n as usize, 0);
+    let err = dhurandhar_checkpoint::gguf::GgufFile::parse(&bytes, "many.gguf")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("many.gguf"), "{err}");
+    assert!(err.contains(&format!("tensor count is {n}")), "{err}");
+}

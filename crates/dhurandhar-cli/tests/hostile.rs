@@ -1341,7 +1341,17 @@ fn cases() -> Vec<Case> {
                 "pack-gguf-270k-tensors",
                 &["pack", "{d}/many.gguf", "-o", "{d}/out.dhp"],
                 1,
-                "a pack holds at most 262144",
+                "may list at most 262144 tensors",
+                f("many.gguf"),
+            ),
+            setup_many_tensors_gguf,
+        ),
+        with(
+            case(
+                "inspect-gguf-270k-tensors",
+                &["inspect", "{d}/many.gguf"],
+                1,
+                "tensor count is 270000",
                 f("many.gguf"),
             ),
             setup_many_tensors_gguf,
