@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use crate::error::CheckpointError;
+use crate::gguf_write::{put_str, put_value};
 use crate::mmap::map_file;
 
 /// `GGUF` as a little-endian u32.
@@ -937,51 +938,9 @@ impl GgufBuilder {
         self.tensor(name, shape, t, data)
     }
 
-    fn put_str(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-
-    fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
-        use GgufValue::*;
-        match v {
-            U8(x) => out.push(*x),
-            I8(x) => out.push(*x as u8),
-            U16(x) => out.extend_from_slice(&x.to_le_bytes()),
-            I16(x) => out.extend_from_slice(&x.to_le_bytes()),
-            U32(x) => out.extend_from_slice(&x.to_le_bytes()),
-            I32(x) => out.extend_from_slice(&x.to_le_bytes()),
-            U64(x) => out.extend_from_slice(&x.to_le_bytes()),
-            I64(x) => out.extend_from_slice(&x.to_le_bytes()),
-            F32(x) => out.extend_from_slice(&x.to_le_bytes()),
-            F64(x) => out.extend_from_slice(&x.to_le_bytes()),
-            Bool(b) => out.push(*b as u8),
-            String(s) => Self::put_str(out, s),
-            Array(items) => {
-                let et = items.first().map_or(0, GgufValue::type_id);
-                out.extend_from_slice(&et.to_le_bytes());
-                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-                for i in items {
-                    Self::put_value(out, i);
-                }
-            }
-        }
-    }
-
     /// Serialise. Fails (naming the tensor) when data does not match type and shape,
     /// or an array mixes element types.
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
-        fn uniform(v: &GgufValue) -> bool {
-            match v {
-                GgufValue::Array(items) => {
-                    let t = items.first().map(GgufValue::type_id);
-                    items
-                        .iter()
-                        .all(|i| Some(GgufValue::type_id(i)) == t && uniform(i))
-                }
-                _ => true,
-            }
-        }
         let mut meta = self.metadata.clone();
         if self.alignment != DEFAULT_ALIGNMENT
             && !meta.iter().any(|(k, _)| k == "general.alignment")
@@ -997,14 +956,10 @@ impl GgufBuilder {
         out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
         out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
         for (k, v) in &meta {
-            if !uniform(v) {
-                return Err(format!(
-                    "metadata `{k}`: array elements must share one type"
-                ));
-            }
-            Self::put_str(&mut out, k);
-            out.extend_from_slice(&GgufValue::type_id(v).to_le_bytes());
-            Self::put_value(&mut out, v);
+            put_str(&mut out, k);
+            out.extend_from_slice(&v.type_id().to_le_bytes());
+            // Refuses arrays that mix element types, naming the key.
+            put_value(&mut out, k, v).map_err(|e| e.to_string())?;
         }
         let mut rel = 0u64;
         let mut offsets = Vec::with_capacity(self.tensors.len());
@@ -1018,7 +973,7 @@ impl GgufBuilder {
                     data.len()
                 ));
             }
-            Self::put_str(&mut out, name);
+            put_str(&mut out, name);
             out.extend_from_slice(&(shape.len() as u32).to_le_bytes());
             for d in shape {
                 out.extend_from_slice(&d.to_le_bytes());

@@ -31,12 +31,15 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+/// A GGUF string: u64 length, then the bytes.
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_value(out: &mut Vec<u8>, key: &str, v: &GgufValue) -> io::Result<()> {
+/// One metadata value's payload (its type id is written by the caller); arrays whose
+/// elements differ in type are refused, naming `key`.
+pub(crate) fn put_value(out: &mut Vec<u8>, key: &str, v: &GgufValue) -> io::Result<()> {
     use GgufValue::*;
     match v {
         U8(x) => out.push(*x),
