@@ -173,6 +173,21 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
+/// [`blocking`] once one of the [`SWEEP_SLOTS`] codec-sweep slots is free.
+async fn in_sweep_slot<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = s
+        .inner
+        .sweep_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("sweep queue closed"))?;
+    blocking(f).await
+}
+
 fn list(s: &Option<String>) -> impl Iterator<Item = &str> {
     s.as_deref()
         .unwrap_or("")
@@ -557,14 +572,7 @@ async fn kv_sweep(State(s): State<AppState>, Q(q): Q<SweepQuery>) -> Result<Resp
         queries: q.queries.unwrap_or(d.queries),
         seed: q.seed.unwrap_or(d.seed),
     };
-    let _permit = s
-        .inner
-        .sweep_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::internal("sweep queue closed"))?;
-    let report = blocking(move || {
+    let report = in_sweep_slot(&s, move || {
         Ok(dhurandhar::kv::sweep(
             &opts,
             &NoProgress,
@@ -627,14 +635,7 @@ async fn kv_compare(
         timing: false,
         ..d
     };
-    let _permit = s
-        .inner
-        .sweep_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::internal("sweep queue closed"))?;
-    let report = blocking(move || {
+    let report = in_sweep_slot(&s, move || {
         Ok(dhurandhar::kv::compare(
             &opts,
             &NoProgress,
