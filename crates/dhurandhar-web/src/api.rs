@@ -1090,9 +1090,8 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
             serde_json::json!({
                 "prompt_tokens": generator.prompt_tokens(),
                 "load_seconds": load_seconds,
-                // The engine maps the GGUF read-only and reads weights in place: the
-                // only weight store it has today.
-                "weight_store": "mmap",
+                // The dashboard's model cache loads with the default (mmap) store.
+                "weight_store": generator.model().weight_mode().name(),
             }),
         );
         if tx.blocking_send(start).is_err() {
