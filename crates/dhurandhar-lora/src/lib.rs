@@ -1,0 +1,33 @@
+//! LoRA / QLoRA: the job file, the adapter tensors and how their names map between
+//! this engine (GGUF tensor names), PEFT (`adapter_model.safetensors`) and llama.cpp
+//! (LoRA GGUF).
+//!
+//! The trainer (`dhurandhar-train`) produces an [`Adapter`]; the engine applies one;
+//! the facade saves, loads, exports and merges it. This crate holds the shared types
+//! so none of those depends on another.
+
+pub mod adapter;
+pub mod config;
+
+pub use adapter::{Adapter, LoraPair, TargetModule};
+pub use config::{LoraJob, LoraSection, TrainingSection};
+
+/// Errors of the LoRA crate.
+#[derive(Debug, thiserror::Error)]
+pub enum LoraError {
+    /// A job file or adapter field is wrong; names the field.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The YAML could not be parsed (unknown field, wrong type, ...).
+    #[error("{0}")]
+    Yaml(String),
+}
+
+impl LoraError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        LoraError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
