@@ -290,14 +290,62 @@ impl Capture {
         meta.insert("head_dim".into(), self.head_dim.to_string());
         meta.insert("n_kv_heads".into(), self.n_kv_heads.to_string());
         meta.insert("n_heads".into(), self.n_heads.to_string());
-        safetensors::serialize(views, Some(meta))
-            .map_err(|e| EngineError::Invalid(format!("safetensors: {e}")))
+        let bytes = safetensors::serialize(views, Some(meta))
+            .map_err(|e| EngineError::Invalid(format!("safetensors: {e}")))?;
+        sorted_header(bytes)
     }
+}
+
+/// The same safetensors file with its JSON header's keys in sorted order: the crate
+/// writes its metadata `HashMap` in a random order, so two captures of the same run
+/// would differ byte for byte.
+fn sorted_header(bytes: Vec<u8>) -> Result<Vec<u8>, EngineError> {
+    let bad = || EngineError::Invalid("safetensors: malformed header from the writer".into());
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+        .ok_or_else(bad)?;
+    let header = bytes.get(8..8 + n).ok_or_else(bad)?;
+    let parsed: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|_| bad())?;
+    let mut json = serde_json::to_string(&parsed).map_err(|_| bad())?;
+    while json.len() % 8 != 0 {
+        json.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(json.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capture_headers_are_byte_reproducible() {
+        // Each HashMap has its own random order: without sorting, two files with the
+        // same 32 metadata keys would almost surely differ.
+        let data = vec![0u8; 16];
+        let file = || {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::tensor::Dtype::F32,
+                vec![2, 2],
+                &data,
+            )
+            .unwrap();
+            let meta: HashMap<String, String> = (0..32)
+                .map(|i| (format!("key{i}"), i.to_string()))
+                .collect();
+            sorted_header(safetensors::serialize(vec![("t", view)], Some(meta)).unwrap()).unwrap()
+        };
+        let (a, b) = (file(), file());
+        assert_eq!(a, b);
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&a).unwrap();
+        assert_eq!(meta.metadata().as_ref().unwrap()["key31"], "31");
+        assert_eq!(safetensors::SafeTensors::deserialize(&a).unwrap().len(), 1);
+    }
 
     #[test]
     fn calibration_bytes_are_counted_once_per_codec_instance() {
