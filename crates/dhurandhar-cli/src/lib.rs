@@ -44,6 +44,8 @@ pub enum Command {
     Inspect(commands::inspect::Args),
     /// Generate text from a GGUF model on the CPU.
     Generate(commands::generate::Args),
+    /// Decode speed under a hard memory cap: mmap vs stream vs llama.cpp (root, cgroup v1).
+    BenchStream(commands::bench_stream::Args),
     /// Perplexity of a GGUF model on a text, with an exact and a compressed KV cache.
     Eval(commands::eval::Args),
     /// Quantize a GGUF model with a llama.cpp preset (q4_k_m, q8_0, ...).
@@ -68,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delta(a) => delta::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::BenchStream(a) => bench_stream::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Serve(a) => serve::run(a),

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::model::{Logits, Model};
 use crate::sampling::argmax;
+use crate::store::StreamStats;
 use crate::EngineError;
 
 /// One benchmark configuration's result (best of `repeats`).
@@ -24,6 +25,10 @@ pub struct BenchResult {
     /// Weight bytes read from the file per decoded token (streamed weights; 0 when the
     /// weights are mapped or resident), counted by the store over the last run.
     pub weight_bytes_read_per_decode_token: f64,
+    /// The weight store's reads and waits over the last run's decode (zeros unless
+    /// streamed), with that decode's wall seconds: the bound and I/O wait share.
+    pub decode_stream: StreamStats,
+    pub decode_seconds: f64,
     pub repeats: usize,
 }
 
@@ -50,6 +55,8 @@ pub fn bench(
     let mut best_prefill_cpu = 0f64;
     let mut best_decode_cpu = 0f64;
     let mut read_per_token = 0f64;
+    let mut decode_stream = StreamStats::default();
+    let mut decode_seconds = 0f64;
     for _ in 0..repeats.max(1) {
         let mut s = model.session(threads, None)?;
         // Touch the weights once so page-ins are not counted as compute.
@@ -61,13 +68,15 @@ pub fn bench(
         let (tp, cp) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
         best_prefill = best_prefill.max(prompt.len() as f64 / tp);
         best_prefill_cpu = best_prefill_cpu.max(prompt.len() as f64 / cp.max(1e-9));
-        let (t1, c1, r1) = (Instant::now(), cpu_seconds(), model.weight_bytes_read());
+        let (t1, c1, r1) = (Instant::now(), cpu_seconds(), model.stream_stats());
         for _ in 0..decode {
             let tok = argmax(&logits);
             logits = s.forward(&[tok], Logits::Last, None)?;
         }
         let (td, cd) = (t1.elapsed().as_secs_f64(), cpu_seconds() - c1);
-        read_per_token = (model.weight_bytes_read() - r1) as f64 / decode.max(1) as f64;
+        decode_stream = model.stream_stats().since(&r1);
+        decode_seconds = td;
+        read_per_token = decode_stream.bytes_read as f64 / decode.max(1) as f64;
         if decode > 0 {
             best_decode = best_decode.max(decode as f64 / td);
             best_decode_cpu = best_decode_cpu.max(decode as f64 / cd.max(1e-9));
@@ -82,6 +91,8 @@ pub fn bench(
         prefill_tokens_per_cpu_s: best_prefill_cpu,
         decode_tokens_per_cpu_s: best_decode_cpu,
         weight_bytes_read_per_decode_token: read_per_token,
+        decode_stream,
+        decode_seconds,
         repeats: repeats.max(1),
     })
 }

@@ -32,7 +32,7 @@ pub use eval::{evaluate, CodecResult, EvalReport, PassMetrics};
 pub use model::{Logits, Model, ModelConfig, RopeStyle, Session};
 pub use quant::{computes_with, GgmlType};
 pub use sampling::Sampler;
-pub use store::{plan_pool, BudgetInputs, StorePlan, WeightMode};
+pub use store::{plan_pool, BudgetInputs, StorePlan, StreamStats, WeightMode};
 pub use tokenizer::Tokenizer;
 
 use thiserror::Error;

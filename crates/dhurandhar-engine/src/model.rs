@@ -18,8 +18,8 @@ use crate::cache::{CacheCodec, Capture, KvCache};
 use crate::kernels::{matmul, strided_axpys, strided_dots, Acts, QMatrix};
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
 use crate::store::{
-    pack_offsets, plan_pool, BudgetInputs, Extent, LayerView, StorePlan, Streamer, WeightMode,
-    WeightStore, WINDOW_SLOTS,
+    plan_pool, plan_reads, BudgetInputs, LayerView, StorePlan, StreamStats, Streamer, WeightMode,
+    WeightStore, ALIGN, WINDOW_SLOTS,
 };
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
@@ -146,8 +146,8 @@ struct RopeParams {
 pub struct Model {
     store: WeightStore,
     mode: WeightMode,
-    /// The output head's bytes when the layers stream (empty otherwise).
-    head: Vec<u8>,
+    /// Streamed: the head's chunks as `(first row, end row, offset in the buffer)`.
+    head_chunks: Vec<(usize, usize, usize)>,
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
     /// Sum of the stored bytes of every tensor in the file.
@@ -171,7 +171,7 @@ fn meta_err(path: &str, message: impl Into<String>) -> EngineError {
 enum Backing {
     Map(Mmap),
     Bytes(Vec<u8>),
-    File(File, u64),
+    File(File, u64, std::path::PathBuf),
 }
 
 impl Backing {
@@ -179,7 +179,7 @@ impl Backing {
         match self {
             Backing::Map(m) => m.len(),
             Backing::Bytes(v) => v.len(),
-            Backing::File(_, n) => usize::try_from(*n).unwrap_or(usize::MAX),
+            Backing::File(_, n, _) => usize::try_from(*n).unwrap_or(usize::MAX),
         }
     }
 
@@ -187,7 +187,7 @@ impl Backing {
         match self {
             Backing::Map(m) => Ok(Cow::Borrowed(&m[offset..offset + len])),
             Backing::Bytes(v) => Ok(Cow::Borrowed(&v[offset..offset + len])),
-            Backing::File(f, _) => {
+            Backing::File(f, _, _) => {
                 let mut b = vec![0u8; len];
                 f.read_exact_at(&mut b, offset as u64)
                     .map_err(|source| io_err(origin, source))?;
@@ -231,6 +231,17 @@ impl Model {
     /// be mapped. A streamed model starts reading once [`Model::start_stream`] sizes its
     /// pool (or, failing that, at the first forward pass with the minimum window).
     pub fn open_with(path: &Path, mode: WeightMode) -> Result<Model, EngineError> {
+        Self::open_with_io(path, mode, true)
+    }
+
+    /// [`Model::open_with`], choosing how streamed weights are read: `direct_io` tries
+    /// `O_DIRECT` (falling back to buffered reads where the file system refuses it);
+    /// `false` reads through the page cache and drops each item's pages once read.
+    pub fn open_with_io(
+        path: &Path,
+        mode: WeightMode,
+        direct_io: bool,
+    ) -> Result<Model, EngineError> {
         let origin = path.display().to_string();
         let file = dhurandhar_io::open_regular(path)?;
         let (backing, gguf) = match mode {
@@ -256,11 +267,11 @@ impl Model {
             WeightMode::Stream => {
                 let len = file.metadata().map_err(|e| io_err(&origin, e))?.len();
                 let gguf = read_header(&file, len, &origin)?;
-                (Backing::File(file, len), gguf)
+                (Backing::File(file, len, path.to_path_buf()), gguf)
             }
         };
         gguf.check_ranges(backing.len() as u64, &origin)?;
-        Self::from_gguf(backing, &gguf, &origin, mode)
+        Self::from_gguf(backing, &gguf, &origin, mode, direct_io)
     }
 
     fn from_gguf(
@@ -268,6 +279,7 @@ impl Model {
         g: &GgufFile,
         origin: &str,
         mode: WeightMode,
+        direct_io: bool,
     ) -> Result<Model, EngineError> {
         let hp = GgufHyperParams::read(g, origin)?;
         let arch = hp.architecture.clone();
@@ -583,37 +595,50 @@ impl Model {
                 .final_logit_softcapping
                 .filter(|&c| spec.final_logit_softcap && c > 0.0),
         };
-        let mut head = Vec::new();
+        // Streamed: each chunk of the head's rows and its offset in its buffer.
+        let mut head_chunks_at = Vec::new();
         let store = match backing {
             Backing::Map(m) => WeightStore::Mmap(m),
             Backing::Bytes(v) => WeightStore::Resident(v),
-            Backing::File(f, _) => {
-                head = vec![0u8; output.len];
-                f.read_exact_at(&mut head, output.offset as u64)
-                    .map_err(|e| io_err(origin, e))?;
-                let mut extents = Vec::with_capacity(layers.len());
+            Backing::File(f, _, path) => {
+                let mut items = Vec::with_capacity(layers.len());
                 for l in &mut layers {
-                    let mats = l.mats_mut();
-                    let lens: Vec<usize> = mats.iter().map(|t| t.len).collect();
-                    let mut ext = Vec::with_capacity(mats.len());
-                    for (t, local) in mats.into_iter().zip(pack_offsets(&lens)) {
+                    let mut mats = l.mats_mut();
+                    let spans: Vec<(u64, usize)> =
+                        mats.iter().map(|t| (t.offset as u64, t.len)).collect();
+                    let (reads, locals) = plan_reads(&spans);
+                    for (t, local) in mats.iter_mut().zip(locals) {
                         t.local = local;
-                        ext.push(Extent {
-                            file_offset: t.offset as u64,
-                            len: t.len,
-                            local,
-                        });
                     }
-                    extents.push(ext);
+                    items.push(reads);
                 }
-                WeightStore::Stream(Box::new(Streamer::new(f, origin, extents)?))
+                let largest = items
+                    .iter()
+                    .map(|l| l.iter().map(|e| e.local + e.len).max().unwrap_or(0))
+                    .max()
+                    .unwrap_or(0);
+                let rb = output.len / output.rows;
+                for (r0, r1) in head_chunks(&output, largest.saturating_sub(2 * ALIGN)) {
+                    let (reads, locals) =
+                        plan_reads(&[((output.offset + r0 * rb) as u64, (r1 - r0) * rb)]);
+                    head_chunks_at.push((r0, r1, locals[0]));
+                    items.push(reads);
+                }
+                let n = layers.len();
+                WeightStore::Stream(Box::new(Streamer::new(
+                    f,
+                    direct_io.then_some(path.as_path()),
+                    origin,
+                    items,
+                    n,
+                )?))
             }
         };
         Ok(Model {
             tensor_bytes: g.total_tensor_bytes(),
             store,
             mode,
-            head,
+            head_chunks: head_chunks_at,
             config,
             tokenizer,
             spec,
@@ -636,6 +661,18 @@ impl Model {
         }
     }
 
+    /// A forward pass begins (streamed models: start the minimum pool if no budget
+    /// started one, and say whether this pass reads the head).
+    fn begin_pass(&self, logits: bool) -> Result<(), EngineError> {
+        if let WeightStore::Stream(s) = &self.store {
+            if s.plan().is_none() {
+                s.start(self.minimal_plan(s))?;
+            }
+            s.begin_pass(logits);
+        }
+        Ok(())
+    }
+
     /// Layer `li`'s weights, held until the view is dropped (streamed: blocks until the
     /// prefetch thread has read it).
     fn layer_view(&self, li: usize) -> Result<LayerView<'_>, EngineError> {
@@ -651,29 +688,57 @@ impl Model {
         }
     }
 
-    /// The output head.
-    fn head(&self) -> QMatrix<'_> {
+    /// The logits of the `n` normed hidden states in `h` into `logits` (`n × vocab`). A
+    /// streamed head arrives in chunks of rows from the pool, each multiplied as it
+    /// comes.
+    fn head_logits(
+        &self,
+        sc: &mut Scratch,
+        h: &[f32],
+        logits: &mut [f32],
+        par: bool,
+    ) -> Result<(), EngineError> {
         let t = &self.output;
         let data = match &self.store {
             WeightStore::Mmap(m) => &m[t.offset..t.offset + t.len],
             WeightStore::Resident(v) => &v[t.offset..t.offset + t.len],
-            WeightStore::Stream(_) => &self.head[..],
+            WeightStore::Stream(s) => {
+                let n = h.len() / t.cols;
+                let rb = t.len / t.rows;
+                let mut part = Vec::new();
+                for (j, &(r0, r1, local)) in self.head_chunks.iter().enumerate() {
+                    let view = s.layer(self.layers.len() + j)?;
+                    let w = QMatrix {
+                        qtype: t.qtype,
+                        rows: r1 - r0,
+                        cols: t.cols,
+                        data: view.get(t.offset + r0 * rb, local, (r1 - r0) * rb),
+                    };
+                    part.resize(n * (r1 - r0), 0.0);
+                    sc.project(&w, h, &mut part, par)?;
+                    for (dst, src) in logits.chunks_mut(t.rows).zip(part.chunks(r1 - r0)) {
+                        dst[r0..r1].copy_from_slice(src);
+                    }
+                }
+                return Ok(());
+            }
         };
-        QMatrix {
+        let w = QMatrix {
             qtype: t.qtype,
             rows: t.rows,
             cols: t.cols,
             data,
-        }
+        };
+        sc.project(&w, h, logits, par)
     }
 
-    /// Dequantize token `tok`'s embedding row into `out`; a streamed model with its own
-    /// (untied) embedding table reads just that row from the file.
+    /// Dequantize token `tok`'s embedding row into `out`; a streamed model reads just
+    /// that row from the file.
     fn embed(&self, tok: u32, out: &mut [f32]) -> Result<(), EngineError> {
         let bad = || EngineError::Invalid(format!("token id {tok} is outside the vocabulary"));
         let t = &self.embd;
         match &self.store {
-            WeightStore::Stream(s) if !self.config.tied_embeddings => {
+            WeightStore::Stream(s) => {
                 if tok as usize >= t.rows {
                     return Err(bad());
                 }
@@ -682,10 +747,6 @@ impl Model {
                 s.read_at(&mut row, (t.offset + tok as usize * rb) as u64)?;
                 crate::quant::dequantize_row(t.qtype, &row, out)
             }
-            WeightStore::Stream(_) => self
-                .head()
-                .dequantize_row(tok as usize, out)
-                .map_err(|_| bad()),
             WeightStore::Mmap(_) | WeightStore::Resident(_) => self
                 .mat(&self.layer_view(0)?, t)
                 .dequantize_row(tok as usize, out)
@@ -695,22 +756,23 @@ impl Model {
 
     /// The stream's plan when no budget was given: the minimum window, nothing pinned.
     fn minimal_plan(&self, s: &Streamer) -> StorePlan {
+        let items = s.item_bytes();
         StorePlan {
             budget_bytes: None,
             kv_bytes: 0,
             activation_bytes: 0,
             resident_bytes: self.resident_bytes(),
             fixed_bytes: 0,
-            pool_bytes: WINDOW_SLOTS as u64
-                * s.layer_bytes().iter().copied().max().unwrap_or(0) as u64,
+            pool_bytes: WINDOW_SLOTS as u64 * items.iter().copied().max().unwrap_or(0) as u64,
             window_slots: WINDOW_SLOTS,
             pinned_layers: 0,
-            streamed_bytes_per_pass: s.layer_bytes().iter().map(|&b| b as u64).sum(),
+            head_chunks: items.len() - self.layers.len(),
+            pinned_head_chunks: 0,
+            streamed_bytes_per_pass: items.iter().map(|&b| b as u64).sum(),
         }
     }
 
-    /// Weights held in RAM whatever the mode: norms and biases (f32), and with streamed
-    /// layers the output head.
+    /// Weights held in RAM whatever the mode: norms and biases (f32).
     fn resident_bytes(&self) -> u64 {
         let vecs: usize = self
             .layers
@@ -733,7 +795,7 @@ impl Model {
             })
             .sum::<usize>()
             + self.output_norm.len();
-        (vecs * 4 + self.head.len()) as u64
+        (vecs * 4) as u64
     }
 
     /// Bytes of the buffers one forward pass over `chunk` tokens allocates (activations,
@@ -776,9 +838,24 @@ impl Model {
 
     /// Weight bytes read from the file since loading (streamed models; 0 otherwise).
     pub fn weight_bytes_read(&self) -> u64 {
+        self.stream_stats().bytes_read
+    }
+
+    /// What streaming has read, and how long reading and waiting for reads took, since
+    /// loading (zeros unless streamed).
+    pub fn stream_stats(&self) -> StreamStats {
         match &self.store {
-            WeightStore::Stream(s) => s.bytes_read(),
-            _ => 0,
+            WeightStore::Stream(s) => s.stats(),
+            _ => StreamStats::default(),
+        }
+    }
+
+    /// Streamed models: whether reads bypass the page cache (`O_DIRECT`); `None`
+    /// otherwise.
+    pub fn direct_io(&self) -> Option<bool> {
+        match &self.store {
+            WeightStore::Stream(s) => Some(s.direct()),
+            _ => None,
         }
     }
 
@@ -815,7 +892,14 @@ impl Model {
             activation_bytes: self.activation_bytes(chunk.max(1), logit_rows),
             resident_bytes: resident,
             fixed_bytes: rss.saturating_sub(resident),
-            layer_bytes: s.layer_bytes().iter().map(|&b| b as u64).collect(),
+            layer_bytes: s.item_bytes()[..self.layers.len()]
+                .iter()
+                .map(|&b| b as u64)
+                .collect(),
+            head_chunk_bytes: s.item_bytes()[self.layers.len()..]
+                .iter()
+                .map(|&b| b as u64)
+                .collect(),
         })
     }
 
@@ -1153,6 +1237,7 @@ impl<M: Borrow<Model> + Send> Session<M> {
         let p0 = self.cache.len;
         let (dim, hd, nh, nkv) = (c.dim, c.head_dim, c.n_heads, c.n_kv_heads);
         let (qd, kvd) = (nh * hd, nkv * hd);
+        m.begin_pass(!matches!(which, Logits::None))?;
         let mut x = vec![0f32; n * dim];
         for (t, &tok) in tokens.iter().enumerate() {
             m.embed(tok, &mut x[t * dim..(t + 1) * dim])?;
@@ -1432,12 +1517,23 @@ impl<M: Borrow<Model> + Send> Session<M> {
         }
         let mut logits = vec![0f32; rows.len() * c.vocab_size];
         sc.q8_ready = false;
-        sc.project(&m.head(), &h, &mut logits, par)?;
+        m.head_logits(&mut sc, &h, &mut logits, par)?;
         if let Some(cap) = c.final_logit_softcap {
             logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
         }
         Ok(logits)
     }
+}
+
+/// Row ranges of the output head's chunks when it streams: as many rows as fit in
+/// `room` bytes (at least one), so the pool's buffers serve layers and head alike.
+fn head_chunks(t: &TensorRef, room: usize) -> Vec<(usize, usize)> {
+    let rb = (t.len / t.rows).max(1);
+    let per = (room / rb).max(1);
+    (0..t.rows)
+        .step_by(per)
+        .map(|r0| (r0, (r0 + per).min(t.rows)))
+        .collect()
 }
 
 #[cfg(test)]

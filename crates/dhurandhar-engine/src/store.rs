@@ -4,20 +4,23 @@
 //! - [`WeightMode::Mmap`]: the file is memory-mapped and the kernel pages it (zero
 //!   copies, the default).
 //! - [`WeightMode::Resident`]: the file is read into RAM once (no map).
-//! - [`WeightMode::Stream`]: only the output head and the norms stay in RAM; each
-//!   layer's matrices are read with `pread` into a bounded pool of layer buffers by a
-//!   prefetch thread that runs one layer ahead of the computation. Leftover budget pins
-//!   the first layers, so the bytes read per token fall as the budget grows. Nothing maps
-//!   the file in this mode.
+//! - [`WeightMode::Stream`]: only the norms stay in RAM; each layer's matrices, and the
+//!   output head in chunks of rows, are read with `pread` into a bounded pool of
+//!   buffers by a prefetch thread that reads ahead of the computation in the order it
+//!   asks for them (the head only for passes that compute logits). Leftover budget pins
+//!   the first layers, then the head, so the bytes read per token fall as the budget
+//!   grows. Nothing maps the file in this mode.
 //!
 //! The pool is sized by [`plan_pool`] from a RAM budget minus the KV cache, the
 //! activations and the measured fixed overhead.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use memmap2::Mmap;
 use serde::Serialize;
@@ -76,6 +79,8 @@ pub struct BudgetInputs {
     pub fixed_bytes: u64,
     /// Stored bytes of each layer's matrices, in layer order.
     pub layer_bytes: Vec<u64>,
+    /// Stored bytes of each chunk of the output head (streamed after the layers).
+    pub head_chunk_bytes: Vec<u64>,
 }
 
 /// How a budget is spent: the layer pool, its window, and the pinned layers.
@@ -93,27 +98,45 @@ pub struct StorePlan {
     pub window_slots: usize,
     /// Layers `0..pinned_layers` are read once and kept.
     pub pinned_layers: usize,
-    /// Layer bytes read from the file per forward pass.
+    /// The output head's chunks, and how many of them are pinned (only once every layer
+    /// is: a pinned layer saves its read on every pass, a pinned head chunk only on
+    /// passes that compute logits).
+    pub head_chunks: usize,
+    pub pinned_head_chunks: usize,
+    /// Weight bytes read from the file per forward pass that computes logits.
     pub streamed_bytes_per_pass: u64,
+}
+
+impl StorePlan {
+    /// Items read once and kept: the pinned layers, then the pinned head chunks.
+    pub(crate) fn pinned_items(&self) -> usize {
+        self.pinned_layers + self.pinned_head_chunks
+    }
 }
 
 /// Buffers in the streaming window: one computed while the next is read.
 pub const WINDOW_SLOTS: usize = 2;
 
-/// Size the layer pool from a budget: pool = budget − KV − activations − resident −
-/// fixed. The window takes [`WINDOW_SLOTS`] buffers of the largest layer; what is left
-/// pins the first layers. When every layer fits, all are pinned and nothing streams.
-/// A budget that cannot hold the minimum (two layers + the rest) is refused with the
-/// breakdown.
+/// Size the pool from a budget: pool = budget − KV − activations − resident − fixed.
+/// The window takes [`WINDOW_SLOTS`] buffers of the largest item (layer or head chunk);
+/// what is left pins the first layers, then the head's chunks. When everything fits,
+/// all is pinned and nothing streams. A budget that cannot hold the minimum (the window
+/// + the rest) is refused with the breakdown.
 pub fn plan_pool(inp: &BudgetInputs) -> Result<StorePlan, String> {
-    let largest = inp.layer_bytes.iter().copied().max().unwrap_or(0);
-    let total: u64 = inp.layer_bytes.iter().sum();
+    let items: Vec<u64> = inp
+        .layer_bytes
+        .iter()
+        .chain(&inp.head_chunk_bytes)
+        .copied()
+        .collect();
+    let largest = items.iter().copied().max().unwrap_or(0);
+    let total: u64 = items.iter().sum();
     let window = WINDOW_SLOTS as u64 * largest;
     let others = inp.kv_bytes + inp.activation_bytes + inp.resident_bytes + inp.fixed_bytes;
     let minimum = others + window.min(total);
     if inp.budget < minimum {
         return Err(format!(
-            "a RAM budget of {} cannot hold the minimum of {} for streaming: KV cache {} + activations {} + resident weights (output head, norms) {} + fixed overhead {} + two layer buffers {}",
+            "a RAM budget of {} cannot hold the minimum of {} for streaming: KV cache {} + activations {} + resident weights (norms) {} + fixed overhead {} + two layer buffers {}",
             mib(inp.budget),
             mib(minimum),
             mib(inp.kv_bytes),
@@ -125,11 +148,11 @@ pub fn plan_pool(inp: &BudgetInputs) -> Result<StorePlan, String> {
     }
     let pool = inp.budget - others;
     let (slots, pinned) = if total <= pool {
-        (0, inp.layer_bytes.len())
+        (0, items.len())
     } else {
         let mut left = pool - window;
         let mut pinned = 0;
-        for &b in &inp.layer_bytes {
+        for &b in &items {
             if b > left {
                 break;
             }
@@ -138,6 +161,7 @@ pub fn plan_pool(inp: &BudgetInputs) -> Result<StorePlan, String> {
         }
         (WINDOW_SLOTS, pinned)
     };
+    let n_layers = inp.layer_bytes.len();
     Ok(StorePlan {
         budget_bytes: Some(inp.budget),
         kv_bytes: inp.kv_bytes,
@@ -146,8 +170,10 @@ pub fn plan_pool(inp: &BudgetInputs) -> Result<StorePlan, String> {
         fixed_bytes: inp.fixed_bytes,
         pool_bytes: pool,
         window_slots: slots,
-        pinned_layers: pinned,
-        streamed_bytes_per_pass: inp.layer_bytes[pinned..].iter().sum(),
+        pinned_layers: pinned.min(n_layers),
+        head_chunks: inp.head_chunk_bytes.len(),
+        pinned_head_chunks: pinned.saturating_sub(n_layers),
+        streamed_bytes_per_pass: items[pinned..].iter().sum(),
     })
 }
 
@@ -156,12 +182,82 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
-/// One matrix of a layer: where it is in the file and where in the layer's buffer.
-#[derive(Debug, Clone, Copy)]
+/// Alignment of every streamed read: file offset, length and buffer address, as
+/// `O_DIRECT` requires (4 KiB covers the logical block size of common devices).
+pub(crate) const ALIGN: usize = 4096;
+
+/// One read of an item: `len` bytes at `file_offset` into its buffer at `local`, all
+/// multiples of [`ALIGN`]; at least `need` bytes must exist (the last read of a file
+/// may run past its end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Extent {
     pub file_offset: u64,
     pub len: usize,
     pub local: usize,
+    pub need: usize,
+}
+
+/// Reads closer than this are merged into one (reading the gap costs less than a
+/// second request).
+const MERGE_GAP: u64 = 64 * 1024;
+
+/// Plan the reads of one item from its tensors' `(file offset, bytes)`: aligned reads,
+/// neighbours merged, laid out back to back in the buffer. Returns the reads and each
+/// tensor's offset inside the buffer (in the input order).
+pub(crate) fn plan_reads(tensors: &[(u64, usize)]) -> (Vec<Extent>, Vec<usize>) {
+    let a = ALIGN as u64;
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by_key(|&i| tensors[i].0);
+    let mut reads: Vec<Extent> = Vec::new();
+    let mut locals = vec![0; tensors.len()];
+    for i in order {
+        let (off, len) = tensors[i];
+        let start = off / a * a;
+        let end = off + len as u64;
+        match reads.last_mut() {
+            Some(r) if start <= r.file_offset + r.len as u64 + MERGE_GAP => {
+                let new_end = end.max(r.file_offset + r.need as u64);
+                r.need = (new_end - r.file_offset) as usize;
+                r.len = r.need.div_ceil(ALIGN) * ALIGN;
+            }
+            _ => {
+                let local = reads.last().map_or(0, |r| r.local + r.len);
+                let need = (end - start) as usize;
+                reads.push(Extent {
+                    file_offset: start,
+                    len: need.div_ceil(ALIGN) * ALIGN,
+                    local,
+                    need,
+                });
+            }
+        }
+        let r = reads.last().expect("just pushed or extended");
+        locals[i] = r.local + (off - r.file_offset) as usize;
+    }
+    (reads, locals)
+}
+
+/// A buffer whose start is [`ALIGN`]-aligned (`O_DIRECT` reads into it).
+pub(crate) struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let raw = vec![0u8; len + ALIGN];
+        let start = raw.as_ptr().align_offset(ALIGN);
+        AlignedBuf { raw, start, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
 }
 
 /// Where the weights live.
@@ -171,25 +267,84 @@ pub(crate) enum WeightStore {
     Stream(Box<Streamer>),
 }
 
-/// The streaming store: the file, each layer's layout, and (once planned) the pool.
+/// The streaming store: the file, the layout of each streamed item, and (once planned)
+/// the pool.
+///
+/// Items are the layers in order, then the output head cut into chunks of rows no
+/// larger than the largest layer, so one pool of equal buffers serves both and the head
+/// needs no RAM of its own under a small budget.
 pub(crate) struct Streamer {
+    /// Opened with `O_DIRECT` where the file system allows (reads bypass the page cache,
+    /// so a memory cgroup charges nothing for them); otherwise buffered, and each item's
+    /// pages are dropped once read.
     file: Arc<File>,
+    direct: bool,
     origin: String,
-    layers: Arc<Vec<Vec<Extent>>>,
-    layer_bytes: Vec<usize>,
-    bytes_read: Arc<AtomicU64>,
+    items: Arc<Vec<Vec<Extent>>>,
+    item_bytes: Vec<usize>,
+    n_layers: usize,
+    counters: Arc<Counters>,
     runtime: OnceLock<Runtime>,
 }
 
-/// A message from the prefetch thread: a filled layer buffer, or why reading failed.
-type Filled = Result<(usize, Vec<u8>), std::io::Error>;
+/// What the store has read and waited for, since loading.
+#[derive(Default)]
+struct Counters {
+    bytes_read: AtomicU64,
+    /// Nanoseconds the prefetch thread spent in `pread`.
+    read_ns: AtomicU64,
+    /// Nanoseconds the computation spent blocked waiting for an item.
+    wait_ns: AtomicU64,
+}
+
+/// Weight traffic of a streamed model since loading (see [`crate::Model::stream_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StreamStats {
+    /// Weight bytes read from the file (pinned items, streamed items, embedding rows).
+    pub bytes_read: u64,
+    /// Seconds spent reading them: the store's achieved read bandwidth is
+    /// `bytes_read / read_seconds`.
+    pub read_seconds: f64,
+    /// Seconds the forward pass waited for an item that was not read yet (I/O the
+    /// prefetch did not hide).
+    pub wait_seconds: f64,
+}
+
+impl StreamStats {
+    /// What happened between `earlier` and `self` (two readings of one model).
+    pub fn since(&self, earlier: &StreamStats) -> StreamStats {
+        StreamStats {
+            bytes_read: self.bytes_read.saturating_sub(earlier.bytes_read),
+            read_seconds: (self.read_seconds - earlier.read_seconds).max(0.0),
+            wait_seconds: (self.wait_seconds - earlier.wait_seconds).max(0.0),
+        }
+    }
+}
+
+/// A message from the prefetch thread: a filled item buffer, or why reading failed.
+type Filled = Result<(usize, AlignedBuf), std::io::Error>;
 
 struct Runtime {
     plan: StorePlan,
-    /// Layers `0..plan.pinned_layers`.
-    pinned: Vec<Vec<u8>>,
-    ready: Option<Mutex<Receiver<Filled>>>,
-    free: Option<Sender<Vec<u8>>>,
+    /// Items `0..plan.pinned_items()`.
+    pinned: Vec<AlignedBuf>,
+    /// `None` when every item is pinned.
+    flow: Option<Flow>,
+}
+
+/// The channels to the prefetch thread and the consumer's view of what it asked for.
+struct Flow {
+    requests: Sender<usize>,
+    free: Sender<AlignedBuf>,
+    consumer: Mutex<Consumer>,
+}
+
+struct Consumer {
+    ready: Receiver<Filled>,
+    /// Items requested and not yet received, in request order.
+    pending: VecDeque<usize>,
+    /// Whether the current pass computes logits (reads the head).
+    want_head: bool,
 }
 
 /// One layer's weights for the duration of its computation.
@@ -203,15 +358,17 @@ pub(crate) enum LayerView<'a> {
 }
 
 pub(crate) struct SlotGuard<'a> {
-    buf: Vec<u8>,
-    free: &'a Sender<Vec<u8>>,
+    buf: Option<AlignedBuf>,
+    free: &'a Sender<AlignedBuf>,
 }
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         // The prefetch thread may have stopped (after a read error); then the buffer is
         // simply freed.
-        let _ = self.free.send(std::mem::take(&mut self.buf));
+        if let Some(b) = self.buf.take() {
+            let _ = self.free.send(b);
+        }
     }
 }
 
@@ -223,154 +380,260 @@ impl LayerView<'_> {
         match self {
             LayerView::File(d) => &d[file_offset..file_offset + len],
             LayerView::Packed(d) => &d[local..local + len],
-            LayerView::Slot(g) => &g.buf[local..local + len],
+            LayerView::Slot(g) => match &g.buf {
+                Some(b) => &b.bytes()[local..local + len],
+                None => &[],
+            },
         }
     }
 }
 
 impl Streamer {
+    /// `items`: the reads of each layer (from [`plan_reads`]), then of each chunk of
+    /// the output head; `direct`: the path to reopen with `O_DIRECT` where possible.
     pub(crate) fn new(
         file: File,
+        direct: Option<&std::path::Path>,
         origin: &str,
-        layers: Vec<Vec<Extent>>,
+        items: Vec<Vec<Extent>>,
+        n_layers: usize,
     ) -> Result<Streamer, EngineError> {
-        let layer_bytes = layers
+        let item_bytes = items
             .iter()
             .map(|l| l.iter().map(|e| e.local + e.len).max().unwrap_or(0))
             .collect();
+        let (file, direct) = match direct.and_then(|p| open_direct(p, &items)) {
+            Some(d) => (d, true),
+            None => (file, false),
+        };
         Ok(Streamer {
+            direct,
             file: Arc::new(file),
             origin: origin.to_string(),
-            layers: Arc::new(layers),
-            layer_bytes,
-            bytes_read: Arc::new(AtomicU64::new(0)),
+            items: Arc::new(items),
+            item_bytes,
+            n_layers,
+            counters: Arc::default(),
             runtime: OnceLock::new(),
         })
     }
 
-    pub(crate) fn layer_bytes(&self) -> &[usize] {
-        &self.layer_bytes
+    /// Bytes of each item: the layers, then the head's chunks.
+    pub(crate) fn item_bytes(&self) -> &[usize] {
+        &self.item_bytes
     }
 
-    pub(crate) fn bytes_read(&self) -> u64 {
-        self.bytes_read.load(Ordering::Relaxed)
+    pub(crate) fn stats(&self) -> StreamStats {
+        let c = &self.counters;
+        StreamStats {
+            bytes_read: c.bytes_read.load(Ordering::Relaxed),
+            read_seconds: c.read_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+            wait_seconds: c.wait_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+        }
     }
 
     pub(crate) fn plan(&self) -> Option<&StorePlan> {
         self.runtime.get().map(|r| &r.plan)
     }
 
-    /// Read `buf.len()` bytes at `offset`, counted.
-    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), EngineError> {
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|source| EngineError::Io {
-                path: self.origin.clone(),
-                source,
-            })?;
-        self.bytes_read
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+    /// Whether reads bypass the page cache (`O_DIRECT`).
+    pub(crate) fn direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Read `out.len()` bytes at `offset` (an embedding row), counted. Through an
+    /// aligned bounce buffer, as `O_DIRECT` needs.
+    pub(crate) fn read_at(&self, out: &mut [u8], offset: u64) -> Result<(), EngineError> {
+        let start = offset / ALIGN as u64 * ALIGN as u64;
+        let need = (offset - start) as usize + out.len();
+        let e = Extent {
+            file_offset: start,
+            len: need.div_ceil(ALIGN) * ALIGN,
+            local: 0,
+            need,
+        };
+        let mut buf = AlignedBuf::new(e.len);
+        fill(&self.file, &[e], &mut buf, &self.counters).map_err(|source| EngineError::Io {
+            path: self.origin.clone(),
+            source,
+        })?;
+        let at = (offset - start) as usize;
+        out.copy_from_slice(&buf.bytes()[at..at + out.len()]);
         Ok(())
     }
 
-    /// Read the pinned layers and start the prefetch thread, once; later calls return
+    /// Read the pinned items and start the prefetch thread, once; later calls return
     /// the plan already in force.
     pub(crate) fn start(&self, plan: StorePlan) -> Result<&StorePlan, EngineError> {
         if let Some(r) = self.runtime.get() {
             return Ok(&r.plan);
         }
-        let mut pinned = Vec::with_capacity(plan.pinned_layers);
-        for li in 0..plan.pinned_layers {
-            let mut buf = vec![0u8; self.layer_bytes[li]];
-            fill(&self.file, &self.layers[li], &mut buf, &self.bytes_read).map_err(|source| {
+        let mut pinned = Vec::with_capacity(plan.pinned_items());
+        for li in 0..plan.pinned_items() {
+            let mut buf = AlignedBuf::new(self.item_bytes[li]);
+            fill(&self.file, &self.items[li], &mut buf, &self.counters).map_err(|source| {
                 EngineError::Io {
                     path: self.origin.clone(),
                     source,
                 }
             })?;
+            if !self.direct {
+                drop_cached(&self.file, &self.items[li]);
+            }
             pinned.push(buf);
         }
-        let n = self.layers.len();
-        let (ready, free) = if plan.pinned_layers < n {
-            let largest = self.layer_bytes.iter().copied().max().unwrap_or(0);
+        let flow = if plan.pinned_items() < self.items.len() {
+            let largest = self.item_bytes.iter().copied().max().unwrap_or(0);
             let (ready_tx, ready_rx) = channel::<Filled>();
-            let (free_tx, free_rx) = channel::<Vec<u8>>();
+            let (free_tx, free_rx) = channel::<AlignedBuf>();
+            let (req_tx, req_rx) = channel::<usize>();
             for _ in 0..plan.window_slots.max(1) {
-                let _ = free_tx.send(vec![0u8; largest]);
+                let _ = free_tx.send(AlignedBuf::new(largest));
             }
-            let (file, layers, counter) = (
-                self.file.clone(),
-                self.layers.clone(),
-                self.bytes_read.clone(),
-            );
-            let first = plan.pinned_layers;
+            let direct = self.direct;
+            let (file, items, counters) =
+                (self.file.clone(), self.items.clone(), self.counters.clone());
             std::thread::Builder::new()
                 .name("dhurandhar-prefetch".into())
                 .spawn(move || {
-                    // Ends when the store is dropped (both channels close).
-                    let mut li = first;
-                    while let Ok(mut buf) = free_rx.recv() {
-                        let r = fill(&file, &layers[li], &mut buf, &counter).map(|_| (li, buf));
-                        drop_cached(&file, &layers[li]);
+                    // Reads items in the order the computation asked for them, each into
+                    // a free buffer; ends when the store is dropped (channels close).
+                    while let (Ok(i), Ok(mut buf)) = (req_rx.recv(), free_rx.recv()) {
+                        let r = fill(&file, &items[i], &mut buf, &counters).map(|_| (i, buf));
+                        if !direct {
+                            drop_cached(&file, &items[i]);
+                        }
                         let failed = r.is_err();
                         if ready_tx.send(r).is_err() || failed {
                             break;
                         }
-                        li = if li + 1 == layers.len() {
-                            first
-                        } else {
-                            li + 1
-                        };
                     }
                 })
                 .map_err(|e| EngineError::Invalid(format!("prefetch thread: {e}")))?;
-            (Some(Mutex::new(ready_rx)), Some(free_tx))
+            let flow = Flow {
+                requests: req_tx,
+                free: free_tx,
+                consumer: Mutex::new(Consumer {
+                    ready: ready_rx,
+                    pending: VecDeque::new(),
+                    want_head: false,
+                }),
+            };
+            // The first pass's layers are asked for at once: the thread reads ahead as
+            // far as the free buffers allow.
+            let first = plan.pinned_layers.min(self.n_layers);
+            flow.request(&mut flow.lock(), first..self.n_layers);
+            Some(flow)
         } else {
-            (None, None)
+            None
         };
-        let _ = self.runtime.set(Runtime {
-            plan,
-            pinned,
-            ready,
-            free,
-        });
+        let _ = self.runtime.set(Runtime { plan, pinned, flow });
         Ok(&self.runtime.get().expect("just set").plan)
     }
 
-    /// Layer `li`'s weights; blocks until the prefetch thread has read it.
+    /// A forward pass begins; `logits`: whether it reads the head. When no layer
+    /// streams, the head's chunks are asked for now, so they are read while the pinned
+    /// layers compute.
+    pub(crate) fn begin_pass(&self, logits: bool) {
+        let Some(rt) = self.runtime.get() else { return };
+        let Some(flow) = &rt.flow else { return };
+        let mut c = flow.lock();
+        c.want_head = logits;
+        if logits && rt.plan.pinned_layers >= self.n_layers {
+            flow.request(&mut c, rt.plan.pinned_items()..self.items.len());
+        }
+    }
+
+    /// Item `li`'s weights (a layer, or for `li ≥ n_layers` a chunk of the head); blocks
+    /// until the prefetch thread has read it.
     pub(crate) fn layer(&self, li: usize) -> Result<LayerView<'_>, EngineError> {
         let rt = self
             .runtime
             .get()
             .ok_or_else(|| EngineError::Invalid("the weight stream was not started".into()))?;
         if let Some(p) = rt.pinned.get(li) {
-            return Ok(LayerView::Packed(p));
+            return Ok(LayerView::Packed(p.bytes()));
         }
-        let (Some(ready), Some(free)) = (&rt.ready, &rt.free) else {
+        let Some(flow) = &rt.flow else {
             return Err(EngineError::Invalid(format!(
-                "layer {li} is not in the stream"
+                "item {li} is not in the stream"
             )));
         };
-        let rx = ready.lock().unwrap_or_else(|e| e.into_inner());
-        // The thread reads layers in cycle order; a pass that stopped early (an error)
-        // leaves buffers of other layers queued, which are handed back until `li` comes.
-        for _ in 0..=self.layers.len() {
-            let msg = rx.recv().map_err(|_| {
+        if li >= self.items.len() {
+            return Err(EngineError::Invalid(format!("no stream item {li}")));
+        }
+        let mut c = flow.lock();
+        if !c.pending.contains(&li) {
+            // Out of step (a pass that stopped early, or a caller reading items out of
+            // order): ask for the rest of `li`'s run from here.
+            let end = if li < self.n_layers {
+                self.n_layers
+            } else {
+                self.items.len()
+            };
+            flow.request(&mut c, li..end);
+        }
+        let waited = Instant::now();
+        // Items asked for before `li` and never used (a pass that stopped early) are
+        // received and handed back until `li` comes.
+        while let Some(want) = c.pending.pop_front() {
+            let msg = c.ready.recv().map_err(|_| {
                 EngineError::Invalid(format!("{}: the weight stream stopped", self.origin))
             })?;
             let (got, buf) = msg.map_err(|source| EngineError::Io {
                 path: self.origin.clone(),
                 source,
             })?;
-            if got == li {
-                return Ok(LayerView::Slot(SlotGuard { buf, free }));
+            debug_assert_eq!(got, want);
+            if got != li {
+                let _ = flow.free.send(buf);
+                continue;
             }
-            let _ = free.send(buf);
+            self.counters
+                .wait_ns
+                .fetch_add(waited.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            // The last layer is handed out: ask for the head (when this pass computes
+            // logits), then for the next pass's layers, so reading never idles.
+            if li + 1 == self.n_layers {
+                if c.want_head {
+                    let head = self.n_layers + rt.plan.pinned_head_chunks;
+                    flow.request(&mut c, head..self.items.len());
+                }
+                flow.request(&mut c, rt.plan.pinned_layers..self.n_layers);
+            }
+            return Ok(LayerView::Slot(SlotGuard {
+                buf: Some(buf),
+                free: &flow.free,
+            }));
         }
         Err(EngineError::Invalid(format!(
-            "{}: layer {li} never arrived from the weight stream",
+            "{}: item {li} never arrived from the weight stream",
             self.origin
         )))
+    }
+}
+
+impl Flow {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Consumer> {
+        self.consumer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ask the prefetch thread for `items`, in order.
+    fn request(&self, c: &mut Consumer, items: std::ops::Range<usize>) {
+        for i in items {
+            // A closed channel means the thread stopped after an error, which the next
+            // receive reports.
+            let _ = self.requests.send(i);
+            c.pending.push_back(i);
+        }
+    }
+}
+
+impl Counters {
+    fn count(&self, bytes: usize, since: Instant) {
+        self.bytes_read.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.read_ns
+            .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 }
 
@@ -378,14 +641,54 @@ impl Streamer {
 fn fill(
     file: &File,
     extents: &[Extent],
-    buf: &mut [u8],
-    counter: &AtomicU64,
+    buf: &mut AlignedBuf,
+    counters: &Counters,
 ) -> Result<(), std::io::Error> {
     for e in extents {
-        file.read_exact_at(&mut buf[e.local..e.local + e.len], e.file_offset)?;
-        counter.fetch_add(e.len as u64, Ordering::Relaxed);
+        let t = Instant::now();
+        let dst = &mut buf.bytes_mut()[e.local..e.local + e.len];
+        // Whole aligned blocks; the file may end inside the last one.
+        let mut got = 0;
+        while got < e.len {
+            match file.read_at(&mut dst[got..], e.file_offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        if got < e.need {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file ends {} bytes into a read of {} at offset {}",
+                    got, e.need, e.file_offset
+                ),
+            ));
+        }
+        counters.count(got, t);
     }
     Ok(())
+}
+
+/// The file reopened with `O_DIRECT`, if the file system takes it and a read of the
+/// first item works (tmpfs and some others refuse direct I/O).
+fn open_direct(path: &std::path::Path, items: &[Vec<Extent>]) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()?;
+    let e = *items.first()?.first()?;
+    let probe = Extent {
+        len: ALIGN,
+        need: ALIGN.min(e.need),
+        ..e
+    };
+    let mut buf = AlignedBuf::new(ALIGN);
+    fill(&f, &[probe], &mut buf, &Counters::default()).ok()?;
+    Some(f)
 }
 
 /// Drop a streamed layer's pages from the page cache once read: they are read again
@@ -408,19 +711,6 @@ fn drop_cached(file: &File, extents: &[Extent]) {
     }
 }
 
-/// Lay out tensors of `lens` bytes back to back, each at a 64-byte boundary; returns
-/// their offsets.
-pub(crate) fn pack_offsets(lens: &[usize]) -> Vec<usize> {
-    let mut at = 0;
-    lens.iter()
-        .map(|&l| {
-            let o = at;
-            at = (at + l).div_ceil(64) * 64;
-            o
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,6 +723,7 @@ mod tests {
             resident_bytes: 30,
             fixed_bytes: 20,
             layer_bytes: vec![40; 5],
+            head_chunk_bytes: Vec::new(),
         }
     }
 
@@ -489,8 +780,50 @@ mod tests {
     }
 
     #[test]
-    fn packed_offsets_are_aligned_and_disjoint() {
-        assert_eq!(pack_offsets(&[10, 64, 1, 0, 5]), vec![0, 64, 128, 192, 192]);
+    fn the_head_is_pinned_only_after_every_layer() {
+        let mut inp = inputs(0);
+        inp.head_chunk_bytes = vec![40; 4];
+        // Others 200 + window 80 + five layers 200 + one head chunk 40 (of 360 in all).
+        inp.budget = 520;
+        let p = plan_pool(&inp).unwrap();
+        assert_eq!(
+            (p.pinned_layers, p.pinned_head_chunks, p.head_chunks),
+            (5, 1, 4)
+        );
+        assert_eq!(p.streamed_bytes_per_pass, 120);
+        // A budget short of that pins no head chunk, and streams all of them.
+        inp.budget = 519;
+        let p = plan_pool(&inp).unwrap();
+        assert_eq!((p.pinned_layers, p.pinned_head_chunks), (5, 0));
+        assert_eq!(p.streamed_bytes_per_pass, 160);
+        // Everything fits: nothing streams.
+        inp.budget = 560;
+        let p = plan_pool(&inp).unwrap();
+        assert_eq!((p.window_slots, p.pinned_head_chunks), (0, 4));
+        assert_eq!(p.streamed_bytes_per_pass, 0);
+    }
+
+    #[test]
+    fn reads_are_aligned_merged_and_hold_every_tensor() {
+        // Two neighbours (merged), one far away (its own read), given out of order.
+        let tensors = [(10_000u64, 5_000usize), (1_000_000, 100), (100, 9_000)];
+        let (reads, locals) = plan_reads(&tensors);
+        assert_eq!(reads.len(), 2, "{reads:?}");
+        for r in &reads {
+            assert_eq!(r.file_offset % ALIGN as u64, 0);
+            assert_eq!((r.len % ALIGN, r.local % ALIGN), (0, 0));
+            assert!(r.need <= r.len);
+        }
+        // Each tensor's bytes sit at its local offset: the read that covers it maps
+        // file offset `off` to `local`.
+        for (&(off, len), &local) in tensors.iter().zip(&locals) {
+            let r = reads
+                .iter()
+                .find(|r| r.local <= local && local + len <= r.local + r.need)
+                .unwrap();
+            assert_eq!(off - r.file_offset, (local - r.local) as u64);
+        }
+        assert_eq!(reads[1].local, reads[0].local + reads[0].len);
     }
 
     #[test]

@@ -60,6 +60,31 @@ fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
         assert!(p.streamed_bytes_per_pass < layers);
         m
     });
+    // Every layer pinned and the head streamed in chunks (half of them pinned), which
+    // only passes that compute logits read.
+    let head_only = partial.then(|| {
+        let m = Model::open_with(path, WeightMode::Stream).unwrap();
+        let inp = m.budget_inputs(Some(0), context, 7, 1).unwrap();
+        let others = inp.kv_bytes + inp.activation_bytes + inp.resident_bytes + inp.fixed_bytes;
+        let items = inp.layer_bytes.iter().chain(&inp.head_chunk_bytes);
+        let largest = items.clone().max().unwrap();
+        let layers: u64 = inp.layer_bytes.iter().sum();
+        let half = inp.head_chunk_bytes.len() / 2;
+        let pinned_head: u64 = inp.head_chunk_bytes[..half].iter().sum();
+        let p = m
+            .start_stream(
+                Some(others + 2 * largest + layers + pinned_head),
+                context,
+                7,
+                1,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.pinned_layers, inp.layer_bytes.len(), "{p:?}");
+        assert_eq!(p.pinned_head_chunks, half, "{p:?}");
+        assert!(p.head_chunks > half, "{p:?}");
+        m
+    });
     let mapped = Model::open(path).unwrap();
     let resident = Model::open_with(path, WeightMode::Resident).unwrap();
     let want = greedy(&mapped, prompt, n);
@@ -71,6 +96,25 @@ fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
             "stream (some layers pinned) vs mmap"
         );
     }
+    if let Some(m) = head_only {
+        let before = m.weight_bytes_read();
+        assert_eq!(
+            greedy(&m, prompt, n),
+            want,
+            "stream (layers pinned, head streamed) vs mmap"
+        );
+        // Only passes with logits read the head: the prefill's chunks before the last
+        // one read nothing but embedding rows.
+        let plan = m.stream_plan().unwrap();
+        // An embedding row is read as the aligned blocks that hold it (two at most).
+        let embed_rows = (prompt.len() + n) as u64 * 2 * 4096;
+        let read = m.weight_bytes_read() - before;
+        assert!(read >= (n as u64 + 1) * plan.streamed_bytes_per_pass);
+        assert!(
+            read <= (n as u64 + 1) * plan.streamed_bytes_per_pass + embed_rows,
+            "{read} {plan:?}"
+        );
+    }
     // The minimum window (nothing pinned).
     let minimal = open_stream(path, None, context);
     let plan = minimal.stream_plan().unwrap();
@@ -80,9 +124,14 @@ fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
         want,
         "stream (minimum window) vs mmap"
     );
-    // Every pass reads every streamed layer once.
-    let passes = prompt.len().div_ceil(7) + n;
-    assert!(minimal.weight_bytes_read() >= passes as u64 * plan.streamed_bytes_per_pass);
+    // Every pass reads every layer once, and the head when it computes logits (the
+    // prefill's last chunk and each decoded token).
+    let inp = minimal.budget_inputs(Some(0), context, 7, 1).unwrap();
+    let layers: u64 = inp.layer_bytes.iter().sum();
+    let head: u64 = inp.head_chunk_bytes.iter().sum();
+    assert_eq!(plan.streamed_bytes_per_pass, layers + head);
+    let passes = (prompt.len().div_ceil(7) + n) as u64;
+    assert!(minimal.weight_bytes_read() >= passes * layers + (n as u64 + 1) * head);
     // A budget of nothing is refused with the breakdown; a huge one pins every layer.
     let probe = Model::open_with(path, WeightMode::Stream).unwrap();
     let e = probe.start_stream(Some(0), context, 7, 1).unwrap_err();
@@ -159,4 +208,24 @@ fn tiny_models_stream_token_identically() {
         seen += 1;
     }
     assert_eq!(seen, 5);
+}
+
+/// Buffered reads (what the store falls back to where a file system refuses
+/// `O_DIRECT`) serve the same tokens, with their pages dropped once read.
+#[test]
+fn buffered_reads_serve_the_same_tokens() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(p) = smollm2() else { return };
+    let prompt = [504, 3575, 282, 4649, 314];
+    let want = greedy(&Model::open(&p).unwrap(), &prompt, 6);
+    let buffered = Model::open_with_io(&p, WeightMode::Stream, false).unwrap();
+    buffered.start_stream(None, 16, 7, 1).unwrap();
+    assert_eq!(buffered.direct_io(), Some(false));
+    assert_eq!(greedy(&buffered, &prompt, 6), want);
+    let direct = open_stream(&p, None, 16);
+    eprintln!(
+        "the fixture's file system takes O_DIRECT: {:?}",
+        direct.direct_io()
+    );
+    assert_eq!(greedy(&direct, &prompt, 6), want);
 }

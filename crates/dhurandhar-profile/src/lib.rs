@@ -20,6 +20,7 @@
 //! # Ok::<(), ProfileError>(())
 //! ```
 
+pub mod cgroup;
 mod error;
 mod geometry;
 mod histogram;

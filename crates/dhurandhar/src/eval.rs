@@ -213,7 +213,9 @@ pub fn eval(
         weights: WeightsReport::new(
             &model,
             opts.ram_budget,
-            model.weight_bytes_read() as f64 / tokens.len() as f64,
+            &model.stream_stats(),
+            t0.elapsed().as_secs_f64(),
+            tokens.len(),
         ),
     })
 }

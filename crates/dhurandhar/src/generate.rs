@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use dhurandhar_engine::bench::{bench as bench_threads, synthetic_prompt, BenchResult};
 use dhurandhar_engine::tokenizer::Utf8Stream;
-use dhurandhar_engine::{Logits, Model, Sampler, Session};
+use dhurandhar_engine::{Logits, Model, Sampler, Session, StreamStats};
 pub use dhurandhar_engine::{StorePlan, WeightMode};
 use serde::Serialize;
 
@@ -90,21 +90,74 @@ pub struct WeightsReport {
     pub ram_budget_bytes: Option<u64>,
     /// The streamed model's pool: budget breakdown, window, pinned layers.
     pub plan: Option<StorePlan>,
+    /// Streamed: whether reads bypass the page cache (`O_DIRECT`; else buffered reads
+    /// whose pages are dropped once read).
+    pub direct_io: Option<bool>,
     /// Weight bytes read from the file since loading (0 unless streamed).
     pub bytes_read: u64,
     /// Weight bytes read per token (0 unless streamed): per decoded token for generate
     /// and bench, per token of the text over all passes for eval.
     pub bytes_read_per_token: f64,
+    /// Streamed reads of the measured phase (decode for generate and bench, the whole
+    /// run for eval): `None` unless the phase read weights.
+    pub traffic: Option<Traffic>,
+}
+
+/// How fast streaming read, how long the computation waited for it, and the speed
+/// limit that follows: tokens/s ≤ read bandwidth ÷ bytes read per token.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct Traffic {
+    /// Bytes read ÷ seconds spent in `pread`, as the prefetch thread achieved it (the
+    /// disk, or the page cache where the file is cached).
+    pub read_bytes_per_s: f64,
+    /// Seconds the forward pass waited for weights ÷ the phase's wall seconds.
+    pub io_wait_share: f64,
+    /// `read_bytes_per_s / bytes_read_per_token`: the decode speed the reads allow.
+    pub bound_tokens_per_s: f64,
+    /// Tokens/s achieved ÷ the bound.
+    pub bound_fraction: f64,
+}
+
+impl Traffic {
+    /// `stats`: the store's counters over a phase of `seconds` that produced `tokens`.
+    pub(crate) fn of(stats: &StreamStats, seconds: f64, tokens: usize) -> Option<Traffic> {
+        if stats.bytes_read == 0 || stats.read_seconds <= 0.0 || seconds <= 0.0 || tokens == 0 {
+            return None;
+        }
+        let per_token = stats.bytes_read as f64 / tokens as f64;
+        let read_bytes_per_s = stats.bytes_read as f64 / stats.read_seconds;
+        let bound_tokens_per_s = read_bytes_per_s / per_token;
+        Some(Traffic {
+            read_bytes_per_s,
+            io_wait_share: (stats.wait_seconds / seconds).min(1.0),
+            bound_tokens_per_s,
+            bound_fraction: tokens as f64 / seconds / bound_tokens_per_s,
+        })
+    }
 }
 
 impl WeightsReport {
-    pub(crate) fn new(model: &Model, budget: Option<u64>, per_token: f64) -> Self {
+    /// `phase`: the store's counters over the measured phase, its wall seconds and the
+    /// tokens it produced (decoded, or evaluated).
+    pub(crate) fn new(
+        model: &Model,
+        budget: Option<u64>,
+        phase: &StreamStats,
+        seconds: f64,
+        tokens: usize,
+    ) -> Self {
         WeightsReport {
             mode: model.weight_mode(),
             ram_budget_bytes: budget,
             plan: model.stream_plan(),
+            direct_io: model.direct_io(),
             bytes_read: model.weight_bytes_read(),
-            bytes_read_per_token: per_token,
+            bytes_read_per_token: phase.bytes_read as f64 / tokens.max(1) as f64,
+            // Embedding rows alone (every layer and the head pinned) bound nothing.
+            traffic: model
+                .stream_plan()
+                .filter(|p| p.streamed_bytes_per_pass > 0)
+                .and_then(|_| Traffic::of(phase, seconds, tokens)),
         }
     }
 }
@@ -229,7 +282,7 @@ pub struct Generator {
     done: bool,
     ram_budget: Option<u64>,
     /// Weight bytes the store had read when decoding started.
-    read_at_decode: u64,
+    stream_at_decode: StreamStats,
     /// Single-token forward passes since decoding started.
     decode_passes: usize,
 }
@@ -289,7 +342,7 @@ impl Generator {
             stop: None,
             done: false,
             ram_budget: opts.ram_budget,
-            read_at_decode: 0,
+            stream_at_decode: StreamStats::default(),
             decode_passes: 0,
         })
     }
@@ -329,8 +382,13 @@ impl Generator {
             weights: WeightsReport::new(
                 self.session.model(),
                 self.ram_budget,
-                (self.session.model().weight_bytes_read() - self.read_at_decode) as f64
-                    / self.decode_passes.max(1) as f64,
+                &self
+                    .session
+                    .model()
+                    .stream_stats()
+                    .since(&self.stream_at_decode),
+                self.decode_seconds,
+                self.decode_passes,
             ),
         }
     }
@@ -353,7 +411,7 @@ impl Generator {
                 let l = self.session.prefill(&self.prompt, PREFILL_CHUNK)?;
                 self.prefill_seconds = t0.elapsed().as_secs_f64();
                 self.decode_start = Some(Instant::now());
-                self.read_at_decode = self.session.model().weight_bytes_read();
+                self.stream_at_decode = self.session.model().stream_stats();
                 l
             }
             (Some(_), Some(tok)) if self.generated < self.max_tokens => {
@@ -573,19 +631,18 @@ pub fn bench(
         within_budget: peak.map(|p| p <= budget),
         predicted,
         prediction_note,
-        weights: WeightsReport::new(
-            &model,
-            opts.ram_budget,
-            results_last_read_per_token(&results),
-        ),
+        weights: match results.last() {
+            Some(r) => WeightsReport::new(
+                &model,
+                opts.ram_budget,
+                &r.decode_stream,
+                r.decode_seconds,
+                r.decode_tokens,
+            ),
+            None => WeightsReport::new(&model, opts.ram_budget, &StreamStats::default(), 0.0, 0),
+        },
         results,
     })
-}
-
-fn results_last_read_per_token(results: &[BenchResult]) -> f64 {
-    results
-        .last()
-        .map_or(0.0, |r| r.weight_bytes_read_per_decode_token)
 }
 
 /// What a run may hold resident: the mapped tensors with 30 % slack for pages and

@@ -13,6 +13,7 @@
 //! | KV-cache codecs | [`kv`] |
 //! | perplexity with compressed KV | [`eval`] |
 //! | generate text | [`generate`] |
+//! | decode speed under a memory cap, vs llama.cpp | [`capped`] |
 //! | profile flash / mmap | [`profile`] |
 //! | pack, unpack, verify, delta | [`pack`] |
 //! | quantize a GGUF (llama.cpp presets) | [`quantize`] |
@@ -60,6 +61,7 @@ pub mod error;
 pub mod progress;
 pub mod units;
 
+pub mod capped;
 pub mod catalog;
 pub mod eval;
 pub mod generate;

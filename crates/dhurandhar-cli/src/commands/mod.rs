@@ -1,6 +1,7 @@
 //! One module per command. Each exposes clap `Args` and a `run` function.
 
 pub mod analyze;
+pub mod bench_stream;
 pub mod delta;
 pub mod devices;
 pub mod eval;
