@@ -165,9 +165,13 @@ class Generation:
 
 class Model:
     @staticmethod
-    def load(path: _Path) -> "Model": ...
+    def load(path: _Path, weights: str = "mmap", ram_budget: Optional[str] = None) -> "Model": ...
     @property
     def path(self) -> str: ...
+    @property
+    def weights(self) -> str: ...
+    @property
+    def ram_budget(self) -> Optional[int]: ...
     def generate(
         self,
         prompt: str,
@@ -186,6 +190,8 @@ def generate_bench(
     threads: Sequence[int] = ...,
     repeats: int = 3,
     progress: _Progress = None,
+    weights: str = "mmap",
+    ram_budget: Optional[str] = None,
 ) -> dict[str, Any]: ...
 def eval(
     model: _Path,
@@ -199,6 +205,8 @@ def eval(
     threads: Optional[int] = None,
     q8_activations: bool = False,
     progress: _Progress = None,
+    weights: str = "mmap",
+    ram_budget: Optional[str] = None,
 ) -> dict[str, Any]: ...
 def capture_kv(
     model: _Path,

@@ -68,20 +68,43 @@ class Generation:
         return Record(self._g.report())
 
 
+def _budget(ram_budget: Union[int, str, None]) -> Optional[str]:
+    """A RAM budget as the native layer parses it: bytes, or a size like ``"48MiB"``."""
+    if ram_budget is None:
+        return None
+    if isinstance(ram_budget, bool) or not isinstance(ram_budget, (int, str)):
+        raise TypeError(f"ram_budget must be bytes (int) or a size such as '48MiB', not {ram_budget!r}")
+    return str(ram_budget)
+
+
 class Model:
-    """A GGUF model (llama / qwen2 family) loaded once, memory-mapped; every
-    :meth:`generate` shares it."""
+    """A GGUF model loaded once; every :meth:`generate` shares it. ``weights`` says how
+    its weights are held: ``"mmap"`` (mapped, the kernel pages them), ``"resident"``
+    (read into RAM) or ``"stream"`` (read layer by layer into a pool bounded by
+    ``ram_budget``: bytes, or a size such as ``"48MiB"``)."""
 
     def __init__(self, native: "_native.Model") -> None:
         self._m = native
 
     @classmethod
-    def load(cls, path: PathLike) -> "Model":
-        return cls(_native.Model.load(os.fspath(path)))
+    def load(
+        cls, path: PathLike, *, weights: str = "mmap", ram_budget: Union[int, str, None] = None
+    ) -> "Model":
+        return cls(_native.Model.load(os.fspath(path), weights, _budget(ram_budget)))
 
     @property
     def path(self) -> str:
         return os.fspath(self._m.path)
+
+    @property
+    def weights(self) -> str:
+        """How the weights are held: ``"mmap"``, ``"resident"`` or ``"stream"``."""
+        return str(self._m.weights)
+
+    @property
+    def ram_budget(self) -> Optional[int]:
+        """The streamed weights' RAM budget in bytes, if one was given."""
+        return self._m.ram_budget
 
     def generate(
         self,
@@ -113,7 +136,16 @@ class Model:
         and the peak RSS: the ``generate --bench --json`` document. Ctrl-C stops it
         with ``KeyboardInterrupt``."""
         return Record(
-            _native.generate_bench(self.path, prompt_tokens, decode_tokens, [int(t) for t in threads], repeats, progress)
+            _native.generate_bench(
+                self.path,
+                prompt_tokens,
+                decode_tokens,
+                [int(t) for t in threads],
+                repeats,
+                progress,
+                weights=self.weights,
+                ram_budget=_budget(self.ram_budget),
+            )
         )
 
     def eval(
@@ -145,6 +177,8 @@ class Model:
                     threads=threads,
                     q8_activations=q8_activations,
                     progress=progress,
+                    weights=self.weights,
+                    ram_budget=_budget(self.ram_budget),
                 )
             )
 

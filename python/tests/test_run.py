@@ -38,6 +38,39 @@ def test_generate_streams_the_cli_text(gguf):
         d.Model.load(__file__)
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_streamed_weights_under_a_budget_give_the_cli_text(gguf):
+    # The budget covers the whole process (this interpreter included): its resident set
+    # now plus 60 MiB leaves a pool that pins some layers and streams the rest.
+    budget = _rss_bytes() + (60 << 20)
+    m = d.Model.load(gguf, weights="stream", ram_budget=budget)
+    assert (m.weights, m.ram_budget) == ("stream", budget)
+    g = m.generate(PROMPT, max_tokens=8, threads=2)
+    text = g.text()
+    rep = g.report()
+    cli = cli_json("generate", "--model", str(gguf), "--prompt", PROMPT, "--max-tokens", "8", "--threads", "2")
+    assert text == rep.text == cli["text"]
+    w = rep.weights
+    assert w.mode == "stream" and w.ram_budget_bytes == budget
+    assert w.plan.pinned_layers > 0 and w.plan.streamed_bytes_per_pass > 0
+    assert w.bytes_read_per_token > 0 and 0 <= w.traffic.io_wait_share <= 1
+    r = d.Model.load(gguf, weights="stream", ram_budget="1GiB").bench(
+        prompt_tokens=8, decode_tokens=2, threads=[1], repeats=1)
+    assert r.weights.plan.streamed_bytes_per_pass == 0
+    with pytest.raises(ValueError, match="weights"):
+        d.Model.load(gguf, weights="disk")
+    with pytest.raises(ValueError, match="ram_budget"):
+        d.Model.load(gguf, weights="stream", ram_budget="48 parsecs")
+    with pytest.raises(TypeError):
+        d.Model.load(gguf, weights="stream", ram_budget=4.5)
+    with pytest.raises(ValueError, match="cannot hold the minimum"):
+        d.Model.load(gguf, weights="stream", ram_budget="1MiB").generate(PROMPT, max_tokens=2)
+
+
 def test_bench_reports_every_thread_count_and_stops_on_interrupt(gguf):
     m = d.Model.load(gguf)
     labels = []

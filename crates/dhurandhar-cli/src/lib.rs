@@ -45,6 +45,15 @@ pub enum Command {
     /// Generate text from a GGUF model on the CPU.
     Generate(commands::generate::Args),
     /// Decode speed under a hard memory cap: mmap vs stream vs llama.cpp (root, cgroup v1).
+    ///
+    /// Runs `generate --bench` in child processes, each inside a Linux cgroup-v1 memory
+    /// group capped at `--cap` (RSS and page cache charged together, as a phone's RAM), from
+    /// a cold page cache: the weights memory-mapped, the weights streamed with the cap as
+    /// `--ram-budget`, and (with `--llama-bench`) llama.cpp's default mmap under the same
+    /// cap. Two uncapped rows follow for reference: resident weights, and streamed weights
+    /// with a budget that holds them all. The model file's cold read bandwidth is measured
+    /// first, and each streamed run is set against the bound it allows (read bandwidth ÷
+    /// bytes read per token). Needs root and `/sys/fs/cgroup/memory`.
     BenchStream(commands::bench_stream::Args),
     /// Perplexity of a GGUF model on a text, with an exact and a compressed KV cache.
     Eval(commands::eval::Args),

@@ -743,6 +743,9 @@ impl Model {
                     return Err(bad());
                 }
                 let rb = t.len / t.rows;
+                if let Some((view, at)) = self.pinned_head_row(s, tok as usize)? {
+                    return crate::quant::dequantize_row(t.qtype, view.get(0, at, rb), out);
+                }
                 let mut row = vec![0u8; rb];
                 s.read_at(&mut row, (t.offset + tok as usize * rb) as u64)?;
                 crate::quant::dequantize_row(t.qtype, &row, out)
@@ -751,6 +754,33 @@ impl Model {
                 .mat(&self.layer_view(0)?, t)
                 .dequantize_row(tok as usize, out)
                 .map_err(|_| bad()),
+        }
+    }
+
+    /// A tied embedding row that sits in a pinned chunk of the head: its view and offset
+    /// there, so it needs no read.
+    fn pinned_head_row<'a>(
+        &self,
+        s: &'a Streamer,
+        tok: usize,
+    ) -> Result<Option<(LayerView<'a>, usize)>, EngineError> {
+        let Some(plan) = s.plan().filter(|_| self.config.tied_embeddings) else {
+            return Ok(None);
+        };
+        let chunk = self
+            .head_chunks
+            .iter()
+            .position(|&(r0, r1, _)| (r0..r1).contains(&tok));
+        match chunk {
+            Some(j) if plan.pinned_layers == self.layers.len() && j < plan.pinned_head_chunks => {
+                let (r0, _, local) = self.head_chunks[j];
+                let rb = self.output.len / self.output.rows;
+                Ok(Some((
+                    s.layer(self.layers.len() + j)?,
+                    local + (tok - r0) * rb,
+                )))
+            }
+            _ => Ok(None),
         }
     }
 

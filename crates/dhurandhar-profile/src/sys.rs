@@ -248,3 +248,58 @@ mod tests {
         assert!(cpu_seconds().unwrap() > before);
     }
 }
+
+/// Bytes per second of a sequential read of all of `file` (at `path`) in 4 MiB blocks
+/// from a cold page cache, with `O_DIRECT` where the file system takes it (as streamed
+/// weights are read), and whether it did. The file's pages are dropped before and after.
+pub fn cold_sequential_read(file: &File, path: &Path) -> std::io::Result<(f64, bool)> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: usize = 4 << 20;
+    const ALIGN: usize = 4096;
+    let len = file.metadata()?.len();
+    evict(file, 0, len)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let direct = {
+        use std::os::unix::fs::OpenOptionsExt;
+        File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok()
+    };
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let direct: Option<File> = {
+        let _ = path;
+        None
+    };
+    let mut raw = vec![0u8; BLOCK + ALIGN];
+    let at0 = raw.as_ptr().align_offset(ALIGN);
+    let buf = &mut raw[at0..at0 + BLOCK];
+    let read_all = |f: &File, buf: &mut [u8]| -> std::io::Result<f64> {
+        let t0 = std::time::Instant::now();
+        let mut at = 0u64;
+        while at < len {
+            match f.read_at(buf, at)? {
+                0 => break,
+                n => at += n as u64,
+            }
+        }
+        if at < len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was read",
+            ));
+        }
+        Ok(len as f64 / t0.elapsed().as_secs_f64().max(1e-9))
+    };
+    let r = match direct.as_ref().map(|d| read_all(d, buf)) {
+        Some(Ok(bw)) => (bw, true),
+        // No O_DIRECT here (or it refused the read): through the page cache.
+        _ => {
+            evict(file, 0, len)?;
+            (read_all(file, buf)?, false)
+        }
+    };
+    evict(file, 0, len)?;
+    Ok(r)
+}

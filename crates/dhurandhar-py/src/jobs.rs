@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use dhurandhar::dhurandhar_model::ModelArchitecture;
 use dhurandhar::dhurandhar_plan::DeviceProfile;
+use dhurandhar::generate::WeightMode;
 use dhurandhar::{CancelToken, NoProgress};
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::{PyStopIteration, PyValueError};
@@ -365,17 +366,54 @@ fn inspect(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyAny>> {
 struct PyModel {
     path: PathBuf,
     model: Arc<dhurandhar::dhurandhar_engine::Model>,
+    weights: WeightMode,
+    ram_budget: Option<u64>,
+}
+
+/// `weights` and `ram_budget` as Python gives them (`"stream"`, `"48MiB"` or bytes).
+fn weight_options(weights: &str, ram_budget: Option<&str>) -> PyResult<(WeightMode, Option<u64>)> {
+    let mode = weights
+        .parse::<WeightMode>()
+        .map_err(|e| PyValueError::new_err(format!("weights: {e}")))?;
+    let budget = ram_budget
+        .map(dhurandhar::units::parse_size)
+        .transpose()
+        .map_err(|e| PyValueError::new_err(format!("ram_budget: {e}")))?;
+    Ok((mode, budget))
 }
 
 #[pymethods]
 impl PyModel {
-    /// Memory-map and load a GGUF model (llama / qwen2 family).
+    /// Load a GGUF model with its weights mapped, resident or streamed (under
+    /// `ram_budget`, a size such as `"48MiB"` or bytes).
     #[staticmethod]
-    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (path, weights = "mmap", ram_budget = None))]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        weights: &str,
+        ram_budget: Option<String>,
+    ) -> PyResult<Self> {
+        let (mode, budget) = weight_options(weights, ram_budget.as_deref())?;
         let model = py
-            .allow_threads(|| dhurandhar::generate::load_model(&path))
+            .allow_threads(|| dhurandhar::generate::load_model_with(&path, mode))
             .map_err(to_py_err)?;
-        Ok(PyModel { path, model })
+        Ok(PyModel {
+            path,
+            model,
+            weights: mode,
+            ram_budget: budget,
+        })
+    }
+
+    #[getter]
+    fn weights(&self) -> &'static str {
+        self.weights.name()
+    }
+
+    #[getter]
+    fn ram_budget(&self) -> Option<u64> {
+        self.ram_budget
     }
 
     #[getter]
@@ -406,6 +444,8 @@ impl PyModel {
             seed,
             threads,
             f32_activations,
+            weights: self.weights,
+            ram_budget: self.ram_budget,
             ..Default::default()
         };
         let model = self.model.clone();
@@ -466,7 +506,8 @@ impl PyGeneration {
 /// Prefill and decode tokens/s per thread count, and peak RSS (the `generate --bench
 /// --json` document).
 #[pyfunction]
-#[pyo3(signature = (model, prompt_tokens = 256, decode_tokens = 64, threads = vec![1, 2], repeats = 3, progress = None))]
+#[pyo3(signature = (model, prompt_tokens = 256, decode_tokens = 64, threads = vec![1, 2], repeats = 3, progress = None, weights = "mmap", ram_budget = None))]
+#[allow(clippy::too_many_arguments)]
 fn generate_bench<'py>(
     py: Python<'py>,
     model: PathBuf,
@@ -475,14 +516,18 @@ fn generate_bench<'py>(
     threads: Vec<usize>,
     repeats: usize,
     progress: Option<Py<PyAny>>,
+    weights: &str,
+    ram_budget: Option<String>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let (weights, ram_budget) = weight_options(weights, ram_budget.as_deref())?;
     let opts = dhurandhar::generate::BenchOptions {
         model,
         prompt_tokens,
         decode_tokens,
         threads,
         repeats,
-        ..Default::default()
+        weights,
+        ram_budget,
     };
     let p = PyProgress::new(progress, CancelToken::new());
     let cancel = p.cancel_token();
@@ -495,7 +540,7 @@ fn generate_bench<'py>(
 #[pyo3(signature = (
     model, text_file, codecs = Vec::new(), bits = 4, max_tokens = 512, chunk = 128,
     calibration_tokens = 64, seed = dhurandhar::kv::DEFAULT_SEED, threads = None,
-    q8_activations = false, progress = None
+    q8_activations = false, progress = None, weights = "mmap", ram_budget = None
 ))]
 #[allow(clippy::too_many_arguments)]
 fn eval<'py>(
@@ -511,7 +556,10 @@ fn eval<'py>(
     threads: Option<usize>,
     q8_activations: bool,
     progress: Option<Py<PyAny>>,
+    weights: &str,
+    ram_budget: Option<String>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let (weights, ram_budget) = weight_options(weights, ram_budget.as_deref())?;
     let opts = dhurandhar::eval::EvalOptions {
         model,
         text_file,
@@ -523,6 +571,8 @@ fn eval<'py>(
         seed,
         threads,
         q8_activations,
+        weights,
+        ram_budget,
         ..Default::default()
     };
     let p = PyProgress::new(progress, CancelToken::new());

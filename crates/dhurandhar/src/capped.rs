@@ -10,7 +10,6 @@
 //! llama.cpp's); this module runs them, reads their JSON and compares.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -83,6 +82,9 @@ pub struct CappedBenchReport {
     /// Sequential `pread` of the whole model file in 4 MiB blocks after dropping its
     /// page cache: the disk's bandwidth for this file, measured in this run.
     pub cold_read_bytes_per_s: f64,
+    /// Whether that read used `O_DIRECT` (as the streamed runs do where the file system
+    /// allows), or the page cache.
+    pub cold_read_direct: bool,
     pub runs: Vec<CappedRun>,
 }
 
@@ -110,7 +112,9 @@ pub fn capped_bench(
     }
     let file = dhurandhar_io::open_regular(&opts.model)?;
     let file_bytes = file.metadata().map_err(|e| io_error(&opts.model, e))?.len();
-    let cold_read_bytes_per_s = cold_read(&file, file_bytes, &opts.model)?;
+    let (cold_read_bytes_per_s, cold_read_direct) =
+        dhurandhar_profile::sys::cold_sequential_read(&file, &opts.model)
+            .map_err(|e| io_error(&opts.model, e))?;
     progress.message(&format!(
         "cold read of {}: {:.0} MiB/s",
         opts.model.display(),
@@ -196,6 +200,7 @@ pub fn capped_bench(
         model: opts.model.display().to_string(),
         file_bytes,
         cold_read_bytes_per_s,
+        cold_read_direct,
         runs,
     })
 }
@@ -267,23 +272,6 @@ fn io_error(path: &Path, source: std::io::Error) -> Error {
 fn evict(file: &File, len: u64, path: &Path) -> Result<()> {
     dhurandhar_profile::sys::evict(file, 0, len).map_err(|e| io_error(path, e))?;
     Ok(())
-}
-
-/// Bytes per second of a sequential read of the whole file from a cold page cache.
-fn cold_read(file: &File, len: u64, path: &Path) -> Result<f64> {
-    evict(file, len, path)?;
-    let mut buf = vec![0u8; 4 << 20];
-    let t0 = Instant::now();
-    let mut at = 0u64;
-    while at < len {
-        let n = buf.len().min((len - at) as usize);
-        file.read_exact_at(&mut buf[..n], at)
-            .map_err(|e| io_error(path, e))?;
-        at += n as u64;
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    evict(file, len, path)?;
-    Ok(len as f64 / secs.max(1e-9))
 }
 
 #[cfg(test)]

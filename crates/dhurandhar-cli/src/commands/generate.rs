@@ -77,38 +77,9 @@ fn parse_mode(s: &str) -> Result<WeightMode, String> {
     s.parse()
 }
 
-/// A byte count with an optional unit: B, K/KB/KiB, M/MB/MiB, G/GB/GiB (KB = 1000,
-/// KiB = 1024; a bare K/M/G is binary).
+/// `--ram-budget` and other sizes: the facade's parser.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (a number with an optional unit such as MiB)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "kb" => 1000,
-        "m" | "mib" => 1 << 20,
-        "mb" => 1_000_000,
-        "g" | "gib" => 1 << 30,
-        "gb" => 1_000_000_000,
-        "t" | "tib" => 1 << 40,
-        "tb" => 1_000_000_000_000,
-        other => {
-            return Err(format!(
-                "`{s}`: unknown size unit `{other}` (B, KiB, MiB, GiB, KB, MB, GB)"
-            ))
-        }
-    };
-    let v = n * mult as f64;
-    if !v.is_finite() || v < 0.0 || v >= u64::MAX as f64 {
-        return Err(format!("`{s}` is out of range"));
-    }
-    Ok(v.round() as u64)
+    dhurandhar::units::parse_size(s)
 }
 
 /// `; weights: stream, budget 48.0 MiB, pool 20.1 MiB (2 buffers, 4 layers pinned),
@@ -286,21 +257,4 @@ fn render_bench(r: &BenchReport) -> String {
         human_bytes(r.kv_cache_bytes as u64),
         render_weights(&r.weights),
     ) + &render_prediction(r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_size("48MiB"), Ok(48 << 20));
-        assert_eq!(parse_size("48M"), Ok(48 << 20));
-        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
-        assert_eq!(parse_size("2 KiB"), Ok(2048));
-        assert_eq!(parse_size("65536"), Ok(65536));
-        assert!(parse_size("48 parsecs").is_err());
-        assert!(parse_size("MiB").is_err());
-        assert!(parse_size("1e30GB").is_err());
-    }
 }
