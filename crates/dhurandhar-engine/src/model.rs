@@ -600,7 +600,11 @@ impl Model {
         let store = match backing {
             Backing::Map(m) => WeightStore::Mmap(m),
             Backing::Bytes(v) => WeightStore::Resident(v),
-            Backing::File(f, _, path) => {
+            Backing::File(f, len, path) => {
+                // The header, tokenizer and norms were read through the page cache: drop
+                // those pages, so the only memory the weights take is the pool's (advice;
+                // a failure leaves them to the kernel).
+                let _ = dhurandhar_profile::sys::evict(&f, 0, len);
                 let mut items = Vec::with_capacity(layers.len());
                 for l in &mut layers {
                     let mut mats = l.mats_mut();
