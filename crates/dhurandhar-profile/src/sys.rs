@@ -232,23 +232,6 @@ pub fn macos_resident_bytes() -> Option<u64> {
     Some(unsafe { info.assume_init() }.pti_resident_size)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[cfg(unix)]
-    #[test]
-    fn cpu_time_advances_with_work() {
-        let before = cpu_seconds().unwrap();
-        let mut x = 0u64;
-        for i in 0..50_000_000u64 {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-        }
-        std::hint::black_box(x);
-        assert!(cpu_seconds().unwrap() > before);
-    }
-}
-
 /// Bytes per second of a sequential read of all of `file` (at `path`) in 4 MiB blocks
 /// from a cold page cache, with `O_DIRECT` where the file system takes it (as streamed
 /// weights are read), and whether it did. The file's pages are dropped before and after.
@@ -302,4 +285,21 @@ pub fn cold_sequential_read(file: &File, path: &Path) -> std::io::Result<(f64, b
     };
     evict(file, 0, len)?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn cpu_time_advances_with_work() {
+        let before = cpu_seconds().unwrap();
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        std::hint::black_box(x);
+        assert!(cpu_seconds().unwrap() > before);
+    }
 }

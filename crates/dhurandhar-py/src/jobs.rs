@@ -446,7 +446,6 @@ impl PyModel {
             f32_activations,
             weights: self.weights,
             ram_budget: self.ram_budget,
-            ..Default::default()
         };
         let model = self.model.clone();
         let g = py
@@ -573,7 +572,6 @@ fn eval<'py>(
         q8_activations,
         weights,
         ram_budget,
-        ..Default::default()
     };
     let p = PyProgress::new(progress, CancelToken::new());
     let cancel = p.cancel_token();

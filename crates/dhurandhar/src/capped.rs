@@ -73,6 +73,27 @@ pub struct CappedRun {
     pub wall_seconds: f64,
 }
 
+impl CappedRun {
+    /// A run with no figures yet.
+    fn new(label: String, runner: Runner, cap_bytes: Option<u64>) -> CappedRun {
+        CappedRun {
+            label,
+            runner,
+            cap_bytes,
+            exit_code: None,
+            error: None,
+            decode_tokens_per_s: None,
+            prefill_tokens_per_s: None,
+            bytes_read_per_token: None,
+            traffic: None,
+            bound_tokens_per_s: None,
+            bound_fraction: None,
+            cgroup: None,
+            wall_seconds: 0.0,
+        }
+    }
+}
+
 /// The `bench-stream --json` document.
 #[derive(Debug, Clone, Serialize)]
 pub struct CappedBenchReport {
@@ -143,19 +164,10 @@ pub fn capped_bench(
         let wall_seconds = t0.elapsed().as_secs_f64();
         let cgroup = cap.as_ref().map(|c| c.usage()).transpose()?;
         let mut run = CappedRun {
-            label: spec.label,
-            runner: spec.runner,
-            cap_bytes: spec.cap,
             exit_code: out.status.code(),
-            error: None,
-            decode_tokens_per_s: None,
-            prefill_tokens_per_s: None,
-            bytes_read_per_token: None,
-            traffic: None,
-            bound_tokens_per_s: None,
-            bound_fraction: None,
             cgroup,
             wall_seconds,
+            ..CappedRun::new(spec.label, spec.runner, spec.cap)
         };
         if out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
@@ -279,21 +291,7 @@ mod tests {
     use super::*;
 
     fn run(runner: Runner) -> CappedRun {
-        CappedRun {
-            label: "x".into(),
-            runner,
-            cap_bytes: None,
-            exit_code: Some(0),
-            error: None,
-            decode_tokens_per_s: None,
-            prefill_tokens_per_s: None,
-            bytes_read_per_token: None,
-            traffic: None,
-            bound_tokens_per_s: None,
-            bound_fraction: None,
-            cgroup: None,
-            wall_seconds: 0.0,
-        }
+        CappedRun::new("x".into(), runner, None)
     }
 
     #[test]
