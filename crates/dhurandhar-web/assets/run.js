@@ -35,7 +35,8 @@
     const chat = D.$("#chat").checked;
     if (!chat) { turns = []; D.$("#transcript").replaceChildren(); }
     const text = chat ? prompt(msg) : msg;
-    const p = new URLSearchParams({ path, prompt: text, max_tokens: D.$("#max").value, temperature: D.$("#temp").value });
+    const p = new URLSearchParams({ path, prompt: text, max_tokens: D.$("#max").value, temperature: D.$("#temp").value, weights: D.$("#weights").value });
+    if (D.$("#weights").value === "stream" && D.$("#budget").value.trim()) p.set("ram_budget", D.$("#budget").value.trim());
     addTurn("user", msg);
     if (chat) turns.push({ role: "user", text: msg });
     reply = { el: addTurn("assistant", ""), text: "" };
@@ -47,7 +48,7 @@
     es.addEventListener("start", e => {
       const s = JSON.parse(e.data);
       D.$("#load").textContent = s.load_seconds.toFixed(2) + " s";
-      D.$("#store").textContent = s.weight_store;
+      D.$("#store").textContent = s.weight_store + (s.ram_budget_bytes ? ` (budget ${D.bytes(s.ram_budget_bytes)})` : "");
       D.status(`prompt ${s.prompt_tokens} tokens (turn ${Math.ceil(turns.length / 2) || 1}): generating…`);
     });
     es.addEventListener("token", e => {
@@ -62,6 +63,8 @@
       stop();
       D.$("#tps").textContent = r.decode_tokens_per_s.toFixed(1);
       D.$("#rss").textContent = D.bytes(r.peak_rss_bytes);
+      const w = r.weights;
+      if (w.mode === "stream") D.$("#store").textContent = `stream${w.ram_budget_bytes ? ` (budget ${D.bytes(w.ram_budget_bytes)})` : ""}: ${D.bytes(w.bytes_read_per_token)} read per token` + (w.traffic ? `, ${Math.round(100 * w.traffic.io_wait_share)}% waiting for reads` : "");
       D.lines(D.$("#chart"), [{ name: "tokens/s", points: speed.map(s => [s.token, s.tokens_per_s]) }], { xLabel: "token", yLabel: "tokens/s (running mean)", label: "decode tokens per second" });
       const t = D.table(D.$("#speed"), speed);
       D.downloads(D.$("#chart-dl"), "generation", r, t.rows, t.cols);
@@ -78,4 +81,5 @@
     });
   });
   D.$("#stop").addEventListener("click", () => { stop(); D.status("stopped"); });
+  D.$("#weights").addEventListener("change", () => { D.$("#budget").disabled = D.$("#weights").value !== "stream"; });
 })();

@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use dhurandhar::dhurandhar_engine::Model;
 use dhurandhar::dhurandhar_model::{registry, ModelArchitecture};
-use dhurandhar::generate::{GenerateEvent, GenerateOptions, Generator};
+use dhurandhar::generate::{GenerateEvent, GenerateOptions, Generator, WeightMode};
 use dhurandhar::kv::{Codec, Distribution, SweepOptions};
 use dhurandhar::model::ResolvedModel;
 use dhurandhar::plan::{AnalyzeOptions, CustomDevice, WeightChoice};
@@ -78,8 +78,13 @@ pub(crate) struct Inner {
     capture: Arc<ProfileSlot>,
     run_slot: Arc<Semaphore>,
     sweep_slots: Arc<Semaphore>,
-    model: Mutex<Option<(PathBuf, Arc<Model>)>>,
+    /// The one model kept loaded, with how its weights are held (a streamed model's pool
+    /// is sized once, so another budget means another load).
+    model: Mutex<Option<(ModelKey, Arc<Model>)>>,
 }
+
+/// What a loaded model was loaded for: its file, weight mode and RAM budget.
+type ModelKey = (PathBuf, WeightMode, Option<u64>);
 
 impl Inner {
     pub fn new(allow: AllowList) -> Self {
@@ -1009,18 +1014,24 @@ struct RunQuery {
     seed: Option<u64>,
     /// Wrap the prompt in the model's chat template (ChatML).
     chat: Option<bool>,
+    /// `mmap` (default), `resident` or `stream`.
+    weights: Option<String>,
+    /// RAM budget of streamed weights: bytes or a size such as `80MiB`.
+    ram_budget: Option<String>,
 }
 
 impl Inner {
-    /// The loaded model for `path` (one model kept loaded; a new path replaces it).
-    fn load(&self, path: &PathBuf) -> Result<Arc<Model>, ApiError> {
-        if let Some((p, m)) = &*lock(&self.model) {
-            if p == path {
+    /// The loaded model for `key` (one model kept loaded; another key replaces it).
+    fn load(&self, key: &ModelKey) -> Result<Arc<Model>, ApiError> {
+        if let Some((k, m)) = &*lock(&self.model) {
+            if k == key {
                 return Ok(m.clone());
             }
         }
-        let m = dhurandhar::generate::load_model(path)?;
-        *lock(&self.model) = Some((path.clone(), m.clone()));
+        // Drop the old model first: two need not fit at once.
+        *lock(&self.model) = None;
+        let m = dhurandhar::generate::load_model_with(&key.0, key.1)?;
+        *lock(&self.model) = Some((key.clone(), m.clone()));
         Ok(m)
     }
 }
@@ -1049,6 +1060,20 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
             "max_tokens: at most {MAX_GENERATE_TOKENS} in the dashboard, got {max_tokens}"
         )));
     }
+    let weights: WeightMode = match q.weights.as_deref().map(str::trim) {
+        None | Some("") => WeightMode::Mmap,
+        Some(w) => w
+            .parse()
+            .map_err(|e| ApiError::bad(format!("weights: {e}")))?,
+    };
+    let ram_budget = match q.ram_budget.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(b) => Some(
+            dhurandhar::units::parse_size(b)
+                .map_err(|e| ApiError::bad(format!("ram_budget: {e}")))?,
+        ),
+    };
+    let key: ModelKey = (path.clone(), weights, ram_budget);
     let prompt = if q.chat.unwrap_or(false) {
         format!(
             "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
@@ -1066,15 +1091,15 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
         seed: q.seed.unwrap_or(0),
         threads: None,
         f32_activations: false,
-        // The dashboard's model cache holds memory-mapped models.
-        ..Default::default()
+        weights,
+        ram_budget,
     };
     let inner = s.inner.clone();
     let token = CancelToken::new();
     let t = token.clone();
     let load_start = Instant::now();
     let generator = blocking(move || {
-        let model = inner.load(&path)?;
+        let model = inner.load(&key)?;
         Ok(Generator::with_model(model, &opts)?.with_cancel(t))
     })
     .await?;
@@ -1090,8 +1115,8 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
             serde_json::json!({
                 "prompt_tokens": generator.prompt_tokens(),
                 "load_seconds": load_seconds,
-                // The dashboard's model cache loads with the default (mmap) store.
                 "weight_store": generator.model().weight_mode().name(),
+                "ram_budget_bytes": ram_budget,
             }),
         );
         if tx.blocking_send(start).is_err() {

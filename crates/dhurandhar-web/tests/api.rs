@@ -453,7 +453,36 @@ async fn generation_streams_tokens_from_the_fixture() {
     .unwrap();
     assert_eq!(report["text"], direct.text);
 
+    // Streamed weights under a budget: the same greedy text, and the report says so.
+    let a = get(
+        &app,
+        &format!("{uri}&weights=stream&ram_budget={}", enc("1GiB")),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let text = a.text();
+    let start = text.split("event: start\ndata: ").nth(1).unwrap();
+    let start: serde_json::Value = serde_json::from_str(start.lines().next().unwrap()).unwrap();
+    assert_eq!(start["weight_store"], "stream", "{text}");
+    assert_eq!(start["ram_budget_bytes"], 1u64 << 30, "{text}");
+    let done = text.split("event: done\ndata: ").nth(1).unwrap();
+    let streamed: serde_json::Value = serde_json::from_str(done.lines().next().unwrap()).unwrap();
+    assert_eq!(streamed["text"], report["text"]);
+    assert_eq!(streamed["weights"]["mode"], "stream");
+
     for (q, status) in [
+        (format!("path={}&prompt=hi&weights=disk", enc(&path)), 400),
+        (
+            format!(
+                "path={}&prompt=hi&weights=stream&ram_budget=lots",
+                enc(&path)
+            ),
+            400,
+        ),
+        (
+            format!("path={}&prompt=hi&ram_budget=80MiB", enc(&path)),
+            400,
+        ),
         (
             format!("path={}&prompt=hi&max_tokens=100000", enc(&path)),
             400,

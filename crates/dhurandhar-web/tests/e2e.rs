@@ -549,7 +549,21 @@ async fn every_page_in_a_real_browser() {
     );
     const PROMPT_TOKENS: &str = "(() => { const h = Array.from(document.querySelectorAll('#report th')).map(t => t.textContent); return +document.querySelectorAll('#report td')[h.indexOf('prompt_tokens')].textContent; })()";
     let prompt1 = js(&c, PROMPT_TOKENS).await.as_f64().unwrap();
-    // A second turn: the transcript keeps the first exchange and appends the new one.
+    // A second turn: the transcript keeps the first exchange and appends the new one,
+    // and this time the weights stream from the file (the smallest pool: no budget).
+    assert_eq!(
+        js(&c, "document.querySelector('#budget').disabled").await,
+        true
+    );
+    js(
+        &c,
+        "(() => { const s = document.querySelector('#weights'); s.value = 'stream'; s.dispatchEvent(new Event('change')); })()",
+    )
+    .await;
+    assert_eq!(
+        js(&c, "document.querySelector('#budget').disabled").await,
+        false
+    );
     set_input(&c, "#prompt", "And of Italy?").await;
     js(&c, "document.querySelector('#status').textContent = ''").await;
     c.find(Locator::Css("#go"))
@@ -578,6 +592,12 @@ async fn every_page_in_a_real_browser() {
     // The second prompt carried the first exchange: more prompt tokens than the first.
     let prompt2 = js(&c, PROMPT_TOKENS).await.as_f64().unwrap();
     assert!(prompt2 > prompt1, "{prompt2} <= {prompt1}");
+    let store = js(&c, "document.querySelector('#store').textContent").await;
+    let store = store.as_str().unwrap();
+    assert!(
+        store.starts_with("stream: ") && store.contains("read per token"),
+        "{store}"
+    );
     shot(&c, &shots, "run").await;
 
     // ---------------------------------------------------------------- Compare
