@@ -410,6 +410,15 @@ impl Checkpoint {
                 Component::Other => &mut c.other,
             };
             *slot += t.n_bytes;
+            if t.is_parameter && t.shape.len() >= 2 {
+                let by_type = match t.component {
+                    Component::DecoderLayers | Component::LmHead => &mut c.matmul_weights,
+                    Component::TokenEmbeddings => &mut c.token_embedding_weights,
+                    Component::Experts => &mut c.expert_matmul_weights,
+                    _ => continue,
+                };
+                *by_type.entry(t.dtype.clone()).or_default() += t.n_elements;
+            }
         }
         c
     }

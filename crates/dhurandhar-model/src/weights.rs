@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Exact weight bytes by component, read from a real checkpoint's tensor table.
@@ -22,6 +24,17 @@ pub struct ComponentBytes {
     pub other: u64,
     /// Where the numbers came from (checkpoint path).
     pub source: String,
+    /// Weights of the matrices every decoded token multiplies, by stored type (`Q4_K`
+    /// → element count): the 2-D tensors of the decoder layers and the untied LM head.
+    /// A device's one-token matvec rate is per type, so decode time is a sum over these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub matmul_weights: BTreeMap<String, u64>,
+    /// The token-embedding matrix by stored type (the LM head when tied).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub token_embedding_weights: BTreeMap<String, u64>,
+    /// Routed and shared expert matrices by stored type (a token uses the active share).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub expert_matmul_weights: BTreeMap<String, u64>,
 }
 
 impl ComponentBytes {

@@ -9,11 +9,17 @@
 //! - **memory bandwidth**: `memory_bw / ram_bytes_per_token` (weights at their stored
 //!   format, the KV cache at the planned context, the PLE and embedding rows, SSM state);
 //! - **compute**: `1 / (matmul_flops / int8_rate + attention_flops / f32_rate)` (f32
-//!   rate for the matmuls too when the weights are f16/bf16/f32).
+//!   rate for the matmuls too when the weights are f16/bf16/f32). For decode on a
+//!   device with measured one-token matvec rates (a probed host) and a checkpoint that
+//!   gives its weight types: `1 / (Σ weights(type) / matvec_rate(type) + attention_flops
+//!   / f32_rate)` — a one-row matvec cannot reuse a dequantized weight across tokens, so
+//!   it runs well below the batched rate.
 //!
 //! A device profile without a rate has that bound *unknown*: it is listed as unknown,
 //! never taken as infinite, the verdict rests on the known bounds and says which were not
 //! checked. A mode is viable when it fits RAM and its ceiling reaches the target.
+
+use std::collections::BTreeMap;
 
 use dhurandhar_model::{ComponentBytes, ModelArchitecture};
 use serde::Serialize;
@@ -282,6 +288,8 @@ struct Rates {
     mem: Option<f64>,
     f32: Option<f64>,
     int8: Option<f64>,
+    /// One-token matvec rates by stored type, weights/s (all threads).
+    matvec: Option<BTreeMap<String, f64>>,
 }
 
 impl Rates {
@@ -292,6 +300,7 @@ impl Rates {
             mem: d.memory_bytes_per_sec(),
             f32: d.compute_f32_gflops.map(|g| g * 1e9),
             int8: d.compute_int8_gops.map(|g| g * 1e9),
+            matvec: d.matvec.as_ref().map(|m| m.all_threads()),
         }
     }
 }
@@ -384,6 +393,44 @@ fn compute_bound(r: &Rates, matmul: f64, attention: f64, int8: bool) -> Bound {
     }
 }
 
+/// The decode compute bound from one-token matvec rates: the sum over weight types of
+/// `weights(type) / rate(type)`, plus `attention / f32_rate`. `None` unless the device has a rate for every stored type
+/// the token multiplies (and an f32 rate for attention).
+fn matvec_bound(r: &Rates, by_type: &BTreeMap<String, u64>, attention: f64) -> Option<Bound> {
+    let rates = r.matvec.as_ref()?;
+    let f32 = r.f32?;
+    if by_type.is_empty() {
+        return None;
+    }
+    let mut secs = attention / f32;
+    for (t, &n) in by_type {
+        secs += n as f64 / rates.get(t)?;
+    }
+    let weights: u64 = by_type.values().sum();
+    let types: Vec<&str> = by_type.keys().map(|k| k.as_str()).collect();
+    Some(Bound {
+        kind: BoundKind::Compute,
+        per_token: 2.0 * weights as f64 + attention,
+        unit: "flop",
+        tps: (secs > 0.0).then(|| 1.0 / secs),
+        note: format!(
+            "{} weights through one-token matvecs ({}) at the measured rate per type + {} of f32 attention",
+            format_count(weights as f64),
+            types.join(", "),
+            gflop(attention)
+        ),
+    })
+}
+
+/// `135.5 M`, `1.24 G`.
+fn format_count(n: f64) -> String {
+    if n >= 1e9 {
+        format!("{:.2} G", n / 1e9)
+    } else {
+        format!("{:.1} M", n / 1e6)
+    }
+}
+
 /// The minimum known bound and its kind.
 fn ceiling_of(bounds: &[Bound]) -> (Option<f64>, Option<BoundKind>) {
     bounds
@@ -407,12 +454,16 @@ fn mode_bounds(p: &MemoryPlan, r: &Rates, streamed: f64, pages: f64) -> (Vec<Bou
         t.ram_bytes as f64,
         "weights, KV cache at the context, PLE and embedding rows",
     ));
-    decode.push(compute_bound(
-        r,
-        t.matmul_flops as f64,
-        t.attention_flops as f64,
-        t.matmul_int8,
-    ));
+    decode.push(
+        matvec_bound(r, &t.matmul_weights_by_type, t.attention_flops as f64).unwrap_or_else(|| {
+            compute_bound(
+                r,
+                t.matmul_flops as f64,
+                t.attention_flops as f64,
+                t.matmul_int8,
+            )
+        }),
+    );
     let chunk = t.prefill_chunk_tokens.max(1) as f64;
     let mut prefill = Vec::new();
     if streamed > 0.0 || pages > 0.0 {
@@ -431,6 +482,38 @@ fn mode_bounds(p: &MemoryPlan, r: &Rates, streamed: f64, pages: f64) -> (Vec<Bou
         t.matmul_int8,
     ));
     (decode, prefill)
+}
+
+/// The speed ceilings of one run: the decode and prefill bounds and their minimum.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ceilings {
+    pub decode_tps: Option<f64>,
+    pub decode_bound: Option<BoundKind>,
+    pub prefill_tps: Option<f64>,
+    pub bounds: Vec<Bound>,
+    pub prefill_bounds: Vec<Bound>,
+}
+
+/// The ceilings of a run of `plan` on `device` that reads `streamed_bytes` of weights
+/// from flash per decoded token (0 when the weights are in RAM) and, for a model with
+/// PLE, looks its rows up through mmap. The same bounds as [`assess`] gives each mode,
+/// for a weight store whose flash traffic is known (an engine's pool plan).
+pub fn ceilings(plan: &MemoryPlan, device: &DeviceProfile, streamed_bytes: f64) -> Ceilings {
+    let pages = if plan.has_ple {
+        plan.per_token.ple_pages
+    } else {
+        0.0
+    };
+    let (bounds, prefill_bounds) = mode_bounds(plan, &Rates::of(device), streamed_bytes, pages);
+    let (decode_tps, decode_bound) = ceiling_of(&bounds);
+    let (prefill_tps, _) = ceiling_of(&prefill_bounds);
+    Ceilings {
+        decode_tps,
+        decode_bound,
+        prefill_tps,
+        bounds,
+        prefill_bounds,
+    }
 }
 
 /// Stream mode's split of a weight cache: the bytes one token still reads from flash

@@ -1,5 +1,7 @@
 //! Device profiles and memory budget presets.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{did_you_mean, PlanError};
@@ -40,6 +42,11 @@ pub struct DeviceProfile {
     /// CPU cores the compute figures use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_cores: Option<u32>,
+    /// One-token matrix-vector throughput per stored weight type, measured with the
+    /// engine's own kernels (a probed host). Decoding multiplies one activation row by
+    /// every weight, so it runs at this rate, not at the batched `compute_int8_gops`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matvec: Option<MatvecRates>,
     #[serde(default)]
     pub supports_npu: bool,
     #[serde(default)]
@@ -50,6 +57,86 @@ pub struct DeviceProfile {
     /// When the numbers were measured (a probed host), RFC 3339 UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured_at: Option<String>,
+}
+
+/// One-token matvec throughput of each stored weight type, in 10^9 weights per second,
+/// at each measured thread count: `gweights_per_s[type][i]` was measured on
+/// `threads[i]` threads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatvecRates {
+    /// Thread counts, ascending.
+    pub threads: Vec<usize>,
+    /// Stored type (`Q4_K`, `Q8_0`, `F16`, …) → one rate per entry of `threads`.
+    pub gweights_per_s: BTreeMap<String, Vec<f64>>,
+}
+
+impl MatvecRates {
+    /// Index of the measured entry for a run on `threads` threads: the one with the most
+    /// threads not above it (a run cannot use cores it does not have).
+    fn index(&self, threads: usize) -> usize {
+        self.threads
+            .iter()
+            .rposition(|&t| t <= threads.max(1))
+            .unwrap_or(0)
+    }
+
+    /// The rates on `threads` threads (see [`MatvecRates::only`]), in weights per second.
+    pub fn at(&self, threads: usize) -> BTreeMap<String, f64> {
+        let i = self.index(threads);
+        self.gweights_per_s
+            .iter()
+            .filter_map(|(k, v)| v.get(i).map(|r| (k.clone(), r * 1e9)))
+            .collect()
+    }
+
+    /// These rates cut to the one entry that applies to a run on `threads` threads.
+    pub fn only(&self, threads: usize) -> MatvecRates {
+        let i = self.index(threads);
+        MatvecRates {
+            threads: vec![self.threads.get(i).copied().unwrap_or(1)],
+            gweights_per_s: self
+                .gweights_per_s
+                .iter()
+                .filter_map(|(k, v)| v.get(i).map(|r| (k.clone(), vec![*r])))
+                .collect(),
+        }
+    }
+
+    /// The rates on the most threads measured (the device running flat out).
+    pub fn all_threads(&self) -> BTreeMap<String, f64> {
+        self.at(usize::MAX)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.threads.is_empty()
+            || self.threads.contains(&0)
+            || !self.threads.windows(2).all(|w| w[0] < w[1])
+        {
+            return Err(format!(
+                "threads must be ascending counts ≥ 1, got {:?}",
+                self.threads
+            ));
+        }
+        for (k, v) in &self.gweights_per_s {
+            if v.len() != self.threads.len() {
+                return Err(format!(
+                    "{k} has {} rates for {} thread counts",
+                    v.len(),
+                    self.threads.len()
+                ));
+            }
+            if let Some(r) = v
+                .iter()
+                .find(|r| !(r.is_finite() && **r > 0.0 && **r < MAX_GFLOPS))
+            {
+                return Err(format!(
+                    "{k}: rates must be positive numbers of G weights/s below {MAX_GFLOPS:e}, got {r}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -158,6 +245,11 @@ impl DeviceProfile {
         if self.cpu_cores == Some(0) {
             return bad("cpu_cores", "must be at least 1".into());
         }
+        if let Some(m) = &self.matvec {
+            if let Err(reason) = m.validate() {
+                return bad("matvec", reason);
+            }
+        }
         Ok(())
     }
 
@@ -203,6 +295,7 @@ impl DeviceProfile {
             compute_f32_gflops: None,
             compute_int8_gops: None,
             cpu_cores: None,
+            matvec: None,
             supports_npu: false,
             notes: "ad-hoc device given by its RAM budget and flash bandwidth".into(),
             source: "given on the command line".into(),

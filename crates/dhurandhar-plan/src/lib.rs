@@ -23,12 +23,12 @@ mod params;
 mod plan;
 
 pub use assess::{
-    analyze, assess, describe_changes, mitigations, summary_line, Analysis, Bound, BoundKind,
-    Change, Cost, DeviceAssessment, Mitigation, Mode, ModeEval, Summary,
+    analyze, assess, ceilings, describe_changes, mitigations, summary_line, Analysis, Bound,
+    BoundKind, Ceilings, Change, Cost, DeviceAssessment, Mitigation, Mode, ModeEval, Summary,
 };
 pub use device::{
     budget_presets, builtin_device, builtin_device_yaml, builtin_devices, BudgetPreset,
-    DeviceProfile,
+    DeviceProfile, MatvecRates,
 };
 pub use error::PlanError;
 pub use format::{Grouping, WeightFormat};

@@ -2,6 +2,7 @@
 
 use dhurandhar_model::{ComponentBytes, ModelArchitecture};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 use crate::error::PlanError;
 use crate::format::{fmt_bits, WeightFormat};
@@ -195,6 +196,11 @@ pub struct PerToken {
     /// Attention FLOPs per decoded token at the planned context: 4 × heads × head_dim ×
     /// attended tokens per attention layer (QKᵀ and AV, window-capped).
     pub attention_flops: u64,
+    /// The weights one decoded token multiplies, by stored type (`Q4_K` → count), when
+    /// a checkpoint gives them (empty for estimated plans): a device's one-token matvec
+    /// rates are per type ([`crate::MatvecRates`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub matmul_weights_by_type: BTreeMap<String, u64>,
     /// True when matmuls run on int8 dot products (weights stored in ≤ 8.5 bits per
     /// weight, activations quantized to int8); false for f16/bf16/f32 weights (f32 math).
     pub matmul_int8: bool,
@@ -648,6 +654,19 @@ pub fn plan(
         p.lm_head
     };
     let matmul_flops = 2 * (p.decoder as u128 + p.experts_active as u128 + lm_params as u128);
+    let mut matmul_by_type: BTreeMap<String, u64> = BTreeMap::new();
+    if let Some(w) = weights {
+        let mut add = |m: &BTreeMap<String, u64>, share: f64| {
+            for (k, &n) in m {
+                *matmul_by_type.entry(k.clone()).or_default() += (n as f64 * share).round() as u64;
+            }
+        };
+        add(&w.matmul_weights, 1.0);
+        add(&w.expert_matmul_weights, expert_frac);
+        if arch.embeddings_tied {
+            add(&w.token_embedding_weights, 1.0);
+        }
+    }
     let nh = arch.num_attention_heads as u128;
     let (mut attn_flops, mut prefill_attn) = (0u128, 0f64);
     for l in layers
@@ -717,6 +736,7 @@ pub fn plan(
             ram_bytes,
             matmul_flops: sat(matmul_flops),
             attention_flops: sat(attn_flops),
+            matmul_weights_by_type: matmul_by_type,
             matmul_int8: bpw_of_weights(exact, bpw, dec + experts + tok + lm, &p) <= 8.5,
             prefill_attention_flops: prefill_attn.round() as u64,
             prefill_ram_bytes: prefill_ram.ceil() as u64,
