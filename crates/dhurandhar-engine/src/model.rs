@@ -791,13 +791,15 @@ impl Model {
     /// The stream's plan when no budget was given: the minimum window, nothing pinned.
     fn minimal_plan(&self, s: &Streamer) -> StorePlan {
         let items = s.item_bytes();
+        let window = WINDOW_SLOTS as u64 * items.iter().copied().max().unwrap_or(0) as u64;
         StorePlan {
             budget_bytes: None,
             kv_bytes: 0,
             activation_bytes: 0,
             resident_bytes: self.resident_bytes(),
             fixed_bytes: 0,
-            pool_bytes: WINDOW_SLOTS as u64 * items.iter().copied().max().unwrap_or(0) as u64,
+            pool_bytes: window,
+            buffer_bytes: window,
             window_slots: WINDOW_SLOTS,
             pinned_layers: 0,
             head_chunks: items.len() - self.layers.len(),
@@ -868,6 +870,20 @@ impl Model {
     /// How the weights are held.
     pub fn weight_mode(&self) -> WeightMode {
         self.mode
+    }
+
+    /// Weight bytes that loading put in this process's RSS: every tensor (resident), the
+    /// f32 norms and biases (streamed: the layers come later), the pages of the file
+    /// mapped so far (mapped; the rest fault in on use). RSS after loading minus this is
+    /// the runtime's own footprint (binary, tokenizer, metadata).
+    pub fn loaded_weight_bytes(&self) -> u64 {
+        match &self.store {
+            WeightStore::Mmap(m) => {
+                dhurandhar_profile::sys::mapped_rss_bytes(m.as_ptr(), m.len()).unwrap_or(0)
+            }
+            WeightStore::Resident(_) => self.tensor_bytes,
+            WeightStore::Stream(_) => self.resident_bytes(),
+        }
     }
 
     /// Weight bytes read from the file since loading (streamed models; 0 otherwise).

@@ -94,6 +94,9 @@ pub struct StorePlan {
     pub fixed_bytes: u64,
     /// Bytes for layer buffers: the budget minus everything above.
     pub pool_bytes: u64,
+    /// Of the pool, the bytes the buffers take: the window's slots (each the largest
+    /// item) and the pinned items. The rest of the pool stays unused.
+    pub buffer_bytes: u64,
     /// Layer buffers the prefetch thread cycles through (0 when every layer is pinned).
     pub window_slots: usize,
     /// Layers `0..pinned_layers` are read once and kept.
@@ -162,6 +165,7 @@ pub fn plan_pool(inp: &BudgetInputs) -> Result<StorePlan, String> {
         (WINDOW_SLOTS, pinned)
     };
     let n_layers = inp.layer_bytes.len();
+    let buffer_bytes = slots as u64 * largest + items[..pinned].iter().sum::<u64>();
     Ok(StorePlan {
         budget_bytes: Some(inp.budget),
         kv_bytes: inp.kv_bytes,
@@ -169,6 +173,7 @@ pub fn plan_pool(inp: &BudgetInputs) -> Result<StorePlan, String> {
         resident_bytes: inp.resident_bytes,
         fixed_bytes: inp.fixed_bytes,
         pool_bytes: pool,
+        buffer_bytes,
         window_slots: slots,
         pinned_layers: pinned.min(n_layers),
         head_chunks: inp.head_chunk_bytes.len(),

@@ -122,6 +122,40 @@ pub fn resident_pages(ptr: *const u8, len: usize) -> Option<(u64, u64)> {
     }
 }
 
+/// Bytes of `[ptr, ptr+len)` mapped into this process's page tables (the `Rss` of its
+/// entries in `/proc/self/smaps`): what the range adds to RSS, which `mincore` cannot
+/// tell (it reports the page cache, shared with every other process). `None` off Linux.
+pub fn mapped_rss_bytes(ptr: *const u8, len: usize) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    Some(smaps_rss_in(
+        &text,
+        ptr as u64,
+        (ptr as u64).saturating_add(len as u64),
+    ))
+}
+
+/// The summed `Rss:` of the smaps entries that lie inside `[lo, hi)`.
+fn smaps_rss_in(text: &str, lo: u64, hi: u64) -> u64 {
+    let mut inside = false;
+    let mut total = 0;
+    for line in text.lines() {
+        let head = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = head.split_once('-').filter(|_| !head.ends_with(':')) {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                inside = a >= lo && b <= hi.next_multiple_of(page_size());
+                continue;
+            }
+        }
+        if inside {
+            if let Some(kb) = line.strip_prefix("Rss:") {
+                let kb = kb.trim().trim_end_matches("kB").trim();
+                total += kb.parse::<u64>().unwrap_or(0) * 1024;
+            }
+        }
+    }
+    total
+}
+
 /// Whether `mincore()` reports page-cache state (not just this process's page tables) for a
 /// mapping of `path`. Since Linux 5.0 it does so only for the file's owner or a process that
 /// may write it; otherwise untouched-but-cached pages read as absent and a "cold" fraction
@@ -290,6 +324,43 @@ pub fn cold_sequential_read(file: &File, path: &Path) -> std::io::Result<(f64, b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smaps_rss_counts_only_entries_inside_the_range() {
+        let text = "\
+1000-3000 r--p 00000000 08:01 7 /m.gguf
+Size:                  8 kB
+Rss:                   4 kB
+VmFlags: rd mr
+3000-5000 r--p 00002000 08:01 7 /m.gguf
+Rss:                   8 kB
+9000-a000 rw-p 00000000 00:00 0
+Rss:                 100 kB
+";
+        assert_eq!(smaps_rss_in(text, 0x1000, 0x5000), 12 * 1024);
+        assert_eq!(smaps_rss_in(text, 0x1000, 0x3000), 4 * 1024);
+        assert_eq!(smaps_rss_in(text, 0x6000, 0x8000), 0);
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn mapped_rss_grows_with_the_pages_touched() {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![1u8; 64 * 4096]).unwrap();
+        // SAFETY: a private read-only map of a temp file nobody else writes.
+        let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+        let before = mapped_rss_bytes(map.as_ptr(), map.len()).unwrap();
+        let mut sum = 0u64;
+        for p in (0..32).map(|i| i * 4096) {
+            sum += std::hint::black_box(map[p]) as u64;
+        }
+        assert_eq!(sum, 32);
+        let after = mapped_rss_bytes(map.as_ptr(), map.len()).unwrap();
+        // Every touched page is mapped; fault-around may map a few more.
+        assert!(after >= before.max(32 * 4096), "{before} -> {after}");
+        assert!(after <= map.len() as u64, "{after}");
+    }
 
     #[cfg(unix)]
     #[test]
