@@ -1,8 +1,9 @@
 //! Measure this machine as a planner device: RAM bandwidth (a STREAM-style triad over
 //! buffers far larger than the last-level cache, best of N, all cores), flash sequential
 //! and random reads (the mmap profiler's cold method: pages dropped from the page cache
-//! and checked with `mincore` before every run), and int8 / f32 matmul throughput with
-//! the engine's own kernels. The result is a device YAML (`host`) that the planner loads
+//! and checked with `mincore` before every run), int8 / f32 matmul throughput with the
+//! engine's own kernels, and the one-token matvec rate of every weight type the engine
+//! computes with, on one thread and on all (what decoding runs at). The result is a device YAML (`host`) that the planner loads
 //! like any other profile.
 //!
 //! ```no_run
@@ -88,6 +89,9 @@ pub struct ProbeOptions {
     /// Activation rows per matmul call (a prefill-like batch, so the kernels are
     /// compute-bound).
     pub matmul_tokens: usize,
+    /// Weight bytes each one-token matvec run streams through (make it ≫ the last-level
+    /// cache, as a model's weights are).
+    pub matvec_bytes: u64,
     /// Runs per measurement; the best is kept.
     pub repeats: u32,
     /// RAM budget written into the profile (`None`: RAM available now, capped by the
@@ -105,8 +109,24 @@ impl Default for ProbeOptions {
             random_reads: 4000,
             matmul_dim: 2048,
             matmul_tokens: 64,
+            matvec_bytes: 64 * MIB,
             repeats: 5,
             ram_budget_mb: None,
+        }
+    }
+}
+
+impl ProbeOptions {
+    /// A quick probe on small buffers: less accurate, for a smoke test.
+    pub fn quick() -> Self {
+        ProbeOptions {
+            memory_array_bytes: 32 * MIB,
+            flash_file_bytes: 64 * MIB,
+            random_reads: 500,
+            matmul_dim: 512,
+            matvec_bytes: 4 * MIB,
+            repeats: 3,
+            ..ProbeOptions::default()
         }
     }
 }
@@ -125,8 +145,14 @@ pub struct MemoryProbe {
 /// The cold flash measurement.
 #[derive(Debug, Clone, Serialize)]
 pub struct FlashProbe {
-    /// Cold sequential read through mmap, GB/s.
+    /// Cold sequential `pread` of the whole file in 4 MiB blocks, `O_DIRECT` where the
+    /// file system allows, GB/s: how streamed weights are read, so the profile's
+    /// `flash_read_gbps`.
     pub sequential_gbps: f64,
+    /// Whether that read bypassed the page cache (`O_DIRECT`).
+    pub sequential_direct: bool,
+    /// Cold sequential read through mmap (the kernel's readahead), GB/s.
+    pub mmap_sequential_gbps: f64,
     /// Cold 4 KiB random reads per second through mmap (one page fault each, queue depth 1).
     pub random_read_iops: f64,
     pub file: String,
@@ -146,6 +172,18 @@ pub struct ComputeProbe {
     pub threads: usize,
 }
 
+/// One-token matvec rates: every weight type the engine computes with, on one thread and
+/// on all.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatvecProbe {
+    /// The rates as the device profile stores them (G weights/s per type and thread count).
+    pub rates: dhurandhar_plan::MatvecRates,
+    /// Weight bytes each run streamed through.
+    pub bytes: u64,
+    /// Columns of the matrices (rows fill `bytes`).
+    pub cols: usize,
+}
+
 /// The `devices --probe --json` document.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeReport {
@@ -157,6 +195,7 @@ pub struct ProbeReport {
     pub memory: MemoryProbe,
     pub flash: FlashProbe,
     pub compute: ComputeProbe,
+    pub matvec: MatvecProbe,
 }
 
 fn validate(o: &ProbeOptions) -> Result<()> {
@@ -184,6 +223,9 @@ fn validate(o: &ProbeOptions) -> Result<()> {
     if o.matmul_tokens == 0 || o.matmul_tokens > 4096 {
         return Err(Error::invalid("matmul_tokens", "must be in 1..=4096"));
     }
+    if o.matvec_bytes < MIB || o.matvec_bytes > 4096 * MIB {
+        return Err(Error::invalid("matvec_bytes", "must be in 1 MiB..=4 GiB"));
+    }
     if o.repeats == 0 || o.repeats > 1000 {
         return Err(Error::invalid("repeats", "must be in 1..=1000"));
     }
@@ -209,6 +251,7 @@ pub fn probe(
     let memory = triad(opts, threads, progress, cancel)?;
     let flash = flash(opts, progress, cancel)?;
     let compute = compute(opts, threads, progress, cancel)?;
+    let matvec = matvec(opts, threads, progress, cancel)?;
     let ram_budget_mb = match opts.ram_budget_mb {
         Some(r) => r,
         None => available_ram_mb().ok_or_else(|| {
@@ -233,14 +276,16 @@ pub fn probe(
         compute_f32_gflops: Some(round3(compute.f32_gflops)),
         compute_int8_gops: Some(round3(compute.int8_gops)),
         cpu_cores: Some(threads as u32),
+        matvec: Some(matvec.rates.clone()),
         supports_npu: false,
         notes: "measured by the device probe".into(),
         source: format!(
             "measured {when}: ram_budget_mb = {}; memory_bandwidth_gbps = best of {} STREAM \
              triads over 3 x {} MiB on {threads} threads; flash = cold mmap reads of a {} MiB \
-             file in {} (sequential scan, {} random 4 KiB reads); compute = the engine's \
+             file in {} (sequential: cold pread in 4 MiB blocks{}; {} random 4 KiB reads through mmap); compute = the engine's \
              matmul kernels on a {d}x{d} matrix x {} tokens (Q8_0 for int8, F32 for f32), best \
-             of {}",
+             of {}; matvec = the engine's one-token matmul of each type over {} MiB of \
+             weights ({}-wide rows, random values), on 1 and {threads} threads, best of {}",
             if opts.ram_budget_mb.is_some() {
                 "given"
             } else {
@@ -252,8 +297,12 @@ pub fn probe(
             Path::new(&flash.file)
                 .parent()
                 .map_or(String::new(), |p| p.display().to_string()),
+            if flash.sequential_direct { ", O_DIRECT" } else { ", page cache dropped" },
             opts.random_reads,
             compute.tokens,
+            opts.repeats,
+            matvec.bytes / MIB,
+            matvec.cols,
             opts.repeats,
             d = compute.dim,
         ),
@@ -279,6 +328,7 @@ pub fn probe(
         memory,
         flash,
         compute,
+        matvec,
     })
 }
 
@@ -399,8 +449,25 @@ fn flash(opts: &ProbeOptions, progress: &dyn Progress, cancel: &CancelToken) -> 
         opts.random_reads,
         "flash random 4 KiB reads (cold)",
     )?;
+    let (pread, direct) = {
+        let _phase = Phase::start(
+            progress,
+            "flash sequential pread (cold)",
+            1,
+            Unit::Items("reads"),
+        );
+        let f = dhurandhar_io::open_regular(&path)?;
+        dhurandhar_profile::sys::cold_sequential_read(&f, &path).map_err(|e| {
+            Error::invalid(
+                "scratch_dir",
+                format!("cannot read {} back: {e}", path.display()),
+            )
+        })?
+    };
     Ok(FlashProbe {
-        sequential_gbps: seq.mb_per_s.unwrap_or(0.0) * MIB as f64 / 1e9,
+        sequential_gbps: pread / 1e9,
+        sequential_direct: direct,
+        mmap_sequential_gbps: seq.mb_per_s.unwrap_or(0.0) * MIB as f64 / 1e9,
         random_read_iops: rand.tokens_per_s.unwrap_or(0.0),
         file: path.display().to_string(),
         file_bytes: len,
@@ -408,21 +475,24 @@ fn flash(opts: &ProbeOptions, progress: &dyn Progress, cancel: &CancelToken) -> 
     })
 }
 
-/// Best-of-N time of the engine's matmul on `w`.
-fn time_matmul(
+/// Best-of-N time of the engine's matmul on `w`, on this thread or (`parallel`) on the
+/// current rayon pool; one unmeasured run first warms caches and the pool.
+fn time_matmul_on(
     w: &QMatrix<'_>,
     acts: &Acts<'_>,
     out: &mut [f32],
+    parallel: bool,
     repeats: u32,
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<f64> {
-    matmul(w, acts, out, true)?; // warm caches and the thread pool
+    matmul(w, acts, out, parallel)?;
+    progress.advance(1);
     let mut best = f64::INFINITY;
     for _ in 0..repeats {
         cancel.check()?;
         let t = Instant::now();
-        matmul(w, acts, out, true)?;
+        matmul(w, acts, out, parallel)?;
         best = best.min(t.elapsed().as_secs_f64());
         progress.advance(1);
     }
@@ -453,7 +523,7 @@ fn compute(
     let phase = Phase::start(
         progress,
         "matmul throughput (int8, f32)",
-        2 * opts.repeats as u64,
+        2 * (opts.repeats as u64 + 1),
         Unit::Items("runs"),
     );
     // Q8_0 blocks: an f16 scale (0.01 = 0x211f) and 32 random int8 values.
@@ -468,10 +538,11 @@ fn compute(
     let wq = QMatrix::new(GgmlType::Q8_0, d, d, &q8)?;
     let mut acts = Q8Acts::default();
     acts.quantize_into(&x, d);
-    let int8 = time_matmul(
+    let int8 = time_matmul_on(
         &wq,
         &Acts::Q8(&acts),
         &mut out,
+        true,
         opts.repeats,
         progress,
         cancel,
@@ -480,10 +551,11 @@ fn compute(
         .flat_map(|i| (((i % 97) as f32 - 48.0) / 97.0).to_le_bytes())
         .collect();
     let wf = QMatrix::new(GgmlType::F32, d, d, &f)?;
-    let f32 = time_matmul(
+    let f32 = time_matmul_on(
         &wf,
         &Acts::F32(&x),
         &mut out,
+        true,
         opts.repeats,
         progress,
         cancel,
@@ -499,6 +571,95 @@ fn compute(
 }
 
 /// RAM available now in MiB (`MemAvailable`), capped by the cgroup v2 `memory.max`.
+/// Columns of the matvec probe's matrices: a multiple of every block size (256).
+const MATVEC_COLS: usize = 2048;
+
+/// The one-token matvec rate of every type the engine computes with: a random matrix
+/// quantized to the type, its rows repeated until they fill `matvec_bytes`, multiplied
+/// by one activation row on this thread and on a pool of `threads`.
+fn matvec(
+    opts: &ProbeOptions,
+    threads: usize,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<MatvecProbe> {
+    use dhurandhar_quantize::{quantize_rows, Format};
+    let cols = MATVEC_COLS;
+    let counts: Vec<usize> = if threads > 1 {
+        vec![1, threads]
+    } else {
+        vec![1]
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::invalid("threads", format!("cannot start {threads} threads: {e}")))?;
+    let formats: Vec<Format> = Format::ALL
+        .into_iter()
+        .filter(|f| {
+            GgmlType::from_u32(f.ggml_id()).is_some_and(dhurandhar_engine::quant::computes_with)
+        })
+        .collect();
+    let phase = Phase::start(
+        progress,
+        "one-token matvec per weight type",
+        (formats.len() * counts.len()) as u64 * (opts.repeats as u64 + 1),
+        Unit::Items("runs"),
+    );
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let x: Vec<f32> = (0..cols).map(|_| next()).collect();
+    let mut acts = Q8Acts::default();
+    acts.quantize_into(&x, cols);
+    let tile_rows = 64;
+    let tile: Vec<f32> = (0..tile_rows * cols).map(|_| next()).collect();
+    let mut rates = std::collections::BTreeMap::new();
+    for f in formats {
+        let t = GgmlType::from_u32(f.ggml_id()).expect("filtered above");
+        let rb = f
+            .row_bytes(cols)
+            .expect("2048 is a multiple of every block size");
+        let mut block = vec![0u8; rb * tile_rows];
+        quantize_rows(f, &tile, cols, &mut block)
+            .map_err(|e| Error::invalid("matvec", format!("cannot quantize {}: {e}", f.name())))?;
+        let rows = (opts.matvec_bytes as usize / rb).max(tile_rows) / tile_rows * tile_rows;
+        let data = block.repeat(rows / tile_rows);
+        let w = QMatrix::new(t, rows, cols, &data)?;
+        let a = if w.uses_q8() {
+            Acts::Q8(&acts)
+        } else {
+            Acts::F32(&x)
+        };
+        let mut out = vec![0f32; rows];
+        let mut per_count = Vec::new();
+        for &n in &counts {
+            let secs = if n == 1 {
+                time_matmul_on(&w, &a, &mut out, false, opts.repeats, progress, cancel)?
+            } else {
+                pool.install(|| {
+                    time_matmul_on(&w, &a, &mut out, true, opts.repeats, progress, cancel)
+                })?
+            };
+            per_count.push(round3((rows * cols) as f64 / secs / 1e9));
+        }
+        rates.insert(f.name().to_string(), per_count);
+    }
+    drop(phase);
+    Ok(MatvecProbe {
+        rates: dhurandhar_plan::MatvecRates {
+            threads: counts,
+            gweights_per_s: rates,
+        },
+        bytes: opts.matvec_bytes,
+        cols,
+    })
+}
+
 fn available_ram_mb() -> Option<f64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib: u64 = info

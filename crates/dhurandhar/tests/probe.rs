@@ -1,6 +1,7 @@
 //! The host probe on tiny sizes: it must write a device YAML that loads back as a device
 //! and that `host` resolves to. No timing is asserted (speeds depend on the machine).
 
+use dhurandhar::generate::{StorePlan, WeightMode};
 use dhurandhar::plan::resolve_device;
 use dhurandhar::probe::{host_device_path, probe, ProbeOptions};
 use dhurandhar::{CancelToken, NoProgress};
@@ -23,6 +24,7 @@ fn tiny_probe_writes_a_loadable_host_device() {
         random_reads: 16,
         matmul_dim: 64,
         matmul_tokens: 4,
+        matvec_bytes: 1 << 20,
         repeats: 1,
         ..ProbeOptions::default()
     };
@@ -34,25 +36,89 @@ fn tiny_probe_writes_a_loadable_host_device() {
     assert_eq!(d.slug, "host");
     assert!(d.memory_bandwidth_gbps.is_some() && d.compute_int8_gops.is_some());
     assert!(d.flash_random_read_iops.is_some() && d.measured_at.is_some());
+    // A one-token matvec rate for every type the engine computes with, per thread count.
+    let mv = d.matvec.as_ref().expect("the probe measures matvec rates");
+    assert_eq!(mv.threads[0], 1);
+    for t in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"] {
+        assert_eq!(mv.gweights_per_s[t].len(), mv.threads.len(), "{t}");
+    }
     assert_eq!(resolve_device("HOST").unwrap(), d);
 
     // The planner's prediction for a run of the fixture on the probed host.
     if let Some(gguf) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) {
         let m = gguf.to_str().unwrap();
-        let p = dhurandhar::plan::predict_run(m, 320, 256, &[(1, 50.0, 20.0)], Some(1 << 27), None)
-            .unwrap();
+        let facts = dhurandhar::plan::RunFacts {
+            model: m,
+            context: 320,
+            prefill_chunk: 256,
+            threads: &[(1, 50.0, 20.0)],
+            measured_peak_rss: Some(1 << 27),
+            runtime_bytes: None,
+            weight_mode: WeightMode::Resident,
+            store: None,
+            measured_flash_bytes_per_token: None,
+        };
+        let p = dhurandhar::plan::predict_run(&facts).unwrap();
         assert_eq!(p.device, "host");
         assert_eq!(p.threads.len(), 1);
         let t = &p.threads[0];
         // error = (predicted - measured) / measured x 100, measured decode = 20 tok/s.
         let want = (t.decode_tps.unwrap() - 20.0) / 20.0 * 100.0;
         assert!((t.decode_error_pct.unwrap() - want).abs() < 1e-9);
+        assert_eq!(
+            t.decode_bound,
+            Some(dhurandhar_plan::BoundKind::Compute),
+            "92 MiB from RAM is quicker than the matvecs"
+        );
+        assert_eq!(p.flash_bytes_per_token, 0);
         // The checkpoint's weights (92 MiB) and an f32 KV cache are in the predicted RSS.
         assert!(p.peak_rss_bytes > 92 << 20, "{}", p.peak_rss_bytes);
-        let own = dhurandhar::plan::predict_run(m, 320, 256, &[], None, Some(10 << 20)).unwrap();
+        let own = dhurandhar::plan::predict_run(&dhurandhar::plan::RunFacts {
+            threads: &[],
+            measured_peak_rss: None,
+            runtime_bytes: Some(10 << 20),
+            ..facts.clone()
+        })
+        .unwrap();
         assert!(
             own.peak_rss_bytes < p.peak_rss_bytes,
             "runtime bytes replace the profile's"
+        );
+        // Streamed: the engine's buffers instead of the weights, its reads from flash.
+        let store = StorePlan {
+            budget_bytes: Some(48 << 20),
+            kv_bytes: 0,
+            activation_bytes: 0,
+            resident_bytes: 1 << 20,
+            fixed_bytes: 0,
+            pool_bytes: 30 << 20,
+            buffer_bytes: 20 << 20,
+            window_slots: 2,
+            pinned_layers: 3,
+            head_chunks: 4,
+            pinned_head_chunks: 0,
+            streamed_bytes_per_pass: 70 << 20,
+        };
+        let s = dhurandhar::plan::predict_run(&dhurandhar::plan::RunFacts {
+            weight_mode: WeightMode::Stream,
+            store: Some(&store),
+            runtime_bytes: Some(10 << 20),
+            ..facts.clone()
+        })
+        .unwrap();
+        assert_eq!(s.flash_bytes_per_token, 70 << 20);
+        // RSS: runtime 10 MiB + norms 1 MiB + buffers 20 MiB + the f32 KV cache (30 layers
+        // x 320 tokens x 3 KV heads x 64 x 2 x 4 B = 14_745_600) + activations (< 16 MiB).
+        let rest = s.peak_rss_bytes - (31 << 20);
+        assert!(
+            (14_745_600..14_745_600 + (16 << 20)).contains(&rest),
+            "{rest}"
+        );
+        // 70 MiB per token from a flash of the probed speed bounds decoding.
+        let fl = s.threads[0].decode_tps.unwrap();
+        assert!(
+            fl <= d.flash_read_gbps * 1e9 / (70u64 << 20) as f64 + 1e-9,
+            "{fl}"
         );
     }
     // A cancelled probe stops before writing anything new.

@@ -65,7 +65,16 @@ pub fn render_probe(r: &ProbeReport) -> String {
     t.add_row([
         "flash sequential".to_string(),
         format!("{:.2} GB/s", r.flash.sequential_gbps),
-        format!("cold mmap scan of {} MiB", r.flash.file_bytes >> 20),
+        format!(
+            "cold pread of {} MiB in 4 MiB blocks{} (cold mmap scan: {:.2} GB/s)",
+            r.flash.file_bytes >> 20,
+            if r.flash.sequential_direct {
+                ", O_DIRECT"
+            } else {
+                ""
+            },
+            r.flash.mmap_sequential_gbps
+        ),
     ]);
     t.add_row([
         "flash 4K random".to_string(),
@@ -96,8 +105,24 @@ pub fn render_probe(r: &ProbeReport) -> String {
         format!("{} MiB", d.ram_budget_mb),
         "recorded in the profile".to_string(),
     ]);
+    let m = &r.matvec.rates;
+    let head: Vec<String> = m.threads.iter().map(|t| format!("{t} thr")).collect();
+    let cols: Vec<usize> = (1..=m.threads.len()).collect();
+    let mut mv = table(
+        &format!("1-token matvec, G weights/s|{}", head.join("|")),
+        &cols,
+    );
+    for (k, v) in &m.gweights_per_s {
+        let mut row = vec![k.clone()];
+        row.extend(v.iter().map(|x| format!("{x:.1}")));
+        mv.add_row(row);
+    }
     format!(
-        "{t}\nWrote {} ({}); use it with `dhurandhar analyze -d host`.\n",
+        "{t}\n{mv}\nmatvec: the engine's one-token matmul over {} MiB of {}-wide rows per type, best of {}.\n\
+         Wrote {} ({}); use it with `dhurandhar analyze -d host`.\n",
+        r.matvec.bytes >> 20,
+        r.matvec.cols,
+        r.memory.repeats,
         r.path,
         d.measured_at.as_deref().unwrap_or("")
     )
@@ -143,19 +168,16 @@ pub fn render(r: &DevicesReport) -> String {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.probe {
-        let mut o = ProbeOptions {
+        let o = ProbeOptions {
             output: args.probe_output.clone(),
             scratch_dir: args.probe_dir.clone(),
             ram_budget_mb: args.probe_ram_mb,
-            ..ProbeOptions::default()
+            ..if args.quick {
+                ProbeOptions::quick()
+            } else {
+                ProbeOptions::default()
+            }
         };
-        if args.quick {
-            o.memory_array_bytes = 32 << 20;
-            o.flash_file_bytes = 64 << 20;
-            o.random_reads = 500;
-            o.matmul_dim = 512;
-            o.repeats = 3;
-        }
         let bar = crate::output::Bar::new(!args.json);
         let r = probe::probe(&o, &bar, &CancelToken::new())?;
         drop(bar);
