@@ -563,9 +563,12 @@ pub fn bench(
     for &t in &opts.threads {
         check_threads("threads", t, 1)?;
     }
-    // The runtime's own footprint, for the planner's prediction below.
-    let runtime_rss = dhurandhar_profile::MemorySnapshot::current().rss_bytes;
     let model = load_model_with(&opts.model, opts.weights)?;
+    // The runtime's own footprint (binary, tokenizer, metadata), for the planner's
+    // prediction below: RSS now minus the weights the load put in RAM.
+    let runtime_rss = dhurandhar_profile::MemorySnapshot::current()
+        .rss_bytes
+        .map(|r| r.saturating_sub(model.loaded_weight_bytes()));
     let max_ctx = model.config.context_length;
     // Checked before the synthetic prompt is built: its size is the user's number.
     let fits = opts
@@ -607,15 +610,30 @@ pub fn bench(
         .iter()
         .map(|r| (r.threads, r.prefill_tokens_per_s, r.decode_tokens_per_s))
         .collect();
+    let weights = match results.last() {
+        Some(r) => WeightsReport::new(
+            &model,
+            opts.ram_budget,
+            &r.decode_stream,
+            r.decode_seconds,
+            r.decode_tokens,
+        ),
+        None => WeightsReport::new(&model, opts.ram_budget, &StreamStats::default(), 0.0, 0),
+    };
     let model_spec = opts.model.display().to_string();
-    let (predicted, prediction_note) = match crate::plan::predict_run(
-        &model_spec,
-        ctx as u64,
-        256,
-        &measured,
-        peak,
-        runtime_rss,
-    ) {
+    let facts = crate::plan::RunFacts {
+        model: &model_spec,
+        context: ctx as u64,
+        prefill_chunk: 256,
+        threads: &measured,
+        measured_peak_rss: peak,
+        runtime_bytes: runtime_rss,
+        weight_mode: model.weight_mode(),
+        store: weights.plan.as_ref(),
+        measured_flash_bytes_per_token: (weights.mode == WeightMode::Stream)
+            .then_some(weights.bytes_read_per_token),
+    };
+    let (predicted, prediction_note) = match crate::plan::predict_run(&facts) {
         Ok(p) => (Some(p), None),
         Err(e) => (None, Some(e.to_string())),
     };
@@ -631,16 +649,7 @@ pub fn bench(
         within_budget: peak.map(|p| p <= budget),
         predicted,
         prediction_note,
-        weights: match results.last() {
-            Some(r) => WeightsReport::new(
-                &model,
-                opts.ram_budget,
-                &r.decode_stream,
-                r.decode_seconds,
-                r.decode_tokens,
-            ),
-            None => WeightsReport::new(&model, opts.ram_budget, &StreamStats::default(), 0.0, 0),
-        },
+        weights,
         results,
     })
 }

@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+use dhurandhar_engine::{StorePlan, WeightMode};
 use dhurandhar_kv::Codec;
 use dhurandhar_model::{ComponentBytes, ModelArchitecture};
 use dhurandhar_plan::{
@@ -464,7 +465,8 @@ pub fn select_devices(
 #[derive(Debug, Clone, Serialize)]
 pub struct ThreadPrediction {
     pub threads: usize,
-    /// Decode ceiling at the run's context, with the host's compute scaled to
+    /// Decode ceiling at the run's context: the host's matvec rates measured on this many
+    /// threads (or fewer) when probed, else its compute scaled to
     /// `min(threads, cpu_cores) / cpu_cores` of the probed (all-core) rate.
     pub decode_tps: Option<f64>,
     pub decode_bound: Option<dhurandhar_plan::BoundKind>,
@@ -483,15 +485,44 @@ pub struct RunPrediction {
     pub device: String,
     pub measured_at: Option<String>,
     pub context_tokens: u64,
-    pub mode: dhurandhar_plan::Mode,
-    /// The plan's resident total: the checkpoint's weight bytes, the f32 KV cache,
-    /// activations and the runtime's own footprint.
+    /// How the run held its weights.
+    pub weight_mode: WeightMode,
+    /// Weights in RAM (every tensor; streamed: the engine's buffers for its budget), the
+    /// f32 KV cache, activations and the runtime's own footprint.
     pub peak_rss_bytes: u64,
     pub measured_peak_rss_bytes: Option<u64>,
     pub peak_rss_error_pct: Option<f64>,
+    /// The runtime's own footprint in that total (see [`RunFacts::runtime_bytes`]).
+    pub runtime_bytes: u64,
     /// Bytes one decoded token reads from RAM in the plan.
     pub ram_bytes_per_token: u64,
+    /// Weight bytes one decoded token reads from the file: the streamed items of the
+    /// engine's pool plan (0 unless streamed).
+    pub flash_bytes_per_token: u64,
+    /// The same, as the engine counted its reads.
+    pub measured_flash_bytes_per_token: Option<f64>,
     pub threads: Vec<ThreadPrediction>,
+}
+
+/// A benchmark run for [`predict_run`] to predict: what was run and what it measured.
+#[derive(Debug, Clone)]
+pub struct RunFacts<'a> {
+    /// The checkpoint (a path the model resolver reads).
+    pub model: &'a str,
+    pub context: u64,
+    pub prefill_chunk: u64,
+    /// (threads, measured prefill tok/s, measured decode tok/s) per thread count.
+    pub threads: &'a [(usize, f64, f64)],
+    pub measured_peak_rss: Option<u64>,
+    /// The runtime's own footprint: RSS once the model was loaded minus the weights the
+    /// load put in RAM (it replaces the profile's generic runtime overhead).
+    pub runtime_bytes: Option<u64>,
+    pub weight_mode: WeightMode,
+    /// Streamed runs: how the engine spent the budget (window, pinned items, reads per
+    /// pass).
+    pub store: Option<&'a StorePlan>,
+    /// Streamed runs: weight bytes read per decoded token, as counted.
+    pub measured_flash_bytes_per_token: Option<f64>,
 }
 
 fn error_pct(predicted: Option<f64>, measured: Option<f64>) -> Option<f64> {
@@ -501,66 +532,75 @@ fn error_pct(predicted: Option<f64>, measured: Option<f64>) -> Option<f64> {
     }
 }
 
-/// Predict a benchmark run of the checkpoint `model` on `host`: resident, the engine's
-/// f32 KV cache (32 bits per value), `context` tokens, prefill chunks of
-/// `prefill_chunk`; one prediction per entry of `threads` = (threads, measured prefill
-/// tok/s, measured decode tok/s). `runtime_bytes` is the runtime's own footprint (the
-/// process before the model is loaded), which replaces the profile's generic runtime
-/// overhead when given. Errors when the host was never probed.
-pub fn predict_run(
-    model: &str,
-    context: u64,
-    prefill_chunk: u64,
-    threads: &[(usize, f64, f64)],
-    measured_peak_rss: Option<u64>,
-    runtime_bytes: Option<u64>,
-) -> Result<RunPrediction> {
+/// Predict a benchmark run of a checkpoint on `host`: the engine's f32 KV cache (32 bits
+/// per value) at the run's context, prefill chunks of `prefill_chunk`, one prediction per
+/// thread count. Weights in RAM follow the run's weight mode: all of them (resident, and
+/// mapped, whose pages the run touches), or the engine's buffers for its budget plus the
+/// norms (streamed), which then read `store.streamed_bytes_per_pass` per token from
+/// flash. Errors when the host was never probed.
+pub fn predict_run(f: &RunFacts<'_>) -> Result<RunPrediction> {
     let host = crate::probe::load_host()?;
-    let resolved = resolve_model(model)?;
+    let resolved = resolve_model(f.model)?;
     let popts = AnalyzeOptions {
-        model: model.to_string(),
-        context_tokens: context,
+        model: f.model.to_string(),
+        context_tokens: f.context,
         kv_bits: Some(32.0),
-        prefill_chunk,
-        runtime_overhead_mb: runtime_bytes.map(|b| b as f64 / (1024.0 * 1024.0)),
+        prefill_chunk: f.prefill_chunk,
+        runtime_overhead_mb: f.runtime_bytes.map(|b| b as f64 / (1024.0 * 1024.0)),
         ..AnalyzeOptions::default()
     };
     let plan_opts = plan_options(&popts, &resolved.arch)?;
     let p = dhurandhar_plan::plan(&resolved.arch, resolved.weights.as_ref(), &plan_opts)?;
+    let streamed = match (f.weight_mode, f.store) {
+        (WeightMode::Stream, Some(s)) => s.streamed_bytes_per_pass,
+        _ => 0,
+    };
+    let rss = match (f.weight_mode, f.store) {
+        (WeightMode::Stream, Some(s)) => {
+            ["kv_cache", "activations", "runtime_overhead"]
+                .iter()
+                .map(|c| p.component(c))
+                .sum::<u64>()
+                + s.resident_bytes
+                + s.buffer_bytes
+        }
+        _ => p.totals.resident_bytes,
+    };
     let cores = host.cpu_cores.unwrap_or(1).max(1) as f64;
     let mut out = Vec::new();
-    let mut mode = dhurandhar_plan::Mode::Resident;
-    for &(t, prefill, decode) in threads {
+    for &(t, prefill, decode) in f.threads {
         let share = (t as f64).min(cores) / cores;
         let d = DeviceProfile {
             compute_f32_gflops: host.compute_f32_gflops.map(|g| g * share),
             compute_int8_gops: host.compute_int8_gops.map(|g| g * share),
+            matvec: host.matvec.as_ref().map(|m| m.only(t)),
             ..host.clone()
         };
-        let a = dhurandhar_plan::assess(&p, &d, f64::MIN_POSITIVE);
-        mode = a.mode;
+        let c = dhurandhar_plan::ceilings(&p, &d, streamed as f64);
         let measured = |x: f64| (x > 0.0).then_some(x);
         out.push(ThreadPrediction {
             threads: t,
-            decode_tps: a.decode_tps_ceiling,
-            decode_bound: a.binding_bound,
-            prefill_tps: a.prefill_tps_ceiling,
+            decode_tps: c.decode_tps,
+            decode_bound: c.decode_bound,
+            prefill_tps: c.prefill_tps,
             measured_decode_tps: measured(decode),
             measured_prefill_tps: measured(prefill),
-            decode_error_pct: error_pct(a.decode_tps_ceiling, measured(decode)),
-            prefill_error_pct: error_pct(a.prefill_tps_ceiling, measured(prefill)),
+            decode_error_pct: error_pct(c.decode_tps, measured(decode)),
+            prefill_error_pct: error_pct(c.prefill_tps, measured(prefill)),
         });
     }
-    let rss = p.totals.resident_bytes;
     Ok(RunPrediction {
         device: host.slug.clone(),
         measured_at: host.measured_at.clone(),
-        context_tokens: context,
-        mode,
+        context_tokens: f.context,
+        weight_mode: f.weight_mode,
         peak_rss_bytes: rss,
-        measured_peak_rss_bytes: measured_peak_rss,
-        peak_rss_error_pct: error_pct(Some(rss as f64), measured_peak_rss.map(|m| m as f64)),
+        measured_peak_rss_bytes: f.measured_peak_rss,
+        peak_rss_error_pct: error_pct(Some(rss as f64), f.measured_peak_rss.map(|m| m as f64)),
+        runtime_bytes: p.component("runtime_overhead"),
         ram_bytes_per_token: p.per_token.ram_bytes,
+        flash_bytes_per_token: streamed,
+        measured_flash_bytes_per_token: f.measured_flash_bytes_per_token,
         threads: out,
     })
 }

@@ -220,11 +220,19 @@ fn render_prediction(r: &BenchReport) -> String {
             pct(x.prefill_error_pct),
         ]);
     }
+    let reads = match p.measured_flash_bytes_per_token {
+        Some(m) if p.flash_bytes_per_token > 0 => format!(
+            "; weight reads per token predicted {}, counted {}",
+            human_bytes(p.flash_bytes_per_token),
+            human_bytes(m.round() as u64)
+        ),
+        _ => String::new(),
+    };
     format!(
-        "planner on `{}` (probed {}), {} mode:\n{t}\npeak RSS predicted {}, measured {} ({})\n",
+        "planner on `{}` (probed {}), weights {}:\n{t}\npeak RSS predicted {}, measured {} ({}){reads}\n",
         p.device,
         p.measured_at.as_deref().unwrap_or("?"),
-        p.mode.as_str(),
+        p.weight_mode.name(),
         human_bytes(p.peak_rss_bytes),
         bytes_or_na(p.measured_peak_rss_bytes),
         pct(p.peak_rss_error_pct),
