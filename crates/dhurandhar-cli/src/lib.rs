@@ -55,6 +55,11 @@ pub enum Command {
     /// first, and each streamed run is set against the bound it allows (read bandwidth ÷
     /// bytes read per token). Needs root and `/sys/fs/cgroup/memory`.
     BenchStream(commands::bench_stream::Args),
+    /// Check the planner against this machine: each model run resident, mapped and
+    /// streamed under a memory cap (half the file by default), the prediction for the
+    /// probed `host` beside every measurement. Needs `devices --probe` first, and root
+    /// with `/sys/fs/cgroup/memory` for the capped run.
+    PlanCheck(commands::plan_check::Args),
     /// Perplexity of a GGUF model on a text, with an exact and a compressed KV cache.
     Eval(commands::eval::Args),
     /// Quantize a GGUF model with a llama.cpp preset (q4_k_m, q8_0, ...).
@@ -80,6 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Generate(a) => generate::run(a),
         Command::BenchStream(a) => bench_stream::run(a),
+        Command::PlanCheck(a) => plan_check::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Serve(a) => serve::run(a),

@@ -70,7 +70,30 @@ pub struct CappedRun {
     pub bound_fraction: Option<f64>,
     /// The memory group's peak charge, failures and OOM kills (capped runs).
     pub cgroup: Option<CapUsage>,
+    /// What the planner predicted for this run on the probed host, beside what the run
+    /// measured (this engine's runs, once the host was probed).
+    pub predicted: Option<Predicted>,
+    /// Why there is no prediction (the host was never probed, …).
+    pub prediction_note: Option<String>,
     pub wall_seconds: f64,
+}
+
+/// The planner's figures for one run (the child's `predicted` object, at the thread
+/// count the run measured), each with the measurement and the error in percent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Predicted {
+    pub decode_tokens_per_s: Option<f64>,
+    /// The resource that sets the predicted ceiling (`compute`, `flash`, …).
+    pub decode_bound: Option<String>,
+    pub decode_error_pct: Option<f64>,
+    pub prefill_tokens_per_s: Option<f64>,
+    pub prefill_error_pct: Option<f64>,
+    pub peak_rss_bytes: u64,
+    pub measured_peak_rss_bytes: Option<u64>,
+    pub peak_rss_error_pct: Option<f64>,
+    /// Weight bytes a decoded token reads from the file, planned and counted (streamed).
+    pub flash_bytes_per_token: u64,
+    pub measured_flash_bytes_per_token: Option<f64>,
 }
 
 impl CappedRun {
@@ -89,6 +112,8 @@ impl CappedRun {
             bound_tokens_per_s: None,
             bound_fraction: None,
             cgroup: None,
+            predicted: None,
+            prediction_note: None,
             wall_seconds: 0.0,
         }
     }
@@ -217,6 +242,57 @@ pub fn capped_bench(
     })
 }
 
+/// The `plan-check --json` document: predicted against measured for every run of every
+/// model, and the largest errors.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanCheckReport {
+    pub schema_version: u32,
+    /// When the host device the predictions use was probed.
+    pub host_measured_at: Option<String>,
+    /// Set when the host profile lacks a figure the predictions need (an old probe).
+    pub host_note: Option<String>,
+    pub models: Vec<CappedBenchReport>,
+    /// The largest |error| in percent over every run with a prediction.
+    pub max_abs_decode_error_pct: Option<f64>,
+    pub max_abs_peak_rss_error_pct: Option<f64>,
+}
+
+/// Run each model's grid ([`capped_bench`]) and set every prediction against its
+/// measurement. Refuses to start when the host was never probed: without it there is
+/// nothing to check.
+pub fn plan_check(
+    grids: Vec<CappedBenchOptions>,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<PlanCheckReport> {
+    let host = crate::probe::load_host()?;
+    let host_note = host.matvec.is_none().then(|| {
+        "the host profile has no one-token matvec rates (probed by an older version): decode is \
+         predicted from the batched matmul rate; probe again"
+            .to_string()
+    });
+    let mut models = Vec::new();
+    for g in grids {
+        models.push(capped_bench(g, progress, cancel)?);
+    }
+    let max_abs = |f: &dyn Fn(&Predicted) -> Option<f64>| {
+        models
+            .iter()
+            .flat_map(|m| &m.runs)
+            .filter_map(|r| r.predicted.as_ref().and_then(f))
+            .map(f64::abs)
+            .max_by(f64::total_cmp)
+    };
+    Ok(PlanCheckReport {
+        schema_version: crate::generate::SCHEMA_VERSION,
+        host_measured_at: host.measured_at.clone(),
+        host_note,
+        max_abs_decode_error_pct: max_abs(&|p| p.decode_error_pct),
+        max_abs_peak_rss_error_pct: max_abs(&|p| p.peak_rss_error_pct),
+        models,
+    })
+}
+
 /// The figures of a child's JSON document.
 fn read_figures(run: &mut CappedRun, text: &str) -> std::result::Result<(), String> {
     match run.runner {
@@ -225,6 +301,25 @@ fn read_figures(run: &mut CappedRun, text: &str) -> std::result::Result<(), Stri
             struct Doc {
                 results: Vec<Rates>,
                 weights: Weights,
+                predicted: Option<Prediction>,
+                prediction_note: Option<String>,
+            }
+            #[derive(Deserialize)]
+            struct Prediction {
+                peak_rss_bytes: u64,
+                measured_peak_rss_bytes: Option<u64>,
+                peak_rss_error_pct: Option<f64>,
+                flash_bytes_per_token: u64,
+                measured_flash_bytes_per_token: Option<f64>,
+                threads: Vec<ThreadFigures>,
+            }
+            #[derive(Deserialize)]
+            struct ThreadFigures {
+                decode_tps: Option<f64>,
+                decode_bound: Option<String>,
+                decode_error_pct: Option<f64>,
+                prefill_tps: Option<f64>,
+                prefill_error_pct: Option<f64>,
             }
             #[derive(Deserialize)]
             struct Rates {
@@ -249,6 +344,22 @@ fn read_figures(run: &mut CappedRun, text: &str) -> std::result::Result<(), Stri
                 run.bytes_read_per_token = Some(d.weights.bytes_read_per_token);
             }
             run.traffic = d.weights.traffic;
+            run.prediction_note = d.prediction_note;
+            run.predicted = d.predicted.and_then(|p| {
+                let t = p.threads.last()?;
+                Some(Predicted {
+                    decode_tokens_per_s: t.decode_tps,
+                    decode_bound: t.decode_bound.clone(),
+                    decode_error_pct: t.decode_error_pct,
+                    prefill_tokens_per_s: t.prefill_tps,
+                    prefill_error_pct: t.prefill_error_pct,
+                    peak_rss_bytes: p.peak_rss_bytes,
+                    measured_peak_rss_bytes: p.measured_peak_rss_bytes,
+                    peak_rss_error_pct: p.peak_rss_error_pct,
+                    flash_bytes_per_token: p.flash_bytes_per_token,
+                    measured_flash_bytes_per_token: p.measured_flash_bytes_per_token,
+                })
+            });
         }
         Runner::LlamaCpp => {
             // One object per test: `n_prompt` > 0 for prefill, `n_gen` > 0 for decode.
@@ -322,6 +433,40 @@ mod tests {
         assert_eq!(
             (r.decode_tokens_per_s, r.bytes_read_per_token),
             (Some(7.5), None)
+        );
+    }
+
+    #[test]
+    fn engine_json_carries_the_prediction_of_the_last_thread_count() {
+        let doc = r#"{"results": [{"decode_tokens_per_s": 7.5, "prefill_tokens_per_s": 20.0}],
+            "weights": {"mode": "stream", "bytes_read_per_token": 100.0, "traffic": null},
+            "predicted": {"peak_rss_bytes": 1000, "measured_peak_rss_bytes": 980,
+                "peak_rss_error_pct": 2.04, "flash_bytes_per_token": 100,
+                "measured_flash_bytes_per_token": 100.0,
+                "threads": [{"decode_tps": 9.0, "decode_bound": "compute", "decode_error_pct": 20.0,
+                             "prefill_tps": 30.0, "prefill_error_pct": 50.0},
+                            {"decode_tps": 8.0, "decode_bound": "flash", "decode_error_pct": 6.7,
+                             "prefill_tps": 25.0, "prefill_error_pct": 25.0}]},
+            "prediction_note": null}"#;
+        let mut r = run(Runner::Dhurandhar);
+        read_figures(&mut r, doc).unwrap();
+        let p = r.predicted.unwrap();
+        assert_eq!(p.decode_tokens_per_s, Some(8.0));
+        assert_eq!(p.decode_bound.as_deref(), Some("flash"));
+        assert_eq!(
+            (p.peak_rss_bytes, p.measured_peak_rss_bytes),
+            (1000, Some(980))
+        );
+        assert_eq!(p.flash_bytes_per_token, 100);
+        let unprobed = r#"{"results": [{"decode_tokens_per_s": 1.0, "prefill_tokens_per_s": 2.0}],
+            "weights": {"mode": "mmap", "bytes_read_per_token": 0.0, "traffic": null},
+            "predicted": null, "prediction_note": "the host was never probed"}"#;
+        let mut r = run(Runner::Dhurandhar);
+        read_figures(&mut r, unprobed).unwrap();
+        assert!(r.predicted.is_none());
+        assert_eq!(
+            r.prediction_note.as_deref(),
+            Some("the host was never probed")
         );
     }
 }

@@ -3,7 +3,7 @@
 //! memory cgroup. This module only spells the children's command lines; running,
 //! reading and comparing them is `dhurandhar::capped`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dhurandhar::capped::{
@@ -43,28 +43,48 @@ pub struct Args {
     pub out: OutputArgs,
 }
 
+/// The shape of a child benchmark run of this binary.
+pub(crate) struct BenchShape {
+    pub exe: PathBuf,
+    pub prompt: usize,
+    pub tokens: usize,
+    pub threads: usize,
+}
+
+impl BenchShape {
+    /// `dhurandhar generate --bench --json` of `model` with weights `mode`.
+    pub fn command(&self, model: &Path, mode: &str, budget: Option<u64>, repeats: u32) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.arg("generate")
+            .arg("--model")
+            .arg(model)
+            .args(["--bench", "--json", "--weights", mode])
+            .args(["--bench-repeats", &repeats.to_string()])
+            .args(["--bench-prompt", &self.prompt.to_string()])
+            .args(["--bench-threads", &self.threads.to_string()])
+            .args(["--max-tokens", &self.tokens.to_string()]);
+        if let Some(b) = budget {
+            c.args(["--ram-budget", &b.to_string()]);
+        }
+        c
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let size = std::fs::metadata(&args.model)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?
         .len();
     let cap = args.cap.unwrap_or(size / 2);
-    let exe = std::env::current_exe()?;
+    let shape = BenchShape {
+        exe: std::env::current_exe()?,
+        prompt: args.prompt,
+        tokens: args.tokens,
+        threads: args.threads,
+    };
     // Capped runs are slow and read the disk: one pass each. The uncapped reference rows
     // are quick and noisy: the best of three.
     let ours = |mode: &str, budget: Option<u64>, repeats: u32| {
-        let mut c = Command::new(&exe);
-        c.arg("generate")
-            .arg("--model")
-            .arg(&args.model)
-            .args(["--bench", "--json", "--weights", mode])
-            .args(["--bench-repeats", &repeats.to_string()])
-            .args(["--bench-prompt", &args.prompt.to_string()])
-            .args(["--bench-threads", &args.threads.to_string()])
-            .args(["--max-tokens", &args.tokens.to_string()]);
-        if let Some(b) = budget {
-            c.args(["--ram-budget", &b.to_string()]);
-        }
-        c
+        shape.command(&args.model, mode, budget, repeats)
     };
     let mut runs = vec![
         CappedCommand {

@@ -12,5 +12,6 @@ pub mod kv_capture;
 pub mod mmap_profile;
 pub mod models;
 pub mod pack;
+pub mod plan_check;
 pub mod quantize;
 pub mod serve;

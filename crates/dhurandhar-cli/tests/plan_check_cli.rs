@@ -1,0 +1,89 @@
+//! `plan-check` on the SmolLM2 fixture: every run carries the planner's prediction for
+//! the probed host beside its measurement, and the streamed run's planned flash bytes
+//! per token equal the bytes the engine counted. Errors in percent are printed by the
+//! command, not asserted (a quick probe on a shared machine is no calibration). Without
+//! a probed host the command refuses and says to probe it; without memory groups (not
+//! root, no cgroup v1) it refuses with the reason, and the test says so.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn dh(cache: &Path) -> Command {
+    let mut c = Command::cargo_bin("dhurandhar").unwrap();
+    c.env("DHURANDHAR_CACHE", cache);
+    c
+}
+
+#[test]
+fn every_run_is_set_beside_its_prediction() {
+    let Some(model) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let check = |c: &mut Command| {
+        c.args(["plan-check", "--tokens", "4", "--prompt", "4", "--json"])
+            .arg("--model")
+            .arg(&model)
+            .output()
+            .unwrap()
+    };
+    // No host yet: refused, naming the probe.
+    let out = check(&mut dh(cache.path()));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("host") && err.contains("probe"), "{err}");
+
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = dh(cache.path())
+        .args(["devices", "--probe", "--quick", "--json", "--probe-dir"])
+        .arg(scratch.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probe: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rates = probe["matvec"]["rates"]["gweights_per_s"]
+        .as_object()
+        .unwrap();
+    assert!(rates.contains_key("Q4_1"), "{probe}");
+
+    let out = check(&mut dh(cache.path()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    if let Err(why) = dhurandhar_profile::cgroup::MemoryCap::available() {
+        eprintln!("skipping the capped run: {why}");
+        assert!(!out.status.success());
+        assert!(err.contains("/sys/fs/cgroup/memory"), "{err}");
+        return;
+    }
+    assert!(out.status.success(), "{err}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["host_note"].is_null(), "{r}");
+    let runs = r["models"][0]["runs"].as_array().unwrap();
+    let labels: Vec<&str> = runs.iter().map(|x| x["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["resident", "mmap", "stream (capped)"]);
+    for run in runs {
+        assert_eq!(run["exit_code"], 0, "{run}");
+        let p = &run["predicted"];
+        assert!(p["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(p["peak_rss_bytes"].as_u64().unwrap() > 0, "{run}");
+        assert!(p["measured_peak_rss_bytes"].as_u64().unwrap() > 0, "{run}");
+        assert!(p["decode_error_pct"].as_f64().unwrap().is_finite(), "{run}");
+    }
+    // Resident and mapped runs read nothing from flash per token; the streamed run's
+    // planned reads are what the engine counted (to the prefetch window's rounding).
+    assert_eq!(runs[0]["predicted"]["flash_bytes_per_token"], 0);
+    let p = &runs[2]["predicted"];
+    let planned = p["flash_bytes_per_token"].as_u64().unwrap() as f64;
+    let counted = p["measured_flash_bytes_per_token"].as_f64().unwrap();
+    assert!(planned > 0.0, "{p}");
+    assert!(
+        (planned - counted).abs() <= 0.1 * planned,
+        "planned {planned} vs counted {counted}"
+    );
+    assert!(r["max_abs_peak_rss_error_pct"].as_f64().is_some(), "{r}");
+}
