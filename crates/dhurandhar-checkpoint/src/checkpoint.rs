@@ -417,7 +417,15 @@ impl Checkpoint {
                     Component::Experts => &mut c.expert_matmul_weights,
                     _ => continue,
                 };
-                *by_type.entry(t.dtype.clone()).or_default() += t.n_elements;
+                // GGUF stores the row length first, safetensors last.
+                let row_len = if self.format == CheckpointFormat::Gguf {
+                    t.shape[0]
+                } else {
+                    t.shape[t.shape.len() - 1]
+                };
+                let m = by_type.entry(t.dtype.clone()).or_default();
+                m.weights += t.n_elements;
+                m.rows += t.n_elements.checked_div(row_len).unwrap_or(0);
             }
         }
         c

@@ -17,5 +17,5 @@ mod yaml_depth;
 pub use arch::{LayerTypeName, ModelArchitecture};
 pub use error::ModelError;
 pub use layers::{AttentionKind, KvSource, LayerSpec};
-pub use weights::ComponentBytes;
+pub use weights::{ComponentBytes, Matrices};
 pub use yaml_depth::{check_yaml_depth, MAX_YAML_DEPTH};

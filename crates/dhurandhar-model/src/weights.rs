@@ -24,17 +24,34 @@ pub struct ComponentBytes {
     pub other: u64,
     /// Where the numbers came from (checkpoint path).
     pub source: String,
-    /// Weights of the matrices every decoded token multiplies, by stored type (`Q4_K`
-    /// → element count): the 2-D tensors of the decoder layers and the untied LM head.
-    /// A device's one-token matvec rate is per type, so decode time is a sum over these.
+    /// The matrices every decoded token multiplies, by stored type (`Q4_K` → weights
+    /// and rows): the 2-D tensors of the decoder layers and the untied LM head. A
+    /// device's one-token matvec cost is per type, so decode time is a sum over these.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub matmul_weights: BTreeMap<String, u64>,
+    pub matmul_weights: BTreeMap<String, Matrices>,
     /// The token-embedding matrix by stored type (the LM head when tied).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub token_embedding_weights: BTreeMap<String, u64>,
+    pub token_embedding_weights: BTreeMap<String, Matrices>,
     /// Routed and shared expert matrices by stored type (a token uses the active share).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub expert_matmul_weights: BTreeMap<String, u64>,
+    pub expert_matmul_weights: BTreeMap<String, Matrices>,
+}
+
+/// Matrices of one stored type, counted for the cost of multiplying them by a vector:
+/// a matvec pays per weight and, for every row, a fixed cost (its loop, its horizontal
+/// sum), which is why narrow rows run slower per weight than wide ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Matrices {
+    pub weights: u64,
+    pub rows: u64,
+}
+
+impl Matrices {
+    /// Add `other` scaled by `share` (the active fraction of experts).
+    pub fn add_share(&mut self, other: Matrices, share: f64) {
+        self.weights += (other.weights as f64 * share).round() as u64;
+        self.rows += (other.rows as f64 * share).round() as u64;
+    }
 }
 
 impl ComponentBytes {

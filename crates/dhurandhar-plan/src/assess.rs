@@ -11,9 +11,10 @@
 //! - **compute**: `1 / (matmul_flops / int8_rate + attention_flops / f32_rate)` (f32
 //!   rate for the matmuls too when the weights are f16/bf16/f32). For decode on a
 //!   device with measured one-token matvec rates (a probed host) and a checkpoint that
-//!   gives its weight types: `1 / (Σ weights(type) / matvec_rate(type) + attention_flops
-//!   / f32_rate)` — a one-row matvec cannot reuse a dequantized weight across tokens, so
-//!   it runs well below the batched rate.
+//!   gives its weight types: `1 / (attention_flops / f32_rate + Σ_type [weights /
+//!   matvec_rate + rows × row_overhead])` — a one-row matvec cannot reuse a dequantized
+//!   weight across tokens, so it runs well below the batched rate, and a narrow row pays
+//!   its fixed cost over fewer weights.
 //!
 //! A device profile without a rate has that bound *unknown*: it is listed as unknown,
 //! never taken as infinite, the verdict rests on the known bounds and says which were not
@@ -21,10 +22,10 @@
 
 use std::collections::BTreeMap;
 
-use dhurandhar_model::{ComponentBytes, ModelArchitecture};
+use dhurandhar_model::{ComponentBytes, Matrices, ModelArchitecture};
 use serde::Serialize;
 
-use crate::device::DeviceProfile;
+use crate::device::{DeviceProfile, MatvecCost};
 use crate::error::PlanError;
 use crate::format::{fmt_bits, WeightFormat};
 use crate::plan::{plan, MemoryPlan, PlanOptions};
@@ -288,8 +289,8 @@ struct Rates {
     mem: Option<f64>,
     f32: Option<f64>,
     int8: Option<f64>,
-    /// One-token matvec rates by stored type, weights/s (all threads).
-    matvec: Option<BTreeMap<String, f64>>,
+    /// One-token matvec costs by stored type (all threads).
+    matvec: Option<BTreeMap<String, MatvecCost>>,
 }
 
 impl Rates {
@@ -393,20 +394,21 @@ fn compute_bound(r: &Rates, matmul: f64, attention: f64, int8: bool) -> Bound {
     }
 }
 
-/// The decode compute bound from one-token matvec rates: the sum over weight types of
-/// `weights(type) / rate(type)`, plus `attention / f32_rate`. `None` unless the device has a rate for every stored type
+/// The decode compute bound from one-token matvec costs: the sum over weight types of
+/// `weights(type) / rate(type) + rows(type) × row_overhead(type)`, plus `attention /
+/// f32_rate`. `None` unless the device has a rate for every stored type
 /// the token multiplies (and an f32 rate for attention).
-fn matvec_bound(r: &Rates, by_type: &BTreeMap<String, u64>, attention: f64) -> Option<Bound> {
+fn matvec_bound(r: &Rates, by_type: &BTreeMap<String, Matrices>, attention: f64) -> Option<Bound> {
     let rates = r.matvec.as_ref()?;
     let f32 = r.f32?;
     if by_type.is_empty() {
         return None;
     }
     let mut secs = attention / f32;
-    for (t, &n) in by_type {
-        secs += n as f64 / rates.get(t)?;
+    for (t, m) in by_type {
+        secs += rates.get(t)?.seconds(m.weights, m.rows);
     }
-    let weights: u64 = by_type.values().sum();
+    let weights: u64 = by_type.values().map(|m| m.weights).sum();
     let types: Vec<&str> = by_type.keys().map(|k| k.as_str()).collect();
     Some(Bound {
         kind: BoundKind::Compute,
@@ -414,7 +416,7 @@ fn matvec_bound(r: &Rates, by_type: &BTreeMap<String, u64>, attention: f64) -> O
         unit: "flop",
         tps: (secs > 0.0).then(|| 1.0 / secs),
         note: format!(
-            "{} weights through one-token matvecs ({}) at the measured rate per type + {} of f32 attention",
+            "{} weights through one-token matvecs ({}) at the measured cost per type + {} of f32 attention",
             format_count(weights as f64),
             types.join(", "),
             gflop(attention)

@@ -59,16 +59,39 @@ pub struct DeviceProfile {
     pub measured_at: Option<String>,
 }
 
-/// One-token matvec throughput of each stored weight type, in 10^9 weights per second,
-/// at each measured thread count: `gweights_per_s[type][i]` was measured on
-/// `threads[i]` threads.
+/// The one-token matvec cost of each stored weight type at each measured thread count:
+/// multiplying a matrix by one vector takes `rows × row_overhead_ns[type][i] ns +
+/// weights / (gweights_per_s[type][i] × 10^9) s` on `threads[i]` threads. Both terms
+/// are measured (a wide and a narrow matrix of the same bytes), because models differ in
+/// row width and a narrow row pays its fixed cost over fewer weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatvecRates {
     /// Thread counts, ascending.
     pub threads: Vec<usize>,
-    /// Stored type (`Q4_K`, `Q8_0`, `F16`, …) → one rate per entry of `threads`.
+    /// Stored type (`Q4_K`, `Q8_0`, `F16`, …) → the marginal rate in 10^9 weights per
+    /// second, one per entry of `threads`.
     pub gweights_per_s: BTreeMap<String, Vec<f64>>,
+    /// Stored type → the fixed time per row in ns, one per entry of `threads` (a type
+    /// missing here costs nothing per row).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub row_overhead_ns: BTreeMap<String, Vec<f64>>,
+}
+
+/// What one type's matvec costs on a given thread count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatvecCost {
+    /// Marginal rate, weights per second.
+    pub weights_per_s: f64,
+    /// Fixed time per row, seconds.
+    pub row_seconds: f64,
+}
+
+impl MatvecCost {
+    /// Seconds to multiply `weights` weights in `rows` rows by one vector.
+    pub fn seconds(&self, weights: u64, rows: u64) -> f64 {
+        weights as f64 / self.weights_per_s + rows as f64 * self.row_seconds
+    }
 }
 
 impl MatvecRates {
@@ -81,30 +104,41 @@ impl MatvecRates {
             .unwrap_or(0)
     }
 
-    /// The rates on `threads` threads (see [`MatvecRates::only`]), in weights per second.
-    pub fn at(&self, threads: usize) -> BTreeMap<String, f64> {
+    /// The costs on `threads` threads (see [`MatvecRates::only`]).
+    pub fn at(&self, threads: usize) -> BTreeMap<String, MatvecCost> {
         let i = self.index(threads);
         self.gweights_per_s
             .iter()
-            .filter_map(|(k, v)| v.get(i).map(|r| (k.clone(), r * 1e9)))
+            .filter_map(|(k, v)| {
+                let row_ns = self.row_overhead_ns.get(k).and_then(|o| o.get(i)).copied();
+                v.get(i).map(|r| {
+                    let cost = MatvecCost {
+                        weights_per_s: r * 1e9,
+                        row_seconds: row_ns.unwrap_or(0.0) * 1e-9,
+                    };
+                    (k.clone(), cost)
+                })
+            })
             .collect()
     }
 
     /// These rates cut to the one entry that applies to a run on `threads` threads.
     pub fn only(&self, threads: usize) -> MatvecRates {
         let i = self.index(threads);
+        let cut = |m: &BTreeMap<String, Vec<f64>>| {
+            m.iter()
+                .filter_map(|(k, v)| v.get(i).map(|r| (k.clone(), vec![*r])))
+                .collect()
+        };
         MatvecRates {
             threads: vec![self.threads.get(i).copied().unwrap_or(1)],
-            gweights_per_s: self
-                .gweights_per_s
-                .iter()
-                .filter_map(|(k, v)| v.get(i).map(|r| (k.clone(), vec![*r])))
-                .collect(),
+            gweights_per_s: cut(&self.gweights_per_s),
+            row_overhead_ns: cut(&self.row_overhead_ns),
         }
     }
 
-    /// The rates on the most threads measured (the device running flat out).
-    pub fn all_threads(&self) -> BTreeMap<String, f64> {
+    /// The costs on the most threads measured (the device running flat out).
+    pub fn all_threads(&self) -> BTreeMap<String, MatvecCost> {
         self.at(usize::MAX)
     }
 
@@ -118,20 +152,40 @@ impl MatvecRates {
                 self.threads
             ));
         }
+        let lengths = |m: &BTreeMap<String, Vec<f64>>| {
+            m.iter()
+                .find(|(_, v)| v.len() != self.threads.len())
+                .map(|(k, v)| {
+                    format!(
+                        "{k} has {} entries for {} thread counts",
+                        v.len(),
+                        self.threads.len()
+                    )
+                })
+        };
+        if let Some(e) = lengths(&self.gweights_per_s).or(lengths(&self.row_overhead_ns)) {
+            return Err(e);
+        }
         for (k, v) in &self.gweights_per_s {
-            if v.len() != self.threads.len() {
-                return Err(format!(
-                    "{k} has {} rates for {} thread counts",
-                    v.len(),
-                    self.threads.len()
-                ));
-            }
             if let Some(r) = v
                 .iter()
                 .find(|r| !(r.is_finite() && **r > 0.0 && **r < MAX_GFLOPS))
             {
                 return Err(format!(
                     "{k}: rates must be positive numbers of G weights/s below {MAX_GFLOPS:e}, got {r}"
+                ));
+            }
+        }
+        for (k, v) in &self.row_overhead_ns {
+            if !self.gweights_per_s.contains_key(k) {
+                return Err(format!("{k} has a row overhead but no rate"));
+            }
+            if let Some(o) = v
+                .iter()
+                .find(|o| !(o.is_finite() && (0.0..1e9).contains(*o)))
+            {
+                return Err(format!(
+                    "{k}: row overheads must be ns in [0, 1e9), got {o}"
                 ));
             }
         }

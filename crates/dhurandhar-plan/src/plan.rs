@@ -1,6 +1,6 @@
 //! The memory plan: every component of the peak footprint at a context length.
 
-use dhurandhar_model::{ComponentBytes, ModelArchitecture};
+use dhurandhar_model::{ComponentBytes, Matrices, ModelArchitecture};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -196,11 +196,11 @@ pub struct PerToken {
     /// Attention FLOPs per decoded token at the planned context: 4 × heads × head_dim ×
     /// attended tokens per attention layer (QKᵀ and AV, window-capped).
     pub attention_flops: u64,
-    /// The weights one decoded token multiplies, by stored type (`Q4_K` → count), when
-    /// a checkpoint gives them (empty for estimated plans): a device's one-token matvec
-    /// rates are per type ([`crate::MatvecRates`]).
+    /// The matrices one decoded token multiplies, by stored type (`Q4_K` → weights and
+    /// rows), when a checkpoint gives them (empty for estimated plans): a device's
+    /// one-token matvec costs are per type ([`crate::MatvecRates`]).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub matmul_weights_by_type: BTreeMap<String, u64>,
+    pub matmul_weights_by_type: BTreeMap<String, Matrices>,
     /// True when matmuls run on int8 dot products (weights stored in ≤ 8.5 bits per
     /// weight, activations quantized to int8); false for f16/bf16/f32 weights (f32 math).
     pub matmul_int8: bool,
@@ -654,11 +654,14 @@ pub fn plan(
         p.lm_head
     };
     let matmul_flops = 2 * (p.decoder as u128 + p.experts_active as u128 + lm_params as u128);
-    let mut matmul_by_type: BTreeMap<String, u64> = BTreeMap::new();
+    let mut matmul_by_type: BTreeMap<String, Matrices> = BTreeMap::new();
     if let Some(w) = weights {
-        let mut add = |m: &BTreeMap<String, u64>, share: f64| {
+        let mut add = |m: &BTreeMap<String, Matrices>, share: f64| {
             for (k, &n) in m {
-                *matmul_by_type.entry(k.clone()).or_default() += (n as f64 * share).round() as u64;
+                matmul_by_type
+                    .entry(k.clone())
+                    .or_default()
+                    .add_share(n, share);
             }
         };
         add(&w.matmul_weights, 1.0);

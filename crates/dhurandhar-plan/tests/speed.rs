@@ -262,32 +262,39 @@ proptest! {
     }
 }
 
-/// A checkpoint's weights by stored type, timed at a device's one-token matvec rates.
+fn mats(weights: u64, rows: u64) -> dhurandhar_model::Matrices {
+    dhurandhar_model::Matrices { weights, rows }
+}
+
+/// A checkpoint's weights by stored type, timed at a device's one-token matvec costs.
 #[test]
 fn matvec_bound_by_hand() {
     use std::collections::BTreeMap;
-    // qwen2.5-0.5b (tied) with made-up checkpoint bytes: 300 M decoder weights in Q4_K and
-    // 50 M in Q6_K, a 136 M-weight Q8_0 token embedding that is also the LM head.
+    // qwen2.5-0.5b (tied) with made-up checkpoint bytes: 300 M decoder weights in 400 k
+    // Q4_K rows and 50 M in 100 k Q6_K rows, a 136 M-weight Q8_0 token embedding (151,936
+    // rows) that is also the LM head.
     let a = m("qwen2.5-0.5b");
     let w = dhurandhar_model::ComponentBytes {
         decoder_layers: 200_000_000,
         token_embeddings: 144_000_000,
         matmul_weights: BTreeMap::from([
-            ("Q4_K".to_string(), 300_000_000),
-            ("Q6_K".to_string(), 50_000_000),
+            ("Q4_K".to_string(), mats(300_000_000, 400_000)),
+            ("Q6_K".to_string(), mats(50_000_000, 100_000)),
         ]),
-        token_embedding_weights: BTreeMap::from([("Q8_0".to_string(), 136_000_000)]),
+        token_embedding_weights: BTreeMap::from([("Q8_0".to_string(), mats(136_000_000, 151_936))]),
         source: "x.gguf".into(),
         ..Default::default()
     };
     let p = plan(&a, Some(&w), &opts(1024, "bf16", 32.0)).unwrap();
     let by_type = &p.per_token.matmul_weights_by_type;
-    assert_eq!(by_type["Q4_K"], 300_000_000);
+    assert_eq!(by_type["Q4_K"], mats(300_000_000, 400_000));
     assert_eq!(
-        by_type["Q8_0"], 136_000_000,
+        by_type["Q8_0"],
+        mats(136_000_000, 151_936),
         "the tied embedding is the head"
     );
-    // Rates: Q4_K 10, Q6_K 5, Q8_0 17 G weights/s on 4 threads, 1 GFLOP/s f32 for attention.
+    // Rates: Q4_K 10, Q6_K 5, Q8_0 17 G weights/s on 4 threads, plus 5 and 10 ns per row
+    // for Q4_K and Q6_K (none given for Q8_0: no row term); 1 GFLOP/s f32 for attention.
     let mut d = device(65536.0, 2.0, 1000.0, 1.0, 400.0, None);
     d.matvec = Some(dhurandhar_plan::MatvecRates {
         threads: vec![1, 4],
@@ -296,12 +303,17 @@ fn matvec_bound_by_hand() {
             ("Q6_K".to_string(), vec![1.5, 5.0]),
             ("Q8_0".to_string(), vec![5.0, 17.0]),
         ]),
+        row_overhead_ns: BTreeMap::from([
+            ("Q4_K".to_string(), vec![20.0, 5.0]),
+            ("Q6_K".to_string(), vec![40.0, 10.0]),
+        ]),
     });
     d.validate().unwrap();
     let c = dhurandhar_plan::ceilings(&p, &d, 0.0);
-    // 0.3/10 + 0.05/5 + 0.136/17 = 0.030 + 0.010 + 0.008 s; attention: 24 layers x 4 x 14
-    // heads x 64 x 1024 tokens = 88_080_384 FLOP at 1e9 = 0.088080384 s.
-    let secs = 0.03 + 0.01 + 0.008 + 0.088_080_384;
+    // 0.3/10 + 0.05/5 + 0.136/17 = 0.030 + 0.010 + 0.008 s; rows: 400k x 5 ns + 100k x
+    // 10 ns = 0.002 + 0.001 s; attention: 24 layers x 4 x 14 heads x 64 x 1024 tokens =
+    // 88_080_384 FLOP at 1e9 = 0.088080384 s.
+    let secs = 0.03 + 0.01 + 0.008 + 0.002 + 0.001 + 0.088_080_384;
     let compute = c
         .bounds
         .iter()
@@ -315,12 +327,13 @@ fn matvec_bound_by_hand() {
     // One thread: the first column.
     d.matvec = d.matvec.map(|m| m.only(1));
     let c1 = dhurandhar_plan::ceilings(&p, &d, 0.0);
-    let secs1 = 0.1 + 0.05 / 1.5 + 0.136 / 5.0 + 0.088_080_384;
+    let secs1 = 0.1 + 0.05 / 1.5 + 0.136 / 5.0 + 400e3 * 20e-9 + 100e3 * 40e-9 + 0.088_080_384;
     assert!((c1.decode_tps.unwrap() - 1.0 / secs1).abs() < 1e-9);
     // A type without a rate: the batched int8 formula instead (never a guess).
     d.matvec = Some(dhurandhar_plan::MatvecRates {
         threads: vec![4],
         gweights_per_s: BTreeMap::from([("Q4_K".to_string(), vec![10.0])]),
+        row_overhead_ns: BTreeMap::new(),
     });
     let c2 = dhurandhar_plan::ceilings(&p, &d, 0.0);
     let compute2 = c2
@@ -346,11 +359,12 @@ fn matvec_rates_are_validated() {
     let bad = |threads: Vec<usize>, rates: Vec<f64>| dhurandhar_plan::MatvecRates {
         threads,
         gweights_per_s: BTreeMap::from([("Q4_0".to_string(), rates)]),
+        row_overhead_ns: BTreeMap::new(),
     };
     for (m, want) in [
         (bad(vec![], vec![]), "ascending"),
         (bad(vec![2, 1], vec![1.0, 2.0]), "ascending"),
-        (bad(vec![1, 2], vec![1.0]), "1 rates for 2 thread counts"),
+        (bad(vec![1, 2], vec![1.0]), "1 entries for 2 thread counts"),
         (bad(vec![1], vec![f64::NAN]), "positive"),
         (bad(vec![1], vec![0.0]), "positive"),
     ] {
@@ -359,9 +373,31 @@ fn matvec_rates_are_validated() {
         assert!(e.contains("matvec") && e.contains(want), "{e}");
     }
     // The entry for a run: the most threads measured not above it.
-    let m = bad(vec![1, 4], vec![2.0, 6.0]);
-    assert_eq!(m.at(1)["Q4_0"], 2e9);
-    assert_eq!(m.at(3)["Q4_0"], 2e9);
-    assert_eq!(m.at(8)["Q4_0"], 6e9);
+    let mut m = bad(vec![1, 4], vec![2.0, 6.0]);
+    assert_eq!(m.at(1)["Q4_0"].weights_per_s, 2e9);
+    assert_eq!(m.at(3)["Q4_0"].weights_per_s, 2e9);
+    assert_eq!(m.at(8)["Q4_0"].weights_per_s, 6e9);
     assert_eq!(m.only(4).threads, vec![4]);
+    // Row overheads: one per thread count, in ns, for a type that has a rate.
+    for (o, want) in [
+        (
+            BTreeMap::from([("Q4_0".to_string(), vec![1.0])]),
+            "1 entries",
+        ),
+        (
+            BTreeMap::from([("Q4_0".to_string(), vec![1.0, -1.0])]),
+            "row overheads",
+        ),
+        (
+            BTreeMap::from([("Q8_0".to_string(), vec![1.0, 1.0])]),
+            "no rate",
+        ),
+    ] {
+        m.row_overhead_ns = o;
+        d.matvec = Some(m.clone());
+        let e = d.validate().unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    m.row_overhead_ns = BTreeMap::from([("Q4_0".to_string(), vec![30.0, 10.0])]);
+    assert_eq!(m.at(2)["Q4_0"].seconds(2_000_000_000, 1_000), 1.0 + 30e-6);
 }

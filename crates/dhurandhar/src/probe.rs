@@ -109,7 +109,7 @@ impl Default for ProbeOptions {
             random_reads: 4000,
             matmul_dim: 2048,
             matmul_tokens: 64,
-            matvec_bytes: 64 * MIB,
+            matvec_bytes: 256 * MIB,
             repeats: 5,
             ram_budget_mb: None,
         }
@@ -180,8 +180,8 @@ pub struct MatvecProbe {
     pub rates: dhurandhar_plan::MatvecRates,
     /// Weight bytes each run streamed through.
     pub bytes: u64,
-    /// Columns of the matrices (rows fill `bytes`).
-    pub cols: usize,
+    /// Row widths of the two matrices per type (rows fill `bytes`).
+    pub cols: [usize; 2],
 }
 
 /// The `devices --probe --json` document.
@@ -281,11 +281,13 @@ pub fn probe(
         notes: "measured by the device probe".into(),
         source: format!(
             "measured {when}: ram_budget_mb = {}; memory_bandwidth_gbps = best of {} STREAM \
-             triads over 3 x {} MiB on {threads} threads; flash = cold mmap reads of a {} MiB \
-             file in {} (sequential: cold pread in 4 MiB blocks{}; {} random 4 KiB reads through mmap); compute = the engine's \
+             triads over 3 x {} MiB on {threads} threads; flash = a {} MiB file in {}, sequential \
+             by cold pread in 4 MiB blocks{}, random by {} cold 4 KiB page faults through \
+             mmap; compute = the engine's \
              matmul kernels on a {d}x{d} matrix x {} tokens (Q8_0 for int8, F32 for f32), best \
              of {}; matvec = the engine's one-token matmul of each type over {} MiB of \
-             weights ({}-wide rows, random values), on 1 and {threads} threads, best of {}",
+             weights in {}- and {}-wide rows (random values; the two widths give the rate \
+             per weight and the fixed cost per row), on 1 and {threads} threads, best of {}",
             if opts.ram_budget_mb.is_some() {
                 "given"
             } else {
@@ -297,12 +299,17 @@ pub fn probe(
             Path::new(&flash.file)
                 .parent()
                 .map_or(String::new(), |p| p.display().to_string()),
-            if flash.sequential_direct { ", O_DIRECT" } else { ", page cache dropped" },
+            if flash.sequential_direct {
+                ", O_DIRECT"
+            } else {
+                ", page cache dropped"
+            },
             opts.random_reads,
             compute.tokens,
             opts.repeats,
             matvec.bytes / MIB,
-            matvec.cols,
+            matvec.cols[0],
+            matvec.cols[1],
             opts.repeats,
             d = compute.dim,
         ),
@@ -570,13 +577,15 @@ fn compute(
     })
 }
 
-/// RAM available now in MiB (`MemAvailable`), capped by the cgroup v2 `memory.max`.
-/// Columns of the matvec probe's matrices: a multiple of every block size (256).
-const MATVEC_COLS: usize = 2048;
+/// Row widths of the matvec probe's two matrices (multiples of every block size, 256):
+/// a narrow and a wide row of the same total bytes separate the per-weight cost from
+/// the fixed cost per row.
+const MATVEC_COLS: [usize; 2] = [512, 4096];
 
-/// The one-token matvec rate of every type the engine computes with: a random matrix
-/// quantized to the type, its rows repeated until they fill `matvec_bytes`, multiplied
-/// by one activation row on this thread and on a pool of `threads`.
+/// The one-token matvec cost of every type the engine computes with: for each of two
+/// row widths, a random matrix quantized to the type, its rows repeated until they fill
+/// `matvec_bytes`, multiplied by one activation row on this thread and on a pool of
+/// `threads`. The time per row is `overhead + cols / rate`; the two widths give both.
 fn matvec(
     opts: &ProbeOptions,
     threads: usize,
@@ -584,7 +593,6 @@ fn matvec(
     cancel: &CancelToken,
 ) -> Result<MatvecProbe> {
     use dhurandhar_quantize::{quantize_rows, Format};
-    let cols = MATVEC_COLS;
     let counts: Vec<usize> = if threads > 1 {
         vec![1, threads]
     } else {
@@ -603,7 +611,7 @@ fn matvec(
     let phase = Phase::start(
         progress,
         "one-token matvec per weight type",
-        (formats.len() * counts.len()) as u64 * (opts.repeats as u64 + 1),
+        (formats.len() * counts.len() * MATVEC_COLS.len()) as u64 * (opts.repeats as u64 + 1),
         Unit::Items("runs"),
     );
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -613,53 +621,75 @@ fn matvec(
         state ^= state << 17;
         (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     };
-    let x: Vec<f32> = (0..cols).map(|_| next()).collect();
-    let mut acts = Q8Acts::default();
-    acts.quantize_into(&x, cols);
     let tile_rows = 64;
-    let tile: Vec<f32> = (0..tile_rows * cols).map(|_| next()).collect();
     let mut rates = std::collections::BTreeMap::new();
+    let mut overheads = std::collections::BTreeMap::new();
     for f in formats {
         let t = GgmlType::from_u32(f.ggml_id()).expect("filtered above");
-        let rb = f
-            .row_bytes(cols)
-            .expect("2048 is a multiple of every block size");
-        let mut block = vec![0u8; rb * tile_rows];
-        quantize_rows(f, &tile, cols, &mut block)
-            .map_err(|e| Error::invalid("matvec", format!("cannot quantize {}: {e}", f.name())))?;
-        let rows = (opts.matvec_bytes as usize / rb).max(tile_rows) / tile_rows * tile_rows;
-        let data = block.repeat(rows / tile_rows);
-        let w = QMatrix::new(t, rows, cols, &data)?;
-        let a = if w.uses_q8() {
-            Acts::Q8(&acts)
-        } else {
-            Acts::F32(&x)
-        };
-        let mut out = vec![0f32; rows];
-        let mut per_count = Vec::new();
-        for &n in &counts {
-            let secs = if n == 1 {
-                time_matmul_on(&w, &a, &mut out, false, opts.repeats, progress, cancel)?
+        // Seconds per row at each width, per thread count.
+        let mut per_row = vec![[0f64; 2]; counts.len()];
+        for (w_i, &cols) in MATVEC_COLS.iter().enumerate() {
+            let x: Vec<f32> = (0..cols).map(|_| next()).collect();
+            let mut acts = Q8Acts::default();
+            acts.quantize_into(&x, cols);
+            let tile: Vec<f32> = (0..tile_rows * cols).map(|_| next()).collect();
+            let rb = f
+                .row_bytes(cols)
+                .expect("the widths are multiples of every block size");
+            let mut block = vec![0u8; rb * tile_rows];
+            quantize_rows(f, &tile, cols, &mut block).map_err(|e| {
+                Error::invalid("matvec", format!("cannot quantize {}: {e}", f.name()))
+            })?;
+            let rows = (opts.matvec_bytes as usize / rb).max(tile_rows) / tile_rows * tile_rows;
+            let data = block.repeat(rows / tile_rows);
+            let w = QMatrix::new(t, rows, cols, &data)?;
+            let a = if w.uses_q8() {
+                Acts::Q8(&acts)
             } else {
-                pool.install(|| {
-                    time_matmul_on(&w, &a, &mut out, true, opts.repeats, progress, cancel)
-                })?
+                Acts::F32(&x)
             };
-            per_count.push(round3((rows * cols) as f64 / secs / 1e9));
+            let mut out = vec![0f32; rows];
+            for (c_i, &n) in counts.iter().enumerate() {
+                let secs = if n == 1 {
+                    time_matmul_on(&w, &a, &mut out, false, opts.repeats, progress, cancel)?
+                } else {
+                    pool.install(|| {
+                        time_matmul_on(&w, &a, &mut out, true, opts.repeats, progress, cancel)
+                    })?
+                };
+                per_row[c_i][w_i] = secs / rows as f64;
+            }
         }
-        rates.insert(f.name().to_string(), per_count);
+        let (narrow, wide) = (MATVEC_COLS[0] as f64, MATVEC_COLS[1] as f64);
+        let (mut rate, mut overhead) = (Vec::new(), Vec::new());
+        for [t_narrow, t_wide] in per_row {
+            let per_weight = (t_wide - t_narrow) / (wide - narrow);
+            // A noisy run can make the narrow rows look as cheap per weight as the wide
+            // ones: then there is no measurable row cost, and the wide rate stands alone.
+            let (per_weight, row) = if per_weight > 0.0 {
+                (per_weight, (t_narrow - narrow * per_weight).max(0.0))
+            } else {
+                (t_wide / wide, 0.0)
+            };
+            rate.push(round3(1.0 / per_weight / 1e9));
+            overhead.push(round3(row * 1e9));
+        }
+        rates.insert(f.name().to_string(), rate);
+        overheads.insert(f.name().to_string(), overhead);
     }
     drop(phase);
     Ok(MatvecProbe {
         rates: dhurandhar_plan::MatvecRates {
             threads: counts,
             gweights_per_s: rates,
+            row_overhead_ns: overheads,
         },
         bytes: opts.matvec_bytes,
-        cols,
+        cols: MATVEC_COLS,
     })
 }
 
+/// RAM available now in MiB (`MemAvailable`), capped by the cgroup v2 `memory.max`.
 fn available_ram_mb() -> Option<f64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib: u64 = info

@@ -41,6 +41,7 @@ fn tiny_probe_writes_a_loadable_host_device() {
     assert_eq!(mv.threads[0], 1);
     for t in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"] {
         assert_eq!(mv.gweights_per_s[t].len(), mv.threads.len(), "{t}");
+        assert_eq!(mv.row_overhead_ns[t].len(), mv.threads.len(), "{t}");
     }
     assert_eq!(resolve_device("HOST").unwrap(), d);
 
@@ -65,10 +66,18 @@ fn tiny_probe_writes_a_loadable_host_device() {
         // error = (predicted - measured) / measured x 100, measured decode = 20 tok/s.
         let want = (t.decode_tps.unwrap() - 20.0) / 20.0 * 100.0;
         assert!((t.decode_error_pct.unwrap() - want).abs() < 1e-9);
-        assert_eq!(
-            t.decode_bound,
-            Some(dhurandhar_plan::BoundKind::Compute),
-            "92 MiB from RAM is quicker than the matvecs"
+        // Resident weights: RAM or compute sets the ceiling, never flash (which of the two
+        // depends on this tiny, in-cache probe).
+        assert!(
+            matches!(
+                t.decode_bound,
+                Some(
+                    dhurandhar_plan::BoundKind::Compute
+                        | dhurandhar_plan::BoundKind::MemoryBandwidth
+                )
+            ),
+            "{:?}",
+            t.decode_bound
         );
         assert_eq!(p.flash_bytes_per_token, 0);
         // The checkpoint's weights (92 MiB) and an f32 KV cache are in the predicted RSS.

@@ -106,22 +106,29 @@ pub fn render_probe(r: &ProbeReport) -> String {
         "recorded in the profile".to_string(),
     ]);
     let m = &r.matvec.rates;
-    let head: Vec<String> = m.threads.iter().map(|t| format!("{t} thr")).collect();
-    let cols: Vec<usize> = (1..=m.threads.len()).collect();
-    let mut mv = table(
-        &format!("1-token matvec, G weights/s|{}", head.join("|")),
-        &cols,
-    );
+    let mut head = vec!["1-token matvec".to_string()];
+    for t in &m.threads {
+        head.push(format!("G weights/s, {t} thr"));
+        head.push(format!("ns/row, {t} thr"));
+    }
+    let cols: Vec<usize> = (1..head.len()).collect();
+    let mut mv = table(&head.join("|"), &cols);
     for (k, v) in &m.gweights_per_s {
         let mut row = vec![k.clone()];
-        row.extend(v.iter().map(|x| format!("{x:.1}")));
+        for (i, x) in v.iter().enumerate() {
+            row.push(format!("{x:.1}"));
+            let o = m.row_overhead_ns.get(k).and_then(|o| o.get(i));
+            row.push(o.map_or("—".into(), |o| format!("{o:.1}")));
+        }
         mv.add_row(row);
     }
     format!(
-        "{t}\n{mv}\nmatvec: the engine's one-token matmul over {} MiB of {}-wide rows per type, best of {}.\n\
+        "{t}\n{mv}\nmatvec: the engine's one-token matmul over {} MiB per type, rows {} and {} wide \
+         (time per row = ns/row + width / rate), best of {}.\n\
          Wrote {} ({}); use it with `dhurandhar analyze -d host`.\n",
         r.matvec.bytes >> 20,
-        r.matvec.cols,
+        r.matvec.cols[0],
+        r.matvec.cols[1],
         r.memory.repeats,
         r.path,
         d.measured_at.as_deref().unwrap_or("")
