@@ -1,5 +1,6 @@
 //! `dhurandhar plan-check`: the planner's predictions against measurements on this
-//! machine — each model run resident, mapped and streamed under a memory cap, every run
+//! machine — each model run resident, mapped, streamed within a RAM budget, and streamed
+//! again inside a memory group capped at that budget, every run
 //! in a child process (`generate --bench --json`, which carries the prediction for the
 //! probed `host`). This module only spells the grid; running and comparing it is
 //! `dhurandhar::capped`.
@@ -19,7 +20,8 @@ pub struct Args {
     /// GGUF model files (repeat the flag for several).
     #[arg(long, required = true)]
     pub model: Vec<PathBuf>,
-    /// The streamed run's memory cap (and RAM budget) as a fraction of the file size.
+    /// The streamed runs' RAM budget (and the capped run's memory cap) as a fraction of
+    /// the file size.
     #[arg(long, default_value_t = 0.5)]
     pub cap_fraction: f64,
     /// Tokens to decode in each run.
@@ -53,19 +55,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let size = std::fs::metadata(model)
             .map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?
             .len();
-        let cap = (size as f64 * args.cap_fraction) as u64;
-        let run = |label: &str, mode: &str, cap: Option<u64>, repeats: u32| CappedCommand {
-            label: label.into(),
-            runner: Runner::Dhurandhar,
-            cap,
-            command: shape.command(model, mode, cap, repeats),
+        let budget = Some((size as f64 * args.cap_fraction) as u64);
+        // `budget` sizes the stream's buffers; `capped` also puts the run in a memory
+        // group of that size, where the kernel may evict the binary's clean pages.
+        let run = |label: &str, mode: &str, budget: Option<u64>, capped: bool, repeats: u32| {
+            CappedCommand {
+                label: label.into(),
+                runner: Runner::Dhurandhar,
+                cap: budget.filter(|_| capped),
+                command: shape.command(model, mode, budget, repeats),
+            }
         };
         grids.push(CappedBenchOptions {
             model: model.clone(),
             runs: vec![
-                run("resident", "resident", None, 3),
-                run("mmap", "mmap", None, 3),
-                run("stream (capped)", "stream", Some(cap), 1),
+                run("resident", "resident", None, false, 3),
+                run("mmap", "mmap", None, false, 3),
+                run("stream", "stream", budget, false, 1),
+                run("stream (capped)", "stream", budget, true, 1),
             ],
         });
     }
