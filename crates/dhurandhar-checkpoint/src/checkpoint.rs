@@ -426,6 +426,7 @@ impl Checkpoint {
                 let m = by_type.entry(t.dtype.clone()).or_default();
                 m.weights += t.n_elements;
                 m.rows += t.n_elements.checked_div(row_len).unwrap_or(0);
+                m.matrices += 1;
             }
         }
         c

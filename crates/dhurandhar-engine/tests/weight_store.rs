@@ -35,7 +35,7 @@ fn greedy(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
 /// A streamed model with its pool sized for `budget` and `context` tokens.
 fn open_stream(path: &Path, budget: Option<u64>, context: usize) -> Model {
     let m = Model::open_with(path, WeightMode::Stream).unwrap();
-    m.start_stream(budget, context, 7, 1).unwrap();
+    m.start_stream(budget, context, 7, 1, 1).unwrap();
     m
 }
 
@@ -48,12 +48,12 @@ fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
     // some layers and stream the rest.
     let partly = partial.then(|| {
         let m = Model::open_with(path, WeightMode::Stream).unwrap();
-        let inp = m.budget_inputs(Some(0), context, 7, 1).unwrap();
+        let inp = m.budget_inputs(Some(0), context, 7, 1, 1).unwrap();
         let others = inp.kv_bytes + inp.activation_bytes + inp.resident_bytes + inp.fixed_bytes;
         let largest = inp.layer_bytes.iter().max().unwrap();
         let layers: u64 = inp.layer_bytes.iter().sum();
         let p = m
-            .start_stream(Some(others + 2 * largest + layers / 2), context, 7, 1)
+            .start_stream(Some(others + 2 * largest + layers / 2), context, 7, 1, 1)
             .unwrap()
             .unwrap();
         assert!(p.pinned_layers > 0 && p.window_slots == 2, "{p:?}");
@@ -64,7 +64,7 @@ fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
     // only passes that compute logits read.
     let head_only = partial.then(|| {
         let m = Model::open_with(path, WeightMode::Stream).unwrap();
-        let inp = m.budget_inputs(Some(0), context, 7, 1).unwrap();
+        let inp = m.budget_inputs(Some(0), context, 7, 1, 1).unwrap();
         let others = inp.kv_bytes + inp.activation_bytes + inp.resident_bytes + inp.fixed_bytes;
         let items = inp.layer_bytes.iter().chain(&inp.head_chunk_bytes);
         let largest = items.clone().max().unwrap();
@@ -76,6 +76,7 @@ fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
                 Some(others + 2 * largest + layers + pinned_head),
                 context,
                 7,
+                1,
                 1,
             )
             .unwrap()
@@ -126,7 +127,7 @@ fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
     );
     // Every pass reads every layer once, and the head when it computes logits (the
     // prefill's last chunk and each decoded token).
-    let inp = minimal.budget_inputs(Some(0), context, 7, 1).unwrap();
+    let inp = minimal.budget_inputs(Some(0), context, 7, 1, 1).unwrap();
     let layers: u64 = inp.layer_bytes.iter().sum();
     let head: u64 = inp.head_chunk_bytes.iter().sum();
     assert_eq!(plan.streamed_bytes_per_pass, layers + head);
@@ -134,7 +135,7 @@ fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
     assert!(minimal.weight_bytes_read() >= passes * layers + (n as u64 + 1) * head);
     // A budget of nothing is refused with the breakdown; a huge one pins every layer.
     let probe = Model::open_with(path, WeightMode::Stream).unwrap();
-    let e = probe.start_stream(Some(0), context, 7, 1).unwrap_err();
+    let e = probe.start_stream(Some(0), context, 7, 1, 1).unwrap_err();
     assert!(matches!(e, EngineError::Budget(_)));
     let msg = e.to_string();
     assert!(
@@ -219,7 +220,7 @@ fn buffered_reads_serve_the_same_tokens() {
     let prompt = [504, 3575, 282, 4649, 314];
     let want = greedy(&Model::open(&p).unwrap(), &prompt, 6);
     let buffered = Model::open_with_io(&p, WeightMode::Stream, false).unwrap();
-    buffered.start_stream(None, 16, 7, 1).unwrap();
+    buffered.start_stream(None, 16, 7, 1, 1).unwrap();
     assert_eq!(buffered.direct_io(), Some(false));
     assert_eq!(greedy(&buffered, &prompt, 6), want);
     let direct = open_stream(&p, None, 16);

@@ -38,12 +38,16 @@ pub struct ComponentBytes {
 }
 
 /// Matrices of one stored type, counted for the cost of multiplying them by a vector:
-/// a matvec pays per weight and, for every row, a fixed cost (its loop, its horizontal
-/// sum), which is why narrow rows run slower per weight than wide ones.
+/// a matvec pays per weight, a fixed cost per row (its loop, its horizontal sum: narrow
+/// rows run slower per weight than wide ones) and a fixed cost per call (handing the
+/// rows to the threads).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Matrices {
     pub weights: u64,
     pub rows: u64,
+    /// How many matrices (one matvec call each).
+    #[serde(default)]
+    pub matrices: u64,
 }
 
 impl Matrices {
@@ -51,6 +55,7 @@ impl Matrices {
     pub fn add_share(&mut self, other: Matrices, share: f64) {
         self.weights += (other.weights as f64 * share).round() as u64;
         self.rows += (other.rows as f64 * share).round() as u64;
+        self.matrices += (other.matrices as f64 * share).round() as u64;
     }
 }
 

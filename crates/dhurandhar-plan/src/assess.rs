@@ -12,9 +12,10 @@
 //!   rate for the matmuls too when the weights are f16/bf16/f32). For decode on a
 //!   device with measured one-token matvec rates (a probed host) and a checkpoint that
 //!   gives its weight types: `1 / (attention_flops / f32_rate + Σ_type [weights /
-//!   matvec_rate + rows × row_overhead])` — a one-row matvec cannot reuse a dequantized
-//!   weight across tokens, so it runs well below the batched rate, and a narrow row pays
-//!   its fixed cost over fewer weights.
+//!   matvec_rate + rows × row_overhead + matrices × call_overhead])` — a one-row matvec
+//!   cannot reuse a dequantized weight across tokens, so it runs well below the batched
+//!   rate; a narrow row pays its fixed cost over fewer weights; every call pays for
+//!   handing its rows to the threads.
 //!
 //! A device profile without a rate has that bound *unknown*: it is listed as unknown,
 //! never taken as infinite, the verdict rests on the known bounds and says which were not
@@ -395,8 +396,8 @@ fn compute_bound(r: &Rates, matmul: f64, attention: f64, int8: bool) -> Bound {
 }
 
 /// The decode compute bound from one-token matvec costs: the sum over weight types of
-/// `weights(type) / rate(type) + rows(type) × row_overhead(type)`, plus `attention /
-/// f32_rate`. `None` unless the device has a rate for every stored type
+/// `weights(type) / rate(type) + rows(type) × row_overhead(type) + matrices(type) ×
+/// call_overhead`, plus `attention / f32_rate`. `None` unless the device has a rate for every stored type
 /// the token multiplies (and an f32 rate for attention).
 fn matvec_bound(r: &Rates, by_type: &BTreeMap<String, Matrices>, attention: f64) -> Option<Bound> {
     let rates = r.matvec.as_ref()?;
@@ -406,7 +407,7 @@ fn matvec_bound(r: &Rates, by_type: &BTreeMap<String, Matrices>, attention: f64)
     }
     let mut secs = attention / f32;
     for (t, m) in by_type {
-        secs += rates.get(t)?.seconds(m.weights, m.rows);
+        secs += rates.get(t)?.seconds(m);
     }
     let weights: u64 = by_type.values().map(|m| m.weights).sum();
     let types: Vec<&str> = by_type.keys().map(|k| k.as_str()).collect();

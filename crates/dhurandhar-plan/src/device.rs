@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use dhurandhar_model::Matrices;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{did_you_mean, PlanError};
@@ -60,10 +61,12 @@ pub struct DeviceProfile {
 }
 
 /// The one-token matvec cost of each stored weight type at each measured thread count:
-/// multiplying a matrix by one vector takes `rows × row_overhead_ns[type][i] ns +
-/// weights / (gweights_per_s[type][i] × 10^9) s` on `threads[i]` threads. Both terms
-/// are measured (a wide and a narrow matrix of the same bytes), because models differ in
-/// row width and a narrow row pays its fixed cost over fewer weights.
+/// multiplying a matrix by one vector takes `call_overhead_ns[i] + rows ×
+/// row_overhead_ns[type][i]` ns plus `weights / (gweights_per_s[type][i] × 10^9)` s on
+/// `threads[i]` threads. The rate and the row cost are measured on a wide and a narrow
+/// matrix of the same bytes (models differ in row width, and a narrow row pays its fixed
+/// cost over fewer weights); the call cost on a tiny matrix (a token makes hundreds of
+/// calls, and on several threads each one hands its rows to the pool).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatvecRates {
@@ -76,6 +79,9 @@ pub struct MatvecRates {
     /// missing here costs nothing per row).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub row_overhead_ns: BTreeMap<String, Vec<f64>>,
+    /// The fixed time per call in ns, one per entry of `threads` (empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub call_overhead_ns: Vec<f64>,
 }
 
 /// What one type's matvec costs on a given thread count.
@@ -85,12 +91,16 @@ pub struct MatvecCost {
     pub weights_per_s: f64,
     /// Fixed time per row, seconds.
     pub row_seconds: f64,
+    /// Fixed time per call, seconds.
+    pub call_seconds: f64,
 }
 
 impl MatvecCost {
-    /// Seconds to multiply `weights` weights in `rows` rows by one vector.
-    pub fn seconds(&self, weights: u64, rows: u64) -> f64 {
-        weights as f64 / self.weights_per_s + rows as f64 * self.row_seconds
+    /// Seconds to multiply these matrices by one vector each.
+    pub fn seconds(&self, m: &Matrices) -> f64 {
+        m.weights as f64 / self.weights_per_s
+            + m.rows as f64 * self.row_seconds
+            + m.matrices as f64 * self.call_seconds
     }
 }
 
@@ -107,6 +117,7 @@ impl MatvecRates {
     /// The costs on `threads` threads (see [`MatvecRates::only`]).
     pub fn at(&self, threads: usize) -> BTreeMap<String, MatvecCost> {
         let i = self.index(threads);
+        let call_seconds = self.call_overhead_ns.get(i).map_or(0.0, |ns| ns * 1e-9);
         self.gweights_per_s
             .iter()
             .filter_map(|(k, v)| {
@@ -115,6 +126,7 @@ impl MatvecRates {
                     let cost = MatvecCost {
                         weights_per_s: r * 1e9,
                         row_seconds: row_ns.unwrap_or(0.0) * 1e-9,
+                        call_seconds,
                     };
                     (k.clone(), cost)
                 })
@@ -134,6 +146,7 @@ impl MatvecRates {
             threads: vec![self.threads.get(i).copied().unwrap_or(1)],
             gweights_per_s: cut(&self.gweights_per_s),
             row_overhead_ns: cut(&self.row_overhead_ns),
+            call_overhead_ns: self.call_overhead_ns.get(i).map_or(vec![], |c| vec![*c]),
         }
     }
 
@@ -174,6 +187,22 @@ impl MatvecRates {
                 return Err(format!(
                     "{k}: rates must be positive numbers of G weights/s below {MAX_GFLOPS:e}, got {r}"
                 ));
+            }
+        }
+        if !self.call_overhead_ns.is_empty() {
+            if self.call_overhead_ns.len() != self.threads.len() {
+                return Err(format!(
+                    "call_overhead_ns has {} entries for {} thread counts",
+                    self.call_overhead_ns.len(),
+                    self.threads.len()
+                ));
+            }
+            if let Some(o) = self
+                .call_overhead_ns
+                .iter()
+                .find(|o| !(o.is_finite() && (0.0..1e9).contains(*o)))
+            {
+                return Err(format!("call overheads must be ns in [0, 1e9), got {o}"));
             }
         }
         for (k, v) in &self.row_overhead_ns {

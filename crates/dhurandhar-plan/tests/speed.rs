@@ -262,8 +262,12 @@ proptest! {
     }
 }
 
-fn mats(weights: u64, rows: u64) -> dhurandhar_model::Matrices {
-    dhurandhar_model::Matrices { weights, rows }
+fn mats(weights: u64, rows: u64, matrices: u64) -> dhurandhar_model::Matrices {
+    dhurandhar_model::Matrices {
+        weights,
+        rows,
+        matrices,
+    }
 }
 
 /// A checkpoint's weights by stored type, timed at a device's one-token matvec costs.
@@ -278,23 +282,27 @@ fn matvec_bound_by_hand() {
         decoder_layers: 200_000_000,
         token_embeddings: 144_000_000,
         matmul_weights: BTreeMap::from([
-            ("Q4_K".to_string(), mats(300_000_000, 400_000)),
-            ("Q6_K".to_string(), mats(50_000_000, 100_000)),
+            ("Q4_K".to_string(), mats(300_000_000, 400_000, 120)),
+            ("Q6_K".to_string(), mats(50_000_000, 100_000, 48)),
         ]),
-        token_embedding_weights: BTreeMap::from([("Q8_0".to_string(), mats(136_000_000, 151_936))]),
+        token_embedding_weights: BTreeMap::from([(
+            "Q8_0".to_string(),
+            mats(136_000_000, 151_936, 1),
+        )]),
         source: "x.gguf".into(),
         ..Default::default()
     };
     let p = plan(&a, Some(&w), &opts(1024, "bf16", 32.0)).unwrap();
     let by_type = &p.per_token.matmul_weights_by_type;
-    assert_eq!(by_type["Q4_K"], mats(300_000_000, 400_000));
+    assert_eq!(by_type["Q4_K"], mats(300_000_000, 400_000, 120));
     assert_eq!(
         by_type["Q8_0"],
-        mats(136_000_000, 151_936),
+        mats(136_000_000, 151_936, 1),
         "the tied embedding is the head"
     );
     // Rates: Q4_K 10, Q6_K 5, Q8_0 17 G weights/s on 4 threads, plus 5 and 10 ns per row
-    // for Q4_K and Q6_K (none given for Q8_0: no row term); 1 GFLOP/s f32 for attention.
+    // for Q4_K and Q6_K (none given for Q8_0: no row term) and 10 µs per call for the
+    // 169 matrices; 1 GFLOP/s f32 for attention.
     let mut d = device(65536.0, 2.0, 1000.0, 1.0, 400.0, None);
     d.matvec = Some(dhurandhar_plan::MatvecRates {
         threads: vec![1, 4],
@@ -307,13 +315,14 @@ fn matvec_bound_by_hand() {
             ("Q4_K".to_string(), vec![20.0, 5.0]),
             ("Q6_K".to_string(), vec![40.0, 10.0]),
         ]),
+        call_overhead_ns: vec![100.0, 10_000.0],
     });
     d.validate().unwrap();
     let c = dhurandhar_plan::ceilings(&p, &d, 0.0);
     // 0.3/10 + 0.05/5 + 0.136/17 = 0.030 + 0.010 + 0.008 s; rows: 400k x 5 ns + 100k x
-    // 10 ns = 0.002 + 0.001 s; attention: 24 layers x 4 x 14 heads x 64 x 1024 tokens =
-    // 88_080_384 FLOP at 1e9 = 0.088080384 s.
-    let secs = 0.03 + 0.01 + 0.008 + 0.002 + 0.001 + 0.088_080_384;
+    // 10 ns = 0.002 + 0.001 s; calls: 169 x 10 µs = 0.00169 s; attention: 24 layers x 4
+    // x 14 heads x 64 x 1024 tokens = 88_080_384 FLOP at 1e9 = 0.088080384 s.
+    let secs = 0.03 + 0.01 + 0.008 + 0.002 + 0.001 + 0.00169 + 0.088_080_384;
     let compute = c
         .bounds
         .iter()
@@ -327,13 +336,20 @@ fn matvec_bound_by_hand() {
     // One thread: the first column.
     d.matvec = d.matvec.map(|m| m.only(1));
     let c1 = dhurandhar_plan::ceilings(&p, &d, 0.0);
-    let secs1 = 0.1 + 0.05 / 1.5 + 0.136 / 5.0 + 400e3 * 20e-9 + 100e3 * 40e-9 + 0.088_080_384;
+    let secs1 = 0.1
+        + 0.05 / 1.5
+        + 0.136 / 5.0
+        + 400e3 * 20e-9
+        + 100e3 * 40e-9
+        + 169.0 * 100e-9
+        + 0.088_080_384;
     assert!((c1.decode_tps.unwrap() - 1.0 / secs1).abs() < 1e-9);
     // A type without a rate: the batched int8 formula instead (never a guess).
     d.matvec = Some(dhurandhar_plan::MatvecRates {
         threads: vec![4],
         gweights_per_s: BTreeMap::from([("Q4_K".to_string(), vec![10.0])]),
         row_overhead_ns: BTreeMap::new(),
+        call_overhead_ns: vec![],
     });
     let c2 = dhurandhar_plan::ceilings(&p, &d, 0.0);
     let compute2 = c2
@@ -360,6 +376,7 @@ fn matvec_rates_are_validated() {
         threads,
         gweights_per_s: BTreeMap::from([("Q4_0".to_string(), rates)]),
         row_overhead_ns: BTreeMap::new(),
+        call_overhead_ns: vec![],
     };
     for (m, want) in [
         (bad(vec![], vec![]), "ascending"),
@@ -399,5 +416,16 @@ fn matvec_rates_are_validated() {
         assert!(e.contains(want), "{e}");
     }
     m.row_overhead_ns = BTreeMap::from([("Q4_0".to_string(), vec![30.0, 10.0])]);
-    assert_eq!(m.at(2)["Q4_0"].seconds(2_000_000_000, 1_000), 1.0 + 30e-6);
+    assert_eq!(
+        m.at(2)["Q4_0"].seconds(&mats(2_000_000_000, 1_000, 0)),
+        1.0 + 30e-6
+    );
+    // Call overheads: one per thread count.
+    m.call_overhead_ns = vec![1.0];
+    d.matvec = Some(m.clone());
+    let e = d.validate().unwrap_err().to_string();
+    assert!(e.contains("call_overhead_ns has 1 entries"), "{e}");
+    m.call_overhead_ns = vec![500.0, 4000.0];
+    let c = m.at(4)["Q4_0"];
+    assert!((c.seconds(&mats(6_000_000_000, 0, 250)) - (1.0 + 250.0 * 4e-6)).abs() < 1e-12);
 }

@@ -155,6 +155,7 @@ pub fn eval(
         tokens.len(),
         opts.chunk,
         opts.chunk,
+        threads,
     )?;
     let c = &model.config;
     let f32_acts = !opts.q8_activations;

@@ -60,7 +60,7 @@ pub fn load_model_with(path: &Path, mode: WeightMode) -> Result<Arc<Model>> {
 }
 
 /// Start a streamed model's layer pool for `context` tokens in chunks of `chunk` with
-/// `logit_rows` logits per pass under `budget`; refuses a budget with any other mode
+/// `logit_rows` logits per pass on `threads` threads under `budget`; refuses a budget with any other mode
 /// (only streamed weights are bounded).
 pub fn start_weights(
     model: &Model,
@@ -68,6 +68,7 @@ pub fn start_weights(
     context: usize,
     chunk: usize,
     logit_rows: usize,
+    threads: usize,
 ) -> Result<()> {
     if budget.is_some() && model.weight_mode() != WeightMode::Stream {
         return Err(Error::invalid(
@@ -78,7 +79,7 @@ pub fn start_weights(
             ),
         ));
     }
-    model.start_stream(budget, context, chunk, logit_rows)?;
+    model.start_stream(budget, context, chunk, logit_rows, threads)?;
     Ok(())
 }
 
@@ -320,6 +321,7 @@ impl Generator {
             prompt.len() + opts.max_tokens,
             PREFILL_CHUNK,
             1,
+            threads,
         )?;
         let mut session = Session::new(model, threads, None)?;
         session.set_f32_activations(opts.f32_activations);
@@ -587,7 +589,8 @@ pub fn bench(
     }
     let prompt = synthetic_prompt(&model, opts.prompt_tokens.max(1));
     let ctx = prompt.len() + opts.decode_tokens;
-    start_weights(&model, opts.ram_budget, ctx, prompt.len(), 1)?;
+    let most_threads = opts.threads.iter().copied().max().unwrap_or(1);
+    start_weights(&model, opts.ram_budget, ctx, prompt.len(), 1, most_threads)?;
     let mut results = Vec::new();
     for &t in &opts.threads {
         cancel.check()?;

@@ -287,7 +287,8 @@ pub fn probe(
              matmul kernels on a {d}x{d} matrix x {} tokens (Q8_0 for int8, F32 for f32), best \
              of {}; matvec = the engine's one-token matmul of each type over {} MiB of \
              weights in {}- and {}-wide rows (random values; the two widths give the rate \
-             per weight and the fixed cost per row), on 1 and {threads} threads, best of {}",
+             per weight and the fixed cost per row) and 2000 calls of a 64 x 32 Q8_0 matrix \
+             (the fixed cost per call), on 1 and {threads} threads, best of {}",
             if opts.ram_budget_mb.is_some() {
                 "given"
             } else {
@@ -677,16 +678,69 @@ fn matvec(
         rates.insert(f.name().to_string(), rate);
         overheads.insert(f.name().to_string(), overhead);
     }
+    // The call's own cost: the tiny matvec's time less what its rows and weights cost at
+    // the Q8_0 figures just measured (so the row term is not counted twice).
+    let calls = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let (rows, weights, secs) = if n == 1 {
+                time_calls(false, cancel)?
+            } else {
+                pool.install(|| time_calls(true, cancel))?
+            };
+            let q8 = |m: &std::collections::BTreeMap<String, Vec<f64>>| {
+                m.get("Q8_0").and_then(|v| v.get(i)).copied()
+            };
+            let data = match (q8(&rates), q8(&overheads)) {
+                (Some(rate), Some(row_ns)) => weights / (rate * 1e9) + rows * row_ns * 1e-9,
+                _ => 0.0,
+            };
+            Ok(round3((secs - data).max(0.0) * 1e9))
+        })
+        .collect::<Result<Vec<f64>>>()?;
     drop(phase);
     Ok(MatvecProbe {
         rates: dhurandhar_plan::MatvecRates {
             threads: counts,
             gweights_per_s: rates,
             row_overhead_ns: overheads,
+            call_overhead_ns: calls,
         },
         bytes: opts.matvec_bytes,
         cols: MATVEC_COLS,
     })
+}
+
+/// Seconds per call of a matvec too small to cost anything but the call: 64 rows (the
+/// fewest the engine splits over threads) of one Q8_0 block, in cache, best of 5 runs
+/// of 2000 calls. On a pool this is the cost of handing rows to the threads and waiting
+/// for them, which every one of a token's hundreds of matvecs pays.
+/// Returns the rows, the weights and the seconds per call.
+fn time_calls(parallel: bool, cancel: &CancelToken) -> Result<(f64, f64, f64)> {
+    use dhurandhar_quantize::{quantize_rows, Format};
+    let (rows, cols, calls) = (64, 32, 2000);
+    let w_f32: Vec<f32> = (0..rows * cols).map(|i| (i % 17) as f32 - 8.0).collect();
+    let rb = Format::Q8_0.row_bytes(cols).expect("one Q8_0 block");
+    let mut data = vec![0u8; rb * rows];
+    quantize_rows(Format::Q8_0, &w_f32, cols, &mut data)
+        .map_err(|e| Error::invalid("matvec", format!("cannot quantize Q8_0: {e}")))?;
+    let w = QMatrix::new(GgmlType::Q8_0, rows, cols, &data)?;
+    let x: Vec<f32> = (0..cols).map(|i| (i % 5) as f32 - 2.0).collect();
+    let mut acts = Q8Acts::default();
+    acts.quantize_into(&x, cols);
+    let a = Acts::Q8(&acts);
+    let mut out = vec![0f32; rows];
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        cancel.check()?;
+        let t = Instant::now();
+        for _ in 0..calls {
+            matmul(&w, &a, &mut out, parallel)?;
+        }
+        best = best.min(t.elapsed().as_secs_f64() / calls as f64);
+    }
+    Ok((rows as f64, (rows * cols) as f64, best))
 }
 
 /// RAM available now in MiB (`MemAvailable`), capped by the cgroup v2 `memory.max`.

@@ -124,12 +124,18 @@ pub fn render_probe(r: &ProbeReport) -> String {
     }
     format!(
         "{t}\n{mv}\nmatvec: the engine's one-token matmul over {} MiB per type, rows {} and {} wide \
-         (time per row = ns/row + width / rate), best of {}.\n\
+         (time per row = ns/row + width / rate), best of {}; per call: {}.\n\
          Wrote {} ({}); use it with `dhurandhar analyze -d host`.\n",
         r.matvec.bytes >> 20,
         r.matvec.cols[0],
         r.matvec.cols[1],
         r.memory.repeats,
+        m.call_overhead_ns
+            .iter()
+            .zip(&m.threads)
+            .map(|(ns, t)| format!("{ns:.0} ns on {t} thr"))
+            .collect::<Vec<_>>()
+            .join(", "),
         r.path,
         d.measured_at.as_deref().unwrap_or("")
     )
