@@ -498,8 +498,8 @@ impl Checkpoint {
     fn apply_tensor_facts(&self, profile: &mut Map<String, Value>) {
         let params: Vec<&TensorEntry> = self.tensors.iter().filter(|t| t.is_parameter).collect();
         let text: Vec<&&TensorEntry> = params.iter().filter(|t| t.component.is_text()).collect();
-        let n: u64 = text.iter().map(|t| t.n_elements).sum();
-        let bytes: u64 = text.iter().map(|t| t.n_bytes).sum();
+        let n = saturating_sum(text.iter().map(|t| t.n_elements));
+        let bytes = saturating_sum(text.iter().map(|t| t.n_bytes));
         if n > 0 {
             profile.insert("param_count_b".into(), Value::from(n as f64 / 1e9));
             let bits = (bytes as f64 * 8.0 / n as f64).min(32.0);
@@ -514,11 +514,11 @@ impl Checkpoint {
             .any(|t| t.component == Component::LmHead);
         profile.insert("embeddings_tied".into(), Value::from(!has_lm_head));
         if profile.get("is_moe").and_then(|v| v.as_bool()) == Some(true) && n > 0 {
-            let routed: u64 = text
-                .iter()
-                .filter(|t| is_expert(&t.name) && !is_shared_expert(&t.name))
-                .map(|t| t.n_elements)
-                .sum();
+            let routed = saturating_sum(
+                text.iter()
+                    .filter(|t| is_expert(&t.name) && !is_shared_expert(&t.name))
+                    .map(|t| t.n_elements),
+            );
             let e = profile
                 .get("num_experts")
                 .and_then(|v| v.as_f64())
@@ -536,17 +536,23 @@ impl Checkpoint {
             (Component::VisionEncoder, "vision_encoder_mb"),
             (Component::AudioEncoder, "audio_encoder_mb"),
         ] {
-            let b: u64 = self
-                .tensors
-                .iter()
-                .filter(|t| t.component == c)
-                .map(|t| t.n_bytes)
-                .sum();
+            let b = saturating_sum(
+                self.tensors
+                    .iter()
+                    .filter(|t| t.component == c)
+                    .map(|t| t.n_bytes),
+            );
             if b > 0 {
                 profile.insert(field.into(), Value::from(b as f64 / (1024.0 * 1024.0)));
             }
         }
     }
+}
+
+/// Sum of header-claimed sizes: a hostile header's counts may add past `u64` (found by
+/// the `gguf_header` fuzzer), and these sums only feed f64 estimates.
+fn saturating_sum(it: impl Iterator<Item = u64>) -> u64 {
+    it.fold(0, u64::saturating_add)
 }
 
 fn num(p: &Map<String, Value>, k: &str) -> f64 {
@@ -621,4 +627,18 @@ pub(crate) fn finish(
         path: origin.to_string(),
         source: e,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The gguf_header fuzzer's input claimed tensors whose element counts add past
+    /// u64: the sum stops at the maximum instead of wrapping to a small count.
+    #[test]
+    fn claimed_sizes_saturate_instead_of_wrapping() {
+        assert_eq!(
+            super::saturating_sum([u64::MAX - 1, 2, 5].into_iter()),
+            u64::MAX
+        );
+        assert_eq!(super::saturating_sum([3, 4].into_iter()), 7);
+    }
 }
