@@ -61,7 +61,9 @@ fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
         m
     });
     // Every layer pinned and the head streamed in chunks (half of them pinned), which
-    // only passes that compute logits read.
+    // only passes that compute logits read. The budget has half a chunk of slack: the
+    // fixed overhead is the resident set, measured again by `start_stream`, and a page
+    // more there must not unpin a chunk (CI saw 6 pinned where 7 were meant).
     let head_only = partial.then(|| {
         let m = Model::open_with(path, WeightMode::Stream).unwrap();
         let inp = m.budget_inputs(Some(0), context, 7, 1, 1).unwrap();
@@ -71,9 +73,10 @@ fn check_model(path: &Path, prompt: &[u32], n: usize, partial: bool) {
         let layers: u64 = inp.layer_bytes.iter().sum();
         let half = inp.head_chunk_bytes.len() / 2;
         let pinned_head: u64 = inp.head_chunk_bytes[..half].iter().sum();
+        let slack = inp.head_chunk_bytes[half] / 2;
         let p = m
             .start_stream(
-                Some(others + 2 * largest + layers + pinned_head),
+                Some(others + 2 * largest + layers + pinned_head + slack),
                 context,
                 7,
                 1,
