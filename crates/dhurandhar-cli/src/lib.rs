@@ -64,6 +64,8 @@ pub enum Command {
     Eval(commands::eval::Args),
     /// Quantize a GGUF model with a llama.cpp preset (q4_k_m, q8_0, ...).
     Quantize(commands::quantize::Args),
+    /// LoRA / QLoRA jobs: write a job file, estimate its cost on any model.
+    Lora(commands::lora::Args),
     /// Serve the local web dashboard (plan, devices, KV codecs, measure, weights, run, compare).
     Serve(commands::serve::Args),
 }
@@ -88,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::PlanCheck(a) => plan_check::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Lora(a) => lora::run(a),
         Command::Serve(a) => serve::run(a),
     }
 }

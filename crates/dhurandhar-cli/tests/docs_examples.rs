@@ -34,7 +34,12 @@ const PAGES: &[&str] = &[
 
 /// Pages whose console examples read `.cache/fixtures/*` (the fixtures from
 /// `scripts/fetch_fixtures.py`).
-const FIXTURE_PAGES: &[&str] = &["docs/checkpoints.md", "docs/run.md", "docs/weights.md"];
+const FIXTURE_PAGES: &[&str] = &[
+    "docs/checkpoints.md",
+    "docs/run.md",
+    "docs/weights.md",
+    "docs/lora.md",
+];
 
 /// The binaries the examples may call, by the name they are called with.
 const BINS: &[(&str, &str)] = &[

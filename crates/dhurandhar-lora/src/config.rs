@@ -245,6 +245,18 @@ mod tests {
     }
 
     #[test]
+    fn the_template_holds_the_defaults() {
+        let j = LoraJob::from_yaml(crate::JOB_TEMPLATE).unwrap();
+        assert_eq!(
+            j,
+            LoraJob {
+                base_model: "gemma4-e2b".into(),
+                ..LoraJob::default()
+            }
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_named() {
         let e = LoraJob::from_yaml("lora:\n  rank: 8\n")
             .unwrap_err()

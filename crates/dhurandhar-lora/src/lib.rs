@@ -2,15 +2,21 @@
 //! this engine (GGUF tensor names), PEFT (`adapter_model.safetensors`) and llama.cpp
 //! (LoRA GGUF).
 //!
-//! The trainer (`dhurandhar-train`) produces an [`Adapter`]; the engine applies one;
-//! the facade saves, loads, exports and merges it. This crate holds the shared types
-//! so none of those depends on another.
+//! The trainer produces an [`Adapter`]; the engine applies one; the facade saves, loads,
+//! exports and merges it. This crate holds the shared types so none of those depends on
+//! another, and the arithmetic of a dry run ([`estimate`]), which needs only the
+//! architecture.
 
 pub mod adapter;
 pub mod config;
+pub mod estimate;
 
 pub use adapter::{Adapter, LoraPair, TargetModule};
 pub use config::{LoraJob, LoraSection, TrainingSection};
+pub use estimate::{estimate, Estimate, ModuleCount, TrainingMemory};
+
+/// A commented job file holding every default (`dhurandhar lora init` writes it).
+pub const JOB_TEMPLATE: &str = include_str!("template.yaml");
 
 /// Errors of the LoRA crate.
 #[derive(Debug, thiserror::Error)]

@@ -31,6 +31,8 @@ pub enum Error {
     Pack(#[from] dhurandhar_pack::PackError),
     #[error(transparent)]
     Profile(#[from] dhurandhar_profile::ProfileError),
+    #[error(transparent)]
+    Lora(#[from] dhurandhar_lora::LoraError),
     /// A lower error with what the job was doing when it happened. The cause is part of
     /// the message (not a `source()`), so every front end prints it once, whole.
     #[error("{context}: {inner}")]

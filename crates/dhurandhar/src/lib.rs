@@ -17,6 +17,7 @@
 //! | profile flash / mmap | [`profile`] |
 //! | pack, unpack, verify, delta | [`pack`] |
 //! | quantize a GGUF (llama.cpp presets) | [`quantize`] |
+//! | LoRA jobs: the job file, the dry run | [`lora`] |
 //!
 //! Reports are `Serialize` and carry a `schema_version`; they are the `--json`
 //! documents. Long jobs take a [`Progress`] sink and a [`CancelToken`].
@@ -67,6 +68,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod kv;
+pub mod lora;
 pub mod model;
 pub mod pack;
 pub mod plan;
@@ -81,6 +83,7 @@ pub use dhurandhar_checkpoint;
 pub use dhurandhar_engine;
 pub use dhurandhar_io;
 pub use dhurandhar_kv;
+pub use dhurandhar_lora;
 pub use dhurandhar_model;
 pub use dhurandhar_pack;
 pub use dhurandhar_plan;

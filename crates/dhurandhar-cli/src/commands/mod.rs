@@ -9,6 +9,7 @@ pub mod generate;
 pub mod inspect;
 pub mod kv;
 pub mod kv_capture;
+pub mod lora;
 pub mod mmap_profile;
 pub mod models;
 pub mod pack;
