@@ -64,7 +64,7 @@ pub enum Command {
     Eval(commands::eval::Args),
     /// Quantize a GGUF model with a llama.cpp preset (q4_k_m, q8_0, ...).
     Quantize(commands::quantize::Args),
-    /// LoRA / QLoRA jobs: write a job file, estimate its cost on any model.
+    /// LoRA / QLoRA: write a job file, estimate its cost on any model, merge adapters.
     Lora(commands::lora::Args),
     /// Serve the local web dashboard (plan, devices, KV codecs, measure, weights, run, compare).
     Serve(commands::serve::Args),

@@ -118,3 +118,192 @@ fn bad_jobs_are_refused_naming_the_file_and_field() {
         .failure()
         .stderr(predicate::str::contains("missing.yaml"));
 }
+
+/// A PEFT adapter written here, independently of the tool's own writer: HF key names,
+/// `lora_A` `r × in`, `lora_B` `out × r`, f32, seeded values. SmolLM2-135M shapes.
+fn write_peft(dir: &std::path::Path, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let r = 4;
+    // (module, parent, in, out) on every one of the 30 layers.
+    let shapes = [
+        ("q_proj", "self_attn", 576, 576),
+        ("v_proj", "self_attn", 576, 192),
+        ("down_proj", "mlp", 1536, 576),
+    ];
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for layer in 0..30 {
+        for (m, parent, fin, fout) in shapes {
+            let stem = format!("base_model.model.model.layers.{layer}.{parent}.{m}");
+            for (half, rows, cols) in [("lora_A", r, fin), ("lora_B", fout, r)] {
+                let v: Vec<u8> = (0..rows * cols)
+                    .flat_map(|_| (rng.gen_range(-1.0f32..1.0) * 0.05).to_le_bytes())
+                    .collect();
+                owned.push((format!("{stem}.{half}.weight"), vec![rows, cols], v));
+            }
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, s, d)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                .unwrap();
+            (n.clone(), v)
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("adapter_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"],
+            "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "lora_dropout": 0.05,
+            "bias": "none", "task_type": "CAUSAL_LM", "fan_in_fan_out": false}"#,
+    )
+    .unwrap();
+}
+
+fn greedy_text(model: &std::path::Path, adapters: &[&str]) -> String {
+    let mut c = dh();
+    c.args(["generate", "--json", "--f32-activations", "--threads", "1"])
+        .args([
+            "--max-tokens",
+            "12",
+            "--prompt",
+            "The capital of France is",
+            "--model",
+        ])
+        .arg(model);
+    for a in adapters {
+        c.args(["--adapter", a]);
+    }
+    json(&mut c)["text"].as_str().unwrap().to_string()
+}
+
+/// An adapter applied at run time generates what the merged model generates, and
+/// changes what the base generates; a weight of 0 is the base.
+#[test]
+fn adapter_at_run_time_equals_the_merged_model() {
+    let Some(p) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    write_peft(&adapter, 7);
+    let a = adapter.to_str().unwrap();
+    let base = greedy_text(&p, &[]);
+    let applied = greedy_text(&p, &[a]);
+    eprintln!("base: {base:?}\nwith the adapter: {applied:?}");
+    assert_ne!(applied, base, "the adapter must change the output");
+    assert_eq!(greedy_text(&p, &[&format!("{a}@0")]), base);
+
+    let merged = dir.path().join("merged.gguf");
+    let v = json(
+        dh().args(["lora", "merge", "--json", "--adapter", a, "-o"])
+            .arg(&merged)
+            .arg(&p),
+    );
+    assert_eq!(v["merged_tensors"], 90);
+    assert_eq!(greedy_text(&merged, &[]), applied);
+    // `eval --adapter` scores what the merged model scores (f32 activations in both).
+    let ppl = |m: &std::path::Path, adapters: &[&str]| -> f64 {
+        let mut c = dh();
+        c.args([
+            "eval",
+            "--json",
+            "--threads",
+            "1",
+            "--max-tokens",
+            "64",
+            "--text-file",
+        ])
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../data/eval/pride-and-prejudice-ch1.txt"),
+        )
+        .arg("--model")
+        .arg(m);
+        for a in adapters {
+            c.args(["--adapter", a]);
+        }
+        json(&mut c)["exact"]["perplexity"].as_f64().unwrap()
+    };
+    let (with, merged_ppl, without) = (ppl(&p, &[a]), ppl(&merged, &[]), ppl(&p, &[]));
+    eprintln!("perplexity: base {without:.4}, adapter {with:.4}, merged {merged_ppl:.4}");
+    assert!(
+        (with - merged_ppl).abs() < 1e-3 * with,
+        "{with} vs {merged_ppl}"
+    );
+    assert!(
+        (with - without).abs() > 1e-2 * without,
+        "{with} vs {without}"
+    );
+    // The merged model has the base's tensors; the 90 adapted ones are now F32.
+    let types = |m: &std::path::Path| -> Vec<(String, String)> {
+        json(dh().args(["inspect", "--json"]).arg(m))["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    t["dtype"].to_string(),
+                )
+            })
+            .collect()
+    };
+    let (before, after) = (types(&p), types(&merged));
+    assert_eq!(before.len(), after.len());
+    let changed: Vec<&String> = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b != a)
+        .map(|(_, a)| &a.0)
+        .collect();
+    assert_eq!(changed.len(), 90, "{changed:?}");
+    assert!(changed
+        .iter()
+        .all(|n| n.contains("attn_q") || n.contains("attn_v") || n.contains("ffn_down")));
+}
+
+#[test]
+fn adapters_that_do_not_fit_are_refused() {
+    let Some(p) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gen = |adapter: &std::path::Path| {
+        dh().args(["generate", "--max-tokens", "1", "--prompt", "Hi", "--model"])
+            .arg(&p)
+            .arg("--adapter")
+            .arg(adapter)
+            .assert()
+            .failure()
+    };
+    gen(&dir.path().join("nope")).stderr(predicate::str::contains("not a directory"));
+    let ad = dir.path().join("a");
+    write_peft(&ad, 1);
+    // Wrong rank in the config.
+    let cfg = std::fs::read_to_string(ad.join("adapter_config.json")).unwrap();
+    std::fs::write(
+        ad.join("adapter_config.json"),
+        cfg.replace("\"r\": 4", "\"r\": 8"),
+    )
+    .unwrap();
+    gen(&ad).stderr(predicate::str::contains("rank r = 8"));
+    // DoRA is refused by name.
+    std::fs::write(
+        ad.join("adapter_config.json"),
+        cfg.replace("\"bias\"", "\"use_dora\": true, \"bias\""),
+    )
+    .unwrap();
+    gen(&ad).stderr(predicate::str::contains("use_dora"));
+    // A truncated weights file names the file.
+    std::fs::write(ad.join("adapter_config.json"), &cfg).unwrap();
+    let st = std::fs::read(ad.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(ad.join("adapter_model.safetensors"), &st[..st.len() / 2]).unwrap();
+    gen(&ad).stderr(predicate::str::contains("adapter_model.safetensors"));
+}

@@ -76,6 +76,19 @@ pub fn evaluate(
     chunk: usize,
     f32_activations: bool,
 ) -> Result<EvalReport, EngineError> {
+    evaluate_with(model, tokens, codecs, threads, chunk, f32_activations, None)
+}
+
+/// [`evaluate`] with LoRA adapters applied in every pass (exact and with codecs).
+pub fn evaluate_with(
+    model: &Model,
+    tokens: &[u32],
+    codecs: Vec<CacheCodec>,
+    threads: usize,
+    chunk: usize,
+    f32_activations: bool,
+    adapters: Option<std::sync::Arc<crate::LoraStack>>,
+) -> Result<EvalReport, EngineError> {
     if tokens.len() < 2 {
         return Err(EngineError::Invalid(format!(
             "need at least 2 tokens to measure perplexity, got {}",
@@ -87,11 +100,13 @@ pub fn evaluate(
     let v = c.vocab_size;
     let mut exact = model.session(threads, None)?;
     exact.set_f32_activations(f32_activations);
+    exact.set_adapters(adapters.clone())?;
     let mut runs = Vec::with_capacity(codecs.len());
     for codec in codecs {
         let cache = model.new_cache(Some(codec))?;
         let mut run = model.session(threads, Some(cache))?;
         run.set_f32_activations(f32_activations);
+        run.set_adapters(adapters.clone())?;
         runs.push(run);
     }
     let mut exact_nll = 0f64;

@@ -20,6 +20,7 @@ pub mod kernels;
 pub mod kquants;
 #[cfg(target_arch = "x86_64")]
 mod kquants_avx2;
+pub mod lora;
 pub mod model;
 pub mod quant;
 pub mod sampling;
@@ -28,7 +29,8 @@ pub mod tokenizer;
 
 pub use arch::{ArchSpec, ARCHITECTURES};
 pub use cache::{CacheCodec, Capture, KvCache};
-pub use eval::{evaluate, CodecResult, EvalReport, PassMetrics};
+pub use eval::{evaluate, evaluate_with, CodecResult, EvalReport, PassMetrics};
+pub use lora::LoraStack;
 pub use model::{Logits, Model, ModelConfig, RopeStyle, Session};
 pub use quant::{computes_with, GgmlType};
 pub use sampling::Sampler;

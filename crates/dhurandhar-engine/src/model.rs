@@ -6,9 +6,11 @@ use std::borrow::{Borrow, Cow};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use dhurandhar_checkpoint::gguf::GgufFile;
 use dhurandhar_checkpoint::{GgufHyperParams, GgufTokenizer};
+use dhurandhar_lora::TargetModule;
 use memmap2::Mmap;
 use rayon::prelude::*;
 
@@ -16,6 +18,7 @@ pub use crate::arch::RopeStyle;
 use crate::arch::{Activation, ArchSpec, AttentionScale, SlidingLayers};
 use crate::cache::{CacheCodec, Capture, KvCache};
 use crate::kernels::{matmul, strided_axpys, strided_dots, Acts, QMatrix};
+use crate::lora::LoraStack;
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
 use crate::store::{
     plan_pool, plan_reads, BudgetInputs, LayerView, StorePlan, StreamStats, Streamer, WeightMode,
@@ -1175,6 +1178,8 @@ pub struct Session<M: Borrow<Model>> {
     ropes: Vec<RopeTable>,
     /// See [`Session::set_f32_activations`].
     f32_activations: bool,
+    /// See [`Session::set_adapters`].
+    adapters: Option<Arc<LoraStack>>,
 }
 
 /// Scratch for one chunk.
@@ -1243,6 +1248,7 @@ impl<M: Borrow<Model> + Send> Session<M> {
             pool,
             ropes,
             f32_activations: false,
+            adapters: None,
         })
     }
 
@@ -1256,6 +1262,23 @@ impl<M: Borrow<Model> + Send> Session<M> {
     /// the layers, which hides small effects such as a good KV codec's error.
     pub fn set_f32_activations(&mut self, on: bool) {
         self.f32_activations = on;
+    }
+
+    /// Apply these LoRA adapters from the next pass on (`None`: the base alone). The
+    /// base is untouched, so a session can change adapters between requests; the KV
+    /// cache holds what earlier passes computed with the adapters they had.
+    pub fn set_adapters(&mut self, stack: Option<Arc<LoraStack>>) -> Result<(), EngineError> {
+        if let Some(s) = &stack {
+            let layers = self.model.borrow().config.n_layers;
+            if s.n_layers() != layers {
+                return Err(EngineError::Shape(format!(
+                    "the adapters were built for {} layers, the model has {layers}",
+                    s.n_layers()
+                )));
+            }
+        }
+        self.adapters = stack;
+        Ok(())
     }
 
     /// Tokens processed so far.
@@ -1339,6 +1362,7 @@ impl<M: Borrow<Model> + Send> Session<M> {
         };
         let scale = c.attention_scale;
         let group = nh / nkv;
+        let lora = self.adapters.as_deref();
 
         for (li, l) in m.layers.iter().enumerate() {
             let lw = m.layer_view(li)?;
@@ -1362,6 +1386,11 @@ impl<M: Borrow<Model> + Send> Session<M> {
                     sc.project(&m.mat(&lw, w), &xn, &mut fused, par)?;
                     split_rows(&fused, [(&mut q, qd), (&mut k, kvd), (&mut v, kvd)]);
                 }
+            }
+            if let Some(s) = lora {
+                s.apply(li, TargetModule::Q, &xn, &mut q, n);
+                s.apply(li, TargetModule::K, &xn, &mut k, n);
+                s.apply(li, TargetModule::V, &xn, &mut v, n);
             }
             for (buf, b, w) in [
                 (&mut q, &l.bq, qd),
@@ -1521,6 +1550,9 @@ impl<M: Borrow<Model> + Send> Session<M> {
 
             sc.q8_ready = false;
             sc.project(&m.mat(&lw, &l.wo), &att, &mut o, par)?;
+            if let Some(s) = lora {
+                s.apply(li, TargetModule::O, &att, &mut o, n);
+            }
             if let Some(w) = &l.post_attn_norm {
                 rmsnorm_rows(&mut o, w, c.rms_eps);
             }
@@ -1551,6 +1583,10 @@ impl<M: Borrow<Model> + Send> Session<M> {
                     }
                 }
             }
+            if let Some(s) = lora {
+                s.apply(li, TargetModule::Gate, &xn, &mut gate, n);
+                s.apply(li, TargetModule::Up, &xn, &mut up, n);
+            }
             match spec.activation {
                 Activation::Silu => {
                     for (g, u) in gate.iter_mut().zip(&up) {
@@ -1565,6 +1601,9 @@ impl<M: Borrow<Model> + Send> Session<M> {
             }
             sc.q8_ready = false;
             sc.project(&m.mat(&lw, &l.down), &gate, &mut o, par)?;
+            if let Some(s) = lora {
+                s.apply(li, TargetModule::Down, &gate, &mut o, n);
+            }
             drop(lw);
             if let Some(w) = &l.post_ffn_norm {
                 rmsnorm_rows(&mut o, w, c.rms_eps);

@@ -74,6 +74,11 @@ impl TargetModule {
         TargetModule::ALL.into_iter().find(|m| m.gguf() == stem)
     }
 
+    /// Position in [`TargetModule::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn hf_names() -> Vec<&'static str> {
         TargetModule::ALL.iter().map(|m| m.hf()).collect()
     }
@@ -119,6 +124,14 @@ pub fn gguf_tensor_name(layer: usize, m: TargetModule) -> String {
     format!("blk.{layer}.{}.weight", m.gguf())
 }
 
+/// The layer and module of a GGUF tensor name (`blk.3.attn_q.weight`), `None` for
+/// tensors LoRA does not target.
+pub fn parse_gguf_tensor_name(name: &str) -> Option<(usize, TargetModule)> {
+    let rest = name.strip_prefix("blk.")?.strip_suffix(".weight")?;
+    let (layer, stem) = rest.split_once('.')?;
+    Some((layer.parse().ok()?, TargetModule::from_gguf(stem)?))
+}
+
 /// `base_model.model.model.layers.{layer}.{parent}.{module}`: PEFT's key stem
 /// (append `.lora_A.weight` / `.lora_B.weight`).
 pub fn peft_key_stem(layer: usize, m: TargetModule) -> String {
@@ -143,6 +156,17 @@ mod tests {
             gguf_tensor_name(3, TargetModule::O),
             "blk.3.attn_output.weight"
         );
+        assert_eq!(
+            parse_gguf_tensor_name("blk.12.ffn_down.weight"),
+            Some((12, TargetModule::Down))
+        );
+        for bad in [
+            "blk.x.attn_q.weight",
+            "blk.1.attn_norm.weight",
+            "output.weight",
+        ] {
+            assert_eq!(parse_gguf_tensor_name(bad), None, "{bad}");
+        }
         assert_eq!(
             peft_key_stem(0, TargetModule::Down),
             "base_model.model.model.layers.0.mlp.down_proj"

@@ -11,7 +11,9 @@ pub mod adapter;
 pub mod config;
 pub mod estimate;
 
-pub use adapter::{Adapter, LoraPair, TargetModule};
+pub use adapter::{
+    gguf_tensor_name, parse_gguf_tensor_name, peft_key_stem, Adapter, LoraPair, TargetModule,
+};
 pub use config::{LoraJob, LoraSection, TrainingSection};
 pub use estimate::{estimate, Estimate, ModuleCount, TrainingMemory};
 

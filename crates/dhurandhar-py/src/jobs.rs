@@ -446,6 +446,7 @@ impl PyModel {
             f32_activations,
             weights: self.weights,
             ram_budget: self.ram_budget,
+            adapters: Vec::new(),
         };
         let model = self.model.clone();
         let g = py
@@ -572,6 +573,7 @@ fn eval<'py>(
         q8_activations,
         weights,
         ram_budget,
+        adapters: Vec::new(),
     };
     let p = PyProgress::new(progress, CancelToken::new());
     let cancel = p.cancel_token();

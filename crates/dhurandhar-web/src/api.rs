@@ -1093,6 +1093,7 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
         f32_activations: false,
         weights,
         ram_budget,
+        adapters: Vec::new(),
     };
     let inner = s.inner.clone();
     let token = CancelToken::new();

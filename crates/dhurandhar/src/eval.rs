@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dhurandhar_engine::{evaluate, CacheCodec, Capture, Logits, Model, WeightMode};
+use dhurandhar_engine::{evaluate_with, CacheCodec, Capture, Logits, LoraStack, Model, WeightMode};
 
 use crate::generate::WeightsReport;
 use dhurandhar_kv::{build_codec, build_codec_roles, Codec, CodecSpec, KvCodec};
 use serde::Serialize;
 
 use crate::kv::{check_range, resolve_threads, MAX_TEXT_BYTES};
+use crate::lora::AdapterSpec;
 use crate::{CancelToken, Error, Progress, Result, Unit};
 
 /// Version of the `eval` JSON document. (The document has no `schema_version` field
@@ -53,6 +54,8 @@ pub struct EvalOptions {
     pub weights: WeightMode,
     /// RAM budget in bytes for streamed weights.
     pub ram_budget: Option<u64>,
+    /// LoRA adapters applied in every pass (PEFT directories with weights).
+    pub adapters: Vec<AdapterSpec>,
 }
 
 impl Default for EvalOptions {
@@ -70,6 +73,7 @@ impl Default for EvalOptions {
             q8_activations: false,
             weights: WeightMode::Mmap,
             ram_budget: None,
+            adapters: Vec::new(),
         }
     }
 }
@@ -94,6 +98,9 @@ pub struct EvalReport {
     /// Worker threads used (not part of the JSON document).
     #[serde(skip)]
     pub threads: usize,
+    /// LoRA adapters applied (directories), if any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<String>,
 }
 
 /// The width `codec` runs at: `bits` for a single codec (checked when it is built),
@@ -113,11 +120,13 @@ fn spectral_per_layer(
     tokens: &[u32],
     threads: usize,
     f32_acts: bool,
+    adapters: &Option<Arc<LoraStack>>,
 ) -> Result<Vec<Arc<dyn KvCodec>>> {
     let c = &model.config;
     let mut cap = Capture::new(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim);
     let mut s = model.session(threads, None)?;
     s.set_f32_activations(f32_acts);
+    s.set_adapters(adapters.clone())?;
     s.forward(tokens, Logits::None, Some(&mut cap))?;
     cap.layers
         .iter()
@@ -157,6 +166,7 @@ pub fn eval(
         opts.chunk,
         threads,
     )?;
+    let stack = crate::lora::load_stack(&model, &opts.adapters)?;
     let c = &model.config;
     let f32_acts = !opts.q8_activations;
     let sweep = opts.codecs.len() > 1;
@@ -179,7 +189,8 @@ pub fn eval(
         let label = format!("{codec}@{bits}");
         if codec.needs_calibration() {
             let n = opts.calibration_tokens.clamp(2, tokens.len());
-            let per_layer = spectral_per_layer(&model, &spec, &tokens[..n], threads, f32_acts)?;
+            let per_layer =
+                spectral_per_layer(&model, &spec, &tokens[..n], threads, f32_acts, &stack)?;
             calibration = Some(format!(
                 "spectral calibrated per layer on the exact keys/values of the first {n} tokens of the text (which are also scored)"
             ));
@@ -199,7 +210,9 @@ pub fn eval(
         Unit::Items("tokens"),
     );
     let t0 = Instant::now();
-    let result = evaluate(&model, &tokens, codecs, threads, opts.chunk, f32_acts)?;
+    let result = evaluate_with(
+        &model, &tokens, codecs, threads, opts.chunk, f32_acts, stack,
+    )?;
     progress.advance(tokens.len() as u64);
     progress.finish();
     Ok(EvalReport {
@@ -218,6 +231,11 @@ pub fn eval(
             t0.elapsed().as_secs_f64(),
             tokens.len(),
         ),
+        adapters: opts
+            .adapters
+            .iter()
+            .map(|a| a.path.display().to_string())
+            .collect(),
     })
 }
 

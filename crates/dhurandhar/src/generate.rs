@@ -33,6 +33,7 @@ pub use dhurandhar_engine::{StorePlan, WeightMode};
 use serde::Serialize;
 
 use crate::kv::{check_threads, resolve_threads};
+use crate::lora::AdapterSpec;
 use crate::{CancelToken, Error, Progress, Result};
 
 /// Version of the [`GenerateReport`] and [`BenchReport`] JSON documents.
@@ -194,6 +195,8 @@ pub struct GenerateOptions {
     pub weights: WeightMode,
     /// RAM budget in bytes for streamed weights (`None`: the minimum window).
     pub ram_budget: Option<u64>,
+    /// LoRA adapters applied on top of the base (PEFT directories with weights).
+    pub adapters: Vec<AdapterSpec>,
 }
 
 impl Default for GenerateOptions {
@@ -209,6 +212,7 @@ impl Default for GenerateOptions {
             f32_activations: false,
             weights: WeightMode::Mmap,
             ram_budget: None,
+            adapters: Vec::new(),
         }
     }
 }
@@ -254,6 +258,9 @@ pub struct GenerateReport {
     pub decode_tokens_per_s: f64,
     pub peak_rss_bytes: Option<u64>,
     pub weights: WeightsReport,
+    /// LoRA adapters applied (directories), if any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<String>,
 }
 
 /// A running generation: a session over a shared model, a sampler, and the decode
@@ -286,6 +293,8 @@ pub struct Generator {
     stream_at_decode: StreamStats,
     /// Single-token forward passes since decoding started.
     decode_passes: usize,
+    /// The adapters applied, for the report.
+    adapters: Vec<String>,
 }
 
 impl Generator {
@@ -323,8 +332,10 @@ impl Generator {
             1,
             threads,
         )?;
+        let stack = crate::lora::load_stack(&model, &opts.adapters)?;
         let mut session = Session::new(model, threads, None)?;
         session.set_f32_activations(opts.f32_activations);
+        session.set_adapters(stack)?;
         Ok(Generator {
             session,
             sampler: Sampler::new(opts.temperature, opts.top_p, opts.seed),
@@ -346,6 +357,11 @@ impl Generator {
             ram_budget: opts.ram_budget,
             stream_at_decode: StreamStats::default(),
             decode_passes: 0,
+            adapters: opts
+                .adapters
+                .iter()
+                .map(|a| a.path.display().to_string())
+                .collect(),
         })
     }
 
@@ -392,6 +408,7 @@ impl Generator {
                 self.decode_seconds,
                 self.decode_passes,
             ),
+            adapters: self.adapters.clone(),
         }
     }
 

@@ -140,7 +140,7 @@ fn is_float(t: GgmlType) -> bool {
 }
 
 /// Dequantize `bytes` (rows of `n` values stored as `t`) into `out`.
-fn to_f32(t: GgmlType, bytes: &[u8], n: usize, out: &mut [f32]) -> Result<()> {
+pub(crate) fn to_f32(t: GgmlType, bytes: &[u8], n: usize, out: &mut [f32]) -> Result<()> {
     if let Ok(d) = DType::try_from(t) {
         let mut v = Vec::with_capacity(out.len());
         if d.to_f32(bytes, &mut v) && v.len() == out.len() {

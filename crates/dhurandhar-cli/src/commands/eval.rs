@@ -46,6 +46,10 @@ pub struct Args {
     pub q8_activations: bool,
     #[command(flatten)]
     pub weights: super::generate::WeightArgs,
+    /// A LoRA adapter applied in every pass: a PEFT directory; `DIR@WEIGHT` scales its
+    /// update. Repeat for several.
+    #[arg(long = "adapter", value_name = "DIR[@WEIGHT]", value_parser = super::lora::parse_adapter)]
+    pub adapters: Vec<dhurandhar::lora::AdapterSpec>,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -76,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         q8_activations: args.q8_activations,
         weights: args.weights.mode,
         ram_budget: args.weights.ram_budget,
+        adapters: args.adapters,
     };
     let report = dhurandhar::eval::eval(&opts, &args.out.progress(), &CancelToken::new())?;
     emit(&args.out, &report, render)

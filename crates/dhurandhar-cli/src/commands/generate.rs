@@ -7,6 +7,7 @@ use dhurandhar::generate::{
     bench, BenchOptions, BenchReport, GenerateEvent, GenerateOptions, Generator, WeightMode,
     WeightsReport,
 };
+use dhurandhar::lora::AdapterSpec;
 use dhurandhar::units::human_bytes;
 use dhurandhar::CancelToken;
 
@@ -42,6 +43,10 @@ pub struct Args {
     pub f32_activations: bool,
     #[command(flatten)]
     pub weights: WeightArgs,
+    /// A LoRA adapter to apply: a PEFT directory (adapter_config.json +
+    /// adapter_model.safetensors); `DIR@WEIGHT` scales its update. Repeat for several.
+    #[arg(long = "adapter", value_name = "DIR[@WEIGHT]", value_parser = super::lora::parse_adapter, conflicts_with = "bench")]
+    pub adapters: Vec<AdapterSpec>,
     /// `--json` prints one JSON object at the end instead of streaming text.
     #[command(flatten)]
     pub out: OutputArgs,
@@ -142,6 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         f32_activations: args.f32_activations,
         weights: args.weights.mode,
         ram_budget: args.weights.ram_budget,
+        adapters: args.adapters.clone(),
     };
     let mut generator = Generator::open(&opts)?;
     if args.out.json {

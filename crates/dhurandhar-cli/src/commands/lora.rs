@@ -4,9 +4,12 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use dhurandhar::lora::{
-    dry_run, read_job, write_template, DryRunOptions, DryRunReport, DEFAULT_BASE_FORMAT,
+    dry_run, read_job, write_template, AdapterSpec, DryRunOptions, DryRunReport,
+    DEFAULT_BASE_FORMAT,
 };
+use dhurandhar::lora::{merge, MergeOptions, MergeReport};
 use dhurandhar::units::human_bytes;
+use dhurandhar::CancelToken;
 
 use crate::output::{emit, print_text, OutputArgs};
 use crate::render::{f, num, table};
@@ -24,12 +27,16 @@ pub enum LoraCommand {
     /// What a job costs before it runs: trainable parameters per target module, adapter
     /// bytes and the training memory (frozen base, LoRA state, activations).
     DryRun(DryRunArgs),
+    /// Merge adapters into a GGUF: each adapted projection becomes `W + weight·(alpha/r)·B·A`
+    /// stored as F32; every other tensor is copied. `quantize` the result to ship it.
+    Merge(MergeArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         LoraCommand::Init(a) => run_init(a),
         LoraCommand::DryRun(a) => run_dry_run(a),
+        LoraCommand::Merge(a) => run_merge(a),
     }
 }
 
@@ -119,6 +126,40 @@ fn run_dry_run(a: DryRunArgs) -> anyhow::Result<()> {
     emit(&a.out, &report, render)
 }
 
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The base GGUF.
+    pub base: PathBuf,
+    /// An adapter (PEFT directory); `DIR@WEIGHT` scales its update. Repeat for several.
+    #[arg(long = "adapter", value_name = "DIR[@WEIGHT]", value_parser = parse_adapter, required = true)]
+    pub adapters: Vec<AdapterSpec>,
+    /// The merged GGUF (written atomically; never the base).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+fn run_merge(a: MergeArgs) -> anyhow::Result<()> {
+    let opts = MergeOptions {
+        base: a.base,
+        adapters: a.adapters,
+        output: a.output,
+    };
+    let report = merge(&opts, &a.out.progress(), &CancelToken::new())?;
+    emit(&a.out, &report, |r: &MergeReport| {
+        format!(
+            "wrote {}: {} projections merged (F32), {} tensors copied; {} -> {} in {:.2} s\n",
+            r.output,
+            r.merged_tensors,
+            r.copied_tensors,
+            human_bytes(r.base_file_bytes),
+            human_bytes(r.output_file_bytes),
+            r.seconds
+        )
+    })
+}
+
 fn count(v: u64) -> String {
     num(Some(v as f64), 0)
 }
@@ -196,4 +237,23 @@ fn render(r: &DryRunReport) -> String {
         o += &format!("note: {n}\n");
     }
     o
+}
+
+/// `DIR` or `DIR@WEIGHT` (the suffix counts only when it is a number and `DIR@WEIGHT`
+/// itself is not an existing path).
+pub fn parse_adapter(s: &str) -> Result<AdapterSpec, String> {
+    if !std::path::Path::new(s).exists() {
+        if let Some((dir, w)) = s.rsplit_once('@') {
+            if let Ok(weight) = w.parse::<f32>() {
+                if !weight.is_finite() {
+                    return Err(format!("adapter weight `{w}` is not a finite number"));
+                }
+                return Ok(AdapterSpec {
+                    path: dir.into(),
+                    weight,
+                });
+            }
+        }
+    }
+    Ok(AdapterSpec::new(s))
 }

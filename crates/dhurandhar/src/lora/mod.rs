@@ -13,9 +13,14 @@
 //! # Ok::<(), dhurandhar::Error>(())
 //! ```
 
-use std::path::Path;
+pub mod merge;
+pub mod peft;
 
-use dhurandhar_lora::{Estimate, LoraJob, TargetModule};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dhurandhar_engine::{LoraStack, Model};
+use dhurandhar_lora::{Adapter, Estimate, LoraJob, TargetModule};
 use serde::Serialize;
 
 use crate::model::{resolve_model, ResolvedModel};
@@ -30,6 +35,59 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const MAX_JOB_BYTES: u64 = 1 << 20;
 /// The frozen base's format when the model is not a checkpoint: QLoRA's 4-bit NormalFloat.
 pub const DEFAULT_BASE_FORMAT: &str = "nf4";
+
+pub use merge::{merge, MergeOptions, MergeReport};
+
+/// An adapter to apply: a PEFT directory, and the weight its update is multiplied by
+/// (1 = as trained).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterSpec {
+    pub path: PathBuf,
+    pub weight: f32,
+}
+
+impl AdapterSpec {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        AdapterSpec {
+            path: path.into(),
+            weight: 1.0,
+        }
+    }
+}
+
+/// Read each adapter for `model` (PEFT layout; Q/K rows reordered as the GGUF's are).
+pub fn load_adapters(model: &Model, specs: &[AdapterSpec]) -> Result<Vec<(Adapter, f32)>> {
+    let g = peft::Geometry::from(&model.config);
+    specs
+        .iter()
+        .map(|s| {
+            if !s.weight.is_finite() {
+                return Err(Error::invalid(
+                    "adapters",
+                    format!("{}: weight {} is not finite", s.path.display(), s.weight),
+                ));
+            }
+            Ok((peft::load(&s.path, &g)?, s.weight))
+        })
+        .collect()
+}
+
+/// The adapters as a session applies them (`None` when there are none), each checked
+/// against the model's shapes.
+pub fn load_stack(model: &Model, specs: &[AdapterSpec]) -> Result<Option<Arc<LoraStack>>> {
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let adapters = load_adapters(model, specs)?;
+    let stack = LoraStack::new(&model.config, adapters).map_err(|e| {
+        let names: Vec<String> = specs.iter().map(|s| s.path.display().to_string()).collect();
+        Error::from(e).context(format!(
+            "adapters {} do not fit the model",
+            names.join(", ")
+        ))
+    })?;
+    Ok(Some(Arc::new(stack)))
+}
 
 /// Components of the plan that are frozen weights.
 const BASE_COMPONENTS: [&str; 7] = [
@@ -212,6 +270,94 @@ mod tests {
         // 16 layers × r 16 × (q 2048+2048, k/v 2048+512 each, o 2048+2048, FFN 3 × (2048+8192)).
         let per_layer = 16 * ((4096 + 2560 + 2560 + 4096) + 3 * (2048 + 8192));
         assert_eq!(r.estimate.trainable_params, 16 * per_layer);
+    }
+
+    /// A random adapter on every target of a few layers of `c`'s shape.
+    fn random_adapter(c: &dhurandhar_engine::ModelConfig, seed: u64) -> Adapter {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let r = 2;
+        let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let mut pairs = std::collections::BTreeMap::new();
+        for layer in 0..c.n_layers.min(3) {
+            for m in TargetModule::ALL {
+                let (fin, fout) = match m {
+                    TargetModule::Q => (c.dim, q),
+                    TargetModule::K | TargetModule::V => (c.dim, kv),
+                    TargetModule::O => (q, c.dim),
+                    TargetModule::Gate | TargetModule::Up => (c.dim, c.ffn_dim),
+                    TargetModule::Down => (c.ffn_dim, c.dim),
+                };
+                let mut v = |n: usize| (0..n).map(|_| rng.gen_range(-0.1f32..0.1)).collect();
+                pairs.insert(
+                    dhurandhar_lora::gguf_tensor_name(layer, m),
+                    dhurandhar_lora::LoraPair {
+                        r,
+                        in_features: fin,
+                        out_features: fout,
+                        a: v(r * fin),
+                        b: v(fout * r),
+                    },
+                );
+            }
+        }
+        Adapter {
+            r,
+            alpha: 4.0,
+            target_modules: TargetModule::ALL.to_vec(),
+            base_model: "test".into(),
+            pairs,
+        }
+    }
+
+    /// Saved in PEFT's layout and read back (Q/K rows reordered both ways), the adapter
+    /// is unchanged; the file's B for q_proj is in HF row order, not the GGUF's.
+    #[test]
+    fn peft_round_trip_on_the_real_model() {
+        let Some(path) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+            return;
+        };
+        let model = crate::generate::load_model(&path).unwrap();
+        let g = peft::Geometry::from(&model.config);
+        assert!(g.interleaved_rope, "SmolLM2 is a llama GGUF");
+        let a = random_adapter(&model.config, 3);
+        let dir = tempfile::tempdir().unwrap();
+        peft::save(&a, dir.path(), &g).unwrap();
+        assert_eq!(peft::load(dir.path(), &g).unwrap(), a);
+        let flat = peft::Geometry {
+            interleaved_rope: false,
+            ..g
+        };
+        let as_stored = peft::load(dir.path(), &flat).unwrap();
+        let key = "blk.0.attn_q.weight";
+        assert_ne!(as_stored.pairs[key].b, a.pairs[key].b);
+        assert_eq!(
+            as_stored.pairs["blk.0.attn_v.weight"],
+            a.pairs["blk.0.attn_v.weight"]
+        );
+    }
+
+    /// Sessions over one loaded model take different adapters, in any order, without
+    /// reloading: nothing of an adapter stays in the model (bit-identical logits).
+    #[test]
+    fn adapters_swap_between_sessions_over_one_model() {
+        let Some(path) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+            return;
+        };
+        let model = crate::generate::load_model(&path).unwrap();
+        let a = random_adapter(&model.config, 5);
+        let stack = Arc::new(LoraStack::new(&model.config, vec![(a, 1.0)]).unwrap());
+        let prompt = [504, 3575, 282, 4649];
+        let run = |stack: Option<Arc<LoraStack>>| {
+            let mut s = model.session(1, None).unwrap();
+            s.set_adapters(stack).unwrap();
+            s.prefill(&prompt, 4).unwrap()
+        };
+        let base = run(None);
+        let adapted = run(Some(Arc::clone(&stack)));
+        assert_ne!(base, adapted);
+        assert_eq!(run(None), base);
+        assert_eq!(run(Some(stack)), adapted);
     }
 
     #[test]
