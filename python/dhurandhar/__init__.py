@@ -71,7 +71,7 @@ from .models import (
 from .pack import TensorReader, open_pack, pack, pack_stats, unpack, verify
 from .plan import AnalysisResult, analyze
 from .profile import mmap_profile
-from .run import Generation, Model, inspect
+from .run import Generation, Model, inspect, lora_dry_run
 
 __version__: str = _native.__version__
 
@@ -113,6 +113,7 @@ __all__ = [
     "kv_speed",
     "list_devices",
     "list_models",
+    "lora_dry_run",
     "load_model_profile",
     "make_codec",
     "mmap_profile",

@@ -157,6 +157,14 @@ def kv_speed(
     min_seconds: float = 0.2,
 ) -> dict[str, Any]: ...
 def inspect(path: _Path) -> dict[str, Any]: ...
+def lora_dry_run(
+    model: Optional[str] = None,
+    config: Optional[_Path] = None,
+    r: Optional[int] = None,
+    max_seq_length: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    base_format: str = "nf4",
+) -> dict[str, Any]: ...
 
 class Generation:
     def __iter__(self) -> Iterator[str]: ...
@@ -181,6 +189,7 @@ class Model:
         seed: int = 0,
         threads: Optional[int] = None,
         f32_activations: bool = False,
+        adapters: Sequence[tuple[_Path, float]] = ...,
     ) -> Generation: ...
 
 def generate_bench(

@@ -16,6 +16,31 @@ PathLike = Union[str, "os.PathLike[str]"]
 ProgressCallback = Callable[[int, Optional[int], str], Any]
 
 
+def lora_dry_run(
+    model: Optional[str] = None,
+    config: Optional[PathLike] = None,
+    *,
+    r: Optional[int] = None,
+    max_seq_length: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    base_format: str = "nf4",
+) -> Record:
+    """What a LoRA / QLoRA job costs on a model before it runs: trainable parameters per
+    target module, adapter bytes and the training memory (the ``lora dry-run --json``
+    document). ``config`` is a job file (``dhurandhar lora init``); the keyword arguments
+    override its fields; ``model`` overrides its ``base_model``."""
+    return Record(
+        _native.lora_dry_run(
+            model,
+            None if config is None else os.fspath(config),
+            r,
+            max_seq_length,
+            batch_size,
+            base_format,
+        )
+    )
+
+
 def inspect(path: PathLike) -> Record:
     """What a checkpoint holds: format, tensors, dtypes, exact bytes per component and
     the inferred architecture (the ``inspect --json`` document)."""
@@ -116,11 +141,20 @@ class Model:
         seed: int = 0,
         threads: Optional[int] = None,
         f32_activations: bool = False,
+        adapters: Iterable[Union[PathLike, tuple[PathLike, float]]] = (),
     ) -> Generation:
         """Generate from ``prompt``: iterate the result for text pieces as they come
-        (greedy by default; ``temperature``/``top_p``/``seed`` for sampling)."""
+        (greedy by default; ``temperature``/``top_p``/``seed`` for sampling).
+        ``adapters``: PEFT LoRA directories (or ``(directory, weight)`` pairs) applied on
+        top of this model for this generation only; the model itself is unchanged."""
+        pairs = [
+            (os.fspath(a[0]), float(a[1])) if isinstance(a, tuple) else (os.fspath(a), 1.0)
+            for a in adapters
+        ]
         return Generation(
-            self._m.generate(prompt, max_tokens, temperature, top_p, seed, threads, f32_activations)
+            self._m.generate(
+                prompt, max_tokens, temperature, top_p, seed, threads, f32_activations, pairs
+            )
         )
 
     def bench(

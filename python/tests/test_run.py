@@ -176,3 +176,36 @@ def test_mmap_profile_progress_and_interrupt(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         d.mmap_profile("qwen2.5-0.5b", scale=0.02, cache_dir=tmp_path, num_tokens=100_000, warmup_tokens=10,
                        modes=["warm"], progress=ctrl_c)
+
+
+def test_lora_dry_run_is_the_cli_document(gguf):
+    for model, extra in (("qwen2.5-0.5b", ["--r", "8"]), (str(gguf), [])):
+        py = d.lora_dry_run(model, r=8 if extra else None)
+        assert as_json(py.to_dict()) == cli_json("lora", "dry-run", "-m", model, *extra)
+    assert d.lora_dry_run("qwen2.5-0.5b").estimate["modules"][0]["module"] == "q_proj"
+    with pytest.raises(ValueError, match="lora.r"):
+        d.lora_dry_run("qwen2.5-0.5b", r=0)
+
+
+def test_generate_with_an_adapter_is_the_cli_text(gguf, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_test_adapter.py"
+    adapter = tmp_path / "adapter"
+    subprocess.run([sys.executable, str(script), "--out", str(adapter)], check=True, capture_output=True)
+    m = d.Model.load(gguf)
+    base = m.generate(PROMPT, max_tokens=12, threads=1).text()
+    with_adapter = m.generate(PROMPT, max_tokens=12, threads=1, adapters=[adapter])
+    text = with_adapter.text()
+    assert text != base
+    assert with_adapter.report().adapters == [str(adapter)]
+    cli = cli_json(
+        "generate", "--model", str(gguf), "--prompt", PROMPT, "--max-tokens", "12",
+        "--threads", "1", "--adapter", str(adapter),
+    )
+    assert text == cli["text"]
+    # weight 0 is the base; the model itself never changed
+    assert m.generate(PROMPT, max_tokens=12, threads=1, adapters=[(adapter, 0.0)]).text() == base
+    assert m.generate(PROMPT, max_tokens=12, threads=1).text() == base

@@ -5,6 +5,7 @@
 //
 // usage: llama_logits MODEL.gguf TEXT_FILE N_POSITIONS TOP_K [N_GREEDY] > out.json
 // (N_POSITIONS 0: token ids only)
+// With LORA=ADAPTER.gguf in the environment, that LoRA adapter is applied at scale 1.
 //
 // With N_GREEDY (the tiny random-weight models): the KV cache is kept in F32 and flash
 // attention is off, so the only differences left against an f32 engine are summation
@@ -81,6 +82,14 @@ int main(int argc, char ** argv) {
     }
     llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) { std::fprintf(stderr, "cannot create context\n"); return 1; }
+    if (const char * lora_path = std::getenv("LORA")) {
+        llama_adapter_lora * lora = llama_adapter_lora_init(model, lora_path);
+        if (!lora) { std::fprintf(stderr, "cannot load LoRA %s\n", lora_path); return 1; }
+        float scale = 1.0f;
+        if (llama_set_adapters_lora(ctx, &lora, 1, &scale) != 0) {
+            std::fprintf(stderr, "cannot apply LoRA %s\n", lora_path); return 1;
+        }
+    }
 
     llama_batch batch = llama_batch_init(n_eval, 0, 1);
     for (int i = 0; i < n_eval; i++) {

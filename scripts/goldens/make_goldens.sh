@@ -23,6 +23,16 @@ mkdir -p "$out"
 "$tool" "$model" "$root/data/eval/pride-and-prejudice-ch1.txt" 64 8 2>/dev/null \
   | python3 -c 'import json,sys; d=json.load(sys.stdin); d["tokens"]=d["tokens"][:64]; d.pop("text"); d["text_file"]="data/eval/pride-and-prejudice-ch1.txt"; print(json.dumps(d))' \
   > "$out/smollm2-q4_1-logits.json"
+# The same 64 positions with a LoRA adapter (scripts/make_test_adapter.py, fixed seed),
+# exported by dhurandhar to llama.cpp's LoRA GGUF and applied by llama.cpp; the adapter's
+# sha256 is recorded so the test knows it compares against the same bytes.
+adapter=$(mktemp -d)/adapter
+lora_sha=$(python3 "$root/scripts/make_test_adapter.py" --out "$adapter")
+(cd "$root" && cargo run --release -q -- lora export-gguf "$adapter" --base "$model" -o "$adapter.gguf")
+mkdir -p "$root/crates/dhurandhar/tests/goldens"
+LORA="$adapter.gguf" "$tool" "$model" "$root/data/eval/pride-and-prejudice-ch1.txt" 64 8 2>/dev/null \
+  | SHA="$lora_sha" python3 -c 'import json,os,sys; d=json.load(sys.stdin); d["tokens"]=d["tokens"][:64]; d.pop("text"); d["text_file"]="data/eval/pride-and-prejudice-ch1.txt"; d["adapter"]="scripts/make_test_adapter.py"; d["adapter_sha256"]=os.environ["SHA"]; print(json.dumps(d))' \
+  > "$root/crates/dhurandhar/tests/goldens/smollm2-lora-logits.json"
 # Token ids for a multilingual text (digits, code, whitespace runs, emoji).
 "$tool" "$model" "$here/tokenizer-multilingual.txt" 0 0 2>/dev/null > "$out/smollm2-tokenizer.json"
 # Tiny random-weight models, one per architecture (scripts/make_tiny_models.py, fixed
@@ -38,4 +48,5 @@ while read -r path sha; do
     > "$out/$arch.json"
 done
 echo "llama.cpp from the llama-cpp-python 0.3.36 sdist; generated $(date -u +%F) by scripts/goldens/make_goldens.sh" > "$out/SOURCE"
+cp "$out/SOURCE" "$root/crates/dhurandhar/tests/goldens/SOURCE"
 ls -l "$out"

@@ -349,6 +349,46 @@ fn kv_speed<'py>(
     to_py(py, &r)
 }
 
+// ------------------------------------------------------------ LoRA
+
+/// What a LoRA job costs on a model (the `lora dry-run --json` document). `config`: a job
+/// file; the other arguments override its fields.
+#[pyfunction]
+#[pyo3(signature = (model = None, config = None, r = None, max_seq_length = None, batch_size = None, base_format = "nf4"))]
+fn lora_dry_run<'py>(
+    py: Python<'py>,
+    model: Option<String>,
+    config: Option<PathBuf>,
+    r: Option<usize>,
+    max_seq_length: Option<usize>,
+    batch_size: Option<usize>,
+    base_format: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let report = py
+        .allow_threads(|| {
+            let mut job = match &config {
+                Some(p) => dhurandhar::lora::read_job(p)?,
+                None => Default::default(),
+            };
+            if let Some(r) = r {
+                job.lora.r = r;
+            }
+            if let Some(s) = max_seq_length {
+                job.training.max_seq_length = s;
+            }
+            if let Some(b) = batch_size {
+                job.training.batch_size = b;
+            }
+            dhurandhar::lora::dry_run(&dhurandhar::lora::DryRunOptions {
+                job,
+                model,
+                base_format: base_format.to_string(),
+            })
+        })
+        .map_err(to_py_err)?;
+    to_py(py, &report)
+}
+
 // ------------------------------------------------------------ real models
 
 /// What a checkpoint holds (the `inspect --json` document).
@@ -421,8 +461,9 @@ impl PyModel {
         self.path.clone()
     }
 
-    /// Start a generation; iterate it for text pieces.
-    #[pyo3(signature = (prompt, max_tokens = 64, temperature = 0.0, top_p = 1.0, seed = 0, threads = None, f32_activations = false))]
+    /// Start a generation; iterate it for text pieces. `adapters`: PEFT LoRA directories
+    /// with the weight of each update, applied on top of this model for this generation.
+    #[pyo3(signature = (prompt, max_tokens = 64, temperature = 0.0, top_p = 1.0, seed = 0, threads = None, f32_activations = false, adapters = Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -434,6 +475,7 @@ impl PyModel {
         seed: u64,
         threads: Option<usize>,
         f32_activations: bool,
+        adapters: Vec<(PathBuf, f32)>,
     ) -> PyResult<PyGeneration> {
         let opts = dhurandhar::generate::GenerateOptions {
             model: self.path.clone(),
@@ -446,7 +488,10 @@ impl PyModel {
             f32_activations,
             weights: self.weights,
             ram_budget: self.ram_budget,
-            adapters: Vec::new(),
+            adapters: adapters
+                .into_iter()
+                .map(|(path, weight)| dhurandhar::lora::AdapterSpec { path, weight })
+                .collect(),
         };
         let model = self.model.clone();
         let g = py
@@ -879,6 +924,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv_bench, m)?)?;
     m.add_function(wrap_pyfunction!(kv_speed, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(lora_dry_run, m)?)?;
     m.add_class::<PyModel>()?;
     m.add_class::<PyGeneration>()?;
     m.add_function(wrap_pyfunction!(eval, m)?)?;

@@ -1,7 +1,10 @@
 //! Locating the real-model fixtures (never committed; fetched by
-//! `scripts/fetch_fixtures.py`, which `scripts/test.sh` runs first).
+//! `scripts/fetch_fixtures.py`, which `scripts/test.sh` runs first), and the comparison
+//! against llama.cpp goldens ([`llama_cpp`]).
 
 use std::path::PathBuf;
+
+pub mod llama_cpp;
 
 /// The SmolLM2-135M-Instruct Q4_1 GGUF (llama architecture, Apache-2.0).
 pub const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

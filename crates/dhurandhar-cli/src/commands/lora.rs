@@ -7,7 +7,9 @@ use dhurandhar::lora::{
     dry_run, read_job, write_template, AdapterSpec, DryRunOptions, DryRunReport,
     DEFAULT_BASE_FORMAT,
 };
-use dhurandhar::lora::{merge, MergeOptions, MergeReport};
+use dhurandhar::lora::{
+    export_gguf, merge, ExportOptions, ExportReport, MergeOptions, MergeReport,
+};
 use dhurandhar::units::human_bytes;
 use dhurandhar::CancelToken;
 
@@ -30,6 +32,8 @@ pub enum LoraCommand {
     /// Merge adapters into a GGUF: each adapted projection becomes `W + weight·(alpha/r)·B·A`
     /// stored as F32; every other tensor is copied. `quantize` the result to ship it.
     Merge(MergeArgs),
+    /// Write a PEFT adapter as llama.cpp's LoRA GGUF (for `--lora` in llama.cpp's tools).
+    ExportGguf(ExportArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -37,6 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         LoraCommand::Init(a) => run_init(a),
         LoraCommand::DryRun(a) => run_dry_run(a),
         LoraCommand::Merge(a) => run_merge(a),
+        LoraCommand::ExportGguf(a) => run_export(a),
     }
 }
 
@@ -156,6 +161,39 @@ fn run_merge(a: MergeArgs) -> anyhow::Result<()> {
             human_bytes(r.base_file_bytes),
             human_bytes(r.output_file_bytes),
             r.seconds
+        )
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The PEFT adapter directory.
+    pub adapter: PathBuf,
+    /// The base GGUF it was trained for (gives the architecture and the Q/K row order).
+    #[arg(long)]
+    pub base: PathBuf,
+    /// The LoRA GGUF to write (atomically).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+fn run_export(a: ExportArgs) -> anyhow::Result<()> {
+    let report = export_gguf(&ExportOptions {
+        adapter: a.adapter,
+        base: a.base,
+        output: a.output,
+    })?;
+    emit(&a.out, &report, |r: &ExportReport| {
+        format!(
+            "wrote {} ({} LoRA, r={} alpha={}, {} tensors, {}); use it with llama.cpp's --lora\n",
+            r.output,
+            r.architecture,
+            r.r,
+            r.alpha,
+            r.tensors,
+            human_bytes(r.output_file_bytes)
         )
     })
 }

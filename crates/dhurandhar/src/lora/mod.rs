@@ -13,6 +13,7 @@
 //! # Ok::<(), dhurandhar::Error>(())
 //! ```
 
+pub mod export;
 pub mod merge;
 pub mod peft;
 
@@ -36,6 +37,7 @@ pub const MAX_JOB_BYTES: u64 = 1 << 20;
 /// The frozen base's format when the model is not a checkpoint: QLoRA's 4-bit NormalFloat.
 pub const DEFAULT_BASE_FORMAT: &str = "nf4";
 
+pub use export::{export_gguf, ExportOptions, ExportReport};
 pub use merge::{merge, MergeOptions, MergeReport};
 
 /// An adapter to apply: a PEFT directory, and the weight its update is multiplied by
