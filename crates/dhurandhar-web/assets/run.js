@@ -68,8 +68,9 @@
       D.lines(D.$("#chart"), [{ name: "tokens/s", points: speed.map(s => [s.token, s.tokens_per_s]) }], { xLabel: "token", yLabel: "tokens/s (running mean)", label: "decode tokens per second" });
       const t = D.table(D.$("#speed"), speed);
       D.downloads(D.$("#chart-dl"), "generation", r, t.rows, t.cols);
-      const rep = Object.assign({}, r); delete rep.text;
+      const rep = Object.assign({}, r); delete rep.text; delete rep.predicted;
       D.table(D.$("#report"), [rep]);
+      predicted(r);
       D.status(`done: ${r.generated_tokens} tokens, stop: ${r.stop_reason}`);
     });
     es.addEventListener("error", e => {
@@ -80,6 +81,28 @@
       }
     });
   });
+  // The planner's prediction for this run on the probed host, beside the measurement.
+  const predicted = r => {
+    const p = r.predicted;
+    if (!p) {
+      D.$("#predicted-note").textContent = r.prediction_note ? `no prediction: ${r.prediction_note}` : "";
+      D.$("#predicted").replaceChildren();
+      return;
+    }
+    const t = p.threads[0] || {};
+    const pct = v => v == null ? "–" : `${v > 0 ? "+" : ""}${v.toFixed(1)}%`;
+    const num = v => v == null ? "–" : v.toFixed(1);
+    const rows = [
+      { quantity: "decode tokens/s", predicted: num(t.decode_tps), measured: num(t.measured_decode_tps), error: pct(t.decode_error_pct), note: t.decode_bound ? `bound: ${t.decode_bound}` : "" },
+      { quantity: "prefill tokens/s", predicted: num(t.prefill_tps), measured: num(t.measured_prefill_tps), error: pct(t.prefill_error_pct), note: "" },
+    ];
+    if (p.weight_mode === "stream") {
+      rows.push({ quantity: "flash bytes per token", predicted: D.bytes(p.flash_bytes_per_token), measured: p.measured_flash_bytes_per_token == null ? "–" : D.bytes(p.measured_flash_bytes_per_token), error: "", note: "" });
+    }
+    rows.push({ quantity: "peak RSS of the run", predicted: D.bytes(p.peak_rss_bytes), measured: "–", error: "", note: "the server process holds more than one run" });
+    D.$("#predicted-note").textContent = `host probed ${p.measured_at || "(date unknown)"}, ${t.threads} thread(s), context ${p.context_tokens} tokens, weights ${p.weight_mode}`;
+    D.table(D.$("#predicted"), rows);
+  };
   D.$("#stop").addEventListener("click", () => { stop(); D.status("stopped"); });
   D.$("#weights").addEventListener("change", () => { D.$("#budget").disabled = D.$("#weights").value !== "stream"; });
 })();

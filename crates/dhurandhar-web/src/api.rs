@@ -1160,7 +1160,22 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
                 }
             }
         }
-        let report = serde_json::to_value(generator.report()).unwrap_or_default();
+        // The report, with the planner's prediction for this run on the probed host
+        // beside it (or why there is none).
+        let mut report = serde_json::to_value(generator.report()).unwrap_or_default();
+        if let Some(obj) = report.as_object_mut() {
+            match generator.prediction() {
+                Ok(p) => {
+                    obj.insert(
+                        "predicted".into(),
+                        serde_json::to_value(p).unwrap_or_default(),
+                    );
+                }
+                Err(e) => {
+                    obj.insert("prediction_note".into(), e.to_string().into());
+                }
+            }
+        }
         let _ = tx.blocking_send(ev("done", report));
     });
     let stream = ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);

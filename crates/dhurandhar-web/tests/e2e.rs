@@ -188,6 +188,10 @@ async fn every_page_in_a_real_browser() {
     .unwrap();
     let gguf_dir = gguf.parent().unwrap().canonicalize().unwrap();
     let gguf = gguf.canonicalize().unwrap();
+    // The probed host lives in this cache: empty until the Run page's second turn, so the
+    // first turn shows why there is no prediction and the second the prediction.
+    let cache = t.root.join("cache");
+    std::env::set_var("DHURANDHAR_CACHE", &cache);
     let server = dhurandhar_web::Server::bind(dhurandhar_web::Config {
         port: 0,
         allow_dirs: vec![t.root.clone(), gguf_dir],
@@ -547,6 +551,22 @@ async fn every_page_in_a_real_browser() {
         js(&c, "document.querySelector('#store').textContent").await,
         "mmap"
     );
+    let note = js(&c, "document.querySelector('#predicted-note').textContent").await;
+    let note = note.as_str().unwrap();
+    assert!(
+        note.starts_with("no prediction:") && note.contains("probe"),
+        "{note}"
+    );
+    // Probe the host (quickly) into the cache: the next turn is predicted.
+    dhurandhar::probe::probe(
+        &dhurandhar::probe::ProbeOptions {
+            scratch_dir: Some(t.root.clone()),
+            ..dhurandhar::probe::ProbeOptions::quick()
+        },
+        &dhurandhar::NoProgress,
+        &dhurandhar::CancelToken::new(),
+    )
+    .unwrap();
     const PROMPT_TOKENS: &str = "(() => { const h = Array.from(document.querySelectorAll('#report th')).map(t => t.textContent); return +document.querySelectorAll('#report td')[h.indexOf('prompt_tokens')].textContent; })()";
     let prompt1 = js(&c, PROMPT_TOKENS).await.as_f64().unwrap();
     // A second turn: the transcript keeps the first exchange and appends the new one,
@@ -597,6 +617,32 @@ async fn every_page_in_a_real_browser() {
     assert!(
         store.starts_with("stream: ") && store.contains("read per token"),
         "{store}"
+    );
+    // The planner's prediction for this streamed turn on the probed host, beside it.
+    let note = js(&c, "document.querySelector('#predicted-note').textContent").await;
+    assert!(
+        note.as_str().unwrap().starts_with("host probed")
+            && note.as_str().unwrap().contains("weights stream"),
+        "{note}"
+    );
+    let rows = js(
+        &c,
+        "Array.from(document.querySelectorAll('#predicted tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent))",
+    )
+    .await;
+    let rows: Vec<Vec<String>> = serde_json::from_value(rows).unwrap();
+    eprintln!("Run page, planner vs measured: {note} {rows:?}");
+    let decode = rows
+        .iter()
+        .find(|r| r[0] == "decode tokens/s")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert!(
+        decode[1].parse::<f64>().unwrap() > 0.0 && decode[2].parse::<f64>().unwrap() > 0.0,
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r[0] == "flash bytes per token"),
+        "{rows:?}"
     );
     shot(&c, &shots, "run").await;
 

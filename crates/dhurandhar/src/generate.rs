@@ -80,7 +80,24 @@ pub fn start_weights(
             ),
         ));
     }
-    model.start_stream(budget, context, chunk, logit_rows, threads)?;
+    // The first start sizes the pool; a later run over the same loaded model (the
+    // dashboard's next chat turn) must fit the KV cache that pool was planned with, or
+    // the process would outgrow its budget by the difference.
+    if let Some(plan) = model.start_stream(budget, context, chunk, logit_rows, threads)? {
+        let kv = model.kv_bytes(context) as u64;
+        if plan.budget_bytes.is_some() && kv > plan.kv_bytes {
+            return Err(Error::invalid(
+                "ram_budget",
+                format!(
+                    "this run's context of {context} tokens needs {} of KV cache, but the streamed \
+                     model's pool was sized within its RAM budget for {}; load the model again \
+                     (a new budget or a shorter conversation)",
+                    crate::units::human_bytes(kv),
+                    crate::units::human_bytes(plan.kv_bytes)
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -363,6 +380,29 @@ impl Generator {
                 .map(|a| a.path.display().to_string())
                 .collect(),
         })
+    }
+
+    /// The planner's prediction for this generation on the probed `host` device beside
+    /// what it measured so far: decode and prefill tokens/s on its thread count, and for
+    /// streamed weights the flash bytes per token planned and counted. The peak RSS is
+    /// predicted but not compared (the process may hold more than this generation: the
+    /// dashboard's server does). Errors when the host was never probed.
+    pub fn prediction(&self) -> Result<crate::plan::RunPrediction> {
+        let r = self.report();
+        let measured = [(self.threads, r.prefill_tokens_per_s, r.decode_tokens_per_s)];
+        let facts = crate::plan::RunFacts {
+            model: &self.label,
+            context: (self.prompt.len() + self.generated) as u64,
+            prefill_chunk: PREFILL_CHUNK as u64,
+            threads: &measured,
+            measured_peak_rss: None,
+            runtime_bytes: None,
+            weight_mode: self.session.model().weight_mode(),
+            store: r.weights.plan.as_ref(),
+            measured_flash_bytes_per_token: (r.weights.mode == WeightMode::Stream)
+                .then_some(r.weights.bytes_read_per_token),
+        };
+        crate::plan::predict_run(&facts)
     }
 
     /// Stop with [`Error::Cancelled`] at the next step once `token` is cancelled.
@@ -791,6 +831,23 @@ mod tests {
         // The same options on this thread give the same tokens.
         let here = Generator::with_model(model, &o).unwrap().finish().unwrap();
         assert_eq!(here.text, report.text);
+    }
+
+    /// A streamed model's pool is planned once; a later run needing more KV cache than
+    /// that plan held is refused instead of outgrowing the budget.
+    #[test]
+    fn a_later_run_must_fit_the_streamed_pool() {
+        let Some(path) = fixture() else { return };
+        let model = load_model_with(&path, WeightMode::Stream).unwrap();
+        start_weights(&model, Some(u64::MAX / 4), 16, 16, 1, 1).unwrap();
+        start_weights(&model, Some(u64::MAX / 4), 16, 16, 1, 1).unwrap();
+        let e = start_weights(&model, Some(u64::MAX / 4), 512, 16, 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("512 tokens") && e.contains("load the model again"),
+            "{e}"
+        );
     }
 
     #[test]
