@@ -237,6 +237,9 @@ pub struct GgufTokenizer {
     pub add_eos_token: Option<bool>,
     /// `tokenizer.ggml.unknown_token_id`.
     pub unk_token_id: Option<u32>,
+    /// `tokenizer.chat_template`: the Jinja template that turns chat messages into a
+    /// prompt.
+    pub chat_template: Option<String>,
 }
 
 fn strings(v: Option<&GgufValue>) -> Option<Vec<String>> {
@@ -269,6 +272,7 @@ impl GgufTokenizer {
             add_space_prefix: g.get_bool("tokenizer.ggml.add_space_prefix"),
             add_eos_token: g.get_bool("tokenizer.ggml.add_eos_token"),
             unk_token_id: id("tokenizer.ggml.unknown_token_id"),
+            chat_template: g.get_str("tokenizer.chat_template").map(str::to_string),
         }
     }
 

@@ -1,6 +1,7 @@
 "use strict";
-// Chat keeps the transcript here and sends it whole each turn, joined as plain
-// "User: …" / "Assistant: …" lines: the facade offers no chat template of the GGUF.
+// Chat keeps the transcript here and sends it whole each turn as `messages`; the server
+// renders it with the GGUF's own chat template (or plain "User: …" / "Assistant: …"
+// lines when the file has none, reported as chat_format "plain").
 (async () => {
   const files = await D.api("/api/files?ext=gguf");
   files.files.forEach(f => D.option(D.$("#file"), f.path, `${f.path.split("/").slice(-2).join("/")} (${D.bytes(f.bytes)})`));
@@ -8,6 +9,7 @@
   let es = null;
   let turns = [];       // [{role: "user" | "assistant", text}]
   let reply = null;     // the assistant turn being streamed: {el, text}
+  let plain = false;    // this turn's prompt is plain lines: cut the reply at "User:"
   const NAMES = { user: "User", assistant: "Assistant" };
   const addTurn = (role, text) => {
     const d = document.createElement("div"); d.className = "turn turn-" + role;
@@ -16,9 +18,8 @@
     d.append(b, t); D.$("#transcript").appendChild(d);
     return t;
   };
-  // A reply ends where the model starts writing the user's next line.
-  const cut = s => s.split(/\n\s*User:/)[0].trim();
-  const prompt = msg => turns.map(t => `${NAMES[t.role]}: ${t.text}\n`).join("") + `User: ${msg}\nAssistant:`;
+  // Plain prompts: a reply ends where the model starts writing the user's next line.
+  const cut = s => plain ? s.split(/\n\s*User:/)[0].trim() : s.trim();
   const endReply = () => {
     if (reply && D.$("#chat").checked) turns.push({ role: "assistant", text: cut(reply.text) });
     if (reply) reply.el.textContent = cut(reply.text);
@@ -34,8 +35,10 @@
     const msg = D.$("#prompt").value;
     const chat = D.$("#chat").checked;
     if (!chat) { turns = []; D.$("#transcript").replaceChildren(); }
-    const text = chat ? prompt(msg) : msg;
-    const p = new URLSearchParams({ path, prompt: text, max_tokens: D.$("#max").value, temperature: D.$("#temp").value, weights: D.$("#weights").value });
+    const p = new URLSearchParams({ path, max_tokens: D.$("#max").value, temperature: D.$("#temp").value, weights: D.$("#weights").value });
+    if (chat) p.set("messages", JSON.stringify(turns.map(t => ({ role: t.role, content: t.text })).concat([{ role: "user", content: msg }])));
+    else p.set("prompt", msg);
+    plain = false;
     if (D.$("#weights").value === "stream" && D.$("#budget").value.trim()) p.set("ram_budget", D.$("#budget").value.trim());
     addTurn("user", msg);
     if (chat) turns.push({ role: "user", text: msg });
@@ -49,6 +52,8 @@
       const s = JSON.parse(e.data);
       D.$("#load").textContent = s.load_seconds.toFixed(2) + " s";
       D.$("#store").textContent = s.weight_store + (s.ram_budget_bytes ? ` (budget ${D.bytes(s.ram_budget_bytes)})` : "");
+      plain = s.chat_format === "plain";
+      D.$("#format").textContent = s.chat_format === "template" ? "the model's chat template" : s.chat_format === "plain" ? "plain User:/Assistant: lines (no template in the file)" : "raw completion";
       D.status(`prompt ${s.prompt_tokens} tokens (turn ${Math.ceil(turns.length / 2) || 1}): generating…`);
     });
     es.addEventListener("token", e => {

@@ -16,7 +16,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use dhurandhar::dhurandhar_engine::Model;
 use dhurandhar::dhurandhar_model::{registry, ModelArchitecture};
-use dhurandhar::generate::{GenerateEvent, GenerateOptions, Generator, WeightMode};
+use dhurandhar::generate::{
+    chat_prompt, ChatMessage, GenerateEvent, GenerateOptions, Generator, WeightMode,
+};
 use dhurandhar::kv::{Codec, Distribution, SweepOptions};
 use dhurandhar::model::ResolvedModel;
 use dhurandhar::plan::{AnalyzeOptions, CustomDevice, WeightChoice};
@@ -1007,12 +1009,17 @@ async fn inspect(State(s): State<AppState>, Q(q): Q<PathQuery>) -> Result<Respon
 #[serde(deny_unknown_fields)]
 struct RunQuery {
     path: String,
+    /// The prompt; with `chat`, the user's message. Ignored when `messages` is given.
+    #[serde(default)]
     prompt: String,
+    /// A chat as JSON (`[{"role": "user", "content": "…"}, …]`), rendered with the
+    /// model's own chat template.
+    messages: Option<String>,
     max_tokens: Option<usize>,
     temperature: Option<f32>,
     top_p: Option<f32>,
     seed: Option<u64>,
-    /// Wrap the prompt in the model's chat template (ChatML).
+    /// The prompt is one user message, rendered with the model's chat template.
     chat: Option<bool>,
     /// `mmap` (default), `resident` or `stream`.
     weights: Option<String>,
@@ -1074,17 +1081,16 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
         ),
     };
     let key: ModelKey = (path.clone(), weights, ram_budget);
-    let prompt = if q.chat.unwrap_or(false) {
-        format!(
-            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
-            q.prompt
-        )
-    } else {
-        q.prompt.clone()
+    let messages: Option<Vec<ChatMessage>> = match (&q.messages, q.chat.unwrap_or(false)) {
+        (Some(m), _) => Some(serde_json::from_str(m).map_err(|e| {
+            ApiError::bad(format!("messages: not a list of {{role, content}}: {e}"))
+        })?),
+        (None, true) => Some(vec![ChatMessage::new("user", q.prompt.clone())]),
+        (None, false) => None,
     };
-    let opts = GenerateOptions {
+    let mut opts = GenerateOptions {
         model: path.clone(),
-        prompt,
+        prompt: q.prompt.clone(),
         max_tokens,
         temperature: q.temperature.unwrap_or(0.0),
         top_p: q.top_p.unwrap_or(1.0),
@@ -1099,9 +1105,17 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
     let token = CancelToken::new();
     let t = token.clone();
     let load_start = Instant::now();
-    let generator = blocking(move || {
+    let (generator, chat_format) = blocking(move || {
         let model = inner.load(&key)?;
-        Ok(Generator::with_model(model, &opts)?.with_cancel(t))
+        let format = match &messages {
+            Some(m) => {
+                let (prompt, format) = chat_prompt(&model, m)?;
+                opts.prompt = prompt;
+                Some(format)
+            }
+            None => None,
+        };
+        Ok((Generator::with_model(model, &opts)?.with_cancel(t), format))
     })
     .await?;
     let load_seconds = load_start.elapsed().as_secs_f64();
@@ -1118,6 +1132,7 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
                 "load_seconds": load_seconds,
                 "weight_store": generator.model().weight_mode().name(),
                 "ram_budget_bytes": ram_budget,
+                "chat_format": chat_format,
             }),
         );
         if tx.blocking_send(start).is_err() {

@@ -439,19 +439,57 @@ async fn generation_streams_tokens_from_the_fixture() {
     let done = text.split("event: done\ndata: ").nth(1).unwrap();
     let report: serde_json::Value = serde_json::from_str(done.lines().next().unwrap()).unwrap();
     assert_eq!(report["generated_tokens"], tokens);
-    // The same prompt through the facade gives the same text (greedy).
-    let direct = dhurandhar::generate::Generator::open(&dhurandhar::generate::GenerateOptions {
-        model: gguf.clone(),
-        prompt:
-            "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-                .into(),
-        max_tokens: 8,
-        ..Default::default()
-    })
+    // The message went through the GGUF's chat template: the same prompt through the
+    // facade gives the same text (greedy).
+    assert_eq!(start["chat_format"], "template", "{text}");
+    let model = dhurandhar::generate::load_model(&gguf).unwrap();
+    let (prompt, _) = dhurandhar::generate::chat_prompt(
+        &model,
+        &[dhurandhar::generate::ChatMessage::new(
+            "user",
+            "What is the capital of France?",
+        )],
+    )
+    .unwrap();
+    let direct = dhurandhar::generate::Generator::with_model(
+        model,
+        &dhurandhar::generate::GenerateOptions {
+            model: gguf.clone(),
+            prompt,
+            max_tokens: 8,
+            ..Default::default()
+        },
+    )
     .unwrap()
     .finish()
     .unwrap();
     assert_eq!(report["text"], direct.text);
+    // A chat given as messages is the same request.
+    let msgs = r#"[{"role": "user", "content": "What is the capital of France?"}]"#;
+    let b = get(
+        &app,
+        &format!(
+            "/api/run?path={}&messages={}&max_tokens=8",
+            enc(&path),
+            enc(msgs)
+        ),
+    )
+    .await;
+    let bd = b.text();
+    let bdone = bd.split("event: done\ndata: ").nth(1).unwrap();
+    let breport: serde_json::Value = serde_json::from_str(bdone.lines().next().unwrap()).unwrap();
+    assert_eq!(breport["text"], direct.text);
+    let bad = get(
+        &app,
+        &format!(
+            "/api/run?path={}&messages={}",
+            enc(&path),
+            enc("[{\"role\": 1}]")
+        ),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("messages"), "{}", bad.text());
 
     // Streamed weights under a budget: the same greedy text, and the report says so.
     let a = get(

@@ -551,6 +551,11 @@ async fn every_page_in_a_real_browser() {
         js(&c, "document.querySelector('#store').textContent").await,
         "mmap"
     );
+    // The chat went through SmolLM2's own template (ChatML, from the GGUF).
+    assert_eq!(
+        js(&c, "document.querySelector('#format').textContent").await,
+        "the model's chat template"
+    );
     let note = js(&c, "document.querySelector('#predicted-note').textContent").await;
     let note = note.as_str().unwrap();
     assert!(

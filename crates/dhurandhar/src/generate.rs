@@ -60,6 +60,42 @@ pub fn load_model_with(path: &Path, mode: WeightMode) -> Result<Arc<Model>> {
     Ok(Arc::new(Model::open_with(path, mode)?))
 }
 
+pub use dhurandhar_engine::tokenizer::ChatMessage;
+
+/// How [`chat_prompt`] turned the messages into a prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatFormat {
+    /// The GGUF's own chat template (`tokenizer.chat_template`).
+    Template,
+    /// The GGUF has no template: `Role: content` lines ending in `Assistant:`.
+    Plain,
+}
+
+/// The prompt for a chat with `model`: its own chat template with the assistant's turn
+/// opened, or plain `User:` / `Assistant:` lines when the GGUF carries no template.
+pub fn chat_prompt(model: &Model, messages: &[ChatMessage]) -> Result<(String, ChatFormat)> {
+    if messages.is_empty() {
+        return Err(Error::invalid(
+            "messages",
+            "empty; a chat needs at least one message",
+        ));
+    }
+    if let Some(p) = model.tokenizer.apply_chat_template(messages, true)? {
+        return Ok((p, ChatFormat::Template));
+    }
+    let mut p = String::new();
+    for m in messages {
+        let mut role = m.role.clone();
+        if let Some(c) = role.get_mut(..1) {
+            c.make_ascii_uppercase();
+        }
+        p += &format!("{role}: {}\n", m.content);
+    }
+    p += "Assistant:";
+    Ok((p, ChatFormat::Plain))
+}
+
 /// Start a streamed model's layer pool for `context` tokens in chunks of `chunk` with
 /// `logit_rows` logits per pass on `threads` threads under `budget`; refuses a budget with any other mode
 /// (only streamed weights are bounded).
@@ -835,6 +871,21 @@ mod tests {
 
     /// A streamed model's pool is planned once; a later run needing more KV cache than
     /// that plan held is refused instead of outgrowing the budget.
+    #[test]
+    fn chat_prompts_use_the_gguf_template() {
+        let Some(path) = fixture() else { return };
+        let model = load_model(&path).unwrap();
+        let (p, f) = chat_prompt(&model, &[ChatMessage::new("user", "Hi")]).unwrap();
+        assert_eq!(f, ChatFormat::Template);
+        // SmolLM2's template adds its default system turn and opens the assistant's.
+        assert!(
+            p.starts_with("<|im_start|>system\n")
+                && p.ends_with("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+            "{p:?}"
+        );
+        assert!(chat_prompt(&model, &[]).is_err());
+    }
+
     #[test]
     fn a_later_run_must_fit_the_streamed_pool() {
         let Some(path) = fixture() else { return };

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use dhurandhar::generate::{
-    bench, BenchOptions, BenchReport, GenerateEvent, GenerateOptions, Generator, WeightMode,
-    WeightsReport,
+    bench, chat_prompt, load_model_with, BenchOptions, BenchReport, ChatMessage, GenerateEvent,
+    GenerateOptions, Generator, WeightMode, WeightsReport,
 };
 use dhurandhar::lora::AdapterSpec;
 use dhurandhar::units::human_bytes;
@@ -43,6 +43,10 @@ pub struct Args {
     pub f32_activations: bool,
     #[command(flatten)]
     pub weights: WeightArgs,
+    /// The prompt is one user message: render it with the GGUF's chat template (plain
+    /// `User:` / `Assistant:` lines when the file has none).
+    #[arg(long, conflicts_with = "bench")]
+    pub chat: bool,
     /// A LoRA adapter to apply: a PEFT directory (adapter_config.json +
     /// adapter_model.safetensors); `DIR@WEIGHT` scales its update. Repeat for several.
     #[arg(long = "adapter", value_name = "DIR[@WEIGHT]", value_parser = super::lora::parse_adapter, conflicts_with = "bench")]
@@ -149,7 +153,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ram_budget: args.weights.ram_budget,
         adapters: args.adapters.clone(),
     };
-    let mut generator = Generator::open(&opts)?;
+    let model = load_model_with(&opts.model, opts.weights)?;
+    let mut opts = opts;
+    if args.chat {
+        opts.prompt = chat_prompt(&model, &[ChatMessage::new("user", opts.prompt.clone())])?.0;
+    }
+    let mut generator = Generator::with_model(model, &opts)?;
     if args.out.json {
         return emit(&args.out, &generator.finish()?, |_| String::new());
     }

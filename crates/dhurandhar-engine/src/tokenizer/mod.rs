@@ -24,6 +24,7 @@
 //! vocabulary test files.
 
 pub mod bpe;
+pub mod chat;
 pub mod pretok;
 pub mod spm;
 
@@ -33,6 +34,7 @@ use std::hash::BuildHasherDefault;
 use regex::Regex;
 
 use crate::EngineError;
+pub use chat::ChatMessage;
 use dhurandhar_checkpoint::GgufTokenizer;
 pub use pretok::{PreSpec, PreTokenizer, SUPPORTED_PRE};
 
@@ -91,6 +93,8 @@ pub struct Tokenizer {
     pub eos: Option<u32>,
     pub unk: Option<u32>,
     pub add_bos: bool,
+    /// The GGUF's `tokenizer.chat_template` (see [`Tokenizer::apply_chat_template`]).
+    pub chat_template: Option<String>,
 }
 
 /// GPT-2's reversible byte → printable-unicode map.
@@ -204,6 +208,7 @@ impl Tokenizer {
         t.bos = tk.bos_token_id;
         t.eos = tk.eos_token_id;
         t.unk = tk.unk_token_id;
+        t.chat_template = tk.chat_template;
         if t.add_bos && t.bos.is_none() {
             t.add_bos = false;
         }
@@ -394,6 +399,7 @@ impl Tokenizer {
             eos: None,
             unk: None,
             add_bos: false,
+            chat_template: None,
         })
     }
 
