@@ -914,6 +914,22 @@ impl Model {
         }
     }
 
+    /// The share of the weight bytes a pass finds in RAM (the weight store's hit rate):
+    /// 1 when resident; mapped, the share of the file's pages in the page cache now
+    /// (`mincore`); streamed, the pinned items' bytes over all the bytes a logits pass
+    /// reads. `None` while a streamed model has no pool yet or `mincore` fails.
+    pub fn weight_cache_hit(&self) -> Option<f64> {
+        match &self.store {
+            WeightStore::Mmap(m) => dhurandhar_profile::sys::resident_fraction(m.as_ptr(), m.len()),
+            WeightStore::Resident(_) => Some(1.0),
+            WeightStore::Stream(s) => {
+                let plan = s.plan()?;
+                let total: u64 = s.item_bytes().iter().map(|&b| b as u64).sum();
+                (total > 0).then(|| 1.0 - plan.streamed_bytes_per_pass as f64 / total as f64)
+            }
+        }
+    }
+
     /// Weight bytes read from the file since loading (streamed models; 0 otherwise).
     pub fn weight_bytes_read(&self) -> u64 {
         self.stream_stats().bytes_read

@@ -68,12 +68,13 @@
       stop();
       D.$("#tps").textContent = r.decode_tokens_per_s.toFixed(1);
       D.$("#rss").textContent = D.bytes(r.peak_rss_bytes);
+      D.$("#hit").textContent = r.weight_cache_hit == null ? "–" : `${(100 * r.weight_cache_hit).toFixed(1)}%`;
       const w = r.weights;
       if (w.mode === "stream") D.$("#store").textContent = `stream${w.ram_budget_bytes ? ` (budget ${D.bytes(w.ram_budget_bytes)})` : ""}: ${D.bytes(w.bytes_read_per_token)} read per token` + (w.traffic ? `, ${Math.round(100 * w.traffic.io_wait_share)}% waiting for reads` : "");
       D.lines(D.$("#chart"), [{ name: "tokens/s", points: speed.map(s => [s.token, s.tokens_per_s]) }], { xLabel: "token", yLabel: "tokens/s (running mean)", label: "decode tokens per second" });
       const t = D.table(D.$("#speed"), speed);
       D.downloads(D.$("#chart-dl"), "generation", r, t.rows, t.cols);
-      const rep = Object.assign({}, r); delete rep.text; delete rep.predicted;
+      const rep = Object.assign({}, r); delete rep.text; delete rep.predicted; delete rep.weight_cache_hit;
       D.table(D.$("#report"), [rep]);
       predicted(r);
       D.status(`done: ${r.generated_tokens} tokens, stop: ${r.stop_reason}`);

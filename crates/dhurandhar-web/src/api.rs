@@ -1179,6 +1179,10 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
         // beside it (or why there is none).
         let mut report = serde_json::to_value(generator.report()).unwrap_or_default();
         if let Some(obj) = report.as_object_mut() {
+            obj.insert(
+                "weight_cache_hit".into(),
+                generator.model().weight_cache_hit().into(),
+            );
             match generator.prediction() {
                 Ok(p) => {
                     obj.insert(

@@ -551,6 +551,10 @@ async fn every_page_in_a_real_browser() {
         js(&c, "document.querySelector('#store').textContent").await,
         "mmap"
     );
+    // The mapped file was just read through: its pages are in the page cache.
+    let hit = js(&c, "document.querySelector('#hit').textContent").await;
+    let hit: f64 = hit.as_str().unwrap().trim_end_matches('%').parse().unwrap();
+    assert!((50.0..=100.0).contains(&hit), "{hit}");
     // The chat went through SmolLM2's own template (ChatML, from the GGUF).
     assert_eq!(
         js(&c, "document.querySelector('#format').textContent").await,
@@ -622,6 +626,11 @@ async fn every_page_in_a_real_browser() {
     assert!(
         store.starts_with("stream: ") && store.contains("read per token"),
         "{store}"
+    );
+    // The smallest pool pins nothing: every pass reads every layer from the file.
+    assert_eq!(
+        js(&c, "document.querySelector('#hit').textContent").await,
+        "0.0%"
     );
     // The planner's prediction for this streamed turn on the probed host, beside it.
     let note = js(&c, "document.querySelector('#predicted-note').textContent").await;

@@ -890,7 +890,10 @@ mod tests {
     fn a_later_run_must_fit_the_streamed_pool() {
         let Some(path) = fixture() else { return };
         let model = load_model_with(&path, WeightMode::Stream).unwrap();
+        assert_eq!(model.weight_cache_hit(), None, "no pool yet");
         start_weights(&model, Some(u64::MAX / 4), 16, 16, 1, 1).unwrap();
+        // A budget that holds everything pins every item: every pass hits RAM.
+        assert_eq!(model.weight_cache_hit(), Some(1.0));
         start_weights(&model, Some(u64::MAX / 4), 16, 16, 1, 1).unwrap();
         let e = start_weights(&model, Some(u64::MAX / 4), 512, 16, 1, 1)
             .unwrap_err()
