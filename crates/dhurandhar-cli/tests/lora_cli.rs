@@ -307,3 +307,80 @@ fn adapters_that_do_not_fit_are_refused() {
     std::fs::write(ad.join("adapter_model.safetensors"), &st[..st.len() / 2]).unwrap();
     gen(&ad).stderr(predicate::str::contains("adapter_model.safetensors"));
 }
+
+/// A model with fused Q/K/V (the tiny phi3 of `scripts/make_tiny_models.py`): the engine
+/// adapts q_proj after splitting, but merging or exporting by tensor name is refused.
+#[test]
+fn fused_projections_run_but_do_not_merge() {
+    let Some(vocab) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(root.join("scripts/make_tiny_models.py"))
+        .args(["--vocab-from"])
+        .arg(&vocab)
+        .arg("--out")
+        .arg(dir.path())
+        .arg("phi3")
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        other => {
+            let require = std::env::var("DHURANDHAR_REQUIRE_FIXTURES").is_ok_and(|v| v == "1");
+            assert!(!require, "tiny models cannot be made: {other:?}");
+            eprintln!("skipping: tiny models cannot be made: {other:?}");
+            return;
+        }
+    }
+    let model = dir.path().join("tiny-phi3.gguf");
+    // q_proj of layer 0: hidden 64 -> 4 heads x 16.
+    let adapter = dir.path().join("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    let a: Vec<u8> = (0..2 * 64)
+        .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
+        .collect();
+    let b: Vec<u8> = (0..64 * 2)
+        .flat_map(|i| (i as f32 * -0.02).to_le_bytes())
+        .collect();
+    let stem = "base_model.model.model.layers.0.self_attn.q_proj";
+    let views = vec![
+        (
+            format!("{stem}.lora_A.weight"),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 64], &a).unwrap(),
+        ),
+        (
+            format!("{stem}.lora_B.weight"),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![64, 2], &b).unwrap(),
+        ),
+    ];
+    std::fs::write(
+        adapter.join("adapter_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        adapter.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}"#,
+    )
+    .unwrap();
+    let a = adapter.to_str().unwrap();
+    assert_ne!(greedy_text(&model, &[a]), greedy_text(&model, &[]));
+    dh().args(["lora", "merge", "--adapter", a, "-o"])
+        .arg(dir.path().join("merged.gguf"))
+        .arg(&model)
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("blk.0.attn_q.weight").and(predicate::str::contains("fused")),
+        );
+    assert!(!dir.path().join("merged.gguf").exists());
+    dh().args(["lora", "export-gguf", a, "--base"])
+        .arg(&model)
+        .arg("-o")
+        .arg(dir.path().join("a.gguf"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("fused"));
+}

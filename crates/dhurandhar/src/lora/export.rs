@@ -55,6 +55,11 @@ pub fn export_gguf(opts: &ExportOptions) -> Result<ExportReport> {
     let model = crate::generate::load_model(&opts.base)?;
     let mut adapters = load_adapters(&model, &[AdapterSpec::new(&opts.adapter)])?;
     dhurandhar_engine::LoraStack::check(&model.config, &adapters)?;
+    let map = dhurandhar_checkpoint::map_file(&opts.base)?;
+    let origin = opts.base.display().to_string();
+    let file = dhurandhar_checkpoint::gguf::GgufFile::parse(&map, &origin)?;
+    super::check_tensor_names(&file, &origin, &adapters)?;
+    drop(map);
     let (adapter, _) = adapters.pop().expect("one adapter was loaded");
     let arch = model.config.architecture.clone();
     drop(model);

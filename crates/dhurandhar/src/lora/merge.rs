@@ -85,6 +85,7 @@ pub fn merge(
     let origin = base.display().to_string();
     let file = GgufFile::parse(&map, &origin)?;
     file.check_ranges(map.len() as u64, &origin)?;
+    super::check_tensor_names(&file, &origin, &adapters)?;
     let updates = |name: &str| -> Vec<(&LoraPair, f32)> {
         adapters
             .iter()

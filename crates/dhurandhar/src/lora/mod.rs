@@ -91,6 +91,30 @@ pub fn load_stack(model: &Model, specs: &[AdapterSpec]) -> Result<Option<Arc<Lor
     Ok(Some(Arc::new(stack)))
 }
 
+/// Refuse adapters whose tensors the base file does not have under that name (a fused
+/// `attn_qkv` or gate/up file, which the engine adapts after splitting but which a
+/// merged or exported adapter would have to address by name).
+fn check_tensor_names(
+    base: &dhurandhar_checkpoint::gguf::GgufFile,
+    origin: &str,
+    adapters: &[(Adapter, f32)],
+) -> Result<()> {
+    let names: std::collections::HashSet<&str> =
+        base.tensors.iter().map(|t| t.name.as_str()).collect();
+    for (a, _) in adapters {
+        if let Some(missing) = a.pairs.keys().find(|k| !names.contains(k.as_str())) {
+            return Err(Error::invalid(
+                "adapters",
+                format!(
+                    "{origin} has no tensor `{missing}` (its projections are fused); \
+                     apply the adapter at run time (--adapter) instead"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Components of the plan that are frozen weights.
 const BASE_COMPONENTS: [&str; 7] = [
     "decoder_weights",
