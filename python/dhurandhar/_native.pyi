@@ -190,6 +190,7 @@ class Model:
         threads: Optional[int] = None,
         f32_activations: bool = False,
         adapters: Sequence[tuple[_Path, float]] = ...,
+        messages: Optional[Sequence[tuple[str, str]]] = None,
     ) -> Generation: ...
 
 def generate_bench(

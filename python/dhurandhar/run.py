@@ -133,7 +133,7 @@ class Model:
 
     def generate(
         self,
-        prompt: str,
+        prompt: str = "",
         max_tokens: int = 64,
         *,
         temperature: float = 0.0,
@@ -142,18 +142,22 @@ class Model:
         threads: Optional[int] = None,
         f32_activations: bool = False,
         adapters: Iterable[Union[PathLike, tuple[PathLike, float]]] = (),
+        messages: Optional[Iterable[dict[str, str]]] = None,
     ) -> Generation:
         """Generate from ``prompt``: iterate the result for text pieces as they come
         (greedy by default; ``temperature``/``top_p``/``seed`` for sampling).
         ``adapters``: PEFT LoRA directories (or ``(directory, weight)`` pairs) applied on
-        top of this model for this generation only; the model itself is unchanged."""
+        top of this model for this generation only; the model itself is unchanged.
+        ``messages`` (``[{"role": "user", "content": "…"}, …]``) is a chat rendered with
+        the model's own chat template, instead of ``prompt``."""
+        chat = None if messages is None else [(m["role"], m["content"]) for m in messages]
         pairs = [
             (os.fspath(a[0]), float(a[1])) if isinstance(a, tuple) else (os.fspath(a), 1.0)
             for a in adapters
         ]
         return Generation(
             self._m.generate(
-                prompt, max_tokens, temperature, top_p, seed, threads, f32_activations, pairs
+                prompt, max_tokens, temperature, top_p, seed, threads, f32_activations, pairs, chat
             )
         )
 

@@ -209,3 +209,16 @@ def test_generate_with_an_adapter_is_the_cli_text(gguf, tmp_path):
     # weight 0 is the base; the model itself never changed
     assert m.generate(PROMPT, max_tokens=12, threads=1, adapters=[(adapter, 0.0)]).text() == base
     assert m.generate(PROMPT, max_tokens=12, threads=1).text() == base
+
+
+def test_chat_messages_use_the_model_template_as_the_cli(gguf):
+    m = d.Model.load(gguf)
+    g = m.generate(max_tokens=16, threads=1, messages=[{"role": "user", "content": "What is 2+2?"}])
+    text = g.text()
+    cli = cli_json(
+        "generate", "--model", str(gguf), "--prompt", "What is 2+2?", "--chat",
+        "--max-tokens", "16", "--threads", "1",
+    )
+    assert text == cli["text"] and g.report().stop_reason == cli["stop_reason"]
+    with pytest.raises(ValueError, match="messages"):
+        m.generate(messages=[])

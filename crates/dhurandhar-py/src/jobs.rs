@@ -463,7 +463,9 @@ impl PyModel {
 
     /// Start a generation; iterate it for text pieces. `adapters`: PEFT LoRA directories
     /// with the weight of each update, applied on top of this model for this generation.
-    #[pyo3(signature = (prompt, max_tokens = 64, temperature = 0.0, top_p = 1.0, seed = 0, threads = None, f32_activations = false, adapters = Vec::new()))]
+    /// `messages`: `(role, content)` pairs rendered with the GGUF's chat template
+    /// instead of `prompt`.
+    #[pyo3(signature = (prompt, max_tokens = 64, temperature = 0.0, top_p = 1.0, seed = 0, threads = None, f32_activations = false, adapters = Vec::new(), messages = None))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -476,7 +478,20 @@ impl PyModel {
         threads: Option<usize>,
         f32_activations: bool,
         adapters: Vec<(PathBuf, f32)>,
+        messages: Option<Vec<(String, String)>>,
     ) -> PyResult<PyGeneration> {
+        let prompt = match messages {
+            Some(m) => {
+                let m: Vec<_> = m
+                    .into_iter()
+                    .map(|(role, content)| dhurandhar::generate::ChatMessage { role, content })
+                    .collect();
+                dhurandhar::generate::chat_prompt(&self.model, &m)
+                    .map_err(to_py_err)?
+                    .0
+            }
+            None => prompt,
+        };
         let opts = dhurandhar::generate::GenerateOptions {
             model: self.path.clone(),
             prompt,
