@@ -4,7 +4,7 @@
 //!
 //! The trainer produces an [`Adapter`]; the engine applies one; the facade saves, loads,
 //! exports and merges it. This crate holds the shared types so none of those depends on
-//! another, and the arithmetic of a dry run ([`estimate`]), which needs only the
+//! another, and the arithmetic of a dry run ([`estimate()`]), which needs only the
 //! architecture.
 
 pub mod adapter;
