@@ -30,6 +30,9 @@ fn init_writes_a_job_that_dry_runs_and_refuses_to_overwrite() {
     );
     assert_eq!(v["model"], "gemma4-e2b");
     assert_eq!(v["job"]["lora"]["r"], 16);
+    // Without a job file: the same defaults on the default model.
+    let bare = json(dh().args(["lora", "dry-run", "--json"]));
+    assert_eq!(bare["estimate"], v["estimate"]);
     dh().args(["lora", "init", "-o"])
         .arg(&job)
         .assert()

@@ -85,7 +85,8 @@ The loss runs through the head 128 tokens at a time, so logits and their gradien
 for one such chunk."
 )]
 pub struct DryRunArgs {
-    /// A job file (`dhurandhar lora init` writes one); without it, the defaults.
+    /// A job file (`dhurandhar lora init` writes one); without it, the defaults on
+    /// gemma4-e2b.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// The base model instead of the job's `base_model`: a built-in name, a YAML profile
@@ -112,7 +113,11 @@ pub struct DryRunArgs {
 fn run_dry_run(a: DryRunArgs) -> anyhow::Result<()> {
     let mut job = match &a.config {
         Some(p) => read_job(p)?,
-        None => Default::default(),
+        // No job file: the defaults on the default model, as `analyze` plans it.
+        None => dhurandhar::dhurandhar_lora::LoraJob {
+            base_model: dhurandhar::plan::DEFAULT_MODEL.into(),
+            ..Default::default()
+        },
     };
     if let Some(r) = a.r {
         job.lora.r = r;
