@@ -107,7 +107,7 @@ fn check_tensor_names(
                 "adapters",
                 format!(
                     "{origin} has no tensor `{missing}` (its projections are fused); \
-                     apply the adapter at run time (--adapter) instead"
+                     apply the adapter at run time instead"
                 ),
             ));
         }
