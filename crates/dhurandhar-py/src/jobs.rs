@@ -368,7 +368,7 @@ fn lora_dry_run<'py>(
         .allow_threads(|| {
             let mut job = match &config {
                 Some(p) => dhurandhar::lora::read_job(p)?,
-                None => Default::default(),
+                None => dhurandhar::lora::default_job(),
             };
             if let Some(r) = r {
                 job.lora.r = r;

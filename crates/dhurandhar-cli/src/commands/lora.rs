@@ -113,11 +113,7 @@ pub struct DryRunArgs {
 fn run_dry_run(a: DryRunArgs) -> anyhow::Result<()> {
     let mut job = match &a.config {
         Some(p) => read_job(p)?,
-        // No job file: the defaults on the default model, as `analyze` plans it.
-        None => dhurandhar::dhurandhar_lora::LoraJob {
-            base_model: dhurandhar::plan::DEFAULT_MODEL.into(),
-            ..Default::default()
-        },
+        None => dhurandhar::lora::default_job(),
     };
     if let Some(r) = a.r {
         job.lora.r = r;

@@ -153,7 +153,7 @@ pub fn write_template(path: &Path, overwrite: bool) -> Result<()> {
 /// What to estimate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DryRunOptions {
-    /// The job (defaults: the Python tool's QLoRA recipe).
+    /// The job (default: [`default_job`], the Python tool's QLoRA recipe).
     pub job: LoraJob,
     /// The base model, instead of the job's `base_model`: a built-in name, a YAML profile
     /// or a checkpoint (see [`resolve_model`]).
@@ -162,10 +162,19 @@ pub struct DryRunOptions {
     pub base_format: String,
 }
 
+/// The job a front end uses when it is given no job file: every default, on the
+/// planner's default model.
+pub fn default_job() -> LoraJob {
+    LoraJob {
+        base_model: crate::plan::DEFAULT_MODEL.into(),
+        ..LoraJob::default()
+    }
+}
+
 impl Default for DryRunOptions {
     fn default() -> Self {
         DryRunOptions {
-            job: LoraJob::default(),
+            job: default_job(),
             model: None,
             base_format: DEFAULT_BASE_FORMAT.into(),
         }
@@ -265,7 +274,12 @@ mod tests {
 
     #[test]
     fn a_job_without_a_model_is_refused() {
-        let e = dry_run(&DryRunOptions::default()).unwrap_err().to_string();
+        let e = dry_run(&DryRunOptions {
+            job: LoraJob::default(),
+            ..DryRunOptions::default()
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("base_model"), "{e}");
     }
 
