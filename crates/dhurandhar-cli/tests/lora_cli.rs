@@ -146,7 +146,22 @@ fn write_peft(dir: &std::path::Path, seed: u64) {
             }
         }
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+    write_peft_files(
+        dir,
+        &owned,
+        r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"],
+            "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "lora_dropout": 0.05,
+            "bias": "none", "task_type": "CAUSAL_LM", "fan_in_fan_out": false}"#,
+    );
+}
+
+/// A PEFT directory: `(name, shape, f32 bytes)` tensors and the config's JSON text.
+fn write_peft_files(
+    dir: &std::path::Path,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    config: &str,
+) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(n, s, d)| {
             let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
@@ -160,13 +175,7 @@ fn write_peft(dir: &std::path::Path, seed: u64) {
         safetensors::serialize(views, None).unwrap(),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("adapter_config.json"),
-        r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"],
-            "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "lora_dropout": 0.05,
-            "bias": "none", "task_type": "CAUSAL_LM", "fan_in_fan_out": false}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("adapter_config.json"), config).unwrap();
 }
 
 fn greedy_text(model: &std::path::Path, adapters: &[&str]) -> String {
@@ -340,7 +349,6 @@ fn fused_projections_run_but_do_not_merge() {
     let model = dir.path().join("tiny-phi3.gguf");
     // q_proj of layer 0: hidden 64 -> 4 heads x 16.
     let adapter = dir.path().join("adapter");
-    std::fs::create_dir_all(&adapter).unwrap();
     let a: Vec<u8> = (0..2 * 64)
         .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
         .collect();
@@ -348,26 +356,14 @@ fn fused_projections_run_but_do_not_merge() {
         .flat_map(|i| (i as f32 * -0.02).to_le_bytes())
         .collect();
     let stem = "base_model.model.model.layers.0.self_attn.q_proj";
-    let views = vec![
-        (
-            format!("{stem}.lora_A.weight"),
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 64], &a).unwrap(),
-        ),
-        (
-            format!("{stem}.lora_B.weight"),
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![64, 2], &b).unwrap(),
-        ),
-    ];
-    std::fs::write(
-        adapter.join("adapter_model.safetensors"),
-        safetensors::serialize(views, None).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        adapter.join("adapter_config.json"),
+    write_peft_files(
+        &adapter,
+        &[
+            (format!("{stem}.lora_A.weight"), vec![2, 64], a),
+            (format!("{stem}.lora_B.weight"), vec![64, 2], b),
+        ],
         r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}"#,
-    )
-    .unwrap();
+    );
     let a = adapter.to_str().unwrap();
     assert_ne!(greedy_text(&model, &[a]), greedy_text(&model, &[]));
     dh().args(["lora", "merge", "--adapter", a, "-o"])
