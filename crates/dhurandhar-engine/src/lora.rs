@@ -31,7 +31,7 @@ pub struct LoraStack {
 }
 
 /// `(in_features, out_features)` of `m` in a model of this shape.
-fn projection_shape(c: &ModelConfig, m: TargetModule) -> (usize, usize) {
+pub fn projection_shape(c: &ModelConfig, m: TargetModule) -> (usize, usize) {
     let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
     match m {
         TargetModule::Q => (c.dim, q),

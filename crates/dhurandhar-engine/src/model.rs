@@ -21,8 +21,8 @@ use crate::kernels::{matmul, strided_axpys, strided_dots, Acts, QMatrix};
 use crate::lora::LoraStack;
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
 use crate::store::{
-    plan_pool, plan_reads, BudgetInputs, LayerView, StorePlan, StreamStats, Streamer, WeightMode,
-    WeightStore, ALIGN, WINDOW_SLOTS,
+    mib, plan_pool, plan_reads, BudgetInputs, LayerView, StorePlan, StreamStats, Streamer,
+    WeightMode, WeightStore, ALIGN, WINDOW_SLOTS,
 };
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
@@ -1003,7 +1003,9 @@ impl Model {
     /// `threads` compute threads, read the layers it pins and start the prefetch thread.
     /// Refuses a budget that cannot hold the minimum, with the breakdown.
     /// Without a budget the window is the minimum and nothing is pinned. Mapped and
-    /// resident models return `None`. The first call decides; later calls return its plan.
+    /// resident models return `None`. The first call decides; later calls return its plan,
+    /// or refuse a budgeted run whose KV cache is larger than the one that plan holds
+    /// (the process would outgrow its budget by the difference).
     pub fn start_stream(
         &self,
         budget: Option<u64>,
@@ -1016,6 +1018,16 @@ impl Model {
             return Ok(None);
         };
         if let Some(p) = s.plan() {
+            let kv = self.kv_bytes(context) as u64;
+            if p.budget_bytes.is_some() && kv > p.kv_bytes {
+                return Err(EngineError::Budget(format!(
+                    "this run's context of {context} tokens needs {} of KV cache, but the \
+                     streamed model's pool was sized within its RAM budget for {}; load the \
+                     model again (a new budget or a shorter conversation)",
+                    mib(kv),
+                    mib(p.kv_bytes)
+                )));
+            }
             return Ok(Some(p.clone()));
         }
         let plan = match self.budget_inputs(budget, context, chunk, logit_rows, threads) {

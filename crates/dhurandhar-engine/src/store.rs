@@ -183,7 +183,7 @@ pub fn plan_pool(inp: &BudgetInputs) -> Result<StorePlan, String> {
 }
 
 /// `12.3 MiB`, for messages (the engine has no units module).
-fn mib(b: u64) -> String {
+pub(crate) fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 

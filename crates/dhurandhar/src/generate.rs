@@ -116,24 +116,7 @@ pub fn start_weights(
             ),
         ));
     }
-    // The first start sizes the pool; a later run over the same loaded model (the
-    // dashboard's next chat turn) must fit the KV cache that pool was planned with, or
-    // the process would outgrow its budget by the difference.
-    if let Some(plan) = model.start_stream(budget, context, chunk, logit_rows, threads)? {
-        let kv = model.kv_bytes(context) as u64;
-        if plan.budget_bytes.is_some() && kv > plan.kv_bytes {
-            return Err(Error::invalid(
-                "ram_budget",
-                format!(
-                    "this run's context of {context} tokens needs {} of KV cache, but the streamed \
-                     model's pool was sized within its RAM budget for {}; load the model again \
-                     (a new budget or a shorter conversation)",
-                    crate::units::human_bytes(kv),
-                    crate::units::human_bytes(plan.kv_bytes)
-                ),
-            ));
-        }
-    }
+    model.start_stream(budget, context, chunk, logit_rows, threads)?;
     Ok(())
 }
 

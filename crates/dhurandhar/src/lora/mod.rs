@@ -317,17 +317,10 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let r = 2;
-        let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let mut pairs = std::collections::BTreeMap::new();
         for layer in 0..c.n_layers.min(3) {
             for m in TargetModule::ALL {
-                let (fin, fout) = match m {
-                    TargetModule::Q => (c.dim, q),
-                    TargetModule::K | TargetModule::V => (c.dim, kv),
-                    TargetModule::O => (q, c.dim),
-                    TargetModule::Gate | TargetModule::Up => (c.dim, c.ffn_dim),
-                    TargetModule::Down => (c.ffn_dim, c.dim),
-                };
+                let (fin, fout) = dhurandhar_engine::lora::projection_shape(c, m);
                 let mut v = |n: usize| (0..n).map(|_| rng.gen_range(-0.1f32..0.1)).collect();
                 pairs.insert(
                     dhurandhar_lora::gguf_tensor_name(layer, m),
