@@ -47,6 +47,14 @@ MODELS = {
     "gemma3": dict(layers=6, head_dim=32, qk_norm=True, gemma=True, window=8, softcap=30.0, seed=14),
     # Fused attn_qkv and gate/up, partial rotary (12 of 16 dims).
     "phi3": dict(layers=2, head_dim=16, fused=True, rope_dims=12, seed=15),
+    # Mixture of experts (stacked `ffn_*_exps` tensors and a router `ffn_gate_inp`):
+    # Qwen1.5-MoE layout: Q/K/V biases, 4 experts with 2 used (softmax, weights not
+    # renormalized) and a shared expert behind a sigmoid gate; separate head.
+    "qwen2moe": dict(layers=2, head_dim=16, qkv_bias=True, untied=True, experts=4, used=2, expert_ffn=32, shared_ffn=64, seed=16),
+    # Qwen3-MoE layout: QK-norm, 8 experts with 2 used, top weights renormalized.
+    "qwen3moe": dict(layers=2, head_dim=32, qk_norm=True, experts=8, used=2, expert_ffn=32, seed=17),
+    # Mixtral layout: general.architecture `llama` with experts of the FFN width.
+    "mixtral": dict(arch="llama", layers=2, head_dim=16, untied=True, experts=4, used=2, seed=18),
 }
 
 
@@ -95,7 +103,7 @@ def write_model(arch, cfg, vocab, path):
     def vec(n, scale):
         return (scale * rng.standard_normal(n)).astype(np.float32)
 
-    w = gguf.GGUFWriter(path, arch)
+    w = gguf.GGUFWriter(path, cfg.get("arch", arch))
     # A name without the architecture in it: llama.cpp changes special-token attributes
     # for models named like "phi3", and these models have no such tokens.
     w.add_name("dhurandhar tiny test model")
@@ -112,6 +120,13 @@ def write_model(arch, cfg, vocab, path):
     w.add_layer_norm_rms_eps(1e-6 if cfg.get("gemma") else 1e-5)
     if cfg.get("window"):
         w.add_sliding_window(cfg["window"])
+    if cfg.get("experts"):
+        w.add_expert_count(cfg["experts"])
+        w.add_expert_used_count(cfg["used"])
+        if cfg.get("expert_ffn"):
+            w.add_expert_feed_forward_length(cfg["expert_ffn"])
+        if cfg.get("shared_ffn"):
+            w.add_expert_shared_feed_forward_length(cfg["shared_ffn"])
     if cfg.get("softcap"):
         w.add_final_logit_softcapping(cfg["softcap"])
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
@@ -152,12 +167,26 @@ def write_model(arch, cfg, vocab, path):
         if cfg.get("gemma"):
             w.add_tensor(p + "post_attention_norm.weight", norm(HIDDEN))
         w.add_tensor(p + "ffn_norm.weight", norm(HIDDEN))
-        if cfg.get("fused"):
+        if cfg.get("experts"):
+            ne, ef = cfg["experts"], cfg.get("expert_ffn", FFN)
+            # A router scaled up so the softmax separates experts (no near-ties).
+            w.add_tensor(p + "ffn_gate_inp.weight", 3.0 * mat(ne, HIDDEN))
+            w.add_tensor(p + "ffn_gate_exps.weight", np.stack([mat(ef, HIDDEN) for _ in range(ne)]))
+            w.add_tensor(p + "ffn_up_exps.weight", np.stack([mat(ef, HIDDEN) for _ in range(ne)]))
+            w.add_tensor(p + "ffn_down_exps.weight", np.stack([mat(HIDDEN, ef) for _ in range(ne)]))
+            if cfg.get("shared_ffn"):
+                sf = cfg["shared_ffn"]
+                w.add_tensor(p + "ffn_gate_inp_shexp.weight", vec(HIDDEN, 1.0 / np.sqrt(HIDDEN)))
+                w.add_tensor(p + "ffn_gate_shexp.weight", mat(sf, HIDDEN))
+                w.add_tensor(p + "ffn_up_shexp.weight", mat(sf, HIDDEN))
+                w.add_tensor(p + "ffn_down_shexp.weight", mat(HIDDEN, sf))
+        elif cfg.get("fused"):
             w.add_tensor(p + "ffn_up.weight", mat(2 * FFN, HIDDEN))
         else:
             w.add_tensor(p + "ffn_gate.weight", mat(FFN, HIDDEN))
             w.add_tensor(p + "ffn_up.weight", mat(FFN, HIDDEN))
-        w.add_tensor(p + "ffn_down.weight", mat(HIDDEN, FFN))
+        if not cfg.get("experts"):
+            w.add_tensor(p + "ffn_down.weight", mat(HIDDEN, FFN))
         if cfg.get("gemma"):
             w.add_tensor(p + "post_ffw_norm.weight", norm(HIDDEN))
     w.write_header_to_file()

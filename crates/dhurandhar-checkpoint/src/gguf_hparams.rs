@@ -53,6 +53,15 @@ pub struct GgufHyperParams {
     pub sliding_window: Option<u64>,
     /// `{arch}.final_logit_softcapping`: logits become `c·tanh(logit / c)`.
     pub final_logit_softcapping: Option<f32>,
+    /// `{arch}.expert_count`: experts per mixture-of-experts layer.
+    pub expert_count: Option<u64>,
+    /// `{arch}.expert_used_count`: experts each token is routed to.
+    pub expert_used_count: Option<u64>,
+    /// `{arch}.expert_weights_scale`: a multiplier of the routing weights (0 or 1: none).
+    pub expert_weights_scale: Option<f32>,
+    /// `{arch}.expert_gating_func`: llama.cpp's gating function id (1 softmax,
+    /// 2 sigmoid, …; absent: the architecture's default).
+    pub expert_gating_func: Option<u64>,
 }
 
 /// Typed reads of `{arch}.*` keys with errors that name the key and the file.
@@ -207,6 +216,10 @@ impl GgufHyperParams {
             rope_scaling_factor: k.f32("rope.scaling.factor"),
             sliding_window: k.u64("attention.sliding_window")?,
             final_logit_softcapping: k.f32("final_logit_softcapping"),
+            expert_count: k.u64("expert_count")?,
+            expert_used_count: k.u64("expert_used_count")?,
+            expert_weights_scale: k.f32("expert_weights_scale"),
+            expert_gating_func: k.u64("expert_gating_func")?,
         })
     }
 }

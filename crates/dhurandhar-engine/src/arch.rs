@@ -67,6 +67,21 @@ pub enum SlidingLayers {
     Interleaved { local_rope_base: f32 },
 }
 
+/// How a mixture-of-experts layer (`ffn_gate_inp` + stacked `ffn_*_exps`) weighs the
+/// experts it routes a token to. Every variant softmaxes the router's logits over all
+/// experts and keeps the `expert_used_count` largest (llama.cpp's
+/// `LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertRouting {
+    /// The architecture has no expert layers: a router tensor is refused.
+    None,
+    /// The kept probabilities are the weights (Qwen1.5/2-MoE).
+    TopK,
+    /// The kept probabilities are divided by their sum (Mixtral, Qwen3-MoE).
+    TopKRenormalized,
+}
+
 /// What one architecture computes differently from the llama baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ArchSpec {
@@ -90,6 +105,9 @@ pub struct ArchSpec {
     pub rope_freq_factors: bool,
     /// `{arch}.final_logit_softcapping` is honoured (logits become `c·tanh(logit / c)`).
     pub final_logit_softcap: bool,
+    /// Mixture-of-experts layers, when the file has them (a shared expert,
+    /// `ffn_*_shexp` behind a sigmoid gate `ffn_gate_inp_shexp`, is used when present).
+    pub experts: ExpertRouting,
 }
 
 const LLAMA: ArchSpec = ArchSpec {
@@ -104,6 +122,8 @@ const LLAMA: ArchSpec = ArchSpec {
     fused_projections: false,
     rope_freq_factors: true,
     final_logit_softcap: false,
+    // Mixtral is `llama` with experts.
+    experts: ExpertRouting::TopKRenormalized,
 };
 
 /// Every architecture the engine runs.
@@ -117,6 +137,7 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         name: "qwen2",
         rope_style: RopeStyle::SplitHalf,
         rope_freq_factors: false,
+        experts: ExpertRouting::None,
         ..LLAMA
     },
     ArchSpec {
@@ -124,6 +145,7 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         rope_style: RopeStyle::SplitHalf,
         qk_norm: true,
         rope_freq_factors: false,
+        experts: ExpertRouting::None,
         ..LLAMA
     },
     ArchSpec {
@@ -141,12 +163,29 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         fused_projections: false,
         rope_freq_factors: false,
         final_logit_softcap: true,
+        experts: ExpertRouting::None,
     },
     ArchSpec {
         name: "phi3",
         rope_style: RopeStyle::SplitHalf,
         fused_projections: true,
         rope_freq_factors: false,
+        experts: ExpertRouting::None,
+        ..LLAMA
+    },
+    ArchSpec {
+        name: "qwen2moe",
+        rope_style: RopeStyle::SplitHalf,
+        rope_freq_factors: false,
+        experts: ExpertRouting::TopK,
+        ..LLAMA
+    },
+    ArchSpec {
+        name: "qwen3moe",
+        rope_style: RopeStyle::SplitHalf,
+        qk_norm: true,
+        rope_freq_factors: false,
+        experts: ExpertRouting::TopKRenormalized,
         ..LLAMA
     },
 ];
@@ -187,7 +226,7 @@ mod tests {
         assert_eq!(
             e,
             "architecture `gemma3n` is not supported by the engine \
-             (supported: llama, mistral, qwen2, qwen3, gemma3, phi3)"
+             (supported: llama, mistral, qwen2, qwen3, gemma3, phi3, qwen2moe, qwen3moe)"
         );
     }
 }

@@ -5,7 +5,7 @@
 //! ([`store`]); matrix products dequantize block by block inside the dot product or use
 //! integer dot products against 8-bit activations, so the model is never expanded to
 //! f32. On top of that: one forward pass for the architectures in
-//! [`arch::ARCHITECTURES`] (llama, mistral, qwen2, qwen3, gemma3, phi3), the GGUF's own
+//! [`arch::ARCHITECTURES`] (llama, mistral, qwen2, qwen3, gemma3, phi3, qwen2moe, qwen3moe), the GGUF's own
 //! tokenizer (SentencePiece or BPE with the named pre-tokenizer, ids as llama.cpp
 //! gives), sampling, a KV cache (ring buffers on sliding-window layers) that can
 //! capture its tensors or run them through a `dhurandhar_kv` codec as they are written,
@@ -15,6 +15,7 @@ pub mod arch;
 pub mod bench;
 pub mod cache;
 pub mod eval;
+pub mod experts;
 pub mod floats;
 pub mod kernels;
 pub mod kquants;

@@ -135,6 +135,13 @@ impl LoraStack {
     }
 
     /// Layers this stack was built for.
+    /// Whether any adapter changes module `m` of layer `li`.
+    pub fn targets(&self, li: usize, m: TargetModule) -> bool {
+        self.layers
+            .get(li)
+            .is_some_and(|l| !l[m.index()].is_empty())
+    }
+
     pub fn n_layers(&self) -> usize {
         self.layers.len()
     }

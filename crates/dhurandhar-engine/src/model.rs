@@ -8,21 +8,22 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use dhurandhar_checkpoint::gguf::GgufFile;
+use dhurandhar_checkpoint::gguf::{GgufFile, GgufTensorInfo};
 use dhurandhar_checkpoint::{GgufHyperParams, GgufTokenizer};
 use dhurandhar_lora::TargetModule;
 use memmap2::Mmap;
 use rayon::prelude::*;
 
 pub use crate::arch::RopeStyle;
-use crate::arch::{Activation, ArchSpec, AttentionScale, SlidingLayers};
+use crate::arch::{Activation, ArchSpec, AttentionScale, ExpertRouting, SlidingLayers};
 use crate::cache::{CacheCodec, Capture, KvCache};
-use crate::kernels::{matmul, strided_axpys, strided_dots, Acts, QMatrix};
+use crate::experts::{route, ExpertStats};
+use crate::kernels::{axpy, dot, matmul, strided_axpys, strided_dots, Acts, QMatrix};
 use crate::lora::LoraStack;
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
 use crate::store::{
-    mib, plan_pool, plan_reads, BudgetInputs, LayerView, StorePlan, StreamStats, Streamer,
-    WeightMode, WeightStore, ALIGN, WINDOW_SLOTS,
+    expert_cache_minimum, mib, plan_pool, plan_reads, BudgetInputs, ExpertBudget, LayerView,
+    StorePlan, StreamStats, Streamer, WeightMode, WeightStore, ALIGN, WINDOW_SLOTS,
 };
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
@@ -61,6 +62,51 @@ pub struct ModelConfig {
     pub final_logit_softcap: Option<f32>,
 }
 
+/// `t` as a `rows × cols` matrix the engine computes with, checked: its type, its byte
+/// count, and that it lies inside the file of `file_len` bytes (the shape is the
+/// caller's to check).
+fn tensor_at(
+    t: &GgufTensorInfo,
+    rows: usize,
+    cols: usize,
+    file_len: usize,
+    origin: &str,
+) -> Result<TensorRef, EngineError> {
+    let name = &t.name;
+    let qtype = t.ggml_type;
+    if !computes_with(qtype) {
+        return Err(meta_err(
+            origin,
+            format!(
+                "tensor {name} has type {} which the engine cannot compute with",
+                qtype.name()
+            ),
+        ));
+    }
+    let len = row_bytes(qtype, cols)? * rows;
+    if t.n_bytes != len as u64 {
+        return Err(meta_err(
+            origin,
+            format!("tensor {name} holds {} bytes, expected {len}", t.n_bytes),
+        ));
+    }
+    let offset = usize::try_from(t.offset).map_err(|_| meta_err(origin, "offset overflow"))?;
+    if offset.checked_add(len).is_none_or(|e| e > file_len) {
+        return Err(meta_err(
+            origin,
+            format!("tensor {name} runs past the end of the file"),
+        ));
+    }
+    Ok(TensorRef {
+        qtype,
+        rows,
+        cols,
+        offset,
+        len,
+        local: 0,
+    })
+}
+
 /// Where a tensor lives in the map.
 #[derive(Debug, Clone, Copy)]
 struct TensorRef {
@@ -93,6 +139,41 @@ enum GateUp {
     Fused(TensorRef),
 }
 
+/// A layer's feed-forward: one gated MLP, or a mixture of experts.
+#[derive(Debug)]
+enum Ffn {
+    Dense { gate_up: GateUp, down: TensorRef },
+    Moe(Box<Moe>),
+}
+
+/// A mixture-of-experts feed-forward in llama.cpp's stacked layout: a router
+/// (`ffn_gate_inp`) and `ffn_{gate,up,down}_exps` holding every expert's matrix one after
+/// the other, plus an optional shared expert.
+#[derive(Debug)]
+struct Moe {
+    /// The router, `n_expert × dim` in f32, always in RAM: a streamed model applies the
+    /// next layer's router ahead of time to predict (and read) its experts.
+    router: Vec<f32>,
+    /// Experts each token is routed to.
+    used: usize,
+    /// Each expert's `[gate, up, down]`: rows of the stacked tensors (streamed: `local`
+    /// is inside the expert's own buffer).
+    experts: Vec<[TensorRef; 3]>,
+    /// Multiplier of the routing weights (`expert_weights_scale`; 0 or 1: none).
+    scale: f32,
+    shared: Option<SharedExpert>,
+}
+
+/// Qwen-MoE's shared expert: a gated MLP every token goes through, its output scaled by
+/// `sigmoid(gate_inp · x)`.
+#[derive(Debug)]
+struct SharedExpert {
+    gate_inp: Vec<f32>,
+    gate: TensorRef,
+    up: TensorRef,
+    down: TensorRef,
+}
+
 /// One layer's tensors and its place in the plan.
 #[derive(Debug)]
 struct Layer {
@@ -108,8 +189,7 @@ struct Layer {
     /// RMSNorm on the attention output before the residual add (Gemma).
     post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    gate_up: GateUp,
-    down: TensorRef,
+    ffn: Ffn,
     /// RMSNorm on the FFN output before the residual add (Gemma).
     post_ffn_norm: Option<Vec<f32>>,
     /// `Some(w)`: attends to the last `w` positions and caches only those.
@@ -127,11 +207,22 @@ impl Layer {
             Qkv::Fused(w) => v.push(w),
         }
         v.push(&mut self.wo);
-        match &mut self.gate_up {
-            GateUp::Separate { gate, up } => v.extend([gate, up]),
-            GateUp::Fused(w) => v.push(w),
+        match &mut self.ffn {
+            Ffn::Dense { gate_up, down } => {
+                match gate_up {
+                    GateUp::Separate { gate, up } => v.extend([gate, up]),
+                    GateUp::Fused(w) => v.push(w),
+                }
+                v.push(down);
+            }
+            // Routed experts are read on their own (the expert cache); the shared one
+            // belongs to the layer.
+            Ffn::Moe(m) => {
+                if let Some(sh) = &mut m.shared {
+                    v.extend([&mut sh.gate, &mut sh.up, &mut sh.down]);
+                }
+            }
         }
-        v.push(&mut self.down);
         v
     }
 }
@@ -341,7 +432,11 @@ impl Model {
             Some(v) => uniform("KV head count", v)?,
             None => n_heads,
         };
-        let ffn_dim = required("feed-forward length", &hp.feed_forward_length)?;
+        // Dense layers need it; expert layers take their widths from their tensors.
+        let ffn_key = match &hp.feed_forward_length {
+            Some(v) => Some(uniform("feed-forward length", v)?),
+            None => None,
+        };
         let head_dim = match hp.key_length {
             Some(d) => size("key length", d)?,
             None => dim / n_heads,
@@ -393,16 +488,6 @@ impl Model {
             let t = g
                 .tensor(name)
                 .ok_or_else(|| meta_err(origin, format!("missing tensor {name}")))?;
-            let qtype = t.ggml_type;
-            if !computes_with(qtype) {
-                return Err(meta_err(
-                    origin,
-                    format!(
-                        "tensor {name} has type {} which the engine cannot compute with",
-                        qtype.name()
-                    ),
-                ));
-            }
             let want: Vec<u64> = if rows == 1 {
                 vec![cols as u64]
             } else {
@@ -414,29 +499,7 @@ impl Model {
                     format!("tensor {name} has shape {:?}, expected {want:?}", t.shape),
                 ));
             }
-            let len = row_bytes(qtype, cols)? * rows;
-            if t.n_bytes != len as u64 {
-                return Err(meta_err(
-                    origin,
-                    format!("tensor {name} holds {} bytes, expected {len}", t.n_bytes),
-                ));
-            }
-            let offset =
-                usize::try_from(t.offset).map_err(|_| meta_err(origin, "offset overflow"))?;
-            if offset.checked_add(len).is_none_or(|e| e > backing.len()) {
-                return Err(meta_err(
-                    origin,
-                    format!("tensor {name} runs past the end of the file"),
-                ));
-            }
-            Ok(TensorRef {
-                qtype,
-                rows,
-                cols,
-                offset,
-                len,
-                local: 0,
-            })
+            tensor_at(t, rows, cols, backing.len(), origin)
         };
         let vector = |name: &str, n: usize| -> Result<Vec<f32>, EngineError> {
             let r = tensor(name, 1, n)?;
@@ -449,7 +512,12 @@ impl Model {
         // rather than silently skip them.
         for (name, what) in [
             ("blk.0.attn_output.bias", "an attention output bias"),
-            ("blk.0.ffn_gate_inp.weight", "mixture-of-experts layers"),
+            ("blk.0.ffn_gate_inp.bias", "a router bias"),
+            ("blk.0.exp_probs_b.bias", "an expert selection bias"),
+            (
+                "blk.0.ffn_gate.0.weight",
+                "experts stored one tensor each (convert it again with a current llama.cpp)",
+            ),
             ("rope_factors_long.weight", "LongRoPE frequency factors"),
             (
                 "blk.0.rope_factors_long.weight",
@@ -537,7 +605,54 @@ impl Model {
             }
         }
 
+        if g.tensor("blk.0.ffn_gate_inp.weight").is_some() {
+            if spec.experts == ExpertRouting::None {
+                return Err(meta_err(
+                    origin,
+                    format!("{arch} with mixture-of-experts layers (tensor blk.0.ffn_gate_inp.weight) is not supported by the engine"),
+                ));
+            }
+            // llama.cpp's gating ids: 1 is softmax, the only one these architectures use.
+            if let Some(f) = hp.expert_gating_func.filter(|&f| f != 1) {
+                return Err(meta_err(
+                    origin,
+                    format!("expert gating function {f} (`{arch}.expert_gating_func`) is not supported by the engine (softmax only)"),
+                ));
+            }
+        }
         let (qd, kvd) = (n_heads * head_dim, n_kv_heads * head_dim);
+        // A stacked expert tensor: shape `[cols, rows, n_expert]`, split into one
+        // matrix per expert.
+        let stacked = |name: &str,
+                       n_expert: usize,
+                       rows: usize,
+                       cols: usize|
+         -> Result<Vec<TensorRef>, EngineError> {
+            let t = g
+                .tensor(name)
+                .ok_or_else(|| meta_err(origin, format!("missing tensor {name}")))?;
+            let want = vec![cols as u64, rows as u64, n_expert as u64];
+            if t.shape != want {
+                return Err(meta_err(
+                    origin,
+                    format!("tensor {name} has shape {:?}, expected {want:?}", t.shape),
+                ));
+            }
+            let whole = tensor_at(t, n_expert * rows, cols, backing.len(), origin)?;
+            let each = whole.len / n_expert;
+            Ok((0..n_expert)
+                .map(|e| TensorRef {
+                    rows,
+                    offset: whole.offset + e * each,
+                    len: each,
+                    ..whole
+                })
+                .collect())
+        };
+        let dims_of = |name: &str| -> Vec<u64> {
+            g.tensor(name).map(|t| t.shape.clone()).unwrap_or_default()
+        };
+        let mut ffn_widest = 0usize;
         let mut layers = Vec::with_capacity(n_layers);
         for (i, &window) in windows.iter().enumerate() {
             let p = |s: &str| format!("blk.{i}.{s}");
@@ -565,12 +680,79 @@ impl Model {
                     wv: tensor(&p("attn_v.weight"), kvd, dim)?,
                 }
             };
-            let gate_up = if spec.fused_projections && !has("ffn_gate.weight") {
-                GateUp::Fused(tensor(&p("ffn_up.weight"), 2 * ffn_dim, dim)?)
+            let ffn = if has("ffn_gate_inp.weight") {
+                let n_expert = hp.expert_count.filter(|&e| e > 0).ok_or_else(|| {
+                    meta_err(
+                        origin,
+                        format!("layer {i} has a router but `{arch}.expert_count` is missing"),
+                    )
+                })?;
+                let n_expert = size("expert count", n_expert)?;
+                let used = size("expert used count", hp.expert_used_count.unwrap_or(0))?;
+                if used > n_expert {
+                    return Err(meta_err(
+                        origin,
+                        format!("{used} experts used per token of {n_expert}"),
+                    ));
+                }
+                let ef = size(
+                    "expert feed-forward length",
+                    dims_of(&p("ffn_gate_exps.weight"))
+                        .get(1)
+                        .copied()
+                        .unwrap_or(0),
+                )?;
+                let router_t = tensor(&p("ffn_gate_inp.weight"), n_expert, dim)?;
+                let mut router = vec![0f32; n_expert * dim];
+                let bytes = backing.read(router_t.offset, router_t.len, origin)?;
+                crate::quant::dequantize_row(router_t.qtype, &bytes, &mut router)?;
+                let gates = stacked(&p("ffn_gate_exps.weight"), n_expert, ef, dim)?;
+                let ups = stacked(&p("ffn_up_exps.weight"), n_expert, ef, dim)?;
+                let downs = stacked(&p("ffn_down_exps.weight"), n_expert, dim, ef)?;
+                let shared = if has("ffn_gate_inp_shexp.weight") {
+                    let sf = size(
+                        "shared expert feed-forward length",
+                        dims_of(&p("ffn_gate_shexp.weight"))
+                            .get(1)
+                            .copied()
+                            .unwrap_or(0),
+                    )?;
+                    ffn_widest = ffn_widest.max(sf);
+                    Some(SharedExpert {
+                        gate_inp: vector(&p("ffn_gate_inp_shexp.weight"), dim)?,
+                        gate: tensor(&p("ffn_gate_shexp.weight"), sf, dim)?,
+                        up: tensor(&p("ffn_up_shexp.weight"), sf, dim)?,
+                        down: tensor(&p("ffn_down_shexp.weight"), dim, sf)?,
+                    })
+                } else {
+                    None
+                };
+                ffn_widest = ffn_widest.max(ef);
+                Ffn::Moe(Box::new(Moe {
+                    router,
+                    used,
+                    experts: (0..n_expert)
+                        .map(|e| [gates[e], ups[e], downs[e]])
+                        .collect(),
+                    scale: hp.expert_weights_scale.unwrap_or(0.0),
+                    shared,
+                }))
             } else {
-                GateUp::Separate {
-                    gate: tensor(&p("ffn_gate.weight"), ffn_dim, dim)?,
-                    up: tensor(&p("ffn_up.weight"), ffn_dim, dim)?,
+                let ffn_dim = ffn_key.ok_or_else(|| {
+                    meta_err(origin, format!("missing the feed-forward length ({arch})"))
+                })?;
+                ffn_widest = ffn_widest.max(ffn_dim);
+                let gate_up = if spec.fused_projections && !has("ffn_gate.weight") {
+                    GateUp::Fused(tensor(&p("ffn_up.weight"), 2 * ffn_dim, dim)?)
+                } else {
+                    GateUp::Separate {
+                        gate: tensor(&p("ffn_gate.weight"), ffn_dim, dim)?,
+                        up: tensor(&p("ffn_up.weight"), ffn_dim, dim)?,
+                    }
+                };
+                Ffn::Dense {
+                    gate_up,
+                    down: tensor(&p("ffn_down.weight"), dim, ffn_dim)?,
                 }
             };
             layers.push(Layer {
@@ -584,8 +766,7 @@ impl Model {
                 wo: tensor(&p("attn_output.weight"), dim, qd)?,
                 post_attn_norm: req_vec(spec.sandwich_norms, "post_attention_norm.weight", dim)?,
                 ffn_norm: vector(&p("ffn_norm.weight"), dim)?,
-                gate_up,
-                down: tensor(&p("ffn_down.weight"), dim, ffn_dim)?,
+                ffn,
                 post_ffn_norm: req_vec(spec.sandwich_norms, "post_ffw_norm.weight", dim)?,
                 window,
                 rope: usize::from(window.is_some()),
@@ -604,7 +785,7 @@ impl Model {
             n_heads,
             n_kv_heads,
             head_dim,
-            ffn_dim,
+            ffn_dim: ffn_widest,
             vocab_size,
             context_length,
             rope_base,
@@ -634,15 +815,28 @@ impl Model {
                 // a failure leaves them to the kernel).
                 let _ = dhurandhar_profile::sys::evict(&f, 0, len);
                 let mut items = Vec::with_capacity(layers.len());
-                for l in &mut layers {
-                    let mut mats = l.mats_mut();
+                let mut expert_reads = Vec::with_capacity(layers.len());
+                // Each item (a layer's dense part, an expert) is read into a buffer of its
+                // own: its tensors get their offsets there.
+                let plan_item = |mats: Vec<&mut TensorRef>| {
                     let spans: Vec<(u64, usize)> =
                         mats.iter().map(|t| (t.offset as u64, t.len)).collect();
                     let (reads, locals) = plan_reads(&spans);
-                    for (t, local) in mats.iter_mut().zip(locals) {
+                    for (t, local) in mats.into_iter().zip(locals) {
                         t.local = local;
                     }
-                    items.push(reads);
+                    reads
+                };
+                for l in &mut layers {
+                    items.push(plan_item(l.mats_mut()));
+                    expert_reads.push(match &mut l.ffn {
+                        Ffn::Moe(m) => m
+                            .experts
+                            .iter_mut()
+                            .map(|ex| plan_item(ex.iter_mut().collect()))
+                            .collect(),
+                        Ffn::Dense { .. } => Vec::new(),
+                    });
                 }
                 let largest = items
                     .iter()
@@ -656,13 +850,12 @@ impl Model {
                     head_chunks_at.push((r0, r1, locals[0]));
                     items.push(reads);
                 }
-                let n = layers.len();
                 WeightStore::Stream(Box::new(Streamer::new(
                     f,
                     direct_io.then_some(path.as_path()),
                     origin,
                     items,
-                    n,
+                    expert_reads,
                 )?))
             }
         };
@@ -833,10 +1026,37 @@ impl Model {
             head_chunks: items.len() - self.layers.len(),
             pinned_head_chunks: 0,
             streamed_bytes_per_pass: items.iter().map(|&b| b as u64).sum(),
+            expert_cache_bytes: self.expert_budget(s).map_or(0, |e| {
+                e.requested
+                    .unwrap_or(e.min_bytes)
+                    .max(e.min_bytes)
+                    .min(e.total_bytes)
+            }),
         }
     }
 
-    /// Weights held in RAM whatever the mode: norms and biases (f32).
+    /// A streamed MoE model's expert cache needs (`None` for dense models).
+    fn expert_budget(&self, s: &Streamer) -> Option<ExpertBudget> {
+        let bytes = s.expert_bytes();
+        let largest = bytes.iter().flatten().copied().max()? as u64;
+        let used = self
+            .layers
+            .iter()
+            .filter_map(|l| match &l.ffn {
+                Ffn::Moe(m) => Some(m.used),
+                Ffn::Dense { .. } => None,
+            })
+            .max()
+            .unwrap_or(1);
+        Some(ExpertBudget {
+            total_bytes: bytes.iter().flatten().map(|&b| b as u64).sum(),
+            min_bytes: expert_cache_minimum(largest, used),
+            requested: s.requested_expert_cache(),
+        })
+    }
+
+    /// Weights held in RAM whatever the mode: norms, biases, routers and shared-expert
+    /// gates (f32).
     fn resident_bytes(&self) -> u64 {
         let vecs: usize = self
             .layers
@@ -856,6 +1076,12 @@ impl Model {
                 .sum::<usize>()
                     + l.attn_norm.len()
                     + l.ffn_norm.len()
+                    + match &l.ffn {
+                        Ffn::Moe(m) => {
+                            m.router.len() + m.shared.as_ref().map_or(0, |s| s.gate_inp.len())
+                        }
+                        Ffn::Dense { .. } => 0,
+                    }
             })
             .sum::<usize>()
             + self.output_norm.len();
@@ -887,11 +1113,20 @@ impl Model {
             Qkv::Fused(w) => mats.push(w),
         }
         mats.push(&l.wo);
-        match &l.gate_up {
-            GateUp::Separate { gate, up } => mats.extend([gate, up]),
-            GateUp::Fused(w) => mats.push(w),
+        match &l.ffn {
+            Ffn::Dense { gate_up, down } => {
+                match gate_up {
+                    GateUp::Separate { gate, up } => mats.extend([gate, up]),
+                    GateUp::Fused(w) => mats.push(w),
+                }
+                mats.push(down);
+            }
+            Ffn::Moe(m) => {
+                if let Some(sh) = &m.shared {
+                    mats.extend([&sh.gate, &sh.up, &sh.down]);
+                }
+            }
         }
-        mats.push(&l.down);
         Ok(mats.iter().map(|t| self.mat(&v, t).data.to_vec()).collect())
     }
 
@@ -961,6 +1196,182 @@ impl Model {
         }
     }
 
+    /// Whether any layer is a mixture of experts.
+    pub fn has_experts(&self) -> bool {
+        self.layers.iter().any(|l| matches!(l.ffn, Ffn::Moe(_)))
+    }
+
+    /// Streamed MoE models: an expert cache of `bytes` (at least the minimum a layer
+    /// needs) instead of what the RAM budget leaves once the dense layers are pinned.
+    /// Set it before the stream starts; other models ignore it.
+    pub fn set_expert_cache(&self, bytes: Option<u64>) -> Result<(), EngineError> {
+        match &self.store {
+            WeightStore::Stream(s) if self.has_experts() => s.request_expert_cache(bytes),
+            _ => Ok(()),
+        }
+    }
+
+    /// Streamed MoE models: whether experts are read ahead — those a layer was routed
+    /// to while it computes the cached ones, and those the next layer's router predicts
+    /// from the current hidden state (on by default; off, every miss is read when the
+    /// computation needs it).
+    pub fn set_expert_prefetch(&self, on: bool) {
+        if let WeightStore::Stream(s) = &self.store {
+            s.set_expert_prefetch(on);
+        }
+    }
+
+    /// The expert cache's counters since loading (streamed MoE models, once started).
+    pub fn expert_stats(&self) -> Option<ExpertStats> {
+        match &self.store {
+            WeightStore::Stream(s) => s.experts().map(|c| c.stats()),
+            _ => None,
+        }
+    }
+
+    /// The experts layer `li`'s router picks for the hidden state `x` (one token), or
+    /// `None` when layer `li` has none.
+    fn predict_experts(&self, li: usize, x: &[f32]) -> Option<Vec<usize>> {
+        let l = self.layers.get(li)?;
+        let Ffn::Moe(m) = &l.ffn else { return None };
+        let mut xn = vec![0f32; x.len()];
+        rmsnorm(x, &l.ffn_norm, self.config.rms_eps, &mut xn);
+        let mut probs: Vec<f32> = m
+            .router
+            .chunks_exact(x.len())
+            .map(|r| dot(r, &xn))
+            .collect();
+        let mut picks = Vec::new();
+        route(&mut probs, m.used, self.spec.experts, m.scale, &mut picks);
+        Some(picks.into_iter().map(|(e, _)| e).collect())
+    }
+
+    /// Layer `li`'s mixture of experts on the `n` normed tokens `xn` into `out`
+    /// (`n × dim`); `resid` is the residual stream (the next layer's router reads it to
+    /// predict that layer's experts).
+    #[allow(clippy::too_many_arguments)]
+    fn moe_ffn(
+        &self,
+        li: usize,
+        moe: &Moe,
+        lw: &LayerView<'_>,
+        resid: &[f32],
+        xn: &[f32],
+        out: &mut [f32],
+        sc: &mut Scratch,
+        par: bool,
+    ) -> Result<(), EngineError> {
+        let dim = self.config.dim;
+        let n = xn.len() / dim;
+        let n_expert = moe.experts.len();
+        // Route every token; group the tokens by expert.
+        let mut probs = vec![0f32; n_expert];
+        let mut picks = Vec::new();
+        let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
+        for (t, xt) in xn.chunks_exact(dim).enumerate() {
+            for (p, r) in probs.iter_mut().zip(moe.router.chunks_exact(dim)) {
+                *p = dot(r, xt);
+            }
+            route(
+                &mut probs,
+                moe.used,
+                self.spec.experts,
+                moe.scale,
+                &mut picks,
+            );
+            for &(e, w) in &picks {
+                routed[e].push((t, w));
+            }
+        }
+        let mut wanted: Vec<usize> = (0..n_expert).filter(|&e| !routed[e].is_empty()).collect();
+        let cache = match &self.store {
+            WeightStore::Stream(s) => s.experts(),
+            _ => None,
+        };
+        if let Some(c) = cache {
+            // Read the misses ahead while the cached experts compute; for one token,
+            // predict the next layer's experts from the residual stream and read them
+            // while this layer and the next one's attention compute.
+            c.prefetch(li, &wanted, false)?;
+            if n == 1 {
+                if let Some(next) = self.predict_experts(li + 1, resid) {
+                    c.prefetch(li + 1, &next, true)?;
+                }
+            }
+            wanted.sort_by_key(|&e| !c.cached(li, e));
+        }
+        out.fill(0.0);
+        let (mut xs, mut g, mut u, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for e in wanted {
+            let toks = &routed[e];
+            xs.clear();
+            for &(t, _) in toks {
+                xs.extend_from_slice(&xn[t * dim..(t + 1) * dim]);
+            }
+            // Streamed: the expert's own buffer, held until its three products are done.
+            let held = cache.map(|c| c.get(li, e)).transpose()?;
+            let packed;
+            let view = match &held {
+                Some(b) => {
+                    packed = LayerView::Packed(b.bytes());
+                    &packed
+                }
+                None => lw,
+            };
+            let [wg, wu, wd] = &moe.experts[e];
+            self.gated_mlp(view, [wg, wu, wd], &xs, [&mut g, &mut u, &mut d], sc, par)?;
+            for (i, &(t, w)) in toks.iter().enumerate() {
+                axpy(
+                    w,
+                    &d[i * dim..(i + 1) * dim],
+                    &mut out[t * dim..(t + 1) * dim],
+                );
+            }
+        }
+        if let Some(sh) = &moe.shared {
+            self.gated_mlp(
+                lw,
+                [&sh.gate, &sh.up, &sh.down],
+                xn,
+                [&mut g, &mut u, &mut d],
+                sc,
+                par,
+            )?;
+            for (t, xt) in xn.chunks_exact(dim).enumerate() {
+                let gate = 1.0 / (1.0 + (-dot(&sh.gate_inp, xt)).exp());
+                axpy(
+                    gate,
+                    &d[t * dim..(t + 1) * dim],
+                    &mut out[t * dim..(t + 1) * dim],
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `down · act(gate · x) ⊙ (up · x)` for the rows of `x`, into `bufs[2]` (`bufs[0..2]`
+    /// are scratch), with the architecture's activation.
+    fn gated_mlp(
+        &self,
+        view: &LayerView<'_>,
+        [wg, wu, wd]: [&TensorRef; 3],
+        x: &[f32],
+        [g, u, d]: [&mut Vec<f32>; 3],
+        sc: &mut Scratch,
+        par: bool,
+    ) -> Result<(), EngineError> {
+        let rows = x.len() / wg.cols;
+        g.resize(rows * wg.rows, 0.0);
+        u.resize(rows * wu.rows, 0.0);
+        d.resize(rows * wd.rows, 0.0);
+        sc.q8_ready = false;
+        sc.project(&self.mat(view, wg), x, g, par)?;
+        sc.project(&self.mat(view, wu), x, u, par)?;
+        activate(self.spec.activation, g, u);
+        sc.q8_ready = false;
+        sc.project(&self.mat(view, wd), g, d, par)
+    }
+
     /// What a budget of `budget` bytes must hold besides the streamed layers, for a run
     /// of `context` tokens in chunks of `chunk`, `logit_rows` logits per pass (the inputs
     /// of [`plan_pool`]); the fixed overhead is the process's resident set now, less the
@@ -995,6 +1406,7 @@ impl Model {
                 .iter()
                 .map(|&b| b as u64)
                 .collect(),
+            experts: self.expert_budget(s),
         })
     }
 
@@ -1165,6 +1577,22 @@ fn rmsnorm_rows(buf: &mut [f32], w: &[f32], eps: f32) {
 }
 
 /// GELU, tanh approximation (what Gemma's `gelu_pytorch_tanh` computes).
+/// `gate ← act(gate) ⊙ up`, the gated feed-forward's activation.
+fn activate(act: Activation, gate: &mut [f32], up: &[f32]) {
+    match act {
+        Activation::Silu => {
+            for (g, u) in gate.iter_mut().zip(up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        }
+        Activation::GeluTanh => {
+            for (g, u) in gate.iter_mut().zip(up) {
+                *g = gelu_tanh(*g) * u;
+            }
+        }
+    }
+}
+
 fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
@@ -1297,12 +1725,24 @@ impl<M: Borrow<Model> + Send> Session<M> {
     /// cache holds what earlier passes computed with the adapters they had.
     pub fn set_adapters(&mut self, stack: Option<Arc<LoraStack>>) -> Result<(), EngineError> {
         if let Some(s) = &stack {
-            let layers = self.model.borrow().config.n_layers;
+            let m = self.model.borrow();
+            let layers = m.config.n_layers;
             if s.n_layers() != layers {
                 return Err(EngineError::Shape(format!(
                     "the adapters were built for {} layers, the model has {layers}",
                     s.n_layers()
                 )));
+            }
+            // An expert layer has no single gate/up/down projection to adapt: refuse
+            // rather than drop the adapter's MLP part.
+            for (li, l) in m.layers.iter().enumerate() {
+                let mlp = [TargetModule::Gate, TargetModule::Up, TargetModule::Down];
+                if matches!(l.ffn, Ffn::Moe(_)) && mlp.iter().any(|&t| s.targets(li, t)) {
+                    return Err(EngineError::Shape(format!(
+                        "the adapters change the MLP of layer {li}, a mixture-of-experts \
+                         layer, which the engine does not adapt (attention modules only)"
+                    )));
+                }
             }
         }
         self.adapters = stack;
@@ -1595,42 +2035,36 @@ impl<M: Borrow<Model> + Send> Session<M> {
                     &mut xn[t * dim..(t + 1) * dim],
                 );
             }
-            sc.q8_ready = false;
-            match &l.gate_up {
-                GateUp::Separate { gate: wg, up: wu } => {
-                    sc.project(&m.mat(&lw, wg), &xn, &mut gate, par)?;
-                    sc.project(&m.mat(&lw, wu), &xn, &mut up, par)?;
-                }
-                GateUp::Fused(w) => {
-                    fused.resize(n * w.rows, 0.0);
-                    sc.project(&m.mat(&lw, w), &xn, &mut fused, par)?;
-                    let f = c.ffn_dim;
-                    for (t, row) in fused.chunks_exact(2 * f).enumerate() {
-                        gate[t * f..(t + 1) * f].copy_from_slice(&row[..f]);
-                        up[t * f..(t + 1) * f].copy_from_slice(&row[f..]);
+            match &l.ffn {
+                Ffn::Dense { gate_up, down } => {
+                    sc.q8_ready = false;
+                    match gate_up {
+                        GateUp::Separate { gate: wg, up: wu } => {
+                            sc.project(&m.mat(&lw, wg), &xn, &mut gate, par)?;
+                            sc.project(&m.mat(&lw, wu), &xn, &mut up, par)?;
+                        }
+                        GateUp::Fused(w) => {
+                            fused.resize(n * w.rows, 0.0);
+                            sc.project(&m.mat(&lw, w), &xn, &mut fused, par)?;
+                            let f = c.ffn_dim;
+                            for (t, row) in fused.chunks_exact(2 * f).enumerate() {
+                                gate[t * f..(t + 1) * f].copy_from_slice(&row[..f]);
+                                up[t * f..(t + 1) * f].copy_from_slice(&row[f..]);
+                            }
+                        }
+                    }
+                    if let Some(s) = lora {
+                        s.apply(li, TargetModule::Gate, &xn, &mut gate, n);
+                        s.apply(li, TargetModule::Up, &xn, &mut up, n);
+                    }
+                    activate(spec.activation, &mut gate, &up);
+                    sc.q8_ready = false;
+                    sc.project(&m.mat(&lw, down), &gate, &mut o, par)?;
+                    if let Some(s) = lora {
+                        s.apply(li, TargetModule::Down, &gate, &mut o, n);
                     }
                 }
-            }
-            if let Some(s) = lora {
-                s.apply(li, TargetModule::Gate, &xn, &mut gate, n);
-                s.apply(li, TargetModule::Up, &xn, &mut up, n);
-            }
-            match spec.activation {
-                Activation::Silu => {
-                    for (g, u) in gate.iter_mut().zip(&up) {
-                        *g = *g / (1.0 + (-*g).exp()) * u;
-                    }
-                }
-                Activation::GeluTanh => {
-                    for (g, u) in gate.iter_mut().zip(&up) {
-                        *g = gelu_tanh(*g) * u;
-                    }
-                }
-            }
-            sc.q8_ready = false;
-            sc.project(&m.mat(&lw, &l.down), &gate, &mut o, par)?;
-            if let Some(s) = lora {
-                s.apply(li, TargetModule::Down, &gate, &mut o, n);
+                Ffn::Moe(moe) => m.moe_ffn(li, moe, &lw, &x, &xn, &mut o, &mut sc, par)?,
             }
             drop(lw);
             if let Some(w) = &l.post_ffn_norm {

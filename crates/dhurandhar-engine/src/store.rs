@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -25,6 +25,7 @@ use std::time::Instant;
 use memmap2::Mmap;
 use serde::Serialize;
 
+use crate::experts::ExpertCache;
 use crate::EngineError;
 
 /// How the engine holds the weights.
@@ -81,6 +82,28 @@ pub struct BudgetInputs {
     pub layer_bytes: Vec<u64>,
     /// Stored bytes of each chunk of the output head (streamed after the layers).
     pub head_chunk_bytes: Vec<u64>,
+    /// Mixture-of-experts models: what their expert cache needs (`None`: no experts).
+    pub experts: Option<ExpertBudget>,
+}
+
+/// The expert cache's part of a budget: experts are read on demand, when the router
+/// picks them, into a cache of their own (not the layer pool's buffers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpertBudget {
+    /// Stored bytes of every expert of every layer.
+    pub total_bytes: u64,
+    /// The least cache that works: the experts one token uses in a layer, plus one
+    /// being read ahead ([`expert_cache_minimum`]).
+    pub min_bytes: u64,
+    /// A cache size the caller asked for; otherwise what the budget leaves once the
+    /// dense layers and the head are pinned.
+    pub requested: Option<u64>,
+}
+
+/// The least expert cache that lets a layer compute: the `used` experts a token is
+/// routed to, plus one read ahead, at the largest expert's size.
+pub fn expert_cache_minimum(largest_expert: u64, used: usize) -> u64 {
+    largest_expert * (used as u64 + 1)
 }
 
 /// How a budget is spent: the layer pool, its window, and the pinned layers.
@@ -106,8 +129,12 @@ pub struct StorePlan {
     /// passes that compute logits).
     pub head_chunks: usize,
     pub pinned_head_chunks: usize,
-    /// Weight bytes read from the file per forward pass that computes logits.
+    /// Weight bytes read from the file per forward pass that computes logits (the
+    /// dense layers and head; experts are read as the router picks them, so theirs are
+    /// counted as they happen, not planned).
     pub streamed_bytes_per_pass: u64,
+    /// Bytes the mixture-of-experts cache may hold (0 without experts).
+    pub expert_cache_bytes: u64,
 }
 
 impl StorePlan {
@@ -136,10 +163,23 @@ pub fn plan_pool(inp: &BudgetInputs) -> Result<StorePlan, String> {
     let total: u64 = items.iter().sum();
     let window = WINDOW_SLOTS as u64 * largest;
     let others = inp.kv_bytes + inp.activation_bytes + inp.resident_bytes + inp.fixed_bytes;
-    let minimum = others + window.min(total);
+    // The expert cache's floor: what the caller asked for, never below the minimum, never
+    // above every expert.
+    let expert_floor = inp.experts.map_or(0, |e| {
+        e.requested
+            .unwrap_or(e.min_bytes)
+            .max(e.min_bytes)
+            .min(e.total_bytes)
+    });
+    let minimum = others + window.min(total) + expert_floor;
     if inp.budget < minimum {
+        let experts = if expert_floor > 0 {
+            format!(" + expert cache {}", mib(expert_floor))
+        } else {
+            String::new()
+        };
         return Err(format!(
-            "a RAM budget of {} cannot hold the minimum of {} for streaming: KV cache {} + activations {} + resident weights (norms) {} + fixed overhead {} + two layer buffers {}",
+            "a RAM budget of {} cannot hold the minimum of {} for streaming: KV cache {} + activations {} + resident weights (norms) {} + fixed overhead {} + two layer buffers {}{experts}",
             mib(inp.budget),
             mib(minimum),
             mib(inp.kv_bytes),
@@ -150,10 +190,13 @@ pub fn plan_pool(inp: &BudgetInputs) -> Result<StorePlan, String> {
         ));
     }
     let pool = inp.budget - others;
-    let (slots, pinned) = if total <= pool {
-        (0, items.len())
+    // Dense layers before experts: a pinned layer saves its read on every pass, a cached
+    // expert only on the passes that route to it.
+    let dense_room = pool - expert_floor;
+    let (slots, pinned, left) = if total <= dense_room {
+        (0, items.len(), dense_room - total)
     } else {
-        let mut left = pool - window;
+        let mut left = dense_room - window;
         let mut pinned = 0;
         for &b in &items {
             if b > left {
@@ -162,7 +205,12 @@ pub fn plan_pool(inp: &BudgetInputs) -> Result<StorePlan, String> {
             left -= b;
             pinned += 1;
         }
-        (WINDOW_SLOTS, pinned)
+        (WINDOW_SLOTS, pinned, left)
+    };
+    let expert_cache_bytes = match inp.experts {
+        // What pinning left over grows the cache, up to every expert.
+        Some(e) if e.requested.is_none() => (expert_floor + left).min(e.total_bytes),
+        _ => expert_floor,
     };
     let n_layers = inp.layer_bytes.len();
     let buffer_bytes = slots as u64 * largest + items[..pinned].iter().sum::<u64>();
@@ -179,6 +227,7 @@ pub fn plan_pool(inp: &BudgetInputs) -> Result<StorePlan, String> {
         head_chunks: inp.head_chunk_bytes.len(),
         pinned_head_chunks: pinned.saturating_sub(n_layers),
         streamed_bytes_per_pass: items[pinned..].iter().sum(),
+        expert_cache_bytes,
     })
 }
 
@@ -250,17 +299,17 @@ pub(crate) struct AlignedBuf {
 }
 
 impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
+    pub(crate) fn new(len: usize) -> AlignedBuf {
         let raw = vec![0u8; len + ALIGN];
         let start = raw.as_ptr().align_offset(ALIGN);
         AlignedBuf { raw, start, len }
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.raw[self.start..self.start + self.len]
     }
 
-    fn bytes_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + self.len]
     }
 }
@@ -290,16 +339,22 @@ pub(crate) struct Streamer {
     n_layers: usize,
     counters: Arc<Counters>,
     runtime: OnceLock<Runtime>,
+    /// Mixture-of-experts models: the reads of each expert, by layer (empty for dense
+    /// layers), served by the expert cache once the stream starts.
+    expert_reads: Vec<Vec<Vec<Extent>>>,
+    /// A cache size asked for before the start (else the plan's).
+    expert_request: Mutex<Option<u64>>,
+    expert_prefetch: AtomicBool,
 }
 
 /// What the store has read and waited for, since loading.
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     bytes_read: AtomicU64,
     /// Nanoseconds the prefetch thread spent in `pread`.
     read_ns: AtomicU64,
     /// Nanoseconds the computation spent blocked waiting for an item.
-    wait_ns: AtomicU64,
+    pub(crate) wait_ns: AtomicU64,
 }
 
 /// Weight traffic of a streamed model since loading (see [`crate::Model::stream_stats`]).
@@ -331,6 +386,7 @@ type Filled = Result<(usize, AlignedBuf), std::io::Error>;
 
 struct Runtime {
     plan: StorePlan,
+    experts: Option<ExpertCache>,
     /// Items `0..plan.pinned_items()`.
     pinned: Vec<AlignedBuf>,
     /// `None` when every item is pinned.
@@ -401,8 +457,9 @@ impl Streamer {
         direct: Option<&std::path::Path>,
         origin: &str,
         items: Vec<Vec<Extent>>,
-        n_layers: usize,
+        expert_reads: Vec<Vec<Vec<Extent>>>,
     ) -> Result<Streamer, EngineError> {
+        let n_layers = expert_reads.len();
         let item_bytes = items
             .iter()
             .map(|l| l.iter().map(|e| e.local + e.len).max().unwrap_or(0))
@@ -420,7 +477,56 @@ impl Streamer {
             n_layers,
             counters: Arc::default(),
             runtime: OnceLock::new(),
+            expert_reads,
+            expert_request: Mutex::new(None),
+            expert_prefetch: AtomicBool::new(true),
         })
+    }
+
+    /// Stored bytes of each expert, by layer (empty for dense layers and dense models).
+    pub(crate) fn expert_bytes(&self) -> Vec<Vec<usize>> {
+        self.expert_reads
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|r| r.iter().map(|e| e.local + e.len).max().unwrap_or(0))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Ask for an expert cache of `bytes` (before the stream starts).
+    pub(crate) fn request_expert_cache(&self, bytes: Option<u64>) -> Result<(), EngineError> {
+        if self.runtime.get().is_some() {
+            return Err(EngineError::Invalid(
+                "the expert cache is sized when the stream starts; set it before".into(),
+            ));
+        }
+        *self
+            .expert_request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = bytes;
+        Ok(())
+    }
+
+    pub(crate) fn requested_expert_cache(&self) -> Option<u64> {
+        *self
+            .expert_request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read predicted and routed experts ahead (on by default).
+    pub(crate) fn set_expert_prefetch(&self, on: bool) {
+        self.expert_prefetch.store(on, Ordering::Relaxed);
+        if let Some(c) = self.runtime.get().and_then(|r| r.experts.as_ref()) {
+            c.set_prefetch(on);
+        }
+    }
+
+    /// The expert cache, once the stream has started (MoE models).
+    pub(crate) fn experts(&self) -> Option<&ExpertCache> {
+        self.runtime.get().and_then(|r| r.experts.as_ref())
     }
 
     /// Bytes of each item: the layers, then the head's chunks.
@@ -532,7 +638,24 @@ impl Streamer {
         } else {
             None
         };
-        let _ = self.runtime.set(Runtime { plan, pinned, flow });
+        let experts = self.expert_reads.iter().any(|l| !l.is_empty()).then(|| {
+            let c = ExpertCache::new(
+                self.file.clone(),
+                self.direct,
+                &self.origin,
+                self.counters.clone(),
+                self.expert_reads.clone(),
+                plan.expert_cache_bytes,
+            );
+            c.set_prefetch(self.expert_prefetch.load(Ordering::Relaxed));
+            c
+        });
+        let _ = self.runtime.set(Runtime {
+            plan,
+            experts,
+            pinned,
+            flow,
+        });
         Ok(&self.runtime.get().expect("just set").plan)
     }
 
@@ -643,7 +766,7 @@ impl Counters {
 }
 
 /// Read every extent of a layer into its place in `buf`.
-fn fill(
+pub(crate) fn fill(
     file: &File,
     extents: &[Extent],
     buf: &mut AlignedBuf,
@@ -699,7 +822,7 @@ fn open_direct(path: &std::path::Path, items: &[Vec<Extent>]) -> Option<File> {
 /// Drop a streamed layer's pages from the page cache once read: they are read again
 /// next token anyway, and cached they would count against the budget (a memory cgroup
 /// charges the page cache to the process) and crowd out what does fit.
-fn drop_cached(file: &File, extents: &[Extent]) {
+pub(crate) fn drop_cached(file: &File, extents: &[Extent]) {
     use std::os::unix::io::AsRawFd;
     for e in extents {
         let (Ok(off), Ok(len)) = (
@@ -729,6 +852,7 @@ mod tests {
             fixed_bytes: 20,
             layer_bytes: vec![40; 5],
             head_chunk_bytes: Vec::new(),
+            experts: None,
         }
     }
 
@@ -806,6 +930,68 @@ mod tests {
         let p = plan_pool(&inp).unwrap();
         assert_eq!((p.window_slots, p.pinned_head_chunks), (0, 4));
         assert_eq!(p.streamed_bytes_per_pass, 0);
+    }
+
+    #[test]
+    fn experts_get_their_minimum_then_what_pinning_the_dense_layers_leaves() {
+        let mut inp = inputs(0);
+        // Experts of 30 bytes, 2 used: minimum (2 + 1) × 30 = 90; 600 in all.
+        inp.experts = Some(ExpertBudget {
+            total_bytes: 600,
+            min_bytes: expert_cache_minimum(30, 2),
+            requested: None,
+        });
+        // Others 200 + window 80 + experts 90 = 370 is the least.
+        let e = plan_pool(&BudgetInputs {
+            budget: 369,
+            ..inp.clone()
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("expert cache 0.0 MiB") && e.contains("two layer buffers"),
+            "{e}"
+        );
+        let p = plan_pool(&BudgetInputs {
+            budget: 370,
+            ..inp.clone()
+        })
+        .unwrap();
+        assert_eq!((p.expert_cache_bytes, p.pinned_layers), (90, 0));
+        // 100 more pins two dense layers (80) first; the 20 left grow the cache.
+        let p = plan_pool(&BudgetInputs {
+            budget: 470,
+            ..inp.clone()
+        })
+        .unwrap();
+        assert_eq!((p.pinned_layers, p.expert_cache_bytes), (2, 110));
+        // Every dense layer pinned (no window) and every expert cached: 200 + 200 + 600.
+        let p = plan_pool(&BudgetInputs {
+            budget: 1000,
+            ..inp.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            (p.window_slots, p.pinned_layers, p.expert_cache_bytes),
+            (0, 5, 600)
+        );
+        // More budget never caches more than every expert.
+        let p = plan_pool(&BudgetInputs {
+            budget: 5000,
+            ..inp.clone()
+        })
+        .unwrap();
+        assert_eq!(p.expert_cache_bytes, 600);
+        // A requested size is kept (raised to the minimum), and the budget must hold it.
+        let want = |r: u64, budget: u64| {
+            let mut i = inp.clone();
+            i.budget = budget;
+            i.experts.as_mut().unwrap().requested = Some(r);
+            plan_pool(&i)
+        };
+        assert_eq!(want(10, 5000).unwrap().expert_cache_bytes, 90);
+        assert_eq!(want(300, 5000).unwrap().expert_cache_bytes, 300);
+        assert!(want(300, 579).is_err());
+        assert_eq!(want(300, 580).unwrap().pinned_layers, 0);
     }
 
     #[test]

@@ -27,7 +27,18 @@ use dhurandhar_engine::arch::Activation;
 use dhurandhar_engine::{Logits, Model};
 use serde_json::Value;
 
-const ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma3", "phi3"];
+const ARCHS: &[&str] = &[
+    "llama", "qwen2", "qwen3", "gemma3", "phi3", "qwen2moe", "qwen3moe",
+];
+
+/// The `general.architecture` of tiny model `name` (the Mixtral layout is `llama` with
+/// experts).
+fn architecture(name: &str) -> &str {
+    match name {
+        "mixtral" => "llama",
+        other => other,
+    }
+}
 
 fn require() -> bool {
     std::env::var("DHURANDHAR_REQUIRE_FIXTURES").is_ok_and(|v| v == "1")
@@ -128,9 +139,9 @@ fn open(arch: &str) -> Option<(Model, Value)> {
     let m = Model::open(&path).expect("tiny model loads");
     // The engine (`generate`) and the checkpoint reader behind `inspect` and
     // `analyze --model` name the architecture alike.
-    assert_eq!(m.config.architecture, arch);
+    assert_eq!(m.config.architecture, architecture(arch));
     let (planned, _) = dhurandhar_checkpoint::load_model(&path).unwrap();
-    assert_eq!(planned.family, arch);
+    assert_eq!(planned.family, architecture(arch));
     Some((m, g))
 }
 
@@ -246,6 +257,24 @@ fn gemma3_matches_llama_cpp() {
 fn phi3_matches_llama_cpp() {
     check_logits("phi3");
     check_greedy("phi3");
+}
+
+#[test]
+fn qwen2moe_matches_llama_cpp() {
+    check_logits("qwen2moe");
+    check_greedy("qwen2moe");
+}
+
+#[test]
+fn qwen3moe_matches_llama_cpp() {
+    check_logits("qwen3moe");
+    check_greedy("qwen3moe");
+}
+
+#[test]
+fn mixtral_matches_llama_cpp() {
+    check_logits("mixtral");
+    check_greedy("mixtral");
 }
 
 #[test]
@@ -365,7 +394,7 @@ fn unknown_architectures_are_refused_with_the_supported_list() {
     let e = Model::open(&path).err().expect("refused").to_string();
     std::fs::remove_file(&path).unwrap();
     assert!(
-        e.contains("architecture `gemma3n` is not supported by the engine (supported: llama, mistral, qwen2, qwen3, gemma3, phi3)"),
+        e.contains("architecture `gemma3n` is not supported by the engine (supported: llama, mistral, qwen2, qwen3, gemma3, phi3, qwen2moe, qwen3moe)"),
         "{e}"
     );
 }

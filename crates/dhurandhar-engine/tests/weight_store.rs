@@ -205,13 +205,74 @@ fn tiny_models_stream_token_identically() {
         }
     }
     let mut seen = 0;
-    for arch in ["llama", "qwen2", "qwen3", "gemma3", "phi3"] {
+    let names = [
+        "llama", "qwen2", "qwen3", "gemma3", "phi3", "qwen2moe", "qwen3moe", "mixtral",
+    ];
+    for arch in names {
         let p = dir.join(format!("tiny-{arch}.gguf"));
         check_bytes(&p);
         check_model(&p, &[1, 17, 300, 42, 9, 1000, 5, 77, 12], 6, false);
         seen += 1;
     }
-    assert_eq!(seen, 5);
+    assert_eq!(seen, names.len());
+    for arch in ["qwen2moe", "qwen3moe", "mixtral"] {
+        check_experts(&dir.join(format!("tiny-{arch}.gguf")));
+    }
+}
+
+/// A streamed MoE model reads its experts through the expert cache: at its minimum size
+/// (evicting all the time) and at every expert, with reads ahead on and off, the tokens
+/// equal the mapped model's; the counters add up.
+fn check_experts(path: &Path) {
+    let prompt = [1, 17, 300, 42, 9, 1000, 5, 77, 12];
+    let (n, context) = (8, 17);
+    let want = greedy(&Model::open(path).unwrap(), &prompt, n);
+    let inp = Model::open_with(path, WeightMode::Stream)
+        .unwrap()
+        .budget_inputs(Some(0), context, 7, 1, 1)
+        .unwrap();
+    let e = inp.experts.expect("an MoE model has an expert budget");
+    for (cache, prefetch) in [(1, true), (1, false), (e.total_bytes, true)] {
+        let m = Model::open_with(path, WeightMode::Stream).unwrap();
+        m.set_expert_cache(Some(cache)).unwrap();
+        m.set_expert_prefetch(prefetch);
+        let plan = m.start_stream(None, context, 7, 1, 1).unwrap().unwrap();
+        // Asked for less than the minimum, the cache gets the minimum.
+        assert_eq!(plan.expert_cache_bytes, cache.max(e.min_bytes), "{plan:?}");
+        assert_eq!(
+            greedy(&m, &prompt, n),
+            want,
+            "{}: experts cached in {cache} bytes, prefetch {prefetch}",
+            path.display()
+        );
+        let s = m.expert_stats().unwrap();
+        assert_eq!(s.lookups, s.hits + s.in_flight + s.misses, "{s:?}");
+        assert!(s.lookups > 0);
+        assert!(s.prefetch_used <= s.prefetched);
+        if !prefetch {
+            assert_eq!((s.prefetched, s.in_flight), (0, 0), "{s:?}");
+        }
+        if cache == e.total_bytes {
+            // Room for every expert: each is read once, nothing is evicted.
+            assert_eq!(s.evictions, 0, "{s:?}");
+            assert!(s.in_flight + s.misses <= inp.layer_bytes.len() as u64 * 8);
+        } else {
+            assert!(s.evictions > 0, "{s:?}");
+            if prefetch {
+                // Predictions were read when the cache held other experts.
+                assert!(s.prefetched > 0, "{s:?}");
+            }
+        }
+    }
+    // Asked for more than the budget holds, the stream is refused with the breakdown.
+    let m = Model::open_with(path, WeightMode::Stream).unwrap();
+    m.set_expert_cache(Some(e.total_bytes)).unwrap();
+    let others = inp.kv_bytes + inp.activation_bytes + inp.resident_bytes + inp.fixed_bytes;
+    let msg = m
+        .start_stream(Some(others + e.min_bytes), context, 7, 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("expert cache"), "{msg}");
 }
 
 /// Buffered reads (what the store falls back to where a file system refuses

@@ -1,0 +1,583 @@
+//! Mixture-of-experts layers: routing a token to its experts, and (streamed weights) the
+//! cache the experts are read into.
+//!
+//! A streamed MoE model reads its dense part (attention, router, shared expert) through
+//! the layer pool like any layer, and each routed expert on demand into an
+//! [`ExpertCache`] of a fixed byte size: least recently used experts are evicted first.
+//! While layer `i` computes, the forward pass applies layer `i+1`'s router to the
+//! current hidden state and asks the cache to read the experts it predicts
+//! ([`ExpertCache::prefetch`]), so the reads overlap computation; the stats say how
+//! often the prediction was used.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::arch::ExpertRouting;
+use crate::store::{drop_cached, fill, AlignedBuf, Counters, Extent};
+use crate::EngineError;
+
+/// The experts a token goes to and their weights, from the router's logits: softmax over
+/// every expert, the `used` largest probabilities kept (ties: the lower index, as a
+/// stable sort gives), renormalized to sum to 1 when the architecture says so, then
+/// multiplied by `scale` (the file's `expert_weights_scale`; 0 or 1 mean none).
+/// `logits` is overwritten with the probabilities.
+pub fn route(
+    logits: &mut [f32],
+    used: usize,
+    routing: ExpertRouting,
+    scale: f32,
+    out: &mut Vec<(usize, f32)>,
+) {
+    out.clear();
+    if logits.is_empty() {
+        return;
+    }
+    let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for l in logits.iter_mut() {
+        *l = (*l - mx).exp();
+        sum += *l;
+    }
+    for l in logits.iter_mut() {
+        *l /= sum;
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    out.extend(order.iter().take(used).map(|&e| (e, logits[e])));
+    if routing == ExpertRouting::TopKRenormalized {
+        // llama.cpp clamps the sum at the smallest normal f16 before dividing.
+        let s = out.iter().map(|&(_, w)| w).sum::<f32>().max(6.103_515_6e-5);
+        out.iter_mut().for_each(|(_, w)| *w /= s);
+    }
+    if scale != 0.0 && scale != 1.0 {
+        out.iter_mut().for_each(|(_, w)| *w *= scale);
+    }
+}
+
+/// How the expert cache did since loading (streamed MoE models).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ExpertStats {
+    /// Experts the forward pass asked for (one per token, layer and routed expert, with
+    /// the tokens of a prefill chunk that share an expert asking once).
+    pub lookups: u64,
+    /// Found in the cache, read.
+    pub hits: u64,
+    /// Found being read ahead by the prefetch thread (the wait is in the stream's I/O
+    /// wait).
+    pub in_flight: u64,
+    /// Not in the cache: read on demand by the computing thread.
+    pub misses: u64,
+    /// Experts the next layer's router predicted and the prefetch thread read.
+    pub prefetched: u64,
+    /// Of those, how many a pass then used before they were evicted.
+    pub prefetch_used: u64,
+    /// Predictions not read because the cache had no room that was not in use or
+    /// predicted itself.
+    pub prefetch_dropped: u64,
+    /// Experts evicted to make room.
+    pub evictions: u64,
+    /// The cache's size in bytes.
+    pub capacity_bytes: u64,
+}
+
+impl ExpertStats {
+    /// Share of lookups found in the cache, read.
+    pub fn hit_rate(&self) -> Option<f64> {
+        (self.lookups > 0).then(|| self.hits as f64 / self.lookups as f64)
+    }
+
+    /// Share of prefetched experts that were used.
+    pub fn prefetch_accuracy(&self) -> Option<f64> {
+        (self.prefetched > 0).then(|| self.prefetch_used as f64 / self.prefetched as f64)
+    }
+
+    /// What happened between `earlier` and `self` (two readings of one model).
+    pub fn since(&self, earlier: &ExpertStats) -> ExpertStats {
+        ExpertStats {
+            lookups: self.lookups - earlier.lookups,
+            hits: self.hits - earlier.hits,
+            in_flight: self.in_flight - earlier.in_flight,
+            misses: self.misses - earlier.misses,
+            prefetched: self.prefetched - earlier.prefetched,
+            prefetch_used: self.prefetch_used - earlier.prefetch_used,
+            prefetch_dropped: self.prefetch_dropped - earlier.prefetch_dropped,
+            evictions: self.evictions - earlier.evictions,
+            capacity_bytes: self.capacity_bytes,
+        }
+    }
+}
+
+type Key = (usize, usize);
+/// A read-ahead request: layer, expert, and whether it is a prediction.
+type Ahead = (usize, usize, bool);
+
+enum Slot {
+    /// Being read (by the prefetch thread or a computing thread); its bytes are
+    /// reserved.
+    Loading,
+    Ready {
+        buf: Arc<AlignedBuf>,
+        last_use: u64,
+        /// Read ahead and not used yet.
+        predicted: bool,
+    },
+}
+
+struct State {
+    capacity: u64,
+    /// Bytes of every slot, loading or ready.
+    used: u64,
+    tick: u64,
+    slots: HashMap<Key, Slot>,
+    stats: ExpertStats,
+}
+
+/// A byte-bounded cache of experts read from the file on demand, with a thread that
+/// reads predicted experts ahead. See the module documentation.
+pub(crate) struct ExpertCache {
+    file: Arc<File>,
+    direct: bool,
+    origin: String,
+    counters: Arc<Counters>,
+    /// The reads of each expert, by layer then expert (empty for dense layers).
+    reads: Arc<Vec<Vec<Vec<Extent>>>>,
+    bytes: Vec<Vec<usize>>,
+    state: Arc<(Mutex<State>, Condvar)>,
+    prefetch_on: AtomicBool,
+    ahead: Mutex<Option<Sender<Ahead>>>,
+}
+
+impl ExpertCache {
+    /// A cache of `capacity` bytes over `reads` (per layer, per expert).
+    pub(crate) fn new(
+        file: Arc<File>,
+        direct: bool,
+        origin: &str,
+        counters: Arc<Counters>,
+        reads: Vec<Vec<Vec<Extent>>>,
+        capacity: u64,
+    ) -> ExpertCache {
+        let bytes = reads
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|r| r.iter().map(|e| e.local + e.len).max().unwrap_or(0))
+                    .collect()
+            })
+            .collect();
+        ExpertCache {
+            file,
+            direct,
+            origin: origin.to_string(),
+            counters,
+            reads: Arc::new(reads),
+            bytes,
+            state: Arc::new((
+                Mutex::new(State {
+                    capacity,
+                    used: 0,
+                    tick: 0,
+                    slots: HashMap::new(),
+                    stats: ExpertStats {
+                        capacity_bytes: capacity,
+                        ..ExpertStats::default()
+                    },
+                }),
+                Condvar::new(),
+            )),
+            prefetch_on: AtomicBool::new(true),
+            ahead: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ExpertStats {
+        lock(&self.state.0).stats
+    }
+
+    /// Whether predicted experts are read ahead (on by default).
+    pub(crate) fn set_prefetch(&self, on: bool) {
+        self.prefetch_on.store(on, Ordering::Relaxed);
+    }
+
+    /// Expert `e` of layer `l`, read now unless cached or being read ahead.
+    pub(crate) fn get(&self, l: usize, e: usize) -> Result<Arc<AlignedBuf>, EngineError> {
+        let size = self.size(l, e)?;
+        let (m, cv) = &*self.state;
+        let mut st = lock(m);
+        st.stats.lookups += 1;
+        let mut waited: Option<Instant> = None;
+        loop {
+            st.tick += 1;
+            let tick = st.tick;
+            match st.slots.get_mut(&(l, e)) {
+                Some(Slot::Ready {
+                    buf,
+                    last_use,
+                    predicted,
+                }) => {
+                    *last_use = tick;
+                    let buf = buf.clone();
+                    if std::mem::take(predicted) {
+                        st.stats.prefetch_used += 1;
+                    }
+                    match waited {
+                        Some(t) => {
+                            st.stats.in_flight += 1;
+                            self.counters
+                                .wait_ns
+                                .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        }
+                        None => st.stats.hits += 1,
+                    }
+                    return Ok(buf);
+                }
+                Some(Slot::Loading) => {
+                    waited.get_or_insert_with(Instant::now);
+                    st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                None => {
+                    // (Also after waiting for a read ahead that failed: read it here.)
+                    st.stats.misses += 1;
+                    let reuse = loop {
+                        if let Some(r) = make_room(&mut st, size, false) {
+                            break r;
+                        }
+                        // Everything else is in use or being read: wait for a read to
+                        // finish, then evict again; with nothing being read, the cache
+                        // is too small for what is in use.
+                        if !st.slots.values().any(|s| matches!(s, Slot::Loading)) {
+                            return Err(EngineError::Budget(format!(
+                                "the expert cache of {} bytes cannot hold expert {e} of layer {l} \
+                                 ({size} bytes) beside the experts in use",
+                                st.capacity
+                            )));
+                        }
+                        st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                    };
+                    st.used += size as u64;
+                    st.slots.insert((l, e), Slot::Loading);
+                    drop(st);
+                    let started = Instant::now();
+                    let r = self.read(l, e, reuse);
+                    self.counters
+                        .wait_ns
+                        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    let mut st = lock(m);
+                    let out = match r {
+                        Ok(buf) => {
+                            let buf = Arc::new(buf);
+                            st.tick += 1;
+                            let tick = st.tick;
+                            st.slots.insert(
+                                (l, e),
+                                Slot::Ready {
+                                    buf: buf.clone(),
+                                    last_use: tick,
+                                    predicted: false,
+                                },
+                            );
+                            Ok(buf)
+                        }
+                        Err(err) => {
+                            st.slots.remove(&(l, e));
+                            st.used -= size as u64;
+                            Err(err)
+                        }
+                    };
+                    cv.notify_all();
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// Whether expert `(l, e)` is in the cache, read.
+    pub(crate) fn cached(&self, l: usize, e: usize) -> bool {
+        matches!(
+            lock(&self.state.0).slots.get(&(l, e)),
+            Some(Slot::Ready { .. })
+        )
+    }
+
+    /// Read these experts of layer `l` ahead, on the prefetch thread, where the cache
+    /// has room that nothing in use or predicted holds. Already cached experts are left
+    /// as they are. `predicted`: a guess from the next layer's router (counted in the
+    /// stats), rather than experts the current layer was routed to.
+    pub(crate) fn prefetch(
+        &self,
+        l: usize,
+        experts: &[usize],
+        predicted: bool,
+    ) -> Result<(), EngineError> {
+        if !self.prefetch_on.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let tx = self.sender()?;
+        let (m, _) = &*self.state;
+        let mut st = lock(m);
+        for &e in experts {
+            if st.slots.contains_key(&(l, e)) {
+                continue;
+            }
+            let size = self.size(l, e)?;
+            // The evicted buffer goes back to the allocator: the prefetch thread
+            // allocates its own.
+            if make_room(&mut st, size, true).is_none() {
+                if predicted {
+                    st.stats.prefetch_dropped += 1;
+                }
+                continue;
+            }
+            st.used += size as u64;
+            st.slots.insert((l, e), Slot::Loading);
+            if tx.send((l, e, predicted)).is_err() {
+                st.slots.remove(&(l, e));
+                st.used -= size as u64;
+            } else if predicted {
+                st.stats.prefetched += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn size(&self, l: usize, e: usize) -> Result<usize, EngineError> {
+        self.bytes
+            .get(l)
+            .and_then(|x| x.get(e))
+            .copied()
+            .ok_or_else(|| EngineError::Invalid(format!("no expert {e} in layer {l}")))
+    }
+
+    /// Read expert `(l, e)` into `reuse` (when its size fits) or a new buffer.
+    fn read(
+        &self,
+        l: usize,
+        e: usize,
+        reuse: Option<AlignedBuf>,
+    ) -> Result<AlignedBuf, EngineError> {
+        read_expert(
+            &self.file,
+            self.direct,
+            &self.reads[l][e],
+            self.bytes[l][e],
+            reuse,
+            &self.counters,
+        )
+        .map_err(|source| EngineError::Io {
+            path: self.origin.clone(),
+            source,
+        })
+    }
+
+    /// The prefetch thread's queue, started on first use.
+    fn sender(&self) -> Result<Sender<Ahead>, EngineError> {
+        let mut a = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = a.as_ref() {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = channel::<Ahead>();
+        let (file, reads, counters, state, direct) = (
+            self.file.clone(),
+            self.reads.clone(),
+            self.counters.clone(),
+            self.state.clone(),
+            self.direct,
+        );
+        let bytes = self.bytes.clone();
+        std::thread::Builder::new()
+            .name("dhurandhar-experts".into())
+            .spawn(move || {
+                // Ends when the cache is dropped (the queue closes).
+                while let Ok((l, e, predicted)) = rx.recv() {
+                    let r = read_expert(&file, direct, &reads[l][e], bytes[l][e], None, &counters);
+                    let (m, cv) = &*state;
+                    let mut st = lock(m);
+                    match r {
+                        Ok(buf) => {
+                            st.tick += 1;
+                            let tick = st.tick;
+                            st.slots.insert(
+                                (l, e),
+                                Slot::Ready {
+                                    buf: Arc::new(buf),
+                                    last_use: tick,
+                                    predicted,
+                                },
+                            );
+                        }
+                        // A failed read ahead is forgotten: the pass reads the expert
+                        // itself if it needs it, and reports the error then.
+                        Err(_) => {
+                            st.slots.remove(&(l, e));
+                            st.used -= bytes[l][e] as u64;
+                        }
+                    }
+                    cv.notify_all();
+                }
+            })
+            .map_err(|e| EngineError::Invalid(format!("expert prefetch thread: {e}")))?;
+        *a = Some(tx.clone());
+        Ok(tx)
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Evict least recently used experts (not in use; not predicted and unused when
+/// `spare_predicted`) until `size` more bytes fit. Returns an evicted buffer of exactly
+/// `size` bytes to reuse when there is one; `None` when not enough can be evicted.
+fn make_room(st: &mut State, size: usize, spare_predicted: bool) -> Option<Option<AlignedBuf>> {
+    let mut reuse = None;
+    while st.used + size as u64 > st.capacity {
+        let victim = st
+            .slots
+            .iter()
+            .filter_map(|(k, s)| match s {
+                Slot::Ready {
+                    buf,
+                    last_use,
+                    predicted,
+                } if Arc::strong_count(buf) == 1 && !(spare_predicted && *predicted) => {
+                    Some((*last_use, *k))
+                }
+                _ => None,
+            })
+            .min()?
+            .1;
+        if let Some(Slot::Ready { buf, .. }) = st.slots.remove(&victim) {
+            let len = buf.bytes().len();
+            st.used -= len as u64;
+            st.stats.evictions += 1;
+            if len == size {
+                reuse = Arc::into_inner(buf);
+            }
+        }
+    }
+    Some(reuse)
+}
+
+fn read_expert(
+    file: &File,
+    direct: bool,
+    reads: &[Extent],
+    size: usize,
+    reuse: Option<AlignedBuf>,
+    counters: &Counters,
+) -> std::io::Result<AlignedBuf> {
+    let mut buf = reuse.unwrap_or_else(|| AlignedBuf::new(size));
+    fill(file, reads, &mut buf, counters)?;
+    if !direct {
+        drop_cached(file, reads);
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keeps_the_largest_probabilities() {
+        // Logits ln 1, ln 2, ln 3, ln 4: probabilities 0.1, 0.2, 0.3, 0.4.
+        let logits: Vec<f32> = [1f32, 2.0, 3.0, 4.0].iter().map(|x| x.ln()).collect();
+        let mut out = Vec::new();
+        route(&mut logits.clone(), 2, ExpertRouting::TopK, 0.0, &mut out);
+        assert_eq!(out.iter().map(|x| x.0).collect::<Vec<_>>(), [3, 2]);
+        assert!((out[0].1 - 0.4).abs() < 1e-6 && (out[1].1 - 0.3).abs() < 1e-6);
+        // Renormalized: 0.4 / 0.7 and 0.3 / 0.7; then a scale of 2.
+        route(
+            &mut logits.clone(),
+            2,
+            ExpertRouting::TopKRenormalized,
+            2.0,
+            &mut out,
+        );
+        assert!((out[0].1 - 2.0 * 4.0 / 7.0).abs() < 1e-6, "{out:?}");
+        assert!((out[1].1 - 2.0 * 3.0 / 7.0).abs() < 1e-6);
+        // Ties go to the lower index.
+        route(
+            &mut [0.0, 1.0, 1.0, 0.0],
+            1,
+            ExpertRouting::TopK,
+            1.0,
+            &mut out,
+        );
+        assert_eq!(out[0].0, 1);
+    }
+
+    fn cache_over(
+        path: &std::path::Path,
+        experts: usize,
+        each: usize,
+        capacity: u64,
+    ) -> ExpertCache {
+        let data: Vec<u8> = (0..experts * each).map(|i| (i / each) as u8).collect();
+        std::fs::write(path, &data).unwrap();
+        let reads = vec![(0..experts)
+            .map(|e| crate::store::plan_reads(&[((e * each) as u64, each)]).0)
+            .collect()];
+        ExpertCache::new(
+            Arc::new(File::open(path).unwrap()),
+            false,
+            "test",
+            Arc::default(),
+            reads,
+            capacity,
+        )
+    }
+
+    #[test]
+    fn the_cache_serves_each_experts_bytes_and_evicts_the_least_recently_used() {
+        let dir = std::env::temp_dir().join(format!("dh-experts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let each = 8192;
+        // Room for two experts.
+        let c = cache_over(&dir.join("a.bin"), 4, each, 2 * each as u64);
+        for e in [0, 1, 0, 2, 0, 1] {
+            let b = c.get(0, e).unwrap();
+            assert!(b.bytes()[..each].iter().all(|&x| x == e as u8));
+        }
+        // 0 miss, 1 miss, 0 hit, 2 miss (evicts 1), 0 hit, 1 miss (evicts 2).
+        let s = c.stats();
+        assert_eq!((s.lookups, s.hits, s.misses, s.evictions), (6, 2, 4, 2));
+        assert!(lock(&c.state.0).used <= 2 * each as u64);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn prefetched_experts_are_counted_when_used_and_never_overfill() {
+        let dir = std::env::temp_dir().join(format!("dh-experts-p-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let each = 4096;
+        let c = cache_over(&dir.join("b.bin"), 6, each, 3 * each as u64);
+        c.prefetch(0, &[1, 2, 3, 4], true).unwrap();
+        // Three fit; the fourth would evict a prediction, so it is dropped. Once read
+        // ahead, a lookup is a hit.
+        let t = std::time::Instant::now();
+        while !c.cached(0, 2) && t.elapsed().as_secs() < 10 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let b = c.get(0, 2).unwrap();
+        assert!(b.bytes()[..each].iter().all(|&x| x == 2));
+        drop(b);
+        let s = c.stats();
+        assert_eq!((s.prefetched, s.prefetch_dropped), (3, 1));
+        assert_eq!(s.prefetch_used, 1);
+        assert_eq!(s.misses, 0);
+        assert_eq!(s.hit_rate(), Some(1.0));
+        // Turned off, predictions are ignored.
+        c.set_prefetch(false);
+        c.prefetch(0, &[5], true).unwrap();
+        assert_eq!(c.stats().prefetched, 3);
+        assert!(lock(&c.state.0).used <= 3 * each as u64);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
