@@ -11,7 +11,12 @@ the files are byte-identical on every run (the committed goldens depend on it).
     make_tiny_models.py --vocab-from SmolLM2-135M-Instruct.Q4_1.gguf --out DIR [ARCH ...]
 
 writes DIR/tiny-<arch>.gguf (all architectures when none is named) and prints one line
-per file: its path and sha256.
+per file: its path and sha256. `moe-bench` (only when named) is a larger Qwen3-MoE-layout
+model for the expert-streaming benchmark (scripts/bench_moe.sh): 8 layers, hidden 512,
+32 experts of width 512 with 4 used, Q8_0 (about 250 MiB, nearly all experts); each
+layer's attention and expert outputs are scaled by 0.25 so a layer updates the residual
+stream by a fraction of its size, as in trained transformers (unit-scale random layers
+would replace it, and no router could be predicted from the layer before).
 Exit status 3 when the gguf package cannot be imported (tests treat that as "skip").
 """
 
@@ -57,6 +62,12 @@ MODELS = {
     "mixtral": dict(arch="llama", layers=2, head_dim=16, untied=True, experts=4, used=2, seed=18),
 }
 
+# Made only when named: not a golden, a benchmark subject.
+BENCH_MODELS = {
+    "moe-bench": dict(arch="qwen3moe", layers=8, hidden=512, ffn=1024, heads=8, kv_heads=4, head_dim=64,
+                      qk_norm=True, experts=32, used=4, expert_ffn=512, q8_0=True, context=2048, update=0.25, seed=19),
+}
+
 
 def read_vocab(path):
     r = gguf.GGUFReader(path)
@@ -91,6 +102,10 @@ def write_model(arch, cfg, vocab, path):
     rng = np.random.default_rng(cfg["seed"])
     n_vocab = len(vocab["tokens"])
     hd = cfg["head_dim"]
+    HIDDEN = cfg.get("hidden", globals()["HIDDEN"])
+    FFN = cfg.get("ffn", globals()["FFN"])
+    HEADS = cfg.get("heads", globals()["HEADS"])
+    KV_HEADS = cfg.get("kv_heads", globals()["KV_HEADS"])
     qd, kvd = HEADS * hd, KV_HEADS * hd
 
     def mat(rows, cols):
@@ -104,11 +119,24 @@ def write_model(arch, cfg, vocab, path):
         return (scale * rng.standard_normal(n)).astype(np.float32)
 
     w = gguf.GGUFWriter(path, cfg.get("arch", arch))
+    if cfg.get("q8_0"):
+        # Matrices in Q8_0 (norms, routers and 1-D tensors stay F32, as llama.cpp keeps
+        # them).
+        add = w.add_tensor
+
+        def add_q8(name, t):
+            if t.ndim >= 2 and t.shape[-1] % 32 == 0 and "gate_inp" not in name:
+                q = gguf.quants.quantize(t, gguf.GGMLQuantizationType.Q8_0)
+                add(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            else:
+                add(name, t)
+
+        w.add_tensor = add_q8
     # A name without the architecture in it: llama.cpp changes special-token attributes
     # for models named like "phi3", and these models have no such tokens.
     w.add_name("dhurandhar tiny test model")
     w.add_block_count(cfg["layers"])
-    w.add_context_length(CONTEXT)
+    w.add_context_length(cfg.get("context", CONTEXT))
     w.add_embedding_length(HIDDEN)
     w.add_feed_forward_length(FFN)
     w.add_head_count(HEADS)
@@ -129,7 +157,7 @@ def write_model(arch, cfg, vocab, path):
             w.add_expert_shared_feed_forward_length(cfg["shared_ffn"])
     if cfg.get("softcap"):
         w.add_final_logit_softcapping(cfg["softcap"])
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if cfg.get("q8_0") else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(vocab["pre"])
     w.add_token_list(vocab["tokens"])
@@ -163,7 +191,7 @@ def write_model(arch, cfg, vocab, path):
         if cfg.get("qk_norm"):
             w.add_tensor(p + "attn_q_norm.weight", norm(hd))
             w.add_tensor(p + "attn_k_norm.weight", norm(hd))
-        w.add_tensor(p + "attn_output.weight", mat(HIDDEN, qd))
+        w.add_tensor(p + "attn_output.weight", cfg.get("update", 1.0) * mat(HIDDEN, qd))
         if cfg.get("gemma"):
             w.add_tensor(p + "post_attention_norm.weight", norm(HIDDEN))
         w.add_tensor(p + "ffn_norm.weight", norm(HIDDEN))
@@ -173,7 +201,7 @@ def write_model(arch, cfg, vocab, path):
             w.add_tensor(p + "ffn_gate_inp.weight", 3.0 * mat(ne, HIDDEN))
             w.add_tensor(p + "ffn_gate_exps.weight", np.stack([mat(ef, HIDDEN) for _ in range(ne)]))
             w.add_tensor(p + "ffn_up_exps.weight", np.stack([mat(ef, HIDDEN) for _ in range(ne)]))
-            w.add_tensor(p + "ffn_down_exps.weight", np.stack([mat(HIDDEN, ef) for _ in range(ne)]))
+            w.add_tensor(p + "ffn_down_exps.weight", np.stack([cfg.get("update", 1.0) * mat(HIDDEN, ef) for _ in range(ne)]))
             if cfg.get("shared_ffn"):
                 sf = cfg["shared_ffn"]
                 w.add_tensor(p + "ffn_gate_inp_shexp.weight", vec(HIDDEN, 1.0 / np.sqrt(HIDDEN)))
@@ -202,15 +230,16 @@ def main():
     ap.add_argument("arch", nargs="*", help=f"architectures (default: {' '.join(MODELS)})")
     a = ap.parse_args()
     names = a.arch or list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
+    known = {**MODELS, **BENCH_MODELS}
+    unknown = [n for n in names if n not in known]
     if unknown:
-        ap.error(f"unknown architecture(s) {unknown}; known: {' '.join(MODELS)}")
+        ap.error(f"unknown architecture(s) {unknown}; known: {' '.join(known)}")
     vocab = read_vocab(a.vocab_from)
     os.makedirs(a.out, exist_ok=True)
     for name in names:
         path = os.path.join(a.out, f"tiny-{name}.gguf")
         tmp = path + f".tmp{os.getpid()}"
-        write_model(name, MODELS[name], vocab, tmp)
+        write_model(name, known[name], vocab, tmp)
         with open(tmp, "rb") as f:
             sha = hashlib.sha256(f.read()).hexdigest()
         os.replace(tmp, path)

@@ -236,3 +236,52 @@ fn unknown_codec_is_rejected() {
         .code(1)
         .stderr(predicate::str::contains("unknown KV codec `nope`"));
 }
+
+/// A mixture-of-experts model streamed through a small expert cache generates what the
+/// mapped model does, and the JSON reports the cache; expert options need streamed
+/// weights.
+#[test]
+fn streamed_experts_generate_the_mapped_text_and_report_the_cache() {
+    let Some(model) = dhurandhar_testkit::tiny_model("qwen2moe") else {
+        return;
+    };
+    let gen = |extra: &[&str]| {
+        let out = dh()
+            .args(["generate", "--model"])
+            .arg(&model)
+            .args(["--prompt", "It is a truth", "--max-tokens", "12", "--json"])
+            .args(extra)
+            .assert()
+            .success();
+        json_of(&out.get_output().stdout)
+    };
+    let mapped = gen(&[]);
+    assert!(mapped["weights"].get("experts").is_none());
+    for prefetch in [true, false] {
+        let mut args = vec!["--weights", "stream", "--expert-cache", "1"];
+        if !prefetch {
+            args.push("--no-expert-prefetch");
+        }
+        let v = gen(&args);
+        assert_eq!(v["text"], mapped["text"], "prefetch {prefetch}");
+        let e = &v["weights"]["experts"];
+        let plan = &v["weights"]["plan"];
+        // Asked for 1 byte, the cache gets the least a layer needs, below every expert.
+        assert_eq!(e["capacity_bytes"], plan["expert_cache_bytes"]);
+        assert!(plan["expert_cache_bytes"].as_u64() < plan["expert_bytes"].as_u64());
+        assert!(e["lookups"].as_u64().unwrap() > 0, "{e}");
+        assert!(e["hit_rate"].is_f64() && e["bytes_read_per_token"].as_f64() > Some(0.0));
+        if !prefetch {
+            assert_eq!(e["prefetched"], 0);
+            assert!(e["prefetch_accuracy"].is_null());
+        }
+    }
+    dh().args(["generate", "--model"])
+        .arg(&model)
+        .args(["--prompt", "hi", "--expert-cache", "1MiB"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "expert_cache: an expert cache holds streamed weights only",
+        ));
+}

@@ -4,10 +4,11 @@
 //! A streamed MoE model reads its dense part (attention, router, shared expert) through
 //! the layer pool like any layer, and each routed expert on demand into an
 //! [`ExpertCache`] of a fixed byte size: least recently used experts are evicted first.
-//! While layer `i` computes, the forward pass applies layer `i+1`'s router to the
-//! current hidden state and asks the cache to read the experts it predicts
-//! ([`ExpertCache::prefetch`]), so the reads overlap computation; the stats say how
-//! often the prediction was used.
+//! Reads overlap computation two ways ([`ExpertCache::prefetch`], on a thread of its
+//! own): once a layer is routed, its missing experts are read while its cached ones
+//! compute; and when a decoded token leaves layer `i`, layer `i+1`'s router is applied
+//! to the hidden state and the likelier half of the experts it picks are read while
+//! layer `i+1`'s attention computes (a guess: the stats say how often it was used).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -60,6 +61,41 @@ pub fn route(
     }
 }
 
+/// Which cached expert makes room for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Eviction {
+    /// The expert whose layer comes again last (the layer just computed first), least
+    /// recently used among equals: layers run in a cycle, so once a token's experts
+    /// outgrow the cache, LRU evicts exactly the expert needed next.
+    #[default]
+    NextUse,
+    /// Least recently used.
+    Lru,
+}
+
+impl Eviction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Eviction::NextUse => "next-use",
+            Eviction::Lru => "lru",
+        }
+    }
+}
+
+impl std::str::FromStr for Eviction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "next-use" => Ok(Eviction::NextUse),
+            "lru" => Ok(Eviction::Lru),
+            other => Err(format!(
+                "unknown expert eviction `{other}` (expected next-use or lru)"
+            )),
+        }
+    }
+}
+
 /// How the expert cache did since loading (streamed MoE models).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct ExpertStats {
@@ -82,6 +118,8 @@ pub struct ExpertStats {
     pub prefetch_dropped: u64,
     /// Experts evicted to make room.
     pub evictions: u64,
+    /// Bytes of experts read (on demand and ahead).
+    pub bytes_read: u64,
     /// The cache's size in bytes.
     pub capacity_bytes: u64,
 }
@@ -108,6 +146,7 @@ impl ExpertStats {
             prefetch_used: self.prefetch_used - earlier.prefetch_used,
             prefetch_dropped: self.prefetch_dropped - earlier.prefetch_dropped,
             evictions: self.evictions - earlier.evictions,
+            bytes_read: self.bytes_read - earlier.bytes_read,
             capacity_bytes: self.capacity_bytes,
         }
     }
@@ -118,6 +157,10 @@ type Key = (usize, usize);
 type Ahead = (usize, usize, bool);
 
 enum Slot {
+    /// Asked of the prefetch thread, not started: whichever thread gets to it first
+    /// reads it (the computing thread takes it over rather than wait). Its bytes are
+    /// reserved.
+    Queued { predicted: bool },
     /// Being read (by the prefetch thread or a computing thread); its bytes are
     /// reserved.
     Loading,
@@ -131,6 +174,7 @@ enum Slot {
 
 struct State {
     capacity: u64,
+    eviction: Eviction,
     /// Bytes of every slot, loading or ready.
     used: u64,
     tick: u64,
@@ -181,6 +225,7 @@ impl ExpertCache {
             state: Arc::new((
                 Mutex::new(State {
                     capacity,
+                    eviction: Eviction::default(),
                     used: 0,
                     tick: 0,
                     slots: HashMap::new(),
@@ -203,6 +248,10 @@ impl ExpertCache {
     /// Whether predicted experts are read ahead (on by default).
     pub(crate) fn set_prefetch(&self, on: bool) {
         self.prefetch_on.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_eviction(&self, e: Eviction) {
+        lock(&self.state.0).eviction = e;
     }
 
     /// Expert `e` of layer `l`, read now unless cached or being read ahead.
@@ -241,17 +290,31 @@ impl ExpertCache {
                     waited.get_or_insert_with(Instant::now);
                     st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
+                Some(slot @ Slot::Queued { .. }) => {
+                    // Read it here while the prefetch thread reads another: two reads
+                    // in flight instead of a wait.
+                    let was_predicted = matches!(slot, Slot::Queued { predicted: true });
+                    *slot = Slot::Loading;
+                    st.stats.prefetch_used += u64::from(was_predicted);
+                    st.stats.misses += 1;
+                    drop(st);
+                    return self.finish_read(l, e, size, None);
+                }
                 None => {
                     // (Also after waiting for a read ahead that failed: read it here.)
                     st.stats.misses += 1;
                     let reuse = loop {
-                        if let Some(r) = make_room(&mut st, size, false) {
+                        if let Some(r) = make_room(&mut st, size, l, self.reads.len(), false) {
                             break r;
                         }
                         // Everything else is in use or being read: wait for a read to
                         // finish, then evict again; with nothing being read, the cache
                         // is too small for what is in use.
-                        if !st.slots.values().any(|s| matches!(s, Slot::Loading)) {
+                        if !st
+                            .slots
+                            .values()
+                            .any(|s| matches!(s, Slot::Loading | Slot::Queued { .. }))
+                        {
                             return Err(EngineError::Budget(format!(
                                 "the expert cache of {} bytes cannot hold expert {e} of layer {l} \
                                  ({size} bytes) beside the experts in use",
@@ -263,35 +326,7 @@ impl ExpertCache {
                     st.used += size as u64;
                     st.slots.insert((l, e), Slot::Loading);
                     drop(st);
-                    let started = Instant::now();
-                    let r = self.read(l, e, reuse);
-                    self.counters
-                        .wait_ns
-                        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    let mut st = lock(m);
-                    let out = match r {
-                        Ok(buf) => {
-                            let buf = Arc::new(buf);
-                            st.tick += 1;
-                            let tick = st.tick;
-                            st.slots.insert(
-                                (l, e),
-                                Slot::Ready {
-                                    buf: buf.clone(),
-                                    last_use: tick,
-                                    predicted: false,
-                                },
-                            );
-                            Ok(buf)
-                        }
-                        Err(err) => {
-                            st.slots.remove(&(l, e));
-                            st.used -= size as u64;
-                            Err(err)
-                        }
-                    };
-                    cv.notify_all();
-                    return out;
+                    return self.finish_read(l, e, size, reuse);
                 }
             }
         }
@@ -321,6 +356,27 @@ impl ExpertCache {
         let tx = self.sender()?;
         let (m, _) = &*self.state;
         let mut st = lock(m);
+        // The cached ones are about to be used: most recent first, so room for the
+        // others is never made by evicting them.
+        st.tick += 1;
+        let tick = st.tick;
+        for &e in experts {
+            if let Some(Slot::Ready { last_use, .. }) = st.slots.get_mut(&(l, e)) {
+                *last_use = tick;
+            }
+        }
+        if !predicted {
+            // Layer `l` was routed: its predictions that missed are ordinary entries now
+            // (kept from eviction by other predictions, they would fill the cache).
+            for e in 0..self.bytes[l].len() {
+                if experts.contains(&e) {
+                    continue;
+                }
+                if let Some(Slot::Ready { predicted: p, .. }) = st.slots.get_mut(&(l, e)) {
+                    *p = false;
+                }
+            }
+        }
         for &e in experts {
             if st.slots.contains_key(&(l, e)) {
                 continue;
@@ -328,14 +384,14 @@ impl ExpertCache {
             let size = self.size(l, e)?;
             // The evicted buffer goes back to the allocator: the prefetch thread
             // allocates its own.
-            if make_room(&mut st, size, true).is_none() {
+            if make_room(&mut st, size, l, self.reads.len(), true).is_none() {
                 if predicted {
                     st.stats.prefetch_dropped += 1;
                 }
                 continue;
             }
             st.used += size as u64;
-            st.slots.insert((l, e), Slot::Loading);
+            st.slots.insert((l, e), Slot::Queued { predicted });
             if tx.send((l, e, predicted)).is_err() {
                 st.slots.remove(&(l, e));
                 st.used -= size as u64;
@@ -344,6 +400,48 @@ impl ExpertCache {
             }
         }
         Ok(())
+    }
+
+    /// Read expert `(l, e)`, whose slot this thread set `Loading` with its bytes
+    /// reserved, on the computing thread (the time counts as I/O wait), and publish it.
+    fn finish_read(
+        &self,
+        l: usize,
+        e: usize,
+        size: usize,
+        reuse: Option<AlignedBuf>,
+    ) -> Result<Arc<AlignedBuf>, EngineError> {
+        let started = Instant::now();
+        let r = self.read(l, e, reuse);
+        self.counters
+            .wait_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let (m, cv) = &*self.state;
+        let mut st = lock(m);
+        let out = match r {
+            Ok(buf) => {
+                let buf = Arc::new(buf);
+                st.stats.bytes_read += size as u64;
+                st.tick += 1;
+                let tick = st.tick;
+                st.slots.insert(
+                    (l, e),
+                    Slot::Ready {
+                        buf: buf.clone(),
+                        last_use: tick,
+                        predicted: false,
+                    },
+                );
+                Ok(buf)
+            }
+            Err(err) => {
+                st.slots.remove(&(l, e));
+                st.used -= size as u64;
+                Err(err)
+            }
+        };
+        cv.notify_all();
+        out
     }
 
     fn size(&self, l: usize, e: usize) -> Result<usize, EngineError> {
@@ -395,11 +493,20 @@ impl ExpertCache {
             .spawn(move || {
                 // Ends when the cache is dropped (the queue closes).
                 while let Ok((l, e, predicted)) = rx.recv() {
-                    let r = read_expert(&file, direct, &reads[l][e], bytes[l][e], None, &counters);
                     let (m, cv) = &*state;
+                    {
+                        // Taken over by a computing thread meanwhile: nothing to do.
+                        let mut st = lock(m);
+                        match st.slots.get_mut(&(l, e)) {
+                            Some(slot @ Slot::Queued { .. }) => *slot = Slot::Loading,
+                            _ => continue,
+                        }
+                    }
+                    let r = read_expert(&file, direct, &reads[l][e], bytes[l][e], None, &counters);
                     let mut st = lock(m);
                     match r {
                         Ok(buf) => {
+                            st.stats.bytes_read += bytes[l][e] as u64;
                             st.tick += 1;
                             let tick = st.tick;
                             st.slots.insert(
@@ -434,8 +541,15 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 /// Evict least recently used experts (not in use; not predicted and unused when
 /// `spare_predicted`) until `size` more bytes fit. Returns an evicted buffer of exactly
 /// `size` bytes to reuse when there is one; `None` when not enough can be evicted.
-fn make_room(st: &mut State, size: usize, spare_predicted: bool) -> Option<Option<AlignedBuf>> {
+fn make_room(
+    st: &mut State,
+    size: usize,
+    layer: usize,
+    layers: usize,
+    spare_predicted: bool,
+) -> Option<Option<AlignedBuf>> {
     let mut reuse = None;
+    let lru = st.eviction == Eviction::Lru;
     while st.used + size as u64 > st.capacity {
         let victim = st
             .slots
@@ -446,12 +560,19 @@ fn make_room(st: &mut State, size: usize, spare_predicted: bool) -> Option<Optio
                     last_use,
                     predicted,
                 } if Arc::strong_count(buf) == 1 && !(spare_predicted && *predicted) => {
-                    Some((*last_use, *k))
+                    // Layers until this expert's layer comes again (its own layer,
+                    // being computed: 0, evicted last).
+                    let ahead = if lru {
+                        0
+                    } else {
+                        (k.0 + layers - layer) % layers.max(1)
+                    };
+                    Some((std::cmp::Reverse(ahead), *last_use, *k))
                 }
                 _ => None,
             })
             .min()?
-            .1;
+            .2;
         if let Some(Slot::Ready { buf, .. }) = st.slots.remove(&victim) {
             let len = buf.bytes().len();
             st.used -= len as u64;
@@ -549,6 +670,62 @@ mod tests {
         let s = c.stats();
         assert_eq!((s.lookups, s.hits, s.misses, s.evictions), (6, 2, 4, 2));
         assert!(lock(&c.state.0).used <= 2 * each as u64);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn next_use_eviction_keeps_the_expert_whose_layer_comes_next() {
+        let dir = std::env::temp_dir().join(format!("dh-experts-n-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let each = 4096;
+        let path = dir.join("d.bin");
+        std::fs::write(&path, vec![7u8; 3 * each]).unwrap();
+        // Three layers of one expert each; room for two.
+        let reads: Vec<Vec<Vec<Extent>>> = (0..3)
+            .map(|l| vec![crate::store::plan_reads(&[((l * each) as u64, each)]).0])
+            .collect();
+        for (eviction, kept) in [(Eviction::NextUse, 0), (Eviction::Lru, 1)] {
+            let c = ExpertCache::new(
+                Arc::new(File::open(&path).unwrap()),
+                false,
+                "test",
+                Arc::default(),
+                reads.clone(),
+                2 * each as u64,
+            );
+            c.set_eviction(eviction);
+            for l in 0..3 {
+                c.get(l, 0).unwrap();
+            }
+            // At layer 2, layer 0 comes next (the next token) and layer 1 last: next-use
+            // evicts layer 1; LRU evicts layer 0, the one needed next.
+            assert!(c.cached(2, 0) && c.cached(kept, 0), "{eviction:?}");
+            assert!(!c.cached(1 - kept, 0), "{eviction:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn experts_asked_ahead_are_read_once_whichever_thread_gets_there_first() {
+        let dir = std::env::temp_dir().join(format!("dh-experts-q-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let each = 4096;
+        let c = cache_over(&dir.join("c.bin"), 6, each, 6 * each as u64);
+        c.prefetch(0, &[0, 1, 2, 3, 4, 5], false).unwrap();
+        // From the back: the computing thread takes queued ones over, or waits for
+        // the ones the prefetch thread started.
+        for e in (0..6).rev() {
+            let b = c.get(0, e).unwrap();
+            assert!(b.bytes()[..each].iter().all(|&x| x == e as u8));
+        }
+        let s = c.stats();
+        assert_eq!(s.lookups, s.hits + s.in_flight + s.misses, "{s:?}");
+        assert_eq!(
+            s.bytes_read,
+            6 * each as u64,
+            "every expert read exactly once"
+        );
+        assert_eq!(s.evictions, 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

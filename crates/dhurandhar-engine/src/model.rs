@@ -17,7 +17,7 @@ use rayon::prelude::*;
 pub use crate::arch::RopeStyle;
 use crate::arch::{Activation, ArchSpec, AttentionScale, ExpertRouting, SlidingLayers};
 use crate::cache::{CacheCodec, Capture, KvCache};
-use crate::experts::{route, ExpertStats};
+use crate::experts::{route, Eviction, ExpertStats};
 use crate::kernels::{axpy, dot, matmul, strided_axpys, strided_dots, Acts, QMatrix};
 use crate::lora::LoraStack;
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
@@ -1013,6 +1013,7 @@ impl Model {
     fn minimal_plan(&self, s: &Streamer) -> StorePlan {
         let items = s.item_bytes();
         let window = WINDOW_SLOTS as u64 * items.iter().copied().max().unwrap_or(0) as u64;
+        let experts = self.expert_budget(s);
         StorePlan {
             budget_bytes: None,
             kv_bytes: 0,
@@ -1026,12 +1027,13 @@ impl Model {
             head_chunks: items.len() - self.layers.len(),
             pinned_head_chunks: 0,
             streamed_bytes_per_pass: items.iter().map(|&b| b as u64).sum(),
-            expert_cache_bytes: self.expert_budget(s).map_or(0, |e| {
+            expert_cache_bytes: experts.map_or(0, |e| {
                 e.requested
                     .unwrap_or(e.min_bytes)
                     .max(e.min_bytes)
                     .min(e.total_bytes)
             }),
+            expert_bytes: experts.map_or(0, |e| e.total_bytes),
         }
     }
 
@@ -1221,11 +1223,37 @@ impl Model {
         }
     }
 
+    /// Streamed MoE models: which cached expert makes room for another
+    /// ([`Eviction::NextUse`] by default).
+    pub fn set_expert_eviction(&self, e: Eviction) {
+        if let WeightStore::Stream(s) = &self.store {
+            s.set_expert_eviction(e);
+        }
+    }
+
     /// The expert cache's counters since loading (streamed MoE models, once started).
     pub fn expert_stats(&self) -> Option<ExpertStats> {
         match &self.store {
             WeightStore::Stream(s) => s.experts().map(|c| c.stats()),
             _ => None,
+        }
+    }
+
+    /// Streamed MoE models: read ahead the experts layer `li`'s router picks for the
+    /// hidden state `x` (one token; the input of layer `li`).
+    fn read_ahead_experts(&self, li: usize, x: &[f32]) -> Result<(), EngineError> {
+        let WeightStore::Stream(s) = &self.store else {
+            return Ok(());
+        };
+        match (s.experts(), self.predict_experts(li, x)) {
+            (Some(c), Some(mut next)) => {
+                // The most likely half: on the benchmark model (docs/run.md) reading
+                // all `used` predictions read more bytes than they saved and was slower
+                // than none; the top half was the fastest of 1, half and all.
+                next.truncate(next.len().div_ceil(2));
+                c.prefetch(li, &next, true)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -1247,22 +1275,19 @@ impl Model {
     }
 
     /// Layer `li`'s mixture of experts on the `n` normed tokens `xn` into `out`
-    /// (`n × dim`); `resid` is the residual stream (the next layer's router reads it to
-    /// predict that layer's experts).
+    /// (`n × dim`).
     #[allow(clippy::too_many_arguments)]
     fn moe_ffn(
         &self,
         li: usize,
         moe: &Moe,
         lw: &LayerView<'_>,
-        resid: &[f32],
         xn: &[f32],
         out: &mut [f32],
         sc: &mut Scratch,
         par: bool,
     ) -> Result<(), EngineError> {
         let dim = self.config.dim;
-        let n = xn.len() / dim;
         let n_expert = moe.experts.len();
         // Route every token; group the tokens by expert.
         let mut probs = vec![0f32; n_expert];
@@ -1289,16 +1314,17 @@ impl Model {
             _ => None,
         };
         if let Some(c) = cache {
-            // Read the misses ahead while the cached experts compute; for one token,
-            // predict the next layer's experts from the residual stream and read them
-            // while this layer and the next one's attention compute.
+            // Read the misses ahead while the cached experts compute (the next layer's
+            // likely experts were asked for when the previous layer ended).
             c.prefetch(li, &wanted, false)?;
-            if n == 1 {
-                if let Some(next) = self.predict_experts(li + 1, resid) {
-                    c.prefetch(li + 1, &next, true)?;
-                }
-            }
-            wanted.sort_by_key(|&e| !c.cached(li, e));
+            // Cached experts first; the missing ones from the back, so this thread
+            // reads (or waits for) the last asked-for while the prefetch thread reads
+            // from the front.
+            let (mut ready, mut missing): (Vec<usize>, Vec<usize>) =
+                wanted.iter().partition(|&&e| c.cached(li, e));
+            missing.reverse();
+            ready.append(&mut missing);
+            wanted = ready;
         }
         out.fill(0.0);
         let (mut xs, mut g, mut u, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -2064,7 +2090,7 @@ impl<M: Borrow<Model> + Send> Session<M> {
                         s.apply(li, TargetModule::Down, &gate, &mut o, n);
                     }
                 }
-                Ffn::Moe(moe) => m.moe_ffn(li, moe, &lw, &x, &xn, &mut o, &mut sc, par)?,
+                Ffn::Moe(moe) => m.moe_ffn(li, moe, &lw, &xn, &mut o, &mut sc, par)?,
             }
             drop(lw);
             if let Some(w) = &l.post_ffn_norm {
@@ -2072,6 +2098,9 @@ impl<M: Borrow<Model> + Send> Session<M> {
             }
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
+            }
+            if n == 1 {
+                m.read_ahead_experts(li + 1, &x)?;
             }
         }
         self.cache.len += n;

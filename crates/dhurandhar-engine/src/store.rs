@@ -135,6 +135,8 @@ pub struct StorePlan {
     pub streamed_bytes_per_pass: u64,
     /// Bytes the mixture-of-experts cache may hold (0 without experts).
     pub expert_cache_bytes: u64,
+    /// Stored bytes of every expert (0 without experts): the cache holds this share.
+    pub expert_bytes: u64,
 }
 
 impl StorePlan {
@@ -228,6 +230,7 @@ pub fn plan_pool(inp: &BudgetInputs) -> Result<StorePlan, String> {
         pinned_head_chunks: pinned.saturating_sub(n_layers),
         streamed_bytes_per_pass: items[pinned..].iter().sum(),
         expert_cache_bytes,
+        expert_bytes: inp.experts.map_or(0, |e| e.total_bytes),
     })
 }
 
@@ -345,6 +348,7 @@ pub(crate) struct Streamer {
     /// A cache size asked for before the start (else the plan's).
     expert_request: Mutex<Option<u64>>,
     expert_prefetch: AtomicBool,
+    expert_eviction: Mutex<crate::experts::Eviction>,
 }
 
 /// What the store has read and waited for, since loading.
@@ -368,6 +372,9 @@ pub struct StreamStats {
     /// Seconds the forward pass waited for an item that was not read yet (I/O the
     /// prefetch did not hide).
     pub wait_seconds: f64,
+    /// Mixture-of-experts models: the expert cache's counters (their reads are in the
+    /// totals above too).
+    pub experts: Option<crate::experts::ExpertStats>,
 }
 
 impl StreamStats {
@@ -377,6 +384,10 @@ impl StreamStats {
             bytes_read: self.bytes_read.saturating_sub(earlier.bytes_read),
             read_seconds: (self.read_seconds - earlier.read_seconds).max(0.0),
             wait_seconds: (self.wait_seconds - earlier.wait_seconds).max(0.0),
+            experts: match (&self.experts, &earlier.experts) {
+                (Some(a), Some(b)) => Some(a.since(b)),
+                (a, _) => *a,
+            },
         }
     }
 }
@@ -480,6 +491,7 @@ impl Streamer {
             expert_reads,
             expert_request: Mutex::new(None),
             expert_prefetch: AtomicBool::new(true),
+            expert_eviction: Mutex::default(),
         })
     }
 
@@ -524,6 +536,17 @@ impl Streamer {
         }
     }
 
+    /// Which expert makes room for another.
+    pub(crate) fn set_expert_eviction(&self, e: crate::experts::Eviction) {
+        *self
+            .expert_eviction
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = e;
+        if let Some(c) = self.experts() {
+            c.set_eviction(e);
+        }
+    }
+
     /// The expert cache, once the stream has started (MoE models).
     pub(crate) fn experts(&self) -> Option<&ExpertCache> {
         self.runtime.get().and_then(|r| r.experts.as_ref())
@@ -540,6 +563,7 @@ impl Streamer {
             bytes_read: c.bytes_read.load(Ordering::Relaxed),
             read_seconds: c.read_ns.load(Ordering::Relaxed) as f64 * 1e-9,
             wait_seconds: c.wait_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+            experts: self.experts().map(|e| e.stats()),
         }
     }
 
@@ -648,6 +672,12 @@ impl Streamer {
                 plan.expert_cache_bytes,
             );
             c.set_prefetch(self.expert_prefetch.load(Ordering::Relaxed));
+            c.set_eviction(
+                *self
+                    .expert_eviction
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
             c
         });
         let _ = self.runtime.set(Runtime {

@@ -19,12 +19,11 @@
 //! a missing norm, the wrong window or activation) moves logits by whole units (a
 //! wrong local RoPE base on gemma3: worst 1.48 against a bound of 0.016).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::PathBuf;
 
 use dhurandhar_engine::arch::Activation;
 use dhurandhar_engine::{Logits, Model};
+use dhurandhar_testkit::tiny_models;
 use serde_json::Value;
 
 const ARCHS: &[&str] = &[
@@ -38,68 +37,6 @@ fn architecture(name: &str) -> &str {
         "mixtral" => "llama",
         other => other,
     }
-}
-
-fn require() -> bool {
-    std::env::var("DHURANDHAR_REQUIRE_FIXTURES").is_ok_and(|v| v == "1")
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The generated models' directory and `(arch, sha256)` of each file.
-type TinyModels = (PathBuf, Vec<(String, String)>);
-
-/// The generated models, made once per test binary; `None` (after printing why) when they
-/// cannot be made here.
-fn tiny_models() -> Option<&'static TinyModels> {
-    static MODELS: OnceLock<Option<TinyModels>> = OnceLock::new();
-    MODELS
-        .get_or_init(|| {
-            let vocab = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF)?;
-            let dir = root().join(".cache/tiny-models");
-            let out = Command::new("python3")
-                .arg(root().join("scripts/make_tiny_models.py"))
-                .arg("--vocab-from")
-                .arg(&vocab)
-                .arg("--out")
-                .arg(&dir)
-                .output();
-            let reason = match out {
-                Err(e) => format!("python3 cannot run: {e}"),
-                Ok(o) if o.status.code() == Some(3) => {
-                    String::from_utf8_lossy(&o.stderr).trim().to_string()
-                }
-                Ok(o) if !o.status.success() => panic!(
-                    "make_tiny_models.py failed: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Ok(o) => {
-                    let shas = String::from_utf8(o.stdout)
-                        .unwrap()
-                        .lines()
-                        .map(|l| {
-                            let (path, sha) = l.rsplit_once(' ').unwrap();
-                            let stem = Path::new(path).file_stem().unwrap().to_str().unwrap();
-                            (
-                                stem.trim_start_matches("tiny-").to_string(),
-                                sha.to_string(),
-                            )
-                        })
-                        .collect();
-                    return Some((dir, shas));
-                }
-            };
-            if require() {
-                panic!(
-                    "DHURANDHAR_REQUIRE_FIXTURES=1 but the tiny models cannot be made: {reason}"
-                );
-            }
-            eprintln!("skipping the tiny-architecture checks: {reason}");
-            None
-        })
-        .as_ref()
 }
 
 fn golden(arch: &str) -> Value {

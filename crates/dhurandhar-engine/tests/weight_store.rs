@@ -5,14 +5,10 @@
 //! tiny models are missing, unless `DHURANDHAR_REQUIRE_FIXTURES=1`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use dhurandhar_engine::experts::Eviction;
 use dhurandhar_engine::sampling::argmax;
 use dhurandhar_engine::{EngineError, Logits, Model, WeightMode};
-
-fn require() -> bool {
-    std::env::var("DHURANDHAR_REQUIRE_FIXTURES").is_ok_and(|v| v == "1")
-}
 
 fn smollm2() -> Option<PathBuf> {
     dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF)
@@ -185,25 +181,9 @@ fn smollm2_stream_serves_the_mapped_bytes_and_tokens() {
 #[test]
 fn tiny_models_stream_token_identically() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(vocab) = smollm2() else { return };
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join(".cache/tiny-models");
-    let out = Command::new("python3")
-        .arg(root.join("scripts/make_tiny_models.py"))
-        .arg("--vocab-from")
-        .arg(&vocab)
-        .arg("--out")
-        .arg(&dir)
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        other => {
-            let why = format!("{other:?}");
-            assert!(!require(), "tiny models cannot be made: {why}");
-            eprintln!("skipping: tiny models cannot be made: {why}");
-            return;
-        }
-    }
+    let Some((dir, _)) = dhurandhar_testkit::tiny_models() else {
+        return;
+    };
     let mut seen = 0;
     let names = [
         "llama", "qwen2", "qwen3", "gemma3", "phi3", "qwen2moe", "qwen3moe", "mixtral",
@@ -232,17 +212,24 @@ fn check_experts(path: &Path) {
         .budget_inputs(Some(0), context, 7, 1, 1)
         .unwrap();
     let e = inp.experts.expect("an MoE model has an expert budget");
-    for (cache, prefetch) in [(1, true), (1, false), (e.total_bytes, true)] {
+    let runs = [
+        (1, true, Eviction::NextUse),
+        (1, false, Eviction::NextUse),
+        (1, true, Eviction::Lru),
+        (e.total_bytes, true, Eviction::NextUse),
+    ];
+    for (cache, prefetch, eviction) in runs {
         let m = Model::open_with(path, WeightMode::Stream).unwrap();
         m.set_expert_cache(Some(cache)).unwrap();
         m.set_expert_prefetch(prefetch);
+        m.set_expert_eviction(eviction);
         let plan = m.start_stream(None, context, 7, 1, 1).unwrap().unwrap();
         // Asked for less than the minimum, the cache gets the minimum.
         assert_eq!(plan.expert_cache_bytes, cache.max(e.min_bytes), "{plan:?}");
         assert_eq!(
             greedy(&m, &prompt, n),
             want,
-            "{}: experts cached in {cache} bytes, prefetch {prefetch}",
+            "{}: experts cached in {cache} bytes, prefetch {prefetch}, {eviction:?}",
             path.display()
         );
         let s = m.expert_stats().unwrap();

@@ -408,6 +408,7 @@ struct PyModel {
     model: Arc<dhurandhar::dhurandhar_engine::Model>,
     weights: WeightMode,
     ram_budget: Option<u64>,
+    experts: dhurandhar::generate::ExpertOptions,
 }
 
 /// `weights` and `ram_budget` as Python gives them (`"stream"`, `"48MiB"` or bytes).
@@ -425,16 +426,33 @@ fn weight_options(weights: &str, ram_budget: Option<&str>) -> PyResult<(WeightMo
 #[pymethods]
 impl PyModel {
     /// Load a GGUF model with its weights mapped, resident or streamed (under
-    /// `ram_budget`, a size such as `"48MiB"` or bytes).
+    /// `ram_budget`, a size such as `"48MiB"` or bytes). A streamed mixture-of-experts
+    /// model caches its experts in `expert_cache` (a size; default: what the budget
+    /// leaves), reads them ahead unless `expert_prefetch` is false, and evicts as
+    /// `expert_eviction` says (`"next-use"` or `"lru"`).
     #[staticmethod]
-    #[pyo3(signature = (path, weights = "mmap", ram_budget = None))]
+    #[pyo3(signature = (path, weights = "mmap", ram_budget = None, expert_cache = None, expert_prefetch = true, expert_eviction = "next-use"))]
     fn load(
         py: Python<'_>,
         path: PathBuf,
         weights: &str,
         ram_budget: Option<String>,
+        expert_cache: Option<String>,
+        expert_prefetch: bool,
+        expert_eviction: &str,
     ) -> PyResult<Self> {
         let (mode, budget) = weight_options(weights, ram_budget.as_deref())?;
+        let experts = dhurandhar::generate::ExpertOptions {
+            cache: expert_cache
+                .as_deref()
+                .map(dhurandhar::units::parse_size)
+                .transpose()
+                .map_err(|e| PyValueError::new_err(format!("expert_cache: {e}")))?,
+            prefetch: expert_prefetch,
+            eviction: expert_eviction
+                .parse()
+                .map_err(|e: String| PyValueError::new_err(format!("expert_eviction: {e}")))?,
+        };
         let model = py
             .allow_threads(|| dhurandhar::generate::load_model_with(&path, mode))
             .map_err(to_py_err)?;
@@ -443,6 +461,7 @@ impl PyModel {
             model,
             weights: mode,
             ram_budget: budget,
+            experts,
         })
     }
 
@@ -503,6 +522,7 @@ impl PyModel {
             f32_activations,
             weights: self.weights,
             ram_budget: self.ram_budget,
+            experts: self.experts,
             adapters: adapters
                 .into_iter()
                 .map(|(path, weight)| dhurandhar::lora::AdapterSpec { path, weight })
@@ -588,6 +608,7 @@ fn generate_bench<'py>(
         repeats,
         weights,
         ram_budget,
+        experts: Default::default(),
     };
     let p = PyProgress::new(progress, CancelToken::new());
     let cancel = p.cancel_token();
@@ -633,6 +654,7 @@ fn eval<'py>(
         q8_activations,
         weights,
         ram_budget,
+        experts: Default::default(),
         adapters: Vec::new(),
     };
     let p = PyProgress::new(progress, CancelToken::new());

@@ -1,8 +1,11 @@
 //! Locating the real-model fixtures (never committed; fetched by
-//! `scripts/fetch_fixtures.py`, which `scripts/test.sh` runs first), and the comparison
+//! `scripts/fetch_fixtures.py`, which `scripts/test.sh` runs first), making the tiny
+//! random-weight models of every architecture ([`tiny_models`]), and the comparison
 //! against llama.cpp goldens ([`llama_cpp`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 
 pub mod llama_cpp;
 
@@ -28,7 +31,7 @@ pub fn fixture(name: &str) -> Option<PathBuf> {
     if p.is_file() {
         return Some(p);
     }
-    if std::env::var("DHURANDHAR_REQUIRE_FIXTURES").as_deref() == Ok("1") {
+    if require() {
         panic!(
             "fixture {} missing; run `python3 scripts/fetch_fixtures.py`",
             p.display()
@@ -39,4 +42,71 @@ pub fn fixture(name: &str) -> Option<PathBuf> {
         p.display()
     );
     None
+}
+
+fn require() -> bool {
+    std::env::var("DHURANDHAR_REQUIRE_FIXTURES").as_deref() == Ok("1")
+}
+
+/// The tiny models' directory and `(name, sha256)` of each file (`tiny-<name>.gguf`).
+pub type TinyModels = (PathBuf, Vec<(String, String)>);
+
+/// The tiny random-weight models of `scripts/make_tiny_models.py` (one per architecture,
+/// the SmolLM2 fixture's vocabulary), made once per test binary into
+/// `<workspace>/.cache/tiny-models`; `None` (after printing why) when they cannot be
+/// made here — python3 or its `gguf` package missing — which panics under
+/// `DHURANDHAR_REQUIRE_FIXTURES=1`.
+pub fn tiny_models() -> Option<&'static TinyModels> {
+    static MODELS: OnceLock<Option<TinyModels>> = OnceLock::new();
+    MODELS
+        .get_or_init(|| {
+            let vocab = fixture(SMOLLM2_GGUF)?;
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let dir = root.join(".cache/tiny-models");
+            let out = Command::new("python3")
+                .arg(root.join("scripts/make_tiny_models.py"))
+                .arg("--vocab-from")
+                .arg(&vocab)
+                .arg("--out")
+                .arg(&dir)
+                .output();
+            let reason = match out {
+                Err(e) => format!("python3 cannot run: {e}"),
+                Ok(o) if o.status.code() == Some(3) => {
+                    String::from_utf8_lossy(&o.stderr).trim().to_string()
+                }
+                Ok(o) if !o.status.success() => panic!(
+                    "make_tiny_models.py failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Ok(o) => {
+                    let shas = String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .filter_map(|l| {
+                            let (path, sha) = l.rsplit_once(' ')?;
+                            let stem = Path::new(path).file_stem()?.to_str()?;
+                            Some((
+                                stem.trim_start_matches("tiny-").to_string(),
+                                sha.to_string(),
+                            ))
+                        })
+                        .collect();
+                    return Some((dir, shas));
+                }
+            };
+            if require() {
+                panic!(
+                    "DHURANDHAR_REQUIRE_FIXTURES=1 but the tiny models cannot be made: {reason}"
+                );
+            }
+            eprintln!("skipping the tiny-model checks: {reason}");
+            None
+        })
+        .as_ref()
+}
+
+/// Path of tiny model `name` (`llama`, `qwen2moe`, …; see [`tiny_models`]).
+pub fn tiny_model(name: &str) -> Option<PathBuf> {
+    let (dir, _) = tiny_models()?;
+    Some(dir.join(format!("tiny-{name}.gguf")))
 }

@@ -1099,6 +1099,7 @@ async fn run_stream(State(s): State<AppState>, Q(q): Q<RunQuery>) -> Result<Resp
         f32_activations: false,
         weights,
         ram_budget,
+        experts: Default::default(),
         adapters: Vec::new(),
     };
     let inner = s.inner.clone();

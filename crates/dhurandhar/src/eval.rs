@@ -54,6 +54,8 @@ pub struct EvalOptions {
     pub weights: WeightMode,
     /// RAM budget in bytes for streamed weights.
     pub ram_budget: Option<u64>,
+    /// A streamed MoE model's expert cache.
+    pub experts: crate::generate::ExpertOptions,
     /// LoRA adapters applied in every pass (PEFT directories with weights).
     pub adapters: Vec<AdapterSpec>,
 }
@@ -73,6 +75,7 @@ impl Default for EvalOptions {
             q8_activations: false,
             weights: WeightMode::Mmap,
             ram_budget: None,
+            experts: Default::default(),
             adapters: Vec::new(),
         }
     }
@@ -161,6 +164,7 @@ pub fn eval(
     crate::generate::start_weights(
         &model,
         opts.ram_budget,
+        opts.experts,
         tokens.len(),
         opts.chunk,
         opts.chunk,

@@ -27,6 +27,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dhurandhar_engine::bench::{bench as bench_threads, synthetic_prompt, BenchResult};
+pub use dhurandhar_engine::experts::Eviction;
+use dhurandhar_engine::experts::ExpertStats;
 use dhurandhar_engine::tokenizer::Utf8Stream;
 use dhurandhar_engine::{Logits, Model, Sampler, Session, StreamStats};
 pub use dhurandhar_engine::{StorePlan, WeightMode};
@@ -96,26 +98,66 @@ pub fn chat_prompt(model: &Model, messages: &[ChatMessage]) -> Result<(String, C
     Ok((p, ChatFormat::Plain))
 }
 
+/// How a streamed mixture-of-experts model caches its experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpertOptions {
+    /// Bytes of the expert cache (raised to the least a layer needs); `None`: what the
+    /// RAM budget leaves once the dense layers are pinned (without a budget, the least).
+    pub cache: Option<u64>,
+    /// Read experts ahead: a layer's routed misses while its cached experts compute,
+    /// and the experts the next layer's router predicts from the current hidden state.
+    pub prefetch: bool,
+    /// Which cached expert makes room for another.
+    pub eviction: Eviction,
+}
+
+impl Default for ExpertOptions {
+    fn default() -> Self {
+        ExpertOptions {
+            cache: None,
+            prefetch: true,
+            eviction: Eviction::default(),
+        }
+    }
+}
+
 /// Start a streamed model's layer pool for `context` tokens in chunks of `chunk` with
-/// `logit_rows` logits per pass on `threads` threads under `budget`; refuses a budget with any other mode
-/// (only streamed weights are bounded).
+/// `logit_rows` logits per pass on `threads` threads under `budget`, its expert cache as
+/// `experts` says; refuses a budget or an expert cache size with any other mode (only
+/// streamed weights are bounded).
 pub fn start_weights(
     model: &Model,
     budget: Option<u64>,
+    experts: ExpertOptions,
     context: usize,
     chunk: usize,
     logit_rows: usize,
     threads: usize,
 ) -> Result<()> {
-    if budget.is_some() && model.weight_mode() != WeightMode::Stream {
-        return Err(Error::invalid(
-            "ram_budget",
-            format!(
-                "a RAM budget bounds streamed weights only, not the {} weight mode",
-                model.weight_mode().name()
-            ),
-        ));
+    let streamed = model.weight_mode() == WeightMode::Stream;
+    for (set, field, what) in [
+        (budget.is_some(), "ram_budget", "a RAM budget bounds"),
+        (
+            experts.cache.is_some(),
+            "expert_cache",
+            "an expert cache holds",
+        ),
+    ] {
+        if set && !streamed {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{what} streamed weights only, not the {} weight mode",
+                    model.weight_mode().name()
+                ),
+            ));
+        }
     }
+    if model.stream_plan().is_none() {
+        model.set_expert_cache(experts.cache)?;
+    }
+    model.set_expert_prefetch(experts.prefetch);
+    model.set_expert_eviction(experts.eviction);
     model.start_stream(budget, context, chunk, logit_rows, threads)?;
     Ok(())
 }
@@ -139,6 +181,24 @@ pub struct WeightsReport {
     /// Streamed reads of the measured phase (decode for generate and bench, the whole
     /// run for eval): `None` unless the phase read weights.
     pub traffic: Option<Traffic>,
+    /// A streamed mixture-of-experts model's expert cache over the measured phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experts: Option<ExpertsReport>,
+}
+
+/// How a streamed MoE model's expert cache did over a phase: the engine's counters
+/// (lookups, hits, in flight, misses, prefetched, prefetch used and dropped, evictions,
+/// bytes read, capacity) and what follows from them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ExpertsReport {
+    #[serde(flatten)]
+    pub stats: ExpertStats,
+    /// Lookups found in the cache, read.
+    pub hit_rate: Option<f64>,
+    /// Predicted experts (the next layer's router) that were then used.
+    pub prefetch_accuracy: Option<f64>,
+    /// Expert bytes read per token of the phase (part of the weights' figure).
+    pub bytes_read_per_token: f64,
 }
 
 /// How fast streaming read, how long the computation waited for it, and the speed
@@ -191,11 +251,20 @@ impl WeightsReport {
             direct_io: model.direct_io(),
             bytes_read: model.weight_bytes_read(),
             bytes_read_per_token: phase.bytes_read as f64 / tokens.max(1) as f64,
-            // Embedding rows alone (every layer and the head pinned) bound nothing.
+            // Embedding rows alone (every layer and the head pinned, no expert read)
+            // bound nothing.
             traffic: model
                 .stream_plan()
-                .filter(|p| p.streamed_bytes_per_pass > 0)
+                .filter(|p| {
+                    p.streamed_bytes_per_pass > 0 || phase.experts.is_some_and(|e| e.bytes_read > 0)
+                })
                 .and_then(|_| Traffic::of(phase, seconds, tokens)),
+            experts: phase.experts.map(|stats| ExpertsReport {
+                stats,
+                hit_rate: stats.hit_rate(),
+                prefetch_accuracy: stats.prefetch_accuracy(),
+                bytes_read_per_token: stats.bytes_read as f64 / tokens.max(1) as f64,
+            }),
         }
     }
 }
@@ -231,6 +300,8 @@ pub struct GenerateOptions {
     pub weights: WeightMode,
     /// RAM budget in bytes for streamed weights (`None`: the minimum window).
     pub ram_budget: Option<u64>,
+    /// A streamed MoE model's expert cache.
+    pub experts: ExpertOptions,
     /// LoRA adapters applied on top of the base (PEFT directories with weights).
     pub adapters: Vec<AdapterSpec>,
 }
@@ -248,6 +319,7 @@ impl Default for GenerateOptions {
             f32_activations: false,
             weights: WeightMode::Mmap,
             ram_budget: None,
+            experts: ExpertOptions::default(),
             adapters: Vec::new(),
         }
     }
@@ -363,6 +435,7 @@ impl Generator {
         start_weights(
             &model,
             opts.ram_budget,
+            opts.experts,
             prompt.len() + opts.max_tokens,
             PREFILL_CHUNK,
             1,
@@ -570,6 +643,8 @@ pub struct BenchOptions {
     pub weights: WeightMode,
     /// RAM budget in bytes for streamed weights.
     pub ram_budget: Option<u64>,
+    /// A streamed MoE model's expert cache.
+    pub experts: ExpertOptions,
 }
 
 impl Default for BenchOptions {
@@ -582,6 +657,7 @@ impl Default for BenchOptions {
             repeats: 3,
             weights: WeightMode::Mmap,
             ram_budget: None,
+            experts: ExpertOptions::default(),
         }
     }
 }
@@ -666,7 +742,15 @@ pub fn bench(
     let prompt = synthetic_prompt(&model, opts.prompt_tokens.max(1));
     let ctx = prompt.len() + opts.decode_tokens;
     let most_threads = opts.threads.iter().copied().max().unwrap_or(1);
-    start_weights(&model, opts.ram_budget, ctx, prompt.len(), 1, most_threads)?;
+    start_weights(
+        &model,
+        opts.ram_budget,
+        opts.experts,
+        ctx,
+        prompt.len(),
+        1,
+        most_threads,
+    )?;
     let mut results = Vec::new();
     for &t in &opts.threads {
         cancel.check()?;
@@ -874,13 +958,39 @@ mod tests {
         let Some(path) = fixture() else { return };
         let model = load_model_with(&path, WeightMode::Stream).unwrap();
         assert_eq!(model.weight_cache_hit(), None, "no pool yet");
-        start_weights(&model, Some(u64::MAX / 4), 16, 16, 1, 1).unwrap();
+        start_weights(
+            &model,
+            Some(u64::MAX / 4),
+            ExpertOptions::default(),
+            16,
+            16,
+            1,
+            1,
+        )
+        .unwrap();
         // A budget that holds everything pins every item: every pass hits RAM.
         assert_eq!(model.weight_cache_hit(), Some(1.0));
-        start_weights(&model, Some(u64::MAX / 4), 16, 16, 1, 1).unwrap();
-        let e = start_weights(&model, Some(u64::MAX / 4), 512, 16, 1, 1)
-            .unwrap_err()
-            .to_string();
+        start_weights(
+            &model,
+            Some(u64::MAX / 4),
+            ExpertOptions::default(),
+            16,
+            16,
+            1,
+            1,
+        )
+        .unwrap();
+        let e = start_weights(
+            &model,
+            Some(u64::MAX / 4),
+            ExpertOptions::default(),
+            512,
+            16,
+            1,
+            1,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("512 tokens") && e.contains("load the model again"),
             "{e}"

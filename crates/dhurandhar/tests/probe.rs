@@ -108,6 +108,8 @@ fn tiny_probe_writes_a_loadable_host_device() {
             head_chunks: 4,
             pinned_head_chunks: 0,
             streamed_bytes_per_pass: 70 << 20,
+            expert_cache_bytes: 0,
+            expert_bytes: 0,
         };
         let s = dhurandhar::plan::predict_run(&dhurandhar::plan::RunFacts {
             weight_mode: WeightMode::Stream,

@@ -80,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         q8_activations: args.q8_activations,
         weights: args.weights.mode,
         ram_budget: args.weights.ram_budget,
+        experts: args.weights.experts(),
         adapters: args.adapters,
     };
     let report = dhurandhar::eval::eval(&opts, &args.out.progress(), &CancelToken::new())?;

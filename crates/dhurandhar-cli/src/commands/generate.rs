@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use dhurandhar::generate::{
-    bench, chat_prompt, load_model_with, BenchOptions, BenchReport, ChatMessage, GenerateEvent,
-    GenerateOptions, Generator, WeightMode, WeightsReport,
+    bench, chat_prompt, load_model_with, BenchOptions, BenchReport, ChatMessage, Eviction,
+    ExpertOptions, GenerateEvent, GenerateOptions, Generator, WeightMode, WeightsReport,
 };
 use dhurandhar::lora::AdapterSpec;
 use dhurandhar::units::human_bytes;
@@ -80,10 +80,45 @@ pub struct WeightArgs {
     /// the layer pool; refused up front when too small. Without it: the minimum pool.
     #[arg(long, value_parser = parse_size)]
     pub ram_budget: Option<u64>,
+    /// Mixture-of-experts models with `--weights stream`: bytes of the expert cache
+    /// (e.g. `64MiB`; raised to the least a layer needs). Default: what the RAM budget
+    /// leaves once the dense layers are pinned (without a budget, the least).
+    #[arg(long, value_parser = parse_size)]
+    pub expert_cache: Option<u64>,
+    /// Mixture-of-experts models with `--weights stream`: read no expert ahead (neither
+    /// a layer's routed misses nor the next layer's predicted experts) — the baseline
+    /// the read-ahead is measured against.
+    #[arg(long)]
+    pub no_expert_prefetch: bool,
+    /// Mixture-of-experts models with `--weights stream`: which cached expert makes room
+    /// for another. next-use: the one whose layer comes again last (layers run in a
+    /// cycle); lru: the least recently used.
+    #[arg(long, default_value = "next-use", value_parser = parse_eviction)]
+    pub expert_eviction: Eviction,
+}
+
+fn parse_eviction(s: &str) -> Result<Eviction, String> {
+    s.parse()
+}
+
+impl WeightArgs {
+    /// The facade's expert-cache options.
+    pub fn experts(&self) -> ExpertOptions {
+        ExpertOptions {
+            cache: self.expert_cache,
+            prefetch: !self.no_expert_prefetch,
+            eviction: self.expert_eviction,
+        }
+    }
 }
 
 fn parse_mode(s: &str) -> Result<WeightMode, String> {
     s.parse()
+}
+
+/// `37%`, or `n/a`.
+fn pct(x: Option<f64>) -> String {
+    x.map_or("n/a".into(), |x| format!("{:.0}%", 100.0 * x))
 }
 
 /// `--ram-budget` and other sizes: the facade's parser.
@@ -133,6 +168,15 @@ pub fn render_weights(w: &WeightsReport) -> String {
             100.0 * t.io_wait_share
         );
     }
+    if let Some(e) = &w.experts {
+        s += &format!(
+            "; experts: cache {}, hit rate {}, {} read per token, prefetch accuracy {}",
+            human_bytes(e.stats.capacity_bytes),
+            pct(e.hit_rate),
+            human_bytes(e.bytes_read_per_token as u64),
+            pct(e.prefetch_accuracy)
+        );
+    }
     s
 }
 
@@ -151,6 +195,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         f32_activations: args.f32_activations,
         weights: args.weights.mode,
         ram_budget: args.weights.ram_budget,
+        experts: args.weights.experts(),
         adapters: args.adapters.clone(),
     };
     let model = load_model_with(&opts.model, opts.weights)?;
@@ -203,6 +248,7 @@ fn run_bench(args: &Args) -> anyhow::Result<()> {
         repeats: args.bench_repeats,
         weights: args.weights.mode,
         ram_budget: args.weights.ram_budget,
+        experts: args.weights.experts(),
     };
     let report = bench(&opts, &args.out.progress(), &CancelToken::new())?;
     emit(&args.out, &report, render_bench)
