@@ -173,7 +173,14 @@ class Generation:
 
 class Model:
     @staticmethod
-    def load(path: _Path, weights: str = "mmap", ram_budget: Optional[str] = None) -> "Model": ...
+    def load(
+        path: _Path,
+        weights: str = "mmap",
+        ram_budget: Optional[str] = None,
+        expert_cache: Optional[str] = None,
+        expert_prefetch: bool = True,
+        expert_eviction: str = "next-use",
+    ) -> "Model": ...
     @property
     def path(self) -> str: ...
     @property

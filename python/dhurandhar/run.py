@@ -93,29 +93,48 @@ class Generation:
         return Record(self._g.report())
 
 
-def _budget(ram_budget: Union[int, str, None]) -> Optional[str]:
-    """A RAM budget as the native layer parses it: bytes, or a size like ``"48MiB"``."""
-    if ram_budget is None:
+def _budget(size: Union[int, str, None], name: str = "ram_budget") -> Optional[str]:
+    """A size as the native layer parses it: bytes, or a size like ``"48MiB"``."""
+    if size is None:
         return None
-    if isinstance(ram_budget, bool) or not isinstance(ram_budget, (int, str)):
-        raise TypeError(f"ram_budget must be bytes (int) or a size such as '48MiB', not {ram_budget!r}")
-    return str(ram_budget)
+    if isinstance(size, bool) or not isinstance(size, (int, str)):
+        raise TypeError(f"{name} must be bytes (int) or a size such as '48MiB', not {size!r}")
+    return str(size)
 
 
 class Model:
     """A GGUF model loaded once; every :meth:`generate` shares it. ``weights`` says how
     its weights are held: ``"mmap"`` (mapped, the kernel pages them), ``"resident"``
     (read into RAM) or ``"stream"`` (read layer by layer into a pool bounded by
-    ``ram_budget``: bytes, or a size such as ``"48MiB"``)."""
+    ``ram_budget``: bytes, or a size such as ``"48MiB"``). A streamed mixture-of-experts
+    model reads its experts into a cache of ``expert_cache`` bytes (default: what the
+    budget leaves), ahead of need unless ``expert_prefetch`` is false, evicting as
+    ``expert_eviction`` says (``"next-use"`` or ``"lru"``; see docs/run.md)."""
 
     def __init__(self, native: "_native.Model") -> None:
         self._m = native
 
     @classmethod
     def load(
-        cls, path: PathLike, *, weights: str = "mmap", ram_budget: Union[int, str, None] = None
+        cls,
+        path: PathLike,
+        *,
+        weights: str = "mmap",
+        ram_budget: Union[int, str, None] = None,
+        expert_cache: Union[int, str, None] = None,
+        expert_prefetch: bool = True,
+        expert_eviction: str = "next-use",
     ) -> "Model":
-        return cls(_native.Model.load(os.fspath(path), weights, _budget(ram_budget)))
+        return cls(
+            _native.Model.load(
+                os.fspath(path),
+                weights,
+                _budget(ram_budget),
+                _budget(expert_cache, "expert_cache"),
+                bool(expert_prefetch),
+                expert_eviction,
+            )
+        )
 
     @property
     def path(self) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import _thread
+import os
 
 import numpy as np
 import pytest
 
 import dhurandhar as d
 
-from conftest import as_json, cli_json
+from conftest import REPO, as_json, cli_json
 
 PROMPT = "The capital of France is"
 
@@ -222,3 +223,26 @@ def test_chat_messages_use_the_model_template_as_the_cli(gguf):
     assert text == cli["text"] and g.report().stop_reason == cli["stop_reason"]
     with pytest.raises(ValueError, match="messages"):
         m.generate(messages=[])
+
+
+def test_streamed_experts_give_the_mapped_text_and_report_the_cache():
+    # The tiny Qwen2-MoE model of scripts/make_tiny_models.py (made by the Rust tests,
+    # which scripts/test.sh runs first).
+    p = REPO / ".cache" / "tiny-models" / "tiny-qwen2moe.gguf"
+    if not p.is_file():
+        if os.environ.get("DHURANDHAR_REQUIRE_FIXTURES"):
+            pytest.fail(f"{p} missing: run the Rust tests (they make it) first")
+        pytest.skip(f"{p} not made (scripts/make_tiny_models.py)")
+    want = d.Model.load(p).generate(PROMPT, max_tokens=8).text()
+    for prefetch, eviction in [(True, "next-use"), (False, "lru")]:
+        m = d.Model.load(p, weights="stream", expert_cache=1, expert_prefetch=prefetch, expert_eviction=eviction)
+        g = m.generate(PROMPT, max_tokens=8)
+        assert g.text() == want
+        e = g.report().weights.experts
+        assert e.lookups > 0 and e.capacity_bytes > 1 and 0 <= e.hit_rate <= 1
+        if not prefetch:
+            assert e.prefetched == 0
+    with pytest.raises(ValueError, match="expert_eviction"):
+        d.Model.load(p, weights="stream", expert_eviction="fifo")
+    with pytest.raises(TypeError, match="expert_cache"):
+        d.Model.load(p, weights="stream", expert_cache=1.5)
