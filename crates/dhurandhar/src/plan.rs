@@ -532,6 +532,20 @@ fn error_pct(predicted: Option<f64>, measured: Option<f64>) -> Option<f64> {
     }
 }
 
+/// Expert bytes a streamed MoE model reads per token, if the router spread tokens
+/// evenly and independently over the experts: each token uses `active / experts` of
+/// every expert's bytes, and finds a share `cache / all experts` of them cached. Real
+/// routing repeats experts from token to token, so this is an upper bound in practice
+/// (docs/run.md measures the hit rate).
+fn expert_reads_per_token(s: &StorePlan, arch: &ModelArchitecture) -> u64 {
+    if s.expert_bytes == 0 || arch.num_experts == 0 {
+        return 0;
+    }
+    let used = arch.num_active_experts as f64 / arch.num_experts as f64;
+    let cached = (s.expert_cache_bytes as f64 / s.expert_bytes as f64).min(1.0);
+    (s.expert_bytes as f64 * used * (1.0 - cached)).round() as u64
+}
+
 /// Predict a benchmark run of a checkpoint on `host`: the engine's f32 KV cache (32 bits
 /// per value) at the run's context, prefill chunks of `prefill_chunk`, one prediction per
 /// thread count. Weights in RAM follow the run's weight mode: all of them (resident, and
@@ -552,7 +566,9 @@ pub fn predict_run(f: &RunFacts<'_>) -> Result<RunPrediction> {
     let plan_opts = plan_options(&popts, &resolved.arch)?;
     let p = dhurandhar_plan::plan(&resolved.arch, resolved.weights.as_ref(), &plan_opts)?;
     let streamed = match (f.weight_mode, f.store) {
-        (WeightMode::Stream, Some(s)) => s.streamed_bytes_per_pass,
+        (WeightMode::Stream, Some(s)) => {
+            s.streamed_bytes_per_pass + expert_reads_per_token(s, &resolved.arch)
+        }
         _ => 0,
     };
     let rss = match (f.weight_mode, f.store) {
@@ -608,6 +624,35 @@ pub fn predict_run(f: &RunFacts<'_>) -> Result<RunPrediction> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_experts_are_predicted_at_the_uncached_share_of_the_active_ones() {
+        let mut arch = dhurandhar_model::registry::get("qwen3-30b-a3b").unwrap();
+        arch.num_experts = 32;
+        arch.num_active_experts = 4;
+        let mut s = StorePlan {
+            budget_bytes: None,
+            kv_bytes: 0,
+            activation_bytes: 0,
+            resident_bytes: 0,
+            fixed_bytes: 0,
+            pool_bytes: 0,
+            buffer_bytes: 0,
+            window_slots: 2,
+            pinned_layers: 0,
+            head_chunks: 0,
+            pinned_head_chunks: 0,
+            streamed_bytes_per_pass: 0,
+            expert_cache_bytes: 200,
+            expert_bytes: 800,
+        };
+        // 800 bytes of experts, 4 of 32 used: 100 bytes per token, a quarter cached: 75.
+        assert_eq!(expert_reads_per_token(&s, &arch), 75);
+        s.expert_cache_bytes = 800;
+        assert_eq!(expert_reads_per_token(&s, &arch), 0);
+        s.expert_bytes = 0;
+        assert_eq!(expert_reads_per_token(&s, &arch), 0);
+    }
 
     #[test]
     fn analyze_with_values_matches_names() {
