@@ -1,14 +1,15 @@
 //! Mixture-of-experts layers: routing a token to its experts, and (streamed weights) the
 //! cache the experts are read into.
 //!
-//! A streamed MoE model reads its dense part (attention, router, shared expert) through
-//! the layer pool like any layer, and each routed expert on demand into an
-//! [`ExpertCache`] of a fixed byte size: least recently used experts are evicted first.
-//! Reads overlap computation two ways ([`ExpertCache::prefetch`], on a thread of its
-//! own): once a layer is routed, its missing experts are read while its cached ones
-//! compute; and when a decoded token leaves layer `i`, layer `i+1`'s router is applied
-//! to the hidden state and the likelier half of the experts it picks are read while
-//! layer `i+1`'s attention computes (a guess: the stats say how often it was used).
+//! A streamed MoE model reads its dense part (attention, shared expert) through the
+//! layer pool like any layer, and each routed expert on demand into an expert cache of
+//! a fixed byte size; [`Eviction`] says which expert makes room. Reads overlap
+//! computation two ways, on a thread of their own: once a layer is routed, its missing
+//! experts are read while its cached ones compute (the computing thread takes over the
+//! last ones still queued); and when a decoded token leaves layer `i`, layer `i+1`'s
+//! router is applied to the hidden state and the likelier half of the experts it picks
+//! are read while layer `i+1`'s attention computes (a guess: [`ExpertStats`] say how
+//! often it was used).
 
 use std::collections::HashMap;
 use std::fs::File;
