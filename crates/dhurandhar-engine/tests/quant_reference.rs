@@ -33,10 +33,6 @@ const Q8_TYPES: &[&str] = &[
 /// Types multiplied against f32 activations only.
 const FLOAT_TYPES: &[&str] = &["F16", "BF16"];
 
-fn require() -> bool {
-    std::env::var("DHURANDHAR_REQUIRE_FIXTURES").is_ok_and(|v| v == "1")
-}
-
 /// Run the reference script; `None` (after printing why) when it cannot run here.
 fn reference(types: &[&str], values: usize, seed: u64) -> Option<PathBuf> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/quant_reference.py");
@@ -44,29 +40,16 @@ fn reference(types: &[&str], values: usize, seed: u64) -> Option<PathBuf> {
         "dhurandhar-quant-ref-{}-{seed}-{values}",
         std::process::id()
     ));
-    let out = Command::new("python3")
-        .arg(&script)
-        .args(["--seed", &seed.to_string(), "--values", &values.to_string()])
-        .arg("--out")
-        .arg(&dir)
-        .args(types)
-        .output();
-    let reason = match out {
-        Err(e) => format!("python3 cannot run: {e}"),
-        Ok(o) if o.status.code() == Some(3) => {
-            String::from_utf8_lossy(&o.stderr).trim().to_string()
-        }
-        Ok(o) if !o.status.success() => panic!(
-            "quant_reference.py failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Ok(_) => return Some(dir),
-    };
-    if require() {
-        panic!("DHURANDHAR_REQUIRE_FIXTURES=1 but the gguf reference is unavailable: {reason}");
-    }
-    eprintln!("skipping the gguf reference check: {reason}");
-    None
+    dhurandhar_testkit::python_script(
+        Command::new("python3")
+            .arg(&script)
+            .args(["--seed", &seed.to_string(), "--values", &values.to_string()])
+            .arg("--out")
+            .arg(&dir)
+            .args(types),
+        "the gguf reference check",
+    )?;
+    Some(dir)
 }
 
 fn read_f32(p: &std::path::Path) -> Vec<f32> {

@@ -4,7 +4,7 @@
 //! against llama.cpp goldens ([`llama_cpp`]).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod llama_cpp;
@@ -63,46 +63,51 @@ pub fn tiny_models() -> Option<&'static TinyModels> {
             let vocab = fixture(SMOLLM2_GGUF)?;
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
             let dir = root.join(".cache/tiny-models");
-            let out = Command::new("python3")
-                .arg(root.join("scripts/make_tiny_models.py"))
-                .arg("--vocab-from")
-                .arg(&vocab)
-                .arg("--out")
-                .arg(&dir)
-                .output();
-            let reason = match out {
-                Err(e) => format!("python3 cannot run: {e}"),
-                Ok(o) if o.status.code() == Some(3) => {
-                    String::from_utf8_lossy(&o.stderr).trim().to_string()
-                }
-                Ok(o) if !o.status.success() => panic!(
-                    "make_tiny_models.py failed: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Ok(o) => {
-                    let shas = String::from_utf8_lossy(&o.stdout)
-                        .lines()
-                        .filter_map(|l| {
-                            let (path, sha) = l.rsplit_once(' ')?;
-                            let stem = Path::new(path).file_stem()?.to_str()?;
-                            Some((
-                                stem.trim_start_matches("tiny-").to_string(),
-                                sha.to_string(),
-                            ))
-                        })
-                        .collect();
-                    return Some((dir, shas));
-                }
-            };
-            if require() {
-                panic!(
-                    "DHURANDHAR_REQUIRE_FIXTURES=1 but the tiny models cannot be made: {reason}"
-                );
-            }
-            eprintln!("skipping the tiny-model checks: {reason}");
-            None
+            let out = python_script(
+                Command::new("python3")
+                    .arg(root.join("scripts/make_tiny_models.py"))
+                    .arg("--vocab-from")
+                    .arg(&vocab)
+                    .arg("--out")
+                    .arg(&dir),
+                "the tiny models",
+            )?;
+            let shas = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| {
+                    let (path, sha) = l.rsplit_once(' ')?;
+                    let stem = Path::new(path).file_stem()?.to_str()?;
+                    Some((
+                        stem.trim_start_matches("tiny-").to_string(),
+                        sha.to_string(),
+                    ))
+                })
+                .collect();
+            Some((dir, shas))
         })
         .as_ref()
+}
+
+/// Run one of the repository's Python scripts that need the `gguf` package (they exit
+/// with status 3 when it cannot be imported): its output, or `None` (after printing why
+/// `what` is skipped) when Python or the package is missing here — which panics under
+/// `DHURANDHAR_REQUIRE_FIXTURES=1`. Any other failure panics with the script's stderr.
+pub fn python_script(cmd: &mut Command, what: &str) -> Option<Output> {
+    let reason = match cmd.output() {
+        Err(e) => format!("python3 cannot run: {e}"),
+        Ok(o) if o.status.code() == Some(3) => {
+            String::from_utf8_lossy(&o.stderr).trim().to_string()
+        }
+        Ok(o) if !o.status.success() => {
+            panic!("{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr))
+        }
+        Ok(o) => return Some(o),
+    };
+    if require() {
+        panic!("DHURANDHAR_REQUIRE_FIXTURES=1 but {what} cannot be made: {reason}");
+    }
+    eprintln!("skipping {what}: {reason}");
+    None
 }
 
 /// Path of tiny model `name` (`llama`, `qwen2moe`, …; see [`tiny_models`]).

@@ -958,39 +958,15 @@ mod tests {
         let Some(path) = fixture() else { return };
         let model = load_model_with(&path, WeightMode::Stream).unwrap();
         assert_eq!(model.weight_cache_hit(), None, "no pool yet");
-        start_weights(
-            &model,
-            Some(u64::MAX / 4),
-            ExpertOptions::default(),
-            16,
-            16,
-            1,
-            1,
-        )
-        .unwrap();
+        let start = |context| {
+            let experts = ExpertOptions::default();
+            start_weights(&model, Some(u64::MAX / 4), experts, context, 16, 1, 1)
+        };
+        start(16).unwrap();
         // A budget that holds everything pins every item: every pass hits RAM.
         assert_eq!(model.weight_cache_hit(), Some(1.0));
-        start_weights(
-            &model,
-            Some(u64::MAX / 4),
-            ExpertOptions::default(),
-            16,
-            16,
-            1,
-            1,
-        )
-        .unwrap();
-        let e = start_weights(
-            &model,
-            Some(u64::MAX / 4),
-            ExpertOptions::default(),
-            512,
-            16,
-            1,
-            1,
-        )
-        .unwrap_err()
-        .to_string();
+        start(16).unwrap();
+        let e = start(512).unwrap_err().to_string();
         assert!(
             e.contains("512 tokens") && e.contains("load the model again"),
             "{e}"
