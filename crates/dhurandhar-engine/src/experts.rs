@@ -605,6 +605,7 @@ fn read_expert(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::plan_reads;
 
     #[test]
     fn routing_keeps_the_largest_probabilities() {
@@ -635,17 +636,26 @@ mod tests {
         assert_eq!(out[0].0, 1);
     }
 
+    /// A cache of `capacity` bytes over a file of `layers × experts` experts of `each`
+    /// bytes, expert `e` of layer `l` filled with the byte `l × experts + e`.
     fn cache_over(
         path: &std::path::Path,
+        layers: usize,
         experts: usize,
         each: usize,
         capacity: u64,
     ) -> ExpertCache {
-        let data: Vec<u8> = (0..experts * each).map(|i| (i / each) as u8).collect();
+        let data: Vec<u8> = (0..layers * experts * each)
+            .map(|i| (i / each) as u8)
+            .collect();
         std::fs::write(path, &data).unwrap();
-        let reads = vec![(0..experts)
-            .map(|e| crate::store::plan_reads(&[((e * each) as u64, each)]).0)
-            .collect()];
+        let reads = (0..layers)
+            .map(|l| {
+                (0..experts)
+                    .map(|e| plan_reads(&[(((l * experts + e) * each) as u64, each)]).0)
+                    .collect()
+            })
+            .collect();
         ExpertCache::new(
             Arc::new(File::open(path).unwrap()),
             false,
@@ -662,7 +672,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let each = 8192;
         // Room for two experts.
-        let c = cache_over(&dir.join("a.bin"), 4, each, 2 * each as u64);
+        let c = cache_over(&dir.join("a.bin"), 1, 4, each, 2 * each as u64);
         for e in [0, 1, 0, 2, 0, 1] {
             let b = c.get(0, e).unwrap();
             assert!(b.bytes()[..each].iter().all(|&x| x == e as u8));
@@ -679,21 +689,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dh-experts-n-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let each = 4096;
-        let path = dir.join("d.bin");
-        std::fs::write(&path, vec![7u8; 3 * each]).unwrap();
-        // Three layers of one expert each; room for two.
-        let reads: Vec<Vec<Vec<Extent>>> = (0..3)
-            .map(|l| vec![crate::store::plan_reads(&[((l * each) as u64, each)]).0])
-            .collect();
         for (eviction, kept) in [(Eviction::NextUse, 0), (Eviction::Lru, 1)] {
-            let c = ExpertCache::new(
-                Arc::new(File::open(&path).unwrap()),
-                false,
-                "test",
-                Arc::default(),
-                reads.clone(),
-                2 * each as u64,
-            );
+            // Three layers of one expert each; room for two.
+            let c = cache_over(&dir.join("d.bin"), 3, 1, each, 2 * each as u64);
             c.set_eviction(eviction);
             for l in 0..3 {
                 c.get(l, 0).unwrap();
@@ -711,7 +709,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dh-experts-q-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let each = 4096;
-        let c = cache_over(&dir.join("c.bin"), 6, each, 6 * each as u64);
+        let c = cache_over(&dir.join("c.bin"), 1, 6, each, 6 * each as u64);
         c.prefetch(0, &[0, 1, 2, 3, 4, 5], false).unwrap();
         // From the back: the computing thread takes queued ones over, or waits for
         // the ones the prefetch thread started.
@@ -735,7 +733,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dh-experts-p-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let each = 4096;
-        let c = cache_over(&dir.join("b.bin"), 6, each, 3 * each as u64);
+        let c = cache_over(&dir.join("b.bin"), 1, 6, each, 3 * each as u64);
         c.prefetch(0, &[1, 2, 3, 4], true).unwrap();
         // Three fit; the fourth would evict a prediction, so it is dropped. Once read
         // ahead, a lookup is a hit.
