@@ -66,6 +66,7 @@ pub mod capped;
 pub mod catalog;
 pub mod eval;
 pub mod generate;
+mod gguf_out;
 pub mod inspect;
 pub mod kv;
 pub mod lora;

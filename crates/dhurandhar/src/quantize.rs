@@ -12,12 +12,13 @@
 //! sample of rows, `x` being the input's values (dequantized if the input was
 //! quantized) and `x̂` the output's, read back with the engine's dequantizers.
 
-use std::io::BufWriter;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use dhurandhar_checkpoint::gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue};
 use dhurandhar_checkpoint::gguf_write::{GgufTensorOut, GgufWriter};
+
+use crate::gguf_out::GgufOut;
 use dhurandhar_checkpoint::{map_file, DType};
 use dhurandhar_quantize::preset::{self, ModelInfo, TensorDesc};
 use dhurandhar_quantize::{Format, Preset};
@@ -260,14 +261,7 @@ pub fn quantize(
         })
         .collect();
     let out_path = output.display().to_string();
-    let io_err = |e: std::io::Error| Error::from(dhurandhar_io::IoError::os(output, e));
-    let sink = dhurandhar_io::AtomicFile::create(output)?;
-    let mut w = GgufWriter::new(
-        BufWriter::with_capacity(1 << 20, sink),
-        &output_metadata(&file, preset.file_type()),
-        &outs,
-    )
-    .map_err(io_err)?;
+    let mut w = GgufOut::create(output, &output_metadata(&file, preset.file_type()), &outs)?;
 
     progress.start("quantize", Some(file.total_tensor_bytes()), Unit::Bytes);
     let mut rows_out = Vec::with_capacity(file.tensors.len());
@@ -291,7 +285,7 @@ pub fn quantize(
         if to == t.ggml_type {
             for chunk in data.chunks(COPY_CHUNK) {
                 cancel.check()?;
-                w.write_data(chunk).map_err(io_err)?;
+                w.write(chunk)?;
                 progress.advance(chunk.len() as u64);
             }
         } else {
@@ -299,13 +293,19 @@ pub fn quantize(
                 requantized += 1;
             }
             let format = plan.target.expect("a changed type comes from the preset");
-            let (sq_err, sq_ref, n) =
-                convert(t, data, format, opts.sample_rows, &mut w, progress, cancel).map_err(
-                    |e| match e {
-                        ConvertError::Io(e) => io_err(e),
-                        ConvertError::Other(e) => e.context(format!("tensor `{}`", t.name)),
-                    },
-                )?;
+            let converted = convert(
+                t,
+                data,
+                format,
+                opts.sample_rows,
+                w.writer(),
+                progress,
+                cancel,
+            );
+            let (sq_err, sq_ref, n) = converted.map_err(|e| match e {
+                ConvertError::Io(e) => w.io_error(e),
+                ConvertError::Other(e) => e.context(format!("tensor `{}`", t.name)),
+            })?;
             row.sampled_rows = n;
             row.rel_rms_error = Some(if sq_ref > 0.0 {
                 (sq_err / sq_ref).sqrt()
@@ -313,13 +313,11 @@ pub fn quantize(
                 sq_err.sqrt()
             });
         }
-        w.end_tensor().map_err(io_err)?;
+        w.end_tensor()?;
         rows_out.push(row);
     }
     cancel.check()?;
-    let buf = w.finish().map_err(io_err)?;
-    let sink = buf.into_inner().map_err(|e| io_err(e.into_error()))?;
-    sink.commit()?;
+    w.commit()?;
     progress.finish();
 
     let output_file_bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);

@@ -4,15 +4,15 @@
 //! `NAME.lora_b` (`out` rows of `r`) in F32 — PEFT's `A` and `B` with the rows of `B` in
 //! the GGUF's order. llama.cpp scales the update by `alpha / r`, as PEFT does.
 
-use std::io::BufWriter;
 use std::path::PathBuf;
 
 use dhurandhar_checkpoint::gguf::{GgmlType, GgufValue};
-use dhurandhar_checkpoint::gguf_write::{GgufTensorOut, GgufWriter};
+use dhurandhar_checkpoint::gguf_write::GgufTensorOut;
 use serde::Serialize;
 
 use super::{load_adapters, AdapterSpec};
-use crate::{Error, Result};
+use crate::gguf_out::GgufOut;
+use crate::Result;
 
 /// Version of the [`ExportReport`] JSON document.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -91,19 +91,14 @@ pub fn export_gguf(opts: &ExportOptions) -> Result<ExportReport> {
             ggml_type: GgmlType::F32,
         });
     }
-    let io_err = |e: std::io::Error| Error::from(dhurandhar_io::IoError::os(output, e));
-    let sink = dhurandhar_io::AtomicFile::create(output)?;
-    let mut w = GgufWriter::new(BufWriter::with_capacity(1 << 20, sink), &metadata, &outs)
-        .map_err(io_err)?;
+    let mut w = GgufOut::create(output, &metadata, &outs)?;
     for p in adapter.pairs.values() {
         for half in [&p.a, &p.b] {
-            w.write_data(&f32_bytes(half)).map_err(io_err)?;
-            w.end_tensor().map_err(io_err)?;
+            w.write(&f32_bytes(half))?;
+            w.end_tensor()?;
         }
     }
-    let buf = w.finish().map_err(io_err)?;
-    let sink = buf.into_inner().map_err(|e| io_err(e.into_error()))?;
-    sink.commit()?;
+    w.commit()?;
     Ok(ExportReport {
         schema_version: SCHEMA_VERSION,
         adapter: opts.adapter.display().to_string(),

@@ -4,18 +4,18 @@
 //! every other tensor is copied byte for byte. Quantize the result afterwards to ship
 //! it smaller.
 
-use std::io::BufWriter;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use dhurandhar_checkpoint::gguf::{GgmlType, GgufFile};
-use dhurandhar_checkpoint::gguf_write::{GgufTensorOut, GgufWriter};
+use dhurandhar_checkpoint::gguf_write::GgufTensorOut;
 use dhurandhar_checkpoint::map_file;
 use dhurandhar_lora::{Adapter, LoraPair};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{load_adapters, AdapterSpec};
+use crate::gguf_out::GgufOut;
 use crate::{CancelToken, Error, Progress, Result, Unit};
 
 /// Version of the [`MergeReport`] JSON document.
@@ -105,14 +105,7 @@ pub fn merge(
             },
         })
         .collect();
-    let io_err = |e: std::io::Error| Error::from(dhurandhar_io::IoError::os(output, e));
-    let sink = dhurandhar_io::AtomicFile::create(output)?;
-    let mut w = GgufWriter::new(
-        BufWriter::with_capacity(1 << 20, sink),
-        &file.metadata,
-        &outs,
-    )
-    .map_err(io_err)?;
+    let mut w = GgufOut::create(output, &file.metadata, &outs)?;
     progress.start("merge", Some(file.total_tensor_bytes()), Unit::Bytes);
     let (mut merged, mut copied) = (0, 0);
     for t in &file.tensors {
@@ -122,7 +115,7 @@ pub fn merge(
             .expect("tensor ranges were checked against the file");
         let ups = updates(&t.name);
         if ups.is_empty() {
-            w.write_data(data).map_err(io_err)?;
+            w.write(data)?;
             copied += 1;
         } else {
             let n = t.shape.first().copied().unwrap_or(1) as usize;
@@ -133,16 +126,14 @@ pub fn merge(
                 add_delta(&mut rows, p, scale);
             }
             let bytes: Vec<u8> = rows.iter().flat_map(|x| x.to_le_bytes()).collect();
-            w.write_data(&bytes).map_err(io_err)?;
+            w.write(&bytes)?;
             merged += 1;
         }
-        w.end_tensor().map_err(io_err)?;
+        w.end_tensor()?;
         progress.advance(t.n_bytes);
     }
     cancel.check()?;
-    let buf = w.finish().map_err(io_err)?;
-    let sink = buf.into_inner().map_err(|e| io_err(e.into_error()))?;
-    sink.commit()?;
+    w.commit()?;
     progress.finish();
     Ok(MergeReport {
         schema_version: SCHEMA_VERSION,
