@@ -1247,9 +1247,9 @@ impl Model {
         };
         match (s.experts(), self.predict_experts(li, x)) {
             (Some(c), Some(mut next)) => {
-                // The most likely half: on the benchmark model (docs/run.md) reading
-                // all `used` predictions read more bytes than they saved and was slower
-                // than none; the top half was the fastest of 1, half and all.
+                // The likelier half: reading every prediction read more bytes than it
+                // saved and was slower than none; half was the fastest of one, half
+                // and all (docs/run.md).
                 next.truncate(next.len().div_ceil(2));
                 c.prefetch(li, &next, true)
             }
