@@ -21,7 +21,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::arch::ExpertRouting;
-use crate::store::{drop_cached, fill, AlignedBuf, Counters, Extent};
+use crate::store::{buffer_len, drop_cached, fill, AlignedBuf, Counters, Extent};
 use crate::EngineError;
 
 /// The experts a token goes to and their weights, from the router's logits: softmax over
@@ -210,11 +210,7 @@ impl ExpertCache {
     ) -> ExpertCache {
         let bytes = reads
             .iter()
-            .map(|l| {
-                l.iter()
-                    .map(|r| r.iter().map(|e| e.local + e.len).max().unwrap_or(0))
-                    .collect()
-            })
+            .map(|l| l.iter().map(|r| buffer_len(r)).collect())
             .collect();
         ExpertCache {
             file,

@@ -22,8 +22,8 @@ use crate::kernels::{axpy, dot, matmul, strided_axpys, strided_dots, Acts, QMatr
 use crate::lora::LoraStack;
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
 use crate::store::{
-    expert_cache_minimum, mib, plan_pool, plan_reads, BudgetInputs, ExpertBudget, LayerView,
-    StorePlan, StreamStats, Streamer, WeightMode, WeightStore, ALIGN, WINDOW_SLOTS,
+    buffer_len, expert_cache_minimum, mib, plan_pool, plan_reads, BudgetInputs, ExpertBudget,
+    LayerView, StorePlan, StreamStats, Streamer, WeightMode, WeightStore, ALIGN, WINDOW_SLOTS,
 };
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
@@ -838,11 +838,7 @@ impl Model {
                         Ffn::Dense { .. } => Vec::new(),
                     });
                 }
-                let largest = items
-                    .iter()
-                    .map(|l| l.iter().map(|e| e.local + e.len).max().unwrap_or(0))
-                    .max()
-                    .unwrap_or(0);
+                let largest = items.iter().map(|l| buffer_len(l)).max().unwrap_or(0);
                 let rb = output.len / output.rows;
                 for (r0, r1) in head_chunks(&output, largest.saturating_sub(2 * ALIGN)) {
                     let (reads, locals) =

@@ -254,6 +254,11 @@ pub(crate) struct Extent {
     pub need: usize,
 }
 
+/// Bytes of the buffer an item's reads fill (they are laid out back to back).
+pub(crate) fn buffer_len(reads: &[Extent]) -> usize {
+    reads.iter().map(|e| e.local + e.len).max().unwrap_or(0)
+}
+
 /// Reads closer than this are merged into one (reading the gap costs less than a
 /// second request).
 const MERGE_GAP: u64 = 64 * 1024;
@@ -471,10 +476,7 @@ impl Streamer {
         expert_reads: Vec<Vec<Vec<Extent>>>,
     ) -> Result<Streamer, EngineError> {
         let n_layers = expert_reads.len();
-        let item_bytes = items
-            .iter()
-            .map(|l| l.iter().map(|e| e.local + e.len).max().unwrap_or(0))
-            .collect();
+        let item_bytes = items.iter().map(|l| buffer_len(l)).collect();
         let (file, direct) = match direct.and_then(|p| open_direct(p, &items)) {
             Some(d) => (d, true),
             None => (file, false),
@@ -499,11 +501,7 @@ impl Streamer {
     pub(crate) fn expert_bytes(&self) -> Vec<Vec<usize>> {
         self.expert_reads
             .iter()
-            .map(|l| {
-                l.iter()
-                    .map(|r| r.iter().map(|e| e.local + e.len).max().unwrap_or(0))
-                    .collect()
-            })
+            .map(|l| l.iter().map(|r| buffer_len(r)).collect())
             .collect()
     }
 
