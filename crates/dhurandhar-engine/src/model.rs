@@ -83,7 +83,9 @@ fn tensor_at(
             ),
         ));
     }
-    let len = row_bytes(qtype, cols)? * rows;
+    let len = row_bytes(qtype, cols)?
+        .checked_mul(rows)
+        .ok_or_else(|| meta_err(origin, format!("tensor {name} is too large")))?;
     if t.n_bytes != len as u64 {
         return Err(meta_err(
             origin,
@@ -771,6 +773,19 @@ impl Model {
                 window,
                 rope: usize::from(window.is_some()),
             });
+        }
+        let moe_layers = layers
+            .iter()
+            .filter(|l| matches!(l.ffn, Ffn::Moe(_)))
+            .count();
+        if moe_layers > 0 && moe_layers < layers.len() {
+            return Err(meta_err(
+                origin,
+                format!(
+                    "{moe_layers} of {} layers are mixture-of-experts and the rest dense, which the engine does not support",
+                    layers.len()
+                ),
+            ));
         }
         let attention_scale = match spec.attention_scale {
             AttentionScale::Gemma3 if n_layers == 62 => 1.0 / ((dim / n_heads) as f32).sqrt(),
