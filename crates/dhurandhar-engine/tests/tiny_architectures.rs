@@ -362,3 +362,80 @@ fn codecs_are_refused_on_sliding_layers_only() {
         }
     }
 }
+
+/// A GGUF's metadata, in order.
+type Metadata = Vec<(String, dhurandhar_checkpoint::gguf::GgufValue)>;
+/// A change to a GGUF's metadata.
+type Edit = fn(&mut Metadata);
+
+/// A copy of tiny model `name` with its metadata edited by `edit`, for refusals.
+fn edited(name: &str, edit: impl Fn(&mut Metadata)) -> Option<PathBuf> {
+    use dhurandhar_checkpoint::gguf::GgufFile;
+    use dhurandhar_checkpoint::gguf_write::{GgufTensorOut, GgufWriter};
+    let (dir, _) = tiny_models()?;
+    let bytes = std::fs::read(dir.join(format!("tiny-{name}.gguf"))).unwrap();
+    let f = GgufFile::parse(&bytes, name).unwrap();
+    let mut meta = f.metadata.clone();
+    edit(&mut meta);
+    let outs: Vec<GgufTensorOut> = f
+        .tensors
+        .iter()
+        .map(|t| GgufTensorOut {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            ggml_type: t.ggml_type,
+        })
+        .collect();
+    let mut w = GgufWriter::new(Vec::new(), &meta, &outs).unwrap();
+    for t in &f.tensors {
+        w.write_data(f.tensor_data(t, &bytes).unwrap()).unwrap();
+        w.end_tensor().unwrap();
+    }
+    let path = std::env::temp_dir().join(format!(
+        "dhurandhar-edited-{name}-{}-{}.gguf",
+        std::process::id(),
+        meta.len()
+    ));
+    std::fs::write(&path, w.finish().unwrap()).unwrap();
+    Some(path)
+}
+
+/// Expert layers the engine cannot run as written are refused at load, naming what.
+#[test]
+fn expert_layers_it_cannot_run_are_refused() {
+    use dhurandhar_checkpoint::gguf::GgufValue;
+    let cases: [(&str, Edit, &str); 3] = [
+        (
+            "qwen2moe",
+            |m| m.retain(|(k, _)| k != "qwen2moe.expert_count"),
+            "layer 0 has a router but `qwen2moe.expert_count` is missing",
+        ),
+        (
+            "qwen3moe",
+            |m| m.push(("qwen3moe.expert_gating_func".into(), GgufValue::U32(2))),
+            "expert gating function 2 (`qwen3moe.expert_gating_func`) is not supported",
+        ),
+        (
+            // The same tensors under an architecture without experts.
+            "qwen3moe",
+            |m| {
+                for (k, v) in m.iter_mut() {
+                    if k == "general.architecture" {
+                        *v = GgufValue::String("qwen3".into());
+                    } else if let Some(rest) = k.strip_prefix("qwen3moe.") {
+                        *k = format!("qwen3.{rest}");
+                    }
+                }
+            },
+            "qwen3 with mixture-of-experts layers (tensor blk.0.ffn_gate_inp.weight) is not supported",
+        ),
+    ];
+    for (name, edit, want) in cases {
+        let Some(path) = edited(name, edit) else {
+            return;
+        };
+        let e = Model::open(&path).err().expect("refused").to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains(want), "{name}: {e}");
+    }
+}
