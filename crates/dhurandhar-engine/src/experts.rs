@@ -161,7 +161,12 @@ enum Slot {
     /// Asked of the prefetch thread, not started: whichever thread gets to it first
     /// reads it (the computing thread takes it over rather than wait). Its bytes are
     /// reserved.
-    Queued { predicted: bool },
+    Queued {
+        predicted: bool,
+        /// An evicted buffer of the right size to read into, so memory is recycled
+        /// rather than freed in one thread's allocator arena and taken from another's.
+        buf: Option<AlignedBuf>,
+    },
     /// Being read (by the prefetch thread or a computing thread); its bytes are
     /// reserved.
     Loading,
@@ -290,12 +295,14 @@ impl ExpertCache {
                 Some(slot @ Slot::Queued { .. }) => {
                     // Read it here while the prefetch thread reads another: two reads
                     // in flight instead of a wait.
-                    let was_predicted = matches!(slot, Slot::Queued { predicted: true });
-                    *slot = Slot::Loading;
-                    st.stats.prefetch_used += u64::from(was_predicted);
+                    let Slot::Queued { predicted, buf } = std::mem::replace(slot, Slot::Loading)
+                    else {
+                        unreachable!("matched Queued")
+                    };
+                    st.stats.prefetch_used += u64::from(predicted);
                     st.stats.misses += 1;
                     drop(st);
-                    return self.finish_read(l, e, size, None);
+                    return self.finish_read(l, e, size, buf);
                 }
                 None => {
                     // (Also after waiting for a read ahead that failed: read it here.)
@@ -379,16 +386,14 @@ impl ExpertCache {
                 continue;
             }
             let size = self.size(l, e)?;
-            // The evicted buffer goes back to the allocator: the prefetch thread
-            // allocates its own.
-            if make_room(&mut st, size, l, self.reads.len(), true).is_none() {
+            let Some(buf) = make_room(&mut st, size, l, self.reads.len(), true) else {
                 if predicted {
                     st.stats.prefetch_dropped += 1;
                 }
                 continue;
-            }
+            };
             st.used += size as u64;
-            st.slots.insert((l, e), Slot::Queued { predicted });
+            st.slots.insert((l, e), Slot::Queued { predicted, buf });
             if tx.send((l, e, predicted)).is_err() {
                 st.slots.remove(&(l, e));
                 st.used -= size as u64;
@@ -491,15 +496,20 @@ impl ExpertCache {
                 // Ends when the cache is dropped (the queue closes).
                 while let Ok((l, e, predicted)) = rx.recv() {
                     let (m, cv) = &*state;
-                    {
+                    let reuse = {
                         // Taken over by a computing thread meanwhile: nothing to do.
                         let mut st = lock(m);
                         match st.slots.get_mut(&(l, e)) {
-                            Some(slot @ Slot::Queued { .. }) => *slot = Slot::Loading,
+                            Some(slot @ Slot::Queued { .. }) => {
+                                match std::mem::replace(slot, Slot::Loading) {
+                                    Slot::Queued { buf, .. } => buf,
+                                    _ => None,
+                                }
+                            }
                             _ => continue,
                         }
-                    }
-                    let r = read_expert(&file, direct, &reads[l][e], bytes[l][e], None, &counters);
+                    };
+                    let r = read_expert(&file, direct, &reads[l][e], bytes[l][e], reuse, &counters);
                     let mut st = lock(m);
                     match r {
                         Ok(buf) => {
