@@ -75,15 +75,6 @@ pub enum Eviction {
     Lru,
 }
 
-impl Eviction {
-    pub fn name(self) -> &'static str {
-        match self {
-            Eviction::NextUse => "next-use",
-            Eviction::Lru => "lru",
-        }
-    }
-}
-
 impl std::str::FromStr for Eviction {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -195,52 +186,59 @@ pub(crate) struct ExpertCache {
     direct: bool,
     origin: String,
     counters: Arc<Counters>,
-    /// The reads of each expert, by layer then expert (empty for dense layers).
+    /// The reads of each expert, by layer then expert (empty for dense layers); an
+    /// expert's bytes are its buffer's length ([`buffer_len`]).
     reads: Arc<Vec<Vec<Vec<Extent>>>>,
-    bytes: Vec<Vec<usize>>,
     state: Arc<(Mutex<State>, Condvar)>,
     prefetch_on: AtomicBool,
     ahead: Mutex<Option<Sender<Ahead>>>,
 }
 
 impl ExpertCache {
-    /// A cache of `capacity` bytes over `reads` (per layer, per expert).
+    /// An empty cache over `reads` (per layer, per expert); it holds nothing until
+    /// [`ExpertCache::set_capacity`].
     pub(crate) fn new(
         file: Arc<File>,
         direct: bool,
         origin: &str,
         counters: Arc<Counters>,
         reads: Vec<Vec<Vec<Extent>>>,
-        capacity: u64,
     ) -> ExpertCache {
-        let bytes = reads
-            .iter()
-            .map(|l| l.iter().map(|r| buffer_len(r)).collect())
-            .collect();
         ExpertCache {
             file,
             direct,
             origin: origin.to_string(),
             counters,
             reads: Arc::new(reads),
-            bytes,
             state: Arc::new((
                 Mutex::new(State {
-                    capacity,
+                    capacity: 0,
                     eviction: Eviction::default(),
                     used: 0,
                     tick: 0,
                     slots: HashMap::new(),
-                    stats: ExpertStats {
-                        capacity_bytes: capacity,
-                        ..ExpertStats::default()
-                    },
+                    stats: ExpertStats::default(),
                 }),
                 Condvar::new(),
             )),
             prefetch_on: AtomicBool::new(true),
             ahead: Mutex::new(None),
         }
+    }
+
+    /// Hold up to `bytes` of experts (the stream's plan decides, when it starts).
+    pub(crate) fn set_capacity(&self, bytes: u64) {
+        let mut st = lock(&self.state.0);
+        st.capacity = bytes;
+        st.stats.capacity_bytes = bytes;
+    }
+
+    /// Stored bytes of each expert, by layer.
+    pub(crate) fn expert_bytes(&self) -> Vec<Vec<usize>> {
+        self.reads
+            .iter()
+            .map(|l| l.iter().map(|r| buffer_len(r)).collect())
+            .collect()
     }
 
     pub(crate) fn stats(&self) -> ExpertStats {
@@ -264,6 +262,14 @@ impl ExpertCache {
         st.stats.lookups += 1;
         let mut waited: Option<Instant> = None;
         loop {
+            // Asked of the prefetch thread and not started: read it here while that
+            // thread reads another (two reads in flight instead of a wait).
+            if let Some((predicted, buf)) = st.claim((l, e)) {
+                st.stats.prefetch_used += u64::from(predicted);
+                st.stats.misses += 1;
+                drop(st);
+                return self.finish_read(l, e, size, buf);
+            }
             st.tick += 1;
             let tick = st.tick;
             match st.slots.get_mut(&(l, e)) {
@@ -288,21 +294,9 @@ impl ExpertCache {
                     }
                     return Ok(buf);
                 }
-                Some(Slot::Loading) => {
+                Some(Slot::Loading | Slot::Queued { .. }) => {
                     waited.get_or_insert_with(Instant::now);
                     st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
-                }
-                Some(slot @ Slot::Queued { .. }) => {
-                    // Read it here while the prefetch thread reads another: two reads
-                    // in flight instead of a wait.
-                    let Slot::Queued { predicted, buf } = std::mem::replace(slot, Slot::Loading)
-                    else {
-                        unreachable!("matched Queued")
-                    };
-                    st.stats.prefetch_used += u64::from(predicted);
-                    st.stats.misses += 1;
-                    drop(st);
-                    return self.finish_read(l, e, size, buf);
                 }
                 None => {
                     // (Also after waiting for a read ahead that failed: read it here.)
@@ -372,7 +366,7 @@ impl ExpertCache {
         if !predicted {
             // Layer `l` was routed: its predictions that missed are ordinary entries now
             // (kept from eviction by other predictions, they would fill the cache).
-            for e in 0..self.bytes[l].len() {
+            for e in 0..self.reads[l].len() {
                 if experts.contains(&e) {
                     continue;
                 }
@@ -418,39 +412,14 @@ impl ExpertCache {
         self.counters
             .wait_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let (m, cv) = &*self.state;
-        let mut st = lock(m);
-        let out = match r {
-            Ok(buf) => {
-                let buf = Arc::new(buf);
-                st.stats.bytes_read += size as u64;
-                st.tick += 1;
-                let tick = st.tick;
-                st.slots.insert(
-                    (l, e),
-                    Slot::Ready {
-                        buf: buf.clone(),
-                        last_use: tick,
-                        predicted: false,
-                    },
-                );
-                Ok(buf)
-            }
-            Err(err) => {
-                st.slots.remove(&(l, e));
-                st.used -= size as u64;
-                Err(err)
-            }
-        };
-        cv.notify_all();
-        out
+        publish(&self.state, (l, e), size, r, false)
     }
 
     fn size(&self, l: usize, e: usize) -> Result<usize, EngineError> {
-        self.bytes
+        self.reads
             .get(l)
             .and_then(|x| x.get(e))
-            .copied()
+            .map(|r| buffer_len(r))
             .ok_or_else(|| EngineError::Invalid(format!("no expert {e} in layer {l}")))
     }
 
@@ -465,7 +434,6 @@ impl ExpertCache {
             &self.file,
             self.direct,
             &self.reads[l][e],
-            self.bytes[l][e],
             reuse,
             &self.counters,
         )
@@ -489,50 +457,20 @@ impl ExpertCache {
             self.state.clone(),
             self.direct,
         );
-        let bytes = self.bytes.clone();
         std::thread::Builder::new()
             .name("dhurandhar-experts".into())
             .spawn(move || {
                 // Ends when the cache is dropped (the queue closes).
                 while let Ok((l, e, predicted)) = rx.recv() {
-                    let (m, cv) = &*state;
-                    let reuse = {
-                        // Taken over by a computing thread meanwhile: nothing to do.
-                        let mut st = lock(m);
-                        match st.slots.get_mut(&(l, e)) {
-                            Some(slot @ Slot::Queued { .. }) => {
-                                match std::mem::replace(slot, Slot::Loading) {
-                                    Slot::Queued { buf, .. } => buf,
-                                    _ => None,
-                                }
-                            }
-                            _ => continue,
-                        }
+                    // Taken over by a computing thread meanwhile: nothing to do.
+                    let Some((_, reuse)) = lock(&state.0).claim((l, e)) else {
+                        continue;
                     };
-                    let r = read_expert(&file, direct, &reads[l][e], bytes[l][e], reuse, &counters);
-                    let mut st = lock(m);
-                    match r {
-                        Ok(buf) => {
-                            st.stats.bytes_read += bytes[l][e] as u64;
-                            st.tick += 1;
-                            let tick = st.tick;
-                            st.slots.insert(
-                                (l, e),
-                                Slot::Ready {
-                                    buf: Arc::new(buf),
-                                    last_use: tick,
-                                    predicted,
-                                },
-                            );
-                        }
-                        // A failed read ahead is forgotten: the pass reads the expert
-                        // itself if it needs it, and reports the error then.
-                        Err(_) => {
-                            st.slots.remove(&(l, e));
-                            st.used -= bytes[l][e] as u64;
-                        }
-                    }
-                    cv.notify_all();
+                    let reads = &reads[l][e];
+                    let r = read_expert(&file, direct, reads, reuse, &counters);
+                    // A failed read ahead is forgotten: the pass reads the expert itself
+                    // if it needs it, and reports the error then.
+                    let _ = publish(&state, (l, e), buffer_len(reads), r, predicted);
                 }
             })
             .map_err(|e| EngineError::Invalid(format!("expert prefetch thread: {e}")))?;
@@ -543,6 +481,57 @@ impl ExpertCache {
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    /// Start reading `key` if it is queued and not started: its slot becomes `Loading`;
+    /// returns whether it was a prediction and the buffer set aside for it.
+    fn claim(&mut self, key: Key) -> Option<(bool, Option<AlignedBuf>)> {
+        let slot = self.slots.get_mut(&key)?;
+        if !matches!(slot, Slot::Queued { .. }) {
+            return None;
+        }
+        match std::mem::replace(slot, Slot::Loading) {
+            Slot::Queued { predicted, buf } => Some((predicted, buf)),
+            _ => None,
+        }
+    }
+}
+
+/// The end of a read of `key` (`size` reserved bytes): cached, or on error its slot
+/// freed; wakes the threads waiting for it.
+fn publish<E>(
+    state: &(Mutex<State>, Condvar),
+    key: Key,
+    size: usize,
+    read: Result<AlignedBuf, E>,
+    predicted: bool,
+) -> Result<Arc<AlignedBuf>, E> {
+    let mut st = lock(&state.0);
+    let out = match read {
+        Ok(buf) => {
+            let buf = Arc::new(buf);
+            st.stats.bytes_read += size as u64;
+            st.tick += 1;
+            let last_use = st.tick;
+            st.slots.insert(
+                key,
+                Slot::Ready {
+                    buf: buf.clone(),
+                    last_use,
+                    predicted,
+                },
+            );
+            Ok(buf)
+        }
+        Err(err) => {
+            st.slots.remove(&key);
+            st.used -= size as u64;
+            Err(err)
+        }
+    };
+    state.1.notify_all();
+    out
 }
 
 /// Evict least recently used experts (not in use; not predicted and unused when
@@ -596,11 +585,10 @@ fn read_expert(
     file: &File,
     direct: bool,
     reads: &[Extent],
-    size: usize,
     reuse: Option<AlignedBuf>,
     counters: &Counters,
 ) -> std::io::Result<AlignedBuf> {
-    let mut buf = reuse.unwrap_or_else(|| AlignedBuf::new(size));
+    let mut buf = reuse.unwrap_or_else(|| AlignedBuf::new(buffer_len(reads)));
     fill(file, reads, &mut buf, counters)?;
     if !direct {
         drop_cached(file, reads);
@@ -662,14 +650,15 @@ mod tests {
                     .collect()
             })
             .collect();
-        ExpertCache::new(
+        let c = ExpertCache::new(
             Arc::new(File::open(path).unwrap()),
             false,
             "test",
             Arc::default(),
             reads,
-            capacity,
-        )
+        );
+        c.set_capacity(capacity);
+        c
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -347,13 +347,10 @@ pub(crate) struct Streamer {
     n_layers: usize,
     counters: Arc<Counters>,
     runtime: OnceLock<Runtime>,
-    /// Mixture-of-experts models: the reads of each expert, by layer (empty for dense
-    /// layers), served by the expert cache once the stream starts.
-    expert_reads: Vec<Vec<Vec<Extent>>>,
+    /// Mixture-of-experts models: the expert cache, sized when the stream starts.
+    experts: Option<ExpertCache>,
     /// A cache size asked for before the start (else the plan's).
     expert_request: Mutex<Option<u64>>,
-    expert_prefetch: AtomicBool,
-    expert_eviction: Mutex<crate::experts::Eviction>,
 }
 
 /// What the store has read and waited for, since loading.
@@ -402,7 +399,6 @@ type Filled = Result<(usize, AlignedBuf), std::io::Error>;
 
 struct Runtime {
     plan: StorePlan,
-    experts: Option<ExpertCache>,
     /// Items `0..plan.pinned_items()`.
     pinned: Vec<AlignedBuf>,
     /// `None` when every item is pinned.
@@ -478,31 +474,32 @@ impl Streamer {
         let n_layers = expert_reads.len();
         let item_bytes = items.iter().map(|l| buffer_len(l)).collect();
         let (file, direct) = match direct.and_then(|p| open_direct(p, &items)) {
-            Some(d) => (d, true),
-            None => (file, false),
+            Some(d) => (Arc::new(d), true),
+            None => (Arc::new(file), false),
         };
+        let counters = Arc::<Counters>::default();
+        let experts = expert_reads.iter().any(|l| !l.is_empty()).then(|| {
+            ExpertCache::new(file.clone(), direct, origin, counters.clone(), expert_reads)
+        });
         Ok(Streamer {
             direct,
-            file: Arc::new(file),
+            file,
             origin: origin.to_string(),
             items: Arc::new(items),
             item_bytes,
             n_layers,
-            counters: Arc::default(),
+            counters,
             runtime: OnceLock::new(),
-            expert_reads,
+            experts,
             expert_request: Mutex::new(None),
-            expert_prefetch: AtomicBool::new(true),
-            expert_eviction: Mutex::default(),
         })
     }
 
     /// Stored bytes of each expert, by layer (empty for dense layers and dense models).
     pub(crate) fn expert_bytes(&self) -> Vec<Vec<usize>> {
-        self.expert_reads
-            .iter()
-            .map(|l| l.iter().map(|r| buffer_len(r)).collect())
-            .collect()
+        self.experts
+            .as_ref()
+            .map_or_else(Vec::new, ExpertCache::expert_bytes)
     }
 
     /// Ask for an expert cache of `bytes` (before the stream starts).
@@ -528,26 +525,21 @@ impl Streamer {
 
     /// Read predicted and routed experts ahead (on by default).
     pub(crate) fn set_expert_prefetch(&self, on: bool) {
-        self.expert_prefetch.store(on, Ordering::Relaxed);
-        if let Some(c) = self.runtime.get().and_then(|r| r.experts.as_ref()) {
+        if let Some(c) = &self.experts {
             c.set_prefetch(on);
         }
     }
 
     /// Which expert makes room for another.
     pub(crate) fn set_expert_eviction(&self, e: crate::experts::Eviction) {
-        *self
-            .expert_eviction
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = e;
-        if let Some(c) = self.experts() {
+        if let Some(c) = &self.experts {
             c.set_eviction(e);
         }
     }
 
     /// The expert cache, once the stream has started (MoE models).
     pub(crate) fn experts(&self) -> Option<&ExpertCache> {
-        self.runtime.get().and_then(|r| r.experts.as_ref())
+        self.runtime.get().and(self.experts.as_ref())
     }
 
     /// Bytes of each item: the layers, then the head's chunks.
@@ -660,30 +652,10 @@ impl Streamer {
         } else {
             None
         };
-        let experts = self.expert_reads.iter().any(|l| !l.is_empty()).then(|| {
-            let c = ExpertCache::new(
-                self.file.clone(),
-                self.direct,
-                &self.origin,
-                self.counters.clone(),
-                self.expert_reads.clone(),
-                plan.expert_cache_bytes,
-            );
-            c.set_prefetch(self.expert_prefetch.load(Ordering::Relaxed));
-            c.set_eviction(
-                *self
-                    .expert_eviction
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
-            c
-        });
-        let _ = self.runtime.set(Runtime {
-            plan,
-            experts,
-            pinned,
-            flow,
-        });
+        if let Some(c) = &self.experts {
+            c.set_capacity(plan.expert_cache_bytes);
+        }
+        let _ = self.runtime.set(Runtime { plan, pinned, flow });
         Ok(&self.runtime.get().expect("just set").plan)
     }
 
