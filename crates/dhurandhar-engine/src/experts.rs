@@ -250,6 +250,11 @@ impl ExpertCache {
         self.prefetch_on.store(on, Ordering::Relaxed);
     }
 
+    /// Whether reads ahead are on.
+    pub(crate) fn prefetching(&self) -> bool {
+        self.prefetch_on.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn set_eviction(&self, e: Eviction) {
         lock(&self.state.0).eviction = e;
     }
@@ -348,7 +353,7 @@ impl ExpertCache {
         experts: &[usize],
         predicted: bool,
     ) -> Result<(), EngineError> {
-        if !self.prefetch_on.load(Ordering::Relaxed) {
+        if !self.prefetching() {
             return Ok(());
         }
         let tx = self.sender()?;

@@ -1209,18 +1209,12 @@ impl Model {
         }
     }
 
-    /// Whether any layer is a mixture of experts.
-    pub fn has_experts(&self) -> bool {
-        self.layers.iter().any(|l| matches!(l.ffn, Ffn::Moe(_)))
-    }
-
     /// Streamed MoE models: an expert cache of `bytes` (at least the minimum a layer
     /// needs) instead of what the RAM budget leaves once the dense layers are pinned.
-    /// Set it before the stream starts; other models ignore it.
-    pub fn set_expert_cache(&self, bytes: Option<u64>) -> Result<(), EngineError> {
-        match &self.store {
-            WeightStore::Stream(s) if self.has_experts() => s.request_expert_cache(bytes),
-            _ => Ok(()),
+    /// Like the budget, it counts at the stream's first start; other models ignore it.
+    pub fn set_expert_cache(&self, bytes: Option<u64>) {
+        if let WeightStore::Stream(s) = &self.store {
+            s.request_expert_cache(bytes);
         }
     }
 
@@ -1253,19 +1247,20 @@ impl Model {
     /// Streamed MoE models: read ahead the experts layer `li`'s router picks for the
     /// hidden state `x` (one token; the input of layer `li`).
     fn read_ahead_experts(&self, li: usize, x: &[f32]) -> Result<(), EngineError> {
+        // Only a streamed MoE model has a cache to read into: no router runs otherwise.
         let WeightStore::Stream(s) = &self.store else {
             return Ok(());
         };
-        match (s.experts(), self.predict_experts(li, x)) {
-            (Some(c), Some(mut next)) => {
-                // The likelier half: reading every prediction read more bytes than it
-                // saved and was slower than none; half was the fastest of one, half
-                // and all (docs/run.md).
-                next.truncate(next.len().div_ceil(2));
-                c.prefetch(li, &next, true)
-            }
-            _ => Ok(()),
-        }
+        let Some(c) = s.experts().filter(|c| c.prefetching()) else {
+            return Ok(());
+        };
+        let Some(mut next) = self.predict_experts(li, x) else {
+            return Ok(());
+        };
+        // The likelier half: reading every prediction read more bytes than it saved and
+        // was slower than none; half was the fastest of one, half and all (docs/run.md).
+        next.truncate(next.len().div_ceil(2));
+        c.prefetch(li, &next, true)
     }
 
     /// The experts layer `li`'s router picks for the hidden state `x` (one token), or
@@ -1613,7 +1608,6 @@ fn rmsnorm_rows(buf: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
-/// GELU, tanh approximation (what Gemma's `gelu_pytorch_tanh` computes).
 /// `gate ← act(gate) ⊙ up`, the gated feed-forward's activation.
 fn activate(act: Activation, gate: &mut [f32], up: &[f32]) {
     match act {
@@ -1630,6 +1624,7 @@ fn activate(act: Activation, gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GELU, tanh approximation (what Gemma's `gelu_pytorch_tanh` computes).
 fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())

@@ -502,18 +502,13 @@ impl Streamer {
             .map_or_else(Vec::new, ExpertCache::expert_bytes)
     }
 
-    /// Ask for an expert cache of `bytes` (before the stream starts).
-    pub(crate) fn request_expert_cache(&self, bytes: Option<u64>) -> Result<(), EngineError> {
-        if self.runtime.get().is_some() {
-            return Err(EngineError::Invalid(
-                "the expert cache is sized when the stream starts; set it before".into(),
-            ));
-        }
+    /// Ask for an expert cache of `bytes`; as with the budget, the stream's first start
+    /// decides, and a request after it changes nothing.
+    pub(crate) fn request_expert_cache(&self, bytes: Option<u64>) {
         *self
             .expert_request
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = bytes;
-        Ok(())
     }
 
     pub(crate) fn requested_expert_cache(&self) -> Option<u64> {

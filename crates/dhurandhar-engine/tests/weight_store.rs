@@ -220,7 +220,7 @@ fn check_experts(path: &Path) {
     ];
     for (cache, prefetch, eviction) in runs {
         let m = Model::open_with(path, WeightMode::Stream).unwrap();
-        m.set_expert_cache(Some(cache)).unwrap();
+        m.set_expert_cache(Some(cache));
         m.set_expert_prefetch(prefetch);
         m.set_expert_eviction(eviction);
         let plan = m.start_stream(None, context, 7, 1, 1).unwrap().unwrap();
@@ -255,7 +255,7 @@ fn check_experts(path: &Path) {
     // arithmetic is `plan_pool`'s unit test: the fixed overhead measured here moves by
     // more than these experts weigh).
     let m = Model::open_with(path, WeightMode::Stream).unwrap();
-    m.set_expert_cache(Some(e.total_bytes)).unwrap();
+    m.set_expert_cache(Some(e.total_bytes));
     let msg = m
         .start_stream(Some(e.total_bytes), context, 7, 1, 1)
         .unwrap_err()

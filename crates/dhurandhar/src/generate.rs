@@ -153,9 +153,7 @@ pub fn start_weights(
             ));
         }
     }
-    if model.stream_plan().is_none() {
-        model.set_expert_cache(experts.cache)?;
-    }
+    model.set_expert_cache(experts.cache);
     model.set_expert_prefetch(experts.prefetch);
     model.set_expert_eviction(experts.eviction);
     model.start_stream(budget, context, chunk, logit_rows, threads)?;
