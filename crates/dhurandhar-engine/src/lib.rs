@@ -27,6 +27,7 @@ pub mod quant;
 pub mod sampling;
 pub mod store;
 pub mod tokenizer;
+pub mod train;
 
 pub use arch::{ArchSpec, ARCHITECTURES};
 pub use cache::{CacheCodec, Capture, KvCache};
@@ -37,6 +38,7 @@ pub use quant::{computes_with, GgmlType};
 pub use sampling::Sampler;
 pub use store::{plan_pool, BudgetInputs, StorePlan, StreamStats, WeightMode};
 pub use tokenizer::Tokenizer;
+pub use train::{LossSum, TrainOptions, Trainer};
 
 use thiserror::Error;
 

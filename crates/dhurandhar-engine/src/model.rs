@@ -111,12 +111,12 @@ fn tensor_at(
 
 /// Where a tensor lives in the map.
 #[derive(Debug, Clone, Copy)]
-struct TensorRef {
-    qtype: GgmlType,
-    rows: usize,
-    cols: usize,
-    offset: usize,
-    len: usize,
+pub(crate) struct TensorRef {
+    pub(crate) qtype: GgmlType,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
     /// Offset inside the layer's buffer when the layer is streamed.
     local: usize,
 }
@@ -124,7 +124,7 @@ struct TensorRef {
 /// Q/K/V projections: three tensors, or one fused `attn_qkv` whose output rows are
 /// `[q | k | v]`.
 #[derive(Debug)]
-enum Qkv {
+pub(crate) enum Qkv {
     Separate {
         wq: TensorRef,
         wk: TensorRef,
@@ -136,14 +136,14 @@ enum Qkv {
 /// FFN input projections: gate and up, or one fused `ffn_up` whose output rows are
 /// `[gate | up]`.
 #[derive(Debug)]
-enum GateUp {
+pub(crate) enum GateUp {
     Separate { gate: TensorRef, up: TensorRef },
     Fused(TensorRef),
 }
 
 /// A layer's feed-forward: one gated MLP, or a mixture of experts.
 #[derive(Debug)]
-enum Ffn {
+pub(crate) enum Ffn {
     Dense { gate_up: GateUp, down: TensorRef },
     Moe(Box<Moe>),
 }
@@ -152,7 +152,7 @@ enum Ffn {
 /// (`ffn_gate_inp`) and `ffn_{gate,up,down}_exps` holding every expert's matrix one after
 /// the other, plus an optional shared expert.
 #[derive(Debug)]
-struct Moe {
+pub(crate) struct Moe {
     /// The router, `n_expert × dim` in f32, always in RAM: a streamed model applies the
     /// next layer's router ahead of time to predict (and read) its experts.
     router: Vec<f32>,
@@ -178,26 +178,26 @@ struct SharedExpert {
 
 /// One layer's tensors and its place in the plan.
 #[derive(Debug)]
-struct Layer {
-    attn_norm: Vec<f32>,
-    qkv: Qkv,
-    bq: Option<Vec<f32>>,
-    bk: Option<Vec<f32>>,
-    bv: Option<Vec<f32>>,
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Vec<f32>,
+    pub(crate) qkv: Qkv,
+    pub(crate) bq: Option<Vec<f32>>,
+    pub(crate) bk: Option<Vec<f32>>,
+    pub(crate) bv: Option<Vec<f32>>,
     /// Per-head RMSNorm weights of q and k (`head_dim` each), for QK-norm models.
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
-    wo: TensorRef,
+    pub(crate) q_norm: Option<Vec<f32>>,
+    pub(crate) k_norm: Option<Vec<f32>>,
+    pub(crate) wo: TensorRef,
     /// RMSNorm on the attention output before the residual add (Gemma).
-    post_attn_norm: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
-    ffn: Ffn,
+    pub(crate) post_attn_norm: Option<Vec<f32>>,
+    pub(crate) ffn_norm: Vec<f32>,
+    pub(crate) ffn: Ffn,
     /// RMSNorm on the FFN output before the residual add (Gemma).
-    post_ffn_norm: Option<Vec<f32>>,
+    pub(crate) post_ffn_norm: Option<Vec<f32>>,
     /// `Some(w)`: attends to the last `w` positions and caches only those.
-    window: Option<usize>,
+    pub(crate) window: Option<usize>,
     /// Index into [`Model::ropes`].
-    rope: usize,
+    pub(crate) rope: usize,
 }
 
 impl Layer {
@@ -231,7 +231,7 @@ impl Layer {
 
 /// One RoPE variant of a model (full-attention layers, sliding layers).
 #[derive(Debug, Clone)]
-struct RopeParams {
+pub(crate) struct RopeParams {
     base: f32,
     position_scale: f32,
     /// Per-pair frequency divisors (`rope_freqs.weight`, Llama 3 scaling).
@@ -240,7 +240,7 @@ struct RopeParams {
 
 /// A loaded model: configuration, tokenizer, and tensor locations inside the file.
 pub struct Model {
-    store: WeightStore,
+    pub(crate) store: WeightStore,
     mode: WeightMode,
     /// Streamed: the head's chunks as `(first row, end row, offset in the buffer)`.
     head_chunks: Vec<(usize, usize, usize)>,
@@ -248,12 +248,12 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     /// Sum of the stored bytes of every tensor in the file.
     pub tensor_bytes: u64,
-    spec: &'static ArchSpec,
-    embd: TensorRef,
-    output: TensorRef,
-    output_norm: Vec<f32>,
-    layers: Vec<Layer>,
-    ropes: Vec<RopeParams>,
+    pub(crate) spec: &'static ArchSpec,
+    pub(crate) embd: TensorRef,
+    pub(crate) output: TensorRef,
+    pub(crate) output_norm: Vec<f32>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) ropes: Vec<RopeParams>,
 }
 
 fn meta_err(path: &str, message: impl Into<String>) -> EngineError {
@@ -888,7 +888,7 @@ impl Model {
 
     /// Tensor `t` of the layer held by `v`.
     #[inline]
-    fn mat<'a>(&self, v: &'a LayerView<'_>, t: &TensorRef) -> QMatrix<'a> {
+    pub(crate) fn mat<'a>(&self, v: &'a LayerView<'_>, t: &TensorRef) -> QMatrix<'a> {
         QMatrix {
             qtype: t.qtype,
             rows: t.rows,
@@ -911,7 +911,7 @@ impl Model {
 
     /// Layer `li`'s weights, held until the view is dropped (streamed: blocks until the
     /// prefetch thread has read it).
-    fn layer_view(&self, li: usize) -> Result<LayerView<'_>, EngineError> {
+    pub(crate) fn layer_view(&self, li: usize) -> Result<LayerView<'_>, EngineError> {
         match &self.store {
             WeightStore::Mmap(m) => Ok(LayerView::File(m)),
             WeightStore::Resident(v) => Ok(LayerView::File(v)),
@@ -970,7 +970,7 @@ impl Model {
 
     /// Dequantize token `tok`'s embedding row into `out`; a streamed model reads just
     /// that row from the file.
-    fn embed(&self, tok: u32, out: &mut [f32]) -> Result<(), EngineError> {
+    pub(crate) fn embed(&self, tok: u32, out: &mut [f32]) -> Result<(), EngineError> {
         let bad = || EngineError::Invalid(format!("token id {tok} is outside the vocabulary"));
         let t = &self.embd;
         match &self.store {
@@ -1541,7 +1541,7 @@ pub enum Logits {
     None,
 }
 
-struct RopeTable {
+pub(crate) struct RopeTable {
     inv_freq: Vec<f32>,
     /// Linear scaling: positions are multiplied by this before rotating.
     position_scale: f64,
@@ -1560,7 +1560,7 @@ impl RopeTable {
         }
     }
 
-    fn from_params(p: &RopeParams, dims: usize, style: RopeStyle) -> Self {
+    pub(crate) fn from_params(p: &RopeParams, dims: usize, style: RopeStyle) -> Self {
         let mut t = RopeTable::new(p.base, dims, style);
         t.position_scale = p.position_scale as f64;
         if let Some(f) = &p.freq_factors {
@@ -1573,11 +1573,18 @@ impl RopeTable {
 
     /// Rotate one head vector `x` at position `pos`.
     fn apply(&self, x: &mut [f32], pos: usize) {
+        self.rotate(x, pos, false)
+    }
+
+    /// Rotate `x` at `pos`, or by the opposite angle when `inverse` (the transpose of
+    /// the rotation: RoPE's backward).
+    pub(crate) fn rotate(&self, x: &mut [f32], pos: usize, inverse: bool) {
         let half = self.inv_freq.len();
         let p = pos as f64 * self.position_scale;
         for (i, &f) in self.inv_freq.iter().enumerate() {
             let a = p * f as f64;
             let (s, c) = (a.sin() as f32, a.cos() as f32);
+            let s = if inverse { -s } else { s };
             let (i0, i1) = match self.style {
                 RopeStyle::Interleaved => (2 * i, 2 * i + 1),
                 RopeStyle::SplitHalf => (i, i + half),
