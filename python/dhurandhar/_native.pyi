@@ -166,6 +166,15 @@ def lora_dry_run(
     base_format: str = "nf4",
 ) -> dict[str, Any]: ...
 
+def lora_train(
+    config: _Path,
+    threads: int = 0,
+    resume: bool = False,
+    max_steps: Optional[int] = None,
+    output_dir: Optional[_Path] = None,
+    progress: _Progress = None,
+) -> dict[str, Any]: ...
+
 class Generation:
     def __iter__(self) -> Iterator[str]: ...
     def __next__(self) -> str: ...

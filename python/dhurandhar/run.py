@@ -41,6 +41,31 @@ def lora_dry_run(
     )
 
 
+def lora_train(
+    config: PathLike,
+    *,
+    threads: int = 0,
+    resume: bool = False,
+    max_steps: Optional[int] = None,
+    output_dir: Optional[PathLike] = None,
+    progress: Optional[ProgressCallback] = None,
+) -> Record:
+    """Train a LoRA job on the CPU over its frozen GGUF base (the ``lora train --json``
+    document): loss history, validation losses, tokens/s, peak RSS beside the dry run's
+    estimate. The adapter (PEFT layout) and checkpoints go to the job's ``output_dir``
+    (or ``output_dir``); ``resume`` continues from the newest checkpoint there."""
+    return Record(
+        _native.lora_train(
+            os.fspath(config),
+            threads,
+            resume,
+            max_steps,
+            None if output_dir is None else os.fspath(output_dir),
+            progress,
+        )
+    )
+
+
 def inspect(path: PathLike) -> Record:
     """What a checkpoint holds: format, tensors, dtypes, exact bytes per component and
     the inferred architecture (the ``inspect --json`` document)."""

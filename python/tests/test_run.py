@@ -246,3 +246,34 @@ def test_streamed_experts_give_the_mapped_text_and_report_the_cache():
         d.Model.load(p, weights="stream", expert_eviction="fifo")
     with pytest.raises(TypeError, match="expert_cache"):
         d.Model.load(p, weights="stream", expert_cache=1.5)
+
+
+def test_lora_train_writes_the_adapter_the_cli_would(tmp_path):
+    import json
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    tiny = root / ".cache" / "tiny-models" / "tiny-llama.gguf"
+    if not tiny.exists():
+        pytest.skip("tiny models not made (the Rust tests make them)")
+    text = (root / "data" / "eval" / "pride-and-prejudice-ch1.txt").read_text()
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": p}) + "\n" for p in text.split("\n\n") if len(p) > 40))
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"base_model: {tiny}\ndataset: {data}\noutput_dir: {tmp_path / 'cli'}\n"
+        "lora:\n  r: 2\n  target_modules: [q_proj, down_proj]\n"
+        "training:\n  max_seq_length: 16\n  batch_size: 1\n  gradient_accumulation_steps: 1\n"
+        "  max_steps: 3\n  logging_steps: 1\n  eval_steps: 0\n  save_steps: 0\n"
+    )
+    seen = []
+    r = d.lora_train(job, threads=1, output_dir=tmp_path / "py", progress=lambda *a: seen.append(a))
+    assert r.steps == 3 and len(r.history) == 3 and seen
+    cli = cli_json("lora", "train", "--threads", "1", "--config", str(job))
+    assert [h["loss"] for h in cli["history"]] == [h["loss"] for h in r.history]
+    same = lambda name: (tmp_path / "py" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+    assert same("adapter_model.safetensors")
+    with pytest.raises(ValueError, match="no checkpoint"):
+        d.lora_train(job, resume=True, output_dir=tmp_path / "empty")
+    assert os.path.exists(tmp_path / "py" / "adapter_config.json")

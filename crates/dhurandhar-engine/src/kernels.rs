@@ -609,6 +609,59 @@ mod avx2 {
             i += 1;
         }
     }
+
+    /// Four dots sharing `x`: `[⟨w_i, x⟩]` for the four consecutive rows of `w`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `w.len() >= 4 * x.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot4(w: &[f32], x: &[f32]) -> [f32; 4] {
+        let n = x.len();
+        let (px, pw) = (x.as_ptr(), w.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 8 <= n {
+            let xv = _mm256_loadu_ps(px.add(i));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(pw.add(r * n + i)), xv, *a);
+            }
+            i += 8;
+        }
+        let mut out = [0f32; 4];
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = hsum(acc[r]);
+            for j in i..n {
+                *o += *pw.add(r * n + j) * *px.add(j);
+            }
+        }
+        out
+    }
+
+    /// `y += Σ_i a_i · w_i` over the four consecutive rows of `w`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `w.len() >= 4 * y.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy4(a: [f32; 4], w: &[f32], y: &mut [f32]) {
+        let n = y.len();
+        let (pw, py) = (w.as_ptr(), y.as_mut_ptr());
+        let va = a.map(|v| _mm256_set1_ps(v));
+        let mut i = 0;
+        while i + 8 <= n {
+            let mut r = _mm256_loadu_ps(py.add(i));
+            for (k, v) in va.iter().enumerate() {
+                r = _mm256_fmadd_ps(*v, _mm256_loadu_ps(pw.add(k * n + i)), r);
+            }
+            _mm256_storeu_ps(py.add(i), r);
+            i += 8;
+        }
+        while i < n {
+            for (k, v) in a.iter().enumerate() {
+                *py.add(i) += v * *pw.add(k * n + i);
+            }
+            i += 1;
+        }
+    }
 }
 
 /// f32 dot product (SIMD when available).
@@ -634,6 +687,38 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
     for (o, v) in y.iter_mut().zip(x) {
         *o += a * v;
+    }
+}
+
+/// Four dot products sharing one vector: `[⟨w_i, x⟩]` for the four consecutive
+/// `x.len()`-long rows of `w` (`x` is loaded once for the four).
+#[inline]
+pub fn dot4(w: &[f32], x: &[f32]) -> [f32; 4] {
+    let n = x.len();
+    assert!(w.len() >= 4 * n, "dot4 needs four rows");
+    #[cfg(target_arch = "x86_64")]
+    if simd() == Simd::Avx2 {
+        // SAFETY: simd() checked avx2/fma/f16c at runtime; the assert covers the rows.
+        return unsafe { avx2::dot4(w, x) };
+    }
+    std::array::from_fn(|r| dot_f32(&w[r * n..(r + 1) * n], x))
+}
+
+/// `y += Σ_i a_i · w_i` for the four consecutive `y.len()`-long rows of `w` (`y` is
+/// loaded and stored once for the four).
+#[inline]
+pub fn axpy4(a: [f32; 4], w: &[f32], y: &mut [f32]) {
+    let n = y.len();
+    assert!(w.len() >= 4 * n, "axpy4 needs four rows");
+    #[cfg(target_arch = "x86_64")]
+    if simd() == Simd::Avx2 {
+        // SAFETY: simd() checked avx2/fma/f16c at runtime; the assert covers the rows.
+        return unsafe { avx2::axpy4(a, w, y) };
+    }
+    for (k, &ak) in a.iter().enumerate() {
+        for (o, v) in y.iter_mut().zip(&w[k * n..(k + 1) * n]) {
+            *o += ak * v;
+        }
     }
 }
 

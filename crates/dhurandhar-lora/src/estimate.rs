@@ -49,9 +49,9 @@ pub struct TrainingMemory {
     pub optimizer_state: u64,
     /// Saved for backward with every layer's activations kept: per token and layer the
     /// layer input and the mid-layer residual, both norm outputs, Q, K, V, the attention
-    /// context, one row of attention probabilities per head (`heads × seq` — a dense
-    /// attention backward keeps the whole score matrix), gate, up and their product, and
-    /// `r` values of `A·x` per adapted projection; and the final norm's output.
+    /// context, gate, up and their product, and `r` values of `A·x` per adapted
+    /// projection; and the final norm's output. Attention probabilities are not kept:
+    /// the trainer's backward recomputes them from Q and K, one query at a time.
     pub activations_full: u64,
     /// With gradient checkpointing: each layer's input and the final norm's output,
     /// plus one layer's activations recomputed during its backward.
@@ -60,8 +60,8 @@ pub struct TrainingMemory {
     pub activations: u64,
     /// Gradients of one layer's activations while its backward runs.
     pub backward_working_set: u64,
-    /// Logits and their gradient for one loss chunk (`2 × LOSS_CHUNK_TOKENS × vocab`,
-    /// fewer when the micro-batch is shorter), f32.
+    /// Logits for one loss chunk (`LOSS_CHUNK_TOKENS × vocab`, fewer when the
+    /// micro-batch is shorter), f32; their gradient overwrites them.
     pub logits: u64,
     pub total: u64,
 }
@@ -168,7 +168,7 @@ pub fn estimate(
             if l.attention != AttentionKind::None {
                 let q = heads * l.head_dim as u64;
                 let kv = l.kv_heads as u64 * l.head_dim as u64;
-                e += 2 * q + 2 * kv + heads * seq;
+                e += 2 * q + 2 * kv;
             }
             if !l.moe {
                 e += 3 * l.ffn_intermediate;
@@ -189,8 +189,8 @@ pub fn estimate(
         full
     };
     let working = largest.saturating_mul(tokens).saturating_mul(F32);
-    let logits = 2u64
-        .saturating_mul(tokens.min(LOSS_CHUNK_TOKENS))
+    let logits = tokens
+        .min(LOSS_CHUNK_TOKENS)
         .saturating_mul(arch.vocab_size)
         .saturating_mul(F32);
     let lora_weights = trainable.saturating_mul(F32);
@@ -312,20 +312,20 @@ mod tests {
         assert_eq!(e.total_params, 100_000 + e.trainable_params);
     }
 
-    /// One layer's activations per token, by hand: 4h + 2q + 2kv + heads·seq + 3f +
-    /// r·7 = 256 + 128 + 64 + 64 + 480 + 56 = 1048 values.
+    /// One layer's activations per token, by hand: 4h + 2q + 2kv + 3f + r·7 =
+    /// 256 + 128 + 64 + 480 + 56 = 984 values.
     #[test]
     fn activations_by_hand() {
         let a = llama_like();
         let full = estimate(&a, &job(8, 16, false), &TargetModule::ALL, 0, 0);
-        assert_eq!(full.memory.activations_full, (2 * 1048 + 64) * 16 * 4);
+        assert_eq!(full.memory.activations_full, (2 * 984 + 64) * 16 * 4);
         assert_eq!(full.memory.activations, full.memory.activations_full);
         let ck = estimate(&a, &job(8, 16, true), &TargetModule::ALL, 0, 0);
-        assert_eq!(ck.memory.activations, (64 * 3 + 1048) * 16 * 4);
-        assert_eq!(ck.memory.logits, 2 * 16 * 1000 * 4);
+        assert_eq!(ck.memory.activations, (64 * 3 + 984) * 16 * 4);
+        assert_eq!(ck.memory.logits, 16 * 1000 * 4);
         // Past one loss chunk the logits stop growing.
         let long = estimate(&a, &job(8, 4096, true), &TargetModule::ALL, 0, 0);
-        assert_eq!(long.memory.logits, 2 * LOSS_CHUNK_TOKENS * 1000 * 4);
+        assert_eq!(long.memory.logits, LOSS_CHUNK_TOKENS * 1000 * 4);
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub use adapter::{
     gguf_tensor_name, parse_gguf_tensor_name, peft_key_stem, Adapter, LoraPair, TargetModule,
 };
 pub use config::{LoraJob, LoraSection, TrainingSection};
-pub use estimate::{estimate, Estimate, ModuleCount, TrainingMemory};
+pub use estimate::{estimate, Estimate, ModuleCount, TrainingMemory, LOSS_CHUNK_TOKENS};
 
 /// A commented job file holding every default (`dhurandhar lora init` writes it).
 pub const JOB_TEMPLATE: &str = include_str!("template.yaml");

@@ -389,6 +389,38 @@ fn lora_dry_run<'py>(
     to_py(py, &report)
 }
 
+/// Train a LoRA job on the CPU (the `lora train --json` document). `config`: a job file
+/// whose `base_model` is a GGUF; `max_steps` and `output_dir` override its fields;
+/// `resume` continues from the newest checkpoint in the output directory.
+#[pyfunction]
+#[pyo3(signature = (config, threads = 0, resume = false, max_steps = None, output_dir = None, progress = None))]
+fn lora_train<'py>(
+    py: Python<'py>,
+    config: PathBuf,
+    threads: usize,
+    resume: bool,
+    max_steps: Option<usize>,
+    output_dir: Option<PathBuf>,
+    progress: Option<PyObject>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut job = dhurandhar::lora::read_job(&config).map_err(to_py_err)?;
+    if let Some(n) = max_steps {
+        job.training.max_steps = n;
+    }
+    if let Some(d) = output_dir {
+        job.output_dir = d.display().to_string();
+    }
+    let opts = dhurandhar::lora::TrainOptions {
+        job,
+        threads,
+        resume,
+    };
+    let p = PyProgress::new(progress, CancelToken::new());
+    let cancel = p.cancel_token();
+    let r = py.allow_threads(|| dhurandhar::lora::train(&opts, &p, &cancel));
+    to_py(py, &p.finish(r)?)
+}
+
 // ------------------------------------------------------------ real models
 
 /// What a checkpoint holds (the `inspect --json` document).
@@ -962,6 +994,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv_speed, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(lora_dry_run, m)?)?;
+    m.add_function(wrap_pyfunction!(lora_train, m)?)?;
     m.add_class::<PyModel>()?;
     m.add_class::<PyGeneration>()?;
     m.add_function(wrap_pyfunction!(eval, m)?)?;

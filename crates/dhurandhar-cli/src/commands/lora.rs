@@ -8,8 +8,10 @@ use dhurandhar::lora::{
     DEFAULT_BASE_FORMAT,
 };
 use dhurandhar::lora::{
-    export_gguf, merge, ExportOptions, ExportReport, MergeOptions, MergeReport,
+    export_gguf, merge, train, ExportOptions, ExportReport, MergeOptions, MergeReport,
+    TrainOptions, TrainReport,
 };
+use dhurandhar::lora::{export_hf, ExportHfOptions, ExportHfReport};
 use dhurandhar::units::human_bytes;
 use dhurandhar::CancelToken;
 
@@ -34,6 +36,16 @@ pub enum LoraCommand {
     Merge(MergeArgs),
     /// Write a PEFT adapter as llama.cpp's LoRA GGUF (for `--lora` in llama.cpp's tools).
     ExportGguf(ExportArgs),
+    /// Write the job as a transformers + PEFT + TRL training directory for a GPU machine or
+    /// cluster (`accelerate launch`): train.py, job.yaml, pinned requirements.txt,
+    /// accelerate_config.yaml and a README. Multi-GPU training belongs there; the PEFT
+    /// adapter it saves runs here with `generate --adapter DIR`.
+    ExportHf(ExportHfArgs),
+    /// Train the job's adapter on the CPU over its frozen GGUF base (kept in its stored,
+    /// quantized format): a progress bar with loss and tokens/s, validation loss, PEFT
+    /// checkpoints every `save_steps` (`--resume` continues the newest), the final
+    /// adapter in `output_dir`.
+    Train(TrainArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -42,6 +54,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         LoraCommand::DryRun(a) => run_dry_run(a),
         LoraCommand::Merge(a) => run_merge(a),
         LoraCommand::ExportGguf(a) => run_export(a),
+        LoraCommand::ExportHf(a) => run_export_hf(a),
+        LoraCommand::Train(a) => run_train(a),
     }
 }
 
@@ -199,6 +213,74 @@ fn run_export(a: ExportArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Write a job as a transformers + PEFT + TRL (`SFTTrainer`) training directory, runnable
+/// with `accelerate launch` on one or many GPUs. All five files are written or none; files
+/// of the same names are kept unless `--force`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "transformers cannot train a GGUF: --hf-model names the same model in transformers form \
+(a Hugging Face model id, or a directory with config.json and safetensors). Without it, train.py holds \
+a placeholder and refuses to start until given `--model ID`. `python train.py --check` checks the job \
+and the data without a GPU; the README in DIR has the launch command and how to bring the adapter back."
+)]
+pub struct ExportHfArgs {
+    /// The job file (`dhurandhar lora init` writes one); copied as DIR/job.yaml.
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+    /// The directory to write (created if missing).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// The base model in transformers form, which train.py trains: a Hugging Face model id
+    /// or a local directory with config.json and safetensors (the model the job's GGUF was
+    /// converted from).
+    #[arg(long, value_name = "ID")]
+    pub hf_model: Option<String>,
+    /// Replace train.py, job.yaml, ... if DIR already has them.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+fn run_export_hf(a: ExportHfArgs) -> anyhow::Result<()> {
+    let job = read_job(&a.config)?;
+    let report = export_hf(&ExportHfOptions {
+        job,
+        output: a.output,
+        hf_model: a.hf_model,
+        overwrite: a.force,
+    })
+    .map_err(|e| match e.root() {
+        dhurandhar::Error::InvalidOption {
+            option: "output",
+            reason,
+        } if reason.contains("already exist") => anyhow::anyhow!("{e} (--force replaces them)"),
+        _ => e.into(),
+    })?;
+    emit(&a.out, &report, render_export_hf)
+}
+
+fn render_export_hf(r: &ExportHfReport) -> String {
+    let mut o = format!(
+        "wrote {} files to {} (transformers + PEFT + TRL; hf_model {}):\n",
+        r.files.len(),
+        r.output_dir,
+        r.hf_model
+    );
+    for f in &r.files {
+        o += &format!("  {:<24} {:>10}\n", f.name, human_bytes(f.bytes));
+    }
+    o += &format!(
+        "on the GPU machine, in {}:\n  pip install -r requirements.txt\n  {}\n  {}\n",
+        r.output_dir, r.check_command, r.launch_command
+    );
+    o += &format!("then run the adapter here:\n  {}\n", r.load_command);
+    for n in &r.notes {
+        o += &format!("note: {n}\n");
+    }
+    o
+}
+
 fn count(v: u64) -> String {
     num(Some(v as f64), 0)
 }
@@ -257,7 +339,7 @@ fn render(r: &DryRunReport) -> String {
         ("AdamW moments (f32)", m.optimizer_state),
         (chosen, m.activations),
         ("backward working set", m.backward_working_set),
-        ("logits + gradient (loss chunk)", m.logits),
+        ("logits (loss chunk)", m.logits),
         ("total", m.total),
     ] {
         t.add_row([name.to_string(), count(b), human_bytes(b)]);
@@ -295,4 +377,102 @@ pub fn parse_adapter(s: &str) -> Result<AdapterSpec, String> {
         }
     }
     Ok(AdapterSpec::new(s))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// The job file (`lora init` writes one); its `base_model` must be a GGUF.
+    #[arg(short, long)]
+    pub config: PathBuf,
+    /// Worker threads (0: every core).
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+    /// Continue from the newest checkpoint in the job's output directory.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many optimizer steps, instead of the job's `training.max_steps`.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Write checkpoints and the adapter here, instead of the job's `output_dir`.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+fn run_train(a: TrainArgs) -> anyhow::Result<()> {
+    let mut job = read_job(&a.config)?;
+    if let Some(n) = a.max_steps {
+        job.training.max_steps = n;
+    }
+    if let Some(d) = a.output_dir {
+        job.output_dir = d.display().to_string();
+    }
+    let opts = TrainOptions {
+        job,
+        threads: a.threads,
+        resume: a.resume,
+    };
+    let report = train(&opts, &a.out.progress(), &CancelToken::new())?;
+    emit(&a.out, &report, render_train)
+}
+
+fn render_train(r: &TrainReport) -> String {
+    let mut t = table("what|value", &[]);
+    let loss = |v: Option<f64>| v.map_or("-".to_string(), |l| format!("{l:.4}"));
+    let first = r.history.first().map(|h| h.loss);
+    let last = r.history.last().map(|h| h.loss);
+    let (v0, v1) = (r.eval.first(), r.eval.last());
+    let rows = [
+        ("base", r.base_model.clone()),
+        (
+            "data",
+            format!(
+                "{} training and {} validation sequences of {} tokens",
+                r.train_sequences, r.validation_sequences, r.sequence_length
+            ),
+        ),
+        ("trainable parameters", count(r.trainable_params as u64)),
+        (
+            "steps",
+            format!(
+                "{} (from {} to {} of {}, {:.2} epochs)",
+                r.steps, r.start_step, r.total_steps, r.total_steps, r.epochs_done
+            ),
+        ),
+        (
+            "speed",
+            format!(
+                "{:.0} tokens/s on {} threads ({} tokens in {:.1} s)",
+                r.tokens_per_s, r.threads, r.tokens, r.seconds
+            ),
+        ),
+        (
+            "training loss",
+            format!("{} -> {}", loss(first), loss(last)),
+        ),
+        (
+            "validation loss",
+            match (v0, v1) {
+                (Some(a), Some(b)) => format!(
+                    "{:.4} (step {}) -> {:.4} (step {})",
+                    a.loss, a.step, b.loss, b.step
+                ),
+                _ => "-".into(),
+            },
+        ),
+        (
+            "memory",
+            format!(
+                "peak RSS {}, dry-run estimate {}",
+                r.peak_rss_bytes.map_or("-".into(), human_bytes),
+                human_bytes(r.estimated_bytes)
+            ),
+        ),
+        ("adapter", format!("{} (PEFT layout)", r.output_dir)),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    format!("{t}\n")
 }

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use crate::arch::Activation;
-use crate::kernels::{axpy, dot, QMatrix};
+use crate::kernels::{axpy, axpy4, dot, dot4, QMatrix};
 use crate::quant::dequantize_block;
 use crate::EngineError;
 
@@ -203,24 +203,27 @@ fn activation(act: Activation, x: f32) -> (f32, f32) {
     }
 }
 
-/// `dx += dy · W` for a frozen quantized `W` (`rows × cols`) and `n` rows of `dy`
-/// (`n × rows`): the input gradient of `y = W·x`. Work is split by token so no two
-/// threads write the same row of `dx`; each dequantizes blocks of weight rows into
-/// f32 once and applies them to all its tokens.
-pub(crate) fn matmul_t(
+/// Rows of a quantized matrix dequantized together (one block's f32 copy stays in
+/// cache while every token of a thread's share uses it).
+const ROW_BLOCK: usize = 16;
+
+/// Check shapes and call `f(token range's dy/x chunk, out chunk, f32 rows r0..r1)` for
+/// every thread's share of tokens and every block of rows, each block of rows
+/// dequantized once per share.
+fn by_row_blocks(
     w: &QMatrix<'_>,
-    dy: &[f32],
-    dx: &mut [f32],
     n: usize,
     threads: usize,
+    (src, src_w): (&[f32], usize),
+    (dst, dst_w): (&mut [f32], usize),
+    f: impl Fn(&[f32], &mut [f32], usize, usize, &[f32]) + Sync,
 ) -> Result<(), EngineError> {
     let (rows, cols) = (w.rows, w.cols);
-    if dy.len() != n * rows || dx.len() != n * cols {
+    if src.len() != n * src_w || dst.len() != n * dst_w {
         return Err(EngineError::Shape(format!(
-            "backward through a {rows}x{cols} matrix got {} output and {} input gradients \
-             for {n} tokens",
-            dy.len(),
-            dx.len()
+            "a {rows}x{cols} matrix got {} inputs and {} outputs for {n} tokens",
+            src.len(),
+            dst.len()
         )));
     }
     let (bs, ts) = (w.qtype.block_size() as usize, w.qtype.type_size() as usize);
@@ -230,32 +233,88 @@ pub(crate) fn matmul_t(
             w.qtype.name()
         )));
     }
-    const BLOCK: usize = 16;
     let per = n.div_ceil(threads.max(1)).max(1);
-    dx.par_chunks_mut(per * cols)
-        .zip(dy.par_chunks(per * rows))
-        .for_each(|(dxc, dyc)| {
-            let nt = dyc.len() / rows;
-            let mut buf = vec![0f32; BLOCK * cols];
-            for r0 in (0..rows).step_by(BLOCK) {
-                let r1 = (r0 + BLOCK).min(rows);
+    dst.par_chunks_mut(per * dst_w)
+        .zip(src.par_chunks(per * src_w))
+        .for_each(|(dc, sc)| {
+            let mut buf = vec![0f32; ROW_BLOCK * cols];
+            for r0 in (0..rows).step_by(ROW_BLOCK) {
+                let r1 = (r0 + ROW_BLOCK).min(rows);
                 for (r, out) in (r0..r1).zip(buf.chunks_exact_mut(cols)) {
                     for (o, b) in out.chunks_exact_mut(bs).zip(w.row(r).chunks_exact(ts)) {
                         dequantize_block(w.qtype, b, o);
                     }
                 }
-                for t in 0..nt {
-                    let g = &dyc[t * rows..(t + 1) * rows];
-                    let dxt = &mut dxc[t * cols..(t + 1) * cols];
-                    for (r, wr) in (r0..r1).zip(buf.chunks_exact(cols)) {
-                        if g[r] != 0.0 {
-                            axpy(g[r], wr, dxt);
-                        }
-                    }
-                }
+                f(sc, dc, r0, r1, &buf[..(r1 - r0) * cols]);
             }
         });
     Ok(())
+}
+
+/// `y = W·x` for `n` rows of `x` (`n × cols`) into `y` (`n × rows`), in f32: each block
+/// of weight rows is dequantized once and dotted against every token (the inference
+/// kernels' per-token unpacking would redo it `n` times).
+pub(crate) fn matmul_fwd(
+    w: &QMatrix<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    n: usize,
+    threads: usize,
+) -> Result<(), EngineError> {
+    let (rows, cols) = (w.rows, w.cols);
+    by_row_blocks(
+        w,
+        n,
+        threads,
+        (x, cols),
+        (y, rows),
+        |xc, yc, r0, r1, buf| {
+            for (xt, yt) in xc.chunks_exact(cols).zip(yc.chunks_exact_mut(rows)) {
+                let mut r = r0;
+                while r + 4 <= r1 {
+                    let v = dot4(&buf[(r - r0) * cols..(r - r0 + 4) * cols], xt);
+                    yt[r..r + 4].copy_from_slice(&v);
+                    r += 4;
+                }
+                for r in r..r1 {
+                    yt[r] = dot(&buf[(r - r0) * cols..(r - r0 + 1) * cols], xt);
+                }
+            }
+        },
+    )
+}
+
+/// `dx += dy · W` for a frozen quantized `W` (`rows × cols`) and `n` rows of `dy`
+/// (`n × rows`): the input gradient of `y = W·x`. Work is split by token so no two
+/// threads write the same row of `dx`.
+pub(crate) fn matmul_t(
+    w: &QMatrix<'_>,
+    dy: &[f32],
+    dx: &mut [f32],
+    n: usize,
+    threads: usize,
+) -> Result<(), EngineError> {
+    let (rows, cols) = (w.rows, w.cols);
+    by_row_blocks(
+        w,
+        n,
+        threads,
+        (dy, rows),
+        (dx, cols),
+        |gc, dxc, r0, r1, buf| {
+            for (g, dxt) in gc.chunks_exact(rows).zip(dxc.chunks_exact_mut(cols)) {
+                let mut r = r0;
+                while r + 4 <= r1 {
+                    let a = [g[r], g[r + 1], g[r + 2], g[r + 3]];
+                    axpy4(a, &buf[(r - r0) * cols..(r - r0 + 4) * cols], dxt);
+                    r += 4;
+                }
+                for r in r..r1 {
+                    axpy(g[r], &buf[(r - r0) * cols..(r - r0 + 1) * cols], dxt);
+                }
+            }
+        },
+    )
 }
 
 /// One LoRA pair in training layout: `a` is `r × in` (PEFT's `lora_A`), `bt` is
@@ -337,20 +396,19 @@ pub(crate) fn cross_entropy(logits: &mut [f32], label: usize) -> f64 {
     loss
 }
 
-/// Dropout's keep mask, a pure function of `key` and the element index (so the
-/// backward and a resumed run draw the same mask without storing it): the factor
-/// `1/(1−p)` for kept elements, 0 for dropped ones.
-pub(crate) fn dropout(x: &[f32], p: f32, key: u64) -> Vec<f32> {
+/// Dropout's mask for `len` values, a pure function of `key` and the element index (so
+/// the backward and a resumed run draw the same mask without storing it): `1/(1−p)` for
+/// kept elements, 0 for dropped ones.
+pub(crate) fn dropout_mask(len: usize, p: f32, key: u64) -> Vec<f32> {
     let keep = 1.0 / (1.0 - p);
-    x.iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let u = (splitmix64(key ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 40) as f32
+    (0..len as u64)
+        .map(|i| {
+            let u = (splitmix64(key ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 40) as f32
                 / (1u64 << 24) as f32;
             if u < p {
                 0.0
             } else {
-                v * keep
+                keep
             }
         })
         .collect()
@@ -509,7 +567,7 @@ mod tests {
     }
 
     #[test]
-    fn frozen_projection_backward_is_the_transpose() {
+    fn frozen_projection_forward_and_backward() {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let (rows, cols, n) = (37, 64, 5);
         let w = rand_vec(&mut rng, rows * cols, 1.0);
@@ -529,8 +587,23 @@ mod tests {
                 }
             }
         }
+        let x = rand_vec(&mut rng, n * cols, 1.0);
+        for threads in [1, 2] {
+            let mut y = vec![0f32; n * rows];
+            matmul_fwd(&m, &x, &mut y, n, threads).unwrap();
+            for t in 0..n {
+                for r in 0..rows {
+                    let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum();
+                    assert!(
+                        (y[t * rows + r] - want).abs() < 1e-4,
+                        "forward, threads {threads}"
+                    );
+                }
+            }
+        }
         let mut short = vec![0f32; 3];
         assert!(matmul_t(&m, &dy, &mut short, n, 1).is_err());
+        assert!(matmul_fwd(&m, &x, &mut short, n, 1).is_err());
     }
 
     #[test]
@@ -546,12 +619,11 @@ mod tests {
 
     #[test]
     fn dropout_keeps_about_one_minus_p_and_repeats_per_key() {
-        let x = vec![1f32; 10_000];
-        let a = dropout(&x, 0.25, 7);
+        let a = dropout_mask(10_000, 0.25, 7);
         let kept = a.iter().filter(|&&v| v != 0.0).count();
         assert!((7_200..7_800).contains(&kept), "kept {kept}");
         assert!(a.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
-        assert_eq!(a, dropout(&x, 0.25, 7));
-        assert_ne!(a, dropout(&x, 0.25, 8));
+        assert_eq!(a, dropout_mask(10_000, 0.25, 7));
+        assert_ne!(a, dropout_mask(10_000, 0.25, 8));
     }
 }

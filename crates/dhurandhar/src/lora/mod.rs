@@ -13,9 +13,12 @@
 //! # Ok::<(), dhurandhar::Error>(())
 //! ```
 
+pub mod data;
 pub mod export;
+pub mod export_hf;
 pub mod merge;
 pub mod peft;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +41,9 @@ pub const MAX_JOB_BYTES: u64 = 1 << 20;
 pub const DEFAULT_BASE_FORMAT: &str = "nf4";
 
 pub use export::{export_gguf, ExportOptions, ExportReport};
+pub use export_hf::{export_hf, ExportHfOptions, ExportHfReport};
 pub use merge::{merge, MergeOptions, MergeReport};
+pub use train::{train, TrainOptions, TrainReport};
 
 /// An adapter to apply: a PEFT directory, and the weight its update is multiplied by
 /// (1 = as trained).

@@ -7,6 +7,7 @@
 //! becomes interleaved pairs. An adapter's `B` for `q_proj`/`k_proj` has those rows, so it
 //! is reordered the same way when read and back when written.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -260,8 +261,9 @@ pub fn load(dir: &Path, g: &Geometry) -> Result<Adapter> {
 /// atomically), for a base of geometry `g`.
 pub fn save(adapter: &Adapter, dir: &Path, g: &Geometry) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| dhurandhar_io::IoError::os(dir, e))?;
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    // Tensors are viewed in place (only reordered Q/K rows are copied) and streamed to
+    // the file, so saving costs no second copy of the adapter.
+    let mut owned: Vec<(String, Vec<usize>, Cow<'_, [f32]>)> = Vec::new();
     for (name, p) in &adapter.pairs {
         let (layer, m) = dhurandhar_lora::parse_gguf_tensor_name(name).ok_or_else(|| {
             Error::invalid(
@@ -271,30 +273,33 @@ pub fn save(adapter: &Adapter, dir: &Path, g: &Geometry) -> Result<()> {
         })?;
         let stem = peft_key_stem(layer, m);
         let b = if reordered(g, m) {
-            reorder_rows(&p.b, p.r, g.head_dim, false)
+            Cow::Owned(reorder_rows(&p.b, p.r, g.head_dim, false))
         } else {
-            p.b.clone()
+            Cow::Borrowed(p.b.as_slice())
         };
         owned.push((
             format!("{stem}.lora_A.weight"),
             vec![p.r, p.in_features],
-            bytes(&p.a),
+            Cow::Borrowed(p.a.as_slice()),
         ));
         owned.push((
             format!("{stem}.lora_B.weight"),
             vec![p.out_features, p.r],
-            bytes(&b),
+            b,
         ));
     }
     let mut views = Vec::with_capacity(owned.len());
     for (name, shape, data) in &owned {
-        let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
             .map_err(|e| Error::invalid("adapter", format!("tensor `{name}`: {e}")))?;
         views.push((name.clone(), v));
     }
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let st = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::invalid("adapter", format!("safetensors: {e}")))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    // serialize_to_file writes a sibling temp file and renames it: atomic.
+    safetensors::serialize_to_file(views, Some(meta), &weights)
+        .map_err(|e| Error::invalid("adapter", format!("{}: {e}", weights.display())))?;
     let cfg = PeftConfig {
         peft_type: lora_type(),
         r: adapter.r,
@@ -317,7 +322,6 @@ pub fn save(adapter: &Adapter, dir: &Path, g: &Geometry) -> Result<()> {
         alpha_pattern: HashMap::new(),
     };
     let json = serde_json::to_string_pretty(&cfg).expect("plain data serializes");
-    dhurandhar_io::write_atomic(&dir.join(WEIGHTS_FILE), &st)?;
     dhurandhar_io::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
     Ok(())
 }
