@@ -28,8 +28,9 @@ fixtures=$(python3 scripts/fetch_fixtures.py .cache/fixtures | tail -n 1)
 base="$fixtures/SmolLM2-135M-Instruct.Q4_1.gguf"
 data="$fixtures/lora-data"
 python3 scripts/make_lora_dataset.py "$data" >/dev/null
-out=$(mktemp -d)
-trap 'rm -r "$out"' EXIT
+# Jobs, adapters and reports stay in .cache/bench-lora (git-ignored) for a look afterwards.
+out="$root/.cache/bench-lora"
+rm -rf "$out" && mkdir -p "$out"
 
 job() { # job NAME STEPS EVAL_STEPS
   cat > "$out/$1.yaml" <<EOF
@@ -76,12 +77,14 @@ print("validation loss by step: " + ", ".join(f"{e['step']}: {e['loss']:.4f}" fo
 EOF
 
 echo "## perplexity with and without the adapter"
-ppl() { "$bin" eval --model "$base" --text-file "$1" --threads 2 --json "${@:2}" |
-  python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["baseline"]["perplexity"])'; }
+# The whole text (--max-tokens above its length), f32 activations (eval's default).
+ppl() { "$bin" eval --model "$base" --text-file "$1" --max-tokens 8192 --threads 2 --json "${@:2}" |
+  python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["tokens"], r["exact"]["perplexity"])'; }
 for text in "$data/heldout.txt" data/eval/pride-and-prejudice-ch1.txt; do
-  b=$(ppl "$text"); a=$(ppl "$text" --adapter "$out/learn")
-  python3 -c "print(f'$(basename "$text")': base {float('$b'):.3f}, adapter {float('$a'):.3f}, adapter/base {float('$a')/float('$b'):.3f}')"
+  read -r n b <<< "$(ppl "$text")"; read -r _ a <<< "$(ppl "$text" --adapter "$out/learn")"
+  python3 -c "print(f'$(basename "$text") ($n tokens): base {$b:.3f}, adapter {$a:.3f}, adapter/base {$a/$b:.3f}')"
 done
+echo "(the margin stated for the unrelated text: adapter/base within 0.90-1.10)"
 
 echo "## generate --adapter against the merged model"
 "$bin" lora merge "$base" --adapter "$out/learn" -o "$out/merged.gguf" --json > /dev/null

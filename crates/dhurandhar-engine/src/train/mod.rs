@@ -71,6 +71,26 @@ struct Param {
     vbt: Vec<f32>,
 }
 
+/// Names of a pair's tensors in [`Trainer::state`], in [`Param::tensors`] order.
+const STATE_SUFFIXES: [&str; 6] = ["a", "bt", "m_a", "v_a", "m_bt", "v_bt"];
+
+impl Param {
+    fn tensors(&self) -> [&Vec<f32>; 6] {
+        [&self.a, &self.bt, &self.ma, &self.va, &self.mbt, &self.vbt]
+    }
+
+    fn tensors_mut(&mut self) -> [&mut Vec<f32>; 6] {
+        [
+            &mut self.a,
+            &mut self.bt,
+            &mut self.ma,
+            &mut self.va,
+            &mut self.mbt,
+            &mut self.vbt,
+        ]
+    }
+}
+
 /// Loss over a set of tokens: the sum of their cross-entropies and how many there were.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LossSum {
@@ -361,37 +381,24 @@ impl<'m> Trainer<'m> {
         let mut out = BTreeMap::new();
         for p in &self.params {
             let base = gguf_tensor_name(p.layer, p.module);
-            for (suffix, v) in [
-                ("a", &p.a),
-                ("bt", &p.bt),
-                ("m_a", &p.ma),
-                ("v_a", &p.va),
-                ("m_bt", &p.mbt),
-                ("v_bt", &p.vbt),
-            ] {
+            for (suffix, v) in STATE_SUFFIXES.iter().zip(p.tensors()) {
                 out.insert(format!("{base}.{suffix}"), v.as_slice());
             }
         }
         out
     }
 
-    /// Restore [`Trainer::state`] and the step count; every tensor must be present
-    /// with its shape.
+    /// Restore [`Trainer::state`] and the step count. Every tensor must be present with
+    /// its shape, and nothing else: otherwise the trainer is left as it was.
     pub fn restore(
         &mut self,
         step: u64,
         mut state: BTreeMap<String, Vec<f32>>,
     ) -> Result<(), EngineError> {
-        for p in &mut self.params {
+        let mut taken = Vec::with_capacity(self.params.len() * STATE_SUFFIXES.len());
+        for p in &self.params {
             let base = gguf_tensor_name(p.layer, p.module);
-            for (suffix, v) in [
-                ("a", &mut p.a),
-                ("bt", &mut p.bt),
-                ("m_a", &mut p.ma),
-                ("v_a", &mut p.va),
-                ("m_bt", &mut p.mbt),
-                ("v_bt", &mut p.vbt),
-            ] {
+            for (suffix, v) in STATE_SUFFIXES.iter().zip(p.tensors()) {
                 let key = format!("{base}.{suffix}");
                 let got = state
                     .remove(&key)
@@ -403,13 +410,19 @@ impl<'m> Trainer<'m> {
                         v.len()
                     )));
                 }
-                *v = got;
+                taken.push(got);
             }
         }
         if let Some(extra) = state.keys().next() {
             return Err(EngineError::Shape(format!(
                 "training state has `{extra}`, which this job does not train"
             )));
+        }
+        let mut taken = taken.into_iter();
+        for p in &mut self.params {
+            for v in p.tensors_mut() {
+                *v = taken.next().expect("one per tensor");
+            }
         }
         self.step = step;
         Ok(())
@@ -1111,6 +1124,10 @@ mod tests {
         let tail_b: Vec<f64> = (3..6).map(|k| step(&mut b, k)).collect();
         assert_eq!(tail_a, tail_b);
         assert_eq!(b.step(), 6);
+        let before = |t: &Trainer<'_>| -> Vec<Vec<f32>> {
+            t.state().into_values().map(<[f32]>::to_vec).collect()
+        };
+        let kept = before(&b);
         let mut short = saved.clone();
         short.pop_first();
         assert!(b
@@ -1125,6 +1142,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("does not train"));
+        // A refused restore leaves the trainer as it was (nothing half-assigned).
+        assert_eq!(before(&b), kept);
+        assert_eq!(b.step(), 6);
     }
 
     #[test]

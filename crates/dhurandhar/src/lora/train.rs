@@ -85,6 +85,7 @@ pub struct TrainReport {
     pub epochs_done: f64,
     /// Tokens read by the training passes of this run.
     pub tokens: u64,
+    /// Seconds of training steps (validation passes and checkpoint writes excluded).
     pub seconds: f64,
     pub tokens_per_s: f64,
     pub history: Vec<LogRecord>,
@@ -423,14 +424,16 @@ pub fn train(
         Some((total_steps - start_step.min(total_steps)) as u64),
         Unit::Items("steps"),
     );
-    let began = Instant::now();
+    // Training time only: validation passes and checkpoint writes are not counted.
+    let mut seconds = 0f64;
     let mut tokens_read = 0u64;
-    let (mut log_loss, mut log_tokens, mut log_since) = (LossSum::default(), 0u64, Instant::now());
+    let (mut log_loss, mut log_tokens, mut log_secs) = (LossSum::default(), 0u64, 0f64);
     let mut kept: Vec<String> = checkpoints(&out_dir)
         .into_iter()
         .map(|(_, p)| p.display().to_string())
         .collect();
     for step in start_step..total_steps {
+        let step_began = Instant::now();
         let mut step_loss = LossSum::default();
         for micro in 0..per_step {
             cancel.check()?;
@@ -444,23 +447,24 @@ pub fn train(
         let lr = t.learning_rate * lr_factor(&t.lr_scheduler, step, warmup, total_steps);
         let norm = trainer.optimizer_step(lr as f32, step_loss.tokens);
         log_loss.add(step_loss);
+        let took = step_began.elapsed().as_secs_f64();
+        (seconds, log_secs) = (seconds + took, log_secs + took);
         let done = step + 1;
         progress.advance(1);
         if done % t.logging_steps.max(1) == 0 || done == total_steps {
-            let secs = log_since.elapsed().as_secs_f64();
             let rec = LogRecord {
                 step: done,
                 loss: log_loss.mean(),
                 learning_rate: lr,
                 grad_norm: norm as f64,
-                tokens_per_s: log_tokens as f64 / secs.max(1e-9),
+                tokens_per_s: log_tokens as f64 / log_secs.max(1e-9),
             };
             progress.message(&format!(
                 "step {done}/{total_steps}: loss {:.4}, lr {:.2e}, grad norm {:.3}, {:.0} tokens/s",
                 rec.loss, rec.learning_rate, rec.grad_norm, rec.tokens_per_s
             ));
             state.history.push(rec);
-            (log_loss, log_tokens, log_since) = (LossSum::default(), 0, Instant::now());
+            (log_loss, log_tokens, log_secs) = (LossSum::default(), 0, 0.0);
         }
         if t.eval_steps > 0 && done % t.eval_steps == 0 {
             eval_now(&mut trainer, done, &mut state)?;
@@ -477,7 +481,6 @@ pub fn train(
         }
     }
     progress.finish();
-    let seconds = began.elapsed().as_secs_f64();
     eval_now(&mut trainer, total_steps, &mut state)?;
     state.step = total_steps;
     peft::save(&trainer.adapter(&job.base_model), &out_dir, &geometry)?;
