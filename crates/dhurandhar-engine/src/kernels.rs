@@ -382,59 +382,6 @@ mod avx2 {
         hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1))
     }
 
-    /// Four activation rows `a_row..a_row+4` against one Q8_0 / Q4_0 / Q4_1 weight row:
-    /// the weight block is unpacked once and reused (prefill).
-    ///
-    /// # Safety
-    /// As [`dot_q4`]; `a_row + 4 <= a.rows()`; `kind` is 0 = Q8_0, 1 = Q4_0, 2 = Q4_1.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_x4(w: &[u8], a: &Q8Acts, a_row: usize, kind: u8) -> [f32; 4] {
-        let nb = a.cols / QK;
-        let ts = match kind {
-            0 => 34,
-            1 => 18,
-            _ => 20,
-        };
-        debug_assert!(w.len() >= nb * ts && a.qs.len() >= (a_row + 4) * a.cols);
-        let wp = w.as_ptr();
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut macc = [0f32; 4];
-        for b in 0..nb {
-            let blk = wp.add(b * ts);
-            let dw = f16_to_f32(blk);
-            let (wq, sign, m) = match kind {
-                0 => {
-                    let w0 = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                    (_mm256_sign_epi8(w0, w0), Some(w0), 0.0)
-                }
-                1 => (nibbles(blk.add(2)), None, -8.0 * dw),
-                _ => (nibbles(blk.add(4)), None, f16_to_f32(blk.add(2))),
-            };
-            for (i, (acc, macc)) in acc.iter_mut().zip(macc.iter_mut()).enumerate() {
-                let row = a_row + i;
-                let qa =
-                    _mm256_loadu_si256(a.qs.as_ptr().add(row * a.cols + b * QK) as *const __m256i);
-                let qa = match sign {
-                    Some(w0) => _mm256_sign_epi8(qa, w0),
-                    None => qa,
-                };
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, qa), ones);
-                let da = *a.d.get_unchecked(row * nb + b);
-                *acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), _mm256_cvtepi32_ps(p), *acc);
-                if kind != 0 {
-                    *macc += m * *a.s.get_unchecked(row * nb + b);
-                }
-            }
-        }
-        [
-            hsum(acc[0]) + macc[0],
-            hsum(acc[1]) + macc[1],
-            hsum(acc[2]) + macc[2],
-            hsum(acc[3]) + macc[3],
-        ]
-    }
-
     /// Q8_0 weights against f32 activations (no activation rounding).
     ///
     /// # Safety
@@ -771,6 +718,32 @@ pub fn strided_axpys(p: &[f32], src: &[f32], off: usize, stride: usize, out: &mu
     }
 }
 
+/// Decode on AVX2: the one activation row against weight rows `r0..r1` into `out[r]`,
+/// the type dispatched once for the range.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `w` uses 8-bit activations and has `a.cols`
+/// columns; `a` has at least one row; `out` has room for index `r1 - 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_rows_avx2(w: &QMatrix<'_>, a: &Q8Acts, r0: usize, r1: usize, out: *mut f32) {
+    if r0 >= r1 {
+        return;
+    }
+    let rb = w.row_bytes();
+    let base = w.data.as_ptr();
+    let row = |r: usize| std::slice::from_raw_parts(base.add(r * rb), rb);
+    match w.qtype {
+        GgmlType::Q8_0 => (r0..r1).for_each(|r| *out.add(r) = avx2::dot_q8_0(row(r), a, 0)),
+        GgmlType::Q4_1 => (r0..r1).for_each(|r| *out.add(r) = avx2::dot_q4::<true>(row(r), a, 0)),
+        GgmlType::Q4_0 => (r0..r1).for_each(|r| *out.add(r) = avx2::dot_q4::<false>(row(r), a, 0)),
+        t => {
+            crate::kquants::check_rows(t, row(r0), a, 0, 1);
+            crate::kquants_avx2::dot_rows(t, base, rb, r0, r1, a, 0, out)
+        }
+    }
+}
+
 /// Dot product of weight row `w` (of matrix type `t`) with activation row `a_row`.
 #[inline]
 fn row_dot(t: GgmlType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Simd) -> f32 {
@@ -869,6 +842,17 @@ pub fn matmul(
                     a.cols, w.cols
                 )));
             }
+            // The SIMD kernels read every row's scales and sums unchecked.
+            let blocks = a.rows() * (a.cols / QK);
+            if a.cols % QK != 0 || a.d.len() < blocks || a.s.len() < blocks {
+                return Err(EngineError::Shape(format!(
+                    "8-bit activations of {} columns have {} scales and {} sums for {} rows",
+                    a.cols,
+                    a.d.len(),
+                    a.s.len(),
+                    a.rows()
+                )));
+            }
             a.rows()
         }
         Acts::F32(x) => {
@@ -909,6 +893,36 @@ pub fn matmul(
     };
     let tile = |r0: usize, r1: usize| {
         let p = optr;
+        #[cfg(target_arch = "x86_64")]
+        if let (Simd::Avx2, Acts::Q8(a), 1) = (s, acts, n_tok) {
+            // SAFETY: simd() checked the features; the shapes were checked above (every
+            // row holds `a.cols` values, `a` has one row); `out` holds `rows` values.
+            unsafe { decode_rows_avx2(w, a, r0, r1, p.0) };
+            return;
+        }
+        // Prefill: four tokens at a time over every row of the range (the kernels build
+        // the four tokens' scale vectors once per range), then the tail token by token.
+        #[cfg(target_arch = "x86_64")]
+        if let (Simd::Avx2, Acts::Q8(a)) = (s, acts) {
+            let (rb, base) = (w.row_bytes(), w.data.as_ptr());
+            let mut t = 0;
+            while t + 4 <= n_tok {
+                // SAFETY: features checked by simd(); the shapes and `a`'s scales and
+                // sums were checked at the top of matmul; `out` holds n_tok × rows values.
+                unsafe {
+                    crate::kquants_avx2::dot4_rows(w.qtype, base, rb, r0, r1, a, t, p.0, rows)
+                };
+                t += 4;
+            }
+            for r in r0..r1 {
+                for t in t..n_tok {
+                    let v = row_dot(w.qtype, w.row(r), acts, t, cols, s);
+                    // SAFETY: as below.
+                    unsafe { *p.0.add(t * rows + r) = v };
+                }
+            }
+            return;
+        }
         let mut row_f32 = if dequant_rows {
             vec![0f32; cols]
         } else {
@@ -928,37 +942,7 @@ pub fn matmul(
                 }
                 continue;
             }
-            #[allow(unused_mut)] // only the x86_64 tile loop advances it early
             let mut t = 0;
-            #[cfg(target_arch = "x86_64")]
-            if let (Simd::Avx2, Acts::Q8(a), false) = (s, acts, crate::kquants::supports(w.qtype)) {
-                let kind = match w.qtype {
-                    GgmlType::Q8_0 => 0,
-                    GgmlType::Q4_0 => 1,
-                    _ => 2,
-                };
-                while t + 4 <= n_tok {
-                    // SAFETY: features checked by simd(); t + 4 <= rows of `a`.
-                    let v = unsafe { avx2::dot_x4(wr, a, t, kind) };
-                    for (i, v) in v.into_iter().enumerate() {
-                        // SAFETY: as below.
-                        unsafe { *p.0.add((t + i) * rows + r) = v };
-                    }
-                    t += 4;
-                }
-            }
-            if let (Acts::Q8(a), true) = (acts, crate::kquants::supports(w.qtype)) {
-                while t + 4 <= n_tok {
-                    let Some(v) = crate::kquants::dot4_simd(w.qtype, wr, a, t, s) else {
-                        break;
-                    };
-                    for (i, v) in v.into_iter().enumerate() {
-                        // SAFETY: as below.
-                        unsafe { *p.0.add((t + i) * rows + r) = v };
-                    }
-                    t += 4;
-                }
-            }
             while t < n_tok {
                 let v = row_dot(w.qtype, wr, acts, t, cols, s);
                 // SAFETY: t < n_tok and r < rows, so the index is in bounds; row ranges
@@ -1085,6 +1069,65 @@ mod tests {
                         (got - portable).abs() < 1e-3,
                         "{t:?} simd {got} vs portable {portable}"
                     );
+                }
+            }
+        }
+    }
+
+    /// Decode (one token) and prefill (four tokens at a time, then a tail) run over row
+    /// ranges with the type dispatched once: for every 8-bit-activation type, decode
+    /// must give exactly the per-row kernel's value, and both the portable one's closely.
+    #[test]
+    fn row_range_kernels_match_the_per_row_and_portable_ones() {
+        let (rows, cols) = (70usize, 512usize);
+        // (type, byte offsets of its f16 scales within a block)
+        let types: [(GgmlType, &[usize]); 10] = [
+            (GgmlType::Q8_0, &[0]),
+            (GgmlType::Q4_0, &[0]),
+            (GgmlType::Q4_1, &[0, 2]),
+            (GgmlType::Q5_0, &[0]),
+            (GgmlType::Q5_1, &[0, 2]),
+            (GgmlType::Q2K, &[80, 82]),
+            (GgmlType::Q3K, &[108]),
+            (GgmlType::Q4K, &[0, 2]),
+            (GgmlType::Q5K, &[0, 2]),
+            (GgmlType::Q6K, &[208]),
+        ];
+        for n_tok in [1usize, 6] {
+            let x = rng_vals(n_tok * cols, 5);
+            let mut acts = Q8Acts::default();
+            acts.quantize_into(&x, cols);
+            let q8 = Acts::Q8(&acts);
+            for (t, scales) in types {
+                let ts = t.type_size() as usize;
+                let blocks = rows * cols / t.block_size() as usize;
+                // Any bit pattern is a valid block once its scales are sane f16 values.
+                let mut data: Vec<u8> = rng_vals(blocks * ts, 9)
+                    .iter()
+                    .map(|v| ((v + 1.0) * 127.9) as u8)
+                    .collect();
+                for (b, block) in data.chunks_exact_mut(ts).enumerate() {
+                    for (k, &off) in scales.iter().enumerate() {
+                        let v = f16::from_f32(0.002 * (1 + (b + k) % 7) as f32);
+                        block[off..off + 2].copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                let m = QMatrix::new(t, rows, cols, &data).unwrap();
+                let mut out = vec![0f32; n_tok * rows];
+                matmul(&m, &q8, &mut out, false).unwrap();
+                for tok in 0..n_tok {
+                    for r in 0..rows {
+                        let got = out[tok * rows + r];
+                        if n_tok == 1 {
+                            let per_row = row_dot(t, m.row(r), &q8, 0, cols, simd());
+                            assert_eq!(got.to_bits(), per_row.to_bits(), "{t:?} row {r}");
+                        }
+                        let portable = row_dot(t, m.row(r), &q8, tok, cols, Simd::Portable);
+                        assert!(
+                            (got - portable).abs() <= 1e-4 * (1.0 + portable.abs()),
+                            "{t:?} token {tok} of {n_tok}, row {r}: {got} vs portable {portable}"
+                        );
+                    }
                 }
             }
         }

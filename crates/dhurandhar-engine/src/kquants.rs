@@ -351,7 +351,7 @@ pub fn dot_avx2_n<const N: usize>(
 /// integer compares (no formatting unless it fails).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[inline]
-fn check_rows(t: GgmlType, w: &[u8], a: &Q8Acts, a_row: usize, n: usize) {
+pub(crate) fn check_rows(t: GgmlType, w: &[u8], a: &Q8Acts, a_row: usize, n: usize) {
     let bs = t.block_size() as usize;
     let ok = supports(t)
         && a.cols.is_multiple_of(bs)

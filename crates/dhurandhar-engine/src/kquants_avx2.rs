@@ -1,5 +1,7 @@
 //! AVX2 kernels for Q5_0, Q5_1 and the k-quants against [`Q8Acts`] (see
-//! [`crate::kquants`] for the layouts and the choice of activation format).
+//! [`crate::kquants`] for the layouts and the choice of activation format), and the
+//! row-range entry points the matrix product uses for every 8-bit-activation type:
+//! [`dot_rows`] (decode) and [`dot4_rows`] (prefill, four tokens at a time).
 //!
 //! Each kernel unpacks 32 weights of one activation block into a 256-bit register of
 //! unsigned bytes, multiplies with `maddubs` against the signed activations, and folds
@@ -108,6 +110,195 @@ pub unsafe fn dot<const N: usize>(t: GgmlType, w: &[u8], a: &Q8Acts, a_row: usiz
     }
 }
 
+/// Activation row `a_row` against weight rows `r0..r1` of a matrix whose rows are
+/// `row_bytes` apart from `w`, into `out[r]`: decode, with the type dispatched once per
+/// range instead of once per row (a 576-wide row is only 18 blocks, and per-row dispatch
+/// cost about a tenth of a token).
+///
+/// # Safety
+/// As [`dot`] with `N = 1` for every row `r0..r1`; `w` holds `r1` rows; `out` has room
+/// for index `r1 - 1`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn dot_rows(
+    t: GgmlType,
+    w: *const u8,
+    row_bytes: usize,
+    r0: usize,
+    r1: usize,
+    a: &Q8Acts,
+    a_row: usize,
+    out: *mut f32,
+) {
+    let rows = Rows::<1>::new(a, a_row);
+    let nb = a.cols / QK;
+    macro_rules! each {
+        ($kernel:expr) => {
+            for r in r0..r1 {
+                *out.add(r) = $kernel(w.add(r * row_bytes), nb, &rows)[0];
+            }
+        };
+    }
+    match t {
+        GgmlType::Q5_0 => each!(dot_q5::<false, 1>),
+        GgmlType::Q5_1 => each!(dot_q5::<true, 1>),
+        GgmlType::Q2K => each!(dot_q2k::<1>),
+        GgmlType::Q3K => each!(dot_q3k::<1>),
+        GgmlType::Q4K => each!(dot_q45k::<false, 1>),
+        GgmlType::Q5K => each!(dot_q45k::<true, 1>),
+        GgmlType::Q6K => each!(dot_q6k::<1>),
+        _ => unreachable!("no AVX2 k-quant kernel for {}", t.name()),
+    }
+}
+
+/// Activation rows `a_row..a_row + 4` against weight rows `r0..r1` (prefill), into
+/// `out[(a_row + i) · stride + r]`. The 32-value single-scale types (Q8_0, Q4_0, Q4_1,
+/// Q5_0, Q5_1) run [`rows4`]; the k-quants run [`dot`] with `N = 4` row by row.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `w` holds `r1` rows of `row_bytes`, each
+/// `a.cols` values of type `t`; `a` holds rows `a_row..a_row + 4` (values, scales and
+/// sums); `out` has room for every index written.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn dot4_rows(
+    t: GgmlType,
+    w: *const u8,
+    row_bytes: usize,
+    r0: usize,
+    r1: usize,
+    a: &Q8Acts,
+    a_row: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    let args = (w, row_bytes, r0, r1, a, a_row, out, stride);
+    match t {
+        GgmlType::Q8_0 => rows4::<Q8_0>(args),
+        GgmlType::Q4_0 => rows4::<Q4_0>(args),
+        GgmlType::Q4_1 => rows4::<Q4_1>(args),
+        GgmlType::Q5_0 => rows4::<Q5_0>(args),
+        GgmlType::Q5_1 => rows4::<Q5_1>(args),
+        _ => {
+            for r in r0..r1 {
+                let row = std::slice::from_raw_parts(w.add(r * row_bytes), row_bytes);
+                for (i, v) in dot::<4>(t, row, a, a_row).into_iter().enumerate() {
+                    *out.add((a_row + i) * stride + r) = v;
+                }
+            }
+        }
+    }
+}
+
+// Kinds of 32-value single-scale blocks for [`rows4`].
+const Q8_0: u8 = 0;
+const Q4_0: u8 = 1;
+const Q4_1: u8 = 2;
+const Q5_0: u8 = 3;
+const Q5_1: u8 = 4;
+
+/// [`dot4_rows`]' arguments.
+type Rows4Args<'a> = (
+    *const u8,
+    usize,
+    usize,
+    usize,
+    &'a Q8Acts,
+    usize,
+    *mut f32,
+    usize,
+);
+
+/// Four tokens against a range of rows of a single-scale type (`d·q + m` per block of
+/// 32, Q8_0 signed with `m = 0`). The four tokens' activation scales and sums are put in
+/// vectors (a token per lane) once for every row; per block, `d_w · d_a` is then one
+/// multiply for the four tokens and the offset `m_w · s_a` one FMA.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows4<const KIND: u8>((w, row_bytes, r0, r1, a, a_row, out, stride): Rows4Args<'_>) {
+    let rows = Rows::<4>::new(a, a_row);
+    let nb = a.cols / QK;
+    let ts = match KIND {
+        Q8_0 => 34,
+        Q4_0 => 18,
+        Q4_1 => 20,
+        Q5_0 => 22,
+        _ => 24,
+    };
+    let lanes = |p: &[*const f32; 4], b: usize| {
+        _mm_setr_ps(*p[0].add(b), *p[1].add(b), *p[2].add(b), *p[3].add(b))
+    };
+    let da: Vec<__m128> = (0..nb).map(|b| lanes(&rows.d, b)).collect();
+    let sa: Vec<__m128> = if KIND == Q8_0 {
+        Vec::new()
+    } else {
+        (0..nb).map(|b| lanes(&rows.s, b)).collect()
+    };
+    let (m4, bit4, ones) = (
+        _mm_set1_epi8(0xF),
+        _mm256_set1_epi8(0x10),
+        _mm256_set1_epi16(1),
+    );
+    let nibbles = |p: *const u8| {
+        let v = _mm_loadu_si128(p as *const __m128i);
+        _mm256_set_m128i(
+            _mm_and_si128(_mm_srli_epi16(v, 4), m4),
+            _mm_and_si128(v, m4),
+        )
+    };
+    let fifth =
+        |p: *const u8| _mm256_and_si256(bytes_from_bits((p as *const u32).read_unaligned()), bit4);
+    let lane: [__m256i; 4] = std::array::from_fn(|i| _mm256_set1_epi32(i as i32));
+    for r in r0..r1 {
+        let wr = w.add(r * row_bytes);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut macc = _mm_setzero_ps();
+        for b in 0..nb {
+            let blk = wr.add(b * ts);
+            _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
+            let d = f16(blk);
+            let (q, m) = match KIND {
+                Q8_0 => (_mm256_loadu_si256(blk.add(2) as *const __m256i), 0.0),
+                Q4_0 => (nibbles(blk.add(2)), -8.0 * d),
+                Q4_1 => (nibbles(blk.add(4)), f16(blk.add(2))),
+                Q5_0 => (
+                    _mm256_or_si256(nibbles(blk.add(6)), fifth(blk.add(2))),
+                    -16.0 * d,
+                ),
+                _ => (
+                    _mm256_or_si256(nibbles(blk.add(8)), fifth(blk.add(4))),
+                    f16(blk.add(2)),
+                ),
+            };
+            if KIND != Q8_0 {
+                macc = _mm_fmadd_ps(_mm_set1_ps(m), sa[b], macc);
+            }
+            // Q8_0 is signed: |w| against a with w's sign, for maddubs.
+            let wq = if KIND == Q8_0 {
+                _mm256_sign_epi8(q, q)
+            } else {
+                q
+            };
+            let f4 = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(d), da[b]));
+            for i in 0..4 {
+                let qa = rows.q(i, b);
+                let qa = if KIND == Q8_0 {
+                    _mm256_sign_epi8(qa, q)
+                } else {
+                    qa
+                };
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, qa), ones);
+                let f = _mm256_permutevar8x32_ps(f4, lane[i]);
+                acc[i] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i]);
+            }
+        }
+        let mut m = [0f32; 4];
+        _mm_storeu_ps(m.as_mut_ptr(), macc);
+        for i in 0..4 {
+            *out.add((a_row + i) * stride + r) = hsum(acc[i]) + m[i];
+        }
+    }
+}
+
 /// Q5_0 (`d·(q−16)`) and Q5_1 (`d·q + m`): both as unsigned 5-bit `q` with an offset
 /// term `m·d_a·Σq_a` from the activation block sums. Two blocks per step, one per
 /// accumulator, so neither FMA chain waits on the other.
@@ -147,6 +338,9 @@ unsafe fn q5_block<const Q51: bool, const N: usize>(
     acc: &mut [[__m256; 2]; N],
     macc: &mut [[__m128; 2]; N],
 ) {
+    // Several activation rows already interleave independent FMA chains; a second
+    // accumulator per row would only spill registers.
+    let slot = if N > 1 { 0 } else { slot };
     let off = if Q51 { 4 } else { 2 };
     // [d, m] as f32 lanes 0 and 1.
     let dm = if Q51 {
@@ -225,6 +419,8 @@ unsafe fn dot_q45k<const Q5: bool, const N: usize>(
                 let (s, m) = crate::quant::scale_min_k4(k, sc);
                 let (ds, dm) = (d * s as f32, dmin * m as f32);
                 let b = sb * 8 + k;
+                // One accumulator per row when several rows interleave (as in q5_block).
+                let h = if N > 1 { 0 } else { h };
                 for i in 0..N {
                     let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, rows.q(i, b)), ones);
                     let f = _mm256_set1_ps(ds * *rows.d[i].add(b));
