@@ -123,6 +123,17 @@ impl Default for TrainingSection {
     }
 }
 
+impl LoraSection {
+    /// The target modules the engine knows, in the job's order (validation has refused
+    /// any other name).
+    pub fn targets(&self) -> Vec<crate::TargetModule> {
+        self.target_modules
+            .iter()
+            .filter_map(|m| crate::TargetModule::from_hf(m))
+            .collect()
+    }
+}
+
 impl LoraJob {
     /// Parse and validate a job file's text.
     pub fn from_yaml(text: &str) -> Result<LoraJob, LoraError> {

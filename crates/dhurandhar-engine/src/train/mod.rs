@@ -984,15 +984,7 @@ mod tests {
         let Some(_) = dhurandhar_testkit::tiny_models() else {
             return;
         };
-        let all = [
-            TargetModule::Q,
-            TargetModule::K,
-            TargetModule::V,
-            TargetModule::O,
-            TargetModule::Gate,
-            TargetModule::Up,
-            TargetModule::Down,
-        ];
+        let all = TargetModule::ALL;
         for arch in ["llama", "qwen2", "qwen3", "gemma3", "phi3"] {
             let path = dhurandhar_testkit::tiny_model(arch).unwrap();
             let model = Model::open_with(&path, WeightMode::Resident).unwrap();

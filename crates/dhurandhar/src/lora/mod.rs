@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dhurandhar_engine::{LoraStack, Model};
-use dhurandhar_lora::{Adapter, Estimate, LoraJob, TargetModule};
+use dhurandhar_lora::{Adapter, Estimate, LoraJob};
 use serde::Serialize;
 
 use crate::model::{resolve_model, ResolvedModel};
@@ -222,12 +222,7 @@ pub fn dry_run(opts: &DryRunOptions) -> Result<DryRunReport> {
 pub fn dry_run_resolved(opts: &DryRunOptions, model: ResolvedModel) -> Result<DryRunReport> {
     let job = &opts.job;
     job.validate()?;
-    let targets: Vec<TargetModule> = job
-        .lora
-        .target_modules
-        .iter()
-        .filter_map(|m| TargetModule::from_hf(m))
-        .collect();
+    let targets = job.lora.targets();
     let checkpoint = model.weights.is_some();
     let arch = model.arch.clone();
     let origin = model.origin.clone();
@@ -276,6 +271,7 @@ pub fn dry_run_resolved(opts: &DryRunOptions, model: ResolvedModel) -> Result<Dr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dhurandhar_lora::TargetModule;
 
     #[test]
     fn a_job_without_a_model_is_refused() {

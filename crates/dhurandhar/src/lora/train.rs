@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use dhurandhar_engine::train::{LossSum, TrainOptions as EngineOptions, Trainer};
 use dhurandhar_engine::{Model, WeightMode};
-use dhurandhar_lora::{LoraJob, TargetModule};
+use dhurandhar_lora::LoraJob;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -320,12 +320,7 @@ pub fn train(
         ));
     }
 
-    let targets: Vec<TargetModule> = job
-        .lora
-        .target_modules
-        .iter()
-        .filter_map(|m| TargetModule::from_hf(m))
-        .collect();
+    let targets = job.lora.targets();
     let mut trainer = Trainer::new(
         &model,
         EngineOptions {
