@@ -172,13 +172,12 @@ pub unsafe fn dot4_rows(
     out: *mut f32,
     stride: usize,
 ) {
-    let args = (w, row_bytes, r0, r1, a, a_row, out, stride);
-    match t {
-        GgmlType::Q8_0 => rows4::<Q8_0>(args),
-        GgmlType::Q4_0 => rows4::<Q4_0>(args),
-        GgmlType::Q4_1 => rows4::<Q4_1>(args),
-        GgmlType::Q5_0 => rows4::<Q5_0>(args),
-        GgmlType::Q5_1 => rows4::<Q5_1>(args),
+    let kernel = match t {
+        GgmlType::Q8_0 => rows4::<Q8_0>,
+        GgmlType::Q4_0 => rows4::<Q4_0>,
+        GgmlType::Q4_1 => rows4::<Q4_1>,
+        GgmlType::Q5_0 => rows4::<Q5_0>,
+        GgmlType::Q5_1 => rows4::<Q5_1>,
         _ => {
             for r in r0..r1 {
                 let row = std::slice::from_raw_parts(w.add(r * row_bytes), row_bytes);
@@ -186,8 +185,10 @@ pub unsafe fn dot4_rows(
                     *out.add((a_row + i) * stride + r) = v;
                 }
             }
+            return;
         }
-    }
+    };
+    kernel(w, row_bytes, r0, r1, a, a_row, out, stride)
 }
 
 // Kinds of 32-value single-scale blocks for [`rows4`].
@@ -197,24 +198,22 @@ const Q4_1: u8 = 2;
 const Q5_0: u8 = 3;
 const Q5_1: u8 = 4;
 
-/// [`dot4_rows`]' arguments.
-type Rows4Args<'a> = (
-    *const u8,
-    usize,
-    usize,
-    usize,
-    &'a Q8Acts,
-    usize,
-    *mut f32,
-    usize,
-);
-
 /// Four tokens against a range of rows of a single-scale type (`d·q + m` per block of
 /// 32, Q8_0 signed with `m = 0`). The four tokens' activation scales and sums are put in
 /// vectors (a token per lane) once for every row; per block, `d_w · d_a` is then one
 /// multiply for the four tokens and the offset `m_w · s_a` one FMA.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows4<const KIND: u8>((w, row_bytes, r0, r1, a, a_row, out, stride): Rows4Args<'_>) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows4<const KIND: u8>(
+    w: *const u8,
+    row_bytes: usize,
+    r0: usize,
+    r1: usize,
+    a: &Q8Acts,
+    a_row: usize,
+    out: *mut f32,
+    stride: usize,
+) {
     let rows = Rows::<4>::new(a, a_row);
     let nb = a.cols / QK;
     let ts = match KIND {
