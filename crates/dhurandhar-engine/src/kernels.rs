@@ -218,7 +218,7 @@ fn dot_dequant(t: GgmlType, w: &[u8], x: &[f32]) -> f32 {
 // ---------------------------------------------------------------- AVX2 kernels
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use crate::quant::{Q8Acts, QK};
@@ -296,9 +296,10 @@ mod avx2 {
         hsum(_mm256_add_ps(acc0, acc1))
     }
 
+    /// The 32 4-bit values of 16 packed bytes: low nibbles in lanes 0..16, high in 16..32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn nibbles(q: *const u8) -> __m256i {
+    pub(crate) unsafe fn nibbles(q: *const u8) -> __m256i {
         let m4 = _mm_set1_epi8(0xF);
         let v = _mm_loadu_si128(q as *const __m128i);
         let lo = _mm_and_si128(v, m4);

@@ -12,6 +12,7 @@
 
 use std::arch::x86_64::*;
 
+use crate::kernels::avx2::nibbles;
 use crate::quant::{GgmlType, Q8Acts, QK, QK_K};
 
 /// Bytes ahead of the current block to prefetch (rows stream from DRAM once per token).
@@ -232,18 +233,7 @@ unsafe fn rows4<const KIND: u8>(
     } else {
         (0..nb).map(|b| lanes(&rows.s, b)).collect()
     };
-    let (m4, bit4, ones) = (
-        _mm_set1_epi8(0xF),
-        _mm256_set1_epi8(0x10),
-        _mm256_set1_epi16(1),
-    );
-    let nibbles = |p: *const u8| {
-        let v = _mm_loadu_si128(p as *const __m128i);
-        _mm256_set_m128i(
-            _mm_and_si128(_mm_srli_epi16(v, 4), m4),
-            _mm_and_si128(v, m4),
-        )
-    };
+    let (bit4, ones) = (_mm256_set1_epi8(0x10), _mm256_set1_epi16(1));
     let fifth =
         |p: *const u8| _mm256_and_si256(bytes_from_bits((p as *const u32).read_unaligned()), bit4);
     let lane: [__m256i; 4] = std::array::from_fn(|i| _mm256_set1_epi32(i as i32));
