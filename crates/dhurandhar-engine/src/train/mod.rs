@@ -705,14 +705,7 @@ impl<'m> Trainer<'m> {
 
         // FFN: out = x2 + post(down(act(gate, up))).
         let mut dx2 = dy.clone();
-        let dd = match &l.post_ffn_norm {
-            Some(w) => {
-                let mut g = vec![0f32; n * dim];
-                ops::rmsnorm_bwd(&a.d_raw, w, &a.rd, &dy, &mut g);
-                g
-            }
-            None => dy,
-        };
+        let dd = ops::post_norm_bwd(l.post_ffn_norm.as_deref(), &a.d_raw, &a.rd, dy);
         let Ffn::Dense { gate_up, down } = &l.ffn else {
             unreachable!("check_model refused experts");
         };
@@ -749,14 +742,7 @@ impl<'m> Trainer<'m> {
 
         // Attention: x2 = x + post(o(attention(rope(norm(q)), rope(norm(k)), v))).
         let mut dx = dx2.clone();
-        let dout = match &l.post_attn_norm {
-            Some(w) => {
-                let mut g = vec![0f32; n * dim];
-                ops::rmsnorm_bwd(&a.o_raw, w, &a.ro, &dx2, &mut g);
-                g
-            }
-            None => dx2,
-        };
+        let dout = ops::post_norm_bwd(l.post_attn_norm.as_deref(), &a.o_raw, &a.ro, dx2);
         let mut datt = vec![0f32; n * qd];
         ops::matmul_t(&m.mat(&lw, &l.wo), &dout, &mut datt, n, threads)?;
         self.adapt_bwd(li, TargetModule::O, a, &dout, &mut datt);

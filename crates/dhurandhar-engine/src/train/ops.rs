@@ -30,6 +30,19 @@ pub(crate) fn rmsnorm_fwd(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Ve
 
 /// `dx += ∂(rmsnorm(x)·w)/∂x · dy`, row by row, with `inv` from [`rmsnorm_fwd`]:
 /// `dx_i = r·w_i·dy_i − r³/d · x_i · Σ_j w_j·dy_j·x_j`.
+/// Through an optional post-norm (Gemma's `post_*_norm`): the gradient at the norm's
+/// input, or `dy` itself when the layer has none.
+pub(crate) fn post_norm_bwd(w: Option<&[f32]>, x: &[f32], inv: &[f32], dy: Vec<f32>) -> Vec<f32> {
+    match w {
+        Some(w) => {
+            let mut g = vec![0f32; dy.len()];
+            rmsnorm_bwd(x, w, inv, &dy, &mut g);
+            g
+        }
+        None => dy,
+    }
+}
+
 pub(crate) fn rmsnorm_bwd(x: &[f32], w: &[f32], inv: &[f32], dy: &[f32], dx: &mut [f32]) {
     let d = w.len();
     for (((xr, dyr), dxr), &r) in x
