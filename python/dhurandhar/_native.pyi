@@ -251,6 +251,7 @@ def pack(
     group: Optional[int] = None,
     residual_frac: Optional[float] = None,
     chunk_kib: int = 1024,
+    min_plane_saving: Optional[float] = None,
     progress: _Progress = None,
 ) -> dict[str, Any]: ...
 def unpack(input: _Path, output: _Path, progress: _Progress = None) -> dict[str, Any]: ...

@@ -24,17 +24,32 @@ def pack(
     group: Optional[int] = None,
     residual_frac: Optional[float] = None,
     chunk_kib: int = 1024,
+    min_plane_saving: Optional[float] = None,
     progress: Optional[ProgressCallback] = None,
 ) -> Record:
     """Pack a checkpoint (safetensors, sharded index, model dir, GGUF) into a ``.dhp``
-    (``lossless`` or ``quant-residual``); the ``pack --json`` document."""
+    (``lossless`` or ``quant-residual``; a GGUF packed lossless is held whole and
+    unpacks to the same file); the ``pack --json`` document. ``min_plane_saving``: the
+    least share of a byte plane entropy coding must save to be used (default 0.02, 0.10
+    for a GGUF's quant blocks)."""
     return Record(
-        _native.pack(os.fspath(input), os.fspath(output), mode, bits, group, residual_frac, chunk_kib, progress)
+        _native.pack(
+            os.fspath(input),
+            os.fspath(output),
+            mode,
+            bits,
+            group,
+            residual_frac,
+            chunk_kib,
+            min_plane_saving,
+            progress,
+        )
     )
 
 
 def unpack(input: PathLike, output: PathLike, *, progress: Optional[ProgressCallback] = None) -> Record:
-    """A ``.dhp`` back to ``.safetensors``; the ``unpack --json`` document."""
+    """A ``.dhp`` back to the file it holds (``.gguf`` or ``.safetensors``); the
+    ``unpack --json`` document."""
     return Record(_native.unpack(os.fspath(input), os.fspath(output), progress))
 
 

@@ -163,6 +163,17 @@ def test_pack_unpack_verify_stats_and_reader(safetensors_model, tmp_path):
         d.pack(safetensors_model, out, mode="zip")
 
 
+def test_a_gguf_pack_round_trips_and_takes_the_plane_threshold(gguf, tmp_path):
+    out = tmp_path / "m.dhp"
+    r = d.pack(gguf, out, min_plane_saving=0.5)
+    assert r.input_bytes == gguf.stat().st_size and out.is_file()
+    back = tmp_path / "back.gguf"
+    d.unpack(out, back)
+    assert back.read_bytes() == gguf.read_bytes()
+    with pytest.raises(ValueError, match="min-plane-saving|min_plane_saving"):
+        d.pack(gguf, tmp_path / "x.dhp", min_plane_saving=2.0)
+
+
 def test_mmap_profile_progress_and_interrupt(tmp_path):
     seen = []
     r = d.mmap_profile("qwen2.5-0.5b", scale=0.02, cache_dir=tmp_path, num_tokens=200, warmup_tokens=10,

@@ -72,6 +72,7 @@ pub struct Weights {
     pub metadata: BTreeMap<String, String>,
     /// Tensors present but without an element type (e.g. Q4_K blocks): (name, why).
     pub skipped: Vec<(String, String)>,
+    gguf: bool,
 }
 
 impl std::fmt::Debug for Weights {
@@ -96,6 +97,7 @@ impl Weights {
             by_name: HashMap::new(),
             metadata: BTreeMap::new(),
             skipped: Vec::new(),
+            gguf: false,
         };
         if path.is_dir() {
             let idx = path.join("model.safetensors.index.json");
@@ -133,6 +135,11 @@ impl Weights {
             }
         }
         Ok(w)
+    }
+
+    /// Whether the checkpoint is a GGUF file.
+    pub fn is_gguf(&self) -> bool {
+        self.gguf
     }
 
     /// What the user pointed at.
@@ -225,6 +232,7 @@ impl Weights {
         let g = GgufFile::parse(&map, &origin)?;
         g.check_ranges(map.len() as u64, &origin)?;
         crate::gguf_hparams::check_kv_heads(&g, &origin)?;
+        self.gguf = true;
         let file = self.files.len();
         let mut found = Vec::new();
         for t in g.tensors {

@@ -587,3 +587,69 @@ fn killed_pack_leaves_no_output_and_the_next_run_cleans_up() {
     );
     run_ok(&["verify", s(&out), "--quick"]);
 }
+
+/// A GGUF packs whole: `unpack` gives the same file back, `generate` streams (and loads
+/// resident) straight from the pack to the GGUF's text, and mapping a pack is refused.
+#[test]
+fn a_gguf_pack_unpacks_identically_and_streams() {
+    let Some(model) = dhurandhar_testkit::fixture(dhurandhar_testkit::SMOLLM2_GGUF) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let pack = d.path().join("m.dhp");
+    let r = json(&["pack", s(&model), "-o", s(&pack), "--json"]);
+    let file_len = std::fs::metadata(&model).unwrap().len();
+    assert_eq!(r["input_bytes"], file_len);
+    assert!(r["output_bytes"].as_u64().unwrap() < file_len);
+    assert_eq!(r["tensors"][0]["dtype"], "Q8_0");
+    let back = d.path().join("back.gguf");
+    run_ok(&["unpack", s(&pack), "-o", s(&back)]);
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&model).unwrap());
+    let gen = |path: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "generate",
+            "--model",
+            s(path),
+            "--prompt",
+            "The capital of France is",
+            "--max-tokens",
+            "8",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        json(&a)
+    };
+    let want = gen(&model, &[])["text"].clone();
+    let streamed = gen(&pack, &["--weights", "stream", "--ram-budget", "48MiB"]);
+    assert_eq!(streamed["text"], want);
+    let t = &streamed["weights"]["traffic"];
+    assert!(t["decode_seconds_per_token"].as_f64().unwrap() > 0.0, "{t}");
+    assert_eq!(gen(&pack, &["--weights", "resident"])["text"], want);
+    run_err(
+        &["generate", "--model", s(&pack), "--prompt", "x"],
+        &["m.dhp", "cannot be memory-mapped"],
+    );
+    run_err(
+        &["pack", s(&model), "-o", s(&pack), "--min-plane-saving", "2"],
+        &["--min-plane-saving", "between 0 and 1"],
+    );
+    // A flipped bit in a streamed layer's chunk stops the run, naming tensor and chunk.
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    let bad = d.path().join("bad.dhp");
+    std::fs::write(&bad, &bytes).unwrap();
+    let err = run_err(
+        &[
+            "generate",
+            "--model",
+            s(&bad),
+            "--prompt",
+            "x",
+            "--weights",
+            "stream",
+        ],
+        &["bad.dhp: tensor `", "checksum mismatch"],
+    );
+    assert_eq!(err.matches("checksum mismatch").count(), 1, "{err}");
+}

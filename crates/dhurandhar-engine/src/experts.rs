@@ -12,7 +12,6 @@
 //! often it was used).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -21,7 +20,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::arch::ExpertRouting;
-use crate::store::{buffer_len, drop_cached, fill, AlignedBuf, Counters, Extent};
+use crate::store::{buffer_len, read_error, AlignedBuf, Counters, Extent, Source};
 use crate::EngineError;
 
 /// The experts a token goes to and their weights, from the router's logits: softmax over
@@ -182,8 +181,7 @@ struct State {
 /// A byte-bounded cache of experts read from the file on demand, with a thread that
 /// reads predicted experts ahead. See the module documentation.
 pub(crate) struct ExpertCache {
-    file: Arc<File>,
-    direct: bool,
+    source: Arc<Source>,
     origin: String,
     counters: Arc<Counters>,
     /// The reads of each expert, by layer then expert (empty for dense layers); an
@@ -198,15 +196,13 @@ impl ExpertCache {
     /// An empty cache over `reads` (per layer, per expert); it holds nothing until
     /// [`ExpertCache::set_capacity`].
     pub(crate) fn new(
-        file: Arc<File>,
-        direct: bool,
+        source: Arc<Source>,
         origin: &str,
         counters: Arc<Counters>,
         reads: Vec<Vec<Vec<Extent>>>,
     ) -> ExpertCache {
         ExpertCache {
-            file,
-            direct,
+            source,
             origin: origin.to_string(),
             counters,
             reads: Arc::new(reads),
@@ -435,17 +431,8 @@ impl ExpertCache {
         e: usize,
         reuse: Option<AlignedBuf>,
     ) -> Result<AlignedBuf, EngineError> {
-        read_expert(
-            &self.file,
-            self.direct,
-            &self.reads[l][e],
-            reuse,
-            &self.counters,
-        )
-        .map_err(|source| EngineError::Io {
-            path: self.origin.clone(),
-            source,
-        })
+        read_expert(&self.source, &self.reads[l][e], reuse, &self.counters)
+            .map_err(|err| read_error(&self.origin, err))
     }
 
     /// The prefetch thread's queue, started on first use.
@@ -455,12 +442,11 @@ impl ExpertCache {
             return Ok(tx.clone());
         }
         let (tx, rx) = channel::<Ahead>();
-        let (file, reads, counters, state, direct) = (
-            self.file.clone(),
+        let (source, reads, counters, state) = (
+            self.source.clone(),
             self.reads.clone(),
             self.counters.clone(),
             self.state.clone(),
-            self.direct,
         );
         std::thread::Builder::new()
             .name("dhurandhar-experts".into())
@@ -472,7 +458,7 @@ impl ExpertCache {
                         continue;
                     };
                     let reads = &reads[l][e];
-                    let r = read_expert(&file, direct, reads, reuse, &counters);
+                    let r = read_expert(&source, reads, reuse, &counters);
                     // A failed read ahead is forgotten: the pass reads the expert itself
                     // if it needs it, and reports the error then.
                     let _ = publish(&state, (l, e), buffer_len(reads), r, predicted);
@@ -587,17 +573,13 @@ fn make_room(
 }
 
 fn read_expert(
-    file: &File,
-    direct: bool,
+    source: &Source,
     reads: &[Extent],
     reuse: Option<AlignedBuf>,
     counters: &Counters,
 ) -> std::io::Result<AlignedBuf> {
     let mut buf = reuse.unwrap_or_else(|| AlignedBuf::new(buffer_len(reads)));
-    fill(file, reads, &mut buf, counters)?;
-    if !direct {
-        drop_cached(file, reads);
-    }
+    source.read_into(reads, &mut buf, counters)?;
     Ok(buf)
 }
 
@@ -656,8 +638,10 @@ mod tests {
             })
             .collect();
         let c = ExpertCache::new(
-            Arc::new(File::open(path).unwrap()),
-            false,
+            Arc::new(Source::File {
+                file: std::fs::File::open(path).unwrap(),
+                direct: false,
+            }),
             "test",
             Arc::default(),
             reads,

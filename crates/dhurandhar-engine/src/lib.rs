@@ -51,7 +51,10 @@ pub enum EngineError {
     Model { path: String, message: String },
     #[error(transparent)]
     File(#[from] dhurandhar_io::IoError),
-    #[error("cannot map {path}: {source}")]
+    /// A `.dhp` pack that cannot be read (the error names the file, tensor and chunk).
+    #[error(transparent)]
+    Pack(#[from] dhurandhar_pack::PackError),
+    #[error("{path}: {source}")]
     Io {
         path: String,
         #[source]

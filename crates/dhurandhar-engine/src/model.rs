@@ -22,8 +22,8 @@ use crate::kernels::{axpy, dot, matmul, strided_axpys, strided_dots, Acts, QMatr
 use crate::lora::LoraStack;
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
 use crate::store::{
-    buffer_len, expert_cache_minimum, mib, plan_pool, plan_reads, BudgetInputs, ExpertBudget,
-    LayerView, StorePlan, StreamStats, Streamer, WeightMode, WeightStore, ALIGN, WINDOW_SLOTS,
+    buffer_len, expert_cache_minimum, mib, plan_pool, BudgetInputs, ExpertBudget, LayerView,
+    Source, StorePlan, StreamStats, Streamer, WeightMode, WeightStore, ALIGN, WINDOW_SLOTS,
 };
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
@@ -263,19 +263,23 @@ fn meta_err(path: &str, message: impl Into<String>) -> EngineError {
     }
 }
 
-/// The file while a model loads: mapped, read whole, or read piece by piece.
+/// The file while a model loads: mapped, read whole, or read piece by piece (from the
+/// GGUF, or decoded from a `.dhp` pack of it).
 enum Backing {
     Map(Mmap),
     Bytes(Vec<u8>),
     File(File, u64, std::path::PathBuf),
+    Pack(Box<dhurandhar_pack::GgufPackReader>),
 }
 
 impl Backing {
+    /// Length of the GGUF.
     fn len(&self) -> usize {
         match self {
             Backing::Map(m) => m.len(),
             Backing::Bytes(v) => v.len(),
             Backing::File(_, n, _) => usize::try_from(*n).unwrap_or(usize::MAX),
+            Backing::Pack(p) => usize::try_from(p.gguf_len()).unwrap_or(usize::MAX),
         }
     }
 
@@ -289,8 +293,51 @@ impl Backing {
                     .map_err(|source| io_err(origin, source))?;
                 Ok(Cow::Owned(b))
             }
+            Backing::Pack(p) => {
+                let mut b = vec![0u8; len];
+                p.read(offset as u64, &mut b, &mut Default::default())?;
+                Ok(Cow::Owned(b))
+            }
         }
     }
+}
+
+/// The GGUF a `.dhp` pack holds, for `mode`: decoded whole into RAM (resident) or kept
+/// as the pack to read from (stream). A pack's tensors are compressed, so it cannot be
+/// memory-mapped and computed on in place.
+fn open_pack(
+    path: &Path,
+    mode: WeightMode,
+    direct_io: bool,
+) -> Result<(Backing, GgufFile), EngineError> {
+    let origin = path.display().to_string();
+    let mut pack = dhurandhar_pack::GgufPackReader::open(path)?;
+    let header = pack.gguf_header()?;
+    let gguf = GgufFile::parse(&header, &origin)?;
+    let backing = match mode {
+        WeightMode::Mmap => {
+            return Err(meta_err(
+                &origin,
+                "a .dhp pack holds compressed tensors and cannot be memory-mapped: load it resident or stream it",
+            ))
+        }
+        WeightMode::Resident => {
+            let len = usize::try_from(pack.gguf_len())
+                .map_err(|_| meta_err(&origin, "file too large"))?;
+            let mut bytes = header;
+            let at = bytes.len();
+            bytes.resize(len, 0);
+            pack.read(at as u64, &mut bytes[at..], &mut Default::default())?;
+            Backing::Bytes(bytes)
+        }
+        WeightMode::Stream => {
+            if direct_io {
+                pack.use_direct_io();
+            }
+            Backing::Pack(Box::new(pack))
+        }
+    };
+    Ok((backing, gguf))
 }
 
 fn io_err(origin: &str, source: std::io::Error) -> EngineError {
@@ -363,6 +410,7 @@ impl Model {
         let origin = path.display().to_string();
         let file = dhurandhar_io::open_regular(path)?;
         let (backing, gguf) = match mode {
+            _ if dhurandhar_pack::is_pack(path) => open_pack(path, mode, direct_io)?,
             WeightMode::Mmap => {
                 // SAFETY: the map is read-only; a concurrent truncation of the file by
                 // another process could fault, as with any mmap-based reader.
@@ -824,11 +872,22 @@ impl Model {
         let store = match backing {
             Backing::Map(m) => WeightStore::Mmap(m),
             Backing::Bytes(v) => WeightStore::Resident(v),
-            Backing::File(f, len, path) => {
+            Backing::File(..) | Backing::Pack(_) => {
                 // The header, tokenizer and norms were read through the page cache: drop
                 // those pages, so the only memory the weights take is the pool's (advice;
                 // a failure leaves them to the kernel).
-                let _ = dhurandhar_profile::sys::evict(&f, 0, len);
+                let source = match backing {
+                    Backing::File(f, len, path) => {
+                        let _ = dhurandhar_profile::sys::evict(&f, 0, len);
+                        Source::file(f, direct_io.then_some(path.as_path()), len)
+                    }
+                    Backing::Pack(p) => {
+                        let len = p.file().metadata().map_or(0, |m| m.len());
+                        let _ = dhurandhar_profile::sys::evict(p.file(), 0, len);
+                        Source::Pack(p)
+                    }
+                    Backing::Map(_) | Backing::Bytes(_) => unreachable!("matched above"),
+                };
                 let mut items = Vec::with_capacity(layers.len());
                 let mut expert_reads = Vec::with_capacity(layers.len());
                 // Each item (a layer's dense part, an expert) is read into a buffer of its
@@ -836,7 +895,7 @@ impl Model {
                 let plan_item = |mats: Vec<&mut TensorRef>| {
                     let spans: Vec<(u64, usize)> =
                         mats.iter().map(|t| (t.offset as u64, t.len)).collect();
-                    let (reads, locals) = plan_reads(&spans);
+                    let (reads, locals) = source.plan(&spans);
                     for (t, local) in mats.into_iter().zip(locals) {
                         t.local = local;
                     }
@@ -855,15 +914,15 @@ impl Model {
                 }
                 let largest = items.iter().map(|l| buffer_len(l)).max().unwrap_or(0);
                 let rb = output.len / output.rows;
-                for (r0, r1) in head_chunks(&output, largest.saturating_sub(2 * ALIGN)) {
+                let granule = source.row_granule(output.offset as u64, rb);
+                for (r0, r1) in head_chunks(&output, largest.saturating_sub(2 * ALIGN), granule) {
                     let (reads, locals) =
-                        plan_reads(&[((output.offset + r0 * rb) as u64, (r1 - r0) * rb)]);
+                        source.plan(&[((output.offset + r0 * rb) as u64, (r1 - r0) * rb)]);
                     head_chunks_at.push((r0, r1, locals[0]));
                     items.push(reads);
                 }
                 WeightStore::Stream(Box::new(Streamer::new(
-                    f,
-                    direct_io.then_some(path.as_path()),
+                    source,
                     origin,
                     items,
                     expert_reads,
@@ -1429,7 +1488,9 @@ impl Model {
             kv_bytes: self.kv_bytes(context) as u64,
             activation_bytes: self.activation_bytes(chunk.max(1), logit_rows),
             resident_bytes: resident,
-            fixed_bytes: rss.saturating_sub(resident) + run_growth_reserve(threads),
+            fixed_bytes: rss.saturating_sub(resident)
+                + run_growth_reserve(threads)
+                + s.read_scratch_bytes(),
             layer_bytes: s.item_bytes()[..self.layers.len()]
                 .iter()
                 .map(|&b| b as u64)
@@ -2147,9 +2208,10 @@ impl<M: Borrow<Model> + Send> Session<M> {
 
 /// Row ranges of the output head's chunks when it streams: as many rows as fit in
 /// `room` bytes (at least one), so the pool's buffers serve layers and head alike.
-fn head_chunks(t: &TensorRef, room: usize) -> Vec<(usize, usize)> {
+fn head_chunks(t: &TensorRef, room: usize, granule: usize) -> Vec<(usize, usize)> {
     let rb = (t.len / t.rows).max(1);
-    let per = (room / rb).max(1);
+    let g = granule.max(1);
+    let per = (room / rb / g).max(1) * g;
     (0..t.rows)
         .step_by(per)
         .map(|r0| (r0, (r0 + per).min(t.rows)))

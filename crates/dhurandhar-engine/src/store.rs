@@ -76,7 +76,9 @@ pub struct BudgetInputs {
     pub activation_bytes: u64,
     /// Weights kept in RAM whatever the budget (output head, norms).
     pub resident_bytes: u64,
-    /// The process's measured footprint besides the above (code, tokenizer, heap).
+    /// The process's measured footprint besides the above (code, tokenizer, heap), plus
+    /// what the run will add: its growth reserve and, streaming from a `.dhp` pack, the
+    /// reading threads' decode buffers.
     pub fixed_bytes: u64,
     /// Stored bytes of each layer's matrices, in layer order.
     pub layer_bytes: Vec<u64>,
@@ -322,6 +324,162 @@ impl AlignedBuf {
     }
 }
 
+/// Where streamed weights are read from.
+pub(crate) enum Source {
+    /// The GGUF file, opened with `O_DIRECT` where the file system allows (reads bypass
+    /// the page cache, so a memory cgroup charges nothing for them); otherwise buffered,
+    /// and each read's pages are dropped once read.
+    File { file: File, direct: bool },
+    /// A `.dhp` pack of the GGUF: each read fetches the chunks under it with `pread`
+    /// (`O_DIRECT` where the file system allows; otherwise buffered, their pages dropped
+    /// once read), then checks and decodes them on the reading thread.
+    Pack(Box<dhurandhar_pack::GgufPackReader>),
+}
+
+thread_local! {
+    /// Blob and chunk buffers of pack reads on this thread.
+    static PACK_SCRATCH: std::cell::RefCell<dhurandhar_pack::ReadScratch> =
+        std::cell::RefCell::default();
+}
+
+impl Source {
+    /// The GGUF file; with `direct`, reopened with `O_DIRECT` if a probe read works.
+    pub(crate) fn file(file: File, direct: Option<&std::path::Path>, len: u64) -> Source {
+        match direct.and_then(|p| open_direct(p, len)) {
+            Some(d) => Source::File {
+                file: d,
+                direct: true,
+            },
+            None => Source::File {
+                file,
+                direct: false,
+            },
+        }
+    }
+
+    /// Whether reads bypass the page cache (`O_DIRECT`).
+    pub(crate) fn direct(&self) -> bool {
+        match self {
+            Source::File { direct, .. } => *direct,
+            Source::Pack(p) => p.direct_io(),
+        }
+    }
+
+    /// Plan an item's reads from its tensors' `(GGUF offset, bytes)` (see [`plan_reads`]).
+    /// A pack reads each tensor exactly: rounding out to aligned blocks would decode
+    /// whole chunks of the neighbours for a few bytes.
+    pub(crate) fn plan(&self, tensors: &[(u64, usize)]) -> (Vec<Extent>, Vec<usize>) {
+        match self {
+            Source::File { .. } => plan_reads(tensors),
+            Source::Pack(_) => plan_exact(tensors),
+        }
+    }
+
+    /// Rows of `row_bytes` that a read of the tensor at `offset` should be cut into
+    /// multiples of: a pack's chunk of rows (cut elsewhere, the chunks at both ends would
+    /// be read and decoded twice); 1 from a GGUF.
+    pub(crate) fn row_granule(&self, offset: u64, row_bytes: usize) -> usize {
+        match self {
+            Source::File { .. } => 1,
+            Source::Pack(p) => p
+                .chunk_bytes_at(offset)
+                .map_or(1, |c| (c as usize / row_bytes.max(1)).max(1)),
+        }
+    }
+
+    /// Heap a reading thread keeps between reads: a pack's blob, partly used chunk and
+    /// decoded plane buffers (each up to the largest chunk); nothing for a GGUF.
+    pub(crate) fn scratch_bytes(&self) -> u64 {
+        match self {
+            Source::File { .. } => 0,
+            Source::Pack(p) => 3 * p.max_chunk_bytes(),
+        }
+    }
+
+    /// Read every extent of an item into its place in `buf`, counted, and drop what was
+    /// read from the page cache (buffered reads).
+    pub(crate) fn read_into(
+        &self,
+        extents: &[Extent],
+        buf: &mut AlignedBuf,
+        counters: &Counters,
+    ) -> Result<(), std::io::Error> {
+        match self {
+            Source::File { file, direct } => {
+                fill(file, extents, buf, counters)?;
+                if !direct {
+                    drop_cached(file, extents);
+                }
+                Ok(())
+            }
+            Source::Pack(p) => PACK_SCRATCH.with(|s| {
+                let scratch = &mut s.borrow_mut();
+                for e in extents {
+                    let dst = &mut buf.bytes_mut()[e.local..e.local + e.need];
+                    // Carried whole through the I/O error (see `read_error`).
+                    let c = p
+                        .read(e.file_offset, dst, scratch)
+                        .map_err(std::io::Error::other)?;
+                    counters
+                        .bytes_read
+                        .fetch_add(c.bytes_read, Ordering::Relaxed);
+                    counters.read_ns.fetch_add(c.read_ns, Ordering::Relaxed);
+                    counters.decode_ns.fetch_add(c.decode_ns, Ordering::Relaxed);
+                    if !p.direct_io() {
+                        let span = Extent {
+                            file_offset: c.span.0,
+                            len: (c.span.1 - c.span.0) as usize,
+                            local: 0,
+                            need: 0,
+                        };
+                        drop_cached(p.file(), &[span]);
+                    }
+                }
+                Ok(())
+            }),
+        }
+    }
+}
+
+/// The error of a failed streamed read of `origin`: a pack's own error (which names the
+/// file, tensor and chunk) when a pack read failed, else the I/O error with the path.
+pub(crate) fn read_error(origin: &str, e: std::io::Error) -> EngineError {
+    if e.get_ref()
+        .is_some_and(|inner| inner.is::<dhurandhar_pack::PackError>())
+    {
+        if let Some(Ok(pack)) = e
+            .into_inner()
+            .map(|inner| inner.downcast::<dhurandhar_pack::PackError>())
+        {
+            return EngineError::Pack(*pack);
+        }
+        return EngineError::Invalid(format!("{origin}: a pack read failed"));
+    }
+    EngineError::Io {
+        path: origin.to_string(),
+        source: e,
+    }
+}
+
+/// One exact read per tensor, laid out back to back in the buffer at 64-byte steps
+/// (the kernels' widest load); returns the reads and each tensor's buffer offset.
+pub(crate) fn plan_exact(tensors: &[(u64, usize)]) -> (Vec<Extent>, Vec<usize>) {
+    let mut at = 0;
+    let mut reads = Vec::with_capacity(tensors.len());
+    let mut locals = Vec::with_capacity(tensors.len());
+    for &(off, len) in tensors {
+        locals.push(at);
+        reads.push(Extent {
+            file_offset: off,
+            len: len.div_ceil(64) * 64,
+            local: at,
+            need: len,
+        });
+        at += len.div_ceil(64) * 64;
+    }
+    (reads, locals)
+}
+
 /// Where the weights live.
 pub(crate) enum WeightStore {
     Mmap(Mmap),
@@ -336,11 +494,7 @@ pub(crate) enum WeightStore {
 /// larger than the largest layer, so one pool of equal buffers serves both and the head
 /// needs no RAM of its own under a small budget.
 pub(crate) struct Streamer {
-    /// Opened with `O_DIRECT` where the file system allows (reads bypass the page cache,
-    /// so a memory cgroup charges nothing for them); otherwise buffered, and each item's
-    /// pages are dropped once read.
-    file: Arc<File>,
-    direct: bool,
+    source: Arc<Source>,
     origin: String,
     items: Arc<Vec<Vec<Extent>>>,
     item_bytes: Vec<usize>,
@@ -359,6 +513,8 @@ pub(crate) struct Counters {
     bytes_read: AtomicU64,
     /// Nanoseconds the prefetch thread spent in `pread`.
     read_ns: AtomicU64,
+    /// Nanoseconds spent decoding pack chunks (streams from a `.dhp`).
+    decode_ns: AtomicU64,
     /// Nanoseconds the computation spent blocked waiting for an item.
     pub(crate) wait_ns: AtomicU64,
 }
@@ -374,6 +530,8 @@ pub struct StreamStats {
     /// Seconds the forward pass waited for an item that was not read yet (I/O the
     /// prefetch did not hide).
     pub wait_seconds: f64,
+    /// Seconds spent decoding what was read (streams from a `.dhp` pack; 0 from a GGUF).
+    pub decode_seconds: f64,
     /// Mixture-of-experts models: the expert cache's counters (their reads are in the
     /// totals above too).
     pub experts: Option<crate::experts::ExpertStats>,
@@ -386,6 +544,7 @@ impl StreamStats {
             bytes_read: self.bytes_read.saturating_sub(earlier.bytes_read),
             read_seconds: (self.read_seconds - earlier.read_seconds).max(0.0),
             wait_seconds: (self.wait_seconds - earlier.wait_seconds).max(0.0),
+            decode_seconds: (self.decode_seconds - earlier.decode_seconds).max(0.0),
             experts: match (&self.experts, &earlier.experts) {
                 (Some(a), Some(b)) => Some(a.since(b)),
                 (a, _) => *a,
@@ -462,28 +621,24 @@ impl LayerView<'_> {
 }
 
 impl Streamer {
-    /// `items`: the reads of each layer (from [`plan_reads`]), then of each chunk of
-    /// the output head; `direct`: the path to reopen with `O_DIRECT` where possible.
+    /// `items`: the reads of each layer (from [`Source::plan`]), then of each chunk of
+    /// the output head; `expert_reads`: per layer, per expert.
     pub(crate) fn new(
-        file: File,
-        direct: Option<&std::path::Path>,
+        source: Source,
         origin: &str,
         items: Vec<Vec<Extent>>,
         expert_reads: Vec<Vec<Vec<Extent>>>,
     ) -> Result<Streamer, EngineError> {
         let n_layers = expert_reads.len();
         let item_bytes = items.iter().map(|l| buffer_len(l)).collect();
-        let (file, direct) = match direct.and_then(|p| open_direct(p, &items)) {
-            Some(d) => (Arc::new(d), true),
-            None => (Arc::new(file), false),
-        };
+        let source = Arc::new(source);
         let counters = Arc::<Counters>::default();
-        let experts = expert_reads.iter().any(|l| !l.is_empty()).then(|| {
-            ExpertCache::new(file.clone(), direct, origin, counters.clone(), expert_reads)
-        });
+        let experts = expert_reads
+            .iter()
+            .any(|l| !l.is_empty())
+            .then(|| ExpertCache::new(source.clone(), origin, counters.clone(), expert_reads));
         Ok(Streamer {
-            direct,
-            file,
+            source,
             origin: origin.to_string(),
             items: Arc::new(items),
             item_bytes,
@@ -537,6 +692,13 @@ impl Streamer {
         self.runtime.get().and(self.experts.as_ref())
     }
 
+    /// Heap the threads that read weights keep for it (the prefetch thread, the caller's
+    /// embedding-row and pinned reads, the expert cache's reader).
+    pub(crate) fn read_scratch_bytes(&self) -> u64 {
+        let readers = if self.experts.is_some() { 3 } else { 2 };
+        readers * self.source.scratch_bytes()
+    }
+
     /// Bytes of each item: the layers, then the head's chunks.
     pub(crate) fn item_bytes(&self) -> &[usize] {
         &self.item_bytes
@@ -548,6 +710,7 @@ impl Streamer {
             bytes_read: c.bytes_read.load(Ordering::Relaxed),
             read_seconds: c.read_ns.load(Ordering::Relaxed) as f64 * 1e-9,
             wait_seconds: c.wait_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+            decode_seconds: c.decode_ns.load(Ordering::Relaxed) as f64 * 1e-9,
             experts: self.experts().map(|e| e.stats()),
         }
     }
@@ -558,27 +721,18 @@ impl Streamer {
 
     /// Whether reads bypass the page cache (`O_DIRECT`).
     pub(crate) fn direct(&self) -> bool {
-        self.direct
+        self.source.direct()
     }
 
     /// Read `out.len()` bytes at `offset` (an embedding row), counted. Through an
     /// aligned bounce buffer, as `O_DIRECT` needs.
     pub(crate) fn read_at(&self, out: &mut [u8], offset: u64) -> Result<(), EngineError> {
-        let start = offset / ALIGN as u64 * ALIGN as u64;
-        let need = (offset - start) as usize + out.len();
-        let e = Extent {
-            file_offset: start,
-            len: need.div_ceil(ALIGN) * ALIGN,
-            local: 0,
-            need,
-        };
-        let mut buf = AlignedBuf::new(e.len);
-        fill(&self.file, &[e], &mut buf, &self.counters).map_err(|source| EngineError::Io {
-            path: self.origin.clone(),
-            source,
-        })?;
-        let at = (offset - start) as usize;
-        out.copy_from_slice(&buf.bytes()[at..at + out.len()]);
+        let (reads, locals) = self.source.plan(&[(offset, out.len())]);
+        let mut buf = AlignedBuf::new(buffer_len(&reads));
+        self.source
+            .read_into(&reads, &mut buf, &self.counters)
+            .map_err(|e| read_error(&self.origin, e))?;
+        out.copy_from_slice(&buf.bytes()[locals[0]..locals[0] + out.len()]);
         Ok(())
     }
 
@@ -591,15 +745,9 @@ impl Streamer {
         let mut pinned = Vec::with_capacity(plan.pinned_items());
         for li in 0..plan.pinned_items() {
             let mut buf = AlignedBuf::new(self.item_bytes[li]);
-            fill(&self.file, &self.items[li], &mut buf, &self.counters).map_err(|source| {
-                EngineError::Io {
-                    path: self.origin.clone(),
-                    source,
-                }
-            })?;
-            if !self.direct {
-                drop_cached(&self.file, &self.items[li]);
-            }
+            self.source
+                .read_into(&self.items[li], &mut buf, &self.counters)
+                .map_err(|e| read_error(&self.origin, e))?;
             pinned.push(buf);
         }
         let flow = if plan.pinned_items() < self.items.len() {
@@ -610,19 +758,20 @@ impl Streamer {
             for _ in 0..plan.window_slots.max(1) {
                 let _ = free_tx.send(AlignedBuf::new(largest));
             }
-            let direct = self.direct;
-            let (file, items, counters) =
-                (self.file.clone(), self.items.clone(), self.counters.clone());
+            let (source, items, counters) = (
+                self.source.clone(),
+                self.items.clone(),
+                self.counters.clone(),
+            );
             std::thread::Builder::new()
                 .name("dhurandhar-prefetch".into())
                 .spawn(move || {
                     // Reads items in the order the computation asked for them, each into
                     // a free buffer; ends when the store is dropped (channels close).
                     while let (Ok(i), Ok(mut buf)) = (req_rx.recv(), free_rx.recv()) {
-                        let r = fill(&file, &items[i], &mut buf, &counters).map(|_| (i, buf));
-                        if !direct {
-                            drop_cached(&file, &items[i]);
-                        }
+                        let r = source
+                            .read_into(&items[i], &mut buf, &counters)
+                            .map(|_| (i, buf));
                         let failed = r.is_err();
                         if ready_tx.send(r).is_err() || failed {
                             break;
@@ -703,10 +852,7 @@ impl Streamer {
             let msg = c.ready.recv().map_err(|_| {
                 EngineError::Invalid(format!("{}: the weight stream stopped", self.origin))
             })?;
-            let (got, buf) = msg.map_err(|source| EngineError::Io {
-                path: self.origin.clone(),
-                source,
-            })?;
+            let (got, buf) = msg.map_err(|e| read_error(&self.origin, e))?;
             debug_assert_eq!(got, want);
             if got != li {
                 let _ = flow.free.send(buf);
@@ -794,20 +940,20 @@ pub(crate) fn fill(
     Ok(())
 }
 
-/// The file reopened with `O_DIRECT`, if the file system takes it and a read of the
-/// first item works (tmpfs and some others refuse direct I/O).
-fn open_direct(path: &std::path::Path, items: &[Vec<Extent>]) -> Option<File> {
+/// The file reopened with `O_DIRECT`, if the file system takes it and an aligned read
+/// of its start works (tmpfs and some others refuse direct I/O).
+fn open_direct(path: &std::path::Path, len: u64) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = File::options()
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .ok()?;
-    let e = *items.first()?.first()?;
     let probe = Extent {
+        file_offset: 0,
         len: ALIGN,
-        need: ALIGN.min(e.need),
-        ..e
+        local: 0,
+        need: ALIGN.min(usize::try_from(len).ok()?),
     };
     let mut buf = AlignedBuf::new(ALIGN);
     fill(&f, &[probe], &mut buf, &Counters::default()).ok()?;
@@ -817,7 +963,7 @@ fn open_direct(path: &std::path::Path, items: &[Vec<Extent>]) -> Option<File> {
 /// Drop a streamed layer's pages from the page cache once read: they are read again
 /// next token anyway, and cached they would count against the budget (a memory cgroup
 /// charges the page cache to the process) and crowd out what does fit.
-pub(crate) fn drop_cached(file: &File, extents: &[Extent]) {
+fn drop_cached(file: &File, extents: &[Extent]) {
     use std::os::unix::io::AsRawFd;
     for e in extents {
         let (Ok(off), Ok(len)) = (

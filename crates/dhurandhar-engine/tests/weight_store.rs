@@ -286,3 +286,48 @@ fn buffered_reads_serve_the_same_tokens() {
     );
     assert_eq!(greedy(&direct, &prompt, 6), want);
 }
+
+/// A `.dhp` pack of a GGUF (chunks of `chunk` bytes) streams, and loads resident, to the
+/// mapped GGUF's layer bytes and tokens; it cannot itself be mapped.
+fn check_pack(path: &Path, chunk: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("model.dhp");
+    let opts = dhurandhar_pack::PackOptions {
+        chunk_size: chunk,
+        ..Default::default()
+    };
+    dhurandhar_pack::pack_gguf(path, &pack, &opts, &|_| true).unwrap();
+    let prompt = [1, 17, 300, 42, 9, 1000, 5, 77, 12];
+    let mapped = Model::open(path).unwrap();
+    let want = greedy(&mapped, &prompt, 6);
+    let streamed = open_stream(&pack, None, 16);
+    let n = mapped.config.n_layers;
+    for li in (0..n).chain(0..n) {
+        assert_eq!(
+            streamed.layer_tensors(li).unwrap(),
+            mapped.layer_tensors(li).unwrap(),
+            "{}: layer {li}",
+            path.display()
+        );
+    }
+    assert_eq!(greedy(&streamed, &prompt, 6), want, "{}", path.display());
+    assert!(streamed.stream_stats().decode_seconds > 0.0);
+    let resident = Model::open_with(&pack, WeightMode::Resident).unwrap();
+    assert_eq!(greedy(&resident, &prompt, 6), want, "{}", path.display());
+    let e = Model::open(&pack).err().expect("a pack cannot be mapped");
+    assert!(e.to_string().contains("cannot be memory-mapped"), "{e}");
+}
+
+#[test]
+fn packed_models_stream_token_identically() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = smollm2() {
+        check_pack(&p, 1 << 20);
+    }
+    let Some((dir, _)) = dhurandhar_testkit::tiny_models() else {
+        return;
+    };
+    for arch in ["llama", "gemma3", "phi3", "qwen3moe", "mixtral"] {
+        check_pack(&dir.join(format!("tiny-{arch}.gguf")), 4096);
+    }
+}

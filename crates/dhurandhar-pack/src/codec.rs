@@ -19,9 +19,11 @@ pub(crate) mod tag {
     pub const SUB: u8 = 3;
     /// Quantized base + sparse residual sections.
     pub const QUANT: u8 = 4;
+    /// ggml quant blocks, one plane per block field (see `blocks`).
+    pub const BLOCKS: u8 = 5;
 }
 
-const RAW: u8 = 0;
+pub(crate) const RAW: u8 = 0;
 const CONST: u8 = 1;
 const HUFFMAN: u8 = 2;
 const ZSTD: u8 = 3;
@@ -31,6 +33,21 @@ const ZSTD: u8 = 3;
 pub(crate) struct PlaneCfg {
     /// zstd level to also try (slower to encode, wins on sparse / repetitive planes).
     pub zstd_level: Option<i32>,
+    /// Least share of a plane a codec must save to be used; below it the plane is stored
+    /// raw, which decodes at copy speed.
+    pub min_saving: f64,
+}
+
+/// Default [`PlaneCfg::min_saving`]: below ~2% the decode time is not worth it.
+pub const DEFAULT_MIN_SAVING: f64 = 0.02;
+
+impl PlaneCfg {
+    pub(crate) const fn new(zstd_level: Option<i32>) -> Self {
+        PlaneCfg {
+            zstd_level,
+            min_saving: DEFAULT_MIN_SAVING,
+        }
+    }
 }
 
 /// Encode `planes` (each a byte slice) under `tag` into one blob.
@@ -65,11 +82,11 @@ fn encode_plane(plane: &[u8], cfg: PlaneCfg, out: &mut Vec<u8>) -> u8 {
     let hist = huffman::histogram(plane);
     let lens = huffman::code_lengths(&hist);
     let huff_size = huffman::encoded_size(&hist, &lens);
-    // Below ~2% saving the decode time is not worth it: store raw.
-    let huff_ok = huff_size < plane.len() - plane.len() / 50;
+    let limit = plane.len() as f64 * (1.0 - cfg.min_saving.clamp(0.0, 1.0));
+    let huff_ok = (huff_size as f64) < limit;
     if let Some(level) = cfg.zstd_level {
         if let Ok(z) = zstd::bulk::compress(plane, level) {
-            if z.len() < plane.len() && (!huff_ok || z.len() < huff_size) {
+            if (z.len() as f64) < limit && (!huff_ok || z.len() < huff_size) {
                 out.extend_from_slice(&z);
                 return ZSTD;
             }
@@ -512,13 +529,7 @@ pub(crate) fn encode_delta(
     let n = new.len() / esize;
     let planes: Vec<&[u8]> = (0..esize).map(|p| &planar[p * n..(p + 1) * n]).collect();
     let t = if xor { tag::XOR } else { tag::SUB };
-    encode_blob(
-        t,
-        &planes,
-        PlaneCfg {
-            zstd_level: Some(level),
-        },
-    )
+    encode_blob(t, &planes, PlaneCfg::new(Some(level)))
 }
 
 /// Decode a delta chunk against `base` into `out`.
@@ -554,7 +565,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const CFG: PlaneCfg = PlaneCfg { zstd_level: None };
+    const CFG: PlaneCfg = PlaneCfg::new(None);
 
     proptest! {
         #[test]

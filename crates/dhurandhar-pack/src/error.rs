@@ -14,7 +14,7 @@ pub enum PackError {
     },
     #[error("{}: not a .dhp pack (bad magic bytes)", path.display())]
     BadMagic { path: PathBuf },
-    #[error("{}: unsupported .dhp format version {found} (this build reads version {supported})", path.display())]
+    #[error("{}: unsupported .dhp format version {found} (this build reads versions 1 to {supported})", path.display())]
     UnsupportedVersion {
         path: PathBuf,
         found: u32,

@@ -28,8 +28,12 @@ use crate::quant::{QuantConfig, QuantStats};
 pub const MAGIC: [u8; 8] = [0x89, b'D', b'H', b'P', 0x0d, 0x0a, 0x1a, 0x0a];
 /// Last eight bytes of every complete pack.
 pub const FOOTER_MAGIC: [u8; 8] = *b"DHPINDEX";
-/// The one format version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The newest format version this build reads and writes. Version 2 added GGUF packs
+/// (the index's `gguf` and `ggml` fields, blob tag 5); packs of other checkpoints are
+/// still written as version 1, which every earlier reader opens.
+pub const VERSION: u32 = 2;
+/// The version of packs that hold no GGUF.
+pub const VERSION_1: u32 = 1;
 pub const HEADER_LEN: usize = 64;
 pub const FOOTER_LEN: usize = 32;
 /// Default raw bytes per chunk: large enough to amortise per-chunk headers, small enough
@@ -137,7 +141,44 @@ pub struct TensorEntry {
     pub quant: Option<QuantInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<DeltaInfo>,
+    /// GGUF packs: what the tensor is in the GGUF. The entry itself is a byte tensor
+    /// (`u8`, shape `[raw_bytes]`) whose chunks hold whole blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ggml: Option<GgmlTensor>,
     pub chunks: Vec<ChunkRef>,
+}
+
+/// A GGUF tensor held by a GGUF pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GgmlTensor {
+    /// ggml type name as llama.cpp prints it (`Q4_K`, `F32`).
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// ggml order (`dims[0]` is the row length).
+    pub dims: Vec<u64>,
+    /// Offset of the tensor's first byte in the GGUF file.
+    pub offset: u64,
+}
+
+impl GgmlTensor {
+    /// The ggml type (checked known when the index is validated).
+    pub fn ggml_type(&self) -> Option<dhurandhar_checkpoint::gguf::GgmlType> {
+        dhurandhar_checkpoint::gguf::GgmlType::from_name(&self.type_name)
+    }
+}
+
+/// What a GGUF pack needs to give the GGUF file back byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GgufLayout {
+    /// The GGUF's bytes before its tensor data (header, metadata with the tokenizer,
+    /// tensor infos, padding), as one zstd-coded blob.
+    pub header: ChunkRef,
+    /// Length of that prefix: where the tensor data section starts.
+    pub data_offset: u64,
+    /// Length of the GGUF file.
+    pub file_bytes: u64,
+    /// xxh3-64 of the whole GGUF file (restores are checked against it).
+    pub file_xxh3: u64,
 }
 
 impl TensorEntry {
@@ -152,7 +193,7 @@ impl TensorEntry {
 
     /// Stored bits per weight, counted from bytes.
     pub fn bits_per_weight(&self) -> f64 {
-        let n = self.numel();
+        let n = self.weights();
         if n == 0 {
             0.0
         } else {
@@ -162,9 +203,21 @@ impl TensorEntry {
 
     /// Elements covered by each chunk (the last may be shorter).
     pub fn chunk_elems(&self, chunk_size: u64) -> u64 {
-        match &self.quant {
-            Some(q) => q.rows_per_chunk * q.cols,
-            None => (chunk_size / self.dtype.size() as u64).max(1),
+        match (&self.quant, &self.ggml) {
+            (Some(q), _) => q.rows_per_chunk * q.cols,
+            (None, Some(g)) => match g.ggml_type() {
+                Some(t) => crate::blocks::chunk_bytes(t, &g.dims, chunk_size),
+                None => chunk_size,
+            },
+            (None, None) => (chunk_size / self.dtype.size() as u64).max(1),
+        }
+    }
+
+    /// Weights the tensor holds (a GGUF tensor's elements, not its bytes).
+    pub fn weights(&self) -> u64 {
+        match &self.ggml {
+            Some(g) => g.dims.iter().product(),
+            None => self.numel(),
         }
     }
 
@@ -205,6 +258,9 @@ pub struct Index {
     /// Delta only: tensors of the base that the new checkpoint no longer has.
     #[serde(default)]
     pub removed: Vec<String>,
+    /// GGUF packs: the rest of the GGUF file (absent for safetensors packs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gguf: Option<GgufLayout>,
 }
 
 /// Streaming writer: header, then chunks as they are produced, then index + footer, all
@@ -222,6 +278,11 @@ impl PackWriter {
     /// Start writing `path`. Callers that know their inputs should first refuse an output
     /// that is one of them with [`dhurandhar_io::check_output`].
     pub fn create(path: &Path) -> Result<Self> {
+        Self::create_version(path, VERSION_1)
+    }
+
+    /// [`PackWriter::create`] for a pack of format `version` (2 for a GGUF pack).
+    pub(crate) fn create_version(path: &Path, version: u32) -> Result<Self> {
         let tmp = dhurandhar_io::AtomicFile::create(path)?;
         let mut w = PackWriter {
             path: path.to_path_buf(),
@@ -230,7 +291,7 @@ impl PackWriter {
         };
         let mut header = [0u8; HEADER_LEN];
         header[..8].copy_from_slice(&MAGIC);
-        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        header[8..12].copy_from_slice(&version.to_le_bytes());
         w.write(&header)?;
         Ok(w)
     }
@@ -292,51 +353,93 @@ impl std::fmt::Debug for PackReader {
 
 /// Parse and fully validate a pack held in memory (also the fuzz entry point).
 pub fn parse_index(bytes: &[u8], path: &Path) -> Result<Index> {
+    let version = check_header(
+        &bytes[..bytes.len().min(HEADER_LEN)],
+        bytes.len() as u64,
+        path,
+    )?;
+    let (off, len, hash) =
+        parse_footer(&bytes[bytes.len() - FOOTER_LEN..], bytes.len() as u64, path)?;
+    parse_json(
+        &bytes[off as usize..(off + len) as usize],
+        hash,
+        off,
+        version,
+        path,
+    )
+}
+
+/// Check the first [`HEADER_LEN`] bytes (fewer when the file is shorter) of a pack of
+/// `file_len` bytes: magic, version, flags, and room for a footer. Returns the version.
+pub(crate) fn check_header(head: &[u8], file_len: u64, path: &Path) -> Result<u32> {
     let trunc = |d: &str| PackError::Truncated {
         path: path.to_path_buf(),
         detail: d.to_string(),
     };
-    if bytes.len() < 8 || bytes[..8] != MAGIC {
-        if bytes.len() < 8 && MAGIC.starts_with(bytes) {
+    if head.len() < 8 || head[..8] != MAGIC {
+        if head.len() < 8 && MAGIC.starts_with(head) {
             return Err(trunc("shorter than the header"));
         }
         return Err(PackError::BadMagic {
             path: path.to_path_buf(),
         });
     }
-    if bytes.len() < HEADER_LEN {
+    if head.len() < HEADER_LEN {
         return Err(trunc("shorter than the header"));
     }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4"));
-    if version != VERSION {
+    let version = u32::from_le_bytes(head[8..12].try_into().expect("4"));
+    if !(VERSION_1..=VERSION).contains(&version) {
         return Err(PackError::UnsupportedVersion {
             path: path.to_path_buf(),
             found: version,
             supported: VERSION,
         });
     }
-    let bad = |d: String| PackError::BadIndex {
-        path: path.to_path_buf(),
-        detail: d,
-    };
-    if bytes[12..HEADER_LEN].iter().any(|&b| b != 0) {
-        return Err(bad("unknown header flags or non-zero reserved bytes".into()));
+    if head[12..HEADER_LEN].iter().any(|&b| b != 0) {
+        return Err(PackError::BadIndex {
+            path: path.to_path_buf(),
+            detail: "unknown header flags or non-zero reserved bytes".into(),
+        });
     }
-    if bytes.len() < HEADER_LEN + FOOTER_LEN {
+    if file_len < (HEADER_LEN + FOOTER_LEN) as u64 {
         return Err(trunc("no footer"));
     }
-    let foot = &bytes[bytes.len() - FOOTER_LEN..];
+    Ok(version)
+}
+
+/// The index's `(offset, length, xxh3)` from the footer of a pack of `file_len` bytes
+/// (whose header passed [`check_header`]).
+pub(crate) fn parse_footer(foot: &[u8], file_len: u64, path: &Path) -> Result<(u64, u64, u64)> {
+    let trunc = |d: &str| PackError::Truncated {
+        path: path.to_path_buf(),
+        detail: d.to_string(),
+    };
     if foot[24..] != FOOTER_MAGIC {
         return Err(trunc("footer missing (was the write interrupted?)"));
     }
     let off = u64::from_le_bytes(foot[..8].try_into().expect("8"));
     let len = u64::from_le_bytes(foot[8..16].try_into().expect("8"));
     let hash = u64::from_le_bytes(foot[16..24].try_into().expect("8"));
-    let index_end = (bytes.len() - FOOTER_LEN) as u64;
+    let index_end = file_len - FOOTER_LEN as u64;
     if off < HEADER_LEN as u64 || off.checked_add(len) != Some(index_end) {
         return Err(trunc("index position does not match the file length"));
     }
-    let json = &bytes[off as usize..index_end as usize];
+    Ok((off, len, hash))
+}
+
+/// Check, parse and validate the index JSON found at `off` (where the chunk data ends)
+/// of a pack of format `version`.
+pub(crate) fn parse_json(
+    json: &[u8],
+    hash: u64,
+    off: u64,
+    version: u32,
+    path: &Path,
+) -> Result<Index> {
+    let bad = |d: String| PackError::BadIndex {
+        path: path.to_path_buf(),
+        detail: d,
+    };
     if xxh3_64(json) != hash {
         return Err(PackError::IndexChecksum {
             path: path.to_path_buf(),
@@ -359,6 +462,9 @@ pub fn parse_index(bytes: &[u8], path: &Path) -> Result<Index> {
         _ => {}
     }
     let index: Index = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    if version < 2 && index.gguf.is_some() {
+        return Err(bad("a GGUF pack must be format version 2".into()));
+    }
     validate(&index, off).map_err(bad)?;
     Ok(index)
 }
@@ -438,13 +544,65 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<(), String> {
             ));
         }
         for c in &t.chunks {
-            if c.0 < HEADER_LEN as u64 || c.0.checked_add(c.1).is_none_or(|e| e > data_end) {
+            if !in_data(c, data_end) {
                 return Err(format!(
                     "tensor `{}`: chunk outside the data region",
                     t.name
                 ));
             }
         }
+    }
+    validate_gguf(index, data_end)
+}
+
+fn in_data(c: &ChunkRef, data_end: u64) -> bool {
+    c.0 >= HEADER_LEN as u64 && c.0.checked_add(c.1).is_some_and(|e| e <= data_end)
+}
+
+/// A GGUF pack's tensors must be whole-block byte tensors that sit, without overlap,
+/// inside the GGUF they restore; other packs hold no GGUF tensors.
+fn validate_gguf(index: &Index, data_end: u64) -> std::result::Result<(), String> {
+    let Some(g) = &index.gguf else {
+        return match index.tensors.iter().find(|t| t.ggml.is_some()) {
+            Some(t) => Err(format!(
+                "tensor `{}`: a GGUF tensor in a non-GGUF pack",
+                t.name
+            )),
+            None => Ok(()),
+        };
+    };
+    if index.kind != PackKind::Pack {
+        return Err("a delta cannot hold a GGUF".into());
+    }
+    if !in_data(&g.header, data_end) || g.data_offset > g.file_bytes {
+        return Err("GGUF header blob or data offset out of range".into());
+    }
+    let mut spans = Vec::with_capacity(index.tensors.len());
+    for t in &index.tensors {
+        let bad = |d: &str| Err(format!("tensor `{}`: {d}", t.name));
+        let Some(gt) = &t.ggml else {
+            return bad("a GGUF pack tensor without its ggml type");
+        };
+        let Some(ty) = gt.ggml_type() else {
+            return bad(&format!("unknown ggml type {}", gt.type_name));
+        };
+        if t.mode != Mode::Lossless || t.dtype != DType::U8 || t.shape != [t.raw_bytes] {
+            return bad("a GGUF tensor must be stored lossless as bytes");
+        }
+        if gt.dims.is_empty() || gt.dims.len() > 4 || ty.tensor_bytes(&gt.dims) != Some(t.raw_bytes)
+        {
+            return bad("dims, type and byte count disagree");
+        }
+        match gt.offset.checked_add(t.raw_bytes) {
+            Some(end) if gt.offset >= g.data_offset && end <= g.file_bytes => {
+                spans.push((gt.offset, end))
+            }
+            _ => return bad("lies outside the GGUF's data section"),
+        }
+    }
+    spans.sort_unstable();
+    if spans.windows(2).any(|w| w[1].0 < w[0].1) {
+        return Err("two GGUF tensors overlap".into());
     }
     Ok(())
 }
@@ -507,6 +665,14 @@ impl PackReader {
                 path: self.path.clone(),
                 tensor: name.to_string(),
             })
+    }
+
+    /// The blob at `r` if its checksum matches.
+    pub(crate) fn blob(&self, r: &ChunkRef) -> Option<&[u8]> {
+        let blob = self
+            .map
+            .get(r.0 as usize..(r.0 as usize).checked_add(r.1 as usize)?)?;
+        (xxh3_64(blob) == r.2).then_some(blob)
     }
 
     /// The checksum-verified blob of chunk `c` of `t`.

@@ -12,10 +12,12 @@
 //! access by tensor, chunk or element range ([`PackReader`]). Format spec:
 //! `docs/PACK_FORMAT.md`.
 
+mod blocks;
 pub mod codec;
 pub mod dtype;
 pub mod error;
 pub mod format;
+pub mod gguf;
 pub mod huffman;
 pub mod ops;
 pub mod quant;
@@ -26,8 +28,10 @@ pub use dhurandhar_checkpoint::{TensorMeta, TensorSource, WeightTensor, Weights}
 pub use dtype::{cast_f32_bytes, DType};
 pub use error::{PackError, Result};
 pub use format::{
-    ChunkRef, Index, Mode, PackKind, PackReader, PackWriter, TensorEntry, DEFAULT_CHUNK_SIZE,
+    ChunkRef, GgmlTensor, GgufLayout, Index, Mode, PackKind, PackReader, PackWriter, TensorEntry,
+    DEFAULT_CHUNK_SIZE,
 };
+pub use gguf::{is_pack, pack_gguf, GgufPackReader, ReadCost, ReadScratch};
 pub use ops::{
     apply_delta, delta, pack, report, unpack, PackMode, PackOptions, PackReport, Progress,
     TensorReport, UnpackReport,
@@ -44,13 +48,11 @@ use rayon::prelude::*;
 pub fn compress_lossless(bytes: &[u8], dtype: DType, chunk_size: usize) -> Vec<Vec<u8>> {
     let es = dtype.size();
     let per = (chunk_size / es).max(1) * es;
-    let cfg = codec::PlaneCfg {
-        zstd_level: if dtype.is_plane_float() {
-            None
-        } else {
-            Some(3)
-        },
-    };
+    let cfg = codec::PlaneCfg::new(if dtype.is_plane_float() {
+        None
+    } else {
+        Some(3)
+    });
     bytes
         .par_chunks(per)
         .map(|c| codec::encode_lossless(c, es, dtype.is_plane_float(), cfg))

@@ -36,6 +36,10 @@ pub struct PackOptions {
     pub chunk_size: usize,
     /// zstd level tried on delta planes (and on non-float tensors).
     pub zstd_level: i32,
+    /// Least share of a byte plane that entropy coding must save for a plane to be
+    /// coded; otherwise it is stored raw (decodes at copy speed). `None`: 2% for float
+    /// checkpoints, [`crate::gguf::GGUF_MIN_PLANE_SAVING`] for a GGUF's quant blocks.
+    pub min_plane_saving: Option<f64>,
 }
 
 impl Default for PackOptions {
@@ -44,12 +48,13 @@ impl Default for PackOptions {
             mode: PackMode::Lossless,
             chunk_size: crate::format::DEFAULT_CHUNK_SIZE,
             zstd_level: 3,
+            min_plane_saving: None,
         }
     }
 }
 
 impl PackOptions {
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.chunk_size < 256 || self.chunk_size as u64 > MAX_CHUNK_SIZE {
             return Err(PackError::invalid(
                 "chunk_size",
@@ -61,6 +66,14 @@ impl PackOptions {
         }
         if let PackMode::QuantResidual(q) = self.mode {
             q.validate()?;
+        }
+        if let Some(m) = self.min_plane_saving {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(PackError::invalid(
+                    "min_plane_saving",
+                    format!("must be a share between 0 and 1, got {m}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -101,8 +114,14 @@ impl TensorReport {
         let q = t.quant.map(|q| q.stats);
         TensorReport {
             name: t.name.clone(),
-            dtype: t.dtype.name().to_string(),
-            shape: t.shape.clone(),
+            dtype: match &t.ggml {
+                Some(g) => g.type_name.clone(),
+                None => t.dtype.name().to_string(),
+            },
+            shape: t
+                .ggml
+                .as_ref()
+                .map_or_else(|| t.shape.clone(), |g| g.dims.clone()),
             mode: t.mode.name().to_string(),
             input_bytes: t.raw_bytes,
             output_bytes: t.stored_bytes(),
@@ -142,7 +161,7 @@ pub struct PackReport {
     pub skipped: Vec<(String, String)>,
 }
 
-fn summarize(
+pub(crate) fn summarize(
     kind: PackKind,
     entries: &[TensorEntry],
     rows: Vec<TensorReport>,
@@ -197,7 +216,7 @@ pub fn report(reader: &PackReader) -> PackReport {
     )
 }
 
-fn file_name(p: &Path) -> String {
+pub(crate) fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -232,23 +251,23 @@ fn check_dtypes(src: &Weights) -> Result<()> {
 
 /// How one chunk is produced.
 #[derive(Clone, Copy)]
-enum Job {
+pub(crate) enum Job {
     Lossless,
     Quant(QuantConfig, usize),
     Delta,
 }
 
-struct Encoded {
-    blob: Vec<u8>,
-    hash: u64,
-    quant: Option<QuantStats>,
+pub(crate) struct Encoded {
+    pub blob: Vec<u8>,
+    pub hash: u64,
+    pub quant: Option<QuantStats>,
     /// (xor bytes, sub bytes, picked xor)
-    delta: Option<(u64, u64, bool)>,
-    raw: u64,
+    pub delta: Option<(u64, u64, bool)>,
+    pub raw: u64,
 }
 
 /// Encode every chunk of `plan` in parallel windows and write them in order.
-fn write_chunks(
+pub(crate) fn write_chunks(
     writer: &mut PackWriter,
     entries: &mut [TensorEntry],
     plan: &[(usize, Job)],
@@ -308,20 +327,23 @@ fn lossless_entry(name: &str, dtype: DType, shape: &[u64], bytes: &[u8]) -> Tens
         base_xxh3: None,
         quant: None,
         delta: None,
+        ggml: None,
         chunks: Vec::new(),
     }
 }
 
-fn lossless_cfg(dtype: DType, level: i32) -> PlaneCfg {
+fn lossless_cfg(dtype: DType, level: i32, min_saving: Option<f64>) -> PlaneCfg {
     // Float planes: Huffman or raw only (zstd buys ~nothing there and decodes slower);
     // other dtypes (ids, masks) are better served by zstd.
-    PlaneCfg {
-        zstd_level: if dtype.is_plane_float() {
-            None
-        } else {
-            Some(level)
-        },
+    let mut cfg = PlaneCfg::new(if dtype.is_plane_float() {
+        None
+    } else {
+        Some(level)
+    });
+    if let Some(m) = min_saving {
+        cfg.min_saving = m;
     }
+    cfg
 }
 
 /// Pack a checkpoint into `out`. `progress` receives input bytes as chunks complete.
@@ -389,7 +411,7 @@ pub fn pack(
         notes.push(note);
     }
     let tensors = src.tensors();
-    let level = opts.zstd_level;
+    let (level, min_saving) = (opts.zstd_level, opts.min_plane_saving);
     let encode = |ti: usize, _c: usize, job: Job, r: std::ops::Range<u64>| {
         let t = &tensors[ti];
         let es = t.dtype.size();
@@ -406,7 +428,7 @@ pub fn pack(
                     bytes,
                     es,
                     t.dtype.is_plane_float(),
-                    lossless_cfg(t.dtype, level),
+                    lossless_cfg(t.dtype, level, min_saving),
                 ),
                 None,
             ),
@@ -429,6 +451,7 @@ pub fn pack(
         metadata: src.metadata.clone(),
         tensors: entries,
         removed: Vec::new(),
+        gguf: None,
     };
     let len = writer.finish(&index)?;
     let rows = index
@@ -522,7 +545,7 @@ pub fn delta(
         }
     }
     let tensors = new.tensors();
-    let level = opts.zstd_level;
+    let (level, min_saving) = (opts.zstd_level, opts.min_plane_saving);
     let encode = |ti: usize, _c: usize, job: Job, r: std::ops::Range<u64>| {
         let t = &tensors[ti];
         let es = t.dtype.size();
@@ -551,7 +574,7 @@ pub fn delta(
                     bytes,
                     es,
                     t.dtype.is_plane_float(),
-                    lossless_cfg(t.dtype, level),
+                    lossless_cfg(t.dtype, level, min_saving),
                 );
                 Encoded {
                     hash: xxh3_64(&blob),
@@ -579,6 +602,7 @@ pub fn delta(
         metadata: new.metadata.clone(),
         tensors: entries,
         removed: removed.clone(),
+        gguf: None,
     };
     let len = writer.finish(&index)?;
     let rows = index
@@ -655,7 +679,8 @@ fn restore(
     })
 }
 
-/// Restore a pack to a safetensors file. Lossless tensors are checked bit-exact against
+/// Restore a pack to the checkpoint it holds: a GGUF byte for byte, or a safetensors
+/// file. Lossless tensors are checked bit-exact against
 /// the hash recorded at pack time; quant-residual tensors come back dequantized.
 pub fn unpack(reader: &PackReader, out: &Path, progress: &Progress<'_>) -> Result<UnpackReport> {
     dhurandhar_io::check_output(out, &[reader.path()])?;
@@ -665,7 +690,10 @@ pub fn unpack(reader: &PackReader, out: &Path, progress: &Progress<'_>) -> Resul
             "this is a delta pack: restore it with delta apply and its base checkpoint",
         ));
     }
-    restore(reader, None, out, progress)
+    match &reader.index().gguf {
+        Some(g) => crate::gguf::restore_gguf(reader, g, out, progress),
+        None => restore(reader, None, out, progress),
+    }
 }
 
 /// Rebuild the new checkpoint from `base` and a delta pack, bit-exactly. Every base

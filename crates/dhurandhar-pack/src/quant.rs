@@ -217,13 +217,7 @@ pub(crate) fn encode_chunk(
     let (sh, sl) = split16(&scales);
     let (mh, ml) = split16(&mins);
     let planes: [&[u8]; PLANES] = [&codes, &sh, &sl, &mh, &ml, &gaps, &val_hi, &val_lo];
-    let blob = codec::encode_blob(
-        tag::QUANT,
-        &planes,
-        PlaneCfg {
-            zstd_level: Some(3),
-        },
-    );
+    let blob = codec::encode_blob(tag::QUANT, &planes, PlaneCfg::new(Some(3)));
     (blob, stats)
 }
 

@@ -48,7 +48,10 @@ impl PackReader {
         Self::check_buffer(t, ((r.end - r.start) as usize) * esize, out.len())?;
         let blob = self.chunk_blob(t, c)?;
         let res = match t.mode {
-            Mode::Lossless => codec::decode_lossless(blob, esize, t.dtype.is_plane_float(), out),
+            Mode::Lossless => match t.ggml.as_ref().and_then(|g| g.ggml_type()) {
+                Some(ty) => crate::blocks::decode(ty, blob, out),
+                None => codec::decode_lossless(blob, esize, t.dtype.is_plane_float(), out),
+            },
             Mode::QuantResidual => {
                 let q = t.quant.as_ref().expect("validated on open");
                 let cols = q.cols as usize;

@@ -234,13 +234,13 @@ fn header_index_and_truncation_errors_are_clear() {
     b[0] = b'X';
     assert!(matches!(open(&b), Err(PackError::BadMagic { .. })));
     let mut b = good.clone();
-    b[8] = 2;
+    b[8] = 3;
     let e = open(&b).unwrap_err();
     assert!(
-        matches!(e, PackError::UnsupportedVersion { found: 2, .. }),
+        matches!(e, PackError::UnsupportedVersion { found: 3, .. }),
         "{e}"
     );
-    assert!(e.to_string().contains("version 2"));
+    assert!(e.to_string().contains("version 3"));
     let mut b = good.clone();
     b[20] = 1;
     assert!(matches!(open(&b), Err(PackError::BadIndex { .. })));

@@ -753,7 +753,7 @@ fn read_kv_file<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDi
 
 /// Pack a checkpoint into a `.dhp` (the `pack --json` document).
 #[pyfunction]
-#[pyo3(signature = (input, output, mode = "lossless", bits = None, group = None, residual_frac = None, chunk_kib = 1024, progress = None))]
+#[pyo3(signature = (input, output, mode = "lossless", bits = None, group = None, residual_frac = None, chunk_kib = 1024, min_plane_saving = None, progress = None))]
 #[allow(clippy::too_many_arguments)]
 fn pack<'py>(
     py: Python<'py>,
@@ -764,6 +764,7 @@ fn pack<'py>(
     group: Option<usize>,
     residual_frac: Option<f64>,
     chunk_kib: usize,
+    min_plane_saving: Option<f64>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     use dhurandhar::pack::{PackMode, PackOptions};
@@ -784,6 +785,7 @@ fn pack<'py>(
         group: group.unwrap_or(d.group),
         residual_frac: residual_frac.unwrap_or(d.residual_frac),
         chunk_kib,
+        min_plane_saving,
     };
     let p = PyProgress::new(progress, CancelToken::new());
     let cancel = p.cancel_token();

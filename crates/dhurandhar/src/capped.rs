@@ -65,7 +65,8 @@ pub struct CappedRun {
     pub bytes_read_per_token: Option<f64>,
     /// The engine's own reading of its reads (streamed runs).
     pub traffic: Option<Traffic>,
-    /// The cold read bandwidth ÷ bytes read per token, and the fraction of it reached.
+    /// The cold read bandwidth ÷ bytes read per token (from a `.dhp` pack: plus the
+    /// decode seconds per token), and the fraction of it reached.
     pub bound_tokens_per_s: Option<f64>,
     pub bound_fraction: Option<f64>,
     /// The memory group's peak charge, failures and OOM kills (capped runs).
@@ -215,7 +216,9 @@ pub fn capped_bench(
             run.traffic,
         ) {
             if per > 0.0 {
-                let bound = cold_read_bytes_per_s / per;
+                // From a pack the reading thread also decodes what it read.
+                let decode = run.traffic.map_or(0.0, |t| t.decode_seconds_per_token);
+                let bound = 1.0 / (per / cold_read_bytes_per_s + decode);
                 run.bound_tokens_per_s = Some(bound);
                 run.bound_fraction = Some(rate / bound);
             }

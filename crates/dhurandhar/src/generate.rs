@@ -200,15 +200,21 @@ pub struct ExpertsReport {
 }
 
 /// How fast streaming read, how long the computation waited for it, and the speed
-/// limit that follows: tokens/s ≤ read bandwidth ÷ bytes read per token.
+/// limit that follows: tokens/s ≤ read bandwidth ÷ bytes read per token (from a `.dhp`
+/// pack the reading thread also decodes, so its time counts too).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Traffic {
     /// Bytes read ÷ seconds spent in `pread`, as the prefetch thread achieved it (the
     /// disk, or the page cache where the file is cached).
     pub read_bytes_per_s: f64,
+    /// Seconds spent decoding what was read, per token (streams from a `.dhp` pack; 0
+    /// from a GGUF).
+    #[serde(default)]
+    pub decode_seconds_per_token: f64,
     /// Seconds the forward pass waited for weights ÷ the phase's wall seconds.
     pub io_wait_share: f64,
-    /// `read_bytes_per_s / bytes_read_per_token`: the decode speed the reads allow.
+    /// Tokens/s the reading thread can supply: tokens ÷ its seconds reading (and
+    /// decoding), i.e. `read_bytes_per_s / bytes_read_per_token` from a GGUF.
     pub bound_tokens_per_s: f64,
     /// Tokens/s achieved ÷ the bound.
     pub bound_fraction: f64,
@@ -220,11 +226,11 @@ impl Traffic {
         if stats.bytes_read == 0 || stats.read_seconds <= 0.0 || seconds <= 0.0 || tokens == 0 {
             return None;
         }
-        let per_token = stats.bytes_read as f64 / tokens as f64;
         let read_bytes_per_s = stats.bytes_read as f64 / stats.read_seconds;
-        let bound_tokens_per_s = read_bytes_per_s / per_token;
+        let bound_tokens_per_s = tokens as f64 / (stats.read_seconds + stats.decode_seconds);
         Some(Traffic {
             read_bytes_per_s,
+            decode_seconds_per_token: stats.decode_seconds / tokens as f64,
             io_wait_share: (stats.wait_seconds / seconds).min(1.0),
             bound_tokens_per_s,
             bound_fraction: tokens as f64 / seconds / bound_tokens_per_s,

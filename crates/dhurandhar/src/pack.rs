@@ -44,7 +44,8 @@ impl PackMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackOptions {
     /// Checkpoint: a `.safetensors`, a sharded `model.safetensors.index.json`, a model
-    /// directory, or a `.gguf` (its F32/F16/BF16 tensors).
+    /// directory, or a `.gguf` (the whole file when lossless, its F32/F16/BF16 tensors
+    /// for quant-residual).
     pub input: PathBuf,
     /// The `.dhp` file to write (atomically; never one of the inputs).
     pub output: PathBuf,
@@ -57,6 +58,10 @@ pub struct PackOptions {
     pub residual_frac: f64,
     /// Raw KiB per chunk: the unit of parallel and random-access decoding.
     pub chunk_kib: usize,
+    /// Least share of a byte plane entropy coding must save to be used (else the plane
+    /// is stored raw); `None`: the library's default for the input (2% for floats, 10%
+    /// for a GGUF's quant blocks).
+    pub min_plane_saving: Option<f64>,
 }
 
 impl Default for PackOptions {
@@ -70,6 +75,7 @@ impl Default for PackOptions {
             group: q.group,
             residual_frac: q.residual_frac,
             chunk_kib: 1024,
+            min_plane_saving: None,
         }
     }
 }
@@ -101,12 +107,12 @@ impl Default for DeltaOptions {
     }
 }
 
-/// Options of [`unpack`]: a pack back to safetensors.
+/// Options of [`unpack`]: a pack back to the GGUF or safetensors file it holds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UnpackOptions {
     /// A `.dhp` made by [`pack`].
     pub input: PathBuf,
-    /// The `.safetensors` to write.
+    /// The file to write: a `.gguf` for a pack of a GGUF, else a `.safetensors`.
     pub output: PathBuf,
 }
 
@@ -283,16 +289,30 @@ pub fn pack(
     let lib_opts = dhurandhar_pack::PackOptions {
         mode,
         chunk_size: chunk_size(opts.chunk_kib),
+        min_plane_saving: opts.min_plane_saving,
         ..Default::default()
     };
     let src = Weights::open(&opts.input)?;
-    if src.tensors().is_empty() {
+    // A GGUF packed losslessly is held whole (quant blocks, header, tokenizer) and
+    // unpacks to the same file; quant-residual takes its float tensors only.
+    let whole_gguf = src.is_gguf() && opts.mode == PackMode::Lossless;
+    if src.tensors().is_empty() && !whole_gguf {
         return Err(PackError::input(&opts.input, "no packable tensors").into());
     }
     cancel.check()?;
-    progress.start("pack", Some(src.total_bytes()), Unit::Bytes);
+    let total = if whole_gguf {
+        std::fs::metadata(&opts.input).map_or(0, |m| m.len())
+    } else {
+        src.total_bytes()
+    };
+    progress.start("pack", Some(total), Unit::Bytes);
     let t0 = Instant::now();
-    let result = dhurandhar_pack::pack(&src, &opts.output, &lib_opts, &callback(progress, cancel));
+    let cb = callback(progress, cancel);
+    let result = if whole_gguf {
+        dhurandhar_pack::pack_gguf(&opts.input, &opts.output, &lib_opts, &cb)
+    } else {
+        dhurandhar_pack::pack(&src, &opts.output, &lib_opts, &cb)
+    };
     progress.finish();
     let result = result.map_err(lift)?;
     let seconds = t0.elapsed().as_secs_f64();
@@ -378,8 +398,9 @@ fn restore(
     })
 }
 
-/// Restore a pack to a safetensors file: lossless tensors bit-exact (checked against
-/// the hash recorded at pack time), quant-residual ones dequantized.
+/// Restore a pack to the file it holds: a GGUF byte for byte, or a safetensors file
+/// with lossless tensors bit-exact (checked against the hash recorded at pack time) and
+/// quant-residual ones dequantized.
 pub fn unpack(
     opts: &UnpackOptions,
     progress: &dyn Progress,

@@ -39,6 +39,10 @@ pub struct Args {
     /// Skip the uncapped reference rows (resident, stream with room for every layer).
     #[arg(long)]
     pub capped_only: bool,
+    /// A `.dhp` pack of the model (`dhurandhar pack MODEL.gguf`): also stream from it
+    /// under the cap, to see whether reading fewer bytes beats decoding them.
+    #[arg(long, value_name = "DHP")]
+    pub pack: Option<PathBuf>,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -100,6 +104,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             command: ours("stream", Some(cap), 1),
         },
     ];
+    if let Some(pack) = &args.pack {
+        runs.push(CappedCommand {
+            label: "stream from .dhp".into(),
+            runner: Runner::Dhurandhar,
+            cap: Some(cap),
+            command: shape.command(pack, "stream", Some(cap), 1),
+        });
+    }
     if let Some(bin) = &args.llama_bench {
         let mut c = Command::new(bin);
         c.arg("-m")
@@ -173,7 +185,11 @@ fn render(r: &CappedBenchReport) -> String {
             ""
         }
     );
-    for (a, b) in [("stream", "mmap"), ("stream", "llama.cpp mmap")] {
+    for (a, b) in [
+        ("stream", "mmap"),
+        ("stream", "llama.cpp mmap"),
+        ("stream from .dhp", "stream"),
+    ] {
         if let Some(x) = r.speedup(a, b) {
             s += &format!("{a} / {b} under the cap: {x:.2}×\n");
         }

@@ -16,7 +16,8 @@ use crate::render::{bytes_or_na, table};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// GGUF model file (llama, mistral, qwen2, qwen3, gemma3 or phi3).
+    /// GGUF model file (llama, mistral, qwen2, qwen3, gemma3 or phi3), or a `.dhp` pack of
+    /// one (`pack model.gguf`) with `--weights stream` or `resident`.
     #[arg(long)]
     pub model: PathBuf,
     /// Prompt text (literal control tokens such as `<|im_start|>` are recognised).
@@ -127,8 +128,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// `; weights: stream, budget 48.0 MiB, pool 20.1 MiB (2 buffers, 4 layers pinned),
-/// 1.2 MiB read per token at 512.0 MiB/s, bound 426.7 tok/s (81% reached), I/O wait 12%`;
-/// empty for the default (mapped) weights.
+/// 1.2 MiB read per token at 512.0 MiB/s, bound 426.7 tok/s (81% reached), I/O wait 12%`
+/// (from a `.dhp` pack, the decode time per token follows the read rate); empty for the
+/// default (mapped) weights.
 pub fn render_weights(w: &WeightsReport) -> String {
     if w.mode == WeightMode::Mmap {
         return String::new();
@@ -161,8 +163,16 @@ pub fn render_weights(w: &WeightsReport) -> String {
     }
     if let Some(t) = &w.traffic {
         s += &format!(
-            " at {}/s, bound {:.1} tok/s ({:.0}% reached), I/O wait {:.0}%",
+            " at {}/s{}, bound {:.1} tok/s ({:.0}% reached), I/O wait {:.0}%",
             human_bytes(t.read_bytes_per_s as u64),
+            if t.decode_seconds_per_token > 0.0 {
+                format!(
+                    " + {:.1} ms/token decoding the pack",
+                    1e3 * t.decode_seconds_per_token
+                )
+            } else {
+                String::new()
+            },
             t.bound_tokens_per_s,
             100.0 * t.bound_fraction,
             100.0 * t.io_wait_share

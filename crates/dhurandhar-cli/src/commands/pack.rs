@@ -26,7 +26,8 @@ pub enum ModeArg {
 #[derive(Debug, clap::Args)]
 pub struct PackArgs {
     /// Checkpoint: .safetensors, a sharded model.safetensors.index.json, a model directory,
-    /// or a .gguf (its F32/F16/BF16 tensors).
+    /// or a .gguf (lossless: the whole file, which `unpack` gives back byte for byte and
+    /// `generate --weights stream` reads directly; quant-residual: its F32/F16/BF16 tensors).
     pub input: PathBuf,
     /// Output .dhp file (written atomically).
     #[arg(short, long)]
@@ -45,6 +46,12 @@ pub struct PackArgs {
     /// Raw KiB per chunk (the unit of parallel and random-access decoding).
     #[arg(long, default_value_t = 1024)]
     pub chunk_kib: usize,
+    /// Entropy-code a byte plane only when that saves at least this share of it (0..1);
+    /// otherwise store it raw, which decodes at copy speed. Default: 0.02 for float
+    /// checkpoints; 0.10 for a GGUF's quant blocks, so a streamed pack codes the scales
+    /// and keeps the packed quants raw
+    #[arg(long, value_name = "SHARE")]
+    pub min_plane_saving: Option<f64>,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -53,7 +60,7 @@ pub struct PackArgs {
 pub struct UnpackArgs {
     /// A .dhp pack made by `pack`.
     pub input: PathBuf,
-    /// Output .safetensors file (written atomically).
+    /// Output file (written atomically): a .gguf for a pack of a GGUF, else a .safetensors.
     #[arg(short, long)]
     pub output: PathBuf,
     #[command(flatten)]
@@ -80,10 +87,11 @@ pub struct StatsArgs {
 }
 
 /// The flag that sets each pack option field, for error messages.
-const FLAGS: [(&str, &str); 3] = [
+const FLAGS: [(&str, &str); 4] = [
     ("bits", "--bits"),
     ("group", "--group"),
     ("residual_frac", "--residual-frac"),
+    ("min_plane_saving", "--min-plane-saving"),
 ];
 
 /// Library errors name option fields; say them the way the user typed them.
@@ -161,6 +169,7 @@ pub fn run_pack(a: PackArgs) -> anyhow::Result<()> {
         group: a.group,
         residual_frac: a.residual_frac,
         chunk_kib: a.chunk_kib,
+        min_plane_saving: a.min_plane_saving,
     };
     let report = dhurandhar::pack::pack(&opts, &a.out.progress(), &CancelToken::new())
         .map_err(with_flags)?;
