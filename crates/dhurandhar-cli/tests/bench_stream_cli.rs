@@ -1,7 +1,7 @@
 //! `bench-stream` on the SmolLM2 fixture under a memory cgroup capped at half its
-//! weights: the streamed run must finish inside the cap (exit 0, no OOM kill; the group
-//! charges its RSS and page cache) and stream its layers; the mapped run is there to
-//! compare against. Speeds are printed by the command, not asserted. Where memory
+//! weights: the streamed runs — from the GGUF and from a `.dhp` pack of it — must finish
+//! inside the cap (exit 0, no OOM kill; the group charges its RSS and page cache) and
+//! stream their layers; the mapped run is there to compare against. Speeds are printed by the command, not asserted. Where memory
 //! groups cannot be made (not root, no cgroup v1) the command must refuse with the
 //! reason, and the test says so.
 
@@ -17,6 +17,17 @@ fn fixture() -> Option<PathBuf> {
 #[test]
 fn streamed_weights_run_inside_a_cap_of_half_the_weights() {
     let Some(model) = fixture() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("m.dhp");
+    let packed = Command::cargo_bin("dhurandhar")
+        .unwrap()
+        .arg("pack")
+        .arg(&model)
+        .arg("-o")
+        .arg(&pack)
+        .output()
+        .unwrap();
+    assert!(packed.status.success());
     let out = Command::cargo_bin("dhurandhar")
         .unwrap()
         .args([
@@ -29,6 +40,8 @@ fn streamed_weights_run_inside_a_cap_of_half_the_weights() {
         ])
         .args(["--threads", "2", "--json", "--model"])
         .arg(&model)
+        .arg("--pack")
+        .arg(&pack)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -44,11 +57,16 @@ fn streamed_weights_run_inside_a_cap_of_half_the_weights() {
     assert!(r["cold_read_bytes_per_s"].as_f64().unwrap() > 0.0);
     let runs = r["runs"].as_array().unwrap();
     let labels: Vec<&str> = runs.iter().map(|x| x["label"].as_str().unwrap()).collect();
-    assert_eq!(labels, ["mmap", "stream"]);
+    assert_eq!(labels, ["mmap", "stream", "stream from .dhp"]);
     for run in runs {
         assert_eq!(run["cap_bytes"].as_u64(), Some(file / 2), "{run}");
     }
-    let stream = &runs[1];
+    for stream in &runs[1..] {
+        check_stream(stream, file);
+    }
+}
+
+fn check_stream(stream: &Value, file: u64) {
     assert_eq!(stream["exit_code"], 0, "{stream}");
     assert!(stream["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
     let cg = &stream["cgroup"];

@@ -38,7 +38,8 @@ pub(crate) struct PlaneCfg {
     pub min_saving: f64,
 }
 
-/// Default [`PlaneCfg::min_saving`]: below ~2% the decode time is not worth it.
+/// Default least saving for a plane to be entropy-coded: below ~2% the decode time is
+/// not worth it.
 pub const DEFAULT_MIN_SAVING: f64 = 0.02;
 
 impl PlaneCfg {

@@ -1,5 +1,5 @@
 //! GGUF packs: a GGUF file held losslessly in a `.dhp` — its header blob plus every
-//! tensor's quant blocks coded by field ([`crate::blocks`]) — restored byte for byte by
+//! tensor's quant blocks coded by field (the `blocks` module) — restored byte for byte by
 //! `unpack`, and read back range by range with positioned reads by [`GgufPackReader`]
 //! (what a streaming engine reads weights through: nothing is mapped or kept).
 
