@@ -237,6 +237,37 @@ fn unknown_codec_is_rejected() {
         .stderr(predicate::str::contains("unknown KV codec `nope`"));
 }
 
+/// A streamed MoE model whose expert cache evicts as it runs stays inside its RAM
+/// budget, on experts large enough to matter (`moe-bench`, 0.8 MiB each): the cache's
+/// capacity, its buffers in flight and the pool must all fit what the plan said (a
+/// cache that held twice its capacity peaked at 133 MiB under 100 MiB here).
+#[test]
+fn streamed_experts_stay_inside_the_budget_while_evicting() {
+    let Some(model) = dhurandhar_testkit::moe_bench_model() else {
+        return;
+    };
+    for mib in [100u64, 120] {
+        let budget = mib << 20;
+        let out = dh()
+            .args(["generate", "--model"])
+            .arg(&model)
+            .args(["--prompt", "It is a truth universally acknowledged"])
+            .args(["--max-tokens", "64", "--json", "--weights", "stream"])
+            .args(["--ram-budget", &budget.to_string()])
+            .assert()
+            .success();
+        let v = json_of(&out.get_output().stdout);
+        let e = &v["weights"]["experts"];
+        assert!(e["evictions"].as_u64().unwrap() > 10, "{e}");
+        let peak = v["peak_rss_bytes"].as_u64().unwrap();
+        assert!(
+            peak <= budget,
+            "peak RSS {:.1} MiB over the {mib} MiB budget: {e}",
+            peak as f64 / (1 << 20) as f64
+        );
+    }
+}
+
 /// A mixture-of-experts model streamed through a small expert cache generates what the
 /// mapped model does, and the JSON reports the cache; expert options need streamed
 /// weights.

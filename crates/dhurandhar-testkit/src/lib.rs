@@ -110,6 +110,32 @@ pub fn python_script(cmd: &mut Command, what: &str) -> Option<Output> {
     None
 }
 
+/// The MoE benchmark model of `scripts/make_tiny_models.py` (`moe-bench`: Qwen3-MoE
+/// layout, 8 layers of 32 experts of width 512, Q8_0, 238 MiB — experts large enough
+/// that the allocator's handling of their buffers shows in the RSS), made once per test
+/// binary into `<workspace>/.cache/tiny-models`; `None` as for [`tiny_models`].
+pub fn moe_bench_model() -> Option<PathBuf> {
+    static MODEL: OnceLock<Option<PathBuf>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let vocab = fixture(SMOLLM2_GGUF)?;
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let dir = root.join(".cache/tiny-models");
+            python_script(
+                Command::new("python3")
+                    .arg(root.join("scripts/make_tiny_models.py"))
+                    .arg("--vocab-from")
+                    .arg(&vocab)
+                    .arg("--out")
+                    .arg(&dir)
+                    .arg("moe-bench"),
+                "the MoE benchmark model",
+            )?;
+            Some(dir.join("tiny-moe-bench.gguf"))
+        })
+        .clone()
+}
+
 /// Path of tiny model `name` (`llama`, `qwen2moe`, …; see [`tiny_models`]).
 pub fn tiny_model(name: &str) -> Option<PathBuf> {
     let (dir, _) = tiny_models()?;
