@@ -869,25 +869,29 @@ impl Model {
         };
         // Streamed: each chunk of the head's rows and its offset in its buffer.
         let mut head_chunks_at = Vec::new();
-        let store = match backing {
-            Backing::Map(m) => WeightStore::Mmap(m),
-            Backing::Bytes(v) => WeightStore::Resident(v),
-            Backing::File(..) | Backing::Pack(_) => {
-                // The header, tokenizer and norms were read through the page cache: drop
-                // those pages, so the only memory the weights take is the pool's (advice;
-                // a failure leaves them to the kernel).
-                let source = match backing {
-                    Backing::File(f, len, path) => {
-                        let _ = dhurandhar_profile::sys::evict(&f, 0, len);
-                        Source::file(f, direct_io.then_some(path.as_path()), len)
-                    }
-                    Backing::Pack(p) => {
-                        let len = p.file().metadata().map_or(0, |m| m.len());
-                        let _ = dhurandhar_profile::sys::evict(p.file(), 0, len);
-                        Source::Pack(p)
-                    }
-                    Backing::Map(_) | Backing::Bytes(_) => unreachable!("matched above"),
-                };
+        // The header, tokenizer and norms of a streamed model were read through the page
+        // cache: drop those pages, so the only memory the weights take is the pool's
+        // (advice; a failure leaves them to the kernel).
+        enum Held {
+            Store(WeightStore),
+            Stream(Source),
+        }
+        let held = match backing {
+            Backing::Map(m) => Held::Store(WeightStore::Mmap(m)),
+            Backing::Bytes(v) => Held::Store(WeightStore::Resident(v)),
+            Backing::File(f, len, path) => {
+                let _ = dhurandhar_profile::sys::evict(&f, 0, len);
+                Held::Stream(Source::file(f, direct_io.then_some(path.as_path()), len))
+            }
+            Backing::Pack(p) => {
+                let len = p.file().metadata().map_or(0, |m| m.len());
+                let _ = dhurandhar_profile::sys::evict(p.file(), 0, len);
+                Held::Stream(Source::Pack(p))
+            }
+        };
+        let store = match held {
+            Held::Store(store) => store,
+            Held::Stream(source) => {
                 let mut items = Vec::with_capacity(layers.len());
                 let mut expert_reads = Vec::with_capacity(layers.len());
                 // Each item (a layer's dense part, an expert) is read into a buffer of its
