@@ -20,8 +20,8 @@ use crate::format::{
     TensorEntry, FOOTER_LEN, HEADER_LEN,
 };
 use crate::ops::{
-    file_name, summarize, write_chunks, Encoded, Job, PackMode, PackOptions, PackReport, Progress,
-    TensorReport, UnpackReport,
+    file_name, index_report, write_chunks, Encoded, Job, PackMode, PackOptions, PackReport,
+    Progress, UnpackReport,
 };
 use crate::DType;
 
@@ -133,19 +133,7 @@ pub fn pack_gguf(
         }),
     };
     let len = writer.finish(&index)?;
-    let rows = index
-        .tensors
-        .iter()
-        .map(|t| TensorReport::from_entry(t, None))
-        .collect();
-    let mut report = summarize(
-        PackKind::Pack,
-        &index.tensors,
-        rows,
-        len,
-        Vec::new(),
-        Vec::new(),
-    );
+    let mut report = index_report(&index, len, Vec::new(), Vec::new());
     // The pack holds the whole file (its header and tokenizer too): compare with that.
     report.input_bytes = map.len() as u64;
     report.ratio = len as f64 / map.len().max(1) as f64;

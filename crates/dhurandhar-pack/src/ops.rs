@@ -161,7 +161,7 @@ pub struct PackReport {
     pub skipped: Vec<(String, String)>,
 }
 
-pub(crate) fn summarize(
+fn summarize(
     kind: PackKind,
     entries: &[TensorEntry],
     rows: Vec<TensorReport>,
@@ -201,18 +201,31 @@ pub(crate) fn summarize(
 
 /// Report of an existing pack (what `pack-stats` prints).
 pub fn report(reader: &PackReader) -> PackReport {
-    let rows = reader
-        .tensors()
+    index_report(reader.index(), reader.file_len(), Vec::new(), Vec::new())
+}
+
+/// The report of `index` in a pack of `file_len` bytes, with a note per tensor (`notes`
+/// may be shorter: the rest have none) and the input's skipped tensors.
+pub(crate) fn index_report(
+    index: &Index,
+    file_len: u64,
+    notes: Vec<Option<String>>,
+    skipped: Vec<(String, String)>,
+) -> PackReport {
+    let notes = notes.into_iter().chain(std::iter::repeat(None));
+    let rows = index
+        .tensors
         .iter()
-        .map(|t| TensorReport::from_entry(t, None))
+        .zip(notes)
+        .map(|(t, n)| TensorReport::from_entry(t, n))
         .collect();
     summarize(
-        reader.index().kind,
-        reader.tensors(),
+        index.kind,
+        &index.tensors,
         rows,
-        reader.file_len(),
-        reader.index().removed.clone(),
-        Vec::new(),
+        file_len,
+        index.removed.clone(),
+        skipped,
     )
 }
 
@@ -454,20 +467,7 @@ pub fn pack(
         gguf: None,
     };
     let len = writer.finish(&index)?;
-    let rows = index
-        .tensors
-        .iter()
-        .zip(notes)
-        .map(|(t, n)| TensorReport::from_entry(t, n))
-        .collect();
-    Ok(summarize(
-        PackKind::Pack,
-        &index.tensors,
-        rows,
-        len,
-        Vec::new(),
-        src.skipped.clone(),
-    ))
+    Ok(index_report(&index, len, notes, src.skipped.clone()))
 }
 
 /// Store `new` relative to `base` in `out`: unchanged tensors cost only their index
@@ -605,19 +605,7 @@ pub fn delta(
         gguf: None,
     };
     let len = writer.finish(&index)?;
-    let rows = index
-        .tensors
-        .iter()
-        .map(|t| TensorReport::from_entry(t, None))
-        .collect();
-    Ok(summarize(
-        PackKind::Delta,
-        &index.tensors,
-        rows,
-        len,
-        removed,
-        new.skipped.clone(),
-    ))
+    Ok(index_report(&index, len, Vec::new(), new.skipped.clone()))
 }
 
 /// Result of [`unpack`] / [`apply_delta`].

@@ -60,18 +60,7 @@ pub fn tiny_models() -> Option<&'static TinyModels> {
     static MODELS: OnceLock<Option<TinyModels>> = OnceLock::new();
     MODELS
         .get_or_init(|| {
-            let vocab = fixture(SMOLLM2_GGUF)?;
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let dir = root.join(".cache/tiny-models");
-            let out = python_script(
-                Command::new("python3")
-                    .arg(root.join("scripts/make_tiny_models.py"))
-                    .arg("--vocab-from")
-                    .arg(&vocab)
-                    .arg("--out")
-                    .arg(&dir),
-                "the tiny models",
-            )?;
+            let (dir, out) = make_tiny_models(&[], "the tiny models")?;
             let shas = String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .filter_map(|l| {
@@ -86,6 +75,27 @@ pub fn tiny_models() -> Option<&'static TinyModels> {
             Some((dir, shas))
         })
         .as_ref()
+}
+
+/// Run `scripts/make_tiny_models.py` (the SmolLM2 fixture's vocabulary, `args` naming
+/// the models; none: the default set) into `<workspace>/.cache/tiny-models`: that
+/// directory and the script's output (`path sha256` per file), or `None` as for
+/// [`python_script`].
+fn make_tiny_models(args: &[&str], what: &str) -> Option<(PathBuf, Output)> {
+    let vocab = fixture(SMOLLM2_GGUF)?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join(".cache/tiny-models");
+    let out = python_script(
+        Command::new("python3")
+            .arg(root.join("scripts/make_tiny_models.py"))
+            .arg("--vocab-from")
+            .arg(&vocab)
+            .arg("--out")
+            .arg(&dir)
+            .args(args),
+        what,
+    )?;
+    Some((dir, out))
 }
 
 /// Run one of the repository's Python scripts that need the `gguf` package (they exit
@@ -118,19 +128,7 @@ pub fn moe_bench_model() -> Option<PathBuf> {
     static MODEL: OnceLock<Option<PathBuf>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let vocab = fixture(SMOLLM2_GGUF)?;
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let dir = root.join(".cache/tiny-models");
-            python_script(
-                Command::new("python3")
-                    .arg(root.join("scripts/make_tiny_models.py"))
-                    .arg("--vocab-from")
-                    .arg(&vocab)
-                    .arg("--out")
-                    .arg(&dir)
-                    .arg("moe-bench"),
-                "the MoE benchmark model",
-            )?;
+            let (dir, _) = make_tiny_models(&["moe-bench"], "the MoE benchmark model")?;
             Some(dir.join("tiny-moe-bench.gguf"))
         })
         .clone()
