@@ -44,6 +44,13 @@ pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
 pub const MAX_INDEX_NODES: u64 = 64 * dhurandhar_checkpoint::safetensors::MAX_TENSORS as u64;
 /// Largest chunk size accepted (bounds every per-chunk allocation on read).
 pub const MAX_CHUNK_SIZE: u64 = 1 << 28;
+/// Most zero padding a GGUF pack holds before, between or after the GGUF's tensors
+/// (GGUF aligns tensors to `general.alignment`, 32 bytes by default): with it, the GGUF
+/// length a reader allocates for is bounded by the tensors the pack stores.
+pub const MAX_GGUF_GAP: u64 = 1 << 20;
+/// Most a GGUF header blob may expand (its bytes are metadata and vocabulary text, which
+/// zstd shrinks a few times, not hundreds).
+const MAX_HEADER_EXPANSION: u64 = 256;
 
 /// A full pack or a delta against a base checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -577,6 +584,14 @@ fn validate_gguf(index: &Index, data_end: u64) -> std::result::Result<(), String
     if !in_data(&g.header, data_end) || g.data_offset > g.file_bytes {
         return Err("GGUF header blob or data offset out of range".into());
     }
+    // Readers allocate what these claim: bound them by what the pack holds.
+    if g.data_offset > MAX_HEADER_EXPANSION * g.header.len() + (1 << 20) {
+        return Err(format!(
+            "a GGUF header of {} bytes cannot come from a {}-byte blob",
+            g.data_offset,
+            g.header.len()
+        ));
+    }
     let mut spans = Vec::with_capacity(index.tensors.len());
     for t in &index.tensors {
         let bad = |d: &str| Err(format!("tensor `{}`: {d}", t.name));
@@ -601,8 +616,18 @@ fn validate_gguf(index: &Index, data_end: u64) -> std::result::Result<(), String
         }
     }
     spans.sort_unstable();
-    if spans.windows(2).any(|w| w[1].0 < w[0].1) {
-        return Err("two GGUF tensors overlap".into());
+    let mut at = g.data_offset;
+    for (start, end) in spans.into_iter().chain([(g.file_bytes, g.file_bytes)]) {
+        if start < at {
+            return Err("two GGUF tensors overlap".into());
+        }
+        if start - at > MAX_GGUF_GAP {
+            return Err(format!(
+                "{} bytes of padding at GGUF offset {at}; at most {MAX_GGUF_GAP} between tensors",
+                start - at
+            ));
+        }
+        at = end;
     }
     Ok(())
 }

@@ -140,7 +140,9 @@ pub fn pack_gguf(
     Ok(report)
 }
 
-/// Refuse a GGUF whose bytes outside the header and the tensors are not all zero.
+/// Refuse a GGUF whose tensors overlap, or whose bytes outside the header and the
+/// tensors are not all zero or run longer than [`format::MAX_GGUF_GAP`] in one place:
+/// a pack could not give those back, or a reader would refuse it.
 fn check_padding(g: &GgufFile, map: &[u8], src: &Path) -> Result<()> {
     let mut spans: Vec<(u64, u64)> = g
         .tensors
@@ -154,10 +156,17 @@ fn check_padding(g: &GgufFile, map: &[u8], src: &Path) -> Result<()> {
         .chain([(map.len() as u64, map.len() as u64)])
     {
         if s < at {
-            if e > at && s < at {
-                return Err(PackError::input(src, "two tensors overlap"));
-            }
-            continue;
+            return Err(PackError::input(src, "two tensors overlap"));
+        }
+        if s - at > format::MAX_GGUF_GAP {
+            return Err(PackError::input(
+                src,
+                format!(
+                    "{} bytes between tensors at offset {at}; a pack holds at most {} of padding there",
+                    s - at,
+                    format::MAX_GGUF_GAP
+                ),
+            ));
         }
         if let Some(p) = map[at as usize..s as usize].iter().position(|&b| b != 0) {
             return Err(PackError::input(

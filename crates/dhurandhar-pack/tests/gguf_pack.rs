@@ -189,3 +189,59 @@ fn refusals_are_clear() {
     let e = GgufPackReader::open(&sp).unwrap_err().to_string();
     assert!(e.contains("not a GGUF"), "{e}");
 }
+
+/// Rewrite a pack's index with `edit` and a matching checksum (what a hostile file may do).
+fn with_index(pack: &Path, out: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    let bytes = std::fs::read(pack).unwrap();
+    let n = bytes.len();
+    let off = u64::from_le_bytes(bytes[n - 32..n - 24].try_into().unwrap()) as usize;
+    let mut index: serde_json::Value = serde_json::from_slice(&bytes[off..n - 32]).unwrap();
+    edit(&mut index);
+    let json = serde_json::to_vec(&index).unwrap();
+    let mut v = bytes[..off].to_vec();
+    v.extend_from_slice(&json);
+    v.extend_from_slice(&(off as u64).to_le_bytes());
+    v.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    v.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&json).to_le_bytes());
+    v.extend_from_slice(b"DHPINDEX");
+    std::fs::write(out, v).unwrap();
+}
+
+#[test]
+fn an_index_claiming_more_than_the_pack_holds_is_refused_before_any_allocation() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, pack) = packed(d.path(), &small_chunks());
+    let bad = d.path().join("bad.dhp");
+    let cases: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 3] = [
+        (
+            "padding",
+            Box::new(|i| i["gguf"]["file_bytes"] = serde_json::json!(1u64 << 60)),
+        ),
+        (
+            "cannot come from",
+            Box::new(|i| {
+                i["gguf"]["data_offset"] = serde_json::json!(1u64 << 40);
+                i["gguf"]["file_bytes"] = serde_json::json!(1u64 << 41);
+            }),
+        ),
+        (
+            "overlap",
+            Box::new(|i| {
+                let o = i["tensors"][0]["ggml"]["offset"].clone();
+                i["tensors"][1]["ggml"]["offset"] = o;
+            }),
+        ),
+    ];
+    for (want, edit) in cases {
+        with_index(&pack, &bad, edit);
+        for e in [
+            GgufPackReader::open(&bad).unwrap_err().to_string(),
+            PackReader::open(&bad).unwrap_err().to_string(),
+        ] {
+            assert!(
+                e.contains("corrupt index") && e.contains(want),
+                "{want}: {e}"
+            );
+        }
+    }
+}
