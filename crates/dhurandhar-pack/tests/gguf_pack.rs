@@ -190,6 +190,8 @@ fn refusals_are_clear() {
     assert!(e.contains("not a GGUF"), "{e}");
 }
 
+type IndexEdit = dyn Fn(&mut serde_json::Value);
+
 /// Rewrite a pack's index with `edit` and a matching checksum (what a hostile file may do).
 fn with_index(pack: &Path, out: &Path, edit: impl Fn(&mut serde_json::Value)) {
     let bytes = std::fs::read(pack).unwrap();
@@ -212,7 +214,7 @@ fn an_index_claiming_more_than_the_pack_holds_is_refused_before_any_allocation()
     let d = tempfile::tempdir().unwrap();
     let (_, pack) = packed(d.path(), &small_chunks());
     let bad = d.path().join("bad.dhp");
-    let cases: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 3] = [
+    let cases: [(&str, Box<IndexEdit>); 3] = [
         (
             "padding",
             Box::new(|i| i["gguf"]["file_bytes"] = serde_json::json!(1u64 << 60)),
