@@ -327,12 +327,12 @@ impl std::fmt::Debug for GgufPackReader {
     }
 }
 
-/// Whether `path` starts with the `.dhp` magic bytes (a pack, not a GGUF).
+/// Whether `path` is a regular file that starts with the `.dhp` magic bytes (a pack,
+/// not a GGUF). Not `File::open`: a FIFO would block it.
 pub fn is_pack(path: &Path) -> bool {
     let mut head = [0u8; 8];
-    File::open(path)
-        .and_then(|f| f.read_exact_at(&mut head, 0))
-        .is_ok_and(|_| head == format::MAGIC)
+    dhurandhar_io::open_regular(path)
+        .is_ok_and(|f| f.read_exact_at(&mut head, 0).is_ok() && head == format::MAGIC)
 }
 
 impl GgufPackReader {
