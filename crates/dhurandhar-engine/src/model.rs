@@ -410,7 +410,7 @@ impl Model {
         let origin = path.display().to_string();
         let file = dhurandhar_io::open_regular(path)?;
         let (backing, gguf) = match mode {
-            _ if dhurandhar_pack::is_pack(path) => open_pack(path, mode, direct_io)?,
+            _ if dhurandhar_pack::is_pack(&file) => open_pack(path, mode, direct_io)?,
             WeightMode::Mmap => {
                 // SAFETY: the map is read-only; a concurrent truncation of the file by
                 // another process could fault, as with any mmap-based reader.

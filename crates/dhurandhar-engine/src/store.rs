@@ -317,16 +317,24 @@ pub(crate) struct AlignedBuf {
 enum BufMem {
     /// Page-aligned by the kernel.
     Anon(memmap2::MmapMut),
-    /// Empty buffers (a mapping cannot be), or where mapping failed: over-allocated
+    /// Small buffers (below [`MAP_AT_LEAST`]), or where mapping failed: over-allocated
     /// and aligned by hand.
     Heap(Vec<u8>, usize),
 }
 
+/// Buffers smaller than this (an embedding row, read once per token) stay on the heap:
+/// a mapping per token would add two system calls and a page fault to the decode loop,
+/// and blocks this small are reused by the allocator, not left behind.
+const MAP_AT_LEAST: usize = 64 << 10;
+
 impl AlignedBuf {
     pub(crate) fn new(len: usize) -> AlignedBuf {
-        let mem = match memmap2::MmapMut::map_anon(len) {
-            Ok(m) if len > 0 => BufMem::Anon(m),
-            _ => {
+        let mapped = (len >= MAP_AT_LEAST)
+            .then(|| memmap2::MmapMut::map_anon(len).ok())
+            .flatten();
+        let mem = match mapped {
+            Some(m) => BufMem::Anon(m),
+            None => {
                 let raw = vec![0u8; len + ALIGN];
                 let start = raw.as_ptr().align_offset(ALIGN);
                 BufMem::Heap(raw, start)

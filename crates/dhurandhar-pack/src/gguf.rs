@@ -327,12 +327,10 @@ impl std::fmt::Debug for GgufPackReader {
     }
 }
 
-/// Whether `path` is a regular file that starts with the `.dhp` magic bytes (a pack,
-/// not a GGUF). Not `File::open`: a FIFO would block it.
-pub fn is_pack(path: &Path) -> bool {
+/// Whether the open `file` starts with the `.dhp` magic bytes (a pack, not a GGUF).
+pub fn is_pack(file: &File) -> bool {
     let mut head = [0u8; 8];
-    dhurandhar_io::open_regular(path)
-        .is_ok_and(|f| f.read_exact_at(&mut head, 0).is_ok() && head == format::MAGIC)
+    file.read_exact_at(&mut head, 0).is_ok() && head == format::MAGIC
 }
 
 impl GgufPackReader {
