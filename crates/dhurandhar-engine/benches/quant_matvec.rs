@@ -4,7 +4,7 @@
 //! matvec/memcpy ratio says how close a kernel gets to streaming its weights.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dhurandhar_engine::kernels::{matmul, Acts, QMatrix};
+use dhurandhar_engine::kernels::{matmul, Acts, QMatrix, Simd};
 use dhurandhar_engine::kquants;
 use dhurandhar_engine::quant::{GgmlType, Q8Acts};
 
@@ -76,12 +76,13 @@ fn bench_matvec(c: &mut Criterion) {
                     }
                 })
             });
-            if kquants::dot_avx2(t, &data[..rb], &acts, 0).is_some() {
-                g.bench_function(BenchmarkId::new("avx2", name), |b| {
+            for tier in Simd::available().into_iter().filter(|s| s.avx2()) {
+                let label = format!("{tier:?}").to_lowercase();
+                g.bench_function(BenchmarkId::new(label, name), |b| {
                     b.iter(|| {
                         for (r, o) in out.iter_mut().enumerate() {
-                            *o = kquants::dot_avx2(t, &data[r * rb..(r + 1) * rb], &acts, 0)
-                                .unwrap();
+                            let w = &data[r * rb..(r + 1) * rb];
+                            *o = kquants::dot_on::<1>(tier, t, w, &acts, 0).unwrap()[0];
                         }
                     })
                 });

@@ -41,7 +41,7 @@ pub fn dot_portable(t: GgmlType, w: &[u8], x: &[f32]) -> f32 {
 #[inline]
 pub fn dot_simd(t: GgmlType, w: &[u8], x: &[f32], s: crate::kernels::Simd) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if s == crate::kernels::Simd::Avx2 {
+    if s.avx2() {
         assert!(supports(t) && w.len() >= 2 * x.len());
         // SAFETY: Simd::Avx2 means avx2/fma/f16c were detected; lengths checked.
         return unsafe { avx2::dot(t, w, x) };

@@ -83,28 +83,55 @@ pub enum Acts<'a> {
     F32(&'a [f32]),
 }
 
-/// Which SIMD path to use, decided once per process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which kernel set to use, decided once per process. Ordered: each tier can run the
+/// kernels of the tiers below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Simd {
-    Avx2,
     Portable,
+    /// AVX2 with FMA and F16C.
+    Avx2,
+    /// AVX2 whose byte dot products use AVX-512 VNNI's `vpdpbusd` on 256-bit vectors
+    /// (AVX512_VNNI + AVX512VL: Ice Lake, Zen 4 and later) instead of `maddubs` + `madd`.
+    Avx2Vnni,
 }
 
-/// The best kernel set this CPU supports.
-pub fn simd() -> Simd {
+impl Simd {
+    /// Whether this tier runs the AVX2 kernels.
+    pub fn avx2(self) -> bool {
+        self >= Simd::Avx2
+    }
+
+    /// Every tier this CPU can run, lowest first (ignores the environment overrides), so
+    /// tests can hold each against the others.
+    pub fn available() -> Vec<Simd> {
+        [Simd::Portable, Simd::Avx2, Simd::Avx2Vnni]
+            .into_iter()
+            .filter(|&t| t <= detected())
+            .collect()
+    }
+}
+
+/// The best tier this CPU supports.
+fn detected() -> Simd {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
         static S: OnceLock<Simd> = OnceLock::new();
         *S.get_or_init(|| {
-            if std::env::var_os("DHURANDHAR_NO_SIMD").is_none()
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
-                Simd::Avx2
-            } else {
+            let has = |f: &[bool]| f.iter().all(|&b| b);
+            if !has(&[
+                is_x86_feature_detected!("avx2"),
+                is_x86_feature_detected!("fma"),
+                is_x86_feature_detected!("f16c"),
+            ]) {
                 Simd::Portable
+            } else if has(&[
+                is_x86_feature_detected!("avx512vnni"),
+                is_x86_feature_detected!("avx512vl"),
+            ]) {
+                Simd::Avx2Vnni
+            } else {
+                Simd::Avx2
             }
         })
     }
@@ -112,6 +139,24 @@ pub fn simd() -> Simd {
     {
         Simd::Portable
     }
+}
+
+/// The kernel set this process uses: the best detected, capped by `DHURANDHAR_NO_SIMD`
+/// (portable only) or `DHURANDHAR_NO_VNNI` (AVX2 without VNNI), which exist to compare
+/// the tiers on one machine.
+pub fn simd() -> Simd {
+    use std::sync::OnceLock;
+    static S: OnceLock<Simd> = OnceLock::new();
+    *S.get_or_init(|| {
+        let cap = if std::env::var_os("DHURANDHAR_NO_SIMD").is_some() {
+            Simd::Portable
+        } else if std::env::var_os("DHURANDHAR_NO_VNNI").is_some() {
+            Simd::Avx2
+        } else {
+            Simd::Avx2Vnni
+        };
+        detected().min(cap)
+    })
 }
 
 // ---------------------------------------------------------------- portable kernels
@@ -221,7 +266,7 @@ fn dot_dequant(t: GgmlType, w: &[u8], x: &[f32]) -> f32 {
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
-    use crate::quant::{Q8Acts, QK};
+    use crate::quant::QK;
 
     /// Bytes ahead of the current block to prefetch.
     const PREFETCH: usize = 640;
@@ -244,58 +289,6 @@ pub(crate) mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// Σ over blocks of d_w·d_a·Σ(q_w·q_a) for Q8_0 weights.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C; `w` holds `a.cols/32` Q8_0 blocks and
-    /// `a_row < a.rows()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
-        let nb = a.cols / QK;
-        debug_assert!(w.len() >= nb * 34 && a.qs.len() >= (a_row + 1) * a.cols);
-        let wp = w.as_ptr();
-        let qp = a.qs.as_ptr().add(a_row * a.cols);
-        let dp = a.d.as_ptr().add(a_row * nb);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut b = 0;
-        while b + 1 < nb {
-            let blk0 = wp.add(b * 34);
-            let blk1 = wp.add((b + 1) * 34);
-            _mm_prefetch::<_MM_HINT_T0>(blk0.add(PREFETCH) as *const i8);
-            let w0 = _mm256_loadu_si256(blk0.add(2) as *const __m256i);
-            let w1 = _mm256_loadu_si256(blk1.add(2) as *const __m256i);
-            let a0 = _mm256_loadu_si256(qp.add(b * QK) as *const __m256i);
-            let a1 = _mm256_loadu_si256(qp.add((b + 1) * QK) as *const __m256i);
-            let p0 = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(a0, w0)),
-                ones,
-            );
-            let p1 = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(a1, w1)),
-                ones,
-            );
-            let d0 = _mm256_set1_ps(f16_to_f32(blk0) * *dp.add(b));
-            let d1 = _mm256_set1_ps(f16_to_f32(blk1) * *dp.add(b + 1));
-            acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(p0), acc0);
-            acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(p1), acc1);
-            b += 2;
-        }
-        if b < nb {
-            let blk0 = wp.add(b * 34);
-            let w0 = _mm256_loadu_si256(blk0.add(2) as *const __m256i);
-            let a0 = _mm256_loadu_si256(qp.add(b * QK) as *const __m256i);
-            let p0 = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(a0, w0)),
-                ones,
-            );
-            let d0 = _mm256_set1_ps(f16_to_f32(blk0) * *dp.add(b));
-            acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(p0), acc0);
-        }
-        hsum(_mm256_add_ps(acc0, acc1))
-    }
-
     /// The 32 4-bit values of 16 packed bytes: low nibbles in lanes 0..16, high in 16..32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -305,82 +298,6 @@ pub(crate) mod avx2 {
         let lo = _mm_and_si128(v, m4);
         let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
         _mm256_set_m128i(hi, lo)
-    }
-
-    /// One Q4 block: `acc += d_w·d_a·Σ q_w·q_a` (8 lanes) and `macc[1] += m_w·s_a`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_block<const Q41: bool>(
-        blk: *const u8,
-        qa: *const i8,
-        das: *const f32,
-        acc: &mut __m256,
-        macc: &mut __m128,
-    ) {
-        let ones = _mm256_set1_epi16(1);
-        let (dm, q) = if Q41 {
-            // [d, m] in one conversion.
-            let bits = (blk as *const u32).read_unaligned();
-            (_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)), blk.add(4))
-        } else {
-            let bits = (blk as *const u16).read_unaligned() as i32;
-            let d = _mm_cvtph_ps(_mm_set1_epi32(bits | (bits << 16)));
-            (_mm_mul_ps(d, _mm_setr_ps(1.0, -8.0, 0.0, 0.0)), blk.add(2))
-        };
-        // [d_a, s_a] interleaved in the activations.
-        let da = _mm_castpd_ps(_mm_load_sd(das as *const f64));
-        let prod = _mm_mul_ps(dm, da);
-        *macc = _mm_add_ps(*macc, prod);
-        let p = _mm256_madd_epi16(
-            _mm256_maddubs_epi16(nibbles(q), _mm256_loadu_si256(qa as *const __m256i)),
-            ones,
-        );
-        *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), *acc);
-    }
-
-    /// Q4_1 (or Q4_0, offset −8·d) weights against 8-bit activations.
-    ///
-    /// # Safety
-    /// As [`dot_q8_0`], with `w` holding Q4_1 (20-byte) or Q4_0 (18-byte) blocks.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4<const Q41: bool>(w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
-        let nb = a.cols / QK;
-        let ts = if Q41 { 20 } else { 18 };
-        debug_assert!(w.len() >= nb * ts && a.qs.len() >= (a_row + 1) * a.cols);
-        debug_assert!(a.ds.len() >= 2 * (a_row + 1) * nb);
-        let wp = w.as_ptr();
-        let qp = a.qs.as_ptr().add(a_row * a.cols);
-        let dsp = a.ds.as_ptr().add(2 * a_row * nb);
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut m0 = _mm_setzero_ps();
-        let mut m1 = _mm_setzero_ps();
-        let mut b = 0;
-        while b + 1 < nb {
-            let blk0 = wp.add(b * ts);
-            // Stream ahead: rows are read once per token, straight from DRAM.
-            _mm_prefetch::<_MM_HINT_T0>(blk0.add(PREFETCH) as *const i8);
-            q4_block::<Q41>(blk0, qp.add(b * QK), dsp.add(2 * b), &mut acc0, &mut m0);
-            q4_block::<Q41>(
-                blk0.add(ts),
-                qp.add((b + 1) * QK),
-                dsp.add(2 * b + 2),
-                &mut acc1,
-                &mut m1,
-            );
-            b += 2;
-        }
-        if b < nb {
-            q4_block::<Q41>(
-                wp.add(b * ts),
-                qp.add(b * QK),
-                dsp.add(2 * b),
-                &mut acc0,
-                &mut m0,
-            );
-        }
-        let m = _mm_add_ps(m0, m1);
-        hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1))
     }
 
     /// Q8_0 weights against f32 activations (no activation rounding).
@@ -617,7 +534,7 @@ pub(crate) mod avx2 {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
-    if simd() == Simd::Avx2 {
+    if simd().avx2() {
         // SAFETY: simd() checked avx2/fma/f16c at runtime.
         return unsafe { avx2::dot_f32(a, b) };
     }
@@ -629,7 +546,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     debug_assert_eq!(x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
-    if simd() == Simd::Avx2 {
+    if simd().avx2() {
         // SAFETY: simd() checked avx2/fma/f16c at runtime.
         return unsafe { avx2::axpy(a, x, y) };
     }
@@ -645,7 +562,7 @@ pub fn dot4(w: &[f32], x: &[f32]) -> [f32; 4] {
     let n = x.len();
     assert!(w.len() >= 4 * n, "dot4 needs four rows");
     #[cfg(target_arch = "x86_64")]
-    if simd() == Simd::Avx2 {
+    if simd().avx2() {
         // SAFETY: simd() checked avx2/fma/f16c at runtime; the assert covers the rows.
         return unsafe { avx2::dot4(w, x) };
     }
@@ -659,7 +576,7 @@ pub fn axpy4(a: [f32; 4], w: &[f32], y: &mut [f32]) {
     let n = y.len();
     assert!(w.len() >= 4 * n, "axpy4 needs four rows");
     #[cfg(target_arch = "x86_64")]
-    if simd() == Simd::Avx2 {
+    if simd().avx2() {
         // SAFETY: simd() checked avx2/fma/f16c at runtime; the assert covers the rows.
         return unsafe { avx2::axpy4(a, w, y) };
     }
@@ -688,7 +605,7 @@ pub fn strided_dots(
         );
     }
     #[cfg(target_arch = "x86_64")]
-    if simd() == Simd::Avx2 && d.is_multiple_of(8) {
+    if simd().avx2() && d.is_multiple_of(8) {
         // SAFETY: features checked; the bound assert above covers every row.
         return unsafe { avx2::strided_dots(q, src, off, stride, scale, out) };
     }
@@ -707,7 +624,7 @@ pub fn strided_axpys(p: &[f32], src: &[f32], off: usize, stride: usize, out: &mu
         );
     }
     #[cfg(target_arch = "x86_64")]
-    if simd() == Simd::Avx2 && d.is_multiple_of(8) && d <= 64 {
+    if simd().avx2() && d.is_multiple_of(8) && d <= 64 {
         // SAFETY: features checked; the bound assert above covers every row.
         return unsafe { avx2::strided_axpys(p, src, off, stride, out) };
     }
@@ -715,32 +632,6 @@ pub fn strided_axpys(p: &[f32], src: &[f32], off: usize, stride: usize, out: &mu
         let v = &src[off + j * stride..off + j * stride + d];
         for (o, x) in out.iter_mut().zip(v) {
             *o += w * x;
-        }
-    }
-}
-
-/// Decode on AVX2: the one activation row against weight rows `r0..r1` into `out[r]`,
-/// the type dispatched once for the range.
-///
-/// # Safety
-/// The CPU supports AVX2, FMA and F16C; `w` uses 8-bit activations and has `a.cols`
-/// columns; `a` has at least one row; `out` has room for index `r1 - 1`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn decode_rows_avx2(w: &QMatrix<'_>, a: &Q8Acts, r0: usize, r1: usize, out: *mut f32) {
-    if r0 >= r1 {
-        return;
-    }
-    let rb = w.row_bytes();
-    let base = w.data.as_ptr();
-    let row = |r: usize| std::slice::from_raw_parts(base.add(r * rb), rb);
-    match w.qtype {
-        GgmlType::Q8_0 => (r0..r1).for_each(|r| *out.add(r) = avx2::dot_q8_0(row(r), a, 0)),
-        GgmlType::Q4_1 => (r0..r1).for_each(|r| *out.add(r) = avx2::dot_q4::<true>(row(r), a, 0)),
-        GgmlType::Q4_0 => (r0..r1).for_each(|r| *out.add(r) = avx2::dot_q4::<false>(row(r), a, 0)),
-        t => {
-            crate::kquants::check_rows(t, row(r0), a, 0, 1);
-            crate::kquants_avx2::dot_rows(t, base, rb, r0, r1, a, 0, out)
         }
     }
 }
@@ -754,17 +645,11 @@ fn row_dot(t: GgmlType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s:
                 return crate::kquants::dot_simd(t, w, a, a_row, s);
             }
             #[cfg(target_arch = "x86_64")]
-            if s == Simd::Avx2 {
-                // SAFETY: simd() checked the features; shapes were checked by matmul().
-                unsafe {
-                    return match t {
-                        GgmlType::Q8_0 => avx2::dot_q8_0(w, a, a_row),
-                        GgmlType::Q4_1 => avx2::dot_q4::<true>(w, a, a_row),
-                        _ => avx2::dot_q4::<false>(w, a, a_row),
-                    };
-                }
+            if s.avx2() {
+                // SAFETY: `s` is a tier this CPU runs (simd() or Simd::available()); the
+                // shapes were checked by matmul().
+                return unsafe { crate::q8_avx2::dot::<1>(s, t, w, a, a_row) }[0];
             }
-            let _ = s;
             match t {
                 GgmlType::Q8_0 => dot_q8_0_portable(w, a, a_row),
                 GgmlType::Q4_1 => dot_q4_portable(w, a, a_row, true),
@@ -777,7 +662,7 @@ fn row_dot(t: GgmlType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s:
                 return crate::floats::dot_simd(t, w, xr, s);
             }
             #[cfg(target_arch = "x86_64")]
-            if s == Simd::Avx2 {
+            if s.avx2() {
                 // SAFETY: simd() checked the features; matmul() checked the shapes.
                 match t {
                     GgmlType::Q8_0 => return unsafe { avx2::dot_q8_0_f32(w, xr) },
@@ -786,7 +671,7 @@ fn row_dot(t: GgmlType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s:
                     _ => {}
                 }
             }
-            if t == GgmlType::F32 && s == Simd::Avx2 {
+            if t == GgmlType::F32 && s.avx2() {
                 // Aligned or not, F32 weights are little-endian f32s; reinterpret safely.
                 if let Ok(wf) = bytemuck_f32(w) {
                     return dot(wf, xr);
@@ -801,7 +686,7 @@ fn row_dot(t: GgmlType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s:
 fn has_f32_kernel(t: GgmlType, s: Simd) -> bool {
     t == GgmlType::F32
         || crate::floats::supports(t)
-        || (s == Simd::Avx2 && matches!(t, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1))
+        || (s.avx2() && matches!(t, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1))
 }
 
 /// View little-endian bytes as f32 when aligned (always true on little-endian hosts for
@@ -835,6 +720,22 @@ pub fn matmul(
     out: &mut [f32],
     parallel: bool,
 ) -> Result<(), EngineError> {
+    matmul_on(simd(), w, acts, out, parallel)
+}
+
+/// [`matmul`] on kernel tier `s`, one of [`Simd::available`] (tests hold the tiers
+/// against each other).
+pub(crate) fn matmul_on(
+    s: Simd,
+    w: &QMatrix<'_>,
+    acts: &Acts<'_>,
+    out: &mut [f32],
+    parallel: bool,
+) -> Result<(), EngineError> {
+    assert!(
+        s <= detected(),
+        "kernel tier {s:?} is not available on this CPU"
+    );
     let n_tok = match acts {
         Acts::Q8(a) => {
             if a.cols != w.cols {
@@ -881,7 +782,6 @@ pub fn matmul(
             n_tok * w.rows
         )));
     }
-    let s = simd();
     let rows = w.rows;
     let cols = w.cols;
     let optr = OutPtr(out.as_mut_ptr());
@@ -895,24 +795,37 @@ pub fn matmul(
     let tile = |r0: usize, r1: usize| {
         let p = optr;
         #[cfg(target_arch = "x86_64")]
-        if let (Simd::Avx2, Acts::Q8(a), 1) = (s, acts, n_tok) {
-            // SAFETY: simd() checked the features; the shapes were checked above (every
-            // row holds `a.cols` values, `a` has one row); `out` holds `rows` values.
-            unsafe { decode_rows_avx2(w, a, r0, r1, p.0) };
+        if let (true, Acts::Q8(a), 1) = (s.avx2(), acts, n_tok) {
+            if r0 < r1 {
+                // SAFETY: `s` is a tier this CPU runs; the shapes were checked above
+                // (every row holds `a.cols` values, `a` has one row); `out` holds `rows`
+                // values.
+                unsafe {
+                    crate::q8_avx2::dot_rows(
+                        s,
+                        w.qtype,
+                        w.data.as_ptr(),
+                        w.row_bytes(),
+                        r0,
+                        r1,
+                        a,
+                        0,
+                        p.0,
+                    )
+                };
+            }
             return;
         }
         // Prefill: four tokens at a time over every row of the range (the kernels build
         // the four tokens' scale vectors once per range), then the tail token by token.
         #[cfg(target_arch = "x86_64")]
-        if let (Simd::Avx2, Acts::Q8(a)) = (s, acts) {
+        if let (true, Acts::Q8(a)) = (s.avx2(), acts) {
             let (rb, base) = (w.row_bytes(), w.data.as_ptr());
             let mut t = 0;
             while t + 4 <= n_tok {
-                // SAFETY: features checked by simd(); the shapes and `a`'s scales and
+                // SAFETY: `s` is a tier this CPU runs; the shapes and `a`'s scales and
                 // sums were checked at the top of matmul; `out` holds n_tok × rows values.
-                unsafe {
-                    crate::kquants_avx2::dot4_rows(w.qtype, base, rb, r0, r1, a, t, p.0, rows)
-                };
+                unsafe { crate::q8_avx2::dot4_rows(s, w.qtype, base, rb, r0, r1, a, t, p.0, rows) };
                 t += 4;
             }
             for r in r0..r1 {
@@ -1114,20 +1027,35 @@ mod tests {
                     }
                 }
                 let m = QMatrix::new(t, rows, cols, &data).unwrap();
-                let mut out = vec![0f32; n_tok * rows];
-                matmul(&m, &q8, &mut out, false).unwrap();
-                for tok in 0..n_tok {
-                    for r in 0..rows {
-                        let got = out[tok * rows + r];
-                        if n_tok == 1 {
-                            let per_row = row_dot(t, m.row(r), &q8, 0, cols, simd());
-                            assert_eq!(got.to_bits(), per_row.to_bits(), "{t:?} row {r}");
+                let mut first_simd: Option<Vec<f32>> = None;
+                for tier in Simd::available() {
+                    let mut out = vec![0f32; n_tok * rows];
+                    matmul_on(tier, &m, &q8, &mut out, false).unwrap();
+                    for tok in 0..n_tok {
+                        for r in 0..rows {
+                            let got = out[tok * rows + r];
+                            if n_tok == 1 {
+                                let per_row = row_dot(t, m.row(r), &q8, 0, cols, tier);
+                                let (a, b) = (got.to_bits(), per_row.to_bits());
+                                assert_eq!(a, b, "{t:?} {tier:?} row {r}");
+                            }
+                            let portable = row_dot(t, m.row(r), &q8, tok, cols, Simd::Portable);
+                            assert!(
+                                (got - portable).abs() <= 1e-4 * (1.0 + portable.abs()),
+                                "{t:?} {tier:?} token {tok} of {n_tok}, row {r}: {got} vs \
+                                 portable {portable}"
+                            );
                         }
-                        let portable = row_dot(t, m.row(r), &q8, tok, cols, Simd::Portable);
-                        assert!(
-                            (got - portable).abs() <= 1e-4 * (1.0 + portable.abs()),
-                            "{t:?} token {tok} of {n_tok}, row {r}: {got} vs portable {portable}"
-                        );
+                    }
+                    // The SIMD tiers sum the same integers in the same order.
+                    if tier.avx2() {
+                        match &first_simd {
+                            None => first_simd = Some(out),
+                            Some(f) => assert!(
+                                f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{t:?}: {tier:?} differs from AVX2"
+                            ),
+                        }
                     }
                 }
             }

@@ -31,10 +31,10 @@
 //!
 //! # Kernel boundary
 //!
-//! [`dot_portable`] is the reference-shaped scalar kernel; `kquants_avx2` holds one
-//! AVX2 kernel per type with the same signature, selected at run time by [`dot_simd`].
-//! A NEON kernel per type would sit beside them in a `kquants_neon` module behind the
-//! same dispatch; none exists yet.
+//! [`dot_portable`] is the reference-shaped scalar kernel; the `q8_avx2` module holds one
+//! x86 kernel per type (built for AVX2 and again for AVX-512 VNNI), selected at run time
+//! by [`crate::kernels::Simd`]. A NEON kernel per type would sit beside them in a
+//! `q8_neon` module behind the same dispatch; none exists yet.
 
 use crate::quant::{f16_at, scale_min_k4, GgmlType, Q8Acts, QK, QK_K};
 
@@ -286,64 +286,44 @@ fn k_superblock_portable(t: GgmlType, blk: &[u8], qa: &[i8], da: &[f32], sa: &[f
     acc
 }
 
-/// Dot product of one weight row with activation row `a_row` on the best kernel this
-/// CPU has (AVX2 on x86_64 when detected, else portable).
+/// Dot product of one weight row with activation row `a_row` on kernel tier `s` (the
+/// x86 kernels for AVX2 tiers, else portable).
 #[inline]
-pub fn dot_simd(t: GgmlType, w: &[u8], a: &Q8Acts, a_row: usize, s: crate::kernels::Simd) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if s == crate::kernels::Simd::Avx2 {
-        check_rows(t, w, a, a_row, 1);
-        // SAFETY: Simd::Avx2 is only chosen after detecting avx2/fma/f16c; shapes checked.
-        return unsafe { crate::kquants_avx2::dot::<1>(t, w, a, a_row) }[0];
-    }
-    let _ = s;
-    dot_portable(t, w, a, a_row)
-}
-
-/// Four activation rows `a_row..a_row + 4` against one weight row, unpacking each weight
-/// block once (prefill). `None` when there is no SIMD kernel for this CPU; callers then
-/// fall back to [`dot_simd`] per row.
-#[inline]
-pub fn dot4_simd(
+pub(crate) fn dot_simd(
     t: GgmlType,
     w: &[u8],
     a: &Q8Acts,
     a_row: usize,
     s: crate::kernels::Simd,
-) -> Option<[f32; 4]> {
+) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if s == crate::kernels::Simd::Avx2 {
-        check_rows(t, w, a, a_row, 4);
-        // SAFETY: as in dot_simd; check_rows covers all four rows.
-        return Some(unsafe { crate::kquants_avx2::dot::<4>(t, w, a, a_row) });
+    if s.avx2() {
+        check_rows(t, w, a, a_row, 1);
+        // SAFETY: callers pass simd() or one of Simd::available(); shapes checked.
+        return unsafe { crate::q8_avx2::dot::<1>(s, t, w, a, a_row) }[0];
     }
-    let _ = (t, w, a, a_row, s);
-    None
+    let _ = s;
+    dot_portable(t, w, a, a_row)
 }
 
-/// The AVX2 kernel for `t`, or `None` when this CPU (or target) has no AVX2/FMA/F16C.
-/// Panics on a short row or an out-of-range activation row, like [`dot_portable`].
-pub fn dot_avx2(t: GgmlType, w: &[u8], a: &Q8Acts, a_row: usize) -> Option<f32> {
-    dot_avx2_n::<1>(t, w, a, a_row).map(|v| v[0])
-}
-
-/// [`dot_avx2`] for `N` consecutive activation rows at once (the prefill kernel).
-pub fn dot_avx2_n<const N: usize>(
+/// The SIMD kernel of tier `s` for `t` against activation rows `a_row..a_row + N` (the
+/// prefill kernel when N = 4), or `None` when this CPU cannot run `s` or `s` has no
+/// SIMD kernels. Panics on a short row or an out-of-range activation row, like
+/// [`dot_portable`].
+pub fn dot_on<const N: usize>(
+    s: crate::kernels::Simd,
     t: GgmlType,
     w: &[u8],
     a: &Q8Acts,
     a_row: usize,
 ) -> Option<[f32; N]> {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
+    if s.avx2() && crate::kernels::Simd::available().contains(&s) {
         check_rows(t, w, a, a_row, N);
-        // SAFETY: features detected just above; shapes checked by check_rows.
-        return Some(unsafe { crate::kquants_avx2::dot::<N>(t, w, a, a_row) });
+        // SAFETY: `s` was detected on this CPU just above; shapes checked by check_rows.
+        return Some(unsafe { crate::q8_avx2::dot::<N>(s, t, w, a, a_row) });
     }
-    let _ = (t, w, a, a_row);
+    let _ = (s, t, w, a, a_row);
     None
 }
 

@@ -19,10 +19,10 @@ pub mod experts;
 pub mod floats;
 pub mod kernels;
 pub mod kquants;
-#[cfg(target_arch = "x86_64")]
-mod kquants_avx2;
 pub mod lora;
 pub mod model;
+#[cfg(target_arch = "x86_64")]
+mod q8_avx2;
 pub mod quant;
 pub mod sampling;
 pub mod store;

@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use dhurandhar_engine::kernels::{matmul, Acts, QMatrix};
+use dhurandhar_engine::kernels::{matmul, Acts, QMatrix, Simd};
 use dhurandhar_engine::quant::{dequantize_row, GgmlType, Q8Acts};
 use dhurandhar_engine::{floats, kquants};
 
@@ -178,14 +178,17 @@ fn kernels_match_the_gguf_reference() {
                 let mut results = vec![("matmul", out_q8[tok * ROWS + r])];
                 if kquants::supports(*t) {
                     results.push(("portable", kquants::dot_portable(*t, m.row(r), &acts, tok)));
-                    if let Some(v) = kquants::dot_avx2(*t, m.row(r), &acts, tok) {
-                        results.push(("avx2", v));
-                    }
-                    // The 4-row prefill kernel, rows 0..4 and 1..5.
-                    for first in [0, 1] {
-                        if (first..first + 4).contains(&tok) {
-                            if let Some(v) = kquants::dot_avx2_n::<4>(*t, m.row(r), &acts, first) {
-                                results.push(("avx2x4", v[tok - first]));
+                    for tier in Simd::available() {
+                        if let Some([v]) = kquants::dot_on::<1>(tier, *t, m.row(r), &acts, tok) {
+                            results.push((tier_name(tier, 1), v));
+                        }
+                        // The 4-row prefill kernel, rows 0..4 and 1..5.
+                        for first in [0, 1] {
+                            if (first..first + 4).contains(&tok) {
+                                let v = kquants::dot_on::<4>(tier, *t, m.row(r), &acts, first);
+                                if let Some(v) = v {
+                                    results.push((tier_name(tier, 4), v[tok - first]));
+                                }
                             }
                         }
                     }
@@ -214,6 +217,16 @@ fn kernels_match_the_gguf_reference() {
     eprintln!("{}", report.join("\n"));
 }
 
+/// A label for tier `s` running `n` activation rows at once.
+fn tier_name(s: Simd, n: usize) -> &'static str {
+    match (s, n) {
+        (Simd::Avx2Vnni, 1) => "avx2+vnni",
+        (Simd::Avx2Vnni, _) => "avx2+vnni x4",
+        (_, 1) => "avx2",
+        _ => "avx2 x4",
+    }
+}
+
 #[test]
 fn every_type_has_a_kernel_on_this_cpu() {
     // The AVX2 kernels exist on x86_64; elsewhere the portable ones are the only path.
@@ -226,8 +239,11 @@ fn every_type_has_a_kernel_on_this_cpu() {
         let w = vec![0u8; dhurandhar_engine::quant::row_bytes(t, 256).unwrap()];
         // All-zero blocks have zero scales: every kernel must return exactly 0.
         assert_eq!(kquants::dot_portable(t, &w, &a, 0), 0.0, "{name}");
-        if cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx2") {
-            assert_eq!(kquants::dot_avx2(t, &w, &a, 0), Some(0.0), "{name}");
+        for tier in Simd::available() {
+            if tier.avx2() {
+                let got = kquants::dot_on::<1>(tier, t, &w, &a, 0);
+                assert_eq!(got, Some([0.0]), "{name} {tier:?}");
+            }
         }
     }
 }

@@ -1,11 +1,20 @@
-//! AVX2 kernels for Q5_0, Q5_1 and the k-quants against [`Q8Acts`] (see
-//! [`crate::kquants`] for the layouts and the choice of activation format), and the
-//! row-range entry points the matrix product uses for every 8-bit-activation type:
-//! [`dot_rows`] (decode) and [`dot4_rows`] (prefill, four tokens at a time).
+//! The x86 kernels for every type that multiplies against 8-bit activations
+//! ([`Q8Acts`]): Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants (see [`crate::kquants`]
+//! for the layouts and the choice of activation format). Entry points: [`dot`] (one
+//! weight row), [`dot_rows`] (decode over a row range) and [`dot4_rows`] (prefill, four
+//! tokens at a time).
 //!
 //! Each kernel unpacks 32 weights of one activation block into a 256-bit register of
-//! unsigned bytes, multiplies with `maddubs` against the signed activations, and folds
-//! per-block scales in with one `madd` (16-value scales) or a float FMA.
+//! unsigned bytes, multiplies them with the signed activations, and folds per-block
+//! scales in with one `madd` (16-value scales) or a float FMA.
+//!
+//! # Tiers
+//! The kernels are written once, generic over the byte dot product ([`Dp`]), and every
+//! entry point is compiled twice: for AVX2 (`maddubs` then `madd`) and for AVX2 with
+//! AVX-512 VNNI (`vpdpbusd` on 256-bit vectors, one instruction instead of two on the
+//! busiest ports), chosen at run time by [`Simd`]. The sums are equal in both tiers: no
+//! `maddubs` pair here can reach the i16 limit (weights ≤ 128 in magnitude, activations
+//! within ±127). A NEON module would provide the same entry points.
 
 // `i` indexes the activation rows and their accumulators together.
 #![allow(clippy::needless_range_loop)]
@@ -13,7 +22,67 @@
 use std::arch::x86_64::*;
 
 use crate::kernels::avx2::nibbles;
+use crate::kernels::Simd;
 use crate::quant::{GgmlType, Q8Acts, QK, QK_K};
+
+/// Σ of four unsigned × signed byte products into each of eight i32 lanes.
+pub(crate) trait Dp {
+    /// # Safety
+    /// The CPU supports the tier's features (the entry point's `target_feature`s).
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+}
+
+/// AVX2: `maddubs` to i16 pairs, `madd` with ones to i32.
+pub(crate) struct Avx2Dp;
+/// AVX-512 VNNI on 256-bit vectors: `vpdpbusd`.
+pub(crate) struct VnniDp;
+
+impl Dp for Avx2Dp {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+}
+
+impl Dp for VnniDp {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    }
+}
+
+/// `$vis unsafe fn $name(simd: Simd, args…)` that runs `$body::<D>` compiled for the
+/// tier `simd` names: the AVX2 build, or the VNNI build when `simd` is
+/// [`Simd::Avx2Vnni`]. Everything `$body` calls is `#[inline(always)]` or an inlinable
+/// intrinsic helper, so each build is one function with its own instruction set.
+macro_rules! tiered {
+    (
+        $(#[$doc:meta])*
+        $vis:vis fn $name:ident $([$($g:tt)*])? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?
+        = $body:ident $([$($ga:tt)*])?;
+    ) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        $vis unsafe fn $name $(<$($g)*>)? (simd: Simd, $($arg: $ty),*) $(-> $ret)? {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2 $(<$($g)*>)? ($($arg: $ty),*) $(-> $ret)? {
+                $body::<Avx2Dp $(, $($ga)*)?>($($arg),*)
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn vnni $(<$($g)*>)? ($($arg: $ty),*) $(-> $ret)? {
+                $body::<VnniDp $(, $($ga)*)?>($($arg),*)
+            }
+            debug_assert!(simd.avx2(), "{simd:?} has no x86 kernels");
+            if simd == Simd::Avx2Vnni {
+                vnni $(::<$($ga)*>)? ($($arg),*)
+            } else {
+                avx2 $(::<$($ga)*>)? ($($arg),*)
+            }
+        }
+    };
+}
 
 /// Bytes ahead of the current block to prefetch (rows stream from DRAM once per token).
 const PREFETCH: usize = 640;
@@ -88,40 +157,67 @@ unsafe fn finish<const N: usize>(acc: [[__m256; 2]; N], scalar: [f32; N]) -> [f3
     std::array::from_fn(|i| hsum(_mm256_add_ps(acc[i][0], acc[i][1])) + scalar[i])
 }
 
-/// Dispatch to the kernel for `t`: weight row `w` against activation rows
-/// `a_row..a_row + N` (N = 1 for decode; N = 4 in prefill reuses each unpacked block).
-///
-/// # Safety
-/// The CPU supports AVX2, FMA and F16C; `w` holds a whole row of `a.cols` values of
-/// type `t`; `a_row + N <= a.rows()` (checked by the callers in [`crate::kquants`]).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot<const N: usize>(t: GgmlType, w: &[u8], a: &Q8Acts, a_row: usize) -> [f32; N] {
+tiered! {
+    /// Weight row `w` of type `t` against activation rows `a_row..a_row + N` (N = 1 for
+    /// one row; N = 4 in prefill reuses each unpacked block). Q8_0, Q4_0 and Q4_1 take
+    /// N = 1 only (their prefill is [`dot4_rows`]).
+    ///
+    /// # Safety
+    /// `simd` is a tier this CPU runs and has AVX2; `w` holds a whole row of `a.cols`
+    /// values of type `t`; `a_row + N <= a.rows()` (checked by the callers).
+    pub fn dot[const N: usize](t: GgmlType, w: &[u8], a: &Q8Acts, a_row: usize) -> [f32; N]
+        = dot_impl[N];
+}
+
+#[inline(always)]
+unsafe fn dot_impl<D: Dp, const N: usize>(
+    t: GgmlType,
+    w: &[u8],
+    a: &Q8Acts,
+    a_row: usize,
+) -> [f32; N] {
     let rows = Rows::<N>::new(a, a_row);
     let nb = a.cols / QK;
     let wp = w.as_ptr();
     match t {
-        GgmlType::Q5_0 => dot_q5::<false, N>(wp, nb, &rows),
-        GgmlType::Q5_1 => dot_q5::<true, N>(wp, nb, &rows),
-        GgmlType::Q2K => dot_q2k::<N>(wp, nb, &rows),
+        GgmlType::Q8_0 if N == 1 => [dot_q8_0::<D>(wp, nb, &Rows::new(a, a_row)); N],
+        GgmlType::Q4_0 if N == 1 => [dot_q4::<D, false>(wp, nb, a, a_row); N],
+        GgmlType::Q4_1 if N == 1 => [dot_q4::<D, true>(wp, nb, a, a_row); N],
+        GgmlType::Q5_0 => dot_q5::<D, false, N>(wp, nb, &rows),
+        GgmlType::Q5_1 => dot_q5::<D, true, N>(wp, nb, &rows),
+        GgmlType::Q2K => dot_q2k::<D, N>(wp, nb, &rows),
         GgmlType::Q3K => dot_q3k::<N>(wp, nb, &rows),
-        GgmlType::Q4K => dot_q45k::<false, N>(wp, nb, &rows),
-        GgmlType::Q5K => dot_q45k::<true, N>(wp, nb, &rows),
+        GgmlType::Q4K => dot_q45k::<D, false, N>(wp, nb, &rows),
+        GgmlType::Q5K => dot_q45k::<D, true, N>(wp, nb, &rows),
         GgmlType::Q6K => dot_q6k::<N>(wp, nb, &rows),
-        _ => unreachable!("no AVX2 k-quant kernel for {}", t.name()),
+        _ => unreachable!("no x86 kernel for {} with {N} rows", t.name()),
     }
 }
 
-/// Activation row `a_row` against weight rows `r0..r1` of a matrix whose rows are
-/// `row_bytes` apart from `w`, into `out[r]`: decode, with the type dispatched once per
-/// range instead of once per row (a 576-wide row is only 18 blocks, and per-row dispatch
-/// cost about a tenth of a token).
-///
-/// # Safety
-/// As [`dot`] with `N = 1` for every row `r0..r1`; `w` holds `r1` rows; `out` has room
-/// for index `r1 - 1`.
-#[target_feature(enable = "avx2,fma,f16c")]
+tiered! {
+    /// Activation row `a_row` against weight rows `r0..r1` of a matrix whose rows are
+    /// `row_bytes` apart from `w`, into `out[r]`: decode, with the type dispatched once
+    /// per range instead of once per row (a 576-wide row is only 18 blocks, and per-row
+    /// dispatch cost about a tenth of a token).
+    ///
+    /// # Safety
+    /// As [`dot`] with `N = 1` for every row `r0..r1`; `w` holds `r1` rows; `out` has
+    /// room for index `r1 - 1`.
+    pub fn dot_rows(
+        t: GgmlType,
+        w: *const u8,
+        row_bytes: usize,
+        r0: usize,
+        r1: usize,
+        a: &Q8Acts,
+        a_row: usize,
+        out: *mut f32,
+    ) = dot_rows_impl;
+}
+
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn dot_rows(
+unsafe fn dot_rows_impl<D: Dp>(
     t: GgmlType,
     w: *const u8,
     row_bytes: usize,
@@ -141,28 +237,57 @@ pub unsafe fn dot_rows(
         };
     }
     match t {
-        GgmlType::Q5_0 => each!(dot_q5::<false, 1>),
-        GgmlType::Q5_1 => each!(dot_q5::<true, 1>),
-        GgmlType::Q2K => each!(dot_q2k::<1>),
+        GgmlType::Q8_0 => {
+            for r in r0..r1 {
+                *out.add(r) = dot_q8_0::<D>(w.add(r * row_bytes), nb, &rows);
+            }
+        }
+        GgmlType::Q4_0 => {
+            for r in r0..r1 {
+                *out.add(r) = dot_q4::<D, false>(w.add(r * row_bytes), nb, a, a_row);
+            }
+        }
+        GgmlType::Q4_1 => {
+            for r in r0..r1 {
+                *out.add(r) = dot_q4::<D, true>(w.add(r * row_bytes), nb, a, a_row);
+            }
+        }
+        GgmlType::Q5_0 => each!(dot_q5::<D, false, 1>),
+        GgmlType::Q5_1 => each!(dot_q5::<D, true, 1>),
+        GgmlType::Q2K => each!(dot_q2k::<D, 1>),
         GgmlType::Q3K => each!(dot_q3k::<1>),
-        GgmlType::Q4K => each!(dot_q45k::<false, 1>),
-        GgmlType::Q5K => each!(dot_q45k::<true, 1>),
+        GgmlType::Q4K => each!(dot_q45k::<D, false, 1>),
+        GgmlType::Q5K => each!(dot_q45k::<D, true, 1>),
         GgmlType::Q6K => each!(dot_q6k::<1>),
-        _ => unreachable!("no AVX2 k-quant kernel for {}", t.name()),
+        _ => unreachable!("no x86 kernel for {}", t.name()),
     }
 }
 
-/// Activation rows `a_row..a_row + 4` against weight rows `r0..r1` (prefill), into
-/// `out[(a_row + i) · stride + r]`. The 32-value single-scale types (Q8_0, Q4_0, Q4_1,
-/// Q5_0, Q5_1) run [`rows4`]; the k-quants run [`dot`] with `N = 4` row by row.
-///
-/// # Safety
-/// The CPU supports AVX2, FMA and F16C; `w` holds `r1` rows of `row_bytes`, each
-/// `a.cols` values of type `t`; `a` holds rows `a_row..a_row + 4` (values, scales and
-/// sums); `out` has room for every index written.
-#[target_feature(enable = "avx2,fma,f16c")]
+tiered! {
+    /// Activation rows `a_row..a_row + 4` against weight rows `r0..r1` (prefill), into
+    /// `out[(a_row + i) · stride + r]`. The 32-value single-scale types (Q8_0, Q4_0,
+    /// Q4_1, Q5_0, Q5_1) run [`rows4`]; the k-quants run [`dot`] with `N = 4` row by row.
+    ///
+    /// # Safety
+    /// `simd` is a tier this CPU runs and has AVX2; `w` holds `r1` rows of `row_bytes`,
+    /// each `a.cols` values of type `t`; `a` holds rows `a_row..a_row + 4` (values,
+    /// scales and sums); `out` has room for every index written.
+    pub fn dot4_rows(
+        t: GgmlType,
+        w: *const u8,
+        row_bytes: usize,
+        r0: usize,
+        r1: usize,
+        a: &Q8Acts,
+        a_row: usize,
+        out: *mut f32,
+        stride: usize,
+    ) = dot4_rows_impl;
+}
+
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn dot4_rows(
+unsafe fn dot4_rows_impl<D: Dp>(
     t: GgmlType,
     w: *const u8,
     row_bytes: usize,
@@ -173,23 +298,28 @@ pub unsafe fn dot4_rows(
     out: *mut f32,
     stride: usize,
 ) {
-    let kernel = match t {
-        GgmlType::Q8_0 => rows4::<Q8_0>,
-        GgmlType::Q4_0 => rows4::<Q4_0>,
-        GgmlType::Q4_1 => rows4::<Q4_1>,
-        GgmlType::Q5_0 => rows4::<Q5_0>,
-        GgmlType::Q5_1 => rows4::<Q5_1>,
+    // Direct calls, not a function pointer: an `#[inline(always)]` kernel taken by
+    // address is compiled on its own, without the entry point's instruction set.
+    macro_rules! run {
+        ($kind:expr) => {
+            rows4::<D, { $kind }>(w, row_bytes, r0, r1, a, a_row, out, stride)
+        };
+    }
+    match t {
+        GgmlType::Q8_0 => run!(Q8_0),
+        GgmlType::Q4_0 => run!(Q4_0),
+        GgmlType::Q4_1 => run!(Q4_1),
+        GgmlType::Q5_0 => run!(Q5_0),
+        GgmlType::Q5_1 => run!(Q5_1),
         _ => {
             for r in r0..r1 {
                 let row = std::slice::from_raw_parts(w.add(r * row_bytes), row_bytes);
-                for (i, v) in dot::<4>(t, row, a, a_row).into_iter().enumerate() {
+                for (i, v) in dot_impl::<D, 4>(t, row, a, a_row).into_iter().enumerate() {
                     *out.add((a_row + i) * stride + r) = v;
                 }
             }
-            return;
         }
-    };
-    kernel(w, row_bytes, r0, r1, a, a_row, out, stride)
+    }
 }
 
 // Kinds of 32-value single-scale blocks for [`rows4`].
@@ -203,9 +333,9 @@ const Q5_1: u8 = 4;
 /// 32, Q8_0 signed with `m = 0`). The four tokens' activation scales and sums are put in
 /// vectors (a token per lane) once for every row; per block, `d_w · d_a` is then one
 /// multiply for the four tokens and the offset `m_w · s_a` one FMA.
-#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows4<const KIND: u8>(
+unsafe fn rows4<D: Dp, const KIND: u8>(
     w: *const u8,
     row_bytes: usize,
     r0: usize,
@@ -233,7 +363,7 @@ unsafe fn rows4<const KIND: u8>(
     } else {
         (0..nb).map(|b| lanes(&rows.s, b)).collect()
     };
-    let (bit4, ones) = (_mm256_set1_epi8(0x10), _mm256_set1_epi16(1));
+    let bit4 = _mm256_set1_epi8(0x10);
     let fifth =
         |p: *const u8| _mm256_and_si256(bytes_from_bits((p as *const u32).read_unaligned()), bit4);
     let lane: [__m256i; 4] = std::array::from_fn(|i| _mm256_set1_epi32(i as i32));
@@ -275,7 +405,7 @@ unsafe fn rows4<const KIND: u8>(
                 } else {
                     qa
                 };
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, qa), ones);
+                let p = D::dot(wq, qa);
                 let f = _mm256_permutevar8x32_ps(f4, lane[i]);
                 acc[i] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i]);
             }
@@ -288,11 +418,104 @@ unsafe fn rows4<const KIND: u8>(
     }
 }
 
+/// Q8_0 against one activation row: Σ over blocks of `d_w·d_a·Σ q_w·q_a`, two blocks per
+/// step into two accumulators. Signed weights meet the unsigned-by-signed product as
+/// `|w|` against `a` carrying `w`'s sign.
+#[inline(always)]
+unsafe fn dot_q8_0<D: Dp>(wp: *const u8, nb: usize, rows: &Rows<1>) -> f32 {
+    let block = |b: usize| {
+        let blk = wp.add(b * 34);
+        let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+        let p = D::dot(_mm256_sign_epi8(w, w), _mm256_sign_epi8(rows.q(0, b), w));
+        (
+            _mm256_set1_ps(f16(blk) * *rows.d[0].add(b)),
+            _mm256_cvtepi32_ps(p),
+        )
+    };
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut b = 0;
+    while b + 1 < nb {
+        _mm_prefetch::<_MM_HINT_T0>(wp.add(b * 34 + PREFETCH) as *const i8);
+        for h in 0..2 {
+            let (d, p) = block(b + h);
+            acc[h] = _mm256_fmadd_ps(d, p, acc[h]);
+        }
+        b += 2;
+    }
+    if b < nb {
+        let (d, p) = block(b);
+        acc[0] = _mm256_fmadd_ps(d, p, acc[0]);
+    }
+    finish([acc], [0.0])[0]
+}
+
+/// One Q4 block: `acc += d_w·d_a·Σ q_w·q_a` (8 lanes) and `macc[1] += m_w·s_a`.
+#[inline(always)]
+unsafe fn q4_block<D: Dp, const Q41: bool>(
+    blk: *const u8,
+    qa: *const i8,
+    das: *const f32,
+    acc: &mut __m256,
+    macc: &mut __m128,
+) {
+    let (dm, q) = if Q41 {
+        // [d, m] in one conversion.
+        let bits = (blk as *const u32).read_unaligned();
+        (_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)), blk.add(4))
+    } else {
+        let bits = (blk as *const u16).read_unaligned() as i32;
+        let d = _mm_cvtph_ps(_mm_set1_epi32(bits | (bits << 16)));
+        (_mm_mul_ps(d, _mm_setr_ps(1.0, -8.0, 0.0, 0.0)), blk.add(2))
+    };
+    // [d_a, s_a] interleaved in the activations.
+    let da = _mm_castpd_ps(_mm_load_sd(das as *const f64));
+    let prod = _mm_mul_ps(dm, da);
+    *macc = _mm_add_ps(*macc, prod);
+    let p = D::dot(nibbles(q), _mm256_loadu_si256(qa as *const __m256i));
+    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), *acc);
+}
+
+/// Q4_1 (or Q4_0, offset −8·d) against activation row `a_row`, two blocks per step.
+#[inline(always)]
+unsafe fn dot_q4<D: Dp, const Q41: bool>(
+    wp: *const u8,
+    nb: usize,
+    a: &Q8Acts,
+    a_row: usize,
+) -> f32 {
+    let ts = if Q41 { 20 } else { 18 };
+    debug_assert!(a.ds.len() >= 2 * (a_row + 1) * nb);
+    let qp = a.qs.as_ptr().add(a_row * a.cols);
+    let dsp = a.ds.as_ptr().add(2 * a_row * nb);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut macc = [_mm_setzero_ps(); 2];
+    let mut b = 0;
+    while b + 1 < nb {
+        // Stream ahead: rows are read once per token, straight from DRAM.
+        _mm_prefetch::<_MM_HINT_T0>(wp.add(b * ts + PREFETCH) as *const i8);
+        for h in 0..2 {
+            let (blk, qa, das) = (
+                wp.add((b + h) * ts),
+                qp.add((b + h) * QK),
+                dsp.add(2 * (b + h)),
+            );
+            q4_block::<D, Q41>(blk, qa, das, &mut acc[h], &mut macc[h]);
+        }
+        b += 2;
+    }
+    if b < nb {
+        let (blk, qa, das) = (wp.add(b * ts), qp.add(b * QK), dsp.add(2 * b));
+        q4_block::<D, Q41>(blk, qa, das, &mut acc[0], &mut macc[0]);
+    }
+    let m = _mm_add_ps(macc[0], macc[1]);
+    finish([acc], [_mm_cvtss_f32(_mm_shuffle_ps(m, m, 1))])[0]
+}
+
 /// Q5_0 (`d·(q−16)`) and Q5_1 (`d·q + m`): both as unsigned 5-bit `q` with an offset
 /// term `m·d_a·Σq_a` from the activation block sums. Two blocks per step, one per
 /// accumulator, so neither FMA chain waits on the other.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q5<const Q51: bool, const N: usize>(
+#[inline(always)]
+unsafe fn dot_q5<D: Dp, const Q51: bool, const N: usize>(
     wp: *const u8,
     nb: usize,
     rows: &Rows<N>,
@@ -303,12 +526,12 @@ unsafe fn dot_q5<const Q51: bool, const N: usize>(
     let mut b = 0;
     while b + 1 < nb {
         _mm_prefetch::<_MM_HINT_T0>(wp.add(b * ts + PREFETCH) as *const i8);
-        q5_block::<Q51, N>(wp.add(b * ts), b, rows, 0, &mut acc, &mut macc);
-        q5_block::<Q51, N>(wp.add((b + 1) * ts), b + 1, rows, 1, &mut acc, &mut macc);
+        q5_block::<D, Q51, N>(wp.add(b * ts), b, rows, 0, &mut acc, &mut macc);
+        q5_block::<D, Q51, N>(wp.add((b + 1) * ts), b + 1, rows, 1, &mut acc, &mut macc);
         b += 2;
     }
     if b < nb {
-        q5_block::<Q51, N>(wp.add(b * ts), b, rows, 0, &mut acc, &mut macc);
+        q5_block::<D, Q51, N>(wp.add(b * ts), b, rows, 0, &mut acc, &mut macc);
     }
     let m: [f32; N] = std::array::from_fn(|i| {
         let v = _mm_add_ps(macc[i][0], macc[i][1]);
@@ -319,7 +542,7 @@ unsafe fn dot_q5<const Q51: bool, const N: usize>(
 
 /// One Q5_0/Q5_1 block `b` into accumulator slot `slot` of every row.
 #[inline(always)]
-unsafe fn q5_block<const Q51: bool, const N: usize>(
+unsafe fn q5_block<D: Dp, const Q51: bool, const N: usize>(
     blk: *const u8,
     b: usize,
     rows: &Rows<N>,
@@ -350,9 +573,8 @@ unsafe fn q5_block<const Q51: bool, const N: usize>(
         _mm256_set_m128i(hi, lo),
         _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10)),
     );
-    let ones = _mm256_set1_epi16(1);
     for i in 0..N {
-        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, rows.q(i, b)), ones);
+        let p = D::dot(q, rows.q(i, b));
         // [d_a, s_a] of the activation block.
         let das = _mm_setr_ps(*rows.d[i].add(b), *rows.s[i].add(b), 0.0, 0.0);
         let prod = _mm_mul_ps(dm, das);
@@ -367,19 +589,15 @@ unsafe fn q5_block<const Q51: bool, const N: usize>(
 
 /// Q4_K / Q5_K: eight 32-value sub-blocks with 6-bit scales and mins; the mins meet the
 /// activation block sums, the 5th bit of Q5_K comes from `qh` bit `k` of byte `l`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q45k<const Q5: bool, const N: usize>(
+#[inline(always)]
+unsafe fn dot_q45k<D: Dp, const Q5: bool, const N: usize>(
     wp: *const u8,
     nb: usize,
     rows: &Rows<N>,
 ) -> [f32; N] {
     let ts = if Q5 { 176 } else { 144 };
     let qs_off = if Q5 { 48 } else { 16 };
-    let (m4, m1, ones) = (
-        _mm256_set1_epi8(0xF),
-        _mm256_set1_epi8(1),
-        _mm256_set1_epi16(1),
-    );
+    let (m4, m1) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(1));
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     let mut macc = [0f32; N];
     for sb in 0..nb / 8 {
@@ -411,7 +629,7 @@ unsafe fn dot_q45k<const Q5: bool, const N: usize>(
                 // One accumulator per row when several rows interleave (as in q5_block).
                 let h = if N > 1 { 0 } else { h };
                 for i in 0..N {
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, rows.q(i, b)), ones);
+                    let p = D::dot(q, rows.q(i, b));
                     let f = _mm256_set1_ps(ds * *rows.d[i].add(b));
                     acc[i][h] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][h]);
                     macc[i] -= dm * *rows.s[i].add(b);
@@ -431,7 +649,7 @@ unsafe fn high2(m3: __m256i, h: __m256i) -> __m256i {
 
 /// Q6_K: sixteen 16-value sub-blocks with signed 8-bit scales; `q − 32` as
 /// `maddubs(q, a) − maddubs(32, a)`.
-#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(always)]
 unsafe fn dot_q6k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [f32; N] {
     let (m4, m3, m32) = (
         _mm256_set1_epi8(0xF),
@@ -487,7 +705,7 @@ unsafe fn dot_q6k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [
 
 /// Q3_K: 2 low bits from `qs`, the third from `hmask` bit `k`; value `(lo | h<<2) − 4`
 /// via `maddubs(q, a) − maddubs(4, a)`; sixteen signed 6-bit scales.
-#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(always)]
 unsafe fn dot_q3k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [f32; N] {
     let (m3, m1, m4) = (
         _mm256_set1_epi8(3),
@@ -528,9 +746,9 @@ unsafe fn dot_q3k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [
 
 /// Q2_K: 2-bit `q` with a 4-bit scale and 4-bit min per 16 values:
 /// `d·Σ sc·q·a − dmin·Σ m·a`, the min term as `maddubs(min bytes, a)`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q2k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [f32; N] {
-    let (m3, ones) = (_mm256_set1_epi8(3), _mm256_set1_epi16(1));
+#[inline(always)]
+unsafe fn dot_q2k<D: Dp, const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [f32; N] {
+    let m3 = _mm256_set1_epi8(3);
     // acc[i][0] collects d·Σsc·q·a, acc[i][1] collects dmin·Σm·a (subtracted at the end).
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for sb in 0..nb / 8 {
@@ -553,7 +771,7 @@ unsafe fn dot_q2k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [
                 for i in 0..N {
                     let qa = rows.q(i, b);
                     let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, qa), sc);
-                    let pm = _mm256_madd_epi16(_mm256_maddubs_epi16(mins, qa), ones);
+                    let pm = D::dot(mins, qa);
                     let da = *rows.d[i].add(b);
                     acc[i][0] =
                         _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(p), acc[i][0]);
