@@ -1636,27 +1636,43 @@ impl RopeTable {
         t
     }
 
-    /// Rotate one head vector `x` at position `pos`.
-    fn apply(&self, x: &mut [f32], pos: usize) {
-        self.rotate(x, pos, false)
-    }
-
-    /// Rotate `x` at `pos`, or by the opposite angle when `inverse` (the transpose of
-    /// the rotation: RoPE's backward).
-    pub(crate) fn rotate(&self, x: &mut [f32], pos: usize, inverse: bool) {
+    /// Rotate every `head_dim`-wide head of each of `rows` (one token's Q and K rows) at
+    /// `pos`, or by the opposite angle when `inverse` (the transpose of the rotation:
+    /// RoPE's backward). The sines and cosines are computed once for all the heads.
+    pub(crate) fn rotate_heads(
+        &self,
+        rows: [&mut [f32]; 2],
+        head_dim: usize,
+        pos: usize,
+        inverse: bool,
+    ) {
+        const STACK: usize = 256;
         let half = self.inv_freq.len();
+        let (mut stack, mut heap) = ([(0f32, 0f32); STACK], Vec::new());
+        let sc = if half <= STACK {
+            &mut stack[..half]
+        } else {
+            heap.resize(half, (0f32, 0f32));
+            &mut heap[..]
+        };
         let p = pos as f64 * self.position_scale;
-        for (i, &f) in self.inv_freq.iter().enumerate() {
+        for (v, &f) in sc.iter_mut().zip(&self.inv_freq) {
             let a = p * f as f64;
-            let (s, c) = (a.sin() as f32, a.cos() as f32);
-            let s = if inverse { -s } else { s };
-            let (i0, i1) = match self.style {
-                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                RopeStyle::SplitHalf => (i, i + half),
-            };
-            let (x0, x1) = (x[i0], x[i1]);
-            x[i0] = x0 * c - x1 * s;
-            x[i1] = x0 * s + x1 * c;
+            let s = a.sin() as f32;
+            *v = (if inverse { -s } else { s }, a.cos() as f32);
+        }
+        for row in rows {
+            for x in row.chunks_exact_mut(head_dim) {
+                for (i, &(s, c)) in sc.iter().enumerate() {
+                    let (i0, i1) = match self.style {
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        RopeStyle::SplitHalf => (i, i + half),
+                    };
+                    let (x0, x1) = (x[i0], x[i1]);
+                    x[i0] = x0 * c - x1 * s;
+                    x[i1] = x0 * s + x1 * c;
+                }
+            }
         }
     }
 }
@@ -1986,12 +2002,8 @@ impl<M: Borrow<Model> + Send> Session<M> {
             }
             let rope = &self.ropes[l.rope];
             for t in 0..n {
-                for h in q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
-                    rope.apply(h, p0 + t);
-                }
-                for h in k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
-                    rope.apply(h, p0 + t);
-                }
+                let rows = [&mut q[t * qd..(t + 1) * qd], &mut k[t * kvd..(t + 1) * kvd]];
+                rope.rotate_heads(rows, hd, p0 + t, false);
             }
             if let Some(cap) = capture.as_deref_mut() {
                 let cl = &mut cap.layers[li];
@@ -2232,21 +2244,41 @@ mod tests {
         let s = RopeTable::new(10000.0, 4, RopeStyle::SplitHalf);
         // inv_freq = [1, 0.01]
         let mut a = [1.0, 0.0, 1.0, 0.0];
-        t.apply(&mut a, 1);
+        t.rotate_heads([&mut a, &mut []], 4, 1, false);
         assert!((a[0] - 1f32.cos()).abs() < 1e-6 && (a[1] - 1f32.sin()).abs() < 1e-6);
         assert!((a[2] - 0.01f32.cos()).abs() < 1e-6 && (a[3] - 0.01f32.sin()).abs() < 1e-6);
         let mut b = [1.0, 1.0, 0.0, 0.0];
-        s.apply(&mut b, 1);
+        s.rotate_heads([&mut b, &mut []], 4, 1, false);
         assert!((b[0] - 1f32.cos()).abs() < 1e-6 && (b[2] - 1f32.sin()).abs() < 1e-6);
         assert!((b[1] - 0.01f32.cos()).abs() < 1e-6 && (b[3] - 0.01f32.sin()).abs() < 1e-6);
         // Position 0 is the identity; norms are preserved.
         let mut z = [0.3, -0.7, 0.2, 0.9];
         let n0: f32 = z.iter().map(|v| v * v).sum();
-        t.apply(&mut z, 0);
+        t.rotate_heads([&mut z, &mut []], 4, 0, false);
         assert_eq!(z, [0.3, -0.7, 0.2, 0.9]);
-        t.apply(&mut z, 17);
+        t.rotate_heads([&mut z, &mut []], 4, 17, false);
         let n1: f32 = z.iter().map(|v| v * v).sum();
         assert!((n0 - n1).abs() < 1e-5);
+    }
+
+    #[test]
+    fn every_head_of_both_rows_rotates_as_one_head_would() {
+        let t = RopeTable::new(10000.0, 4, RopeStyle::SplitHalf);
+        let orig_q: Vec<f32> = (0..12).map(|i| (i as f32 * 0.7).sin()).collect();
+        let orig_k: Vec<f32> = (0..8).map(|i| (i as f32 * 0.3).cos()).collect();
+        let (mut q, mut k) = (orig_q.clone(), orig_k.clone());
+        t.rotate_heads([&mut q, &mut k], 4, 9, false);
+        for (rotated, orig) in [(&q, &orig_q), (&k, &orig_k)] {
+            for (h, o) in rotated.chunks(4).zip(orig.chunks(4)) {
+                let mut one = o.to_vec();
+                t.rotate_heads([&mut one, &mut []], 4, 9, false);
+                assert_eq!(h, &one[..]);
+            }
+        }
+        t.rotate_heads([&mut q, &mut k], 4, 9, true);
+        for (a, b) in q.iter().chain(&k).zip(orig_q.iter().chain(&orig_k)) {
+            assert!((a - b).abs() < 1e-6, "inverse: {a} vs {b}");
+        }
     }
 
     #[test]

@@ -193,6 +193,16 @@ pub struct Q8Acts {
     pub cols: usize,
 }
 
+/// `x.round() as i32` for |x| < 2²³ (NaN gives 0, as the cast does), without the libm
+/// call `round` compiles to on baseline x86-64: truncation and the fraction are exact,
+/// so the loop vectorizes and every result equals `roundf`'s.
+#[inline(always)]
+fn round_half_away(x: f32) -> i32 {
+    let t = x as i32;
+    let frac = x - t as f32;
+    t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
+}
+
 impl Q8Acts {
     /// Quantize `x` (`rows × cols`, `cols` a multiple of 32) reusing the buffers.
     pub fn quantize_into(&mut self, x: &[f32], cols: usize) {
@@ -209,7 +219,7 @@ impl Q8Acts {
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
             for (q, &v) in self.qs[b * QK..(b + 1) * QK].iter_mut().zip(blk) {
-                let r = (v * id).round() as i32;
+                let r = round_half_away(v * id);
                 *q = r as i8;
                 sum += r;
             }
@@ -233,6 +243,25 @@ mod tests {
 
     fn h(v: f32) -> [u8; 2] {
         f16::from_f32(v).to_bits().to_le_bytes()
+    }
+
+    #[test]
+    fn rounding_equals_roundf_including_ties() {
+        let mut xs: Vec<f32> = (-2540..=2540).map(|i| i as f32 / 20.0).collect();
+        xs.extend([
+            0.49999997,
+            -0.49999997,
+            0.5,
+            -0.5,
+            126.5,
+            -126.5,
+            127.0,
+            f32::NAN,
+        ]);
+        xs.extend((0..10_000).map(|i| ((i as f32) * 0.7311).sin() * 127.0));
+        for x in xs {
+            assert_eq!(round_half_away(x), x.round() as i32, "{x}");
+        }
     }
 
     #[test]

@@ -555,12 +555,8 @@ impl<'m> Trainer<'m> {
         }
         let rope = &self.ropes[l.rope];
         for t in 0..n {
-            for h in q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
-                rope.rotate(h, t, false);
-            }
-            for h in k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
-                rope.rotate(h, t, false);
-            }
+            let rows = [&mut q[t * qd..(t + 1) * qd], &mut k[t * kvd..(t + 1) * kvd]];
+            rope.rotate_heads(rows, hd, t, false);
         }
         let att = ops::attention_fwd(&q, &k, &v, n, nh, nkv, hd, c.attention_scale, l.window);
         let mut o_raw = vec![0f32; n * dim];
@@ -761,12 +757,11 @@ impl<'m> Trainer<'m> {
         );
         let rope = &self.ropes[l.rope];
         for t in 0..n {
-            for h in dq[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
-                rope.rotate(h, t, true);
-            }
-            for h in dk[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
-                rope.rotate(h, t, true);
-            }
+            let rows = [
+                &mut dq[t * qd..(t + 1) * qd],
+                &mut dk[t * kvd..(t + 1) * kvd],
+            ];
+            rope.rotate_heads(rows, hd, t, true);
         }
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             let mut g = vec![0f32; n * qd];
