@@ -50,6 +50,51 @@ pub fn dot_simd(t: GgmlType, w: &[u8], x: &[f32], s: crate::kernels::Simd) -> f3
     dot_portable(t, w, x)
 }
 
+/// Weight rows `r0..r1` of a matrix whose rows are `row_bytes` apart from `w`, against
+/// four activation rows (prefill), into `out(row, token, value)`: two rows at a time,
+/// so each 8 weights are converted once for the four tokens and each 8 activations
+/// loaded once for both rows. `false` when the CPU has no AVX2 kernel.
+#[inline]
+pub fn rows_x4_simd(
+    t: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    (r0, r1): (usize, usize),
+    x: [&[f32]; 4],
+    s: crate::kernels::Simd,
+    mut out: impl FnMut(usize, usize, f32),
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if s.avx2() {
+        let n = x[0].len();
+        assert!(supports(t) && row_bytes >= 2 * n && x.iter().all(|r| r.len() == n));
+        assert!(r0 <= r1 && r1 * row_bytes <= w.len());
+        let base = w.as_ptr();
+        let mut r = r0;
+        while r < r1 {
+            let p = base.wrapping_add(r * row_bytes);
+            // SAFETY: callers pass simd() or one of Simd::available(); the asserts above
+            // cover every row read and every activation row.
+            if r + 2 <= r1 {
+                let v = unsafe { avx2::rows_x4::<2>(t, p, row_bytes, x) };
+                for (k, vr) in v.into_iter().enumerate() {
+                    vr.into_iter()
+                        .enumerate()
+                        .for_each(|(j, v)| out(r + k, j, v));
+                }
+                r += 2;
+            } else {
+                let [v] = unsafe { avx2::rows_x4::<1>(t, p, row_bytes, x) };
+                v.into_iter().enumerate().for_each(|(j, v)| out(r, j, v));
+                r += 1;
+            }
+        }
+        return true;
+    }
+    let _ = (t, w, row_bytes, r0, r1, x, s, &mut out);
+    false
+}
+
 /// The AVX2 kernel, or `None` without AVX2/FMA/F16C.
 pub fn dot_avx2(t: GgmlType, w: &[u8], x: &[f32]) -> Option<f32> {
     #[cfg(target_arch = "x86_64")]
@@ -83,6 +128,14 @@ mod avx2 {
         }
     }
 
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
     /// # Safety
     /// AVX2/FMA/F16C present; `w.len() >= 2·x.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -103,15 +156,64 @@ mod avx2 {
             );
             i += 16;
         }
-        let v = _mm256_add_ps(acc0, acc1);
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let mut sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+        let mut sum = hsum(_mm256_add_ps(acc0, acc1));
         while i < n {
             sum += super::to_f32(t, std::slice::from_raw_parts(wp.add(2 * i), 2)) * *xp.add(i);
             i += 1;
         }
         sum
+    }
+
+    /// `R` weight rows (`row_bytes` apart from `w`) against four activation rows, one
+    /// accumulator per pair: each 8 weights are converted once for the four tokens and
+    /// each 8 activations loaded once for the `R` rows. Returns `[row][token]`.
+    ///
+    /// # Safety
+    /// AVX2/FMA/F16C present; every `x[j]` has the same length `n`; `w` holds `R` rows
+    /// of `row_bytes >= 2·n` bytes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows_x4<const R: usize>(
+        t: GgmlType,
+        w: *const u8,
+        row_bytes: usize,
+        x: [&[f32]; 4],
+    ) -> [[f32; 4]; R] {
+        let bf16 = t == GgmlType::BF16;
+        let n = x[0].len();
+        let xp = [x[0].as_ptr(), x[1].as_ptr(), x[2].as_ptr(), x[3].as_ptr()];
+        // Plain loops over constant bounds, no closures: a closure is not always inlined
+        // into this function, and one that borrows `acc` keeps it in memory.
+        let mut wp = [w; R];
+        for (r, p) in wp.iter_mut().enumerate() {
+            *p = w.add(r * row_bytes);
+        }
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        let mut wv = [_mm256_setzero_ps(); R];
+        let mut i = 0;
+        while i + 8 <= n {
+            for r in 0..R {
+                wv[r] = load8(bf16, wp[r].add(2 * i));
+            }
+            for j in 0..4 {
+                let xv = _mm256_loadu_ps(xp[j].add(i));
+                for r in 0..R {
+                    acc[r][j] = _mm256_fmadd_ps(wv[r], xv, acc[r][j]);
+                }
+            }
+            i += 8;
+        }
+        let mut out = [[0f32; 4]; R];
+        for r in 0..R {
+            for j in 0..4 {
+                let mut sum = hsum(acc[r][j]);
+                for k in i..n {
+                    let wk = super::to_f32(t, std::slice::from_raw_parts(wp[r].add(2 * k), 2));
+                    sum += wk * *xp[j].add(k);
+                }
+                out[r][j] = sum;
+            }
+        }
+        out
     }
 }
 
@@ -140,6 +242,21 @@ mod tests {
             assert!((dot_portable(t, &w, &x) - want).abs() < 1e-5, "{t:?}");
             if let Some(v) = dot_avx2(t, &w, &x) {
                 assert!((v - want).abs() < 1e-5, "{t:?} avx2 {v} vs {want}");
+            }
+            // Two weight rows by four activation rows agree with the one-row kernel.
+            let rows: Vec<Vec<f32>> = (0..4)
+                .map(|j| x.iter().map(|v| v * (j as f32 - 1.5)).collect())
+                .collect();
+            let w3: Vec<u8> = w.iter().chain(&w).chain(&w).copied().collect();
+            for s in crate::kernels::Simd::available() {
+                let four = [&rows[0][..], &rows[1], &rows[2], &rows[3]];
+                let mut seen = 0;
+                let ran = rows_x4_simd(t, &w3, w.len(), (0, 3), four, s, |r, j, v| {
+                    let one = dot_portable(t, &w3[r * w.len()..(r + 1) * w.len()], four[j]);
+                    assert!((v - one).abs() < 1e-5, "{t:?} {s:?} row {r} token {j}");
+                    seen += 1;
+                });
+                assert_eq!(seen, if ran { 12 } else { 0 }, "{t:?} {s:?}");
             }
         }
     }

@@ -837,6 +837,27 @@ pub(crate) fn matmul_on(
             }
             return;
         }
+        // F16/BF16 prefill: two rows by four tokens per pass, then the tail tokens.
+        let mut t0 = 0;
+        if let (true, Acts::F32(x), true) = (crate::floats::supports(w.qtype), acts, s.avx2()) {
+            let rb = w.row_bytes();
+            t0 = n_tok / 4 * 4;
+            // A block of rows meets every token group before the next block: its weights
+            // stay in cache instead of the matrix streaming from memory per group
+            // (measured 1–6% faster on the F16 SmolLM2 at 256 tokens, within the noise).
+            let block = (64 * 1024 / rb.max(1)).max(2);
+            for b0 in (r0..r1).step_by(block) {
+                let b1 = (b0 + block).min(r1);
+                for t in (0..t0).step_by(4) {
+                    let xs = std::array::from_fn(|j| &x[(t + j) * cols..(t + j + 1) * cols]);
+                    crate::floats::rows_x4_simd(w.qtype, w.data, rb, (b0, b1), xs, s, {
+                        // SAFETY: r < rows and t + j < n_tok index `out`; row ranges of
+                        // different workers are disjoint.
+                        |r, j, v| unsafe { *p.0.add((t + j) * rows + r) = v }
+                    });
+                }
+            }
+        }
         let mut row_f32 = if dequant_rows {
             vec![0f32; cols]
         } else {
@@ -856,7 +877,7 @@ pub(crate) fn matmul_on(
                 }
                 continue;
             }
-            let mut t = 0;
+            let mut t = t0;
             while t < n_tok {
                 let v = row_dot(w.qtype, wr, acts, t, cols, s);
                 // SAFETY: t < n_tok and r < rows, so the index is in bounds; row ranges
@@ -1112,6 +1133,32 @@ mod tests {
                 m.dequantize_row(r, &mut row).unwrap();
                 let want: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
                 assert!((out[r] - want).abs() < 1e-3);
+            }
+        }
+        // Several tokens (a four-token pass plus a tail) agree with each token alone,
+        // on every tier.
+        let n_tok = 6;
+        let xs = rng_vals(n_tok * cols, 8);
+        for t in [GgmlType::F16, GgmlType::BF16] {
+            let data: Vec<u8> = wf
+                .iter()
+                .flat_map(|&v| match t {
+                    GgmlType::F16 => f16::from_f32(v).to_bits().to_le_bytes(),
+                    _ => half::bf16::from_f32(v).to_bits().to_le_bytes(),
+                })
+                .collect();
+            let m = QMatrix::new(t, rows, cols, &data).unwrap();
+            for s in Simd::available() {
+                let mut out = vec![0f32; n_tok * rows];
+                matmul_on(s, &m, &Acts::F32(&xs), &mut out, false).unwrap();
+                for tok in 0..n_tok {
+                    let mut one = vec![0f32; rows];
+                    let x1 = &xs[tok * cols..(tok + 1) * cols];
+                    matmul_on(s, &m, &Acts::F32(x1), &mut one, false).unwrap();
+                    let got = &out[tok * rows..(tok + 1) * rows];
+                    let close = got.iter().zip(&one).all(|(a, b)| (a - b).abs() < 1e-5);
+                    assert!(close, "{t:?} {s:?} token {tok}");
+                }
             }
         }
     }
