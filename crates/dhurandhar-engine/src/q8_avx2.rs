@@ -27,9 +27,17 @@ use crate::quant::{GgmlType, Q8Acts, QK, QK_K};
 
 /// Σ of four unsigned × signed byte products into each of eight i32 lanes.
 pub(crate) trait Dp {
+    /// Whether [`Dp::dot_acc`] is one instruction, which makes an offset folded into
+    /// the accumulator free (Q6_K's −32).
+    const VNNI: bool;
     /// # Safety
     /// The CPU supports the tier's features (the entry point's `target_feature`s).
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+    /// `acc + dot(u, s)`.
+    ///
+    /// # Safety
+    /// As [`Dp::dot`].
+    unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
 }
 
 /// AVX2: `maddubs` to i16 pairs, `madd` with ones to i32.
@@ -38,16 +46,26 @@ pub(crate) struct Avx2Dp;
 pub(crate) struct VnniDp;
 
 impl Dp for Avx2Dp {
+    const VNNI: bool = false;
     #[inline(always)]
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
         _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
     }
+    #[inline(always)]
+    unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, Self::dot(u, s))
+    }
 }
 
 impl Dp for VnniDp {
+    const VNNI: bool = true;
     #[inline(always)]
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    }
+    #[inline(always)]
+    unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, s)
     }
 }
 
@@ -258,6 +276,12 @@ unsafe fn dot_rows_impl<D: Dp>(
         GgmlType::Q3K => each!(dot_q3k::<1>),
         GgmlType::Q4K => each!(dot_q45k::<D, false, 1>),
         GgmlType::Q5K => each!(dot_q45k::<D, true, 1>),
+        GgmlType::Q6K if D::VNNI => {
+            let off = q6k_offsets::<D, 1>(&rows, nb);
+            for r in r0..r1 {
+                *out.add(r) = dot_q6k_vnni::<D, 1>(w.add(r * row_bytes), nb, &rows, &off)[0];
+            }
+        }
         GgmlType::Q6K => each!(dot_q6k::<1>),
         _ => unreachable!("no x86 kernel for {}", t.name()),
     }
@@ -311,6 +335,17 @@ unsafe fn dot4_rows_impl<D: Dp>(
         GgmlType::Q4_1 => run!(Q4_1),
         GgmlType::Q5_0 => run!(Q5_0),
         GgmlType::Q5_1 => run!(Q5_1),
+        GgmlType::Q6K if D::VNNI => {
+            let rows = Rows::<4>::new(a, a_row);
+            let nb = a.cols / QK;
+            let off = q6k_offsets::<D, 4>(&rows, nb);
+            for r in r0..r1 {
+                let v = dot_q6k_vnni::<D, 4>(w.add(r * row_bytes), nb, &rows, &off);
+                for i in 0..4 {
+                    *out.add((a_row + i) * stride + r) = v[i];
+                }
+            }
+        }
         _ => {
             for r in r0..r1 {
                 let row = std::slice::from_raw_parts(w.add(r * row_bytes), row_bytes);
@@ -357,7 +392,13 @@ unsafe fn rows4<D: Dp, const KIND: u8>(
     let lanes = |p: &[*const f32; 4], b: usize| {
         _mm_setr_ps(*p[0].add(b), *p[1].add(b), *p[2].add(b), *p[3].add(b))
     };
-    let da: Vec<__m128> = (0..nb).map(|b| lanes(&rows.d, b)).collect();
+    // [d₀ d₁ d₂ d₃] in both 128-bit lanes, so one in-lane shuffle broadcasts token i.
+    let da: Vec<__m256> = (0..nb)
+        .map(|b| {
+            let v = lanes(&rows.d, b);
+            _mm256_set_m128(v, v)
+        })
+        .collect();
     let sa: Vec<__m128> = if KIND == Q8_0 {
         Vec::new()
     } else {
@@ -366,7 +407,6 @@ unsafe fn rows4<D: Dp, const KIND: u8>(
     let bit4 = _mm256_set1_epi8(0x10);
     let fifth =
         |p: *const u8| _mm256_and_si256(bytes_from_bits((p as *const u32).read_unaligned()), bit4);
-    let lane: [__m256i; 4] = std::array::from_fn(|i| _mm256_set1_epi32(i as i32));
     for r in r0..r1 {
         let wr = w.add(r * row_bytes);
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -397,7 +437,7 @@ unsafe fn rows4<D: Dp, const KIND: u8>(
             } else {
                 q
             };
-            let f4 = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(d), da[b]));
+            let f8 = _mm256_mul_ps(_mm256_set1_ps(d), da[b]);
             for i in 0..4 {
                 let qa = rows.q(i, b);
                 let qa = if KIND == Q8_0 {
@@ -406,7 +446,12 @@ unsafe fn rows4<D: Dp, const KIND: u8>(
                     qa
                 };
                 let p = D::dot(wq, qa);
-                let f = _mm256_permutevar8x32_ps(f4, lane[i]);
+                let f = match i {
+                    0 => _mm256_shuffle_ps::<0x00>(f8, f8),
+                    1 => _mm256_shuffle_ps::<0x55>(f8, f8),
+                    2 => _mm256_shuffle_ps::<0xAA>(f8, f8),
+                    _ => _mm256_shuffle_ps::<0xFF>(f8, f8),
+                };
                 acc[i] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i]);
             }
         }
@@ -647,15 +692,35 @@ unsafe fn high2(m3: __m256i, h: __m256i) -> __m256i {
     _mm256_slli_epi16(_mm256_and_si256(h, m3), 4)
 }
 
+/// The four 32-value vectors of 6-bit values in half `n` of a Q6_K super-block.
+#[inline(always)]
+unsafe fn q6k_quads(blk: *const u8, n: usize) -> [__m256i; 4] {
+    let (m4, m3) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3));
+    let ql0 = _mm256_loadu_si256(blk.add(n * 64) as *const __m256i);
+    let ql1 = _mm256_loadu_si256(blk.add(n * 64 + 32) as *const __m256i);
+    let qh = _mm256_loadu_si256(blk.add(128 + n * 32) as *const __m256i);
+    [
+        _mm256_or_si256(_mm256_and_si256(ql0, m4), high2(m3, qh)),
+        _mm256_or_si256(
+            _mm256_and_si256(ql1, m4),
+            high2(m3, _mm256_srli_epi16(qh, 2)),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+            high2(m3, _mm256_srli_epi16(qh, 4)),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+            high2(m3, _mm256_srli_epi16(qh, 6)),
+        ),
+    ]
+}
+
 /// Q6_K: sixteen 16-value sub-blocks with signed 8-bit scales; `q − 32` as
 /// `maddubs(q, a) − maddubs(32, a)`.
 #[inline(always)]
 unsafe fn dot_q6k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [f32; N] {
-    let (m4, m3, m32) = (
-        _mm256_set1_epi8(0xF),
-        _mm256_set1_epi8(3),
-        _mm256_set1_epi8(32),
-    );
+    let m32 = _mm256_set1_epi8(32);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for sb in 0..nb / 8 {
         let blk = wp.add(sb * 210);
@@ -665,25 +730,7 @@ unsafe fn dot_q6k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [
         let d = f16(blk.add(208));
         let sc = blk.add(192) as *const i8;
         for n in 0..2 {
-            let ql0 = _mm256_loadu_si256(blk.add(n * 64) as *const __m256i);
-            let ql1 = _mm256_loadu_si256(blk.add(n * 64 + 32) as *const __m256i);
-            let qh = _mm256_loadu_si256(blk.add(128 + n * 32) as *const __m256i);
-            let qv = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), high2(m3, qh)),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    high2(m3, _mm256_srli_epi16(qh, 2)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    high2(m3, _mm256_srli_epi16(qh, 4)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    high2(m3, _mm256_srli_epi16(qh, 6)),
-                ),
-            ];
-            for (r, q) in qv.into_iter().enumerate() {
+            for (r, q) in q6k_quads(blk, n).into_iter().enumerate() {
                 let k = n * 4 + r;
                 let s = scales16(*sc.add(2 * k) as i32, *sc.add(2 * k + 1) as i32);
                 let b = sb * 8 + k;
@@ -694,6 +741,57 @@ unsafe fn dot_q6k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [
                         _mm256_maddubs_epi16(m32, qa),
                     );
                     let p = _mm256_madd_epi16(p, s);
+                    let f = _mm256_set1_ps(d * *rows.d[i].add(b));
+                    acc[i][0] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][0]);
+                }
+            }
+        }
+    }
+    finish(acc, [0.0; N])
+}
+
+/// `−32 · Σ a` over each 4-value group of every activation block of `rows`: Q6_K's
+/// offset, computed once per matrix call and shared by every row.
+#[inline(always)]
+unsafe fn q6k_offsets<D: Dp, const N: usize>(rows: &Rows<N>, nb: usize) -> Vec<[__m256i; N]> {
+    let m32 = _mm256_set1_epi8(32);
+    let mut off = vec![[_mm256_setzero_si256(); N]; nb];
+    for (b, o) in off.iter_mut().enumerate() {
+        for i in 0..N {
+            o[i] = _mm256_sub_epi32(_mm256_setzero_si256(), D::dot(m32, rows.q(i, b)));
+        }
+    }
+    off
+}
+
+/// Q6_K when the byte dot product accumulates in one instruction: `Σ (q − 32)·a` per
+/// 4-value group is one `vpdpbusd` onto the precomputed offsets `off`, and the two
+/// 16-value scales one 32-bit multiply. The integers equal [`dot_q6k`]'s, so the
+/// result is bit-identical.
+#[inline(always)]
+unsafe fn dot_q6k_vnni<D: Dp, const N: usize>(
+    wp: *const u8,
+    nb: usize,
+    rows: &Rows<N>,
+    off: &[[__m256i; N]],
+) -> [f32; N] {
+    debug_assert!(off.len() >= nb);
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for sb in 0..nb / 8 {
+        let blk = wp.add(sb * 210);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 128) as *const i8);
+        let d = f16(blk.add(208));
+        let sc = blk.add(192) as *const i8;
+        for n in 0..2 {
+            for (r, q) in q6k_quads(blk, n).into_iter().enumerate() {
+                let k = n * 4 + r;
+                let (s0, s1) = (*sc.add(2 * k) as i32, *sc.add(2 * k + 1) as i32);
+                let s = _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0));
+                let b = sb * 8 + k;
+                for i in 0..N {
+                    let p = _mm256_mullo_epi32(D::dot_acc(off[b][i], q, rows.q(i, b)), s);
                     let f = _mm256_set1_ps(d * *rows.d[i].add(b));
                     acc[i][0] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][0]);
                 }
