@@ -42,8 +42,8 @@ pub fn dot_portable(t: GgmlType, w: &[u8], x: &[f32]) -> f32 {
 pub fn dot_simd(t: GgmlType, w: &[u8], x: &[f32], s: crate::kernels::Simd) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if s.avx2() {
-        assert!(supports(t) && w.len() >= 2 * x.len());
-        // SAFETY: Simd::Avx2 means avx2/fma/f16c were detected; lengths checked.
+        assert!(s.runnable() && supports(t) && w.len() >= 2 * x.len());
+        // SAFETY: the tier was detected on this CPU; lengths checked.
         return unsafe { avx2::dot(t, w, x) };
     }
     let _ = s;
@@ -67,14 +67,15 @@ pub fn rows_x4_simd(
     #[cfg(target_arch = "x86_64")]
     if s.avx2() {
         let n = x[0].len();
-        assert!(supports(t) && row_bytes >= 2 * n && x.iter().all(|r| r.len() == n));
+        assert!(s.runnable() && supports(t) && row_bytes >= 2 * n);
+        assert!(x.iter().all(|r| r.len() == n));
         assert!(r0 <= r1 && r1 * row_bytes <= w.len());
         let base = w.as_ptr();
         let mut r = r0;
         while r < r1 {
             let p = base.wrapping_add(r * row_bytes);
-            // SAFETY: callers pass simd() or one of Simd::available(); the asserts above
-            // cover every row read and every activation row.
+            // SAFETY: the tier was detected on this CPU; the asserts above cover every
+            // row read and every activation row.
             if r + 2 <= r1 {
                 let v = unsafe { avx2::rows_x4::<2>(t, p, row_bytes, x) };
                 for (k, vr) in v.into_iter().enumerate() {

@@ -1,9 +1,11 @@
 //! Matrix-vector kernels over quantized weights.
 //!
-//! Q8_0, Q4_0, Q4_1 (here) and Q5_0, Q5_1, Q2_K..Q6_K ([`crate::kquants`]) weights are
-//! multiplied against activations quantized to 8-bit blocks of 32 ([`Q8Acts`]) with
-//! integer dot products: an AVX2 kernel when the CPU has it, a portable loop otherwise
-//! (a NEON kernel per type would sit beside each AVX2 one). F16/BF16 have their own
+//! Q8_0, Q4_0, Q4_1 (portable kernels here) and Q5_0, Q5_1, Q2_K..Q6_K
+//! ([`crate::kquants`]) weights are multiplied against activations quantized to 8-bit
+//! blocks of 32 ([`Q8Acts`]) with integer dot products: x86 kernels for every one of
+//! these types (the private `q8_avx2` module, built for AVX2 and for AVX-512 VNNI and
+//! chosen by [`Simd`]) when the CPU has AVX2, the portable loops otherwise (a NEON
+//! kernel per type would sit beside the x86 ones). F16/BF16 have their own
 //! f32-activation kernels ([`crate::floats`]); anything else, and every type when f32
 //! activations are asked for, is dequantized one block at a time into a stack buffer.
 //! Either way the weights stay in their stored form.
@@ -101,12 +103,18 @@ impl Simd {
         self >= Simd::Avx2
     }
 
+    /// Whether this CPU can run this tier's kernels (the safe entry points that take a
+    /// tier check it, so a tier the CPU lacks is a panic, never undefined behaviour).
+    pub fn runnable(self) -> bool {
+        self <= detected()
+    }
+
     /// Every tier this CPU can run, lowest first (ignores the environment overrides), so
     /// tests can hold each against the others.
     pub fn available() -> Vec<Simd> {
         [Simd::Portable, Simd::Avx2, Simd::Avx2Vnni]
             .into_iter()
-            .filter(|&t| t <= detected())
+            .filter(|t| t.runnable())
             .collect()
     }
 }
@@ -733,7 +741,7 @@ pub(crate) fn matmul_on(
     parallel: bool,
 ) -> Result<(), EngineError> {
     assert!(
-        s <= detected(),
+        s.runnable(),
         "kernel tier {s:?} is not available on this CPU"
     );
     let n_tok = match acts {

@@ -318,7 +318,7 @@ pub fn dot_on<const N: usize>(
     a_row: usize,
 ) -> Option<[f32; N]> {
     #[cfg(target_arch = "x86_64")]
-    if s.avx2() && crate::kernels::Simd::available().contains(&s) {
+    if s.avx2() && s.runnable() {
         check_rows(t, w, a, a_row, N);
         // SAFETY: `s` was detected on this CPU just above; shapes checked by check_rows.
         return Some(unsafe { crate::q8_avx2::dot::<N>(s, t, w, a, a_row) });
