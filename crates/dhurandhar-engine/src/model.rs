@@ -1696,6 +1696,19 @@ fn rmsnorm_rows(buf: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
+/// `gate ← act(gate) ⊙ up`, the gated feed-forward's activation; split across the
+/// current rayon pool when `parallel` and the chunk is large (prefill).
+fn activate_with(act: Activation, gate: &mut [f32], up: &[f32], parallel: bool) {
+    const PAR_VALUES: usize = 1 << 15;
+    if parallel && gate.len() >= PAR_VALUES {
+        gate.par_chunks_mut(PAR_VALUES / 4)
+            .zip(up.par_chunks(PAR_VALUES / 4))
+            .for_each(|(g, u)| activate(act, g, u));
+    } else {
+        activate(act, gate, up)
+    }
+}
+
 /// `gate ← act(gate) ⊙ up`, the gated feed-forward's activation.
 fn activate(act: Activation, gate: &mut [f32], up: &[f32]) {
     match act {
@@ -1776,7 +1789,7 @@ impl Scratch {
     ) -> Result<(), EngineError> {
         if w.uses_q8() && !self.f32_acts {
             if !self.q8_ready {
-                self.q8.quantize_into(x, w.cols);
+                self.q8.quantize_with(x, w.cols, par);
                 self.q8_ready = true;
             }
             matmul(w, &Acts::Q8(&self.q8), out, par)
@@ -2173,7 +2186,7 @@ impl<M: Borrow<Model> + Send> Session<M> {
                         s.apply(li, TargetModule::Gate, &xn, &mut gate, n);
                         s.apply(li, TargetModule::Up, &xn, &mut up, n);
                     }
-                    activate(spec.activation, &mut gate, &up);
+                    activate_with(spec.activation, &mut gate, &up, par);
                     sc.q8_ready = false;
                     sc.project(&m.mat(&lw, down), &gate, &mut o, par)?;
                     if let Some(s) = lora {

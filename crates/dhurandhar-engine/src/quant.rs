@@ -203,9 +203,35 @@ fn round_half_away(x: f32) -> i32 {
     t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
 }
 
+/// One block of 32 activations to 8 bits: values, scale `d`, `d·Σq` (also interleaved
+/// into `ds`).
+#[inline]
+fn quantize_block(blk: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32, ds: &mut [f32]) {
+    let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let id = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in q.iter_mut().zip(blk) {
+        let r = round_half_away(v * id);
+        *q = r as i8;
+        sum += r;
+    }
+    *d = scale;
+    *s = scale * sum as f32;
+    ds[0] = scale;
+    ds[1] = scale * sum as f32;
+}
+
 impl Q8Acts {
     /// Quantize `x` (`rows × cols`, `cols` a multiple of 32) reusing the buffers.
     pub fn quantize_into(&mut self, x: &[f32], cols: usize) {
+        self.quantize_with(x, cols, false)
+    }
+
+    /// [`Self::quantize_into`], split across the current rayon pool when `parallel` and
+    /// `x` is large (a prefill chunk: serial, it was a tenth of the two-thread time).
+    pub fn quantize_with(&mut self, x: &[f32], cols: usize, parallel: bool) {
+        use rayon::prelude::*;
         debug_assert!(cols.is_multiple_of(QK) && x.len().is_multiple_of(cols));
         let nb = x.len() / QK;
         self.cols = cols;
@@ -213,20 +239,22 @@ impl Q8Acts {
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
         self.ds.resize(2 * nb, 0.0);
-        for (b, blk) in x.chunks_exact(QK).enumerate() {
-            let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in self.qs[b * QK..(b + 1) * QK].iter_mut().zip(blk) {
-                let r = round_half_away(v * id);
-                *q = r as i8;
-                sum += r;
-            }
-            self.d[b] = d;
-            self.s[b] = d * sum as f32;
-            self.ds[2 * b] = d;
-            self.ds[2 * b + 1] = d * sum as f32;
+        let blocks = x
+            .chunks_exact(QK)
+            .zip(self.qs.chunks_exact_mut(QK))
+            .zip(self.d.iter_mut().zip(self.s.iter_mut()))
+            .zip(self.ds.chunks_exact_mut(2));
+        // Below this many blocks the pool's hand-off costs more than it saves.
+        const PAR_BLOCKS: usize = 1024;
+        if parallel && nb >= PAR_BLOCKS {
+            x.par_chunks_exact(QK)
+                .zip(self.qs.par_chunks_exact_mut(QK))
+                .zip(self.d.par_iter_mut().zip(self.s.par_iter_mut()))
+                .zip(self.ds.par_chunks_exact_mut(2))
+                .with_min_len(PAR_BLOCKS / 4)
+                .for_each(|(((blk, q), (d, s)), ds)| quantize_block(blk, q, d, s, ds));
+        } else {
+            blocks.for_each(|(((blk, q), (d, s)), ds)| quantize_block(blk, q, d, s, ds));
         }
     }
 
@@ -243,6 +271,30 @@ mod tests {
 
     fn h(v: f32) -> [u8; 2] {
         f16::from_f32(v).to_bits().to_le_bytes()
+    }
+
+    #[test]
+    fn parallel_quantization_equals_serial() {
+        let cols = 576;
+        let x: Vec<f32> = (0..cols * 64)
+            .map(|i| ((i as f32) * 0.37).sin() * 3.0)
+            .collect();
+        let (mut serial, mut par) = (Q8Acts::default(), Q8Acts::default());
+        serial.quantize_into(&x, cols);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| par.quantize_with(&x, cols, true));
+        assert!(
+            x.len() / QK >= 1024,
+            "large enough to take the parallel path"
+        );
+        assert_eq!(
+            (&serial.qs, &serial.d, &serial.s),
+            (&par.qs, &par.d, &par.s)
+        );
+        assert_eq!(serial.ds, par.ds);
     }
 
     #[test]
