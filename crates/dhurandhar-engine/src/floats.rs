@@ -115,6 +115,7 @@ pub fn dot_avx2(t: GgmlType, w: &[u8], x: &[f32]) -> Option<f32> {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use crate::kernels::avx2::hsum;
     use crate::quant::GgmlType;
 
     /// Eight weights at `p` as f32.
@@ -127,14 +128,6 @@ mod avx2 {
         } else {
             _mm256_cvtph_ps(h)
         }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
 
     /// # Safety

@@ -279,16 +279,18 @@ pub(crate) mod avx2 {
     /// Bytes ahead of the current block to prefetch.
     const PREFETCH: usize = 640;
 
+    /// The little-endian f16 at `p` as f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16_to_f32(p: *const u8) -> f32 {
+    pub(crate) unsafe fn f16_to_f32(p: *const u8) -> f32 {
         let bits = (p as *const u16).read_unaligned();
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 
+    /// The sum of the eight lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(crate) unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps(v, 1);
         let s = _mm_add_ps(lo, hi);

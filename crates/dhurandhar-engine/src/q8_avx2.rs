@@ -21,7 +21,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::avx2::nibbles;
+use crate::kernels::avx2::{f16_to_f32 as f16, hsum, nibbles};
 use crate::kernels::Simd;
 use crate::quant::{GgmlType, Q8Acts, QK, QK_K};
 
@@ -107,21 +107,6 @@ macro_rules! tiered {
 /// of the memory bandwidth: 2048 B decoded the Q8_0 SmolLM2 14% faster than 640 B, and
 /// 4096 B was no better. (The F16 kernel, prefetching every 32 B, measured best at 512.)
 const PREFETCH: usize = 2048;
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16(p: *const u8) -> f32 {
-    let bits = (p as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-}
 
 /// i16 lanes 0..8 = `lo`, lanes 8..16 = `hi`: one scale per 16-value half of a
 /// 32-value block after `maddubs` (lane `i` holds values `2i, 2i+1`).
