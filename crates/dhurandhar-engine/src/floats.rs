@@ -98,17 +98,8 @@ pub fn rows_x4_simd(
 
 /// The AVX2 kernel, or `None` without AVX2/FMA/F16C.
 pub fn dot_avx2(t: GgmlType, w: &[u8], x: &[f32]) -> Option<f32> {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
-        assert!(supports(t) && w.len() >= 2 * x.len());
-        // SAFETY: features detected above; lengths checked.
-        return Some(unsafe { avx2::dot(t, w, x) });
-    }
-    let _ = (t, w, x);
-    None
+    let s = crate::kernels::Simd::Avx2;
+    s.runnable().then(|| dot_simd(t, w, x, s))
 }
 
 #[cfg(target_arch = "x86_64")]

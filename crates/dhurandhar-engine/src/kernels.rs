@@ -651,14 +651,14 @@ pub fn strided_axpys(p: &[f32], src: &[f32], off: usize, stride: usize, out: &mu
 fn row_dot(t: GgmlType, w: &[u8], acts: &Acts<'_>, a_row: usize, cols: usize, s: Simd) -> f32 {
     match acts {
         Acts::Q8(a) => {
-            if crate::kquants::supports(t) {
-                return crate::kquants::dot_simd(t, w, a, a_row, s);
-            }
             #[cfg(target_arch = "x86_64")]
             if s.avx2() {
-                // SAFETY: `s` is a tier this CPU runs (simd() or Simd::available()); the
-                // shapes were checked by matmul().
+                // SAFETY: `s` is a tier this CPU runs (matmul_on asserts it); the shapes
+                // were checked by matmul_on.
                 return unsafe { crate::q8_avx2::dot::<1>(s, t, w, a, a_row) }[0];
+            }
+            if crate::kquants::supports(t) {
+                return crate::kquants::dot_portable(t, w, a, a_row);
             }
             match t {
                 GgmlType::Q8_0 => dot_q8_0_portable(w, a, a_row),
@@ -754,9 +754,14 @@ pub(crate) fn matmul_on(
                     a.cols, w.cols
                 )));
             }
-            // The SIMD kernels read every row's scales and sums unchecked.
+            // The SIMD kernels read every row's scales and sums unchecked (Q4_0/Q4_1
+            // read them interleaved from `ds`).
             let blocks = a.rows() * (a.cols / QK);
-            if a.cols % QK != 0 || a.d.len() < blocks || a.s.len() < blocks {
+            if a.cols % QK != 0
+                || a.d.len() < blocks
+                || a.s.len() < blocks
+                || a.ds.len() < 2 * blocks
+            {
                 return Err(EngineError::Shape(format!(
                     "8-bit activations of {} columns have {} scales and {} sums for {} rows",
                     a.cols,

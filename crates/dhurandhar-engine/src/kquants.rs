@@ -33,7 +33,7 @@
 //!
 //! [`dot_portable`] is the reference-shaped scalar kernel; the `q8_avx2` module holds one
 //! x86 kernel per type (built for AVX2 and again for AVX-512 VNNI), selected at run time
-//! by [`crate::kernels::Simd`]. A NEON kernel per type would sit beside them in a
+//! by [`crate::kernels::Simd`] ([`dot_on`] runs one tier). A NEON kernel per type would sit beside them in a
 //! `q8_neon` module behind the same dispatch; none exists yet.
 
 use crate::quant::{f16_at, scale_min_k4, GgmlType, Q8Acts, QK, QK_K};
@@ -284,26 +284,6 @@ fn k_superblock_portable(t: GgmlType, blk: &[u8], qa: &[i8], da: &[f32], sa: &[f
         _ => unreachable!(),
     }
     acc
-}
-
-/// Dot product of one weight row with activation row `a_row` on kernel tier `s` (the
-/// x86 kernels for AVX2 tiers, else portable).
-#[inline]
-pub(crate) fn dot_simd(
-    t: GgmlType,
-    w: &[u8],
-    a: &Q8Acts,
-    a_row: usize,
-    s: crate::kernels::Simd,
-) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if s.avx2() {
-        check_rows(t, w, a, a_row, 1);
-        // SAFETY: callers pass simd() or one of Simd::available(); shapes checked.
-        return unsafe { crate::q8_avx2::dot::<1>(s, t, w, a, a_row) }[0];
-    }
-    let _ = s;
-    dot_portable(t, w, a, a_row)
 }
 
 /// The SIMD kernel of tier `s` for `t` against activation rows `a_row..a_row + N` (the

@@ -69,28 +69,33 @@ impl Dp for VnniDp {
     }
 }
 
-/// `$vis unsafe fn $name(simd: Simd, args…)` that runs `$body::<D>` compiled for the
-/// tier `simd` names: the AVX2 build, or the VNNI build when `simd` is
-/// [`Simd::Avx2Vnni`]. Everything `$body` calls is `#[inline(always)]` or an inlinable
+/// Defines the kernel `$imp<D: Dp>` from the body given (`#[inline(always)]`) and the
+/// entry point `$vis unsafe fn $name(simd: Simd, args…)`, which runs `$imp` compiled for
+/// the tier `simd` names: the AVX2 build, or the VNNI build when `simd` is
+/// [`Simd::Avx2Vnni`]. Everything `$imp` calls is `#[inline(always)]` or an inlinable
 /// intrinsic helper, so each build is one function with its own instruction set.
 macro_rules! tiered {
     (
         $(#[$doc:meta])*
-        $vis:vis fn $name:ident $([$($g:tt)*])? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?
-        = $body:ident $([$($ga:tt)*])?;
+        $vis:vis fn $name:ident $([$($g:tt)*])? as $imp:ident $([$($ga:tt)*])?
+        ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
     ) => {
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $imp<D: Dp $(, $($g)*)?>($($arg: $ty),*) $(-> $ret)? $body
+
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
         $vis unsafe fn $name $(<$($g)*>)? (simd: Simd, $($arg: $ty),*) $(-> $ret)? {
             #[target_feature(enable = "avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn avx2 $(<$($g)*>)? ($($arg: $ty),*) $(-> $ret)? {
-                $body::<Avx2Dp $(, $($ga)*)?>($($arg),*)
+                $imp::<Avx2Dp $(, $($ga)*)?>($($arg),*)
             }
             #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn vnni $(<$($g)*>)? ($($arg: $ty),*) $(-> $ret)? {
-                $body::<VnniDp $(, $($ga)*)?>($($arg),*)
+                $imp::<VnniDp $(, $($ga)*)?>($($arg),*)
             }
             debug_assert!(simd.avx2(), "{simd:?} has no x86 kernels");
             if simd == Simd::Avx2Vnni {
@@ -171,32 +176,28 @@ tiered! {
     /// # Safety
     /// `simd` is a tier this CPU runs and has AVX2; `w` holds a whole row of `a.cols`
     /// values of type `t`; `a_row + N <= a.rows()` (checked by the callers).
-    pub fn dot[const N: usize](t: GgmlType, w: &[u8], a: &Q8Acts, a_row: usize) -> [f32; N]
-        = dot_impl[N];
-}
-
-#[inline(always)]
-unsafe fn dot_impl<D: Dp, const N: usize>(
-    t: GgmlType,
-    w: &[u8],
-    a: &Q8Acts,
-    a_row: usize,
-) -> [f32; N] {
-    let rows = Rows::<N>::new(a, a_row);
-    let nb = a.cols / QK;
-    let wp = w.as_ptr();
-    match t {
-        GgmlType::Q8_0 if N == 1 => [dot_q8_0::<D>(wp, nb, &Rows::new(a, a_row)); N],
-        GgmlType::Q4_0 if N == 1 => [dot_q4::<D, false>(wp, nb, a, a_row); N],
-        GgmlType::Q4_1 if N == 1 => [dot_q4::<D, true>(wp, nb, a, a_row); N],
-        GgmlType::Q5_0 => dot_q5::<D, false, N>(wp, nb, &rows),
-        GgmlType::Q5_1 => dot_q5::<D, true, N>(wp, nb, &rows),
-        GgmlType::Q2K => dot_q2k::<D, N>(wp, nb, &rows),
-        GgmlType::Q3K => dot_q3k::<N>(wp, nb, &rows),
-        GgmlType::Q4K => dot_q45k::<D, false, N>(wp, nb, &rows),
-        GgmlType::Q5K => dot_q45k::<D, true, N>(wp, nb, &rows),
-        GgmlType::Q6K => dot_q6k::<N>(wp, nb, &rows),
-        _ => unreachable!("no x86 kernel for {} with {N} rows", t.name()),
+    pub fn dot[const N: usize] as dot_impl[N](
+        t: GgmlType,
+        w: &[u8],
+        a: &Q8Acts,
+        a_row: usize,
+    ) -> [f32; N] {
+        let rows = Rows::<N>::new(a, a_row);
+        let nb = a.cols / QK;
+        let wp = w.as_ptr();
+        match t {
+            GgmlType::Q8_0 if N == 1 => [dot_q8_0::<D>(wp, nb, &Rows::new(a, a_row)); N],
+            GgmlType::Q4_0 if N == 1 => [dot_q4::<D, false>(wp, nb, a, a_row); N],
+            GgmlType::Q4_1 if N == 1 => [dot_q4::<D, true>(wp, nb, a, a_row); N],
+            GgmlType::Q5_0 => dot_q5::<D, false, N>(wp, nb, &rows),
+            GgmlType::Q5_1 => dot_q5::<D, true, N>(wp, nb, &rows),
+            GgmlType::Q2K => dot_q2k::<D, N>(wp, nb, &rows),
+            GgmlType::Q3K => dot_q3k::<N>(wp, nb, &rows),
+            GgmlType::Q4K => dot_q45k::<D, false, N>(wp, nb, &rows),
+            GgmlType::Q5K => dot_q45k::<D, true, N>(wp, nb, &rows),
+            GgmlType::Q6K => dot_q6k::<N>(wp, nb, &rows),
+            _ => unreachable!("no x86 kernel for {} with {N} rows", t.name()),
+        }
     }
 }
 
@@ -209,7 +210,7 @@ tiered! {
     /// # Safety
     /// As [`dot`] with `N = 1` for every row `r0..r1`; `w` holds `r1` rows; `out` has
     /// room for index `r1 - 1`.
-    pub fn dot_rows(
+    pub fn dot_rows as dot_rows_impl(
         t: GgmlType,
         w: *const u8,
         row_bytes: usize,
@@ -218,60 +219,47 @@ tiered! {
         a: &Q8Acts,
         a_row: usize,
         out: *mut f32,
-    ) = dot_rows_impl;
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dot_rows_impl<D: Dp>(
-    t: GgmlType,
-    w: *const u8,
-    row_bytes: usize,
-    r0: usize,
-    r1: usize,
-    a: &Q8Acts,
-    a_row: usize,
-    out: *mut f32,
-) {
-    let rows = Rows::<1>::new(a, a_row);
-    let nb = a.cols / QK;
-    macro_rules! each {
-        ($kernel:expr) => {
-            for r in r0..r1 {
-                *out.add(r) = $kernel(w.add(r * row_bytes), nb, &rows)[0];
-            }
-        };
-    }
-    match t {
-        GgmlType::Q8_0 => {
-            for r in r0..r1 {
-                *out.add(r) = dot_q8_0::<D>(w.add(r * row_bytes), nb, &rows);
-            }
+    ) {
+        let rows = Rows::<1>::new(a, a_row);
+        let nb = a.cols / QK;
+        macro_rules! each {
+            ($kernel:expr) => {
+                for r in r0..r1 {
+                    *out.add(r) = $kernel(w.add(r * row_bytes), nb, &rows)[0];
+                }
+            };
         }
-        GgmlType::Q4_0 => {
-            for r in r0..r1 {
-                *out.add(r) = dot_q4::<D, false>(w.add(r * row_bytes), nb, a, a_row);
+        match t {
+            GgmlType::Q8_0 => {
+                for r in r0..r1 {
+                    *out.add(r) = dot_q8_0::<D>(w.add(r * row_bytes), nb, &rows);
+                }
             }
-        }
-        GgmlType::Q4_1 => {
-            for r in r0..r1 {
-                *out.add(r) = dot_q4::<D, true>(w.add(r * row_bytes), nb, a, a_row);
+            GgmlType::Q4_0 => {
+                for r in r0..r1 {
+                    *out.add(r) = dot_q4::<D, false>(w.add(r * row_bytes), nb, a, a_row);
+                }
             }
-        }
-        GgmlType::Q5_0 => each!(dot_q5::<D, false, 1>),
-        GgmlType::Q5_1 => each!(dot_q5::<D, true, 1>),
-        GgmlType::Q2K => each!(dot_q2k::<D, 1>),
-        GgmlType::Q3K => each!(dot_q3k::<1>),
-        GgmlType::Q4K => each!(dot_q45k::<D, false, 1>),
-        GgmlType::Q5K => each!(dot_q45k::<D, true, 1>),
-        GgmlType::Q6K if D::VNNI => {
-            let off = q6k_offsets::<D, 1>(&rows, nb);
-            for r in r0..r1 {
-                *out.add(r) = dot_q6k_vnni::<D, 1>(w.add(r * row_bytes), nb, &rows, &off)[0];
+            GgmlType::Q4_1 => {
+                for r in r0..r1 {
+                    *out.add(r) = dot_q4::<D, true>(w.add(r * row_bytes), nb, a, a_row);
+                }
             }
+            GgmlType::Q5_0 => each!(dot_q5::<D, false, 1>),
+            GgmlType::Q5_1 => each!(dot_q5::<D, true, 1>),
+            GgmlType::Q2K => each!(dot_q2k::<D, 1>),
+            GgmlType::Q3K => each!(dot_q3k::<1>),
+            GgmlType::Q4K => each!(dot_q45k::<D, false, 1>),
+            GgmlType::Q5K => each!(dot_q45k::<D, true, 1>),
+            GgmlType::Q6K if D::VNNI => {
+                let off = q6k_offsets::<D, 1>(&rows, nb);
+                for r in r0..r1 {
+                    *out.add(r) = dot_q6k_vnni::<D, 1>(w.add(r * row_bytes), nb, &rows, &off)[0];
+                }
+            }
+            GgmlType::Q6K => each!(dot_q6k::<1>),
+            _ => unreachable!("no x86 kernel for {}", t.name()),
         }
-        GgmlType::Q6K => each!(dot_q6k::<1>),
-        _ => unreachable!("no x86 kernel for {}", t.name()),
     }
 }
 
@@ -284,7 +272,7 @@ tiered! {
     /// `simd` is a tier this CPU runs and has AVX2; `w` holds `r1` rows of `row_bytes`,
     /// each `a.cols` values of type `t`; `a` holds rows `a_row..a_row + 4` (values,
     /// scales and sums); `out` has room for every index written.
-    pub fn dot4_rows(
+    pub fn dot4_rows as dot4_rows_impl(
         t: GgmlType,
         w: *const u8,
         row_bytes: usize,
@@ -294,51 +282,37 @@ tiered! {
         a_row: usize,
         out: *mut f32,
         stride: usize,
-    ) = dot4_rows_impl;
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dot4_rows_impl<D: Dp>(
-    t: GgmlType,
-    w: *const u8,
-    row_bytes: usize,
-    r0: usize,
-    r1: usize,
-    a: &Q8Acts,
-    a_row: usize,
-    out: *mut f32,
-    stride: usize,
-) {
-    // Direct calls, not a function pointer: an `#[inline(always)]` kernel taken by
-    // address is compiled on its own, without the entry point's instruction set.
-    macro_rules! run {
-        ($kind:expr) => {
-            rows4::<D, { $kind }>(w, row_bytes, r0, r1, a, a_row, out, stride)
-        };
-    }
-    match t {
-        GgmlType::Q8_0 => run!(Q8_0),
-        GgmlType::Q4_0 => run!(Q4_0),
-        GgmlType::Q4_1 => run!(Q4_1),
-        GgmlType::Q5_0 => run!(Q5_0),
-        GgmlType::Q5_1 => run!(Q5_1),
-        GgmlType::Q6K if D::VNNI => {
-            let rows = Rows::<4>::new(a, a_row);
-            let nb = a.cols / QK;
-            let off = q6k_offsets::<D, 4>(&rows, nb);
-            for r in r0..r1 {
-                let v = dot_q6k_vnni::<D, 4>(w.add(r * row_bytes), nb, &rows, &off);
-                for i in 0..4 {
-                    *out.add((a_row + i) * stride + r) = v[i];
+    ) {
+        // Direct calls, not a function pointer: an `#[inline(always)]` kernel taken by
+        // address is compiled on its own, without the entry point's instruction set.
+        macro_rules! run {
+            ($kind:expr) => {
+                rows4::<D, { $kind }>(w, row_bytes, r0, r1, a, a_row, out, stride)
+            };
+        }
+        match t {
+            GgmlType::Q8_0 => run!(Q8_0),
+            GgmlType::Q4_0 => run!(Q4_0),
+            GgmlType::Q4_1 => run!(Q4_1),
+            GgmlType::Q5_0 => run!(Q5_0),
+            GgmlType::Q5_1 => run!(Q5_1),
+            GgmlType::Q6K if D::VNNI => {
+                let rows = Rows::<4>::new(a, a_row);
+                let nb = a.cols / QK;
+                let off = q6k_offsets::<D, 4>(&rows, nb);
+                for r in r0..r1 {
+                    let v = dot_q6k_vnni::<D, 4>(w.add(r * row_bytes), nb, &rows, &off);
+                    for i in 0..4 {
+                        *out.add((a_row + i) * stride + r) = v[i];
+                    }
                 }
             }
-        }
-        _ => {
-            for r in r0..r1 {
-                let row = std::slice::from_raw_parts(w.add(r * row_bytes), row_bytes);
-                for (i, v) in dot_impl::<D, 4>(t, row, a, a_row).into_iter().enumerate() {
-                    *out.add((a_row + i) * stride + r) = v;
+            _ => {
+                for r in r0..r1 {
+                    let row = std::slice::from_raw_parts(w.add(r * row_bytes), row_bytes);
+                    for (i, v) in dot_impl::<D, 4>(t, row, a, a_row).into_iter().enumerate() {
+                        *out.add((a_row + i) * stride + r) = v;
+                    }
                 }
             }
         }

@@ -239,11 +239,6 @@ impl Q8Acts {
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
         self.ds.resize(2 * nb, 0.0);
-        let blocks = x
-            .chunks_exact(QK)
-            .zip(self.qs.chunks_exact_mut(QK))
-            .zip(self.d.iter_mut().zip(self.s.iter_mut()))
-            .zip(self.ds.chunks_exact_mut(2));
         // Below this many blocks the pool's hand-off costs more than it saves.
         const PAR_BLOCKS: usize = 1024;
         if parallel && nb >= PAR_BLOCKS {
@@ -254,7 +249,11 @@ impl Q8Acts {
                 .with_min_len(PAR_BLOCKS / 4)
                 .for_each(|(((blk, q), (d, s)), ds)| quantize_block(blk, q, d, s, ds));
         } else {
-            blocks.for_each(|(((blk, q), (d, s)), ds)| quantize_block(blk, q, d, s, ds));
+            x.chunks_exact(QK)
+                .zip(self.qs.chunks_exact_mut(QK))
+                .zip(self.d.iter_mut().zip(self.s.iter_mut()))
+                .zip(self.ds.chunks_exact_mut(2))
+                .for_each(|(((blk, q), (d, s)), ds)| quantize_block(blk, q, d, s, ds));
         }
     }
 
