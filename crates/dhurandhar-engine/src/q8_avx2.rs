@@ -195,7 +195,7 @@ tiered! {
             GgmlType::Q3K => dot_q3k::<N>(wp, nb, &rows),
             GgmlType::Q4K => dot_q45k::<D, false, N>(wp, nb, &rows),
             GgmlType::Q5K => dot_q45k::<D, true, N>(wp, nb, &rows),
-            GgmlType::Q6K => dot_q6k::<N>(wp, nb, &rows),
+            GgmlType::Q6K => dot_q6k::<D, N>(wp, nb, &rows, None),
             _ => unreachable!("no x86 kernel for {} with {N} rows", t.name()),
         }
     }
@@ -251,13 +251,17 @@ tiered! {
             GgmlType::Q3K => each!(dot_q3k::<1>),
             GgmlType::Q4K => each!(dot_q45k::<D, false, 1>),
             GgmlType::Q5K => each!(dot_q45k::<D, true, 1>),
-            GgmlType::Q6K if D::VNNI => {
-                let off = q6k_offsets::<D, 1>(&rows, nb);
+            GgmlType::Q6K => {
+                let off = if D::VNNI {
+                    Some(q6k_offsets::<D, 1>(&rows, nb))
+                } else {
+                    None
+                };
                 for r in r0..r1 {
-                    *out.add(r) = dot_q6k_vnni::<D, 1>(w.add(r * row_bytes), nb, &rows, &off)[0];
+                    let row = w.add(r * row_bytes);
+                    *out.add(r) = dot_q6k::<D, 1>(row, nb, &rows, off.as_deref())[0];
                 }
             }
-            GgmlType::Q6K => each!(dot_q6k::<1>),
             _ => unreachable!("no x86 kernel for {}", t.name()),
         }
     }
@@ -296,12 +300,16 @@ tiered! {
             GgmlType::Q4_1 => run!(Q4_1),
             GgmlType::Q5_0 => run!(Q5_0),
             GgmlType::Q5_1 => run!(Q5_1),
-            GgmlType::Q6K if D::VNNI => {
+            GgmlType::Q6K => {
                 let rows = Rows::<4>::new(a, a_row);
                 let nb = a.cols / QK;
-                let off = q6k_offsets::<D, 4>(&rows, nb);
+                let off = if D::VNNI {
+                    Some(q6k_offsets::<D, 4>(&rows, nb))
+                } else {
+                    None
+                };
                 for r in r0..r1 {
-                    let v = dot_q6k_vnni::<D, 4>(w.add(r * row_bytes), nb, &rows, &off);
+                    let v = dot_q6k::<D, 4>(w.add(r * row_bytes), nb, &rows, off.as_deref());
                     for i in 0..4 {
                         *out.add((a_row + i) * stride + r) = v[i];
                     }
@@ -678,40 +686,6 @@ unsafe fn q6k_quads(blk: *const u8, n: usize) -> [__m256i; 4] {
     ]
 }
 
-/// Q6_K: sixteen 16-value sub-blocks with signed 8-bit scales; `q − 32` as
-/// `maddubs(q, a) − maddubs(32, a)`.
-#[inline(always)]
-unsafe fn dot_q6k<const N: usize>(wp: *const u8, nb: usize, rows: &Rows<N>) -> [f32; N] {
-    let m32 = _mm256_set1_epi8(32);
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
-    for sb in 0..nb / 8 {
-        let blk = wp.add(sb * 210);
-        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 128) as *const i8);
-        let d = f16(blk.add(208));
-        let sc = blk.add(192) as *const i8;
-        for n in 0..2 {
-            for (r, q) in q6k_quads(blk, n).into_iter().enumerate() {
-                let k = n * 4 + r;
-                let s = scales16(*sc.add(2 * k) as i32, *sc.add(2 * k + 1) as i32);
-                let b = sb * 8 + k;
-                for i in 0..N {
-                    let qa = rows.q(i, b);
-                    let p = _mm256_sub_epi16(
-                        _mm256_maddubs_epi16(q, qa),
-                        _mm256_maddubs_epi16(m32, qa),
-                    );
-                    let p = _mm256_madd_epi16(p, s);
-                    let f = _mm256_set1_ps(d * *rows.d[i].add(b));
-                    acc[i][0] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][0]);
-                }
-            }
-        }
-    }
-    finish(acc, [0.0; N])
-}
-
 /// `−32 · Σ a` over each 4-value group of every activation block of `rows`: Q6_K's
 /// offset, computed once per matrix call and shared by every row.
 #[inline(always)]
@@ -726,18 +700,21 @@ unsafe fn q6k_offsets<D: Dp, const N: usize>(rows: &Rows<N>, nb: usize) -> Vec<[
     off
 }
 
-/// Q6_K when the byte dot product accumulates in one instruction: `Σ (q − 32)·a` per
-/// 4-value group is one `vpdpbusd` onto the precomputed offsets `off`, and the two
-/// 16-value scales one 32-bit multiply. The integers equal [`dot_q6k`]'s, so the
-/// result is bit-identical.
+/// Q6_K: sixteen 16-value sub-blocks with signed 8-bit scales. Without offsets, `q − 32`
+/// is `maddubs(q, a) − maddubs(32, a)` and the scales one `madd`. With the offsets of
+/// [`q6k_offsets`] (worth it when the byte dot product accumulates in one instruction,
+/// [`Dp::VNNI`]), `Σ (q − 32)·a` per 4-value group is one `dot_acc` onto them and the
+/// two 16-value scales one 32-bit multiply. The integers are the same either way, so
+/// the result is bit-identical.
 #[inline(always)]
-unsafe fn dot_q6k_vnni<D: Dp, const N: usize>(
+unsafe fn dot_q6k<D: Dp, const N: usize>(
     wp: *const u8,
     nb: usize,
     rows: &Rows<N>,
-    off: &[[__m256i; N]],
+    off: Option<&[[__m256i; N]]>,
 ) -> [f32; N] {
-    debug_assert!(off.len() >= nb);
+    debug_assert!(off.is_none_or(|o| o.len() >= nb));
+    let m32 = _mm256_set1_epi8(32);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for sb in 0..nb / 8 {
         let blk = wp.add(sb * 210);
@@ -750,10 +727,22 @@ unsafe fn dot_q6k_vnni<D: Dp, const N: usize>(
             for (r, q) in q6k_quads(blk, n).into_iter().enumerate() {
                 let k = n * 4 + r;
                 let (s0, s1) = (*sc.add(2 * k) as i32, *sc.add(2 * k + 1) as i32);
-                let s = _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0));
                 let b = sb * 8 + k;
                 for i in 0..N {
-                    let p = _mm256_mullo_epi32(D::dot_acc(off[b][i], q, rows.q(i, b)), s);
+                    let qa = rows.q(i, b);
+                    let p = match off {
+                        Some(off) => _mm256_mullo_epi32(
+                            D::dot_acc(off[b][i], q, qa),
+                            _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0)),
+                        ),
+                        None => _mm256_madd_epi16(
+                            _mm256_sub_epi16(
+                                _mm256_maddubs_epi16(q, qa),
+                                _mm256_maddubs_epi16(m32, qa),
+                            ),
+                            scales16(s0, s1),
+                        ),
+                    };
                     let f = _mm256_set1_ps(d * *rows.d[i].add(b));
                     acc[i][0] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][0]);
                 }
