@@ -270,7 +270,8 @@ tiered! {
 tiered! {
     /// Activation rows `a_row..a_row + 4` against weight rows `r0..r1` (prefill), into
     /// `out[(a_row + i) · stride + r]`. The 32-value single-scale types (Q8_0, Q4_0,
-    /// Q4_1, Q5_0, Q5_1) run [`rows4`]; the k-quants run [`dot`] with `N = 4` row by row.
+    /// Q4_1, Q5_0, Q5_1) run [`rows4`]; the k-quants run [`dot`] with `N = 4` row by row,
+    /// Q6_K with its offsets computed once for the range on the VNNI tier.
     ///
     /// # Safety
     /// `simd` is a tier this CPU runs and has AVX2; `w` holds `r1` rows of `row_bytes`,
