@@ -4,10 +4,12 @@
 #   bash scripts/bench_engine.sh LLAMA_BIN_DIR [BASELINE_DHURANDHAR] FILE.gguf...
 #
 # For each file and 1 and 2 threads: `llama-bench -p 256 -n 64 -r 3` (mmap, its default)
-# and `dhurandhar generate --bench --bench-prompt 256 --max-tokens 64` (best of its 3
-# repeats, as llama-bench averages its 3), alternating, so both see the same machine
-# state. With BASELINE_DHURANDHAR (another build of the binary, e.g. the previous
-# commit's), it runs too and the table gains its columns: a before/after in the same run.
+# and `dhurandhar generate --bench --bench-prompt 256 --max-tokens 64 --weights
+# resident` (best of its 3 repeats, as llama-bench averages its 3), alternating, so both
+# see the same machine state. Ours runs resident because llama.cpp copies the matrices it
+# repacks (Q4_0 and Q4_K on x86) out of its map into RAM; resident is where ours
+# interleaves Q4_0/Q4_1/Q8_0. Set WEIGHTS=mmap to time our mapped path instead. With
+# BASELINE_DHURANDHAR (another build of the binary, e.g. the previous commit's), it runs too and the table gains its columns: a before/after in the same run.
 # Prints a markdown table of prefill and decode tokens/s with our/llama.cpp ratios.
 #
 # llama.cpp comes from the llama-cpp-python sdist on PyPI (docs/run.md says how to build
@@ -23,7 +25,7 @@ cargo build --release -q --manifest-path "$root/Cargo.toml" -p dhurandhar-cli
 bin="$root/target/release/dhurandhar"
 
 ours() { # ours BINARY FILE THREADS -> "prefill decode"
-  "$1" generate --model "$2" --bench --bench-threads "$3" --bench-prompt 256 --max-tokens 64 --json 2>/dev/null |
+  "$1" generate --model "$2" --weights "${WEIGHTS:-resident}" --bench --bench-threads "$3" --bench-prompt 256 --max-tokens 64 --json 2>/dev/null |
     python3 -c 'import json,sys; r=json.load(sys.stdin)["results"][0]; print(r["prefill_tokens_per_s"], r["decode_tokens_per_s"])'
 }
 theirs() { # theirs FILE THREADS -> "prefill decode"
@@ -36,7 +38,7 @@ tg = next(r["avg_ts"] for r in rs if r["n_gen"] > 0)
 print(pp, tg)'
 }
 
-echo "## $(date -u '+%F %H:%M') UTC, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "## $(date -u '+%F %H:%M') UTC, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), ours --weights ${WEIGHTS:-resident}"
 if [ -n "$base" ]; then
   echo "| file | threads | llama.cpp prefill | baseline | ours | ours/llama.cpp | llama.cpp decode | baseline | ours | ours/llama.cpp |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -10,19 +10,32 @@
 //! activations are asked for, is dequantized one block at a time into a stack buffer.
 //! Either way the weights stay in their stored form.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use crate::quant::{dequantize_block, f16_at, row_bytes, GgmlType, Q8Acts, QK, QK_K};
 use crate::EngineError;
 
-/// A row-major quantized matrix borrowed from the mapped file: `rows` rows of `cols`
-/// values (ggml shape `[cols, rows]`).
+/// A quantized matrix borrowed from the weight store: `rows` rows of `cols` values
+/// (ggml shape `[cols, rows]`).
 #[derive(Debug, Clone, Copy)]
 pub struct QMatrix<'a> {
     pub qtype: GgmlType,
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
+    pub layout: Layout,
+}
+
+/// How a matrix's rows sit in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Row after row, as the GGUF stores them.
+    #[default]
+    Rows,
+    /// Groups of eight rows interleaved block by block ([`crate::interleave`]).
+    Interleaved8,
 }
 
 impl<'a> QMatrix<'a> {
@@ -47,6 +60,25 @@ impl<'a> QMatrix<'a> {
             rows,
             cols,
             data,
+            layout: Layout::Rows,
+        })
+    }
+
+    /// Interleave a row-major matrix in place ([`crate::interleave`]) and wrap it.
+    pub fn interleaved(
+        qtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &'a mut [u8],
+    ) -> Result<Self, EngineError> {
+        QMatrix::new(qtype, rows, cols, data)?;
+        crate::interleave::interleave(qtype, rows, cols, data)?;
+        Ok(QMatrix {
+            qtype,
+            rows,
+            cols,
+            data,
+            layout: Layout::Interleaved8,
         })
     }
 
@@ -55,10 +87,18 @@ impl<'a> QMatrix<'a> {
         self.data.len() / self.rows.max(1)
     }
 
-    /// Row `r` as raw bytes.
-    pub fn row(&self, r: usize) -> &'a [u8] {
-        let rb = self.row_bytes();
-        &self.data[r * rb..(r + 1) * rb]
+    /// Row `r` as raw bytes in the stored format (gathered from its group when the
+    /// matrix is interleaved).
+    pub fn row(&self, r: usize) -> Cow<'a, [u8]> {
+        match self.layout {
+            Layout::Rows => {
+                let rb = self.row_bytes();
+                Cow::Borrowed(&self.data[r * rb..(r + 1) * rb])
+            }
+            Layout::Interleaved8 => Cow::Owned(crate::interleave::row(
+                self.qtype, self.rows, self.cols, self.data, r,
+            )),
+        }
     }
 
     /// Dequantize row `r` (e.g. an embedding lookup).
@@ -69,7 +109,7 @@ impl<'a> QMatrix<'a> {
                 self.rows
             )));
         }
-        crate::quant::dequantize_row(self.qtype, self.row(r), out)
+        crate::quant::dequantize_row(self.qtype, &self.row(r), out)
     }
 
     /// Whether this type multiplies against 8-bit quantized activations.
@@ -810,6 +850,29 @@ pub(crate) fn matmul_on(
     let tile = |r0: usize, r1: usize| {
         let p = optr;
         #[cfg(target_arch = "x86_64")]
+        if let (Layout::Interleaved8, true, Acts::Q8(a)) = (w.layout, s.avx2(), acts) {
+            let g = crate::interleave::ROWS;
+            debug_assert!(r0.is_multiple_of(g) && r1.is_multiple_of(g));
+            // SAFETY: `s` is a tier this CPU runs; an interleaved matrix is Q4_0/Q4_1/Q8_0
+            // with whole groups (QMatrix::interleaved / the loader checked), the shapes
+            // and `a`'s sums were checked above, and the ranges are whole groups.
+            unsafe {
+                crate::q8_avx2::x8_rows(
+                    s,
+                    w.qtype,
+                    w.data.as_ptr(),
+                    cols / QK,
+                    r0 / g,
+                    r1 / g,
+                    a,
+                    n_tok,
+                    p.0,
+                    rows,
+                )
+            };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
         if let (true, Acts::Q8(a), 1) = (s.avx2(), acts, n_tok) {
             if r0 < r1 {
                 // SAFETY: `s` is a tier this CPU runs; the shapes were checked above
@@ -845,7 +908,7 @@ pub(crate) fn matmul_on(
             }
             for r in r0..r1 {
                 for t in t..n_tok {
-                    let v = row_dot(w.qtype, w.row(r), acts, t, cols, s);
+                    let v = row_dot(w.qtype, &w.row(r), acts, t, cols, s);
                     // SAFETY: as below.
                     unsafe { *p.0.add(t * rows + r) = v };
                 }
@@ -894,7 +957,7 @@ pub(crate) fn matmul_on(
             }
             let mut t = t0;
             while t < n_tok {
-                let v = row_dot(w.qtype, wr, acts, t, cols, s);
+                let v = row_dot(w.qtype, &wr, acts, t, cols, s);
                 // SAFETY: t < n_tok and r < rows, so the index is in bounds; row ranges
                 // of different workers are disjoint.
                 unsafe { *p.0.add(t * rows + r) = v };
@@ -907,7 +970,8 @@ pub(crate) fn matmul_on(
         tile(0, rows);
     } else {
         // A few chunks per thread balances load without much scheduling overhead.
-        let chunk = rows.div_ceil(threads * 4).max(16);
+        // Whole groups of eight, for interleaved matrices.
+        let chunk = rows.div_ceil(threads * 4).max(16).next_multiple_of(8);
         let n_chunks = rows.div_ceil(chunk);
         (0..n_chunks).into_par_iter().for_each(|c| {
             let r0 = c * chunk;
@@ -1011,9 +1075,9 @@ mod tests {
                         "{t:?} tok {tok} row {r}: {got} vs {want}"
                     );
                     let portable = match t {
-                        GgmlType::Q8_0 => dot_q8_0_portable(m.row(r), &acts, tok),
-                        GgmlType::Q4_1 => dot_q4_portable(m.row(r), &acts, tok, true),
-                        _ => dot_q4_portable(m.row(r), &acts, tok, false),
+                        GgmlType::Q8_0 => dot_q8_0_portable(&m.row(r), &acts, tok),
+                        GgmlType::Q4_1 => dot_q4_portable(&m.row(r), &acts, tok, true),
+                        _ => dot_q4_portable(&m.row(r), &acts, tok, false),
                     };
                     assert!(
                         (got - portable).abs() < 1e-3,
@@ -1071,11 +1135,11 @@ mod tests {
                         for r in 0..rows {
                             let got = out[tok * rows + r];
                             if n_tok == 1 {
-                                let per_row = row_dot(t, m.row(r), &q8, 0, cols, tier);
+                                let per_row = row_dot(t, &m.row(r), &q8, 0, cols, tier);
                                 let (a, b) = (got.to_bits(), per_row.to_bits());
                                 assert_eq!(a, b, "{t:?} {tier:?} row {r}");
                             }
-                            let portable = row_dot(t, m.row(r), &q8, tok, cols, Simd::Portable);
+                            let portable = row_dot(t, &m.row(r), &q8, tok, cols, Simd::Portable);
                             assert!(
                                 (got - portable).abs() <= 1e-4 * (1.0 + portable.abs()),
                                 "{t:?} {tier:?} token {tok} of {n_tok}, row {r}: {got} vs \
@@ -1091,6 +1155,46 @@ mod tests {
                                 f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
                                 "{t:?}: {tier:?} differs from AVX2"
                             ),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Interleaved Q4_0/Q4_1/Q8_0 matrices give the row-major result on every tier, for
+    /// decode, prefill tiles with a tail, and f32 activations, split across threads or
+    /// not; only the float summation order differs.
+    #[test]
+    fn interleaved_matrices_match_row_major() {
+        let (rows, cols) = (72usize, 608usize); // 9 groups; 19 blocks per row
+        let wf = rng_vals(rows * cols, 17);
+        for (t, data) in [
+            (GgmlType::Q4_1, quantize_q4(&wf, true)),
+            (GgmlType::Q4_0, quantize_q4(&wf, false)),
+            (GgmlType::Q8_0, quantize_q8_0(&wf)),
+        ] {
+            let m = QMatrix::new(t, rows, cols, &data).unwrap();
+            let mut packed = data.clone();
+            let x8 = QMatrix::interleaved(t, rows, cols, &mut packed).unwrap();
+            assert_ne!(x8.data, &data[..], "interleaving moved no bytes");
+            for n_tok in [1usize, 7] {
+                let x = rng_vals(n_tok * cols, 19 + n_tok as u32);
+                let mut acts = Q8Acts::default();
+                acts.quantize_into(&x, cols);
+                for acts in [Acts::Q8(&acts), Acts::F32(&x)] {
+                    let mut want = vec![0f32; n_tok * rows];
+                    matmul_on(Simd::Portable, &m, &acts, &mut want, false).unwrap();
+                    for tier in Simd::available() {
+                        for parallel in [false, true] {
+                            let mut got = vec![0f32; n_tok * rows];
+                            matmul_on(tier, &x8, &acts, &mut got, parallel).unwrap();
+                            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                                assert!(
+                                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                                    "{t:?} {tier:?} {n_tok} tokens, output {i}: {g} vs {w}"
+                                );
+                            }
                         }
                     }
                 }

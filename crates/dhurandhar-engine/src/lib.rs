@@ -17,6 +17,7 @@ pub mod cache;
 pub mod eval;
 pub mod experts;
 pub mod floats;
+pub mod interleave;
 pub mod kernels;
 pub mod kquants;
 pub mod lora;

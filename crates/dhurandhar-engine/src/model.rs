@@ -18,7 +18,7 @@ pub use crate::arch::RopeStyle;
 use crate::arch::{Activation, ArchSpec, AttentionScale, ExpertRouting, SlidingLayers};
 use crate::cache::{CacheCodec, Capture, KvCache};
 use crate::experts::{route, Eviction, ExpertStats};
-use crate::kernels::{axpy, dot, matmul, strided_axpys, strided_dots, Acts, QMatrix};
+use crate::kernels::{axpy, dot, matmul, strided_axpys, strided_dots, Acts, Layout, QMatrix};
 use crate::lora::LoraStack;
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
 use crate::store::{
@@ -106,7 +106,24 @@ fn tensor_at(
         offset,
         len,
         local: 0,
+        layout: Layout::Rows,
     })
+}
+
+/// Interleave a resident Q4_0/Q4_1/Q8_0 matrix by eight rows in place, where its shape
+/// allows: the x86 kernels then compute eight rows per pass ([`crate::interleave`]).
+/// The bytes stay where they were, so memory and offsets are unchanged.
+fn interleave_resident(bytes: &mut [u8], t: &mut TensorRef) -> Result<(), EngineError> {
+    if t.layout == Layout::Rows && crate::interleave::fits(t.qtype, t.rows, t.cols) {
+        crate::interleave::interleave(
+            t.qtype,
+            t.rows,
+            t.cols,
+            &mut bytes[t.offset..t.offset + t.len],
+        )?;
+        t.layout = Layout::Interleaved8;
+    }
+    Ok(())
 }
 
 /// Where a tensor lives in the map.
@@ -119,6 +136,8 @@ pub(crate) struct TensorRef {
     pub(crate) len: usize,
     /// Offset inside the layer's buffer when the layer is streamed.
     local: usize,
+    /// Rows as stored, or interleaved by eight at load (resident Q4_0/Q4_1/Q8_0).
+    layout: Layout,
 }
 
 /// Q/K/V projections: three tensors, or one fused `attn_qkv` whose output rows are
@@ -595,9 +614,9 @@ impl Model {
                 ),
             ));
         }
-        let embd = tensor("token_embd.weight", vocab_size, dim)?;
+        let mut embd = tensor("token_embd.weight", vocab_size, dim)?;
         let tied = g.tensor("output.weight").is_none();
-        let output = if tied {
+        let mut output = if tied {
             embd
         } else {
             tensor("output.weight", vocab_size, dim)?
@@ -878,7 +897,20 @@ impl Model {
         }
         let held = match backing {
             Backing::Map(m) => Held::Store(WeightStore::Mmap(m)),
-            Backing::Bytes(v) => Held::Store(WeightStore::Resident(v)),
+            Backing::Bytes(mut v) => {
+                if crate::kernels::simd().avx2() {
+                    for t in layers.iter_mut().flat_map(Layer::mats_mut) {
+                        interleave_resident(&mut v, t)?;
+                    }
+                    // The head; a tied embedding is the same bytes, and its row lookups
+                    // gather from the groups.
+                    interleave_resident(&mut v, &mut output)?;
+                    if tied {
+                        embd.layout = output.layout;
+                    }
+                }
+                Held::Store(WeightStore::Resident(v))
+            }
             Backing::File(f, len, path) => {
                 let _ = dhurandhar_profile::sys::evict(&f, 0, len);
                 Held::Stream(Source::file(f, direct_io.then_some(path.as_path()), len))
@@ -957,6 +989,7 @@ impl Model {
             rows: t.rows,
             cols: t.cols,
             data: v.get(t.offset, t.local, t.len),
+            layout: t.layout,
         }
     }
 
@@ -1012,6 +1045,7 @@ impl Model {
                         rows: r1 - r0,
                         cols: t.cols,
                         data: view.get(t.offset + r0 * rb, local, (r1 - r0) * rb),
+                        layout: Layout::Rows,
                     };
                     part.resize(n * (r1 - r0), 0.0);
                     sc.project(&w, h, &mut part, par)?;
@@ -1027,6 +1061,7 @@ impl Model {
             rows: t.rows,
             cols: t.cols,
             data,
+            layout: t.layout,
         };
         sc.project(&w, h, logits, par)
     }
@@ -1203,7 +1238,13 @@ impl Model {
                 }
             }
         }
-        Ok(mats.iter().map(|t| self.mat(&v, t).data.to_vec()).collect())
+        Ok(mats
+            .iter()
+            .map(|t| {
+                let m = self.mat(&v, t);
+                (0..m.rows).flat_map(|r| m.row(r).into_owned()).collect()
+            })
+            .collect())
     }
 
     /// How the weights are held.

@@ -1,8 +1,9 @@
 //! The x86 kernels for every type that multiplies against 8-bit activations
 //! ([`Q8Acts`]): Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants (see [`crate::kquants`]
 //! for the layouts and the choice of activation format). Entry points: [`dot`] (one
-//! weight row), [`dot_rows`] (decode over a row range) and [`dot4_rows`] (prefill, four
-//! tokens at a time).
+//! weight row), [`dot_rows`] (decode over a row range), [`dot4_rows`] (prefill, four
+//! tokens at a time) and [`x8_rows`] (decode and prefill on matrices interleaved by eight
+//! rows, [`crate::interleave`]).
 //!
 //! Each kernel unpacks 32 weights of one activation block into a 256-bit register of
 //! unsigned bytes, multiplies them with the signed activations, and folds per-block
@@ -21,6 +22,7 @@
 
 use std::arch::x86_64::*;
 
+use crate::interleave::ROWS;
 use crate::kernels::avx2::{f16_to_f32 as f16, hsum, nibbles};
 use crate::kernels::Simd;
 use crate::quant::{GgmlType, Q8Acts, QK, QK_K};
@@ -326,6 +328,159 @@ tiered! {
             }
         }
     }
+}
+
+tiered! {
+    /// Activation rows `0..n_tok` against row groups `g0..g1` of an interleaved Q4_0,
+    /// Q4_1 or Q8_0 matrix ([`crate::interleave`]) whose groups hold `nb` blocks per row, into
+    /// `out[t · stride + r]`: four tokens per pass over a group (its 2–3 KB of weights
+    /// stay in L1 while the tokens stream past), the tail one by one.
+    ///
+    /// # Safety
+    /// `simd` is a tier this CPU runs and has AVX2; `t` is Q4_0, Q4_1 or Q8_0; `w` holds
+    /// groups `0..g1` of `8 · nb` blocks; `a` holds `n_tok` rows of `nb` blocks
+    /// (values, and `ds`); `out` has room for every `t · stride + r` with `t < n_tok`,
+    /// `r < 8 · g1`.
+    pub fn x8_rows as x8_rows_impl(
+        t: GgmlType,
+        w: *const u8,
+        nb: usize,
+        g0: usize,
+        g1: usize,
+        a: &Q8Acts,
+        n_tok: usize,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        // Direct calls, not function pointers (see dot4_rows).
+        macro_rules! run {
+            ($four:expr, $one:expr, $column:expr) => {{
+                let group = nb * $column;
+                for g in g0..g1 {
+                    let (gp, o) = (w.add(g * group), out.add(g * ROWS));
+                    let mut tok = 0;
+                    while tok + 4 <= n_tok {
+                        let v = $four(gp, nb, a, tok);
+                        for i in 0..4 {
+                            _mm256_storeu_ps(o.add((tok + i) * stride), v[i]);
+                        }
+                        tok += 4;
+                    }
+                    for tok in tok..n_tok {
+                        let [v] = $one(gp, nb, a, tok);
+                        _mm256_storeu_ps(o.add(tok * stride), v);
+                    }
+                }
+            }};
+        }
+        match t {
+            GgmlType::Q4_0 => run!(x8_q4::<D, false, 4>, x8_q4::<D, false, 1>, 144),
+            GgmlType::Q4_1 => run!(x8_q4::<D, true, 4>, x8_q4::<D, true, 1>, 160),
+            GgmlType::Q8_0 => run!(x8_q8_0::<D, 4>, x8_q8_0::<D, 1>, 272),
+            _ => unreachable!("no interleaved kernel for {}", t.name()),
+        }
+    }
+}
+
+/// One group of eight interleaved Q8_0 rows against activation rows `a_row..a_row + N`
+/// (lane `j` of result `i`: row `j`, token `i`). The weights are signed, so each vector
+/// meets the unsigned-by-signed product as `|w|` (once per vector) against the token's
+/// four broadcast values carrying `w`'s sign.
+#[inline(always)]
+unsafe fn x8_q8_0<D: Dp, const N: usize>(
+    gp: *const u8,
+    nb: usize,
+    a: &Q8Acts,
+    a_row: usize,
+) -> [__m256; N] {
+    let qp: [*const u8; N] =
+        std::array::from_fn(|i| a.qs.as_ptr().add((a_row + i) * a.cols) as *const u8);
+    let dp: [*const f32; N] = std::array::from_fn(|i| a.d.as_ptr().add((a_row + i) * nb));
+    let mut acc = [_mm256_setzero_ps(); N];
+    for b in 0..nb {
+        let blk = gp.add(b * 272);
+        for l in 0..5 {
+            _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64 * l) as *const i8);
+        }
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+        let w: [__m256i; 8] =
+            std::array::from_fn(|k| _mm256_loadu_si256(blk.add(16 + 32 * k) as *const __m256i));
+        let aw: [__m256i; 8] = std::array::from_fn(|k| _mm256_sign_epi8(w[k], w[k]));
+        for i in 0..N {
+            let q = qp[i].add(b * QK);
+            let four = |k: usize| _mm256_set1_epi32((q.add(4 * k) as *const i32).read_unaligned());
+            let mut s0 = D::dot(aw[0], _mm256_sign_epi8(four(0), w[0]));
+            let mut s1 = D::dot(aw[1], _mm256_sign_epi8(four(1), w[1]));
+            for k in (2..8).step_by(2) {
+                s0 = D::dot_acc(s0, aw[k], _mm256_sign_epi8(four(k), w[k]));
+                s1 = D::dot_acc(s1, aw[k + 1], _mm256_sign_epi8(four(k + 1), w[k + 1]));
+            }
+            let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+            acc[i] = _mm256_fmadd_ps(
+                _mm256_mul_ps(d, _mm256_set1_ps(*dp[i].add(b))),
+                isum,
+                acc[i],
+            );
+        }
+    }
+    acc
+}
+
+/// One group of eight interleaved Q4_0/Q4_1 rows against activation rows `a_row..a_row
+/// + N`: lane `j` of result `i` is row `j` against token `i`. Per block column, each
+/// 32-byte quant vector is unpacked once into low and high nibbles, and each token
+/// multiplies them against its four values of that vector broadcast to every lane; the
+/// integer sums are scaled by the eight rows' `d` (one conversion) and the offset term
+/// (`m`, or Q4_0's `−8·d`) is one FMA against the block's activation sum.
+#[inline(always)]
+unsafe fn x8_q4<D: Dp, const Q41: bool, const N: usize>(
+    gp: *const u8,
+    nb: usize,
+    a: &Q8Acts,
+    a_row: usize,
+) -> [__m256; N] {
+    let (header, column) = if Q41 { (32, 160) } else { (16, 144) };
+    let qp: [*const u8; N] =
+        std::array::from_fn(|i| a.qs.as_ptr().add((a_row + i) * a.cols) as *const u8);
+    let dsp: [*const f32; N] = std::array::from_fn(|i| a.ds.as_ptr().add(2 * (a_row + i) * nb));
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut macc = [_mm256_setzero_ps(); N];
+    for b in 0..nb {
+        let blk = gp.add(b * column);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 128) as *const i8);
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+        let m = if Q41 {
+            _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i))
+        } else {
+            _mm256_mul_ps(d, _mm256_set1_ps(-8.0))
+        };
+        let mut lo = [_mm256_setzero_si256(); 4];
+        let mut hi = [_mm256_setzero_si256(); 4];
+        for k in 0..4 {
+            let v = _mm256_loadu_si256(blk.add(header + 32 * k) as *const __m256i);
+            lo[k] = _mm256_and_si256(v, m4);
+            hi[k] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+        }
+        for i in 0..N {
+            let q = qp[i].add(b * QK);
+            let four = |o: usize| _mm256_set1_epi32((q.add(o) as *const i32).read_unaligned());
+            // Two chains, so consecutive products do not wait on each other.
+            let mut s0 = D::dot(lo[0], four(0));
+            let mut s1 = D::dot(hi[0], four(16));
+            for k in 1..4 {
+                s0 = D::dot_acc(s0, lo[k], four(4 * k));
+                s1 = D::dot_acc(s1, hi[k], four(16 + 4 * k));
+            }
+            let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+            let (da, sa) = (*dsp[i].add(2 * b), *dsp[i].add(2 * b + 1));
+            acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(da)), isum, acc[i]);
+            macc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(sa), macc[i]);
+        }
+    }
+    std::array::from_fn(|i| _mm256_add_ps(acc[i], macc[i]))
 }
 
 // Kinds of 32-value single-scale blocks for [`rows4`].

@@ -161,8 +161,8 @@ fn kernels_match_the_gguf_reference() {
                 );
                 if !q8 {
                     let xr = &x[tok * COLS..(tok + 1) * COLS];
-                    let mut paths = vec![("portable", floats::dot_portable(*t, m.row(r), xr))];
-                    if let Some(v) = floats::dot_avx2(*t, m.row(r), xr) {
+                    let mut paths = vec![("portable", floats::dot_portable(*t, &m.row(r), xr))];
+                    if let Some(v) = floats::dot_avx2(*t, &m.row(r), xr) {
                         paths.push(("avx2", v));
                     }
                     for (path, v) in paths {
@@ -177,15 +177,15 @@ fn kernels_match_the_gguf_reference() {
                 }
                 let mut results = vec![("matmul", out_q8[tok * ROWS + r])];
                 if kquants::supports(*t) {
-                    results.push(("portable", kquants::dot_portable(*t, m.row(r), &acts, tok)));
+                    results.push(("portable", kquants::dot_portable(*t, &m.row(r), &acts, tok)));
                     for tier in Simd::available() {
-                        if let Some([v]) = kquants::dot_on::<1>(tier, *t, m.row(r), &acts, tok) {
+                        if let Some([v]) = kquants::dot_on::<1>(tier, *t, &m.row(r), &acts, tok) {
                             results.push((tier_name(tier, 1), v));
                         }
                         // The 4-row prefill kernel, rows 0..4 and 1..5.
                         for first in [0, 1] {
                             if (first..first + 4).contains(&tok) {
-                                let v = kquants::dot_on::<4>(tier, *t, m.row(r), &acts, first);
+                                let v = kquants::dot_on::<4>(tier, *t, &m.row(r), &acts, first);
                                 if let Some(v) = v {
                                     results.push((tier_name(tier, 4), v[tok - first]));
                                 }
