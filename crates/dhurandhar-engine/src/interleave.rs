@@ -1,5 +1,5 @@
-//! Eight rows interleaved block by block: the layout resident Q4_0, Q4_1 and Q8_0
-//! matrices are rearranged into when they are loaded, so one pass of the x86 kernel computes eight
+//! Eight rows interleaved block by block: the layout resident Q4_0, Q4_1, Q5_0, Q5_1 and
+//! Q8_0 matrices are rearranged into when they are loaded, so one pass of the x86 kernel computes eight
 //! rows at once.
 //!
 //! Why: a row-major Q4_0 row of 576 values is only 18 blocks, and a one-row kernel spends
@@ -12,13 +12,16 @@
 //!
 //! # Layout
 //! Rows `8g..8g + 8` form group `g`, which takes exactly the bytes the eight rows did.
-//! Within it, block column `b` comes after column `b − 1`, and holds:
-//! 1. each header field of the block format (`d`; Q4_1: `d`, then `m`) for the eight
-//!    rows: 8 × f16 = 16 bytes per field;
-//! 2. the quants as 32-byte vectors (four for Q4, eight for Q8_0): vector `k` holds
-//!    bytes `4k..4k + 4` of each row's quant bytes, row `j` in 32-bit lane `j`.
+//! Within it, block column `b` comes after column `b − 1`. A block is its f16 fields
+//! (`d`; Q4_1 and Q5_1: `d`, then `m`) followed by 4-byte words (Q5's 32 high bits, then
+//! the quant bytes four at a time), and the column holds each of them for the eight rows
+//! side by side:
+//! 1. each f16 field: 8 × 2 = 16 bytes;
+//! 2. each 4-byte word as a 32-byte vector, row `j` in 32-bit lane `j`: Q5's high bits,
+//!    then the quants (four vectors for Q4/Q5, eight for Q8_0; vector `k` holds quant
+//!    bytes `4k..4k + 4`).
 //!
-//! The bytes themselves are unchanged: a Q4 byte `i` still holds value `i` in its low
+//! The bytes themselves are unchanged: a Q4/Q5 byte `i` still holds value `i` in its low
 //! nibble and value `i + 16` in its high one, so the low nibbles of vector `k` are values
 //! `4k..4k + 4` of every row and the high nibbles values `16 + 4k..16 + 4k + 4`.
 
@@ -30,19 +33,22 @@ pub const ROWS: usize = 8;
 
 /// Whether matrices of type `t` can be interleaved.
 pub fn supports(t: GgmlType) -> bool {
-    matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    matches!(
+        t,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0
+    )
 }
 
-/// Bytes of one block's header (its f16 scale fields) for a supported type.
+/// Bytes of one block's f16 fields for a supported type (the rest are 4-byte words).
 fn header_bytes(t: GgmlType) -> usize {
     match t {
-        GgmlType::Q4_1 => 4,
+        GgmlType::Q4_1 | GgmlType::Q5_1 => 4,
         _ => 2,
     }
 }
 
 /// Where byte `i` of block `b` of row `j` of a group lives in the interleaved group,
-/// for blocks of `ts` bytes with a header of `hb`.
+/// for blocks of `ts` bytes whose first `hb` are f16 fields.
 #[inline]
 fn position(hb: usize, ts: usize, j: usize, b: usize, i: usize) -> usize {
     let column = b * ts * ROWS;
@@ -127,7 +133,13 @@ mod tests {
     /// Every byte of a group has exactly one place: the layout is a permutation.
     #[test]
     fn positions_tile_the_group() {
-        for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for t in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+        ] {
             let (hb, ts) = (header_bytes(t), t.type_size() as usize);
             let nb = 3;
             let mut seen = vec![false; ROWS * nb * ts];
@@ -157,12 +169,16 @@ mod tests {
         assert_eq!(position(hb, ts, 5, 0, hb + 4), 32 + 32 + 5 * 4);
         // the same byte one block column later.
         assert_eq!(position(hb, ts, 5, 1, hb + 4), 160 + 32 + 32 + 5 * 4);
+        // Q5_0 (d, then the high bits as the first vector): row 2's high-bit byte 1 at
+        // 16 + 2·4 + 1, its quant byte 0 one vector later.
+        assert_eq!(position(2, 22, 2, 0, 3), 16 + 9);
+        assert_eq!(position(2, 22, 2, 0, 6), 16 + 32 + 8);
     }
 
     #[test]
     fn refuses_shapes_it_cannot_group() {
         assert!(!fits(GgmlType::Q4_0, 12, 64));
-        assert!(!fits(GgmlType::Q5_0, 8, 64));
+        assert!(!fits(GgmlType::Q4K, 8, 256));
         assert!(fits(GgmlType::Q4_1, 16, 64));
         let mut short = vec![0u8; 10];
         assert!(interleave(GgmlType::Q4_0, 8, 32, &mut short).is_err());
@@ -171,8 +187,8 @@ mod tests {
     proptest! {
         /// Interleaving then reading rows back gives the row-major bytes.
         #[test]
-        fn rows_survive_interleaving(kind in 0usize..3, groups in 1usize..4, nb in 1usize..6, seed in any::<u64>()) {
-            let t = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0][kind];
+        fn rows_survive_interleaving(kind in 0usize..5, groups in 1usize..4, nb in 1usize..6, seed in any::<u64>()) {
+            let t = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0][kind];
             let (rows, cols) = (groups * ROWS, nb * 32);
             let rb = nb * t.type_size() as usize;
             let mut s = seed | 1;

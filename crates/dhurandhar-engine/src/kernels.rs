@@ -1162,18 +1162,33 @@ mod tests {
         }
     }
 
-    /// Interleaved Q4_0/Q4_1/Q8_0 matrices give the row-major result on every tier, for
-    /// decode, prefill tiles with a tail, and f32 activations, split across threads or
-    /// not; only the float summation order differs.
+    /// Interleaved matrices of every type that interleaves give the row-major result on
+    /// every tier, for decode, prefill tiles with a tail, and f32 activations, split
+    /// across threads or not; only the float summation order differs.
     #[test]
     fn interleaved_matrices_match_row_major() {
         let (rows, cols) = (72usize, 608usize); // 9 groups; 19 blocks per row
-        let wf = rng_vals(rows * cols, 17);
-        for (t, data) in [
-            (GgmlType::Q4_1, quantize_q4(&wf, true)),
-            (GgmlType::Q4_0, quantize_q4(&wf, false)),
-            (GgmlType::Q8_0, quantize_q8_0(&wf)),
-        ] {
+                                                // (type, byte offsets of its f16 scales within a block)
+        let types: [(GgmlType, &[usize]); 5] = [
+            (GgmlType::Q4_0, &[0]),
+            (GgmlType::Q4_1, &[0, 2]),
+            (GgmlType::Q5_0, &[0]),
+            (GgmlType::Q5_1, &[0, 2]),
+            (GgmlType::Q8_0, &[0]),
+        ];
+        for (t, scales) in types {
+            let ts = t.type_size() as usize;
+            // Any bit pattern is a valid block once its scales are sane f16 values.
+            let mut data: Vec<u8> = rng_vals(rows * cols / 32 * ts, 17)
+                .iter()
+                .map(|v| ((v + 1.0) * 127.9) as u8)
+                .collect();
+            for (b, block) in data.chunks_exact_mut(ts).enumerate() {
+                for (k, &off) in scales.iter().enumerate() {
+                    let v = f16::from_f32(0.002 * (1 + (b + k) % 7) as f32);
+                    block[off..off + 2].copy_from_slice(&v.to_le_bytes());
+                }
+            }
             let m = QMatrix::new(t, rows, cols, &data).unwrap();
             let mut packed = data.clone();
             let x8 = QMatrix::interleaved(t, rows, cols, &mut packed).unwrap();

@@ -332,12 +332,12 @@ tiered! {
 
 tiered! {
     /// Activation rows `0..n_tok` against row groups `g0..g1` of an interleaved Q4_0,
-    /// Q4_1 or Q8_0 matrix ([`crate::interleave`]) whose groups hold `nb` blocks per row, into
+    /// Q4_1, Q5_0, Q5_1 or Q8_0 matrix ([`crate::interleave`]) whose groups hold `nb` blocks per row, into
     /// `out[t · stride + r]`: four tokens per pass over a group (its 2–3 KB of weights
     /// stay in L1 while the tokens stream past), the tail one by one.
     ///
     /// # Safety
-    /// `simd` is a tier this CPU runs and has AVX2; `t` is Q4_0, Q4_1 or Q8_0; `w` holds
+    /// `simd` is a tier this CPU runs and has AVX2; `t` is one of those types; `w` holds
     /// groups `0..g1` of `8 · nb` blocks; `a` holds `n_tok` rows of `nb` blocks
     /// (values, and `ds`); `out` has room for every `t · stride + r` with `t < n_tok`,
     /// `r < 8 · g1`.
@@ -374,8 +374,10 @@ tiered! {
             }};
         }
         match t {
-            GgmlType::Q4_0 => run!(x8_q4::<D, false, 4>, x8_q4::<D, false, 1>, 144),
-            GgmlType::Q4_1 => run!(x8_q4::<D, true, 4>, x8_q4::<D, true, 1>, 160),
+            GgmlType::Q4_0 => run!(x8_q45::<D, Q4_0, 4>, x8_q45::<D, Q4_0, 1>, 144),
+            GgmlType::Q4_1 => run!(x8_q45::<D, Q4_1, 4>, x8_q45::<D, Q4_1, 1>, 160),
+            GgmlType::Q5_0 => run!(x8_q45::<D, Q5_0, 4>, x8_q45::<D, Q5_0, 1>, 176),
+            GgmlType::Q5_1 => run!(x8_q45::<D, Q5_1, 4>, x8_q45::<D, Q5_1, 1>, 192),
             GgmlType::Q8_0 => run!(x8_q8_0::<D, 4>, x8_q8_0::<D, 1>, 272),
             _ => unreachable!("no interleaved kernel for {}", t.name()),
         }
@@ -426,43 +428,82 @@ unsafe fn x8_q8_0<D: Dp, const N: usize>(
     acc
 }
 
-/// One group of eight interleaved Q4_0/Q4_1 rows against activation rows `a_row..a_row
-/// + N`: lane `j` of result `i` is row `j` against token `i`. Per block column, each
-/// 32-byte quant vector is unpacked once into low and high nibbles, and each token
+/// One group of eight interleaved Q4_0/Q4_1/Q5_0/Q5_1 rows against activation rows
+/// `a_row..a_row + N`: lane `j` of result `i` is row `j` against token `i`. Per block
+/// column, each 32-byte quant vector is unpacked once into low and high nibbles (Q5: with
+/// each value's fifth bit from the row's high-bit word in the same lane), and each token
 /// multiplies them against its four values of that vector broadcast to every lane; the
 /// integer sums are scaled by the eight rows' `d` (one conversion) and the offset term
-/// (`m`, or Q4_0's `−8·d`) is one FMA against the block's activation sum.
+/// (`m`, or `−8·d` / `−16·d`) is one FMA against the block's activation sum.
 #[inline(always)]
-unsafe fn x8_q4<D: Dp, const Q41: bool, const N: usize>(
+unsafe fn x8_q45<D: Dp, const KIND: u8, const N: usize>(
     gp: *const u8,
     nb: usize,
     a: &Q8Acts,
     a_row: usize,
 ) -> [__m256; N] {
-    let (header, column) = if Q41 { (32, 160) } else { (16, 144) };
+    let has_m = KIND == Q4_1 || KIND == Q5_1;
+    let q5 = KIND == Q5_0 || KIND == Q5_1;
+    let qh_at = if has_m { 32 } else { 16 };
+    let q_at = qh_at + if q5 { 32 } else { 0 };
+    let column = q_at + 128;
+    let offset = match KIND {
+        Q4_0 => -8.0,
+        Q5_0 => -16.0,
+        _ => 0.0,
+    };
     let qp: [*const u8; N] =
         std::array::from_fn(|i| a.qs.as_ptr().add((a_row + i) * a.cols) as *const u8);
     let dsp: [*const f32; N] = std::array::from_fn(|i| a.ds.as_ptr().add(2 * (a_row + i) * nb));
     let m4 = _mm256_set1_epi8(0x0F);
+    let bit4 = _mm256_set1_epi8(0x10);
+    // Fifth bits of values `4k + i` (low nibbles) and `16 + 4k + i` (high nibbles) into
+    // byte `i` of each lane: broadcast the word's byte `k / 2` (or `2 + k / 2`) over the
+    // lane, keep bit `i` of its low or high half, and turn it into 0x10.
+    let spread = |b: i32| b * 0x0101_0101;
+    let fifth = |qh: __m256i, byte: i32, k: usize| {
+        let idx = _mm256_setr_epi32(
+            spread(byte),
+            spread(4 + byte),
+            spread(8 + byte),
+            spread(12 + byte),
+            spread(byte),
+            spread(4 + byte),
+            spread(8 + byte),
+            spread(12 + byte),
+        );
+        let mask = _mm256_set1_epi32(0x0804_0201 << (4 * (k % 2)));
+        let bits = _mm256_and_si256(_mm256_shuffle_epi8(qh, idx), mask);
+        _mm256_and_si256(_mm256_cmpeq_epi8(bits, mask), bit4)
+    };
     let mut acc = [_mm256_setzero_ps(); N];
     let mut macc = [_mm256_setzero_ps(); N];
     for b in 0..nb {
         let blk = gp.add(b * column);
-        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 128) as *const i8);
+        for l in 0..column.div_ceil(64) {
+            _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64 * l) as *const i8);
+        }
         let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-        let m = if Q41 {
+        let m = if has_m {
             _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i))
         } else {
-            _mm256_mul_ps(d, _mm256_set1_ps(-8.0))
+            _mm256_mul_ps(d, _mm256_set1_ps(offset))
+        };
+        let qh = if q5 {
+            _mm256_loadu_si256(blk.add(qh_at) as *const __m256i)
+        } else {
+            _mm256_setzero_si256()
         };
         let mut lo = [_mm256_setzero_si256(); 4];
         let mut hi = [_mm256_setzero_si256(); 4];
         for k in 0..4 {
-            let v = _mm256_loadu_si256(blk.add(header + 32 * k) as *const __m256i);
+            let v = _mm256_loadu_si256(blk.add(q_at + 32 * k) as *const __m256i);
             lo[k] = _mm256_and_si256(v, m4);
             hi[k] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            if q5 {
+                lo[k] = _mm256_or_si256(lo[k], fifth(qh, (k / 2) as i32, k));
+                hi[k] = _mm256_or_si256(hi[k], fifth(qh, (2 + k / 2) as i32, k));
+            }
         }
         for i in 0..N {
             let q = qp[i].add(b * QK);
@@ -483,7 +524,7 @@ unsafe fn x8_q4<D: Dp, const Q41: bool, const N: usize>(
     std::array::from_fn(|i| _mm256_add_ps(acc[i], macc[i]))
 }
 
-// Kinds of 32-value single-scale blocks for [`rows4`].
+// Kinds of 32-value single-scale blocks for [`rows4`] and [`x8_q45`].
 const Q8_0: u8 = 0;
 const Q4_0: u8 = 1;
 const Q4_1: u8 = 2;
