@@ -40,6 +40,11 @@ pub struct DeviceProfile {
     /// 2): the rate of quantized matmuls, whose activations are quantized to int8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute_int8_gops: Option<f64>,
+    /// The same int8 throughput with the weights interleaved by eight rows, the layout
+    /// the engine gives resident weights of the types it can interleave (a probed x86
+    /// host; see [`MatvecRates::interleaved`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_int8_interleaved_gops: Option<f64>,
     /// CPU cores the compute figures use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_cores: Option<u32>,
@@ -60,6 +65,9 @@ pub struct DeviceProfile {
     pub measured_at: Option<String>,
 }
 
+/// Suffix of a [`MatvecRates`] key for a type interleaved by eight rows (`Q4_0@x8`).
+pub const INTERLEAVED: &str = "@x8";
+
 /// The one-token matvec cost of each stored weight type at each measured thread count:
 /// multiplying a matrix by one vector takes `call_overhead_ns[i] + rows ×
 /// row_overhead_ns[type][i]` ns plus `weights / (gweights_per_s[type][i] × 10^9)` s on
@@ -67,6 +75,10 @@ pub struct DeviceProfile {
 /// matrix of the same bytes (models differ in row width, and a narrow row pays its fixed
 /// cost over fewer weights); the call cost on a tiny matrix (a token makes hundreds of
 /// calls, and on several threads each one hands its rows to the pool).
+///
+/// A key `T@x8` is type `T` with its rows interleaved by eight, which the engine does to
+/// resident Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 matrices on x86: [`MatvecRates::interleaved`]
+/// gives the rates a resident run meets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatvecRates {
@@ -148,6 +160,22 @@ impl MatvecRates {
             row_overhead_ns: cut(&self.row_overhead_ns),
             call_overhead_ns: self.call_overhead_ns.get(i).map_or(vec![], |c| vec![*c]),
         }
+    }
+
+    /// These rates with each interleaved entry (`T@x8`) in place of its type's row-major
+    /// one: what a run whose weights are resident (and so interleaved) meets.
+    pub fn interleaved(&self) -> MatvecRates {
+        let mut r = self.clone();
+        for (key, rate) in &self.gweights_per_s {
+            if let Some(t) = key.strip_suffix(INTERLEAVED) {
+                r.gweights_per_s.insert(t.to_string(), rate.clone());
+                match self.row_overhead_ns.get(key) {
+                    Some(o) => r.row_overhead_ns.insert(t.to_string(), o.clone()),
+                    None => r.row_overhead_ns.remove(t),
+                };
+            }
+        }
+        r
     }
 
     /// The costs on the most threads measured (the device running flat out).
@@ -289,7 +317,7 @@ impl DeviceProfile {
                 ),
             );
         }
-        let rates: [(&'static str, Option<f64>, f64, &str); 4] = [
+        let rates: [(&'static str, Option<f64>, f64, &str); 5] = [
             (
                 "memory_bandwidth_gbps",
                 self.memory_bandwidth_gbps,
@@ -305,6 +333,12 @@ impl DeviceProfile {
             (
                 "compute_int8_gops",
                 self.compute_int8_gops,
+                MAX_GFLOPS,
+                "Gop/s",
+            ),
+            (
+                "compute_int8_interleaved_gops",
+                self.compute_int8_interleaved_gops,
                 MAX_GFLOPS,
                 "Gop/s",
             ),
@@ -377,6 +411,7 @@ impl DeviceProfile {
             memory_bandwidth_gbps: None,
             compute_f32_gflops: None,
             compute_int8_gops: None,
+            compute_int8_interleaved_gops: None,
             cpu_cores: None,
             matvec: None,
             supports_npu: false,
@@ -557,6 +592,26 @@ mod tests {
             typo.contains("memory_bandwith_gbps") && typo.contains("line"),
             "{typo}"
         );
+    }
+
+    /// A resident run meets the interleaved rate and row cost of each type that has them;
+    /// other types, and mapped runs, keep the row-major figures.
+    #[test]
+    fn interleaved_entries_replace_their_types() {
+        let y = "name: h\nram_budget_mb: 1\nflash_read_gbps: 1\nmatvec:\n  threads: [1]\n  \
+                 gweights_per_s: {Q4_0: [20.0], Q4_0@x8: [30.0], Q4_K: [15.0], Q8_0: [12.0], Q8_0@x8: [14.0]}\n  \
+                 row_overhead_ns: {Q4_0: [9.0], Q4_K: [8.0], Q8_0: [5.0], Q8_0@x8: [1.0]}\n";
+        let d = DeviceProfile::from_yaml_str(y, "h.yaml", "h").unwrap();
+        let m = d.matvec.unwrap();
+        let x = m.interleaved();
+        assert_eq!(x.gweights_per_s["Q4_0"], vec![30.0]);
+        assert_eq!(x.gweights_per_s["Q8_0"], vec![14.0]);
+        assert_eq!(x.gweights_per_s["Q4_K"], vec![15.0]);
+        // Q4_0@x8 has no row cost measured: none is charged, not the row-major one.
+        assert_eq!(x.row_overhead_ns.get("Q4_0"), None);
+        assert_eq!(x.row_overhead_ns["Q8_0"], vec![1.0]);
+        assert_eq!(x.row_overhead_ns["Q4_K"], vec![8.0]);
+        assert_eq!(m.gweights_per_s["Q4_0"], vec![20.0]);
     }
 
     #[test]

@@ -583,13 +583,26 @@ pub fn predict_run(f: &RunFacts<'_>) -> Result<RunPrediction> {
         _ => p.totals.resident_bytes,
     };
     let cores = host.cpu_cores.unwrap_or(1).max(1) as f64;
+    // Resident weights are interleaved by eight rows where the engine can (x86): they
+    // run at the interleaved rates the probe measured, where it measured them.
+    let resident = f.weight_mode == WeightMode::Resident;
+    let int8 = match (resident, host.compute_int8_interleaved_gops) {
+        (true, Some(x8)) => Some(x8),
+        _ => host.compute_int8_gops,
+    };
     let mut out = Vec::new();
     for &(t, prefill, decode) in f.threads {
         let share = (t as f64).min(cores) / cores;
         let d = DeviceProfile {
             compute_f32_gflops: host.compute_f32_gflops.map(|g| g * share),
-            compute_int8_gops: host.compute_int8_gops.map(|g| g * share),
-            matvec: host.matvec.as_ref().map(|m| m.only(t)),
+            compute_int8_gops: int8.map(|g| g * share),
+            matvec: host.matvec.as_ref().map(|m| {
+                if resident {
+                    m.interleaved().only(t)
+                } else {
+                    m.only(t)
+                }
+            }),
             ..host.clone()
         };
         let c = dhurandhar_plan::ceilings(&p, &d, streamed as f64);

@@ -165,6 +165,8 @@ pub struct FlashProbe {
 pub struct ComputeProbe {
     /// Q8_0 weights × 8-bit activations (the engine's integer dot kernels), 10^9 op/s.
     pub int8_gops: f64,
+    /// The same with the weights interleaved by eight rows (resident weights on x86).
+    pub int8_interleaved_gops: Option<f64>,
     /// F32 weights × f32 activations, 10^9 FLOP/s.
     pub f32_gflops: f64,
     pub dim: usize,
@@ -275,6 +277,7 @@ pub fn probe(
         memory_bandwidth_gbps: Some(round3(memory.triad_gbps)),
         compute_f32_gflops: Some(round3(compute.f32_gflops)),
         compute_int8_gops: Some(round3(compute.int8_gops)),
+        compute_int8_interleaved_gops: compute.int8_interleaved_gops.map(round3),
         cpu_cores: Some(threads as u32),
         matvec: Some(matvec.rates.clone()),
         supports_npu: false,
@@ -284,9 +287,10 @@ pub fn probe(
              triads over 3 x {} MiB on {threads} threads; flash = a {} MiB file in {}, sequential \
              by cold pread in 4 MiB blocks{}, random by {} cold 4 KiB page faults through \
              mmap; compute = the engine's \
-             matmul kernels on a {d}x{d} matrix x {} tokens (Q8_0 for int8, F32 for f32), best \
-             of {}; matvec = the engine's one-token matmul of each type over {} MiB of \
-             weights in {}- and {}-wide rows (random values; the two widths give the rate \
+             matmul kernels on a {d}x{d} matrix x {} tokens (Q8_0 for int8, also interleaved by \
+             eight rows, F32 for f32), best of {}; matvec = the engine's one-token matmul of \
+             each type (and, keyed T@x8, each type it interleaves when resident) over {} MiB \
+             of weights in {}- and {}-wide rows (random values; the two widths give the rate \
              per weight and the fixed cost per row) and 2000 calls of a 64 x 32 Q8_0 matrix \
              (the fixed cost per call), on 1 and {threads} threads, best of {}",
             if opts.ram_budget_mb.is_some() {
@@ -528,10 +532,12 @@ fn compute(
         .collect();
     let mut out = vec![0f32; d * t];
     let ops = 2.0 * (d * d * t) as f64;
+    let x8 = dhurandhar_engine::interleave::fits(GgmlType::Q8_0, d, d)
+        && dhurandhar_engine::kernels::simd().avx2();
     let phase = Phase::start(
         progress,
         "matmul throughput (int8, f32)",
-        2 * (opts.repeats as u64 + 1),
+        (2 + u64::from(x8)) * (opts.repeats as u64 + 1),
         Unit::Items("runs"),
     );
     // Q8_0 blocks: an f16 scale (0.01 = 0x211f) and 32 random int8 values.
@@ -555,6 +561,22 @@ fn compute(
         progress,
         cancel,
     )?;
+    let int8_interleaved = if x8 {
+        let mut q8x = q8.clone();
+        let wx = QMatrix::interleaved(GgmlType::Q8_0, d, d, &mut q8x)?;
+        let a = Acts::Q8(&acts);
+        Some(time_matmul_on(
+            &wx,
+            &a,
+            &mut out,
+            true,
+            opts.repeats,
+            progress,
+            cancel,
+        )?)
+    } else {
+        None
+    };
     let f: Vec<u8> = (0..d * d)
         .flat_map(|i| (((i % 97) as f32 - 48.0) / 97.0).to_le_bytes())
         .collect();
@@ -571,6 +593,7 @@ fn compute(
     drop(phase);
     Ok(ComputeProbe {
         int8_gops: ops / int8 / 1e9,
+        int8_interleaved_gops: int8_interleaved.map(|s| ops / s / 1e9),
         f32_gflops: ops / f32 / 1e9,
         dim: d,
         tokens: t,
@@ -582,6 +605,9 @@ fn compute(
 /// a narrow and a wide row of the same total bytes separate the per-weight cost from
 /// the fixed cost per row.
 const MATVEC_COLS: [usize; 2] = [512, 4096];
+
+/// Rows of random values the matvec probe quantizes, then repeats to its size.
+const TILE_ROWS: usize = 64;
 
 /// The one-token matvec cost of every type the engine computes with: for each of two
 /// row widths, a random matrix quantized to the type, its rows repeated until they fill
@@ -609,10 +635,21 @@ fn matvec(
             GgmlType::from_u32(f.ggml_id()).is_some_and(dhurandhar_engine::quant::computes_with)
         })
         .collect();
+    // Each type as stored, then interleaved by eight rows where the engine does that to
+    // resident weights (keyed `T@x8`).
+    let runs: Vec<(Format, bool)> = formats
+        .iter()
+        .flat_map(|&f| {
+            let t = GgmlType::from_u32(f.ggml_id()).expect("filtered above");
+            let x8 = dhurandhar_engine::interleave::fits(t, TILE_ROWS, MATVEC_COLS[0])
+                && dhurandhar_engine::kernels::simd().avx2();
+            std::iter::once((f, false)).chain(x8.then_some((f, true)))
+        })
+        .collect();
     let phase = Phase::start(
         progress,
         "one-token matvec per weight type",
-        (formats.len() * counts.len() * MATVEC_COLS.len()) as u64 * (opts.repeats as u64 + 1),
+        (runs.len() * counts.len() * MATVEC_COLS.len()) as u64 * (opts.repeats as u64 + 1),
         Unit::Items("runs"),
     );
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -622,10 +659,9 @@ fn matvec(
         state ^= state << 17;
         (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     };
-    let tile_rows = 64;
     let mut rates = std::collections::BTreeMap::new();
     let mut overheads = std::collections::BTreeMap::new();
-    for f in formats {
+    for (f, x8) in runs {
         let t = GgmlType::from_u32(f.ggml_id()).expect("filtered above");
         // Seconds per row at each width, per thread count.
         let mut per_row = vec![[0f64; 2]; counts.len()];
@@ -633,17 +669,21 @@ fn matvec(
             let x: Vec<f32> = (0..cols).map(|_| next()).collect();
             let mut acts = Q8Acts::default();
             acts.quantize_into(&x, cols);
-            let tile: Vec<f32> = (0..tile_rows * cols).map(|_| next()).collect();
+            let tile: Vec<f32> = (0..TILE_ROWS * cols).map(|_| next()).collect();
             let rb = f
                 .row_bytes(cols)
                 .expect("the widths are multiples of every block size");
-            let mut block = vec![0u8; rb * tile_rows];
+            let mut block = vec![0u8; rb * TILE_ROWS];
             quantize_rows(f, &tile, cols, &mut block).map_err(|e| {
                 Error::invalid("matvec", format!("cannot quantize {}: {e}", f.name()))
             })?;
-            let rows = (opts.matvec_bytes as usize / rb).max(tile_rows) / tile_rows * tile_rows;
-            let data = block.repeat(rows / tile_rows);
-            let w = QMatrix::new(t, rows, cols, &data)?;
+            let rows = (opts.matvec_bytes as usize / rb).max(TILE_ROWS) / TILE_ROWS * TILE_ROWS;
+            let mut data = block.repeat(rows / TILE_ROWS);
+            let w = if x8 {
+                QMatrix::interleaved(t, rows, cols, &mut data)?
+            } else {
+                QMatrix::new(t, rows, cols, &data)?
+            };
             let a = if w.uses_q8() {
                 Acts::Q8(&acts)
             } else {
@@ -675,8 +715,13 @@ fn matvec(
             rate.push(round3(1.0 / per_weight / 1e9));
             overhead.push(round3(row * 1e9));
         }
-        rates.insert(f.name().to_string(), rate);
-        overheads.insert(f.name().to_string(), overhead);
+        let key = if x8 {
+            format!("{}{}", f.name(), dhurandhar_plan::INTERLEAVED)
+        } else {
+            f.name().to_string()
+        };
+        rates.insert(key.clone(), rate);
+        overheads.insert(key, overhead);
     }
     // The call's own cost: the tiny matvec's time less what its rows and weights cost at
     // the Q8_0 figures just measured (so the row term is not counted twice).

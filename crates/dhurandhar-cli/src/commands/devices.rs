@@ -91,6 +91,13 @@ pub fn render_probe(r: &ProbeReport) -> String {
             t = r.compute.tokens
         ),
     ]);
+    if let Some(x8) = r.compute.int8_interleaved_gops {
+        t.add_row([
+            "int8, interleaved".to_string(),
+            format!("{x8:.1} Gop/s"),
+            "the same, rows interleaved by eight (resident weights)".to_string(),
+        ]);
+    }
     t.add_row([
         "f32 matmul".to_string(),
         format!("{:.1} GFLOP/s", r.compute.f32_gflops),
@@ -124,7 +131,8 @@ pub fn render_probe(r: &ProbeReport) -> String {
     }
     format!(
         "{t}\n{mv}\nmatvec: the engine's one-token matmul over {} MiB per type, rows {} and {} wide \
-         (time per row = ns/row + width / rate), best of {}; per call: {}.\n\
+         (time per row = ns/row + width / rate), best of {}; T@x8: rows interleaved by eight, as \
+         resident weights run; per call: {}.\n\
          Wrote {} ({}); use it with `dhurandhar analyze -d host`.\n",
         r.matvec.bytes >> 20,
         r.matvec.cols[0],
