@@ -39,15 +39,7 @@ pub fn route(
     if logits.is_empty() {
         return;
     }
-    let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for l in logits.iter_mut() {
-        *l = (*l - mx).exp();
-        sum += *l;
-    }
-    for l in logits.iter_mut() {
-        *l /= sum;
-    }
+    crate::kernels::softmax(logits);
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     out.extend(order.iter().take(used).map(|&e| (e, logits[e])));

@@ -637,6 +637,21 @@ pub fn axpy4(a: [f32; 4], w: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `s` becomes `softmax(s)` in place: `exp(s − max)`, then a multiply by the inverse sum
+/// (as llama.cpp scales). An empty slice stays empty.
+pub fn softmax(s: &mut [f32]) {
+    let mx = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for e in s.iter_mut() {
+        *e = (*e - mx).exp();
+        sum += *e;
+    }
+    let inv = 1.0 / sum;
+    for e in s.iter_mut() {
+        *e *= inv;
+    }
+}
+
 /// Attention scores against keys stored with a stride:
 /// `out[j] = scale · ⟨q, src[off + j·stride ..][..q.len()]⟩`.
 pub fn strided_dots(

@@ -18,7 +18,9 @@ pub use crate::arch::RopeStyle;
 use crate::arch::{Activation, ArchSpec, AttentionScale, ExpertRouting, SlidingLayers};
 use crate::cache::{CacheCodec, Capture, KvCache};
 use crate::experts::{route, Eviction, ExpertStats};
-use crate::kernels::{axpy, dot, matmul, strided_axpys, strided_dots, Acts, Layout, QMatrix};
+use crate::kernels::{
+    axpy, dot, matmul, softmax, strided_axpys, strided_dots, Acts, Layout, QMatrix,
+};
 use crate::lora::LoraStack;
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
 use crate::store::{
@@ -2160,16 +2162,7 @@ impl<M: Borrow<Model> + Send> Session<M> {
                     let off = (ck - tail_k0) * kvd + kh * hd;
                     strided_dots(qv, &tail_k, off, kvd, scale, &mut s[ck - lo..]);
                 }
-                let mx = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for e in s.iter_mut() {
-                    *e = (*e - mx).exp();
-                    sum += *e;
-                }
-                let inv = 1.0 / sum;
-                for e in s.iter_mut() {
-                    *e *= inv;
-                }
+                softmax(&mut s);
                 out.fill(0.0);
                 let cv = bv.min(hi);
                 strided_axpys(&s[..cv - lo], vbuf, lo * kvd + kh * hd, kvd, out);

@@ -292,6 +292,8 @@ struct Rates {
     int8: Option<f64>,
     /// One-token matvec costs by stored type (all threads).
     matvec: Option<BTreeMap<String, MatvecCost>>,
+    /// Decode attention FLOP/s measured with the engine's kernels (all threads).
+    attention: Option<f64>,
 }
 
 impl Rates {
@@ -303,6 +305,10 @@ impl Rates {
             f32: d.compute_f32_gflops.map(|g| g * 1e9),
             int8: d.compute_int8_gops.map(|g| g * 1e9),
             matvec: d.matvec.as_ref().map(|m| m.all_threads()),
+            attention: d
+                .matvec
+                .as_ref()
+                .and_then(|m| m.attention_flops_per_s(usize::MAX)),
         }
     }
 }
@@ -397,15 +403,20 @@ fn compute_bound(r: &Rates, matmul: f64, attention: f64, int8: bool) -> Bound {
 
 /// The decode compute bound from one-token matvec costs: the sum over weight types of
 /// `weights(type) / rate(type) + rows(type) × row_overhead(type) + matrices(type) ×
-/// call_overhead`, plus `attention / f32_rate`. `None` unless the device has a rate for every stored type
-/// the token multiplies (and an f32 rate for attention).
+/// call_overhead`, plus `attention / attention_rate` (the measured decode-attention rate,
+/// else the f32 matmul rate). `None` unless the device has a rate for every stored type
+/// the token multiplies (and a rate for attention).
 fn matvec_bound(r: &Rates, by_type: &BTreeMap<String, Matrices>, attention: f64) -> Option<Bound> {
     let rates = r.matvec.as_ref()?;
-    let f32 = r.f32?;
+    let (att_rate, att_how) = match (r.attention, r.f32) {
+        (Some(a), _) => (a, "measured"),
+        (None, Some(f)) => (f, "f32 matmul"),
+        (None, None) => return None,
+    };
     if by_type.is_empty() {
         return None;
     }
-    let mut secs = attention / f32;
+    let mut secs = attention / att_rate;
     for (t, m) in by_type {
         secs += rates.get(t)?.seconds(m);
     }
@@ -417,7 +428,7 @@ fn matvec_bound(r: &Rates, by_type: &BTreeMap<String, Matrices>, attention: f64)
         unit: "flop",
         tps: (secs > 0.0).then(|| 1.0 / secs),
         note: format!(
-            "{} weights through one-token matvecs ({}) at the measured cost per type + {} of f32 attention",
+            "{} weights through one-token matvecs ({}) at the measured cost per type + {} of attention at the {att_how} rate",
             format_count(weights as f64),
             types.join(", "),
             gflop(attention)

@@ -94,6 +94,13 @@ pub struct MatvecRates {
     /// The fixed time per call in ns, one per entry of `threads` (empty: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub call_overhead_ns: Vec<f64>,
+    /// Decode attention in 10^9 FLOP/s (4 · head_dim per head and attended position: the
+    /// score dot and the value axpy), one per entry of `threads`, measured with the
+    /// engine's own kernels, softmax included (empty: unknown, and attention is charged
+    /// at the f32 matmul rate, which short strided dots and one `exp` per position do
+    /// not reach).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention_gflops: Vec<f64>,
 }
 
 /// What one type's matvec costs on a given thread count.
@@ -159,7 +166,15 @@ impl MatvecRates {
             gweights_per_s: cut(&self.gweights_per_s),
             row_overhead_ns: cut(&self.row_overhead_ns),
             call_overhead_ns: self.call_overhead_ns.get(i).map_or(vec![], |c| vec![*c]),
+            attention_gflops: self.attention_gflops.get(i).map_or(vec![], |a| vec![*a]),
         }
+    }
+
+    /// Decode attention FLOP/s on `threads` threads, if measured.
+    pub fn attention_flops_per_s(&self, threads: usize) -> Option<f64> {
+        self.attention_gflops
+            .get(self.index(threads))
+            .map(|g| g * 1e9)
     }
 
     /// These rates with each interleaved entry (`T@x8`) in place of its type's row-major
@@ -214,6 +229,24 @@ impl MatvecRates {
             {
                 return Err(format!(
                     "{k}: rates must be positive numbers of G weights/s below {MAX_GFLOPS:e}, got {r}"
+                ));
+            }
+        }
+        if !self.attention_gflops.is_empty() {
+            if self.attention_gflops.len() != self.threads.len() {
+                return Err(format!(
+                    "attention_gflops has {} entries for {} thread counts",
+                    self.attention_gflops.len(),
+                    self.threads.len()
+                ));
+            }
+            if let Some(g) = self
+                .attention_gflops
+                .iter()
+                .find(|g| !(g.is_finite() && **g > 0.0 && **g < MAX_GFLOPS))
+            {
+                return Err(format!(
+                    "attention rates must be positive GFLOP/s below {MAX_GFLOPS:e}, got {g}"
                 ));
             }
         }

@@ -316,6 +316,7 @@ fn matvec_bound_by_hand() {
             ("Q6_K".to_string(), vec![40.0, 10.0]),
         ]),
         call_overhead_ns: vec![100.0, 10_000.0],
+        attention_gflops: vec![],
     });
     d.validate().unwrap();
     let c = dhurandhar_plan::ceilings(&p, &d, 0.0);
@@ -344,12 +345,30 @@ fn matvec_bound_by_hand() {
         + 169.0 * 100e-9
         + 0.088_080_384;
     assert!((c1.decode_tps.unwrap() - 1.0 / secs1).abs() < 1e-9);
+    // A measured attention rate (0.5 GFLOP/s on one thread) replaces the f32 one: the
+    // attention term doubles to 0.176160768 s.
+    d.matvec = d.matvec.map(|mut m| {
+        m.attention_gflops = vec![0.5];
+        m
+    });
+    d.validate().unwrap();
+    let c1a = dhurandhar_plan::ceilings(&p, &d, 0.0);
+    let secs1a = secs1 + 0.088_080_384;
+    assert!((c1a.decode_tps.unwrap() - 1.0 / secs1a).abs() < 1e-9);
+    let note = &c1a
+        .bounds
+        .iter()
+        .find(|b| b.kind == BoundKind::Compute)
+        .unwrap()
+        .note;
+    assert!(note.contains("attention at the measured rate"), "{note}");
     // A type without a rate: the batched int8 formula instead (never a guess).
     d.matvec = Some(dhurandhar_plan::MatvecRates {
         threads: vec![4],
         gweights_per_s: BTreeMap::from([("Q4_K".to_string(), vec![10.0])]),
         row_overhead_ns: BTreeMap::new(),
         call_overhead_ns: vec![],
+        attention_gflops: vec![],
     });
     let c2 = dhurandhar_plan::ceilings(&p, &d, 0.0);
     let compute2 = c2
@@ -377,6 +396,7 @@ fn matvec_rates_are_validated() {
         gweights_per_s: BTreeMap::from([("Q4_0".to_string(), rates)]),
         row_overhead_ns: BTreeMap::new(),
         call_overhead_ns: vec![],
+        attention_gflops: vec![],
     };
     for (m, want) in [
         (bad(vec![], vec![]), "ascending"),
@@ -426,6 +446,19 @@ fn matvec_rates_are_validated() {
     let e = d.validate().unwrap_err().to_string();
     assert!(e.contains("call_overhead_ns has 1 entries"), "{e}");
     m.call_overhead_ns = vec![500.0, 4000.0];
+    // Attention rates: one per thread count, positive.
+    for (a, want) in [
+        (vec![1.0], "attention_gflops has 1 entries"),
+        (vec![1.0, 0.0], "attention rates"),
+    ] {
+        m.attention_gflops = a;
+        d.matvec = Some(m.clone());
+        let e = d.validate().unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    m.attention_gflops = vec![2.0, 3.0];
+    assert_eq!(m.attention_flops_per_s(1), Some(2e9));
+    assert_eq!(m.only(8).attention_gflops, vec![3.0]);
     let c = m.at(4)["Q4_0"];
     assert!((c.seconds(&mats(6_000_000_000, 0, 250)) - (1.0 + 250.0 * 4e-6)).abs() < 1e-12);
 }

@@ -292,7 +292,8 @@ pub fn probe(
              each type (and, keyed T@x8, each type it interleaves when resident) over {} MiB \
              of weights in {}- and {}-wide rows (random values; the two widths give the rate \
              per weight and the fixed cost per row) and 2000 calls of a 64 x 32 Q8_0 matrix \
-             (the fixed cost per call), on 1 and {threads} threads, best of {}",
+             (the fixed cost per call), and decode attention as the engine runs it (8 heads \
+             of 64 over 512 positions, softmax included), on 1 and {threads} threads, best of {}",
             if opts.ram_budget_mb.is_some() {
                 "given"
             } else {
@@ -744,6 +745,18 @@ fn matvec(
             Ok(round3((secs - data).max(0.0) * 1e9))
         })
         .collect::<Result<Vec<f64>>>()?;
+    let attention = counts
+        .iter()
+        .map(|&n| {
+            let secs = if n == 1 {
+                time_attention(false, cancel)?
+            } else {
+                pool.install(|| time_attention(true, cancel))?
+            };
+            let flops = 4.0 * (ATT_HEADS * ATT_HEAD_DIM * ATT_POSITIONS) as f64;
+            Ok(round3(flops / secs / 1e9))
+        })
+        .collect::<Result<Vec<f64>>>()?;
     drop(phase);
     Ok(MatvecProbe {
         rates: dhurandhar_plan::MatvecRates {
@@ -751,10 +764,59 @@ fn matvec(
             gweights_per_s: rates,
             row_overhead_ns: overheads,
             call_overhead_ns: calls,
+            attention_gflops: attention,
         },
         bytes: opts.matvec_bytes,
         cols: MATVEC_COLS,
     })
+}
+
+/// Heads, head width and attended positions of the decode-attention probe (a small
+/// model's shape at a few hundred tokens of context; the cache stays in L2/L3 as a small
+/// model's does).
+const ATT_HEADS: usize = 8;
+const ATT_HEAD_DIM: usize = 64;
+const ATT_POSITIONS: usize = 512;
+
+/// Seconds of one token's attention over `ATT_POSITIONS` cached positions for
+/// `ATT_HEADS` heads, composed as the engine's decode step does it per head (score dots
+/// over the strided keys, softmax, value axpys; heads split over the pool when
+/// `parallel`), best of 5 runs of 200 calls.
+fn time_attention(parallel: bool, cancel: &CancelToken) -> Result<f64> {
+    use dhurandhar_engine::kernels::{softmax, strided_axpys, strided_dots};
+    use rayon::prelude::*;
+    let (heads, hd, n) = (ATT_HEADS, ATT_HEAD_DIM, ATT_POSITIONS);
+    let kvd = heads * hd;
+    let val = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
+    let k: Vec<f32> = (0..n * kvd).map(val).collect();
+    let v: Vec<f32> = (0..n * kvd).map(|i| val(i + 13)).collect();
+    let q: Vec<f32> = (0..kvd).map(|i| val(i + 29)).collect();
+    let mut out = vec![0f32; kvd];
+    let scale = 1.0 / (hd as f32).sqrt();
+    let head = |h: usize, o: &mut [f32]| {
+        let mut s = vec![0f32; n];
+        strided_dots(&q[h * hd..(h + 1) * hd], &k, h * hd, kvd, scale, &mut s);
+        softmax(&mut s);
+        o.fill(0.0);
+        strided_axpys(&s, &v, h * hd, kvd, o);
+    };
+    let calls = 200;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        cancel.check()?;
+        let t = Instant::now();
+        for _ in 0..calls {
+            if parallel {
+                out.par_chunks_mut(hd)
+                    .enumerate()
+                    .for_each(|(h, o)| head(h, o));
+            } else {
+                out.chunks_mut(hd).enumerate().for_each(|(h, o)| head(h, o));
+            }
+        }
+        best = best.min(t.elapsed().as_secs_f64() / calls as f64);
+    }
+    Ok(best)
 }
 
 /// Seconds per call of a matvec too small to cost anything but the call: 64 rows (the

@@ -132,21 +132,26 @@ pub fn render_probe(r: &ProbeReport) -> String {
     format!(
         "{t}\n{mv}\nmatvec: the engine's one-token matmul over {} MiB per type, rows {} and {} wide \
          (time per row = ns/row + width / rate), best of {}; T@x8: rows interleaved by eight, as \
-         resident weights run; per call: {}.\n\
+         resident weights run; per call: {}; decode attention (8 heads of 64, 512 positions): {}.\n\
          Wrote {} ({}); use it with `dhurandhar analyze -d host`.\n",
         r.matvec.bytes >> 20,
         r.matvec.cols[0],
         r.matvec.cols[1],
         r.memory.repeats,
-        m.call_overhead_ns
-            .iter()
-            .zip(&m.threads)
-            .map(|(ns, t)| format!("{ns:.0} ns on {t} thr"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        per_thread(&m.call_overhead_ns, &m.threads, "ns", 0),
+        per_thread(&m.attention_gflops, &m.threads, "GFLOP/s", 1),
         r.path,
         d.measured_at.as_deref().unwrap_or("")
     )
+}
+
+/// `"610 ns on 2 thr, …"`: one probe figure per thread count.
+fn per_thread(v: &[f64], threads: &[usize], unit: &str, decimals: usize) -> String {
+    v.iter()
+        .zip(threads)
+        .map(|(x, t)| format!("{x:.decimals$} {unit} on {t} thr"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The three tables and the hint below them.

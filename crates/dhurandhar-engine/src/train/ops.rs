@@ -102,13 +102,7 @@ fn probs(
     let mut s: Vec<f32> = (lo..=t)
         .map(|j| dot(qv, &k[j * kvd + off..][..hd]) * scale)
         .collect();
-    let mx = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for e in s.iter_mut() {
-        *e = (*e - mx).exp();
-        sum += *e;
-    }
-    s.iter_mut().for_each(|e| *e /= sum);
+    crate::kernels::softmax(&mut s);
     s
 }
 
