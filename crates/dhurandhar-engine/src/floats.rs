@@ -128,20 +128,28 @@ mod avx2 {
         let bf16 = t == GgmlType::BF16;
         let n = x.len();
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
-        while i + 16 <= n {
+        while i + 32 <= n {
             _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * i + 512) as *const i8);
-            acc0 = _mm256_fmadd_ps(load8(bf16, wp.add(2 * i)), _mm256_loadu_ps(xp.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(
-                load8(bf16, wp.add(2 * i + 16)),
-                _mm256_loadu_ps(xp.add(i + 8)),
-                acc1,
-            );
-            i += 16;
+            for (k, a) in acc.iter_mut().enumerate() {
+                let j = i + 8 * k;
+                *a = _mm256_fmadd_ps(load8(bf16, wp.add(2 * j)), _mm256_loadu_ps(xp.add(j)), *a);
+            }
+            i += 32;
         }
-        let mut sum = hsum(_mm256_add_ps(acc0, acc1));
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(
+                load8(bf16, wp.add(2 * i)),
+                _mm256_loadu_ps(xp.add(i)),
+                acc[0],
+            );
+            i += 8;
+        }
+        let mut sum = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
         while i < n {
             sum += super::to_f32(t, std::slice::from_raw_parts(wp.add(2 * i), 2)) * *xp.add(i);
             i += 1;
