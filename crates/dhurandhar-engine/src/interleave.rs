@@ -35,14 +35,20 @@ pub const ROWS: usize = 8;
 pub fn supports(t: GgmlType) -> bool {
     matches!(
         t,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::Q4K
+            | GgmlType::Q5K
     )
 }
 
 /// Bytes of one block's f16 fields for a supported type (the rest are 4-byte words).
 fn header_bytes(t: GgmlType) -> usize {
     match t {
-        GgmlType::Q4_1 | GgmlType::Q5_1 => 4,
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => 4,
         _ => 2,
     }
 }
@@ -178,7 +184,8 @@ mod tests {
     #[test]
     fn refuses_shapes_it_cannot_group() {
         assert!(!fits(GgmlType::Q4_0, 12, 64));
-        assert!(!fits(GgmlType::Q4K, 8, 256));
+        assert!(!fits(GgmlType::Q6K, 8, 256));
+        assert!(!fits(GgmlType::Q4K, 8, 288));
         assert!(fits(GgmlType::Q4_1, 16, 64));
         let mut short = vec![0u8; 10];
         assert!(interleave(GgmlType::Q4_0, 8, 32, &mut short).is_err());
@@ -187,9 +194,9 @@ mod tests {
     proptest! {
         /// Interleaving then reading rows back gives the row-major bytes.
         #[test]
-        fn rows_survive_interleaving(kind in 0usize..5, groups in 1usize..4, nb in 1usize..6, seed in any::<u64>()) {
-            let t = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0][kind];
-            let (rows, cols) = (groups * ROWS, nb * 32);
+        fn rows_survive_interleaving(kind in 0usize..7, groups in 1usize..4, nb in 1usize..6, seed in any::<u64>()) {
+            let t = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K][kind];
+            let (rows, cols) = (groups * ROWS, nb * t.block_size() as usize);
             let rb = nb * t.type_size() as usize;
             let mut s = seed | 1;
             let orig: Vec<u8> = (0..rows * rb)

@@ -1182,19 +1182,23 @@ mod tests {
     /// across threads or not; only the float summation order differs.
     #[test]
     fn interleaved_matrices_match_row_major() {
-        let (rows, cols) = (72usize, 608usize); // 9 groups; 19 blocks per row
-                                                // (type, byte offsets of its f16 scales within a block)
-        let types: [(GgmlType, &[usize]); 5] = [
+        let rows = 72usize; // 9 groups
+                            // (type, byte offsets of its f16 scales within a block)
+        let types: [(GgmlType, &[usize]); 7] = [
             (GgmlType::Q4_0, &[0]),
             (GgmlType::Q4_1, &[0, 2]),
             (GgmlType::Q5_0, &[0]),
             (GgmlType::Q5_1, &[0, 2]),
             (GgmlType::Q8_0, &[0]),
+            (GgmlType::Q4K, &[0, 2]),
+            (GgmlType::Q5K, &[0, 2]),
         ];
         for (t, scales) in types {
-            let ts = t.type_size() as usize;
+            let (bs, ts) = (t.block_size() as usize, t.type_size() as usize);
+            // 19 blocks of 32 per row (an odd count), or 2 super-blocks of 256.
+            let cols = if bs == QK_K { 2 * QK_K } else { 19 * QK };
             // Any bit pattern is a valid block once its scales are sane f16 values.
-            let mut data: Vec<u8> = rng_vals(rows * cols / 32 * ts, 17)
+            let mut data: Vec<u8> = rng_vals(rows * cols / bs * ts, 17)
                 .iter()
                 .map(|v| ((v + 1.0) * 127.9) as u8)
                 .collect();

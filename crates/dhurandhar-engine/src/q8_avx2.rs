@@ -354,8 +354,8 @@ tiered! {
     ) {
         // Direct calls, not function pointers (see dot4_rows).
         macro_rules! run {
-            ($four:expr, $one:expr, $column:expr) => {{
-                let group = nb * $column;
+            ($four:expr, $one:expr, $block_bytes:expr, $block_values:expr) => {{
+                let group = ROWS * nb * QK / $block_values * $block_bytes;
                 for g in g0..g1 {
                     let (gp, o) = (w.add(g * group), out.add(g * ROWS));
                     let mut tok = 0;
@@ -374,14 +374,127 @@ tiered! {
             }};
         }
         match t {
-            GgmlType::Q4_0 => run!(x8_q45::<D, Q4_0, 4>, x8_q45::<D, Q4_0, 1>, 144),
-            GgmlType::Q4_1 => run!(x8_q45::<D, Q4_1, 4>, x8_q45::<D, Q4_1, 1>, 160),
-            GgmlType::Q5_0 => run!(x8_q45::<D, Q5_0, 4>, x8_q45::<D, Q5_0, 1>, 176),
-            GgmlType::Q5_1 => run!(x8_q45::<D, Q5_1, 4>, x8_q45::<D, Q5_1, 1>, 192),
-            GgmlType::Q8_0 => run!(x8_q8_0::<D, 4>, x8_q8_0::<D, 1>, 272),
+            GgmlType::Q4_0 => run!(x8_q45::<D, Q4_0, 4>, x8_q45::<D, Q4_0, 1>, 18, QK),
+            GgmlType::Q4_1 => run!(x8_q45::<D, Q4_1, 4>, x8_q45::<D, Q4_1, 1>, 20, QK),
+            GgmlType::Q5_0 => run!(x8_q45::<D, Q5_0, 4>, x8_q45::<D, Q5_0, 1>, 22, QK),
+            GgmlType::Q5_1 => run!(x8_q45::<D, Q5_1, 4>, x8_q45::<D, Q5_1, 1>, 24, QK),
+            GgmlType::Q8_0 => run!(x8_q8_0::<D, 4>, x8_q8_0::<D, 1>, 34, QK),
+            GgmlType::Q4K => run!(x8_q45k::<D, false, 4>, x8_q45k::<D, false, 1>, 144, QK_K),
+            GgmlType::Q5K => run!(x8_q45k::<D, true, 4>, x8_q45k::<D, true, 1>, 176, QK_K),
             _ => unreachable!("no interleaved kernel for {}", t.name()),
         }
     }
+}
+
+/// One group of eight interleaved Q4_K/Q5_K rows against activation rows `a_row..a_row +
+/// N` (lane `j` of result `i`: row `j`, token `i`). Per super-block column the eight rows'
+/// 6-bit scales and mins are unpacked lane-wise from their three scale words, once; each
+/// 32-value sub-block `k` is the low (even `k`) or high (odd `k`) nibbles of quant words
+/// `8·(k/2)..8·(k/2) + 8` (Q5_K: with bit `k` of the row's high-bit word for the same
+/// four values), dotted as in [`x8_q45`] against the activation block it lines up with
+/// (one Q8 block of 32 per sub-block): `d·sc·d_a·Σq·q_a − dmin·m·s_a`.
+#[inline(always)]
+unsafe fn x8_q45k<D: Dp, const Q5: bool, const N: usize>(
+    gp: *const u8,
+    nb: usize,
+    a: &Q8Acts,
+    a_row: usize,
+) -> [__m256; N] {
+    // d ×8, dmin ×8, three scale words, [32 high-bit words,] 128 quant words… as vectors.
+    let qh_at = 32 + 3 * 32;
+    let qs_at = qh_at + if Q5 { 8 * 32 } else { 0 };
+    let column = qs_at + 32 * 32;
+    let qp: [*const u8; N] =
+        std::array::from_fn(|i| a.qs.as_ptr().add((a_row + i) * a.cols) as *const u8);
+    let dsp: [*const f32; N] = std::array::from_fn(|i| a.ds.as_ptr().add(2 * (a_row + i) * nb));
+    let (m4, m1) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
+    let (b6, b4) = (_mm256_set1_epi32(63), _mm256_set1_epi32(0x0F));
+    let byte = |w: __m256i, k: i32| {
+        _mm256_and_si256(
+            _mm256_srlv_epi32(w, _mm256_set1_epi32(8 * k)),
+            _mm256_set1_epi32(0xFF),
+        )
+    };
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut macc = [_mm256_setzero_ps(); N];
+    for sb in 0..nb / 8 {
+        let blk = gp.add(sb * column);
+        for l in 0..column / 64 {
+            _mm_prefetch::<_MM_HINT_T0>(blk.add(2 * PREFETCH + 64 * l) as *const i8);
+        }
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+        let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+        let sw: [__m256i; 3] =
+            std::array::from_fn(|w| _mm256_loadu_si256(blk.add(32 + 32 * w) as *const __m256i));
+        // Scale and min of sub-block k for the eight rows (ggml's get_scale_min_k4).
+        let (mut dsc, mut dmn) = ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]);
+        for k in 0..8 {
+            let (sc, mn) = if k < 4 {
+                let k = k as i32;
+                (
+                    _mm256_and_si256(byte(sw[0], k), b6),
+                    _mm256_and_si256(byte(sw[1], k), b6),
+                )
+            } else {
+                let k = k as i32 - 4;
+                let hi = byte(sw[2], k);
+                (
+                    _mm256_or_si256(
+                        _mm256_and_si256(hi, b4),
+                        _mm256_slli_epi32::<4>(_mm256_srli_epi32::<6>(byte(sw[0], k))),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_srli_epi32::<4>(hi),
+                        _mm256_slli_epi32::<4>(_mm256_srli_epi32::<6>(byte(sw[1], k))),
+                    ),
+                )
+            };
+            dsc[k] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc));
+            dmn[k] = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mn));
+        }
+        for g in 0..4 {
+            let words: [__m256i; 8] = std::array::from_fn(|w| {
+                _mm256_loadu_si256(blk.add(qs_at + 32 * (8 * g + w)) as *const __m256i)
+            });
+            for h in 0..2 {
+                let k = 2 * g + h;
+                let q: [__m256i; 8] = std::array::from_fn(|w| {
+                    let v = if h == 0 {
+                        _mm256_and_si256(words[w], m4)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(words[w]), m4)
+                    };
+                    if Q5 {
+                        let qh = _mm256_loadu_si256(blk.add(qh_at + 32 * w) as *const __m256i);
+                        let bit =
+                            _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(k as i32)), m1);
+                        _mm256_or_si256(v, _mm256_slli_epi16::<4>(bit))
+                    } else {
+                        v
+                    }
+                });
+                let b = sb * 8 + k;
+                for i in 0..N {
+                    let qa = qp[i].add(b * QK);
+                    let four = |w: usize| {
+                        _mm256_set1_epi32((qa.add(4 * w) as *const i32).read_unaligned())
+                    };
+                    let mut s0 = D::dot(q[0], four(0));
+                    let mut s1 = D::dot(q[1], four(1));
+                    for w in (2..8).step_by(2) {
+                        s0 = D::dot_acc(s0, q[w], four(w));
+                        s1 = D::dot_acc(s1, q[w + 1], four(w + 1));
+                    }
+                    let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+                    let (da, sa) = (*dsp[i].add(2 * b), *dsp[i].add(2 * b + 1));
+                    acc[i] =
+                        _mm256_fmadd_ps(_mm256_mul_ps(dsc[k], _mm256_set1_ps(da)), isum, acc[i]);
+                    macc[i] = _mm256_fmadd_ps(dmn[k], _mm256_set1_ps(sa), macc[i]);
+                }
+            }
+        }
+    }
+    std::array::from_fn(|i| _mm256_sub_ps(acc[i], macc[i]))
 }
 
 /// One group of eight interleaved Q8_0 rows against activation rows `a_row..a_row + N`
