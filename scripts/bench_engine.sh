@@ -8,8 +8,9 @@
 # resident` (best of its 3 repeats, as llama-bench averages its 3), alternating, so both
 # see the same machine state. Ours runs resident because llama.cpp copies the matrices it
 # repacks (Q4_0 and Q4_K on x86) out of its map into RAM; resident is where ours
-# interleaves Q4_0/Q4_1/Q8_0. Set WEIGHTS=mmap to time our mapped path instead. With
-# BASELINE_DHURANDHAR (another build of the binary, e.g. the previous commit's), it runs too and the table gains its columns: a before/after in the same run.
+# interleaves Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K. Set WEIGHTS=mmap to time our mapped
+# path instead. With BASELINE_DHURANDHAR (another build of the binary, e.g. the previous
+# commit's), it runs too and the table gains its columns: a before/after in the same run.
 # Prints a markdown table of prefill and decode tokens/s with our/llama.cpp ratios.
 #
 # llama.cpp comes from the llama-cpp-python sdist on PyPI (docs/run.md says how to build

@@ -801,6 +801,18 @@ pub(crate) fn matmul_on(
         s.runnable(),
         "kernel tier {s:?} is not available on this CPU"
     );
+    if w.layout == Layout::Interleaved8
+        && !(crate::interleave::fits(w.qtype, w.rows, w.cols)
+            && row_bytes(w.qtype, w.cols)?.checked_mul(w.rows) == Some(w.data.len()))
+    {
+        return Err(EngineError::Shape(format!(
+            "{} bytes are not a {} matrix of {}×{} interleaved by eight rows",
+            w.data.len(),
+            w.qtype.name(),
+            w.rows,
+            w.cols
+        )));
+    }
     let n_tok = match acts {
         Acts::Q8(a) => {
             if a.cols != w.cols {
@@ -868,9 +880,9 @@ pub(crate) fn matmul_on(
         if let (Layout::Interleaved8, true, Acts::Q8(a)) = (w.layout, s.avx2(), acts) {
             let g = crate::interleave::ROWS;
             debug_assert!(r0.is_multiple_of(g) && r1.is_multiple_of(g));
-            // SAFETY: `s` is a tier this CPU runs; an interleaved matrix is Q4_0/Q4_1/Q8_0
-            // with whole groups (QMatrix::interleaved / the loader checked), the shapes
-            // and `a`'s sums were checked above, and the ranges are whole groups.
+            // SAFETY: `s` is a tier this CPU runs; the matrix's type, whole groups and
+            // byte length, the activations' shapes and sums were checked above, and the
+            // ranges are whole groups.
             unsafe {
                 crate::q8_avx2::x8_rows(
                     s,
@@ -1182,8 +1194,9 @@ mod tests {
     /// across threads or not; only the float summation order differs.
     #[test]
     fn interleaved_matrices_match_row_major() {
-        let rows = 72usize; // 9 groups
-                            // (type, byte offsets of its f16 scales within a block)
+        // 9 groups of eight rows.
+        let rows = 72usize;
+        // (type, byte offsets of its f16 scales within a block)
         let types: [(GgmlType, &[usize]); 7] = [
             (GgmlType::Q4_0, &[0]),
             (GgmlType::Q4_1, &[0, 2]),
@@ -1212,6 +1225,14 @@ mod tests {
             let mut packed = data.clone();
             let x8 = QMatrix::interleaved(t, rows, cols, &mut packed).unwrap();
             assert_ne!(x8.data, &data[..], "interleaving moved no bytes");
+            // A hand-built interleaved matrix of the wrong size is refused, not read.
+            let short = QMatrix {
+                data: &x8.data[..x8.data.len() - 1],
+                ..x8
+            };
+            let zeros = vec![0f32; cols];
+            let mut sink = vec![0f32; rows];
+            assert!(matmul(&short, &Acts::F32(&zeros), &mut sink, false).is_err());
             for n_tok in [1usize, 7] {
                 let x = rng_vals(n_tok * cols, 19 + n_tok as u32);
                 let mut acts = Q8Acts::default();

@@ -112,8 +112,8 @@ fn tensor_at(
     })
 }
 
-/// Interleave a resident Q4_0/Q4_1/Q8_0 matrix by eight rows in place, where its shape
-/// allows: the x86 kernels then compute eight rows per pass ([`crate::interleave`]).
+/// Interleave a resident matrix by eight rows in place where its type and shape allow
+/// ([`crate::interleave::fits`]): the x86 kernels then compute eight rows per pass.
 /// The bytes stay where they were, so memory and offsets are unchanged.
 fn interleave_resident(bytes: &mut [u8], t: &mut TensorRef) -> Result<(), EngineError> {
     if t.layout == Layout::Rows && crate::interleave::fits(t.qtype, t.rows, t.cols) {
@@ -138,7 +138,7 @@ pub(crate) struct TensorRef {
     pub(crate) len: usize,
     /// Offset inside the layer's buffer when the layer is streamed.
     local: usize,
-    /// Rows as stored, or interleaved by eight at load (resident Q4_0/Q4_1/Q8_0).
+    /// Rows as stored, or interleaved by eight at load (resident, x86).
     layout: Layout,
 }
 

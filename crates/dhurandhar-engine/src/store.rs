@@ -35,9 +35,9 @@ pub enum WeightMode {
     /// Memory-map the file; the kernel pages weights in and out.
     #[default]
     Mmap,
-    /// Read the whole file into RAM. On x86 its Q4_0, Q4_1 and Q8_0 matrices are then
-    /// interleaved by eight rows in place ([`crate::interleave`]): same bytes, faster
-    /// kernels.
+    /// Read the whole file into RAM. On x86 the matrices of the types
+    /// [`crate::interleave`] supports are then interleaved by eight rows in place: same
+    /// bytes, faster kernels.
     Resident,
     /// Stream layers from the file through a bounded pool under a RAM budget.
     Stream,

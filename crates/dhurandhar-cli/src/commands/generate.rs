@@ -74,8 +74,8 @@ pub struct Args {
 #[derive(Debug, Clone, clap::Args)]
 pub struct WeightArgs {
     /// mmap: map the file (the kernel pages it); resident: read it into RAM (fastest on
-    /// x86: Q4_0/Q4_1/Q8_0 matrices are interleaved for 8-row kernels); stream: read
-    /// layers from the file into a pool bounded by `--ram-budget`.
+    /// x86: Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K matrices are interleaved for 8-row
+    /// kernels); stream: read layers from the file into a pool bounded by `--ram-budget`.
     #[arg(long = "weights", default_value = "mmap", value_parser = parse_mode)]
     pub mode: WeightMode,
     /// RAM budget for `--weights stream`, e.g. `48MiB`, `1.5GB`, `65536` (bytes): sizes
