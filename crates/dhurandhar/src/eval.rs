@@ -28,7 +28,7 @@ pub const MAX_CHUNK: usize = 4096;
 /// What [`eval`] scores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalOptions {
-    /// GGUF model file (llama / qwen2 family).
+    /// GGUF model file (llama, mistral, qwen2, qwen3, gemma3, phi3, qwen2moe or qwen3moe).
     pub model: PathBuf,
     /// UTF-8 text to score (at most [`MAX_TEXT_BYTES`]).
     pub text_file: PathBuf,

@@ -880,7 +880,7 @@ pub fn speed(
 /// What [`capture`] runs and where it writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaptureOptions {
-    /// GGUF model file (llama / qwen2 family).
+    /// GGUF model file (llama, mistral, qwen2, qwen3, gemma3, phi3, qwen2moe or qwen3moe).
     pub model: PathBuf,
     /// UTF-8 text to run through the model (at most [`MAX_TEXT_BYTES`]).
     pub text_file: PathBuf,

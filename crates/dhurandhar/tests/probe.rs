@@ -44,6 +44,16 @@ fn tiny_probe_writes_a_loadable_host_device() {
         assert_eq!(mv.gweights_per_s[t].len(), mv.threads.len(), "{t}");
         assert_eq!(mv.row_overhead_ns[t].len(), mv.threads.len(), "{t}");
     }
+    assert_eq!(mv.attention_gflops.len(), mv.threads.len());
+    // Where the engine interleaves resident weights, those layouts are measured too.
+    if dhurandhar_engine::kernels::simd().avx2() {
+        for t in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K"] {
+            let k = format!("{t}{}", dhurandhar_plan::INTERLEAVED);
+            assert_eq!(mv.gweights_per_s[&k].len(), mv.threads.len(), "{k}");
+        }
+        assert!(!mv.gweights_per_s.contains_key("Q6_K@x8"));
+        assert!(d.compute_int8_interleaved_gops.is_some());
+    }
     assert_eq!(resolve_device("HOST").unwrap(), d);
 
     // The planner's prediction for a run of the fixture on the probed host.

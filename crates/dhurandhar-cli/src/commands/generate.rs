@@ -16,8 +16,8 @@ use crate::render::{bytes_or_na, table};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// GGUF model file (llama, mistral, qwen2, qwen3, gemma3 or phi3), or a `.dhp` pack of
-    /// one (`pack model.gguf`) with `--weights stream` or `resident`.
+    /// GGUF model file (llama, mistral, qwen2, qwen3, gemma3, phi3, qwen2moe or qwen3moe),
+    /// or a `.dhp` pack of one (`pack model.gguf`) with `--weights stream` or `resident`.
     #[arg(long)]
     pub model: PathBuf,
     /// Prompt text (literal control tokens such as `<|im_start|>` are recognised).

@@ -10,7 +10,7 @@ use crate::output::{emit, OutputArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// GGUF model file (llama / qwen2 family).
+    /// GGUF model file (llama, mistral, qwen2, qwen3, gemma3, phi3, qwen2moe or qwen3moe).
     #[arg(long)]
     pub model: PathBuf,
     /// UTF-8 text to run through the model.
