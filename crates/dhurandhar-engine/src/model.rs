@@ -25,7 +25,8 @@ use crate::lora::LoraStack;
 use crate::quant::{computes_with, row_bytes, GgmlType, Q8Acts};
 use crate::store::{
     buffer_len, expert_cache_minimum, mib, plan_pool, BudgetInputs, ExpertBudget, LayerView,
-    Source, StorePlan, StreamStats, Streamer, WeightMode, WeightStore, ALIGN, WINDOW_SLOTS,
+    PinnedMatrix, Source, StorePlan, StreamStats, Streamer, WeightMode, WeightStore, ALIGN,
+    WINDOW_SLOTS,
 };
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
@@ -959,11 +960,26 @@ impl Model {
                     head_chunks_at.push((r0, r1, locals[0]));
                     items.push(reads);
                 }
+                let layer_matrices = layers
+                    .iter_mut()
+                    .map(|l| {
+                        l.mats_mut()
+                            .into_iter()
+                            .map(|t| PinnedMatrix {
+                                local: t.local,
+                                qtype: t.qtype,
+                                rows: t.rows,
+                                cols: t.cols,
+                            })
+                            .collect()
+                    })
+                    .collect();
                 WeightStore::Stream(Box::new(Streamer::new(
                     source,
                     origin,
                     items,
                     expert_reads,
+                    layer_matrices,
                 )?))
             }
         };
@@ -991,7 +1007,12 @@ impl Model {
             rows: t.rows,
             cols: t.cols,
             data: v.get(t.offset, t.local, t.len),
-            layout: t.layout,
+            // A pinned streamed layer was interleaved when read (the same test).
+            layout: if v.interleaved() && crate::interleave::fits(t.qtype, t.rows, t.cols) {
+                Layout::Interleaved8
+            } else {
+                t.layout
+            },
         }
     }
 

@@ -541,6 +541,18 @@ pub(crate) struct Streamer {
     experts: Option<ExpertCache>,
     /// A cache size asked for before the start (else the plan's).
     expert_request: Mutex<Option<u64>>,
+    /// Each layer item's matrices `(offset in the item, type, rows, cols)`: a pinned
+    /// layer's are interleaved once read, as resident weights are (x86).
+    layer_matrices: Vec<Vec<PinnedMatrix>>,
+}
+
+/// A matrix of a layer item: where it sits in the item's buffer and its shape.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PinnedMatrix {
+    pub(crate) local: usize,
+    pub(crate) qtype: crate::quant::GgmlType,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
 }
 
 /// What the store has read and waited for, since loading.
@@ -594,8 +606,8 @@ type Filled = Result<(usize, AlignedBuf), std::io::Error>;
 
 struct Runtime {
     plan: StorePlan,
-    /// Items `0..plan.pinned_items()`.
-    pinned: Vec<AlignedBuf>,
+    /// Items `0..plan.pinned_items()`, and whether the item's matrices were interleaved.
+    pinned: Vec<(AlignedBuf, bool)>,
     /// `None` when every item is pinned.
     flow: Option<Flow>,
 }
@@ -621,6 +633,9 @@ pub(crate) enum LayerView<'a> {
     File(&'a [u8]),
     /// Tensors at their packed offsets in a pinned buffer.
     Packed(&'a [u8]),
+    /// A pinned layer whose matrices were interleaved by eight rows when read, where
+    /// [`crate::interleave::fits`] (the same tensors as a resident model's).
+    Interleaved(&'a [u8]),
     /// A streamed buffer, returned to the pool when dropped.
     Slot(SlotGuard<'a>),
 }
@@ -641,13 +656,18 @@ impl Drop for SlotGuard<'_> {
 }
 
 impl LayerView<'_> {
+    /// Whether the interleavable matrices of this view are interleaved.
+    pub(crate) fn interleaved(&self) -> bool {
+        matches!(self, LayerView::Interleaved(_))
+    }
+
     /// The bytes of one tensor: at `file_offset` in a whole-file view, at `local` in a
     /// layer buffer.
     #[inline]
     pub(crate) fn get(&self, file_offset: usize, local: usize, len: usize) -> &[u8] {
         match self {
             LayerView::File(d) => &d[file_offset..file_offset + len],
-            LayerView::Packed(d) => &d[local..local + len],
+            LayerView::Packed(d) | LayerView::Interleaved(d) => &d[local..local + len],
             LayerView::Slot(g) => match &g.buf {
                 Some(b) => &b.bytes()[local..local + len],
                 None => &[],
@@ -664,6 +684,7 @@ impl Streamer {
         origin: &str,
         items: Vec<Vec<Extent>>,
         expert_reads: Vec<Vec<Vec<Extent>>>,
+        layer_matrices: Vec<Vec<PinnedMatrix>>,
     ) -> Result<Streamer, EngineError> {
         let n_layers = expert_reads.len();
         let item_bytes = items.iter().map(|l| buffer_len(l)).collect();
@@ -683,6 +704,7 @@ impl Streamer {
             runtime: OnceLock::new(),
             experts,
             expert_request: Mutex::new(None),
+            layer_matrices,
         })
     }
 
@@ -779,12 +801,22 @@ impl Streamer {
             return Ok(&r.plan);
         }
         let mut pinned = Vec::with_capacity(plan.pinned_items());
+        let interleave = crate::kernels::simd().avx2();
         for li in 0..plan.pinned_items() {
             let mut buf = AlignedBuf::new(self.item_bytes[li]);
             self.source
                 .read_into(&self.items[li], &mut buf, &self.counters)
                 .map_err(|e| read_error(&self.origin, e))?;
-            pinned.push(buf);
+            // A pinned layer is read once and kept: interleave it as a resident one.
+            let mats = self.layer_matrices.get(li).filter(|_| interleave);
+            for m in mats.into_iter().flatten() {
+                if crate::interleave::fits(m.qtype, m.rows, m.cols) {
+                    let len = crate::quant::row_bytes(m.qtype, m.cols)? * m.rows;
+                    let bytes = &mut buf.bytes_mut()[m.local..m.local + len];
+                    crate::interleave::interleave(m.qtype, m.rows, m.cols, bytes)?;
+                }
+            }
+            pinned.push((buf, mats.is_some()));
         }
         let flow = if plan.pinned_items() < self.items.len() {
             let largest = self.item_bytes.iter().copied().max().unwrap_or(0);
@@ -859,8 +891,12 @@ impl Streamer {
             .runtime
             .get()
             .ok_or_else(|| EngineError::Invalid("the weight stream was not started".into()))?;
-        if let Some(p) = rt.pinned.get(li) {
-            return Ok(LayerView::Packed(p.bytes()));
+        if let Some((p, interleaved)) = rt.pinned.get(li) {
+            return Ok(if *interleaved {
+                LayerView::Interleaved(p.bytes())
+            } else {
+                LayerView::Packed(p.bytes())
+            });
         }
         let Some(flow) = &rt.flow else {
             return Err(EngineError::Invalid(format!(
