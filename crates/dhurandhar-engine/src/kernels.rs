@@ -1071,6 +1071,24 @@ mod tests {
         out
     }
 
+    /// `values` values of type `t` in random blocks: any bit pattern is a valid block once
+    /// its f16 scales (at byte offsets `scales` of each block) are sane values.
+    fn random_blocks(t: GgmlType, scales: &[usize], values: usize, seed: u32) -> Vec<u8> {
+        let ts = t.type_size() as usize;
+        let blocks = values / t.block_size() as usize;
+        let mut data: Vec<u8> = rng_vals(blocks * ts, seed)
+            .iter()
+            .map(|v| ((v + 1.0) * 127.9) as u8)
+            .collect();
+        for (b, block) in data.chunks_exact_mut(ts).enumerate() {
+            for (k, &off) in scales.iter().enumerate() {
+                let v = f16::from_f32(0.002 * (1 + (b + k) % 7) as f32);
+                block[off..off + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        data
+    }
+
     /// The integer kernels must agree with "dequantize the weights, dot in f32" up to
     /// the activation quantization error, on both SIMD paths.
     #[test]
@@ -1140,19 +1158,7 @@ mod tests {
             acts.quantize_into(&x, cols);
             let q8 = Acts::Q8(&acts);
             for (t, scales) in types {
-                let ts = t.type_size() as usize;
-                let blocks = rows * cols / t.block_size() as usize;
-                // Any bit pattern is a valid block once its scales are sane f16 values.
-                let mut data: Vec<u8> = rng_vals(blocks * ts, 9)
-                    .iter()
-                    .map(|v| ((v + 1.0) * 127.9) as u8)
-                    .collect();
-                for (b, block) in data.chunks_exact_mut(ts).enumerate() {
-                    for (k, &off) in scales.iter().enumerate() {
-                        let v = f16::from_f32(0.002 * (1 + (b + k) % 7) as f32);
-                        block[off..off + 2].copy_from_slice(&v.to_le_bytes());
-                    }
-                }
+                let data = random_blocks(t, scales, rows * cols, 9);
                 let m = QMatrix::new(t, rows, cols, &data).unwrap();
                 let mut first_simd: Option<Vec<f32>> = None;
                 for tier in Simd::available() {
@@ -1207,20 +1213,13 @@ mod tests {
             (GgmlType::Q5K, &[0, 2]),
         ];
         for (t, scales) in types {
-            let (bs, ts) = (t.block_size() as usize, t.type_size() as usize);
             // 19 blocks of 32 per row (an odd count), or 2 super-blocks of 256.
-            let cols = if bs == QK_K { 2 * QK_K } else { 19 * QK };
-            // Any bit pattern is a valid block once its scales are sane f16 values.
-            let mut data: Vec<u8> = rng_vals(rows * cols / bs * ts, 17)
-                .iter()
-                .map(|v| ((v + 1.0) * 127.9) as u8)
-                .collect();
-            for (b, block) in data.chunks_exact_mut(ts).enumerate() {
-                for (k, &off) in scales.iter().enumerate() {
-                    let v = f16::from_f32(0.002 * (1 + (b + k) % 7) as f32);
-                    block[off..off + 2].copy_from_slice(&v.to_le_bytes());
-                }
-            }
+            let cols = if t.block_size() as usize == QK_K {
+                2 * QK_K
+            } else {
+                19 * QK
+            };
+            let data = random_blocks(t, scales, rows * cols, 17);
             let m = QMatrix::new(t, rows, cols, &data).unwrap();
             let mut packed = data.clone();
             let x8 = QMatrix::interleaved(t, rows, cols, &mut packed).unwrap();
