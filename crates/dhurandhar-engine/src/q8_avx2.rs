@@ -331,16 +331,17 @@ tiered! {
 }
 
 tiered! {
-    /// Activation rows `0..n_tok` against row groups `g0..g1` of an interleaved Q4_0,
-    /// Q4_1, Q5_0, Q5_1 or Q8_0 matrix ([`crate::interleave`]) whose groups hold `nb` blocks per row, into
-    /// `out[t · stride + r]`: four tokens per pass over a group (its 2–3 KB of weights
-    /// stay in L1 while the tokens stream past), the tail one by one.
+    /// Activation rows `0..n_tok` against row groups `g0..g1` of a matrix interleaved by
+    /// eight rows ([`crate::interleave`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K) whose
+    /// rows are `nb` blocks of 32 values long, into `out[t · stride + r]`: four tokens per
+    /// pass over a group (its few KB of weights stay in L1 while the tokens stream past),
+    /// the tail one by one.
     ///
     /// # Safety
     /// `simd` is a tier this CPU runs and has AVX2; `t` is one of those types; `w` holds
-    /// groups `0..g1` of `8 · nb` blocks; `a` holds `n_tok` rows of `nb` blocks
-    /// (values, and `ds`); `out` has room for every `t · stride + r` with `t < n_tok`,
-    /// `r < 8 · g1`.
+    /// groups `0..g1` of eight rows of `32 · nb` values; `a` holds `n_tok` rows of `nb`
+    /// blocks (values, and `ds`); `out` has room for every `t · stride + r` with
+    /// `t < n_tok`, `r < 8 · g1`.
     pub fn x8_rows as x8_rows_impl(
         t: GgmlType,
         w: *const u8,
@@ -419,6 +420,8 @@ unsafe fn x8_q45k<D: Dp, const Q5: bool, const N: usize>(
     let mut macc = [_mm256_setzero_ps(); N];
     for sb in 0..nb / 8 {
         let blk = gp.add(sb * column);
+        // A column is 1.1–1.4 KB: twice the usual distance keeps about three columns in
+        // flight (not tuned further).
         for l in 0..column / 64 {
             _mm_prefetch::<_MM_HINT_T0>(blk.add(2 * PREFETCH + 64 * l) as *const i8);
         }
