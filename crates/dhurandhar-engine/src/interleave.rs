@@ -102,18 +102,57 @@ pub fn interleave(
             data.len()
         )));
     }
+    // The group is written front to back in layout order (the order `position` counts
+    // in: per column, each field for rows 0..8), reading from a copy of the rows.
     let mut src = vec![0u8; group];
     for g in data.chunks_exact_mut(group) {
         src.copy_from_slice(g);
-        for (j, row) in src.chunks_exact(nb * ts).enumerate() {
-            for (b, blk) in row.chunks_exact(ts).enumerate() {
-                for (i, &byte) in blk.iter().enumerate() {
-                    g[position(hb, ts, j, b, i)] = byte;
+        let mut at = 0;
+        for b in 0..nb {
+            for (i, w) in fields(hb, ts) {
+                for j in 0..ROWS {
+                    copy_field(&mut g[at..], &src[(j * nb + b) * ts + i..], w);
+                    at += w;
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Interleave `data` as [`interleave`] does where [`fits`] says the matrix can be, and
+/// say whether it did (resident matrices at load, pinned streamed layers when read).
+pub fn interleave_if_fits(
+    t: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: &mut [u8],
+) -> Result<bool, EngineError> {
+    if !fits(t, rows, cols) {
+        return Ok(false);
+    }
+    interleave(t, rows, cols, data)?;
+    Ok(true)
+}
+
+/// The first `w` (2 or 4) bytes of `src` to `dst`, as one fixed-size move (a
+/// `copy_from_slice` of a run-time length is a `memmove` call per field).
+#[inline]
+fn copy_field(dst: &mut [u8], src: &[u8], w: usize) {
+    if w == 2 {
+        dst[..2].copy_from_slice(&src[..2]);
+    } else {
+        dst[..4].copy_from_slice(&src[..4]);
+    }
+}
+
+/// Each field of a block, `(first byte, width)`: the f16 fields, then the 4-byte words.
+/// A field keeps its bytes together in the interleaved group, so it moves as one copy.
+fn fields(hb: usize, ts: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..hb)
+        .step_by(2)
+        .map(|i| (i, 2))
+        .chain((hb..ts).step_by(4).map(|i| (i, 4)))
 }
 
 /// Row `r` of an interleaved `rows × cols` matrix of type `t`, in the row-major form
@@ -124,8 +163,8 @@ pub fn row(t: GgmlType, rows: usize, cols: usize, data: &[u8], r: usize) -> Vec<
     let j = r % ROWS;
     let mut out = vec![0u8; nb * ts];
     for (b, blk) in out.chunks_exact_mut(ts).enumerate() {
-        for (i, byte) in blk.iter_mut().enumerate() {
-            *byte = group[position(hb, ts, j, b, i)];
+        for (i, w) in fields(hb, ts) {
+            copy_field(&mut blk[i..], &group[position(hb, ts, j, b, i)..], w);
         }
     }
     out

@@ -117,13 +117,10 @@ fn tensor_at(
 /// ([`crate::interleave::fits`]): the x86 kernels then compute eight rows per pass.
 /// The bytes stay where they were, so memory and offsets are unchanged.
 fn interleave_resident(bytes: &mut [u8], t: &mut TensorRef) -> Result<(), EngineError> {
-    if t.layout == Layout::Rows && crate::interleave::fits(t.qtype, t.rows, t.cols) {
-        crate::interleave::interleave(
-            t.qtype,
-            t.rows,
-            t.cols,
-            &mut bytes[t.offset..t.offset + t.len],
-        )?;
+    let data = &mut bytes[t.offset..t.offset + t.len];
+    if t.layout == Layout::Rows
+        && crate::interleave::interleave_if_fits(t.qtype, t.rows, t.cols, data)?
+    {
         t.layout = Layout::Interleaved8;
     }
     Ok(())
@@ -967,6 +964,7 @@ impl Model {
                             .into_iter()
                             .map(|t| PinnedMatrix {
                                 local: t.local,
+                                len: t.len,
                                 qtype: t.qtype,
                                 rows: t.rows,
                                 cols: t.cols,

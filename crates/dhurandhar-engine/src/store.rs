@@ -541,8 +541,8 @@ pub(crate) struct Streamer {
     experts: Option<ExpertCache>,
     /// A cache size asked for before the start (else the plan's).
     expert_request: Mutex<Option<u64>>,
-    /// Each layer item's matrices `(offset in the item, type, rows, cols)`: a pinned
-    /// layer's are interleaved once read, as resident weights are (x86).
+    /// Each layer item's matrices: a pinned layer's are interleaved once read, as
+    /// resident weights are (x86).
     layer_matrices: Vec<Vec<PinnedMatrix>>,
 }
 
@@ -550,6 +550,7 @@ pub(crate) struct Streamer {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PinnedMatrix {
     pub(crate) local: usize,
+    pub(crate) len: usize,
     pub(crate) qtype: crate::quant::GgmlType,
     pub(crate) rows: usize,
     pub(crate) cols: usize,
@@ -810,11 +811,8 @@ impl Streamer {
             // A pinned layer is read once and kept: interleave it as a resident one.
             let mats = self.layer_matrices.get(li).filter(|_| interleave);
             for m in mats.into_iter().flatten() {
-                if crate::interleave::fits(m.qtype, m.rows, m.cols) {
-                    let len = crate::quant::row_bytes(m.qtype, m.cols)? * m.rows;
-                    let bytes = &mut buf.bytes_mut()[m.local..m.local + len];
-                    crate::interleave::interleave(m.qtype, m.rows, m.cols, bytes)?;
-                }
+                let bytes = &mut buf.bytes_mut()[m.local..m.local + m.len];
+                crate::interleave::interleave_if_fits(m.qtype, m.rows, m.cols, bytes)?;
             }
             pinned.push((buf, mats.is_some()));
         }
