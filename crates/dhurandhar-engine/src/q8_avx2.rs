@@ -387,6 +387,21 @@ tiered! {
     }
 }
 
+/// `Σ_w u[w] · a[4w..4w + 4]` for the 32 activations at `qa`, each group of four
+/// broadcast to every lane (lane `j` of `u[w]`: four weights of row `j`), in two chains
+/// so consecutive products do not wait on each other.
+#[inline(always)]
+unsafe fn dot8<D: Dp>(u: &[__m256i; 8], qa: *const i8) -> __m256i {
+    let four = |w: usize| _mm256_set1_epi32((qa.add(4 * w) as *const i32).read_unaligned());
+    let mut s0 = D::dot(u[0], four(0));
+    let mut s1 = D::dot(u[1], four(1));
+    for w in (2..8).step_by(2) {
+        s0 = D::dot_acc(s0, u[w], four(w));
+        s1 = D::dot_acc(s1, u[w + 1], four(w + 1));
+    }
+    _mm256_add_epi32(s0, s1)
+}
+
 /// One group of eight interleaved Q4_K/Q5_K rows against activation rows `a_row..a_row +
 /// N` (lane `j` of result `i`: row `j`, token `i`). Per super-block column the eight rows'
 /// 6-bit scales and mins are unpacked lane-wise from their three scale words, once; each
@@ -405,9 +420,7 @@ unsafe fn x8_q45k<D: Dp, const Q5: bool, const N: usize>(
     let qh_at = 32 + 3 * 32;
     let qs_at = qh_at + if Q5 { 8 * 32 } else { 0 };
     let column = qs_at + 32 * 32;
-    let qp: [*const u8; N] =
-        std::array::from_fn(|i| a.qs.as_ptr().add((a_row + i) * a.cols) as *const u8);
-    let dsp: [*const f32; N] = std::array::from_fn(|i| a.ds.as_ptr().add(2 * (a_row + i) * nb));
+    let rows = Rows::<N>::new(a, a_row);
     let (m4, m1) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
     let (b6, b4) = (_mm256_set1_epi32(63), _mm256_set1_epi32(0x0F));
     let byte = |w: __m256i, k: i32| {
@@ -478,18 +491,8 @@ unsafe fn x8_q45k<D: Dp, const Q5: bool, const N: usize>(
                 });
                 let b = sb * 8 + k;
                 for i in 0..N {
-                    let qa = qp[i].add(b * QK);
-                    let four = |w: usize| {
-                        _mm256_set1_epi32((qa.add(4 * w) as *const i32).read_unaligned())
-                    };
-                    let mut s0 = D::dot(q[0], four(0));
-                    let mut s1 = D::dot(q[1], four(1));
-                    for w in (2..8).step_by(2) {
-                        s0 = D::dot_acc(s0, q[w], four(w));
-                        s1 = D::dot_acc(s1, q[w + 1], four(w + 1));
-                    }
-                    let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
-                    let (da, sa) = (*dsp[i].add(2 * b), *dsp[i].add(2 * b + 1));
+                    let isum = _mm256_cvtepi32_ps(dot8::<D>(&q, rows.qs[i].add(b * QK)));
+                    let (da, sa) = (*rows.d[i].add(b), *rows.s[i].add(b));
                     acc[i] =
                         _mm256_fmadd_ps(_mm256_mul_ps(dsc[k], _mm256_set1_ps(da)), isum, acc[i]);
                     macc[i] = _mm256_fmadd_ps(dmn[k], _mm256_set1_ps(sa), macc[i]);
@@ -511,13 +514,12 @@ unsafe fn x8_q8_0<D: Dp, const N: usize>(
     a: &Q8Acts,
     a_row: usize,
 ) -> [__m256; N] {
-    let qp: [*const u8; N] =
-        std::array::from_fn(|i| a.qs.as_ptr().add((a_row + i) * a.cols) as *const u8);
-    let dp: [*const f32; N] = std::array::from_fn(|i| a.d.as_ptr().add((a_row + i) * nb));
+    const COLUMN: usize = 8 * 34;
+    let rows = Rows::<N>::new(a, a_row);
     let mut acc = [_mm256_setzero_ps(); N];
     for b in 0..nb {
-        let blk = gp.add(b * 272);
-        for l in 0..5 {
+        let blk = gp.add(b * COLUMN);
+        for l in 0..COLUMN.div_ceil(64) {
             _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64 * l) as *const i8);
         }
         let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
@@ -525,7 +527,7 @@ unsafe fn x8_q8_0<D: Dp, const N: usize>(
             std::array::from_fn(|k| _mm256_loadu_si256(blk.add(16 + 32 * k) as *const __m256i));
         let aw: [__m256i; 8] = std::array::from_fn(|k| _mm256_sign_epi8(w[k], w[k]));
         for i in 0..N {
-            let q = qp[i].add(b * QK);
+            let q = rows.qs[i].add(b * QK);
             let four = |k: usize| _mm256_set1_epi32((q.add(4 * k) as *const i32).read_unaligned());
             let mut s0 = D::dot(aw[0], _mm256_sign_epi8(four(0), w[0]));
             let mut s1 = D::dot(aw[1], _mm256_sign_epi8(four(1), w[1]));
@@ -535,7 +537,7 @@ unsafe fn x8_q8_0<D: Dp, const N: usize>(
             }
             let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
             acc[i] = _mm256_fmadd_ps(
-                _mm256_mul_ps(d, _mm256_set1_ps(*dp[i].add(b))),
+                _mm256_mul_ps(d, _mm256_set1_ps(*rows.d[i].add(b))),
                 isum,
                 acc[i],
             );
@@ -568,9 +570,7 @@ unsafe fn x8_q45<D: Dp, const KIND: u8, const N: usize>(
         Q5_0 => -16.0,
         _ => 0.0,
     };
-    let qp: [*const u8; N] =
-        std::array::from_fn(|i| a.qs.as_ptr().add((a_row + i) * a.cols) as *const u8);
-    let dsp: [*const f32; N] = std::array::from_fn(|i| a.ds.as_ptr().add(2 * (a_row + i) * nb));
+    let rows = Rows::<N>::new(a, a_row);
     let m4 = _mm256_set1_epi8(0x0F);
     let bit4 = _mm256_set1_epi8(0x10);
     // Fifth bits of values `4k + i` (low nibbles) and `16 + 4k + i` (high nibbles) into
@@ -610,29 +610,20 @@ unsafe fn x8_q45<D: Dp, const KIND: u8, const N: usize>(
         } else {
             _mm256_setzero_si256()
         };
-        let mut lo = [_mm256_setzero_si256(); 4];
-        let mut hi = [_mm256_setzero_si256(); 4];
+        // Values 4k..4k + 4 (low nibbles of vector k) in u[k], 16 + 4k.. in u[4 + k].
+        let mut u = [_mm256_setzero_si256(); 8];
         for k in 0..4 {
             let v = _mm256_loadu_si256(blk.add(q_at + 32 * k) as *const __m256i);
-            lo[k] = _mm256_and_si256(v, m4);
-            hi[k] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            u[k] = _mm256_and_si256(v, m4);
+            u[4 + k] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
             if q5 {
-                lo[k] = _mm256_or_si256(lo[k], fifth(qh, (k / 2) as i32, k));
-                hi[k] = _mm256_or_si256(hi[k], fifth(qh, (2 + k / 2) as i32, k));
+                u[k] = _mm256_or_si256(u[k], fifth(qh, (k / 2) as i32, k));
+                u[4 + k] = _mm256_or_si256(u[4 + k], fifth(qh, (2 + k / 2) as i32, k));
             }
         }
         for i in 0..N {
-            let q = qp[i].add(b * QK);
-            let four = |o: usize| _mm256_set1_epi32((q.add(o) as *const i32).read_unaligned());
-            // Two chains, so consecutive products do not wait on each other.
-            let mut s0 = D::dot(lo[0], four(0));
-            let mut s1 = D::dot(hi[0], four(16));
-            for k in 1..4 {
-                s0 = D::dot_acc(s0, lo[k], four(4 * k));
-                s1 = D::dot_acc(s1, hi[k], four(16 + 4 * k));
-            }
-            let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
-            let (da, sa) = (*dsp[i].add(2 * b), *dsp[i].add(2 * b + 1));
+            let isum = _mm256_cvtepi32_ps(dot8::<D>(&u, rows.qs[i].add(b * QK)));
+            let (da, sa) = (*rows.d[i].add(b), *rows.s[i].add(b));
             acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(da)), isum, acc[i]);
             macc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(sa), macc[i]);
         }
