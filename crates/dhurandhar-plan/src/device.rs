@@ -198,6 +198,31 @@ impl MatvecRates {
         self.at(usize::MAX)
     }
 
+    /// An optional list with one figure per thread count (empty: not measured): the
+    /// right length, and every figure `ok`, else the message `bad` gives for it.
+    fn per_thread(
+        &self,
+        name: &str,
+        v: &[f64],
+        ok: impl Fn(f64) -> bool,
+        bad: impl Fn(f64) -> String,
+    ) -> Result<(), String> {
+        if v.is_empty() {
+            return Ok(());
+        }
+        if v.len() != self.threads.len() {
+            return Err(format!(
+                "{name} has {} entries for {} thread counts",
+                v.len(),
+                self.threads.len()
+            ));
+        }
+        match v.iter().find(|x| !ok(**x)) {
+            Some(x) => Err(bad(*x)),
+            None => Ok(()),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         if self.threads.is_empty()
             || self.threads.contains(&0)
@@ -232,40 +257,18 @@ impl MatvecRates {
                 ));
             }
         }
-        if !self.attention_gflops.is_empty() {
-            if self.attention_gflops.len() != self.threads.len() {
-                return Err(format!(
-                    "attention_gflops has {} entries for {} thread counts",
-                    self.attention_gflops.len(),
-                    self.threads.len()
-                ));
-            }
-            if let Some(g) = self
-                .attention_gflops
-                .iter()
-                .find(|g| !(g.is_finite() && **g > 0.0 && **g < MAX_GFLOPS))
-            {
-                return Err(format!(
-                    "attention rates must be positive GFLOP/s below {MAX_GFLOPS:e}, got {g}"
-                ));
-            }
-        }
-        if !self.call_overhead_ns.is_empty() {
-            if self.call_overhead_ns.len() != self.threads.len() {
-                return Err(format!(
-                    "call_overhead_ns has {} entries for {} thread counts",
-                    self.call_overhead_ns.len(),
-                    self.threads.len()
-                ));
-            }
-            if let Some(o) = self
-                .call_overhead_ns
-                .iter()
-                .find(|o| !(o.is_finite() && (0.0..1e9).contains(*o)))
-            {
-                return Err(format!("call overheads must be ns in [0, 1e9), got {o}"));
-            }
-        }
+        self.per_thread(
+            "attention_gflops",
+            &self.attention_gflops,
+            |g| g.is_finite() && g > 0.0 && g < MAX_GFLOPS,
+            |g| format!("attention rates must be positive GFLOP/s below {MAX_GFLOPS:e}, got {g}"),
+        )?;
+        self.per_thread(
+            "call_overhead_ns",
+            &self.call_overhead_ns,
+            |o| o.is_finite() && (0.0..1e9).contains(&o),
+            |o| format!("call overheads must be ns in [0, 1e9), got {o}"),
+        )?;
         for (k, v) in &self.row_overhead_ns {
             if !self.gweights_per_s.contains_key(k) {
                 return Err(format!("{k} has a row overhead but no rate"));
