@@ -2,7 +2,7 @@
 # Expert streaming benchmark: a mixture-of-experts model streamed with its expert cache
 # at a share of the expert bytes, reads ahead on and off, side by side in one run.
 #
-#   bash scripts/bench_moe.sh [CACHE_SHARE=0.25] [TOKENS=256] [REPEATS=3] [THREADS=1]
+#   bash scripts/bench_moe.sh [CACHE_SHARE=0.25] [TOKENS=256] [REPEATS=6] [THREADS=1]
 #
 # The model is `moe-bench` from scripts/make_tiny_models.py (Qwen3-MoE layout, random
 # weights, Q8_0, 8 layers × 32 experts with 4 used; ~250 MiB), made into
@@ -13,12 +13,16 @@
 # pins the dense layers and the head, so only experts are read. Four configurations —
 # reads ahead on and off, each with the default next-use eviction and with LRU — run in
 # turn REPEATS times; the table gives the median of each, beside a mapped run (page
-# cache warm) and a run with every expert cached. Needs python3 with the gguf
-# package; builds the release binary if needed.
+# cache warm) and a run with every expert cached. This virtual disk's speed drifts
+# between runs by more than the effect measured, so reads ahead are judged by pairs:
+# each repeat runs "on" and "off" back to back (which goes first alternates), and the
+# last lines give every pair's ratio, how many pairs "on" won, and the one-sided
+# sign-test p-value of that count (the chance of as many wins if reads ahead made no
+# difference). Needs python3 with the gguf package; builds the release binary if needed.
 set -euo pipefail
 share=${1:-0.25}
 tokens=${2:-256}
-repeats=${3:-3}
+repeats=${3:-6}
 threads=${4:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -37,8 +41,10 @@ trap 'rm -r "$out"' EXIT
 run > "$out/mmap.json"
 for i in $(seq "$repeats"); do
   for ev in next-use lru; do
-    run --weights stream --ram-budget 1GiB --expert-cache "$cache" --expert-eviction $ev > "$out/on-$ev-$i.json"
-    run --weights stream --ram-budget 1GiB --expert-cache "$cache" --expert-eviction $ev --no-expert-prefetch > "$out/off-$ev-$i.json"
+    on() { run --weights stream --ram-budget 1GiB --expert-cache "$cache" --expert-eviction $ev > "$out/on-$ev-$i.json"; }
+    off() { run --weights stream --ram-budget 1GiB --expert-cache "$cache" --expert-eviction $ev --no-expert-prefetch > "$out/off-$ev-$i.json"; }
+    # Alternate which goes first, so a drift of the disk within a pair favours neither.
+    if ((i % 2)); then on; off; else off; on; fi
   done
 done
 run --weights stream --ram-budget 1GiB --expert-cache "$experts" > "$out/all.json"
@@ -74,7 +80,13 @@ print(row("stream, LRU, reads ahead", runs("on", "lru")))
 print(row("stream, LRU, no reads ahead", runs("off", "lru")))
 print(row("stream, every expert cached", [load("all")]))
 speed = lambda rs: statistics.median(map(tps, rs))
-print(f"reads ahead / none: {speed(on) / speed(off):.2f}x (next-use), "
-      f"{speed(runs('on', 'lru')) / speed(runs('off', 'lru')):.2f}x (LRU); "
-      f"next-use / LRU without reads ahead: {speed(off) / speed(runs('off', 'lru')):.2f}x")
+from math import comb
+for ev in ("next-use", "lru"):
+    ratios = [tps(a) / tps(b) for a, b in zip(runs("on", ev), runs("off", ev))]
+    wins = sum(r > 1 for r in ratios)
+    p = sum(comb(repeats, k) for k in range(wins, repeats + 1)) / 2 ** repeats
+    print(f"reads ahead / none, {ev}, pair by pair: " + " ".join(f"{r:.2f}" for r in ratios)
+          + f"; median {statistics.median(ratios):.2f}x; faster in {wins} of {repeats} pairs"
+          + f" (sign test p = {p:.3f})")
+print(f"next-use / LRU without reads ahead: {speed(off) / speed(runs('off', 'lru')):.2f}x")
 PY
