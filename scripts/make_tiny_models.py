@@ -16,7 +16,9 @@ model for the expert-streaming benchmark (scripts/bench_moe.sh): 8 layers, hidde
 32 experts of width 512 with 4 used, Q8_0 (about 250 MiB, nearly all experts); each
 layer's attention and expert outputs are scaled by 0.25 so a layer updates the residual
 stream by a fraction of its size, as in trained transformers (unit-scale random layers
-would replace it, and no router could be predicted from the layer before).
+would replace it, and no router could be predicted from the layer before). `dense-0.5b`
+(only when named) has Qwen2.5-0.5B's shape in F32, for streaming and planning
+benchmarks at that size once quantized (scripts/bench_dense_0_5b.sh).
 Exit status 3 when the gguf package cannot be imported (tests treat that as "skip").
 """
 
@@ -66,6 +68,10 @@ MODELS = {
 BENCH_MODELS = {
     "moe-bench": dict(arch="qwen3moe", layers=8, hidden=512, ffn=1024, heads=8, kv_heads=4, head_dim=64,
                       qk_norm=True, experts=32, used=4, expert_ffn=512, q8_0=True, context=2048, update=0.25, seed=19),
+    # Qwen2.5-0.5B's shape with SmolLM2's vocabulary, F32 (1.6 GB): a stand-in for the
+    # real 0.5B file, which is not reachable here; `dhurandhar quantize` makes it K-quant.
+    "dense-0.5b": dict(arch="qwen2", layers=24, hidden=896, ffn=4864, heads=14, kv_heads=2, head_dim=64,
+                       qkv_bias=True, context=4096, seed=20),
 }
 
 
