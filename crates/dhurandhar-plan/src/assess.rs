@@ -294,6 +294,8 @@ struct Rates {
     matvec: Option<BTreeMap<String, MatvecCost>>,
     /// Decode attention FLOP/s measured with the engine's kernels (all threads).
     attention: Option<f64>,
+    /// Seconds each KV byte read from RAM adds to decode attention (all threads).
+    kv_per_byte: Option<f64>,
 }
 
 impl Rates {
@@ -309,6 +311,10 @@ impl Rates {
                 .matvec
                 .as_ref()
                 .and_then(|m| m.attention_flops_per_s(usize::MAX)),
+            kv_per_byte: d
+                .matvec
+                .as_ref()
+                .and_then(|m| m.kv_seconds_per_byte(usize::MAX)),
         }
     }
 }
@@ -406,7 +412,12 @@ fn compute_bound(r: &Rates, matmul: f64, attention: f64, int8: bool) -> Bound {
 /// call_overhead`, plus `attention / attention_rate` (the measured decode-attention rate,
 /// else the f32 matmul rate). `None` unless the device has a rate for every stored type
 /// the token multiplies (and a rate for attention).
-fn matvec_bound(r: &Rates, by_type: &BTreeMap<String, Matrices>, attention: f64) -> Option<Bound> {
+fn matvec_bound(
+    r: &Rates,
+    by_type: &BTreeMap<String, Matrices>,
+    attention: f64,
+    kv_bytes: f64,
+) -> Option<Bound> {
     let rates = r.matvec.as_ref()?;
     let (att_rate, att_how) = match (r.attention, r.f32) {
         (Some(a), _) => (a, "measured"),
@@ -420,15 +431,27 @@ fn matvec_bound(r: &Rates, by_type: &BTreeMap<String, Matrices>, attention: f64)
     for (t, m) in by_type {
         secs += rates.get(t)?.seconds(m);
     }
+    // The KV cache comes from RAM each token (the weights stream through the caches
+    // between one token's visits to a layer): its bytes at the rate measured for that.
+    let kv = r.kv_per_byte.map(|c| (c * kv_bytes, kv_bytes));
+    secs += kv.map_or(0.0, |(s, _)| s);
     let weights: u64 = by_type.values().map(|m| m.weights).sum();
     let types: Vec<&str> = by_type.keys().map(|k| k.as_str()).collect();
+    let kv_note = match kv {
+        Some((s, b)) if b > 0.0 => format!(
+            " + {} of KV cache from RAM at {} GB/s beyond its FLOPs",
+            bytes(b),
+            fmt_bits(b / s / 1e9)
+        ),
+        _ => String::new(),
+    };
     Some(Bound {
         kind: BoundKind::Compute,
         per_token: 2.0 * weights as f64 + attention,
         unit: "flop",
         tps: (secs > 0.0).then(|| 1.0 / secs),
         note: format!(
-            "{} weights through one-token matvecs ({}) at the measured cost per type + {} of attention at the {att_how} rate",
+            "{} weights through one-token matvecs ({}) at the measured cost per type + {} of attention at the {att_how} rate{kv_note}",
             format_count(weights as f64),
             types.join(", "),
             gflop(attention)
@@ -469,7 +492,13 @@ fn mode_bounds(p: &MemoryPlan, r: &Rates, streamed: f64, pages: f64) -> (Vec<Bou
         "weights, KV cache at the context, PLE and embedding rows",
     ));
     decode.push(
-        matvec_bound(r, &t.matmul_weights_by_type, t.attention_flops as f64).unwrap_or_else(|| {
+        matvec_bound(
+            r,
+            &t.matmul_weights_by_type,
+            t.attention_flops as f64,
+            t.kv_read_bytes as f64,
+        )
+        .unwrap_or_else(|| {
             compute_bound(
                 r,
                 t.matmul_flops as f64,

@@ -101,6 +101,12 @@ pub struct MatvecRates {
     /// not reach).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attention_gflops: Vec<f64>,
+    /// The same attention with its K and V read from RAM (a cache far larger than the
+    /// last-level cache), one per entry of `threads` (empty: unknown, and the KV cache
+    /// costs nothing beyond `attention_gflops`). The difference prices each byte of KV a
+    /// token reads from RAM: [`MatvecRates::kv_seconds_per_byte`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention_ram_gflops: Vec<f64>,
 }
 
 /// What one type's matvec costs on a given thread count.
@@ -167,6 +173,10 @@ impl MatvecRates {
             row_overhead_ns: cut(&self.row_overhead_ns),
             call_overhead_ns: self.call_overhead_ns.get(i).map_or(vec![], |c| vec![*c]),
             attention_gflops: self.attention_gflops.get(i).map_or(vec![], |a| vec![*a]),
+            attention_ram_gflops: self
+                .attention_ram_gflops
+                .get(i)
+                .map_or(vec![], |a| vec![*a]),
         }
     }
 
@@ -175,6 +185,19 @@ impl MatvecRates {
         self.attention_gflops
             .get(self.index(threads))
             .map(|g| g * 1e9)
+    }
+
+    /// Seconds each byte of f32 KV cache read from RAM adds to decode attention on
+    /// `threads` threads, beyond its FLOPs at [`MatvecRates::attention_flops_per_s`]: the
+    /// probe's attention does 4 · head_dim FLOPs per head and position over 2 · head_dim
+    /// f32 values (K and V) of 4 bytes, 0.5 FLOP per byte, so a byte from RAM costs
+    /// `0.5 · (1 / ram rate − 1 / in-cache rate)`; zero where RAM was not slower, `None`
+    /// where either rate is unknown.
+    pub fn kv_seconds_per_byte(&self, threads: usize) -> Option<f64> {
+        let i = self.index(threads);
+        let cache = self.attention_gflops.get(i)? * 1e9;
+        let ram = self.attention_ram_gflops.get(i)? * 1e9;
+        Some((0.5 * (1.0 / ram - 1.0 / cache)).max(0.0))
     }
 
     /// These rates with each interleaved entry (`T@x8`) in place of its type's row-major
@@ -260,6 +283,12 @@ impl MatvecRates {
         self.per_thread(
             "attention_gflops",
             &self.attention_gflops,
+            |g| g.is_finite() && g > 0.0 && g < MAX_GFLOPS,
+            |g| format!("attention rates must be positive GFLOP/s below {MAX_GFLOPS:e}, got {g}"),
+        )?;
+        self.per_thread(
+            "attention_ram_gflops",
+            &self.attention_ram_gflops,
             |g| g.is_finite() && g > 0.0 && g < MAX_GFLOPS,
             |g| format!("attention rates must be positive GFLOP/s below {MAX_GFLOPS:e}, got {g}"),
         )?;

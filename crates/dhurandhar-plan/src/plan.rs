@@ -201,8 +201,9 @@ pub struct PerToken {
     /// one-token matvec costs are per type ([`crate::MatvecRates`]).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub matmul_weights_by_type: BTreeMap<String, Matrices>,
-    /// True when matmuls run on int8 dot products (weights stored in ≤ 8.5 bits per
-    /// weight, activations quantized to int8); false for f16/bf16/f32 weights (f32 math).
+    /// True when matmuls run on int8 dot products (every matrix of a checkpoint
+    /// block-quantized, or an estimate at ≤ 8.5 bits per weight; activations quantized
+    /// to int8); false when f16/bf16/f32 matrices are among them (f32 math).
     pub matmul_int8: bool,
     /// Prefill: attention FLOPs per prompt token, averaged over a prompt of the planned
     /// context (token t attends min(t, window) tokens).
@@ -705,6 +706,16 @@ pub fn plan(
         });
     }
 
+    // A checkpoint says which matrices are block-quantized (the engine multiplies those
+    // with int8 dots): the mean bits per weight would count its f32 norms too, and a
+    // Q8_0 file's mean is then just above 8.5.
+    let matmul_int8 = if matmul_by_type.is_empty() {
+        bpw_of_weights(exact, bpw, dec + experts + tok + lm, &p) <= 8.5
+    } else {
+        matmul_by_type
+            .keys()
+            .all(|t| !matches!(t.as_str(), "F32" | "F16" | "BF16"))
+    };
     Ok(MemoryPlan {
         model: arch.name.clone(),
         context_tokens: ctx,
@@ -740,7 +751,7 @@ pub fn plan(
             matmul_flops: sat(matmul_flops),
             attention_flops: sat(attn_flops),
             matmul_weights_by_type: matmul_by_type,
-            matmul_int8: bpw_of_weights(exact, bpw, dec + experts + tok + lm, &p) <= 8.5,
+            matmul_int8,
             prefill_attention_flops: prefill_attn.round() as u64,
             prefill_ram_bytes: prefill_ram.ceil() as u64,
             prefill_chunk_tokens: chunk_tokens,

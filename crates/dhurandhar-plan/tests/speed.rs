@@ -108,6 +108,35 @@ fn quantized_weights_use_the_int8_rate() {
     let want = 1.0 / (988_010_240.0 / 4e11 + 352_321_536.0 / 1e11);
     assert!((bound(&a, BoundKind::Compute) - want).abs() < 1e-9);
     assert!((want - 166.85).abs() < 0.01);
+    // A checkpoint: its matrices' types decide, not the mean bits per weight. These
+    // bytes average (400 M + 144 M) x 8 / 494 M weights = 8.8 bits (a Q8_0 file's f32
+    // norms and rounding), and its Q8_0 matrices still run on int8.
+    use std::collections::BTreeMap;
+    let ckpt = |t: &str| dhurandhar_model::ComponentBytes {
+        decoder_layers: 400_000_000,
+        token_embeddings: 144_000_000,
+        matmul_weights: BTreeMap::from([(t.to_string(), mats(358_000_000, 400_000, 168))]),
+        token_embedding_weights: BTreeMap::from([(
+            "Q8_0".to_string(),
+            mats(136_000_000, 151_936, 1),
+        )]),
+        source: "x.gguf".into(),
+        ..Default::default()
+    };
+    let q8 = plan(
+        &m("qwen2.5-0.5b"),
+        Some(&ckpt("Q8_0")),
+        &opts(4096, "bf16", 16.0),
+    )
+    .unwrap();
+    assert!(q8.per_token.matmul_int8);
+    let f16 = plan(
+        &m("qwen2.5-0.5b"),
+        Some(&ckpt("F16")),
+        &opts(4096, "bf16", 16.0),
+    )
+    .unwrap();
+    assert!(!f16.per_token.matmul_int8);
 }
 
 #[test]
@@ -317,6 +346,7 @@ fn matvec_bound_by_hand() {
         ]),
         call_overhead_ns: vec![100.0, 10_000.0],
         attention_gflops: vec![],
+        attention_ram_gflops: vec![],
     });
     d.validate().unwrap();
     let c = dhurandhar_plan::ceilings(&p, &d, 0.0);
@@ -362,6 +392,33 @@ fn matvec_bound_by_hand() {
         .unwrap()
         .note;
     assert!(note.contains("attention at the measured rate"), "{note}");
+    // Attention with its cache in RAM measured at half the in-cache rate (0.25 GFLOP/s):
+    // a KV byte costs 0.5 FLOP/B x (1/0.25e9 - 1/0.5e9) s/FLOP = 1e-9 s. The f32 cache at
+    // 1024 tokens is 2 (K, V) x 24 layers x 2 heads x 64 x 1024 x 4 B = 25,165,824 B,
+    // so 0.025165824 s more.
+    assert_eq!(p.per_token.kv_read_bytes, 25_165_824);
+    d.matvec = d.matvec.map(|mut m| {
+        m.attention_ram_gflops = vec![0.25];
+        m
+    });
+    d.validate().unwrap();
+    assert_eq!(
+        d.matvec.as_ref().unwrap().kv_seconds_per_byte(1),
+        Some(1e-9)
+    );
+    let c1k = dhurandhar_plan::ceilings(&p, &d, 0.0);
+    assert!((c1k.decode_tps.unwrap() - 1.0 / (secs1a + 0.025_165_824)).abs() < 1e-9);
+    let note = &c1k.bounds[1].note;
+    assert!(
+        note.contains("24 MiB of KV cache from RAM at 1 GB/s"),
+        "{note}"
+    );
+    // RAM no slower than the cache: no charge.
+    d.matvec = d.matvec.map(|mut m| {
+        m.attention_ram_gflops = vec![0.6];
+        m
+    });
+    assert_eq!(d.matvec.as_ref().unwrap().kv_seconds_per_byte(1), Some(0.0));
     // A type without a rate: the batched int8 formula instead (never a guess).
     d.matvec = Some(dhurandhar_plan::MatvecRates {
         threads: vec![4],
@@ -369,6 +426,7 @@ fn matvec_bound_by_hand() {
         row_overhead_ns: BTreeMap::new(),
         call_overhead_ns: vec![],
         attention_gflops: vec![],
+        attention_ram_gflops: vec![],
     });
     let c2 = dhurandhar_plan::ceilings(&p, &d, 0.0);
     let compute2 = c2
@@ -397,6 +455,7 @@ fn matvec_rates_are_validated() {
         row_overhead_ns: BTreeMap::new(),
         call_overhead_ns: vec![],
         attention_gflops: vec![],
+        attention_ram_gflops: vec![],
     };
     for (m, want) in [
         (bad(vec![], vec![]), "ascending"),
@@ -458,6 +517,21 @@ fn matvec_rates_are_validated() {
     }
     m.attention_gflops = vec![2.0, 3.0];
     assert_eq!(m.attention_flops_per_s(1), Some(2e9));
+    for (a, want) in [
+        (vec![1.0], "attention_ram_gflops has 1 entries"),
+        (vec![f64::INFINITY, 1.0], "attention rates"),
+    ] {
+        m.attention_ram_gflops = a;
+        d.matvec = Some(m.clone());
+        let e = d.validate().unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    m.attention_ram_gflops = vec![1.0, 1.5];
+    assert_eq!(m.only(8).attention_ram_gflops, vec![1.5]);
+    assert_eq!(
+        m.kv_seconds_per_byte(4),
+        Some(0.5 * (1.0 / 1.5e9 - 1.0 / 3e9))
+    );
     assert_eq!(m.only(8).attention_gflops, vec![3.0]);
     let c = m.at(4)["Q4_0"];
     assert!((c.seconds(&mats(6_000_000_000, 0, 250)) - (1.0 + 250.0 * 4e-6)).abs() < 1e-12);

@@ -293,7 +293,8 @@ pub fn probe(
              of weights in {}- and {}-wide rows (random values; the two widths give the rate \
              per weight and the fixed cost per row) and 2000 calls of a 64 x 32 Q8_0 matrix \
              (the fixed cost per call), and decode attention as the engine runs it (8 heads \
-             of 64 over 512 positions, softmax included), on 1 and {threads} threads, best of {}",
+             of 64 over 512 positions, softmax included; in cache, and over 128 such layers \
+             in turn, read from RAM), on 1 and {threads} threads, best of {}",
             if opts.ram_budget_mb.is_some() {
                 "given"
             } else {
@@ -745,18 +746,24 @@ fn matvec(
             Ok(round3((secs - data).max(0.0) * 1e9))
         })
         .collect::<Result<Vec<f64>>>()?;
-    let attention = counts
-        .iter()
-        .map(|&n| {
-            let secs = if n == 1 {
-                time_attention(false, cancel)?
-            } else {
-                pool.install(|| time_attention(true, cancel))?
-            };
-            let flops = 4.0 * (ATT_HEADS * ATT_HEAD_DIM * ATT_POSITIONS) as f64;
-            Ok(round3(flops / secs / 1e9))
-        })
-        .collect::<Result<Vec<f64>>>()?;
+    // One layer's cache, re-read 200 times (it stays in cache), then 128 layers of it
+    // in turn (256 MiB, read from RAM every call).
+    let attention_at = |layers: usize, calls: usize| {
+        counts
+            .iter()
+            .map(|&n| {
+                let secs = if n == 1 {
+                    time_attention(false, layers, calls, cancel)?
+                } else {
+                    pool.install(|| time_attention(true, layers, calls, cancel))?
+                };
+                let flops = (layers * 4 * ATT_HEADS * ATT_HEAD_DIM * ATT_POSITIONS) as f64;
+                Ok(round3(flops / secs / 1e9))
+            })
+            .collect::<Result<Vec<f64>>>()
+    };
+    let attention = attention_at(1, 200)?;
+    let attention_ram = attention_at(ATT_RAM_LAYERS, 3)?;
     drop(phase);
     Ok(MatvecProbe {
         rates: dhurandhar_plan::MatvecRates {
@@ -765,6 +772,7 @@ fn matvec(
             row_overhead_ns: overheads,
             call_overhead_ns: calls,
             attention_gflops: attention,
+            attention_ram_gflops: attention_ram,
         },
         bytes: opts.matvec_bytes,
         cols: MATVEC_COLS,
@@ -777,41 +785,55 @@ fn matvec(
 const ATT_HEADS: usize = 8;
 const ATT_HEAD_DIM: usize = 64;
 const ATT_POSITIONS: usize = 512;
+/// Layers of that cache the RAM case reads in turn: 128 × 2 MiB of f32 K and V, far
+/// beyond a last-level cache (as a model's cache is, once its weights have streamed
+/// through the caches between one token's visits to a layer).
+const ATT_RAM_LAYERS: usize = 128;
 
 /// Seconds of one token's attention over `ATT_POSITIONS` cached positions for
-/// `ATT_HEADS` heads, composed as the engine's decode step does it per head (score dots
-/// over the strided keys, softmax, value axpys; heads split over the pool when
-/// `parallel`), best of 5 runs of 200 calls.
-fn time_attention(parallel: bool, cancel: &CancelToken) -> Result<f64> {
+/// `ATT_HEADS` heads in each of `layers` layers in turn, composed as the engine's decode
+/// step does it per head (score dots over the strided keys, softmax, value axpys; heads
+/// split over the pool when `parallel`), best of 5 runs of `calls` calls.
+fn time_attention(
+    parallel: bool,
+    layers: usize,
+    calls: usize,
+    cancel: &CancelToken,
+) -> Result<f64> {
     use dhurandhar_engine::kernels::{softmax, strided_axpys, strided_dots};
     use rayon::prelude::*;
     let (heads, hd, n) = (ATT_HEADS, ATT_HEAD_DIM, ATT_POSITIONS);
     let kvd = heads * hd;
+    let layer = n * kvd;
     let val = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
-    let k: Vec<f32> = (0..n * kvd).map(val).collect();
-    let v: Vec<f32> = (0..n * kvd).map(|i| val(i + 13)).collect();
+    let k: Vec<f32> = (0..layers * layer).map(val).collect();
+    let v: Vec<f32> = (0..layers * layer).map(|i| val(i + 13)).collect();
     let q: Vec<f32> = (0..kvd).map(|i| val(i + 29)).collect();
     let mut out = vec![0f32; kvd];
     let scale = 1.0 / (hd as f32).sqrt();
-    let head = |h: usize, o: &mut [f32]| {
+    let head = |l: usize, h: usize, o: &mut [f32]| {
+        let (k, v) = (&k[l * layer..][..layer], &v[l * layer..][..layer]);
         let mut s = vec![0f32; n];
-        strided_dots(&q[h * hd..(h + 1) * hd], &k, h * hd, kvd, scale, &mut s);
+        strided_dots(&q[h * hd..(h + 1) * hd], k, h * hd, kvd, scale, &mut s);
         softmax(&mut s);
         o.fill(0.0);
-        strided_axpys(&s, &v, h * hd, kvd, o);
+        strided_axpys(&s, v, h * hd, kvd, o);
     };
-    let calls = 200;
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         cancel.check()?;
         let t = Instant::now();
         for _ in 0..calls {
-            if parallel {
-                out.par_chunks_mut(hd)
-                    .enumerate()
-                    .for_each(|(h, o)| head(h, o));
-            } else {
-                out.chunks_mut(hd).enumerate().for_each(|(h, o)| head(h, o));
+            for l in 0..layers {
+                if parallel {
+                    out.par_chunks_mut(hd)
+                        .enumerate()
+                        .for_each(|(h, o)| head(l, h, o));
+                } else {
+                    out.chunks_mut(hd)
+                        .enumerate()
+                        .for_each(|(h, o)| head(l, h, o));
+                }
             }
         }
         best = best.min(t.elapsed().as_secs_f64() / calls as f64);

@@ -45,6 +45,7 @@ fn tiny_probe_writes_a_loadable_host_device() {
         assert_eq!(mv.row_overhead_ns[t].len(), mv.threads.len(), "{t}");
     }
     assert_eq!(mv.attention_gflops.len(), mv.threads.len());
+    assert_eq!(mv.attention_ram_gflops.len(), mv.threads.len());
     // Where the engine interleaves resident weights, those layouts are measured too.
     if dhurandhar_engine::kernels::simd().avx2() {
         for t in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K"] {
