@@ -435,8 +435,33 @@ pub(crate) mod avx2 {
     ) {
         let d = q.len();
         let qp = q.as_ptr();
-        for (j, o) in out.iter_mut().enumerate() {
-            let kp = src.as_ptr().add(off + j * stride);
+        let n = out.len();
+        // Four positions per pass: four independent FMA chains instead of one waiting on
+        // itself (each position's sum is formed in the same order as one at a time).
+        // In the probe's attention this took 4.9–5.0 GFLOP/s to 5.3 with the cache in RAM
+        // and 20.9 to 22.0–22.2 in L2 (one thread). Prefetching rows 8 positions ahead
+        // cost 12–14% in L2 and gained 0–6% in RAM, and in `strided_axpys` 1–3% in RAM:
+        // neither kept.
+        let row = |j: usize| src.as_ptr().add(off + j * stride);
+        let mut j = 0;
+        while j + 4 <= n {
+            let kp = [row(j), row(j + 1), row(j + 2), row(j + 3)];
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i < d {
+                let qv = _mm256_loadu_ps(qp.add(i));
+                for k in 0..4 {
+                    acc[k] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[k].add(i)), acc[k]);
+                }
+                i += 8;
+            }
+            for k in 0..4 {
+                out[j + k] = hsum(acc[k]) * scale;
+            }
+            j += 4;
+        }
+        for (j, o) in out.iter_mut().enumerate().skip(j) {
+            let kp = row(j);
             let mut acc = _mm256_setzero_ps();
             let mut i = 0;
             while i < d {
