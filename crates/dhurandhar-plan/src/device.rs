@@ -280,18 +280,21 @@ impl MatvecRates {
                 ));
             }
         }
-        self.per_thread(
-            "attention_gflops",
-            &self.attention_gflops,
-            |g| g.is_finite() && g > 0.0 && g < MAX_GFLOPS,
-            |g| format!("attention rates must be positive GFLOP/s below {MAX_GFLOPS:e}, got {g}"),
-        )?;
-        self.per_thread(
-            "attention_ram_gflops",
-            &self.attention_ram_gflops,
-            |g| g.is_finite() && g > 0.0 && g < MAX_GFLOPS,
-            |g| format!("attention rates must be positive GFLOP/s below {MAX_GFLOPS:e}, got {g}"),
-        )?;
+        for (name, rates) in [
+            ("attention_gflops", &self.attention_gflops),
+            ("attention_ram_gflops", &self.attention_ram_gflops),
+        ] {
+            self.per_thread(
+                name,
+                rates,
+                |g| g.is_finite() && g > 0.0 && g < MAX_GFLOPS,
+                |g| {
+                    format!(
+                        "attention rates must be positive GFLOP/s below {MAX_GFLOPS:e}, got {g}"
+                    )
+                },
+            )?;
+        }
         self.per_thread(
             "call_overhead_ns",
             &self.call_overhead_ns,
