@@ -410,7 +410,8 @@ fn compute_bound(r: &Rates, matmul: f64, attention: f64, int8: bool) -> Bound {
 /// The decode compute bound from one-token matvec costs: the sum over weight types of
 /// `weights(type) / rate(type) + rows(type) × row_overhead(type) + matrices(type) ×
 /// call_overhead`, plus `attention / attention_rate` (the measured decode-attention rate,
-/// else the f32 matmul rate). `None` unless the device has a rate for every stored type
+/// else the f32 matmul rate), plus the KV cache's bytes at the price of a byte from RAM
+/// ([`crate::MatvecRates::kv_seconds_per_byte`], when the device has it). `None` unless the device has a rate for every stored type
 /// the token multiplies (and a rate for attention).
 fn matvec_bound(
     r: &Rates,

@@ -293,8 +293,9 @@ pub fn probe(
              of weights in {}- and {}-wide rows (random values; the two widths give the rate \
              per weight and the fixed cost per row) and 2000 calls of a 64 x 32 Q8_0 matrix \
              (the fixed cost per call), and decode attention as the engine runs it (8 heads \
-             of 64 over 512 positions, softmax included; in cache, and over 128 such layers \
-             in turn, read from RAM), on 1 and {threads} threads, best of {}",
+             of 64 over 512 positions, softmax included; in cache, and over as many such \
+             layers in turn as the matvec bytes, read from RAM), on 1 and {threads} threads, \
+             best of {}",
             if opts.ram_budget_mb.is_some() {
                 "given"
             } else {
@@ -746,8 +747,10 @@ fn matvec(
             Ok(round3((secs - data).max(0.0) * 1e9))
         })
         .collect::<Result<Vec<f64>>>()?;
-    // One layer's cache, re-read 200 times (it stays in cache), then 128 layers of it
-    // in turn (256 MiB, read from RAM every call).
+    // One layer's cache, re-read 200 times (it stays in cache), then as many layers of
+    // it in turn as the matvecs' weight bytes (256 MiB by default: read from RAM every
+    // call, as a model's cache is once its weights have streamed through the caches
+    // between one token's visits to a layer).
     let attention_at = |layers: usize, calls: usize| {
         counts
             .iter()
@@ -763,7 +766,8 @@ fn matvec(
             .collect::<Result<Vec<f64>>>()
     };
     let attention = attention_at(1, 200)?;
-    let attention_ram = attention_at(ATT_RAM_LAYERS, 3)?;
+    let ram_layers = (opts.matvec_bytes as usize / ATT_LAYER_BYTES).max(1);
+    let attention_ram = attention_at(ram_layers, 3)?;
     drop(phase);
     Ok(MatvecProbe {
         rates: dhurandhar_plan::MatvecRates {
@@ -785,10 +789,8 @@ fn matvec(
 const ATT_HEADS: usize = 8;
 const ATT_HEAD_DIM: usize = 64;
 const ATT_POSITIONS: usize = 512;
-/// Layers of that cache the RAM case reads in turn: 128 × 2 MiB of f32 K and V, far
-/// beyond a last-level cache (as a model's cache is, once its weights have streamed
-/// through the caches between one token's visits to a layer).
-const ATT_RAM_LAYERS: usize = 128;
+/// One layer's f32 K and V in that probe: 2 MiB.
+const ATT_LAYER_BYTES: usize = 2 * ATT_HEADS * ATT_HEAD_DIM * ATT_POSITIONS * 4;
 
 /// Seconds of one token's attention over `ATT_POSITIONS` cached positions for
 /// `ATT_HEADS` heads in each of `layers` layers in turn, composed as the engine's decode

@@ -133,7 +133,7 @@ pub fn render_probe(r: &ProbeReport) -> String {
         "{t}\n{mv}\nmatvec: the engine's one-token matmul over {} MiB per type, rows {} and {} wide \
          (time per row = ns/row + width / rate), best of {}; T@x8: rows interleaved by eight, as \
          resident weights run; per call: {}; decode attention (8 heads of 64, 512 positions): {}; \
-         the same with K and V read from RAM (128 such layers in turn): {}.\n\
+         the same with K and V read from RAM ({} MiB of such layers in turn): {}.\n\
          Wrote {} ({}); use it with `dhurandhar analyze -d host`.\n",
         r.matvec.bytes >> 20,
         r.matvec.cols[0],
@@ -141,6 +141,7 @@ pub fn render_probe(r: &ProbeReport) -> String {
         r.memory.repeats,
         per_thread(&m.call_overhead_ns, &m.threads, "ns", 0),
         per_thread(&m.attention_gflops, &m.threads, "GFLOP/s", 1),
+        r.matvec.bytes >> 20,
         per_thread(&m.attention_ram_gflops, &m.threads, "GFLOP/s", 1),
         r.path,
         d.measured_at.as_deref().unwrap_or("")
