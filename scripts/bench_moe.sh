@@ -39,12 +39,14 @@ cache=$(python3 -c "print(int($experts * $share))")
 out=$(mktemp -d)
 trap 'rm -r "$out"' EXIT
 run > "$out/mmap.json"
+streamed() { # streamed on|off EVICTION REPEAT
+  run --weights stream --ram-budget 1GiB --expert-cache "$cache" --expert-eviction "$2" \
+    $([ "$1" = off ] && echo --no-expert-prefetch) > "$out/$1-$2-$3.json"
+}
 for i in $(seq "$repeats"); do
   for ev in next-use lru; do
-    on() { run --weights stream --ram-budget 1GiB --expert-cache "$cache" --expert-eviction $ev > "$out/on-$ev-$i.json"; }
-    off() { run --weights stream --ram-budget 1GiB --expert-cache "$cache" --expert-eviction $ev --no-expert-prefetch > "$out/off-$ev-$i.json"; }
     # Alternate which goes first, so a drift of the disk within a pair favours neither.
-    if ((i % 2)); then on; off; else off; on; fi
+    if ((i % 2)); then streamed on $ev $i; streamed off $ev $i; else streamed off $ev $i; streamed on $ev $i; fi
   done
 done
 run --weights stream --ram-budget 1GiB --expert-cache "$experts" > "$out/all.json"

@@ -434,15 +434,15 @@ fn matvec_bound(
     }
     // The KV cache comes from RAM each token (the weights stream through the caches
     // between one token's visits to a layer): its bytes at the rate measured for that.
-    let kv = r.kv_per_byte.map(|c| (c * kv_bytes, kv_bytes));
-    secs += kv.map_or(0.0, |(s, _)| s);
+    let kv_secs = r.kv_per_byte.map(|c| c * kv_bytes);
+    secs += kv_secs.unwrap_or(0.0);
     let weights: u64 = by_type.values().map(|m| m.weights).sum();
     let types: Vec<&str> = by_type.keys().map(|k| k.as_str()).collect();
-    let kv_note = match kv {
-        Some((s, b)) if b > 0.0 => format!(
+    let kv_note = match kv_secs {
+        Some(s) if kv_bytes > 0.0 && s > 0.0 => format!(
             " + {} of KV cache from RAM at {} GB/s beyond its FLOPs",
-            bytes(b),
-            fmt_bits(b / s / 1e9)
+            bytes(kv_bytes),
+            fmt_bits(kv_bytes / s / 1e9)
         ),
         _ => String::new(),
     };

@@ -751,16 +751,18 @@ fn matvec(
     // it in turn as the matvecs' weight bytes (256 MiB by default: read from RAM every
     // call, as a model's cache is once its weights have streamed through the caches
     // between one token's visits to a layer).
+    // The cache is built once per size and timed on every thread count.
     let attention_at = |layers: usize, calls: usize| {
+        let cache = AttentionCache::new(layers);
+        let flops = (layers * 4 * ATT_HEADS * ATT_HEAD_DIM * ATT_POSITIONS) as f64;
         counts
             .iter()
             .map(|&n| {
                 let secs = if n == 1 {
-                    time_attention(false, layers, calls, cancel)?
+                    time_attention(&cache, false, calls, cancel)?
                 } else {
-                    pool.install(|| time_attention(true, layers, calls, cancel))?
+                    pool.install(|| time_attention(&cache, true, calls, cancel))?
                 };
-                let flops = (layers * 4 * ATT_HEADS * ATT_HEAD_DIM * ATT_POSITIONS) as f64;
                 Ok(round3(flops / secs / 1e9))
             })
             .collect::<Result<Vec<f64>>>()
@@ -792,13 +794,36 @@ const ATT_POSITIONS: usize = 512;
 /// One layer's f32 K and V in that probe: 2 MiB.
 const ATT_LAYER_BYTES: usize = 2 * ATT_HEADS * ATT_HEAD_DIM * ATT_POSITIONS * 4;
 
-/// Seconds of one token's attention over `ATT_POSITIONS` cached positions for
-/// `ATT_HEADS` heads in each of `layers` layers in turn, composed as the engine's decode
-/// step does it per head (score dots over the strided keys, softmax, value axpys; heads
-/// split over the pool when `parallel`), best of 5 runs of `calls` calls.
-fn time_attention(
-    parallel: bool,
+/// `layers` layers of the attention probe's f32 K and V (position-major, as the engine
+/// keeps them) and one token's queries.
+struct AttentionCache {
     layers: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    q: Vec<f32>,
+}
+
+impl AttentionCache {
+    fn new(layers: usize) -> Self {
+        let kvd = ATT_HEADS * ATT_HEAD_DIM;
+        let len = layers * ATT_POSITIONS * kvd;
+        let val = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
+        AttentionCache {
+            layers,
+            k: (0..len).map(val).collect(),
+            v: (0..len).map(|i| val(i + 13)).collect(),
+            q: (0..kvd).map(|i| val(i + 29)).collect(),
+        }
+    }
+}
+
+/// Seconds of one token's attention over `ATT_POSITIONS` cached positions for
+/// `ATT_HEADS` heads in each of the cache's layers in turn, composed as the engine's
+/// decode step does it per head (score dots over the strided keys, softmax, value axpys;
+/// heads split over the pool when `parallel`), best of 5 runs of `calls` calls.
+fn time_attention(
+    c: &AttentionCache,
+    parallel: bool,
     calls: usize,
     cancel: &CancelToken,
 ) -> Result<f64> {
@@ -807,10 +832,7 @@ fn time_attention(
     let (heads, hd, n) = (ATT_HEADS, ATT_HEAD_DIM, ATT_POSITIONS);
     let kvd = heads * hd;
     let layer = n * kvd;
-    let val = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
-    let k: Vec<f32> = (0..layers * layer).map(val).collect();
-    let v: Vec<f32> = (0..layers * layer).map(|i| val(i + 13)).collect();
-    let q: Vec<f32> = (0..kvd).map(|i| val(i + 29)).collect();
+    let (k, v, q, layers) = (&c.k, &c.v, &c.q, c.layers);
     let mut out = vec![0f32; kvd];
     let scale = 1.0 / (hd as f32).sqrt();
     let head = |l: usize, h: usize, o: &mut [f32]| {
