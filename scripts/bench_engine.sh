@@ -3,10 +3,13 @@
 #
 #   bash scripts/bench_engine.sh LLAMA_BIN_DIR [BASELINE_DHURANDHAR] FILE.gguf...
 #
-# For each file and 1 and 2 threads: `llama-bench -p 256 -n 64 -r 3` (mmap, its default)
-# and `dhurandhar generate --bench --bench-prompt 256 --max-tokens 64 --weights
-# resident` (best of its 3 repeats, as llama-bench averages its 3), alternating, so both
-# see the same machine state. Ours runs resident because llama.cpp copies the matrices it
+# For each file and 1 and 2 threads: `llama-bench -p 256 -n 0` and `-p 0 -n 64 -d 256`
+# (`-r 3`, mmap, its default) and `dhurandhar generate --bench --bench-prompt 256
+# --max-tokens 64 --weights resident` (best of its 3 repeats, as llama-bench averages
+# its 3), alternating, so both see the same machine state. Both decode after the same
+# 256 tokens of context: `llama-bench -p 256 -n 64` alone would time its 64 tokens from
+# an empty cache while ours follow the prompt, and attention over 256 positions costs
+# both engines about 1.4 ms a token on SmolLM2. Ours runs resident because llama.cpp copies the matrices it
 # repacks (Q4_0 and Q4_K on x86) out of its map into RAM; resident is where ours
 # interleaves Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K. Set WEIGHTS=mmap to time our mapped
 # path instead. With BASELINE_DHURANDHAR (another build of the binary, e.g. the previous
@@ -30,12 +33,14 @@ ours() { # ours BINARY FILE THREADS -> "prefill decode"
     python3 -c 'import json,sys; r=json.load(sys.stdin)["results"][0]; print(r["prefill_tokens_per_s"], r["decode_tokens_per_s"])'
 }
 theirs() { # theirs FILE THREADS -> "prefill decode"
-  "$llama/llama-bench" -m "$1" -t "$2" -p 256 -n 64 -r 3 -o json 2>/dev/null |
-    python3 -c '
+  {
+    "$llama/llama-bench" -m "$1" -t "$2" -p 256 -n 0 -r 3 -o jsonl 2>/dev/null
+    "$llama/llama-bench" -m "$1" -t "$2" -p 0 -n 64 -d 256 -r 3 -o jsonl 2>/dev/null
+  } | python3 -c '
 import json, sys
-rs = json.load(sys.stdin)
+rs = [json.loads(l) for l in sys.stdin if l.strip()]
 pp = next(r["avg_ts"] for r in rs if r["n_prompt"] > 0)
-tg = next(r["avg_ts"] for r in rs if r["n_gen"] > 0)
+tg = next(r["avg_ts"] for r in rs if r["n_gen"] > 0 and r["n_depth"] == 256)
 print(pp, tg)'
 }
 
