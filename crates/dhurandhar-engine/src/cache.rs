@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use dhurandhar_kv::{KvCodec, KvRole};
 
+use crate::kernels::StridedRows;
 use crate::EngineError;
 
 /// A codec applied to the cache: one codec per layer (layers may share one).
@@ -74,15 +75,124 @@ impl CacheCodec {
     }
 }
 
-/// K/V for one layer, `[pos][kv_head][head_dim]`; on a sliding-window layer a ring of
-/// `[pos % window][kv_head][head_dim]` that never holds more than the window.
+/// K or V of one layer, head-major: `[kv_head][cap][head_dim]`, so each KV head's
+/// positions are one contiguous run that attention reads front to back. Position-major
+/// (`[pos][kv_head][head_dim]`) gives a head one piece of every row instead; reading
+/// those pieces from RAM ran at about half the rate of one run (docs/run.md).
 #[derive(Debug, Default, Clone)]
+pub(crate) struct HeadRows {
+    data: Vec<f32>,
+    /// Positions of room per head.
+    cap: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl HeadRows {
+    pub(crate) fn new(n_kv_heads: usize, head_dim: usize) -> Self {
+        HeadRows {
+            data: Vec::new(),
+            cap: 0,
+            n_kv_heads,
+            head_dim,
+        }
+    }
+
+    /// Room for `positions` per head, the first `keep` of every head moving along:
+    /// exactly that many when `exact` (a ring's window), else at least twice the room
+    /// there was, so appending a token at a time copies each position O(1) times.
+    pub(crate) fn reserve(&mut self, positions: usize, keep: usize, exact: bool) {
+        if positions <= self.cap {
+            return;
+        }
+        let cap = if exact {
+            positions
+        } else {
+            positions.max(2 * self.cap)
+        };
+        let hd = self.head_dim;
+        let mut data = vec![0f32; self.n_kv_heads * cap * hd];
+        for h in 0..self.n_kv_heads {
+            let (src, dst) = (h * self.cap * hd, h * cap * hd);
+            data[dst..dst + keep * hd].copy_from_slice(&self.data[src..src + keep * hd]);
+        }
+        self.data = data;
+        self.cap = cap;
+    }
+
+    /// Store one token (`n_kv_heads · head_dim` values, `[kv_head][head_dim]`) at `slot`.
+    pub(crate) fn put(&mut self, slot: usize, token: &[f32]) {
+        let hd = self.head_dim;
+        for (h, row) in token.chunks_exact(hd).enumerate() {
+            self.span_mut(h, slot, 1).copy_from_slice(row);
+        }
+    }
+
+    /// Copy slot `src_slot` of every head of `from` into `slot`.
+    pub(crate) fn put_from(&mut self, slot: usize, from: &HeadRows, src_slot: usize) {
+        for h in 0..self.n_kv_heads {
+            self.span_mut(h, slot, 1)
+                .copy_from_slice(from.span(h, src_slot, 1));
+        }
+    }
+
+    /// Positions `from..to` of every head, as a new buffer holding exactly them.
+    pub(crate) fn copy_range(&self, from: usize, to: usize) -> HeadRows {
+        let mut out = HeadRows::new(self.n_kv_heads, self.head_dim);
+        out.reserve(to - from, 0, true);
+        for h in 0..self.n_kv_heads {
+            out.span_mut(h, 0, to - from)
+                .copy_from_slice(self.span(h, from, to - from));
+        }
+        out
+    }
+
+    /// `len` positions of head `h` from `slot`, contiguous.
+    pub(crate) fn span(&self, h: usize, slot: usize, len: usize) -> &[f32] {
+        let hd = self.head_dim;
+        &self.data[(h * self.cap + slot) * hd..][..len * hd]
+    }
+
+    pub(crate) fn span_mut(&mut self, h: usize, slot: usize, len: usize) -> &mut [f32] {
+        let hd = self.head_dim;
+        &mut self.data[(h * self.cap + slot) * hd..][..len * hd]
+    }
+
+    /// Head `h` from `slot` on, as the attention kernels read it.
+    pub(crate) fn head(&self, h: usize, slot: usize) -> StridedRows<'_> {
+        let hd = self.head_dim;
+        StridedRows {
+            src: &self.data,
+            off: (h * self.cap + slot) * hd,
+            stride: hd,
+            d: hd,
+        }
+    }
+}
+
+/// K/V for one layer; on a sliding-window layer a ring whose slot is `pos % window` and
+/// that never holds more than the window.
+#[derive(Debug, Clone)]
 pub(crate) struct LayerKv {
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+    pub k: HeadRows,
+    pub v: HeadRows,
+    /// Positions stored.
+    pub held: usize,
     /// Positions `< enc_k` (`enc_v`) hold decoded codec output.
     pub enc_k: usize,
     pub enc_v: usize,
+}
+
+impl LayerKv {
+    fn new(n_kv_heads: usize, head_dim: usize) -> Self {
+        LayerKv {
+            k: HeadRows::new(n_kv_heads, head_dim),
+            v: HeadRows::new(n_kv_heads, head_dim),
+            held: 0,
+            enc_k: 0,
+            enc_v: 0,
+        }
+    }
 }
 
 /// The KV cache of one sequence.
@@ -106,7 +216,7 @@ impl KvCache {
         KvCache {
             n_kv_heads,
             head_dim,
-            layers: vec![LayerKv::default(); n_layers],
+            layers: vec![LayerKv::new(n_kv_heads, head_dim); n_layers],
             windows: vec![None; n_layers],
             codec,
             len: 0,
@@ -148,13 +258,11 @@ impl KvCache {
         &self.windows
     }
 
-    /// Bytes held by the cache's f32 buffers: what it holds now, so on a sliding layer
-    /// never more than its window.
+    /// Bytes of f32 K and V the cache holds now (positions stored, not room reserved),
+    /// so on a sliding layer never more than its window.
     pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| (l.k.len() + l.v.len()) * 4)
-            .sum()
+        let per_pos = self.n_kv_heads * self.head_dim * 2 * 4;
+        self.layers.iter().map(|l| l.held * per_pos).sum()
     }
 
     /// The codec in use, if any.
@@ -190,15 +298,10 @@ impl KvCache {
                 KvRole::Key => (&mut l.k, &mut l.enc_k),
                 KvRole::Value => (&mut l.v, &mut l.enc_v),
             };
-            let mut x = vec![0f32; g * hd];
             let mut y = vec![0f32; g * hd];
             while *enc + g <= upto {
                 for h in 0..nkv {
-                    for t in 0..g {
-                        let src = ((*enc + t) * nkv + h) * hd;
-                        x[t * hd..(t + 1) * hd].copy_from_slice(&buf[src..src + hd]);
-                    }
-                    let bytes = c.encode(role, &x)?;
+                    let bytes = c.encode(role, buf.span(h, *enc, g))?;
                     c.decode(role, &bytes, &mut y)?;
                     match role {
                         KvRole::Key => {
@@ -210,10 +313,7 @@ impl KvCache {
                             codec.stats.value_values += (g * hd) as u64;
                         }
                     }
-                    for t in 0..g {
-                        let dst = ((*enc + t) * nkv + h) * hd;
-                        buf[dst..dst + hd].copy_from_slice(&y[t * hd..(t + 1) * hd]);
-                    }
+                    buf.span_mut(h, *enc, g).copy_from_slice(&y);
                 }
                 *enc += g;
             }

@@ -96,6 +96,33 @@ pub fn rows_x4_simd(
     false
 }
 
+/// Rows `r0..r1` of a matrix whose rows are `row_bytes` apart from `w`, against one
+/// activation row (decode), into `out[r - r0]`. `false` when the CPU has no AVX2
+/// kernel.
+#[inline]
+pub fn dot_rows_simd(
+    t: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    (r0, r1): (usize, usize),
+    x: &[f32],
+    out: &mut [f32],
+    s: crate::kernels::Simd,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if s.avx2() {
+        assert!(s.runnable() && supports(t) && row_bytes >= 2 * x.len());
+        assert!(r0 <= r1 && r1 * row_bytes <= w.len() && r1 - r0 == out.len());
+        let o = out.as_mut_ptr();
+        // SAFETY: the tier was detected on this CPU; the asserts cover every read and
+        // write.
+        unsafe { avx2::dot_rows(t, w.as_ptr(), row_bytes, (r0, r1), x, o) };
+        return true;
+    }
+    let _ = (t, w, row_bytes, r0, r1, x, out, s);
+    false
+}
+
 /// The AVX2 kernel, or `None` without AVX2/FMA/F16C.
 pub fn dot_avx2(t: GgmlType, w: &[u8], x: &[f32]) -> Option<f32> {
     let s = crate::kernels::Simd::Avx2;
@@ -123,6 +150,7 @@ mod avx2 {
 
     /// # Safety
     /// AVX2/FMA/F16C present; `w.len() >= 2·x.len()`.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(t: GgmlType, w: &[u8], x: &[f32]) -> f32 {
         let bf16 = t == GgmlType::BF16;
@@ -131,7 +159,6 @@ mod avx2 {
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 32 <= n {
-            _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * i + 512) as *const i8);
             for (k, a) in acc.iter_mut().enumerate() {
                 let j = i + 8 * k;
                 *a = _mm256_fmadd_ps(load8(bf16, wp.add(2 * j)), _mm256_loadu_ps(xp.add(j)), *a);
@@ -155,6 +182,27 @@ mod avx2 {
             i += 1;
         }
         sum
+    }
+
+    /// Rows `r0..r1` (`row_bytes` apart from `w`) against one activation row, in
+    /// one function: the matrix is read front to back with no dispatch per row.
+    ///
+    /// # Safety
+    /// AVX2/FMA/F16C present; `w` holds `r1` rows of `row_bytes >= 2·x.len()` bytes;
+    /// `out` has room for `r1 - r0` values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_rows(
+        t: GgmlType,
+        w: *const u8,
+        row_bytes: usize,
+        (r0, r1): (usize, usize),
+        x: &[f32],
+        out: *mut f32,
+    ) {
+        for r in r0..r1 {
+            let row = std::slice::from_raw_parts(w.add(r * row_bytes), row_bytes);
+            *out.add(r - r0) = dot(t, row, x);
+        }
     }
 
     /// `R` weight rows (`row_bytes` apart from `w`) against four activation rows, one

@@ -420,84 +420,91 @@ pub(crate) mod avx2 {
         hsum(_mm256_add_ps(acc, accm))
     }
 
-    /// `out[j] = scale · ⟨q, src[off + j·stride ..][..q.len()]⟩`.
+    /// Scores of `G` query heads (`qs`, `G·d` values) against keys `n` rows of `d`,
+    /// `stride` apart from `src + off`: `out[h·ld + j] = scale · ⟨q_h, k_j⟩`, `P`
+    /// positions per pass. Each key row is loaded once for the `G` heads, and the
+    /// `G·P` sums are independent FMA chains; each sum is formed in the same order
+    /// whatever `G` and `P` are, so results do not depend on them.
     ///
     /// # Safety
-    /// AVX2/FMA present; `q.len() % 8 == 0`; every addressed row lies inside `src`.
+    /// AVX2/FMA present; `d % 8 == 0`; `qs` holds `G·d` values; every addressed row lies
+    /// inside `src`; `out` holds `(G − 1)·ld + n` values.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn strided_dots(
-        q: &[f32],
-        src: &[f32],
-        off: usize,
-        stride: usize,
+    pub unsafe fn strided_dots<const G: usize, const P: usize>(
+        qs: *const f32,
+        d: usize,
+        (src, off, stride): (*const f32, usize, usize),
+        (j0, n): (usize, usize),
         scale: f32,
-        out: &mut [f32],
+        (out, ld): (*mut f32, usize),
     ) {
-        let d = q.len();
-        let qp = q.as_ptr();
-        let n = out.len();
-        // Four positions per pass: four independent FMA chains instead of one waiting on
-        // itself (each position's sum is formed in the same order as one at a time).
-        // In the probe's attention this took 4.9–5.0 GFLOP/s to 5.3 with the cache in RAM
-        // and 20.9 to 22.0–22.2 in L2 (one thread). Prefetching rows 8 positions ahead
-        // cost 12–14% in L2 and gained 0–6% in RAM, and in `strided_axpys` 1–3% in RAM:
-        // neither kept.
-        let row = |j: usize| src.as_ptr().add(off + j * stride);
-        let mut j = 0;
-        while j + 4 <= n {
-            let kp = [row(j), row(j + 1), row(j + 2), row(j + 3)];
-            let mut acc = [_mm256_setzero_ps(); 4];
+        let mut j = j0;
+        while j + P <= n {
+            let mut acc = [[_mm256_setzero_ps(); G]; P];
             let mut i = 0;
             while i < d {
-                let qv = _mm256_loadu_ps(qp.add(i));
-                for k in 0..4 {
-                    acc[k] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[k].add(i)), acc[k]);
+                for (p, accp) in acc.iter_mut().enumerate() {
+                    let kv = _mm256_loadu_ps(src.add(off + (j + p) * stride + i));
+                    for (h, a) in accp.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(qs.add(h * d + i)), kv, *a);
+                    }
                 }
                 i += 8;
             }
-            for k in 0..4 {
-                out[j + k] = hsum(acc[k]) * scale;
+            for (p, accp) in acc.iter().enumerate() {
+                for (h, a) in accp.iter().enumerate() {
+                    *out.add(h * ld + j + p) = hsum(*a) * scale;
+                }
             }
-            j += 4;
+            j += P;
         }
-        for (j, o) in out.iter_mut().enumerate().skip(j) {
-            let kp = row(j);
-            let mut acc = _mm256_setzero_ps();
-            let mut i = 0;
-            while i < d {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(kp.add(i)), acc);
-                i += 8;
-            }
-            *o = hsum(acc) * scale;
+        if P > 1 && j < n {
+            strided_dots::<G, 1>(qs, d, (src, off, stride), (j, n), scale, (out, ld));
         }
     }
 
-    /// `out += Σ_j p[j] · src[off + j·stride ..][..out.len()]`.
+    /// `outs[h·d + c] += Σ_j p[h·ld + j] · v_j[c]` for `G` heads sharing values `n`
+    /// rows of `d`, `stride` apart from `src + off`: each value row is loaded once for
+    /// the `G` heads. `C` vectors of 8 per pass over the positions keep `G·C`
+    /// accumulators in registers (a pass covers `8·C` of the `d` columns).
     ///
     /// # Safety
-    /// AVX2/FMA present; `out.len() % 8 == 0` and `<= 64`; rows inside `src`.
+    /// AVX2/FMA present; `d % (8·C) == 0`; `p` holds `(G − 1)·ld + n` values, `outs`
+    /// `G·d`; every addressed row lies inside `src`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn strided_axpys(
-        p: &[f32],
-        src: &[f32],
-        off: usize,
-        stride: usize,
-        out: &mut [f32],
+    pub unsafe fn strided_axpys<const G: usize, const C: usize>(
+        (p, ld, n): (*const f32, usize, usize),
+        (src, off, stride): (*const f32, usize, usize),
+        outs: *mut f32,
+        d: usize,
     ) {
-        let d = out.len();
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (i, a) in acc.iter_mut().enumerate().take(d / 8) {
-            *a = _mm256_loadu_ps(out.as_ptr().add(i * 8));
-        }
-        for (j, &w) in p.iter().enumerate() {
-            let vp = src.as_ptr().add(off + j * stride);
-            let wv = _mm256_set1_ps(w);
-            for (i, a) in acc.iter_mut().enumerate().take(d / 8) {
-                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(vp.add(i * 8)), *a);
+        let mut c0 = 0;
+        while c0 < d {
+            let mut acc = [[_mm256_setzero_ps(); C]; G];
+            for (h, ah) in acc.iter_mut().enumerate() {
+                for (c, a) in ah.iter_mut().enumerate() {
+                    *a = _mm256_loadu_ps(outs.add(h * d + c0 + 8 * c));
+                }
             }
-        }
-        for (i, a) in acc.iter().enumerate().take(d / 8) {
-            _mm256_storeu_ps(out.as_mut_ptr().add(i * 8), *a);
+            for j in 0..n {
+                let vp = src.add(off + j * stride + c0);
+                let mut v = [_mm256_setzero_ps(); C];
+                for (c, x) in v.iter_mut().enumerate() {
+                    *x = _mm256_loadu_ps(vp.add(8 * c));
+                }
+                for (h, ah) in acc.iter_mut().enumerate() {
+                    let w = _mm256_set1_ps(*p.add(h * ld + j));
+                    for (a, x) in ah.iter_mut().zip(&v) {
+                        *a = _mm256_fmadd_ps(w, *x, *a);
+                    }
+                }
+            }
+            for (h, ah) in acc.iter().enumerate() {
+                for (c, a) in ah.iter().enumerate() {
+                    _mm256_storeu_ps(outs.add(h * d + c0 + 8 * c), *a);
+                }
+            }
+            c0 += 8 * C;
         }
     }
 
@@ -677,51 +684,144 @@ pub fn softmax(s: &mut [f32]) {
     }
 }
 
-/// Attention scores against keys stored with a stride:
-/// `out[j] = scale · ⟨q, src[off + j·stride ..][..q.len()]⟩`.
-pub fn strided_dots(
-    q: &[f32],
-    src: &[f32],
-    off: usize,
-    stride: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
-    let d = q.len();
-    if let Some(last) = out.len().checked_sub(1) {
-        assert!(
-            off + last * stride + d <= src.len(),
-            "strided_dots out of bounds"
-        );
+/// Keys or values of one KV head: `n` rows of `d` values, row `j` at
+/// `src[off + j·stride..][..d]` (the engine's head-major cache: stride `d`, one run per head).
+#[derive(Clone, Copy)]
+pub struct StridedRows<'a> {
+    pub src: &'a [f32],
+    pub off: usize,
+    pub stride: usize,
+    pub d: usize,
+}
+
+impl StridedRows<'_> {
+    fn check(&self, n: usize, what: &str) {
+        if let Some(last) = n.checked_sub(1) {
+            assert!(
+                self.off + last * self.stride + self.d <= self.src.len(),
+                "{what} out of bounds"
+            );
+        }
     }
-    #[cfg(target_arch = "x86_64")]
-    if simd().avx2() && d.is_multiple_of(8) {
-        // SAFETY: features checked; the bound assert above covers every row.
-        return unsafe { avx2::strided_dots(q, src, off, stride, scale, out) };
-    }
-    for (j, o) in out.iter_mut().enumerate() {
-        *o = dot_f32(q, &src[off + j * stride..off + j * stride + d]) * scale;
+
+    fn row(&self, j: usize) -> &[f32] {
+        &self.src[self.off + j * self.stride..][..self.d]
     }
 }
 
-/// Weighted sum of values stored with a stride: `out += Σ_j p[j] · src[off + j·stride ..]`.
-pub fn strided_axpys(p: &[f32], src: &[f32], off: usize, stride: usize, out: &mut [f32]) {
-    let d = out.len();
-    if let Some(last) = p.len().checked_sub(1) {
-        assert!(
-            off + last * stride + d <= src.len(),
-            "strided_axpys out of bounds"
-        );
-    }
+/// Attention scores of the query heads `qs` (`g = qs.len() / d` heads of `d` values)
+/// that share one KV head: `out[h·ld + j] = scale · ⟨q_h, k_j⟩` for the `n = out`
+/// positions of `k`. Reading each key row once for the `g` heads sharing it (grouped-
+/// query attention) instead of once per head is what keeps long-context decode from
+/// paying for the cache `g` times.
+pub fn strided_dots(
+    qs: &[f32],
+    k: StridedRows<'_>,
+    scale: f32,
+    n: usize,
+    out: &mut [f32],
+    ld: usize,
+) {
+    let d = k.d;
+    assert!(
+        d > 0 && qs.len().is_multiple_of(d),
+        "query heads are whole rows"
+    );
+    let g = qs.len() / d;
+    k.check(n, "strided_dots");
+    assert!(
+        g == 0 || n == 0 || (g - 1) * ld + n <= out.len(),
+        "strided_dots output"
+    );
     #[cfg(target_arch = "x86_64")]
-    if simd().avx2() && d.is_multiple_of(8) && d <= 64 {
-        // SAFETY: features checked; the bound assert above covers every row.
-        return unsafe { avx2::strided_axpys(p, src, off, stride, out) };
+    if simd().avx2() && d.is_multiple_of(8) {
+        // Up to four heads per pass; the positions per pass keep four FMA chains going.
+        let mut h0 = 0;
+        while h0 < g {
+            let gh = (g - h0).min(4);
+            let q = qs[h0 * d..].as_ptr();
+            let o = out[h0 * ld..].as_mut_ptr();
+            let src = (k.src.as_ptr(), k.off, k.stride);
+            // SAFETY: features checked; the asserts above cover every key row, query
+            // head and output index.
+            unsafe {
+                match gh {
+                    1 => avx2::strided_dots::<1, 4>(q, d, src, (0, n), scale, (o, ld)),
+                    2 => avx2::strided_dots::<2, 4>(q, d, src, (0, n), scale, (o, ld)),
+                    3 => avx2::strided_dots::<3, 2>(q, d, src, (0, n), scale, (o, ld)),
+                    _ => avx2::strided_dots::<4, 2>(q, d, src, (0, n), scale, (o, ld)),
+                }
+            }
+            h0 += gh;
+        }
+        return;
     }
-    for (j, &w) in p.iter().enumerate() {
-        let v = &src[off + j * stride..off + j * stride + d];
-        for (o, x) in out.iter_mut().zip(v) {
-            *o += w * x;
+    for (h, q) in qs.chunks_exact(d).enumerate() {
+        for j in 0..n {
+            out[h * ld + j] = dot_f32(q, k.row(j)) * scale;
+        }
+    }
+}
+
+/// Weighted sums of values for the `g = outs.len() / d` query heads that share one KV
+/// head: `outs[h·d..][..d] += Σ_j p[h·ld + j] · v_j` over the `n` positions of `v`, each
+/// value row read once for the `g` heads.
+pub fn strided_axpys(p: &[f32], ld: usize, n: usize, v: StridedRows<'_>, outs: &mut [f32]) {
+    let d = v.d;
+    assert!(
+        d > 0 && outs.len().is_multiple_of(d),
+        "output heads are whole rows"
+    );
+    let g = outs.len() / d;
+    v.check(n, "strided_axpys");
+    assert!(
+        g == 0 || n == 0 || (g - 1) * ld + n <= p.len(),
+        "strided_axpys weights"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if simd().avx2() && d.is_multiple_of(8) {
+        let mut h0 = 0;
+        while h0 < g {
+            // At most 12 accumulators: four vectors a pass for up to three heads, two
+            // for four (whichever divides the row).
+            let gh = (g - h0).min(4);
+            let pp = (p[h0 * ld..].as_ptr(), ld, n);
+            let src = (v.src.as_ptr(), v.off, v.stride);
+            let o = outs[h0 * d..].as_mut_ptr();
+            let c = if gh < 4 && d.is_multiple_of(32) {
+                4
+            } else if d.is_multiple_of(16) {
+                2
+            } else {
+                1
+            };
+            // SAFETY: features checked; `c` divides the row; the asserts above cover
+            // every value row, weight and output.
+            unsafe {
+                match (gh, c) {
+                    (1, 4) => avx2::strided_axpys::<1, 4>(pp, src, o, d),
+                    (2, 4) => avx2::strided_axpys::<2, 4>(pp, src, o, d),
+                    (3, 4) => avx2::strided_axpys::<3, 4>(pp, src, o, d),
+                    (1, 2) => avx2::strided_axpys::<1, 2>(pp, src, o, d),
+                    (2, 2) => avx2::strided_axpys::<2, 2>(pp, src, o, d),
+                    (3, 2) => avx2::strided_axpys::<3, 2>(pp, src, o, d),
+                    (_, 2) => avx2::strided_axpys::<4, 2>(pp, src, o, d),
+                    (1, _) => avx2::strided_axpys::<1, 1>(pp, src, o, d),
+                    (2, _) => avx2::strided_axpys::<2, 1>(pp, src, o, d),
+                    (3, _) => avx2::strided_axpys::<3, 1>(pp, src, o, d),
+                    _ => avx2::strided_axpys::<4, 1>(pp, src, o, d),
+                }
+            }
+            h0 += gh;
+        }
+        return;
+    }
+    for (h, out) in outs.chunks_exact_mut(d).enumerate() {
+        for j in 0..n {
+            let w = p[h * ld + j];
+            for (o, x) in out.iter_mut().zip(v.row(j)) {
+                *o += w * x;
+            }
         }
     }
 }
@@ -923,6 +1023,13 @@ pub(crate) fn matmul_on(
                 )
             };
             return;
+        }
+        if let (true, Acts::F32(x), 1) = (crate::floats::supports(w.qtype), acts, n_tok) {
+            // SAFETY: rows r0..r1 of `out` belong to this worker alone.
+            let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r0), r1 - r0) };
+            if crate::floats::dot_rows_simd(w.qtype, w.data, w.row_bytes(), (r0, r1), x, o, s) {
+                return;
+            }
         }
         #[cfg(target_arch = "x86_64")]
         if let (true, Acts::Q8(a), 1) = (s.avx2(), acts, n_tok) {
@@ -1363,23 +1470,76 @@ mod tests {
 
     #[test]
     fn strided_attention_helpers_match_scalar() {
-        for d in [64usize, 12] {
+        // Head widths with and without whole 32- and 16-value passes, 1..=6 heads per
+        // KV head (more than four run in passes of up to four), 0..=9 positions (the
+        // four-position passes and their tails).
+        for d in [64usize, 24, 16, 8, 12] {
             let stride = 3 * d;
-            let src = rng_vals(10 * stride, 9);
-            let q = rng_vals(d, 4);
-            let mut s = vec![0f32; 7];
-            strided_dots(&q, &src, d, stride, 0.5, &mut s);
-            for (j, v) in s.iter().enumerate() {
-                let r = &src[d + j * stride..2 * d + j * stride];
-                let want: f32 = q.iter().zip(r).map(|(a, b)| a * b).sum::<f32>() * 0.5;
-                assert!((v - want).abs() < 1e-4);
+            let src = rng_vals(12 * stride, 9);
+            for g in 1..=6 {
+                let qs = rng_vals(g * d, 4 + g as u32);
+                for n in [0usize, 1, 5, 9] {
+                    let ld = n + 2;
+                    let k = StridedRows {
+                        src: &src,
+                        off: d,
+                        stride,
+                        d,
+                    };
+                    let mut s = vec![f32::NAN; g * ld];
+                    strided_dots(&qs, k, 0.5, n, &mut s, ld);
+                    for (h, q) in qs.chunks_exact(d).enumerate() {
+                        for j in 0..n {
+                            let r = &src[d + j * stride..2 * d + j * stride];
+                            let want: f32 = q.iter().zip(r).map(|(a, b)| a * b).sum::<f32>() * 0.5;
+                            let got = s[h * ld + j];
+                            assert!((got - want).abs() < 1e-4, "d {d} g {g} n {n} head {h}");
+                        }
+                        // Entries past n are the caller's, untouched.
+                        assert!(s[h * ld + n..h * ld + ld].iter().all(|v| v.is_nan()));
+                    }
+                    let p: Vec<f32> = (0..g * ld).map(|i| (i as f32 * 0.37).sin()).collect();
+                    let mut out = vec![1f32; g * d];
+                    strided_axpys(&p, ld, n, k, &mut out);
+                    for h in 0..g {
+                        for i in 0..d {
+                            let want: f32 = 1.0
+                                + (0..n)
+                                    .map(|j| p[h * ld + j] * src[d + j * stride + i])
+                                    .sum::<f32>();
+                            let got = out[h * d + i];
+                            assert!((got - want).abs() < 1e-4, "d {d} g {g} n {n} head {h}");
+                        }
+                    }
+                }
             }
-            let mut out = vec![1f32; d];
-            strided_axpys(&s, &src, d, stride, &mut out);
-            for i in 0..d {
-                let want: f32 = 1.0 + (0..7).map(|j| s[j] * src[d + j * stride + i]).sum::<f32>();
-                assert!((out[i] - want).abs() < 1e-4);
-            }
+        }
+    }
+
+    /// A group of heads gives each head exactly what it gets alone: the grouped kernels
+    /// form every sum in the same order, so grouping changes no bit of the output.
+    #[test]
+    fn grouped_attention_is_bit_identical_to_one_head_at_a_time() {
+        let (d, stride, n) = (64, 192, 37);
+        let src = rng_vals(40 * stride, 3);
+        let k = StridedRows {
+            src: &src,
+            off: 64,
+            stride,
+            d,
+        };
+        let qs = rng_vals(3 * d, 8);
+        let mut grouped = vec![0f32; 3 * n];
+        strided_dots(&qs, k, 0.125, n, &mut grouped, n);
+        let mut out3 = vec![0f32; 3 * d];
+        strided_axpys(&grouped, n, n, k, &mut out3);
+        for h in 0..3 {
+            let mut one = vec![0f32; n];
+            strided_dots(&qs[h * d..(h + 1) * d], k, 0.125, n, &mut one, n);
+            assert_eq!(one, grouped[h * n..(h + 1) * n], "scores of head {h}");
+            let mut out1 = vec![0f32; d];
+            strided_axpys(&one, n, n, k, &mut out1);
+            assert_eq!(out1, out3[h * d..(h + 1) * d], "values of head {h}");
         }
     }
 

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 pub use crate::arch::RopeStyle;
 use crate::arch::{Activation, ArchSpec, AttentionScale, ExpertRouting, SlidingLayers};
-use crate::cache::{CacheCodec, Capture, KvCache};
+use crate::cache::{CacheCodec, Capture, HeadRows, KvCache};
 use crate::experts::{route, Eviction, ExpertStats};
 use crate::kernels::{
     axpy, dot, matmul, softmax, strided_axpys, strided_dots, Acts, Layout, QMatrix,
@@ -2094,22 +2094,26 @@ impl<M: Borrow<Model> + Send> Session<M> {
             // ring is overwritten), a single token over the ring itself.
             let (gk, gv) = self.cache.groups(li);
             let has_codec = self.cache.codec.is_some();
-            let mut tail_k = Vec::new();
-            let mut tail_v = Vec::new();
+            let mut tail = None;
             let (mut tail_k0, mut tail_v0) = (0, 0);
-            let mut hist_k = Vec::new();
-            let mut hist_v = Vec::new();
+            let mut hist = None;
             let span = match l.window {
                 None => {
                     let lk = &mut self.cache.layers[li];
                     (tail_k0, tail_v0) = (lk.enc_k, lk.enc_v);
-                    lk.k.extend_from_slice(&k);
-                    lk.v.extend_from_slice(&v);
-                    if has_codec {
-                        tail_k = lk.k[tail_k0 * kvd..].to_vec();
-                        tail_v = lk.v[tail_v0 * kvd..].to_vec();
+                    let end = p0 + n;
+                    for buf in [&mut lk.k, &mut lk.v] {
+                        buf.reserve(end, p0, false);
                     }
-                    self.cache.encode_complete(li, p0 + n)?;
+                    for t in 0..n {
+                        lk.k.put(p0 + t, &k[t * kvd..(t + 1) * kvd]);
+                        lk.v.put(p0 + t, &v[t * kvd..(t + 1) * kvd]);
+                    }
+                    lk.held = end;
+                    if has_codec {
+                        tail = Some((lk.k.copy_range(tail_k0, end), lk.v.copy_range(tail_v0, end)));
+                    }
+                    self.cache.encode_complete(li, end)?;
                     Span::Causal
                 }
                 Some(w) => {
@@ -2120,46 +2124,47 @@ impl<M: Borrow<Model> + Send> Session<M> {
                         }
                     } else {
                         let old = p0.min(w - 1);
-                        hist_k.reserve((old + n) * kvd);
-                        hist_v.reserve((old + n) * kvd);
-                        for pos in p0 - old..p0 {
-                            let s = (pos % w) * kvd;
-                            hist_k.extend_from_slice(&ring.k[s..s + kvd]);
-                            hist_v.extend_from_slice(&ring.v[s..s + kvd]);
+                        let mut hk = HeadRows::new(nkv, hd);
+                        let mut hv = HeadRows::new(nkv, hd);
+                        hk.reserve(old + n, 0, true);
+                        hv.reserve(old + n, 0, true);
+                        for (i, pos) in (p0 - old..p0).enumerate() {
+                            hk.put_from(i, &ring.k, pos % w);
+                            hv.put_from(i, &ring.v, pos % w);
                         }
-                        hist_k.extend_from_slice(&k);
-                        hist_v.extend_from_slice(&v);
+                        for t in 0..n {
+                            hk.put(old + t, &k[t * kvd..(t + 1) * kvd]);
+                            hv.put(old + t, &v[t * kvd..(t + 1) * kvd]);
+                        }
+                        hist = Some((hk, hv));
                         Span::Window { base: p0 - old, w }
                     };
                     let end = p0 + n;
-                    // Exactly one window of storage, never a doubled Vec beyond it.
+                    // Exactly one window of room, never more.
                     for buf in [&mut ring.k, &mut ring.v] {
-                        if buf.capacity() < w * kvd {
-                            buf.reserve_exact(w * kvd - buf.len());
-                        }
+                        buf.reserve(w, ring.held, true);
                     }
-                    ring.k.resize(end.min(w) * kvd, 0.0);
-                    ring.v.resize(end.min(w) * kvd, 0.0);
                     for pos in end.saturating_sub(w).max(p0)..end {
-                        let (s, src) = ((pos % w) * kvd, (pos - p0) * kvd);
-                        ring.k[s..s + kvd].copy_from_slice(&k[src..src + kvd]);
-                        ring.v[s..s + kvd].copy_from_slice(&v[src..src + kvd]);
+                        let src = (pos - p0) * kvd;
+                        ring.k.put(pos % w, &k[src..src + kvd]);
+                        ring.v.put(pos % w, &v[src..src + kvd]);
                     }
+                    ring.held = end.min(w);
                     span
                 }
             };
             let lk = &self.cache.layers[li];
-            let (kbuf, vbuf): (&[f32], &[f32]) = match span {
-                Span::Window { .. } => (&hist_k, &hist_v),
-                Span::Causal | Span::All { .. } => (&lk.k, &lk.v),
+            let (kbuf, vbuf) = match &hist {
+                Some((hk, hv)) => (hk, hv),
+                None => (&lk.k, &lk.v),
             };
 
-            // Attention: one work item per (token, head).
+            // Attention: one work item per (token, KV head), covering the `group` query
+            // heads that share it, so each K/V row is read once for all of them.
             let body = |idx: usize, out: &mut [f32]| {
-                let (t, h) = (idx / nh, idx % nh);
+                let (t, kh) = (idx / nkv, idx % nkv);
                 let pos = p0 + t;
-                let kh = h / group;
-                let qv = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+                let qs = &q[t * qd + kh * group * hd..t * qd + (kh + 1) * group * hd];
                 // Buffer entries [lo, hi) are attended; with a codec, entries below
                 // bk (bv) come from the cache (decoded), the rest from the exact tail.
                 let (lo, hi) = match span {
@@ -2174,28 +2179,32 @@ impl<M: Borrow<Model> + Send> Session<M> {
                 } else {
                     (hi, hi)
                 };
-                let mut s = vec![0f32; hi - lo];
+                // Scores of the group's heads, one row of `len` per head.
+                let len = hi - lo;
+                let mut s = vec![0f32; group * len];
                 let ck = bk.min(hi);
-                strided_dots(qv, kbuf, lo * kvd + kh * hd, kvd, scale, &mut s[..ck - lo]);
-                if ck < hi {
-                    let off = (ck - tail_k0) * kvd + kh * hd;
-                    strided_dots(qv, &tail_k, off, kvd, scale, &mut s[ck - lo..]);
+                strided_dots(qs, kbuf.head(kh, lo), scale, ck - lo, &mut s, len);
+                if let (true, Some((tk, _))) = (ck < hi, &tail) {
+                    let keys = tk.head(kh, ck - tail_k0);
+                    strided_dots(qs, keys, scale, hi - ck, &mut s[ck - lo..], len);
                 }
-                softmax(&mut s);
+                s.chunks_exact_mut(len.max(1)).for_each(softmax);
                 out.fill(0.0);
                 let cv = bv.min(hi);
-                strided_axpys(&s[..cv - lo], vbuf, lo * kvd + kh * hd, kvd, out);
-                if cv < hi {
-                    let off = (cv - tail_v0) * kvd + kh * hd;
-                    strided_axpys(&s[cv - lo..], &tail_v, off, kvd, out);
+                strided_axpys(&s, len, cv - lo, vbuf.head(kh, lo), out);
+                if let (true, Some((_, tv))) = (cv < hi, &tail) {
+                    let values = tv.head(kh, cv - tail_v0);
+                    strided_axpys(&s[cv - lo..], len, hi - cv, values, out);
                 }
             };
             if par {
-                att.par_chunks_mut(hd)
+                att.par_chunks_mut(group * hd)
                     .enumerate()
                     .for_each(|(i, o)| body(i, o));
             } else {
-                att.chunks_mut(hd).enumerate().for_each(|(i, o)| body(i, o));
+                att.chunks_mut(group * hd)
+                    .enumerate()
+                    .for_each(|(i, o)| body(i, o));
             }
 
             sc.q8_ready = false;

@@ -794,8 +794,8 @@ const ATT_POSITIONS: usize = 512;
 /// One layer's f32 K and V in that probe: 2 MiB.
 const ATT_LAYER_BYTES: usize = 2 * ATT_HEADS * ATT_HEAD_DIM * ATT_POSITIONS * 4;
 
-/// `layers` layers of the attention probe's f32 K and V (position-major, as the engine
-/// keeps them) and one token's queries.
+/// `layers` layers of the attention probe's f32 K and V (head-major, as the engine
+/// keeps them: each head's positions in one run) and one token's queries.
 struct AttentionCache {
     layers: usize,
     k: Vec<f32>,
@@ -819,15 +819,16 @@ impl AttentionCache {
 
 /// Seconds of one token's attention over `ATT_POSITIONS` cached positions for
 /// `ATT_HEADS` heads in each of the cache's layers in turn, composed as the engine's
-/// decode step does it per head (score dots over the strided keys, softmax, value axpys;
-/// heads split over the pool when `parallel`), best of 5 runs of `calls` calls.
+/// decode step does it per KV head (here one query head each: score dots over the
+/// head's run of keys, softmax, value axpys; heads split over the pool when
+/// `parallel`), best of 5 runs of `calls` calls.
 fn time_attention(
     c: &AttentionCache,
     parallel: bool,
     calls: usize,
     cancel: &CancelToken,
 ) -> Result<f64> {
-    use dhurandhar_engine::kernels::{softmax, strided_axpys, strided_dots};
+    use dhurandhar_engine::kernels::{softmax, strided_axpys, strided_dots, StridedRows};
     use rayon::prelude::*;
     let (heads, hd, n) = (ATT_HEADS, ATT_HEAD_DIM, ATT_POSITIONS);
     let kvd = heads * hd;
@@ -837,11 +838,17 @@ fn time_attention(
     let scale = 1.0 / (hd as f32).sqrt();
     let head = |l: usize, h: usize, o: &mut [f32]| {
         let (k, v) = (&k[l * layer..][..layer], &v[l * layer..][..layer]);
+        let rows = |src| StridedRows {
+            src,
+            off: h * n * hd,
+            stride: hd,
+            d: hd,
+        };
         let mut s = vec![0f32; n];
-        strided_dots(&q[h * hd..(h + 1) * hd], k, h * hd, kvd, scale, &mut s);
+        strided_dots(&q[h * hd..(h + 1) * hd], rows(k), scale, n, &mut s, n);
         softmax(&mut s);
         o.fill(0.0);
-        strided_axpys(&s, v, h * hd, kvd, o);
+        strided_axpys(&s, n, n, rows(v), o);
     };
     let mut best = f64::INFINITY;
     for _ in 0..5 {
