@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use dhurandhar_model::{ComponentBytes, Matrices, ModelArchitecture};
 use serde::Serialize;
 
-use crate::device::{DeviceProfile, MatvecCost};
+use crate::device::{DeviceProfile, MatvecCost, MatvecRates};
 use crate::error::PlanError;
 use crate::format::{fmt_bits, WeightFormat};
 use crate::plan::{plan, MemoryPlan, PlanOptions};
@@ -296,6 +296,8 @@ struct Rates {
     attention: Option<f64>,
     /// Seconds each KV byte read from RAM adds to decode attention (all threads).
     kv_per_byte: Option<f64>,
+    /// The one-token costs as measured, for what depends on the model's shape.
+    matvec_rates: Option<MatvecRates>,
 }
 
 impl Rates {
@@ -315,6 +317,7 @@ impl Rates {
                 .matvec
                 .as_ref()
                 .and_then(|m| m.kv_seconds_per_byte(usize::MAX)),
+            matvec_rates: d.matvec.clone(),
         }
     }
 }
@@ -416,7 +419,7 @@ fn compute_bound(r: &Rates, matmul: f64, attention: f64, int8: bool) -> Bound {
 fn matvec_bound(
     r: &Rates,
     by_type: &BTreeMap<String, Matrices>,
-    attention: f64,
+    attention_by_kv_heads: &BTreeMap<u32, u64>,
     kv_bytes: f64,
 ) -> Option<Bound> {
     let rates = r.matvec.as_ref()?;
@@ -428,7 +431,23 @@ fn matvec_bound(
     if by_type.is_empty() {
         return None;
     }
-    let mut secs = attention / att_rate;
+    // Threads take whole KV heads: a head count the threads do not divide leaves some
+    // of them idle for part of the attention.
+    let split = |h: u32| {
+        r.matvec_rates
+            .as_ref()
+            .map_or(1.0, |m| m.attention_split_factor(h))
+    };
+    let attention: f64 = attention_by_kv_heads.values().map(|&f| f as f64).sum();
+    let mut secs: f64 = attention_by_kv_heads
+        .iter()
+        .map(|(&h, &f)| f as f64 / (att_rate * split(h)))
+        .sum();
+    let slowest = attention_by_kv_heads
+        .keys()
+        .map(|&h| (h, split(h)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .filter(|(_, f)| *f < 1.0);
     for (t, m) in by_type {
         secs += rates.get(t)?.seconds(m);
     }
@@ -452,10 +471,13 @@ fn matvec_bound(
         unit: "flop",
         tps: (secs > 0.0).then(|| 1.0 / secs),
         note: format!(
-            "{} weights through one-token matvecs ({}) at the measured cost per type + {} of attention at the {att_how} rate{kv_note}",
+            "{} weights through one-token matvecs ({}) at the measured cost per type + {} of attention at the {att_how} rate{split_note}{kv_note}",
             format_count(weights as f64),
             types.join(", "),
-            gflop(attention)
+            gflop(attention),
+            split_note = slowest.map_or(String::new(), |(h, f)| format!(
+                " (× {f:.2}: {h} KV heads split over the threads)"
+            )),
         ),
     })
 }
@@ -496,7 +518,7 @@ fn mode_bounds(p: &MemoryPlan, r: &Rates, streamed: f64, pages: f64) -> (Vec<Bou
         matvec_bound(
             r,
             &t.matmul_weights_by_type,
-            t.attention_flops as f64,
+            &t.attention_flops_by_kv_heads,
             t.kv_read_bytes as f64,
         )
         .unwrap_or_else(|| {

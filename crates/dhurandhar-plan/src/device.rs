@@ -107,6 +107,22 @@ pub struct MatvecRates {
     /// token reads from RAM: [`MatvecRates::kv_seconds_per_byte`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attention_ram_gflops: Vec<f64>,
+    /// KV heads of the attention probe: the pieces of work its threads shared (the
+    /// engine gives a thread whole KV heads). Absent: the rates are taken to be
+    /// evenly shared by any model (see [`MatvecRates::attention_split_factor`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_kv_heads: Option<u32>,
+}
+
+/// The share of `threads` threads' time that `items` equal pieces of work keep busy
+/// when each thread takes whole pieces: `items / (threads · ⌈items / threads⌉)`.
+/// 3 KV heads on 2 threads: one thread does two heads while the other does one, 0.75.
+pub fn split_efficiency(items: u64, threads: usize) -> f64 {
+    let t = threads.max(1) as u64;
+    if items == 0 {
+        return 1.0;
+    }
+    items as f64 / (t * items.div_ceil(t)) as f64
 }
 
 /// What one type's matvec costs on a given thread count.
@@ -177,6 +193,7 @@ impl MatvecRates {
                 .attention_ram_gflops
                 .get(i)
                 .map_or(vec![], |a| vec![*a]),
+            attention_kv_heads: self.attention_kv_heads,
         }
     }
 
@@ -185,6 +202,22 @@ impl MatvecRates {
         self.attention_gflops
             .get(self.index(threads))
             .map(|g| g * 1e9)
+    }
+
+    /// The share of the measured decode-attention rate a model whose layers have
+    /// `kv_heads` KV heads reaches on the most threads here: the engine gives each
+    /// thread whole KV heads of a token, so the probe's rate holds for its own head
+    /// count, and 3 heads on 2 threads (one thread doing two) reach 0.75 of it.
+    /// 1.0 when the probe's head count is unknown or the run has one thread.
+    pub fn attention_split_factor(&self, kv_heads: u32) -> f64 {
+        let threads = self.threads[self.index(usize::MAX)];
+        match self.attention_kv_heads {
+            Some(probe) => {
+                split_efficiency(kv_heads as u64, threads)
+                    / split_efficiency(probe as u64, threads)
+            }
+            None => 1.0,
+        }
     }
 
     /// Seconds each byte of f32 KV cache read from RAM adds to decode attention on
@@ -294,6 +327,9 @@ impl MatvecRates {
                     )
                 },
             )?;
+        }
+        if self.attention_kv_heads == Some(0) {
+            return Err("attention_kv_heads must be at least 1".into());
         }
         self.per_thread(
             "call_overhead_ns",

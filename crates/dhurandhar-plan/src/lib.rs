@@ -28,7 +28,7 @@ pub use assess::{
 };
 pub use device::{
     budget_presets, builtin_device, builtin_device_yaml, builtin_devices, BudgetPreset,
-    DeviceProfile, MatvecCost, MatvecRates, INTERLEAVED,
+    DeviceProfile, MatvecCost, MatvecRates, INTERLEAVED, split_efficiency,
 };
 pub use error::PlanError;
 pub use format::{Grouping, WeightFormat};

@@ -196,6 +196,9 @@ pub struct PerToken {
     /// Attention FLOPs per decoded token at the planned context: 4 × heads × head_dim ×
     /// attended tokens per attention layer (QKᵀ and AV, window-capped).
     pub attention_flops: u64,
+    /// The same FLOPs by the KV heads of the layers they run on: the engine splits a
+    /// token's attention over threads by KV head ([`crate::split_efficiency`]).
+    pub attention_flops_by_kv_heads: BTreeMap<u32, u64>,
     /// The matrices one decoded token multiplies, by stored type (`Q4_K` → weights and
     /// rows), when a checkpoint gives them (empty for estimated plans): a device's
     /// one-token matvec costs are per type ([`crate::MatvecRates`]).
@@ -673,6 +676,7 @@ pub fn plan(
     }
     let nh = arch.num_attention_heads as u128;
     let (mut attn_flops, mut prefill_attn) = (0u128, 0f64);
+    let mut attn_by_kv_heads = BTreeMap::new();
     for l in layers
         .iter()
         .filter(|l| l.attention != dhurandhar_model::AttentionKind::None)
@@ -680,6 +684,7 @@ pub fn plan(
         let per_token = 4 * nh * l.head_dim as u128;
         let attended = l.window.map_or(ctx, |w| ctx.min(w));
         attn_flops += per_token * attended as u128;
+        *attn_by_kv_heads.entry(l.kv_heads).or_insert(0u128) += per_token * attended as u128;
         prefill_attn += per_token as f64 * mean_attended(ctx, l.window);
     }
     let chunk_tokens = opts.prefill_chunk_tokens.min(ctx).max(1);
@@ -750,6 +755,10 @@ pub fn plan(
             ram_bytes,
             matmul_flops: sat(matmul_flops),
             attention_flops: sat(attn_flops),
+            attention_flops_by_kv_heads: attn_by_kv_heads
+                .into_iter()
+                .map(|(h, f)| (h, sat(f)))
+                .collect(),
             matmul_weights_by_type: matmul_by_type,
             matmul_int8,
             prefill_attention_flops: prefill_attn.round() as u64,

@@ -347,6 +347,7 @@ fn matvec_bound_by_hand() {
         call_overhead_ns: vec![100.0, 10_000.0],
         attention_gflops: vec![],
         attention_ram_gflops: vec![],
+        attention_kv_heads: None,
     });
     d.validate().unwrap();
     let c = dhurandhar_plan::ceilings(&p, &d, 0.0);
@@ -419,6 +420,48 @@ fn matvec_bound_by_hand() {
         m
     });
     assert_eq!(d.matvec.as_ref().unwrap().kv_seconds_per_byte(1), Some(0.0));
+    // Threads take whole KV heads. On 4 threads, with attention measured at 2 GFLOP/s
+    // over 8 KV heads (2 a thread, none idle), this model's 2 KV heads keep 2 of the 4
+    // threads busy: 2 / (4 x 1) = 0.5 of the rate, so its 88,080,384 attention FLOPs take
+    // 0.088080384 s instead of 0.044040192. The matvecs are the 4-thread ones above:
+    // 0.03 + 0.01 + 0.008 + 0.002 + 0.001 + 0.00169 = 0.05269 s.
+    assert_eq!(
+        p.per_token.attention_flops_by_kv_heads,
+        BTreeMap::from([(2, 88_080_384)])
+    );
+    let four = |kv_heads: Option<u32>| {
+        let mut d4 = d.clone();
+        d4.matvec = Some(dhurandhar_plan::MatvecRates {
+            threads: vec![4],
+            gweights_per_s: BTreeMap::from([
+                ("Q4_K".to_string(), vec![10.0]),
+                ("Q6_K".to_string(), vec![5.0]),
+                ("Q8_0".to_string(), vec![17.0]),
+            ]),
+            row_overhead_ns: BTreeMap::from([
+                ("Q4_K".to_string(), vec![5.0]),
+                ("Q6_K".to_string(), vec![10.0]),
+            ]),
+            call_overhead_ns: vec![10_000.0],
+            attention_gflops: vec![2.0],
+            attention_ram_gflops: vec![],
+            attention_kv_heads: kv_heads,
+        });
+        d4.validate().unwrap();
+        dhurandhar_plan::ceilings(&p, &d4, 0.0)
+    };
+    let split = four(Some(8));
+    assert!((split.decode_tps.unwrap() - 1.0 / (0.05269 + 0.088_080_384)).abs() < 1e-9);
+    let note = &split.bounds[1].note;
+    assert!(note.contains("(× 0.50: 2 KV heads split over the threads)"), "{note}");
+    // The probe's head count unknown: the rate as measured.
+    let even = four(None);
+    assert!((even.decode_tps.unwrap() - 1.0 / (0.05269 + 0.044_040_192)).abs() < 1e-9);
+    assert!(!even.bounds[1].note.contains("split"));
+    assert_eq!(dhurandhar_plan::split_efficiency(3, 2), 0.75);
+    assert_eq!(dhurandhar_plan::split_efficiency(8, 2), 1.0);
+    assert_eq!(dhurandhar_plan::split_efficiency(3, 1), 1.0);
+    assert_eq!(dhurandhar_plan::split_efficiency(5, 4), 5.0 / 8.0);
     // A type without a rate: the batched int8 formula instead (never a guess).
     d.matvec = Some(dhurandhar_plan::MatvecRates {
         threads: vec![4],
@@ -427,6 +470,7 @@ fn matvec_bound_by_hand() {
         call_overhead_ns: vec![],
         attention_gflops: vec![],
         attention_ram_gflops: vec![],
+        attention_kv_heads: None,
     });
     let c2 = dhurandhar_plan::ceilings(&p, &d, 0.0);
     let compute2 = c2
@@ -456,6 +500,7 @@ fn matvec_rates_are_validated() {
         call_overhead_ns: vec![],
         attention_gflops: vec![],
         attention_ram_gflops: vec![],
+        attention_kv_heads: None,
     };
     for (m, want) in [
         (bad(vec![], vec![]), "ascending"),
@@ -505,6 +550,12 @@ fn matvec_rates_are_validated() {
     let e = d.validate().unwrap_err().to_string();
     assert!(e.contains("call_overhead_ns has 1 entries"), "{e}");
     m.call_overhead_ns = vec![500.0, 4000.0];
+    // The probe's KV heads: at least one.
+    m.attention_kv_heads = Some(0);
+    d.matvec = Some(m.clone());
+    let e = d.validate().unwrap_err().to_string();
+    assert!(e.contains("attention_kv_heads"), "{e}");
+    m.attention_kv_heads = Some(8);
     // Attention rates: one per thread count, positive.
     for (a, want) in [
         (vec![1.0], "attention_gflops has 1 entries"),

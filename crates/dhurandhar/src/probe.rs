@@ -779,6 +779,7 @@ fn matvec(
             call_overhead_ns: calls,
             attention_gflops: attention,
             attention_ram_gflops: attention_ram,
+            attention_kv_heads: Some(ATT_HEADS as u32),
         },
         bytes: opts.matvec_bytes,
         cols: MATVEC_COLS,
