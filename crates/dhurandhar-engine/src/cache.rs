@@ -75,98 +75,108 @@ impl CacheCodec {
     }
 }
 
-/// K or V of one layer, head-major: `[kv_head][cap][head_dim]`, so each KV head's
-/// positions are one contiguous run that attention reads front to back. Position-major
-/// (`[pos][kv_head][head_dim]`) gives a head one piece of every row instead; reading
-/// those pieces from RAM ran at about half the rate of one run (docs/run.md).
+/// K or V of one layer, head-major: one `[pos][head_dim]` run per KV head, which
+/// attention reads front to back. Position-major (`[pos][kv_head][head_dim]`) gives a
+/// head one piece of every row instead; reading those pieces from RAM ran at about
+/// half the rate of one run (docs/run.md). Each head's run grows like any `Vec`, so
+/// memory is only touched where positions are stored.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct HeadRows {
-    data: Vec<f32>,
-    /// Positions of room per head.
-    cap: usize,
-    n_kv_heads: usize,
+    heads: Vec<Vec<f32>>,
     head_dim: usize,
 }
 
 impl HeadRows {
     pub(crate) fn new(n_kv_heads: usize, head_dim: usize) -> Self {
         HeadRows {
-            data: Vec::new(),
-            cap: 0,
-            n_kv_heads,
+            heads: vec![Vec::new(); n_kv_heads],
             head_dim,
         }
     }
 
-    /// Room for `positions` per head, the first `keep` of every head moving along:
-    /// exactly that many when `exact` (a ring's window), else at least twice the room
-    /// there was, so appending a token at a time copies each position O(1) times.
-    pub(crate) fn reserve(&mut self, positions: usize, keep: usize, exact: bool) {
-        if positions <= self.cap {
-            return;
-        }
-        let cap = if exact {
-            positions
-        } else {
-            positions.max(2 * self.cap)
-        };
-        let hd = self.head_dim;
-        let mut data = vec![0f32; self.n_kv_heads * cap * hd];
-        for h in 0..self.n_kv_heads {
-            let (src, dst) = (h * self.cap * hd, h * cap * hd);
-            data[dst..dst + keep * hd].copy_from_slice(&self.data[src..src + keep * hd]);
-        }
-        self.data = data;
-        self.cap = cap;
+    /// Positions stored.
+    pub(crate) fn len(&self) -> usize {
+        self.heads.first().map_or(0, |h| h.len() / self.head_dim)
     }
 
-    /// Store one token (`n_kv_heads · head_dim` values, `[kv_head][head_dim]`) at `slot`.
+    /// Room for exactly `positions` per head (a ring's window: never a doubled `Vec`).
+    pub(crate) fn reserve_exact(&mut self, positions: usize) {
+        let want = positions * self.head_dim;
+        for h in &mut self.heads {
+            h.reserve_exact(want.saturating_sub(h.len()));
+        }
+    }
+
+    /// Hold at least `positions` per head, new ones zero until written (a ring filled
+    /// out of order by a chunk longer than its window).
+    pub(crate) fn extend_to(&mut self, positions: usize) {
+        let want = positions * self.head_dim;
+        for h in &mut self.heads {
+            if h.len() < want {
+                h.resize(want, 0.0);
+            }
+        }
+    }
+
+    /// Store one token (`n_kv_heads · head_dim` values, `[kv_head][head_dim]`) at
+    /// `slot`: a stored position, or the next one.
     pub(crate) fn put(&mut self, slot: usize, token: &[f32]) {
         let hd = self.head_dim;
-        for (h, row) in token.chunks_exact(hd).enumerate() {
-            self.span_mut(h, slot, 1).copy_from_slice(row);
+        for (h, row) in self.heads.iter_mut().zip(token.chunks_exact(hd)) {
+            put_row(h, slot * hd, row);
         }
     }
 
-    /// Copy slot `src_slot` of every head of `from` into `slot`.
+    /// Copy slot `src_slot` of every head of `from` into `slot` (as [`HeadRows::put`]).
     pub(crate) fn put_from(&mut self, slot: usize, from: &HeadRows, src_slot: usize) {
-        for h in 0..self.n_kv_heads {
-            self.span_mut(h, slot, 1)
-                .copy_from_slice(from.span(h, src_slot, 1));
+        let hd = self.head_dim;
+        for (h, f) in self.heads.iter_mut().zip(&from.heads) {
+            put_row(h, slot * hd, &f[src_slot * hd..][..hd]);
         }
     }
 
     /// Positions `from..to` of every head, as a new buffer holding exactly them.
     pub(crate) fn copy_range(&self, from: usize, to: usize) -> HeadRows {
-        let mut out = HeadRows::new(self.n_kv_heads, self.head_dim);
-        out.reserve(to - from, 0, true);
-        for h in 0..self.n_kv_heads {
-            out.span_mut(h, 0, to - from)
-                .copy_from_slice(self.span(h, from, to - from));
+        let hd = self.head_dim;
+        HeadRows {
+            heads: self
+                .heads
+                .iter()
+                .map(|h| h[from * hd..to * hd].to_vec())
+                .collect(),
+            head_dim: hd,
         }
-        out
     }
 
     /// `len` positions of head `h` from `slot`, contiguous.
     pub(crate) fn span(&self, h: usize, slot: usize, len: usize) -> &[f32] {
         let hd = self.head_dim;
-        &self.data[(h * self.cap + slot) * hd..][..len * hd]
+        &self.heads[h][slot * hd..][..len * hd]
     }
 
     pub(crate) fn span_mut(&mut self, h: usize, slot: usize, len: usize) -> &mut [f32] {
         let hd = self.head_dim;
-        &mut self.data[(h * self.cap + slot) * hd..][..len * hd]
+        &mut self.heads[h][slot * hd..][..len * hd]
     }
 
     /// Head `h` from `slot` on, as the attention kernels read it.
     pub(crate) fn head(&self, h: usize, slot: usize) -> StridedRows<'_> {
         let hd = self.head_dim;
         StridedRows {
-            src: &self.data,
-            off: (h * self.cap + slot) * hd,
+            src: &self.heads[h],
+            off: slot * hd,
             stride: hd,
             d: hd,
         }
+    }
+}
+
+/// Overwrite the row at `at`, or append it when `at` is the end.
+fn put_row(run: &mut Vec<f32>, at: usize, row: &[f32]) {
+    if at == run.len() {
+        run.extend_from_slice(row);
+    } else {
+        run[at..at + row.len()].copy_from_slice(row);
     }
 }
 
@@ -176,8 +186,6 @@ impl HeadRows {
 pub(crate) struct LayerKv {
     pub k: HeadRows,
     pub v: HeadRows,
-    /// Positions stored.
-    pub held: usize,
     /// Positions `< enc_k` (`enc_v`) hold decoded codec output.
     pub enc_k: usize,
     pub enc_v: usize,
@@ -188,7 +196,6 @@ impl LayerKv {
         LayerKv {
             k: HeadRows::new(n_kv_heads, head_dim),
             v: HeadRows::new(n_kv_heads, head_dim),
-            held: 0,
             enc_k: 0,
             enc_v: 0,
         }
@@ -262,7 +269,7 @@ impl KvCache {
     /// so on a sliding layer never more than its window.
     pub fn bytes(&self) -> usize {
         let per_pos = self.n_kv_heads * self.head_dim * 2 * 4;
-        self.layers.iter().map(|l| l.held * per_pos).sum()
+        self.layers.iter().map(|l| l.k.len() * per_pos).sum()
     }
 
     /// The codec in use, if any.

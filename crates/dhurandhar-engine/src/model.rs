@@ -2102,14 +2102,10 @@ impl<M: Borrow<Model> + Send> Session<M> {
                     let lk = &mut self.cache.layers[li];
                     (tail_k0, tail_v0) = (lk.enc_k, lk.enc_v);
                     let end = p0 + n;
-                    for buf in [&mut lk.k, &mut lk.v] {
-                        buf.reserve(end, p0, false);
-                    }
                     for t in 0..n {
                         lk.k.put(p0 + t, &k[t * kvd..(t + 1) * kvd]);
                         lk.v.put(p0 + t, &v[t * kvd..(t + 1) * kvd]);
                     }
-                    lk.held = end;
                     if has_codec {
                         tail = Some((lk.k.copy_range(tail_k0, end), lk.v.copy_range(tail_v0, end)));
                     }
@@ -2126,8 +2122,8 @@ impl<M: Borrow<Model> + Send> Session<M> {
                         let old = p0.min(w - 1);
                         let mut hk = HeadRows::new(nkv, hd);
                         let mut hv = HeadRows::new(nkv, hd);
-                        hk.reserve(old + n, 0, true);
-                        hv.reserve(old + n, 0, true);
+                        hk.reserve_exact(old + n);
+                        hv.reserve_exact(old + n);
                         for (i, pos) in (p0 - old..p0).enumerate() {
                             hk.put_from(i, &ring.k, pos % w);
                             hv.put_from(i, &ring.v, pos % w);
@@ -2142,14 +2138,14 @@ impl<M: Borrow<Model> + Send> Session<M> {
                     let end = p0 + n;
                     // Exactly one window of room, never more.
                     for buf in [&mut ring.k, &mut ring.v] {
-                        buf.reserve(w, ring.held, true);
+                        buf.reserve_exact(w);
+                        buf.extend_to(end.min(w));
                     }
                     for pos in end.saturating_sub(w).max(p0)..end {
                         let src = (pos - p0) * kvd;
                         ring.k.put(pos % w, &k[src..src + kvd]);
                         ring.v.put(pos % w, &v[src..src + kvd]);
                     }
-                    ring.held = end.min(w);
                     span
                 }
             };

@@ -213,8 +213,7 @@ impl MatvecRates {
         let threads = self.threads[self.index(usize::MAX)];
         match self.attention_kv_heads {
             Some(probe) => {
-                split_efficiency(kv_heads as u64, threads)
-                    / split_efficiency(probe as u64, threads)
+                split_efficiency(kv_heads as u64, threads) / split_efficiency(probe as u64, threads)
             }
             None => 1.0,
         }

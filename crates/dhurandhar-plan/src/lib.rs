@@ -27,8 +27,8 @@ pub use assess::{
     BoundKind, Ceilings, Change, Cost, DeviceAssessment, Mitigation, Mode, ModeEval, Summary,
 };
 pub use device::{
-    budget_presets, builtin_device, builtin_device_yaml, builtin_devices, BudgetPreset,
-    DeviceProfile, MatvecCost, MatvecRates, INTERLEAVED, split_efficiency,
+    budget_presets, builtin_device, builtin_device_yaml, builtin_devices, split_efficiency,
+    BudgetPreset, DeviceProfile, MatvecCost, MatvecRates, INTERLEAVED,
 };
 pub use error::PlanError;
 pub use format::{Grouping, WeightFormat};

@@ -453,7 +453,10 @@ fn matvec_bound_by_hand() {
     let split = four(Some(8));
     assert!((split.decode_tps.unwrap() - 1.0 / (0.05269 + 0.088_080_384)).abs() < 1e-9);
     let note = &split.bounds[1].note;
-    assert!(note.contains("(× 0.50: 2 KV heads split over the threads)"), "{note}");
+    assert!(
+        note.contains("(× 0.50: 2 KV heads split over the threads)"),
+        "{note}"
+    );
     // The probe's head count unknown: the rate as measured.
     let even = four(None);
     assert!((even.decode_tps.unwrap() - 1.0 / (0.05269 + 0.044_040_192)).abs() < 1e-9);
