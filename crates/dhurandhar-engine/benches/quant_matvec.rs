@@ -19,6 +19,7 @@ fn f16_fields(t: GgmlType) -> &'static [usize] {
         GgmlType::Q2K => &[80, 82],
         GgmlType::Q3K => &[108],
         GgmlType::Q6K => &[208],
+        GgmlType::IQ4NL | GgmlType::IQ4XS => &[0],
         _ => &[],
     }
 }
@@ -57,7 +58,8 @@ fn bench_matvec(c: &mut Criterion) {
     let mut g = c.benchmark_group("matvec_1thread");
     g.sample_size(20);
     for name in [
-        "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+        "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
+        "IQ4_XS",
     ] {
         let t = GgmlType::from_name(name).unwrap();
         let data = random_matrix(t, 7);

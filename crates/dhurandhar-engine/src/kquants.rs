@@ -1,5 +1,6 @@
-//! Q5_0, Q5_1 and the k-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): dequantization and
-//! integer dot products against 8-bit activations, weights kept in their stored form.
+//! Q5_0, Q5_1, the k-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) and the 4-bit non-linear
+//! IQ4_NL and IQ4_XS: dequantization and integer dot products against 8-bit activations,
+//! weights kept in their stored form.
 //!
 //! Byte layouts are ggml's `block_*` structs (little-endian, packed):
 //!
@@ -12,6 +13,8 @@
 //! | Q4_K | 144 | `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]` |
 //! | Q5_K | 176 | `d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]` |
 //! | Q6_K | 210 | `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16` |
+//! | IQ4_NL | 18 | `d: f16, qs: [u8; 16]` (32 values: 4-bit indices into [`IQ4_LEVELS`]) |
+//! | IQ4_XS | 136 | `d: f16, scales_h: u16, scales_l: [u8; 4], qs: [u8; 128]` (256 values) |
 //!
 //! # Activation format
 //!
@@ -49,7 +52,42 @@ pub fn supports(t: GgmlType) -> bool {
             | GgmlType::Q4K
             | GgmlType::Q5K
             | GgmlType::Q6K
+            | GgmlType::IQ4NL
+            | GgmlType::IQ4XS
     )
+}
+
+/// The 16 levels a 4-bit IQ4_NL/IQ4_XS index selects (ggml's `kvalues_iq4nl`): denser
+/// near zero, where trained weights are.
+pub const IQ4_LEVELS: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// Scale of 32-value sub-block `ib` (0..8) of an IQ4_XS super-block, in units of its
+/// `d`: six bits, the low four in `scales_l`, the high two in `scales_h`, stored +32.
+#[inline]
+pub(crate) fn iq4xs_scale(blk: &[u8], ib: usize) -> i32 {
+    let high = u16::from_le_bytes([blk[2], blk[3]]);
+    let lo = (blk[4 + ib / 2] >> (4 * (ib % 2))) & 0xF;
+    let hi = ((high >> (2 * ib)) & 3) as u8;
+    (lo | (hi << 4)) as i32 - 32
+}
+
+/// The scale and the 16 index bytes of the `k`-th 32-value block of an IQ4_NL row
+/// (`XS` false: 18-byte blocks) or of an IQ4_XS row (super-blocks of eight).
+#[inline]
+pub(crate) fn iq4_block<const XS: bool>(w: &[u8], k: usize) -> (f32, &[u8]) {
+    if XS {
+        let blk = &w[k / 8 * 136..][..136];
+        let ib = k % 8;
+        (
+            f16_at(blk, 0) * iq4xs_scale(blk, ib) as f32,
+            &blk[8 + ib * 16..][..16],
+        )
+    } else {
+        let blk = &w[k * 18..][..18];
+        (f16_at(blk, 0), &blk[2..18])
+    }
 }
 
 /// The 16 signed 6-bit scales of a Q3_K super-block (`scales` is its 12 packed bytes):
@@ -71,7 +109,7 @@ pub(crate) fn q3k_scales(scales: &[u8]) -> [i8; 16] {
 }
 
 /// Dequantize one block of a type this module adds to the engine (Q5_0, Q5_1, Q2_K,
-/// Q3_K; Q4_K..Q6_K dequantize in [`crate::quant`]). `b` is one block, `out` its values.
+/// Q3_K, IQ4_NL, IQ4_XS; Q4_K..Q6_K dequantize in [`crate::quant`]). `b` is one block, `out` its values.
 pub fn dequantize_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
     match t {
         GgmlType::Q5_0 | GgmlType::Q5_1 => {
@@ -125,6 +163,23 @@ pub fn dequantize_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
                     let lo = ((qs[n * 32 + lane] >> (2 * j)) & 3) as i32;
                     let q = lo - if hm[lane] & bit != 0 { 0 } else { 4 };
                     *o = dl * q as f32;
+                }
+            }
+        }
+        GgmlType::IQ4NL | GgmlType::IQ4XS => {
+            let xs = t == GgmlType::IQ4XS;
+            for (k, y) in out[..t.block_size() as usize]
+                .chunks_exact_mut(QK)
+                .enumerate()
+            {
+                let (d, q) = if xs {
+                    iq4_block::<true>(b, k)
+                } else {
+                    iq4_block::<false>(b, k)
+                };
+                for j in 0..16 {
+                    y[j] = d * IQ4_LEVELS[(q[j] & 0xF) as usize] as f32;
+                    y[j + 16] = d * IQ4_LEVELS[(q[j] >> 4) as usize] as f32;
                 }
             }
         }
@@ -216,6 +271,24 @@ pub fn dot_portable(t: GgmlType, w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
                 let blk = &w[sb * ts..(sb + 1) * ts];
                 acc +=
                     k_superblock_portable(t, blk, &qs[sb * QK_K..], &da[sb * 8..], &sa[sb * 8..]);
+            }
+            acc
+        }
+        GgmlType::IQ4NL | GgmlType::IQ4XS => {
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let (d, q) = if t == GgmlType::IQ4XS {
+                    iq4_block::<true>(w, b)
+                } else {
+                    iq4_block::<false>(w, b)
+                };
+                let qa = &qs[b * QK..(b + 1) * QK];
+                let mut s = 0i32;
+                for j in 0..16 {
+                    s += IQ4_LEVELS[(q[j] & 0xF) as usize] as i32 * qa[j] as i32
+                        + IQ4_LEVELS[(q[j] >> 4) as usize] as i32 * qa[j + 16] as i32;
+                }
+                acc += d * da[b] * s as f32;
             }
             acc
         }

@@ -198,6 +198,8 @@ tiered! {
             GgmlType::Q4K => dot_q45k::<D, false, N>(wp, nb, &rows),
             GgmlType::Q5K => dot_q45k::<D, true, N>(wp, nb, &rows),
             GgmlType::Q6K => dot_q6k::<D, N>(wp, nb, &rows, None),
+            GgmlType::IQ4NL => dot_iq4::<D, false, N>(wp, nb, &rows),
+            GgmlType::IQ4XS => dot_iq4::<D, true, N>(wp, nb, &rows),
             _ => unreachable!("no x86 kernel for {} with {N} rows", t.name()),
         }
     }
@@ -253,6 +255,8 @@ tiered! {
             GgmlType::Q3K => each!(dot_q3k::<1>),
             GgmlType::Q4K => each!(dot_q45k::<D, false, 1>),
             GgmlType::Q5K => each!(dot_q45k::<D, true, 1>),
+            GgmlType::IQ4NL => each!(dot_iq4::<D, false, 1>),
+            GgmlType::IQ4XS => each!(dot_iq4::<D, true, 1>),
             GgmlType::Q6K => {
                 let off = if D::VNNI {
                     Some(q6k_offsets::<D, 1>(&rows, nb))
@@ -957,6 +961,80 @@ unsafe fn dot_q45k<D: Dp, const Q5: bool, const N: usize>(
         }
     }
     finish(acc, macc)
+}
+
+/// IQ4_NL (`XS` false) / IQ4_XS: each 32-value block's 4-bit indices pick signed
+/// levels from [`crate::kquants::IQ4_LEVELS`] with one byte shuffle; the product takes
+/// the levels' magnitudes against the activations with the levels' signs (|level| ≤ 127
+/// keeps AVX2's 16-bit pair sums below saturation). IQ4_XS scales each block by its
+/// super-block's `d` times a 6-bit scale.
+#[inline(always)]
+unsafe fn dot_iq4<D: Dp, const XS: bool, const N: usize>(
+    wp: *const u8,
+    nb: usize,
+    rows: &Rows<N>,
+) -> [f32; N] {
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    // Two blocks per step into the two accumulators (constant slots keep them in
+    // registers; a slot computed from the block index put them on the stack).
+    if XS {
+        for sb in 0..nb / 8 {
+            let blk = wp.add(sb * 136);
+            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH + 64) as *const i8);
+            let hdr = std::slice::from_raw_parts(blk, 8);
+            let d = f16(blk);
+            for ib in (0..8).step_by(2) {
+                let dl = |ib| d * crate::kquants::iq4xs_scale(hdr, ib) as f32;
+                let b = sb * 8 + ib;
+                iq4_block::<D, N>(b, 0, dl(ib), blk.add(8 + 16 * ib), rows, &mut acc);
+                iq4_block::<D, N>(b + 1, 1, dl(ib + 1), blk.add(24 + 16 * ib), rows, &mut acc);
+            }
+        }
+    } else {
+        let mut b = 0;
+        while b + 1 < nb {
+            let blk = wp.add(b * 18);
+            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
+            iq4_block::<D, N>(b, 0, f16(blk), blk.add(2), rows, &mut acc);
+            iq4_block::<D, N>(b + 1, 1, f16(blk.add(18)), blk.add(20), rows, &mut acc);
+            b += 2;
+        }
+        if b < nb {
+            let blk = wp.add(b * 18);
+            iq4_block::<D, N>(b, 0, f16(blk), blk.add(2), rows, &mut acc);
+        }
+    }
+    finish(acc, [0.0; N])
+}
+
+/// One IQ4 block `b` (scale `d`, 16 index bytes at `q`) into accumulator `slot` of
+/// every row.
+#[inline(always)]
+unsafe fn iq4_block<D: Dp, const N: usize>(
+    b: usize,
+    slot: usize,
+    d: f32,
+    q: *const u8,
+    rows: &Rows<N>,
+    acc: &mut [[__m256; 2]; N],
+) {
+    let levels = _mm_loadu_si128(crate::kquants::IQ4_LEVELS.as_ptr() as *const __m128i);
+    let m4 = _mm_set1_epi8(0xF);
+    let v = _mm_loadu_si128(q as *const __m128i);
+    let idx = _mm256_set_m128i(
+        _mm_and_si128(_mm_srli_epi16(v, 4), m4),
+        _mm_and_si128(v, m4),
+    );
+    let lv = _mm256_shuffle_epi8(_mm256_set_m128i(levels, levels), idx);
+    let mag = _mm256_abs_epi8(lv);
+    // Several activation rows interleave independent chains already.
+    let slot = if N > 1 { 0 } else { slot };
+    for i in 0..N {
+        let p = D::dot(mag, _mm256_sign_epi8(rows.q(i, b), lv));
+        let f = _mm256_set1_ps(d * *rows.d[i].add(b));
+        acc[i][slot] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[i][slot]);
+    }
 }
 
 /// Bits 0..2 of each byte moved to bits 4..6 (Q6_K's high bits).

@@ -21,7 +21,20 @@ pub fn computes_with(t: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
         t,
-        F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4K | Q5K | Q6K | Q5_0 | Q5_1 | Q2K | Q3K
+        F32 | F16
+            | BF16
+            | Q8_0
+            | Q4_0
+            | Q4_1
+            | Q4K
+            | Q5K
+            | Q6K
+            | Q5_0
+            | Q5_1
+            | Q2K
+            | Q3K
+            | IQ4NL
+            | IQ4XS
     )
 }
 
@@ -66,9 +79,12 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// Both lengths are checked by the caller ([`dequantize_row`]); this is the inner loop.
 pub fn dequantize_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
     match t {
-        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q2K | GgmlType::Q3K => {
-            crate::kquants::dequantize_block(t, b, out)
-        }
+        GgmlType::Q5_0
+        | GgmlType::Q5_1
+        | GgmlType::Q2K
+        | GgmlType::Q3K
+        | GgmlType::IQ4NL
+        | GgmlType::IQ4XS => crate::kquants::dequantize_block(t, b, out),
         GgmlType::F32 => out[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         GgmlType::F16 => out[0] = f16_at(b, 0),
         GgmlType::BF16 => out[0] = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),

@@ -28,7 +28,8 @@ const N_TOK: usize = 5;
 
 /// Types with integer kernels against 8-bit activations.
 const Q8_TYPES: &[&str] = &[
-    "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
+    "IQ4_XS",
 ];
 /// Types multiplied against f32 activations only.
 const FLOAT_TYPES: &[&str] = &["F16", "BF16"];
@@ -230,7 +231,9 @@ fn tier_name(s: Simd, n: usize) -> &'static str {
 #[test]
 fn every_type_has_a_kernel_on_this_cpu() {
     // The AVX2 kernels exist on x86_64; elsewhere the portable ones are the only path.
-    for name in ["Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"] {
+    for name in [
+        "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
+    ] {
         let t = GgmlType::from_name(name).unwrap();
         assert!(kquants::supports(t), "{name}");
         let x = activations(256, 1);
