@@ -1,5 +1,5 @@
-//! Eight rows interleaved block by block: the layout resident Q4_0, Q4_1, Q5_0, Q5_1 and
-//! Q8_0 matrices are rearranged into when they are loaded, so one pass of the x86 kernel computes eight
+//! Eight rows interleaved block by block: the layout resident Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0, IQ4_NL, Q4_K and Q5_K matrices are rearranged into when they are loaded, so one pass of the x86 kernel computes eight
 //! rows at once.
 //!
 //! Why: a row-major Q4_0 row of 576 values is only 18 blocks, and a one-row kernel spends
@@ -40,6 +40,7 @@ pub fn supports(t: GgmlType) -> bool {
             | GgmlType::Q5_0
             | GgmlType::Q5_1
             | GgmlType::Q8_0
+            | GgmlType::IQ4NL
             | GgmlType::Q4K
             | GgmlType::Q5K
     )
@@ -184,6 +185,7 @@ mod tests {
             GgmlType::Q5_0,
             GgmlType::Q5_1,
             GgmlType::Q8_0,
+            GgmlType::IQ4NL,
         ] {
             let (hb, ts) = (header_bytes(t), t.type_size() as usize);
             let nb = 3;
@@ -233,8 +235,8 @@ mod tests {
     proptest! {
         /// Interleaving then reading rows back gives the row-major bytes.
         #[test]
-        fn rows_survive_interleaving(kind in 0usize..7, groups in 1usize..4, nb in 1usize..6, seed in any::<u64>()) {
-            let t = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K][kind];
+        fn rows_survive_interleaving(kind in 0usize..8, groups in 1usize..4, nb in 1usize..6, seed in any::<u64>()) {
+            let t = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::IQ4NL][kind];
             let (rows, cols) = (groups * ROWS, nb * t.block_size() as usize);
             let rb = nb * t.type_size() as usize;
             let mut s = seed | 1;

@@ -1335,8 +1335,9 @@ mod tests {
         // 9 groups of eight rows.
         let rows = 72usize;
         // (type, byte offsets of its f16 scales within a block)
-        let types: [(GgmlType, &[usize]); 7] = [
+        let types: [(GgmlType, &[usize]); 8] = [
             (GgmlType::Q4_0, &[0]),
+            (GgmlType::IQ4NL, &[0]),
             (GgmlType::Q4_1, &[0, 2]),
             (GgmlType::Q5_0, &[0]),
             (GgmlType::Q5_1, &[0, 2]),

@@ -336,7 +336,7 @@ tiered! {
 
 tiered! {
     /// Activation rows `0..n_tok` against row groups `g0..g1` of a matrix interleaved by
-    /// eight rows ([`crate::interleave`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K) whose
+    /// eight rows ([`crate::interleave`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K) whose
     /// rows are `nb` blocks of 32 values long, into `out[t · stride + r]`: four tokens per
     /// pass over a group (its few KB of weights stay in L1 while the tokens stream past),
     /// the tail one by one.
@@ -384,11 +384,29 @@ tiered! {
             GgmlType::Q5_0 => run!(x8_q45::<D, Q5_0, 4>, x8_q45::<D, Q5_0, 1>, 22, QK),
             GgmlType::Q5_1 => run!(x8_q45::<D, Q5_1, 4>, x8_q45::<D, Q5_1, 1>, 24, QK),
             GgmlType::Q8_0 => run!(x8_q8_0::<D, 4>, x8_q8_0::<D, 1>, 34, QK),
+            GgmlType::IQ4NL => run!(x8_q45::<D, IQ4_NL, 4>, x8_q45::<D, IQ4_NL, 1>, 18, QK),
             GgmlType::Q4K => run!(x8_q45k::<D, false, 4>, x8_q45k::<D, false, 1>, 144, QK_K),
             GgmlType::Q5K => run!(x8_q45k::<D, true, 4>, x8_q45k::<D, true, 1>, 176, QK_K),
             _ => unreachable!("no interleaved kernel for {}", t.name()),
         }
     }
+}
+
+/// [`dot8`] for signed weights `v` (IQ4_NL's levels): their magnitudes against the
+/// activations with their signs, so AVX2's 16-bit pair sums cannot saturate.
+#[inline(always)]
+unsafe fn dot8_signed<D: Dp>(v: &[__m256i; 8], qa: *const i8) -> __m256i {
+    let four = |w: usize| {
+        let a = _mm256_set1_epi32((qa.add(4 * w) as *const i32).read_unaligned());
+        _mm256_sign_epi8(a, v[w])
+    };
+    let mut s0 = D::dot(_mm256_abs_epi8(v[0]), four(0));
+    let mut s1 = D::dot(_mm256_abs_epi8(v[1]), four(1));
+    for w in (2..8).step_by(2) {
+        s0 = D::dot_acc(s0, _mm256_abs_epi8(v[w]), four(w));
+        s1 = D::dot_acc(s1, _mm256_abs_epi8(v[w + 1]), four(w + 1));
+    }
+    _mm256_add_epi32(s0, s1)
 }
 
 /// `Σ_w u[w] · a[4w..4w + 4]` for the 32 activations at `qa`, each group of four
@@ -550,13 +568,14 @@ unsafe fn x8_q8_0<D: Dp, const N: usize>(
     acc
 }
 
-/// One group of eight interleaved Q4_0/Q4_1/Q5_0/Q5_1 rows against activation rows
+/// One group of eight interleaved Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL rows against activation rows
 /// `a_row..a_row + N`: lane `j` of result `i` is row `j` against token `i`. Per block
 /// column, each 32-byte quant vector is unpacked once into low and high nibbles (Q5: with
 /// each value's fifth bit from the row's high-bit word in the same lane), and each token
 /// multiplies them against its four values of that vector broadcast to every lane; the
 /// integer sums are scaled by the eight rows' `d` (one conversion) and the offset term
-/// (`m`, or `−8·d` / `−16·d`) is one FMA against the block's activation sum.
+/// (`m`, or `−8·d` / `−16·d`) is one FMA against the block's activation sum. IQ4_NL's
+/// nibbles become its levels with one shuffle and multiply as in [`dot8_signed`].
 #[inline(always)]
 unsafe fn x8_q45<D: Dp, const KIND: u8, const N: usize>(
     gp: *const u8,
@@ -577,6 +596,8 @@ unsafe fn x8_q45<D: Dp, const KIND: u8, const N: usize>(
     let rows = Rows::<N>::new(a, a_row);
     let m4 = _mm256_set1_epi8(0x0F);
     let bit4 = _mm256_set1_epi8(0x10);
+    let levels = _mm_loadu_si128(crate::kquants::IQ4_LEVELS.as_ptr() as *const __m128i);
+    let levels = _mm256_set_m128i(levels, levels);
     // Fifth bits of values `4k + i` (low nibbles) and `16 + 4k + i` (high nibbles) into
     // byte `i` of each lane: broadcast the word's byte `k / 2` (or `2 + k / 2`) over the
     // lane, keep bit `i` of its low or high half, and turn it into 0x10.
@@ -625,8 +646,18 @@ unsafe fn x8_q45<D: Dp, const KIND: u8, const N: usize>(
                 u[4 + k] = _mm256_or_si256(u[4 + k], fifth(qh, (2 + k / 2) as i32, k));
             }
         }
+        if KIND == IQ4_NL {
+            for x in &mut u {
+                *x = _mm256_shuffle_epi8(levels, *x);
+            }
+        }
         for i in 0..N {
-            let isum = _mm256_cvtepi32_ps(dot8::<D>(&u, rows.qs[i].add(b * QK)));
+            let qa = rows.qs[i].add(b * QK);
+            let isum = _mm256_cvtepi32_ps(if KIND == IQ4_NL {
+                dot8_signed::<D>(&u, qa)
+            } else {
+                dot8::<D>(&u, qa)
+            });
             let (da, sa) = (*rows.d[i].add(b), *rows.s[i].add(b));
             acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(da)), isum, acc[i]);
             macc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(sa), macc[i]);
@@ -641,6 +672,8 @@ const Q4_0: u8 = 1;
 const Q4_1: u8 = 2;
 const Q5_0: u8 = 3;
 const Q5_1: u8 = 4;
+/// Q4_0's bytes, each nibble an index into [`crate::kquants::IQ4_LEVELS`].
+const IQ4_NL: u8 = 5;
 
 /// Four tokens against a range of rows of a single-scale type (`d·q + m` per block of
 /// 32, Q8_0 signed with `m = 0`). The four tokens' activation scales and sums are put in
