@@ -80,7 +80,7 @@ impl CacheCodec {
 /// head one piece of every row instead; reading those pieces from RAM ran at about
 /// half the rate of one run (docs/run.md). Each head's run grows like any `Vec`, so
 /// memory is only touched where positions are stored.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct HeadRows {
     heads: Vec<Vec<f32>>,
     head_dim: usize,
@@ -429,6 +429,39 @@ fn sorted_header(bytes: Vec<u8>) -> Result<Vec<u8>, EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tokens go in as `[kv_head][head_dim]` rows and come out as one run per head:
+    /// appended at the end, overwritten in place (a ring), copied by range.
+    #[test]
+    fn head_rows_are_one_run_per_head() {
+        let mut r = HeadRows::new(2, 3);
+        let token = |p: f32| [p, p + 0.1, p + 0.2, -p, -p - 0.1, -p - 0.2];
+        for p in 0..4 {
+            r.put(p, &token(p as f32));
+        }
+        assert_eq!(r.len(), 4);
+        assert_eq!(r.span(1, 2, 1), &[-2.0, -2.1, -2.2]);
+        let k = r.head(1, 1);
+        assert_eq!((k.off, k.stride, k.d, k.src.len()), (3, 3, 3, 12));
+        r.put(1, &token(9.0));
+        assert_eq!(
+            r.span(0, 0, 3),
+            &[0.0, 0.1, 0.2, 9.0, 9.1, 9.2, 2.0, 2.1, 2.2]
+        );
+        let c = r.copy_range(2, 4);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.span(1, 0, 2), &[-2.0, -2.1, -2.2, -3.0, -3.1, -3.2]);
+        // A ring filled out of order: slots past the end exist (zero) once extended.
+        let mut ring = HeadRows::new(1, 2);
+        ring.reserve_exact(4);
+        ring.extend_to(4);
+        ring.put(3, &[7.0, 8.0]);
+        assert_eq!(
+            ring.span(0, 0, 4),
+            &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 7.0, 8.0]
+        );
+        assert_eq!(ring.heads[0].capacity(), 8);
+    }
 
     #[test]
     fn capture_headers_are_byte_reproducible() {
