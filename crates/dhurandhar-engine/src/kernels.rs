@@ -733,6 +733,9 @@ pub fn strided_dots(
         g == 0 || n == 0 || (g - 1) * ld + n <= out.len(),
         "strided_dots output"
     );
+    if n == 0 {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if simd().avx2() && d.is_multiple_of(8) {
         // Up to four heads per pass; the positions per pass keep four FMA chains going.
@@ -778,6 +781,9 @@ pub fn strided_axpys(p: &[f32], ld: usize, n: usize, v: StridedRows<'_>, outs: &
         g == 0 || n == 0 || (g - 1) * ld + n <= p.len(),
         "strided_axpys weights"
     );
+    if n == 0 {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if simd().avx2() && d.is_multiple_of(8) {
         let mut h0 = 0;

@@ -76,7 +76,7 @@ pub(crate) fn iq4xs_scale(blk: &[u8], ib: usize) -> i32 {
 /// The scale and the 16 index bytes of the `k`-th 32-value block of an IQ4_NL row
 /// (`XS` false: 18-byte blocks) or of an IQ4_XS row (super-blocks of eight).
 #[inline]
-pub(crate) fn iq4_block<const XS: bool>(w: &[u8], k: usize) -> (f32, &[u8]) {
+pub(crate) fn iq4_at<const XS: bool>(w: &[u8], k: usize) -> (f32, &[u8]) {
     if XS {
         let blk = &w[k / 8 * 136..][..136];
         let ib = k % 8;
@@ -173,9 +173,9 @@ pub fn dequantize_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
                 .enumerate()
             {
                 let (d, q) = if xs {
-                    iq4_block::<true>(b, k)
+                    iq4_at::<true>(b, k)
                 } else {
-                    iq4_block::<false>(b, k)
+                    iq4_at::<false>(b, k)
                 };
                 for j in 0..16 {
                     y[j] = d * IQ4_LEVELS[(q[j] & 0xF) as usize] as f32;
@@ -278,9 +278,9 @@ pub fn dot_portable(t: GgmlType, w: &[u8], a: &Q8Acts, a_row: usize) -> f32 {
             let mut acc = 0f32;
             for b in 0..nb {
                 let (d, q) = if t == GgmlType::IQ4XS {
-                    iq4_block::<true>(w, b)
+                    iq4_at::<true>(w, b)
                 } else {
-                    iq4_block::<false>(w, b)
+                    iq4_at::<false>(w, b)
                 };
                 let qa = &qs[b * QK..(b + 1) * QK];
                 let mut s = 0i32;
