@@ -10,7 +10,7 @@
 //! The scale written is the f16 nearest to `d`; values are quantized with the f32 `d`,
 //! as ggml does.
 
-use crate::f16_bytes;
+use crate::{f16_bytes, f16_round, QK};
 
 /// The value of largest magnitude (the first one on ties) and that magnitude.
 fn signed_absmax(x: &[f32]) -> (f32, f32) {
@@ -97,6 +97,71 @@ fn affine(x: &[f32], n: i32) -> (f32, f32, [u8; 32]) {
 pub(crate) fn q4_0(x: &[f32], out: &mut [u8]) {
     let (d, q) = symmetric(x, 8);
     out[0..2].copy_from_slice(&f16_bytes(d));
+    pack_nibbles(&q, &mut out[2..18]);
+}
+
+/// ggml's 16 IQ4_NL levels (`kvalues_iq4nl`), denser near zero.
+const IQ4_LEVELS: [f32; 16] = [
+    -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0,
+    89.0, 113.0,
+];
+
+/// The level nearest `v` (in units of the block scale).
+fn nearest_level(v: f32) -> usize {
+    let mut best = 0;
+    for (l, &q) in IQ4_LEVELS.iter().enumerate() {
+        if (v - q).abs() < (v - IQ4_LEVELS[best]).abs() {
+            best = l;
+        }
+    }
+    best
+}
+
+/// `d: f16, qs: [u8; 16]`, value `d·IQ4_LEVELS[q]`. As ggml's reference: start from the
+/// scale that puts the largest-magnitude value on the −127 level, try 15 scales around
+/// it, and keep the one whose least-squares refit (weights `x²`, so the large values
+/// that dominate a dot product are fitted best) explains the most of the block.
+pub(crate) fn iq4_nl(x: &[f32], out: &mut [u8]) {
+    let max = x
+        .iter()
+        .copied()
+        .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+    let mut best_l = [0usize; QK];
+    let mut d = 0f32;
+    if max.abs() > 1e-30 {
+        // (Σ w·q·x, Σ w·q²) of the levels nearest x / scale for scale = max / id.
+        let fit = |id: f32, l: &mut [usize; QK]| {
+            let (mut sqx, mut sq2) = (0f32, 0f32);
+            for (j, &v) in x.iter().enumerate() {
+                l[j] = nearest_level(v * id);
+                let (q, w) = (IQ4_LEVELS[l[j]], v * v);
+                sqx += w * q * v;
+                sq2 += w * q * q;
+            }
+            (sqx, sq2)
+        };
+        let mut best = f32::NEG_INFINITY;
+        for itry in -7..=7 {
+            let id = (itry as f32 + IQ4_LEVELS[0]) / max;
+            let mut l = [0usize; QK];
+            let (sqx, sq2) = fit(id, &mut l);
+            if sq2 > 0.0 && sqx * sqx / sq2 > best {
+                best = sqx * sqx / sq2;
+                d = sqx / sq2;
+                best_l = l;
+            }
+        }
+    }
+    out[0..2].copy_from_slice(&f16_bytes(d));
+    // Indices against the stored (f16) scale, as they will be read back.
+    let d = f16_round(d);
+    let q: [u8; QK] = std::array::from_fn(|j| {
+        if d == 0.0 {
+            best_l[j] as u8
+        } else {
+            nearest_level(x[j] / d) as u8
+        }
+    });
     pack_nibbles(&q, &mut out[2..18]);
 }
 

@@ -65,11 +65,12 @@ pub enum Format {
     Q4_K,
     Q5_K,
     Q6_K,
+    IQ4_NL,
 }
 
 impl Format {
     /// Every format, classic then k-quants.
-    pub const ALL: [Format; 13] = [
+    pub const ALL: [Format; 14] = [
         Format::F32,
         Format::F16,
         Format::BF16,
@@ -83,6 +84,7 @@ impl Format {
         Format::Q4_K,
         Format::Q5_K,
         Format::Q6_K,
+        Format::IQ4_NL,
     ];
 
     /// ggml's name (`"Q4_K"`).
@@ -102,6 +104,7 @@ impl Format {
             Q4_K => "Q4_K",
             Q5_K => "Q5_K",
             Q6_K => "Q6_K",
+            IQ4_NL => "IQ4_NL",
         }
     }
 
@@ -121,6 +124,7 @@ impl Format {
             Q4_K => 12,
             Q5_K => 13,
             Q6_K => 14,
+            IQ4_NL => 20,
             BF16 => 30,
         }
     }
@@ -135,7 +139,7 @@ impl Format {
         use Format::*;
         match self {
             F32 | F16 | BF16 => 1,
-            Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 => QK,
+            Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4_NL => QK,
             Q2_K | Q3_K | Q4_K | Q5_K | Q6_K => QK_K,
         }
     }
@@ -156,6 +160,7 @@ impl Format {
             Q4_K => 4 + 12 + 128,
             Q5_K => 4 + 12 + 32 + 128,
             Q6_K => 128 + 64 + 16 + 2,
+            IQ4_NL => 2 + 16,
         }
     }
 
@@ -246,6 +251,7 @@ fn quantize_block(format: Format, x: &[f32], out: &mut [u8]) {
         Q4_K => kquants::q4_k(x, out),
         Q5_K => kquants::q5_k(x, out),
         Q6_K => kquants::q6_k(x, out),
+        IQ4_NL => legacy::iq4_nl(x, out),
     }
 }
 

@@ -41,6 +41,9 @@ fn amax(x: &[f32]) -> f32 {
 /// * Q4_0/Q5_0: the level grid runs from `-max|x|` to `+(7/8)·max|x|` (`15/16`), so the
 ///   far end clips by one step `max|x|/8` (`/16`); f16 scale as above.
 /// * Q4_1/Q5_1: half a step of `(max-min)/15` (`/31`); f16 scale and f16 minimum.
+/// * IQ4_NL: levels −127..113 at a scale near `max|x|/120` (the search tries ±7 around
+///   127): half its widest gap (24) is `max|x|/10`, and the far end, 113 against 127,
+///   clips by 14 levels, under `max|x|/8`.
 /// * k-quants: one step of the super-block grid, `max sub-block range / levels`: the
 ///   scale search may shorten a sub-block's grid by up to one level (it tries
 ///   `levels ± 1`) and clip its extreme value by that much, and the 6-bit (Q4_K/Q5_K),
@@ -68,6 +71,7 @@ fn bound(f: Format, x: &[f32]) -> f32 {
         Q4_K => 63.0 * 15.0 + 63.0,
         Q5_K => 63.0 * 31.0 + 63.0,
         Q6_K => 128.0 * 32.0,
+        IQ4_NL => 127.0,
     };
     let tiny = a * 1e-6 + 1e-30 + F16_ABS * mult;
     tiny + match f {
@@ -84,6 +88,7 @@ fn bound(f: Format, x: &[f32]) -> f32 {
         Q4_K => sub(32, 15.0, range0) + 2.0 * a * F16_REL * 16.0,
         Q5_K => sub(32, 31.0, range0) + 2.0 * a * F16_REL * 32.0,
         Q6_K => sub(16, 32.0, amax) + a * F16_REL * 32.0,
+        IQ4_NL => a / 8.0 + a * F16_REL * 2.0,
     }
 }
 
@@ -161,6 +166,8 @@ fn gaussian_rows_round_trip_within_bounds_and_in_quality_order() {
         assert!(err[&w[0]] <= err[&w[1]], "{:?}: {err:?}", w);
     }
     assert!(err[&Q4_K] < err[&Q4_0], "{err:?}");
+    // IQ4_NL's levels, dense near zero, fit a bell better than Q4_0's even grid.
+    assert!(err[&IQ4_NL] < err[&Q4_0], "{err:?}");
     assert!(err[&Q5_K] < err[&Q5_0], "{err:?}");
     assert!(
         err[&Q4_1] < err[&Q4_0] && err[&Q5_1] < err[&Q5_0],
