@@ -710,7 +710,7 @@ impl StridedRows<'_> {
 }
 
 /// Attention scores of the query heads `qs` (`g = qs.len() / d` heads of `d` values)
-/// that share one KV head: `out[h·ld + j] = scale · ⟨q_h, k_j⟩` for the `n = out`
+/// that share one KV head: `out[h·ld + j] = scale · ⟨q_h, k_j⟩` for the first `n`
 /// positions of `k`. Reading each key row once for the `g` heads sharing it (grouped-
 /// query attention) instead of once per head is what keeps long-context decode from
 /// paying for the cache `g` times.

@@ -284,7 +284,7 @@ fn ceiling_words(c: Option<f64>, b: Option<BoundKind>) -> String {
 }
 
 /// The per-device rates, in base units, `None` where the profile is silent.
-struct Rates {
+struct Rates<'a> {
     flash: f64,
     iops: Option<f64>,
     mem: Option<f64>,
@@ -297,11 +297,11 @@ struct Rates {
     /// Seconds each KV byte read from RAM adds to decode attention (all threads).
     kv_per_byte: Option<f64>,
     /// The one-token costs as measured, for what depends on the model's shape.
-    matvec_rates: Option<MatvecRates>,
+    matvec_rates: Option<&'a MatvecRates>,
 }
 
-impl Rates {
-    fn of(d: &DeviceProfile) -> Self {
+impl<'a> Rates<'a> {
+    fn of(d: &'a DeviceProfile) -> Self {
         Rates {
             flash: d.flash_bytes_per_sec(),
             iops: d.flash_random_read_iops,
@@ -317,7 +317,7 @@ impl Rates {
                 .matvec
                 .as_ref()
                 .and_then(|m| m.kv_seconds_per_byte(usize::MAX)),
-            matvec_rates: d.matvec.clone(),
+            matvec_rates: d.matvec.as_ref(),
         }
     }
 }
@@ -433,11 +433,7 @@ fn matvec_bound(
     }
     // Threads take whole KV heads: a head count the threads do not divide leaves some
     // of them idle for part of the attention.
-    let split = |h: u32| {
-        r.matvec_rates
-            .as_ref()
-            .map_or(1.0, |m| m.attention_split_factor(h))
-    };
+    let split = |h: u32| r.matvec_rates.map_or(1.0, |m| m.attention_split_factor(h));
     let attention: f64 = attention_by_kv_heads.values().map(|&f| f as f64).sum();
     let mut secs: f64 = attention_by_kv_heads
         .iter()

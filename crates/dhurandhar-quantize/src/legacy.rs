@@ -100,8 +100,10 @@ pub(crate) fn q4_0(x: &[f32], out: &mut [u8]) {
     pack_nibbles(&q, &mut out[2..18]);
 }
 
-/// ggml's 16 IQ4_NL levels (`kvalues_iq4nl`), denser near zero.
-const IQ4_LEVELS: [f32; 16] = [
+/// ggml's 16 IQ4_NL levels (`kvalues_iq4nl`), denser near zero. This crate has no
+/// dependencies, so the table is written here too; a test pins it to the engine's
+/// `kquants::IQ4_LEVELS`, which reads what this writes.
+pub(crate) const IQ4_LEVELS: [f32; 16] = [
     -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0,
     89.0, 113.0,
 ];

@@ -134,6 +134,12 @@ fn block_sizes_match_ggml() {
 }
 
 #[test]
+fn iq4_levels_are_the_engines() {
+    let engine = dhurandhar_engine::kquants::IQ4_LEVELS.map(f32::from);
+    assert_eq!(crate::legacy::IQ4_LEVELS, engine);
+}
+
+#[test]
 fn bad_lengths_are_refused() {
     let x = vec![0.0f32; 100];
     let mut out = vec![0u8; 1000];
