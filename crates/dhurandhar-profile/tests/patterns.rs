@@ -1,33 +1,10 @@
 //! End-to-end runs of the profiler on small files in the target dir (a real disk, not tmpfs,
 //! so that eviction can work).
 
-use std::path::Path;
-
 use dhurandhar_profile::*;
 
-fn table(dir: &Path, rows: u64) -> (std::path::PathBuf, TableGeometry) {
-    let g = TableGeometry::per_layer_embedding(rows, 8, 256, 4).unwrap(); // 1 KiB rows
-    let p = dir.join("t.bin");
-    ensure_test_file(&p, g.total_bytes(), &mut no_progress).unwrap();
-    (p, g)
-}
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-#[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64 glibc, narrower elsewhere
-fn on_tmpfs(p: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: valid path and out-buffer.
-    assert_eq!(unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) }, 0);
-    // SAFETY: statfs succeeded.
-    let t = unsafe { st.assume_init() }.f_type as i64;
-    t == libc::TMPFS_MAGIC as i64 || t == 0x8584_58f6 /* RAMFS_MAGIC */
-}
+mod common;
+use common::*;
 
 #[test]
 fn every_pattern_gives_sane_warm_numbers() {
@@ -192,33 +169,6 @@ fn unaligned_region_works_and_zero_tokens_is_an_error() {
     };
     assert!(prof
         .run(Pattern::RandomDecode, Mode::Warm, &zero, &mut no_progress)
-        .is_err());
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-#[test]
-fn memory_probe_sees_the_placeholder() {
-    let dir = tmp();
-    let (p, g) = table(dir.path(), 4096);
-    let prof = Profiler::open(&p, 0, g).unwrap();
-    let m = prof
-        .memory_probe(500, 25, 32 << 20, 0, true, &mut no_progress)
-        .unwrap();
-    assert_eq!(m.samples, 20);
-    assert!(m.peak_reset);
-    if !on_tmpfs(&p) {
-        assert!(m.started_cold);
-        // 500 random 1 KiB rows with MADV_RANDOM: at most ~500 pages of the 1024 come in.
-        assert!(m.table_resident_bytes.unwrap() <= 600 * 4096, "{m:?}");
-    }
-    // The reset peak covers the probe: it holds the placeholder but is not the whole history.
-    assert!(m.end.peak_rss_bytes.unwrap() >= 32 << 20);
-    let grew = m.after_placeholder.rss_anon_bytes.unwrap() - m.baseline.rss_anon_bytes.unwrap();
-    assert!(grew >= 30 << 20, "anon grew by {grew}");
-    assert!(m.table_resident_bytes.unwrap() > 0);
-    assert!(m.steady_rss_bytes.unwrap() <= m.peak_sampled_rss_bytes.unwrap());
-    assert!(prof
-        .memory_probe(10, 5, u64::MAX / 2, 0, false, &mut no_progress)
         .is_err());
 }
 
