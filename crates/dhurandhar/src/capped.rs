@@ -252,6 +252,10 @@ pub struct PlanCheckReport {
     pub schema_version: u32,
     /// When the host device the predictions use was probed.
     pub host_measured_at: Option<String>,
+    /// The host profile's flash read rate, GB/s, which the streamed predictions use: set
+    /// it beside each streamed run's own read rate (`traffic.read_bytes_per_s`) to see
+    /// how far the disk moved since the probe.
+    pub host_flash_read_gbps: f64,
     /// Set when the host profile lacks a figure the predictions need (an old probe).
     pub host_note: Option<String>,
     pub models: Vec<CappedBenchReport>,
@@ -289,6 +293,7 @@ pub fn plan_check(
     Ok(PlanCheckReport {
         schema_version: crate::generate::SCHEMA_VERSION,
         host_measured_at: host.measured_at.clone(),
+        host_flash_read_gbps: host.flash_read_gbps,
         host_note,
         max_abs_decode_error_pct: max_abs(&|p| p.decode_error_pct),
         max_abs_peak_rss_error_pct: max_abs(&|p| p.peak_rss_error_pct),

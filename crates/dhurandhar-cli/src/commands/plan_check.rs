@@ -84,7 +84,7 @@ fn render(r: &PlanCheckReport) -> String {
     let f1 = |x: Option<f64>| x.map_or("—".to_string(), |v| format!("{v:.1}"));
     let pct = |x: Option<f64>| x.map_or("—".to_string(), |e| format!("{e:+.0}%"));
     let mut t = table(
-        "model|run|cap|decode tok/s predicted|measured|error|bound|peak RSS predicted|measured|error|reads/token predicted|counted",
+        "model|run|cap|decode tok/s predicted|measured|error|bound|peak RSS predicted|measured|error|reads/token predicted|counted|read GB/s",
         &[],
     );
     for m in &r.models {
@@ -113,12 +113,18 @@ fn render(r: &PlanCheckReport) -> String {
                     .map_or("—".into(), |p| human_bytes(p.flash_bytes_per_token)),
                 p.and_then(|p| p.measured_flash_bytes_per_token)
                     .map_or("—".into(), |b| human_bytes(b.round() as u64)),
+                run.traffic
+                    .as_ref()
+                    .map_or("—".into(), |t| format!("{:.2}", t.read_bytes_per_s / 1e9)),
             ]);
         }
     }
     let mut s = format!(
-        "planner on `host` (probed {}) against runs on this machine\n{t}\n",
-        r.host_measured_at.as_deref().unwrap_or("?")
+        "planner on `host` (probed {}, flash {:.2} GB/s) against runs on this machine\n{t}\n\
+         read GB/s: what the streamed run's reads reached (the disk then, against the probe's \
+         figure)\n",
+        r.host_measured_at.as_deref().unwrap_or("?"),
+        r.host_flash_read_gbps
     );
     s.push_str(&format!(
         "largest error: decode {}, peak RSS {}\n",
