@@ -15,7 +15,8 @@
 //!   matvec_rate + rows × row_overhead + matrices × call_overhead])` — a one-row matvec
 //!   cannot reuse a dequantized weight across tokens, so it runs well below the batched
 //!   rate; a narrow row pays its fixed cost over fewer weights; every call pays for
-//!   handing its rows to the threads.
+//!   handing its rows to the threads; and each layer's vector work (norms, activation
+//!   quantization, RoPE, the gated activation) runs on one thread.
 //!
 //! A device profile without a rate has that bound *unknown*: it is listed as unknown,
 //! never taken as infinite, the verdict rests on the known bounds and says which were not
@@ -414,13 +415,15 @@ fn compute_bound(r: &Rates, matmul: f64, attention: f64, int8: bool) -> Bound {
 /// `weights(type) / rate(type) + rows(type) × row_overhead(type) + matrices(type) ×
 /// call_overhead`, plus `attention / attention_rate` (the measured decode-attention rate,
 /// else the f32 matmul rate), plus the KV cache's bytes at the price of a byte from RAM
-/// ([`crate::MatvecRates::kv_seconds_per_byte`], when the device has it). `None` unless the device has a rate for every stored type
+/// ([`crate::MatvecRates::kv_seconds_per_byte`], when the device has it), plus the layers'
+/// vector work ([`crate::VectorCost`], when measured). `None` unless the device has a rate for every stored type
 /// the token multiplies (and a rate for attention).
 fn matvec_bound(
     r: &Rates,
     by_type: &BTreeMap<String, Matrices>,
     attention_by_kv_heads: &BTreeMap<u32, u64>,
     kv_bytes: f64,
+    (vector_width, vector_ffn): (u64, u64),
 ) -> Option<Bound> {
     let rates = r.matvec.as_ref()?;
     let (att_rate, att_how) = match (r.attention, r.f32) {
@@ -451,6 +454,13 @@ fn matvec_bound(
     // between one token's visits to a layer): its bytes at the rate measured for that.
     let kv_secs = r.kv_per_byte.map(|c| c * kv_bytes);
     secs += kv_secs.unwrap_or(0.0);
+    // Norms, quantization, RoPE, activation, residuals: serial, whatever the threads.
+    let vector_secs = r
+        .matvec_rates
+        .and_then(|m| m.vector_ns)
+        .map(|v| v.seconds(vector_width, vector_ffn))
+        .filter(|s| *s > 0.0);
+    secs += vector_secs.unwrap_or(0.0);
     let weights: u64 = by_type.values().map(|m| m.weights).sum();
     let types: Vec<&str> = by_type.keys().map(|k| k.as_str()).collect();
     let kv_note = match kv_secs {
@@ -461,13 +471,19 @@ fn matvec_bound(
         ),
         _ => String::new(),
     };
+    let vector_note = vector_secs.map_or(String::new(), |s| {
+        format!(
+            " + {:.0} µs of vector work (norms, quantization, RoPE, activation)",
+            s * 1e6
+        )
+    });
     Some(Bound {
         kind: BoundKind::Compute,
         per_token: 2.0 * weights as f64 + attention,
         unit: "flop",
         tps: (secs > 0.0).then(|| 1.0 / secs),
         note: format!(
-            "{} weights through one-token matvecs ({}) at the measured cost per type + {} of attention at the {att_how} rate{split_note}{kv_note}",
+            "{} weights through one-token matvecs ({}) at the measured cost per type + {} of attention at the {att_how} rate{split_note}{kv_note}{vector_note}",
             format_count(weights as f64),
             types.join(", "),
             gflop(attention),
@@ -516,6 +532,7 @@ fn mode_bounds(p: &MemoryPlan, r: &Rates, streamed: f64, pages: f64) -> (Vec<Bou
             &t.matmul_weights_by_type,
             &t.attention_flops_by_kv_heads,
             t.kv_read_bytes as f64,
+            (t.vector_width_elements, t.vector_ffn_elements),
         )
         .unwrap_or_else(|| {
             compute_bound(

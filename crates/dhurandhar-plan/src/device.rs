@@ -112,6 +112,32 @@ pub struct MatvecRates {
     /// evenly shared by any model (see [`MatvecRates::attention_split_factor`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention_kv_heads: Option<u32>,
+    /// What a decoded token's layer does besides its matmuls and attention (norms,
+    /// activation quantization, RoPE, the gated activation, residual adds), on one
+    /// thread: a decode step does it serially, its vectors too short to split. Absent:
+    /// not charged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector_ns: Option<VectorCost>,
+}
+
+/// One layer's vector work for one token: `per_width × width + per_ffn × FFN width` ns,
+/// measured on two layer shapes of the same width and different FFN widths (the FFN's
+/// share, activation and quantization, scales with the FFN; the rest with the width).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VectorCost {
+    /// ns per element of the layer's width (the hidden size).
+    pub per_width: f64,
+    /// ns per element of the FFN width the token runs (active experts' widths summed).
+    pub per_ffn: f64,
+}
+
+impl VectorCost {
+    /// Seconds of vector work over `width` width elements and `ffn` FFN elements (each
+    /// summed over the layers).
+    pub fn seconds(&self, width: u64, ffn: u64) -> f64 {
+        (self.per_width * width as f64 + self.per_ffn * ffn as f64) * 1e-9
+    }
 }
 
 /// The share of `threads` threads' time that `items` equal pieces of work keep busy
@@ -194,6 +220,7 @@ impl MatvecRates {
                 .get(i)
                 .map_or(vec![], |a| vec![*a]),
             attention_kv_heads: self.attention_kv_heads,
+            vector_ns: self.vector_ns,
         }
     }
 
@@ -329,6 +356,17 @@ impl MatvecRates {
         }
         if self.attention_kv_heads == Some(0) {
             return Err("attention_kv_heads must be at least 1".into());
+        }
+        if let Some(v) = self.vector_ns {
+            if ![v.per_width, v.per_ffn]
+                .iter()
+                .all(|x| x.is_finite() && (0.0..1e6).contains(x))
+            {
+                return Err(format!(
+                    "vector_ns must be ns per element in [0, 1e6), got per_width {} and per_ffn {}",
+                    v.per_width, v.per_ffn
+                ));
+            }
         }
         self.per_thread(
             "call_overhead_ns",

@@ -28,7 +28,7 @@ pub use assess::{
 };
 pub use device::{
     budget_presets, builtin_device, builtin_device_yaml, builtin_devices, split_efficiency,
-    BudgetPreset, DeviceProfile, MatvecCost, MatvecRates, INTERLEAVED,
+    BudgetPreset, DeviceProfile, MatvecCost, MatvecRates, VectorCost, INTERLEAVED,
 };
 pub use error::PlanError;
 pub use format::{Grouping, WeightFormat};

@@ -216,6 +216,12 @@ pub struct PerToken {
     pub prefill_ram_bytes: u64,
     /// Prompt tokens per chunk (the weights are read once per chunk).
     pub prefill_chunk_tokens: u64,
+    /// Width elements of a decode step's vector work: the hidden size once per layer
+    /// and once more for the output norm ([`crate::VectorCost`]).
+    pub vector_width_elements: u64,
+    /// FFN elements of a decode step's vector work: each layer's FFN width (the active
+    /// experts' and shared experts' widths on a MoE layer).
+    pub vector_ffn_elements: u64,
 }
 
 /// A published file size next to our estimate of the same thing.
@@ -687,6 +693,19 @@ pub fn plan(
         *attn_by_kv_heads.entry(l.kv_heads).or_insert(0u128) += per_token * attended as u128;
         prefill_attn += per_token as f64 * mean_attended(ctx, l.window);
     }
+    // A MoE layer's token runs its active experts (and any shared ones) through the
+    // gated activation.
+    let shared_ffn = match arch.shared_expert_intermediate_size {
+        0 => arch.expert_ffn(),
+        w => w,
+    };
+    let moe_ffn = arch.num_active_experts as u64 * arch.expert_ffn()
+        + arch.num_shared_experts as u64 * shared_ffn;
+    let vector_ffn_elements = layers
+        .iter()
+        .map(|l| if l.moe { moe_ffn } else { l.ffn_intermediate })
+        .sum();
+    let vector_width_elements = (layers.len() as u64 + 1) * arch.hidden_size;
     let chunk_tokens = opts.prefill_chunk_tokens.min(ctx).max(1);
     let prefill_ram = (weight_bytes as f64 + kv as f64 / 2.0) / chunk_tokens as f64;
     let sat = |x: u128| x.min(u64::MAX as u128) as u64;
@@ -764,6 +783,8 @@ pub fn plan(
             prefill_attention_flops: prefill_attn.round() as u64,
             prefill_ram_bytes: prefill_ram.ceil() as u64,
             prefill_chunk_tokens: chunk_tokens,
+            vector_width_elements,
+            vector_ffn_elements,
         },
         components: comps,
         params: p,

@@ -348,6 +348,7 @@ fn matvec_bound_by_hand() {
         attention_gflops: vec![],
         attention_ram_gflops: vec![],
         attention_kv_heads: None,
+        vector_ns: None,
     });
     d.validate().unwrap();
     let c = dhurandhar_plan::ceilings(&p, &d, 0.0);
@@ -420,6 +421,24 @@ fn matvec_bound_by_hand() {
         m
     });
     assert_eq!(d.matvec.as_ref().unwrap().kv_seconds_per_byte(1), Some(0.0));
+    // Vector work, serial whatever the threads: 25 x 896 width elements (24 layers and
+    // the output norm) at 10 ns and 24 x 4,864 FFN elements at 5 ns, 224,000 + 583,680
+    // ns = 0.00080768 s on top of the one-thread time above (the KV byte costs nothing).
+    assert_eq!(p.per_token.vector_width_elements, 22_400);
+    assert_eq!(p.per_token.vector_ffn_elements, 116_736);
+    let mut dv = d.clone();
+    dv.matvec = dv.matvec.map(|mut m| {
+        m.vector_ns = Some(dhurandhar_plan::VectorCost {
+            per_width: 10.0,
+            per_ffn: 5.0,
+        });
+        m
+    });
+    dv.validate().unwrap();
+    let cv = dhurandhar_plan::ceilings(&p, &dv, 0.0);
+    assert!((cv.decode_tps.unwrap() - 1.0 / (secs1a + 0.000_807_68)).abs() < 1e-9);
+    let note = &cv.bounds[1].note;
+    assert!(note.contains("+ 808 µs of vector work"), "{note}");
     // Threads take whole KV heads. On 4 threads, with attention measured at 2 GFLOP/s
     // over 8 KV heads (2 a thread, none idle), this model's 2 KV heads keep 2 of the 4
     // threads busy: 2 / (4 x 1) = 0.5 of the rate, so its 88,080,384 attention FLOPs take
@@ -446,6 +465,7 @@ fn matvec_bound_by_hand() {
             attention_gflops: vec![2.0],
             attention_ram_gflops: vec![],
             attention_kv_heads: kv_heads,
+            vector_ns: None,
         });
         d4.validate().unwrap();
         dhurandhar_plan::ceilings(&p, &d4, 0.0)
@@ -474,6 +494,7 @@ fn matvec_bound_by_hand() {
         attention_gflops: vec![],
         attention_ram_gflops: vec![],
         attention_kv_heads: None,
+        vector_ns: None,
     });
     let c2 = dhurandhar_plan::ceilings(&p, &d, 0.0);
     let compute2 = c2
@@ -504,6 +525,7 @@ fn matvec_rates_are_validated() {
         attention_gflops: vec![],
         attention_ram_gflops: vec![],
         attention_kv_heads: None,
+        vector_ns: None,
     };
     for (m, want) in [
         (bad(vec![], vec![]), "ascending"),
@@ -589,4 +611,21 @@ fn matvec_rates_are_validated() {
     assert_eq!(m.only(8).attention_gflops, vec![3.0]);
     let c = m.at(4)["Q4_0"];
     assert!((c.seconds(&mats(6_000_000_000, 0, 250)) - (1.0 + 250.0 * 4e-6)).abs() < 1e-12);
+    // Vector work: finite, non-negative ns per element; kept by `only`.
+    for bad in [f64::NAN, -1.0, f64::INFINITY] {
+        m.vector_ns = Some(dhurandhar_plan::VectorCost {
+            per_width: 1.0,
+            per_ffn: bad,
+        });
+        d.matvec = Some(m.clone());
+        let e = d.validate().unwrap_err().to_string();
+        assert!(e.contains("vector_ns"), "{e}");
+    }
+    let v = dhurandhar_plan::VectorCost {
+        per_width: 2.0,
+        per_ffn: 0.5,
+    };
+    m.vector_ns = Some(v);
+    assert_eq!(m.only(1).vector_ns, Some(v));
+    assert!((v.seconds(1000, 4000) - 4e-6).abs() < 1e-18);
 }

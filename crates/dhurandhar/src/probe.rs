@@ -147,8 +147,13 @@ pub struct MemoryProbe {
 pub struct FlashProbe {
     /// Cold sequential `pread` of the whole file in 4 MiB blocks, `O_DIRECT` where the
     /// file system allows, GB/s: how streamed weights are read, so the profile's
-    /// `flash_read_gbps`.
+    /// `flash_read_gbps`. The median of [`Self::sequential_passes_gbps`], passes spread
+    /// over the probe's run: a disk whose speed drifts (a shared or virtual one) is read
+    /// at its typical rate, not at one moment's, and not at its best.
     pub sequential_gbps: f64,
+    /// Each pass's rate, GB/s, in the order they ran (after the flash test file's other
+    /// reads, the RAM triad, the matmuls and the matvecs).
+    pub sequential_passes_gbps: Vec<f64>,
     /// Whether that read bypassed the page cache (`O_DIRECT`).
     pub sequential_direct: bool,
     /// Cold sequential read through mmap (the kernel's readahead), GB/s.
@@ -250,10 +255,16 @@ pub fn probe(
 ) -> Result<ProbeReport> {
     validate(opts)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The flash passes are spread over the whole probe: a disk whose speed drifts (a
+    // shared or virtual one) is then read at several moments, and the median is its
+    // typical rate rather than one moment's.
+    let mut flash = flash(opts, progress, cancel)?;
     let memory = triad(opts, threads, progress, cancel)?;
-    let flash = flash(opts, progress, cancel)?;
+    flash_pass(&mut flash, progress, cancel)?;
     let compute = compute(opts, threads, progress, cancel)?;
+    flash_pass(&mut flash, progress, cancel)?;
     let matvec = matvec(opts, threads, progress, cancel)?;
+    flash_pass(&mut flash, progress, cancel)?;
     let ram_budget_mb = match opts.ram_budget_mb {
         Some(r) => r,
         None => available_ram_mb().ok_or_else(|| {
@@ -285,7 +296,7 @@ pub fn probe(
         source: format!(
             "measured {when}: ram_budget_mb = {}; memory_bandwidth_gbps = best of {} STREAM \
              triads over 3 x {} MiB on {threads} threads; flash = a {} MiB file in {}, sequential \
-             by cold pread in 4 MiB blocks{}, random by {} cold 4 KiB page faults through \
+             by the median of {} cold preads in 4 MiB blocks{}, random by {} cold 4 KiB page faults through \
              mmap; compute = the engine's \
              matmul kernels on a {d}x{d} matrix x {} tokens (Q8_0 for int8, also interleaved by \
              eight rows, F32 for f32), best of {}; matvec = the engine's one-token matmul of \
@@ -295,7 +306,8 @@ pub fn probe(
              (the fixed cost per call), and decode attention as the engine runs it (8 heads \
              of 64 over 512 positions, softmax included; in cache, and over as many such \
              layers in turn as the matvec bytes, read from RAM), on 1 and {threads} threads, \
-             best of {}",
+             and a decode step's vector work per layer (the engine's norms, quantization, \
+             RoPE and activation; width 2048, FFN 2048 and 8192, one thread), best of {}",
             if opts.ram_budget_mb.is_some() {
                 "given"
             } else {
@@ -307,6 +319,7 @@ pub fn probe(
             Path::new(&flash.file)
                 .parent()
                 .map_or(String::new(), |p| p.display().to_string()),
+            flash.sequential_passes_gbps.len(),
             if flash.sequential_direct {
                 ", O_DIRECT"
             } else {
@@ -464,30 +477,43 @@ fn flash(opts: &ProbeOptions, progress: &dyn Progress, cancel: &CancelToken) -> 
         opts.random_reads,
         "flash random 4 KiB reads (cold)",
     )?;
-    let (pread, direct) = {
-        let _phase = Phase::start(
-            progress,
-            "flash sequential pread (cold)",
-            1,
-            Unit::Items("reads"),
-        );
-        let f = dhurandhar_io::open_regular(&path)?;
-        dhurandhar_profile::sys::cold_sequential_read(&f, &path).map_err(|e| {
-            Error::invalid(
-                "scratch_dir",
-                format!("cannot read {} back: {e}", path.display()),
-            )
-        })?
-    };
-    Ok(FlashProbe {
-        sequential_gbps: pread / 1e9,
-        sequential_direct: direct,
+    let mut probe = FlashProbe {
+        sequential_gbps: 0.0,
+        sequential_passes_gbps: Vec::new(),
+        sequential_direct: true,
         mmap_sequential_gbps: seq.mb_per_s.unwrap_or(0.0) * MIB as f64 / 1e9,
         random_read_iops: rand.tokens_per_s.unwrap_or(0.0),
         file: path.display().to_string(),
         file_bytes: len,
         random_reads: opts.random_reads,
-    })
+    };
+    flash_pass(&mut probe, progress, cancel)?;
+    Ok(probe)
+}
+
+/// One more cold sequential `pread` pass over the flash test file, added to the probe's
+/// passes; the median of them all becomes the flash rate.
+fn flash_pass(f: &mut FlashProbe, progress: &dyn Progress, cancel: &CancelToken) -> Result<()> {
+    cancel.check()?;
+    let _phase = Phase::start(
+        progress,
+        "flash sequential pread (cold)",
+        1,
+        Unit::Items("passes"),
+    );
+    let path = Path::new(&f.file);
+    let file = dhurandhar_io::open_regular(path)?;
+    let (bw, direct) = dhurandhar_profile::sys::cold_sequential_read(&file, path).map_err(|e| {
+        Error::invalid(
+            "scratch_dir",
+            format!("cannot read {} back: {e}", path.display()),
+        )
+    })?;
+    f.sequential_passes_gbps.push(round3(bw / 1e9));
+    f.sequential_direct &= direct;
+    f.sequential_gbps = dhurandhar_kv::metrics::median(&f.sequential_passes_gbps);
+    progress.advance(1);
+    Ok(())
 }
 
 /// Best-of-N time of the engine's matmul on `w`, on this thread or (`parallel`) on the
@@ -770,6 +796,7 @@ fn matvec(
     let attention = attention_at(1, 200)?;
     let ram_layers = (opts.matvec_bytes as usize / ATT_LAYER_BYTES).max(1);
     let attention_ram = attention_at(ram_layers, 3)?;
+    let vector = vector_work(opts.repeats, cancel)?;
     drop(phase);
     Ok(MatvecProbe {
         rates: dhurandhar_plan::MatvecRates {
@@ -780,9 +807,48 @@ fn matvec(
             attention_gflops: attention,
             attention_ram_gflops: attention_ram,
             attention_kv_heads: Some(ATT_HEADS as u32),
+            vector_ns: Some(vector),
         },
         bytes: opts.matvec_bytes,
         cols: MATVEC_COLS,
+    })
+}
+
+/// Width, heads and the two FFN widths of the vector-work probe's layers (a 1B-class
+/// layer, with an FFN as wide as the layer and four times that).
+const VEC_DIM: usize = 2048;
+const VEC_HEADS: usize = 32;
+const VEC_KV_HEADS: usize = 8;
+const VEC_HEAD_DIM: usize = 64;
+const VEC_FFN: [usize; 2] = [2048, 8192];
+
+/// A decode step's vector work per layer ([`dhurandhar_engine::model::LayerVectorWork`],
+/// the engine's own norm, quantization, RoPE and activation) on this thread, for two
+/// layers of the same width and FFNs of two widths: the difference gives the cost per
+/// FFN element, the rest the cost per width element. Best of `repeats` runs of 2000
+/// tokens each.
+fn vector_work(repeats: u32, cancel: &CancelToken) -> Result<dhurandhar_plan::VectorCost> {
+    use dhurandhar_engine::model::LayerVectorWork;
+    const TOKENS: usize = 2000;
+    let mut ns = [0f64; 2];
+    for (n, &ffn) in ns.iter_mut().zip(&VEC_FFN) {
+        let mut w = LayerVectorWork::new(VEC_DIM, ffn, VEC_HEADS, VEC_KV_HEADS, VEC_HEAD_DIM);
+        let mut best = f64::INFINITY;
+        for _ in 0..repeats.max(1) {
+            cancel.check()?;
+            let t = Instant::now();
+            for pos in 0..TOKENS {
+                w.run(pos);
+            }
+            best = best.min(t.elapsed().as_secs_f64() / TOKENS as f64);
+        }
+        *n = best * 1e9;
+    }
+    let per_ffn = ((ns[1] - ns[0]) / (VEC_FFN[1] - VEC_FFN[0]) as f64).max(0.0);
+    let per_width = ((ns[0] - per_ffn * VEC_FFN[0] as f64) / VEC_DIM as f64).max(0.0);
+    Ok(dhurandhar_plan::VectorCost {
+        per_width: round3(per_width),
+        per_ffn: round3(per_ffn),
     })
 }
 

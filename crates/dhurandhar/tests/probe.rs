@@ -46,6 +46,21 @@ fn tiny_probe_writes_a_loadable_host_device() {
     }
     assert_eq!(mv.attention_gflops.len(), mv.threads.len());
     assert_eq!(mv.attention_ram_gflops.len(), mv.threads.len());
+    let v = mv
+        .vector_ns
+        .expect("the probe measures a layer's vector work");
+    assert!(
+        v.per_width >= 0.0 && v.per_ffn >= 0.0 && v.per_width + v.per_ffn > 0.0,
+        "{v:?}"
+    );
+    // Flash: one pass after the file's other reads, then after the triad, the matmuls and
+    // the matvecs; the profile keeps their median.
+    let passes = &r.flash.sequential_passes_gbps;
+    assert_eq!(passes.len(), 4, "{passes:?}");
+    assert_eq!(
+        r.flash.sequential_gbps,
+        dhurandhar_kv::metrics::median(passes)
+    );
     // Where the engine interleaves resident weights, those layouts are measured too.
     if dhurandhar_engine::kernels::simd().avx2() {
         for t in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K"] {

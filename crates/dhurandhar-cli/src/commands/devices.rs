@@ -66,7 +66,8 @@ pub fn render_probe(r: &ProbeReport) -> String {
         "flash sequential".to_string(),
         format!("{:.2} GB/s", r.flash.sequential_gbps),
         format!(
-            "cold pread of {} MiB in 4 MiB blocks{} (cold mmap scan: {:.2} GB/s)",
+            "median of {} cold preads of {} MiB in 4 MiB blocks{} (cold mmap scan: {:.2} GB/s)",
+            r.flash.sequential_passes_gbps.len(),
             r.flash.file_bytes >> 20,
             if r.flash.sequential_direct {
                 ", O_DIRECT"
@@ -133,7 +134,8 @@ pub fn render_probe(r: &ProbeReport) -> String {
         "{t}\n{mv}\nmatvec: the engine's one-token matmul over {} MiB per type, rows {} and {} wide \
          (time per row = ns/row + width / rate), best of {}; T@x8: rows interleaved by eight, as \
          resident weights run; per call: {}; decode attention (8 heads of 64, 512 positions): {}; \
-         the same with K and V read from RAM ({} MiB of such layers in turn): {}.\n\
+         the same with K and V read from RAM ({} MiB of such layers in turn): {}; vector work \
+         per layer (norms, quantization, RoPE, activation; 1 thr): {}.\n\
          Wrote {} ({}); use it with `dhurandhar analyze -d host`.\n",
         r.matvec.bytes >> 20,
         r.matvec.cols[0],
@@ -143,6 +145,10 @@ pub fn render_probe(r: &ProbeReport) -> String {
         per_thread(&m.attention_gflops, &m.threads, "GFLOP/s", 1),
         r.matvec.bytes >> 20,
         per_thread(&m.attention_ram_gflops, &m.threads, "GFLOP/s", 1),
+        m.vector_ns.map_or("not measured".into(), |v| format!(
+            "{:.2} ns per width element + {:.2} ns per FFN element",
+            v.per_width, v.per_ffn
+        )),
         r.path,
         d.measured_at.as_deref().unwrap_or("")
     )
