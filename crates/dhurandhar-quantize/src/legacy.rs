@@ -10,7 +10,7 @@
 //! The scale written is the f16 nearest to `d`; values are quantized with the f32 `d`,
 //! as ggml does.
 
-use crate::{f16_bytes, f16_round, QK};
+use crate::{f16_bytes, f16_round, nearest_int, QK, QK_K};
 
 /// The value of largest magnitude (the first one on ties) and that magnitude.
 fn signed_absmax(x: &[f32]) -> (f32, f32) {
@@ -119,11 +119,12 @@ fn nearest_level(v: f32) -> usize {
     best
 }
 
-/// `d: f16, qs: [u8; 16]`, value `d·IQ4_LEVELS[q]`. As ggml's reference: start from the
+/// The IQ4 scale of a block of 32, as ggml's reference searches it: start from the
 /// scale that puts the largest-magnitude value on the −127 level, try 15 scales around
 /// it, and keep the one whose least-squares refit (weights `x²`, so the large values
-/// that dominate a dot product are fitted best) explains the most of the block.
-pub(crate) fn iq4_nl(x: &[f32], out: &mut [u8]) {
+/// that dominate a dot product are fitted best) explains the most of the block. The
+/// scale and each value's level at it; 0 and levels 0 for an all-zero block.
+fn iq4_search(x: &[f32]) -> (f32, [usize; QK]) {
     let max = x
         .iter()
         .copied()
@@ -154,17 +155,58 @@ pub(crate) fn iq4_nl(x: &[f32], out: &mut [u8]) {
             }
         }
     }
+    (d, best_l)
+}
+
+/// The levels of `x` at the stored scale `d` (each value's nearest), packed.
+fn iq4_pack(x: &[f32], d: f32, qs: &mut [u8]) {
+    let q: [u8; QK] =
+        std::array::from_fn(|j| nearest_level(if d == 0.0 { 0.0 } else { x[j] / d }) as u8);
+    pack_nibbles(&q, qs);
+}
+
+/// `d: f16, qs: [u8; 16]`, value `d·IQ4_LEVELS[q]`, the scale from [`iq4_search`].
+pub(crate) fn iq4_nl(x: &[f32], out: &mut [u8]) {
+    let (d, best_l) = iq4_search(x);
     out[0..2].copy_from_slice(&f16_bytes(d));
     // Indices against the stored (f16) scale, as they will be read back.
     let d = f16_round(d);
-    let q: [u8; QK] = std::array::from_fn(|j| {
-        if d == 0.0 {
-            best_l[j] as u8
-        } else {
-            nearest_level(x[j] / d) as u8
-        }
-    });
-    pack_nibbles(&q, &mut out[2..18]);
+    if d == 0.0 {
+        pack_nibbles(&best_l.map(|l| l as u8), &mut out[2..18]);
+    } else {
+        iq4_pack(x, d, &mut out[2..18]);
+    }
+}
+
+/// `d: f16, scales_h: u16, scales_l: [u8; 4], qs: [u8; 128]` over 256 values: eight
+/// blocks of 32, block `b` valued `d·(ls_b − 32)·IQ4_LEVELS[q]` with the 6-bit `ls_b`
+/// split into a low nibble (`scales_l`) and two high bits (`scales_h`). As ggml's
+/// reference without an importance matrix: each block's scale from [`iq4_search`], the
+/// super-block scale `d = −(the largest-magnitude block scale) / 32`, each block's
+/// scale rounded to a multiple of it in −32..=31, and the levels chosen again at that.
+pub(crate) fn iq4_xs(x: &[f32], out: &mut [u8]) {
+    let scales: [f32; QK_K / QK] = std::array::from_fn(|b| iq4_search(&x[b * QK..][..QK]).0);
+    let max = scales
+        .iter()
+        .copied()
+        .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+    out[0..2].copy_from_slice(&f16_bytes(-max / 32.0));
+    let d = f16_round(-max / 32.0);
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    let (mut scales_h, mut scales_l) = (0u16, [0u8; QK_K / 64]);
+    for (b, &s) in scales.iter().enumerate() {
+        let l = nearest_int(id * s).clamp(-32, 31);
+        iq4_pack(
+            &x[b * QK..][..QK],
+            d * l as f32,
+            &mut out[8 + 16 * b..][..16],
+        );
+        let ls = (l + 32) as u8;
+        scales_l[b / 2] |= (ls & 0xF) << (4 * (b % 2));
+        scales_h |= u16::from(ls >> 4) << (2 * b);
+    }
+    out[2..4].copy_from_slice(&scales_h.to_le_bytes());
+    out[4..8].copy_from_slice(&scales_l);
 }
 
 /// `d: f16, m: f16, qs: [u8; 16]`, value `d·q + m`.

@@ -2,7 +2,7 @@
 //! llama.cpp's `llama-quantize` presets do. No I/O: rows in, block bytes out.
 //!
 //! * [`Format`]: the output types (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
-//!   Q3_K, Q4_K, Q5_K, Q6_K) with their exact block sizes and ggml ids.
+//!   Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS) with their exact block sizes and ggml ids.
 //! * [`quantize_row`] / [`quantize_rows`]: f32 → blocks. The classic types use the
 //!   rounding rules of ggml's reference quantizers (so a file they make is what
 //!   llama.cpp would make from the same floats); the k-quants search scale and minimum
@@ -66,11 +66,12 @@ pub enum Format {
     Q5_K,
     Q6_K,
     IQ4_NL,
+    IQ4_XS,
 }
 
 impl Format {
     /// Every format, classic then k-quants.
-    pub const ALL: [Format; 14] = [
+    pub const ALL: [Format; 15] = [
         Format::F32,
         Format::F16,
         Format::BF16,
@@ -85,6 +86,7 @@ impl Format {
         Format::Q5_K,
         Format::Q6_K,
         Format::IQ4_NL,
+        Format::IQ4_XS,
     ];
 
     /// ggml's name (`"Q4_K"`).
@@ -105,6 +107,7 @@ impl Format {
             Q5_K => "Q5_K",
             Q6_K => "Q6_K",
             IQ4_NL => "IQ4_NL",
+            IQ4_XS => "IQ4_XS",
         }
     }
 
@@ -125,6 +128,7 @@ impl Format {
             Q5_K => 13,
             Q6_K => 14,
             IQ4_NL => 20,
+            IQ4_XS => 23,
             BF16 => 30,
         }
     }
@@ -140,7 +144,7 @@ impl Format {
         match self {
             F32 | F16 | BF16 => 1,
             Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4_NL => QK,
-            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K => QK_K,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS => QK_K,
         }
     }
 
@@ -161,6 +165,7 @@ impl Format {
             Q5_K => 4 + 12 + 32 + 128,
             Q6_K => 128 + 64 + 16 + 2,
             IQ4_NL => 2 + 16,
+            IQ4_XS => 2 + 2 + 4 + 128,
         }
     }
 
@@ -252,6 +257,7 @@ fn quantize_block(format: Format, x: &[f32], out: &mut [u8]) {
         Q5_K => kquants::q5_k(x, out),
         Q6_K => kquants::q6_k(x, out),
         IQ4_NL => legacy::iq4_nl(x, out),
+        IQ4_XS => legacy::iq4_xs(x, out),
     }
 }
 

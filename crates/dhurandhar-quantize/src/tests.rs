@@ -44,6 +44,11 @@ fn amax(x: &[f32]) -> f32 {
 /// * IQ4_NL: levels −127..113 at a scale near `max|x|/120` (the search tries ±7 around
 ///   127): half its widest gap (24) is `max|x|/10`, and the far end, 113 against 127,
 ///   clips by 14 levels, under `max|x|/8`.
+/// * IQ4_XS: IQ4_NL's bound per block of 32, plus the block scale's rounding to a
+///   multiple of the super-block scale `d = max block scale / 32`, at most `d/2`, which
+///   moves a value at level 127 by `127·d/2`; the largest block scale is at most
+///   `max|x|/113` (the search's smallest −127 + 7 = −120 start, refitted), so that is
+///   under `127·max|x| / (64·113)`.
 /// * k-quants: one step of the super-block grid, `max sub-block range / levels`: the
 ///   scale search may shorten a sub-block's grid by up to one level (it tries
 ///   `levels ± 1`) and clip its extreme value by that much, and the 6-bit (Q4_K/Q5_K),
@@ -72,6 +77,7 @@ fn bound(f: Format, x: &[f32]) -> f32 {
         Q5_K => 63.0 * 31.0 + 63.0,
         Q6_K => 128.0 * 32.0,
         IQ4_NL => 127.0,
+        IQ4_XS => 127.0 * 32.0,
     };
     let tiny = a * 1e-6 + 1e-30 + F16_ABS * mult;
     tiny + match f {
@@ -89,6 +95,7 @@ fn bound(f: Format, x: &[f32]) -> f32 {
         Q5_K => sub(32, 31.0, range0) + 2.0 * a * F16_REL * 32.0,
         Q6_K => sub(16, 32.0, amax) + a * F16_REL * 32.0,
         IQ4_NL => a / 8.0 + a * F16_REL * 2.0,
+        IQ4_XS => sub(32, 8.0, amax) + a * 127.0 / (64.0 * 113.0) + a * F16_REL * 2.0,
     }
 }
 
@@ -174,6 +181,9 @@ fn gaussian_rows_round_trip_within_bounds_and_in_quality_order() {
     assert!(err[&Q4_K] < err[&Q4_0], "{err:?}");
     // IQ4_NL's levels, dense near zero, fit a bell better than Q4_0's even grid.
     assert!(err[&IQ4_NL] < err[&Q4_0], "{err:?}");
+    // IQ4_XS stores them with 6-bit block scales in 4.25 bits: still better than Q4_0's
+    // 4.5.
+    assert!(err[&IQ4_XS] < err[&Q4_0], "{err:?}");
     assert!(err[&Q5_K] < err[&Q5_0], "{err:?}");
     assert!(
         err[&Q4_1] < err[&Q4_0] && err[&Q5_1] < err[&Q5_0],
