@@ -411,6 +411,29 @@ fn compute_bound(r: &Rates, matmul: f64, attention: f64, int8: bool) -> Bound {
     }
 }
 
+/// The prefill compute bound from each stored type's batched matmul rate (a probed
+/// host): per prompt token `Σ_type 2 · weights / prefill_rate(type) + attention /
+/// f32_rate`. `None` unless the device has a batched rate for every type the checkpoint
+/// multiplies, and an f32 rate.
+fn prefill_bound(r: &Rates, by_type: &BTreeMap<String, Matrices>, attention: f64) -> Option<Bound> {
+    let matmuls = r.matvec_rates?.prefill_seconds(by_type, usize::MAX)?;
+    let secs = matmuls + attention / r.f32?;
+    let flops = 2.0 * by_type.values().map(|m| m.weights as f64).sum::<f64>();
+    let types: Vec<&str> = by_type.keys().map(|k| k.as_str()).collect();
+    Some(Bound {
+        kind: BoundKind::Compute,
+        per_token: flops + attention,
+        unit: "flop",
+        tps: (secs > 0.0).then(|| 1.0 / secs),
+        note: format!(
+            "{} of matmuls at each type's batched rate ({}) + {} of f32 attention",
+            gflop(flops),
+            types.join(", "),
+            gflop(attention)
+        ),
+    })
+}
+
 /// The decode compute bound from one-token matvec costs: the sum over weight types of
 /// `weights(type) / rate(type) + rows(type) × row_overhead(type) + matrices(type) ×
 /// call_overhead`, plus `attention / attention_rate` (the measured decode-attention rate,
@@ -554,12 +577,21 @@ fn mode_bounds(p: &MemoryPlan, r: &Rates, streamed: f64, pages: f64) -> (Vec<Bou
         t.prefill_ram_bytes as f64,
         "weights once per chunk, KV at the mean position",
     ));
-    prefill.push(compute_bound(
-        r,
-        t.matmul_flops as f64,
-        t.prefill_attention_flops as f64,
-        t.matmul_int8,
-    ));
+    prefill.push(
+        prefill_bound(
+            r,
+            &t.matmul_weights_by_type,
+            t.prefill_attention_flops as f64,
+        )
+        .unwrap_or_else(|| {
+            compute_bound(
+                r,
+                t.matmul_flops as f64,
+                t.prefill_attention_flops as f64,
+                t.matmul_int8,
+            )
+        }),
+    );
     (decode, prefill)
 }
 

@@ -118,6 +118,13 @@ pub struct MatvecRates {
     /// not charged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vector_ns: Option<VectorCost>,
+    /// Stored type (keys as in `gweights_per_s`) → the engine's batched matmul (a
+    /// prefill chunk of 64 tokens) in 10^9 op/s (2 per weight and token), one per entry
+    /// of `threads`: each type has its own kernel, and a prompt's matmuls run at their
+    /// types' rates, not at the one Q8_0 figure of `compute_int8_gops` (empty: that figure
+    /// is used).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prefill_gops: BTreeMap<String, Vec<f64>>,
 }
 
 /// One layer's vector work for one token: `per_width × width + per_ffn × FFN width` ns,
@@ -221,6 +228,7 @@ impl MatvecRates {
                 .map_or(vec![], |a| vec![*a]),
             attention_kv_heads: self.attention_kv_heads,
             vector_ns: self.vector_ns,
+            prefill_gops: cut(&self.prefill_gops),
         }
     }
 
@@ -263,6 +271,11 @@ impl MatvecRates {
     /// one: what a run whose weights are resident (and so interleaved) meets.
     pub fn interleaved(&self) -> MatvecRates {
         let mut r = self.clone();
+        for (key, rate) in &self.prefill_gops {
+            if let Some(t) = key.strip_suffix(INTERLEAVED) {
+                r.prefill_gops.insert(t.to_string(), rate.clone());
+            }
+        }
         for (key, rate) in &self.gweights_per_s {
             if let Some(t) = key.strip_suffix(INTERLEAVED) {
                 r.gweights_per_s.insert(t.to_string(), rate.clone());
@@ -273,6 +286,26 @@ impl MatvecRates {
             }
         }
         r
+    }
+
+    /// Seconds of a prompt token's matmuls over `by_type` (weights per stored type) at
+    /// the batched rates on `threads` threads; `None` unless every type has one.
+    pub fn prefill_seconds(
+        &self,
+        by_type: &BTreeMap<String, Matrices>,
+        threads: usize,
+    ) -> Option<f64> {
+        let i = self.index(threads);
+        if by_type.is_empty() {
+            return None;
+        }
+        by_type
+            .iter()
+            .map(|(t, m)| {
+                let gops = self.prefill_gops.get(t)?.get(i)?;
+                Some(2.0 * m.weights as f64 / (gops * 1e9))
+            })
+            .sum()
     }
 
     /// The costs on the most threads measured (the device running flat out).
@@ -326,16 +359,19 @@ impl MatvecRates {
                     )
                 })
         };
-        if let Some(e) = lengths(&self.gweights_per_s).or(lengths(&self.row_overhead_ns)) {
+        if let Some(e) = lengths(&self.gweights_per_s)
+            .or(lengths(&self.row_overhead_ns))
+            .or(lengths(&self.prefill_gops))
+        {
             return Err(e);
         }
-        for (k, v) in &self.gweights_per_s {
+        for (k, v) in self.gweights_per_s.iter().chain(&self.prefill_gops) {
             if let Some(r) = v
                 .iter()
                 .find(|r| !(r.is_finite() && **r > 0.0 && **r < MAX_GFLOPS))
             {
                 return Err(format!(
-                    "{k}: rates must be positive numbers of G weights/s below {MAX_GFLOPS:e}, got {r}"
+                    "{k}: rates must be positive numbers (G weights/s, G op/s) below {MAX_GFLOPS:e}, got {r}"
                 ));
             }
         }

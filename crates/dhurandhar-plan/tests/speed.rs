@@ -349,6 +349,7 @@ fn matvec_bound_by_hand() {
         attention_ram_gflops: vec![],
         attention_kv_heads: None,
         vector_ns: None,
+        prefill_gops: BTreeMap::new(),
     });
     d.validate().unwrap();
     let c = dhurandhar_plan::ceilings(&p, &d, 0.0);
@@ -466,6 +467,7 @@ fn matvec_bound_by_hand() {
             attention_ram_gflops: vec![],
             attention_kv_heads: kv_heads,
             vector_ns: None,
+            prefill_gops: BTreeMap::new(),
         });
         d4.validate().unwrap();
         dhurandhar_plan::ceilings(&p, &d4, 0.0)
@@ -477,6 +479,42 @@ fn matvec_bound_by_hand() {
         note.contains("(× 0.50: 2 KV heads split over the threads)"),
         "{note}"
     );
+    // Prefill at each type's batched rate (100, 50 and 200 G op/s on 4 threads): per
+    // prompt token 2 x 300e6 / 100e9 + 2 x 50e6 / 50e9 + 2 x 136e6 / 200e9 = 0.006 +
+    // 0.002 + 0.00136 s of matmuls, and 24 layers x 4 x 14 heads x 64 x 512.5 mean
+    // attended positions = 44,083,200 FLOP of attention at the f32 1 GFLOP/s.
+    assert_eq!(p.per_token.prefill_attention_flops, 44_083_200);
+    let mut dp = d.clone();
+    let mut rates = dhurandhar_plan::MatvecRates {
+        threads: vec![4],
+        gweights_per_s: BTreeMap::from([("Q4_K".to_string(), vec![10.0])]),
+        row_overhead_ns: BTreeMap::new(),
+        call_overhead_ns: vec![],
+        attention_gflops: vec![],
+        attention_ram_gflops: vec![],
+        attention_kv_heads: None,
+        vector_ns: None,
+        prefill_gops: BTreeMap::from([
+            ("Q4_K".to_string(), vec![100.0]),
+            ("Q6_K".to_string(), vec![50.0]),
+            ("Q8_0".to_string(), vec![200.0]),
+        ]),
+    };
+    dp.matvec = Some(rates.clone());
+    dp.validate().unwrap();
+    let cp = dhurandhar_plan::ceilings(&p, &dp, 0.0);
+    assert!((cp.prefill_tps.unwrap() - 1.0 / (0.00936 + 0.044_083_2)).abs() < 1e-9);
+    let note = &cp.prefill_bounds.last().unwrap().note;
+    assert!(
+        note.contains("each type's batched rate (Q4_K, Q6_K, Q8_0)"),
+        "{note}"
+    );
+    // A type without a batched rate: the one int8 figure for every matmul instead.
+    rates.prefill_gops.remove("Q6_K");
+    dp.matvec = Some(rates);
+    let cf = dhurandhar_plan::ceilings(&p, &dp, 0.0);
+    assert!(!cf.prefill_bounds.last().unwrap().note.contains("batched"));
+    assert_ne!(cf.prefill_tps, cp.prefill_tps);
     // The probe's head count unknown: the rate as measured.
     let even = four(None);
     assert!((even.decode_tps.unwrap() - 1.0 / (0.05269 + 0.044_040_192)).abs() < 1e-9);
@@ -495,6 +533,7 @@ fn matvec_bound_by_hand() {
         attention_ram_gflops: vec![],
         attention_kv_heads: None,
         vector_ns: None,
+        prefill_gops: BTreeMap::new(),
     });
     let c2 = dhurandhar_plan::ceilings(&p, &d, 0.0);
     let compute2 = c2
@@ -526,6 +565,7 @@ fn matvec_rates_are_validated() {
         attention_ram_gflops: vec![],
         attention_kv_heads: None,
         vector_ns: None,
+        prefill_gops: BTreeMap::new(),
     };
     for (m, want) in [
         (bad(vec![], vec![]), "ascending"),
@@ -627,5 +667,23 @@ fn matvec_rates_are_validated() {
     };
     m.vector_ns = Some(v);
     assert_eq!(m.only(1).vector_ns, Some(v));
+    // Batched rates: one per thread count, positive; cut by `only`, and an interleaved
+    // entry stands for its type in `interleaved`.
+    m.prefill_gops = BTreeMap::from([("Q4_0".to_string(), vec![5.0])]);
+    d.matvec = Some(m.clone());
+    let e = d.validate().unwrap_err().to_string();
+    assert!(e.contains("Q4_0 has 1 entries"), "{e}");
+    m.prefill_gops = BTreeMap::from([("Q4_0".to_string(), vec![5.0, -1.0])]);
+    d.matvec = Some(m.clone());
+    let e = d.validate().unwrap_err().to_string();
+    assert!(e.contains("positive"), "{e}");
+    m.prefill_gops = BTreeMap::from([
+        ("Q4_0".to_string(), vec![5.0, 9.0]),
+        ("Q4_0@x8".to_string(), vec![7.0, 13.0]),
+    ]);
+    d.matvec = Some(m.clone());
+    d.validate().unwrap();
+    assert_eq!(m.only(4).prefill_gops["Q4_0"], vec![9.0]);
+    assert_eq!(m.interleaved().prefill_gops["Q4_0"], vec![7.0, 13.0]);
     assert!((v.seconds(1000, 4000) - 4e-6).abs() < 1e-18);
 }

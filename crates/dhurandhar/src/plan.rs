@@ -584,7 +584,9 @@ pub fn predict_run(f: &RunFacts<'_>) -> Result<RunPrediction> {
     };
     let cores = host.cpu_cores.unwrap_or(1).max(1) as f64;
     // Resident weights are interleaved by eight rows where the engine can (x86): they
-    // run at the interleaved rates the probe measured, where it measured them.
+    // run at the interleaved rates the probe measured, where it measured them (the one
+    // interleaved Q8_0 figure for every batched matmul only on a profile without
+    // per-type prefill rates).
     let resident = f.weight_mode == WeightMode::Resident;
     let int8 = match (resident, host.compute_int8_interleaved_gops) {
         (true, Some(x8)) => Some(x8),

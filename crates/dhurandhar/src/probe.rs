@@ -189,6 +189,9 @@ pub struct MatvecProbe {
     pub bytes: u64,
     /// Row widths of the two matrices per type (rows fill `bytes`).
     pub cols: [usize; 2],
+    /// Side of the square matrix of the batched (prefill) runs, and their tokens.
+    pub prefill_side: usize,
+    pub prefill_tokens: usize,
 }
 
 /// The `devices --probe --json` document.
@@ -307,7 +310,9 @@ pub fn probe(
              of 64 over 512 positions, softmax included; in cache, and over as many such \
              layers in turn as the matvec bytes, read from RAM), on 1 and {threads} threads, \
              and a decode step's vector work per layer (the engine's norms, quantization, \
-             RoPE and activation; width 2048, FFN 2048 and 8192, one thread), best of {}",
+             RoPE and activation; width 2048, FFN 2048 and 8192, one thread), and each \
+             type's batched matmul (prefill_gops: a square matrix x the matmul tokens), \
+             best of {}",
             if opts.ram_budget_mb.is_some() {
                 "given"
             } else {
@@ -678,7 +683,7 @@ fn matvec(
     let phase = Phase::start(
         progress,
         "one-token matvec per weight type",
-        (runs.len() * counts.len() * MATVEC_COLS.len()) as u64 * (opts.repeats as u64 + 1),
+        (runs.len() * counts.len() * (MATVEC_COLS.len() + 1)) as u64 * (opts.repeats as u64 + 1),
         Unit::Items("runs"),
     );
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -690,7 +695,7 @@ fn matvec(
     };
     let mut rates = std::collections::BTreeMap::new();
     let mut overheads = std::collections::BTreeMap::new();
-    for (f, x8) in runs {
+    for &(f, x8) in &runs {
         let t = GgmlType::from_u32(f.ggml_id()).expect("filtered above");
         // Seconds per row at each width, per thread count.
         let mut per_row = vec![[0f64; 2]; counts.len()];
@@ -752,6 +757,52 @@ fn matvec(
         rates.insert(key.clone(), rate);
         overheads.insert(key, overhead);
     }
+    // Each type's batched matmul, as a prefill chunk runs it: a square matrix (the
+    // matmul probe's side, rounded up to whole k-quant blocks) by `matmul_tokens` rows.
+    let side = opts.matmul_dim.max(1).next_multiple_of(256);
+    let tokens = opts.matmul_tokens;
+    let x: Vec<f32> = (0..tokens * side).map(|_| next()).collect();
+    let mut acts = Q8Acts::default();
+    acts.quantize_into(&x, side);
+    let mut out = vec![0f32; tokens * side];
+    let mut prefill_gops = std::collections::BTreeMap::new();
+    for &(f, x8) in &runs {
+        let t = GgmlType::from_u32(f.ggml_id()).expect("filtered above");
+        let tile: Vec<f32> = (0..TILE_ROWS * side).map(|_| next()).collect();
+        let mut block = vec![0u8; f.row_bytes(side).expect("whole blocks") * TILE_ROWS];
+        quantize_rows(f, &tile, side, &mut block)
+            .map_err(|e| Error::invalid("matvec", format!("cannot quantize {}: {e}", f.name())))?;
+        let mut data = block.repeat(side.div_ceil(TILE_ROWS));
+        data.truncate(f.row_bytes(side).expect("whole blocks") * side);
+        let w = if x8 {
+            QMatrix::interleaved(t, side, side, &mut data)?
+        } else {
+            QMatrix::new(t, side, side, &data)?
+        };
+        let a = if w.uses_q8() {
+            Acts::Q8(&acts)
+        } else {
+            Acts::F32(&x)
+        };
+        let ops = 2.0 * (side * side * tokens) as f64;
+        let mut gops = Vec::new();
+        for &n in &counts {
+            let secs = if n == 1 {
+                time_matmul_on(&w, &a, &mut out, false, opts.repeats, progress, cancel)?
+            } else {
+                pool.install(|| {
+                    time_matmul_on(&w, &a, &mut out, true, opts.repeats, progress, cancel)
+                })?
+            };
+            gops.push(round3(ops / secs / 1e9));
+        }
+        let key = if x8 {
+            format!("{}{}", f.name(), dhurandhar_plan::INTERLEAVED)
+        } else {
+            f.name().to_string()
+        };
+        prefill_gops.insert(key, gops);
+    }
     // The call's own cost: the tiny matvec's time less what its rows and weights cost at
     // the Q8_0 figures just measured (so the row term is not counted twice).
     let calls = counts
@@ -808,9 +859,12 @@ fn matvec(
             attention_ram_gflops: attention_ram,
             attention_kv_heads: Some(ATT_HEADS as u32),
             vector_ns: Some(vector),
+            prefill_gops,
         },
         bytes: opts.matvec_bytes,
         cols: MATVEC_COLS,
+        prefill_side: side,
+        prefill_tokens: tokens,
     })
 }
 

@@ -40,8 +40,11 @@ fn tiny_probe_writes_a_loadable_host_device() {
     let mv = d.matvec.as_ref().expect("the probe measures matvec rates");
     assert_eq!(mv.threads[0], 1);
     assert_eq!(mv.call_overhead_ns.len(), mv.threads.len());
-    for t in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"] {
+    for t in [
+        "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "IQ4_XS",
+    ] {
         assert_eq!(mv.gweights_per_s[t].len(), mv.threads.len(), "{t}");
+        assert_eq!(mv.prefill_gops[t].len(), mv.threads.len(), "{t}");
         assert_eq!(mv.row_overhead_ns[t].len(), mv.threads.len(), "{t}");
     }
     assert_eq!(mv.attention_gflops.len(), mv.threads.len());

@@ -119,6 +119,9 @@ pub fn render_probe(r: &ProbeReport) -> String {
         head.push(format!("G weights/s, {t} thr"));
         head.push(format!("ns/row, {t} thr"));
     }
+    for t in &m.threads {
+        head.push(format!("prefill G op/s, {t} thr"));
+    }
     let cols: Vec<usize> = (1..head.len()).collect();
     let mut mv = table(&head.join("|"), &cols);
     for (k, v) in &m.gweights_per_s {
@@ -128,12 +131,17 @@ pub fn render_probe(r: &ProbeReport) -> String {
             let o = m.row_overhead_ns.get(k).and_then(|o| o.get(i));
             row.push(o.map_or("—".into(), |o| format!("{o:.1}")));
         }
+        for i in 0..m.threads.len() {
+            let g = m.prefill_gops.get(k).and_then(|g| g.get(i));
+            row.push(g.map_or("—".into(), |g| format!("{g:.0}")));
+        }
         mv.add_row(row);
     }
     format!(
         "{t}\n{mv}\nmatvec: the engine's one-token matmul over {} MiB per type, rows {} and {} wide \
          (time per row = ns/row + width / rate), best of {}; T@x8: rows interleaved by eight, as \
-         resident weights run; per call: {}; decode attention (8 heads of 64, 512 positions): {}; \
+         resident weights run; prefill: the same kernels on a {side}x{side} matrix x {tokens} \
+         tokens; per call: {}; decode attention (8 heads of 64, 512 positions): {}; \
          the same with K and V read from RAM ({} MiB of such layers in turn): {}; vector work \
          per layer (norms, quantization, RoPE, activation; 1 thr): {}.\n\
          Wrote {} ({}); use it with `dhurandhar analyze -d host`.\n",
@@ -150,7 +158,9 @@ pub fn render_probe(r: &ProbeReport) -> String {
             v.per_width, v.per_ffn
         )),
         r.path,
-        d.measured_at.as_deref().unwrap_or("")
+        d.measured_at.as_deref().unwrap_or(""),
+        side = r.matvec.prefill_side,
+        tokens = r.matvec.prefill_tokens,
     )
 }
 
