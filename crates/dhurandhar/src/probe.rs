@@ -712,7 +712,7 @@ fn matvec(
                 Error::invalid("matvec", format!("cannot quantize {}: {e}", f.name()))
             })?;
             let rows = (opts.matvec_bytes as usize / rb).max(TILE_ROWS) / TILE_ROWS * TILE_ROWS;
-            let mut data = block.repeat(rows / TILE_ROWS);
+            let mut data = repeated(&block, rows / TILE_ROWS, x8);
             let w = if x8 {
                 QMatrix::interleaved(t, rows, cols, &mut data)?
             } else {
@@ -772,7 +772,7 @@ fn matvec(
         let mut block = vec![0u8; f.row_bytes(side).expect("whole blocks") * TILE_ROWS];
         quantize_rows(f, &tile, side, &mut block)
             .map_err(|e| Error::invalid("matvec", format!("cannot quantize {}: {e}", f.name())))?;
-        let mut data = block.repeat(side.div_ceil(TILE_ROWS));
+        let mut data = repeated(&block, side.div_ceil(TILE_ROWS), x8);
         data.truncate(f.row_bytes(side).expect("whole blocks") * side);
         let w = if x8 {
             QMatrix::interleaved(t, side, side, &mut data)?
@@ -866,6 +866,20 @@ fn matvec(
         prefill_side: side,
         prefill_tokens: tokens,
     })
+}
+
+/// `block` repeated `n` times. With `resident`, the buffer is advised onto huge pages
+/// before it is written, as the engine does with resident weights (the `T@x8` runs
+/// stand for those); the rest stand for mapped weights, on the page cache's small pages.
+fn repeated(block: &[u8], n: usize, resident: bool) -> Vec<u8> {
+    let mut v = vec![0u8; block.len() * n];
+    if resident {
+        dhurandhar_profile::sys::advise_huge_pages(&mut v);
+    }
+    for c in v.chunks_exact_mut(block.len().max(1)) {
+        c.copy_from_slice(block);
+    }
+    v
 }
 
 /// Width, heads and the two FFN widths of the vector-work probe's layers (a 1B-class
