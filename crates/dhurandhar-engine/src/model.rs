@@ -1870,6 +1870,9 @@ impl<M: Borrow<Model> + Send> Session<M> {
     pub fn new(model: M, threads: usize, cache: Option<KvCache>) -> Result<Self, EngineError> {
         let c = &model.borrow().config;
         let pool = if threads > 1 {
+            // The forward pass runs on a pool thread: with an arena of its own, what it
+            // allocates reuses none of the main heap's free space.
+            dhurandhar_profile::sys::single_malloc_arena();
             Some(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)

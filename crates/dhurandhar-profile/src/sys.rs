@@ -78,6 +78,26 @@ pub fn evict(file: &File, offset: u64, len: u64) -> std::io::Result<EvictSupport
     }
 }
 
+/// Keep one glibc malloc arena for the whole process (`mallopt(M_ARENA_MAX, 1)`), called
+/// before starting compute threads: the engine's forward pass runs on a pool thread,
+/// whose allocations (the KV cache among them) would otherwise grow a second arena that
+/// reuses none of the main heap's free space, so a two-thread run's RSS came out 4–8 MiB
+/// above a one-thread run's on the SmolLM2 fixture (mapped, 96-token context: 124.4 and
+/// 124.8 MiB against 119.7 and 119.9 with one arena, decode speed unchanged). Whether it
+/// was set: `false` off glibc.
+pub fn single_malloc_arena() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes the allocator's tuning; called before threads
+        // allocate, as glibc recommends, though it is thread-safe either way.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 /// Ask the kernel to back the 2 MiB-aligned part of `buf` with transparent huge pages
 /// (`madvise(MADV_HUGEPAGE)`), before it is first written: a resident model's weights are
 /// read once per token in full, and with 4 KiB pages every 4 KiB costs a TLB miss (on
@@ -350,6 +370,14 @@ pub fn cold_sequential_read(file: &File, path: &Path) -> std::io::Result<(f64, b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_malloc_arena_is_taken_on_glibc() {
+        assert_eq!(
+            single_malloc_arena(),
+            cfg!(all(target_os = "linux", target_env = "gnu"))
+        );
+    }
 
     #[test]
     fn huge_page_advice_needs_an_aligned_2_mib_and_keeps_the_contents() {

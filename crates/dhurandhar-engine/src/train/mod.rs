@@ -162,21 +162,6 @@ pub struct Trainer<'m> {
     step: u64,
 }
 
-/// Have glibc serve every thread from one heap. The passes free on the calling thread
-/// buffers that rayon's workers allocated, and with an arena per thread what a worker's
-/// arena gets back stays resident beside the main heap: on the SmolLM2 fixture (sequence
-/// 256, one sequence per step, two threads) the peak RSS varied from 242 to 270 MiB
-/// between identical runs with the default, and was 241 MiB every time with one arena,
-/// at the same speed within run-to-run noise (62–67 against 62–63 tokens/s). A fixed
-/// `M_MMAP_THRESHOLD` of 128 KiB gave 233 MiB but cost 30% of the speed in page faults.
-fn one_heap_for_all_threads() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes an allocator tuning parameter.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
 /// Why `model` cannot be trained here, if it cannot.
 fn check_model(model: &Model) -> Result<(), EngineError> {
     if matches!(model.store, WeightStore::Stream(_)) {
@@ -209,7 +194,13 @@ impl<'m> Trainer<'m> {
                 opts.dropout
             )));
         }
-        one_heap_for_all_threads();
+        // One heap for all threads: the passes free on the calling thread buffers that
+        // rayon's workers allocated, and on the SmolLM2 fixture (sequence 256, two threads)
+        // the peak RSS varied from 242 to 270 MiB between identical runs with an arena per
+        // thread, and was 241 MiB every time with one, at the same speed (62–67 against
+        // 62–63 tokens/s). A fixed `M_MMAP_THRESHOLD` of 128 KiB gave 233 MiB but cost 30%
+        // of the speed in page faults.
+        dhurandhar_profile::sys::single_malloc_arena();
         let c = &model.config;
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
         let mut params = Vec::new();
