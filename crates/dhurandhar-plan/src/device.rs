@@ -79,7 +79,7 @@ pub const INTERLEAVED: &str = "@x8";
 /// A key `T@x8` is type `T` with its rows interleaved by eight, which the engine does to
 /// resident Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 matrices on x86: [`MatvecRates::interleaved`]
 /// gives the rates a resident run meets.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatvecRates {
     /// Thread counts, ascending.

@@ -488,17 +488,12 @@ fn matvec_bound_by_hand() {
     let mut rates = dhurandhar_plan::MatvecRates {
         threads: vec![4],
         gweights_per_s: BTreeMap::from([("Q4_K".to_string(), vec![10.0])]),
-        row_overhead_ns: BTreeMap::new(),
-        call_overhead_ns: vec![],
-        attention_gflops: vec![],
-        attention_ram_gflops: vec![],
-        attention_kv_heads: None,
-        vector_ns: None,
         prefill_gops: BTreeMap::from([
             ("Q4_K".to_string(), vec![100.0]),
             ("Q6_K".to_string(), vec![50.0]),
             ("Q8_0".to_string(), vec![200.0]),
         ]),
+        ..Default::default()
     };
     dp.matvec = Some(rates.clone());
     dp.validate().unwrap();

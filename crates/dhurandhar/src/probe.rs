@@ -653,7 +653,7 @@ fn matvec(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<MatvecProbe> {
-    use dhurandhar_quantize::{quantize_rows, Format};
+    use dhurandhar_quantize::Format;
     let counts: Vec<usize> = if threads > 1 {
         vec![1, threads]
     } else {
@@ -693,6 +693,13 @@ fn matvec(
         state ^= state << 17;
         (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     };
+    let timing = Timing {
+        counts: &counts,
+        pool: &pool,
+        repeats: opts.repeats,
+        progress,
+        cancel,
+    };
     let mut rates = std::collections::BTreeMap::new();
     let mut overheads = std::collections::BTreeMap::new();
     for &(f, x8) in &runs {
@@ -703,36 +710,15 @@ fn matvec(
             let x: Vec<f32> = (0..cols).map(|_| next()).collect();
             let mut acts = Q8Acts::default();
             acts.quantize_into(&x, cols);
-            let tile: Vec<f32> = (0..TILE_ROWS * cols).map(|_| next()).collect();
             let rb = f
                 .row_bytes(cols)
                 .expect("the widths are multiples of every block size");
-            let mut block = vec![0u8; rb * TILE_ROWS];
-            quantize_rows(f, &tile, cols, &mut block).map_err(|e| {
-                Error::invalid("matvec", format!("cannot quantize {}: {e}", f.name()))
-            })?;
             let rows = (opts.matvec_bytes as usize / rb).max(TILE_ROWS) / TILE_ROWS * TILE_ROWS;
-            let mut data = repeated(&block, rows / TILE_ROWS, x8);
-            let w = if x8 {
-                QMatrix::interleaved(t, rows, cols, &mut data)?
-            } else {
-                QMatrix::new(t, rows, cols, &data)?
-            };
-            let a = if w.uses_q8() {
-                Acts::Q8(&acts)
-            } else {
-                Acts::F32(&x)
-            };
+            let mut data = test_matrix(f, rows, cols, x8, &mut next)?;
             let mut out = vec![0f32; rows];
-            for (c_i, &n) in counts.iter().enumerate() {
-                let secs = if n == 1 {
-                    time_matmul_on(&w, &a, &mut out, false, opts.repeats, progress, cancel)?
-                } else {
-                    pool.install(|| {
-                        time_matmul_on(&w, &a, &mut out, true, opts.repeats, progress, cancel)
-                    })?
-                };
-                per_row[c_i][w_i] = secs / rows as f64;
+            let secs = timing.matrix(t, (rows, cols), x8, &mut data, &acts, &x, &mut out)?;
+            for (c_i, s) in secs.into_iter().enumerate() {
+                per_row[c_i][w_i] = s / rows as f64;
             }
         }
         let (narrow, wide) = (MATVEC_COLS[0] as f64, MATVEC_COLS[1] as f64);
@@ -768,34 +754,13 @@ fn matvec(
     let mut prefill_gops = std::collections::BTreeMap::new();
     for &(f, x8) in &runs {
         let t = GgmlType::from_u32(f.ggml_id()).expect("filtered above");
-        let tile: Vec<f32> = (0..TILE_ROWS * side).map(|_| next()).collect();
-        let mut block = vec![0u8; f.row_bytes(side).expect("whole blocks") * TILE_ROWS];
-        quantize_rows(f, &tile, side, &mut block)
-            .map_err(|e| Error::invalid("matvec", format!("cannot quantize {}: {e}", f.name())))?;
-        let mut data = repeated(&block, side.div_ceil(TILE_ROWS), x8);
-        data.truncate(f.row_bytes(side).expect("whole blocks") * side);
-        let w = if x8 {
-            QMatrix::interleaved(t, side, side, &mut data)?
-        } else {
-            QMatrix::new(t, side, side, &data)?
-        };
-        let a = if w.uses_q8() {
-            Acts::Q8(&acts)
-        } else {
-            Acts::F32(&x)
-        };
+        let mut data = test_matrix(f, side, side, x8, &mut next)?;
         let ops = 2.0 * (side * side * tokens) as f64;
-        let mut gops = Vec::new();
-        for &n in &counts {
-            let secs = if n == 1 {
-                time_matmul_on(&w, &a, &mut out, false, opts.repeats, progress, cancel)?
-            } else {
-                pool.install(|| {
-                    time_matmul_on(&w, &a, &mut out, true, opts.repeats, progress, cancel)
-                })?
-            };
-            gops.push(round3(ops / secs / 1e9));
-        }
+        let gops = timing
+            .matrix(t, (side, side), x8, &mut data, &acts, &x, &mut out)?
+            .into_iter()
+            .map(|secs| round3(ops / secs / 1e9))
+            .collect();
         let key = if x8 {
             format!("{}{}", f.name(), dhurandhar_plan::INTERLEAVED)
         } else {
@@ -868,18 +833,83 @@ fn matvec(
     })
 }
 
-/// `block` repeated `n` times. With `resident`, the buffer is advised onto huge pages
-/// before it is written, as the engine does with resident weights (the `T@x8` runs
-/// stand for those); the rest stand for mapped weights, on the page cache's small pages.
-fn repeated(block: &[u8], n: usize, resident: bool) -> Vec<u8> {
-    let mut v = vec![0u8; block.len() * n];
+/// The bytes of a `rows × cols` matrix of `f` (`rows` a multiple of [`TILE_ROWS`]):
+/// `TILE_ROWS` rows of values from `next` quantized, then repeated. With `resident`, the
+/// buffer is advised onto huge pages before it is written, as the engine does with
+/// resident weights (the `T@x8` runs stand for those); the rest stand for mapped
+/// weights, on the page cache's small pages.
+fn test_matrix(
+    f: dhurandhar_quantize::Format,
+    rows: usize,
+    cols: usize,
+    resident: bool,
+    next: &mut impl FnMut() -> f32,
+) -> Result<Vec<u8>> {
+    let tile: Vec<f32> = (0..TILE_ROWS * cols).map(|_| next()).collect();
+    let rb = f
+        .row_bytes(cols)
+        .ok_or_else(|| Error::invalid("matvec", format!("{cols} is not whole {f} blocks")))?;
+    let mut block = vec![0u8; rb * TILE_ROWS];
+    dhurandhar_quantize::quantize_rows(f, &tile, cols, &mut block)
+        .map_err(|e| Error::invalid("matvec", format!("cannot quantize {}: {e}", f.name())))?;
+    let mut v = vec![0u8; rb * rows];
     if resident {
         dhurandhar_profile::sys::advise_huge_pages(&mut v);
     }
-    for c in v.chunks_exact_mut(block.len().max(1)) {
-        c.copy_from_slice(block);
+    for c in v.chunks_mut(block.len()) {
+        c.copy_from_slice(&block[..c.len()]);
     }
-    v
+    Ok(v)
+}
+
+/// Where and how the matvec probe times a matrix: on this thread and on a pool, best of
+/// `repeats`.
+struct Timing<'a> {
+    counts: &'a [usize],
+    pool: &'a rayon::ThreadPool,
+    repeats: u32,
+    progress: &'a dyn Progress,
+    cancel: &'a CancelToken,
+}
+
+impl Timing<'_> {
+    /// Seconds of the engine's matmul of `data` (a `rows × cols` matrix of `t`,
+    /// interleaved first when `x8`) by `q8` or, for a type without 8-bit activations,
+    /// `x`, on each thread count.
+    #[allow(clippy::too_many_arguments)]
+    fn matrix(
+        &self,
+        t: GgmlType,
+        (rows, cols): (usize, usize),
+        x8: bool,
+        data: &mut [u8],
+        q8: &Q8Acts,
+        x: &[f32],
+        out: &mut [f32],
+    ) -> Result<Vec<f64>> {
+        let w = if x8 {
+            QMatrix::interleaved(t, rows, cols, data)?
+        } else {
+            QMatrix::new(t, rows, cols, data)?
+        };
+        let a = if w.uses_q8() {
+            Acts::Q8(q8)
+        } else {
+            Acts::F32(x)
+        };
+        let (repeats, progress, cancel) = (self.repeats, self.progress, self.cancel);
+        self.counts
+            .iter()
+            .map(|&n| {
+                if n == 1 {
+                    time_matmul_on(&w, &a, out, false, repeats, progress, cancel)
+                } else {
+                    self.pool
+                        .install(|| time_matmul_on(&w, &a, out, true, repeats, progress, cancel))
+                }
+            })
+            .collect()
+    }
 }
 
 /// Width, heads and the two FFN widths of the vector-work probe's layers (a 1B-class
