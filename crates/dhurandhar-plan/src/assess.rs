@@ -438,9 +438,9 @@ fn prefill_bound(r: &Rates, by_type: &BTreeMap<String, Matrices>, attention: f64
 /// `weights(type) / rate(type) + rows(type) × row_overhead(type) + matrices(type) ×
 /// call_overhead`, plus `attention / attention_rate` (the measured decode-attention rate,
 /// else the f32 matmul rate), plus the KV cache's bytes at the price of a byte from RAM
-/// ([`crate::MatvecRates::kv_seconds_per_byte`], when the device has it), plus the layers'
-/// vector work ([`crate::VectorCost`], when measured). `None` unless the device has a rate for every stored type
-/// the token multiplies (and a rate for attention).
+/// ([`crate::MatvecRates::kv_seconds_per_byte`], when the device has it), plus the
+/// layers' vector work ([`crate::VectorCost`], when measured). `None` unless the device
+/// has a rate for every stored type the token multiplies (and a rate for attention).
 fn matvec_bound(
     r: &Rates,
     by_type: &BTreeMap<String, Matrices>,
