@@ -125,10 +125,7 @@ fn nearest_level(v: f32) -> usize {
 /// that dominate a dot product are fitted best) explains the most of the block. The
 /// scale and each value's level at it; 0 and levels 0 for an all-zero block.
 fn iq4_search(x: &[f32]) -> (f32, [usize; QK]) {
-    let max = x
-        .iter()
-        .copied()
-        .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+    let (max, _) = signed_absmax(x);
     let mut best_l = [0usize; QK];
     let mut d = 0f32;
     if max.abs() > 1e-30 {
@@ -186,10 +183,7 @@ pub(crate) fn iq4_nl(x: &[f32], out: &mut [u8]) {
 /// scale rounded to a multiple of it in −32..=31, and the levels chosen again at that.
 pub(crate) fn iq4_xs(x: &[f32], out: &mut [u8]) {
     let scales: [f32; QK_K / QK] = std::array::from_fn(|b| iq4_search(&x[b * QK..][..QK]).0);
-    let max = scales
-        .iter()
-        .copied()
-        .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+    let (max, _) = signed_absmax(&scales);
     out[0..2].copy_from_slice(&f16_bytes(-max / 32.0));
     let d = f16_round(-max / 32.0);
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
