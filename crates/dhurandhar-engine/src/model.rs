@@ -343,9 +343,7 @@ fn open_pack(
         WeightMode::Resident => {
             let len = usize::try_from(pack.gguf_len())
                 .map_err(|_| meta_err(&origin, "file too large"))?;
-            // Zeroed but untouched pages, advised before the first write.
-            let mut bytes = vec![0u8; len.max(header.len())];
-            dhurandhar_profile::sys::advise_huge_pages(&mut bytes);
+            let mut bytes = crate::store::resident_buffer(len.max(header.len()));
             let at = header.len();
             bytes[..at].copy_from_slice(&header);
             pack.read(at as u64, &mut bytes[at..], &mut Default::default())?;
@@ -441,12 +439,9 @@ impl Model {
             }
             WeightMode::Resident => {
                 let len = file.metadata().map_err(|e| io_err(&origin, e))?.len();
-                let mut bytes = vec![
-                    0u8;
-                    usize::try_from(len)
-                        .map_err(|_| meta_err(&origin, "file too large"))?
-                ];
-                dhurandhar_profile::sys::advise_huge_pages(&mut bytes);
+                let mut bytes = crate::store::resident_buffer(
+                    usize::try_from(len).map_err(|_| meta_err(&origin, "file too large"))?,
+                );
                 file.read_exact_at(&mut bytes, 0)
                     .map_err(|e| io_err(&origin, e))?;
                 let gguf = GgufFile::parse(&bytes, &origin)?;

@@ -99,10 +99,9 @@ pub fn single_malloc_arena() -> bool {
 }
 
 /// Ask the kernel to back the 2 MiB-aligned part of `buf` with transparent huge pages
-/// (`madvise(MADV_HUGEPAGE)`), before it is first written: a resident model's weights are
-/// read once per token in full, and with 4 KiB pages every 4 KiB costs a TLB miss (on
-/// this project's VM, resident decode of the 135M fixture ran about a fifth faster on huge
-/// pages). Whether it took: `false` where the OS has no such advice, the buffer holds no
+/// (`madvise(MADV_HUGEPAGE)`), before it is first written: a buffer read in full again
+/// and again (a resident model's weights) then costs a TLB miss per 2 MiB instead of per
+/// 4 KiB. Whether it took: `false` where the OS has no such advice, the buffer holds no
 /// aligned 2 MiB, or the kernel refused (THP `never`). Advice only: the contents and the
 /// memory charged do not change.
 pub fn advise_huge_pages(buf: &mut [u8]) -> bool {

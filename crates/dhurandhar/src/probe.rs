@@ -834,10 +834,9 @@ fn matvec(
 }
 
 /// The bytes of a `rows × cols` matrix of `f` (`rows` a multiple of [`TILE_ROWS`]):
-/// `TILE_ROWS` rows of values from `next` quantized, then repeated. With `resident`, the
-/// buffer is advised onto huge pages before it is written, as the engine does with
-/// resident weights (the `T@x8` runs stand for those); the rest stand for mapped
-/// weights, on the page cache's small pages.
+/// `TILE_ROWS` rows of values from `next` quantized, then repeated. With `resident`, in
+/// the engine's own resident buffer (the `T@x8` runs stand for resident weights); the
+/// rest stand for mapped weights, on the page cache's small pages.
 fn test_matrix(
     f: dhurandhar_quantize::Format,
     rows: usize,
@@ -852,10 +851,11 @@ fn test_matrix(
     let mut block = vec![0u8; rb * TILE_ROWS];
     dhurandhar_quantize::quantize_rows(f, &tile, cols, &mut block)
         .map_err(|e| Error::invalid("matvec", format!("cannot quantize {}: {e}", f.name())))?;
-    let mut v = vec![0u8; rb * rows];
-    if resident {
-        dhurandhar_profile::sys::advise_huge_pages(&mut v);
-    }
+    let mut v = if resident {
+        dhurandhar_engine::store::resident_buffer(rb * rows)
+    } else {
+        vec![0u8; rb * rows]
+    };
     for c in v.chunks_mut(block.len()) {
         c.copy_from_slice(&block[..c.len()]);
     }
