@@ -79,6 +79,8 @@ fn every_run_is_set_beside_its_prediction() {
     // planned reads are what the engine counted (to the prefetch window's rounding).
     assert_eq!(runs[0]["predicted"]["flash_bytes_per_token"], 0);
     for p in [&runs[2]["predicted"], &runs[3]["predicted"]] {
+        // Streamed runs are predicted at their model file's own read rate.
+        assert!(p["flash_read_gbps"].as_f64().unwrap() > 0.0, "{p}");
         let planned = p["flash_bytes_per_token"].as_u64().unwrap() as f64;
         let counted = p["measured_flash_bytes_per_token"].as_f64().unwrap();
         assert!(planned > 0.0, "{p}");
@@ -99,4 +101,42 @@ fn every_run_is_set_beside_its_prediction() {
         err.abs() <= 5.0,
         "streamed peak RSS predicted {err:+.1}% off"
     );
+
+    // With the disk held to a read limit, the file's cold read, every streamed run's
+    // reads and the rate its prediction used stay under it (the throttle lets a first
+    // slice through at full speed: 25% slack).
+    let limit = 400_000_000u64;
+    let out = dh(cache.path())
+        .args(["plan-check", "--tokens", "4", "--prompt", "4", "--json"])
+        .args(["--flash-read-limit", &limit.to_string()])
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let why = dhurandhar_profile::cgroup::ReadThrottle::available()
+        .and_then(|_| dhurandhar_profile::cgroup::ReadThrottle::create("t", &model, limit));
+    if let Err(why) = why {
+        eprintln!("skipping the throttled run: {why}");
+        assert!(!out.status.success());
+        assert!(err.contains("throttle") || err.contains("blkio"), "{err}");
+        return;
+    }
+    assert!(out.status.success(), "{err}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &r["models"][0];
+    assert_eq!(m["read_limit_bytes_per_s"], limit);
+    let slack = 1.25 * limit as f64;
+    assert!(m["cold_read_bytes_per_s"].as_f64().unwrap() < slack, "{m}");
+    // The uncapped streamed run, and the capped one unless the OOM killer took it: at
+    // a cap the size of its budget it refaults the binary's own pages through the
+    // throttled disk.
+    let runs = m["runs"].as_array().unwrap();
+    assert!(runs[2]["error"].is_null(), "{}", runs[2]);
+    for run in runs[2..].iter().filter(|r| r["error"].is_null()) {
+        let read = run["traffic"]["read_bytes_per_s"].as_f64().unwrap();
+        assert!(read < slack, "{run}");
+        let used = run["predicted"]["flash_read_gbps"].as_f64().unwrap() * 1e9;
+        assert!(used < slack, "{run}");
+    }
 }

@@ -311,14 +311,43 @@ pub fn macos_resident_bytes() -> Option<u64> {
     Some(unsafe { info.assume_init() }.pti_resident_size)
 }
 
-/// Bytes per second of a sequential read of all of `file` (at `path`) in 4 MiB blocks
-/// from a cold page cache, with `O_DIRECT` where the file system takes it (as streamed
-/// weights are read), and whether it did. The file's pages are dropped before and after.
-pub fn cold_sequential_read(file: &File, path: &Path) -> std::io::Result<(f64, bool)> {
+/// The block size of [`cold_read`].
+const COLD_READ_BLOCK: u64 = 4 << 20;
+
+/// (offset, bytes) of each read of [`cold_read`]: the whole file, or `limit / block`
+/// blocks spread evenly from its start to its end, at 4 KiB-aligned offsets.
+fn read_spans(len: u64, limit: Option<u64>) -> Vec<(u64, u64)> {
+    match limit {
+        Some(l) if l < len => {
+            let n = (l / COLD_READ_BLOCK).max(1);
+            let room = len.saturating_sub(COLD_READ_BLOCK);
+            let stride = if n > 1 { room / (n - 1) } else { 0 };
+            (0..n)
+                .map(|i| (i * stride / 4096 * 4096, COLD_READ_BLOCK.min(len)))
+                .collect()
+        }
+        _ => vec![(0, len)],
+    }
+}
+
+/// Bytes per second of a cold read of `file` (at `path`) in 4 MiB blocks, with
+/// `O_DIRECT` where the file system takes it (as streamed weights are read), and whether
+/// it did. The file's pages are dropped before and after. With `limit`, a file larger
+/// than that is sampled: `limit / 4 MiB` blocks spread evenly over it, so a check of a
+/// many-GB model costs a bounded read. The reads are repeated (each pass cold) until
+/// `min_seconds` have passed: a disk that bursts for its first fraction of a second (a
+/// flash write cache, a throttle's first slice) is then timed at the rate it holds.
+pub fn cold_read(
+    file: &File,
+    path: &Path,
+    limit: Option<u64>,
+    min_seconds: f64,
+) -> std::io::Result<(f64, bool)> {
     use std::os::unix::fs::FileExt;
-    const BLOCK: usize = 4 << 20;
+    const BLOCK: usize = COLD_READ_BLOCK as usize;
     const ALIGN: usize = 4096;
     let len = file.metadata()?.len();
+    let spans = read_spans(len, limit);
     evict(file, 0, len)?;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let direct = {
@@ -337,30 +366,41 @@ pub fn cold_sequential_read(file: &File, path: &Path) -> std::io::Result<(f64, b
     let mut raw = vec![0u8; BLOCK + ALIGN];
     let at0 = raw.as_ptr().align_offset(ALIGN);
     let buf = &mut raw[at0..at0 + BLOCK];
-    let read_all = |f: &File, buf: &mut [u8]| -> std::io::Result<f64> {
+    let read_all = |f: &File, buf: &mut [u8], buffered: bool| -> std::io::Result<f64> {
         let t0 = std::time::Instant::now();
-        let mut at = 0u64;
-        while at < len {
-            match f.read_at(buf, at)? {
-                0 => break,
-                n => at += n as u64,
+        let mut total = 0u64;
+        loop {
+            if buffered {
+                evict(file, 0, len)?;
+            }
+            for &(start, bytes) in &spans {
+                let end = (start + bytes).min(len);
+                let mut at = start;
+                while at < end {
+                    match f.read_at(buf, at)? {
+                        0 => break,
+                        n => at += n as u64,
+                    }
+                }
+                if at < end {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file shrank while it was read",
+                    ));
+                }
+                total += at - start;
+            }
+            // An empty file would loop for ever.
+            if len == 0 || t0.elapsed().as_secs_f64() >= min_seconds {
+                break;
             }
         }
-        if at < len {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the file shrank while it was read",
-            ));
-        }
-        Ok(len as f64 / t0.elapsed().as_secs_f64().max(1e-9))
+        Ok(total as f64 / t0.elapsed().as_secs_f64().max(1e-9))
     };
-    let r = match direct.as_ref().map(|d| read_all(d, buf)) {
+    let r = match direct.as_ref().map(|d| read_all(d, buf, false)) {
         Some(Ok(bw)) => (bw, true),
         // No O_DIRECT here (or it refused the read): through the page cache.
-        _ => {
-            evict(file, 0, len)?;
-            (read_all(file, buf)?, false)
-        }
+        _ => (read_all(file, buf, true)?, false),
     };
     evict(file, 0, len)?;
     Ok(r)
@@ -400,6 +440,35 @@ mod tests {
             }
         }
         let _ = took;
+    }
+
+    #[test]
+    fn a_limited_cold_read_samples_blocks_spread_over_the_file() {
+        const B: u64 = COLD_READ_BLOCK;
+        assert_eq!(read_spans(10 * B, None), [(0, 10 * B)]);
+        assert_eq!(read_spans(10 * B, Some(10 * B)), [(0, 10 * B)]);
+        // 3 blocks of a 10-block file: its start, its middle, its last block.
+        assert_eq!(
+            read_spans(10 * B, Some(3 * B + 5)),
+            [(0, B), (9 * B / 2, B), (9 * B, B)]
+        );
+        // A limit under one block still reads one; a file under one block is read whole.
+        assert_eq!(read_spans(10 * B, Some(1)), [(0, B)]);
+        assert_eq!(read_spans(B / 2, Some(1)), [(0, B / 2)]);
+        // Never past the end, never overlapping, never more than the limit.
+        for (len, limit) in [
+            (1000 * B + 12345, 64 * B),
+            (65 * B, 64 * B),
+            (7 * B + 1, 2 * B),
+        ] {
+            let s = read_spans(len, Some(limit));
+            assert!(s.iter().map(|x| x.1).sum::<u64>() <= limit);
+            assert!(s.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "{s:?}");
+            assert!(
+                s.iter().all(|&(o, b)| o % 4096 == 0 && o + b <= len),
+                "{s:?}"
+            );
+        }
     }
 
     #[test]

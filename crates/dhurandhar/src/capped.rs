@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use dhurandhar_profile::cgroup::{CapUsage, MemoryCap};
+use dhurandhar_profile::cgroup::{CapUsage, MemoryCap, ReadThrottle};
 use serde::{Deserialize, Serialize};
 
 use crate::generate::Traffic;
@@ -47,6 +47,10 @@ pub struct CappedBenchOptions {
     /// The model every child reads (its page cache is dropped before each run).
     pub model: PathBuf,
     pub runs: Vec<CappedCommand>,
+    /// Hold the disk under the model to this many bytes/s for the file's cold read and
+    /// every run (a blkio group, [`ReadThrottle`]): a slower device's flash, and a
+    /// steady one where the host's disk drifts.
+    pub read_limit: Option<u64>,
 }
 
 /// One child's outcome.
@@ -95,6 +99,10 @@ pub struct Predicted {
     /// Weight bytes a decoded token reads from the file, planned and counted (streamed).
     pub flash_bytes_per_token: u64,
     pub measured_flash_bytes_per_token: Option<f64>,
+    /// The flash read rate the prediction used, GB/s (streamed: the model file's own,
+    /// read cold just before the run).
+    #[serde(default)]
+    pub flash_read_gbps: Option<f64>,
 }
 
 impl CappedRun {
@@ -127,11 +135,15 @@ pub struct CappedBenchReport {
     pub model: String,
     pub file_bytes: u64,
     /// Sequential `pread` of the whole model file in 4 MiB blocks after dropping its
-    /// page cache: the disk's bandwidth for this file, measured in this run.
+    /// page cache, repeated for at least a second: the disk's bandwidth for this file,
+    /// measured in this run.
     pub cold_read_bytes_per_s: f64,
     /// Whether that read used `O_DIRECT` (as the streamed runs do where the file system
     /// allows), or the page cache.
     pub cold_read_direct: bool,
+    /// The read limit on the model's disk, bytes/s, that the cold read and every run
+    /// were held to (`None`: the disk at its own speed).
+    pub read_limit_bytes_per_s: Option<u64>,
     pub runs: Vec<CappedRun>,
 }
 
@@ -159,9 +171,16 @@ pub fn capped_bench(
     }
     let file = dhurandhar_io::open_regular(&opts.model)?;
     let file_bytes = file.metadata().map_err(|e| io_error(&opts.model, e))?.len();
-    let (cold_read_bytes_per_s, cold_read_direct) =
-        dhurandhar_profile::sys::cold_sequential_read(&file, &opts.model)
-            .map_err(|e| io_error(&opts.model, e))?;
+    let throttle = opts
+        .read_limit
+        .map(|l| ReadThrottle::create("read", &opts.model, l))
+        .transpose()?;
+    let cold_read = || dhurandhar_profile::sys::cold_read(&file, &opts.model, None, 1.0);
+    let (cold_read_bytes_per_s, cold_read_direct) = match &throttle {
+        Some(t) => t.run_here(cold_read)?,
+        None => cold_read(),
+    }
+    .map_err(|e| io_error(&opts.model, e))?;
     progress.message(&format!(
         "cold read of {}: {:.0} MiB/s",
         opts.model.display(),
@@ -179,6 +198,9 @@ pub fn capped_bench(
             .transpose()?;
         if let Some(cap) = &cap {
             cap.confine(&mut spec.command);
+        }
+        if let Some(t) = &throttle {
+            t.confine(&mut spec.command);
         }
         let t0 = Instant::now();
         let out = spec.command.output().map_err(|e| {
@@ -241,6 +263,7 @@ pub fn capped_bench(
         file_bytes,
         cold_read_bytes_per_s,
         cold_read_direct,
+        read_limit_bytes_per_s: opts.read_limit,
         runs,
     })
 }
@@ -319,6 +342,8 @@ fn read_figures(run: &mut CappedRun, text: &str) -> std::result::Result<(), Stri
                 peak_rss_error_pct: Option<f64>,
                 flash_bytes_per_token: u64,
                 measured_flash_bytes_per_token: Option<f64>,
+                #[serde(default)]
+                flash_read_gbps: Option<f64>,
                 threads: Vec<ThreadFigures>,
             }
             #[derive(Deserialize)]
@@ -366,6 +391,7 @@ fn read_figures(run: &mut CappedRun, text: &str) -> std::result::Result<(), Stri
                     peak_rss_error_pct: p.peak_rss_error_pct,
                     flash_bytes_per_token: p.flash_bytes_per_token,
                     measured_flash_bytes_per_token: p.measured_flash_bytes_per_token,
+                    flash_read_gbps: p.flash_read_gbps,
                 })
             });
         }
@@ -392,7 +418,8 @@ fn read_figures(run: &mut CappedRun, text: &str) -> std::result::Result<(), Stri
     Ok(())
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> Error {
+/// A read failure of `path`, as the facade reports it.
+pub(crate) fn io_error(path: &Path, source: std::io::Error) -> Error {
     Error::Profile(dhurandhar_profile::ProfileError::Io {
         path: path.to_path_buf(),
         source,
@@ -450,7 +477,7 @@ mod tests {
             "weights": {"mode": "stream", "bytes_read_per_token": 100.0, "traffic": null},
             "predicted": {"peak_rss_bytes": 1000, "measured_peak_rss_bytes": 980,
                 "peak_rss_error_pct": 2.04, "flash_bytes_per_token": 100,
-                "measured_flash_bytes_per_token": 100.0,
+                "measured_flash_bytes_per_token": 100.0, "flash_read_gbps": 0.8,
                 "threads": [{"decode_tps": 9.0, "decode_bound": "compute", "decode_error_pct": 20.0,
                              "prefill_tps": 30.0, "prefill_error_pct": 50.0},
                             {"decode_tps": 8.0, "decode_bound": "flash", "decode_error_pct": 6.7,
@@ -466,6 +493,7 @@ mod tests {
             (1000, Some(980))
         );
         assert_eq!(p.flash_bytes_per_token, 100);
+        assert_eq!(p.flash_read_gbps, Some(0.8));
         let unprobed = r#"{"results": [{"decode_tokens_per_s": 1.0, "prefill_tokens_per_s": 2.0}],
             "weights": {"mode": "mmap", "bytes_read_per_token": 0.0, "traffic": null},
             "predicted": null, "prediction_note": "the host was never probed"}"#;

@@ -497,6 +497,7 @@ impl Generator {
             store: r.weights.plan.as_ref(),
             measured_flash_bytes_per_token: (r.weights.mode == WeightMode::Stream)
                 .then_some(r.weights.bytes_read_per_token),
+            file_read_bytes_per_s: None,
         };
         crate::plan::predict_run(&facts)
     }
@@ -745,6 +746,17 @@ pub fn bench(
     }
     let prompt = synthetic_prompt(&model, opts.prompt_tokens.max(1));
     let ctx = prompt.len() + opts.decode_tokens;
+    // A streamed run reads at its file's own rate, which the probe's test file may not
+    // share: measure it cold, just before the run, for the prediction.
+    let file_read_bytes_per_s = (model.weight_mode() == WeightMode::Stream)
+        .then(|| model_file_read_rate(&opts.model))
+        .transpose()?;
+    if let Some(r) = file_read_bytes_per_s {
+        progress.message(&format!(
+            "model file read cold at {:.2} GB/s (the streamed prediction's flash rate)",
+            r / 1e9
+        ));
+    }
     let most_threads = opts.threads.iter().copied().max().unwrap_or(1);
     start_weights(
         &model,
@@ -799,6 +811,7 @@ pub fn bench(
         store: weights.plan.as_ref(),
         measured_flash_bytes_per_token: (weights.mode == WeightMode::Stream)
             .then_some(weights.bytes_read_per_token),
+        file_read_bytes_per_s,
     };
     let (predicted, prediction_note) = match crate::plan::predict_run(&facts) {
         Ok(p) => (Some(p), None),
@@ -819,6 +832,22 @@ pub fn bench(
         weights,
         results,
     })
+}
+
+/// At most this much of a model file is read to measure its read rate (4 MiB blocks
+/// spread over it), whatever the model's size ...
+const FILE_READ_SAMPLE: u64 = 256 << 20;
+/// ... again and again for this long, so that a burst of the disk's first fraction of
+/// a second does not stand for the rate a whole run holds.
+const FILE_READ_SECONDS: f64 = 2.0;
+
+/// Bytes/s of a cold `O_DIRECT` read of (a sample of) the model file.
+fn model_file_read_rate(path: &Path) -> Result<f64> {
+    let file = dhurandhar_io::open_regular(path)?;
+    let (rate, _direct) =
+        dhurandhar_profile::sys::cold_read(&file, path, Some(FILE_READ_SAMPLE), FILE_READ_SECONDS)
+            .map_err(|e| crate::capped::io_error(path, e))?;
+    Ok(rate)
 }
 
 /// What a run may hold resident: the mapped tensors with 30 % slack for pages and

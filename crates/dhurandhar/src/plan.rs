@@ -501,6 +501,9 @@ pub struct RunPrediction {
     pub flash_bytes_per_token: u64,
     /// The same, as the engine counted its reads.
     pub measured_flash_bytes_per_token: Option<f64>,
+    /// The flash read rate the prediction used, GB/s, and where it came from.
+    pub flash_read_gbps: f64,
+    pub flash_read_source: FlashReadSource,
     pub threads: Vec<ThreadPrediction>,
 }
 
@@ -523,6 +526,21 @@ pub struct RunFacts<'a> {
     pub store: Option<&'a StorePlan>,
     /// Streamed runs: weight bytes read per decoded token, as counted.
     pub measured_flash_bytes_per_token: Option<f64>,
+    /// The model file's own cold read rate, bytes/s, measured just before the run: it
+    /// replaces the profile's flash figure, which the probe measured on its test file
+    /// (a model on another disk, or a file the disk serves at another speed, reads at
+    /// its own rate).
+    pub file_read_bytes_per_s: Option<f64>,
+}
+
+/// Where a prediction's flash read rate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlashReadSource {
+    /// The probed host profile (`devices --probe`, its test file).
+    HostProfile,
+    /// A cold read of the model file just before the run.
+    ModelFile,
 }
 
 fn error_pct(predicted: Option<f64>, measured: Option<f64>) -> Option<f64> {
@@ -582,6 +600,10 @@ pub fn predict_run(f: &RunFacts<'_>) -> Result<RunPrediction> {
         }
         _ => p.totals.resident_bytes,
     };
+    let (flash_read_gbps, flash_read_source) = match f.file_read_bytes_per_s {
+        Some(r) if r.is_finite() && r > 0.0 => (r / 1e9, FlashReadSource::ModelFile),
+        _ => (host.flash_read_gbps, FlashReadSource::HostProfile),
+    };
     let cores = host.cpu_cores.unwrap_or(1).max(1) as f64;
     // Resident weights are interleaved by eight rows where the engine can (x86): they
     // run at the interleaved rates the probe measured, where it measured them (the one
@@ -605,6 +627,7 @@ pub fn predict_run(f: &RunFacts<'_>) -> Result<RunPrediction> {
                     m.only(t)
                 }
             }),
+            flash_read_gbps,
             ..host.clone()
         };
         let c = dhurandhar_plan::ceilings(&p, &d, streamed as f64);
@@ -631,6 +654,8 @@ pub fn predict_run(f: &RunFacts<'_>) -> Result<RunPrediction> {
         runtime_bytes: p.component("runtime_overhead"),
         ram_bytes_per_token: p.per_token.ram_bytes,
         flash_bytes_per_token: streamed,
+        flash_read_gbps,
+        flash_read_source,
         measured_flash_bytes_per_token: f.measured_flash_bytes_per_token,
         threads: out,
     })

@@ -508,7 +508,7 @@ fn flash_pass(f: &mut FlashProbe, progress: &dyn Progress, cancel: &CancelToken)
     );
     let path = Path::new(&f.file);
     let file = dhurandhar_io::open_regular(path)?;
-    let (bw, direct) = dhurandhar_profile::sys::cold_sequential_read(&file, path).map_err(|e| {
+    let (bw, direct) = dhurandhar_profile::sys::cold_read(&file, path, None, 0.0).map_err(|e| {
         Error::invalid(
             "scratch_dir",
             format!("cannot read {} back: {e}", path.display()),

@@ -2,7 +2,7 @@
 //! and that `host` resolves to. No timing is asserted (speeds depend on the machine).
 
 use dhurandhar::generate::{StorePlan, WeightMode};
-use dhurandhar::plan::resolve_device;
+use dhurandhar::plan::{resolve_device, FlashReadSource};
 use dhurandhar::probe::{host_device_path, probe, ProbeOptions};
 use dhurandhar::{CancelToken, NoProgress};
 use dhurandhar_plan::DeviceProfile;
@@ -88,6 +88,7 @@ fn tiny_probe_writes_a_loadable_host_device() {
             weight_mode: WeightMode::Resident,
             store: None,
             measured_flash_bytes_per_token: None,
+            file_read_bytes_per_s: None,
         };
         let p = dhurandhar::plan::predict_run(&facts).unwrap();
         assert_eq!(p.device, "host");
@@ -161,6 +162,22 @@ fn tiny_probe_writes_a_loadable_host_device() {
             fl <= d.flash_read_gbps * 1e9 / (70u64 << 20) as f64 + 1e-9,
             "{fl}"
         );
+        assert_eq!(s.flash_read_source, FlashReadSource::HostProfile);
+        assert_eq!(s.flash_read_gbps, d.flash_read_gbps);
+        // The model file read at 0.2 GB/s just before the run replaces the profile's
+        // figure: 0.2e9 / 73_400_320 B = 2.7248 tokens/s, far under any compute bound.
+        let slow = dhurandhar::plan::predict_run(&dhurandhar::plan::RunFacts {
+            weight_mode: WeightMode::Stream,
+            store: Some(&store),
+            file_read_bytes_per_s: Some(0.2e9),
+            ..facts.clone()
+        })
+        .unwrap();
+        assert_eq!(slow.flash_read_source, FlashReadSource::ModelFile);
+        assert_eq!(slow.flash_read_gbps, 0.2);
+        let t = &slow.threads[0];
+        assert!((t.decode_tps.unwrap() - 2.7248).abs() < 1e-3, "{t:?}");
+        assert_eq!(t.decode_bound, Some(dhurandhar_plan::BoundKind::Flash));
     }
     // A cancelled probe stops before writing anything new.
     let c = CancelToken::new();

@@ -44,7 +44,20 @@ pub struct Args {
     #[arg(long, value_name = "DHP")]
     pub pack: Option<PathBuf>,
     #[command(flatten)]
+    pub flash: FlashLimitArgs,
+    #[command(flatten)]
     pub out: OutputArgs,
+}
+
+/// `--flash-read-limit`, shared by `bench-stream` and `plan-check`.
+#[derive(Debug, clap::Args)]
+pub struct FlashLimitArgs {
+    /// Hold the disk under the model to this many bytes per second, e.g. `800MB`, for
+    /// the file's cold read and every run: a cgroup-v1 blkio limit (needs root). Makes
+    /// this machine's disk read like a slower device's flash, and steadily where it
+    /// drifts between runs.
+    #[arg(long, value_name = "BYTES_PER_S", value_parser = parse_size)]
+    pub flash_read_limit: Option<u64>,
 }
 
 /// The shape of a child benchmark run of this binary.
@@ -144,6 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let opts = CappedBenchOptions {
         model: args.model.clone(),
         runs,
+        read_limit: args.flash.flash_read_limit,
     };
     let report = capped_bench(opts, &args.out.progress(), &CancelToken::new())?;
     emit(&args.out, &report, render)
@@ -175,7 +189,7 @@ fn render(r: &CappedBenchReport) -> String {
         ]);
     }
     let mut s = format!(
-        "{} ({}), cold read {}/s{}\n{t}\n",
+        "{} ({}), cold read {}/s{}{}\n{t}\n",
         r.model,
         human_bytes(r.file_bytes),
         human_bytes(r.cold_read_bytes_per_s as u64),
@@ -183,7 +197,8 @@ fn render(r: &CappedBenchReport) -> String {
             " (O_DIRECT)"
         } else {
             ""
-        }
+        },
+        read_limit(r)
     );
     for (a, b) in [
         ("stream", "mmap"),
@@ -198,4 +213,11 @@ fn render(r: &CappedBenchReport) -> String {
         s += &format!("stream with room for every layer / resident: {x:.2}×\n");
     }
     s
+}
+
+/// `, disk held to 762.9 MiB/s` when the runs had a read limit.
+pub(crate) fn read_limit(r: &CappedBenchReport) -> String {
+    r.read_limit_bytes_per_s.map_or(String::new(), |l| {
+        format!(", disk held to {}/s", human_bytes(l))
+    })
 }

@@ -8,6 +8,7 @@ use dhurandhar::generate::{
     ExpertOptions, GenerateEvent, GenerateOptions, Generator, WeightMode, WeightsReport,
 };
 use dhurandhar::lora::AdapterSpec;
+use dhurandhar::plan::FlashReadSource;
 use dhurandhar::units::human_bytes;
 use dhurandhar::CancelToken;
 
@@ -294,9 +295,14 @@ fn render_prediction(r: &BenchReport) -> String {
     }
     let reads = match p.measured_flash_bytes_per_token {
         Some(m) if p.flash_bytes_per_token > 0 => format!(
-            "; weight reads per token predicted {}, counted {}",
+            "; weight reads per token predicted {}, counted {}; flash {:.2} GB/s ({})",
             human_bytes(p.flash_bytes_per_token),
-            human_bytes(m.round() as u64)
+            human_bytes(m.round() as u64),
+            p.flash_read_gbps,
+            match p.flash_read_source {
+                FlashReadSource::ModelFile => "the model file, read cold just before the run",
+                FlashReadSource::HostProfile => "the host profile",
+            }
         ),
         _ => String::new(),
     };

@@ -11,7 +11,7 @@ use dhurandhar::capped::{plan_check, CappedBenchOptions, CappedCommand, PlanChec
 use dhurandhar::units::human_bytes;
 use dhurandhar::CancelToken;
 
-use crate::commands::bench_stream::BenchShape;
+use crate::commands::bench_stream::{read_limit, BenchShape, FlashLimitArgs};
 use crate::output::{emit, OutputArgs};
 use crate::render::{bytes_or_na, table};
 
@@ -33,6 +33,8 @@ pub struct Args {
     /// Threads of every run.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    #[command(flatten)]
+    pub flash: FlashLimitArgs,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -74,6 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 run("stream", "stream", budget, false, 1),
                 run("stream (capped)", "stream", budget, true, 1),
             ],
+            read_limit: args.flash.flash_read_limit,
         });
     }
     let report = plan_check(grids, &args.out.progress(), &CancelToken::new())?;
@@ -84,13 +87,14 @@ fn render(r: &PlanCheckReport) -> String {
     let f1 = |x: Option<f64>| x.map_or("—".to_string(), |v| format!("{v:.1}"));
     let pct = |x: Option<f64>| x.map_or("—".to_string(), |e| format!("{e:+.0}%"));
     let mut t = table(
-        "model|run|cap|decode tok/s predicted|measured|error|bound|peak RSS predicted|measured|error|reads/token predicted|counted|read GB/s",
+        "model|run|cap|decode tok/s predicted|measured|error|bound|peak RSS predicted|measured|error|reads/token predicted|counted|flash GB/s predicted|read",
         &[],
     );
     for m in &r.models {
         let name = std::path::Path::new(&m.model)
             .file_name()
-            .map_or(m.model.clone(), |n| n.to_string_lossy().into_owned());
+            .map_or(m.model.clone(), |n| n.to_string_lossy().into_owned())
+            + &read_limit(m);
         for run in &m.runs {
             let p = run.predicted.as_ref();
             let note = run.error.clone().or(run.prediction_note.clone());
@@ -113,6 +117,9 @@ fn render(r: &PlanCheckReport) -> String {
                     .map_or("—".into(), |p| human_bytes(p.flash_bytes_per_token)),
                 p.and_then(|p| p.measured_flash_bytes_per_token)
                     .map_or("—".into(), |b| human_bytes(b.round() as u64)),
+                p.filter(|p| p.flash_bytes_per_token > 0)
+                    .and_then(|p| p.flash_read_gbps)
+                    .map_or("—".into(), |g| format!("{g:.2}")),
                 run.traffic
                     .as_ref()
                     .map_or("—".into(), |t| format!("{:.2}", t.read_bytes_per_s / 1e9)),
@@ -121,8 +128,8 @@ fn render(r: &PlanCheckReport) -> String {
     }
     let mut s = format!(
         "planner on `host` (probed {}, flash {:.2} GB/s) against runs on this machine\n{t}\n\
-         read GB/s: what the streamed run's reads reached (the disk then, against the probe's \
-         figure)\n",
+         flash GB/s: the rate a streamed run was predicted at (its model file read cold just \
+         before it), and what the run's reads reached\n",
         r.host_measured_at.as_deref().unwrap_or("?"),
         r.host_flash_read_gbps
     );
