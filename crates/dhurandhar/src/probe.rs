@@ -768,16 +768,16 @@ fn matvec(
         };
         prefill_gops.insert(key, gops);
     }
-    // The call's own cost: the tiny matvec's time less what its rows and weights cost at
+    // The call's own cost: the small matvecs' time less what their rows and weights cost at
     // the Q8_0 figures just measured (so the row term is not counted twice).
     let calls = counts
         .iter()
         .enumerate()
         .map(|(i, &n)| {
             let (rows, weights, secs) = if n == 1 {
-                time_calls(false, cancel)?
+                time_calls(false, opts.matvec_bytes, cancel)?
             } else {
-                pool.install(|| time_calls(true, cancel))?
+                pool.install(|| time_calls(true, opts.matvec_bytes, cancel))?
             };
             let q8 = |m: &std::collections::BTreeMap<String, Vec<f64>>| {
                 m.get("Q8_0").and_then(|v| v.get(i)).copied()
@@ -1037,33 +1037,45 @@ fn time_attention(
     Ok(best)
 }
 
-/// Seconds per call of a matvec too small to cost anything but the call: 64 rows (the
-/// fewest the engine splits over threads) of one Q8_0 block, in cache, best of 5 runs
-/// of 2000 calls. On a pool this is the cost of handing rows to the threads and waiting
-/// for them, which every one of a token's hundreds of matvecs pays.
-/// Returns the rows, the weights and the seconds per call.
-fn time_calls(parallel: bool, cancel: &CancelToken) -> Result<(f64, f64, f64)> {
+/// Seconds per call of a matvec of a small model's size: 512 × 512 Q8_0 matrices,
+/// copies of one filling `bytes` and called in turn (so each comes from RAM, as a
+/// model's layers do once its weights have passed through the caches), best of 5 runs
+/// of at least 2000 calls. Less what its rows and weights cost at the Q8_0 rates, what
+/// is left is the call's own cost: on a pool, handing rows to the threads, each
+/// thread's start on a cold stretch of memory, and waiting for the slowest — which
+/// every one of a token's hundreds of matvecs pays. (A tiny matrix called back to back
+/// in cache, the earlier method, saw 0.24 µs on two threads where a decode's calls paid
+/// several; docs/plan.md.) Returns the rows, the weights and the seconds per call.
+fn time_calls(parallel: bool, bytes: u64, cancel: &CancelToken) -> Result<(f64, f64, f64)> {
     use dhurandhar_quantize::{quantize_rows, Format};
-    let (rows, cols, calls) = (64, 32, 2000);
+    let (rows, cols) = (512, 512);
     let w_f32: Vec<f32> = (0..rows * cols).map(|i| (i % 17) as f32 - 8.0).collect();
-    let rb = Format::Q8_0.row_bytes(cols).expect("one Q8_0 block");
-    let mut data = vec![0u8; rb * rows];
-    quantize_rows(Format::Q8_0, &w_f32, cols, &mut data)
+    let rb = Format::Q8_0.row_bytes(cols).expect("whole Q8_0 blocks");
+    let mut one = vec![0u8; rb * rows];
+    quantize_rows(Format::Q8_0, &w_f32, cols, &mut one)
         .map_err(|e| Error::invalid("matvec", format!("cannot quantize Q8_0: {e}")))?;
-    let w = QMatrix::new(GgmlType::Q8_0, rows, cols, &data)?;
+    let copies = (bytes as usize / one.len()).max(1);
+    let data = one.repeat(copies);
+    let mats = data
+        .chunks_exact(one.len())
+        .map(|d| QMatrix::new(GgmlType::Q8_0, rows, cols, d))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let x: Vec<f32> = (0..cols).map(|i| (i % 5) as f32 - 2.0).collect();
     let mut acts = Q8Acts::default();
     acts.quantize_into(&x, cols);
     let a = Acts::Q8(&acts);
     let mut out = vec![0f32; rows];
+    let rounds = 2000usize.div_ceil(copies);
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         cancel.check()?;
         let t = Instant::now();
-        for _ in 0..calls {
-            matmul(&w, &a, &mut out, parallel)?;
+        for _ in 0..rounds {
+            for w in &mats {
+                matmul(w, &a, &mut out, parallel)?;
+            }
         }
-        best = best.min(t.elapsed().as_secs_f64() / calls as f64);
+        best = best.min(t.elapsed().as_secs_f64() / (rounds * copies) as f64);
     }
     Ok((rows as f64, (rows * cols) as f64, best))
 }

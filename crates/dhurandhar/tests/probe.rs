@@ -40,6 +40,13 @@ fn tiny_probe_writes_a_loadable_host_device() {
     let mv = d.matvec.as_ref().expect("the probe measures matvec rates");
     assert_eq!(mv.threads[0], 1);
     assert_eq!(mv.call_overhead_ns.len(), mv.threads.len());
+    assert!(
+        mv.call_overhead_ns
+            .iter()
+            .all(|c| c.is_finite() && *c >= 0.0),
+        "{:?}",
+        mv.call_overhead_ns
+    );
     for t in [
         "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "IQ4_XS",
     ] {
