@@ -219,9 +219,6 @@ impl Drop for MemoryCap {
 #[derive(Debug)]
 pub struct ReadThrottle {
     group: Group,
-    /// `major:minor` of the whole disk.
-    device: String,
-    bytes_per_s: u64,
 }
 
 impl ReadThrottle {
@@ -244,26 +241,12 @@ impl ReadThrottle {
         }
         Self::available()?;
         let device = disk_of(file)?;
-        let t = ReadThrottle {
-            group: Group::create(BLKIO_ROOT, name)?,
-            device,
-            bytes_per_s,
-        };
-        t.group.write(
+        let group = Group::create(BLKIO_ROOT, name)?;
+        group.write(
             "blkio.throttle.read_bps_device",
-            &format!("{} {bytes_per_s}", t.device),
+            &format!("{device} {bytes_per_s}"),
         )?;
-        Ok(t)
-    }
-
-    /// The limit, bytes/s.
-    pub fn bytes_per_s(&self) -> u64 {
-        self.bytes_per_s
-    }
-
-    /// `major:minor` of the throttled disk.
-    pub fn device(&self) -> &str {
-        &self.device
+        Ok(ReadThrottle { group })
     }
 
     /// Make `cmd`'s process join the group before it runs anything.

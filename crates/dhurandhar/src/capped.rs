@@ -101,7 +101,6 @@ pub struct Predicted {
     pub measured_flash_bytes_per_token: Option<f64>,
     /// The flash read rate the prediction used, GB/s (streamed: the model file's own,
     /// read cold just before the run).
-    #[serde(default)]
     pub flash_read_gbps: Option<f64>,
 }
 
@@ -342,7 +341,6 @@ fn read_figures(run: &mut CappedRun, text: &str) -> std::result::Result<(), Stri
                 peak_rss_error_pct: Option<f64>,
                 flash_bytes_per_token: u64,
                 measured_flash_bytes_per_token: Option<f64>,
-                #[serde(default)]
                 flash_read_gbps: Option<f64>,
                 threads: Vec<ThreadFigures>,
             }
@@ -418,8 +416,7 @@ fn read_figures(run: &mut CappedRun, text: &str) -> std::result::Result<(), Stri
     Ok(())
 }
 
-/// A read failure of `path`, as the facade reports it.
-pub(crate) fn io_error(path: &Path, source: std::io::Error) -> Error {
+fn io_error(path: &Path, source: std::io::Error) -> Error {
     Error::Profile(dhurandhar_profile::ProfileError::Io {
         path: path.to_path_buf(),
         source,

@@ -747,8 +747,10 @@ pub fn bench(
     let prompt = synthetic_prompt(&model, opts.prompt_tokens.max(1));
     let ctx = prompt.len() + opts.decode_tokens;
     // A streamed run reads at its file's own rate, which the probe's test file may not
-    // share: measure it cold, just before the run, for the prediction.
-    let file_read_bytes_per_s = (model.weight_mode() == WeightMode::Stream)
+    // share: measure it cold, just before the run, for the prediction (none without a
+    // probed host, so no read either).
+    let predicts = crate::probe::load_host().is_ok();
+    let file_read_bytes_per_s = (model.weight_mode() == WeightMode::Stream && predicts)
         .then(|| model_file_read_rate(&opts.model))
         .transpose()?;
     if let Some(r) = file_read_bytes_per_s {
@@ -846,7 +848,7 @@ fn model_file_read_rate(path: &Path) -> Result<f64> {
     let file = dhurandhar_io::open_regular(path)?;
     let (rate, _direct) =
         dhurandhar_profile::sys::cold_read(&file, path, Some(FILE_READ_SAMPLE), FILE_READ_SECONDS)
-            .map_err(|e| crate::capped::io_error(path, e))?;
+            .map_err(|e| dhurandhar_io::IoError::os(path, e))?;
     Ok(rate)
 }
 

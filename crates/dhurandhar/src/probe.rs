@@ -770,14 +770,16 @@ fn matvec(
     }
     // The call's own cost: the small matvecs' time less what their rows and weights cost at
     // the Q8_0 figures just measured (so the row term is not counted twice).
+    let (call_data, call_rows, call_cols) = call_matrices(opts.matvec_bytes)?;
+    let call_set = (call_data.as_slice(), call_rows, call_cols);
     let calls = counts
         .iter()
         .enumerate()
         .map(|(i, &n)| {
             let (rows, weights, secs) = if n == 1 {
-                time_calls(false, opts.matvec_bytes, cancel)?
+                time_calls(call_set, false, cancel)?
             } else {
-                pool.install(|| time_calls(true, opts.matvec_bytes, cancel))?
+                pool.install(|| time_calls(call_set, true, cancel))?
             };
             let q8 = |m: &std::collections::BTreeMap<String, Vec<f64>>| {
                 m.get("Q8_0").and_then(|v| v.get(i)).copied()
@@ -1037,16 +1039,10 @@ fn time_attention(
     Ok(best)
 }
 
-/// Seconds per call of a matvec of a small model's size: 512 × 512 Q8_0 matrices,
-/// copies of one filling `bytes` and called in turn (so each comes from RAM, as a
-/// model's layers do once its weights have passed through the caches), best of 5 runs
-/// of at least 2000 calls. Less what its rows and weights cost at the Q8_0 rates, what
-/// is left is the call's own cost: on a pool, handing rows to the threads, each
-/// thread's start on a cold stretch of memory, and waiting for the slowest — which
-/// every one of a token's hundreds of matvecs pays. (A tiny matrix called back to back
-/// in cache, the earlier method, saw 0.24 µs on two threads where a decode's calls paid
-/// several; docs/plan.md.) Returns the rows, the weights and the seconds per call.
-fn time_calls(parallel: bool, bytes: u64, cancel: &CancelToken) -> Result<(f64, f64, f64)> {
+/// Small-model-sized matrices for [`time_calls`]: 512 × 512 Q8_0, copies of one filling
+/// `bytes`, so that called in turn each comes from RAM, as a model's layers do once its
+/// weights have passed through the caches. Returns the bytes and the rows, the columns.
+fn call_matrices(bytes: u64) -> Result<(Vec<u8>, usize, usize)> {
     use dhurandhar_quantize::{quantize_rows, Format};
     let (rows, cols) = (512, 512);
     let w_f32: Vec<f32> = (0..rows * cols).map(|i| (i % 17) as f32 - 8.0).collect();
@@ -1055,9 +1051,26 @@ fn time_calls(parallel: bool, bytes: u64, cancel: &CancelToken) -> Result<(f64, 
     quantize_rows(Format::Q8_0, &w_f32, cols, &mut one)
         .map_err(|e| Error::invalid("matvec", format!("cannot quantize Q8_0: {e}")))?;
     let copies = (bytes as usize / one.len()).max(1);
-    let data = one.repeat(copies);
+    Ok((one.repeat(copies), rows, cols))
+}
+
+/// Seconds per call of the [`call_matrices`], called in turn, best of 5 runs of at
+/// least 2000 calls. Less what their rows and weights cost at the Q8_0 rates, what is
+/// left is the call's own cost: on a pool, handing rows to the threads, each thread's
+/// start on a cold stretch of memory, and waiting for the slowest — which every one of
+/// a token's hundreds of matvecs pays (a tiny matrix called back to back in cache sees
+/// little of it; docs/plan.md). Returns the rows, the weights and the seconds per call.
+fn time_calls(
+    (data, rows, cols): (&[u8], usize, usize),
+    parallel: bool,
+    cancel: &CancelToken,
+) -> Result<(f64, f64, f64)> {
+    let one = dhurandhar_quantize::Format::Q8_0
+        .row_bytes(cols)
+        .expect("whole Q8_0 blocks")
+        * rows;
     let mats = data
-        .chunks_exact(one.len())
+        .chunks_exact(one)
         .map(|d| QMatrix::new(GgmlType::Q8_0, rows, cols, d))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let x: Vec<f32> = (0..cols).map(|i| (i % 5) as f32 - 2.0).collect();
@@ -1065,7 +1078,7 @@ fn time_calls(parallel: bool, bytes: u64, cancel: &CancelToken) -> Result<(f64, 
     acts.quantize_into(&x, cols);
     let a = Acts::Q8(&acts);
     let mut out = vec![0f32; rows];
-    let rounds = 2000usize.div_ceil(copies);
+    let rounds = 2000usize.div_ceil(mats.len());
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         cancel.check()?;
@@ -1075,7 +1088,7 @@ fn time_calls(parallel: bool, bytes: u64, cancel: &CancelToken) -> Result<(f64, 
                 matmul(w, &a, &mut out, parallel)?;
             }
         }
-        best = best.min(t.elapsed().as_secs_f64() / (rounds * copies) as f64);
+        best = best.min(t.elapsed().as_secs_f64() / (rounds * mats.len()) as f64);
     }
     Ok((rows as f64, (rows * cols) as f64, best))
 }
